@@ -1,0 +1,1 @@
+"""One module per pipeline; `intake` is the decoding step they share."""

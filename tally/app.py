@@ -1,0 +1,70 @@
+"""The Faust app: settings applied once, pipelines listed explicitly.
+
+Data flow (topics in `tally.topics`):
+    purchases ──► agents.sales ──► hourly_sales panes ─► top-K        ──► /api/sales/*
+    metric-samples ──► agents.metrics ──► server/metric rollups       ──► /api/servers|metrics/*
+    any reject ──► dead-letters (raw bytes + reason/origin headers)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import faust
+
+from tally.broker.identity import describe_cluster, reconcile_local_state
+from tally.settings import Settings
+
+settings = Settings.from_env()
+
+#: Modules Faust imports when the worker starts (explicit: no package-wide scan).
+PIPELINE_MODULES = [
+    "tally.agents.sales",
+    "tally.web.index",
+    "tally.web.registry",
+]
+
+
+def local_broker_settings(settings: Settings) -> dict[str, Any]:
+    """The local broker waits session_timeout / 2 before a join: keep the session short."""
+    if not settings.uses_local_broker:
+        return {}
+    return {"broker_session_timeout": 6.0, "broker_heartbeat_interval": 1.0}
+
+
+class TallyApp(faust.App):
+    """Faust's App, checking before any table opens that its local state fits this broker."""
+
+    async def on_first_start(self) -> None:
+        await super().on_first_start()
+        cluster_id, topics = await describe_cluster(settings.bootstrap_servers)
+        reason = reconcile_local_state(
+            datadir=Path(self.conf.datadir),
+            tabledir=Path(self.conf.tabledir),
+            cluster_id=cluster_id,
+            changelogs=[t.changelog_topic.get_topic_name() for t in self.tables.values()],
+            topics=topics,
+        )
+        if reason:
+            print(f"tally: starting with empty tables because {reason}", flush=True)
+
+
+app = TallyApp(
+    settings.app_id,
+    broker=settings.broker,
+    store="rocksdb://",
+    datadir=str(settings.data_dir),
+    web_bind=settings.web_host,
+    web_host=settings.web_host,
+    web_port=settings.web_port,
+    topic_partitions=settings.partitions,
+    topic_replication_factor=settings.replication,
+    table_standby_replicas=settings.standby_replicas,
+    processing_guarantee=settings.processing_guarantee,
+    key_serializer="raw",
+    value_serializer="raw",
+    autodiscover=PIPELINE_MODULES,
+    origin="tally",
+    **local_broker_settings(settings),
+)

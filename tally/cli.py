@@ -1,0 +1,186 @@
+"""Tally's own commands, beside Faust's (`tally worker`, `tally send`, `tally tables`, ...).
+
+Each runs under Faust's command runner: Ctrl-C or SIGTERM cancels it and its `finally` cleans up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import click
+from aiokafka import AIOKafkaProducer
+from faust.cli import AppCommand, argument, option
+
+from tally.app import app, settings
+from tally.broker.local import LocalBroker, port_accepts
+from tally.errors import BrokerError, ConfigurationError
+from tally.feed import FeedProgress, metric_batches, purchases, send_feed, wall_clock_ms
+from tally.topics import metric_batch_codec, purchase_codec
+
+
+def local_broker_address() -> tuple[str, int]:
+    if not settings.uses_local_broker:
+        raise ConfigurationError(
+            f"TALLY_BROKER={settings.broker!r}: the local broker needs a tansu://HOST:PORT URL"
+        )
+    parts = urlsplit(settings.broker.split(";")[0])
+    return parts.hostname or "127.0.0.1", parts.port or 9092
+
+
+async def run_until_stopped(*processes: subprocess.Popen[bytes] | None) -> None:
+    """Sleep until cancelled (Ctrl-C); raise if a child process dies first."""
+    while True:
+        for process in processes:
+            if process is not None and process.poll() is not None:
+                raise click.ClickException(
+                    f"{process.args[0]} exited with code {process.returncode}"
+                )
+        await asyncio.sleep(0.5)
+
+
+@app.command()
+async def broker(self: AppCommand) -> None:
+    """Run the local broker (Tansu, memory-only) on TALLY_BROKER's host:port until Ctrl-C."""
+    host, port = local_broker_address()
+    local = LocalBroker(host, port, log_path=settings.data_dir / "broker.log")
+    try:
+        local.start()
+    except BrokerError as exc:
+        raise click.ClickException(str(exc)) from exc
+    print(f"local broker ready on {local.url} (cluster {local.cluster_id}, pid {local.pid}); "
+          f"log: {local.log_path}. Ctrl-C stops it.", flush=True)
+    try:
+        await run_until_stopped(local.process)
+    finally:
+        local.stop()
+        print("local broker stopped", flush=True)
+
+
+FEEDS = {
+    "sales": ("purchases", "item_id", purchase_codec),
+    "metrics": ("metric-samples", "server_id", metric_batch_codec),
+}
+
+
+async def run_feed(
+    pipeline: str, *, rate: float, count: int, seed: int, quiet: bool = False
+) -> int:
+    topic, key_field, codec = FEEDS[pipeline]
+    rng = random.Random(seed)
+    records = (
+        purchases(rng, clock_ms=wall_clock_ms)
+        if pipeline == "sales"
+        else metric_batches(rng, clock_ms=wall_clock_ms)
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=5)
+    await producer.start()
+    try:
+        return await send_feed(
+            producer, topic=topic, records=records, key_field=key_field, codec=codec(),
+            rate=rate, count=count, progress=FeedProgress(pipeline), quiet=quiet,
+        )
+    finally:
+        await producer.stop()
+
+
+@app.command(
+    argument("pipeline", type=click.Choice(sorted(FEEDS))),
+    option("--rate", type=float, default=100.0, show_default=True,
+           help="Messages per second (0 = as fast as possible)."),
+    option("--count", type=int, default=0, show_default=True,
+           help="Messages to send, then stop (0 = until Ctrl-C)."),
+    option("--seed", type=int, default=1, show_default=True,
+           help="Random seed: the same seed sends the same items and values."),
+)
+async def feed(self: AppCommand, pipeline: str, rate: float, count: int, seed: int) -> None:
+    """Send sample data: `sales` (purchases) or `metrics` (metric batches), event time = now."""
+    sent = await run_feed(pipeline, rate=rate, count=count, seed=seed)
+    print(f"{pipeline}: sent {sent} messages to {FEEDS[pipeline][0]}", flush=True)
+
+
+def wait_for_http(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            tail = log.read_text(errors="replace").splitlines()[-20:]
+            raise click.ClickException(
+                f"the worker exited with code {process.returncode}; last lines of {log}:\n"
+                + "\n".join(tail)
+            )
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise click.ClickException(f"the worker did not answer {url} within {timeout:.0f} s; see {log}")
+
+
+@app.command(
+    option("--sales-rate", type=float, default=50.0, show_default=True,
+           help="Purchases per second in the sample feed."),
+    option("--metrics-rate", type=float, default=5.0, show_default=True,
+           help="Metric batches per second in the sample feed."),
+)
+async def dev(self: AppCommand, sales_rate: float, metrics_rate: float) -> None:
+    """Local broker + one worker + sample feed, URLs printed; Ctrl-C stops everything."""
+    host, port = local_broker_address()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if port_accepts(settings.web_host, settings.web_port):
+        raise click.ClickException(
+            f"port {settings.web_port} is taken; set TALLY_WEB_PORT to a free one"
+        )
+    local = LocalBroker(host, port, log_path=settings.data_dir / "broker.log")
+    worker: subprocess.Popen[bytes] | None = None
+    feeds: list[asyncio.Task[int]] = []
+    worker_log = settings.data_dir / "worker.log"
+    try:
+        print(f"starting the local broker on {local.url} ...", flush=True)
+        try:
+            local.start()
+        except BrokerError as exc:
+            raise click.ClickException(str(exc)) from exc
+        print(f"starting a worker (log: {worker_log}) ...", flush=True)
+        with worker_log.open("ab") as log:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "tally", "worker", "--loglevel", settings.log_level],
+                env={**os.environ, "TALLY_BROKER": local.url},
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )
+        await asyncio.to_thread(wait_for_http, settings.web_url + "/", worker, worker_log, 120)
+        feeds = [
+            asyncio.create_task(run_feed("sales", rate=sales_rate, count=0, seed=1, quiet=True)),
+            asyncio.create_task(run_feed("metrics", rate=metrics_rate, count=0, seed=2,
+                                         quiet=True)),
+        ]
+        print(
+            "\nTally is running.\n"
+            f"  index            {settings.web_url}/\n"
+            f"  schema registry  {settings.web_url}/registry/subjects\n"
+            f"  broker           {local.url}\n"
+            f"  feed             {sales_rate:g} purchases/s, {metrics_rate:g} metric batches/s\n"
+            f"  logs             {worker_log}, {local.log_path}\n"
+            "Ctrl-C stops everything.\n",
+            flush=True,
+        )
+        await run_until_stopped(worker, local.process)
+    finally:
+        for task in feeds:
+            task.cancel()
+        # Let the producers stop while the broker is still up.
+        await asyncio.wait_for(asyncio.gather(*feeds, return_exceptions=True), 10)
+        if worker is not None and worker.poll() is None:
+            worker.terminate()
+            try:
+                worker.wait(20)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        local.stop()
+        print("stopped: feed, worker, broker", flush=True)

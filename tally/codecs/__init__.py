@@ -1,0 +1,1 @@
+"""Avro codecs in Confluent framing and the schema registries behind them."""

@@ -1,0 +1,64 @@
+"""Dead letters: rejected messages keep their raw bytes; why and where from ride in headers.
+
+The value and key of a dead letter are the original bytes, untouched, so a fixed message can be
+re-sent as it was. Reason and origin travel as Kafka headers (the way Kafka Connect's DLQ does),
+readable by any Kafka tool.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, fields
+
+HEADER_PREFIX = "tally.dlq."
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """Why a message was rejected, and where it came from."""
+
+    reason: str
+    error: str  # the error class, for counting by kind
+    stage: str  # decode | validate | ingest | late
+    topic: str  # origin topic ("" for an HTTP body that never reached Kafka)
+    partition: int  # -1 when there is no origin partition
+    offset: int  # -1 when there is no origin offset
+    time_ms: int
+
+    @classmethod
+    def of(
+        cls,
+        exc: BaseException,
+        *,
+        stage: str,
+        topic: str = "",
+        partition: int = -1,
+        offset: int = -1,
+        now_ms: int | None = None,
+    ) -> DeadLetter:
+        return cls(
+            reason=str(exc) or type(exc).__name__,
+            error=type(exc).__name__,
+            stage=stage,
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            time_ms=int(time.time() * 1000) if now_ms is None else now_ms,
+        )
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        return [(HEADER_PREFIX + k, str(v).encode()) for k, v in asdict(self).items()]
+
+    @classmethod
+    def from_headers(cls, headers: Iterable[tuple[str, bytes]] | Mapping[str, bytes]) -> DeadLetter:
+        pairs = headers.items() if isinstance(headers, Mapping) else headers
+        found = {
+            k[len(HEADER_PREFIX):]: v.decode()
+            for k, v in pairs
+            if k.startswith(HEADER_PREFIX)
+        }
+        values = {
+            f.name: int(found[f.name]) if f.type == "int" else found[f.name] for f in fields(cls)
+        }
+        return cls(**values)

@@ -1,0 +1,114 @@
+"""Sample data: purchases and metric batches, deterministic for a seed, sent at a steady rate.
+
+Generators are pure (a `random.Random`, a clock value in, records out) so tests and benchmarks
+make the same bytes; `send_feed` paces them into Kafka with a plain aiokafka producer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaProducer
+
+from tally.codecs.avro import AvroCodec, Record
+
+METRIC_NAMES = ("cpu.util", "mem.used", "disk.util", "net.rx", "net.tx", "load.1m")
+
+
+def zipf_weights(n: int, s: float = 1.1) -> list[float]:
+    """Cumulative Zipf weights over ranks 1..n: a few items sell most, as in real shops."""
+    return list(itertools.accumulate(1.0 / (rank**s) for rank in range(1, n + 1)))
+
+
+def purchases(
+    rng: random.Random, *, items: int = 1000, clock_ms: Callable[[], int]
+) -> Iterator[Record]:
+    """Endless purchases; item popularity is Zipf-distributed, event time from `clock_ms`."""
+    cumulative = zipf_weights(items)
+    for number in itertools.count():
+        (item,) = rng.choices(range(items), cum_weights=cumulative)
+        yield {
+            "purchase_id": f"p{number}-{rng.getrandbits(32):08x}",
+            "item_id": f"item-{item:05d}",
+            "quantity": rng.choice((1, 1, 1, 2, 2, 3, 5)),
+            "unit_price_cents": rng.randrange(99, 99_999),
+            "event_time_ms": clock_ms(),
+            "metadata": {"channel": rng.choice(("web", "app", "store"))},
+        }
+
+
+def metric_batches(
+    rng: random.Random, *, servers: int = 20, metrics: int = 6, clock_ms: Callable[[], int]
+) -> Iterator[Record]:
+    """Endless batches: each is one server's value of every metric at one instant."""
+    names = [METRIC_NAMES[i] if i < len(METRIC_NAMES) else f"metric.{i}" for i in range(metrics)]
+    for number in itertools.count():
+        server = number % servers
+        now = clock_ms()
+        yield {
+            "server_id": f"server-{server:04d}",
+            "sent_at_ms": now,
+            "samples": [
+                {"metric_id": name, "ts_ms": now, "value": round(rng.uniform(0, 100), 3)}
+                for name in names
+            ],
+        }
+
+
+def wall_clock_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class FeedProgress:
+    """Counts for the progress line."""
+
+    name: str
+    sent: int = 0
+    started: float = 0.0
+
+    def line(self) -> str:
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        return f"{self.name}: sent {self.sent} ({self.sent / elapsed:,.0f}/s)"
+
+
+async def send_feed(
+    producer: AIOKafkaProducer,
+    *,
+    topic: str,
+    records: Iterator[Record],
+    key_field: str,
+    codec: AvroCodec,
+    rate: float,
+    count: int = 0,
+    progress: FeedProgress,
+    report_every_s: float = 5.0,
+    quiet: bool = False,
+) -> int:
+    """Send `count` records (0 = until cancelled) at `rate` per second; returns how many sent."""
+    progress.started = time.monotonic()
+    next_report = progress.started + report_every_s
+    interval = 1.0 / rate if rate > 0 else 0.0
+    due = time.monotonic()
+    for record in records:
+        if count and progress.sent >= count:
+            break
+        await producer.send(topic, codec.dumps(record), key=str(record[key_field]).encode())
+        progress.sent += 1
+        if interval:
+            due += interval
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        now = time.monotonic()
+        if not quiet and now >= next_report:
+            print(progress.line(), file=sys.stderr, flush=True)
+            next_report = now + report_every_s
+    await producer.flush()
+    return progress.sent

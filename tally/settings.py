@@ -1,0 +1,165 @@
+"""Every setting Tally reads, from the environment, in one place.
+
+Each field names its environment variable and default; `Settings.from_env()` is called once
+(by `tally.app`) and the rest of the code only consumes the frozen result.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from tally.errors import ConfigurationError
+
+#: Broker URL schemes and what they mean. `tansu` = the local broker, with the compatibility shim.
+BROKER_SCHEMES = ("tansu", "kafka")
+PROCESSING_GUARANTEES = ("at_least_once", "exactly_once")
+
+
+def _env_field(env: str, default: Any, doc: str, parse: Callable[[str], Any] = str) -> Any:
+    return field(default=default, metadata={"env": env, "doc": doc, "parse": parse})
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be at least 1")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be 0 or more")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise ValueError("must be 0 or more")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 < value < 65536:
+        raise ValueError("must be a TCP port (1-65535)")
+    return value
+
+
+def _broker_url(text: str) -> str:
+    for url in text.split(";"):
+        parts = urlsplit(url)
+        if parts.scheme not in BROKER_SCHEMES or not parts.hostname:
+            raise ValueError(
+                f"{url!r} is not a broker URL; use tansu://HOST:PORT for the local broker "
+                "or kafka://HOST:PORT for Apache Kafka"
+            )
+    return text
+
+
+def _guarantee(text: str) -> str:
+    if text not in PROCESSING_GUARANTEES:
+        raise ValueError(f"must be one of {', '.join(PROCESSING_GUARANTEES)}")
+    return text
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Tally's configuration; see the README's configuration table (generated from these docs)."""
+
+    broker: str = _env_field(
+        "TALLY_BROKER",
+        "tansu://127.0.0.1:9092",
+        "Broker URL: tansu://host:port (local broker, with the compatibility shim) or "
+        "kafka://host:port (Apache Kafka). Several brokers: separate with ';'.",
+        _broker_url,
+    )
+    app_id: str = _env_field(
+        "TALLY_APP_ID", "tally", "Faust app id: consumer group and prefix of internal topics."
+    )
+    data_dir: Path = _env_field(  # noqa: RUF009 (a field(), not a shared default)
+        "TALLY_DATA_DIR", Path("data"), "Where the worker keeps RocksDB tables.", Path
+    )
+    web_host: str = _env_field("TALLY_WEB_HOST", "127.0.0.1", "Web server bind address.")
+    web_port: int = _env_field("TALLY_WEB_PORT", 6066, "Web server port.", _port)
+    partitions: int = _env_field(
+        "TALLY_PARTITIONS", 4, "Partitions of every topic Tally creates.", _positive_int
+    )
+    replication: int = _env_field(
+        "TALLY_REPLICATION", 1, "Replication factor of topics Tally creates.", _positive_int
+    )
+    standby_replicas: int = _env_field(
+        "TALLY_STANDBY_REPLICAS",
+        1,
+        "Standby copies of every table partition kept by other workers.",
+        _non_negative_int,
+    )
+    processing_guarantee: str = _env_field(
+        "TALLY_PROCESSING_GUARANTEE",
+        "at_least_once",
+        "at_least_once or exactly_once (Kafka transactions).",
+        _guarantee,
+    )
+    schema_registry: str = _env_field(
+        "TALLY_SCHEMA_REGISTRY",
+        "",
+        "Empty: the embedded file registry under TALLY_DATA_DIR/schema-registry. "
+        "file:///path: an embedded registry there. http(s)://host:port: a Confluent-compatible "
+        "schema registry.",
+    )
+    grace_seconds: float = _env_field(
+        "TALLY_GRACE_SECONDS",
+        10.0,
+        "Event-time grace: the watermark trails the newest event by this much.",
+        _non_negative_float,
+    )
+    log_level: str = _env_field("TALLY_LOG_LEVEL", "info", "Worker log level.")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read every setting; a bad value raises one error naming the variable and the rule."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for spec in fields(cls):
+            raw = environ.get(spec.metadata["env"])
+            if raw is None or raw == "":
+                continue
+            try:
+                values[spec.name] = spec.metadata["parse"](raw)
+            except ValueError as exc:
+                raise ConfigurationError(f"{spec.metadata['env']}={raw!r}: {exc}") from exc
+        return cls(**values)
+
+    @property
+    def broker_scheme(self) -> str:
+        return urlsplit(self.broker.split(";")[0]).scheme
+
+    @property
+    def uses_local_broker(self) -> bool:
+        return self.broker_scheme == "tansu"
+
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        """host:port of each broker, for plain aiokafka clients (feed, benchmarks, tests)."""
+        return [urlsplit(url).netloc for url in self.broker.split(";")]
+
+    @property
+    def registry_url(self) -> str:
+        return self.schema_registry or (self.data_dir / "schema-registry").resolve().as_uri()
+
+    @property
+    def web_url(self) -> str:
+        return f"http://{self.web_host}:{self.web_port}"
+
+
+def documented_settings() -> list[tuple[str, str, str]]:
+    """(variable, default, meaning) for each setting: the README's configuration table."""
+    return [
+        (spec.metadata["env"], str(spec.default), spec.metadata["doc"]) for spec in fields(Settings)
+    ]

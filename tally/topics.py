@@ -1,0 +1,37 @@
+"""Every topic Tally reads or writes, and the codecs of their values: the data flow in one file.
+
+Topic values are declared raw: agents decode them with the codec themselves, so that one bad
+message becomes a dead letter instead of an exception inside Faust's stream machinery.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+from tally.app import app, settings
+from tally.codecs.avro import AvroCodec, load_schema, validate_metric_batch, validate_purchase
+from tally.codecs.registry import SchemaRegistry, open_registry
+
+#: Purchases, Avro `tally.sales.Purchase`, keyed by item id.
+purchases = app.topic("purchases", key_type=bytes, value_type=bytes)
+#: Metric batches, Avro `tally.metrics.MetricBatch` (one server, many samples), keyed by server id.
+metric_samples = app.topic("metric-samples", key_type=bytes, value_type=bytes)
+#: Rejected messages: original key and bytes, reason and origin in `tally.dlq.*` headers.
+dead_letters = app.topic("dead-letters", key_type=bytes, value_type=bytes)
+
+
+@cache
+def registry() -> SchemaRegistry:
+    return open_registry(settings.registry_url)
+
+
+@cache
+def purchase_codec() -> AvroCodec:
+    return AvroCodec(registry(), "purchases-value", load_schema("purchase"), validate_purchase)
+
+
+@cache
+def metric_batch_codec() -> AvroCodec:
+    return AvroCodec(
+        registry(), "metric-samples-value", load_schema("metric_batch"), validate_metric_batch
+    )

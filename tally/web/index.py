@@ -1,0 +1,29 @@
+"""`/`: what this worker is and where its endpoints are."""
+
+from __future__ import annotations
+
+from faust.web import Request, Response, View
+
+from tally import __version__
+from tally.app import app, settings
+
+ENDPOINTS = {
+    "GET /": "this index",
+    "GET /api/sales/items/{item_id}": "an item's units sold per hour (hourly panes)",
+    "GET /registry/subjects": "schema registry (Confluent-compatible API over the file registry)",
+    "GET /registry/schemas/ids/{id}": "one schema by id",
+}
+
+
+@app.page("/")
+class Index(View):
+    async def get(self, request: Request) -> Response:
+        return self.json(
+            {
+                "service": "tally",
+                "version": __version__,
+                "app_id": settings.app_id,
+                "broker": settings.broker,
+                "endpoints": ENDPOINTS,
+            }
+        )
