@@ -21,7 +21,9 @@ settings = Settings.from_env()
 #: Modules Faust imports when the worker starts (explicit: no package-wide scan).
 PIPELINE_MODULES = [
     "tally.agents.sales",
+    "tally.web.health",
     "tally.web.index",
+    "tally.web.sales",
     "tally.web.registry",
 ]
 
@@ -36,6 +38,15 @@ def local_broker_settings(settings: Settings) -> dict[str, Any]:
 class TallyApp(faust.App):
     """Faust's App, checking before any table opens that its local state fits this broker."""
 
+    #: True once tables are recovered and key routing works; views answer 503 before.
+    routing_ready = False
+
+    @property
+    def ready(self) -> bool:
+        return (
+            self.routing_ready and not self.rebalancing and self.tables.recovery.completed.is_set()
+        )
+
     async def on_first_start(self) -> None:
         await super().on_first_start()
         cluster_id, topics = await describe_cluster(settings.bootstrap_servers)
@@ -49,14 +60,23 @@ class TallyApp(faust.App):
         if reason:
             print(f"tally: starting with empty tables because {reason}", flush=True)
 
+    async def on_started(self) -> None:
+        # Faust's table_route hashes keys with the producer's metadata, which knows a
+        # changelog topic only once something was written to it: teach it every one first.
+        producer = self.producer._ensure_producer()  # type: ignore[attr-defined]
+        for table in self.tables.values():
+            await producer.partitions_for(table.changelog_topic.get_topic_name())
+        self.routing_ready = True
+        await super().on_started()
+
 
 app = TallyApp(
     settings.app_id,
-    broker=settings.broker,
+    broker=settings.broker_urls,
     store="rocksdb://",
     datadir=str(settings.data_dir),
     web_bind=settings.web_host,
-    web_host=settings.web_host,
+    web_host=settings.advertised_host,
     web_port=settings.web_port,
     topic_partitions=settings.partitions,
     topic_replication_factor=settings.replication,

@@ -8,10 +8,12 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import suppress
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -20,10 +22,11 @@ from aiokafka import AIOKafkaProducer
 from faust.cli import AppCommand, argument, option
 
 from tally.app import app, settings
+from tally.broker.admin import ensure_topics
 from tally.broker.local import LocalBroker, port_accepts
 from tally.errors import BrokerError, ConfigurationError
 from tally.feed import FeedProgress, metric_batches, purchases, send_feed, wall_clock_ms
-from tally.topics import metric_batch_codec, purchase_codec
+from tally.topics import SOURCE_TOPICS, metric_batch_codec, purchase_codec
 
 
 def local_broker_address() -> tuple[str, int]:
@@ -31,19 +34,28 @@ def local_broker_address() -> tuple[str, int]:
         raise ConfigurationError(
             f"TALLY_BROKER={settings.broker!r}: the local broker needs a tansu://HOST:PORT URL"
         )
-    parts = urlsplit(settings.broker.split(";")[0])
+    parts = urlsplit(settings.broker_urls[0])
     return parts.hostname or "127.0.0.1", parts.port or 9092
 
 
 async def run_until_stopped(*processes: subprocess.Popen[bytes] | None) -> None:
-    """Sleep until cancelled (Ctrl-C); raise if a child process dies first."""
-    while True:
+    """Wait for Ctrl-C or SIGTERM; raise if a child process dies first.
+
+    The signals are taken over from Faust's command runner, so that clean-up runs as plain
+    code after this returns rather than inside a cancelled task.
+    """
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    while not stop.is_set():
         for process in processes:
             if process is not None and process.poll() is not None:
                 raise click.ClickException(
                     f"{process.args[0]} exited with code {process.returncode}"
                 )
-        await asyncio.sleep(0.5)
+        with suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.5)
 
 
 @app.command()
@@ -55,8 +67,11 @@ async def broker(self: AppCommand) -> None:
         local.start()
     except BrokerError as exc:
         raise click.ClickException(str(exc)) from exc
-    print(f"local broker ready on {local.url} (cluster {local.cluster_id}, pid {local.pid}); "
-          f"log: {local.log_path}. Ctrl-C stops it.", flush=True)
+    print(
+        f"local broker ready on {local.url} (cluster {local.cluster_id}, pid {local.pid}); "
+        f"log: {local.log_path}. Ctrl-C stops it.",
+        flush=True,
+    )
     try:
         await run_until_stopped(local.process)
     finally:
@@ -80,12 +95,25 @@ async def run_feed(
         if pipeline == "sales"
         else metric_batches(rng, clock_ms=wall_clock_ms)
     )
+    await ensure_topics(
+        settings.bootstrap_servers,
+        SOURCE_TOPICS,
+        partitions=settings.partitions,
+        replication=settings.replication,
+    )
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=5)
     await producer.start()
     try:
         return await send_feed(
-            producer, topic=topic, records=records, key_field=key_field, codec=codec(),
-            rate=rate, count=count, progress=FeedProgress(pipeline), quiet=quiet,
+            producer,
+            topic=topic,
+            records=records,
+            key_field=key_field,
+            codec=codec(),
+            rate=rate,
+            count=count,
+            progress=FeedProgress(pipeline),
+            quiet=quiet,
         )
     finally:
         await producer.stop()
@@ -93,12 +121,27 @@ async def run_feed(
 
 @app.command(
     argument("pipeline", type=click.Choice(sorted(FEEDS))),
-    option("--rate", type=float, default=100.0, show_default=True,
-           help="Messages per second (0 = as fast as possible)."),
-    option("--count", type=int, default=0, show_default=True,
-           help="Messages to send, then stop (0 = until Ctrl-C)."),
-    option("--seed", type=int, default=1, show_default=True,
-           help="Random seed: the same seed sends the same items and values."),
+    option(
+        "--rate",
+        type=float,
+        default=100.0,
+        show_default=True,
+        help="Messages per second (0 = as fast as possible).",
+    ),
+    option(
+        "--count",
+        type=int,
+        default=0,
+        show_default=True,
+        help="Messages to send, then stop (0 = until Ctrl-C).",
+    ),
+    option(
+        "--seed",
+        type=int,
+        default=1,
+        show_default=True,
+        help="Random seed: the same seed sends the same items and values.",
+    ),
 )
 async def feed(self: AppCommand, pipeline: str, rate: float, count: int, seed: int) -> None:
     """Send sample data: `sales` (purchases) or `metrics` (metric batches), event time = now."""
@@ -124,10 +167,20 @@ def wait_for_http(url: str, process: subprocess.Popen[bytes], log: Path, timeout
 
 
 @app.command(
-    option("--sales-rate", type=float, default=50.0, show_default=True,
-           help="Purchases per second in the sample feed."),
-    option("--metrics-rate", type=float, default=5.0, show_default=True,
-           help="Metric batches per second in the sample feed."),
+    option(
+        "--sales-rate",
+        type=float,
+        default=50.0,
+        show_default=True,
+        help="Purchases per second in the sample feed.",
+    ),
+    option(
+        "--metrics-rate",
+        type=float,
+        default=5.0,
+        show_default=True,
+        help="Metric batches per second in the sample feed.",
+    ),
 )
 async def dev(self: AppCommand, sales_rate: float, metrics_rate: float) -> None:
     """Local broker + one worker + sample feed, URLs printed; Ctrl-C stops everything."""
@@ -152,13 +205,18 @@ async def dev(self: AppCommand, sales_rate: float, metrics_rate: float) -> None:
             worker = subprocess.Popen(
                 [sys.executable, "-m", "tally", "worker", "--loglevel", settings.log_level],
                 env={**os.environ, "TALLY_BROKER": local.url},
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
             )
-        await asyncio.to_thread(wait_for_http, settings.web_url + "/", worker, worker_log, 120)
+        await asyncio.to_thread(
+            wait_for_http, settings.web_url + "/api/health", worker, worker_log, 120
+        )
         feeds = [
             asyncio.create_task(run_feed("sales", rate=sales_rate, count=0, seed=1, quiet=True)),
-            asyncio.create_task(run_feed("metrics", rate=metrics_rate, count=0, seed=2,
-                                         quiet=True)),
+            asyncio.create_task(
+                run_feed("metrics", rate=metrics_rate, count=0, seed=2, quiet=True)
+            ),
         ]
         print(
             "\nTally is running.\n"

@@ -54,9 +54,7 @@ class DeadLetter:
     def from_headers(cls, headers: Iterable[tuple[str, bytes]] | Mapping[str, bytes]) -> DeadLetter:
         pairs = headers.items() if isinstance(headers, Mapping) else headers
         found = {
-            k[len(HEADER_PREFIX):]: v.decode()
-            for k, v in pairs
-            if k.startswith(HEADER_PREFIX)
+            k[len(HEADER_PREFIX) :]: v.decode() for k, v in pairs if k.startswith(HEADER_PREFIX)
         }
         values = {
             f.name: int(found[f.name]) if f.type == "int" else found[f.name] for f in fields(cls)

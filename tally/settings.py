@@ -7,6 +7,8 @@ Each field names its environment variable and default; `Settings.from_env()` is 
 from __future__ import annotations
 
 import os
+import re
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -52,14 +54,27 @@ def _port(text: str) -> int:
     return value
 
 
+def broker_urls(text: str) -> list[str]:
+    """The URLs of a broker list: separated by ';' or ','; a bare host:port takes the
+    scheme of the first URL (Faust's convention)."""
+    urls = [part.strip() for part in re.split(r"[;,]", text) if part.strip()]
+    scheme = urlsplit(urls[0]).scheme if urls else ""
+    return [url if "://" in url else f"{scheme}://{url}" for url in urls]
+
+
 def _broker_url(text: str) -> str:
-    for url in text.split(";"):
+    urls = broker_urls(text)
+    if not urls:
+        raise ValueError("no broker URL given")
+    for url in urls:
         parts = urlsplit(url)
         if parts.scheme not in BROKER_SCHEMES or not parts.hostname:
             raise ValueError(
                 f"{url!r} is not a broker URL; use tansu://HOST:PORT for the local broker "
                 "or kafka://HOST:PORT for Apache Kafka"
             )
+    if len({urlsplit(url).scheme for url in urls}) > 1:
+        raise ValueError("all brokers must use the same scheme (tansu:// or kafka://)")
     return text
 
 
@@ -77,7 +92,7 @@ class Settings:
         "TALLY_BROKER",
         "tansu://127.0.0.1:9092",
         "Broker URL: tansu://host:port (local broker, with the compatibility shim) or "
-        "kafka://host:port (Apache Kafka). Several brokers: separate with ';'.",
+        "kafka://host:port (Apache Kafka). Several brokers: separate with ';' or ','.",
         _broker_url,
     )
     app_id: str = _env_field(
@@ -87,6 +102,12 @@ class Settings:
         "TALLY_DATA_DIR", Path("data"), "Where the worker keeps RocksDB tables.", Path
     )
     web_host: str = _env_field("TALLY_WEB_HOST", "127.0.0.1", "Web server bind address.")
+    web_advertised_host: str = _env_field(
+        "TALLY_WEB_ADVERTISED_HOST",
+        "",
+        "Host name other workers use to forward queries here. Empty: TALLY_WEB_HOST, or this "
+        "machine's host name when TALLY_WEB_HOST is 0.0.0.0.",
+    )
     web_port: int = _env_field("TALLY_WEB_PORT", 6066, "Web server port.", _port)
     partitions: int = _env_field(
         "TALLY_PARTITIONS", 4, "Partitions of every topic Tally creates.", _positive_int
@@ -137,8 +158,12 @@ class Settings:
         return cls(**values)
 
     @property
+    def broker_urls(self) -> list[str]:
+        return broker_urls(self.broker)
+
+    @property
     def broker_scheme(self) -> str:
-        return urlsplit(self.broker.split(";")[0]).scheme
+        return urlsplit(self.broker_urls[0]).scheme
 
     @property
     def uses_local_broker(self) -> bool:
@@ -147,15 +172,23 @@ class Settings:
     @property
     def bootstrap_servers(self) -> list[str]:
         """host:port of each broker, for plain aiokafka clients (feed, benchmarks, tests)."""
-        return [urlsplit(url).netloc for url in self.broker.split(";")]
+        return [urlsplit(url).netloc for url in self.broker_urls]
 
     @property
     def registry_url(self) -> str:
         return self.schema_registry or (self.data_dir / "schema-registry").resolve().as_uri()
 
     @property
+    def advertised_host(self) -> str:
+        if self.web_advertised_host:
+            return self.web_advertised_host
+        if self.web_host in ("0.0.0.0", "::", ""):
+            return socket.gethostname()
+        return self.web_host
+
+    @property
     def web_url(self) -> str:
-        return f"http://{self.web_host}:{self.web_port}"
+        return f"http://{self.advertised_host}:{self.web_port}"
 
 
 def documented_settings() -> list[tuple[str, str, str]]:

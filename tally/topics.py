@@ -19,6 +19,9 @@ metric_samples = app.topic("metric-samples", key_type=bytes, value_type=bytes)
 #: Rejected messages: original key and bytes, reason and origin in `tally.dlq.*` headers.
 dead_letters = app.topic("dead-letters", key_type=bytes, value_type=bytes)
 
+#: Topics producers write to directly: created up front with TALLY_PARTITIONS partitions.
+SOURCE_TOPICS = [purchases.get_topic_name(), metric_samples.get_topic_name()]
+
 
 @cache
 def registry() -> SchemaRegistry:
@@ -35,3 +38,10 @@ def metric_batch_codec() -> AvroCodec:
     return AvroCodec(
         registry(), "metric-samples-value", load_schema("metric_batch"), validate_metric_batch
     )
+
+
+@app.task
+async def register_schemas() -> None:
+    """Register every schema this worker reads at start, before any message arrives."""
+    purchase_codec()
+    metric_batch_codec()

@@ -9,6 +9,7 @@ from tally.app import app
 from tally.topics import purchase_codec, purchases
 
 HOUR_MS = 3_600_000
+WINDOW_PANES = 24
 BATCH_SIZE = 2000
 BATCH_WITHIN_S = 0.2
 

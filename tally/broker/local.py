@@ -49,7 +49,7 @@ class LocalBroker:
         self.host = host
         self.port = port
         self.log_path = log_path
-        self.cluster_id = f"tally-{uuid.uuid4().hex[:12]}"
+        self.cluster_id = ""
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -75,6 +75,7 @@ class LocalBroker:
                 "at another port (e.g. tansu://127.0.0.1:19092)"
             )
         listener = f"tcp://{self.bootstrap}"
+        self.cluster_id = f"tally-{uuid.uuid4().hex[:12]}"  # new per start: see broker.identity
         if self.log_path:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             log = self.log_path.open("ab")
@@ -84,10 +85,14 @@ class LocalBroker:
             [
                 broker_binary(),
                 "broker",
-                "--listener-url", listener,
-                "--advertised-listener-url", listener,
-                "--cluster-id", self.cluster_id,
-                "--storage-engine", "memory://tansu/",
+                "--listener-url",
+                listener,
+                "--advertised-listener-url",
+                listener,
+                "--cluster-id",
+                self.cluster_id,
+                "--storage-engine",
+                "memory://tansu/",
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -55,7 +55,8 @@ async def fetched_high_watermarks(
         for tp in tps:
             topics[tp.topic].append((tp.partition, max(listed[tp], 0), 1))
         request = FetchRequest(
-            max_wait_time=0,
+            # The local broker answers a Fetch with max_wait_time=0 with no partitions at all.
+            max_wait_time=10,
             min_bytes=0,
             max_bytes=1,
             isolation_level=READ_UNCOMMITTED,

@@ -63,8 +63,9 @@ class AvroCodec(Codec):
         validate: Callable[[Record], None] | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(registry=registry, subject=subject, schema=schema, validate=validate,
-                         **kwargs)
+        super().__init__(
+            registry=registry, subject=subject, schema=schema, validate=validate, **kwargs
+        )
         self.registry = registry
         self.subject = subject
         self.parsed = parse_schema(schema)
@@ -93,8 +94,7 @@ class AvroCodec(Codec):
             record = schemaless_reader(buffer, writer, reader)
         except Exception as exc:  # fastavro raises many types on corrupt bytes
             raise DecodeError(
-                f"Avro body does not decode with schema id {schema_id}: "
-                f"{type(exc).__name__}: {exc}"
+                f"Avro body does not decode with schema id {schema_id}: {type(exc).__name__}: {exc}"
             ) from exc
         if buffer.tell() != len(s):
             raise DecodeError(

@@ -51,8 +51,12 @@ class SubjectVersions(View):
             schema = json.loads(body["schema"])
             canonical_text(schema)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            return error(self, 422, INVALID_SCHEMA, f"body must be {{'schema': '<Avro JSON>'}} "
-                         f"holding a valid Avro schema: {exc}")
+            return error(
+                self,
+                422,
+                INVALID_SCHEMA,
+                f"body must be {{'schema': '<Avro JSON>'}} holding a valid Avro schema: {exc}",
+            )
         except Exception as exc:  # fastavro's SchemaParseException and friends
             return error(self, 422, INVALID_SCHEMA, f"invalid Avro schema: {exc}")
         try:
@@ -69,12 +73,16 @@ class SubjectVersion(View):
             return versions
         number = len(versions) if version == "latest" else int(version) if version.isdigit() else 0
         if not 1 <= number <= len(versions):
-            return error(self, 404, VERSION_NOT_FOUND, f"subject {subject!r} has no version "
-                         f"{version!r} (versions 1-{len(versions)} or 'latest')")
+            return error(
+                self,
+                404,
+                VERSION_NOT_FOUND,
+                f"subject {subject!r} has no version "
+                f"{version!r} (versions 1-{len(versions)} or 'latest')",
+            )
         schema_id = versions[number - 1]
         schema = canonical_text(registry().schema(schema_id))
-        return self.json({"subject": subject, "version": number, "id": schema_id,
-                          "schema": schema})
+        return self.json({"subject": subject, "version": number, "id": schema_id, "schema": schema})
 
 
 @app.page("/registry/schemas/ids/{schema_id}")

@@ -1,0 +1,64 @@
+"""Query-parameter parsing shared by the views: one place turns bad input into a clear 400."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from faust.web import Request
+from faust.web.exceptions import WebError
+
+from tally.app import app
+
+
+class BadRequest(WebError):
+    """A query parameter is unusable; the detail says which and what is allowed."""
+
+    code = 400
+
+
+class NotReady(WebError):
+    """The worker is starting or rebalancing: its tables cannot answer yet."""
+
+    code = 503
+    detail = "this worker is starting or rebalancing (tables not recovered yet); retry shortly"
+
+
+def require_ready() -> None:
+    if not app.ready:
+        raise NotReady()
+
+
+def time_param(request: Request, name: str, default_ms: int) -> int:
+    """An ISO-8601 time (or epoch milliseconds) as epoch ms; naive times are UTC."""
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default_ms
+    if raw.isdigit():
+        return int(raw)
+    try:
+        parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadRequest(
+            f"{name}={raw!r} is not a time; use ISO 8601 (2026-11-22T10:00:00Z) "
+            "or epoch milliseconds"
+        ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return int(parsed.timestamp() * 1000)
+
+
+def int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"{name}={raw!r} is not a whole number") from None
+    if not low <= value <= high:
+        raise BadRequest(f"{name}={value} is out of range; allowed: {low} to {high}")
+    return value
+
+
+def iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat().replace("+00:00", "Z")

@@ -1,0 +1,105 @@
+"""The commands a new user runs: `tally dev` (the main job) and `tally feed`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from tally.broker.local import LocalBroker, free_port, port_accepts
+from tally.codecs.avro import AvroCodec
+from tests.harness import Worker, consume, wait_until
+
+
+def test_dev_runs_broker_worker_and_feed_then_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
+    broker_port, web_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "TALLY_BROKER": f"tansu://127.0.0.1:{broker_port}",
+        "TALLY_WEB_PORT": str(web_port),
+        "TALLY_DATA_DIR": str(tmp_path / "data"),
+    }
+    output = tmp_path / "dev.out"
+    with output.open("wb") as out:
+        dev = subprocess.Popen(
+            [sys.executable, "-m", "tally", "dev", "--sales-rate", "200"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until(
+            lambda: "Ctrl-C stops everything" in output.read_text(),
+            120,
+            what=f"the dev banner; output so far in {output}",
+        )
+        text = output.read_text()
+        assert f"http://127.0.0.1:{web_port}/" in text
+        probe = Worker(env={}, log_path=tmp_path / "unused.log", port=web_port)
+        assert probe.get("/")["service"] == "tally"
+        health = probe.get("/api/health")
+        assert health["status"] == "ready"
+        # The feed is flowing into the pipeline: the best-selling item gets counted.
+        wait_until(
+            lambda: probe.get("/api/sales/items/item-00000")["quantity"] > 0,
+            60,
+            what="the sample feed counted",
+        )
+    finally:
+        dev.send_signal(signal.SIGINT)
+        code = dev.wait(60)
+    assert code == 0, output.read_text()[-3000:]
+    assert "stopped: feed, worker, broker" in output.read_text()
+    assert not port_accepts("127.0.0.1", broker_port), "broker still running after Ctrl-C"
+    assert not port_accepts("127.0.0.1", web_port), "worker still running after Ctrl-C"
+
+
+def test_feed_sends_count_messages_with_the_configured_partitions(
+    broker: LocalBroker, tmp_path: Path, purchase_codec: AvroCodec
+) -> None:
+    env = {
+        **os.environ,
+        "TALLY_BROKER": broker.url,
+        "TALLY_DATA_DIR": str(tmp_path / "feed"),
+        "TALLY_SCHEMA_REGISTRY": (tmp_path / "schema-registry").resolve().as_uri(),
+    }
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tally",
+            "feed",
+            "sales",
+            "--rate",
+            "0",
+            "--count",
+            "500",
+            "--seed",
+            "3",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "sent 500" in result.stdout
+    records = consume(broker.bootstrap, "purchases", expect=500)
+    assert len(records) == 500
+    decoded = [purchase_codec.loads(r.value) for r in records]
+    assert all(r.key == d["item_id"].encode() for r, d in zip(records, decoded, strict=True))
+    assert {r.partition for r in records} == {0, 1, 2, 3}
+
+
+def test_bad_setting_is_a_clear_error(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "tally", "feed", "sales"],
+        env={**os.environ, "TALLY_PARTITIONS": "zero"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "TALLY_PARTITIONS='zero'" in result.stderr

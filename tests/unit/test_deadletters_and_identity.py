@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from tally.broker.identity import reconcile_local_state, stale_state_reason
+from tally.deadletters import DeadLetter
+from tally.errors import DecodeError
+
+
+def test_dead_letter_headers_round_trip() -> None:
+    letter = DeadLetter.of(
+        DecodeError("bad bytes"),
+        stage="decode",
+        topic="purchases",
+        partition=3,
+        offset=41,
+        now_ms=5,
+    )
+    assert DeadLetter.from_headers(letter.headers()) == letter
+    assert letter.error == "DecodeError" and letter.reason == "bad bytes"
+    assert dict(letter.headers())["tally.dlq.offset"] == b"41"
+
+
+def test_state_is_trusted_only_against_the_same_broker() -> None:
+    same = {"cluster_id": "c1", "changelogs": ["t-x-changelog"], "topics": {"t-x-changelog"}}
+    assert stale_state_reason(remembered_cluster_id="c1", has_state=True, **same) is None
+    assert stale_state_reason(remembered_cluster_id="c0", has_state=False, **same) is None
+    assert "c0" in (stale_state_reason(remembered_cluster_id="c0", has_state=True, **same) or "")
+    missing = {**same, "topics": set()}
+    assert "t-x-changelog" in (
+        stale_state_reason(remembered_cluster_id=None, has_state=True, **missing) or ""
+    )
+
+
+def test_reconcile_wipes_stale_tables_and_remembers_the_broker(tmp_path: Path) -> None:
+    tables = tmp_path / "v1" / "tables"
+    (tables / "hourly_sales-0.db").mkdir(parents=True)
+    first = reconcile_local_state(
+        datadir=tmp_path, tabledir=tables, cluster_id="c1", changelogs=["cl"], topics={"cl"}
+    )
+    assert first is None and tables.exists()
+    reason = reconcile_local_state(
+        datadir=tmp_path, tabledir=tables, cluster_id="c2", changelogs=["cl"], topics={"cl"}
+    )
+    assert reason and not tables.exists()
+    assert (tmp_path / "broker-cluster-id").read_text() == "c2"

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tally.errors import ConfigurationError
+from tally.settings import Settings, documented_settings
+
+
+def test_defaults_need_no_environment() -> None:
+    settings = Settings.from_env({})
+    assert settings.broker == "tansu://127.0.0.1:9092"
+    assert settings.uses_local_broker
+    assert settings.web_port == 6066
+    assert settings.bootstrap_servers == ["127.0.0.1:9092"]
+    assert settings.registry_url.startswith("file://")
+
+
+def test_environment_overrides() -> None:
+    settings = Settings.from_env(
+        {
+            "TALLY_BROKER": "kafka://k1:9092;kafka://k2:9093",
+            "TALLY_DATA_DIR": "/var/tally",
+            "TALLY_PARTITIONS": "12",
+            "TALLY_GRACE_SECONDS": "2.5",
+            "TALLY_PROCESSING_GUARANTEE": "exactly_once",
+        }
+    )
+    assert not settings.uses_local_broker
+    assert settings.bootstrap_servers == ["k1:9092", "k2:9093"]
+    assert settings.data_dir == Path("/var/tally")
+    assert settings.partitions == 12
+    assert settings.grace_seconds == 2.5
+    assert settings.processing_guarantee == "exactly_once"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("TALLY_BROKER", "localhost:9092", "not a broker URL"),
+        ("TALLY_BROKER", "redis://x:1", "not a broker URL"),
+        ("TALLY_WEB_PORT", "70000", "TCP port"),
+        ("TALLY_PARTITIONS", "0", "at least 1"),
+        ("TALLY_PARTITIONS", "four", "invalid literal"),
+        ("TALLY_GRACE_SECONDS", "-1", "0 or more"),
+        ("TALLY_GRACE_SECONDS", "nan", "0 or more"),
+        ("TALLY_PROCESSING_GUARANTEE", "maybe", "at_least_once"),
+    ],
+)
+def test_bad_values_name_the_variable_and_the_rule(variable: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_env({variable: value})
+    assert variable in str(caught.value)
+    assert message in str(caught.value)
+
+
+def test_every_setting_is_documented_in_the_readme() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    for variable, _default, doc in documented_settings():
+        assert doc
+        assert variable in readme, f"{variable} is missing from the README configuration table"
+
+
+def test_broker_lists_and_advertised_host() -> None:
+    settings = Settings.from_env(
+        {"TALLY_BROKER": "kafka://a:9092,b:9093", "TALLY_WEB_HOST": "0.0.0.0"}
+    )
+    assert settings.broker_urls == ["kafka://a:9092", "kafka://b:9093"]
+    assert settings.bootstrap_servers == ["a:9092", "b:9093"]
+    assert settings.advertised_host not in ("0.0.0.0", "")
+    pinned = Settings.from_env({"TALLY_WEB_HOST": "0.0.0.0", "TALLY_WEB_ADVERTISED_HOST": "w1"})
+    assert pinned.web_url == "http://w1:6066"
+    with pytest.raises(ConfigurationError, match="same scheme"):
+        Settings.from_env({"TALLY_BROKER": "kafka://a:1;tansu://b:2"})
