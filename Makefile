@@ -20,11 +20,11 @@ run: $(STAMP)
 
 ## test: the whole suite (unit, property and end-to-end through the real local broker).
 test: $(STAMP)
-	$(BIN)/ruff check tally tests bench
+	$(BIN)/ruff check .
 	$(BIN)/pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check tally tests bench
+	$(BIN)/ruff check .
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.sales
