@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from faust.types import TopicT
 
+from tally.broker.admin import ensure_topics
 from tally.broker.identity import describe_cluster, reconcile_local_state
 from tally.settings import Settings
 
@@ -49,6 +51,14 @@ class TallyApp(faust.App):
 
     async def on_first_start(self) -> None:
         await super().on_first_start()
+        # Create the topics agents read before subscribing: the broker would otherwise
+        # auto-create them with its own default partition count.
+        await ensure_topics(
+            settings.bootstrap_servers,
+            self.source_topic_partitions(),
+            partitions=settings.partitions,
+            replication=settings.replication,
+        )
         cluster_id, topics = await describe_cluster(settings.bootstrap_servers)
         reason = reconcile_local_state(
             datadir=Path(self.conf.datadir),
@@ -59,6 +69,15 @@ class TallyApp(faust.App):
         )
         if reason:
             print(f"tally: starting with empty tables because {reason}", flush=True)
+
+    def source_topic_partitions(self) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for agent in self.agents.values():
+            channel = agent.channel
+            if isinstance(channel, TopicT):
+                for name in channel.topics:
+                    found[name] = channel.partitions or settings.partitions
+        return found
 
     async def on_started(self) -> None:
         # Faust's table_route hashes keys with the producer's metadata, which knows a

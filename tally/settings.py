@@ -47,6 +47,13 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError("must be more than 0")
+    return value
+
+
 def _port(text: str) -> int:
     value = int(text)
     if not 0 < value < 65536:
@@ -139,6 +146,37 @@ class Settings:
         10.0,
         "Event-time grace: the watermark trails the newest event by this much.",
         _non_negative_float,
+    )
+    sales_pane_seconds: int = _env_field(
+        "TALLY_SALES_PANE_SECONDS",
+        3600,
+        "Sales pane length: the window slides by this much (1 hour).",
+        _positive_int,
+    )
+    sales_window_panes: int = _env_field(
+        "TALLY_SALES_WINDOW_PANES",
+        24,
+        "Panes per sales window (24 x 1 hour = the last 24 hours).",
+        _positive_int,
+    )
+    sales_retained_panes: int = _env_field(
+        "TALLY_SALES_RETAINED_PANES",
+        24,
+        "Panes kept after they leave the window, for ?at= queries of past windows.",
+        _non_negative_int,
+    )
+    top_k: int = _env_field(
+        "TALLY_TOP_K",
+        10,
+        "Items each partition ranks and publishes; the largest ?k=.",
+        _positive_int,
+    )
+    heartbeat_seconds: float = _env_field(
+        "TALLY_HEARTBEAT_SECONDS",
+        5.0,
+        "Partitions re-publish their top-K at least this often; an answer older than 3x "
+        "this is flagged stale.",
+        _positive_float,
     )
     log_level: str = _env_field("TALLY_LOG_LEVEL", "info", "Worker log level.")
 

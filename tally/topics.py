@@ -9,7 +9,13 @@ from __future__ import annotations
 from functools import cache
 
 from tally.app import app, settings
-from tally.codecs.avro import AvroCodec, load_schema, validate_metric_batch, validate_purchase
+from tally.codecs.avro import (
+    AvroCodec,
+    RecordTypeCodec,
+    load_schema,
+    validate_metric_batch,
+    validate_purchase,
+)
 from tally.codecs.registry import SchemaRegistry, open_registry
 
 #: Purchases, Avro `tally.sales.Purchase`, keyed by item id.
@@ -18,6 +24,9 @@ purchases = app.topic("purchases", key_type=bytes, value_type=bytes)
 metric_samples = app.topic("metric-samples", key_type=bytes, value_type=bytes)
 #: Rejected messages: original key and bytes, reason and origin in `tally.dlq.*` headers.
 dead_letters = app.topic("dead-letters", key_type=bytes, value_type=bytes)
+
+#: Events that arrived after their window closed: the event's bytes, why in the same headers.
+late_events = app.topic("late-events", key_type=bytes, value_type=bytes)
 
 #: Topics producers write to directly: created up front with TALLY_PARTITIONS partitions.
 SOURCE_TOPICS = [purchases.get_topic_name(), metric_samples.get_topic_name()]
@@ -34,6 +43,17 @@ def purchase_codec() -> AvroCodec:
 
 
 @cache
+def purchase_batch_codec() -> AvroCodec:
+    return AvroCodec(registry(), "tally.sales.PurchaseBatch", load_schema("purchase_batch"))
+
+
+@cache
+def purchases_topic_codec() -> RecordTypeCodec:
+    """`purchases` carries single purchases and envelopes (record-name subjects)."""
+    return RecordTypeCodec(purchase_codec(), purchase_batch_codec())
+
+
+@cache
 def metric_batch_codec() -> AvroCodec:
     return AvroCodec(
         registry(), "metric-samples-value", load_schema("metric_batch"), validate_metric_batch
@@ -43,5 +63,5 @@ def metric_batch_codec() -> AvroCodec:
 @app.task
 async def register_schemas() -> None:
     """Register every schema this worker reads at start, before any message arrives."""
-    purchase_codec()
+    purchases_topic_codec()
     metric_batch_codec()

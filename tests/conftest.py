@@ -47,6 +47,13 @@ def purchase_codec(registry_dir: Path) -> AvroCodec:
 
 
 @pytest.fixture
+def purchase_batch_codec(registry_dir: Path) -> AvroCodec:
+    return AvroCodec(
+        FileSchemaRegistry(registry_dir), "tally.sales.PurchaseBatch", load_schema("purchase_batch")
+    )
+
+
+@pytest.fixture
 def metric_batch_codec(registry_dir: Path) -> AvroCodec:
     return AvroCodec(
         FileSchemaRegistry(registry_dir),

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from faust import streams as faust_streams
-from faust.types import EventT
+from faust.types import EventT, TopicT
 
 from tally.codecs.avro import AvroCodec, Record
 from tally.deadletters import DeadLetter
@@ -23,7 +23,7 @@ from tally.topics import dead_letters
 
 logger = logging.getLogger(__name__)
 
-#: Rejections since start, by (topic, error class): read by /api/health and the metrics view.
+#: Rejections since start, by (destination topic, error class).
 rejected: Counter[tuple[str, str]] = Counter()
 
 
@@ -40,16 +40,30 @@ async def decode_events(events: Sequence[EventT], codec: AvroCodec) -> list[Reco
     return records
 
 
-async def reject(event: EventT, exc: Exception, *, stage: str) -> None:
+async def reject(
+    event: EventT,
+    exc: Exception,
+    *,
+    stage: str,
+    value: bytes | None = None,
+    to: TopicT = dead_letters,
+) -> None:
+    """Send the message (or `value`, one record cut out of an envelope) to `to` with why and
+    where from; counted by topic and error class."""
     message = event.message
     letter = DeadLetter.of(
         exc, stage=stage, topic=message.topic, partition=message.partition, offset=message.offset
     )
-    rejected[(message.topic, letter.error)] += 1
-    logger.warning(
-        "dead letter from %s[%s]@%s: %s", message.topic, message.partition, message.offset, exc
+    rejected[(to.get_topic_name(), letter.error)] += 1
+    if stage != "late":
+        logger.warning(
+            "dead letter from %s[%s]@%s: %s", message.topic, message.partition, message.offset, exc
+        )
+    await to.send(
+        key=message.key,
+        value=message.value if value is None else value,
+        headers=letter.headers(),
     )
-    await dead_letters.send(key=message.key, value=message.value, headers=letter.headers())
 
 
 def by_partition(events: Sequence[EventT]) -> dict[int, list[EventT]]:

@@ -1,35 +1,268 @@
-"""Sales pipeline: purchases → hourly panes per item."""
+"""Sales pipeline glue: purchases → hourly panes → per-partition top-K → global top-K.
+
+The logic lives in `tally.tables.sliding` / `tally.tables.topk`; this module moves data
+between Kafka, the tables and those classes:
+
+1. `count_sales` takes a batch, splits it by partition, decodes (single purchases and
+   envelopes), folds it into the partition's `SlidingTotals`, writes one pane cell per
+   (pane, item) touched, sends late events to `late-events`, and publishes the partition's
+   top-K when it changed.
+2. `slide_idle_windows` (a 1 s timer) lets event time pass on idle partitions, so windows
+   slide with no traffic, and re-publishes each top-K every heartbeat.
+3. `merge_top_k` (one worker: the candidates topic has one partition) keeps every partition's
+   latest top-K and the history per window; the answer is their merge (tables.topk).
+"""
 
 from __future__ import annotations
 
-from collections import Counter
+import logging
+import time
+from collections.abc import Iterator, Sequence
 
-from tally.agents.intake import by_partition, decode_events, writing_for
-from tally.app import app
-from tally.topics import purchase_codec, purchases
+from faust.types import EventT
 
-HOUR_MS = 3_600_000
-WINDOW_PANES = 24
-BATCH_SIZE = 2000
-BATCH_WITHIN_S = 0.2
+from tally.agents.intake import by_partition, reject, writing_for
+from tally.app import app, settings
+from tally.codecs.avro import Record, validate_purchase
+from tally.errors import DecodeError, SchemaError, TallyError, ValidationError
+from tally.partitioning import partition_for
+from tally.tables.sales import (
+    SALES_SPEC,
+    pane_key,
+    pane_prefix,
+    sales_clocks,
+    sales_panes,
+    sales_topk,
+    topk_candidates,
+)
+from tally.tables.sliding import Arrival, PaneReader, SlidingTotals
+from tally.tables.topk import Candidates, GlobalTopK, merge_candidates
+from tally.tables.windowing import EventClock
+from tally.topics import late_events, purchase_codec, purchases, purchases_topic_codec
 
-#: (item, hour) → units sold in that hour. Key: "<item_id>|<hour since epoch>".
-hourly_sales = app.Table("hourly_sales", key_type=str, value_type=int, default=int)
+logger = logging.getLogger(__name__)
+
+BATCH_SIZE = 5000
+BATCH_WITHIN_S = 0.1
+PURCHASE_BATCH = "tally.sales.PurchaseBatch"
 
 
-def pane_key(item_id: str, hour: int) -> str:
-    return f"{item_id}|{hour}"
+class LateEvent(TallyError):
+    """An event whose pane had left the window when it arrived."""
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+# --- per-partition windows (this worker's active partitions) -------------------------------
+
+#: partition → its window; built from storage on first use, dropped when the partition leaves.
+windows: dict[int, SlidingTotals] = {}
+#: partition → (top published last, when).
+published: dict[int, tuple[list[tuple[str, int]], int, int]] = {}
+
+
+def pane_reader(partition: int) -> PaneReader:
+    """Reads one pane of one partition back from RocksDB: a prefix scan of its cells."""
+    db = sales_panes.data._db_for_partition(partition)  # type: ignore[attr-defined]
+
+    def read(pane: int) -> Iterator[tuple[str, int]]:
+        prefix = pane_prefix(pane)
+        for key, value in db.items(from_key=prefix):
+            if not key.startswith(prefix):
+                break
+            yield key[len(prefix) :].decode(), int(value)
+
+    return read
+
+
+def clock_key(partition: int) -> bytes:
+    return str(partition).encode()
+
+
+def window_for(partition: int, wall_ms: int) -> SlidingTotals:
+    window = windows.get(partition)
+    if window is None:
+        saved = sales_clocks.get(clock_key(partition)) or {}
+        clock = EventClock(saved.get("event_ms"), saved.get("wall_ms", 0))
+        window = SlidingTotals.restore(SALES_SPEC, clock, wall_ms, pane_reader(partition))
+        window.late_events = int(saved.get("late_events", 0))
+        windows[partition] = window
+        prune(partition, window, wall_ms)
+        logger.info("sales partition %s: window restored, %s items", partition, len(window.totals))
+    return window
+
+
+def prune(partition: int, window: SlidingTotals, wall_ms: int) -> None:
+    """Delete panes older than retention from local storage (the changelog expires them)."""
+    watermark = window.watermark(wall_ms)
+    if watermark is not None:
+        db = sales_panes.data._db_for_partition(partition)  # type: ignore[attr-defined]
+        db.delete_range(b"", pane_prefix(SALES_SPEC.retained_from(watermark)))
+
+
+@app.on_partitions_revoked.connect
+async def forget_revoked(sender: object, revoked: set, **kwargs: object) -> None:
+    for tp in revoked:
+        if tp.topic == purchases.get_topic_name():
+            windows.pop(tp.partition, None)
+            published.pop(tp.partition, None)
+
+
+# --- stage 1: purchases → panes → per-partition top-K ------------------------------------
+
+
+async def decoded_purchases(event: EventT, partition: int) -> list[Record]:
+    """The valid purchases of one message; everything else is dead-lettered on its own."""
+    try:
+        name, record = purchases_topic_codec().loads(event.value)
+    except ValidationError as exc:
+        await reject(event, exc, stage="validate")
+        return []
+    except (DecodeError, SchemaError) as exc:
+        await reject(event, exc, stage="decode")
+        return []
+    if name != PURCHASE_BATCH:
+        return [record]
+    valid = []
+    for purchase in record["purchases"]:
+        try:
+            validate_purchase(purchase)
+            owner = partition_for(purchase["item_id"], settings.partitions)
+            if owner != partition:
+                raise ValidationError(
+                    f"item {purchase['item_id']!r} belongs to partition {owner}, but its "
+                    f"envelope was written to partition {partition}"
+                )
+        except ValidationError as exc:
+            await reject(event, exc, stage="validate", value=purchase_codec().dumps(purchase))
+            continue
+        valid.append(purchase)
+    return valid
+
+
+async def count_partition(events: Sequence[EventT]) -> None:
+    partition = events[0].message.partition
+    origins: list[tuple[EventT, Record]] = []
+    arrivals: list[Arrival] = []
+    for event in events:
+        for purchase in await decoded_purchases(event, partition):
+            origins.append((event, purchase))
+            arrivals.append((purchase["item_id"], purchase["quantity"], purchase["event_time_ms"]))
+    if not arrivals:
+        return
+    wall = now_ms()
+    window = window_for(partition, wall)
+    outcome = window.ingest(arrivals, wall, pane_reader(partition))
+    with writing_for(events[-1]):
+        for (pane, item), quantity in outcome.pane_deltas.items():
+            key = pane_key(pane, item)
+            sales_panes[key] = sales_panes[key] + quantity
+        sales_clocks[clock_key(partition)] = {
+            "event_ms": window.clock.event_ms,
+            "wall_ms": window.clock.wall_ms,
+            "late_events": window.late_events,
+        }
+    if outcome.slid:
+        prune(partition, window, wall)
+    for index in outcome.late:
+        event, purchase = origins[index]
+        horizon = SALES_SPEC.start_ms(SALES_SPEC.late_before(window.watermark(wall) or 0))
+        late = LateEvent(
+            f"event time {purchase['event_time_ms']} is before the window horizon {horizon} "
+            f"(watermark {window.watermark(wall)})"
+        )
+        await reject(
+            event, late, stage="late", value=purchase_codec().dumps(purchase), to=late_events
+        )
+    await publish(partition, window, wall)
 
 
 @app.agent(purchases)
 async def count_sales(stream):  # type: ignore[no-untyped-def]
-    """Fold each batch into per-(item, hour) deltas, then touch each table key once."""
+    """Purchases in batches; each partition's share is folded and written on its own."""
     async for batch in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN_S):
         for events in by_partition(batch).values():
-            deltas: Counter[str] = Counter()
-            for purchase in await decode_events(events, purchase_codec()):
-                hour = purchase["event_time_ms"] // HOUR_MS
-                deltas[pane_key(purchase["item_id"], hour)] += purchase["quantity"]
-            with writing_for(events[-1]):
-                for key, quantity in deltas.items():
-                    hourly_sales[key] += quantity
+            await count_partition(events)
+
+
+async def publish(partition: int, window: SlidingTotals, wall_ms: int) -> None:
+    """Send the partition's top-K to the merge stage when it changed, or a heartbeat is due."""
+    if window.last_pane is None:
+        return
+    top = window.top(settings.top_k)
+    last = published.get(partition)
+    unchanged = last is not None and (last[0], last[1]) == (top, window.last_pane)
+    if unchanged and wall_ms - last[2] < settings.heartbeat_seconds * 1000:  # type: ignore[index]
+        return
+    candidates = Candidates(
+        partition=partition,
+        last_pane=window.last_pane,
+        top=top,
+        watermark_ms=window.watermark(wall_ms) or 0,
+        as_of_ms=wall_ms,
+        late_events=window.late_events,
+    )
+    published[partition] = (top, window.last_pane, wall_ms)
+    await topk_candidates.send(key=b"top", value=candidates.to_json())
+
+
+@app.timer(interval=1.0)
+async def slide_idle_windows() -> None:
+    """Event time passes on idle partitions too: slide their windows, keep answers fresh."""
+    if not app.ready:
+        return
+    wall = now_ms()
+    for tp in app.assignor.assigned_actives():
+        if tp.topic != purchases.get_topic_name():
+            continue
+        if tp.partition not in windows and clock_key(tp.partition) not in sales_clocks:
+            continue  # never had a purchase
+        window = window_for(tp.partition, wall)
+        if window.advance(wall, pane_reader(tp.partition)):
+            prune(tp.partition, window, wall)
+        await publish(tp.partition, window, wall)
+
+
+# --- stage 2: the merge ------------------------------------------------------------------
+
+#: partition → latest candidates, on the worker that owns the candidates topic.
+latest_candidates: dict[int, Candidates] = {}
+
+
+def load_latest() -> dict[int, Candidates]:
+    """The latest candidates, from memory, or from the table after a restart or failover."""
+    if not latest_candidates:
+        for key, value in sales_topk.items():
+            if key.startswith(b"latest|"):
+                candidates = Candidates.from_json(value)
+                latest_candidates[candidates.partition] = candidates
+    return latest_candidates
+
+
+def current_answer() -> GlobalTopK | None:
+    return merge_candidates(load_latest().values(), settings.top_k)
+
+
+def answer_at(last_pane: int) -> GlobalTopK | None:
+    """The answer for a past window, from the candidates each partition published for it."""
+    prefix = f"{last_pane:012d}|".encode()
+    found = [Candidates.from_json(v) for k, v in sales_topk.items() if k.startswith(prefix)]
+    return merge_candidates(found, settings.top_k)
+
+
+@app.agent(topk_candidates)
+async def merge_top_k(stream):  # type: ignore[no-untyped-def]
+    async for event in stream.events():
+        candidates = Candidates.from_json(event.value)
+        latest = load_latest()
+        latest[candidates.partition] = candidates
+        sales_topk[f"latest|{candidates.partition}".encode()] = candidates.to_json()
+        sales_topk[f"{candidates.last_pane:012d}|{candidates.partition}".encode()] = (
+            candidates.to_json()
+        )
+        oldest_kept = SALES_SPEC.first_pane(candidates.last_pane) - SALES_SPEC.extra_retained_panes
+        stale_key = f"{oldest_kept - 1:012d}|{candidates.partition}".encode()
+        if stale_key in sales_topk:
+            del sales_topk[stale_key]

@@ -27,11 +27,42 @@ HEADER = struct.Struct(">bI")
 Record = dict[str, Any]
 
 
+def _shipped() -> dict[str, Schema]:
+    """Every shipped schema by full name ("tally.sales.Purchase")."""
+    found = {}
+    for entry in resources.files("tally.schemas").iterdir():
+        if entry.name.endswith(".avsc"):
+            schema = json.loads(entry.read_text())
+            found[full_name(schema)] = schema
+    return found
+
+
+def full_name(schema: Schema) -> str:
+    name = str(schema["name"])
+    return name if "." in name or not schema.get("namespace") else f"{schema['namespace']}.{name}"
+
+
 @cache
 def load_schema(name: str) -> Schema:
-    """A schema shipped in `tally/schemas/<name>.avsc`."""
+    """A schema shipped in `tally/schemas/<name>.avsc`, self-contained: a reference to another
+    shipped record (by full name) is replaced by its definition at its first use."""
     text = resources.files("tally.schemas").joinpath(f"{name}.avsc").read_text()
-    return dict(json.loads(text))
+    shipped = _shipped()
+    defined: set[str] = set()
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, str) and node in shipped and node not in defined:
+            defined.add(node)
+            return inline(shipped[node])
+        if isinstance(node, dict):
+            if node.get("type") == "record":
+                defined.add(full_name(node))
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(item) for item in node]
+        return node
+
+    return dict(inline(json.loads(text)))
 
 
 def frame(schema_id: int, body: bytes) -> bytes:
@@ -68,6 +99,7 @@ class AvroCodec(Codec):
         )
         self.registry = registry
         self.subject = subject
+        self.schema = schema
         self.parsed = parse_schema(schema)
         self.schema_id = registry.register(subject, schema)
         self.validate = validate
@@ -117,6 +149,30 @@ class AvroCodec(Codec):
                 raise SchemaError(f"schema id {schema_id} is not usable Avro: {exc}") from exc
             self._writers[schema_id] = writer
         return writer
+
+
+class RecordTypeCodec:
+    """Decodes a topic that carries several record types, choosing by the writer's name.
+
+    `purchases` takes single `Purchase` messages and `PurchaseBatch` envelopes alike.
+    """
+
+    def __init__(self, *codecs: AvroCodec) -> None:
+        self.by_name = {full_name(codec.schema): codec for codec in codecs}
+        self.registry = codecs[0].registry
+
+    def loads(self, data: bytes) -> tuple[str, Record]:
+        if not isinstance(data, bytes | bytearray):
+            raise DecodeError("message has no value")
+        schema = self.registry.schema(schema_id_of(data))
+        name = full_name(schema) if isinstance(schema, dict) and "name" in schema else "?"
+        codec = self.by_name.get(name)
+        if codec is None:
+            raise DecodeError(
+                f"record type {name!r} is not accepted here; expected one of "
+                f"{', '.join(sorted(self.by_name))}"
+            )
+        return name, codec.loads(data)
 
 
 def validate_purchase(record: Record) -> None:

@@ -1,40 +1,128 @@
-"""Sales views: `/api/sales/items/{item_id}`, routed to the worker that owns the item."""
+"""Sales views: the global top-K and one item's panes, each answered by the worker that owns it."""
 
 from __future__ import annotations
 
-import time
+from typing import Any
 
 from faust.web import Request, Response, View
 
-from tally.agents.sales import HOUR_MS, WINDOW_PANES, hourly_sales, pane_key
-from tally.app import app
-from tally.web.params import iso, require_ready, time_param
+from tally.agents.sales import answer_at, clock_key, current_answer, now_ms
+from tally.app import app, settings
+from tally.partitioning import partition_for
+from tally.tables.sales import SALES_SPEC, pane_key, sales_clocks, sales_panes, sales_topk
+from tally.tables.topk import GlobalTopK
+from tally.tables.windowing import EventClock
+from tally.web.params import BadRequest, int_param, iso, require_ready, time_param
+
+GONE = 410
+
+
+def window_fields(last_pane: int) -> dict[str, str]:
+    return {
+        "window_start": iso(SALES_SPEC.start_ms(SALES_SPEC.first_pane(last_pane))),
+        "window_end": iso(SALES_SPEC.start_ms(last_pane + 1)),
+    }
+
+
+def stale_reasons(answer: GlobalTopK, wall_ms: int, historical: bool) -> list[str]:
+    reasons = []
+    if answer.lagging:
+        reasons.append(
+            f"partitions {answer.lagging} have not reached this window yet (lagging or idle)"
+        )
+    age_s = (wall_ms - answer.as_of_ms) / 1000
+    if not historical and age_s > 3 * settings.heartbeat_seconds:
+        reasons.append(
+            f"last update {age_s:.0f} s ago: the pipeline is stalled or a worker is down"
+        )
+    return reasons
+
+
+@app.page("/api/sales/top")
+class TopSales(View):
+    """The top-K items of the sliding window (the current one, or the one ending at `?at=`)."""
+
+    async def get(self, request: Request) -> Response:
+        require_ready()
+        return await self.owned(request)
+
+    @app.table_route(table=sales_topk, exact_key="top")
+    async def owned(self, request: Request) -> Response:
+        k = int_param(request, "k", settings.top_k, 1, settings.top_k)
+        wall = now_ms()
+        at = request.query.get("at")
+        answer = (
+            current_answer()
+            if at is None
+            else answer_at(SALES_SPEC.pane_of(time_param(request, "at", wall)))
+        )
+        if answer is None:
+            body: dict[str, Any] = {
+                "window_start": None,
+                "window_end": None,
+                "as_of": iso(wall),
+                "watermark": None,
+                "stale": True,
+                "stale_reasons": ["no purchases in this window" if at else "no purchases seen yet"],
+                "items": [],
+            }
+            return self.json(body)
+        reasons = stale_reasons(answer, wall, historical=at is not None)
+        return self.json(
+            {
+                **window_fields(answer.last_pane),
+                "as_of": iso(answer.as_of_ms),
+                "watermark": iso(answer.watermark_ms),
+                "stale": bool(reasons),
+                "stale_reasons": reasons,
+                "late_events": answer.late_events,
+                "items": [
+                    {"item_id": item, "quantity": quantity, "rank": rank}
+                    for rank, (item, quantity) in enumerate(answer.top[:k], start=1)
+                ],
+            }
+        )
 
 
 @app.page("/api/sales/items/{item_id}")
 class ItemSales(View):
-    """An item's 24-hour total and its hourly panes, for the window ending at `?at=` (now)."""
+    """An item's total over the window and its panes (current window, or the one at `?at=`)."""
 
     async def get(self, request: Request, item_id: str) -> Response:
         require_ready()
-        return await self.owned_item(request, item_id=item_id)
+        return await self.owned(request, item_id=item_id)
 
-    @app.table_route(table=hourly_sales, match_info="item_id")
-    async def owned_item(self, request: Request, item_id: str) -> Response:
-        at_ms = time_param(request, "at", int(time.time() * 1000))
-        last = at_ms // HOUR_MS
+    @app.table_route(table=sales_panes, match_info="item_id")
+    async def owned(self, request: Request, item_id: str) -> Response:
+        wall = now_ms()
+        partition = partition_for(item_id, settings.partitions)
+        saved = sales_clocks.get(clock_key(partition)) or {}
+        clock = EventClock(saved.get("event_ms"), saved.get("wall_ms", 0))
+        now = clock.now(wall)
+        watermark = clock.watermark(wall, SALES_SPEC.grace_ms)
+        last = SALES_SPEC.pane_of(time_param(request, "at", now if now is not None else wall))
+        if watermark is not None and SALES_SPEC.first_pane(last) < SALES_SPEC.retained_from(
+            watermark
+        ):
+            oldest = SALES_SPEC.start_ms(SALES_SPEC.retained_from(watermark))
+            raise BadRequest(
+                f"the window ending at {iso(SALES_SPEC.start_ms(last + 1))} is no longer "
+                f"retained; the oldest pane kept starts at {iso(oldest)}",
+                code=GONE,
+            )
         panes = [
             {
-                "pane_start": iso(hour * HOUR_MS),
-                "quantity": hourly_sales.get(pane_key(item_id, hour), 0),
+                "pane_start": iso(SALES_SPEC.start_ms(pane)),
+                "quantity": sales_panes.get(pane_key(pane, item_id), 0),
             }
-            for hour in range(last - WINDOW_PANES + 1, last + 1)
+            for pane in range(SALES_SPEC.first_pane(last), last + 1)
         ]
         return self.json(
             {
                 "item_id": item_id,
-                "window_start": iso((last - WINDOW_PANES + 1) * HOUR_MS),
-                "window_end": iso((last + 1) * HOUR_MS),
+                **window_fields(last),
+                "watermark": None if watermark is None else iso(watermark),
+                "as_of": iso(wall),
                 "quantity": sum(p["quantity"] for p in panes),
                 "panes": panes,
             }

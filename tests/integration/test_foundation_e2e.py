@@ -34,11 +34,19 @@ def item_quantity(worker, item: str, at_ms: int) -> int:  # type: ignore[no-unty
 
 
 def test_every_schema_round_trips_through_the_broker(
-    broker: LocalBroker, purchase_codec: AvroCodec, metric_batch_codec: AvroCodec
+    broker: LocalBroker,
+    purchase_codec: AvroCodec,
+    metric_batch_codec: AvroCodec,
+    purchase_batch_codec: AvroCodec,
 ) -> None:
     rng = random.Random(7)
+    singles = purchases(rng, clock_ms=lambda: T0)
+    envelopes = (
+        {"purchases": [next(singles) for _ in range(rng.randrange(1, 20))]} for _ in iter(int, 1)
+    )
     samples = {
         "purchase.avsc": (purchase_codec, purchases(rng, clock_ms=lambda: T0)),
+        "purchase_batch.avsc": (purchase_batch_codec, envelopes),
         "metric_batch.avsc": (metric_batch_codec, metric_batches(rng, clock_ms=lambda: T0)),
     }
     shipped = {

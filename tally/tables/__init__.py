@@ -1,0 +1,1 @@
+"""Windowing and ranking (pure: no Faust), and the pipelines' table definitions."""

@@ -1,0 +1,111 @@
+"""One partition's sliding-window totals per key, kept incrementally from panes. No Faust.
+
+Storage (the glue's RocksDB table) holds the panes: (pane, key) → amount, one write per pair
+touched per batch. This class holds the window's totals per key in rank order, in memory:
+
+    totals[key] == sum(storage[pane, key] for pane in the window)      (the invariant)
+
+Arrivals add to the totals of panes inside the window; when the window slides, the panes that
+leave it are read back from storage and subtracted. Nothing ever rescans the whole window
+except `restore`, after a restart or a rebalance.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from tally.tables.topk import Ranked, RankedTotals
+from tally.tables.windowing import EventClock, PaneSpec
+
+#: Reads one pane back from storage: its (key, amount) pairs.
+PaneReader = Callable[[int], Iterable[tuple[str, int]]]
+#: One event: (key, amount, event time in ms).
+Arrival = tuple[str, int, int]
+
+
+@dataclass
+class BatchOutcome:
+    """What a batch did: pane deltas to write to storage, and which events were late."""
+
+    pane_deltas: dict[tuple[int, str], int] = field(default_factory=dict)
+    late: list[int] = field(default_factory=list)  # indexes into the batch
+    slid: bool = False
+
+
+class SlidingTotals:
+    """The sliding window of one partition, driven by arrivals and by the passage of time."""
+
+    def __init__(self, spec: PaneSpec, clock: EventClock | None = None) -> None:
+        self.spec = spec
+        self.clock = clock or EventClock()
+        self.totals = RankedTotals()
+        self.last_pane: int | None = None
+        self.late_events = 0
+
+    @classmethod
+    def restore(
+        cls, spec: PaneSpec, clock: EventClock, wall_ms: int, read_pane: PaneReader
+    ) -> SlidingTotals:
+        """Rebuild the window at the clock's current time from the panes in storage."""
+        window = cls(spec, clock)
+        now = clock.now(wall_ms)
+        if now is not None:
+            window.last_pane = spec.pane_of(now)
+            for pane in range(spec.first_pane(window.last_pane), window.last_pane + 1):
+                for key, amount in read_pane(pane):
+                    window.totals.add(key, amount)
+        return window
+
+    def watermark(self, wall_ms: int) -> int | None:
+        return self.clock.watermark(wall_ms, self.spec.grace_ms)
+
+    def ingest(self, batch: Sequence[Arrival], wall_ms: int, read_pane: PaneReader) -> BatchOutcome:
+        """Classify and fold a batch. Storage must receive `pane_deltas` after this returns."""
+        outcome = BatchOutcome()
+        deltas: dict[tuple[int, str], int] = defaultdict(int)
+        spec, clock = self.spec, self.clock
+        for index, (key, amount, event_ms) in enumerate(batch):
+            clock.observe(event_ms, wall_ms)
+            pane = spec.pane_of(event_ms)
+            watermark = clock.watermark(wall_ms, spec.grace_ms)
+            if watermark is not None and pane < spec.late_before(watermark):
+                outcome.late.append(index)
+                continue
+            deltas[(pane, key)] += amount
+        self.late_events += len(outcome.late)
+        outcome.slid = self._slide(wall_ms, read_pane)
+        if self.last_pane is not None:
+            first = spec.first_pane(self.last_pane)
+            for (pane, key), amount in deltas.items():
+                if first <= pane <= self.last_pane:
+                    self.totals.add(key, amount)
+        outcome.pane_deltas = dict(deltas)
+        return outcome
+
+    def advance(self, wall_ms: int, read_pane: PaneReader) -> bool:
+        """Let time pass with no arrivals; True if the window slid."""
+        return self._slide(wall_ms, read_pane)
+
+    def top(self, k: int) -> list[Ranked]:
+        return self.totals.top(k)
+
+    def _slide(self, wall_ms: int, read_pane: PaneReader) -> bool:
+        now = self.clock.now(wall_ms)
+        if now is None:
+            return False
+        new_last = self.spec.pane_of(now)
+        old_last = self.last_pane
+        if old_last is not None and new_last <= old_last:
+            return False
+        self.last_pane = new_last
+        if old_last is None:
+            return True
+        leaving = range(
+            self.spec.first_pane(old_last), min(old_last, self.spec.first_pane(new_last) - 1) + 1
+        )
+        for pane in leaving:
+            for key, amount in read_pane(pane):
+                self.totals.add(key, -amount)
+        return True

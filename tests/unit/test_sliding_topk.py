@@ -1,0 +1,191 @@
+"""The sliding-window and top-K core against brute force (hypothesis)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tally.tables.sliding import Arrival, SlidingTotals
+from tally.tables.topk import Candidates, RankedTotals, merge_candidates, merge_top, rank_key
+from tally.tables.windowing import EventClock, PaneSpec
+
+PANE = 100  # ms: small numbers keep the search space dense with rollovers and ties
+
+
+class PaneStore:
+    """Storage as the glue keeps it: (pane, key) -> amount."""
+
+    def __init__(self) -> None:
+        self.cells: dict[tuple[int, str], int] = defaultdict(int)
+
+    def read(self, pane: int) -> list[tuple[str, int]]:
+        return [(k, v) for (p, k), v in self.cells.items() if p == pane]
+
+    def write(self, deltas: dict[tuple[int, str], int]) -> None:
+        for cell, amount in deltas.items():
+            self.cells[cell] += amount
+
+
+def brute_force(
+    steps: list[tuple[int, list[Arrival]]], spec: PaneSpec
+) -> tuple[dict[str, int], list[int], int]:
+    """Replay every event one by one with the documented rules; totals of the final window."""
+    clock, clock_wall = None, 0  # event time at wall time clock_wall; + wall speed after
+    accepted: list[Arrival] = []
+    late: list[int] = []
+    n = 0
+    for wall, batch in steps:
+        for key, amount, ts in batch:
+            advanced = None if clock is None else clock + max(0, wall - clock_wall)
+            clock = ts if advanced is None else max(advanced, ts)
+            clock_wall = max(clock_wall, wall)
+            watermark = clock - spec.grace_ms
+            first_allowed = watermark // spec.pane_ms - spec.window_panes + 1
+            if ts // spec.pane_ms < first_allowed:
+                late.append(n)
+            else:
+                accepted.append((key, amount, ts))
+            n += 1
+    wall = steps[-1][0]
+    if clock is None:
+        return {}, late, 0
+    last = (clock + max(0, wall - clock_wall)) // spec.pane_ms
+    first = last - spec.window_panes + 1
+    totals: dict[str, int] = defaultdict(int)
+    for key, amount, ts in accepted:
+        if first <= ts // spec.pane_ms <= last:
+            totals[key] += amount
+    return {k: v for k, v in totals.items() if v}, late, last
+
+
+keys = st.sampled_from(["a", "b", "c", "d", "e", "f", "g"])
+batches = st.lists(
+    st.tuples(
+        st.integers(0, 400),  # wall-clock step
+        st.lists(
+            st.tuples(keys, st.integers(1, 5), st.integers(-300, 300)), max_size=12
+        ),  # ts jitter
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    batches,
+    st.integers(1, 4),
+    st.integers(0, 250),
+    st.integers(1, 5),
+)
+def test_sliding_totals_equal_brute_force(
+    raw: list, window_panes: int, grace_ms: int, k: int
+) -> None:
+    spec = PaneSpec(pane_ms=PANE, window_panes=window_panes, grace_ms=grace_ms)
+    window = SlidingTotals(spec)
+    store = PaneStore()
+    steps: list[tuple[int, list[Arrival]]] = []
+    wall = 10_000
+    base = 10_000
+    late_seen: list[int] = []
+    offset = 0
+    for wall_step, events in raw:
+        wall += wall_step
+        base += (
+            wall_step  # event time moves with the wall clock, plus jitter: out-of-order, late, ties
+        )
+        batch = [(key, amount, base + jitter) for key, amount, jitter in events]
+        steps.append((wall, batch))
+        if batch:
+            outcome = window.ingest(batch, wall, store.read)
+            store.write(outcome.pane_deltas)
+            late_seen += [offset + i for i in outcome.late]
+            offset += len(batch)
+        else:
+            window.advance(wall, store.read)
+        expected, expected_late, last = brute_force(steps, spec)
+        assert late_seen == expected_late
+        if expected:
+            assert window.last_pane == last
+        assert dict(window.totals.items()) == expected
+        assert window.top(k) == sorted(expected.items(), key=rank_key)[:k]
+    # A restart rebuilds the same window from storage alone.
+    restored = SlidingTotals.restore(
+        spec, EventClock(window.clock.event_ms, window.clock.wall_ms), wall, store.read
+    )
+    assert dict(restored.totals.items()) == dict(window.totals.items())
+
+
+def test_idle_partition_slides_with_the_wall_clock() -> None:
+    spec = PaneSpec(pane_ms=1000, window_panes=2, grace_ms=0)
+    window = SlidingTotals(spec)
+    store = PaneStore()
+    store.write(
+        window.ingest([("old", 5, 10_100)], wall_ms=50_000, read_pane=store.read).pane_deltas
+    )
+    store.write(
+        window.ingest([("new", 1, 11_100)], wall_ms=50_000, read_pane=store.read).pane_deltas
+    )
+    assert window.top(5) == [("old", 5), ("new", 1)]
+    assert not window.advance(50_500, store.read)  # still pane 11
+    assert window.advance(51_000, store.read)  # pane 12: pane 10 leaves
+    assert window.top(5) == [("new", 1)]
+    assert window.advance(53_000, store.read)
+    assert window.top(5) == []
+
+
+def test_late_events_are_counted_and_not_added() -> None:
+    spec = PaneSpec(pane_ms=1000, window_panes=2, grace_ms=500)
+    window = SlidingTotals(spec)
+    store = PaneStore()
+    outcome = window.ingest([("x", 1, 20_000), ("y", 1, 18_999), ("z", 1, 19_000)], 0, store.read)
+    # watermark 19_500 -> pane 19 -> window [18, 19]: 18_999 (pane 18) still allowed
+    assert outcome.late == []
+    outcome = window.ingest([("x", 1, 21_600), ("y", 1, 19_999), ("z", 1, 18_500)], 0, store.read)
+    # watermark 21_100 -> pane 21 -> window [20, 21]: panes 19 and 18 are late
+    assert outcome.late == [1, 2]
+    assert window.late_events == 2
+
+
+def test_ranked_totals_order_and_removal() -> None:
+    ranked = RankedTotals()
+    for key, amount in [("b", 3), ("a", 3), ("c", 5), ("d", 1)]:
+        ranked.add(key, amount)
+    assert ranked.top(3) == [("c", 5), ("a", 3), ("b", 3)]
+    ranked.add("c", -5)
+    assert ranked.total("c") == 0 and len(ranked) == 3
+    assert ranked.top(10) == [("a", 3), ("b", 3), ("d", 1)]
+
+
+@given(
+    st.dictionaries(st.text(max_size=4), st.integers(1, 20), max_size=40),
+    st.integers(1, 5),
+    st.integers(1, 8),
+)
+def test_merging_partition_top_ks_is_exact(totals: dict[str, int], partitions: int, k: int) -> None:
+    by_partition: dict[int, dict[str, int]] = defaultdict(dict)
+    for key, total in totals.items():
+        by_partition[hash(key) % partitions][key] = total
+    local = [sorted(p.items(), key=rank_key)[:k] for p in by_partition.values()]
+    assert merge_top(local, k) == sorted(totals.items(), key=rank_key)[:k]
+
+
+def test_merge_names_lagging_partitions() -> None:
+    now = [Candidates(0, 11, [("a", 4)], 11_000, 5), Candidates(1, 10, [("b", 9)], 10_500, 6)]
+    merged = merge_candidates(now, 10)
+    assert merged is not None
+    assert merged.last_pane == 11 and merged.lagging == [1]
+    assert merged.top == [("b", 9), ("a", 4)]
+    assert merged.watermark_ms == 10_500 and merged.as_of_ms == 6
+    assert merge_candidates([], 10) is None
+    assert Candidates.from_json(now[0].to_json()) == now[0]
+
+
+def test_pane_spec_rejects_nonsense() -> None:
+    with pytest.raises(ValueError):
+        PaneSpec(pane_ms=0, window_panes=24)
+    with pytest.raises(ValueError):
+        PaneSpec(pane_ms=1, window_panes=24, grace_ms=-1)
