@@ -80,11 +80,14 @@ class TallyApp(faust.App):
         return found
 
     async def on_started(self) -> None:
-        # Faust's table_route hashes keys with the producer's metadata, which knows a
-        # changelog topic only once something was written to it: teach it every one first.
+        # Faust's table_route hashes keys with the producer's metadata, which tracks a
+        # changelog topic only once something was written to it: make it track every one.
+        # (aiokafka's partitions_for alone does not add a topic that happens to be known.)
         producer = self.producer._ensure_producer()  # type: ignore[attr-defined]
         for table in self.tables.values():
-            await producer.partitions_for(table.changelog_topic.get_topic_name())
+            name = table.changelog_topic.get_topic_name()
+            await producer.client.add_topic(name)
+            await producer.partitions_for(name)
         self.routing_ready = True
         await super().on_started()
 

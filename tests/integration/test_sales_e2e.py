@@ -1,0 +1,206 @@
+"""Sales through the real broker: top-K and items against brute force, late events, idle slide."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter, defaultdict
+from itertools import islice
+
+from tally.broker.local import LocalBroker
+from tally.codecs.avro import AvroCodec, Record
+from tally.deadletters import DeadLetter
+from tally.partitioning import group_by_partition
+from tally.tables.topk import rank_key
+from tests.conftest import WorkerFactory
+from tests.harness import consume, headers_of, produce, wait_until
+
+HOUR_MS = 3_600_000
+PARTITIONS = 4
+#: The newest event is half-way through an hour, so the window does not roll during the test.
+T_END = 1_767_225_600_000 + 30 * 60_000  # 2026-01-01T00:30Z
+
+
+def zipf_items(rng: random.Random, count: int, items: int) -> list[str]:
+    weights = [1 / (rank**1.1) for rank in range(1, items + 1)]
+    return [f"item-{i:04d}" for i in rng.choices(range(items), weights=weights, k=count)]
+
+
+def purchases_over_30_hours(rng: random.Random, count: int) -> list[Record]:
+    """Chronological with ±10 min jitter (out of order), some identical timestamps."""
+    start = T_END - 30 * HOUR_MS
+    step = 30 * HOUR_MS / count
+    out = []
+    for n, item in enumerate(zipf_items(rng, count, 300)):
+        ts = int(start + n * step) + rng.randrange(-600_000, 600_000)
+        if n % 50 == 1:
+            ts = out[-1]["event_time_ms"]  # the same millisecond as the one before
+        out.append(
+            {
+                "purchase_id": f"p{n}",
+                "item_id": item,
+                "quantity": rng.randint(1, 5),
+                "unit_price_cents": 500,
+                "event_time_ms": min(ts, T_END),
+                "metadata": {},
+            }
+        )
+    return out
+
+
+def window_totals(events: list[Record], last_pane: int) -> dict[str, int]:
+    totals: Counter[str] = Counter()
+    for e in events:
+        if last_pane - 23 <= e["event_time_ms"] // HOUR_MS <= last_pane:
+            totals[e["item_id"]] += e["quantity"]
+    return dict(totals)
+
+
+def messages(
+    events: list[Record], single: AvroCodec, envelope: AvroCodec
+) -> list[tuple[int | None, bytes, bytes]]:
+    """Chunks of 500, alternately as single purchases and as per-partition envelopes."""
+    out: list[tuple[int | None, bytes, bytes]] = []
+    for chunk_no, start in enumerate(range(0, len(events), 500)):
+        chunk = events[start : start + 500]
+        if chunk_no % 2 == 0:
+            out += [(None, e["item_id"].encode(), single.dumps(e)) for e in chunk]
+        else:
+            for partition, group in group_by_partition(chunk, "item_id", PARTITIONS).items():
+                out.append(
+                    (partition, group[0]["item_id"].encode(), envelope.dumps({"purchases": group}))
+                )
+    return out
+
+
+def produce_to_partitions(bootstrap: str, msgs: list[tuple[int | None, bytes, bytes]]) -> None:
+    import asyncio
+
+    from aiokafka import AIOKafkaProducer
+
+    async def send() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=10)
+        await producer.start()
+        try:
+            for partition, key, value in msgs:
+                await producer.send("purchases", value, key=key, partition=partition)
+            await producer.flush()
+        finally:
+            await producer.stop()
+
+    asyncio.run(send())
+
+
+def test_top_k_and_items_equal_brute_force_on_two_workers(
+    broker: LocalBroker,
+    make_worker: WorkerFactory,
+    purchase_codec: AvroCodec,
+    purchase_batch_codec: AvroCodec,
+) -> None:
+    rng = random.Random(2026)
+    events = purchases_over_30_hours(rng, 50_000)
+    first, second = make_worker("w1").start(), make_worker("w2").start()
+    produce_to_partitions(broker.bootstrap, messages(events, purchase_codec, purchase_batch_codec))
+
+    last_pane = T_END // HOUR_MS
+    totals = window_totals(events, last_pane)
+    expected = [
+        {"item_id": item, "quantity": qty, "rank": rank}
+        for rank, (item, qty) in enumerate(sorted(totals.items(), key=rank_key)[:10], start=1)
+    ]
+    answer = wait_until(
+        lambda: (a := first.get("/api/sales/top")) and a["items"] == expected and a,
+        120,
+        what="the top-10 to equal brute force",
+    )
+    assert answer["window_start"] == "2025-12-31T01:00:00Z"
+    assert answer["window_end"] == "2026-01-01T01:00:00Z"
+    assert answer["stale"] is False, answer["stale_reasons"]
+    assert answer["watermark"] and answer["as_of"]
+    assert second.get("/api/sales/top") == first.get("/api/sales/top") | {
+        "as_of": second.get("/api/sales/top")["as_of"]
+    }
+    assert first.get("/api/sales/top?k=3")["items"] == expected[:3]
+
+    # Items: the owner answers, the other worker forwards; both equal brute force, pane by pane.
+    for item in [*list(totals)[:5], "item-0000", "never-sold"]:
+        for worker in (first, second):
+            body = worker.get(f"/api/sales/items/{item}")
+            assert body["quantity"] == totals.get(item, 0), (item, worker.url)
+            panes = defaultdict(int)
+            for e in events:
+                if e["item_id"] == item:
+                    panes[e["event_time_ms"] // HOUR_MS] += e["quantity"]
+            assert [p["quantity"] for p in body["panes"]] == [
+                panes[h] for h in range(last_pane - 23, last_pane + 1)
+            ]
+    at = "2025-12-31T20:15:00Z"  # a past window, still retained
+    past = first.get(f"/api/sales/items/item-0000?at={at}")
+    assert past["window_end"] == "2025-12-31T21:00:00Z"
+    assert past["quantity"] == window_totals(events, last_pane - 4).get("item-0000", 0)
+
+    # Late: 24+ hours behind the watermark; never counted, all in late-events, counted.
+    late = [
+        {**e, "purchase_id": f"late{n}", "event_time_ms": T_END - 26 * HOUR_MS}
+        for n, e in enumerate(islice(events, 200))
+    ]
+    produce(
+        broker.bootstrap,
+        "purchases",
+        [(e["item_id"].encode(), purchase_codec.dumps(e)) for e in late],
+    )
+    letters = consume(broker.bootstrap, "late-events", expect=200, timeout=60)
+    assert len(letters) == 200
+    assert sorted(purchase_codec.loads(r.value)["purchase_id"] for r in letters) == sorted(
+        e["purchase_id"] for e in late
+    )
+    assert {DeadLetter.from_headers(headers_of(r)).stage for r in letters} == {"late"}
+    answer = wait_until(
+        lambda: (a := first.get("/api/sales/top")) and a["late_events"] == 200 and a,
+        30,
+        what="late count",
+    )
+    assert answer["items"] == expected
+
+    # Bad parameters are a 400 with a message.
+    for query in ("k=0", "k=11", "k=ten", "at=yesterday"):
+        status, body = first.get_status(f"/api/sales/top?{query}")
+        assert status == 400 and body, query
+    status, body = first.get_status("/api/sales/items/item-0000?at=2025-01-01T00:00:00Z")
+    assert status == 410 and "no longer retained" in str(body)
+
+
+def test_with_no_traffic_the_window_slides_and_items_drop_out(
+    broker: LocalBroker, make_worker: WorkerFactory, purchase_codec: AvroCodec
+) -> None:
+    worker = make_worker(
+        TALLY_SALES_PANE_SECONDS="2",
+        TALLY_SALES_WINDOW_PANES="2",
+        TALLY_GRACE_SECONDS="0",
+        TALLY_HEARTBEAT_SECONDS="1",
+    ).start()
+    now = int(time.time() * 1000)
+    purchase = {
+        "purchase_id": "p",
+        "item_id": "gadget",
+        "quantity": 3,
+        "unit_price_cents": 1,
+        "event_time_ms": now,
+        "metadata": {},
+    }
+    produce(broker.bootstrap, "purchases", [(b"gadget", purchase_codec.dumps(purchase))])
+    first = wait_until(
+        lambda: (a := worker.get("/api/sales/top")) and a["items"] and a, 30, what="gadget ranked"
+    )
+    assert first["items"] == [{"item_id": "gadget", "quantity": 3, "rank": 1}]
+    assert first["stale"] is False
+
+    # No purchases at all now: event time passes with the wall clock; after 2 panes it is gone.
+    later = wait_until(
+        lambda: (a := worker.get("/api/sales/top")) and not a["items"] and a,
+        30,
+        what="gadget to drop out",
+    )
+    assert later["window_start"] > first["window_start"]
+    assert later["as_of"] > first["as_of"] and later["stale"] is False
+    assert worker.get("/api/sales/items/gadget")["quantity"] == 0
