@@ -25,6 +25,7 @@ PIPELINE_MODULES = [
     "tally.agents.sales",
     "tally.web.health",
     "tally.web.index",
+    "tally.web.metrics",
     "tally.web.sales",
     "tally.web.registry",
 ]

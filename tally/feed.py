@@ -43,6 +43,32 @@ def purchases(
         }
 
 
+def historical_purchases(
+    rng: random.Random, *, count: int, items: int, end_ms: int, span_ms: int
+) -> list[Record]:
+    """`count` purchases spread evenly over `span_ms` ending at `end_ms`, Zipf over `items`,
+    with ±10 minutes of jitter (out of order) and every 50th sharing its predecessor's time."""
+    cumulative = zipf_weights(items)
+    chosen = rng.choices(range(items), cum_weights=cumulative, k=count)
+    step = span_ms / count
+    out: list[Record] = []
+    for n, item in enumerate(chosen):
+        ts = int(end_ms - span_ms + n * step) + rng.randrange(-600_000, 600_000)
+        if n % 50 == 1:
+            ts = out[-1]["event_time_ms"]
+        out.append(
+            {
+                "purchase_id": f"p{n}",
+                "item_id": f"item-{item:06d}",
+                "quantity": rng.randint(1, 5),
+                "unit_price_cents": 500,
+                "event_time_ms": min(ts, end_ms),
+                "metadata": {},
+            }
+        )
+    return out
+
+
 def metric_batches(
     rng: random.Random, *, servers: int = 20, metrics: int = 6, clock_ms: Callable[[], int]
 ) -> Iterator[Record]:

@@ -20,6 +20,7 @@ from tally.errors import ConfigurationError
 #: Broker URL schemes and what they mean. `tansu` = the local broker, with the compatibility shim.
 BROKER_SCHEMES = ("tansu", "kafka")
 PROCESSING_GUARANTEES = ("at_least_once", "exactly_once")
+LOG_LEVELS = ("crit", "error", "warn", "info", "debug")
 
 
 def _env_field(env: str, default: Any, doc: str, parse: Callable[[str], Any] = str) -> Any:
@@ -82,6 +83,12 @@ def _broker_url(text: str) -> str:
             )
     if len({urlsplit(url).scheme for url in urls}) > 1:
         raise ValueError("all brokers must use the same scheme (tansu:// or kafka://)")
+    return text
+
+
+def _log_level(text: str) -> str:
+    if text not in LOG_LEVELS:
+        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
     return text
 
 
@@ -178,7 +185,9 @@ class Settings:
         "this is flagged stale.",
         _positive_float,
     )
-    log_level: str = _env_field("TALLY_LOG_LEVEL", "info", "Worker log level.")
+    log_level: str = _env_field(
+        "TALLY_LOG_LEVEL", "info", "Worker log level: crit, error, warn, info or debug.", _log_level
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

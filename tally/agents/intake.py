@@ -9,35 +9,38 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Protocol, TypeVar
 
 from faust import streams as faust_streams
 from faust.types import EventT, TopicT
 
-from tally.codecs.avro import AvroCodec, Record
 from tally.deadletters import DeadLetter
 from tally.errors import DecodeError, SchemaError, ValidationError
+from tally.telemetry import DEAD_LETTERS, EVENTS
 from tally.topics import dead_letters
 
 logger = logging.getLogger(__name__)
 
-#: Rejections since start, by (destination topic, error class).
-rejected: Counter[tuple[str, str]] = Counter()
+T_co = TypeVar("T_co", covariant=True)
+R = TypeVar("R")
 
 
-async def decode_events(events: Sequence[EventT], codec: AvroCodec) -> list[Record]:
-    """The records of `events` that decode and validate; the others go to dead-letters."""
-    records: list[Record] = []
-    for event in events:
-        try:
-            records.append(codec.loads(event.value))
-        except ValidationError as exc:
-            await reject(event, exc, stage="validate")
-        except (DecodeError, SchemaError) as exc:
-            await reject(event, exc, stage="decode")
-    return records
+class Decoder(Protocol[T_co]):
+    def loads(self, data: bytes) -> T_co: ...
+
+
+async def decode(event: EventT, codec: Decoder[R]) -> R | None:
+    """The event's decoded value, or None after sending it to dead-letters with the reason."""
+    try:
+        return codec.loads(event.value)
+    except ValidationError as exc:
+        await reject(event, exc, stage="validate")
+    except (DecodeError, SchemaError) as exc:
+        await reject(event, exc, stage="decode")
+    return None
 
 
 async def reject(
@@ -54,7 +57,8 @@ async def reject(
     letter = DeadLetter.of(
         exc, stage=stage, topic=message.topic, partition=message.partition, offset=message.offset
     )
-    rejected[(to.get_topic_name(), letter.error)] += 1
+    DEAD_LETTERS.labels(to.get_topic_name(), letter.error).inc()
+    EVENTS.labels(message.topic, "late" if stage == "late" else "rejected").inc()
     if stage != "late":
         logger.warning(
             "dead letter from %s[%s]@%s: %s", message.topic, message.partition, message.offset, exc

@@ -21,10 +21,10 @@ from collections.abc import Iterator, Sequence
 
 from faust.types import EventT
 
-from tally.agents.intake import by_partition, reject, writing_for
+from tally.agents.intake import by_partition, decode, reject, writing_for
 from tally.app import app, settings
 from tally.codecs.avro import Record, validate_purchase
-from tally.errors import DecodeError, SchemaError, TallyError, ValidationError
+from tally.errors import TallyError, ValidationError
 from tally.partitioning import partition_for
 from tally.tables.sales import (
     SALES_SPEC,
@@ -38,6 +38,7 @@ from tally.tables.sales import (
 from tally.tables.sliding import Arrival, PaneReader, SlidingTotals
 from tally.tables.topk import Candidates, GlobalTopK, merge_candidates
 from tally.tables.windowing import EventClock
+from tally.telemetry import EVENTS
 from tally.topics import late_events, purchase_codec, purchases, purchases_topic_codec
 
 logger = logging.getLogger(__name__)
@@ -115,14 +116,10 @@ async def forget_revoked(sender: object, revoked: set, **kwargs: object) -> None
 
 async def decoded_purchases(event: EventT, partition: int) -> list[Record]:
     """The valid purchases of one message; everything else is dead-lettered on its own."""
-    try:
-        name, record = purchases_topic_codec().loads(event.value)
-    except ValidationError as exc:
-        await reject(event, exc, stage="validate")
+    decoded = await decode(event, purchases_topic_codec())
+    if decoded is None:
         return []
-    except (DecodeError, SchemaError) as exc:
-        await reject(event, exc, stage="decode")
-        return []
+    name, record = decoded
     if name != PURCHASE_BATCH:
         return [record]
     valid = []
@@ -166,6 +163,7 @@ async def count_partition(events: Sequence[EventT]) -> None:
         }
     if outcome.slid:
         prune(partition, window, wall)
+    EVENTS.labels(purchases.get_topic_name(), "counted").inc(len(arrivals) - len(outcome.late))
     for index in outcome.late:
         event, purchase = origins[index]
         horizon = SALES_SPEC.start_ms(SALES_SPEC.late_before(window.watermark(wall) or 0))

@@ -10,6 +10,7 @@ from tally.app import app, settings
 ENDPOINTS = {
     "GET /": "this index",
     "GET /api/health": "readiness and the partitions this worker owns",
+    "GET /metrics": "Prometheus counters: events by outcome, dead letters by error",
     "GET /api/sales/top?k=&at=": "top-K items of the last 24 hours, with freshness",
     "GET /api/sales/items/{item_id}?at=": "an item's 24-hour total and its hourly panes",
     "GET /registry/subjects": "schema registry (Confluent-compatible API over the file registry)",

@@ -10,6 +10,7 @@ from itertools import islice
 from tally.broker.local import LocalBroker
 from tally.codecs.avro import AvroCodec, Record
 from tally.deadletters import DeadLetter
+from tally.feed import historical_purchases
 from tally.partitioning import group_by_partition
 from tally.tables.topk import rank_key
 from tests.conftest import WorkerFactory
@@ -19,33 +20,6 @@ HOUR_MS = 3_600_000
 PARTITIONS = 4
 #: The newest event is half-way through an hour, so the window does not roll during the test.
 T_END = 1_767_225_600_000 + 30 * 60_000  # 2026-01-01T00:30Z
-
-
-def zipf_items(rng: random.Random, count: int, items: int) -> list[str]:
-    weights = [1 / (rank**1.1) for rank in range(1, items + 1)]
-    return [f"item-{i:04d}" for i in rng.choices(range(items), weights=weights, k=count)]
-
-
-def purchases_over_30_hours(rng: random.Random, count: int) -> list[Record]:
-    """Chronological with ±10 min jitter (out of order), some identical timestamps."""
-    start = T_END - 30 * HOUR_MS
-    step = 30 * HOUR_MS / count
-    out = []
-    for n, item in enumerate(zipf_items(rng, count, 300)):
-        ts = int(start + n * step) + rng.randrange(-600_000, 600_000)
-        if n % 50 == 1:
-            ts = out[-1]["event_time_ms"]  # the same millisecond as the one before
-        out.append(
-            {
-                "purchase_id": f"p{n}",
-                "item_id": item,
-                "quantity": rng.randint(1, 5),
-                "unit_price_cents": 500,
-                "event_time_ms": min(ts, T_END),
-                "metadata": {},
-            }
-        )
-    return out
 
 
 def window_totals(events: list[Record], last_pane: int) -> dict[str, int]:
@@ -98,7 +72,7 @@ def test_top_k_and_items_equal_brute_force_on_two_workers(
     purchase_batch_codec: AvroCodec,
 ) -> None:
     rng = random.Random(2026)
-    events = purchases_over_30_hours(rng, 50_000)
+    events = historical_purchases(rng, count=50_000, items=300, end_ms=T_END, span_ms=30 * HOUR_MS)
     first, second = make_worker("w1").start(), make_worker("w2").start()
     produce_to_partitions(broker.bootstrap, messages(events, purchase_codec, purchase_batch_codec))
 
@@ -123,7 +97,7 @@ def test_top_k_and_items_equal_brute_force_on_two_workers(
     assert first.get("/api/sales/top?k=3")["items"] == expected[:3]
 
     # Items: the owner answers, the other worker forwards; both equal brute force, pane by pane.
-    for item in [*list(totals)[:5], "item-0000", "never-sold"]:
+    for item in [*list(totals)[:5], "item-000000", "never-sold"]:
         for worker in (first, second):
             body = worker.get(f"/api/sales/items/{item}")
             assert body["quantity"] == totals.get(item, 0), (item, worker.url)
@@ -135,9 +109,9 @@ def test_top_k_and_items_equal_brute_force_on_two_workers(
                 panes[h] for h in range(last_pane - 23, last_pane + 1)
             ]
     at = "2025-12-31T20:15:00Z"  # a past window, still retained
-    past = first.get(f"/api/sales/items/item-0000?at={at}")
+    past = first.get(f"/api/sales/items/item-000000?at={at}")
     assert past["window_end"] == "2025-12-31T21:00:00Z"
-    assert past["quantity"] == window_totals(events, last_pane - 4).get("item-0000", 0)
+    assert past["quantity"] == window_totals(events, last_pane - 4).get("item-000000", 0)
 
     # Late: 24+ hours behind the watermark; never counted, all in late-events, counted.
     late = [
@@ -166,7 +140,7 @@ def test_top_k_and_items_equal_brute_force_on_two_workers(
     for query in ("k=0", "k=11", "k=ten", "at=yesterday"):
         status, body = first.get_status(f"/api/sales/top?{query}")
         assert status == 400 and body, query
-    status, body = first.get_status("/api/sales/items/item-0000?at=2025-01-01T00:00:00Z")
+    status, body = first.get_status("/api/sales/items/item-000000?at=2025-01-01T00:00:00Z")
     assert status == 410 and "no longer retained" in str(body)
 
 
