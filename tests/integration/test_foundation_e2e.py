@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import struct
+import urllib.request
 from importlib import resources
 
 from tally.broker.local import LocalBroker
@@ -103,6 +104,13 @@ def test_bad_messages_become_dead_letters_and_the_agent_keeps_going(
     assert reasons["negative quantity"].stage == "validate"
     assert "quantity" in reasons["negative quantity"].reason
     assert worker.process is not None and worker.process.poll() is None, "worker died"
+    metrics = urllib.request.urlopen(worker.url + "/metrics").read().decode()
+    assert 'tally_events_total{outcome="rejected",topic="purchases"} 4.0' in metrics
+    assert 'tally_events_total{outcome="counted",topic="purchases"} 2.0' in metrics
+    assert (
+        'tally_dead_letters_total{destination="dead-letters",error="UnknownSchemaError"} 1.0'
+        in metrics
+    )
 
 
 def test_restart_recovers_identical_state_through_the_shim(
