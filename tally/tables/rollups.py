@@ -1,0 +1,90 @@
+"""Minute rollups of metric samples and their exact merging into coarser steps. No Faust.
+
+A rollup is {min, max, sum, count}; the average is derived (sum / count). Rollups merge
+associatively (min of mins, max of maxes, sums and counts added), so a 5-minute, hourly or daily
+point is the merge of its minute rollups, never an average of averages; and rollups of the same
+minute from different batches, servers or workers merge the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+MINUTE_MS = 60_000
+
+#: Query steps and their length.
+STEPS_MS = {"1m": MINUTE_MS, "5m": 5 * MINUTE_MS, "1h": 60 * MINUTE_MS, "1d": 1440 * MINUTE_MS}
+
+
+@dataclass(frozen=True, slots=True)
+class Rollup:
+    min: float
+    max: float
+    sum: float
+    count: int
+
+    @classmethod
+    def of(cls, value: float) -> Rollup:
+        return cls(value, value, value, 1)
+
+    def merge(self, other: Rollup) -> Rollup:
+        return Rollup(
+            min(self.min, other.min),
+            max(self.max, other.max),
+            self.sum + other.sum,
+            self.count + other.count,
+        )
+
+    @property
+    def avg(self) -> float:
+        return self.sum / self.count
+
+    def to_list(self) -> list[float]:
+        """Compact storage form: [min, max, sum, count]."""
+        return [self.min, self.max, self.sum, self.count]
+
+    @classmethod
+    def from_list(cls, values: list[float]) -> Rollup:
+        low, high, total, count = values
+        return cls(float(low), float(high), float(total), int(count))
+
+    def as_point(self, t: str) -> dict[str, object]:
+        return {"t": t, "min": self.min, "max": self.max, "avg": self.avg, "count": self.count}
+
+
+def merge_all(rollups: Iterable[Rollup]) -> Rollup | None:
+    merged: Rollup | None = None
+    for rollup in rollups:
+        merged = rollup if merged is None else merged.merge(rollup)
+    return merged
+
+
+def fold(samples: Iterable[tuple[str, int, float]]) -> dict[tuple[str, int], Rollup]:
+    """(key, ts_ms, value) samples → one rollup per (key, minute start ms)."""
+    folded: dict[tuple[str, int], Rollup] = {}
+    for key, ts_ms, value in samples:
+        cell = (key, ts_ms - ts_ms % MINUTE_MS)
+        current = folded.get(cell)
+        folded[cell] = Rollup.of(value) if current is None else current.merge(Rollup.of(value))
+    return folded
+
+
+def bucket_start(ts_ms: int, step_ms: int) -> int:
+    return ts_ms - ts_ms % step_ms
+
+
+def by_step(minutes: Iterable[tuple[int, Rollup]], step_ms: int) -> Iterator[tuple[int, Rollup]]:
+    """Minute rollups in time order → one merged rollup per step bucket, in time order."""
+    current_start: int | None = None
+    current: Rollup | None = None
+    for minute_ms, rollup in minutes:
+        start = bucket_start(minute_ms, step_ms)
+        if start != current_start:
+            if current is not None and current_start is not None:
+                yield current_start, current
+            current_start, current = start, rollup
+        else:
+            current = rollup if current is None else current.merge(rollup)
+    if current is not None and current_start is not None:
+        yield current_start, current
