@@ -22,11 +22,13 @@ settings = Settings.from_env()
 
 #: Modules Faust imports when the worker starts (explicit: no package-wide scan).
 PIPELINE_MODULES = [
+    "tally.agents.metrics",
     "tally.agents.sales",
     "tally.web.health",
     "tally.web.index",
-    "tally.web.metrics",
+    "tally.web.prometheus",
     "tally.web.sales",
+    "tally.web.server_metrics",
     "tally.web.registry",
 ]
 

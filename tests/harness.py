@@ -93,6 +93,16 @@ class Worker:
         return "\n".join(self.log().splitlines()[-lines:])
 
 
+def start_all(*workers: Worker, timeout: float = 90.0) -> tuple[Worker, ...]:
+    """Start workers one after another, then wait until every one is ready again: each join
+    rebalances the group, and a worker answers 503 while that is under way."""
+    for worker in workers:
+        worker.start(timeout)
+    for worker in workers:
+        worker.wait_ready(timeout)
+    return workers
+
+
 def wait_until(predicate: Any, timeout: float, interval: float = 0.3, what: str = "") -> Any:
     """Poll `predicate` until it returns something truthy; fail with `what` on timeout."""
     deadline = time.monotonic() + timeout

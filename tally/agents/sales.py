@@ -36,6 +36,7 @@ from tally.tables.sales import (
     topk_candidates,
 )
 from tally.tables.sliding import Arrival, PaneReader, SlidingTotals
+from tally.tables.store import delete_below, partition_key, scan
 from tally.tables.topk import Candidates, GlobalTopK, merge_candidates
 from tally.tables.windowing import EventClock
 from tally.telemetry import EVENTS
@@ -65,27 +66,20 @@ published: dict[int, tuple[list[tuple[str, int]], int, int]] = {}
 
 
 def pane_reader(partition: int) -> PaneReader:
-    """Reads one pane of one partition back from RocksDB: a prefix scan of its cells."""
-    db = sales_panes.data._db_for_partition(partition)  # type: ignore[attr-defined]
+    """Reads one pane of one partition back from RocksDB: one ordered scan of its cells."""
 
     def read(pane: int) -> Iterator[tuple[str, int]]:
         prefix = pane_prefix(pane)
-        for key, value in db.items(from_key=prefix):
-            if not key.startswith(prefix):
-                break
+        for key, value in scan(sales_panes, partition, prefix, pane_prefix(pane + 1)):
             yield key[len(prefix) :].decode(), int(value)
 
     return read
 
 
-def clock_key(partition: int) -> bytes:
-    return str(partition).encode()
-
-
 def window_for(partition: int, wall_ms: int) -> SlidingTotals:
     window = windows.get(partition)
     if window is None:
-        saved = sales_clocks.get(clock_key(partition)) or {}
+        saved = sales_clocks.get(partition_key(partition)) or {}
         clock = EventClock(saved.get("event_ms"), saved.get("wall_ms", 0))
         window = SlidingTotals.restore(SALES_SPEC, clock, wall_ms, pane_reader(partition))
         window.late_events = int(saved.get("late_events", 0))
@@ -99,8 +93,7 @@ def prune(partition: int, window: SlidingTotals, wall_ms: int) -> None:
     """Delete panes older than retention from local storage (the changelog expires them)."""
     watermark = window.watermark(wall_ms)
     if watermark is not None:
-        db = sales_panes.data._db_for_partition(partition)  # type: ignore[attr-defined]
-        db.delete_range(b"", pane_prefix(SALES_SPEC.retained_from(watermark)))
+        delete_below(sales_panes, partition, pane_prefix(SALES_SPEC.retained_from(watermark)))
 
 
 @app.on_partitions_revoked.connect
@@ -156,7 +149,7 @@ async def count_partition(events: Sequence[EventT]) -> None:
         for (pane, item), quantity in outcome.pane_deltas.items():
             key = pane_key(pane, item)
             sales_panes[key] = sales_panes[key] + quantity
-        sales_clocks[clock_key(partition)] = {
+        sales_clocks[partition_key(partition)] = {
             "event_ms": window.clock.event_ms,
             "wall_ms": window.clock.wall_ms,
             "late_events": window.late_events,
@@ -215,7 +208,7 @@ async def slide_idle_windows() -> None:
     for tp in app.assignor.assigned_actives():
         if tp.topic != purchases.get_topic_name():
             continue
-        if tp.partition not in windows and clock_key(tp.partition) not in sales_clocks:
+        if tp.partition not in windows and partition_key(tp.partition) not in sales_clocks:
             continue  # never had a purchase
         window = window_for(tp.partition, wall)
         if window.advance(wall, pane_reader(tp.partition)):

@@ -185,12 +185,18 @@ def validate_purchase(record: Record) -> None:
         raise ValidationError("item_id must not be empty")
 
 
+def _valid_id(name: str, value: str) -> None:
+    if not value or "|" in value:
+        raise ValidationError(f"{name} must be non-empty and contain no '|', got {value!r}")
+
+
 def validate_metric_batch(record: Record) -> None:
-    """Rules of a metric batch the Avro types cannot say: finite values, named metrics."""
-    if not record["server_id"]:
-        raise ValidationError("server_id must not be empty")
-    for index, sample in enumerate(record["samples"]):
-        if not math.isfinite(sample["value"]):
-            raise ValidationError(f"samples[{index}].value must be finite, got {sample['value']}")
-        if not sample["metric_id"]:
-            raise ValidationError(f"samples[{index}].metric_id must not be empty")
+    """Rules of a metric batch the Avro types cannot say (the batch as a whole)."""
+    _valid_id("server_id", record["server_id"])
+
+
+def validate_metric_sample(sample: Record) -> None:
+    """Rules of one sample: finite value, usable metric id. A bad sample is rejected alone."""
+    if not math.isfinite(sample["value"]):
+        raise ValidationError(f"value must be finite, got {sample['value']}")
+    _valid_id("metric_id", sample["metric_id"])

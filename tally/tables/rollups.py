@@ -8,8 +8,11 @@ minute from different batches, servers or workers merge the same way.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
+
+K = TypeVar("K", bound=Hashable)
 
 MINUTE_MS = 60_000
 
@@ -60,14 +63,23 @@ def merge_all(rollups: Iterable[Rollup]) -> Rollup | None:
     return merged
 
 
-def fold(samples: Iterable[tuple[str, int, float]]) -> dict[tuple[str, int], Rollup]:
+def fold(samples: Iterable[tuple[K, int, float]]) -> dict[tuple[K, int], Rollup]:
     """(key, ts_ms, value) samples → one rollup per (key, minute start ms)."""
-    folded: dict[tuple[str, int], Rollup] = {}
+    folded: dict[tuple[K, int], Rollup] = {}
     for key, ts_ms, value in samples:
-        cell = (key, ts_ms - ts_ms % MINUTE_MS)
+        cell = (key, minute_of(ts_ms))
         current = folded.get(cell)
         folded[cell] = Rollup.of(value) if current is None else current.merge(Rollup.of(value))
     return folded
+
+
+def minute_of(ts_ms: int) -> int:
+    return ts_ms - ts_ms % MINUTE_MS
+
+
+def is_final(minute_ms: int, watermark_ms: int | None) -> bool:
+    """A minute is final once the watermark (event clock minus grace) has passed its end."""
+    return watermark_ms is not None and minute_ms + MINUTE_MS <= watermark_ms
 
 
 def bucket_start(ts_ms: int, step_ms: int) -> int:

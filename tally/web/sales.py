@@ -6,10 +6,11 @@ from typing import Any
 
 from faust.web import Request, Response, View
 
-from tally.agents.sales import answer_at, clock_key, current_answer, now_ms
+from tally.agents.sales import answer_at, current_answer, now_ms
 from tally.app import app, settings
 from tally.partitioning import partition_for
 from tally.tables.sales import SALES_SPEC, pane_key, sales_clocks, sales_panes, sales_topk
+from tally.tables.store import partition_key
 from tally.tables.topk import GlobalTopK
 from tally.tables.windowing import EventClock
 from tally.web.params import BadRequest, int_param, iso, require_ready, time_param
@@ -96,7 +97,7 @@ class ItemSales(View):
     async def owned(self, request: Request, item_id: str) -> Response:
         wall = now_ms()
         partition = partition_for(item_id, settings.partitions)
-        saved = sales_clocks.get(clock_key(partition)) or {}
+        saved = sales_clocks.get(partition_key(partition)) or {}
         clock = EventClock(saved.get("event_ms"), saved.get("wall_ms", 0))
         now = clock.now(wall)
         watermark = clock.watermark(wall, SALES_SPEC.grace_ms)

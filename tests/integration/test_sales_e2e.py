@@ -14,7 +14,7 @@ from tally.feed import historical_purchases
 from tally.partitioning import group_by_partition
 from tally.tables.topk import rank_key
 from tests.conftest import WorkerFactory
-from tests.harness import consume, headers_of, produce, wait_until
+from tests.harness import consume, headers_of, produce, start_all, wait_until
 
 HOUR_MS = 3_600_000
 PARTITIONS = 4
@@ -73,7 +73,7 @@ def test_top_k_and_items_equal_brute_force_on_two_workers(
 ) -> None:
     rng = random.Random(2026)
     events = historical_purchases(rng, count=50_000, items=300, end_ms=T_END, span_ms=30 * HOUR_MS)
-    first, second = make_worker("w1").start(), make_worker("w2").start()
+    first, second = start_all(make_worker("w1"), make_worker("w2"))
     produce_to_partitions(broker.bootstrap, messages(events, purchase_codec, purchase_batch_codec))
 
     last_pane = T_END // HOUR_MS

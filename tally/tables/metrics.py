@@ -1,0 +1,46 @@
+"""The metrics pipeline's tables and topics (Faust declarations; the logic is in tables.rollups).
+
+    metric-samples (by server) ─► server_rollups   "<server>|<minute ms>|<metric>" → rollup
+                               └► metric_clocks    "<partition>" → event clock + late count
+    partial rollups, re-keyed ─► metric-rollups-by-metric (by metric)
+                               ─► metric_rollups   "<metric>|<minute ms>|<server>" → rollup,
+                                                   "<metric>|<minute ms>|" → all servers
+                               └► metric_index_watermarks "<upstream partition>" → watermark
+
+Keys put the query key first and the minute second, so a range query is one ordered scan of
+one partition that reads only the minutes asked for.
+"""
+
+from __future__ import annotations
+
+from tally.app import app, settings
+
+RETENTION_MS = 2 * 86_400_000
+_CHANGELOG = {"cleanup.policy": "compact,delete", "retention.ms": RETENTION_MS + 86_400_000}
+
+server_rollups = app.Table("server_rollups", key_type=bytes, extra_topic_configs=_CHANGELOG)
+metric_clocks = app.Table("metric_clocks", key_type=bytes)
+rollups_by_metric = app.topic(
+    "metric-rollups-by-metric",
+    partitions=settings.partitions,
+    key_type=bytes,
+    value_serializer="json",
+)
+metric_rollups = app.Table("metric_rollups", key_type=bytes, extra_topic_configs=_CHANGELOG)
+metric_index_watermarks = app.Table("metric_index_watermarks", key_type=bytes)
+
+SEPARATOR = "|"
+
+
+def cell_key(first: str, minute_ms: int, second: str) -> bytes:
+    return f"{first}|{minute_ms:013d}|{second}".encode()
+
+
+def minute_bound(first: str, minute_ms: int) -> bytes:
+    """The smallest key of `first` at `minute_ms`: scans run from one bound to another."""
+    return f"{first}|{minute_ms:013d}|".encode()
+
+
+def split_key(key: bytes) -> tuple[str, int, str]:
+    first, minute, second = key.decode().split(SEPARATOR, 2)
+    return first, int(minute), second

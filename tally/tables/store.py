@@ -1,0 +1,38 @@
+"""Ordered reads and local deletes on one partition of a Faust RocksDB table.
+
+Faust's table API has no range scans; the keys of Tally's tables are laid out so that a query is
+one ordered scan of one partition. These helpers reach the partition's rocksdict database
+through Faust's store (a private attribute of faust-streaming 0.15.3, which is pinned).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from faust.types import CollectionT
+
+
+def partition_key(partition: int) -> bytes:
+    """Key of a table's per-partition record (event clocks, watermarks)."""
+    return str(partition).encode()
+
+
+def partition_db(table: CollectionT, partition: int) -> Any:
+    return table.data._db_for_partition(partition)  # type: ignore[attr-defined]
+
+
+def scan(
+    table: CollectionT, partition: int, start: bytes, stop: bytes
+) -> Iterator[tuple[bytes, bytes]]:
+    """Raw (key, value) pairs with start <= key < stop, in key order."""
+    for key, value in partition_db(table, partition).items(from_key=start):
+        if key >= stop:
+            break
+        yield key, value
+
+
+def delete_below(table: CollectionT, partition: int, stop: bytes, start: bytes = b"") -> None:
+    """Delete start <= key < stop locally only: no changelog tombstones (the changelog drops
+    old records by retention, and restore skips them)."""
+    partition_db(table, partition).delete_range(start, stop)

@@ -1,0 +1,193 @@
+"""Metric views: by server, by metric, and a server's summary; each answered by the owner.
+
+Every answer carries the watermark and the minutes in the range that are still open (their
+rollups can still change); steps merge minute rollups exactly (tables.rollups).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+
+from faust.types import CollectionT
+from faust.web import Request, Response, View
+
+from tally.agents.metrics import GRACE_MS
+from tally.app import app, settings
+from tally.partitioning import partition_for
+from tally.tables.metrics import (
+    RETENTION_MS,
+    metric_clocks,
+    metric_index_watermarks,
+    metric_rollups,
+    minute_bound,
+    server_rollups,
+    split_key,
+)
+from tally.tables.rollups import (
+    MINUTE_MS,
+    STEPS_MS,
+    Rollup,
+    by_step,
+    is_final,
+    merge_all,
+    minute_of,
+)
+from tally.tables.store import partition_key, scan
+from tally.tables.windowing import EventClock
+from tally.web.params import BadRequest, iso, require_ready, time_param
+
+#: Points (series x steps) one answer may hold.
+MAX_POINTS = 100_000
+
+
+class Query:
+    """from/to/step/metric of a request, validated; defaults: the last 2 days at 1m."""
+
+    def __init__(self, request: Request, watermark: int | None) -> None:
+        now = int(time.time() * 1000)
+        self.to_ms = time_param(request, "to", now)
+        self.from_ms = time_param(request, "from", self.to_ms - RETENTION_MS)
+        if self.from_ms >= self.to_ms:
+            raise BadRequest(f"from ({iso(self.from_ms)}) must be before to ({iso(self.to_ms)})")
+        step = request.query.get("step", "1m")
+        if step not in STEPS_MS:
+            raise BadRequest(f"step={step!r} is not one of {', '.join(STEPS_MS)}")
+        self.step = step
+        self.step_ms = STEPS_MS[step]
+        wanted = request.query.get("metric", "")
+        self.metrics = {m for m in wanted.split(",") if m} or None
+        self.watermark = watermark
+
+    @property
+    def first_minute(self) -> int:
+        return minute_of(self.from_ms)
+
+    @property
+    def end_minute(self) -> int:
+        """The first minute not in the range (to is exclusive)."""
+        return minute_of(self.to_ms - 1) + MINUTE_MS
+
+    def freshness(self) -> dict[str, object]:
+        """The range, the watermark, and the minutes of the range that are still open."""
+        open_minutes = []
+        if self.watermark is not None:
+            first_open = max(self.first_minute, minute_of(self.watermark) - MINUTE_MS)
+            open_minutes = [
+                iso(m)
+                for m in range(first_open, self.end_minute, MINUTE_MS)
+                if not is_final(m, self.watermark)
+            ]
+        return {
+            "from": iso(self.from_ms),
+            "to": iso(self.to_ms),
+            "step": self.step,
+            "watermark": None if self.watermark is None else iso(self.watermark),
+            "open_minutes": open_minutes,
+        }
+
+    def series(
+        self, minutes: dict[str, list[tuple[int, Rollup]]]
+    ) -> dict[str, list[dict[str, object]]]:
+        points = sum(len(m) for m in minutes.values()) * MINUTE_MS // self.step_ms
+        if points > MAX_POINTS:
+            raise BadRequest(
+                f"about {points} points asked for, more than {MAX_POINTS}: narrow the range, "
+                "pick metrics with ?metric=a,b, or use a coarser step"
+            )
+        return {
+            name: [r.as_point(iso(t)) for t, r in by_step(rows, self.step_ms)]
+            for name, rows in sorted(minutes.items())
+        }
+
+
+def cells(table: CollectionT, first: str, query: Query) -> Iterator[tuple[int, str, Rollup]]:
+    """(minute, second key part, rollup) of `first` in the query's minutes, in key order."""
+    partition = partition_for(first, settings.partitions)
+    start, stop = minute_bound(first, query.first_minute), minute_bound(first, query.end_minute)
+    for key, value in scan(table, partition, start, stop):
+        _, minute, second = split_key(key)
+        yield minute, second, Rollup.from_list(json.loads(value))
+
+
+def server_watermark(server_id: str) -> int | None:
+    saved = metric_clocks.get(partition_key(partition_for(server_id, settings.partitions))) or {}
+    clock = EventClock(saved.get("event_ms"), saved.get("wall_ms", 0))
+    return clock.watermark(int(time.time() * 1000), GRACE_MS)
+
+
+def metric_watermark(metric_id: str) -> int | None:
+    partition = partition_for(metric_id, settings.partitions)
+    marks = [int(v) for _, v in scan(metric_index_watermarks, partition, b"", b"\xff")]
+    return min(marks) if marks else None
+
+
+def server_minutes(server_id: str, query: Query) -> dict[str, list[tuple[int, Rollup]]]:
+    minutes: dict[str, list[tuple[int, Rollup]]] = defaultdict(list)
+    for minute, metric, rollup in cells(server_rollups, server_id, query):
+        if query.metrics is None or metric in query.metrics:
+            minutes[metric].append((minute, rollup))
+    return minutes
+
+
+@app.page("/api/servers/{server_id}/metrics")
+class ServerMetrics(View):
+    """One server: per metric, {t, min, max, avg, count} per step."""
+
+    async def get(self, request: Request, server_id: str) -> Response:
+        require_ready()
+        return await self.owned(request, server_id=server_id)
+
+    @app.table_route(table=server_rollups, match_info="server_id")
+    async def owned(self, request: Request, server_id: str) -> Response:
+        query = Query(request, server_watermark(server_id))
+        series = query.series(server_minutes(server_id, query))
+        return self.json({"server_id": server_id, **query.freshness(), "metrics": series})
+
+
+@app.page("/api/servers/{server_id}/summary")
+class ServerSummary(View):
+    """One server: min/max/avg/count of each metric over the whole range."""
+
+    async def get(self, request: Request, server_id: str) -> Response:
+        require_ready()
+        return await self.owned(request, server_id=server_id)
+
+    @app.table_route(table=server_rollups, match_info="server_id")
+    async def owned(self, request: Request, server_id: str) -> Response:
+        query = Query(request, server_watermark(server_id))
+        summary = {}
+        for metric, rows in sorted(server_minutes(server_id, query).items()):
+            merged = merge_all(r for _, r in rows)
+            if merged is not None:
+                summary[metric] = merged.as_point(iso(query.from_ms))
+        return self.json({"server_id": server_id, **query.freshness(), "metrics": summary})
+
+
+@app.page("/api/metrics/{metric_id}")
+class MetricAcrossServers(View):
+    """One metric across all servers per step; `?by=server` for the per-server breakdown."""
+
+    async def get(self, request: Request, metric_id: str) -> Response:
+        require_ready()
+        return await self.owned(request, metric_id=metric_id)
+
+    @app.table_route(table=metric_rollups, match_info="metric_id")
+    async def owned(self, request: Request, metric_id: str) -> Response:
+        by = request.query.get("by", "")
+        if by not in ("", "server"):
+            raise BadRequest(f"by={by!r}: the only breakdown is by=server")
+        query = Query(request, metric_watermark(metric_id))
+        minutes: dict[str, list[tuple[int, Rollup]]] = defaultdict(list)
+        for minute, server, rollup in cells(metric_rollups, metric_id, query):
+            if (server == "") != (by == "server"):
+                minutes[server or "all"].append((minute, rollup))
+        series = query.series(minutes)
+        body = {"metric_id": metric_id, **query.freshness()}
+        if by == "server":
+            body["servers"] = series
+        else:
+            body["series"] = series.get("all", [])
+        return self.json(body)
