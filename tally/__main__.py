@@ -2,11 +2,54 @@
 
 from __future__ import annotations
 
+import sys
+import time
+
+from tally.errors import BrokerError, ConfigurationError
+
+#: Commands that need the broker, and how long each waits for it to come up.
+BROKER_WAIT_S = {"worker": 30.0, "feed": 0.0, "send": 0.0}
+
+
+def wait_for_broker(bootstrap_servers: list[str], timeout: float) -> None:
+    """Wait for a broker to accept connections, or say what to do (instead of a traceback)."""
+    from tally.broker.local import port_accepts
+
+    deadline = time.monotonic() + timeout
+    announced = False
+    while True:
+        for server in bootstrap_servers:
+            host, _, port = server.rpartition(":")
+            if port_accepts(host or "127.0.0.1", int(port)):
+                return
+        if time.monotonic() >= deadline:
+            break
+        if not announced:
+            print(
+                f"tally: waiting up to {timeout:.0f} s for the broker at "
+                f"{', '.join(bootstrap_servers)} ...",
+                file=sys.stderr,
+                flush=True,
+            )
+            announced = True
+        time.sleep(0.5)
+    raise BrokerError(
+        f"no broker answers at {', '.join(bootstrap_servers)}: start one with `tally broker` "
+        "(or `make run`), or point TALLY_BROKER at a running broker"
+    )
+
 
 def main() -> None:
-    import tally.cli  # noqa: F401  (registers broker, dev, feed)
-    from tally.app import app
+    try:
+        import tally.cli  # noqa: F401  (registers broker, dev, feed)
+        from tally.app import app, settings
 
+        command = sys.argv[1] if len(sys.argv) > 1 else ""
+        if command in BROKER_WAIT_S and not {"--help", "-h"} & set(sys.argv):
+            wait_for_broker(settings.bootstrap_servers, BROKER_WAIT_S[command])
+    except (ConfigurationError, BrokerError) as exc:
+        print(f"tally: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     app.main()
 
 

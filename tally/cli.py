@@ -23,7 +23,7 @@ from faust.cli import AppCommand, argument, option
 
 from tally.app import app, settings
 from tally.broker.admin import ensure_topics
-from tally.broker.local import LocalBroker, port_accepts
+from tally.broker.local import LocalBroker, die_with_parent, port_accepts
 from tally.errors import BrokerError, ConfigurationError
 from tally.feed import FeedProgress, metric_batches, purchases, send_feed, wall_clock_ms
 from tally.topics import SOURCE_TOPICS, metric_batch_codec, purchase_codec
@@ -205,6 +205,7 @@ async def dev(self: AppCommand, sales_rate: float, metrics_rate: float) -> None:
             worker = subprocess.Popen(
                 [sys.executable, "-m", "tally", "worker", "--loglevel", settings.log_level],
                 env={**os.environ, "TALLY_BROKER": local.url},
+                preexec_fn=die_with_parent,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

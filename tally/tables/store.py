@@ -36,3 +36,17 @@ def delete_below(table: CollectionT, partition: int, stop: bytes, start: bytes =
     """Delete start <= key < stop locally only: no changelog tombstones (the changelog drops
     old records by retention, and restore skips them)."""
     partition_db(table, partition).delete_range(start, stop)
+
+
+def first_parts(table: CollectionT, partition: int, separator: bytes = b"|") -> Iterator[str]:
+    """The distinct first key parts (servers, metrics) of a partition, one seek each: after a
+    part is found, the scan jumps past all its keys instead of reading them."""
+    db = partition_db(table, partition)
+    start = b""
+    while True:
+        found = next(iter(db.keys(from_key=start)), None)
+        if found is None or separator not in found:
+            return
+        part = found.split(separator, 1)[0]
+        yield part.decode()
+        start = part + bytes([separator[0] + 1])

@@ -26,9 +26,8 @@ def error(view: View, status: int, code: int, message: str) -> Response:
     return view.json({"error_code": code, "message": message}, status=status)
 
 
-def versions_or_404(view: View, subject: str) -> list[int] | Response:
-    versions = registry().versions(subject)
-    return versions or error(view, 404, SUBJECT_NOT_FOUND, f"subject {subject!r} not found")
+def subject_not_found(view: View, subject: str) -> Response:
+    return error(view, 404, SUBJECT_NOT_FOUND, f"subject {subject!r} not found")
 
 
 @app.page("/registry/subjects")
@@ -40,9 +39,9 @@ class Subjects(View):
 @app.page("/registry/subjects/{subject}/versions")
 class SubjectVersions(View):
     async def get(self, request: Request, subject: str) -> Response:
-        versions = versions_or_404(self, subject)
-        if isinstance(versions, Response):
-            return versions
+        versions = registry().versions(subject)
+        if not versions:
+            return subject_not_found(self, subject)
         return self.json(list(range(1, len(versions) + 1)))
 
     async def post(self, request: Request, subject: str) -> Response:
@@ -68,9 +67,9 @@ class SubjectVersions(View):
 @app.page("/registry/subjects/{subject}/versions/{version}")
 class SubjectVersion(View):
     async def get(self, request: Request, subject: str, version: str) -> Response:
-        versions = versions_or_404(self, subject)
-        if isinstance(versions, Response):
-            return versions
+        versions = registry().versions(subject)
+        if not versions:
+            return subject_not_found(self, subject)
         number = len(versions) if version == "latest" else int(version) if version.isdigit() else 0
         if not 1 <= number <= len(versions):
             return error(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from faust.web import Request, Response, View
 
 from tally.agents.sales import answer_at, current_answer, now_ms
@@ -23,6 +21,20 @@ def window_fields(last_pane: int) -> dict[str, str]:
         "window_start": iso(SALES_SPEC.start_ms(SALES_SPEC.first_pane(last_pane))),
         "window_end": iso(SALES_SPEC.start_ms(last_pane + 1)),
     }
+
+
+NO_WINDOW = {"window_start": None, "window_end": None}
+
+
+def check_retained(last_pane: int, watermark_ms: int) -> None:
+    """410 for a window whose oldest pane is no longer kept."""
+    oldest = SALES_SPEC.retained_from(watermark_ms)
+    if SALES_SPEC.first_pane(last_pane) < oldest:
+        raise BadRequest(
+            f"the window ending at {iso(SALES_SPEC.start_ms(last_pane + 1))} is no longer "
+            f"retained; the oldest pane kept starts at {iso(SALES_SPEC.start_ms(oldest))}",
+            code=GONE,
+        )
 
 
 def stale_reasons(answer: GlobalTopK, wall_ms: int, historical: bool) -> list[str]:
@@ -51,24 +63,30 @@ class TopSales(View):
     async def owned(self, request: Request) -> Response:
         k = int_param(request, "k", settings.top_k, 1, settings.top_k)
         wall = now_ms()
-        at = request.query.get("at")
-        answer = (
-            current_answer()
-            if at is None
-            else answer_at(SALES_SPEC.pane_of(time_param(request, "at", wall)))
-        )
+        current = current_answer()
+        historical = "at" in request.query
+        last: int | None = None
+        if historical:
+            asked = SALES_SPEC.pane_of(time_param(request, "at", wall))
+            if current is not None:
+                check_retained(asked, current.watermark_ms)
+            answer, last = answer_at(asked), asked
+        else:
+            answer = current
         if answer is None:
-            body: dict[str, Any] = {
-                "window_start": None,
-                "window_end": None,
-                "as_of": iso(wall),
-                "watermark": None,
-                "stale": True,
-                "stale_reasons": ["no purchases in this window" if at else "no purchases seen yet"],
-                "items": [],
-            }
-            return self.json(body)
-        reasons = stale_reasons(answer, wall, historical=at is not None)
+            reason = "no purchases in this window" if historical else "no purchases seen yet"
+            return self.json(
+                {
+                    **(window_fields(last) if last is not None else NO_WINDOW),
+                    "as_of": None,
+                    "watermark": None,
+                    "stale": True,
+                    "stale_reasons": [reason],
+                    "late_events": 0,
+                    "items": [],
+                }
+            )
+        reasons = stale_reasons(answer, wall, historical)
         return self.json(
             {
                 **window_fields(answer.last_pane),
@@ -102,15 +120,8 @@ class ItemSales(View):
         now = clock.now(wall)
         watermark = clock.watermark(wall, SALES_SPEC.grace_ms)
         last = SALES_SPEC.pane_of(time_param(request, "at", now if now is not None else wall))
-        if watermark is not None and SALES_SPEC.first_pane(last) < SALES_SPEC.retained_from(
-            watermark
-        ):
-            oldest = SALES_SPEC.start_ms(SALES_SPEC.retained_from(watermark))
-            raise BadRequest(
-                f"the window ending at {iso(SALES_SPEC.start_ms(last + 1))} is no longer "
-                f"retained; the oldest pane kept starts at {iso(oldest)}",
-                code=GONE,
-            )
+        if watermark is not None:
+            check_retained(last, watermark)
         panes = [
             {
                 "pane_start": iso(SALES_SPEC.start_ms(pane)),

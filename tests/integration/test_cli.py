@@ -101,5 +101,18 @@ def test_bad_setting_is_a_clear_error(tmp_path: Path) -> None:
         text=True,
         timeout=60,
     )
-    assert result.returncode != 0
-    assert "TALLY_PARTITIONS='zero'" in result.stderr
+    assert result.returncode == 2
+    assert result.stderr.strip() == "tally: TALLY_PARTITIONS='zero': must be a whole number"
+
+
+def test_no_broker_is_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "tally", "feed", "sales", "--count", "5"],
+        env={**os.environ, "TALLY_BROKER": f"tansu://127.0.0.1:{free_port()}"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "no broker answers" in result.stderr and "tally broker" in result.stderr
+    assert "Traceback" not in result.stderr

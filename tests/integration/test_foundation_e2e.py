@@ -188,3 +188,5 @@ def test_http_registry_client_against_the_worker_and_schema_evolution(
     )
     status, body = worker.get_status("/registry/schemas/ids/12345")
     assert status == 404 and body["error_code"] == 40403
+    status, body = worker.get_status("/registry/subjects/nope/versions")
+    assert status == 404 and body["error_code"] == 40401

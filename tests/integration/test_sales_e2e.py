@@ -140,8 +140,11 @@ def test_top_k_and_items_equal_brute_force_on_two_workers(
     for query in ("k=0", "k=11", "k=ten", "at=yesterday"):
         status, body = first.get_status(f"/api/sales/top?{query}")
         assert status == 400 and body, query
-    status, body = first.get_status("/api/sales/items/item-000000?at=2025-01-01T00:00:00Z")
-    assert status == 410 and "no longer retained" in str(body)
+    for path in ("/api/sales/items/item-000000", "/api/sales/top"):
+        status, body = first.get_status(f"{path}?at=2025-01-01T00:00:00Z")
+        assert status == 410 and "no longer retained" in str(body), path
+    at_end = first.get("/api/sales/top?at=2026-01-01T00:10:00Z&k=1")
+    assert at_end["window_end"] == "2026-01-01T01:00:00Z" and at_end["items"] == expected[:1]
 
 
 def test_with_no_traffic_the_window_slides_and_items_drop_out(
