@@ -7,13 +7,20 @@
    metric, to `metric-rollups-by-metric`.
 2. `index_by_metric` (that topic, partitioned by metric) merges them into `metric_rollups`,
    per server and across servers, so a by-metric query reads one partition.
+3. `close_minutes` (a tick per owned partition per second, on `metric-ticks`) emits every
+   minute that became final to `metric-rollups-1m`, once, remembering how far it got in
+   `metric_clocks`; and deletes minutes older than the retention, by event time. Event time
+   passes on idle partitions too (the clock advances at wall speed), so minutes close without
+   traffic.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from faust.types import EventT, TableT
 
@@ -22,15 +29,20 @@ from tally.app import app, settings
 from tally.codecs.avro import Record, validate_metric_sample
 from tally.errors import TallyError, ValidationError
 from tally.tables.metrics import (
+    RETENTION_MS,
     cell_key,
     metric_clocks,
     metric_index_watermarks,
     metric_rollups,
+    metric_ticks,
+    minute_bound,
+    rollups_1m,
     rollups_by_metric,
     server_rollups,
+    split_key,
 )
-from tally.tables.rollups import Rollup, fold, is_final, minute_of
-from tally.tables.store import partition_key
+from tally.tables.rollups import MINUTE_MS, Rollup, fold, is_final, minute_of
+from tally.tables.store import delete_below, first_parts, partition_key, scan
 from tally.tables.windowing import EventClock
 from tally.telemetry import EVENTS
 from tally.topics import late_events, metric_batch_codec, metric_samples
@@ -48,25 +60,48 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-#: partition → its event clock (restored from `metric_clocks` on first use).
-clocks: dict[int, EventClock] = {}
-late_counts: dict[int, int] = defaultdict(int)
+@dataclass
+class PartitionState:
+    """What this worker knows of one metric-samples partition it owns."""
+
+    clock: EventClock
+    late_events: int = 0
+    #: Every minute before this was emitted to metric-rollups-1m (None: nothing yet).
+    final_through: int | None = None
+    pruned_through: int = 0
+    servers: set[str] = field(default_factory=set)
+
+    def record(self) -> dict[str, object]:
+        return {
+            "event_ms": self.clock.event_ms,
+            "wall_ms": self.clock.wall_ms,
+            "late_events": self.late_events,
+            "final_through": self.final_through,
+        }
 
 
-def clock_for(partition: int) -> EventClock:
-    clock = clocks.get(partition)
-    if clock is None:
+#: partition → its state, restored from `metric_clocks` (and a skip-scan of servers) on first use.
+states: dict[int, PartitionState] = {}
+
+
+def state_for(partition: int) -> PartitionState:
+    state = states.get(partition)
+    if state is None:
         saved = metric_clocks.get(partition_key(partition)) or {}
-        clock = clocks[partition] = EventClock(saved.get("event_ms"), saved.get("wall_ms", 0))
-        late_counts[partition] = int(saved.get("late_events", 0))
-    return clock
+        state = states[partition] = PartitionState(
+            clock=EventClock(saved.get("event_ms"), saved.get("wall_ms", 0)),
+            late_events=int(saved.get("late_events", 0)),
+            final_through=saved.get("final_through"),
+            servers=set(first_parts(server_rollups, partition)),
+        )
+    return state
 
 
 @app.on_partitions_revoked.connect
 async def forget_revoked(sender: object, revoked: set, **kwargs: object) -> None:
     for tp in revoked:
         if tp.topic == metric_samples.get_topic_name():
-            clocks.pop(tp.partition, None)
+            states.pop(tp.partition, None)
 
 
 def one_sample(batch: Record, sample: Record) -> bytes:
@@ -76,7 +111,8 @@ def one_sample(batch: Record, sample: Record) -> bytes:
 
 async def roll_up_partition(events: Sequence[EventT]) -> None:
     partition = events[0].message.partition
-    clock = clock_for(partition)
+    state = state_for(partition)
+    clock = state.clock
     wall = now_ms()
     accepted: list[tuple[tuple[str, str], int, float]] = []
     for event in events:
@@ -91,16 +127,19 @@ async def roll_up_partition(events: Sequence[EventT]) -> None:
                 continue
             clock.observe(sample["ts_ms"], wall)
             watermark = clock.watermark(wall, GRACE_MS)
-            if is_final(minute_of(sample["ts_ms"]), watermark):
-                late_counts[partition] += 1
+            minute = minute_of(sample["ts_ms"])
+            if is_final(minute, watermark):
+                state.late_events += 1
                 late = LateSample(
-                    f"sample at {sample['ts_ms']} belongs to minute {minute_of(sample['ts_ms'])}, "
-                    f"final since the watermark passed its end (watermark {watermark})"
+                    f"sample at {sample['ts_ms']} belongs to minute {minute}, final since the "
+                    f"watermark passed its end (watermark {watermark})"
                 )
                 await reject(
                     event, late, stage="late", value=one_sample(batch, sample), to=late_events
                 )
                 continue
+            if state.final_through is None or minute < state.final_through:
+                state.final_through = minute  # only before the first minute closes
             accepted.append(
                 ((batch["server_id"], sample["metric_id"]), sample["ts_ms"], sample["value"])
             )
@@ -108,11 +147,8 @@ async def roll_up_partition(events: Sequence[EventT]) -> None:
     with writing_for(events[-1]):
         for ((server, metric), minute), delta in folded.items():
             merge_into(server_rollups, cell_key(server, minute, metric), delta)
-        metric_clocks[partition_key(partition)] = {
-            "event_ms": clock.event_ms,
-            "wall_ms": clock.wall_ms,
-            "late_events": late_counts[partition],
-        }
+            state.servers.add(server)
+        metric_clocks[partition_key(partition)] = state.record()
     EVENTS.labels(metric_samples.get_topic_name(), "counted").inc(len(accepted))
     by_metric: dict[str, list[list[object]]] = defaultdict(list)
     for ((server, metric), minute), delta in folded.items():
@@ -143,6 +179,69 @@ async def roll_up_samples(stream):  # type: ignore[no-untyped-def]
             await roll_up_partition(events)
 
 
+@app.timer(interval=1.0)
+async def tick_owned_partitions() -> None:
+    """One tick per owned metric-samples partition that has ever had data."""
+    if not app.ready:
+        return
+    for tp in app.assignor.assigned_actives():
+        if tp.topic != metric_samples.get_topic_name():
+            continue
+        if tp.partition in states or partition_key(tp.partition) in metric_clocks:
+            await metric_ticks.send(key=b"tick", value={}, partition=tp.partition)
+
+
+@app.agent(metric_ticks)
+async def close_minutes(stream):  # type: ignore[no-untyped-def]
+    async for event in stream.events():
+        await close_partition_minutes(event)
+
+
+async def close_partition_minutes(event: EventT) -> None:
+    """Emit the minutes that became final, then remember it; then apply the retention."""
+    partition = event.message.partition
+    state = state_for(partition)
+    watermark = state.clock.watermark(now_ms(), GRACE_MS)
+    if watermark is None:
+        return
+    end = minute_of(watermark - MINUTE_MS) + MINUTE_MS  # minutes before `end` are final
+    start = state.final_through
+    if start is not None and start < end:
+        closing = [
+            (*split_key(key), Rollup.from_list(json.loads(value)))
+            for server in sorted(state.servers)
+            for key, value in scan(
+                server_rollups, partition, minute_bound(server, start), minute_bound(server, end)
+            )
+        ]
+        for server, minute, metric, rollup in closing:
+            await rollups_1m.send(
+                key=f"{server}|{metric}|{minute}".encode(),
+                value={
+                    "server_id": server,
+                    "metric_id": metric,
+                    "minute_ms": minute,
+                    "min": rollup.min,
+                    "max": rollup.max,
+                    "sum": rollup.sum,
+                    "count": rollup.count,
+                },
+            )
+        state.final_through = end
+        with writing_for(event):
+            metric_clocks[partition_key(partition)] = state.record()
+    horizon = minute_of(watermark) - RETENTION_MS
+    if horizon > state.pruned_through:
+        for server in state.servers:
+            delete_below(
+                server_rollups,
+                partition,
+                minute_bound(server, horizon),
+                start=minute_bound(server, 0),
+            )
+        state.pruned_through = horizon
+
+
 @app.agent(rollups_by_metric)
 async def index_by_metric(stream):  # type: ignore[no-untyped-def]
     """Partial rollups by metric → per-server and all-server cells, merged once per batch."""
@@ -162,6 +261,7 @@ async def index_by_metric(stream):  # type: ignore[no-untyped-def]
                 if body["watermark_ms"] is not None:
                     upstream = int(body["upstream"])
                     watermarks[upstream] = max(watermarks.get(upstream, 0), body["watermark_ms"])
+            partition = events[0].message.partition
             with writing_for(events[-1]):
                 for key, delta in merged.items():
                     merge_into(metric_rollups, key, delta)
@@ -170,3 +270,25 @@ async def index_by_metric(stream):  # type: ignore[no-untyped-def]
                     metric_index_watermarks[key] = max(
                         metric_index_watermarks.get(key) or 0, watermark
                     )
+            prune_metric_index(partition)
+
+
+#: metric-index partition → retention horizon already applied.
+index_pruned_through: dict[int, int] = defaultdict(int)
+
+
+def prune_metric_index(partition: int) -> None:
+    """Drop minutes older than the retention, by the slowest upstream partition's watermark."""
+    marks = [int(v) for _, v in scan(metric_index_watermarks, partition, b"", b"\xff")]
+    if not marks:
+        return
+    horizon = minute_of(min(marks)) - RETENTION_MS
+    if horizon > index_pruned_through[partition]:
+        for metric in list(first_parts(metric_rollups, partition)):
+            delete_below(
+                metric_rollups,
+                partition,
+                minute_bound(metric, horizon),
+                start=minute_bound(metric, 0),
+            )
+        index_pruned_through[partition] = horizon

@@ -2,6 +2,7 @@
 
     metric-samples (by server) ─► server_rollups   "<server>|<minute ms>|<metric>" → rollup
                                └► metric_clocks    "<partition>" → event clock + late count
+    final minutes ────────────► metric-rollups-1m (cold tier, dashboards)
     partial rollups, re-keyed ─► metric-rollups-by-metric (by metric)
                                ─► metric_rollups   "<metric>|<minute ms>|<server>" → rollup,
                                                    "<metric>|<minute ms>|" → all servers
@@ -28,6 +29,14 @@ rollups_by_metric = app.topic(
 )
 metric_rollups = app.Table("metric_rollups", key_type=bytes, extra_topic_configs=_CHANGELOG)
 metric_index_watermarks = app.Table("metric_index_watermarks", key_type=bytes)
+
+#: A tick per owned partition per second (co-partitioned with metric-samples, so it reaches
+#: the same worker): closing minutes and retention run as stream events, in partition context.
+metric_ticks = app.topic(
+    "metric-ticks", partitions=settings.partitions, key_type=bytes, value_serializer="json"
+)
+#: Every final minute rollup, once: key "<server>|<metric>|<minute ms>", JSON value.
+rollups_1m = app.topic("metric-rollups-1m", key_type=bytes, value_serializer="json")
 
 SEPARATOR = "|"
 

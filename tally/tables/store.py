@@ -12,6 +12,9 @@ from typing import Any
 
 from faust.types import CollectionT
 
+#: Faust keeps its own records (the partition's changelog offset) in the same database.
+FAUST_PREFIX = b"__faust"
+
 
 def partition_key(partition: int) -> bytes:
     """Key of a table's per-partition record (event clocks, watermarks)."""
@@ -25,11 +28,12 @@ def partition_db(table: CollectionT, partition: int) -> Any:
 def scan(
     table: CollectionT, partition: int, start: bytes, stop: bytes
 ) -> Iterator[tuple[bytes, bytes]]:
-    """Raw (key, value) pairs with start <= key < stop, in key order."""
+    """Raw (key, value) pairs with start <= key < stop, in key order (Faust's own skipped)."""
     for key, value in partition_db(table, partition).items(from_key=start):
         if key >= stop:
             break
-        yield key, value
+        if not key.startswith(FAUST_PREFIX):
+            yield key, value
 
 
 def delete_below(table: CollectionT, partition: int, stop: bytes, start: bytes = b"") -> None:
@@ -45,8 +49,11 @@ def first_parts(table: CollectionT, partition: int, separator: bytes = b"|") -> 
     start = b""
     while True:
         found = next(iter(db.keys(from_key=start)), None)
-        if found is None or separator not in found:
+        if found is None:
             return
+        if separator not in found:  # Faust's own record: step over it
+            start = found + b"\x00"
+            continue
         part = found.split(separator, 1)[0]
         yield part.decode()
         start = part + bytes([separator[0] + 1])

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
+import time
 from collections import defaultdict
 from datetime import UTC, datetime
 
@@ -21,6 +23,10 @@ METRICS = ["cpu", "mem", "disk", "temp"]
 
 def iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat().replace("+00:00", "Z")
+
+
+def ms(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000
 
 
 def samples(rng: random.Random) -> list[tuple[str, str, int, float]]:
@@ -109,6 +115,16 @@ def test_views_equal_brute_force_and_late_samples_are_set_aside(
     )
 
     window = f"from={iso(T0)}&to={iso(T0 + 30 * MINUTE)}"
+    wait_until(
+        lambda: first.get(f"/api/servers/db-1/metrics?{window}&metric=temp")["metrics"],
+        60,
+        what="the first rollups",
+    )
+    # Minutes whose end (+ grace) the watermark has not passed are listed as open: the newest.
+    fresh = first.get(f"/api/servers/db-1/metrics?{window}")
+    watermark = ms(fresh["watermark"])
+    open_expected = [iso(m) for m in range(T0, T0 + 30 * MINUTE, MINUTE) if m + MINUTE > watermark]
+    assert fresh["open_minutes"] == open_expected
     for step, step_ms in (("1m", MINUTE), ("5m", 5 * MINUTE), ("1h", 60 * MINUTE)):
         for server in SERVERS:
             want = truth(data, step_ms, lambda s, m, server=server: m if s == server else None)
@@ -150,10 +166,34 @@ def test_views_equal_brute_force_and_late_samples_are_set_aside(
         {m: [{**p[0], "t": "x"}] for m, p in want.items()},
     )
 
-    # The newest minutes are open, older ones final; the answer says which.
+    # Every minute becomes final (event time passes at wall speed with no traffic) and is
+    # emitted to metric-rollups-1m exactly once, equal to brute force.
+    expected_minutes = {
+        (server, metric, t): p
+        for server in SERVERS
+        for metric, points in truth(
+            data, MINUTE, lambda s, m, server=server: m if s == server else None
+        ).items()
+        for t, p in ((p["t"], p) for p in points)
+    }
+    emitted = consume(
+        broker.bootstrap, "metric-rollups-1m", expect=len(expected_minutes), timeout=120
+    )
+    keys = [r.key for r in emitted]
+    assert len(keys) == len(set(keys)) == len(expected_minutes)
+    for record in emitted:
+        value = json.loads(record.value)
+        point = expected_minutes[(value["server_id"], value["metric_id"], iso(value["minute_ms"]))]
+        assert (value["min"], value["max"], value["count"]) == (
+            point["min"],
+            point["max"],
+            point["count"],
+        )
+        assert math.isclose(value["sum"] / value["count"], point["avg"], rel_tol=1e-9, abs_tol=1e-9)
+
+    # Every minute is final now, and the answer says so.
     latest = first.get(f"/api/servers/web-1/metrics?{window}")
-    assert latest["open_minutes"] and latest["open_minutes"][-1] == iso(T0 + 29 * MINUTE)
-    assert iso(T0) not in latest["open_minutes"]
+    assert latest["open_minutes"] == [] and ms(latest["watermark"]) >= T0 + 30 * MINUTE
 
     # A sample for a long-final minute is late: late-events, never merged.
     late = {
@@ -178,3 +218,54 @@ def test_views_equal_brute_force_and_late_samples_are_set_aside(
         path = "/api/metrics/cpu" if "by=" in query else "/api/servers/web-1/metrics"
         status, answer = first.get_status(f"{path}?{query}")
         assert status == 400 and answer, query
+
+
+def test_minutes_older_than_two_days_leave_both_indexes_also_after_a_restart(
+    broker: LocalBroker, make_worker: WorkerFactory, metric_batch_codec: AvroCodec
+) -> None:
+    worker = make_worker().start()
+
+    def send(ts: int) -> None:
+        batch = {
+            "server_id": "web-1",
+            "sent_at_ms": ts,
+            "samples": [
+                {"metric_id": "cpu", "ts_ms": ts + n * 10_000, "value": float(n)} for n in range(30)
+            ],
+        }
+        produce(broker.bootstrap, "metric-samples", [(b"web-1", metric_batch_codec.dumps(batch))])
+
+    old = f"from={iso(T0)}&to={iso(T0 + 10 * MINUTE)}"
+    send(T0)
+    wait_until(
+        lambda: worker.get(f"/api/servers/web-1/metrics?{old}")["metrics"], 30, what="old minutes"
+    )
+    wait_until(
+        lambda: worker.get(f"/api/metrics/cpu?{old}")["series"], 30, what="old minutes by metric"
+    )
+
+    send(T0 + 2 * 86_400_000 + 10 * MINUTE)  # event time jumps past the 2-day retention
+    gone = lambda: (  # noqa: E731
+        not worker.get(f"/api/servers/web-1/metrics?{old}")["metrics"]
+        and not worker.get(f"/api/metrics/cpu?{old}")["series"]
+    )
+    wait_until(gone, 30, what="minutes older than 2 days to leave both indexes")
+
+    def emitted_minutes() -> list[int]:
+        records = consume(broker.bootstrap, "metric-rollups-1m", expect=10, timeout=5)
+        return [json.loads(r.value)["minute_ms"] for r in records]
+
+    # The 5 old minutes were final, and emitted, before they left; each minute once.
+    before = wait_until(
+        lambda: (m := emitted_minutes()) and len([x for x in m if x < T0 + 10 * MINUTE]) == 5 and m,
+        30,
+        what="the old minutes on metric-rollups-1m",
+    )
+    assert len(before) == len(set(before))
+
+    worker.stop()
+    worker.start()
+    assert gone(), "expired minutes came back after a restart"
+    time.sleep(3)
+    after = emitted_minutes()
+    assert len(after) == len(set(after)), "a restart emitted a final minute a second time"

@@ -38,11 +38,11 @@ def test_environment_overrides() -> None:
 @pytest.mark.parametrize(
     ("variable", "value", "message"),
     [
-        ("TALLY_BROKER", "localhost:9092", "not a broker URL"),
+        ("TALLY_BROKER", "localhost:9092", "needs a scheme"),
         ("TALLY_BROKER", "redis://x:1", "not a broker URL"),
         ("TALLY_WEB_PORT", "70000", "TCP port"),
         ("TALLY_PARTITIONS", "0", "at least 1"),
-        ("TALLY_PARTITIONS", "four", "invalid literal"),
+        ("TALLY_PARTITIONS", "four", "whole number"),
         ("TALLY_GRACE_SECONDS", "-1", "0 or more"),
         ("TALLY_GRACE_SECONDS", "nan", "0 or more"),
         ("TALLY_PROCESSING_GUARANTEE", "maybe", "at_least_once"),
