@@ -47,6 +47,8 @@ def main() -> None:
         command = sys.argv[1] if len(sys.argv) > 1 else ""
         if command in BROKER_WAIT_S and not {"--help", "-h"} & set(sys.argv):
             wait_for_broker(settings.bootstrap_servers, BROKER_WAIT_S[command])
+        if command == "worker" and not {"-l", "--loglevel"} & set(sys.argv):
+            sys.argv += ["--loglevel", settings.log_level]  # TALLY_LOG_LEVEL, unless given
     except (ConfigurationError, BrokerError) as exc:
         print(f"tally: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

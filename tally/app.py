@@ -67,7 +67,9 @@ class TallyApp(faust.App):
             datadir=Path(self.conf.datadir),
             tabledir=Path(self.conf.tabledir),
             cluster_id=cluster_id,
-            changelogs=[t.changelog_topic.get_topic_name() for t in self.tables.values()],
+            changelogs={
+                name: table.changelog_topic.get_topic_name() for name, table in self.tables.items()
+            },
             topics=topics,
         )
         if reason:

@@ -20,7 +20,7 @@ class DeadLetter:
 
     reason: str
     error: str  # the error class, for counting by kind
-    stage: str  # decode | validate | ingest | late
+    stage: str  # decode | validate | late | process
     topic: str  # origin topic ("" for an HTTP body that never reached Kafka)
     partition: int  # -1 when there is no origin partition
     offset: int  # -1 when there is no origin offset

@@ -6,6 +6,7 @@ Each field names its environment variable and default; `Settings.from_env()` is 
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import socket
@@ -36,9 +37,12 @@ def _whole(text: str) -> int:
 
 def _number(text: str) -> float:
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise ValueError("must be a number") from None
+    if not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -171,6 +175,13 @@ class Settings:
         "TALLY_GRACE_SECONDS",
         10.0,
         "Event-time grace: the watermark trails the newest event by this much.",
+        _non_negative_float,
+    )
+    max_future_seconds: float = _env_field(
+        "TALLY_MAX_FUTURE_SECONDS",
+        300.0,
+        "Events stamped further than this ahead of the worker's clock are rejected "
+        "(dead-letters): one bad clock must not move event time for everyone.",
         _non_negative_float,
     )
     sales_pane_seconds: int = _env_field(

@@ -49,10 +49,11 @@ async def reject(
     *,
     stage: str,
     value: bytes | None = None,
+    key: bytes | None = None,
     to: TopicT = dead_letters,
 ) -> None:
-    """Send the message (or `value`, one record cut out of an envelope) to `to` with why and
-    where from; counted by topic and error class."""
+    """Send the message (or `value`/`key`: one record cut out of an envelope) to `to` with why
+    and where from; counted by topic and error class."""
     message = event.message
     letter = DeadLetter.of(
         exc, stage=stage, topic=message.topic, partition=message.partition, offset=message.offset
@@ -64,10 +65,21 @@ async def reject(
             "dead letter from %s[%s]@%s: %s", message.topic, message.partition, message.offset, exc
         )
     await to.send(
-        key=message.key,
+        key=message.key if key is None else key,
         value=message.value if value is None else value,
         headers=letter.headers(),
     )
+
+
+def check_event_time(name: str, ts_ms: int, wall_ms: int, max_future_ms: int) -> None:
+    """An event time must be after 1970 and not far ahead of this worker's clock."""
+    if ts_ms <= 0:
+        raise ValidationError(f"{name}={ts_ms} is not a time (ms since 1970 expected)")
+    if ts_ms > wall_ms + max_future_ms:
+        raise ValidationError(
+            f"{name}={ts_ms} is {(ts_ms - wall_ms) / 1000:.0f} s in the future "
+            f"(more than {max_future_ms / 1000:.0f} s): a wrong clock or unit?"
+        )
 
 
 def by_partition(events: Sequence[EventT]) -> dict[int, list[EventT]]:
@@ -89,3 +101,22 @@ def writing_for(event: EventT) -> Iterator[None]:
         yield
     finally:
         faust_streams._current_event.reset(token)
+
+
+class ProcessingError(Exception):
+    """Carries an unexpected failure of a pipeline on a batch into its dead letters."""
+
+
+async def failed_batch(events: Sequence[EventT], exc: Exception, forget: dict[int, object]) -> None:
+    """A batch a pipeline could not process: log it, dead-letter every message of it (nothing
+    vanishes), and drop the partition's in-memory state so it is rebuilt from storage."""
+    logger.exception(
+        "processing failed on %s[%s]",
+        events[0].message.topic,
+        events[0].message.partition,
+        exc_info=exc,
+    )
+    forget.pop(events[0].message.partition, None)
+    failure = ProcessingError(f"{type(exc).__name__}: {exc}")
+    for event in events:
+        await reject(event, failure, stage="process")

@@ -24,7 +24,14 @@ from dataclasses import dataclass, field
 
 from faust.types import EventT, TableT
 
-from tally.agents.intake import by_partition, decode, reject, writing_for
+from tally.agents.intake import (
+    by_partition,
+    check_event_time,
+    decode,
+    failed_batch,
+    reject,
+    writing_for,
+)
 from tally.app import app, settings
 from tally.codecs.avro import Record, validate_metric_sample
 from tally.errors import TallyError, ValidationError
@@ -50,6 +57,7 @@ from tally.topics import late_events, metric_batch_codec, metric_samples
 BATCH_SIZE = 2000
 BATCH_WITHIN_S = 0.1
 GRACE_MS = int(settings.grace_seconds * 1000)
+MAX_FUTURE_MS = int(settings.max_future_seconds * 1000)
 
 
 class LateSample(TallyError):
@@ -122,6 +130,7 @@ async def roll_up_partition(events: Sequence[EventT]) -> None:
         for sample in batch["samples"]:
             try:
                 validate_metric_sample(sample)
+                check_event_time("ts_ms", sample["ts_ms"], wall, MAX_FUTURE_MS)
             except ValidationError as exc:
                 await reject(event, exc, stage="validate", value=one_sample(batch, sample))
                 continue
@@ -176,7 +185,10 @@ def merge_into(table: TableT, key: bytes, delta: Rollup) -> None:
 async def roll_up_samples(stream):  # type: ignore[no-untyped-def]
     async for batch in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN_S):
         for events in by_partition(batch).values():
-            await roll_up_partition(events)
+            try:
+                await roll_up_partition(events)
+            except Exception as exc:  # one bad partition batch must not stop the worker
+                await failed_batch(events, exc, forget=states)
 
 
 @app.timer(interval=1.0)

@@ -21,7 +21,14 @@ from collections.abc import Iterator, Sequence
 
 from faust.types import EventT
 
-from tally.agents.intake import by_partition, decode, reject, writing_for
+from tally.agents.intake import (
+    by_partition,
+    check_event_time,
+    decode,
+    failed_batch,
+    reject,
+    writing_for,
+)
 from tally.app import app, settings
 from tally.codecs.avro import Record, validate_purchase
 from tally.errors import TallyError, ValidationError
@@ -44,6 +51,7 @@ from tally.topics import late_events, purchase_codec, purchases, purchases_topic
 
 logger = logging.getLogger(__name__)
 
+MAX_FUTURE_MS = int(settings.max_future_seconds * 1000)
 BATCH_SIZE = 5000
 BATCH_WITHIN_S = 0.1
 PURCHASE_BATCH = "tally.sales.PurchaseBatch"
@@ -107,26 +115,30 @@ async def forget_revoked(sender: object, revoked: set, **kwargs: object) -> None
 # --- stage 1: purchases → panes → per-partition top-K ------------------------------------
 
 
-async def decoded_purchases(event: EventT, partition: int) -> list[Record]:
-    """The valid purchases of one message; everything else is dead-lettered on its own."""
+async def decoded_purchases(event: EventT, partition: int, wall_ms: int) -> list[Record]:
+    """The valid purchases of one message; every other one is dead-lettered on its own (a
+    single message as it came; a member of an envelope re-encoded alone, keyed by its item)."""
     decoded = await decode(event, purchases_topic_codec())
     if decoded is None:
         return []
     name, record = decoded
-    if name != PURCHASE_BATCH:
-        return [record]
+    members = record["purchases"] if name == PURCHASE_BATCH else [record]
     valid = []
-    for purchase in record["purchases"]:
+    for purchase in members:
         try:
             validate_purchase(purchase)
+            check_event_time("event_time_ms", purchase["event_time_ms"], wall_ms, MAX_FUTURE_MS)
             owner = partition_for(purchase["item_id"], settings.partitions)
             if owner != partition:
                 raise ValidationError(
-                    f"item {purchase['item_id']!r} belongs to partition {owner}, but its "
-                    f"envelope was written to partition {partition}"
+                    f"item {purchase['item_id']!r} belongs to partition {owner} (murmur2 of the "
+                    f"item id, Kafka's default partitioner), but came on partition {partition}"
                 )
         except ValidationError as exc:
-            await reject(event, exc, stage="validate", value=purchase_codec().dumps(purchase))
+            alone = None if name != PURCHASE_BATCH else purchase_codec().dumps(purchase)
+            await reject(
+                event, exc, stage="validate", value=alone, key=purchase["item_id"].encode()
+            )
             continue
         valid.append(purchase)
     return valid
@@ -136,13 +148,13 @@ async def count_partition(events: Sequence[EventT]) -> None:
     partition = events[0].message.partition
     origins: list[tuple[EventT, Record]] = []
     arrivals: list[Arrival] = []
+    wall = now_ms()
     for event in events:
-        for purchase in await decoded_purchases(event, partition):
+        for purchase in await decoded_purchases(event, partition, wall):
             origins.append((event, purchase))
             arrivals.append((purchase["item_id"], purchase["quantity"], purchase["event_time_ms"]))
     if not arrivals:
         return
-    wall = now_ms()
     window = window_for(partition, wall)
     outcome = window.ingest(arrivals, wall, pane_reader(partition))
     with writing_for(events[-1]):
@@ -175,7 +187,10 @@ async def count_sales(stream):  # type: ignore[no-untyped-def]
     """Purchases in batches; each partition's share is folded and written on its own."""
     async for batch in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN_S):
         for events in by_partition(batch).values():
-            await count_partition(events)
+            try:
+                await count_partition(events)
+            except Exception as exc:  # one bad partition batch must not stop the worker
+                await failed_batch(events, exc, forget=windows)
 
 
 async def publish(partition: int, window: SlidingTotals, wall_ms: int) -> None:
@@ -205,7 +220,8 @@ async def slide_idle_windows() -> None:
     if not app.ready:
         return
     wall = now_ms()
-    for tp in app.assignor.assigned_actives():
+    owned = []
+    for tp in app.assignor.assigned_actives():  # no await in here: ownership cannot change
         if tp.topic != purchases.get_topic_name():
             continue
         if tp.partition not in windows and partition_key(tp.partition) not in sales_clocks:
@@ -213,7 +229,9 @@ async def slide_idle_windows() -> None:
         window = window_for(tp.partition, wall)
         if window.advance(wall, pane_reader(tp.partition)):
             prune(tp.partition, window, wall)
-        await publish(tp.partition, window, wall)
+        owned.append((tp.partition, window))
+    for partition, window in owned:
+        await publish(partition, window, wall)
 
 
 # --- stage 2: the merge ------------------------------------------------------------------

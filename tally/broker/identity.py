@@ -57,17 +57,23 @@ def stale_state_reason(
 
 
 def reconcile_local_state(
-    *, datadir: Path, tabledir: Path, cluster_id: str, changelogs: Iterable[str], topics: set[str]
+    *, datadir: Path, tabledir: Path, cluster_id: str, changelogs: dict[str, str], topics: set[str]
 ) -> str | None:
-    """Wipe `tabledir` if it belongs to another broker; remember this broker. Returns why."""
+    """Wipe `tabledir` if it belongs to another broker; remember this broker. Returns why.
+
+    `changelogs` maps table name → changelog topic; only tables with local files are checked,
+    so a table added by an upgrade (its changelog not created yet) does not wipe the others.
+    """
     marker = datadir / MARKER_NAME
     remembered = marker.read_text().strip() if marker.exists() else None
-    has_state = tabledir.exists() and any(tabledir.iterdir())
+    local = (
+        {p.name.rsplit("-", 1)[0] for p in tabledir.glob("*.db")} if tabledir.exists() else set()
+    )
     reason = stale_state_reason(
         remembered_cluster_id=remembered,
         cluster_id=cluster_id,
-        has_state=has_state,
-        changelogs=changelogs,
+        has_state=bool(local),
+        changelogs=[topic for table, topic in changelogs.items() if table in local],
         topics=topics,
     )
     if reason:

@@ -5,9 +5,11 @@ touched per batch. This class holds the window's totals per key in rank order, i
 
     totals[key] == sum(storage[pane, key] for pane in the window)      (the invariant)
 
-Arrivals add to the totals of panes inside the window; when the window slides, the panes that
-leave it are read back from storage and subtracted. Nothing ever rescans the whole window
-except `restore`, after a restart or a rebalance.
+The window is the one ending with the watermark's pane: an arrival in it is added at once; an
+arrival ahead of it (within the grace) is only stored, and is added when its pane enters the
+window. When the window slides, leaving panes are read back from storage and subtracted and
+entering ones read and added, so every accepted event counts in some window. Nothing rescans
+the whole window except `restore`, after a restart or a rebalance.
 """
 
 from __future__ import annotations
@@ -50,9 +52,9 @@ class SlidingTotals:
     ) -> SlidingTotals:
         """Rebuild the window at the clock's current time from the panes in storage."""
         window = cls(spec, clock)
-        now = clock.now(wall_ms)
-        if now is not None:
-            window.last_pane = spec.pane_of(now)
+        watermark = clock.watermark(wall_ms, spec.grace_ms)
+        if watermark is not None:
+            window.last_pane = spec.pane_of(watermark)
             for pane in range(spec.first_pane(window.last_pane), window.last_pane + 1):
                 for key, amount in read_pane(pane):
                     window.totals.add(key, amount)
@@ -92,20 +94,21 @@ class SlidingTotals:
         return self.totals.top(k)
 
     def _slide(self, wall_ms: int, read_pane: PaneReader) -> bool:
-        now = self.clock.now(wall_ms)
-        if now is None:
+        watermark = self.clock.watermark(wall_ms, self.spec.grace_ms)
+        if watermark is None:
             return False
-        new_last = self.spec.pane_of(now)
+        new_last = self.spec.pane_of(watermark)
         old_last = self.last_pane
         if old_last is not None and new_last <= old_last:
             return False
         self.last_pane = new_last
         if old_last is None:
             return True
-        leaving = range(
-            self.spec.first_pane(old_last), min(old_last, self.spec.first_pane(new_last) - 1) + 1
-        )
-        for pane in leaving:
+        new_first = self.spec.first_pane(new_last)
+        for pane in range(self.spec.first_pane(old_last), min(old_last, new_first - 1) + 1):
             for key, amount in read_pane(pane):
                 self.totals.add(key, -amount)
+        for pane in range(max(old_last + 1, new_first), new_last + 1):
+            for key, amount in read_pane(pane):
+                self.totals.add(key, amount)
         return True

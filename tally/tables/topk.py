@@ -108,7 +108,8 @@ def merge_candidates(candidates: Iterable[Candidates], k: int) -> GlobalTopK | N
     """The global top-K of the newest window any partition has reached.
 
     A partition still on an older window contributes what it has and is named in `lagging`,
-    so the answer can say it may be stale; None if no partition has data yet.
+    so the answer can say it may be stale; `as_of` is the oldest partition's, so one silent
+    partition (a dead worker) makes the answer old. None if no partition has data yet.
     """
     latest = list(candidates)
     if not latest:
@@ -118,7 +119,7 @@ def merge_candidates(candidates: Iterable[Candidates], k: int) -> GlobalTopK | N
         last_pane=last_pane,
         top=merge_top((c.top for c in latest), k),
         watermark_ms=min(c.watermark_ms for c in latest),
-        as_of_ms=max(c.as_of_ms for c in latest),
+        as_of_ms=min(c.as_of_ms for c in latest),
         late_events=sum(c.late_events for c in latest),
         lagging=sorted(c.partition for c in latest if c.last_pane < last_pane),
     )

@@ -28,23 +28,31 @@ def require_ready() -> None:
         raise NotReady()
 
 
+#: The latest time a query may name: far from datetime's limit, so windows around it print.
+LATEST_MS = int(datetime(9000, 1, 1, tzinfo=UTC).timestamp() * 1000)
+
+
 def time_param(request: Request, name: str, default_ms: int) -> int:
     """An ISO-8601 time (or epoch milliseconds) as epoch ms; naive times are UTC."""
     raw = request.query.get(name)
     if raw is None or raw == "":
         return default_ms
-    if raw.isdigit():
-        return int(raw)
     try:
-        parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        if raw.isascii() and raw.isdecimal():
+            value = int(raw)
+        else:
+            parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=UTC)
+            value = int(parsed.timestamp() * 1000)
     except ValueError:
         raise BadRequest(
             f"{name}={raw!r} is not a time; use ISO 8601 (2026-11-22T10:00:00Z) "
             "or epoch milliseconds"
         ) from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return int(parsed.timestamp() * 1000)
+    if not 0 <= value <= LATEST_MS:
+        raise BadRequest(f"{name}={raw!r} is out of range (1970 to 9000)")
+    return value
 
 
 def int_param(request: Request, name: str, default: int, low: int, high: int) -> int:

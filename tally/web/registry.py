@@ -70,7 +70,13 @@ class SubjectVersion(View):
         versions = registry().versions(subject)
         if not versions:
             return subject_not_found(self, subject)
-        number = len(versions) if version == "latest" else int(version) if version.isdigit() else 0
+        number = (
+            len(versions)
+            if version == "latest"
+            else int(version)
+            if version.isascii() and version.isdecimal()
+            else 0
+        )
         if not 1 <= number <= len(versions):
             return error(
                 self,

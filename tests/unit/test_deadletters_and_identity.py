@@ -34,13 +34,19 @@ def test_state_is_trusted_only_against_the_same_broker() -> None:
 
 def test_reconcile_wipes_stale_tables_and_remembers_the_broker(tmp_path: Path) -> None:
     tables = tmp_path / "v1" / "tables"
-    (tables / "hourly_sales-0.db").mkdir(parents=True)
-    first = reconcile_local_state(
-        datadir=tmp_path, tabledir=tables, cluster_id="c1", changelogs=["cl"], topics={"cl"}
-    )
-    assert first is None and tables.exists()
-    reason = reconcile_local_state(
-        datadir=tmp_path, tabledir=tables, cluster_id="c2", changelogs=["cl"], topics={"cl"}
-    )
-    assert reason and not tables.exists()
+    (tables / "sales_panes-0.db").mkdir(parents=True)
+    changelogs = {"sales_panes": "cl", "added_later": "new-cl"}
+
+    def reconcile(cluster_id: str) -> str | None:
+        return reconcile_local_state(
+            datadir=tmp_path,
+            tabledir=tables,
+            cluster_id=cluster_id,
+            changelogs=changelogs,
+            topics={"cl"},
+        )
+
+    assert reconcile("c1") is None and tables.exists(), "a new table's changelog is not missing"
+    reason = reconcile("c2")
+    assert reason and "c1" in reason and not tables.exists()
     assert (tmp_path / "broker-cluster-id").read_text() == "c2"

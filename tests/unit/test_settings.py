@@ -44,7 +44,8 @@ def test_environment_overrides() -> None:
         ("TALLY_PARTITIONS", "0", "at least 1"),
         ("TALLY_PARTITIONS", "four", "whole number"),
         ("TALLY_GRACE_SECONDS", "-1", "0 or more"),
-        ("TALLY_GRACE_SECONDS", "nan", "0 or more"),
+        ("TALLY_GRACE_SECONDS", "nan", "finite"),
+        ("TALLY_GRACE_SECONDS", "inf", "finite"),
         ("TALLY_PROCESSING_GUARANTEE", "maybe", "at_least_once"),
     ],
 )

@@ -52,7 +52,7 @@ def brute_force(
     wall = steps[-1][0]
     if clock is None:
         return {}, late, 0
-    last = (clock + max(0, wall - clock_wall)) // spec.pane_ms
+    last = (clock + max(0, wall - clock_wall) - spec.grace_ms) // spec.pane_ms
     first = last - spec.window_panes + 1
     totals: dict[str, int] = defaultdict(int)
     for key, amount, ts in accepted:
@@ -142,12 +142,29 @@ def test_late_events_are_counted_and_not_added() -> None:
     window = SlidingTotals(spec)
     store = PaneStore()
     outcome = window.ingest([("x", 1, 20_000), ("y", 1, 18_999), ("z", 1, 19_000)], 0, store.read)
-    # watermark 19_500 -> pane 19 -> window [18, 19]: 18_999 (pane 18) still allowed
+    store.write(outcome.pane_deltas)
+    # watermark 19_500 -> window [18, 19]: y (pane 18) and z count; x (pane 20) waits ahead
     assert outcome.late == []
-    outcome = window.ingest([("x", 1, 21_600), ("y", 1, 19_999), ("z", 1, 18_500)], 0, store.read)
-    # watermark 21_100 -> pane 21 -> window [20, 21]: panes 19 and 18 are late
+    assert dict(window.totals.items()) == {"y": 1, "z": 1}
+    outcome = window.ingest([("x", 1, 21_600), ("y", 5, 19_999), ("z", 5, 18_500)], 0, store.read)
+    store.write(outcome.pane_deltas)
+    # watermark 21_100 -> window [20, 21]: pane 19 and 18 are late; x entered from storage
     assert outcome.late == [1, 2]
     assert window.late_events == 2
+    assert dict(window.totals.items()) == {"x": 2}
+    assert (19, "y") not in outcome.pane_deltas and (18, "z") not in outcome.pane_deltas
+
+
+def test_an_arrival_within_the_grace_after_a_boundary_still_counts() -> None:
+    """The window follows the watermark, so nothing accepted falls between two windows."""
+    spec = PaneSpec(pane_ms=1000, window_panes=1, grace_ms=300)
+    window = SlidingTotals(spec)
+    store = PaneStore()
+    for batch in ([("a", 1, 5_900)], [("b", 1, 6_100)], [("a", 1, 5_950)], [("b", 1, 6_400)]):
+        store.write(window.ingest(batch, 0, store.read).pane_deltas)
+    assert window.last_pane == 6 and window.late_events == 0
+    assert dict(window.totals.items()) == {"b": 2}
+    assert sum(v for (p, k), v in store.cells.items() if p == 5) == 2  # both a's in pane 5
 
 
 def test_ranked_totals_order_and_removal() -> None:
@@ -179,7 +196,7 @@ def test_merge_names_lagging_partitions() -> None:
     assert merged is not None
     assert merged.last_pane == 11 and merged.lagging == [1]
     assert merged.top == [("b", 9), ("a", 4)]
-    assert merged.watermark_ms == 10_500 and merged.as_of_ms == 6
+    assert merged.watermark_ms == 10_500 and merged.as_of_ms == 5
     assert merge_candidates([], 10) is None
     assert Candidates.from_json(now[0].to_json()) == now[0]
 
