@@ -48,7 +48,7 @@ from tally.tables.metrics import (
     server_rollups,
     split_key,
 )
-from tally.tables.rollups import MINUTE_MS, Rollup, fold, is_final, minute_of
+from tally.tables.rollups import MINUTE_MS, Rollup, final_before, fold, minute_of
 from tally.tables.store import delete_below, first_parts, partition_key, scan
 from tally.tables.windowing import EventClock
 from tally.telemetry import EVENTS
@@ -127,21 +127,25 @@ async def roll_up_partition(events: Sequence[EventT]) -> None:
         batch = await decode(event, metric_batch_codec())
         if batch is None:
             continue
+        # The message arrives as a whole: its samples are judged against the watermark before
+        # it, so samples of one message never make each other late.
+        watermark = clock.watermark(wall, GRACE_MS)
+        closed = final_before(watermark)
+        server, newest = batch["server_id"], None
         for sample in batch["samples"]:
+            ts = sample["ts_ms"]
             try:
                 validate_metric_sample(sample)
-                check_event_time("ts_ms", sample["ts_ms"], wall, MAX_FUTURE_MS)
+                check_event_time("ts_ms", ts, wall, MAX_FUTURE_MS)
             except ValidationError as exc:
                 await reject(event, exc, stage="validate", value=one_sample(batch, sample))
                 continue
-            clock.observe(sample["ts_ms"], wall)
-            watermark = clock.watermark(wall, GRACE_MS)
-            minute = minute_of(sample["ts_ms"])
-            if is_final(minute, watermark):
+            minute = ts - ts % MINUTE_MS
+            if closed is not None and minute < closed:
                 state.late_events += 1
                 late = LateSample(
-                    f"sample at {sample['ts_ms']} belongs to minute {minute}, final since the "
-                    f"watermark passed its end (watermark {watermark})"
+                    f"sample at {ts} belongs to minute {minute}, final since the watermark "
+                    f"passed its end (watermark {watermark})"
                 )
                 await reject(
                     event, late, stage="late", value=one_sample(batch, sample), to=late_events
@@ -149,9 +153,11 @@ async def roll_up_partition(events: Sequence[EventT]) -> None:
                 continue
             if state.final_through is None or minute < state.final_through:
                 state.final_through = minute  # only before the first minute closes
-            accepted.append(
-                ((batch["server_id"], sample["metric_id"]), sample["ts_ms"], sample["value"])
-            )
+            accepted.append(((server, sample["metric_id"]), ts, sample["value"]))
+            if newest is None or ts > newest:
+                newest = ts
+        if newest is not None:
+            clock.observe(newest, wall)
     folded = fold(accepted)
     with writing_for(events[-1]):
         for ((server, metric), minute), delta in folded.items():
@@ -216,7 +222,7 @@ async def close_partition_minutes(event: EventT) -> None:
     watermark = state.clock.watermark(now_ms(), GRACE_MS)
     if watermark is None:
         return
-    end = minute_of(watermark - MINUTE_MS) + MINUTE_MS  # minutes before `end` are final
+    end = final_before(watermark)  # minutes before `end` are final
     start = state.final_through
     if start is not None and start < end:
         closing = [

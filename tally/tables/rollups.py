@@ -64,22 +64,42 @@ def merge_all(rollups: Iterable[Rollup]) -> Rollup | None:
 
 
 def fold(samples: Iterable[tuple[K, int, float]]) -> dict[tuple[K, int], Rollup]:
-    """(key, ts_ms, value) samples → one rollup per (key, minute start ms)."""
-    folded: dict[tuple[K, int], Rollup] = {}
+    """(key, ts_ms, value) samples → one rollup per (key, minute start ms).
+
+    The hot loop of the metrics pipeline: it accumulates in place, one list per cell, and makes
+    the immutable rollups at the end.
+    """
+    cells: dict[tuple[K, int], list[float]] = {}
     for key, ts_ms, value in samples:
-        cell = (key, minute_of(ts_ms))
-        current = folded.get(cell)
-        folded[cell] = Rollup.of(value) if current is None else current.merge(Rollup.of(value))
-    return folded
+        cell = (key, ts_ms - ts_ms % MINUTE_MS)
+        acc = cells.get(cell)
+        if acc is None:
+            cells[cell] = [value, value, value, 1]
+        else:
+            if value < acc[0]:
+                acc[0] = value
+            if value > acc[1]:
+                acc[1] = value
+            acc[2] += value
+            acc[3] += 1
+    return {cell: Rollup(acc[0], acc[1], acc[2], int(acc[3])) for cell, acc in cells.items()}
 
 
 def minute_of(ts_ms: int) -> int:
     return ts_ms - ts_ms % MINUTE_MS
 
 
+def final_before(watermark_ms: int | None) -> int | None:
+    """Minutes starting before this are final: the watermark (event clock minus grace) has
+    passed their end. None: no minute is final yet."""
+    if watermark_ms is None:
+        return None
+    return minute_of(watermark_ms - MINUTE_MS) + MINUTE_MS
+
+
 def is_final(minute_ms: int, watermark_ms: int | None) -> bool:
-    """A minute is final once the watermark (event clock minus grace) has passed its end."""
-    return watermark_ms is not None and minute_ms + MINUTE_MS <= watermark_ms
+    boundary = final_before(watermark_ms)
+    return boundary is not None and minute_ms < boundary
 
 
 def bucket_start(ts_ms: int, step_ms: int) -> int:
