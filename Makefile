@@ -26,8 +26,10 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+## bench: the sales and metrics benchmarks (figures and ratios printed; see README Performance).
 bench: $(STAMP)
 	$(BIN)/python -m bench.sales
+	$(BIN)/python -m bench.metrics
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .hypothesis

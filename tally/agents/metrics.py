@@ -22,7 +22,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from faust.types import EventT, TableT
+from faust.types import TP, EventT, TableT
 
 from tally.agents.intake import (
     by_partition,
@@ -35,6 +35,7 @@ from tally.agents.intake import (
 from tally.app import app, settings
 from tally.codecs.avro import Record, validate_metric_sample
 from tally.errors import TallyError, ValidationError
+from tally.partitioning import partition_for
 from tally.tables.metrics import (
     RETENTION_MS,
     cell_key,
@@ -106,7 +107,7 @@ def state_for(partition: int) -> PartitionState:
 
 
 @app.on_partitions_revoked.connect
-async def forget_revoked(sender: object, revoked: set, **kwargs: object) -> None:
+async def forget_revoked(sender: object, revoked: set[TP], **kwargs: object) -> None:
     for tp in revoked:
         if tp.topic == metric_samples.get_topic_name():
             states.pop(tp.partition, None)
@@ -165,19 +166,18 @@ async def roll_up_partition(events: Sequence[EventT]) -> None:
             state.servers.add(server)
         metric_clocks[partition_key(partition)] = state.record()
     EVENTS.labels(metric_samples.get_topic_name(), "counted").inc(len(accepted))
-    by_metric: dict[str, list[list[object]]] = defaultdict(list)
+    # The same partial rollups, grouped by the partition that owns each metric: one message per
+    # destination partition, written there explicitly (murmur2 of the metric, as routing uses).
+    by_destination: dict[int, list[list[object]]] = defaultdict(list)
     for ((server, metric), minute), delta in folded.items():
-        by_metric[metric].append([minute, server, *delta.to_list()])
+        destination = partition_for(metric, settings.partitions)
+        by_destination[destination].append([metric, minute, server, *delta.to_list()])
     watermark = clock.watermark(wall, GRACE_MS)
-    for metric, cells in by_metric.items():
+    for destination, cells in by_destination.items():
         await rollups_by_metric.send(
-            key=metric.encode(),
-            value={
-                "metric": metric,
-                "cells": cells,
-                "upstream": partition,
-                "watermark_ms": watermark,
-            },
+            key=b"partials",
+            partition=destination,
+            value={"cells": cells, "upstream": partition, "watermark_ms": watermark},
         )
 
 
@@ -269,12 +269,9 @@ async def index_by_metric(stream):  # type: ignore[no-untyped-def]
             watermarks: dict[int, int] = {}
             for event in events:
                 body = event.value
-                for minute, server, *values in body["cells"]:
+                for metric, minute, server, *values in body["cells"]:
                     delta = Rollup.from_list(values)
-                    for key in (
-                        cell_key(body["metric"], minute, server),
-                        cell_key(body["metric"], minute, ""),
-                    ):
+                    for key in (cell_key(metric, minute, server), cell_key(metric, minute, "")):
                         merged[key] = delta if key not in merged else merged[key].merge(delta)
                 if body["watermark_ms"] is not None:
                     upstream = int(body["upstream"])

@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 
-from faust.types import EventT
+from faust.types import TP, EventT
 
 from tally.agents.intake import (
     by_partition,
@@ -105,7 +105,7 @@ def prune(partition: int, window: SlidingTotals, wall_ms: int) -> None:
 
 
 @app.on_partitions_revoked.connect
-async def forget_revoked(sender: object, revoked: set, **kwargs: object) -> None:
+async def forget_revoked(sender: object, revoked: set[TP], **kwargs: object) -> None:
     for tp in revoked:
         if tp.topic == purchases.get_topic_name():
             windows.pop(tp.partition, None)

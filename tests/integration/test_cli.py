@@ -56,41 +56,28 @@ def test_dev_runs_broker_worker_and_feed_then_stops_everything_on_ctrl_c(tmp_pat
     assert not port_accepts("127.0.0.1", web_port), "worker still running after Ctrl-C"
 
 
-def test_feed_sends_count_messages_with_the_configured_partitions(
-    broker: LocalBroker, tmp_path: Path, purchase_codec: AvroCodec
+def test_feed_creates_its_topic_with_the_configured_partitions_and_sends_count(
+    tmp_path: Path, purchase_codec: AvroCodec
 ) -> None:
-    env = {
-        **os.environ,
-        "TALLY_BROKER": broker.url,
-        "TALLY_DATA_DIR": str(tmp_path / "feed"),
-        "TALLY_SCHEMA_REGISTRY": (tmp_path / "schema-registry").resolve().as_uri(),
-    }
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tally",
-            "feed",
-            "sales",
-            "--rate",
-            "0",
-            "--count",
-            "500",
-            "--seed",
-            "3",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "sent 500" in result.stdout
-    records = consume(broker.bootstrap, "purchases", expect=500)
+    with LocalBroker("127.0.0.1", free_port(), log_path=tmp_path / "broker.log") as broker:
+        env = {
+            **os.environ,
+            "TALLY_BROKER": broker.url,
+            "TALLY_PARTITIONS": "6",
+            "TALLY_DATA_DIR": str(tmp_path / "feed"),
+            "TALLY_SCHEMA_REGISTRY": (tmp_path / "schema-registry").resolve().as_uri(),
+        }
+        command = [sys.executable, "-m", "tally", "feed", "sales", "--rate", "0", "--count", "500"]
+        result = subprocess.run(
+            [*command, "--seed", "3"], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 0, result.stderr
+        assert "sent 500" in result.stdout
+        records = consume(broker.bootstrap, "purchases", expect=500)
     assert len(records) == 500
     decoded = [purchase_codec.loads(r.value) for r in records]
     assert all(r.key == d["item_id"].encode() for r, d in zip(records, decoded, strict=True))
-    assert {r.partition for r in records} == {0, 1, 2, 3}
+    assert {r.partition for r in records} == set(range(6))
 
 
 def test_bad_setting_is_a_clear_error(tmp_path: Path) -> None:
