@@ -25,7 +25,8 @@ from tally.app import app, settings
 from tally.broker.admin import ensure_topics
 from tally.broker.local import LocalBroker, die_with_parent, port_accepts
 from tally.errors import BrokerError, ConfigurationError
-from tally.feed import FeedProgress, metric_batches, purchases, send_feed, wall_clock_ms
+from tally.feed import FeedProgress, metric_batches, purchases, send_feed
+from tally.tables.windowing import now_ms
 from tally.topics import SOURCE_TOPICS, metric_batch_codec, purchase_codec
 
 
@@ -91,9 +92,9 @@ async def run_feed(
     topic, key_field, codec = FEEDS[pipeline]
     rng = random.Random(seed)
     records = (
-        purchases(rng, clock_ms=wall_clock_ms)
+        purchases(rng, clock_ms=now_ms)
         if pipeline == "sales"
-        else metric_batches(rng, clock_ms=wall_clock_ms)
+        else metric_batches(rng, clock_ms=now_ms)
     )
     await ensure_topics(
         settings.bootstrap_servers,

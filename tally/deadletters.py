@@ -7,9 +7,10 @@ readable by any Kafka tool.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
+
+from tally.tables.windowing import now_ms as wall_now_ms
 
 HEADER_PREFIX = "tally.dlq."
 
@@ -44,7 +45,7 @@ class DeadLetter:
             topic=topic,
             partition=partition,
             offset=offset,
-            time_ms=int(time.time() * 1000) if now_ms is None else now_ms,
+            time_ms=wall_now_ms() if now_ms is None else now_ms,
         )
 
     def headers(self) -> list[tuple[str, bytes]]:

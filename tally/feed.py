@@ -87,10 +87,6 @@ def metric_batches(
         }
 
 
-def wall_clock_ms() -> int:
-    return int(time.time() * 1000)
-
-
 @dataclass
 class FeedProgress:
     """Counts for the progress line."""

@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 import weakref
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from faust import streams as faust_streams
-from faust.types import EventT, TopicT
+from faust.types import TP, EventT, StreamT, TopicT
 
+from tally.app import app
 from tally.deadletters import DeadLetter
 from tally.errors import DecodeError, SchemaError, ValidationError
 from tally.telemetry import DEAD_LETTERS, EVENTS
@@ -103,11 +104,42 @@ def writing_for(event: EventT) -> Iterator[None]:
         faust_streams._current_event.reset(token)
 
 
+BATCH_SIZE = 2000
+BATCH_WITHIN_S = 0.1
+
+PartitionWork = Callable[[Sequence[EventT]], Awaitable[None]]
+
+
+async def each_partition(stream: StreamT, work: PartitionWork, state: dict[int, Any]) -> None:
+    """The body of every pipeline agent: batches from `stream`, each partition's share given to
+    `work` on its own; if it fails, that share is dead-lettered and `state[partition]` dropped
+    (rebuilt from storage on next use), and the agent goes on."""
+    async for batch in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN_S):
+        for events in by_partition(batch).values():
+            try:
+                await work(events)
+            except Exception as exc:  # one bad batch must not stop the worker
+                await failed_batch(events, exc, forget=state)
+
+
+def forget_when_revoked(topic: TopicT, *states: dict[int, Any]) -> None:
+    """Drop this worker's in-memory state of `topic`'s partitions when they leave it."""
+    name = topic.get_topic_name()
+
+    async def forget(sender: object, revoked: set[TP], **kwargs: object) -> None:
+        for tp in revoked:
+            if tp.topic == name:
+                for state in states:
+                    state.pop(tp.partition, None)
+
+    app.on_partitions_revoked.connect(forget)
+
+
 class ProcessingError(Exception):
     """Carries an unexpected failure of a pipeline on a batch into its dead letters."""
 
 
-async def failed_batch(events: Sequence[EventT], exc: Exception, forget: dict[int, object]) -> None:
+async def failed_batch(events: Sequence[EventT], exc: Exception, forget: dict[int, Any]) -> None:
     """A batch a pipeline could not process: log it, dead-letter every message of it (nothing
     vanishes), and drop the partition's in-memory state so it is rebuilt from storage."""
     logger.exception(

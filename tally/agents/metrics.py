@@ -17,18 +17,17 @@
 from __future__ import annotations
 
 import json
-import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from faust.types import TP, EventT, TableT
+from faust.types import EventT, StreamT, TableT
 
 from tally.agents.intake import (
-    by_partition,
     check_event_time,
     decode,
-    failed_batch,
+    each_partition,
+    forget_when_revoked,
     reject,
     writing_for,
 )
@@ -51,22 +50,16 @@ from tally.tables.metrics import (
 )
 from tally.tables.rollups import MINUTE_MS, Rollup, final_before, fold, minute_of
 from tally.tables.store import delete_below, first_parts, partition_key, scan
-from tally.tables.windowing import EventClock
+from tally.tables.windowing import EventClock, now_ms
 from tally.telemetry import EVENTS
 from tally.topics import late_events, metric_batch_codec, metric_samples
 
-BATCH_SIZE = 2000
-BATCH_WITHIN_S = 0.1
 GRACE_MS = int(settings.grace_seconds * 1000)
 MAX_FUTURE_MS = int(settings.max_future_seconds * 1000)
 
 
 class LateSample(TallyError):
     """A sample of a minute that was already final when it arrived."""
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @dataclass
@@ -82,8 +75,7 @@ class PartitionState:
 
     def record(self) -> dict[str, object]:
         return {
-            "event_ms": self.clock.event_ms,
-            "wall_ms": self.clock.wall_ms,
+            **self.clock.record(),
             "late_events": self.late_events,
             "final_through": self.final_through,
         }
@@ -98,7 +90,7 @@ def state_for(partition: int) -> PartitionState:
     if state is None:
         saved = metric_clocks.get(partition_key(partition)) or {}
         state = states[partition] = PartitionState(
-            clock=EventClock(saved.get("event_ms"), saved.get("wall_ms", 0)),
+            clock=EventClock.from_record(saved),
             late_events=int(saved.get("late_events", 0)),
             final_through=saved.get("final_through"),
             servers=set(first_parts(server_rollups, partition)),
@@ -106,11 +98,7 @@ def state_for(partition: int) -> PartitionState:
     return state
 
 
-@app.on_partitions_revoked.connect
-async def forget_revoked(sender: object, revoked: set[TP], **kwargs: object) -> None:
-    for tp in revoked:
-        if tp.topic == metric_samples.get_topic_name():
-            states.pop(tp.partition, None)
+forget_when_revoked(metric_samples, states)
 
 
 def one_sample(batch: Record, sample: Record) -> bytes:
@@ -188,13 +176,8 @@ def merge_into(table: TableT, key: bytes, delta: Rollup) -> None:
 
 
 @app.agent(metric_samples)
-async def roll_up_samples(stream):  # type: ignore[no-untyped-def]
-    async for batch in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN_S):
-        for events in by_partition(batch).values():
-            try:
-                await roll_up_partition(events)
-            except Exception as exc:  # one bad partition batch must not stop the worker
-                await failed_batch(events, exc, forget=states)
+async def roll_up_samples(stream: StreamT) -> None:
+    await each_partition(stream, roll_up_partition, states)
 
 
 @app.timer(interval=1.0)
@@ -210,7 +193,7 @@ async def tick_owned_partitions() -> None:
 
 
 @app.agent(metric_ticks)
-async def close_minutes(stream):  # type: ignore[no-untyped-def]
+async def close_minutes(stream: StreamT) -> None:
     async for event in stream.events():
         await close_partition_minutes(event)
 
@@ -260,32 +243,31 @@ async def close_partition_minutes(event: EventT) -> None:
         state.pruned_through = horizon
 
 
+async def index_partition(events: Sequence[EventT]) -> None:
+    """Partial rollups → per-server and all-server cells, merged once per batch."""
+    merged: dict[bytes, Rollup] = {}
+    watermarks: dict[int, int] = {}
+    for event in events:
+        body = event.value
+        for metric, minute, server, *values in body["cells"]:
+            delta = Rollup.from_list(values)
+            for key in (cell_key(metric, minute, server), cell_key(metric, minute, "")):
+                merged[key] = delta if key not in merged else merged[key].merge(delta)
+        if body["watermark_ms"] is not None:
+            upstream = int(body["upstream"])
+            watermarks[upstream] = max(watermarks.get(upstream, 0), body["watermark_ms"])
+    with writing_for(events[-1]):
+        for key, delta in merged.items():
+            merge_into(metric_rollups, key, delta)
+        for upstream, watermark in watermarks.items():
+            key = partition_key(upstream)
+            metric_index_watermarks[key] = max(metric_index_watermarks.get(key) or 0, watermark)
+    prune_metric_index(events[0].message.partition)
+
+
 @app.agent(rollups_by_metric)
-async def index_by_metric(stream):  # type: ignore[no-untyped-def]
-    """Partial rollups by metric → per-server and all-server cells, merged once per batch."""
-    async for batch in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN_S):
-        for events in by_partition(batch).values():
-            merged: dict[bytes, Rollup] = {}
-            watermarks: dict[int, int] = {}
-            for event in events:
-                body = event.value
-                for metric, minute, server, *values in body["cells"]:
-                    delta = Rollup.from_list(values)
-                    for key in (cell_key(metric, minute, server), cell_key(metric, minute, "")):
-                        merged[key] = delta if key not in merged else merged[key].merge(delta)
-                if body["watermark_ms"] is not None:
-                    upstream = int(body["upstream"])
-                    watermarks[upstream] = max(watermarks.get(upstream, 0), body["watermark_ms"])
-            partition = events[0].message.partition
-            with writing_for(events[-1]):
-                for key, delta in merged.items():
-                    merge_into(metric_rollups, key, delta)
-                for upstream, watermark in watermarks.items():
-                    key = partition_key(upstream)
-                    metric_index_watermarks[key] = max(
-                        metric_index_watermarks.get(key) or 0, watermark
-                    )
-            prune_metric_index(partition)
+async def index_by_metric(stream: StreamT) -> None:
+    await each_partition(stream, index_partition, index_pruned_through)
 
 
 #: metric-index partition → retention horizon already applied.

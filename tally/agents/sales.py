@@ -16,16 +16,15 @@ between Kafka, the tables and those classes:
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator, Sequence
 
-from faust.types import TP, EventT
+from faust.types import EventT, StreamT
 
 from tally.agents.intake import (
-    by_partition,
     check_event_time,
     decode,
-    failed_batch,
+    each_partition,
+    forget_when_revoked,
     reject,
     writing_for,
 )
@@ -45,24 +44,18 @@ from tally.tables.sales import (
 from tally.tables.sliding import Arrival, PaneReader, SlidingTotals
 from tally.tables.store import delete_below, partition_key, scan
 from tally.tables.topk import Candidates, GlobalTopK, merge_candidates
-from tally.tables.windowing import EventClock
+from tally.tables.windowing import EventClock, now_ms
 from tally.telemetry import EVENTS
 from tally.topics import late_events, purchase_codec, purchases, purchases_topic_codec
 
 logger = logging.getLogger(__name__)
 
 MAX_FUTURE_MS = int(settings.max_future_seconds * 1000)
-BATCH_SIZE = 5000
-BATCH_WITHIN_S = 0.1
 PURCHASE_BATCH = "tally.sales.PurchaseBatch"
 
 
 class LateEvent(TallyError):
     """An event whose pane had left the window when it arrived."""
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 # --- per-partition windows (this worker's active partitions) -------------------------------
@@ -88,7 +81,7 @@ def window_for(partition: int, wall_ms: int) -> SlidingTotals:
     window = windows.get(partition)
     if window is None:
         saved = sales_clocks.get(partition_key(partition)) or {}
-        clock = EventClock(saved.get("event_ms"), saved.get("wall_ms", 0))
+        clock = EventClock.from_record(saved)
         window = SlidingTotals.restore(SALES_SPEC, clock, wall_ms, pane_reader(partition))
         window.late_events = int(saved.get("late_events", 0))
         windows[partition] = window
@@ -104,12 +97,7 @@ def prune(partition: int, window: SlidingTotals, wall_ms: int) -> None:
         delete_below(sales_panes, partition, pane_prefix(SALES_SPEC.retained_from(watermark)))
 
 
-@app.on_partitions_revoked.connect
-async def forget_revoked(sender: object, revoked: set[TP], **kwargs: object) -> None:
-    for tp in revoked:
-        if tp.topic == purchases.get_topic_name():
-            windows.pop(tp.partition, None)
-            published.pop(tp.partition, None)
+forget_when_revoked(purchases, windows, published)
 
 
 # --- stage 1: purchases → panes → per-partition top-K ------------------------------------
@@ -162,8 +150,7 @@ async def count_partition(events: Sequence[EventT]) -> None:
             key = pane_key(pane, item)
             sales_panes[key] = sales_panes[key] + quantity
         sales_clocks[partition_key(partition)] = {
-            "event_ms": window.clock.event_ms,
-            "wall_ms": window.clock.wall_ms,
+            **window.clock.record(),
             "late_events": window.late_events,
         }
     if outcome.slid:
@@ -177,20 +164,20 @@ async def count_partition(events: Sequence[EventT]) -> None:
             f"(watermark {window.watermark(wall)})"
         )
         await reject(
-            event, late, stage="late", value=purchase_codec().dumps(purchase), to=late_events
+            event,
+            late,
+            stage="late",
+            value=purchase_codec().dumps(purchase),
+            key=purchase["item_id"].encode(),
+            to=late_events,
         )
     await publish(partition, window, wall)
 
 
 @app.agent(purchases)
-async def count_sales(stream):  # type: ignore[no-untyped-def]
+async def count_sales(stream: StreamT) -> None:
     """Purchases in batches; each partition's share is folded and written on its own."""
-    async for batch in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN_S):
-        for events in by_partition(batch).values():
-            try:
-                await count_partition(events)
-            except Exception as exc:  # one bad partition batch must not stop the worker
-                await failed_batch(events, exc, forget=windows)
+    await each_partition(stream, count_partition, windows)
 
 
 async def publish(partition: int, window: SlidingTotals, wall_ms: int) -> None:
@@ -262,7 +249,7 @@ def answer_at(last_pane: int) -> GlobalTopK | None:
 
 
 @app.agent(topk_candidates)
-async def merge_top_k(stream):  # type: ignore[no-untyped-def]
+async def merge_top_k(stream: StreamT) -> None:
     async for event in stream.events():
         candidates = Candidates.from_json(event.value)
         latest = load_latest()

@@ -12,7 +12,10 @@ its panes; it slides one pane at a time. Time is event time, per partition:
 
 from __future__ import annotations
 
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,11 @@ class PaneSpec:
         return self.late_before(watermark_ms) - self.extra_retained_panes
 
 
+def now_ms() -> int:
+    """The wall clock in ms: the default source of `wall_ms` everywhere (tests pass their own)."""
+    return int(time.time() * 1000)
+
+
 @dataclass
 class EventClock:
     """Event time of one partition: the newest event time, advancing at wall speed between
@@ -71,3 +79,12 @@ class EventClock:
     def watermark(self, wall_ms: int, grace_ms: int) -> int | None:
         now = self.now(wall_ms)
         return None if now is None else now - grace_ms
+
+    def record(self) -> dict[str, Any]:
+        """The stored form (inside a partition's clock record)."""
+        return {"event_ms": self.event_ms, "wall_ms": self.wall_ms}
+
+    @classmethod
+    def from_record(cls, saved: Mapping[str, Any] | None) -> EventClock:
+        saved = saved or {}
+        return cls(saved.get("event_ms"), saved.get("wall_ms", 0))

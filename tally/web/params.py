@@ -1,10 +1,10 @@
-"""Query-parameter parsing shared by the views: one place turns bad input into a clear 400."""
+"""What the views share: parameters parsed into clear 400s, readiness (503), routed views."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from faust.web import Request
+from faust.web import Request, Response, View
 from faust.web.exceptions import WebError
 
 from tally.app import app
@@ -30,6 +30,18 @@ def require_ready() -> None:
 
 #: The latest time a query may name: far from datetime's limit, so windows around it print.
 LATEST_MS = int(datetime(9000, 1, 1, tzinfo=UTC).timestamp() * 1000)
+
+
+class OwnedView(View):
+    """A GET answered by the worker owning the key: 503 until this worker is ready, then
+    `owned`, which subclasses decorate with `app.table_route` to forward or answer."""
+
+    async def get(self, request: Request, **match: str) -> Response:
+        require_ready()
+        return await self.owned(request, **match)
+
+    async def owned(self, request: Request, **match: str) -> Response:
+        raise NotImplementedError
 
 
 def time_param(request: Request, name: str, default_ms: int) -> int:

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from faust.web import Request, Response, View
+from faust.web import Request, Response
 
-from tally.agents.sales import answer_at, current_answer, now_ms
+from tally.agents.sales import answer_at, current_answer
 from tally.app import app, settings
 from tally.partitioning import partition_for
 from tally.tables.sales import SALES_SPEC, pane_key, sales_clocks, sales_panes, sales_topk
 from tally.tables.store import partition_key
 from tally.tables.topk import GlobalTopK
-from tally.tables.windowing import EventClock
-from tally.web.params import BadRequest, int_param, iso, require_ready, time_param
+from tally.tables.windowing import EventClock, now_ms
+from tally.web.params import BadRequest, OwnedView, int_param, iso, time_param
 
 GONE = 410
 
@@ -52,12 +52,8 @@ def stale_reasons(answer: GlobalTopK, wall_ms: int, historical: bool) -> list[st
 
 
 @app.page("/api/sales/top")
-class TopSales(View):
+class TopSales(OwnedView):
     """The top-K items of the sliding window (the current one, or the one ending at `?at=`)."""
-
-    async def get(self, request: Request) -> Response:
-        require_ready()
-        return await self.owned(request)
 
     @app.table_route(table=sales_topk, exact_key="top")
     async def owned(self, request: Request) -> Response:
@@ -104,19 +100,14 @@ class TopSales(View):
 
 
 @app.page("/api/sales/items/{item_id}")
-class ItemSales(View):
+class ItemSales(OwnedView):
     """An item's total over the window and its panes (current window, or the one at `?at=`)."""
-
-    async def get(self, request: Request, item_id: str) -> Response:
-        require_ready()
-        return await self.owned(request, item_id=item_id)
 
     @app.table_route(table=sales_panes, match_info="item_id")
     async def owned(self, request: Request, item_id: str) -> Response:
         wall = now_ms()
         partition = partition_for(item_id, settings.partitions)
-        saved = sales_clocks.get(partition_key(partition)) or {}
-        clock = EventClock(saved.get("event_ms"), saved.get("wall_ms", 0))
+        clock = EventClock.from_record(sales_clocks.get(partition_key(partition)))
         now = clock.now(wall)
         watermark = clock.watermark(wall, SALES_SPEC.grace_ms)
         last = SALES_SPEC.pane_of(time_param(request, "at", now if now is not None else wall))

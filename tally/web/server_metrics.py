@@ -7,12 +7,11 @@ rollups can still change); steps merge minute rollups exactly (tables.rollups).
 from __future__ import annotations
 
 import json
-import time
 from collections import defaultdict
 from collections.abc import Iterator
 
 from faust.types import CollectionT
-from faust.web import Request, Response, View
+from faust.web import Request, Response
 
 from tally.agents.metrics import GRACE_MS
 from tally.app import app, settings
@@ -36,8 +35,8 @@ from tally.tables.rollups import (
     minute_of,
 )
 from tally.tables.store import partition_key, scan
-from tally.tables.windowing import EventClock
-from tally.web.params import BadRequest, iso, require_ready, time_param
+from tally.tables.windowing import EventClock, now_ms
+from tally.web.params import BadRequest, OwnedView, iso, time_param
 
 #: Points (series x steps) one answer may hold.
 MAX_POINTS = 100_000
@@ -47,7 +46,7 @@ class Query:
     """from/to/step/metric of a request, validated; defaults: the last 2 days at 1m."""
 
     def __init__(self, request: Request, watermark: int | None) -> None:
-        now = int(time.time() * 1000)
+        now = now_ms()
         self.to_ms = time_param(request, "to", now)
         self.from_ms = time_param(request, "from", self.to_ms - RETENTION_MS)
         if self.from_ms >= self.to_ms:
@@ -113,9 +112,9 @@ def cells(table: CollectionT, first: str, query: Query) -> Iterator[tuple[int, s
 
 
 def server_watermark(server_id: str) -> int | None:
-    saved = metric_clocks.get(partition_key(partition_for(server_id, settings.partitions))) or {}
-    clock = EventClock(saved.get("event_ms"), saved.get("wall_ms", 0))
-    return clock.watermark(int(time.time() * 1000), GRACE_MS)
+    partition = partition_for(server_id, settings.partitions)
+    clock = EventClock.from_record(metric_clocks.get(partition_key(partition)))
+    return clock.watermark(now_ms(), GRACE_MS)
 
 
 def metric_watermark(metric_id: str) -> int | None:
@@ -133,12 +132,8 @@ def server_minutes(server_id: str, query: Query) -> dict[str, list[tuple[int, Ro
 
 
 @app.page("/api/servers/{server_id}/metrics")
-class ServerMetrics(View):
+class ServerMetrics(OwnedView):
     """One server: per metric, {t, min, max, avg, count} per step."""
-
-    async def get(self, request: Request, server_id: str) -> Response:
-        require_ready()
-        return await self.owned(request, server_id=server_id)
 
     @app.table_route(table=server_rollups, match_info="server_id")
     async def owned(self, request: Request, server_id: str) -> Response:
@@ -148,12 +143,8 @@ class ServerMetrics(View):
 
 
 @app.page("/api/servers/{server_id}/summary")
-class ServerSummary(View):
+class ServerSummary(OwnedView):
     """One server: min/max/avg/count of each metric over the whole range."""
-
-    async def get(self, request: Request, server_id: str) -> Response:
-        require_ready()
-        return await self.owned(request, server_id=server_id)
 
     @app.table_route(table=server_rollups, match_info="server_id")
     async def owned(self, request: Request, server_id: str) -> Response:
@@ -167,12 +158,8 @@ class ServerSummary(View):
 
 
 @app.page("/api/metrics/{metric_id}")
-class MetricAcrossServers(View):
+class MetricAcrossServers(OwnedView):
     """One metric across all servers per step; `?by=server` for the per-server breakdown."""
-
-    async def get(self, request: Request, metric_id: str) -> Response:
-        require_ready()
-        return await self.owned(request, metric_id=metric_id)
 
     @app.table_route(table=metric_rollups, match_info="metric_id")
     async def owned(self, request: Request, metric_id: str) -> Response:
