@@ -36,31 +36,23 @@ def registry_dir(tmp_path: Path) -> Path:
     return tmp_path / "schema-registry"
 
 
+def codec_in(registry_dir: Path, subject: str, schema: str, validate=None) -> AvroCodec:  # type: ignore[no-untyped-def]
+    return AvroCodec(FileSchemaRegistry(registry_dir), subject, load_schema(schema), validate)
+
+
 @pytest.fixture
 def purchase_codec(registry_dir: Path) -> AvroCodec:
-    return AvroCodec(
-        FileSchemaRegistry(registry_dir),
-        "purchases-value",
-        load_schema("purchase"),
-        validate_purchase,
-    )
+    return codec_in(registry_dir, "purchases-value", "purchase", validate_purchase)
 
 
 @pytest.fixture
 def purchase_batch_codec(registry_dir: Path) -> AvroCodec:
-    return AvroCodec(
-        FileSchemaRegistry(registry_dir), "tally.sales.PurchaseBatch", load_schema("purchase_batch")
-    )
+    return codec_in(registry_dir, "tally.sales.PurchaseBatch", "purchase_batch")
 
 
 @pytest.fixture
 def metric_batch_codec(registry_dir: Path) -> AvroCodec:
-    return AvroCodec(
-        FileSchemaRegistry(registry_dir),
-        "metric-samples-value",
-        load_schema("metric_batch"),
-        validate_metric_batch,
-    )
+    return codec_in(registry_dir, "metric-samples-value", "metric_batch", validate_metric_batch)
 
 
 @pytest.fixture
