@@ -1,7 +1,7 @@
 """The Faust app: settings applied once, pipelines listed explicitly.
 
 Data flow (topics in `tally.topics`):
-    purchases ──► agents.sales ──► hourly_sales panes ─► top-K        ──► /api/sales/*
+    purchases ──► agents.sales ──► sales_panes ─► per-partition top-K ─► merge ──► /api/sales/*
     metric-samples ──► agents.metrics ──► server/metric rollups       ──► /api/servers|metrics/*
     any reject ──► dead-letters (raw bytes + reason/origin headers)
 """

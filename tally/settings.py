@@ -123,7 +123,8 @@ def _guarantee(text: str) -> str:
 
 @dataclass(frozen=True)
 class Settings:
-    """Tally's configuration; see the README's configuration table (generated from these docs)."""
+    """Tally's configuration; the README's configuration table describes each (a test checks
+    that every variable is there)."""
 
     broker: str = _env_field(
         "TALLY_BROKER",

@@ -11,7 +11,7 @@ Tansu 0.6.0 deviates from Kafka in two ways that break Faust (see shared/notes/d
 
 Registered under the `faust.transports` entry point as `tansu`; with `kafka://` none of this
 is loaded. It subclasses private internals of faust-streaming 0.15.3 and aiokafka 0.14.0,
-which pyproject.toml pins. The canary test (tests/integration/test_broker_canary.py) fails the
+which pyproject.toml pins. The canary test (tests/integration/test_broker.py) fails the
 day the broker is fixed, so the shim can be dropped.
 """
 

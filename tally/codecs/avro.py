@@ -65,10 +65,6 @@ def load_schema(name: str) -> Schema:
     return dict(inline(json.loads(text)))
 
 
-def frame(schema_id: int, body: bytes) -> bytes:
-    return HEADER.pack(MAGIC_BYTE, schema_id) + body
-
-
 def schema_id_of(data: bytes) -> int:
     """The schema id of a Confluent-framed message; `DecodeError` if it is not framed."""
     if len(data) < HEADER.size:

@@ -4,7 +4,7 @@ Two implementations of one small interface:
 
 - `FileSchemaRegistry` (default): embedded, offline, a directory of schemas. Ids are derived
   from the schema's Avro fingerprint, so every process that knows a schema gives it the same
-  id without talking to anyone (workers, `tally ingest`, `tally feed`, tests).
+  id without talking to anyone (workers, `tally feed`, benchmarks, tests).
 - `HttpSchemaRegistry`: a client of a Confluent-compatible registry (`/subjects/...`,
   `/schemas/ids/...`). Tally's own web server serves that API over its file registry at
   `/registry`, so one Tally can be the registry of others.
