@@ -70,6 +70,8 @@ class PartitionState:
     late_events: int = 0
     #: Every minute before this was emitted to metric-rollups-1m (None: nothing yet).
     final_through: int | None = None
+    #: The oldest minute accepted before anything was emitted: where emission starts.
+    first_minute: int | None = None
     pruned_through: int = 0
     servers: set[str] = field(default_factory=set)
 
@@ -78,7 +80,16 @@ class PartitionState:
             **self.clock.record(),
             "late_events": self.late_events,
             "final_through": self.final_through,
+            "first_minute": self.first_minute,
         }
+
+    def closed_before(self, watermark: int | None) -> int | None:
+        """Minutes before this are final: by the watermark, or already emitted (a minute once
+        emitted stays closed even if a later batch reads an older wall clock)."""
+        by_watermark = final_before(watermark)
+        if self.final_through is None:
+            return by_watermark
+        return self.final_through if by_watermark is None else max(by_watermark, self.final_through)
 
 
 #: partition → its state, restored from `metric_clocks` (and a skip-scan of servers) on first use.
@@ -93,6 +104,7 @@ def state_for(partition: int) -> PartitionState:
             clock=EventClock.from_record(saved),
             late_events=int(saved.get("late_events", 0)),
             final_through=saved.get("final_through"),
+            first_minute=saved.get("first_minute"),
             servers=set(first_parts(server_rollups, partition)),
         )
     return state
@@ -119,8 +131,16 @@ async def roll_up_partition(events: Sequence[EventT]) -> None:
         # The message arrives as a whole: its samples are judged against the watermark before
         # it, so samples of one message never make each other late.
         watermark = clock.watermark(wall, GRACE_MS)
-        closed = final_before(watermark)
+        closed = state.closed_before(watermark)
         server, newest = batch["server_id"], None
+        owner = partition_for(server, settings.partitions)
+        if owner != partition:
+            misrouted = ValidationError(
+                f"server {server!r} belongs to partition {owner} (murmur2 of the server id, "
+                f"Kafka's default partitioner), but its batch came on partition {partition}"
+            )
+            await reject(event, misrouted, stage="validate")
+            continue
         for sample in batch["samples"]:
             ts = sample["ts_ms"]
             try:
@@ -140,8 +160,10 @@ async def roll_up_partition(events: Sequence[EventT]) -> None:
                     event, late, stage="late", value=one_sample(batch, sample), to=late_events
                 )
                 continue
-            if state.final_through is None or minute < state.final_through:
-                state.final_through = minute  # only before the first minute closes
+            if state.final_through is None and (
+                state.first_minute is None or minute < state.first_minute
+            ):
+                state.first_minute = minute
             accepted.append(((server, sample["metric_id"]), ts, sample["value"]))
             if newest is None or ts > newest:
                 newest = ts
@@ -206,8 +228,8 @@ async def close_partition_minutes(event: EventT) -> None:
     if watermark is None:
         return
     end = final_before(watermark)  # minutes before `end` are final
-    start = state.final_through
-    if start is not None and start < end:
+    start = state.final_through if state.final_through is not None else state.first_minute
+    if start is not None and end is not None and start < end:
         closing = [
             (*split_key(key), Rollup.from_list(json.loads(value)))
             for server in sorted(state.servers)
@@ -215,6 +237,9 @@ async def close_partition_minutes(event: EventT) -> None:
                 server_rollups, partition, minute_bound(server, start), minute_bound(server, end)
             )
         ]
+        # Closed from now on for the sample agent too, before the first await below; recorded
+        # (persisted) only after the sends, so a crash in between re-emits rather than loses.
+        state.final_through = end
         for server, minute, metric, rollup in closing:
             await rollups_1m.send(
                 key=f"{server}|{metric}|{minute}".encode(),
@@ -228,9 +253,16 @@ async def close_partition_minutes(event: EventT) -> None:
                     "count": rollup.count,
                 },
             )
-        state.final_through = end
         with writing_for(event):
             metric_clocks[partition_key(partition)] = state.record()
+    # The by-metric index learns this partition's watermark even when it sends no data, so
+    # an idle server partition does not hold back its retention and open minutes.
+    for destination in range(settings.partitions):
+        await rollups_by_metric.send(
+            key=b"partials",
+            partition=destination,
+            value={"cells": [], "upstream": partition, "watermark_ms": watermark},
+        )
     horizon = minute_of(watermark) - RETENTION_MS
     if horizon > state.pruned_through:
         for server in state.servers:

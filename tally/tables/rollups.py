@@ -97,11 +97,6 @@ def final_before(watermark_ms: int | None) -> int | None:
     return minute_of(watermark_ms - MINUTE_MS) + MINUTE_MS
 
 
-def is_final(minute_ms: int, watermark_ms: int | None) -> bool:
-    boundary = final_before(watermark_ms)
-    return boundary is not None and minute_ms < boundary
-
-
 def bucket_start(ts_ms: int, step_ms: int) -> int:
     return ts_ms - ts_ms % step_ms
 

@@ -61,13 +61,16 @@ def now_ms() -> int:
 @dataclass
 class EventClock:
     """Event time of one partition: the newest event time, advancing at wall speed between
-    arrivals, never going back. `event_ms` was the clock's reading at wall time `wall_ms`."""
+    arrivals, never going back and never ahead of the wall clock (an event stamped in the
+    future moves it to now, not beyond: one fast clock must not make everyone else late).
+    `event_ms` was the clock's reading at wall time `wall_ms`."""
 
     event_ms: int | None = None
     wall_ms: int = 0
 
     def observe(self, event_ms: int, wall_ms: int) -> None:
         current = self.now(wall_ms)
+        event_ms = min(event_ms, wall_ms)
         self.event_ms = event_ms if current is None else max(current, event_ms)
         self.wall_ms = max(self.wall_ms, wall_ms)
 

@@ -30,7 +30,7 @@ from tally.tables.rollups import (
     STEPS_MS,
     Rollup,
     by_step,
-    is_final,
+    final_before,
     merge_all,
     minute_of,
 )
@@ -72,12 +72,14 @@ class Query:
     def freshness(self) -> dict[str, object]:
         """The range, the watermark, and the minutes of the range that are still open."""
         open_minutes = []
-        if self.watermark is not None:
-            first_open = max(self.first_minute, minute_of(self.watermark) - MINUTE_MS)
+        closed = final_before(self.watermark)
+        if self.watermark is not None and closed is not None:
+            # Open: not final yet, and not past the event clock (later minutes have no data):
+            # a handful at most, whatever `to` is.
+            newest = minute_of(self.watermark + GRACE_MS) + MINUTE_MS
+            first_open = max(self.first_minute, closed)
             open_minutes = [
-                iso(m)
-                for m in range(first_open, self.end_minute, MINUTE_MS)
-                if not is_final(m, self.watermark)
+                iso(m) for m in range(first_open, min(self.end_minute, newest), MINUTE_MS)
             ]
         return {
             "from": iso(self.from_ms),

@@ -40,7 +40,8 @@ def brute_force(
     for wall, batch in steps:
         for key, amount, ts in batch:
             advanced = None if clock is None else clock + max(0, wall - clock_wall)
-            clock = ts if advanced is None else max(advanced, ts)
+            capped = min(ts, wall)  # never ahead of the wall clock
+            clock = capped if advanced is None else max(advanced, capped)
             clock_wall = max(clock_wall, wall)
             watermark = clock - spec.grace_ms
             first_allowed = watermark // spec.pane_ms - spec.window_panes + 1
@@ -141,12 +142,17 @@ def test_late_events_are_counted_and_not_added() -> None:
     spec = PaneSpec(pane_ms=1000, window_panes=2, grace_ms=500)
     window = SlidingTotals(spec)
     store = PaneStore()
-    outcome = window.ingest([("x", 1, 20_000), ("y", 1, 18_999), ("z", 1, 19_000)], 0, store.read)
+    wall = 100_000  # the wall clock is ahead of these event times and does not move
+    outcome = window.ingest(
+        [("x", 1, 20_000), ("y", 1, 18_999), ("z", 1, 19_000)], wall, store.read
+    )
     store.write(outcome.pane_deltas)
     # watermark 19_500 -> window [18, 19]: y (pane 18) and z count; x (pane 20) waits ahead
     assert outcome.late == []
     assert dict(window.totals.items()) == {"y": 1, "z": 1}
-    outcome = window.ingest([("x", 1, 21_600), ("y", 5, 19_999), ("z", 5, 18_500)], 0, store.read)
+    outcome = window.ingest(
+        [("x", 1, 21_600), ("y", 5, 19_999), ("z", 5, 18_500)], wall, store.read
+    )
     store.write(outcome.pane_deltas)
     # watermark 21_100 -> window [20, 21]: pane 19 and 18 are late; x entered from storage
     assert outcome.late == [1, 2]
@@ -161,7 +167,7 @@ def test_an_arrival_within_the_grace_after_a_boundary_still_counts() -> None:
     window = SlidingTotals(spec)
     store = PaneStore()
     for batch in ([("a", 1, 5_900)], [("b", 1, 6_100)], [("a", 1, 5_950)], [("b", 1, 6_400)]):
-        store.write(window.ingest(batch, 0, store.read).pane_deltas)
+        store.write(window.ingest(batch, 100_000, store.read).pane_deltas)
     assert window.last_pane == 6 and window.late_events == 0
     assert dict(window.totals.items()) == {"b": 2}
     assert sum(v for (p, k), v in store.cells.items() if p == 5) == 2  # both a's in pane 5
@@ -199,6 +205,13 @@ def test_merge_names_lagging_partitions() -> None:
     assert merged.watermark_ms == 10_500 and merged.as_of_ms == 5
     assert merge_candidates([], 10) is None
     assert Candidates.from_json(now[0].to_json()) == now[0]
+
+
+def test_an_event_from_the_future_moves_the_clock_only_to_now() -> None:
+    clock = EventClock()
+    clock.observe(1_000, wall_ms=1_000)
+    clock.observe(500_000, wall_ms=2_000)  # a server whose clock is 8 minutes fast
+    assert clock.now(2_000) == 2_000 and clock.now(3_000) == 3_000
 
 
 def test_pane_spec_rejects_nonsense() -> None:
