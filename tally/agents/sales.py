@@ -41,7 +41,7 @@ from tally.tables.sales import (
     sales_topk,
     topk_candidates,
 )
-from tally.tables.sliding import Arrival, PaneReader, SlidingTotals
+from tally.tables.sliding import Arrival, Closing, PaneReader, SlidingTotals
 from tally.tables.store import delete_below, partition_key, scan
 from tally.tables.topk import Candidates, GlobalTopK, merge_candidates
 from tally.tables.windowing import EventClock, now_ms
@@ -144,7 +144,7 @@ async def count_partition(events: Sequence[EventT]) -> None:
     if not arrivals:
         return
     window = window_for(partition, wall)
-    outcome = window.ingest(arrivals, wall, pane_reader(partition))
+    outcome = window.ingest(arrivals, wall)
     with writing_for(events[-1]):
         for (pane, item), quantity in outcome.pane_deltas.items():
             key = pane_key(pane, item)
@@ -153,8 +153,7 @@ async def count_partition(events: Sequence[EventT]) -> None:
             **window.clock.record(),
             "late_events": window.late_events,
         }
-    if outcome.slid:
-        prune(partition, window, wall)
+    closing = slide(partition, window, wall)
     EVENTS.labels(purchases.get_topic_name(), "counted").inc(len(arrivals) - len(outcome.late))
     for index in outcome.late:
         event, purchase = origins[index]
@@ -171,7 +170,15 @@ async def count_partition(events: Sequence[EventT]) -> None:
             key=purchase["item_id"].encode(),
             to=late_events,
         )
-    await publish(partition, window, wall)
+    await publish(partition, window, wall, closing)
+
+
+def slide(partition: int, window: SlidingTotals, wall_ms: int) -> Closing | None:
+    """Slide the window to the watermark (storage holds the batch by now); prune if it moved."""
+    closing = window.advance(wall_ms, pane_reader(partition), settings.top_k)
+    if closing is not None:
+        prune(partition, window, wall_ms)
+    return closing
 
 
 @app.agent(purchases)
@@ -180,10 +187,20 @@ async def count_sales(stream: StreamT) -> None:
     await each_partition(stream, count_partition, windows)
 
 
-async def publish(partition: int, window: SlidingTotals, wall_ms: int) -> None:
-    """Send the partition's top-K to the merge stage when it changed, or a heartbeat is due."""
+async def publish(
+    partition: int, window: SlidingTotals, wall_ms: int, closing: Closing | None = None
+) -> None:
+    """Send the partition's top-K to the merge stage when it changed, or a heartbeat is due;
+    first the final top-K of the window that just slid away, if one did (the history `?at=`
+    answers from)."""
     if window.last_pane is None:
         return
+    watermark = window.watermark(wall_ms) or 0
+    if closing is not None:
+        final = Candidates(
+            partition, closing.last_pane, closing.top, watermark, wall_ms, window.late_events
+        )
+        await topk_candidates.send(key=b"top", value=final.to_json())
     top = window.top(settings.top_k)
     last = published.get(partition)
     unchanged = last is not None and (last[0], last[1]) == (top, window.last_pane)
@@ -193,7 +210,7 @@ async def publish(partition: int, window: SlidingTotals, wall_ms: int) -> None:
         partition=partition,
         last_pane=window.last_pane,
         top=top,
-        watermark_ms=window.watermark(wall_ms) or 0,
+        watermark_ms=watermark,
         as_of_ms=wall_ms,
         late_events=window.late_events,
     )
@@ -214,11 +231,9 @@ async def slide_idle_windows() -> None:
         if tp.partition not in windows and partition_key(tp.partition) not in sales_clocks:
             continue  # never had a purchase
         window = window_for(tp.partition, wall)
-        if window.advance(wall, pane_reader(tp.partition)):
-            prune(tp.partition, window, wall)
-        owned.append((tp.partition, window))
-    for partition, window in owned:
-        await publish(partition, window, wall)
+        owned.append((tp.partition, window, slide(tp.partition, window, wall)))
+    for partition, window, closing in owned:
+        await publish(partition, window, wall, closing)
 
 
 # --- stage 2: the merge ------------------------------------------------------------------

@@ -33,7 +33,14 @@ class BatchOutcome:
 
     pane_deltas: dict[tuple[int, str], int] = field(default_factory=dict)
     late: list[int] = field(default_factory=list)  # indexes into the batch
-    slid: bool = False
+
+
+@dataclass(frozen=True)
+class Closing:
+    """The final top-K of a window that has just slid away, with everything it received."""
+
+    last_pane: int
+    top: list[Ranked]
 
 
 class SlidingTotals:
@@ -63,8 +70,12 @@ class SlidingTotals:
     def watermark(self, wall_ms: int) -> int | None:
         return self.clock.watermark(wall_ms, self.spec.grace_ms)
 
-    def ingest(self, batch: Sequence[Arrival], wall_ms: int, read_pane: PaneReader) -> BatchOutcome:
-        """Classify and fold a batch. Storage must receive `pane_deltas` after this returns."""
+    def ingest(self, batch: Sequence[Arrival], wall_ms: int) -> BatchOutcome:
+        """Classify a batch and add it to the window as it stands (no slide yet).
+
+        Then the caller writes `pane_deltas` to storage and calls `advance`, so the window
+        that slides away has received this batch first and its `Closing` top-K is complete.
+        """
         outcome = BatchOutcome()
         deltas: dict[tuple[int, str], int] = defaultdict(int)
         spec, clock = self.spec, self.clock
@@ -77,7 +88,9 @@ class SlidingTotals:
                 continue
             deltas[(pane, key)] += amount
         self.late_events += len(outcome.late)
-        outcome.slid = self._slide(wall_ms, read_pane)
+        watermark = clock.watermark(wall_ms, spec.grace_ms)
+        if self.last_pane is None and watermark is not None:
+            self.last_pane = spec.pane_of(watermark)  # the first window this partition has
         if self.last_pane is not None:
             first = spec.first_pane(self.last_pane)
             for (pane, key), amount in deltas.items():
@@ -86,24 +99,18 @@ class SlidingTotals:
         outcome.pane_deltas = dict(deltas)
         return outcome
 
-    def advance(self, wall_ms: int, read_pane: PaneReader) -> bool:
-        """Let time pass with no arrivals; True if the window slid."""
-        return self._slide(wall_ms, read_pane)
-
-    def top(self, k: int) -> list[Ranked]:
-        return self.totals.top(k)
-
-    def _slide(self, wall_ms: int, read_pane: PaneReader) -> bool:
+    def advance(self, wall_ms: int, read_pane: PaneReader, keep_top: int) -> Closing | None:
+        """Slide to the watermark's pane, if it moved: leaving panes are read back from storage
+        and subtracted, entering ones added. Returns the window that slid away, if one did."""
         watermark = self.clock.watermark(wall_ms, self.spec.grace_ms)
-        if watermark is None:
-            return False
+        if watermark is None or self.last_pane is None:
+            return None
         new_last = self.spec.pane_of(watermark)
         old_last = self.last_pane
-        if old_last is not None and new_last <= old_last:
-            return False
+        if new_last <= old_last:
+            return None
+        closing = Closing(old_last, self.top(keep_top))
         self.last_pane = new_last
-        if old_last is None:
-            return True
         new_first = self.spec.first_pane(new_last)
         for pane in range(self.spec.first_pane(old_last), min(old_last, new_first - 1) + 1):
             for key, amount in read_pane(pane):
@@ -111,4 +118,7 @@ class SlidingTotals:
         for pane in range(max(old_last + 1, new_first), new_last + 1):
             for key, amount in read_pane(pane):
                 self.totals.add(key, amount)
-        return True
+        return closing
+
+    def top(self, k: int) -> list[Ranked]:
+        return self.totals.top(k)

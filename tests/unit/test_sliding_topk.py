@@ -31,8 +31,9 @@ class PaneStore:
 
 def brute_force(
     steps: list[tuple[int, list[Arrival]]], spec: PaneSpec
-) -> tuple[dict[str, int], list[int], int]:
-    """Replay every event one by one with the documented rules; totals of the final window."""
+) -> tuple[list[Arrival], list[int], int | None]:
+    """Replay every event one by one with the documented rules: the accepted events, the late
+    ones' indexes, and the window's last pane at the end (None before any event)."""
     clock, clock_wall = None, 0  # event time at wall time clock_wall; + wall speed after
     accepted: list[Arrival] = []
     late: list[int] = []
@@ -50,16 +51,18 @@ def brute_force(
             else:
                 accepted.append((key, amount, ts))
             n += 1
-    wall = steps[-1][0]
     if clock is None:
-        return {}, late, 0
-    last = (clock + max(0, wall - clock_wall) - spec.grace_ms) // spec.pane_ms
-    first = last - spec.window_panes + 1
+        return accepted, late, None
+    wall = steps[-1][0]
+    return accepted, late, (clock + max(0, wall - clock_wall) - spec.grace_ms) // spec.pane_ms
+
+
+def window_totals(accepted: list[Arrival], spec: PaneSpec, last: int) -> dict[str, int]:
     totals: dict[str, int] = defaultdict(int)
     for key, amount, ts in accepted:
-        if first <= ts // spec.pane_ms <= last:
+        if last - spec.window_panes + 1 <= ts // spec.pane_ms <= last:
             totals[key] += amount
-    return {k: v for k, v in totals.items() if v}, late, last
+    return {k: v for k, v in totals.items() if v}
 
 
 keys = st.sampled_from(["a", "b", "c", "d", "e", "f", "g"])
@@ -100,17 +103,18 @@ def test_sliding_totals_equal_brute_force(
         )
         batch = [(key, amount, base + jitter) for key, amount, jitter in events]
         steps.append((wall, batch))
-        if batch:
-            outcome = window.ingest(batch, wall, store.read)
-            store.write(outcome.pane_deltas)
-            late_seen += [offset + i for i in outcome.late]
-            offset += len(batch)
-        else:
-            window.advance(wall, store.read)
-        expected, expected_late, last = brute_force(steps, spec)
+        outcome = window.ingest(batch, wall)
+        store.write(outcome.pane_deltas)
+        late_seen += [offset + i for i in outcome.late]
+        offset += len(batch)
+        closing = window.advance(wall, store.read, k)
+        accepted, expected_late, last = brute_force(steps, spec)
+        if closing is not None:  # the window that slid away had everything it should
+            expected_closing = window_totals(accepted, spec, closing.last_pane)
+            assert closing.top == sorted(expected_closing.items(), key=rank_key)[:k]
         assert late_seen == expected_late
-        if expected:
-            assert window.last_pane == last
+        assert window.last_pane == last
+        expected = window_totals(accepted, spec, last) if last is not None else {}
         assert dict(window.totals.items()) == expected
         assert window.top(k) == sorted(expected.items(), key=rank_key)[:k]
     # A restart rebuilds the same window from storage alone.
@@ -124,17 +128,16 @@ def test_idle_partition_slides_with_the_wall_clock() -> None:
     spec = PaneSpec(pane_ms=1000, window_panes=2, grace_ms=0)
     window = SlidingTotals(spec)
     store = PaneStore()
-    store.write(
-        window.ingest([("old", 5, 10_100)], wall_ms=50_000, read_pane=store.read).pane_deltas
-    )
-    store.write(
-        window.ingest([("new", 1, 11_100)], wall_ms=50_000, read_pane=store.read).pane_deltas
-    )
+    for batch in ([("old", 5, 10_100)], [("new", 1, 11_100)]):
+        store.write(window.ingest(batch, wall_ms=50_000).pane_deltas)
+        window.advance(50_000, store.read, 5)
     assert window.top(5) == [("old", 5), ("new", 1)]
-    assert not window.advance(50_500, store.read)  # still pane 11
-    assert window.advance(51_000, store.read)  # pane 12: pane 10 leaves
+    assert window.advance(50_500, store.read, 5) is None  # still pane 11
+    closing = window.advance(51_000, store.read, 5)  # pane 12: pane 10 leaves
+    assert closing is not None and closing.last_pane == 11
+    assert closing.top == [("old", 5), ("new", 1)]
     assert window.top(5) == [("new", 1)]
-    assert window.advance(53_000, store.read)
+    assert window.advance(53_000, store.read, 5) is not None
     assert window.top(5) == []
 
 
@@ -143,22 +146,21 @@ def test_late_events_are_counted_and_not_added() -> None:
     window = SlidingTotals(spec)
     store = PaneStore()
     wall = 100_000  # the wall clock is ahead of these event times and does not move
-    outcome = window.ingest(
-        [("x", 1, 20_000), ("y", 1, 18_999), ("z", 1, 19_000)], wall, store.read
-    )
+    outcome = window.ingest([("x", 1, 20_000), ("y", 1, 18_999), ("z", 1, 19_000)], wall)
     store.write(outcome.pane_deltas)
+    window.advance(wall, store.read, 5)
     # watermark 19_500 -> window [18, 19]: y (pane 18) and z count; x (pane 20) waits ahead
     assert outcome.late == []
     assert dict(window.totals.items()) == {"y": 1, "z": 1}
-    outcome = window.ingest(
-        [("x", 1, 21_600), ("y", 5, 19_999), ("z", 5, 18_500)], wall, store.read
-    )
+    outcome = window.ingest([("x", 1, 21_600), ("y", 5, 19_999), ("z", 5, 18_500)], wall)
     store.write(outcome.pane_deltas)
+    closing = window.advance(wall, store.read, 5)
     # watermark 21_100 -> window [20, 21]: pane 19 and 18 are late; x entered from storage
     assert outcome.late == [1, 2]
     assert window.late_events == 2
     assert dict(window.totals.items()) == {"x": 2}
     assert (19, "y") not in outcome.pane_deltas and (18, "z") not in outcome.pane_deltas
+    assert closing is not None and closing.last_pane == 19 and closing.top == [("y", 1), ("z", 1)]
 
 
 def test_an_arrival_within_the_grace_after_a_boundary_still_counts() -> None:
@@ -167,7 +169,8 @@ def test_an_arrival_within_the_grace_after_a_boundary_still_counts() -> None:
     window = SlidingTotals(spec)
     store = PaneStore()
     for batch in ([("a", 1, 5_900)], [("b", 1, 6_100)], [("a", 1, 5_950)], [("b", 1, 6_400)]):
-        store.write(window.ingest(batch, 100_000, store.read).pane_deltas)
+        store.write(window.ingest(batch, 100_000).pane_deltas)
+        window.advance(100_000, store.read, 5)
     assert window.last_pane == 6 and window.late_events == 0
     assert dict(window.totals.items()) == {"b": 2}
     assert sum(v for (p, k), v in store.cells.items() if p == 5) == 2  # both a's in pane 5
