@@ -15,6 +15,7 @@ between Kafka, the tables and those classes:
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator, Sequence
 
@@ -62,7 +63,7 @@ class LateEvent(TallyError):
 
 #: partition → its window; built from storage on first use, dropped when the partition leaves.
 windows: dict[int, SlidingTotals] = {}
-#: partition → (top published last, when).
+#: partition → (top-K published last, its window's last pane, wall ms when).
 published: dict[int, tuple[list[tuple[str, int]], int, int]] = {}
 
 
@@ -245,10 +246,9 @@ latest_candidates: dict[int, Candidates] = {}
 def load_latest() -> dict[int, Candidates]:
     """The latest candidates, from memory, or from the table after a restart or failover."""
     if not latest_candidates:
-        for key, value in sales_topk.items():
-            if key.startswith(b"latest|"):
-                candidates = Candidates.from_json(value)
-                latest_candidates[candidates.partition] = candidates
+        for _, value in scan(sales_topk, 0, b"latest|", b"latest}"):
+            candidates = Candidates.from_json(json.loads(value))
+            latest_candidates[candidates.partition] = candidates
     return latest_candidates
 
 
@@ -258,8 +258,8 @@ def current_answer() -> GlobalTopK | None:
 
 def answer_at(last_pane: int) -> GlobalTopK | None:
     """The answer for a past window, from the candidates each partition published for it."""
-    prefix = f"{last_pane:012d}|".encode()
-    found = [Candidates.from_json(v) for k, v in sales_topk.items() if k.startswith(prefix)]
+    start, stop = f"{last_pane:012d}|".encode(), f"{last_pane:012d}}}".encode()
+    found = [Candidates.from_json(json.loads(v)) for _, v in scan(sales_topk, 0, start, stop)]
     return merge_candidates(found, settings.top_k)
 
 
