@@ -104,9 +104,11 @@ def run_tally(
     messages: list[Message],
     total: int,
     check: Callable[[Worker], None],
+    then: tuple[str, ...] = (),
 ) -> Result:
     """One ready worker, then the input: the rate counts what is counted after the first
-    observation (polled every 20 ms), over the time from then to the last event."""
+    observation (polled every 20 ms), over the time from then until every event is counted
+    from `topic` and from each downstream topic in `then` (later stages count the same events)."""
     app_id = f"bench{uuid.uuid4().hex[:8]}"
     worker = Worker(
         env={
@@ -129,11 +131,12 @@ def run_tally(
             now = time.monotonic()
             if done and first is None:
                 first = (now, done)
-            if done >= total:
+            if done >= total and all(counted(worker, t) >= total for t in then):
                 break
             time.sleep(0.02)
         else:
-            raise SystemExit(f"{label}: only {counted(worker, topic)} of {total} counted")
+            progress = ", ".join(f"{t}: {counted(worker, t)}" for t in (topic, *then))
+            raise SystemExit(f"{label}: not all of {total} counted ({progress})")
         assert first is not None
         measured, elapsed = total - first[1], time.monotonic() - first[0]
         if measured < total // 2:

@@ -80,31 +80,49 @@ async def raw_ceiling(bootstrap: str, codec: AvroCodec, topic: str, samples: int
         await consumer.stop()
 
 
-def check_servers(batches: list[Record], servers: list[str]) -> Callable[[Worker], None]:
+def assert_equal(points: dict[str, dict], truth: dict[int, list[float]], where: str) -> None:
+    """Answer points (by ISO minute) equal brute force over the raw values (by minute ms)."""
+    assert len(points) == len(truth), f"{where}: {len(points)} minutes, want {len(truth)}"
+    for minute, values in truth.items():
+        point = points[iso(minute)]
+        assert (point["min"], point["max"], point["count"]) == (
+            min(values),
+            max(values),
+            len(values),
+        ), (where, minute)
+        assert math.isclose(point["avg"], math.fsum(values) / len(values), rel_tol=1e-9)
+
+
+def check_answers(
+    batches: list[Record], servers: list[str], metric: str
+) -> Callable[[Worker], None]:
+    """Servers' series (by-server index) and a metric across servers (by-metric index)."""
+    window = f"from={iso(T0)}&to={iso(T0 + 86_400_000)}"
+
+    def minute(ts: int) -> int:
+        return ts - ts % 60_000
+
     def check(worker: Worker) -> None:
         for server in servers:
             truth: dict[tuple[str, int], list[float]] = defaultdict(list)
             for batch in batches:
                 if batch["server_id"] == server:
                     for s in batch["samples"]:
-                        truth[(s["metric_id"], s["ts_ms"] - s["ts_ms"] % 60_000)].append(s["value"])
-            body = worker.get(
-                f"/api/servers/{server}/metrics?from={iso(T0)}&to={iso(T0 + 86_400_000)}"
-            )
-            got = {
-                (metric, point["t"]): point
-                for metric, points in body["metrics"].items()
-                for point in points
-            }
-            assert len(got) == len(truth), f"{server}: {len(got)} minutes, want {len(truth)}"
-            for (metric, minute), values in truth.items():
-                point = got[(metric, iso(minute))]
-                assert (point["min"], point["max"], point["count"]) == (
-                    min(values),
-                    max(values),
-                    len(values),
-                ), (server, metric, minute)
-                assert math.isclose(point["avg"], math.fsum(values) / len(values), rel_tol=1e-9)
+                        truth[(s["metric_id"], minute(s["ts_ms"]))].append(s["value"])
+            body = worker.get(f"/api/servers/{server}/metrics?{window}")
+            for name in {m for m, _ in truth}:
+                assert_equal(
+                    {p["t"]: p for p in body["metrics"].get(name, [])},
+                    {t: v for (m, t), v in truth.items() if m == name},
+                    f"{server} {name}",
+                )
+        across: dict[int, list[float]] = defaultdict(list)
+        for batch in batches:
+            for s in batch["samples"]:
+                if s["metric_id"] == metric:
+                    across[minute(s["ts_ms"])].append(s["value"])
+        series = worker.get(f"/api/metrics/{metric}?{window}")["series"]
+        assert_equal({p["t"]: p for p in series}, across, f"{metric} across servers")
 
     return check
 
@@ -150,12 +168,19 @@ def main() -> None:
         f"this host; {args.runs} run(s) each, medians",
         flush=True,
     )
-    check = check_servers(batches, ["server-0000", f"server-{args.servers - 1:04d}"])
+    check = check_answers(batches, ["server-0000", f"server-{args.servers - 1:04d}"], "m000")
     results: dict[str, list[Result]] = defaultdict(list)
     for run in range(1, args.runs + 1):
         with LocalBroker("127.0.0.1", free_port(), log_path=workdir / "broker.log") as broker:
             tally = run_tally(
-                broker, workdir, "tally, envelopes", "metric-samples", messages, total, check
+                broker,
+                workdir,
+                "tally, envelopes",
+                "metric-samples",
+                messages,
+                total,
+                check,
+                then=("metric-rollups-by-metric",),
             )
             raw = asyncio.run(raw_ceiling(broker.bootstrap, codec, "metric-samples", total))
             asyncio.run(produce(broker.bootstrap, "metric-singles", singles))

@@ -2,13 +2,13 @@
 
 1. `roll_up_samples` (metric-samples, partitioned by server): decodes batches, rejects bad
    samples one by one, classifies each sample against the partition's watermark (a sample of
-   a final minute is late), folds the rest into one rollup per (server, metric, minute) and
-   merges each into `server_rollups` once per batch; the same partial rollups go, grouped by
-   metric, to `metric-rollups-by-metric`.
+   a final minute is late), folds the whole batch in memory (`fold_samples`), then merges
+   each touched (server, minute) record of `server_rollups` once; the same partial rollups
+   go, grouped by metric, to `metric-rollups-by-metric`.
 2. `index_by_metric` (that topic, partitioned by metric) merges them into `metric_rollups`,
    per server and across servers, so a by-metric query reads one partition.
 3. `close_minutes` (a tick per owned partition per second, on `metric-ticks`) emits every
-   minute that became final to `metric-rollups-1m`, once, remembering how far it got in
+   (server, minute) that became final to `metric-rollups-1m`, once, remembering how far it got in
    `metric_clocks`; and deletes minutes older than the retention, by event time. Event time
    passes on idle partitions too (the clock advances at wall speed), so minutes close without
    traffic.
@@ -21,7 +21,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from faust.types import EventT, StreamT, TableT
+from faust.types import EventT, StreamT
 
 from tally.agents.intake import (
     check_event_time,
@@ -36,19 +36,28 @@ from tally.codecs.avro import Record, validate_metric_sample
 from tally.errors import TallyError, ValidationError
 from tally.partitioning import partition_for
 from tally.tables.metrics import (
+    PER_SERVER,
     RETENTION_MS,
-    cell_key,
     metric_clocks,
     metric_index_watermarks,
     metric_rollups,
     metric_ticks,
-    minute_bound,
+    minute_key,
     rollups_1m,
     rollups_by_metric,
     server_rollups,
     split_key,
 )
-from tally.tables.rollups import MINUTE_MS, Rollup, final_before, fold, minute_of
+from tally.tables.rollups import (
+    Acc,
+    Cells,
+    Rollup,
+    final_before,
+    fold_samples,
+    merge_acc,
+    merge_cells,
+    minute_of,
+)
 from tally.tables.store import delete_below, first_parts, partition_key, scan
 from tally.tables.windowing import EventClock, now_ms
 from tally.telemetry import EVENTS
@@ -118,21 +127,30 @@ def one_sample(batch: Record, sample: Record) -> bytes:
     return metric_batch_codec().dumps({**batch, "samples": [sample]})
 
 
+def why_invalid(sample: Record, wall: int) -> ValidationError:
+    """The validators' reason for a sample `fold_samples` found invalid (its fast checks and
+    these validators are one rule, tested to agree)."""
+    try:
+        validate_metric_sample(sample)
+        check_event_time("ts_ms", sample["ts_ms"], wall, MAX_FUTURE_MS)
+    except ValidationError as exc:
+        return exc
+    raise AssertionError(f"fold_samples and the validators disagree on {sample!r}")
+
+
 async def roll_up_partition(events: Sequence[EventT]) -> None:
     partition = events[0].message.partition
     state = state_for(partition)
     clock = state.clock
     wall = now_ms()
-    accepted: list[tuple[tuple[str, str], int, float]] = []
+    #: server → minute → metric → rollup: the whole batch folded before any table is touched.
+    folded: dict[str, dict[int, Cells]] = defaultdict(dict)
+    counted = 0
     for event in events:
         batch = await decode(event, metric_batch_codec())
         if batch is None:
             continue
-        # The message arrives as a whole: its samples are judged against the watermark before
-        # it, so samples of one message never make each other late.
-        watermark = clock.watermark(wall, GRACE_MS)
-        closed = state.closed_before(watermark)
-        server, newest = batch["server_id"], None
+        server, samples = batch["server_id"], batch["samples"]
         owner = partition_for(server, settings.partitions)
         if owner != partition:
             misrouted = ValidationError(
@@ -141,60 +159,59 @@ async def roll_up_partition(events: Sequence[EventT]) -> None:
             )
             await reject(event, misrouted, stage="validate")
             continue
-        for sample in batch["samples"]:
-            ts = sample["ts_ms"]
-            try:
-                validate_metric_sample(sample)
-                check_event_time("ts_ms", ts, wall, MAX_FUTURE_MS)
-            except ValidationError as exc:
-                await reject(event, exc, stage="validate", value=one_sample(batch, sample))
-                continue
-            minute = ts - ts % MINUTE_MS
-            if closed is not None and minute < closed:
-                state.late_events += 1
-                late = LateSample(
-                    f"sample at {ts} belongs to minute {minute}, final since the watermark "
-                    f"passed its end (watermark {watermark})"
-                )
-                await reject(
-                    event, late, stage="late", value=one_sample(batch, sample), to=late_events
-                )
-                continue
+        # The message arrives as a whole: its samples are judged against the watermark before
+        # it, so samples of one message never make each other late.
+        watermark = clock.watermark(wall, GRACE_MS)
+        closed = state.closed_before(watermark)
+        judged = fold_samples(samples, folded[server], closed, wall + MAX_FUTURE_MS)
+        for index in judged.invalid:
+            sample = samples[index]
+            exc = why_invalid(sample, wall)
+            await reject(event, exc, stage="validate", value=one_sample(batch, sample))
+        for index in judged.late:
+            sample = samples[index]
+            state.late_events += 1
+            late = LateSample(
+                f"sample at {sample['ts_ms']} belongs to minute {minute_of(sample['ts_ms'])}, "
+                f"final since the watermark passed its end (watermark {watermark})"
+            )
+            await reject(event, late, stage="late", value=one_sample(batch, sample), to=late_events)
+        if judged.newest_ts is not None and judged.oldest_minute is not None:
+            clock.observe(judged.newest_ts, wall)
             if state.final_through is None and (
-                state.first_minute is None or minute < state.first_minute
+                state.first_minute is None or judged.oldest_minute < state.first_minute
             ):
-                state.first_minute = minute
-            accepted.append(((server, sample["metric_id"]), ts, sample["value"]))
-            if newest is None or ts > newest:
-                newest = ts
-        if newest is not None:
-            clock.observe(newest, wall)
-    folded = fold(accepted)
-    with writing_for(events[-1]):
-        for ((server, metric), minute), delta in folded.items():
-            merge_into(server_rollups, cell_key(server, minute, metric), delta)
-            state.servers.add(server)
-        metric_clocks[partition_key(partition)] = state.record()
-    EVENTS.labels(metric_samples.get_topic_name(), "counted").inc(len(accepted))
-    # The same partial rollups, grouped by the partition that owns each metric: one message per
-    # destination partition, written there explicitly (murmur2 of the metric, as routing uses).
+                state.first_minute = judged.oldest_minute
+        counted += judged.counted
+    # Partial rollups for the by-metric index, grouped by the partition that owns each metric:
+    # one message per destination partition, written there explicitly (murmur2 of the metric,
+    # as routing uses).
+    destinations: dict[str, int] = {}
     by_destination: dict[int, list[list[object]]] = defaultdict(list)
-    for ((server, metric), minute), delta in folded.items():
-        destination = partition_for(metric, settings.partitions)
-        by_destination[destination].append([metric, minute, server, *delta.to_list()])
+    for server, minutes in folded.items():
+        for minute, cells in minutes.items():
+            for metric, acc in cells.items():
+                destination = destinations.get(metric)
+                if destination is None:
+                    destination = destinations[metric] = partition_for(metric, settings.partitions)
+                by_destination[destination].append([metric, minute, server, *acc])
+    with writing_for(events[-1]):
+        for server, minutes in folded.items():
+            for minute, cells in minutes.items():
+                key = minute_key(server, minute)
+                stored = server_rollups.get(key)
+                server_rollups[key] = cells if stored is None else merge_cells(stored, cells)
+            if minutes:
+                state.servers.add(server)
+        metric_clocks[partition_key(partition)] = state.record()
+    EVENTS.labels(metric_samples.get_topic_name(), "counted").inc(counted)
     watermark = clock.watermark(wall, GRACE_MS)
-    for destination, cells in by_destination.items():
+    for destination, partials in by_destination.items():
         await rollups_by_metric.send(
             key=b"partials",
             partition=destination,
-            value={"cells": cells, "upstream": partition, "watermark_ms": watermark},
+            value={"cells": partials, "upstream": partition, "watermark_ms": watermark},
         )
-
-
-def merge_into(table: TableT, key: bytes, delta: Rollup) -> None:
-    old = table.get(key)
-    merged = delta if old is None else Rollup.from_list(old).merge(delta)
-    table[key] = merged.to_list()
 
 
 @app.agent(metric_samples)
@@ -231,26 +248,24 @@ async def close_partition_minutes(event: EventT) -> None:
     start = state.final_through if state.final_through is not None else state.first_minute
     if start is not None and end is not None and start < end:
         closing = [
-            (*split_key(key), Rollup.from_list(json.loads(value)))
+            (server, split_key(key)[1], json.loads(value))
             for server in sorted(state.servers)
             for key, value in scan(
-                server_rollups, partition, minute_bound(server, start), minute_bound(server, end)
+                server_rollups, partition, minute_key(server, start), minute_key(server, end)
             )
         ]
         # Closed from now on for the sample agent too, before the first await below; recorded
         # (persisted) only after the sends, so a crash in between re-emits rather than loses.
         state.final_through = end
-        for server, minute, metric, rollup in closing:
+        for server, minute, cells in closing:
             await rollups_1m.send(
-                key=f"{server}|{metric}|{minute}".encode(),
+                key=f"{server}|{minute}".encode(),
                 value={
                     "server_id": server,
-                    "metric_id": metric,
                     "minute_ms": minute,
-                    "min": rollup.min,
-                    "max": rollup.max,
-                    "sum": rollup.sum,
-                    "count": rollup.count,
+                    "metrics": {
+                        metric: Rollup.from_list(acc).fields() for metric, acc in cells.items()
+                    },
                 },
             )
         with writing_for(event):
@@ -269,31 +284,52 @@ async def close_partition_minutes(event: EventT) -> None:
             delete_below(
                 server_rollups,
                 partition,
-                minute_bound(server, horizon),
-                start=minute_bound(server, 0),
+                minute_key(server, horizon),
+                start=minute_key(server, 0),
             )
         state.pruned_through = horizon
 
 
 async def index_partition(events: Sequence[EventT]) -> None:
-    """Partial rollups → per-server and all-server cells, merged once per batch."""
-    merged: dict[bytes, Rollup] = {}
+    """Partial rollups → each touched (metric, minute)'s all-servers and per-server records,
+    each written once per batch."""
+    totals: dict[tuple[str, int], Acc] = {}
+    per_server: dict[tuple[str, int], Cells] = defaultdict(dict)
     watermarks: dict[int, int] = {}
     for event in events:
         body = event.value
-        for metric, minute, server, *values in body["cells"]:
-            delta = Rollup.from_list(values)
-            for key in (cell_key(metric, minute, server), cell_key(metric, minute, "")):
-                merged[key] = delta if key not in merged else merged[key].merge(delta)
+        for metric, minute, server, *acc in body["cells"]:
+            cell = (metric, minute)
+            total = totals.get(cell)
+            if total is None:
+                totals[cell] = list(acc)
+            else:
+                merge_acc(total, acc)
+            servers = per_server[cell]
+            seen = servers.get(server)
+            if seen is None:
+                servers[server] = acc
+            else:
+                merge_acc(seen, acc)
         if body["watermark_ms"] is not None:
             upstream = int(body["upstream"])
             watermarks[upstream] = max(watermarks.get(upstream, 0), body["watermark_ms"])
     with writing_for(events[-1]):
-        for key, delta in merged.items():
-            merge_into(metric_rollups, key, delta)
+        for (metric, minute), total in totals.items():
+            key = minute_key(metric, minute)
+            stored = metric_rollups.get(key)
+            if stored is not None:
+                merge_acc(stored, total)
+            metric_rollups[key] = total if stored is None else stored
+            key = minute_key(metric, minute, PER_SERVER)
+            servers = per_server[(metric, minute)]
+            stored = metric_rollups.get(key)
+            metric_rollups[key] = servers if stored is None else merge_cells(stored, servers)
         for upstream, watermark in watermarks.items():
             key = partition_key(upstream)
             metric_index_watermarks[key] = max(metric_index_watermarks.get(key) or 0, watermark)
+    indexed = sum(int(total[3]) for total in totals.values())
+    EVENTS.labels(rollups_by_metric.get_topic_name(), "counted").inc(indexed)
     prune_metric_index(events[0].message.partition)
 
 
@@ -317,7 +353,7 @@ def prune_metric_index(partition: int) -> None:
             delete_below(
                 metric_rollups,
                 partition,
-                minute_bound(metric, horizon),
-                start=minute_bound(metric, 0),
+                minute_key(metric, horizon),
+                start=minute_key(metric, 0),
             )
         index_pruned_through[partition] = horizon

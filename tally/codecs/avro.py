@@ -20,6 +20,7 @@ from faust.serializers.codecs import Codec
 
 from tally.codecs.registry import Schema, SchemaRegistry
 from tally.errors import DecodeError, SchemaError, ValidationError
+from tally.tables.rollups import usable_id
 
 MAGIC_BYTE = 0
 HEADER = struct.Struct(">bI")
@@ -182,7 +183,7 @@ def validate_purchase(record: Record) -> None:
 
 
 def _valid_id(name: str, value: str) -> None:
-    if not value or "|" in value:
+    if not usable_id(value):
         raise ValidationError(f"{name} must be non-empty and contain no '|', got {value!r}")
 
 

@@ -1,15 +1,18 @@
 """The metrics pipeline's tables and topics (Faust declarations; the logic is in tables.rollups).
 
-    metric-samples (by server) ─► server_rollups   "<server>|<minute ms>|<metric>" → rollup
+    metric-samples (by server) ─► server_rollups   "<server>|<minute ms>|" → {metric: rollup}
                                └► metric_clocks    "<partition>" → event clock + late count
-    final minutes ────────────► metric-rollups-1m (cold tier, dashboards)
+    final minutes ────────────► metric-rollups-1m  one record per (server, minute)
     partial rollups, re-keyed ─► metric-rollups-by-metric (by metric)
-                               ─► metric_rollups   "<metric>|<minute ms>|<server>" → rollup,
-                                                   "<metric>|<minute ms>|" → all servers
+                               ─► metric_rollups   "<metric>|<minute ms>|" → all servers' rollup,
+                                                   "<metric>|<minute ms>|servers" → {server: rollup}
                                └► metric_index_watermarks "<upstream partition>" → watermark
 
 Keys put the query key first and the minute second, so a range query is one ordered scan of
-one partition that reads only the minutes asked for.
+one partition that reads only the minutes asked for. One record holds a whole minute of a
+server (or of a metric), so a batch writes each touched minute once, not each cell: table
+writes, and with them changelog records, grow with servers and minutes, not with metrics.
+A rollup is stored as [min, max, sum, count].
 """
 
 from __future__ import annotations
@@ -35,21 +38,20 @@ metric_index_watermarks = app.Table("metric_index_watermarks", key_type=bytes)
 metric_ticks = app.topic(
     "metric-ticks", partitions=settings.partitions, key_type=bytes, value_serializer="json"
 )
-#: Every final minute rollup, once: key "<server>|<metric>|<minute ms>", JSON value.
+#: Every final minute of every server, once: key "<server>|<minute ms>", JSON value
+#: {"server_id", "minute_ms", "metrics": {metric: {"min", "max", "sum", "count"}}}.
 rollups_1m = app.topic("metric-rollups-1m", key_type=bytes, value_serializer="json")
 
-SEPARATOR = "|"
+#: The second key part of a metric's per-server record (the all-servers record has none).
+PER_SERVER = "servers"
 
 
-def cell_key(first: str, minute_ms: int, second: str) -> bytes:
+def minute_key(first: str, minute_ms: int, second: str = "") -> bytes:
+    """The key of `first`'s record of a minute; with no `second` also the smallest key of that
+    minute, so scans run from one minute's key to another's."""
     return f"{first}|{minute_ms:013d}|{second}".encode()
 
 
-def minute_bound(first: str, minute_ms: int) -> bytes:
-    """The smallest key of `first` at `minute_ms`: scans run from one bound to another."""
-    return f"{first}|{minute_ms:013d}|".encode()
-
-
 def split_key(key: bytes) -> tuple[str, int, str]:
-    first, minute, second = key.decode().split(SEPARATOR, 2)
+    first, minute, second = key.decode().split("|", 2)
     return first, int(minute), second

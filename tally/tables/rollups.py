@@ -8,11 +8,9 @@ minute from different batches, servers or workers merge the same way.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Iterator
-from dataclasses import dataclass
-from typing import TypeVar
-
-K = TypeVar("K", bound=Hashable)
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 MINUTE_MS = 60_000
 
@@ -52,6 +50,9 @@ class Rollup:
         low, high, total, count = values
         return cls(float(low), float(high), float(total), int(count))
 
+    def fields(self) -> dict[str, float]:
+        return {"min": self.min, "max": self.max, "sum": self.sum, "count": self.count}
+
     def as_point(self, t: str) -> dict[str, object]:
         return {"t": t, "min": self.min, "max": self.max, "avg": self.avg, "count": self.count}
 
@@ -63,18 +64,82 @@ def merge_all(rollups: Iterable[Rollup]) -> Rollup | None:
     return merged
 
 
-def fold(samples: Iterable[tuple[K, int, float]]) -> dict[tuple[K, int], Rollup]:
-    """(key, ts_ms, value) samples → one rollup per (key, minute start ms).
+#: A rollup as stored and accumulated in place: [min, max, sum, count].
+Acc = list[float]
+#: Rollups of one minute by a second key (a server's metrics, a metric's servers).
+Cells = dict[str, Acc]
 
-    The hot loop of the metrics pipeline: it accumulates in place, one list per cell, and makes
-    the immutable rollups at the end.
+
+def merge_acc(into: Acc, delta: Acc) -> None:
+    """Merge `delta` into `into`, in place."""
+    if delta[0] < into[0]:
+        into[0] = delta[0]
+    if delta[1] > into[1]:
+        into[1] = delta[1]
+    into[2] += delta[2]
+    into[3] += delta[3]
+
+
+def merge_cells(into: Cells, delta: Cells) -> Cells:
+    """Merge every rollup of `delta` into `into` (in place; `into` is returned)."""
+    for key, acc in delta.items():
+        old = into.get(key)
+        if old is None:
+            into[key] = list(acc)
+        else:
+            merge_acc(old, acc)
+    return into
+
+
+def usable_id(value: str) -> bool:
+    """Server and metric ids are key parts: non-empty, without the key separator."""
+    return bool(value) and "|" not in value
+
+
+@dataclass
+class Judged:
+    """What `fold_samples` made of one envelope's samples."""
+
+    #: Indexes of samples that failed validation (explained by the caller's validators).
+    invalid: list[int] = field(default_factory=list)
+    #: Indexes of samples of minutes already final.
+    late: list[int] = field(default_factory=list)
+    counted: int = 0
+    newest_ts: int | None = None
+    oldest_minute: int | None = None
+
+
+def fold_samples(
+    samples: Iterable[Mapping[str, Any]],
+    into: dict[int, Cells],
+    closed_before: int | None,
+    max_ts_ms: int,
+) -> Judged:
+    """Fold one server's samples into `into` (minute → metric → rollup), in place.
+
+    The hot loop of the metrics pipeline, one pass: a sample with a non-finite value, an
+    unusable metric id or a time outside (0, max_ts_ms] is invalid; one of a minute before
+    `closed_before` is late; every other one is accumulated.
     """
-    cells: dict[tuple[K, int], list[float]] = {}
-    for key, ts_ms, value in samples:
-        cell = (key, ts_ms - ts_ms % MINUTE_MS)
-        acc = cells.get(cell)
+    judged = Judged()
+    closed = -1 if closed_before is None else closed_before
+    newest = oldest = -1
+    for index, sample in enumerate(samples):
+        metric, ts, value = sample["metric_id"], sample["ts_ms"], sample["value"]
+        # value - value is 0.0 for every finite float and NaN for NaN and the infinities.
+        if value - value != 0.0 or not 0 < ts <= max_ts_ms or not metric or "|" in metric:
+            judged.invalid.append(index)
+            continue
+        minute = ts - ts % MINUTE_MS
+        if minute < closed:
+            judged.late.append(index)
+            continue
+        cells = into.get(minute)
+        if cells is None:
+            cells = into[minute] = {}
+        acc = cells.get(metric)
         if acc is None:
-            cells[cell] = [value, value, value, 1]
+            cells[metric] = [value, value, value, 1]
         else:
             if value < acc[0]:
                 acc[0] = value
@@ -82,7 +147,14 @@ def fold(samples: Iterable[tuple[K, int, float]]) -> dict[tuple[K, int], Rollup]
                 acc[1] = value
             acc[2] += value
             acc[3] += 1
-    return {cell: Rollup(acc[0], acc[1], acc[2], int(acc[3])) for cell, acc in cells.items()}
+        if ts > newest:
+            newest = ts
+        if oldest < 0 or minute < oldest:
+            oldest = minute
+        judged.counted += 1
+    if newest >= 0:
+        judged.newest_ts, judged.oldest_minute = newest, oldest
+    return judged
 
 
 def minute_of(ts_ms: int) -> int:

@@ -17,11 +17,12 @@ from tally.agents.metrics import GRACE_MS
 from tally.app import app, settings
 from tally.partitioning import partition_for
 from tally.tables.metrics import (
+    PER_SERVER,
     RETENTION_MS,
     metric_clocks,
     metric_index_watermarks,
     metric_rollups,
-    minute_bound,
+    minute_key,
     server_rollups,
     split_key,
 )
@@ -104,13 +105,14 @@ class Query:
         }
 
 
-def cells(table: CollectionT, first: str, query: Query) -> Iterator[tuple[int, str, Rollup]]:
-    """(minute, second key part, rollup) of `first` in the query's minutes, in key order."""
+def records(table: CollectionT, first: str, query: Query) -> Iterator[tuple[int, str, bytes]]:
+    """(minute, second key part, raw value) of `first`'s records in the query's minutes, in
+    key order; values are left undecoded for the caller to pick what it reads."""
     partition = partition_for(first, settings.partitions)
-    start, stop = minute_bound(first, query.first_minute), minute_bound(first, query.end_minute)
+    start, stop = minute_key(first, query.first_minute), minute_key(first, query.end_minute)
     for key, value in scan(table, partition, start, stop):
         _, minute, second = split_key(key)
-        yield minute, second, Rollup.from_list(json.loads(value))
+        yield minute, second, value
 
 
 def server_watermark(server_id: str) -> int | None:
@@ -127,9 +129,10 @@ def metric_watermark(metric_id: str) -> int | None:
 
 def server_minutes(server_id: str, query: Query) -> dict[str, list[tuple[int, Rollup]]]:
     minutes: dict[str, list[tuple[int, Rollup]]] = defaultdict(list)
-    for minute, metric, rollup in cells(server_rollups, server_id, query):
-        if query.metrics is None or metric in query.metrics:
-            minutes[metric].append((minute, rollup))
+    for minute, _, value in records(server_rollups, server_id, query):
+        for metric, acc in json.loads(value).items():
+            if query.metrics is None or metric in query.metrics:
+                minutes[metric].append((minute, Rollup.from_list(acc)))
     return minutes
 
 
@@ -170,9 +173,15 @@ class MetricAcrossServers(OwnedView):
             raise BadRequest(f"by={by!r}: the only breakdown is by=server")
         query = Query(request, metric_watermark(metric_id))
         minutes: dict[str, list[tuple[int, Rollup]]] = defaultdict(list)
-        for minute, server, rollup in cells(metric_rollups, metric_id, query):
-            if (server == "") != (by == "server"):
-                minutes[server or "all"].append((minute, rollup))
+        wanted = PER_SERVER if by == "server" else ""
+        for minute, second, value in records(metric_rollups, metric_id, query):
+            if second != wanted:
+                continue  # the other record of the minute, left undecoded
+            if by == "server":
+                for server, acc in json.loads(value).items():
+                    minutes[server].append((minute, Rollup.from_list(acc)))
+            else:
+                minutes["all"].append((minute, Rollup.from_list(json.loads(value))))
         series = query.series(minutes)
         body = {"metric_id": metric_id, **query.freshness()}
         if by == "server":

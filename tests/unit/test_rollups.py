@@ -8,11 +8,23 @@ from collections import defaultdict
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tally.tables.rollups import MINUTE_MS, STEPS_MS, Rollup, by_step, fold, merge_all
+from tally.agents.intake import check_event_time
+from tally.codecs.avro import validate_metric_sample
+from tally.errors import ValidationError
+from tally.tables.rollups import (
+    MINUTE_MS,
+    STEPS_MS,
+    Cells,
+    Rollup,
+    by_step,
+    fold_samples,
+    merge_all,
+    merge_cells,
+)
 
 values = st.floats(min_value=-1e9, max_value=1e9, allow_nan=False, allow_infinity=False)
 samples = st.lists(
-    st.tuples(st.sampled_from(["cpu", "mem", "disk"]), st.integers(0, 3 * 86_400_000), values),
+    st.tuples(st.sampled_from(["cpu", "mem", "disk"]), st.integers(1, 3 * 86_400_000), values),
     min_size=1,
     max_size=200,
 )
@@ -20,6 +32,19 @@ samples = st.lists(
 
 def close(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-6)
+
+
+def fold(raw: list[tuple[str, int, float]]) -> dict[tuple[str, int], Rollup]:
+    """`fold_samples` over (metric, ts, value) triples, as (metric, minute) → rollup."""
+    into: dict[int, Cells] = {}
+    samples = [{"metric_id": m, "ts_ms": ts, "value": v} for m, ts, v in raw]
+    judged = fold_samples(samples, into, None, 10 * 86_400_000)
+    assert judged.counted == len(raw) and not judged.invalid and not judged.late
+    return {
+        (metric, minute): Rollup.from_list(acc)
+        for minute, cells in into.items()
+        for metric, acc in cells.items()
+    }
 
 
 @given(samples, st.sampled_from(sorted(STEPS_MS)))
@@ -61,3 +86,78 @@ def test_negative_values_and_storage_form() -> None:
     assert Rollup.from_list(rollup.to_list()) == rollup
     assert fold([("cpu", MINUTE_MS + 59_999, 1.0)]) == {("cpu", MINUTE_MS): Rollup.of(1.0)}
     assert merge_all([]) is None
+
+
+WALL = 1_800_000_000_000
+MAX_FUTURE = 300_000
+any_samples = st.lists(
+    st.fixed_dictionaries(
+        {
+            "metric_id": st.sampled_from(["cpu", "mem", "", "a|b"]),
+            "ts_ms": st.one_of(
+                st.integers(WALL - 10 * MINUTE_MS, WALL + 2 * MAX_FUTURE),
+                st.sampled_from([0, -1, 1, WALL + MAX_FUTURE, WALL + MAX_FUTURE + 1]),
+            ),
+            "value": st.one_of(values, st.sampled_from([math.nan, math.inf, -math.inf, -0.0])),
+        }
+    ),
+    max_size=60,
+)
+
+
+def explained(sample: dict[str, object]) -> bool:
+    """Whether the validators (which give the reasons) reject `sample`."""
+    try:
+        validate_metric_sample(sample)
+        check_event_time("ts_ms", sample["ts_ms"], WALL, MAX_FUTURE)  # type: ignore[arg-type]
+    except ValidationError:
+        return True
+    return False
+
+
+@given(any_samples, st.integers(WALL - 12 * MINUTE_MS, WALL), st.data())
+def test_fold_samples_judges_like_brute_force(
+    samples: list[dict[str, object]], watermark: int, data: st.DataObject
+) -> None:
+    """Invalid exactly where the validators object, late exactly before the closed minute,
+    every other sample folded; a second fold into the same cells merges exactly."""
+    closed = watermark - watermark % MINUTE_MS
+    cut = data.draw(st.integers(0, len(samples)))
+    into: dict[int, Cells] = {}
+    first = fold_samples(samples[:cut], into, closed, WALL + MAX_FUTURE)
+    second = fold_samples(samples[cut:], into, closed, WALL + MAX_FUTURE)
+    invalid = first.invalid + [cut + i for i in second.invalid]
+    late = first.late + [cut + i for i in second.late]
+    assert invalid == [i for i, s in enumerate(samples) if explained(s)]
+    kept = [(i, s) for i, s in enumerate(samples) if not explained(s)]
+    minute = lambda s: s["ts_ms"] - s["ts_ms"] % MINUTE_MS  # noqa: E731
+    assert late == [i for i, s in kept if minute(s) < closed]
+    accepted = [s for _, s in kept if minute(s) >= closed]
+    assert first.counted + second.counted == len(accepted)
+    truth: dict[tuple[int, str], list[float]] = defaultdict(list)
+    for s in accepted:
+        truth[(minute(s), s["metric_id"])].append(s["value"])
+    got = {(m, metric): acc for m, cells in into.items() for metric, acc in cells.items()}
+    assert sorted(got) == sorted(truth)
+    for cell, vals in truth.items():
+        low, high, total, count = got[cell]
+        assert (low, high, count) == (min(vals), max(vals), len(vals))
+        assert close(total, math.fsum(vals))
+    newest = [s["ts_ms"] for s in accepted[: first.counted]]
+    assert first.newest_ts == (max(newest) if newest else None)
+
+
+@given(st.lists(st.tuples(st.sampled_from("abc"), values), max_size=30), st.integers(0, 30))
+def test_merge_cells_equals_folding_everything_at_once(
+    cells: list[tuple[str, float]], cut: int
+) -> None:
+    def folded(part: list[tuple[str, float]]) -> Cells:
+        into: dict[int, Cells] = {}
+        fold_samples([{"metric_id": k, "ts_ms": 1, "value": v} for k, v in part], into, None, WALL)
+        return into.get(0, {})
+
+    merged, whole = merge_cells(folded(cells[:cut]), folded(cells[cut:])), folded(cells)
+    assert merged.keys() == whole.keys()
+    for key, (low, high, total, count) in whole.items():
+        assert (merged[key][0], merged[key][1], merged[key][3]) == (low, high, count)
+        assert close(merged[key][2], total)
