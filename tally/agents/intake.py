@@ -104,6 +104,28 @@ def writing_for(event: EventT) -> Iterator[None]:
         faust_streams._current_event.reset(token)
 
 
+#: Offset of the last message of each partition a pipeline processed (or dead-lettered).
+processed_offsets: dict[TP, int] = {}
+
+
+def caught_up(topic: TopicT, partition: int, stored_offset: int | None) -> bool | None:
+    """Whether `partition` of `topic` holds nothing after the last processed message: the
+    partition is idle, and its event clock may follow the wall clock. The last processed
+    message is the one this worker processed last, else `stored_offset` (kept with the
+    pipeline's state). None while unknown."""
+    tp = TP(topic.get_topic_name(), partition)
+    offset = processed_offsets.get(tp, stored_offset)
+    if offset is None:
+        return None
+    try:
+        highwater = app.consumer.highwater(tp)
+    except AssertionError:  # aiokafka asserts the partition is (still) assigned
+        return None
+    if highwater is None:
+        return None
+    return highwater <= offset + 1
+
+
 BATCH_SIZE = 2000
 BATCH_WITHIN_S = 0.1
 
@@ -120,6 +142,8 @@ async def each_partition(stream: StreamT, work: PartitionWork, state: dict[int, 
                 await work(events)
             except Exception as exc:  # one bad batch must not stop the worker
                 await failed_batch(events, exc, forget=state)
+            last = events[-1].message
+            processed_offsets[TP(last.topic, last.partition)] = last.offset
 
 
 def forget_when_revoked(topic: TopicT, *states: dict[int, Any]) -> None:
@@ -129,6 +153,7 @@ def forget_when_revoked(topic: TopicT, *states: dict[int, Any]) -> None:
     async def forget(sender: object, revoked: set[TP], **kwargs: object) -> None:
         for tp in revoked:
             if tp.topic == name:
+                processed_offsets.pop(tp, None)
                 for state in states:
                     state.pop(tp.partition, None)
 

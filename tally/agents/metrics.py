@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from faust.types import EventT, StreamT
 
 from tally.agents.intake import (
+    caught_up,
     check_event_time,
     decode,
     each_partition,
@@ -81,6 +82,8 @@ class PartitionState:
     final_through: int | None = None
     #: The oldest minute accepted before anything was emitted: where emission starts.
     first_minute: int | None = None
+    #: The last metric-samples offset folded into the tables (None: none yet).
+    offset: int | None = None
     pruned_through: int = 0
     servers: set[str] = field(default_factory=set)
 
@@ -90,6 +93,7 @@ class PartitionState:
             "late_events": self.late_events,
             "final_through": self.final_through,
             "first_minute": self.first_minute,
+            "offset": self.offset,
         }
 
     def closed_before(self, watermark: int | None) -> int | None:
@@ -114,6 +118,7 @@ def state_for(partition: int) -> PartitionState:
             late_events=int(saved.get("late_events", 0)),
             final_through=saved.get("final_through"),
             first_minute=saved.get("first_minute"),
+            offset=saved.get("offset"),
             servers=set(first_parts(server_rollups, partition)),
         )
     return state
@@ -143,6 +148,10 @@ async def roll_up_partition(events: Sequence[EventT]) -> None:
     state = state_for(partition)
     clock = state.clock
     wall = now_ms()
+    last = events[-1].message.offset
+    # A batch means the partition was not idle: the wall time since the last settle does not
+    # count (only the ticks of a caught-up partition credit it).
+    clock.settle(wall, idle=False)
     #: server → minute → metric → rollup: the whole batch folded before any table is touched.
     folded: dict[str, dict[int, Cells]] = defaultdict(dict)
     counted = 0
@@ -203,6 +212,7 @@ async def roll_up_partition(events: Sequence[EventT]) -> None:
                 server_rollups[key] = cells if stored is None else merge_cells(stored, cells)
             if minutes:
                 state.servers.add(server)
+        state.offset = last
         metric_clocks[partition_key(partition)] = state.record()
     EVENTS.labels(metric_samples.get_topic_name(), "counted").inc(counted)
     watermark = clock.watermark(wall, GRACE_MS)
@@ -241,7 +251,12 @@ async def close_partition_minutes(event: EventT) -> None:
     """Emit the minutes that became final, then remember it; then apply the retention."""
     partition = event.message.partition
     state = state_for(partition)
-    watermark = state.clock.watermark(now_ms(), GRACE_MS)
+    wall = now_ms()
+    idle = caught_up(metric_samples, partition, state.offset)
+    if idle is None:
+        return  # backlog unknown (just assigned): wait, rather than close minutes too early
+    state.clock.settle(wall, idle)
+    watermark = state.clock.watermark(wall, GRACE_MS)
     if watermark is None:
         return
     end = final_before(watermark)  # minutes before `end` are final

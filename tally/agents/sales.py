@@ -22,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from faust.types import EventT, StreamT
 
 from tally.agents.intake import (
+    caught_up,
     check_event_time,
     decode,
     each_partition,
@@ -78,11 +79,15 @@ def pane_reader(partition: int) -> PaneReader:
     return read
 
 
-def window_for(partition: int, wall_ms: int) -> SlidingTotals:
+def window_for(partition: int, wall_ms: int, idle: bool) -> SlidingTotals:
+    """The partition's window, its clock settled at `wall_ms` (`idle`: caught up)."""
     window = windows.get(partition)
-    if window is None:
+    if window is not None:
+        window.clock.settle(wall_ms, idle)
+    else:
         saved = sales_clocks.get(partition_key(partition)) or {}
         clock = EventClock.from_record(saved)
+        clock.settle(wall_ms, idle)
         window = SlidingTotals.restore(SALES_SPEC, clock, wall_ms, pane_reader(partition))
         window.late_events = int(saved.get("late_events", 0))
         windows[partition] = window
@@ -144,7 +149,9 @@ async def count_partition(events: Sequence[EventT]) -> None:
             arrivals.append((purchase["item_id"], purchase["quantity"], purchase["event_time_ms"]))
     if not arrivals:
         return
-    window = window_for(partition, wall)
+    # A batch means the partition was not idle: the wall time since the last settle does not
+    # count (only the ticks of a caught-up partition credit it).
+    window = window_for(partition, wall, idle=False)
     outcome = window.ingest(arrivals, wall)
     with writing_for(events[-1]):
         for (pane, item), quantity in outcome.pane_deltas.items():
@@ -153,6 +160,7 @@ async def count_partition(events: Sequence[EventT]) -> None:
         sales_clocks[partition_key(partition)] = {
             **window.clock.record(),
             "late_events": window.late_events,
+            "offset": events[-1].message.offset,
         }
     closing = slide(partition, window, wall)
     EVENTS.labels(purchases.get_topic_name(), "counted").inc(len(arrivals) - len(outcome.late))
@@ -229,9 +237,13 @@ async def slide_idle_windows() -> None:
     for tp in app.assignor.assigned_actives():  # no await in here: ownership cannot change
         if tp.topic != purchases.get_topic_name():
             continue
-        if tp.partition not in windows and partition_key(tp.partition) not in sales_clocks:
+        saved = sales_clocks.get(partition_key(tp.partition))
+        if tp.partition not in windows and saved is None:
             continue  # never had a purchase
-        window = window_for(tp.partition, wall)
+        idle = caught_up(purchases, tp.partition, (saved or {}).get("offset"))
+        if idle is None:
+            continue  # backlog unknown (just assigned): do not slide past what is queued
+        window = window_for(tp.partition, wall, idle)
         owned.append((tp.partition, window, slide(tp.partition, window, wall)))
     for partition, window, closing in owned:
         await publish(partition, window, wall, closing)

@@ -3,9 +3,11 @@
 A sliding window of `window_panes` panes of `pane_ms` each (24 panes of 1 h for sales) is the sum of
 its panes; it slides one pane at a time. Time is event time, per partition:
 
-- `EventClock.now` follows the newest event time, and between arrivals it advances at
-  wall-clock speed, so windows slide with no traffic (freshness) while a replay of old data,
-  faster than real time, still runs on the data's own time. It never goes back.
+- `EventClock.now` follows the newest event time, and while the partition is caught up with its
+  topic (idle) it advances at wall-clock speed, so windows slide with no traffic (freshness);
+  while the partition has a backlog it does not, so a slow, paused or restarted worker never
+  makes its own backlog late; a replay of old data, faster than real time, still runs on the
+  data's own time. It never goes back.
 - The watermark trails the clock by `grace_ms`. An event whose pane is older than the window
   ending at the watermark's pane can no longer count anywhere: it is *late*.
 """
@@ -72,6 +74,15 @@ class EventClock:
         current = self.now(wall_ms)
         event_ms = min(event_ms, wall_ms)
         self.event_ms = event_ms if current is None else max(current, event_ms)
+        self.wall_ms = max(self.wall_ms, wall_ms)
+
+    def settle(self, wall_ms: int, idle: bool) -> None:
+        """Fix the reading at `wall_ms`. The wall time since the last reading passes as event
+        time only if the partition was `idle` (caught up); with a backlog, the queued events
+        will move the clock instead. Readers call this before reading, so between settles the
+        clock runs ahead of the data by at most one settle interval."""
+        if self.event_ms is not None and idle:
+            self.event_ms = self.now(wall_ms)
         self.wall_ms = max(self.wall_ms, wall_ms)
 
     def now(self, wall_ms: int) -> int | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from faust.web import Request, Response
 
-from tally.agents.sales import answer_at, current_answer
+from tally.agents.sales import answer_at, current_answer, windows
 from tally.app import app, settings
 from tally.partitioning import partition_for
 from tally.tables.sales import SALES_SPEC, pane_key, sales_clocks, sales_panes, sales_topk
@@ -107,9 +107,12 @@ class ItemSales(OwnedView):
     async def owned(self, request: Request, item_id: str) -> Response:
         wall = now_ms()
         partition = partition_for(item_id, settings.partitions)
-        clock = EventClock.from_record(sales_clocks.get(partition_key(partition)))
-        now = clock.now(wall)
-        watermark = clock.watermark(wall, SALES_SPEC.grace_ms)
+        # The clock as the pipeline last settled it (each second on an active partition).
+        window = windows.get(partition)
+        saved = sales_clocks.get(partition_key(partition))
+        clock = window.clock if window else EventClock.from_record(saved)
+        now = clock.now(clock.wall_ms)
+        watermark = clock.watermark(clock.wall_ms, SALES_SPEC.grace_ms)
         last = SALES_SPEC.pane_of(time_param(request, "at", now if now is not None else wall))
         if watermark is not None:
             check_retained(last, watermark)

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from faust.types import CollectionT
 from faust.web import Request, Response
 
-from tally.agents.metrics import GRACE_MS
+from tally.agents.metrics import GRACE_MS, states
 from tally.app import app, settings
 from tally.partitioning import partition_for
 from tally.tables.metrics import (
@@ -116,9 +116,16 @@ def records(table: CollectionT, first: str, query: Query) -> Iterator[tuple[int,
 
 
 def server_watermark(server_id: str) -> int | None:
+    """The watermark the pipeline last decided with (settled at most a second ago on an
+    active partition): never ahead of what the minutes' state says."""
     partition = partition_for(server_id, settings.partitions)
-    clock = EventClock.from_record(metric_clocks.get(partition_key(partition)))
-    return clock.watermark(now_ms(), GRACE_MS)
+    state = states.get(partition)
+    clock = (
+        state.clock
+        if state
+        else EventClock.from_record(metric_clocks.get(partition_key(partition)))
+    )
+    return clock.watermark(clock.wall_ms, GRACE_MS)
 
 
 def metric_watermark(metric_id: str) -> int | None:

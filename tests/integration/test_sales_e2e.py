@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import random
+import re
 import time
+import urllib.request
 from collections import Counter, defaultdict
 from itertools import islice
 
@@ -199,3 +201,50 @@ def test_with_no_traffic_the_window_slides_and_items_drop_out(
         what="a fresh answer with every partition on the current window",
     )
     assert after["items"] == [] and worker.get("/api/sales/items/widget")["quantity"] == 0
+
+
+def test_purchases_queued_while_the_worker_was_down_are_not_late(
+    broker: LocalBroker, make_worker: WorkerFactory, purchase_codec: AvroCodec
+) -> None:
+    """Panes of 1 s, windows of 3 panes, 1 s grace; the worker is down for ~8 s while live
+    purchases queue up. Event time must follow the backlog, not the wall clock: none is late."""
+    worker = make_worker(
+        TALLY_SALES_PANE_SECONDS="1",
+        TALLY_SALES_WINDOW_PANES="3",
+        TALLY_GRACE_SECONDS="1",
+    ).start()
+
+    def buy(item: str) -> None:
+        record = {
+            "purchase_id": f"{item}-{time.time()}",
+            "item_id": item,
+            "quantity": 1,
+            "unit_price_cents": 1,
+            "event_time_ms": int(time.time() * 1000),
+            "metadata": {},
+        }
+        produce(broker.bootstrap, "purchases", [(item.encode(), purchase_codec.dumps(record))])
+
+    def outcomes() -> dict[str, float]:
+        with urllib.request.urlopen(worker.url + "/metrics", timeout=5) as response:
+            text = response.read().decode()
+        found = re.findall(r'tally_events_total\{outcome="(\w+)",topic="purchases"\} (\S+)', text)
+        return {outcome: float(n) for outcome, n in found}
+
+    for item in ("i0", "i1", "i2", "i3"):
+        buy(item)
+    wait_until(lambda: outcomes().get("counted") == 4, 30, what="the first purchases counted")
+    worker.stop()
+    queued = 0
+    started = time.monotonic()
+    while time.monotonic() - started < 8:
+        buy(f"i{queued % 4}")
+        queued += 1
+        time.sleep(0.3)
+    worker.start()
+    wait_until(
+        lambda: outcomes().get("counted", 0) + outcomes().get("late", 0) >= queued,
+        60,
+        what="the queued purchases processed",
+    )
+    assert outcomes().get("late", 0) == 0, outcomes()

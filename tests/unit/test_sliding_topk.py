@@ -222,3 +222,36 @@ def test_pane_spec_rejects_nonsense() -> None:
         PaneSpec(pane_ms=0, window_panes=24)
     with pytest.raises(ValueError):
         PaneSpec(pane_ms=1, window_panes=24, grace_ms=-1)
+
+
+clock_steps = st.lists(
+    st.tuples(
+        st.sampled_from(["observe", "idle", "backlog"]),
+        st.integers(0, 5_000),  # wall time passing before the step
+        st.integers(-20_000, 20_000),  # the event's time relative to the wall clock
+    ),
+    max_size=40,
+)
+
+
+@given(clock_steps)
+def test_event_clock_follows_the_wall_only_while_caught_up(
+    steps: list[tuple[str, int, int]],
+) -> None:
+    """Never back, never past the wall clock; time spent with a backlog is not credited (only
+    events move the clock then), time spent idle is."""
+    clock, wall, last = EventClock(), 1_000_000, None
+    for kind, elapsed, offset in steps:
+        wall += elapsed
+        before, since = clock.now(clock.wall_ms), clock.wall_ms
+        if kind == "observe":
+            clock.settle(wall, idle=False)
+            clock.observe(wall + offset, wall)
+        else:
+            clock.settle(wall, idle=kind == "idle")
+            if before is not None:
+                assert clock.now(wall) - before == (wall - since if kind == "idle" else 0)
+        now = clock.now(wall)
+        assert now is None or now <= wall
+        assert last is None or (now is not None and now >= last)
+        last = now
