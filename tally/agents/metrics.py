@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -59,7 +58,7 @@ from tally.tables.rollups import (
     merge_cells,
     minute_of,
 )
-from tally.tables.store import delete_below, first_parts, partition_key, scan
+from tally.tables.store import delete_below, first_parts, partition_key, scan, stored_value
 from tally.tables.windowing import EventClock, now_ms
 from tally.telemetry import EVENTS
 from tally.topics import late_events, metric_batch_codec, metric_samples
@@ -263,7 +262,7 @@ async def close_partition_minutes(event: EventT) -> None:
     start = state.final_through if state.final_through is not None else state.first_minute
     if start is not None and end is not None and start < end:
         closing = [
-            (server, split_key(key)[1], json.loads(value))
+            (server, split_key(key)[1], stored_value(value))
             for server in sorted(state.servers)
             for key, value in scan(
                 server_rollups, partition, minute_key(server, start), minute_key(server, end)

@@ -15,7 +15,6 @@ between Kafka, the tables and those classes:
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator, Sequence
 
@@ -44,7 +43,7 @@ from tally.tables.sales import (
     topk_candidates,
 )
 from tally.tables.sliding import Arrival, Closing, PaneReader, SlidingTotals
-from tally.tables.store import delete_below, partition_key, scan
+from tally.tables.store import delete_below, partition_key, scan, stored_value
 from tally.tables.topk import Candidates, GlobalTopK, merge_candidates
 from tally.tables.windowing import EventClock, now_ms
 from tally.telemetry import EVENTS
@@ -259,7 +258,7 @@ def load_latest() -> dict[int, Candidates]:
     """The latest candidates, from memory, or from the table after a restart or failover."""
     if not latest_candidates:
         for _, value in scan(sales_topk, 0, b"latest|", b"latest}"):
-            candidates = Candidates.from_json(json.loads(value))
+            candidates = Candidates.from_json(stored_value(value))
             latest_candidates[candidates.partition] = candidates
     return latest_candidates
 
@@ -271,7 +270,7 @@ def current_answer() -> GlobalTopK | None:
 def answer_at(last_pane: int) -> GlobalTopK | None:
     """The answer for a past window, from the candidates each partition published for it."""
     start, stop = f"{last_pane:012d}|".encode(), f"{last_pane:012d}}}".encode()
-    found = [Candidates.from_json(json.loads(v)) for _, v in scan(sales_topk, 0, start, stop)]
+    found = [Candidates.from_json(stored_value(v)) for _, v in scan(sales_topk, 0, start, stop)]
     return merge_candidates(found, settings.top_k)
 
 

@@ -122,37 +122,49 @@ def fold_samples(
     `closed_before` is late; every other one is accumulated.
     """
     judged = Judged()
+    invalid, late = judged.invalid, judged.late
     closed = -1 if closed_before is None else closed_before
-    newest = oldest = -1
+    minute_ms = MINUTE_MS
+    usable: set[str] = set()  # metric ids checked once per call, not once per sample
+    newest, oldest, counted = -1, 1 << 62, 0
+    cells_minute, cells = -1, {}
     for index, sample in enumerate(samples):
         metric, ts, value = sample["metric_id"], sample["ts_ms"], sample["value"]
         # value - value is 0.0 for every finite float and NaN for NaN and the infinities.
-        if value - value != 0.0 or not 0 < ts <= max_ts_ms or not metric or "|" in metric:
-            judged.invalid.append(index)
+        if value - value != 0.0 or not 0 < ts <= max_ts_ms:
+            invalid.append(index)
             continue
-        minute = ts - ts % MINUTE_MS
+        if metric not in usable:
+            if not metric or "|" in metric:
+                invalid.append(index)
+                continue
+            usable.add(metric)
+        minute = ts - ts % minute_ms
         if minute < closed:
-            judged.late.append(index)
+            late.append(index)
             continue
-        cells = into.get(minute)
-        if cells is None:
-            cells = into[minute] = {}
+        if minute != cells_minute:  # samples of an envelope mostly share a minute
+            cells_minute = minute
+            cells = into.get(minute)
+            if cells is None:
+                cells = into[minute] = {}
         acc = cells.get(metric)
         if acc is None:
             cells[metric] = [value, value, value, 1]
         else:
             if value < acc[0]:
                 acc[0] = value
-            if value > acc[1]:
+            elif value > acc[1]:
                 acc[1] = value
             acc[2] += value
             acc[3] += 1
         if ts > newest:
             newest = ts
-        if oldest < 0 or minute < oldest:
+        if minute < oldest:
             oldest = minute
-        judged.counted += 1
-    if newest >= 0:
+        counted += 1
+    judged.counted = counted
+    if counted:
         judged.newest_ts, judged.oldest_minute = newest, oldest
     return judged
 

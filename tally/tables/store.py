@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from faust.types import CollectionT
+from faust.utils import json as faust_json
 
 #: Faust keeps its own records (the partition's changelog offset) in the same database.
 FAUST_PREFIX = b"__faust"
@@ -19,6 +20,11 @@ FAUST_PREFIX = b"__faust"
 def partition_key(partition: int) -> bytes:
     """Key of a table's per-partition record (event clocks, watermarks)."""
     return str(partition).encode()
+
+
+def stored_value(raw: bytes) -> Any:
+    """A raw value from `scan`, decoded as Faust encoded it (its JSON codec, orjson)."""
+    return faust_json.loads(raw)
 
 
 def partition_db(table: CollectionT, partition: int) -> Any:

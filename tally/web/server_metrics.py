@@ -6,7 +6,6 @@ rollups can still change); steps merge minute rollups exactly (tables.rollups).
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Iterator
 
@@ -35,7 +34,7 @@ from tally.tables.rollups import (
     merge_all,
     minute_of,
 )
-from tally.tables.store import partition_key, scan
+from tally.tables.store import partition_key, scan, stored_value
 from tally.tables.windowing import EventClock, now_ms
 from tally.web.params import BadRequest, OwnedView, iso, time_param
 
@@ -137,7 +136,7 @@ def metric_watermark(metric_id: str) -> int | None:
 def server_minutes(server_id: str, query: Query) -> dict[str, list[tuple[int, Rollup]]]:
     minutes: dict[str, list[tuple[int, Rollup]]] = defaultdict(list)
     for minute, _, value in records(server_rollups, server_id, query):
-        for metric, acc in json.loads(value).items():
+        for metric, acc in stored_value(value).items():
             if query.metrics is None or metric in query.metrics:
                 minutes[metric].append((minute, Rollup.from_list(acc)))
     return minutes
@@ -185,10 +184,10 @@ class MetricAcrossServers(OwnedView):
             if second != wanted:
                 continue  # the other record of the minute, left undecoded
             if by == "server":
-                for server, acc in json.loads(value).items():
+                for server, acc in stored_value(value).items():
                     minutes[server].append((minute, Rollup.from_list(acc)))
             else:
-                minutes["all"].append((minute, Rollup.from_list(json.loads(value))))
+                minutes["all"].append((minute, Rollup.from_list(stored_value(value))))
         series = query.series(minutes)
         body = {"metric_id": metric_id, **query.freshness()}
         if by == "server":
