@@ -132,11 +132,14 @@ BATCH_WITHIN_S = 0.1
 PartitionWork = Callable[[Sequence[EventT]], Awaitable[None]]
 
 
-async def each_partition(stream: StreamT, work: PartitionWork, state: dict[int, Any]) -> None:
-    """The body of every pipeline agent: batches from `stream`, each partition's share given to
-    `work` on its own; if it fails, that share is dead-lettered and `state[partition]` dropped
-    (rebuilt from storage on next use), and the agent goes on."""
-    async for batch in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN_S):
+async def each_partition(
+    stream: StreamT, work: PartitionWork, state: dict[int, Any], within: float = BATCH_WITHIN_S
+) -> None:
+    """The body of every pipeline agent: batches from `stream` (up to BATCH_SIZE events, or what
+    came `within` seconds), each partition's share given to `work` on its own; if it fails,
+    that share is dead-lettered and `state[partition]` dropped (rebuilt from storage on next
+    use), and the agent goes on."""
+    async for batch in stream.take_events(BATCH_SIZE, within=within):
         for events in by_partition(batch).values():
             try:
                 await work(events)
