@@ -89,6 +89,9 @@ class PartitionState:
     offset: int | None = None
     pruned_through: int = 0
     servers: set[str] = field(default_factory=set)
+    #: A batch of this partition is being folded: its samples are accepted but not yet
+    #: written, so no minute may be emitted as final until it is.
+    folding: bool = False
 
     def record(self) -> dict[str, object]:
         return {
@@ -147,8 +150,16 @@ def why_invalid(sample: Record, wall: int) -> ValidationError:
 
 
 async def roll_up_partition(events: Sequence[EventT]) -> None:
+    state = state_for(events[0].message.partition)
+    state.folding = True  # the batch awaits dead-letter sends: the tick may run meanwhile
+    try:
+        await roll_up(state, events)
+    finally:
+        state.folding = False
+
+
+async def roll_up(state: PartitionState, events: Sequence[EventT]) -> None:
     partition = events[0].message.partition
-    state = state_for(partition)
     clock = state.clock
     wall = now_ms()
     last = events[-1].message.offset
@@ -254,6 +265,8 @@ async def close_partition_minutes(event: EventT) -> None:
     """Emit the minutes that became final, then remember it; then apply the retention."""
     partition = event.message.partition
     state = state_for(partition)
+    if state.folding:
+        return  # the next tick, a second later, sees the batch written
     wall = now_ms()
     idle = caught_up(metric_samples, partition, state.offset)
     if idle is None:
