@@ -22,6 +22,7 @@ settings = Settings.from_env()
 
 #: Modules Faust imports when the worker starts (explicit: no package-wide scan).
 PIPELINE_MODULES = [
+    "tally.agents.archive",
     "tally.agents.metrics",
     "tally.agents.sales",
     "tally.web.health",

@@ -88,6 +88,18 @@ def broker_urls(text: str) -> list[str]:
     return [url if "://" in url else f"{scheme}://{url}" for url in urls]
 
 
+#: Units of a retention like "5y": days per unit (a year is 365 days).
+_DAYS_PER = {"d": 1, "w": 7, "y": 365}
+
+
+def retention_days(text: str) -> int:
+    """Days in a retention such as "5y", "26w" or "30d"."""
+    match = re.fullmatch(r"\s*(\d+)\s*([dwy])\s*", text)
+    if match is None or int(match.group(1)) < 1:
+        raise ValueError("must be a duration like 5y, 26w or 30d (years of 365 days)")
+    return int(match.group(1)) * _DAYS_PER[match.group(2)]
+
+
 def _broker_url(text: str) -> str:
     urls = broker_urls(text)
     if not urls:
@@ -216,6 +228,34 @@ class Settings:
         "this is flagged stale.",
         _positive_float,
     )
+    metrics_hot_hours: float = _env_field(
+        "TALLY_METRICS_HOT_HOURS",
+        48.0,
+        "Metric rollups kept in the hot tables (RocksDB), by event time; older minutes are "
+        "answered from the archive.",
+        _positive_float,
+    )
+    archive_dir: str = _env_field(
+        "TALLY_ARCHIVE_DIR",
+        "",
+        "Where final minutes are archived as Parquet (one directory per day). Empty: "
+        "TALLY_DATA_DIR/archive. A path, or s3://bucket/prefix (S3-compatible stores: "
+        "add ?endpoint_override=host:port). Workers that share a deployment share this.",
+    )
+    archive_flush_seconds: float = _env_field(
+        "TALLY_ARCHIVE_FLUSH_SECONDS",
+        60.0,
+        "The archive sink writes a file per partition and day at least this often (sooner "
+        "when 5,000 final server-minutes are waiting).",
+        _positive_float,
+    )
+    archive_keep: int = _env_field(
+        "TALLY_ARCHIVE_KEEP",
+        5 * 365,
+        "Archive retention: whole days older than this are dropped (hourly, by the leader). "
+        "A duration: 5y, 26w, 30d.",
+        retention_days,
+    )
     log_level: str = _env_field(
         "TALLY_LOG_LEVEL", "info", "Worker log level: crit, error, warn, info or debug.", _log_level
     )
@@ -255,6 +295,10 @@ class Settings:
     @property
     def registry_url(self) -> str:
         return self.schema_registry or (self.data_dir / "schema-registry").resolve().as_uri()
+
+    @property
+    def archive_location(self) -> str:
+        return self.archive_dir or str((self.data_dir / "archive").resolve())
 
     @property
     def advertised_host(self) -> str:

@@ -133,13 +133,17 @@ PartitionWork = Callable[[Sequence[EventT]], Awaitable[None]]
 
 
 async def each_partition(
-    stream: StreamT, work: PartitionWork, state: dict[int, Any], within: float = BATCH_WITHIN_S
+    stream: StreamT,
+    work: PartitionWork,
+    state: dict[int, Any],
+    within: float = BATCH_WITHIN_S,
+    size: int = BATCH_SIZE,
 ) -> None:
-    """The body of every pipeline agent: batches from `stream` (up to BATCH_SIZE events, or what
+    """The body of every pipeline agent: batches from `stream` (up to `size` events, or what
     came `within` seconds), each partition's share given to `work` on its own; if it fails,
     that share is dead-lettered and `state[partition]` dropped (rebuilt from storage on next
     use), and the agent goes on."""
-    async for batch in stream.take_events(BATCH_SIZE, within=within):
+    async for batch in stream.take_events(size, within=within):
         for events in by_partition(batch).values():
             try:
                 await work(events)

@@ -54,6 +54,7 @@ from tally.tables.rollups import (
     Rollup,
     final_before,
     fold_samples,
+    hot_horizon,
     merge_acc,
     merge_cells,
     minute_of,
@@ -309,7 +310,7 @@ async def close_partition_minutes(event: EventT) -> None:
             partition=destination,
             value={"cells": [], "upstream": partition, "watermark_ms": watermark},
         )
-    horizon = minute_of(watermark) - RETENTION_MS
+    horizon = hot_horizon(watermark, RETENTION_MS)
     if horizon > state.pruned_through:
         for server in state.servers:
             delete_below(
@@ -380,7 +381,7 @@ def prune_metric_index(partition: int) -> None:
     marks = [int(v) for _, v in scan(metric_index_watermarks, partition, b"", b"\xff")]
     if not marks:
         return
-    horizon = minute_of(min(marks)) - RETENTION_MS
+    horizon = hot_horizon(min(marks), RETENTION_MS)
     if horizon > index_pruned_through[partition]:
         for metric in list(first_parts(metric_rollups, partition)):
             delete_below(

@@ -181,6 +181,12 @@ def final_before(watermark_ms: int | None) -> int | None:
     return minute_of(watermark_ms - MINUTE_MS) + MINUTE_MS
 
 
+def hot_horizon(watermark_ms: int, retention_ms: int) -> int:
+    """The oldest minute the hot tables keep: retention runs by event time, from the watermark.
+    Pruning deletes below it; queries read the archive below it."""
+    return minute_of(watermark_ms) - retention_ms
+
+
 def bucket_start(ts_ms: int, step_ms: int) -> int:
     return ts_ms - ts_ms % step_ms
 
@@ -199,3 +205,19 @@ def by_step(minutes: Iterable[tuple[int, Rollup]], step_ms: int) -> Iterator[tup
             current = rollup if current is None else current.merge(rollup)
     if current is not None and current_start is not None:
         yield current_start, current
+
+
+def merge_series(
+    *parts: Mapping[str, Iterable[tuple[int, Rollup]]],
+) -> dict[str, list[tuple[int, Rollup]]]:
+    """Series of bucketed rollups from several sources (the archive and the hot tables) → one
+    set of series, buckets in time order; a bucket found in both (a step that straddles the
+    tiers' boundary) is merged, exactly."""
+    merged: dict[str, dict[int, Rollup]] = {}
+    for part in parts:
+        for name, points in part.items():
+            buckets = merged.setdefault(name, {})
+            for start, rollup in points:
+                seen = buckets.get(start)
+                buckets[start] = rollup if seen is None else seen.merge(rollup)
+    return {name: sorted(buckets.items()) for name, buckets in sorted(merged.items())}

@@ -1,19 +1,24 @@
 """Metric views: by server, by metric, and a server's summary; each answered by the owner.
 
-Every answer carries the watermark and the minutes in the range that are still open (their
-rollups can still change); steps merge minute rollups exactly (tables.rollups).
+Any range: minutes inside the hot window come from the tables, older ones from the archive
+(DuckDB over Parquet, in a thread), merged per step at the boundary. Every answer carries the
+watermark, the minutes in the range that are still open (their rollups can still change) and
+which tier answered for which minutes; steps merge minute rollups exactly (tables.rollups).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from collections.abc import Iterator
 
 from faust.types import CollectionT
 from faust.web import Request, Response
 
+from tally.agents.archive import archive
 from tally.agents.metrics import GRACE_MS, states
 from tally.app import app, settings
+from tally.archive.query import ArchiveQuery, archived_rollups
 from tally.partitioning import partition_for
 from tally.tables.metrics import (
     PER_SERVER,
@@ -31,7 +36,9 @@ from tally.tables.rollups import (
     Rollup,
     by_step,
     final_before,
+    hot_horizon,
     merge_all,
+    merge_series,
     minute_of,
 )
 from tally.tables.store import partition_key, scan, stored_value
@@ -40,15 +47,23 @@ from tally.web.params import BadRequest, OwnedView, iso, time_param
 
 #: Points (series x steps) one answer may hold.
 MAX_POINTS = 100_000
+#: A query without `from` covers this much before `to`.
+DEFAULT_RANGE_MS = 2 * 86_400_000
+
+#: series (metric, server or "all") → [(minute or step start, rollup)] in time order.
+Series = dict[str, list[tuple[int, Rollup]]]
 
 
 class Query:
-    """from/to/step/metric of a request, validated; defaults: the last 2 days at 1m."""
+    """from/to/step/metric of a request, validated; defaults: the last 2 days at 1m.
+
+    Minutes before the hot tables' horizon come from the archive, the rest from the tables:
+    each minute from exactly one tier, whatever the range."""
 
     def __init__(self, request: Request, watermark: int | None) -> None:
         now = now_ms()
         self.to_ms = time_param(request, "to", now)
-        self.from_ms = time_param(request, "from", self.to_ms - RETENTION_MS)
+        self.from_ms = time_param(request, "from", self.to_ms - DEFAULT_RANGE_MS)
         if self.from_ms >= self.to_ms:
             raise BadRequest(f"from ({iso(self.from_ms)}) must be before to ({iso(self.to_ms)})")
         step = request.query.get("step", "1m")
@@ -57,59 +72,84 @@ class Query:
         self.step = step
         self.step_ms = STEPS_MS[step]
         wanted = request.query.get("metric", "")
-        self.metrics = {m for m in wanted.split(",") if m} or None
+        self.metrics = frozenset(m for m in wanted.split(",") if m) or None
         self.watermark = watermark
-
-    @property
-    def first_minute(self) -> int:
-        return minute_of(self.from_ms)
-
-    @property
-    def end_minute(self) -> int:
-        """The first minute not in the range (to is exclusive)."""
-        return minute_of(self.to_ms - 1) + MINUTE_MS
+        first, end = minute_of(self.from_ms), minute_of(self.to_ms - 1) + MINUTE_MS
+        # No watermark: the hot tables hold nothing for this key, the archive answers alone.
+        boundary = end if watermark is None else hot_horizon(watermark, RETENTION_MS)
+        boundary = min(max(boundary, first), end)
+        #: [start, end) minutes each tier answers for (empty when start == end).
+        self.archived = (first, boundary)
+        self.hot = (boundary, end)
 
     def freshness(self) -> dict[str, object]:
-        """The range, the watermark, and the minutes of the range that are still open."""
+        """The range, the watermark, the minutes of the range still open, and which tier
+        answered for which minutes."""
         open_minutes = []
         closed = final_before(self.watermark)
+        first, end = self.hot
         if self.watermark is not None and closed is not None:
             # Open: not final yet, and not past the event clock (later minutes have no data):
             # a handful at most, whatever `to` is.
             newest = minute_of(self.watermark + GRACE_MS) + MINUTE_MS
-            first_open = max(self.first_minute, closed)
-            open_minutes = [
-                iso(m) for m in range(first_open, min(self.end_minute, newest), MINUTE_MS)
-            ]
+            open_minutes = [iso(m) for m in range(max(first, closed), min(end, newest), MINUTE_MS)]
         return {
             "from": iso(self.from_ms),
             "to": iso(self.to_ms),
             "step": self.step,
             "watermark": None if self.watermark is None else iso(self.watermark),
             "open_minutes": open_minutes,
+            "tiers": {
+                name: {"from": iso(start), "to": iso(stop)} if start < stop else None
+                for name, (start, stop) in (("archive", self.archived), ("hot", self.hot))
+            },
         }
 
-    def series(
-        self, minutes: dict[str, list[tuple[int, Rollup]]]
-    ) -> dict[str, list[dict[str, object]]]:
-        points = sum(len(m) for m in minutes.values()) * MINUTE_MS // self.step_ms
-        if points > MAX_POINTS:
-            raise BadRequest(
-                f"about {points} points asked for, more than {MAX_POINTS}: narrow the range, "
-                "pick metrics with ?metric=a,b, or use a coarser step"
-            )
-        return {
-            name: [r.as_point(iso(t)) for t, r in by_step(rows, self.step_ms)]
-            for name, rows in sorted(minutes.items())
-        }
+    async def from_archive(
+        self, key_column: str, key: str, series_column: str | None, whole_range: bool = False
+    ) -> Series:
+        """The archive's part of the answer, merged by step (or over the whole range)."""
+        start, end = self.archived
+        if start >= end:
+            return {}
+        query = ArchiveQuery(
+            key_column,
+            key,
+            start,
+            end,
+            series_column,
+            None if whole_range else self.step_ms,
+            self.metrics if key_column == "server" else None,
+        )
+        series = await asyncio.to_thread(archived_rollups, archive, query, MAX_POINTS)
+        too_many(sum(len(points) for points in series.values()))
+        return series
+
+    def series(self, archived: Series, hot: Series) -> dict[str, list[dict[str, object]]]:
+        """Both tiers' minutes merged per step (a step across the boundary merges both)."""
+        too_many(sum(len(m) for m in hot.values()) * MINUTE_MS // self.step_ms)
+        hot_steps = {name: list(by_step(rows, self.step_ms)) for name, rows in hot.items()}
+        merged = merge_series(archived, hot_steps)
+        too_many(sum(len(points) for points in merged.values()))
+        return {name: [r.as_point(iso(t)) for t, r in points] for name, points in merged.items()}
+
+
+def too_many(points: int) -> None:
+    if points > MAX_POINTS:
+        raise BadRequest(
+            f"about {points} points asked for, more than {MAX_POINTS}: narrow the range, "
+            "pick metrics with ?metric=a,b, or use a coarser step"
+        )
 
 
 def records(table: CollectionT, first: str, query: Query) -> Iterator[tuple[int, str, bytes]]:
-    """(minute, second key part, raw value) of `first`'s records in the query's minutes, in
-    key order; values are left undecoded for the caller to pick what it reads."""
+    """(minute, second key part, raw value) of `first`'s records in the query's hot minutes,
+    in key order; values are left undecoded for the caller to pick what it reads."""
+    start, end = query.hot
+    if start >= end:
+        return
     partition = partition_for(first, settings.partitions)
-    start, stop = minute_key(first, query.first_minute), minute_key(first, query.end_minute)
-    for key, value in scan(table, partition, start, stop):
+    for key, value in scan(table, partition, minute_key(first, start), minute_key(first, end)):
         _, minute, second = split_key(key)
         yield minute, second, value
 
@@ -133,8 +173,8 @@ def metric_watermark(metric_id: str) -> int | None:
     return min(marks) if marks else None
 
 
-def server_minutes(server_id: str, query: Query) -> dict[str, list[tuple[int, Rollup]]]:
-    minutes: dict[str, list[tuple[int, Rollup]]] = defaultdict(list)
+def server_minutes(server_id: str, query: Query) -> Series:
+    minutes: Series = defaultdict(list)
     for minute, _, value in records(server_rollups, server_id, query):
         for metric, acc in stored_value(value).items():
             if query.metrics is None or metric in query.metrics:
@@ -149,7 +189,8 @@ class ServerMetrics(OwnedView):
     @app.table_route(table=server_rollups, match_info="server_id")
     async def owned(self, request: Request, server_id: str) -> Response:
         query = Query(request, server_watermark(server_id))
-        series = query.series(server_minutes(server_id, query))
+        archived = await query.from_archive("server", server_id, "metric")
+        series = query.series(archived, server_minutes(server_id, query))
         return self.json({"server_id": server_id, **query.freshness(), "metrics": series})
 
 
@@ -160,11 +201,16 @@ class ServerSummary(OwnedView):
     @app.table_route(table=server_rollups, match_info="server_id")
     async def owned(self, request: Request, server_id: str) -> Response:
         query = Query(request, server_watermark(server_id))
-        summary = {}
-        for metric, rows in sorted(server_minutes(server_id, query).items()):
-            merged = merge_all(r for _, r in rows)
-            if merged is not None:
-                summary[metric] = merged.as_point(iso(query.from_ms))
+        archived = await query.from_archive("server", server_id, "metric", whole_range=True)
+        hot = {
+            metric: [(query.from_ms, merged)]
+            for metric, rows in server_minutes(server_id, query).items()
+            if (merged := merge_all(r for _, r in rows)) is not None
+        }
+        summary = {
+            metric: points[0][1].as_point(iso(query.from_ms))
+            for metric, points in merge_series(archived, hot).items()
+        }
         return self.json({"server_id": server_id, **query.freshness(), "metrics": summary})
 
 
@@ -178,7 +224,8 @@ class MetricAcrossServers(OwnedView):
         if by not in ("", "server"):
             raise BadRequest(f"by={by!r}: the only breakdown is by=server")
         query = Query(request, metric_watermark(metric_id))
-        minutes: dict[str, list[tuple[int, Rollup]]] = defaultdict(list)
+        archived = await query.from_archive("metric", metric_id, "server" if by else None)
+        minutes: Series = defaultdict(list)
         wanted = PER_SERVER if by == "server" else ""
         for minute, second, value in records(metric_rollups, metric_id, query):
             if second != wanted:
@@ -188,7 +235,7 @@ class MetricAcrossServers(OwnedView):
                     minutes[server].append((minute, Rollup.from_list(acc)))
             else:
                 minutes["all"].append((minute, Rollup.from_list(stored_value(value))))
-        series = query.series(minutes)
+        series = query.series(archived, minutes)
         body = {"metric_id": metric_id, **query.freshness()}
         if by == "server":
             body["servers"] = series

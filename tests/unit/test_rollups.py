@@ -20,6 +20,7 @@ from tally.tables.rollups import (
     fold_samples,
     merge_all,
     merge_cells,
+    merge_series,
 )
 
 values = st.floats(min_value=-1e9, max_value=1e9, allow_nan=False, allow_infinity=False)
@@ -161,3 +162,31 @@ def test_merge_cells_equals_folding_everything_at_once(
     for key, (low, high, total, count) in whole.items():
         assert (merged[key][0], merged[key][1], merged[key][3]) == (low, high, count)
         assert close(merged[key][2], total)
+
+
+@given(samples, st.sampled_from(sorted(STEPS_MS)), st.integers(0, 3 * 86_400_000))
+def test_tiers_split_anywhere_merge_to_the_same_steps(
+    raw: list[tuple[str, int, float]], step: str, boundary: int
+) -> None:
+    """Minutes split at any minute between two tiers, each stepped on its own, then merged by
+    `merge_series` == stepping all minutes at once (a step across the boundary is merged)."""
+    step_ms = STEPS_MS[step]
+    boundary -= boundary % MINUTE_MS
+    minutes = fold(raw)
+    tiers: list[dict[str, list[tuple[int, Rollup]]]] = [{}, {}]
+    whole: dict[str, list[tuple[int, Rollup]]] = {}
+    for key in sorted({k for k, _, _ in raw}):
+        series = sorted((minute, r) for (k, minute), r in minutes.items() if k == key)
+        whole[key] = list(by_step(series, step_ms))
+        for tier, part in enumerate(
+            ([m for m in series if m[0] < boundary], [m for m in series if m[0] >= boundary])
+        ):
+            if part:
+                tiers[tier][key] = list(by_step(part, step_ms))
+    merged = merge_series(*tiers)
+    assert sorted(merged) == sorted(whole)
+    for key, points in whole.items():
+        assert [t for t, _ in merged[key]] == [t for t, _ in points]
+        for (_, got), (_, want) in zip(merged[key], points, strict=True):
+            assert (got.min, got.max, got.count) == (want.min, want.max, want.count)
+            assert close(got.sum, want.sum)

@@ -1,0 +1,116 @@
+"""Archive glue: final minutes (metric-rollups-1m) → Parquet day files; compaction; retention.
+
+`archive_final_minutes` takes up to ARCHIVE_FLUSH_EVENTS final server-minutes or what came in
+TALLY_ARCHIVE_FLUSH_SECONDS, and writes them per partition with `Archive.append` (idempotent:
+see tally.archive.store). Faust acknowledges a batch only after the body returns, so the
+committed offset never passes what the files hold. Once a day is settled (an hour past its
+end, by the partition's newest minute) its files are compacted into one per partition.
+The leader drops whole days older than TALLY_ARCHIVE_KEEP every hour. File work runs in a
+thread: the worker's event loop keeps serving while Parquet is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date
+
+from faust.types import EventT, StreamT
+
+from tally.agents.intake import each_partition, forget_when_revoked, reject
+from tally.app import app, settings
+from tally.archive.store import DAY_MS, Archive, day_of, day_start_ms, final_minute
+from tally.errors import ValidationError
+from tally.tables.metrics import rollups_1m
+from tally.tables.windowing import now_ms
+from tally.telemetry import EVENTS
+
+logger = logging.getLogger(__name__)
+
+archive = Archive(settings.archive_location)
+
+#: The most final server-minutes one flush holds (one server-minute = a row per metric).
+ARCHIVE_FLUSH_EVENTS = 5_000
+#: A day is compacted once its partition has seen a minute this far past the day's end
+#: (later minutes of the day are rare; they land in a new file, compacted next time).
+SETTLE_MS = 3_600_000
+#: How far back a partition looks for days left uncompacted by an earlier owner.
+LOOKBACK_DAYS = 7
+
+
+@dataclass
+class SinkState:
+    """What this worker knows of one metric-rollups-1m partition it archives."""
+
+    #: Days with files of this partition written and not compacted yet.
+    open_days: set[date] = field(default_factory=set)
+    newest_minute: int = -1
+
+
+sinks: dict[int, SinkState] = {}
+forget_when_revoked(rollups_1m, sinks)
+
+
+def recent_open_days(partition: int) -> SinkState:
+    """Days of the last LOOKBACK_DAYS holding several files of `partition`: work an earlier
+    owner (or this worker before a restart) left to compaction."""
+    today = day_of(now_ms())
+    state = SinkState()
+    for day in archive.days():
+        if (today - day).days <= LOOKBACK_DAYS:
+            files = [f for f in archive.files(day) if f.partition == partition]
+            if len(files) > 1:
+                state.open_days.add(day)
+    return state
+
+
+async def archive_partition(events: Sequence[EventT]) -> None:
+    partition = events[0].message.partition
+    minutes = []
+    for event in events:
+        try:
+            minutes.append((event.message.offset, final_minute(event.value)))
+        except ValidationError as exc:
+            await reject(event, exc, stage="validate")
+    state = sinks.get(partition)
+    if state is None:
+        state = sinks[partition] = await asyncio.to_thread(recent_open_days, partition)
+    written = await asyncio.to_thread(archive.append, partition, minutes)
+    EVENTS.labels(rollups_1m.get_topic_name(), "archived").inc(len(minutes))
+    state.open_days.update(file.day for file in written)
+    if minutes:
+        state.newest_minute = max(state.newest_minute, *(m[1] for _, m in minutes))
+    for day in sorted(state.open_days):
+        if day_start_ms(day) + DAY_MS + SETTLE_MS <= state.newest_minute:
+            merged = await asyncio.to_thread(archive.compact, day, partition)
+            if merged is not None:
+                logger.info(
+                    "archive: compacted %s partition %s into %s", day, partition, merged.name
+                )
+            state.open_days.discard(day)
+
+
+@app.agent(rollups_1m)
+async def archive_final_minutes(stream: StreamT) -> None:
+    await each_partition(
+        stream,
+        archive_partition,
+        sinks,
+        within=settings.archive_flush_seconds,
+        size=ARCHIVE_FLUSH_EVENTS,
+    )
+
+
+def prune_cutoff(wall_ms: int, keep_days: int) -> date:
+    """Days before this are older than the retention."""
+    return day_of(wall_ms - keep_days * DAY_MS)
+
+
+@app.timer(interval=3600.0, on_leader=True)
+async def prune_archive() -> None:
+    cutoff = prune_cutoff(now_ms(), settings.archive_keep)
+    dropped = await asyncio.to_thread(archive.prune, cutoff)
+    if dropped:
+        logger.info("archive: dropped %d days before %s", len(dropped), cutoff)

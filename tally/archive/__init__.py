@@ -1,0 +1,1 @@
+"""The cold tier: final minute rollups in Parquet, one directory per day, queried with DuckDB."""

@@ -1,0 +1,409 @@
+"""Final minute rollups as Parquet files, one directory per UTC day. No Faust.
+
+    <archive>/date=2026-11-21/p002-000000001200-000000001499.parquet
+    <archive>/_sink/p002.json        {"through": 1499, "pending": null}
+
+A file holds what one flush of one `metric-rollups-1m` partition wrote for one day: rows
+(server, metric, minute_ms, min, max, sum, count) sorted by (server, metric, minute_ms). Its
+name carries the partition and the offsets the flush read, which ties the sink's progress to
+the files themselves:
+
+- The partition's journal says through which offset everything is written. A flush records
+  its intent first (`pending`: offsets and days), then writes its files (each under a
+  temporary name, then renamed), then the new `through`. Offsets at or below `through` are
+  skipped, so a redelivered batch writes nothing twice; a flush cut short by a crash is undone
+  (its files deleted) before the partition writes again.
+- Compaction merges one partition's files of a day into one file named with the union of their
+  offsets, then deletes them. Readers ignore a file whose offsets lie inside another file's of
+  the same partition and day, so a crash between the two steps still shows each row once.
+
+Deleting old data is dropping a day's directory. The location is a local directory or a URI
+of one of pyarrow's filesystems (s3://bucket/prefix?endpoint_override=host:port for
+S3-compatible stores). One writer per partition at a time: the partition's Kafka consumer.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from tally.errors import ValidationError
+from tally.tables.rollups import MINUTE_MS, usable_id
+
+ROWS = pa.schema(
+    [
+        pa.field("server", pa.string(), nullable=False),
+        pa.field("metric", pa.string(), nullable=False),
+        pa.field("minute_ms", pa.int64(), nullable=False),
+        pa.field("min", pa.float64(), nullable=False),
+        pa.field("max", pa.float64(), nullable=False),
+        pa.field("sum", pa.float64(), nullable=False),
+        pa.field("count", pa.int64(), nullable=False),
+    ]
+)
+SORT_KEYS = [("server", "ascending"), ("metric", "ascending"), ("minute_ms", "ascending")]
+#: Row groups small enough that a one-server query skips most of a day's file by statistics.
+ROW_GROUP_ROWS = 128 * 1024
+COMPRESSION = "zstd"
+DAY_MS = 86_400_000
+EPOCH = date(1970, 1, 1)
+
+_DAY_DIR = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
+_DATA_FILE = re.compile(r"^p(\d{3,})-(\d{12,})-(\d{12,})\.parquet$")
+_JOURNALS = "_sink"
+
+
+def day_of(ms: int) -> date:
+    return EPOCH + timedelta(days=ms // DAY_MS)
+
+
+def day_start_ms(day: date) -> int:
+    return (day - EPOCH).days * DAY_MS
+
+
+@dataclass(frozen=True, order=True)
+class DataFile:
+    """One Parquet file: a day's rows from offsets first..last of one partition."""
+
+    day: date
+    partition: int
+    first: int
+    last: int
+
+    @property
+    def name(self) -> str:
+        return f"p{self.partition:03d}-{self.first:012d}-{self.last:012d}.parquet"
+
+    @classmethod
+    def parse(cls, day: date, name: str) -> DataFile | None:
+        match = _DATA_FILE.match(name)
+        if match is None:
+            return None
+        partition, first, last = (int(part) for part in match.groups())
+        return cls(day, partition, first, last)
+
+
+def live(files: Iterable[DataFile]) -> list[DataFile]:
+    """The files whose rows count: not inside another file's offsets (same day, partition).
+
+    Sorted by first offset with the widest range first, a file lies inside an earlier one
+    exactly when an earlier one reaches as far as it does."""
+    result = []
+    reach: dict[tuple[date, int], int] = {}
+    for file in sorted(files, key=lambda f: (f.day, f.partition, f.first, -f.last)):
+        group = (file.day, file.partition)
+        if reach.get(group, -1) >= file.last:
+            continue
+        reach[group] = file.last
+        result.append(file)
+    return result
+
+
+@dataclass
+class Journal:
+    """A partition's progress: offsets through `through` are written; `pending` is a flush
+    that had started: (first offset, last offset, its days)."""
+
+    through: int | None = None
+    pending: tuple[int, int, list[date]] | None = None
+
+    def to_json(self) -> bytes:
+        pending = None
+        if self.pending is not None:
+            first, last, days = self.pending
+            pending = {"first": first, "last": last, "days": [d.isoformat() for d in days]}
+        return json.dumps({"through": self.through, "pending": pending}).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Journal:
+        body = json.loads(raw)
+        pending = body.get("pending")
+        return cls(
+            through=body.get("through"),
+            pending=None
+            if pending is None
+            else (
+                int(pending["first"]),
+                int(pending["last"]),
+                [date.fromisoformat(d) for d in pending["days"]],
+            ),
+        )
+
+
+Metrics = Mapping[str, Mapping[str, float]]
+
+
+def final_minute(value: Any) -> tuple[str, int, Metrics]:
+    """(server, minute_ms, {metric: {min, max, sum, count}}) of a metric-rollups-1m value."""
+    try:
+        server, minute, metrics = value["server_id"], value["minute_ms"], value["metrics"]
+        if not (isinstance(server, str) and usable_id(server)):
+            raise ValidationError(f"server_id={server!r} is not a usable server id")
+        if not isinstance(minute, int) or minute < 0 or minute % MINUTE_MS:
+            raise ValidationError(f"minute_ms={minute!r} is not the start of a minute")
+        for metric, cell in metrics.items():
+            if not usable_id(metric):
+                raise ValidationError(f"metric id {metric!r} is not usable")
+            for part in ("min", "max", "sum", "count"):
+                if not isinstance(cell[part], int | float):
+                    raise ValidationError(f"metric {metric!r}: {part}={cell[part]!r}")
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValidationError(
+            "not a final minute: expected {server_id, minute_ms, metrics: {metric: "
+            f"{{min, max, sum, count}}}} ({type(exc).__name__}: {exc})"
+        ) from None
+    return server, minute, metrics
+
+
+def rows_by_day(minutes: Iterable[tuple[str, int, Metrics]]) -> dict[date, pa.Table]:
+    """Final minutes → one sorted table per day; a (server, minute) given twice counts once
+    (the later one)."""
+    latest: dict[tuple[str, int], Metrics] = {}
+    for server, minute, metrics in minutes:
+        latest[(server, minute)] = metrics
+    columns: dict[date, tuple[list[Any], ...]] = {}
+    for (server, minute), metrics in latest.items():
+        day = day_of(minute)
+        cols = columns.get(day)
+        if cols is None:
+            cols = columns[day] = ([], [], [], [], [], [], [])
+        for metric, cell in metrics.items():
+            cols[0].append(server)
+            cols[1].append(metric)
+            cols[2].append(minute)
+            cols[3].append(float(cell["min"]))
+            cols[4].append(float(cell["max"]))
+            cols[5].append(float(cell["sum"]))
+            cols[6].append(int(cell["count"]))
+    return {
+        day: pa.Table.from_arrays(
+            [pa.array(c, f.type) for c, f in zip(cols, ROWS, strict=True)], schema=ROWS
+        ).sort_by(SORT_KEYS)
+        for day, cols in sorted(columns.items())
+    }
+
+
+@dataclass
+class DayStats:
+    day: date
+    files: int
+    rows: int
+    bytes: int
+    oldest_ms: int | None
+    newest_ms: int | None
+
+
+@dataclass
+class ArchiveStats:
+    days: list[DayStats] = field(default_factory=list)
+
+    @property
+    def rows(self) -> int:
+        return sum(d.rows for d in self.days)
+
+    @property
+    def bytes(self) -> int:
+        return sum(d.bytes for d in self.days)
+
+    @property
+    def files(self) -> int:
+        return sum(d.files for d in self.days)
+
+    @property
+    def oldest_ms(self) -> int | None:
+        return min((d.oldest_ms for d in self.days if d.oldest_ms is not None), default=None)
+
+    @property
+    def newest_ms(self) -> int | None:
+        return max((d.newest_ms for d in self.days if d.newest_ms is not None), default=None)
+
+
+class Archive:
+    """The archive at one location: writes (per partition), compaction, pruning, reads."""
+
+    def __init__(self, location: str | Path) -> None:
+        text = str(location)
+        if "://" in text:
+            self.fs, self.root = pafs.FileSystem.from_uri(text)
+        else:
+            self.fs, self.root = pafs.LocalFileSystem(), str(Path(text).resolve())
+        self.location = text
+
+    def __repr__(self) -> str:
+        return f"Archive({self.location!r})"
+
+    # -- layout ---------------------------------------------------------------------------
+
+    def day_dir(self, day: date) -> str:
+        return f"{self.root}/date={day.isoformat()}"
+
+    def path(self, file: DataFile) -> str:
+        return f"{self.day_dir(file.day)}/{file.name}"
+
+    def _listing(self, directory: str) -> list[pafs.FileInfo]:
+        return self.fs.get_file_info(pafs.FileSelector(directory, allow_not_found=True))
+
+    def days(self) -> list[date]:
+        found = []
+        for info in self._listing(self.root):
+            match = _DAY_DIR.match(info.base_name)
+            if match and info.type == pafs.FileType.Directory:
+                found.append(date.fromisoformat(match.group(1)))
+        return sorted(found)
+
+    def _all_files(self, day: date) -> list[DataFile]:
+        files = (DataFile.parse(day, info.base_name) for info in self._listing(self.day_dir(day)))
+        return [f for f in files if f is not None]
+
+    def files(self, day: date) -> list[DataFile]:
+        """The day's live files (see `live`)."""
+        return live(self._all_files(day))
+
+    def files_between(self, start_ms: int, end_ms: int) -> list[DataFile]:
+        """Live files of the days that overlap [start_ms, end_ms)."""
+        if end_ms <= start_ms:
+            return []
+        first, last = day_of(start_ms), day_of(end_ms - 1)
+        return [f for day in self.days() if first <= day <= last for f in self.files(day)]
+
+    def dataset(self, files: Sequence[DataFile]) -> pads.Dataset:
+        return pads.dataset(
+            [self.path(f) for f in files], schema=ROWS, format="parquet", filesystem=self.fs
+        )
+
+    # -- writing --------------------------------------------------------------------------
+
+    def _journal_path(self, partition: int) -> str:
+        return f"{self.root}/{_JOURNALS}/p{partition:03d}.json"
+
+    def journal(self, partition: int) -> Journal:
+        path = self._journal_path(partition)
+        if self.fs.get_file_info(path).type == pafs.FileType.NotFound:
+            return Journal()
+        with self.fs.open_input_stream(path) as stream:
+            return Journal.from_json(stream.read())
+
+    def _save_journal(self, partition: int, journal: Journal) -> None:
+        path = self._journal_path(partition)
+        self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        with self.fs.open_output_stream(path + ".tmp") as stream:
+            stream.write(journal.to_json())
+        self.fs.move(path + ".tmp", path)
+
+    def _write(self, file: DataFile, table: pa.Table | Iterator[pa.RecordBatch]) -> None:
+        """Write under a temporary name, then rename: a file either is whole or is not there."""
+        self.fs.create_dir(self.day_dir(file.day), recursive=True)
+        path = self.path(file)
+        temporary = path + ".tmp"
+        with pq.ParquetWriter(
+            temporary, ROWS, filesystem=self.fs, compression=COMPRESSION
+        ) as writer:
+            if isinstance(table, pa.Table):
+                writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+            else:
+                for batch in table:
+                    writer.write_batch(batch.cast(ROWS), row_group_size=ROW_GROUP_ROWS)
+        self.fs.move(temporary, path)
+
+    def _delete(self, path: str) -> None:
+        if self.fs.get_file_info(path).type != pafs.FileType.NotFound:
+            self.fs.delete_file(path)
+
+    def recover(self, partition: int) -> Journal:
+        """The partition's journal, after undoing a flush a crash cut short."""
+        journal = self.journal(partition)
+        if journal.pending is None:
+            return journal
+        first, last, days = journal.pending
+        for day in days:
+            file = DataFile(day, partition, first, last)
+            self._delete(self.path(file) + ".tmp")
+            self._delete(self.path(file))
+        journal = Journal(journal.through)
+        self._save_journal(partition, journal)
+        return journal
+
+    def append(
+        self, partition: int, minutes: Sequence[tuple[int, tuple[str, int, Metrics]]]
+    ) -> list[DataFile]:
+        """Write (offset, final minute) pairs of `partition`, in offset order; offsets already
+        written are skipped. Returns the files written."""
+        journal = self.recover(partition)
+        if journal.through is not None:
+            minutes = [(o, m) for o, m in minutes if o > journal.through]
+        if not minutes:
+            return []
+        first, last = minutes[0][0], minutes[-1][0]
+        tables = rows_by_day(m for _, m in minutes)
+        days = sorted(tables)
+        self._save_journal(partition, Journal(journal.through, (first, last, days)))
+        written = []
+        for day in days:
+            file = DataFile(day, partition, first, last)
+            self._write(file, tables[day])
+            written.append(file)
+        self._save_journal(partition, Journal(last))
+        return written
+
+    def compact(self, day: date, partition: int) -> DataFile | None:
+        """Merge the partition's live files of `day` into one (a minute given twice is kept
+        once); None when there is nothing to merge."""
+        files = [f for f in self.files(day) if f.partition == partition]
+        if len(files) < 2:
+            return None
+        merged = DataFile(day, partition, min(f.first for f in files), max(f.last for f in files))
+        con = duckdb.connect()
+        try:
+            con.register("rows", self.dataset(files))
+            deduplicated = con.sql(
+                "SELECT DISTINCT ON (server, metric, minute_ms) * FROM rows "
+                "ORDER BY server, metric, minute_ms"
+            )
+            self._write(merged, iter(deduplicated.to_arrow_reader(ROW_GROUP_ROWS)))
+        finally:
+            con.close()
+        for file in files:
+            self._delete(self.path(file))
+        return merged
+
+    def prune(self, before: date) -> list[date]:
+        """Drop every day before `before`, whole directories; returns the days dropped."""
+        dropped = [day for day in self.days() if day < before]
+        for day in dropped:
+            self.fs.delete_dir(self.day_dir(day))
+        return dropped
+
+    # -- reading --------------------------------------------------------------------------
+
+    def stats(self) -> ArchiveStats:
+        """Days, files, rows, bytes and oldest/newest minute, from Parquet footers only."""
+        stats = ArchiveStats()
+        for day in self.days():
+            files = self.files(day)
+            rows = size = 0
+            oldest: int | None = None
+            newest: int | None = None
+            for file in files:
+                with self.fs.open_input_file(self.path(file)) as handle:
+                    size += handle.size()
+                    metadata = pq.ParquetFile(handle).metadata
+                rows += metadata.num_rows
+                minute_column = ROWS.get_field_index("minute_ms")
+                for group in range(metadata.num_row_groups):
+                    column = metadata.row_group(group).column(minute_column).statistics
+                    if column is not None and column.has_min_max:
+                        oldest = column.min if oldest is None else min(oldest, column.min)
+                        newest = column.max if newest is None else max(newest, column.max)
+            stats.days.append(DayStats(day, len(files), rows, size, oldest, newest))
+        return stats
