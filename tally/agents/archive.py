@@ -78,7 +78,6 @@ async def archive_partition(events: Sequence[EventT]) -> None:
     if state is None:
         state = sinks[partition] = await asyncio.to_thread(recent_open_days, partition)
     written = await asyncio.to_thread(archive.append, partition, minutes)
-    EVENTS.labels(rollups_1m.get_topic_name(), "archived").inc(len(minutes))
     state.open_days.update(file.day for file in written)
     if minutes:
         state.newest_minute = max(state.newest_minute, *(m[1] for _, m in minutes))
@@ -90,6 +89,7 @@ async def archive_partition(events: Sequence[EventT]) -> None:
                     "archive: compacted %s partition %s into %s", day, partition, merged.name
                 )
             state.open_days.discard(day)
+    EVENTS.labels(rollups_1m.get_topic_name(), "archived").inc(len(minutes))
 
 
 @app.agent(rollups_1m)
