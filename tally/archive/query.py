@@ -34,25 +34,26 @@ class ArchiveQuery:
     metrics: frozenset[str] | None = None
 
     def sql(self) -> tuple[str, list[object]]:
+        """The statement and its parameters (identifiers come from KEY_COLUMNS only)."""
         if self.key_column not in KEY_COLUMNS or self.series_column not in (*KEY_COLUMNS, None):
             raise ValueError(f"unknown columns in {self!r}")
         series = self.series_column or "'all'"
-        params: list[object] = []
         if self.step_ms is None:
-            bucket = "?::BIGINT"
-            params.append(self.start_ms)
+            bucket, params = "?::BIGINT", [self.start_ms]
         else:
-            bucket = "minute_ms - minute_ms % ?"
-            params.append(self.step_ms)
+            bucket, params = "minute_ms - minute_ms % ?", [self.step_ms]
         where = [f"{self.key_column} = ?", "minute_ms >= ?", "minute_ms < ?"]
         params += [self.key, self.start_ms, self.end_ms]
         if self.metrics is not None:
             where.append(f"metric IN ({', '.join('?' for _ in self.metrics)})")
             params += sorted(self.metrics)
+        # A minute sent twice upstream (a re-emission after a crash: a new offset) sits in
+        # two files until its day is compacted: each (server, metric, minute) counts once.
         sql = (
             f"SELECT {series} AS series, {bucket} AS bucket, "
             'min("min"), max("max"), sum("sum"), sum("count") '
-            f"FROM rows WHERE {' AND '.join(where)} "
+            "FROM (SELECT DISTINCT ON (server, metric, minute_ms) * FROM rows "
+            f"WHERE {' AND '.join(where)}) "
             "GROUP BY series, bucket ORDER BY series, bucket"
         )
         return sql, params
@@ -70,7 +71,7 @@ def archived_rollups(
     sql, params = query.sql()
     con = duckdb.connect()
     try:
-        con.register("rows", archive.dataset(files))
+        archive.register(con, files)
         rows = con.execute(f"{sql} LIMIT {int(limit) + 1}", params).fetchall()
     finally:
         con.close()

@@ -277,10 +277,22 @@ class Archive:
         first, last = day_of(start_ms), day_of(end_ms - 1)
         return [f for day in self.days() if first <= day <= last for f in self.files(day)]
 
-    def dataset(self, files: Sequence[DataFile]) -> pads.Dataset:
-        return pads.dataset(
-            [self.path(f) for f in files], schema=ROWS, format="parquet", filesystem=self.fs
-        )
+    def register(self, con: duckdb.DuckDBPyConnection, files: Sequence[DataFile]) -> None:
+        """Make `files` DuckDB's view `rows`. Local files go to DuckDB's own Parquet reader
+        (about twice as fast as through Arrow, measured by bench.archive); remote ones go
+        through pyarrow's filesystem, so the archive needs one set of credentials, and no
+        DuckDB extension is downloaded at run time."""
+        paths = [self.path(f) for f in files]
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            listed = ", ".join("'" + path.replace("'", "''") + "'" for path in paths)
+            con.execute(
+                "CREATE VIEW rows AS SELECT * FROM "
+                f"read_parquet([{listed}], hive_partitioning = false)"
+            )
+        else:
+            con.register(
+                "rows", pads.dataset(paths, schema=ROWS, format="parquet", filesystem=self.fs)
+            )
 
     # -- writing --------------------------------------------------------------------------
 
@@ -365,7 +377,7 @@ class Archive:
         merged = DataFile(day, partition, min(f.first for f in files), max(f.last for f in files))
         con = duckdb.connect()
         try:
-            con.register("rows", self.dataset(files))
+            self.register(con, files)
             deduplicated = con.sql(
                 "SELECT DISTINCT ON (server, metric, minute_ms) * FROM rows "
                 "ORDER BY server, metric, minute_ms"

@@ -4,14 +4,18 @@ tiers' boundary equal brute force; restarts and redelivered batches duplicate no
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import random
+import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 
 import pyarrow.parquet as pq
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from tally.archive.store import DAY_MS, Archive, day_start_ms
+from tally.archive.store import DAY_MS, Archive, day_of, day_start_ms, final_minute
 from tally.broker.local import LocalBroker
 from tally.codecs.avro import AvroCodec
 from tally.tables.windowing import now_ms
@@ -42,9 +46,7 @@ def batches(data: list, codec: AvroCodec) -> list[tuple[bytes, bytes]]:
     partition share its watermark: a longer batch of one would make another's samples late)."""
     grouped: dict[tuple[int, str], list[dict]] = defaultdict(list)
     for server, metric, ts, value in data:
-        grouped[(ts // MINUTE, server)].append(
-            {"metric_id": metric, "ts_ms": ts, "value": value}
-        )
+        grouped[(ts // MINUTE, server)].append({"metric_id": metric, "ts_ms": ts, "value": value})
     return [
         (
             server.encode(),
@@ -172,3 +174,85 @@ def archived_since_start(worker: Worker) -> float:
         if line.startswith("tally_events_total") and 'outcome="archived"' in line:
             return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+def test_prune_drops_old_days_only_and_queries_of_the_rest_stay_right(
+    broker: LocalBroker, make_worker: WorkerFactory, tmp_path: Path
+) -> None:
+    """Ten days of archived minutes (written by the archive itself), `tally archive prune
+    --keep 5d`: older days vanish, newer stay, and a worker answers the rest from the
+    archive alone (its hot tables are empty) equal to brute force."""
+    archive_dir = tmp_path / "archive"
+    archive = Archive(archive_dir)
+    today = day_start_ms(day_of(now_ms()))
+    rng = random.Random(3)
+    data = []
+    minutes = []
+    for day in range(10, -1, -1):
+        for hour in (0, 11, 23):
+            minute = today - day * DAY_MS + hour * 3_600_000 + 7 * MINUTE
+            values = {m: [rng.uniform(0, 100), rng.uniform(0, 100)] for m in METRICS}
+            data += [
+                ("web-1", m, minute + 1000 * i, v)
+                for m, vs in values.items()
+                for i, v in enumerate(vs)
+            ]
+            minutes.append(
+                (
+                    len(minutes),
+                    final_minute(
+                        {
+                            "server_id": "web-1",
+                            "minute_ms": minute,
+                            "metrics": {
+                                m: {"min": min(v), "max": max(v), "sum": sum(v), "count": len(v)}
+                                for m, v in values.items()
+                            },
+                        }
+                    ),
+                )
+            )
+    archive.append(0, minutes)
+    assert len(archive.days()) == 11
+
+    env = {**os.environ, "TALLY_ARCHIVE_DIR": str(archive_dir), "TALLY_BROKER": broker.url}
+    dry = subprocess.run(
+        [sys.executable, "-m", "tally", "archive", "prune", "--keep", "5d", "--dry-run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "would drop 5 days" in dry.stdout and len(archive.days()) == 11
+    done = subprocess.run(
+        [sys.executable, "-m", "tally", "archive", "prune", "--keep", "5d"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "dropped 5 days" in done.stdout, done.stdout + done.stderr
+    cutoff = day_of(now_ms() - 5 * DAY_MS)
+    assert archive.days() == [d for d in (day_of(today - n * DAY_MS) for n in range(5, -1, -1))]
+    assert min(archive.days()) == cutoff
+    stats = subprocess.run(
+        [sys.executable, "-m", "tally", "archive", "stats", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(stats.stdout)["rows"] == 6 * 3 * len(METRICS)
+
+    worker = make_worker("w1", TALLY_ARCHIVE_DIR=str(archive_dir)).start()
+    start, end = today - 10 * DAY_MS, today + DAY_MS
+    kept = [row for row in data if row[2] >= day_start_ms(cutoff)]
+    for step, step_ms in (("1h", 3_600_000), ("1d", DAY_MS)):
+        body = worker.get(f"/api/servers/web-1/metrics?from={iso(start)}&to={iso(end)}&step={step}")
+        assert body["tiers"]["hot"] is None
+        assert same(body["metrics"], truth(kept, step_ms, lambda s, m: m))
+        by_metric = worker.get(f"/api/metrics/mem?from={iso(start)}&to={iso(end)}&step={step}")
+        assert same(
+            {"all": by_metric["series"]},
+            truth(kept, step_ms, lambda s, m: "all" if m == "mem" else None),
+        )

@@ -143,6 +143,11 @@ def test_compaction_keeps_a_minute_sent_twice_once(tmp_path: Path) -> None:
     archive.append(0, [(len(minutes) + 5, minutes[3][1])])
     day = day_of(minutes[0][1][1])
     assert len(rows(archive)) == len(hist) * len(METRICS) + len(METRICS)
+    # Before compaction a query counts the minute once already.
+    server, minute, _ = minutes[3][1]
+    query = ArchiveQuery("server", server, minute, minute + MINUTE_MS, "metric", MINUTE_MS)
+    counts = {m: p[0][1].count for m, p in archived_rollups(archive, query, 10).items()}
+    assert counts == {m: len(v) for m, v in hist[3][2].items()}
     archive.compact(day, 0)
     found = rows(archive)
     assert len(found) == len(set(found)) == len(hist) * len(METRICS)
