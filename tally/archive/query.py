@@ -10,9 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
-import duckdb
-
-from tally.archive.store import Archive
+from tally.archive.store import Archive, connect
 from tally.tables.rollups import Rollup
 
 #: What a query selects on and what its series are: columns of the archive's rows.
@@ -69,7 +67,7 @@ def archived_rollups(
     if not files:
         return result
     sql, params = query.sql()
-    con = duckdb.connect()
+    con = connect()
     try:
         archive.register(con, files)
         rows = con.execute(f"{sql} LIMIT {int(limit) + 1}", params).fetchall()
