@@ -26,10 +26,11 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-## bench: the sales and metrics benchmarks (figures and ratios printed; see README Performance).
+## bench: the sales, metrics and archive benchmarks (figures and ratios printed; see README Performance).
 bench: $(STAMP)
 	$(BIN)/python -m bench.sales
 	$(BIN)/python -m bench.metrics
+	$(BIN)/python -m bench.archive
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .hypothesis

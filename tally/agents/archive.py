@@ -5,8 +5,9 @@ TALLY_ARCHIVE_FLUSH_SECONDS, and writes them per partition with `Archive.append`
 see tally.archive.store). Faust acknowledges a batch only after the body returns, so the
 committed offset never passes what the files hold. Once a day is settled (an hour past its
 end, by the partition's newest minute) its files are compacted into one per partition.
-The leader drops whole days older than TALLY_ARCHIVE_KEEP every hour. File work runs in a
-thread: the worker's event loop keeps serving while Parquet is written.
+A write the storage refuses is retried (never dead-lettered: the minutes would be lost once
+the hot tables prune them). The leader drops whole days older than TALLY_ARCHIVE_KEEP every
+hour. File work runs in a thread: the worker's event loop keeps serving meanwhile.
 """
 
 from __future__ import annotations
@@ -17,11 +18,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
 
+import duckdb
+import pyarrow as pa
 from faust.types import EventT, StreamT
 
 from tally.agents.intake import each_partition, forget_when_revoked, reject
 from tally.app import app, settings
-from tally.archive.store import DAY_MS, Archive, day_of, day_start_ms, final_minute
+from tally.archive.store import (
+    DAY_MS,
+    Archive,
+    DataFile,
+    Metrics,
+    day_of,
+    day_start_ms,
+    final_minute,
+)
 from tally.errors import ValidationError
 from tally.tables.metrics import rollups_1m
 from tally.tables.windowing import now_ms
@@ -36,6 +47,8 @@ ARCHIVE_FLUSH_EVENTS = 5_000
 #: A day is compacted once its partition has seen a minute this far past the day's end
 #: (later minutes of the day are rare; they land in a new file, compacted next time).
 SETTLE_MS = 3_600_000
+#: The longest pause between two attempts to write a batch the storage refused.
+RETRY_MAX_S = 60.0
 #: How far back a partition looks for days left uncompacted by an earlier owner.
 LOOKBACK_DAYS = 7
 
@@ -66,6 +79,28 @@ def recent_open_days(partition: int) -> SinkState:
     return state
 
 
+async def append_until_written(
+    partition: int, minutes: Sequence[tuple[int, tuple[str, int, Metrics]]]
+) -> list[DataFile]:
+    """`archive.append`, retried until it succeeds: the batch is acknowledged (and its minutes
+    later pruned from the hot tables) only once written, so storage errors stall the sink,
+    visibly, rather than lose minutes or dead-letter them. Delays double up to RETRY_MAX_S."""
+    delay = 1.0
+    while True:
+        try:
+            return await asyncio.to_thread(archive.append, partition, minutes)
+        except (OSError, pa.ArrowException) as exc:
+            logger.error(
+                "archive: writing partition %s failed (%s: %s); retrying in %.0f s",
+                partition,
+                type(exc).__name__,
+                exc,
+                delay,
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_S)
+
+
 async def archive_partition(events: Sequence[EventT]) -> None:
     partition = events[0].message.partition
     minutes = []
@@ -77,13 +112,17 @@ async def archive_partition(events: Sequence[EventT]) -> None:
     state = sinks.get(partition)
     if state is None:
         state = sinks[partition] = await asyncio.to_thread(recent_open_days, partition)
-    written = await asyncio.to_thread(archive.append, partition, minutes)
+    written = await append_until_written(partition, minutes)
     state.open_days.update(file.day for file in written)
     if minutes:
         state.newest_minute = max(state.newest_minute, *(m[1] for _, m in minutes))
     for day in sorted(state.open_days):
         if day_start_ms(day) + DAY_MS + SETTLE_MS <= state.newest_minute:
-            merged = await asyncio.to_thread(archive.compact, day, partition)
+            try:
+                merged = await asyncio.to_thread(archive.compact, day, partition)
+            except (duckdb.Error, OSError):  # the files are written: compaction can wait
+                logger.exception("archive: compacting %s partition %s failed", day, partition)
+                break
             if merged is not None:
                 logger.info(
                     "archive: compacted %s partition %s into %s", day, partition, merged.name

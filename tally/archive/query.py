@@ -67,12 +67,9 @@ def archived_rollups(
     if not files:
         return result
     sql, params = query.sql()
-    con = connect()
-    try:
+    with connect() as con:
         archive.register(con, files)
         rows = con.execute(f"{sql} LIMIT {int(limit) + 1}", params).fetchall()
-    finally:
-        con.close()
     for series, bucket, low, high, total, count in rows:
         result[series].append((int(bucket), Rollup(low, high, total, int(count))))
     return result

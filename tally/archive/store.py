@@ -27,7 +27,10 @@ from __future__ import annotations
 import json
 import re
 import tempfile
+import threading
+import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -60,19 +63,30 @@ COMPRESSION = "zstd"
 DAY_MS = 86_400_000
 EPOCH = date(1970, 1, 1)
 
-#: DuckDB runs inside the worker: it may hold this much before it spills to disk (a 10-day
-#: query by metric over 100 servers x 20 metrics would otherwise take ~330 MB).
+#: DuckDB runs inside the worker: each connection may hold this much before it spills to
+#: disk, and at most DUCKDB_SLOTS run at once (queries and compactions wait for a slot).
 DUCKDB_MEMORY = "256MB"
+DUCKDB_SLOTS = 2
+_duckdb_slots = threading.BoundedSemaphore(DUCKDB_SLOTS)
+#: Characters DuckDB's Parquet reader would take as a glob pattern in a path.
+_GLOB_CHARACTERS = frozenset("[]?*{}")
 
 _DAY_DIR = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
 _DATA_FILE = re.compile(r"^p(\d{3,})-(\d{12,})-(\d{12,})\.parquet$")
 _JOURNALS = "_sink"
 
 
-def connect() -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with bounded memory, spilling to the system's temp dir."""
+@contextmanager
+def connect() -> Iterator[duckdb.DuckDBPyConnection]:
+    """An in-memory DuckDB connection with bounded memory (spilling to the system's temp dir),
+    one of DUCKDB_SLOTS; closed on exit."""
     spill = Path(tempfile.gettempdir()) / "tally-duckdb"
-    return duckdb.connect(config={"memory_limit": DUCKDB_MEMORY, "temp_directory": str(spill)})
+    with _duckdb_slots:
+        con = duckdb.connect(config={"memory_limit": DUCKDB_MEMORY, "temp_directory": str(spill)})
+        try:
+            yield con
+        finally:
+            con.close()
 
 
 def day_of(ms: int) -> date:
@@ -294,7 +308,7 @@ class Archive:
         through pyarrow's filesystem, so the archive needs one set of credentials, and no
         DuckDB extension is downloaded at run time."""
         paths = [self.path(f) for f in files]
-        if isinstance(self.fs, pafs.LocalFileSystem):
+        if isinstance(self.fs, pafs.LocalFileSystem) and not _GLOB_CHARACTERS & set(self.root):
             listed = ", ".join("'" + path.replace("'", "''") + "'" for path in paths)
             con.execute(
                 "CREATE VIEW rows AS SELECT * FROM "
@@ -328,7 +342,7 @@ class Archive:
         """Write under a temporary name, then rename: a file either is whole or is not there."""
         self.fs.create_dir(self.day_dir(file.day), recursive=True)
         path = self.path(file)
-        temporary = path + ".tmp"
+        temporary = f"{path}.{uuid.uuid4().hex[:8]}.tmp"  # unique: two writers never share it
         with pq.ParquetWriter(
             temporary, ROWS, filesystem=self.fs, compression=COMPRESSION
         ) as writer:
@@ -340,7 +354,8 @@ class Archive:
         self.fs.move(temporary, path)
 
     def _delete(self, path: str) -> None:
-        if self.fs.get_file_info(path).type != pafs.FileType.NotFound:
+        """Delete if there (another compaction may have been first)."""
+        with suppress(FileNotFoundError):
             self.fs.delete_file(path)
 
     def recover(self, partition: int) -> Journal:
@@ -350,9 +365,7 @@ class Archive:
             return journal
         first, last, days = journal.pending
         for day in days:
-            file = DataFile(day, partition, first, last)
-            self._delete(self.path(file) + ".tmp")
-            self._delete(self.path(file))
+            self._delete(self.path(DataFile(day, partition, first, last)))
         journal = Journal(journal.through)
         self._save_journal(partition, journal)
         return journal
@@ -381,21 +394,24 @@ class Archive:
 
     def compact(self, day: date, partition: int) -> DataFile | None:
         """Merge the partition's live files of `day` into one (a minute given twice is kept
-        once); None when there is nothing to merge."""
-        files = [f for f in self.files(day) if f.partition == partition]
+        once); None when there is nothing to merge. Files left inside another one's offsets
+        (by a compaction cut short) are deleted."""
+        everything = self._all_files(day)
+        current = live(everything)
+        for shadowed in set(everything) - set(current):
+            if shadowed.partition == partition:
+                self._delete(self.path(shadowed))
+        files = [f for f in current if f.partition == partition]
         if len(files) < 2:
             return None
         merged = DataFile(day, partition, min(f.first for f in files), max(f.last for f in files))
-        con = connect()
-        try:
+        with connect() as con:
             self.register(con, files)
             deduplicated = con.sql(
                 "SELECT DISTINCT ON (server, metric, minute_ms) * FROM rows "
                 "ORDER BY server, metric, minute_ms"
             )
             self._write(merged, iter(deduplicated.to_arrow_reader(ROW_GROUP_ROWS)))
-        finally:
-            con.close()
         for file in files:
             self._delete(self.path(file))
         return merged

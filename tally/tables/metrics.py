@@ -20,7 +20,7 @@ from __future__ import annotations
 from tally.app import app, settings
 
 #: How long minutes stay in the hot tables, by event time (then the archive answers for them).
-RETENTION_MS = int(settings.metrics_hot_hours * 3_600_000)
+RETENTION_MS = max(60_000, int(settings.metrics_hot_hours * 60) * 60_000)  # whole minutes
 _CHANGELOG = {"cleanup.policy": "compact,delete", "retention.ms": RETENTION_MS + 86_400_000}
 
 server_rollups = app.Table("server_rollups", key_type=bytes, extra_topic_configs=_CHANGELOG)

@@ -13,7 +13,7 @@ ENDPOINTS = {
     "GET /metrics": "Prometheus counters: events by outcome, dead letters by error",
     "GET /api/sales/top?k=&at=": "top-K items of the last 24 hours, with freshness",
     "GET /api/sales/items/{item_id}?at=": "an item's 24-hour total and its hourly panes",
-    "GET /api/servers/{server_id}/metrics?from=&to=&step=&metric=": "a server's metrics per step",
+    "GET /api/servers/{server_id}/metrics?from=&to=&step=&metric=": "a server's metrics, any range",
     "GET /api/servers/{server_id}/summary?from=&to=": "a server's metrics over the range",
     "GET /api/metrics/{metric_id}?from=&to=&step=&by=server": "a metric across servers",
     "GET /registry/subjects": "schema registry (Confluent-compatible API over the file registry)",

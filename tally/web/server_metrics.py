@@ -9,11 +9,14 @@ which tier answered for which minutes; steps merge minute rollups exactly (table
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import defaultdict
 from collections.abc import Iterator
 
+import duckdb
 from faust.types import CollectionT
 from faust.web import Request, Response
+from faust.web.exceptions import WebError
 
 from tally.agents.archive import archive
 from tally.agents.metrics import GRACE_MS, states
@@ -44,6 +47,8 @@ from tally.tables.rollups import (
 from tally.tables.store import partition_key, scan, stored_value
 from tally.tables.windowing import EventClock, now_ms
 from tally.web.params import BadRequest, OwnedView, iso, time_param
+
+logger = logging.getLogger(__name__)
 
 #: Points (series x steps) one answer may hold.
 MAX_POINTS = 100_000
@@ -121,7 +126,15 @@ class Query:
             None if whole_range else self.step_ms,
             self.metrics if key_column == "server" else None,
         )
-        series = await asyncio.to_thread(archived_rollups, archive, query, MAX_POINTS)
+        try:
+            series = await asyncio.to_thread(archived_rollups, archive, query, MAX_POINTS)
+        except (duckdb.Error, OSError) as exc:
+            logger.exception("archive query failed: %r", query)
+            raise ArchiveUnavailable(
+                f"the archive ({settings.archive_location}) could not be read for "
+                f"{iso(start)} to {iso(end)}: {type(exc).__name__}; retry, or ask for minutes "
+                "of the hot window only"
+            ) from exc
         too_many(sum(len(points) for points in series.values()))
         return series
 
@@ -132,6 +145,12 @@ class Query:
         merged = merge_series(archived, hot_steps)
         too_many(sum(len(points) for points in merged.values()))
         return {name: [r.as_point(iso(t)) for t, r in points] for name, points in merged.items()}
+
+
+class ArchiveUnavailable(WebError):
+    """The archive part of an answer could not be read (storage down, a damaged file)."""
+
+    code = 503
 
 
 def too_many(points: int) -> None:
@@ -189,8 +208,9 @@ class ServerMetrics(OwnedView):
     @app.table_route(table=server_rollups, match_info="server_id")
     async def owned(self, request: Request, server_id: str) -> Response:
         query = Query(request, server_watermark(server_id))
+        hot = server_minutes(server_id, query)  # before any await: pruning may run meanwhile
         archived = await query.from_archive("server", server_id, "metric")
-        series = query.series(archived, server_minutes(server_id, query))
+        series = query.series(archived, hot)
         return self.json({"server_id": server_id, **query.freshness(), "metrics": series})
 
 
@@ -201,12 +221,13 @@ class ServerSummary(OwnedView):
     @app.table_route(table=server_rollups, match_info="server_id")
     async def owned(self, request: Request, server_id: str) -> Response:
         query = Query(request, server_watermark(server_id))
-        archived = await query.from_archive("server", server_id, "metric", whole_range=True)
+        # One bucket per metric, keyed like the archive's (the range's first minute).
         hot = {
-            metric: [(query.from_ms, merged)]
+            metric: [(query.archived[0], merged)]
             for metric, rows in server_minutes(server_id, query).items()
             if (merged := merge_all(r for _, r in rows)) is not None
         }
+        archived = await query.from_archive("server", server_id, "metric", whole_range=True)
         summary = {
             metric: points[0][1].as_point(iso(query.from_ms))
             for metric, points in merge_series(archived, hot).items()
@@ -224,7 +245,6 @@ class MetricAcrossServers(OwnedView):
         if by not in ("", "server"):
             raise BadRequest(f"by={by!r}: the only breakdown is by=server")
         query = Query(request, metric_watermark(metric_id))
-        archived = await query.from_archive("metric", metric_id, "server" if by else None)
         minutes: Series = defaultdict(list)
         wanted = PER_SERVER if by == "server" else ""
         for minute, second, value in records(metric_rollups, metric_id, query):
@@ -235,6 +255,8 @@ class MetricAcrossServers(OwnedView):
                     minutes[server].append((minute, Rollup.from_list(acc)))
             else:
                 minutes["all"].append((minute, Rollup.from_list(stored_value(value))))
+        # After the hot scan: pruning may run while the archive is read.
+        archived = await query.from_archive("metric", metric_id, "server" if by else None)
         series = query.series(archived, minutes)
         body = {"metric_id": metric_id, **query.freshness()}
         if by == "server":

@@ -8,6 +8,9 @@ import random
 import time
 from collections import defaultdict
 from datetime import UTC, datetime
+from pathlib import Path
+
+from rocksdict import AccessType, Options, Rdict
 
 from tally.broker.local import LocalBroker
 from tally.codecs.avro import AvroCodec
@@ -282,3 +285,24 @@ def test_minutes_older_than_two_days_leave_both_indexes_also_after_a_restart(
     time.sleep(3)
     after = emitted_minutes()
     assert len(after) == len(set(after)), "a restart emitted a final minute a second time"
+
+    # The views read old ranges from the archive now: look into the hot tables themselves.
+    worker.stop()
+    data_dir = Path(worker.env["TALLY_DATA_DIR"])
+    assert hot_minutes(data_dir, "server_rollups", "web-1")
+    assert not [m for m in hot_minutes(data_dir, "server_rollups", "web-1") if m < T0 + 10 * MINUTE]
+    assert not [m for m in hot_minutes(data_dir, "metric_rollups", "cpu") if m < T0 + 10 * MINUTE]
+
+
+def hot_minutes(data_dir: Path, table: str, first: str) -> list[int]:
+    """Minutes of `first` in a stopped worker's RocksDB table, every partition."""
+    minutes = []
+    for path in sorted(data_dir.glob(f"**/tables/{table}-*.db")):
+        db = Rdict(str(path), options=Options(raw_mode=True), access_type=AccessType.read_only())
+        try:
+            minutes += [
+                int(k.split(b"|")[1]) for k, _ in db.items() if k.startswith(f"{first}|".encode())
+            ]
+        finally:
+            db.close()
+    return minutes

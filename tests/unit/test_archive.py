@@ -130,8 +130,9 @@ def test_compaction_merges_a_days_files_and_a_crash_before_deleting_shows_rows_o
             out.write(data)
     assert archive.files(day) == [merged]
     assert sorted(rows(archive)) == before
-    # The next compaction finds only one live file and leaves it.
+    # The next compaction finds one live file, leaves it, and deletes the shadowed ones.
     assert archive.compact(day, 0) is None
+    assert archive._all_files(day) == [merged]
 
 
 def test_compaction_keeps_a_minute_sent_twice_once(tmp_path: Path) -> None:
