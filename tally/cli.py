@@ -24,7 +24,7 @@ from faust.cli import AppCommand, argument, option
 
 from tally.agents.archive import prune_cutoff
 from tally.app import app, settings
-from tally.archive.store import Archive
+from tally.archive.store import Archive, ArchiveStats, DayStats
 from tally.broker.admin import ensure_topics
 from tally.broker.local import LocalBroker, die_with_parent, port_accepts
 from tally.errors import BrokerError, ConfigurationError
@@ -252,35 +252,28 @@ async def dev(self: AppCommand, sales_rate: float, metrics_rate: float) -> None:
 
 
 def human_bytes(size: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if size < 1000 or unit == "TB":
-            return f"{size:,.0f} {unit}" if unit == "B" else f"{size:,.1f} {unit}"
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000:
+            return f"{size:,.0f} B" if unit == "B" else f"{size:,.1f} {unit}"
         size /= 1000
-    raise AssertionError("unreachable")
+    return f"{size:,.1f} TB"
 
 
-def print_archive_stats(archive: Archive, per_day: bool, as_json: bool) -> None:
-    stats = archive.stats()
-    days = [
-        {
-            "day": d.day.isoformat(),
-            "files": d.files,
-            "rows": d.rows,
-            "bytes": d.bytes,
-            "oldest_minute": None if d.oldest_ms is None else iso(d.oldest_ms),
-            "newest_minute": None if d.newest_ms is None else iso(d.newest_ms),
-        }
-        for d in stats.days
-    ]
-    summary = {
-        "location": archive.location,
-        "days": len(stats.days),
+def stat_fields(stats: DayStats | ArchiveStats) -> dict[str, object]:
+    """What `archive stats` reports of a day or of the whole archive."""
+    return {
         "files": stats.files,
         "rows": stats.rows,
         "bytes": stats.bytes,
         "oldest_minute": None if stats.oldest_ms is None else iso(stats.oldest_ms),
         "newest_minute": None if stats.newest_ms is None else iso(stats.newest_ms),
     }
+
+
+def print_archive_stats(archive: Archive, per_day: bool, as_json: bool) -> None:
+    stats = archive.stats()
+    days = [{"day": d.day.isoformat(), **stat_fields(d)} for d in stats.days]
+    summary = {"location": archive.location, "days": len(stats.days), **stat_fields(stats)}
     if as_json:
         print(json.dumps({**summary, "per_day": days} if per_day else summary, indent=2))
         return
