@@ -27,6 +27,7 @@ PIPELINE_MODULES = [
     "tally.agents.sales",
     "tally.web.health",
     "tally.web.index",
+    "tally.web.ingest",
     "tally.web.prometheus",
     "tally.web.sales",
     "tally.web.server_metrics",

@@ -20,12 +20,15 @@ class DeadLetter:
     """Why a message was rejected, and where it came from."""
 
     reason: str
-    error: str  # the error class, for counting by kind
+    error: str  # the error class
     stage: str  # decode | validate | late | process
     topic: str  # origin topic ("" for an HTTP body that never reached Kafka)
     partition: int  # -1 when there is no origin partition
     offset: int  # -1 when there is no origin offset
     time_ms: int
+    rule: str = "error"  # what kind of wrong (`TallyError.rule`): what counts group by
+    request: str = ""  # an HTTP origin: "POST /api/ingest/purchases <request id>"
+    row: int = -1  # an HTTP origin: the row's index in the request body
 
     @classmethod
     def of(
@@ -36,6 +39,8 @@ class DeadLetter:
         topic: str = "",
         partition: int = -1,
         offset: int = -1,
+        request: str = "",
+        row: int = -1,
         now_ms: int | None = None,
     ) -> DeadLetter:
         return cls(
@@ -46,7 +51,17 @@ class DeadLetter:
             partition=partition,
             offset=offset,
             time_ms=wall_now_ms() if now_ms is None else now_ms,
+            rule=getattr(exc, "rule", "error"),
+            request=request,
+            row=row,
         )
+
+    @property
+    def origin(self) -> str:
+        """Where the rejected data came from, for people: topic[partition]@offset or the request."""
+        if self.topic:
+            return f"{self.topic}[{self.partition}]@{self.offset}"
+        return f"{self.request} row {self.row}" if self.row >= 0 else self.request
 
     def headers(self) -> list[tuple[str, bytes]]:
         return [(HEADER_PREFIX + k, str(v).encode()) for k, v in asdict(self).items()]
@@ -58,6 +73,8 @@ class DeadLetter:
             k[len(HEADER_PREFIX) :]: v.decode() for k, v in pairs if k.startswith(HEADER_PREFIX)
         }
         values = {
-            f.name: int(found[f.name]) if f.type == "int" else found[f.name] for f in fields(cls)
+            f.name: int(found[f.name]) if f.type == "int" else found[f.name]
+            for f in fields(cls)
+            if f.name in found  # letters written before a field existed take its default
         }
         return cls(**values)

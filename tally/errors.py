@@ -2,7 +2,13 @@
 
 
 class TallyError(Exception):
-    """Root of every error Tally raises on purpose."""
+    """Root of every error Tally raises on purpose.
+
+    `rule` is a short, stable code of what was wrong (the message has the details): dead
+    letters, rejected rows and Prometheus count by it, so its values must stay few.
+    """
+
+    rule = "error"
 
 
 class ConfigurationError(TallyError):
@@ -16,6 +22,8 @@ class BrokerError(TallyError):
 class SchemaError(TallyError):
     """A schema is invalid, unknown, or incompatible with a registered one."""
 
+    rule = "schema"
+
 
 class UnknownSchemaError(SchemaError):
     """A message names a schema id that the registry does not hold."""
@@ -24,6 +32,13 @@ class UnknownSchemaError(SchemaError):
 class DecodeError(TallyError):
     """A message's bytes are not a valid Confluent-framed Avro record of the expected schema."""
 
+    rule = "undecodable"
+
 
 class ValidationError(TallyError):
-    """A decoded record breaks a rule the schema cannot express (ranges, finiteness, time)."""
+    """A record breaks a rule: its shape (missing field, wrong type) or one the schema cannot
+    express (ranges, finiteness, time); `rule` says which kind."""
+
+    def __init__(self, message: str, rule: str = "invalid") -> None:
+        super().__init__(message)
+        self.rule = rule

@@ -256,6 +256,27 @@ class Settings:
         "A duration: 5y, 26w, 30d.",
         retention_days,
     )
+    ingest_max_bytes: int = _env_field(
+        "TALLY_INGEST_MAX_BYTES",
+        4 * 1024 * 1024,
+        "Largest body POST /api/ingest/* reads; larger ones get a 413.",
+        _positive_int,
+    )
+    ingest_max_age_hours: float = _env_field(
+        "TALLY_INGEST_MAX_AGE_HOURS",
+        168.0,
+        "Ingest rejects rows stamped more than this before now (seconds sent as milliseconds, "
+        "a wrong clock); rows ahead of now are bounded by TALLY_MAX_FUTURE_SECONDS. Replays of "
+        "older history go to Kafka directly.",
+        _positive_float,
+    )
+    ingest_ack_timeout_seconds: float = _env_field(
+        "TALLY_INGEST_ACK_TIMEOUT_SECONDS",
+        10.0,
+        "An ingest request waits this long for the broker to acknowledge its rows, then "
+        "answers 503.",
+        _positive_float,
+    )
     log_level: str = _env_field(
         "TALLY_LOG_LEVEL", "info", "Worker log level: crit, error, warn, info or debug.", _log_level
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 
 EVENTS = Counter(
     "tally_events",
@@ -11,6 +11,22 @@ EVENTS = Counter(
 )
 DEAD_LETTERS = Counter(
     "tally_dead_letters",
-    "Messages sent to a dead-letter or late-events topic, by destination and error class.",
-    ["destination", "error"],
+    "Rejects: messages and rows sent to dead-letters or late-events, by destination and rule "
+    "(the kind of wrong: missing_field, wrong_type, not_finite, late, ...).",
+    ["destination", "rule"],
+)
+INGEST_REQUESTS = Counter(
+    "tally_ingest_requests",
+    "Requests to POST /api/ingest/{endpoint}, by endpoint and HTTP status.",
+    ["endpoint", "status"],
+)
+INGEST_ROWS = Counter(
+    "tally_ingest_rows",
+    "Rows of ingest requests, by endpoint and outcome: accepted (in Kafka) or rejected.",
+    ["endpoint", "outcome"],
+)
+INGEST_SECONDS = Histogram(
+    "tally_ingest_seconds",
+    "Time to answer an ingest request, acknowledgements included, by endpoint.",
+    ["endpoint"],
 )

@@ -19,7 +19,7 @@ from faust.types import TP, EventT, StreamT, TopicT
 
 from tally.app import app
 from tally.deadletters import DeadLetter
-from tally.errors import DecodeError, SchemaError, ValidationError
+from tally.errors import DecodeError, SchemaError, TallyError, ValidationError
 from tally.telemetry import DEAD_LETTERS, EVENTS
 from tally.topics import dead_letters
 
@@ -59,7 +59,7 @@ async def reject(
     letter = DeadLetter.of(
         exc, stage=stage, topic=message.topic, partition=message.partition, offset=message.offset
     )
-    DEAD_LETTERS.labels(to.get_topic_name(), letter.error).inc()
+    DEAD_LETTERS.labels(to.get_topic_name(), letter.rule).inc()
     EVENTS.labels(message.topic, "late" if stage == "late" else "rejected").inc()
     if stage != "late":
         logger.warning(
@@ -70,17 +70,6 @@ async def reject(
         value=message.value if value is None else value,
         headers=letter.headers(),
     )
-
-
-def check_event_time(name: str, ts_ms: int, wall_ms: int, max_future_ms: int) -> None:
-    """An event time must be after 1970 and not far ahead of this worker's clock."""
-    if ts_ms <= 0:
-        raise ValidationError(f"{name}={ts_ms} is not a time (ms since 1970 expected)")
-    if ts_ms > wall_ms + max_future_ms:
-        raise ValidationError(
-            f"{name}={ts_ms} is {(ts_ms - wall_ms) / 1000:.0f} s in the future "
-            f"(more than {max_future_ms / 1000:.0f} s): a wrong clock or unit?"
-        )
 
 
 def by_partition(events: Sequence[EventT]) -> dict[int, list[EventT]]:
@@ -167,8 +156,10 @@ def forget_when_revoked(topic: TopicT, *states: dict[int, Any]) -> None:
     app.on_partitions_revoked.connect(forget)
 
 
-class ProcessingError(Exception):
+class ProcessingError(TallyError):
     """Carries an unexpected failure of a pipeline on a batch into its dead letters."""
+
+    rule = "processing_failed"
 
 
 async def failed_batch(events: Sequence[EventT], exc: Exception, forget: dict[int, Any]) -> None:

@@ -24,7 +24,6 @@ from faust.types import EventT, StreamT
 
 from tally.agents.intake import (
     caught_up,
-    check_event_time,
     decode,
     each_partition,
     forget_when_revoked,
@@ -32,7 +31,7 @@ from tally.agents.intake import (
     writing_for,
 )
 from tally.app import app, settings
-from tally.codecs.avro import Record, validate_metric_sample
+from tally.codecs.avro import Record, check_event_time, validate_metric_sample
 from tally.errors import TallyError, ValidationError
 from tally.partitioning import partition_for
 from tally.tables.metrics import (
@@ -74,6 +73,8 @@ MAX_FUTURE_MS = int(settings.max_future_seconds * 1000)
 
 class LateSample(TallyError):
     """A sample of a minute that was already final when it arrived."""
+
+    rule = "late"
 
 
 @dataclass
@@ -179,7 +180,8 @@ async def roll_up(state: PartitionState, events: Sequence[EventT]) -> None:
         if owner != partition:
             misrouted = ValidationError(
                 f"server {server!r} belongs to partition {owner} (murmur2 of the server id, "
-                f"Kafka's default partitioner), but its batch came on partition {partition}"
+                f"Kafka's default partitioner), but its batch came on partition {partition}",
+                "misrouted",
             )
             await reject(event, misrouted, stage="validate")
             continue

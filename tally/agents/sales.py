@@ -22,7 +22,6 @@ from faust.types import EventT, StreamT
 
 from tally.agents.intake import (
     caught_up,
-    check_event_time,
     decode,
     each_partition,
     forget_when_revoked,
@@ -30,7 +29,7 @@ from tally.agents.intake import (
     writing_for,
 )
 from tally.app import app, settings
-from tally.codecs.avro import Record, validate_purchase
+from tally.codecs.avro import Record, check_event_time, validate_purchase
 from tally.errors import TallyError, ValidationError
 from tally.partitioning import partition_for
 from tally.tables.sales import (
@@ -57,6 +56,8 @@ PURCHASE_BATCH = "tally.sales.PurchaseBatch"
 
 class LateEvent(TallyError):
     """An event whose pane had left the window when it arrived."""
+
+    rule = "late"
 
 
 # --- per-partition windows (this worker's active partitions) -------------------------------
@@ -125,7 +126,8 @@ async def decoded_purchases(event: EventT, partition: int, wall_ms: int) -> list
             if owner != partition:
                 raise ValidationError(
                     f"item {purchase['item_id']!r} belongs to partition {owner} (murmur2 of the "
-                    f"item id, Kafka's default partitioner), but came on partition {partition}"
+                    f"item id, Kafka's default partitioner), but came on partition {partition}",
+                    "misrouted",
                 )
         except ValidationError as exc:
             alone = None if name != PURCHASE_BATCH else purchase_codec().dumps(purchase)

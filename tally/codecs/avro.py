@@ -108,7 +108,9 @@ class AvroCodec(Codec):
         try:
             schemaless_writer(buffer, self.parsed, obj)
         except (ValueError, TypeError, KeyError, AttributeError, struct.error) as exc:
-            raise ValidationError(f"record does not fit {self.subject}: {exc}") from exc
+            raise ValidationError(
+                f"record does not fit {self.subject}: {exc}", "wrong_type"
+            ) from exc
         return buffer.getvalue()
 
     def _loads(self, s: bytes) -> Record:
@@ -175,16 +177,20 @@ class RecordTypeCodec:
 def validate_purchase(record: Record) -> None:
     """Rules of a purchase the Avro types cannot say."""
     if record["quantity"] <= 0:
-        raise ValidationError(f"quantity must be > 0, got {record['quantity']}")
+        raise ValidationError(f"quantity must be > 0, got {record['quantity']}", "out_of_range")
     if record["unit_price_cents"] < 0:
-        raise ValidationError(f"unit_price_cents must be >= 0, got {record['unit_price_cents']}")
+        raise ValidationError(
+            f"unit_price_cents must be >= 0, got {record['unit_price_cents']}", "out_of_range"
+        )
     if not record["item_id"]:
-        raise ValidationError("item_id must not be empty")
+        raise ValidationError("item_id must not be empty", "bad_id")
 
 
 def _valid_id(name: str, value: str) -> None:
     if not usable_id(value):
-        raise ValidationError(f"{name} must be non-empty and contain no '|', got {value!r}")
+        raise ValidationError(
+            f"{name} must be non-empty and contain no '|', got {value!r}", "bad_id"
+        )
 
 
 def validate_metric_batch(record: Record) -> None:
@@ -195,5 +201,26 @@ def validate_metric_batch(record: Record) -> None:
 def validate_metric_sample(sample: Record) -> None:
     """Rules of one sample: finite value, usable metric id. A bad sample is rejected alone."""
     if not math.isfinite(sample["value"]):
-        raise ValidationError(f"value must be finite, got {sample['value']}")
+        raise ValidationError(f"value must be finite, got {sample['value']}", "not_finite")
     _valid_id("metric_id", sample["metric_id"])
+
+
+def check_event_time(
+    name: str, ts_ms: int, wall_ms: int, max_future_ms: int, max_age_ms: int | None = None
+) -> None:
+    """An event time must be after 1970, not far ahead of this clock, and (where the caller
+    bounds it) not older than `max_age_ms`: seconds for milliseconds is the usual mistake."""
+    if ts_ms <= 0:
+        raise ValidationError(f"{name}={ts_ms} is not a time (ms since 1970 expected)", "bad_time")
+    if ts_ms > wall_ms + max_future_ms:
+        raise ValidationError(
+            f"{name}={ts_ms} is {(ts_ms - wall_ms) / 1000:.0f} s in the future "
+            f"(more than {max_future_ms / 1000:.0f} s): a wrong clock or unit?",
+            "bad_time",
+        )
+    if max_age_ms is not None and ts_ms < wall_ms - max_age_ms:
+        raise ValidationError(
+            f"{name}={ts_ms} is {(wall_ms - ts_ms) / 3_600_000:.1f} hours old (more than "
+            f"{max_age_ms / 3_600_000:g}): a wrong clock or unit?",
+            "bad_time",
+        )

@@ -101,14 +101,14 @@ def test_bad_messages_become_dead_letters_and_the_agent_keeps_going(
     assert reasons["not framed"].stage == "decode"
     assert reasons["truncated"].error == "DecodeError"
     assert reasons["negative quantity"].stage == "validate"
+    assert reasons["negative quantity"].rule == "out_of_range"
     assert "quantity" in reasons["negative quantity"].reason
     assert worker.process is not None and worker.process.poll() is None, "worker died"
     metrics = urllib.request.urlopen(worker.url + "/metrics").read().decode()
     assert 'tally_events_total{outcome="rejected",topic="purchases"} 4.0' in metrics
     assert 'tally_events_total{outcome="counted",topic="purchases"} 2.0' in metrics
     assert (
-        'tally_dead_letters_total{destination="dead-letters",error="UnknownSchemaError"} 1.0'
-        in metrics
+        'tally_dead_letters_total{destination="dead-letters",rule="schema"} 1.0' in metrics
     )
 
 

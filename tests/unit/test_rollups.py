@@ -8,8 +8,7 @@ from collections import defaultdict
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tally.agents.intake import check_event_time
-from tally.codecs.avro import validate_metric_sample
+from tally.codecs.avro import check_event_time, validate_metric_sample
 from tally.errors import ValidationError
 from tally.tables.rollups import (
     MINUTE_MS,

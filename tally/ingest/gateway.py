@@ -1,0 +1,354 @@
+"""The ingest gateway: checked rows into Kafka, answered only once the broker has them.
+
+One gateway serves both homes of the write path: the worker's web server and the stateless
+`tally ingest` process. It owns a plain aiokafka producer (not Faust's, whose send timeout is
+twenty minutes): every accepted row and every dead letter of a request must be acknowledged
+within TALLY_INGEST_ACK_TIMEOUT_SECONDS, or the whole request is answered 503 and the client
+retries. A request is therefore at-least-once: a retry after a 503 may repeat rows that were
+acknowledged just before the failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from mode import Service
+
+from tally.broker.admin import ensure_topics
+from tally.codecs.avro import (
+    AvroCodec,
+    Record,
+    check_event_time,
+    load_schema,
+    validate_metric_batch,
+    validate_metric_sample,
+    validate_purchase,
+)
+from tally.codecs.registry import Schema
+from tally.deadletters import DeadLetter
+from tally.errors import TallyError, ValidationError
+from tally.ingest.rows import Row, RowShape, split_rows
+from tally.partitioning import group_by_partition, partition_for
+from tally.settings import Settings
+from tally.tables.windowing import now_ms
+from tally.telemetry import DEAD_LETTERS, INGEST_ROWS
+
+logger = logging.getLogger(__name__)
+
+#: Rows per Kafka message: envelopes stay far below the broker's 1 MB message limit.
+PURCHASES_PER_ENVELOPE = 1_000
+SAMPLES_PER_BATCH = 5_000
+#: A refused body is dead-lettered up to this many bytes (the reason says if it was cut).
+DEAD_LETTER_MAX_BYTES = 256 * 1024
+
+DEAD_LETTERS_TOPIC = "dead-letters"
+
+
+class BrokerUnavailable(TallyError):
+    """The broker did not acknowledge in time (answered 503: nothing of the request is
+    promised, retry it)."""
+
+    rule = "broker_unavailable"
+
+
+@dataclass(frozen=True)
+class Message:
+    topic: str
+    key: bytes | None
+    value: bytes
+    partition: int | None = None
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Rejection:
+    index: int
+    rule: str
+    reason: str
+
+
+@dataclass
+class IngestResult:
+    """What a 202 says: counts, and every rejected row with its index and reason."""
+
+    request_id: str
+    endpoint: str
+    accepted: int
+    rejections: list[Rejection]
+    messages: int
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "request_id": self.request_id,
+            "endpoint": self.endpoint,
+            "accepted": self.accepted,
+            "rejected": len(self.rejections),
+            "rejections": [
+                {"index": r.index, "rule": r.rule, "reason": r.reason} for r in self.rejections
+            ],
+            "messages": self.messages,
+        }
+
+
+Encode = Callable[[list[Record], int], list[Message]]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One ingest endpoint: the row it takes and the Kafka messages accepted rows become."""
+
+    name: str
+    topic: str
+    shape: RowShape
+    #: Records of accepted rows, and the wall clock, to messages.
+    encode: Encode
+
+
+def purchase_rules(settings: Settings) -> Callable[[Record, int], None]:
+    max_future_ms = int(settings.max_future_seconds * 1000)
+    max_age_ms = int(settings.ingest_max_age_hours * 3_600_000)
+
+    def rules(record: Record, wall_ms: int) -> None:
+        validate_purchase(record)
+        check_event_time(
+            "event_time_ms", record["event_time_ms"], wall_ms, max_future_ms, max_age_ms
+        )
+
+    return rules
+
+
+def sample_rules(settings: Settings) -> Callable[[Record, int], None]:
+    max_future_ms = int(settings.max_future_seconds * 1000)
+    max_age_ms = int(settings.ingest_max_age_hours * 3_600_000)
+
+    def rules(record: Record, wall_ms: int) -> None:
+        validate_metric_batch(record)
+        validate_metric_sample(record)
+        check_event_time("ts_ms", record["ts_ms"], wall_ms, max_future_ms, max_age_ms)
+
+    return rules
+
+
+@cache
+def sample_row_schema() -> Schema:
+    """A metrics row is one sample with its server: `MetricBatch.server_id` + `MetricSample`."""
+    batch = load_schema("metric_batch")
+    (server_field,) = [f for f in batch["fields"] if f["name"] == "server_id"]
+    (samples_field,) = [f for f in batch["fields"] if f["name"] == "samples"]
+    return {
+        "type": "record",
+        "name": "MetricSampleRow",
+        "namespace": "tally.ingest",
+        "doc": "One sample of one server: a row of POST /api/ingest/metrics.",
+        "fields": [server_field, *samples_field["type"]["items"]["fields"]],
+    }
+
+
+def chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    return [items[start : start + size] for start in range(0, len(items), size)]
+
+
+def endpoints(
+    settings: Settings,
+    purchase_batch_codec: Callable[[], AvroCodec],
+    metric_batch_codec: Callable[[], AvroCodec],
+) -> dict[str, Endpoint]:
+    """The ingest endpoints by name. Purchases go as `PurchaseBatch` envelopes, one per
+    partition (the agents' fast path); samples as one `MetricBatch` per server, as agents send."""
+    partitions = settings.partitions
+
+    def purchase_envelopes(records: list[Record], wall_ms: int) -> list[Message]:
+        codec = purchase_batch_codec()
+        return [
+            Message("purchases", None, codec.dumps({"purchases": list(part)}), partition)
+            for partition, group in sorted(
+                group_by_partition(records, "item_id", partitions).items()
+            )
+            for part in chunks(group, PURCHASES_PER_ENVELOPE)
+        ]
+
+    def metric_batches(records: list[Record], wall_ms: int) -> list[Message]:
+        codec = metric_batch_codec()
+        by_server: dict[str, list[Record]] = defaultdict(list)
+        for record in records:
+            server = record.pop("server_id")
+            by_server[server].append(record)
+        return [
+            Message(
+                "metric-samples",
+                server.encode(),
+                codec.dumps({"server_id": server, "sent_at_ms": wall_ms, "samples": list(part)}),
+                partition_for(server, partitions),
+            )
+            for server, samples in by_server.items()
+            for part in chunks(samples, SAMPLES_PER_BATCH)
+        ]
+
+    return {
+        "purchases": Endpoint(
+            "purchases",
+            "purchases",
+            RowShape(load_schema("purchase"), purchase_rules(settings)),
+            purchase_envelopes,
+        ),
+        "metrics": Endpoint(
+            "metrics",
+            "metric-samples",
+            RowShape(sample_row_schema(), sample_rules(settings)),
+            metric_batches,
+        ),
+    }
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def origin(endpoint: Endpoint, request_id: str) -> str:
+    """A dead letter's origin when it came over HTTP: the endpoint and the request's id."""
+    return f"POST /api/ingest/{endpoint.name} {request_id}"
+
+
+class IngestGateway(Service):
+    """Rows to Kafka for the ingest endpoints; starts its producer on first use, so a
+    gateway outlives a broker that is down (each request then gets a 503)."""
+
+    def __init__(self, settings: Settings, endpoints: dict[str, Endpoint], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.settings = settings
+        self.endpoints = endpoints
+        self.ack_timeout_s = settings.ingest_ack_timeout_seconds
+        self._producer: AIOKafkaProducer | None = None
+        self._starting = asyncio.Lock()
+
+    async def on_stop(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def producer(self) -> AIOKafkaProducer:
+        """The started producer; topics exist. `BrokerUnavailable` when the broker is not up."""
+        async with self._starting:
+            if self._producer is None:
+                producer = AIOKafkaProducer(
+                    bootstrap_servers=self.settings.bootstrap_servers,
+                    acks="all",
+                    # The local broker lacks InitProducerId; Kafka has it, and with it a
+                    # producer retry cannot write a row twice.
+                    enable_idempotence=not self.settings.uses_local_broker,
+                    linger_ms=5,
+                    request_timeout_ms=int(self.ack_timeout_s * 1000),
+                )
+                try:
+                    await asyncio.wait_for(self._connect(producer), self.ack_timeout_s)
+                except (KafkaError, OSError, TimeoutError) as exc:
+                    await producer.stop()
+                    raise BrokerUnavailable(
+                        f"the broker is unreachable: {exc or type(exc).__name__}"
+                    ) from exc
+                self._producer = producer
+            return self._producer
+
+    async def _connect(self, producer: AIOKafkaProducer) -> None:
+        topics = sorted({e.topic for e in self.endpoints.values()} | {DEAD_LETTERS_TOPIC})
+        await ensure_topics(
+            self.settings.bootstrap_servers,
+            topics,
+            partitions=self.settings.partitions,
+            replication=self.settings.replication,
+        )
+        await producer.start()
+        # aiokafka refreshes metadata only for topics it was asked about: a topic that merely
+        # came with the bootstrap metadata drops out at the next refresh, and a batch for it
+        # then waits for a leader until it times out. Ask about every topic up front.
+        for topic in topics:
+            await producer.client.add_topic(topic)
+
+    async def submit(self, endpoint: Endpoint, body: bytes, request_id: str) -> IngestResult:
+        """Check every row, send accepted rows and dead letters, wait for every ack.
+
+        `UnreadableBody` (400, for the caller to `refuse`) and `BrokerUnavailable` (503)
+        propagate.
+        """
+        request = origin(endpoint, request_id)
+        rows = split_rows(body)
+        wall_ms = now_ms()
+        accepted: list[Record] = []
+        rejected: list[tuple[Row, ValidationError]] = []
+        for row in rows:
+            try:
+                accepted.append(endpoint.shape.check(row, wall_ms))
+            except ValidationError as exc:
+                rejected.append((row, exc))
+        messages = endpoint.encode(accepted, wall_ms) if accepted else []
+        letters = [
+            letter_message(row.raw, exc, stage="validate", request=request, row=row.index)
+            for row, exc in rejected
+        ]
+        await self.deliver([*messages, *letters])
+        INGEST_ROWS.labels(endpoint.name, "accepted").inc(len(accepted))
+        INGEST_ROWS.labels(endpoint.name, "rejected").inc(len(rejected))
+        for _, exc in rejected:
+            DEAD_LETTERS.labels(DEAD_LETTERS_TOPIC, exc.rule).inc()
+        return IngestResult(
+            request_id=request_id,
+            endpoint=endpoint.name,
+            accepted=len(accepted),
+            rejections=[Rejection(row.index, exc.rule, str(exc)) for row, exc in rejected],
+            messages=len(messages),
+        )
+
+    async def refuse(
+        self, endpoint: Endpoint, body: bytes, exc: TallyError, request_id: str, size: int
+    ) -> None:
+        """Dead-letter a body refused as a whole (unreadable, too large): its first bytes."""
+        kept = body[:DEAD_LETTER_MAX_BYTES]
+        if len(kept) < size:
+            exc = type(exc)(f"{exc} (the first {len(kept):,} of {size:,} bytes are kept here)")
+        request = origin(endpoint, request_id)
+        await self.deliver([letter_message(kept, exc, stage="decode", request=request)])
+        DEAD_LETTERS.labels(DEAD_LETTERS_TOPIC, exc.rule).inc()
+
+    async def deliver(self, messages: list[Message]) -> None:
+        """Send and wait until the broker acknowledged every message; `BrokerUnavailable` if
+        that takes longer than the ack timeout or the broker refuses."""
+        if not messages:
+            return
+        started = time.monotonic()
+        producer = await self.producer()
+        remaining = max(self.ack_timeout_s - (time.monotonic() - started), 0.1)
+        try:
+            await asyncio.wait_for(self._send_all(producer, messages), remaining)
+        except (KafkaError, TimeoutError) as exc:
+            logger.warning("ingest: %d messages not acknowledged: %r", len(messages), exc)
+            raise BrokerUnavailable(
+                f"the broker did not acknowledge within {self.ack_timeout_s:g} s "
+                f"({type(exc).__name__}); nothing of this request is promised: retry it"
+            ) from exc
+
+    @staticmethod
+    async def _send_all(producer: AIOKafkaProducer, messages: list[Message]) -> None:
+        acks = [
+            await producer.send(
+                m.topic, m.value, key=m.key, partition=m.partition, headers=m.headers or None
+            )
+            for m in messages
+        ]
+        await asyncio.gather(*acks)
+
+
+def letter_message(
+    value: bytes, exc: TallyError, *, stage: str, request: str, row: int = -1
+) -> Message:
+    letter = DeadLetter.of(exc, stage=stage, request=request, row=row)
+    return Message(DEAD_LETTERS_TOPIC, None, value, None, letter.headers())

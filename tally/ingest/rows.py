@@ -1,0 +1,234 @@
+"""JSON rows in, Avro records out: what the ingest endpoints accept, judged one row at a time.
+
+A body is a JSON array of objects, or NDJSON (one object per line; a single object is one
+line). Each row is checked against the shape its Avro schema gives (required fields, types,
+no unknown fields), then against the rules the schema cannot say (ranges, finite values, time
+skew). A bad row is rejected alone, with its index and a reason a person can act on; only a
+body with no readable row at all is refused as a whole. No Faust here: plain functions.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from tally.codecs.avro import Record
+from tally.codecs.registry import Schema
+from tally.errors import TallyError, ValidationError
+
+INT32 = (-(2**31), 2**31 - 1)
+INT64 = (-(2**63), 2**63 - 1)
+#: How much of a value a reason quotes.
+PREVIEW_CHARS = 60
+
+
+class UnreadableBody(TallyError):
+    """The body as a whole cannot be read as rows (answered 400)."""
+
+    rule = "unreadable_body"
+
+
+class BodyTooLarge(TallyError):
+    """The body is over the size limit (answered 413)."""
+
+    rule = "body_too_large"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of a body: its index, its own bytes (what a dead letter keeps), and its JSON
+    value, or the reason it is not JSON."""
+
+    index: int
+    raw: bytes
+    value: Any = None
+    unreadable: str = ""
+
+
+def split_rows(body: bytes) -> list[Row]:
+    """The rows of a body: a JSON array, else NDJSON (blank lines skipped, not counted).
+
+    NaN and Infinity literals are read (Python's json does) so that the row is rejected for a
+    non-finite value by name, not as unreadable.
+    """
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UnreadableBody(
+            f"the body is not UTF-8 text ({exc.reason} at byte {exc.start})"
+        ) from None
+    stripped = text.strip()
+    if not stripped:
+        raise UnreadableBody("the body is empty: send a JSON array of rows, or NDJSON")
+    if stripped.startswith("["):
+        try:
+            values = json.loads(stripped)
+        except (ValueError, RecursionError) as exc:
+            raise UnreadableBody(
+                f"the body starts with '[' but is not a JSON array: {exc}"
+            ) from None
+        return [Row(i, _dumps(value), value) for i, value in enumerate(values)]
+    rows = []
+    for index, line in enumerate(line for line in stripped.splitlines() if line.strip()):
+        try:
+            rows.append(Row(index, line.encode(), json.loads(line)))
+        except (ValueError, RecursionError) as exc:
+            rows.append(Row(index, line.encode(), unreadable=f"line is not JSON: {exc}"))
+    if all(row.unreadable for row in rows):
+        raise UnreadableBody(
+            f"no line of the body is JSON (first: {rows[0].unreadable}); send a JSON array "
+            "of rows, or NDJSON: one JSON object per line"
+        )
+    return rows
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def json_type(value: Any) -> str:
+    """The JSON name of a value's type, for messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
+
+
+def preview(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= PREVIEW_CHARS else text[: PREVIEW_CHARS - 3] + "..."
+
+
+def _wrong_type(path: str, wanted: str, value: Any) -> ValidationError:
+    return ValidationError(
+        f"field {path!r} must be {wanted}, got {json_type(value)} {preview(value)}", "wrong_type"
+    )
+
+
+def conform(schema: Any, value: Any, path: str) -> Any:
+    """`value` as the Avro type `schema` takes it, or `ValidationError` naming the field.
+
+    Covers the Avro types Tally's schemas use: primitives, records, maps, arrays, unions.
+    JSON has one number type: a whole number is accepted for a double, never the reverse.
+    """
+    if isinstance(schema, list):  # a union: the first branch that takes the value
+        for branch in schema:
+            try:
+                return conform(branch, value, path)
+            except ValidationError:
+                continue
+        names = " or ".join(_describe(branch) for branch in schema)
+        raise _wrong_type(path, names, value)
+    kind = schema["type"] if isinstance(schema, dict) else schema
+    if kind == "null":
+        if value is not None:
+            raise _wrong_type(path, "null", value)
+        return None
+    if kind == "boolean":
+        if not isinstance(value, bool):
+            raise _wrong_type(path, "true or false", value)
+        return value
+    if kind in ("int", "long"):
+        low, high = INT32 if kind == "int" else INT64
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer() and low <= value <= high:
+                return int(value)  # 3.0 is 3; JSON writers may emit either
+            raise _wrong_type(path, f"a whole number ({kind})", value)
+        if not low <= value <= high:
+            raise ValidationError(
+                f"field {path!r} = {value} does not fit a 64-bit {kind}"
+                if kind == "long"
+                else f"field {path!r} = {value} does not fit a 32-bit int",
+                "out_of_range",
+            )
+        return value
+    if kind in ("double", "float"):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _wrong_type(path, "a number", value)
+        try:
+            return float(value)
+        except OverflowError:  # a whole number beyond any double
+            raise ValidationError(
+                f"field {path!r} is too large for a double", "out_of_range"
+            ) from None
+    if kind == "string":
+        if not isinstance(value, str):
+            raise _wrong_type(path, "a string", value)
+        return value
+    if kind == "map":
+        if not isinstance(value, dict):
+            raise _wrong_type(path, "an object", value)
+        return {
+            key: conform(schema["values"], item, f"{path}.{key}") for key, item in value.items()
+        }
+    if kind == "array":
+        if not isinstance(value, list):
+            raise _wrong_type(path, "an array", value)
+        return [conform(schema["items"], item, f"{path}[{i}]") for i, item in enumerate(value)]
+    if kind == "record":
+        return conform_record(schema, value, path)
+    raise ValidationError(f"field {path!r} has Avro type {kind!r}, which ingest cannot take")
+
+
+def _describe(schema: Any) -> str:
+    kind = schema["type"] if isinstance(schema, dict) else schema
+    return {"long": "a whole number", "int": "a whole number", "double": "a number"}.get(
+        kind, str(kind)
+    )
+
+
+def conform_record(schema: Schema, value: Any, path: str = "") -> Record:
+    """A JSON object as the Avro record `schema`: every field present (or defaulted), of its
+    type, and nothing else."""
+    where = f"field {path!r}" if path else "a row"
+    if not isinstance(value, dict):
+        raise ValidationError(
+            f"{where} must be a JSON object, got {json_type(value)} {preview(value)}",
+            "not_object",
+        )
+    names = [field["name"] for field in schema["fields"]]
+    unknown = sorted(set(value) - set(names))
+    if unknown:
+        raise ValidationError(
+            f"unknown field{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(repr(name) for name in unknown)}; expected: {', '.join(names)}",
+            "unknown_field",
+        )
+    record: Record = {}
+    for field in schema["fields"]:
+        name = field["name"]
+        inner = f"{path}.{name}" if path else name
+        if name not in value:
+            if "default" in field:
+                record[name] = json.loads(json.dumps(field["default"]))  # a fresh copy
+                continue
+            raise ValidationError(
+                f"missing required field {inner!r} ({_describe(field['type'])})", "missing_field"
+            )
+        record[name] = conform(field["type"], value[name], inner)
+    return record
+
+
+@dataclass(frozen=True)
+class RowShape:
+    """What one row of an endpoint is: its Avro record, and the rules beyond the types.
+
+    `rules(record, wall_ms)` raises `ValidationError`; it sees a record of the right shape.
+    """
+
+    schema: Schema
+    rules: Callable[[Record, int], None]
+
+    def check(self, row: Row, wall_ms: int) -> Record:
+        if row.unreadable:
+            raise ValidationError(row.unreadable, "not_json")
+        record = conform_record(self.schema, row.value)
+        self.rules(record, wall_ms)
+        return record

@@ -1,0 +1,202 @@
+"""Ingest rows: bodies split into rows, each row judged alone, every reason a person can act on."""
+
+from __future__ import annotations
+
+import json
+from io import BytesIO
+from typing import Any
+
+import pytest
+from fastavro import parse_schema, schemaless_reader, schemaless_writer
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tally.codecs.avro import load_schema
+from tally.errors import ValidationError
+from tally.ingest.gateway import endpoints, sample_row_schema
+from tally.ingest.rows import Row, UnreadableBody, conform_record, split_rows
+from tally.settings import Settings
+
+NOW = 1_795_000_000_000
+SETTINGS = Settings()
+ENDPOINTS = endpoints(SETTINGS, lambda: None, lambda: None)  # type: ignore[arg-type,return-value]
+
+
+def purchase(**changes: Any) -> dict[str, Any]:
+    row = {
+        "purchase_id": "p1",
+        "item_id": "item-1",
+        "quantity": 2,
+        "unit_price_cents": 150,
+        "event_time_ms": NOW,
+    }
+    row.update(changes)
+    return {k: v for k, v in row.items() if v is not ...}
+
+
+def sample(**changes: Any) -> dict[str, Any]:
+    row = {"server_id": "web-1", "metric_id": "cpu", "ts_ms": NOW, "value": 0.5}
+    row.update(changes)
+    return {k: v for k, v in row.items() if v is not ...}
+
+
+def judge(endpoint: str, value: Any) -> dict[str, Any]:
+    shape = ENDPOINTS[endpoint].shape
+    return shape.check(Row(0, b"", value), NOW)
+
+
+def rejection(endpoint: str, value: Any) -> ValidationError:
+    with pytest.raises(ValidationError) as caught:
+        judge(endpoint, value)
+    return caught.value
+
+
+# --- bodies -----------------------------------------------------------------------------
+
+
+def test_a_json_array_is_one_row_per_element() -> None:
+    rows = split_rows(json.dumps([purchase(), purchase(purchase_id="p2")]).encode())
+    assert [r.index for r in rows] == [0, 1]
+    assert rows[1].value["purchase_id"] == "p2"
+    assert json.loads(rows[0].raw) == purchase()
+
+
+def test_ndjson_is_one_row_per_non_blank_line_and_a_bad_line_is_rejected_alone() -> None:
+    body = b'{"a": 1}\n\n  \n{"a": 2\n{"a": 3}\n'
+    rows = split_rows(body)
+    assert [r.index for r in rows] == [0, 1, 2]
+    assert rows[1].unreadable.startswith("line is not JSON")
+    assert rows[1].raw == b'{"a": 2'
+    assert rows[2].value == {"a": 3}
+    with pytest.raises(ValidationError) as caught:
+        ENDPOINTS["purchases"].shape.check(rows[1], NOW)
+    assert caught.value.rule == "not_json"
+
+
+def test_a_single_object_is_one_row() -> None:
+    (row,) = split_rows(json.dumps(purchase()).encode())
+    assert row.value == purchase()
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (b"", "empty"),
+        (b"   \n ", "empty"),
+        (b"hello", "no line of the body is JSON"),
+        (b"[1, 2", "not a JSON array"),
+        (b"\xff\xfe{}", "not UTF-8"),
+        (b"[" * 100_000, "not a JSON array"),  # nesting deeper than the parser goes
+    ],
+)
+def test_a_body_without_a_readable_row_is_refused_whole(body: bytes, says: str) -> None:
+    with pytest.raises(UnreadableBody, match=says):
+        split_rows(body)
+
+
+# --- rows ---------------------------------------------------------------------------------
+
+
+def test_a_good_purchase_takes_the_schema_default_for_metadata() -> None:
+    assert judge("purchases", purchase()) == {**purchase(), "metadata": {}}
+
+
+@pytest.mark.parametrize(
+    ("row", "rule", "says"),
+    [
+        (purchase(item_id=...), "missing_field", "missing required field 'item_id'"),
+        (purchase(quantity="2"), "wrong_type", "field 'quantity' must be a whole number"),
+        (purchase(quantity=True), "wrong_type", "field 'quantity' must be a whole number"),
+        (purchase(quantity=1.5), "wrong_type", "got number 1.5"),
+        (purchase(quantity=2**31), "out_of_range", "32-bit int"),
+        (purchase(quantity=0), "out_of_range", "quantity must be > 0"),
+        (purchase(quantity=-3), "out_of_range", "quantity must be > 0, got -3"),
+        (purchase(unit_price_cents=-1), "out_of_range", "unit_price_cents must be >= 0"),
+        (purchase(item_id=""), "bad_id", "item_id must not be empty"),
+        (purchase(qty=2), "unknown_field", "unknown field 'qty'; expected: purchase_id"),
+        (purchase(metadata={"a": 1}), "wrong_type", "field 'metadata.a' must be a string"),
+        (purchase(event_time_ms=NOW // 1000), "bad_time", "hours old"),
+        (purchase(event_time_ms=NOW * 1000), "bad_time", "in the future"),
+        (purchase(event_time_ms=-5), "bad_time", "is not a time"),
+        ([purchase()], "not_object", "must be a JSON object, got array"),
+        (sample(value=float("nan")), "not_finite", "value must be finite, got nan"),
+        (sample(value=float("inf")), "not_finite", "value must be finite"),
+        (sample(value="0.5"), "wrong_type", "field 'value' must be a number"),
+        (sample(value=10**400), "out_of_range", "too large for a double"),
+        (sample(server_id="a|b"), "bad_id", "server_id must be non-empty and contain no '|'"),
+        (sample(metric_id=""), "bad_id", "metric_id must be non-empty"),
+        (sample(ts_ms=None), "wrong_type", "field 'ts_ms' must be a whole number"),
+    ],
+)
+def test_each_bad_row_is_rejected_with_its_rule_and_a_readable_reason(
+    row: Any, rule: str, says: str
+) -> None:
+    endpoint = "metrics" if isinstance(row, dict) and "server_id" in row else "purchases"
+    exc = rejection(endpoint, row)
+    assert exc.rule == rule
+    assert says in str(exc)
+
+
+def test_whole_floats_are_whole_numbers_and_integers_are_doubles() -> None:
+    assert judge("purchases", purchase(quantity=3.0))["quantity"] == 3
+    assert judge("metrics", sample(value=7))["value"] == 7.0
+
+
+def test_a_metrics_row_is_a_server_id_and_a_sample() -> None:
+    names = [f["name"] for f in sample_row_schema()["fields"]]
+    assert names == ["server_id", "metric_id", "ts_ms", "value"]
+
+
+# --- property: whatever is accepted encodes as the Avro schema says ------------------------
+
+JSON_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=8)
+)
+JSON = st.recursive(
+    JSON_SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=10,
+)
+
+
+def mutated(base: dict[str, Any]) -> st.SearchStrategy[Any]:
+    """A good row with one field dropped, replaced by any JSON, or one added."""
+    keys = sorted(base)
+    return st.one_of(
+        st.sampled_from(keys).map(lambda k: {n: v for n, v in base.items() if n != k}),
+        st.tuples(st.sampled_from(keys), JSON).map(lambda kv: {**base, kv[0]: kv[1]}),
+        st.tuples(st.text(max_size=6), JSON).map(lambda kv: {**base, kv[0]: kv[1]}),
+        JSON,
+    )
+
+
+def roundtrips(schema: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
+    parsed = parse_schema(schema)
+    buffer = BytesIO()
+    schemaless_writer(buffer, parsed, record)
+    buffer.seek(0)
+    return schemaless_reader(buffer, parsed, None)  # type: ignore[return-value]
+
+
+@settings(max_examples=400)
+@given(
+    st.sampled_from(["purchases", "metrics"]).flatmap(
+        lambda e: st.tuples(st.just(e), mutated(purchase() if e == "purchases" else sample()))
+    )
+)
+def test_a_row_is_either_rejected_with_a_rule_or_encodes_exactly(case: tuple[str, Any]) -> None:
+    endpoint, value = case
+    try:
+        record = judge(endpoint, value)
+    except ValidationError as exc:
+        assert exc.rule and str(exc)
+        return
+    schema = load_schema("purchase") if endpoint == "purchases" else sample_row_schema()
+    assert roundtrips(schema, record) == record
+    assert conform_record(schema, record) == record  # what was accepted is accepted again
