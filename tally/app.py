@@ -25,6 +25,7 @@ PIPELINE_MODULES = [
     "tally.agents.archive",
     "tally.agents.metrics",
     "tally.agents.sales",
+    "tally.web.dead_letters",
     "tally.web.health",
     "tally.web.index",
     "tally.web.ingest",

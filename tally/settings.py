@@ -100,6 +100,17 @@ def retention_days(text: str) -> int:
     return int(match.group(1)) * _DAYS_PER[match.group(2)]
 
 
+_SECONDS_PER = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def duration_seconds(text: str) -> float:
+    """Seconds in a duration such as "15s", "500ms", "2m" or "1h" (a bare number is seconds)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", text)
+    if match is None or float(match.group(1)) <= 0:
+        raise ValueError("must be a positive duration like 15s, 500ms, 2m or 1h")
+    return float(match.group(1)) * _SECONDS_PER[match.group(2) or "s"]
+
+
 def _broker_url(text: str) -> str:
     urls = broker_urls(text)
     if not urls:

@@ -232,3 +232,37 @@ class RowShape:
         record = conform_record(self.schema, row.value)
         self.rules(record, wall_ms)
         return record
+
+
+def json_schema(schema: Any) -> dict[str, Any]:
+    """The JSON Schema of what `conform` accepts for this Avro type: one contract, so the
+    OpenAPI document cannot drift from the checks."""
+    if isinstance(schema, list):
+        return {"anyOf": [json_schema(branch) for branch in schema]}
+    kind = schema["type"] if isinstance(schema, dict) else schema
+    described: dict[str, Any]
+    if kind in ("int", "long"):
+        low, high = INT32 if kind == "int" else INT64
+        described = {"type": "integer", "minimum": low, "maximum": high}
+    elif kind in ("double", "float"):
+        described = {"type": "number"}
+    elif kind == "map":
+        described = {"type": "object", "additionalProperties": json_schema(schema["values"])}
+    elif kind == "array":
+        described = {"type": "array", "items": json_schema(schema["items"])}
+    elif kind == "record":
+        described = {
+            "type": "object",
+            "properties": {
+                f["name"]: {**json_schema(f["type"]), **_doc(f)} for f in schema["fields"]
+            },
+            "required": [f["name"] for f in schema["fields"] if "default" not in f],
+            "additionalProperties": False,
+        }
+    else:
+        described = {"type": {"null": "null", "boolean": "boolean", "string": "string"}[kind]}
+    return {**described, **_doc(schema)} if isinstance(schema, dict) else described
+
+
+def _doc(node: Any) -> dict[str, str]:
+    return {"description": node["doc"]} if isinstance(node, dict) and "doc" in node else {}

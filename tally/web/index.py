@@ -1,4 +1,4 @@
-"""`/`: what this worker is and where its endpoints are."""
+"""`/` (what this worker is, and its endpoints) and `/api/openapi.json` (all of them, described)."""
 
 from __future__ import annotations
 
@@ -6,21 +6,7 @@ from faust.web import Request, Response, View
 
 from tally import __version__
 from tally.app import app, settings
-
-ENDPOINTS = {
-    "GET /": "this index",
-    "GET /api/health": "readiness and the partitions this worker owns",
-    "GET /metrics": "Prometheus counters: events by outcome, dead letters by error",
-    "GET /api/sales/top?k=&at=": "top-K items of the last 24 hours, with freshness",
-    "GET /api/sales/items/{item_id}?at=": "an item's 24-hour total and its hourly panes",
-    "GET /api/servers/{server_id}/metrics?from=&to=&step=&metric=": "a server's metrics, any range",
-    "GET /api/servers/{server_id}/summary?from=&to=": "a server's metrics over the range",
-    "GET /api/metrics/{metric_id}?from=&to=&step=&by=server": "a metric across servers",
-    "GET /registry/subjects": "schema registry (Confluent-compatible API over the file registry)",
-    "GET /registry/subjects/{subject}/versions[/{version}|/latest]": "versions of a subject",
-    "POST /registry/subjects/{subject}/versions": "register {'schema': ...} -> {'id': N}",
-    "GET /registry/schemas/ids/{id}": "one schema by id",
-}
+from tally.web.openapi import document, endpoint_index
 
 
 @app.page("/")
@@ -32,6 +18,13 @@ class Index(View):
                 "version": __version__,
                 "app_id": settings.app_id,
                 "broker": settings.broker,
-                "endpoints": ENDPOINTS,
+                "endpoints": endpoint_index(),
+                "openapi": "/api/openapi.json",
             }
         )
+
+
+@app.page("/api/openapi.json")
+class OpenApi(View):
+    async def get(self, request: Request) -> Response:
+        return self.json(document())

@@ -1,14 +1,79 @@
-"""`/metrics`: Prometheus text format (counters from tally.telemetry)."""
+"""`/metrics` (Prometheus text format): Faust's own sensors, Tally's counters, and gauges read
+at scrape time: consumer lag per source partition and table sizes per table.
+
+Faust's `PrometheusMonitor` serves the page and counts messages, events, sends, commits,
+rebalances and web requests (`faust_*`); `tally.telemetry` counts outcomes, rejects by rule and
+ingest (`tally_*`); the gauges below are computed when scraped, so nothing runs per event.
+"""
 
 from __future__ import annotations
 
-from faust.web import Request, Response, View
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from collections.abc import Iterator
 
+from faust.sensors.prometheus import setup_prometheus_sensors
+from faust.types import TP
+from prometheus_client import REGISTRY
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from tally.agents.intake import processed_offsets
 from tally.app import app
+from tally.tables.store import partition_db
+
+setup_prometheus_sensors(app, pattern="/metrics", name_prefix="faust")
 
 
-@app.page("/metrics")
-class Metrics(View):
-    async def get(self, request: Request) -> Response:
-        return self.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+def next_to_process(tp: TP) -> int | None:
+    """The offset after the last one processed: this worker's record, else the committed."""
+    done = processed_offsets.get(tp)
+    if done is not None:
+        return done + 1
+    return app.monitor.tp_committed_offsets.get(tp)
+
+
+class WorkerGauges(Collector):
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        lag = GaugeMetricFamily(
+            "tally_consumer_lag",
+            "Messages waiting on a source partition this worker owns: its high watermark "
+            "minus the next offset to process.",
+            labels=["topic", "partition"],
+        )
+        sources = set(app.source_topic_partitions())
+        for tp in sorted(app.assignor.assigned_actives()):
+            if tp.topic not in sources:
+                continue
+            try:
+                highwater = app.consumer.highwater(tp)
+            except AssertionError:  # aiokafka: no longer assigned
+                continue
+            position = next_to_process(tp)
+            if highwater is not None and position is not None:
+                lag.add_metric([tp.topic, str(tp.partition)], max(highwater - position, 0))
+        yield lag
+        keys = GaugeMetricFamily(
+            "tally_table_keys",
+            "Keys in a table's local RocksDB partitions (RocksDB's estimate), actives and "
+            "standbys.",
+            labels=["table"],
+        )
+        size = GaugeMetricFamily(
+            "tally_table_bytes",
+            "Bytes of a table's local RocksDB partitions: SST files plus memtables.",
+            labels=["table"],
+        )
+        for name, table in sorted(app.tables.items()):
+            partitions = list(getattr(table.data, "_dbs", {}))  # opened ones only
+            counted = stored = 0
+            for partition in partitions:
+                db = partition_db(table, partition)
+                counted += db.property_int_value("rocksdb.estimate-num-keys") or 0
+                stored += db.property_int_value("rocksdb.total-sst-files-size") or 0
+                stored += db.property_int_value("rocksdb.cur-size-all-mem-tables") or 0
+            keys.add_metric([name], counted)
+            size.add_metric([name], stored)
+        yield keys
+        yield size
+
+
+REGISTRY.register(WorkerGauges())

@@ -1,12 +1,8 @@
-"""Tally's own commands, beside Faust's (`tally worker`, `tally send`, `tally tables`, ...).
-
-Each runs under Faust's command runner: Ctrl-C or SIGTERM cancels it and its `finally` cleans up.
-"""
+"""The local setup: `tally broker`, `tally dev` (broker + worker + feed), `tally feed`."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import random
 import signal
@@ -22,17 +18,14 @@ import click
 from aiokafka import AIOKafkaProducer
 from faust.cli import AppCommand, argument, option
 
-from tally.agents.archive import prune_cutoff
 from tally.app import app, settings
-from tally.archive.store import Archive, ArchiveStats, DayStats
 from tally.broker.admin import ensure_topics
 from tally.broker.local import LocalBroker, die_with_parent, port_accepts
+from tally.cli.errors import fail
 from tally.errors import BrokerError, ConfigurationError
 from tally.feed import FeedProgress, metric_batches, purchases, send_feed
-from tally.settings import retention_days
 from tally.tables.windowing import now_ms
 from tally.topics import SOURCE_TOPICS, metric_batch_codec, purchase_codec
-from tally.web.params import iso
 
 
 def local_broker_address() -> tuple[str, int]:
@@ -57,9 +50,7 @@ async def run_until_stopped(*processes: subprocess.Popen[bytes] | None) -> None:
     while not stop.is_set():
         for process in processes:
             if process is not None and process.poll() is not None:
-                raise click.ClickException(
-                    f"{process.args[0]} exited with code {process.returncode}"
-                )
+                fail(f"{process.args[0]} exited with code {process.returncode}")
         with suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.5)
 
@@ -72,7 +63,7 @@ async def broker(self: AppCommand) -> None:
     try:
         local.start()
     except BrokerError as exc:
-        raise click.ClickException(str(exc)) from exc
+        fail(str(exc))
     print(
         f"local broker ready on {local.url} (cluster {local.cluster_id}, pid {local.pid}); "
         f"log: {local.log_path}. Ctrl-C stops it.",
@@ -160,7 +151,7 @@ def wait_for_http(url: str, process: subprocess.Popen[bytes], log: Path, timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             tail = log.read_text(errors="replace").splitlines()[-20:]
-            raise click.ClickException(
+            fail(
                 f"the worker exited with code {process.returncode}; last lines of {log}:\n"
                 + "\n".join(tail)
             )
@@ -169,7 +160,7 @@ def wait_for_http(url: str, process: subprocess.Popen[bytes], log: Path, timeout
                 return
         except OSError:
             time.sleep(0.5)
-    raise click.ClickException(f"the worker did not answer {url} within {timeout:.0f} s; see {log}")
+    fail(f"the worker did not answer {url} within {timeout:.0f} s; see {log}")
 
 
 @app.command(
@@ -193,9 +184,7 @@ async def dev(self: AppCommand, sales_rate: float, metrics_rate: float) -> None:
     host, port = local_broker_address()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if port_accepts(settings.web_host, settings.web_port):
-        raise click.ClickException(
-            f"port {settings.web_port} is taken; set TALLY_WEB_PORT to a free one"
-        )
+        fail(f"port {settings.web_port} is taken; set TALLY_WEB_PORT to a free one")
     local = LocalBroker(host, port, log_path=settings.data_dir / "broker.log")
     worker: subprocess.Popen[bytes] | None = None
     feeds: list[asyncio.Task[int]] = []
@@ -205,7 +194,7 @@ async def dev(self: AppCommand, sales_rate: float, metrics_rate: float) -> None:
         try:
             local.start()
         except BrokerError as exc:
-            raise click.ClickException(str(exc)) from exc
+            fail(str(exc))
         print(f"starting a worker (log: {worker_log}) ...", flush=True)
         with worker_log.open("ab") as log:
             worker = subprocess.Popen(
@@ -249,107 +238,3 @@ async def dev(self: AppCommand, sales_rate: float, metrics_rate: float) -> None:
                 worker.kill()
         local.stop()
         print("stopped: feed, worker, broker", flush=True)
-
-
-def human_bytes(size: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1000:
-            return f"{size:,.0f} B" if unit == "B" else f"{size:,.1f} {unit}"
-        size /= 1000
-    return f"{size:,.1f} TB"
-
-
-def stat_fields(stats: DayStats | ArchiveStats) -> dict[str, object]:
-    """What `archive stats` reports of a day or of the whole archive."""
-    return {
-        "files": stats.files,
-        "rows": stats.rows,
-        "bytes": stats.bytes,
-        "oldest_minute": None if stats.oldest_ms is None else iso(stats.oldest_ms),
-        "newest_minute": None if stats.newest_ms is None else iso(stats.newest_ms),
-    }
-
-
-def print_archive_stats(archive: Archive, per_day: bool, as_json: bool) -> None:
-    stats = archive.stats()
-    days = [{"day": d.day.isoformat(), **stat_fields(d)} for d in stats.days]
-    summary = {"location": archive.location, "days": len(stats.days), **stat_fields(stats)}
-    if as_json:
-        print(json.dumps({**summary, "per_day": days} if per_day else summary, indent=2))
-        return
-    span = f" ({days[0]['day']} .. {days[-1]['day']})" if days else ""
-    print(
-        f"archive  {archive.location}\n"
-        f"days     {len(stats.days)}{span}\n"
-        f"files    {stats.files:,}\n"
-        f"rows     {stats.rows:,}\n"
-        f"size     {human_bytes(stats.bytes)}\n"
-        f"oldest   {summary['oldest_minute'] or '-'}\n"
-        f"newest   {summary['newest_minute'] or '-'}"
-    )
-    if per_day:
-        print(f"\n{'day':<12}{'files':>7}{'rows':>14}{'size':>12}")
-        for d in days:
-            print(f"{d['day']:<12}{d['files']:>7}{d['rows']:>14,}{human_bytes(d['bytes']):>12}")
-
-
-def keep_option(context: click.Context, param: click.Parameter, value: str | None) -> int | None:
-    """--keep as days, or a usage error (before the command starts)."""
-    if value is None:
-        return None
-    try:
-        return retention_days(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-
-
-@app.command(
-    argument("action", type=click.Choice(["stats", "prune", "compact"])),
-    option(
-        "--keep",
-        "keep_days",
-        default=None,
-        callback=keep_option,
-        help="prune: retention, e.g. 5y, 26w, 30d [default: TALLY_ARCHIVE_KEEP, 5y].",
-    ),
-    option("--dry-run", is_flag=True, help="prune: list the days that would be dropped."),
-    option("--days", "per_day", is_flag=True, help="stats: one line per day too."),
-    option("--json", "as_json", is_flag=True, help="stats: print JSON."),
-)
-async def archive(
-    self: AppCommand,
-    action: str,
-    keep_days: int | None,
-    dry_run: bool,
-    per_day: bool,
-    as_json: bool,
-) -> None:
-    """The cold tier in TALLY_ARCHIVE_DIR: `stats` (days, rows, bytes, oldest/newest minute),
-    `prune` (drop whole days older than the retention; hot tables are not touched) or
-    `compact` (merge each day's files into one per partition; safe beside running workers)."""
-    store = Archive(settings.archive_location)
-    if action == "stats":
-        print_archive_stats(store, per_day, as_json)
-    elif action == "prune":
-        keep_days = settings.archive_keep if keep_days is None else keep_days
-        cutoff = prune_cutoff(now_ms(), keep_days)
-        if dry_run:
-            old = [d for d in store.days() if d < cutoff]
-            print(f"would drop {len(old)} days before {cutoff} (keeping {keep_days} days)")
-            for day in old:
-                print(f"  {day}")
-            return
-        dropped = await asyncio.to_thread(store.prune, cutoff)
-        print(f"dropped {len(dropped)} days before {cutoff} (keeping {keep_days} days)")
-        for day in dropped:
-            print(f"  {day}")
-    else:
-        days = store.days()
-        merged = 0
-        for number, day in enumerate(days, 1):
-            partitions = sorted({f.partition for f in store.files(day)})
-            for partition in partitions:
-                if await asyncio.to_thread(store.compact, day, partition) is not None:
-                    merged += 1
-            print(f"[{number}/{len(days)}] {day}: {len(partitions)} partitions", flush=True)
-        print(f"compacted {merged} (day, partition) file sets")

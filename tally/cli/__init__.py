@@ -1,0 +1,9 @@
+"""Tally's own commands, beside Faust's (`tally worker`, `tally send`, `tally tables`, ...).
+
+Each runs under Faust's command runner: Ctrl-C or SIGTERM cancels it and its `finally` cleans
+up. Importing this package registers them all.
+"""
+
+from tally.cli import archive, dlq, ingest, local
+
+__all__ = ["archive", "dlq", "ingest", "local"]

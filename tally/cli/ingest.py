@@ -1,0 +1,134 @@
+"""`tally ingest` (the stateless write tier) and `tally agent` (simulated servers posting to it)."""
+
+from __future__ import annotations
+
+import click
+from aiohttp import web
+from faust.cli import AppCommand, option
+
+from tally.app import app, settings
+from tally.cli.errors import fail
+from tally.cli.local import run_until_stopped
+from tally.dlq import DeadLetterWatch
+from tally.ingest.agent import Backoff, run_agents
+from tally.ingest.http import make_gateway
+from tally.ingest.server import ingest_application
+from tally.settings import duration_seconds
+
+
+@app.command()
+async def ingest(self: AppCommand) -> None:
+    """Run the ingest tier alone: POST /api/ingest/* into Kafka, no tables, no consumer
+    group. Listens on TALLY_WEB_HOST:TALLY_WEB_PORT; run several behind a load balancer."""
+    gateway = make_gateway(settings)
+    watch = DeadLetterWatch(settings.bootstrap_servers)
+    await gateway.start()
+    await watch.start()
+    runner = web.AppRunner(ingest_application(gateway, watch), access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, settings.web_host, settings.web_port)
+        try:
+            await site.start()
+        except OSError as exc:
+            fail(
+                f"cannot listen on {settings.web_host}:{settings.web_port} ({exc.strerror}); "
+                "set TALLY_WEB_PORT to a free port"
+            )
+        print(
+            f"ingest tier on {settings.web_url} -> broker {settings.broker}\n"
+            f"  POST {settings.web_url}/api/ingest/purchases | /api/ingest/metrics\n"
+            f"  docs {settings.web_url}/api/openapi.json\n"
+            "Ctrl-C stops it.",
+            flush=True,
+        )
+        await run_until_stopped()
+    finally:
+        await runner.cleanup()
+        await watch.stop()
+        await gateway.stop()
+
+
+def seconds_option(context: click.Context, param: click.Parameter, value: str) -> float:
+    try:
+        return duration_seconds(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@app.command(
+    option("--servers", type=click.IntRange(1), default=100, show_default=True),
+    option("--metrics", type=click.IntRange(1), default=10, show_default=True),
+    option(
+        "--interval",
+        default="15s",
+        show_default=True,
+        callback=seconds_option,
+        help="How often each server posts its batch.",
+    ),
+    option(
+        "--resolution",
+        default="5s",
+        show_default=True,
+        callback=seconds_option,
+        help="How often each server samples each metric.",
+    ),
+    option("--url", default=None, help="Ingest base URL [default: this worker's web URL]."),
+    option(
+        "--rounds",
+        type=click.IntRange(0),
+        default=0,
+        show_default=True,
+        help="Posts per server, then stop (0 = until Ctrl-C).",
+    ),
+    option("--retries", type=click.IntRange(0), default=5, show_default=True),
+    option(
+        "--backoff",
+        default="500ms",
+        show_default=True,
+        callback=seconds_option,
+        help="First retry's ceiling; doubles per retry (full jitter).",
+    ),
+    option(
+        "--max-backoff",
+        default="30s",
+        show_default=True,
+        callback=seconds_option,
+        help="Largest retry ceiling.",
+    ),
+    option("--seed", type=int, default=1, show_default=True),
+)
+async def agent(
+    self: AppCommand,
+    servers: int,
+    metrics: int,
+    interval: float,
+    resolution: float,
+    url: str | None,
+    rounds: int,
+    retries: int,
+    backoff: float,
+    max_backoff: float,
+    seed: int,
+) -> None:
+    """Simulate server agents: each batches its samples and POSTs them every --interval to
+    /api/ingest/metrics, retrying with exponential backoff and full jitter; a progress line
+    every 5 s (sent, retried, failed, rate)."""
+    target = (url or settings.web_url).rstrip("/") + "/api/ingest/metrics"
+    print(
+        f"agent: {servers} servers x {metrics} metrics, every {interval:g} s -> {target}",
+        flush=True,
+    )
+    stats = await run_agents(
+        target,
+        servers=servers,
+        metrics=metrics,
+        interval_s=interval,
+        resolution_s=resolution,
+        rounds=rounds,
+        backoff=Backoff(base_s=backoff, cap_s=max_backoff, retries=retries),
+        seed=seed,
+    )
+    print(stats.line(), flush=True)
+    if stats.failed:
+        fail(f"{stats.failed} batches could not be delivered")

@@ -1,0 +1,314 @@
+"""The OpenAPI 3.1 document of every HTTP endpoint, served at `/api/openapi.json`.
+
+One table (`OPERATIONS`) describes each endpoint once; the document, the index page `/` and the
+`tally ingest` process's subset are all built from it. Ingest bodies are described by the JSON
+Schema derived from the Avro schemas (`tally.ingest.rows.json_schema`), the same contract the
+rows are checked against.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tally import __version__
+from tally.codecs.avro import load_schema
+from tally.ingest.gateway import sample_row_schema
+from tally.ingest.rows import json_schema
+
+#: `?from=` / `?to=` / `?at=`: the forms `time_param` reads.
+TIME = {
+    "type": "string",
+    "description": "ISO 8601 (2026-11-22T10:00:00Z; naive = UTC) or epoch milliseconds",
+}
+STEP = {"type": "string", "enum": ["1m", "5m", "1h", "1d"], "default": "1m"}
+ERROR = {
+    "type": "object",
+    "properties": {"error": {"type": "string", "description": "what was wrong, for a person"}},
+    "required": ["error"],
+}
+#: The schema registry answers errors the way Confluent's does.
+REGISTRY_ERROR = {
+    "type": "object",
+    "properties": {"error_code": {"type": "integer"}, "message": {"type": "string"}},
+    "required": ["error_code", "message"],
+}
+ANY_OBJECT = {"type": "object"}
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    where: str  # path | query
+    schema: dict[str, Any]
+    description: str = ""
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "in": self.where,
+            "required": self.where == "path",
+            "schema": self.schema,
+            **({"description": self.description} if self.description else {}),
+        }
+
+
+def path(name: str, description: str = "") -> Param:
+    return Param(name, "path", {"type": "string", "minLength": 1}, description)
+
+
+def query(name: str, schema: dict[str, Any], description: str = "") -> Param:
+    return Param(name, "query", schema, description)
+
+
+@dataclass(frozen=True)
+class Operation:
+    method: str
+    path: str
+    summary: str
+    params: tuple[Param, ...] = ()
+    #: status → description; 200/202 carry `result`, the others the error object.
+    statuses: dict[int, str] = field(default_factory=lambda: {200: "the answer"})
+    result: dict[str, Any] = field(default_factory=lambda: ANY_OBJECT)
+    error: dict[str, Any] = field(default_factory=lambda: ERROR)
+    body: dict[str, Any] | None = None
+    content_type: str = "application/json"
+    #: The `tally ingest` process serves the operations marked so.
+    on_ingest_tier: bool = False
+
+    def document(self) -> dict[str, Any]:
+        responses: dict[str, Any] = {}
+        for status, description in self.statuses.items():
+            schema = self.result if status < 300 else self.error
+            content_type = self.content_type if status < 300 else "application/json"
+            responses[str(status)] = {
+                "description": description,
+                "content": {content_type: {"schema": schema}},
+            }
+        operation: dict[str, Any] = {
+            "summary": self.summary,
+            "operationId": f"{self.method}{self.path}".replace("/", "_")
+            .replace("{", "")
+            .replace("}", ""),
+            "parameters": [p.document() for p in self.params],
+            "responses": responses,
+        }
+        if self.body is not None:
+            operation["requestBody"] = self.body
+        return operation
+
+
+READY = {200: "the answer", 503: "this worker is starting or rebalancing: retry shortly"}
+WINDOW_QUERY = {**READY, 400: "a parameter is unusable (the message says which)"}
+RANGE = (
+    query("from", TIME, "start of the range (default: `to` minus 2 days)"),
+    query("to", TIME, "end of the range, exclusive (default: now)"),
+)
+
+
+def ingest_body(rows: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "required": True,
+        "description": "Rows: a JSON array of objects, or NDJSON (one object per line). Each "
+        "row is judged alone; gzip (Content-Encoding) is accepted.",
+        "content": {
+            "application/json": {"schema": {"type": "array", "items": rows}},
+            "application/x-ndjson": {"schema": {"type": "string"}},
+        },
+    }
+
+
+INGEST_RESULT = {
+    "type": "object",
+    "properties": {
+        "request_id": {"type": "string"},
+        "endpoint": {"type": "string"},
+        "accepted": {"type": "integer", "description": "rows acknowledged by Kafka"},
+        "rejected": {"type": "integer", "description": "rows sent to dead-letters"},
+        "rejections": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "index": {"type": "integer", "description": "0-based row number"},
+                    "rule": {"type": "string", "description": "kind of wrong (missing_field, ...)"},
+                    "reason": {"type": "string"},
+                },
+            },
+        },
+        "messages": {"type": "integer", "description": "Kafka messages written"},
+    },
+    "required": ["request_id", "accepted", "rejected", "rejections"],
+}
+INGEST_STATUSES = {
+    202: "rows checked: accepted ones are in Kafka, rejected ones (listed) in dead-letters",
+    400: "no row of the body is readable (not JSON, not UTF-8, empty)",
+    413: "the body is larger than TALLY_INGEST_MAX_BYTES",
+    503: "the broker did not acknowledge in time: nothing is promised, retry (Retry-After)",
+}
+
+
+def ingest_operation(name: str, summary: str, row_schema: dict[str, Any]) -> Operation:
+    return Operation(
+        "post",
+        f"/api/ingest/{name}",
+        summary,
+        statuses=INGEST_STATUSES,
+        result=INGEST_RESULT,
+        body=ingest_body(json_schema(row_schema)),
+        on_ingest_tier=True,
+    )
+
+
+OPERATIONS: tuple[Operation, ...] = (
+    Operation("get", "/", "this index: the service and its endpoints", on_ingest_tier=True),
+    Operation(
+        "get",
+        "/api/health",
+        "readiness, and the partitions this worker owns",
+        statuses={200: "ready", 503: "starting, recovering or rebalancing (the reason says)"},
+        on_ingest_tier=True,
+    ),
+    Operation("get", "/api/openapi.json", "this document", on_ingest_tier=True),
+    Operation(
+        "get",
+        "/metrics",
+        "Prometheus: events by outcome, rejects by rule, ingest, consumer lag, table sizes",
+        result={"type": "string"},
+        content_type="text/plain",
+        on_ingest_tier=True,
+    ),
+    ingest_operation("purchases", "send purchases", load_schema("purchase")),
+    ingest_operation("metrics", "send metric samples (one row per sample)", sample_row_schema()),
+    Operation(
+        "get",
+        "/api/dead-letters/stats",
+        "dead letters: counts by rule, stage and origin, and the latest few",
+        on_ingest_tier=True,
+    ),
+    Operation(
+        "get",
+        "/api/sales/top",
+        "top-K items of the last 24 hours (sliding hourly), with freshness",
+        (
+            query("k", {"type": "integer", "minimum": 1}, "how many (at most TALLY_TOP_K)"),
+            query("at", TIME, "the window ending at this time's pane (default: now)"),
+        ),
+        statuses={**WINDOW_QUERY, 410: "that window is no longer retained"},
+    ),
+    Operation(
+        "get",
+        "/api/sales/items/{item_id}",
+        "an item's 24-hour total and its hourly panes",
+        (path("item_id"), query("at", TIME, "the window ending at this time's pane")),
+        statuses={**WINDOW_QUERY, 410: "that window is no longer retained"},
+    ),
+    Operation(
+        "get",
+        "/api/servers/{server_id}/metrics",
+        "a server's metrics per step over any range (hot tables and archive merged)",
+        (
+            path("server_id"),
+            *RANGE,
+            query("step", STEP),
+            query("metric", {"type": "string"}, "comma-separated metric ids (default: all)"),
+        ),
+        statuses=WINDOW_QUERY,
+    ),
+    Operation(
+        "get",
+        "/api/servers/{server_id}/summary",
+        "a server's metrics over the whole range: min, max, avg, count",
+        (path("server_id"), *RANGE),
+        statuses=WINDOW_QUERY,
+    ),
+    Operation(
+        "get",
+        "/api/metrics/{metric_id}",
+        "a metric across all servers per step; by=server for the breakdown",
+        (
+            path("metric_id"),
+            *RANGE,
+            query("step", STEP),
+            query("by", {"type": "string", "enum": ["server"]}, "break down by server"),
+        ),
+        statuses=WINDOW_QUERY,
+    ),
+    Operation(
+        "get", "/registry/subjects", "schema registry: every subject", result={"type": "array"}
+    ),
+    Operation(
+        "get",
+        "/registry/subjects/{subject}/versions",
+        "versions of a subject",
+        (path("subject"),),
+        statuses={200: "the versions", 404: "no such subject"},
+        error=REGISTRY_ERROR,
+    ),
+    Operation(
+        "post",
+        "/registry/subjects/{subject}/versions",
+        "register a schema under a subject: {'schema': '<Avro JSON>'} -> {'id': N}",
+        (path("subject"),),
+        statuses={
+            200: "its id",
+            409: "its id collides with another schema's",
+            422: "not a valid Avro schema",
+        },
+        error=REGISTRY_ERROR,
+        body={
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {"schema": {"type": "string"}},
+                        "required": ["schema"],
+                    }
+                }
+            },
+        },
+    ),
+    Operation(
+        "get",
+        "/registry/subjects/{subject}/versions/{version}",
+        "one version of a subject (a number, or latest)",
+        (path("subject"), path("version")),
+        statuses={200: "the schema", 404: "no such subject or version"},
+        error=REGISTRY_ERROR,
+    ),
+    Operation(
+        "get",
+        "/registry/schemas/ids/{schema_id}",
+        "one schema by id",
+        (path("schema_id"),),
+        statuses={200: "the schema", 404: "no such id"},
+        error=REGISTRY_ERROR,
+    ),
+)
+
+
+def document(operations: Iterable[Operation] = OPERATIONS) -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for operation in operations:
+        paths.setdefault(operation.path, {})[operation.method] = operation.document()
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Tally",
+            "version": __version__,
+            "description": "Real-time analytics on Faust: ingest, top sellers, server metrics.",
+        },
+        "paths": paths,
+    }
+
+
+def endpoint_index(operations: Iterable[Operation] = OPERATIONS) -> dict[str, str]:
+    """ "METHOD /path?params": summary — what the index page lists."""
+    index = {}
+    for op in operations:
+        names = [p.name for p in op.params if p.where == "query"]
+        suffix = "?" + "&".join(f"{n}=" for n in names) if names else ""
+        index[f"{op.method.upper()} {op.path}{suffix}"] = op.summary
+    return index
