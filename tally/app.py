@@ -115,6 +115,10 @@ app = TallyApp(
     key_serializer="raw",
     value_serializer="raw",
     autodiscover=PIPELINE_MODULES,
+    # Faust's /router and /table debug views answer 500 on unknown names and print raw table
+    # values; Tally's own views (routed to the owner) serve the tables.
+    web_router_enabled=False,
+    web_tables_enabled=False,
     origin="tally",
     **local_broker_settings(settings),
 )

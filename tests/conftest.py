@@ -74,7 +74,7 @@ def make_worker(
     """Build workers (not started) sharing this test's broker, app id and registry."""
     workers: list[Worker] = []
 
-    def factory(name: str = "w1", **env: str) -> Worker:
+    def factory(name: str = "w1", command: tuple[str, ...] | None = None, **env: str) -> Worker:
         worker = Worker(
             env={
                 "TALLY_BROKER": broker.url,
@@ -87,6 +87,8 @@ def make_worker(
             },
             log_path=tmp_path / f"{name}.log",
         )
+        if command is not None:
+            worker.command = command
         workers.append(worker)
         return worker
 

@@ -24,12 +24,14 @@ from tally.broker.local import die_with_parent, free_port
 
 @dataclass
 class Worker:
-    """`tally worker` as a child process with its own data dir and web port."""
+    """`tally worker` (or another serving command, e.g. `tally ingest`) as a child process
+    with its own data dir and web port."""
 
     env: dict[str, str]
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     port: int = field(default_factory=free_port)
+    command: tuple[str, ...] = ("worker", "--loglevel", "info")
 
     @property
     def url(self) -> str:
@@ -40,7 +42,7 @@ class Worker:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "tally", "worker", "--loglevel", "info"],
+                [sys.executable, "-m", "tally", *self.command],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -73,6 +75,19 @@ class Worker:
     def text(self, path: str) -> str:
         with urllib.request.urlopen(self.url + path, timeout=10) as response:
             return response.read().decode()
+
+    def post(
+        self, path: str, body: bytes, headers: Mapping[str, str] | None = None
+    ) -> tuple[int, Any, Mapping[str, str]]:
+        """(status, JSON answer, headers) of a POST; HTTP errors are answers too."""
+        request = urllib.request.Request(
+            self.url + path, data=body, method="POST", headers=dict(headers or {})
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read()), dict(response.headers)
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"null"), dict(exc.headers)
 
     def get_status(self, path: str) -> tuple[int, Any]:
         try:

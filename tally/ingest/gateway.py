@@ -259,6 +259,19 @@ class IngestGateway(Service):
                 self._producer = producer
             return self._producer
 
+    async def check_broker(self) -> None:
+        """`BrokerUnavailable` unless a broker of the cluster takes a connection now: what a
+        load balancer's health check should see."""
+        producer = await self.producer()
+        client = producer.client
+        for broker in client.cluster.brokers():
+            try:
+                if await asyncio.wait_for(client.ready(broker.nodeId), 2.0):
+                    return
+            except (KafkaError, OSError, TimeoutError):
+                continue
+        raise BrokerUnavailable(f"no broker of {self.settings.broker} takes connections")
+
     async def _connect(self, producer: AIOKafkaProducer) -> None:
         topics = sorted({e.topic for e in self.endpoints.values()} | {DEAD_LETTERS_TOPIC})
         await ensure_topics(
@@ -274,14 +287,16 @@ class IngestGateway(Service):
         for topic in topics:
             await producer.client.add_topic(topic)
 
-    async def submit(self, endpoint: Endpoint, body: bytes, request_id: str) -> IngestResult:
+    async def submit(
+        self, endpoint: Endpoint, body: bytes, request_id: str, ndjson: bool = False
+    ) -> IngestResult:
         """Check every row, send accepted rows and dead letters, wait for every ack.
 
         `UnreadableBody` (400, for the caller to `refuse`) and `BrokerUnavailable` (503)
         propagate.
         """
         request = origin(endpoint, request_id)
-        rows = split_rows(body)
+        rows = split_rows(body, ndjson)
         wall_ms = now_ms()
         accepted: list[Record] = []
         rejected: list[tuple[Row, ValidationError]] = []

@@ -23,7 +23,7 @@ from tally.ingest.gateway import (
     endpoints,
     new_request_id,
 )
-from tally.ingest.rows import BodyTooLarge, UnreadableBody
+from tally.ingest.rows import NDJSON_TYPES, BodyTooLarge, UnreadableBody
 from tally.settings import Settings
 from tally.telemetry import INGEST_REQUESTS, INGEST_SECONDS
 
@@ -110,7 +110,8 @@ async def exchange(
             await gateway.refuse(endpoint, body.data, refused, request_id, body.size)
             return error(413, refused, request_id)
         try:
-            result = await gateway.submit(endpoint, body.data, request_id)
+            ndjson = request.content_type in NDJSON_TYPES
+            result = await gateway.submit(endpoint, body.data, request_id, ndjson)
         except UnreadableBody as exc:
             await gateway.refuse(endpoint, body.data, exc, request_id, body.size)
             return error(400, exc, request_id)

@@ -47,8 +47,13 @@ class Row:
     unreadable: str = ""
 
 
-def split_rows(body: bytes) -> list[Row]:
-    """The rows of a body: a JSON array, else NDJSON (blank lines skipped, not counted).
+#: Content types that mean "one JSON value per line", whatever the first line looks like.
+NDJSON_TYPES = frozenset({"application/x-ndjson", "application/jsonl", "application/json-lines"})
+
+
+def split_rows(body: bytes, ndjson: bool = False) -> list[Row]:
+    """The rows of a body: a JSON array (each element a row) or one JSON value (one row);
+    else, or when `ndjson`, one row per non-blank line.
 
     NaN and Infinity literals are read (Python's json does) so that the row is rejected for a
     non-finite value by name, not as unreadable.
@@ -62,14 +67,15 @@ def split_rows(body: bytes) -> list[Row]:
     stripped = text.strip()
     if not stripped:
         raise UnreadableBody("the body is empty: send a JSON array of rows, or NDJSON")
-    if stripped.startswith("["):
+    whole_error = ""
+    if not ndjson:
         try:
-            values = json.loads(stripped)
+            value = json.loads(stripped)
         except (ValueError, RecursionError) as exc:
-            raise UnreadableBody(
-                f"the body starts with '[' but is not a JSON array: {exc}"
-            ) from None
-        return [Row(i, _dumps(value), value) for i, value in enumerate(values)]
+            whole_error = str(exc) or type(exc).__name__
+        else:
+            values = value if isinstance(value, list) else [value]
+            return [Row(i, _dumps(v), v) for i, v in enumerate(values)]
     rows = []
     for index, line in enumerate(line for line in stripped.splitlines() if line.strip()):
         try:
@@ -77,9 +83,10 @@ def split_rows(body: bytes) -> list[Row]:
         except (ValueError, RecursionError) as exc:
             rows.append(Row(index, line.encode(), unreadable=f"line is not JSON: {exc}"))
     if all(row.unreadable for row in rows):
+        whole = f"the body is not JSON ({whole_error}), nor NDJSON" if whole_error else "no line"
         raise UnreadableBody(
-            f"no line of the body is JSON (first: {rows[0].unreadable}); send a JSON array "
-            "of rows, or NDJSON: one JSON object per line"
+            f"{whole} (line 1: {rows[0].unreadable}); send a JSON array of rows, or NDJSON: "
+            "one JSON object per line"
         )
     return rows
 

@@ -36,7 +36,7 @@ def ingest_application(gateway: IngestGateway, watch: DeadLetterWatch) -> web.Ap
     async def health(request: web.Request) -> web.Response:
         """Ready when the broker takes connections: a load balancer then routes here."""
         try:
-            await gateway.producer()
+            await gateway.check_broker()
         except BrokerUnavailable as exc:
             return web.json_response({"status": "starting", "reason": str(exc)}, status=503)
         return web.json_response({"status": "ready", "role": "ingest"})

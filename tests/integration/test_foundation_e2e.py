@@ -107,9 +107,7 @@ def test_bad_messages_become_dead_letters_and_the_agent_keeps_going(
     metrics = urllib.request.urlopen(worker.url + "/metrics").read().decode()
     assert 'tally_events_total{outcome="rejected",topic="purchases"} 4.0' in metrics
     assert 'tally_events_total{outcome="counted",topic="purchases"} 2.0' in metrics
-    assert (
-        'tally_dead_letters_total{destination="dead-letters",rule="schema"} 1.0' in metrics
-    )
+    assert 'tally_dead_letters_total{destination="dead-letters",rule="schema"} 1.0' in metrics
 
 
 def test_restart_recovers_identical_state_through_the_shim(

@@ -78,15 +78,21 @@ def test_a_single_object_is_one_row() -> None:
     assert row.value == purchase()
 
 
+def test_declared_ndjson_is_read_by_lines_even_when_a_line_is_an_array() -> None:
+    body = b"[]\n{}"
+    assert [r.value for r in split_rows(body, ndjson=True)] == [[], {}]
+    assert [r.value for r in split_rows(b"[]")] == []
+
+
 @pytest.mark.parametrize(
     ("body", "says"),
     [
         (b"", "empty"),
         (b"   \n ", "empty"),
-        (b"hello", "no line of the body is JSON"),
-        (b"[1, 2", "not a JSON array"),
+        (b"hello", "the body is not JSON"),
+        (b"[1, 2", "the body is not JSON"),
         (b"\xff\xfe{}", "not UTF-8"),
-        (b"[" * 100_000, "not a JSON array"),  # nesting deeper than the parser goes
+        (b"[" * 100_000, "the body is not JSON"),  # nesting deeper than the parser goes
     ],
 )
 def test_a_body_without_a_readable_row_is_refused_whole(body: bytes, says: str) -> None:

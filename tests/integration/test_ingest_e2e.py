@@ -1,0 +1,337 @@
+"""REST ingest through the real broker: accepted rows land once, every bad row is a dead letter
+with its reason, a dead broker gives 503s, fuzzing finds no 5xx, and the tooling (agent, dlq)
+works end to end."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+import subprocess
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tally.broker.local import LocalBroker
+from tally.codecs.avro import AvroCodec
+from tally.deadletters import DeadLetter
+from tests.conftest import WorkerFactory
+from tests.harness import Worker, consume, headers_of, wait_until
+
+ITEMS = [f"item-{n:02d}" for n in range(12)]
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def purchase(n: int, item: str, quantity: int, ts: int) -> dict[str, Any]:
+    return {
+        "purchase_id": f"p{n}",
+        "item_id": item,
+        "quantity": quantity,
+        "unit_price_cents": 250,
+        "event_time_ms": ts,
+    }
+
+
+def letters_of(bootstrap: str, expect: int) -> list[tuple[Any, DeadLetter]]:
+    records = consume(bootstrap, "dead-letters", expect=expect, timeout=30)
+    return [(r, DeadLetter.from_headers(headers_of(r))) for r in records]
+
+
+def ingested_purchases(bootstrap: str, codec: AvroCodec, expect: int) -> list[dict[str, Any]]:
+    """Every purchase in the purchases topic (ingest writes PurchaseBatch envelopes)."""
+    found: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 30
+    while len(found) < expect and time.monotonic() < deadline:
+        found = [
+            purchase
+            for record in consume(bootstrap, "purchases", expect=1, timeout=10)
+            for purchase in codec.loads(record.value)["purchases"]
+        ]
+    return found
+
+
+def test_accepted_rows_land_once_and_each_bad_row_is_a_dead_letter_with_its_reason(
+    broker: LocalBroker,
+    make_worker: WorkerFactory,
+    purchase_batch_codec: AvroCodec,
+    metric_batch_codec: AvroCodec,
+) -> None:
+    worker = make_worker(TALLY_INGEST_MAX_BYTES="200000").start()
+    wall = now_ms()
+    rng = random.Random(5)
+    good = [purchase(n, rng.choice(ITEMS), rng.randint(1, 4), wall - n) for n in range(300)]
+    bad = {
+        40: ({**good[0], "purchase_id": "b1", "item_id": None}, "wrong_type"),
+        41: ({k: v for k, v in good[1].items() if k != "item_id"}, "missing_field"),
+        42: ({**good[2], "quantity": "two"}, "wrong_type"),
+        43: ({**good[3], "quantity": -2}, "out_of_range"),
+        44: ({**good[4], "event_time_ms": wall // 1000}, "bad_time"),  # seconds, not ms
+        45: ({**good[5], "event_time_ms": wall + 86_400_000}, "bad_time"),  # a day ahead
+        46: ({**good[6], "qty": 1}, "unknown_field"),
+        47: ("just a string", "not_object"),
+    }
+    rows: list[Any] = list(good)
+    for index in sorted(bad):
+        rows.insert(index, bad[index][0])
+    status, answer, headers = worker.post("/api/ingest/purchases", json.dumps(rows).encode())
+    assert status == 202, answer
+    assert answer["accepted"] == len(good) and answer["rejected"] == len(bad)
+    assert {r["index"]: r["rule"] for r in answer["rejections"]} == {
+        i: rule for i, (_, rule) in bad.items()
+    }
+    assert all(r["reason"] for r in answer["rejections"])
+    assert headers["X-Request-Id"] == answer["request_id"]
+
+    # Metrics as gzip-compressed NDJSON: a NaN, a line that is not JSON, a wrong type.
+    samples = [
+        {"server_id": f"web-{s}", "metric_id": m, "ts_ms": wall - k * 100, "value": k + s}
+        for s in range(3)
+        for m in ("cpu", "mem")
+        for k in range(10)
+    ]
+    lines = [json.dumps(x) for x in samples]
+    lines[7:7] = [
+        f'{{"server_id": "web-0", "metric_id": "cpu", "ts_ms": {wall}, "value": NaN}}',
+        '{"server_id": "web-0", "metric_id": "cpu", "ts_ms": ',
+        '{"server_id": "web-0", "metric_id": "cpu", "ts_ms": "now", "value": 1}',
+    ]
+    status, metrics_answer, _ = worker.post(
+        "/api/ingest/metrics",
+        gzip.compress("\n".join(lines).encode()),
+        {"Content-Encoding": "gzip", "Content-Type": "application/x-ndjson"},
+    )
+    assert status == 202, metrics_answer
+    assert metrics_answer["accepted"] == len(samples)
+    assert [(r["index"], r["rule"]) for r in metrics_answer["rejections"]] == [
+        (7, "not_finite"),
+        (8, "not_json"),
+        (9, "wrong_type"),
+    ]
+
+    status, unreadable, _ = worker.post("/api/ingest/purchases", b"this is not json")
+    assert status == 400 and unreadable["rule"] == "unreadable_body"
+    assert "JSON" in unreadable["error"]
+    status, too_large, _ = worker.post("/api/ingest/metrics", b"[" + b" " * 300_000 + b"]")
+    assert status == 413 and "200,000 bytes" in too_large["error"]
+    status, missing, _ = worker.post("/api/ingest/orders", b"[]")
+    assert status == 404 and "/api/ingest/purchases" in missing["error"]
+
+    # Kafka holds each accepted row exactly once.
+    landed = ingested_purchases(broker.bootstrap, purchase_batch_codec, len(good))
+    assert sorted(p["purchase_id"] for p in landed) == sorted(p["purchase_id"] for p in good)
+    batches = consume(broker.bootstrap, "metric-samples", expect=3, timeout=30)
+    landed_samples = [
+        (b["server_id"], s["metric_id"], s["ts_ms"], s["value"])
+        for b in (metric_batch_codec.loads(r.value) for r in batches)
+        for s in b["samples"]
+    ]
+    assert sorted(landed_samples) == sorted(
+        (x["server_id"], x["metric_id"], x["ts_ms"], float(x["value"])) for x in samples
+    )
+
+    # Every rejected row and refused body is a dead letter: the row's bytes, rule, origin.
+    expected_letters = len(bad) + 3 + 2
+    letters = letters_of(broker.bootstrap, expected_letters)
+    assert len(letters) == expected_letters
+    by_request: dict[str, list[tuple[Any, DeadLetter]]] = {}
+    for record, letter in letters:
+        by_request.setdefault(letter.request.rsplit(" ", 1)[-1], []).append((record, letter))
+    purchase_letters = by_request[answer["request_id"]]
+    assert {letter.row: letter.rule for _, letter in purchase_letters} == {
+        i: rule for i, (_, rule) in bad.items()
+    }
+    for record, letter in purchase_letters:
+        assert json.loads(record.value) == bad[letter.row][0]
+        assert letter.request.startswith("POST /api/ingest/purchases ")
+        assert (letter.topic, letter.partition, letter.offset) == ("", -1, -1)
+    metric_letters = {
+        letter.row: record.value for record, letter in by_request[metrics_answer["request_id"]]
+    }
+    assert metric_letters[8] == lines[8].encode()  # the unreadable line, byte for byte
+    (refused,) = by_request[unreadable["request_id"]]
+    assert refused[0].value == b"this is not json" and refused[1].rule == "unreadable_body"
+    (oversized,) = by_request[too_large["request_id"]]
+    assert oversized[1].rule == "body_too_large" and "bytes are kept" in oversized[1].reason
+
+    # The pipelines count what was accepted, equal to brute force.
+    truth = Counter()
+    for p in good:
+        truth[p["item_id"]] += p["quantity"]
+    for item in truth:
+        wait_until(
+            lambda item=item: worker.get(f"/api/sales/items/{item}")["quantity"] == truth[item],
+            30,
+            what=f"{item} totals {truth[item]}",
+        )
+    wait_until(
+        lambda: (
+            {m: v["count"] for m, v in worker.get("/api/servers/web-1/summary")["metrics"].items()}
+            == {"cpu": 10, "mem": 10}
+        ),
+        30,
+        what="web-1's 10 cpu and 10 mem samples rolled up",
+    )
+
+    stats = wait_until(
+        lambda: (s := worker.get("/api/dead-letters/stats"))["total"] == expected_letters and s,
+        30,
+        what="dead-letter stats",
+    )
+    assert stats["by_rule"]["wrong_type"] == 3 and stats["by_rule"]["not_finite"] == 1
+    assert stats["by_origin"]["POST /api/ingest/purchases"] == len(bad) + 1
+    metrics = worker.text("/metrics")
+    assert 'tally_ingest_rows_total{endpoint="purchases",outcome="accepted"} 300.0' in metrics
+    assert 'tally_ingest_requests_total{endpoint="metrics",status="413"} 1.0' in metrics
+    assert 'tally_dead_letters_total{destination="dead-letters",rule="bad_time"} 2.0' in metrics
+    assert 'tally_consumer_lag{partition="0",topic="purchases"}' in metrics
+    assert 'tally_table_keys{table="sales_panes"}' in metrics
+    assert "faust_messages_received_total" in metrics
+    assert worker.process is not None and worker.process.poll() is None
+
+
+def test_the_ingest_tier_answers_503_while_the_broker_is_down_and_recovers(
+    broker: LocalBroker, make_worker: WorkerFactory
+) -> None:
+    tier = make_worker("ingest", command=("ingest",), TALLY_INGEST_ACK_TIMEOUT_SECONDS="2").start()
+    row = lambda n: json.dumps(purchase(n, "item-1", 1, now_ms())).encode()  # noqa: E731
+    assert tier.post("/api/ingest/purchases", row(0))[0] == 202
+
+    assert broker.process is not None
+    broker.process.kill()  # SIGKILL: no goodbye to clients
+    broker.stop()
+    statuses = []
+    for n in range(1, 6):
+        started = time.monotonic()
+        status, answer, headers = tier.post("/api/ingest/purchases", row(n))
+        statuses.append(status)
+        assert time.monotonic() - started < 10, "a 503 must come within the ack timeout"
+        assert status == 503, answer
+        assert headers["Retry-After"] == "5" and "retry" in answer["error"]
+    assert tier.get_status("/api/health")[0] == 503
+    assert tier.process is not None and tier.process.poll() is None
+
+    broker.start()  # the same address, a new (empty) cluster
+    wait_until(lambda: tier.post("/api/ingest/purchases", row(99))[0] == 202, 60, what="202 again")
+    assert tier.get_status("/api/health")[0] == 200
+
+
+def test_tally_agent_posts_batches_that_the_worker_rolls_up(
+    make_worker: WorkerFactory,
+) -> None:
+    worker = make_worker().start()
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "tally", "agent",
+            "--servers", "4", "--metrics", "2", "--interval", "1s", "--resolution", "250ms",
+            "--rounds", "3", "--url", worker.url,
+        ],
+        capture_output=True, text=True, timeout=120, env=worker_env(worker),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "failed 0" in done.stdout and "rejected rows 0" in done.stdout
+    sent = int(done.stdout.rsplit("batches (", 1)[1].split(" samples")[0].replace(",", ""))
+    assert sent >= 4 * 2 * 3 * 4  # 4 servers, 2 metrics, 3 posts of ~4 samples each
+
+    def counted() -> int:
+        return sum(
+            point["count"]
+            for n in range(4)
+            for point in worker.get(f"/api/servers/server-{n:04d}/summary")["metrics"].values()
+        )
+
+    wait_until(lambda: counted() == sent, 30, what=f"{sent} samples rolled up")
+
+
+def worker_env(worker: Worker) -> dict[str, str]:
+    import os
+
+    return {**os.environ, **worker.env}
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+def fuzzed_row(base: dict[str, Any]) -> st.SearchStrategy[Any]:
+    keys = sorted(base)
+    return st.one_of(
+        st.just(base),
+        st.sampled_from(keys).map(lambda k: {n: v for n, v in base.items() if n != k}),
+        st.tuples(st.sampled_from(keys), JSON_VALUES).map(lambda kv: {**base, kv[0]: kv[1]}),
+        JSON_VALUES,
+    )
+
+
+def test_fuzzing_finds_no_5xx_and_every_rejected_row_is_accounted_for(
+    broker: LocalBroker, make_worker: WorkerFactory
+) -> None:
+    worker = make_worker().start()
+    wall = now_ms()
+    base_purchase = purchase(0, "item-1", 1, wall)
+    base_sample = {"server_id": "web-1", "metric_id": "cpu", "ts_ms": wall, "value": 1.5}
+    seen: dict[str, Counter[str]] = {"accepted": Counter(), "rejected": Counter()}
+    request_ids: set[str] = set()
+
+    @settings(
+        max_examples=60,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    )
+    @given(
+        endpoint=st.sampled_from(["purchases", "metrics"]),
+        data=st.data(),
+        form=st.sampled_from(["array", "ndjson", "garbage"]),
+    )
+    def post_fuzzed(endpoint: str, data: st.DataObject, form: str) -> None:
+        base = base_purchase if endpoint == "purchases" else base_sample
+        rows = data.draw(st.lists(fuzzed_row(base), max_size=6))
+        if form == "array":
+            body = json.dumps(rows).encode()
+        elif form == "ndjson":
+            body = "\n".join(json.dumps(r) for r in rows).encode()
+        else:
+            body = data.draw(st.binary(max_size=64))
+        headers = {"Content-Type": "application/x-ndjson"} if form == "ndjson" else {}
+        status, answer, _ = worker.post(f"/api/ingest/{endpoint}", body, headers)
+        assert status < 500, (status, answer, body)
+        assert status in (202, 400), (status, answer)
+        request_ids.add(answer["request_id"])
+        if form != "garbage":  # every row is counted once, accepted or rejected
+            assert status == (400 if form == "ndjson" and not rows else 202), answer
+        if status == 202:
+            assert form == "garbage" or answer["accepted"] + answer["rejected"] == len(rows)
+            seen["accepted"][endpoint] += answer["accepted"]
+            seen["rejected"][endpoint] += answer["rejected"]
+        else:
+            seen["rejected"]["whole bodies"] += 1
+
+    post_fuzzed()
+    rejected = sum(seen["rejected"].values())
+    letters = letters_of(broker.bootstrap, rejected) if rejected else []
+    assert len(letters) == rejected, "every rejected row or body must be a dead letter"
+    assert {letter.request.rsplit(" ", 1)[-1] for _, letter in letters} <= request_ids
+
+    schemathesis = subprocess.run(
+        [
+            sys.executable, "-m", "schemathesis.cli", "run", worker.url + "/api/openapi.json",
+            "--checks", "not_a_server_error", "--max-examples", "40", "--seed", "7",
+            "--request-timeout", "30", "--no-color",
+        ],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert schemathesis.returncode == 0, schemathesis.stdout[-6000:]
+    assert " 0 generated" not in schemathesis.stdout
+    assert worker.process is not None and worker.process.poll() is None, "worker died"
+    assert worker.get_status("/api/health")[0] == 200
