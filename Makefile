@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.sales
 	$(BIN)/python -m bench.metrics
 	$(BIN)/python -m bench.archive
+	$(BIN)/python -m bench.ingest
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .hypothesis

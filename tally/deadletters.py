@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, fields
 from tally.tables.windowing import now_ms as wall_now_ms
 
 HEADER_PREFIX = "tally.dlq."
+#: The topic every rejected message and row goes to.
+DEAD_LETTERS_TOPIC = "dead-letters"
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,11 @@ class DeadLetter:
             request=request,
             row=row,
         )
+
+    @property
+    def request_path(self) -> str:
+        """ "POST /api/ingest/<endpoint>" of an HTTP origin, without the request id."""
+        return self.request.rsplit(" ", 1)[0]
 
     @property
     def origin(self) -> str:

@@ -23,12 +23,11 @@ from mode import Service
 from tally.broker.shim import fetched_high_watermarks
 from tally.codecs.avro import HEADER, MAGIC_BYTE
 from tally.codecs.registry import SchemaRegistry
-from tally.deadletters import DeadLetter
+from tally.deadletters import DEAD_LETTERS_TOPIC, DeadLetter
 from tally.tables.windowing import now_ms
 
 logger = logging.getLogger(__name__)
 
-DEAD_LETTERS_TOPIC = "dead-letters"
 #: Characters of a payload shown in a listing.
 PREVIEW_CHARS = 72
 #: The newest letters `/api/dead-letters/stats` shows.
@@ -174,8 +173,12 @@ class LetterCounts:
             "by_rule": dict(self.by_rule.most_common()),
             "by_stage": dict(self.by_stage.most_common()),
             "by_origin": dict(self.by_origin.most_common()),
-            "latest": [letter.summary() for letter in reversed(self.latest)],
+            "latest": [letter.summary() for letter in sorted(self.latest, key=newest_first)],
         }
+
+
+def newest_first(letter: Letter) -> tuple[int, int, int]:
+    return (-letter.timestamp_ms, -letter.partition, -letter.offset)
 
 
 def origin_kind(letter: Letter) -> str:
@@ -184,7 +187,7 @@ def origin_kind(letter: Letter) -> str:
         return "unknown"
     if letter.meta.topic:
         return letter.meta.topic
-    return letter.meta.request.rsplit(" ", 1)[0] or "unknown"
+    return letter.meta.request_path or "unknown"
 
 
 class DeadLetterWatch(Service):
@@ -283,7 +286,7 @@ def ingest_endpoint_of(letter: Letter) -> str | None:
     """The ingest endpoint an HTTP-origin letter came through ("purchases"), else None."""
     if letter.meta is None or letter.meta.topic or not letter.meta.request:
         return None
-    method_path = letter.meta.request.rsplit(" ", 1)[0]
+    method_path = letter.meta.request_path
     prefix = "POST /api/ingest/"
     return method_path[len(prefix) :] if method_path.startswith(prefix) else None
 

@@ -23,6 +23,7 @@ from tally.dlq import (
 )
 from tally.ingest.gateway import BrokerUnavailable, Message
 from tally.ingest.http import make_gateway
+from tally.ingest.rows import UnreadableBody
 from tally.topics import registry
 
 REPLAYED_FROM = "tally.replayed-from"
@@ -44,7 +45,9 @@ def when(ms: int) -> str:
 
 
 async def selected(which: LetterFilter, limit: int = 0) -> list[Letter]:
+    """Matching letters, oldest first (by time, then partition and offset); the newest `limit`."""
     letters = [letter async for letter in read_letters(settings.bootstrap_servers) if which(letter)]
+    letters.sort(key=lambda letter: (letter.timestamp_ms, letter.partition, letter.offset))
     return letters[-limit:] if limit else letters
 
 
@@ -100,25 +103,33 @@ async def replay(letters: list[Letter], replacement: bytes | None, dry_run: bool
                 continue
             if how == "topic":
                 assert letter.meta is not None
+                # A keyed message is placed by its key again (a misrouted one must move);
+                # an unkeyed one (an envelope) goes back to its partition.
+                partition = None if letter.key else max(letter.meta.partition, 0)
                 await gateway.deliver(
                     [
                         Message(
                             where,
                             letter.key,
                             value,
-                            letter.meta.partition if letter.meta.partition >= 0 else None,
+                            partition,
                             [(REPLAYED_FROM, f"dead-letters:{letter.id}".encode())],
                         )
                     ]
                 )
-                print(f"{letter.id}: re-sent to {where}[{letter.meta.partition}]")
-            else:
-                result = await gateway.submit(
-                    gateway.endpoints[where], value, f"replay-{letter.id}"
-                )
-                verdict = "accepted" if result.accepted else "rejected again"
-                reasons = "; ".join(r.reason for r in result.rejections)
-                print(f"{letter.id}: POST /api/ingest/{where}: {verdict} {reasons}".rstrip())
+                print(f"{letter.id}: re-sent to {where}")
+                continue
+            request_id = f"replay-{letter.id}"
+            endpoint = gateway.endpoints[where]
+            try:
+                result = await gateway.submit(endpoint, value, request_id, ndjson=True)
+            except UnreadableBody as exc:
+                await gateway.refuse(endpoint, value, exc, request_id, len(value))
+                print(f"{letter.id}: POST /api/ingest/{where}: rejected again: {exc}")
+                continue
+            verdict = "accepted" if result.accepted else "rejected again"
+            reasons = "; ".join(r.reason for r in result.rejections)
+            print(f"{letter.id}: POST /api/ingest/{where}: {verdict} {reasons}".rstrip())
     finally:
         await gateway.stop()
     return skipped

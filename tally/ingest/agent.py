@@ -22,8 +22,8 @@ import aiohttp
 from tally.feed import METRIC_NAMES
 from tally.tables.windowing import now_ms
 
-#: Statuses worth a retry: the server is overloaded or the broker behind it is down.
-RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
+#: Statuses worth a retry besides every 5xx: the server timed out or is rate limiting.
+RETRYABLE_4XX = frozenset({408, 429})
 
 
 @dataclass(frozen=True)
@@ -74,20 +74,23 @@ async def post_with_retries(
     stats: AgentStats,
     sleep: Sleep = asyncio.sleep,
 ) -> bool:
-    """Post one batch; True once accepted (202). Connection errors and RETRYABLE statuses are
+    """Post one batch; True once accepted (202). Connection errors, 5xx, 408 and 429 are
     retried per `backoff`; any other status is final (the batch itself is wrong)."""
     for attempt in range(backoff.retries + 1):
         try:
             async with session.post(
                 url, data=body, headers={"Content-Type": "application/x-ndjson"}
             ) as response:
-                if response.status == 202:
-                    answer = json.loads(await response.read())
+                if response.status == 202:  # delivered: never re-sent, whatever the body
                     stats.batches += 1
-                    stats.samples += int(answer.get("accepted", 0))
-                    stats.rejected_rows += int(answer.get("rejected", 0))
+                    try:
+                        answer = json.loads(await response.read())
+                        stats.samples += int(answer.get("accepted", 0))
+                        stats.rejected_rows += int(answer.get("rejected", 0))
+                    except (ValueError, TypeError, AttributeError, aiohttp.ClientError):
+                        pass
                     return True
-                if response.status not in RETRYABLE:
+                if response.status < 500 and response.status not in RETRYABLE_4XX:
                     detail = (await response.read())[:200].decode(errors="replace")
                     print(f"agent: {url} -> {response.status}: {detail}", file=sys.stderr)
                     break

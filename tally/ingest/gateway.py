@@ -35,23 +35,24 @@ from tally.codecs.avro import (
     validate_purchase,
 )
 from tally.codecs.registry import Schema
-from tally.deadletters import DeadLetter
+from tally.deadletters import DEAD_LETTERS_TOPIC, DeadLetter
 from tally.errors import TallyError, ValidationError
 from tally.ingest.rows import Row, RowShape, split_rows
-from tally.partitioning import group_by_partition, partition_for
+from tally.partitioning import partition_for
 from tally.settings import Settings
 from tally.tables.windowing import now_ms
 from tally.telemetry import DEAD_LETTERS, INGEST_ROWS
 
 logger = logging.getLogger(__name__)
 
-#: Rows per Kafka message: envelopes stay far below the broker's 1 MB message limit.
+#: Rows and bytes per Kafka message: below Kafka's default 1 MB message limit.
 PURCHASES_PER_ENVELOPE = 1_000
 SAMPLES_PER_BATCH = 5_000
+MESSAGE_MAX_BYTES = 512 * 1024
+#: After a failed connection, requests get a 503 at once for this long.
+START_COOL_DOWN_S = 2.0
 #: A refused body is dead-lettered up to this many bytes (the reason says if it was cut).
 DEAD_LETTER_MAX_BYTES = 256 * 1024
-
-DEAD_LETTERS_TOPIC = "dead-letters"
 
 
 class BrokerUnavailable(TallyError):
@@ -100,7 +101,15 @@ class IngestResult:
         }
 
 
-Encode = Callable[[list[Record], int], list[Message]]
+@dataclass(frozen=True)
+class Accepted:
+    """An accepted row: its record, and its JSON size (an upper bound of its Avro size)."""
+
+    record: Record
+    size: int
+
+
+Encode = Callable[[list[Accepted], int], list[Message]]
 
 
 @dataclass(frozen=True)
@@ -110,31 +119,39 @@ class Endpoint:
     name: str
     topic: str
     shape: RowShape
-    #: Records of accepted rows, and the wall clock, to messages.
+    #: Accepted rows, and the wall clock, to messages.
     encode: Encode
 
 
-def purchase_rules(settings: Settings) -> Callable[[Record, int], None]:
+def time_rule(settings: Settings, field_name: str) -> Callable[[Record, int], None]:
+    """The ingest bound on a row's event time: TALLY_MAX_FUTURE_SECONDS ahead of now, and
+    TALLY_INGEST_MAX_AGE_HOURS behind."""
     max_future_ms = int(settings.max_future_seconds * 1000)
     max_age_ms = int(settings.ingest_max_age_hours * 3_600_000)
 
+    def rule(record: Record, wall_ms: int) -> None:
+        check_event_time(field_name, record[field_name], wall_ms, max_future_ms, max_age_ms)
+
+    return rule
+
+
+def purchase_rules(settings: Settings) -> Callable[[Record, int], None]:
+    in_time = time_rule(settings, "event_time_ms")
+
     def rules(record: Record, wall_ms: int) -> None:
         validate_purchase(record)
-        check_event_time(
-            "event_time_ms", record["event_time_ms"], wall_ms, max_future_ms, max_age_ms
-        )
+        in_time(record, wall_ms)
 
     return rules
 
 
 def sample_rules(settings: Settings) -> Callable[[Record, int], None]:
-    max_future_ms = int(settings.max_future_seconds * 1000)
-    max_age_ms = int(settings.ingest_max_age_hours * 3_600_000)
+    in_time = time_rule(settings, "ts_ms")
 
     def rules(record: Record, wall_ms: int) -> None:
         validate_metric_batch(record)
         validate_metric_sample(record)
-        check_event_time("ts_ms", record["ts_ms"], wall_ms, max_future_ms, max_age_ms)
+        in_time(record, wall_ms)
 
     return rules
 
@@ -154,8 +171,27 @@ def sample_row_schema() -> Schema:
     }
 
 
-def chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
-    return [items[start : start + size] for start in range(0, len(items), size)]
+def chunks(rows: Sequence[Accepted], max_rows: int) -> list[list[Record]]:
+    """Rows cut into messages of at most `max_rows` rows and MESSAGE_MAX_BYTES."""
+    out: list[list[Record]] = []
+    part: list[Record] = []
+    size = 0
+    for row in rows:
+        if part and (len(part) >= max_rows or size + row.size > MESSAGE_MAX_BYTES):
+            out.append(part)
+            part, size = [], 0
+        part.append(row.record)
+        size += row.size
+    if part:
+        out.append(part)
+    return out
+
+
+def by_key(rows: Sequence[Accepted], field_name: str) -> dict[str, list[Accepted]]:
+    groups: dict[str, list[Accepted]] = defaultdict(list)
+    for row in rows:
+        groups[str(row.record[field_name])].append(row)
+    return groups
 
 
 def endpoints(
@@ -167,31 +203,36 @@ def endpoints(
     partition (the agents' fast path); samples as one `MetricBatch` per server, as agents send."""
     partitions = settings.partitions
 
-    def purchase_envelopes(records: list[Record], wall_ms: int) -> list[Message]:
+    def purchase_envelopes(rows: list[Accepted], wall_ms: int) -> list[Message]:
         codec = purchase_batch_codec()
+        by_partition: dict[int, list[Accepted]] = defaultdict(list)
+        for item, group in by_key(rows, "item_id").items():
+            by_partition[partition_for(item, partitions)].extend(group)
         return [
-            Message("purchases", None, codec.dumps({"purchases": list(part)}), partition)
-            for partition, group in sorted(
-                group_by_partition(records, "item_id", partitions).items()
-            )
+            Message("purchases", None, codec.dumps({"purchases": part}), partition)
+            for partition, group in sorted(by_partition.items())
             for part in chunks(group, PURCHASES_PER_ENVELOPE)
         ]
 
-    def metric_batches(records: list[Record], wall_ms: int) -> list[Message]:
+    def metric_batches(rows: list[Accepted], wall_ms: int) -> list[Message]:
         codec = metric_batch_codec()
-        by_server: dict[str, list[Record]] = defaultdict(list)
-        for record in records:
-            server = record.pop("server_id")
-            by_server[server].append(record)
         return [
             Message(
                 "metric-samples",
                 server.encode(),
-                codec.dumps({"server_id": server, "sent_at_ms": wall_ms, "samples": list(part)}),
+                codec.dumps(
+                    {
+                        "server_id": server,
+                        "sent_at_ms": wall_ms,
+                        "samples": [
+                            {k: v for k, v in record.items() if k != "server_id"} for record in part
+                        ],
+                    }
+                ),
                 partition_for(server, partitions),
             )
-            for server, samples in by_server.items()
-            for part in chunks(samples, SAMPLES_PER_BATCH)
+            for server, group in by_key(rows, "server_id").items()
+            for part in chunks(group, SAMPLES_PER_BATCH)
         ]
 
     return {
@@ -230,14 +271,23 @@ class IngestGateway(Service):
         self.ack_timeout_s = settings.ingest_ack_timeout_seconds
         self._producer: AIOKafkaProducer | None = None
         self._starting = asyncio.Lock()
+        self._failed_at = -START_COOL_DOWN_S
+        self._failure = ""
 
     async def on_stop(self) -> None:
-        if self._producer is not None:
-            await self._producer.stop()
-            self._producer = None
+        async with self._starting:
+            if self._producer is not None:
+                await self._producer.stop()
+                self._producer = None
 
     async def producer(self) -> AIOKafkaProducer:
-        """The started producer; topics exist. `BrokerUnavailable` when the broker is not up."""
+        """The started producer; topics exist. `BrokerUnavailable` when the broker is not up
+        (for a few seconds after a failed start, at once: requests do not queue behind
+        connection attempts)."""
+        if self._producer is not None:
+            return self._producer
+        if time.monotonic() - self._failed_at < START_COOL_DOWN_S:
+            raise BrokerUnavailable(self._failure)
         async with self._starting:
             if self._producer is None:
                 producer = AIOKafkaProducer(
@@ -253,9 +303,9 @@ class IngestGateway(Service):
                     await asyncio.wait_for(self._connect(producer), self.ack_timeout_s)
                 except (KafkaError, OSError, TimeoutError) as exc:
                     await producer.stop()
-                    raise BrokerUnavailable(
-                        f"the broker is unreachable: {exc or type(exc).__name__}"
-                    ) from exc
+                    self._failed_at = time.monotonic()
+                    self._failure = f"the broker is unreachable: {str(exc) or type(exc).__name__}"
+                    raise BrokerUnavailable(self._failure) from exc
                 self._producer = producer
             return self._producer
 
@@ -298,11 +348,11 @@ class IngestGateway(Service):
         request = origin(endpoint, request_id)
         rows = split_rows(body, ndjson)
         wall_ms = now_ms()
-        accepted: list[Record] = []
+        accepted: list[Accepted] = []
         rejected: list[tuple[Row, ValidationError]] = []
         for row in rows:
             try:
-                accepted.append(endpoint.shape.check(row, wall_ms))
+                accepted.append(Accepted(endpoint.shape.check(row, wall_ms), len(row.raw)))
             except ValidationError as exc:
                 rejected.append((row, exc))
         messages = endpoint.encode(accepted, wall_ms) if accepted else []
@@ -366,4 +416,4 @@ def letter_message(
     value: bytes, exc: TallyError, *, stage: str, request: str, row: int = -1
 ) -> Message:
     letter = DeadLetter.of(exc, stage=stage, request=request, row=row)
-    return Message(DEAD_LETTERS_TOPIC, None, value, None, letter.headers())
+    return Message(DEAD_LETTERS_TOPIC, None, value[:DEAD_LETTER_MAX_BYTES], None, letter.headers())

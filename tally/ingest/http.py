@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
-from tally.errors import TallyError
+from tally.errors import SchemaError, TallyError
 from tally.ingest.gateway import (
     DEAD_LETTER_MAX_BYTES,
     BrokerUnavailable,
@@ -48,17 +49,26 @@ class Body:
 
 
 async def read_body(request: web.Request, limit: int) -> Body:
-    """The body when it is at most `limit` bytes, else its head. aiohttp has undone gzip."""
+    """The body when it is at most `limit` bytes, else its head. aiohttp undoes gzip;
+    `UnreadableBody` when that fails (not gzip after all, truncated)."""
     declared = request.content_length
-    if declared is not None and declared > limit:
-        return Body(await request.content.read(DEAD_LETTER_MAX_BYTES), declared, complete=False)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_chunked(64 * 1024):
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > limit:
-            return Body(b"".join(chunks)[:DEAD_LETTER_MAX_BYTES], size, complete=False)
+    try:
+        if declared is not None and declared > limit:
+            while size < DEAD_LETTER_MAX_BYTES and (chunk := await request.content.read(65536)):
+                chunks.append(chunk)
+                size += len(chunk)
+            return Body(b"".join(chunks)[:DEAD_LETTER_MAX_BYTES], declared, complete=False)
+        async for chunk in request.content.iter_chunked(64 * 1024):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                return Body(b"".join(chunks)[:DEAD_LETTER_MAX_BYTES], size, complete=False)
+    except RequestPayloadError as exc:
+        raise UnreadableBody(
+            f"the body cannot be read: {str(exc).splitlines()[-1].strip()}"
+        ) from exc
     return Body(b"".join(chunks), size, complete=True)
 
 
@@ -104,7 +114,11 @@ async def exchange(
     endpoint = gateway.endpoints[name]
     limit = gateway.settings.ingest_max_bytes
     try:
-        body = await read_body(request, limit)
+        try:
+            body = await read_body(request, limit)
+        except UnreadableBody as exc:
+            await gateway.refuse(endpoint, b"", exc, request_id, 0)
+            return error(400, exc, request_id)
         if not body.complete:
             refused = too_large(body, limit)
             await gateway.refuse(endpoint, body.data, refused, request_id, body.size)
@@ -115,6 +129,6 @@ async def exchange(
         except UnreadableBody as exc:
             await gateway.refuse(endpoint, body.data, exc, request_id, body.size)
             return error(400, exc, request_id)
-    except BrokerUnavailable as exc:
+    except (BrokerUnavailable, SchemaError) as exc:  # the registry is down: retry too
         return error(503, exc, request_id, **{"Retry-After": str(RETRY_AFTER_S)})
     return web.json_response(result.body(), status=202)

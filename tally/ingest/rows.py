@@ -18,6 +18,8 @@ from tally.codecs.avro import Record
 from tally.codecs.registry import Schema
 from tally.errors import TallyError, ValidationError
 
+#: A row larger than this is rejected: it would not fit a Kafka message with its neighbours.
+MAX_ROW_BYTES = 256 * 1024
 INT32 = (-(2**31), 2**31 - 1)
 INT64 = (-(2**63), 2**63 - 1)
 #: How much of a value a reason quotes.
@@ -75,9 +77,10 @@ def split_rows(body: bytes, ndjson: bool = False) -> list[Row]:
             whole_error = str(exc) or type(exc).__name__
         else:
             values = value if isinstance(value, list) else [value]
-            return [Row(i, _dumps(v), v) for i, v in enumerate(values)]
+            return [array_row(i, v) for i, v in enumerate(values)]
     rows = []
-    for index, line in enumerate(line for line in stripped.splitlines() if line.strip()):
+    # Only "\n" ends a line: JSON strings may hold U+2028 and friends raw.
+    for index, line in enumerate(line for line in stripped.split("\n") if line.strip()):
         try:
             rows.append(Row(index, line.encode(), json.loads(line)))
         except (ValueError, RecursionError) as exc:
@@ -91,8 +94,12 @@ def split_rows(body: bytes, ndjson: bool = False) -> list[Row]:
     return rows
 
 
-def _dumps(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode()
+def array_row(index: int, value: Any) -> Row:
+    """An element of a JSON array body as a row; its bytes are the element re-serialised."""
+    try:
+        return Row(index, json.dumps(value, separators=(",", ":")).encode(), value)
+    except RecursionError:
+        return Row(index, b"", unreadable="row is nested too deeply to read")
 
 
 def json_type(value: Any) -> str:
@@ -109,7 +116,10 @@ def json_type(value: Any) -> str:
 
 
 def preview(value: Any) -> str:
-    text = json.dumps(value)
+    try:
+        text = json.dumps(value)
+    except RecursionError:
+        return "(deeply nested)"
     return text if len(text) <= PREVIEW_CHARS else text[: PREVIEW_CHARS - 3] + "..."
 
 
@@ -181,7 +191,9 @@ def conform(schema: Any, value: Any, path: str) -> Any:
         return [conform(schema["items"], item, f"{path}[{i}]") for i, item in enumerate(value)]
     if kind == "record":
         return conform_record(schema, value, path)
-    raise ValidationError(f"field {path!r} has Avro type {kind!r}, which ingest cannot take")
+    raise ValidationError(
+        f"field {path!r} has Avro type {kind!r}, which ingest cannot take", "wrong_type"
+    )
 
 
 def _describe(schema: Any) -> str:
@@ -236,6 +248,11 @@ class RowShape:
     def check(self, row: Row, wall_ms: int) -> Record:
         if row.unreadable:
             raise ValidationError(row.unreadable, "not_json")
+        if len(row.raw) > MAX_ROW_BYTES:
+            raise ValidationError(
+                f"the row is {len(row.raw):,} bytes; a row may have at most {MAX_ROW_BYTES:,}",
+                "row_too_large",
+            )
         record = conform_record(self.schema, row.value)
         self.rules(record, wall_ms)
         return record

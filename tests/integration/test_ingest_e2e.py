@@ -120,6 +120,12 @@ def test_accepted_rows_land_once_and_each_bad_row_is_a_dead_letter_with_its_reas
     assert "JSON" in unreadable["error"]
     status, too_large, _ = worker.post("/api/ingest/metrics", b"[" + b" " * 300_000 + b"]")
     assert status == 413 and "200,000 bytes" in too_large["error"]
+    status, not_gzip, _ = worker.post(
+        "/api/ingest/metrics", b"plain text", {"Content-Encoding": "gzip"}
+    )
+    assert status == 400 and "gzip" in not_gzip["error"]
+    status, nested, _ = worker.post("/api/ingest/metrics", b"[" * 5000 + b"]" * 5000)
+    assert status == 400 and nested["rule"] == "unreadable_body"
     status, missing, _ = worker.post("/api/ingest/orders", b"[]")
     assert status == 404 and "/api/ingest/purchases" in missing["error"]
 
@@ -137,7 +143,7 @@ def test_accepted_rows_land_once_and_each_bad_row_is_a_dead_letter_with_its_reas
     )
 
     # Every rejected row and refused body is a dead letter: the row's bytes, rule, origin.
-    expected_letters = len(bad) + 3 + 2
+    expected_letters = len(bad) + 3 + 4  # rows, NDJSON rows, refused bodies
     letters = letters_of(broker.bootstrap, expected_letters)
     assert len(letters) == expected_letters
     by_request: dict[str, list[tuple[Any, DeadLetter]]] = {}
