@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -341,3 +342,56 @@ def test_fuzzing_finds_no_5xx_and_every_rejected_row_is_accounted_for(
     assert " 0 generated" not in schemathesis.stdout
     assert worker.process is not None and worker.process.poll() is None, "worker died"
     assert worker.get_status("/api/health")[0] == 200
+
+
+def tally(worker: Worker, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tally", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=worker_env(worker),
+    )
+
+
+def test_tally_dlq_lists_shows_and_replays_a_fixed_row(
+    broker: LocalBroker, make_worker: WorkerFactory, purchase_batch_codec: AvroCodec, tmp_path: Path
+) -> None:
+    worker = make_worker().start()
+    wall = now_ms()
+    bad = purchase(1, "item-7", -3, wall)
+    status, answer, _ = worker.post("/api/ingest/purchases", json.dumps([bad]).encode())
+    assert status == 202 and answer["rejected"] == 1
+    letters_of(broker.bootstrap, 1)
+
+    listed = tally(worker, "dlq", "list", "--json", "--request", answer["request_id"])
+    assert listed.returncode == 0, listed.stderr
+    (entry,) = json.loads(listed.stdout)
+    assert entry["rule"] == "out_of_range" and "quantity must be > 0" in entry["reason"]
+    assert entry["origin"].endswith(f"{answer['request_id']} row 0")
+
+    shown = tally(worker, "dlq", "show", entry["id"])
+    assert shown.returncode == 0, shown.stderr
+    assert "out_of_range" in shown.stdout and '"quantity": -3' in shown.stdout
+    raw = tally(worker, "dlq", "show", entry["id"], "--raw")
+    assert json.loads(raw.stdout) == bad
+
+    missing = tally(worker, "dlq", "show", "3:999")
+    assert missing.returncode == 1 and "no dead letter 3:999" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+    again = tally(worker, "dlq", "replay", entry["id"])  # unchanged: rejected again
+    assert again.returncode == 0 and "rejected again" in again.stdout, again.stdout
+    fixed = tmp_path / "fixed.json"
+    fixed.write_text(json.dumps({**bad, "quantity": 3}))
+    replayed = tally(worker, "dlq", "replay", entry["id"], "--value", str(fixed))
+    assert replayed.returncode == 0 and "accepted" in replayed.stdout, replayed.stdout
+    landed = ingested_purchases(broker.bootstrap, purchase_batch_codec, 1)
+    assert [(p["purchase_id"], p["quantity"]) for p in landed] == [("p1", 3)]
+    wait_until(lambda: worker.get("/api/sales/items/item-7")["quantity"] == 3, 30, what="3 counted")
+    # The first replay's rejection is a new letter naming the replay.
+    relisted = json.loads(tally(worker, "dlq", "list", "--json").stdout)
+    assert [e["origin"].split(" ")[2] for e in relisted] == [
+        answer["request_id"],
+        f"replay-{entry['id']}",
+    ]
