@@ -8,7 +8,7 @@ import time
 from tally.errors import BrokerError, ConfigurationError
 
 #: Commands that need the broker, and how long each waits for it to come up.
-BROKER_WAIT_S = {"worker": 30.0, "feed": 0.0, "send": 0.0}
+BROKER_WAIT_S = {"worker": 30.0, "feed": 0.0, "send": 0.0, "dlq": 0.0}
 
 
 def wait_for_broker(bootstrap_servers: list[str], timeout: float) -> None:

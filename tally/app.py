@@ -14,7 +14,7 @@ from typing import Any
 import faust
 from faust.types import TopicT
 
-from tally.broker.admin import ensure_topics
+from tally.broker.admin import ensure_topics, track_topics
 from tally.broker.identity import describe_cluster, reconcile_local_state
 from tally.settings import Settings
 
@@ -88,14 +88,11 @@ class TallyApp(faust.App):
         return found
 
     async def on_started(self) -> None:
-        # Faust's table_route hashes keys with the producer's metadata, which tracks a
-        # changelog topic only once something was written to it: make it track every one.
-        # (aiokafka's partitions_for alone does not add a topic that happens to be known.)
-        producer = self.producer._ensure_producer()  # type: ignore[attr-defined]
-        for table in self.tables.values():
-            name = table.changelog_topic.get_topic_name()
-            await producer.client.add_topic(name)
-            await producer.partitions_for(name)
+        # Faust's table_route hashes keys with the producer's metadata of the changelogs.
+        await track_topics(
+            self.producer._ensure_producer(),  # type: ignore[attr-defined]
+            [table.changelog_topic.get_topic_name() for table in self.tables.values()],
+        )
         self.routing_ready = True
         await super().on_started()
 

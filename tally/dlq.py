@@ -21,9 +21,10 @@ from fastavro import parse_schema, schemaless_reader
 from mode import Service
 
 from tally.broker.shim import fetched_high_watermarks
-from tally.codecs.avro import HEADER, MAGIC_BYTE
+from tally.codecs.avro import HEADER, schema_id_of
 from tally.codecs.registry import SchemaRegistry
 from tally.deadletters import DEAD_LETTERS_TOPIC, DeadLetter
+from tally.errors import DecodeError
 from tally.tables.windowing import now_ms
 
 logger = logging.getLogger(__name__)
@@ -79,10 +80,18 @@ class Letter:
         }
 
 
+def framed_schema_id(value: bytes) -> int | None:
+    """The schema id of a Confluent-framed payload, None for anything else."""
+    try:
+        return schema_id_of(value)
+    except DecodeError:
+        return None
+
+
 def describe_payload(value: bytes) -> str:
     """A payload for people: Confluent-framed Avro is named as such, text as text, else hex."""
-    if len(value) >= HEADER.size and value[0] == MAGIC_BYTE:
-        _, schema_id = HEADER.unpack_from(value)
+    schema_id = framed_schema_id(value)
+    if schema_id is not None:
         return f"<Avro, schema id {schema_id}, {len(value)} bytes> {value[HEADER.size :].hex()}"
     try:
         return value.decode("utf-8")
@@ -100,12 +109,12 @@ def letter_of(record: Any) -> Letter:
     )
 
 
-def parse_id(text: str) -> tuple[int, int]:
-    """`partition:offset` as numbers; ValueError with the expected form otherwise."""
+def parse_id(text: str) -> str:
+    """A letter id as `Letter.id` spells it; ValueError with the expected form otherwise."""
     partition, sep, offset = text.partition(":")
     if not (sep and partition.isdecimal() and offset.isdecimal()):
         raise ValueError(f"{text!r} is not a letter id; ids look like 2:17 (partition:offset)")
-    return int(partition), int(offset)
+    return f"{int(partition)}:{int(offset)}"
 
 
 async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
@@ -247,8 +256,8 @@ class DeadLetterWatch(Service):
 def pretty(value: bytes, registry: SchemaRegistry) -> str:
     """The whole payload for `tally dlq show`: Avro decoded with its registered schema, JSON
     indented, other text as is, else hex."""
-    if len(value) > HEADER.size and value[0] == MAGIC_BYTE:
-        _, schema_id = HEADER.unpack_from(value)
+    schema_id = framed_schema_id(value)
+    if schema_id is not None:
         try:
             schema = parse_schema(registry.schema(schema_id))
             record = schemaless_reader(BytesIO(value[HEADER.size :]), schema, None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from contextlib import suppress
 
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
@@ -37,3 +38,15 @@ async def ensure_topics(
                 await admin.create_topics(missing)
     finally:
         await admin.close()
+
+
+async def track_topics(producer: AIOKafkaProducer, names: Iterable[str]) -> None:
+    """Make `producer` keep the metadata (leaders, partitions) of every topic in `names`.
+
+    aiokafka refreshes metadata only for topics it was asked about: a topic that merely came
+    with the bootstrap metadata drops out at the next refresh, so a batch for it waits for a
+    leader until it times out, and key routing cannot find its partitions.
+    """
+    for name in names:
+        await producer.client.add_topic(name)
+        await producer.partitions_for(name)

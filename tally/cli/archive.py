@@ -11,6 +11,7 @@ from faust.cli import AppCommand, argument, option
 from tally.agents.archive import prune_cutoff
 from tally.app import app, settings
 from tally.archive.store import Archive, ArchiveStats, DayStats
+from tally.cli.errors import parsed_by
 from tally.settings import retention_days
 from tally.tables.windowing import now_ms
 from tally.web.params import iso
@@ -58,23 +59,13 @@ def print_archive_stats(archive: Archive, per_day: bool, as_json: bool) -> None:
             print(f"{d['day']:<12}{d['files']:>7}{d['rows']:>14,}{human_bytes(d['bytes']):>12}")
 
 
-def keep_option(context: click.Context, param: click.Parameter, value: str | None) -> int | None:
-    """--keep as days, or a usage error (before the command starts)."""
-    if value is None:
-        return None
-    try:
-        return retention_days(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-
-
 @app.command(
     argument("action", type=click.Choice(["stats", "prune", "compact"])),
     option(
         "--keep",
         "keep_days",
         default=None,
-        callback=keep_option,
+        callback=parsed_by(retention_days),
         help="prune: retention, e.g. 5y, 26w, 30d [default: TALLY_ARCHIVE_KEEP, 5y].",
     ),
     option("--dry-run", is_flag=True, help="prune: list the days that would be dropped."),

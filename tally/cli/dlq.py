@@ -11,7 +11,7 @@ import click
 from faust.cli import AppCommand, argument, option
 
 from tally.app import app, settings
-from tally.cli.errors import fail
+from tally.cli.errors import fail, parsed_by
 from tally.dlq import (
     Letter,
     LetterFilter,
@@ -27,17 +27,6 @@ from tally.ingest.rows import UnreadableBody
 from tally.topics import registry
 
 REPLAYED_FROM = "tally.replayed-from"
-
-
-def ids_argument(
-    context: click.Context, param: click.Parameter, value: tuple[str, ...]
-) -> tuple[str, ...]:
-    for text in value:
-        try:
-            parse_id(text)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc)) from None
-    return value
 
 
 def when(ms: int) -> str:
@@ -137,7 +126,7 @@ async def replay(letters: list[Letter], replacement: bytes | None, dry_run: bool
 
 @app.command(
     argument("action", type=click.Choice(["list", "show", "replay"])),
-    argument("ids", nargs=-1, callback=ids_argument),
+    argument("ids", nargs=-1, callback=parsed_by(parse_id)),
     option("--rule", default=None, help="Only letters of this rule (not_finite, late, ...)."),
     option("--stage", default=None, help="Only this stage: decode, validate, late, process."),
     option("--origin", default=None, help="Only origins containing this (a topic, an endpoint)."),

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 from aiohttp import web
 from faust.cli import AppCommand, option
 
 from tally.app import app, settings
-from tally.cli.errors import fail
+from tally.cli.errors import fail, parsed_by
 from tally.cli.local import run_until_stopped
 from tally.dlq import DeadLetterWatch
 from tally.ingest.agent import Backoff, run_agents
@@ -49,30 +51,21 @@ async def ingest(self: AppCommand) -> None:
         await gateway.stop()
 
 
-def seconds_option(context: click.Context, param: click.Parameter, value: str) -> float:
-    try:
-        return duration_seconds(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
+def duration_option(name: str, default: str, help: str) -> Any:
+    return option(
+        name,
+        default=default,
+        show_default=True,
+        callback=parsed_by(duration_seconds),
+        help=help,
+    )
 
 
 @app.command(
     option("--servers", type=click.IntRange(1), default=100, show_default=True),
     option("--metrics", type=click.IntRange(1), default=10, show_default=True),
-    option(
-        "--interval",
-        default="15s",
-        show_default=True,
-        callback=seconds_option,
-        help="How often each server posts its batch.",
-    ),
-    option(
-        "--resolution",
-        default="5s",
-        show_default=True,
-        callback=seconds_option,
-        help="How often each server samples each metric.",
-    ),
+    duration_option("--interval", "15s", "How often each server posts its batch."),
+    duration_option("--resolution", "5s", "How often each server samples each metric."),
     option("--url", default=None, help="Ingest base URL [default: this worker's web URL]."),
     option(
         "--rounds",
@@ -82,20 +75,10 @@ def seconds_option(context: click.Context, param: click.Parameter, value: str) -
         help="Posts per server, then stop (0 = until Ctrl-C).",
     ),
     option("--retries", type=click.IntRange(0), default=5, show_default=True),
-    option(
-        "--backoff",
-        default="500ms",
-        show_default=True,
-        callback=seconds_option,
-        help="First retry's ceiling; doubles per retry (full jitter).",
+    duration_option(
+        "--backoff", "500ms", "First retry's ceiling; doubles per retry (full jitter)."
     ),
-    option(
-        "--max-backoff",
-        default="30s",
-        show_default=True,
-        callback=seconds_option,
-        help="Largest retry ceiling.",
-    ),
+    duration_option("--max-backoff", "30s", "Largest retry ceiling."),
     option("--seed", type=int, default=1, show_default=True),
 )
 async def agent(

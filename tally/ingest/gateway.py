@@ -24,7 +24,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from mode import Service
 
-from tally.broker.admin import ensure_topics
+from tally.broker.admin import ensure_topics, track_topics
 from tally.codecs.avro import (
     AvroCodec,
     Record,
@@ -331,11 +331,7 @@ class IngestGateway(Service):
             replication=self.settings.replication,
         )
         await producer.start()
-        # aiokafka refreshes metadata only for topics it was asked about: a topic that merely
-        # came with the bootstrap metadata drops out at the next refresh, and a batch for it
-        # then waits for a leader until it times out. Ask about every topic up front.
-        for topic in topics:
-            await producer.client.add_topic(topic)
+        await track_topics(producer, topics)
 
     async def submit(
         self, endpoint: Endpoint, body: bytes, request_id: str, ndjson: bool = False

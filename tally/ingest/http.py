@@ -27,6 +27,7 @@ from tally.ingest.gateway import (
 from tally.ingest.rows import NDJSON_TYPES, BodyTooLarge, UnreadableBody
 from tally.settings import Settings
 from tally.telemetry import INGEST_REQUESTS, INGEST_SECONDS
+from tally.topics import metric_batch_codec, purchase_batch_codec
 
 #: Seconds a client should wait before retrying after a 503.
 RETRY_AFTER_S = 5
@@ -34,8 +35,6 @@ RETRY_AFTER_S = 5
 
 def make_gateway(settings: Settings) -> IngestGateway:
     """The gateway of this process, encoding with the registry's codecs."""
-    from tally.topics import metric_batch_codec, purchase_batch_codec
-
     return IngestGateway(settings, endpoints(settings, purchase_batch_codec, metric_batch_codec))
 
 

@@ -20,18 +20,19 @@ INGEST_TIER = [op for op in OPERATIONS if op.on_ingest_tier]
 
 
 def ingest_application(gateway: IngestGateway, watch: DeadLetterWatch) -> web.Application:
+    openapi_document = document(INGEST_TIER)
+    index_body = {
+        "service": "tally-ingest",
+        "version": __version__,
+        "endpoints": endpoint_index(INGEST_TIER),
+        "openapi": "/api/openapi.json",
+    }
+
     async def ingest(request: web.Request) -> web.Response:
         return await handle_ingest(gateway, request, request.match_info["endpoint"])
 
     async def index(request: web.Request) -> web.Response:
-        return web.json_response(
-            {
-                "service": "tally-ingest",
-                "version": __version__,
-                "endpoints": endpoint_index(INGEST_TIER),
-                "openapi": "/api/openapi.json",
-            }
-        )
+        return web.json_response(index_body)
 
     async def health(request: web.Request) -> web.Response:
         """Ready when the broker takes connections: a load balancer then routes here."""
@@ -42,7 +43,7 @@ def ingest_application(gateway: IngestGateway, watch: DeadLetterWatch) -> web.Ap
         return web.json_response({"status": "ready", "role": "ingest"})
 
     async def openapi(request: web.Request) -> web.Response:
-        return web.json_response(document(INGEST_TIER))
+        return web.json_response(openapi_document)
 
     async def metrics(request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])

@@ -8,6 +8,10 @@ from tally import __version__
 from tally.app import app, settings
 from tally.web.openapi import document, endpoint_index
 
+#: Built once: the endpoints do not change while the worker runs.
+OPENAPI = document()
+INDEX = endpoint_index()
+
 
 @app.page("/")
 class Index(View):
@@ -18,7 +22,7 @@ class Index(View):
                 "version": __version__,
                 "app_id": settings.app_id,
                 "broker": settings.broker,
-                "endpoints": endpoint_index(),
+                "endpoints": INDEX,
                 "openapi": "/api/openapi.json",
             }
         )
@@ -27,4 +31,4 @@ class Index(View):
 @app.page("/api/openapi.json")
 class OpenApi(View):
     async def get(self, request: Request) -> Response:
-        return self.json(document())
+        return self.json(OPENAPI)

@@ -18,7 +18,6 @@ from prometheus_client.registry import Collector
 
 from tally.agents.intake import processed_offsets
 from tally.app import app
-from tally.tables.store import partition_db
 
 setup_prometheus_sensors(app, pattern="/metrics", name_prefix="faust")
 
@@ -63,10 +62,8 @@ class WorkerGauges(Collector):
             labels=["table"],
         )
         for name, table in sorted(app.tables.items()):
-            partitions = list(getattr(table.data, "_dbs", {}))  # opened ones only
             counted = stored = 0
-            for partition in partitions:
-                db = partition_db(table, partition)
+            for db in getattr(table.data, "_dbs", {}).values():  # the opened partitions
                 counted += db.property_int_value("rocksdb.estimate-num-keys") or 0
                 stored += db.property_int_value("rocksdb.total-sst-files-size") or 0
                 stored += db.property_int_value("rocksdb.cur-size-all-mem-tables") or 0

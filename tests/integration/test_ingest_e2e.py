@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import random
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from tally.codecs.avro import AvroCodec
 from tally.deadletters import DeadLetter
 from tests.conftest import WorkerFactory
 from tests.harness import Worker, consume, headers_of, wait_until
+from tests.strategies import mutated
 
 ITEMS = [f"item-{n:02d}" for n in range(12)]
 
@@ -257,28 +259,7 @@ def test_tally_agent_posts_batches_that_the_worker_rolls_up(
 
 
 def worker_env(worker: Worker) -> dict[str, str]:
-    import os
-
     return {**os.environ, **worker.env}
-
-
-JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
-    ),
-    max_leaves=8,
-)
-
-
-def fuzzed_row(base: dict[str, Any]) -> st.SearchStrategy[Any]:
-    keys = sorted(base)
-    return st.one_of(
-        st.just(base),
-        st.sampled_from(keys).map(lambda k: {n: v for n, v in base.items() if n != k}),
-        st.tuples(st.sampled_from(keys), JSON_VALUES).map(lambda kv: {**base, kv[0]: kv[1]}),
-        JSON_VALUES,
-    )
 
 
 def test_fuzzing_finds_no_5xx_and_every_rejected_row_is_accounted_for(
@@ -303,7 +284,7 @@ def test_fuzzing_finds_no_5xx_and_every_rejected_row_is_accounted_for(
     )
     def post_fuzzed(endpoint: str, data: st.DataObject, form: str) -> None:
         base = base_purchase if endpoint == "purchases" else base_sample
-        rows = data.draw(st.lists(fuzzed_row(base), max_size=6))
+        rows = data.draw(st.lists(mutated(base), max_size=6))
         if form == "array":
             body = json.dumps(rows).encode()
         elif form == "ndjson":

@@ -16,6 +16,7 @@ from tally.errors import ValidationError
 from tally.ingest.gateway import endpoints, sample_row_schema
 from tally.ingest.rows import Row, UnreadableBody, conform_record, split_rows
 from tally.settings import Settings
+from tests.strategies import mutated
 
 NOW = 1_795_000_000_000
 #: Every rule a row can be rejected by (the README lists them).
@@ -186,32 +187,6 @@ def test_a_metrics_row_is_a_server_id_and_a_sample() -> None:
 
 
 # --- property: whatever is accepted encodes as the Avro schema says ------------------------
-
-JSON_SCALARS = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**70), max_value=2**70)
-    | st.floats(allow_nan=True, allow_infinity=True)
-    | st.text(max_size=8)
-)
-JSON = st.recursive(
-    JSON_SCALARS,
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
-    ),
-    max_leaves=10,
-)
-
-
-def mutated(base: dict[str, Any]) -> st.SearchStrategy[Any]:
-    """A good row with one field dropped, replaced by any JSON, or one added."""
-    keys = sorted(base)
-    return st.one_of(
-        st.sampled_from(keys).map(lambda k: {n: v for n, v in base.items() if n != k}),
-        st.tuples(st.sampled_from(keys), JSON).map(lambda kv: {**base, kv[0]: kv[1]}),
-        st.tuples(st.text(max_size=6), JSON).map(lambda kv: {**base, kv[0]: kv[1]}),
-        JSON,
-    )
 
 
 def roundtrips(schema: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
