@@ -32,6 +32,7 @@ PIPELINE_MODULES = [
     "tally.web.prometheus",
     "tally.web.sales",
     "tally.web.server_metrics",
+    "tally.web.stream",
     "tally.web.registry",
 ]
 

@@ -239,6 +239,13 @@ class Settings:
         "this is flagged stale.",
         _positive_float,
     )
+    stream_poll_seconds: float = _env_field(
+        "TALLY_STREAM_POLL_SECONDS",
+        0.5,
+        "Live streams (`/api/stream/*`, the dashboard) re-run their query this often on each "
+        "worker, once for all the clients of a stream.",
+        _positive_float,
+    )
     metrics_hot_hours: float = _env_field(
         "TALLY_METRICS_HOT_HOURS",
         48.0,

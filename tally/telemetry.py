@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS = Counter(
     "tally_events",
@@ -29,4 +29,14 @@ INGEST_SECONDS = Histogram(
     "tally_ingest_seconds",
     "Time to answer an ingest request, acknowledgements included, by endpoint.",
     ["endpoint"],
+)
+LIVE_CLIENTS = Gauge(
+    "tally_live_clients", "Clients connected to live streams (/api/stream/*) on this worker."
+)
+LIVE_FEEDS = Gauge(
+    "tally_live_feeds", "Distinct live streams polled on this worker (one poll serves all clients)."
+)
+LIVE_RESETS = Counter(
+    "tally_live_resets",
+    "Clients so far behind that their pending updates were replaced by one fresh snapshot.",
 )

@@ -1,8 +1,12 @@
-"""`/` (what this worker is, and its endpoints) and `/api/openapi.json` (all of them, described)."""
+"""`/` (the live dashboard for browsers; for other clients what this worker is and its
+endpoints), `/static/*` (the dashboard's files) and `/api/openapi.json` (every endpoint)."""
 
 from __future__ import annotations
 
+from importlib.resources import files
+
 from faust.web import Request, Response, View
+from faust.web.exceptions import NotFound
 
 from tally import __version__
 from tally.app import app, settings
@@ -12,20 +16,47 @@ from tally.web.openapi import document, endpoint_index
 OPENAPI = document()
 INDEX = endpoint_index()
 
+CONTENT_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
+#: The dashboard's files, read once from the package (no build step, nothing from a CDN).
+STATIC = {
+    entry.name: entry.read_bytes()
+    for entry in files("tally.web").joinpath("static").iterdir()
+    if entry.name.endswith(tuple(CONTENT_TYPES))
+}
+
+
+def static_response(view: View, name: str) -> Response:
+    body = STATIC.get(name)
+    if body is None:
+        raise NotFound(f"no static file {name!r}; there are {sorted(STATIC)}")
+    content_type = CONTENT_TYPES[name[name.rindex(".") :]]
+    return view.bytes(body, headers={"Content-Type": f"{content_type}; charset=utf-8"})
+
 
 @app.page("/")
 class Index(View):
+    """Browsers (asking for HTML) get the dashboard; curl and programs the JSON index."""
+
     async def get(self, request: Request) -> Response:
+        if "text/html" in request.headers.get("Accept", ""):
+            return static_response(self, "dashboard.html")
         return self.json(
             {
                 "service": "tally",
                 "version": __version__,
                 "app_id": settings.app_id,
                 "broker": settings.broker,
+                "dashboard": "/ (from a browser)",
                 "endpoints": INDEX,
                 "openapi": "/api/openapi.json",
             }
         )
+
+
+@app.page("/static/{name}")
+class Static(View):
+    async def get(self, request: Request, name: str) -> Response:
+        return static_response(self, name)
 
 
 @app.page("/api/openapi.json")

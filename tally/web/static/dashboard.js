@@ -1,0 +1,225 @@
+// Tally's live dashboard: two server-sent-event streams, drawn with plain DOM and SVG.
+// /api/stream/sales/top        → snapshot, then `top` (open window, provisional), `final`
+// /api/stream/servers/{id}     → snapshot, then `meta` and `point` (per minute, provisional|final)
+// /api/stream/metrics/{id}     → the same for one metric across all servers
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const ROW = 34;
+const clock = (iso) => (iso ? new Date(iso).toISOString().slice(11, 19) + "Z" : "–");
+const stamp = (iso) => (iso ? new Date(iso).toISOString().replace("T", " ").slice(0, 16) + "Z" : "–");
+const ago = (iso) => (iso ? `${Math.max(0, Math.round((Date.now() - Date.parse(iso)) / 1000))} s ago` : "–");
+
+// --- connection pill: live while every open stream is connected ---------------------------
+const streams = new Set();
+function showConnection() {
+  const pill = $("connection");
+  const all = [...streams];
+  const live = all.length > 0 && all.every((s) => s.readyState === EventSource.OPEN);
+  pill.textContent = live ? "live" : "reconnecting…";
+  pill.className = "pill " + (live ? "live" : "down");
+}
+function open(url, handlers) {
+  const source = new EventSource(url);
+  streams.add(source);
+  source.onopen = showConnection;
+  source.onerror = showConnection;
+  for (const [event, handle] of Object.entries(handlers)) {
+    source.addEventListener(event, (e) => { handle(JSON.parse(e.data)); showConnection(); });
+  }
+  return source;
+}
+function close(source) {
+  if (source) { source.close(); streams.delete(source); }
+}
+function showStatus(element, status) {
+  element.hidden = status.ok;
+  element.textContent = status.ok ? "" : `not answering: ${status.reason}`;
+}
+
+// --- sales: the top-10, rows moving to their rank ------------------------------------------
+let top = null;
+const rows = new Map(); // item_id → <li>
+
+function renderTop(answer) {
+  top = answer;
+  $("top-window").textContent = answer.window_start
+    ? `${stamp(answer.window_start)} → ${stamp(answer.window_end)} (${answer.state})` : "–";
+  $("top-watermark").textContent = stamp(answer.watermark);
+  $("top-late").textContent = answer.late_events;
+  const stale = $("top-stale");
+  stale.hidden = !answer.stale || !answer.items.length;
+  stale.textContent = answer.stale ? "stale: " + answer.stale_reasons.join("; ") : "";
+  $("top-empty").hidden = answer.items.length > 0;
+  const list = $("top-list");
+  list.style.height = `${answer.items.length * ROW}px`;
+  const most = Math.max(1, ...answer.items.map((i) => i.quantity));
+  const seen = new Set();
+  for (const item of answer.items) {
+    seen.add(item.item_id);
+    let row = rows.get(item.item_id);
+    if (!row) {
+      row = document.createElement("li");
+      row.dataset.item = item.item_id;
+      row.innerHTML = '<span class="rank"></span><span class="bar"><span class="fill"></span>' +
+        '<span class="name"></span></span><span class="qty"></span>';
+      row.querySelector(".name").textContent = item.item_id;
+      row.style.transform = `translateY(${answer.items.length * ROW}px)`; // enter from below
+      list.appendChild(row);
+      rows.set(item.item_id, row);
+      row.getBoundingClientRect(); // start the move from there
+    }
+    row.classList.remove("leaving");
+    row.querySelector(".rank").textContent = item.rank;
+    row.querySelector(".qty").textContent = item.quantity.toLocaleString();
+    row.querySelector(".fill").style.width = `${(100 * item.quantity) / most}%`;
+    row.style.transform = `translateY(${(item.rank - 1) * ROW}px)`;
+  }
+  for (const [item, row] of rows) {
+    if (!seen.has(item)) {
+      rows.delete(item);
+      row.classList.add("leaving");
+      setTimeout(() => row.remove(), 450);
+    }
+  }
+}
+
+function addFinal(answer) {
+  const entry = document.createElement("li");
+  const leaders = answer.items.slice(0, 3).map((i) => `${i.item_id} (${i.quantity})`).join(", ");
+  entry.textContent = `${stamp(answer.window_start)} → ${stamp(answer.window_end)}: ${leaders}`;
+  $("final-list").prepend(entry);
+}
+
+open("/api/stream/sales/top", {
+  snapshot: renderTop,
+  top: renderTop,
+  final: addFinal,
+  status: (s) => showStatus($("top-stale"), s),
+});
+
+// --- metrics: one server's (or metric's) minutes as a band and a line ---------------------
+let seriesSource = null;
+let meta = null;
+let series = new Map(); // series name → Map(t → point)
+let seriesUpdated = null;
+
+function chosen() {
+  return { mode: $("mode").value, subject: $("subject").value.trim(), pick: $("series").value };
+}
+
+function follow() {
+  const { mode, subject } = chosen();
+  if (!subject) return;
+  location.hash = `${mode}=${encodeURIComponent(subject)}`;
+  close(seriesSource);
+  meta = null;
+  series = new Map();
+  draw();
+  const kind = mode === "server" ? "servers" : "metrics";
+  seriesSource = open(`/api/stream/${kind}/${encodeURIComponent(subject)}`, {
+    snapshot: (s) => {
+      meta = s;
+      series = new Map(Object.entries(s.series).map(([n, pts]) => [n, new Map(pts.map((p) => [p.t, p]))]));
+      seriesUpdated = new Date().toISOString();
+      refreshPicker();
+      draw();
+    },
+    meta: (m) => { meta = { ...meta, ...m }; trim(); draw(); },
+    point: (p) => {
+      if (!series.has(p.series)) { series.set(p.series, new Map()); refreshPicker(); }
+      series.get(p.series).set(p.t, p);
+      seriesUpdated = new Date().toISOString();
+      scheduleDraw();
+    },
+    status: (s) => showStatus($("series-status"), s),
+  });
+  $("series").hidden = mode !== "server";
+}
+
+function trim() {
+  if (!meta) return;
+  const from = Date.parse(meta.from);
+  for (const points of series.values()) {
+    for (const t of points.keys()) if (Date.parse(t) < from) points.delete(t);
+  }
+}
+
+function refreshPicker() {
+  const picker = $("series");
+  const names = [...series.keys()].sort();
+  const keep = picker.value;
+  picker.replaceChildren(...names.map((n) => new Option(n, n)));
+  if (names.includes(keep)) picker.value = keep;
+}
+
+let drawPending = false;
+function scheduleDraw() {
+  if (!drawPending) { drawPending = true; requestAnimationFrame(() => { drawPending = false; draw(); }); }
+}
+
+const svgNS = "http://www.w3.org/2000/svg";
+function el(name, attrs, text) {
+  const node = document.createElementNS(svgNS, name);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function draw() {
+  const chart = $("chart");
+  chart.replaceChildren();
+  $("series-watermark").textContent = meta ? stamp(meta.watermark) : "–";
+  $("series-open").textContent = meta ? meta.open_minutes.length : "–";
+  const tiers = meta && meta.tiers ? Object.keys(meta.tiers).filter((k) => meta.tiers[k]).join(" + ") : "";
+  $("series-tiers").textContent = tiers || "–";
+  const { mode, pick } = chosen();
+  const name = mode === "server" ? pick || [...series.keys()].sort()[0] : "all";
+  const points = [...(series.get(name) || new Map()).values()].sort((a, b) => Date.parse(a.t) - Date.parse(b.t));
+  const W = 900, H = 280, L = 56, R = 12, T = 12, B = 28;
+  if (!meta || !points.length) {
+    chart.append(el("text", { x: W / 2, y: H / 2, "text-anchor": "middle", class: "axis" },
+      meta ? "no minutes in this range yet" : "waiting for the stream…"));
+    return;
+  }
+  const x0 = Date.parse(meta.from), x1 = Date.parse(meta.to);
+  let lo = Math.min(...points.map((p) => p.min)), hi = Math.max(...points.map((p) => p.max));
+  if (hi === lo) { hi += 1; lo -= 1; }
+  const pad = (hi - lo) * 0.08; lo -= pad; hi += pad;
+  const x = (t) => L + ((Date.parse(t) - x0) / (x1 - x0)) * (W - L - R);
+  const y = (v) => T + (1 - (v - lo) / (hi - lo)) * (H - T - B);
+  for (let i = 0; i <= 4; i++) {
+    const v = lo + ((hi - lo) * i) / 4, yy = y(v);
+    chart.append(el("line", { x1: L, x2: W - R, y1: yy, y2: yy, class: "grid" }));
+    chart.append(el("text", { x: L - 6, y: yy + 4, "text-anchor": "end", class: "axis" }, v.toPrecision(4)));
+  }
+  for (let i = 0; i <= 4; i++) {
+    const t = new Date(x0 + ((x1 - x0) * i) / 4).toISOString();
+    chart.append(el("text", { x: x(t), y: H - 8, "text-anchor": "middle", class: "axis" }, clock(t).slice(0, 5)));
+  }
+  const upper = points.map((p) => `${x(p.t).toFixed(1)},${y(p.max).toFixed(1)}`);
+  const lower = points.slice().reverse().map((p) => `${x(p.t).toFixed(1)},${y(p.min).toFixed(1)}`);
+  chart.append(el("polygon", { points: upper.concat(lower).join(" "), class: "band" }));
+  chart.append(el("polyline", { points: points.map((p) => `${x(p.t).toFixed(1)},${y(p.avg).toFixed(1)}`).join(" "), class: "avg" }));
+  for (const p of points.filter((q) => q.state === "provisional")) {
+    chart.append(el("circle", { cx: x(p.t), cy: y(p.avg), r: 3, class: "open" }));
+  }
+  if (meta.watermark && Date.parse(meta.watermark) >= x0) {
+    const wx = x(meta.watermark);
+    chart.append(el("line", { x1: wx, x2: wx, y1: T, y2: H - B, class: "wm" }));
+  }
+}
+
+$("chooser").addEventListener("submit", (e) => { e.preventDefault(); follow(); });
+$("series").addEventListener("change", draw);
+$("mode").addEventListener("change", () => { $("series").hidden = $("mode").value !== "server"; });
+
+const wanted = /^#(server|metric)=(.+)$/.exec(location.hash);
+if (wanted) { $("mode").value = wanted[1]; $("subject").value = decodeURIComponent(wanted[2]); }
+follow();
+
+// Ages tick every second without waiting for the next event.
+setInterval(() => {
+  $("top-age").textContent = top ? ago(top.as_of) : "–";
+  $("series-age").textContent = ago(seriesUpdated);
+}, 1000);
