@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.install-stamp
+# The dashboard's browser test drives Debian's Chromium (nothing is downloaded by the test tools).
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends
 
 .PHONY: run test lint bench clean
 
@@ -14,24 +18,29 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+$(CHROMIUM):
+	@echo "installing Debian's chromium for the dashboard's browser test ..."
+	$(APT_INSTALL) chromium || ($(SUDO) apt-get update && $(APT_INSTALL) chromium)
+
 ## run: local broker + one worker + sample feed; prints the URLs. Ctrl-C stops everything.
 run: $(STAMP)
 	$(BIN)/tally dev
 
 ## test: the whole suite (unit, property and end-to-end through the real local broker).
-test: $(STAMP)
+test: $(STAMP) $(CHROMIUM)
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-## bench: the sales, metrics and archive benchmarks (figures and ratios printed; see README Performance).
+## bench: the sales, metrics, archive, ingest and live-stream benchmarks (figures and ratios printed; see README Performance).
 bench: $(STAMP)
 	$(BIN)/python -m bench.sales
 	$(BIN)/python -m bench.metrics
 	$(BIN)/python -m bench.archive
 	$(BIN)/python -m bench.ingest
+	$(BIN)/python -m bench.live
 
 clean:
-	rm -rf $(VENV) data .pytest_cache .hypothesis
+	rm -rf $(VENV) data .pytest_cache .hypothesis test-artifacts

@@ -13,6 +13,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,10 +106,12 @@ def run_tally(
     total: int,
     check: Callable[[Worker], None],
     then: tuple[str, ...] = (),
+    beside: Callable[[Worker], AbstractContextManager[object]] = lambda _: nullcontext(),
 ) -> Result:
     """One ready worker, then the input: the rate counts what is counted after the first
     observation (polled every 20 ms), over the time from then until every event is counted
-    from `topic` and from each downstream topic in `then` (later stages count the same events)."""
+    from `topic` and from each downstream topic in `then` (later stages count the same events).
+    `beside` is entered once the worker is ready and left after the count (e.g. clients)."""
     app_id = f"bench{uuid.uuid4().hex[:8]}"
     worker = Worker(
         env={
@@ -123,24 +126,25 @@ def run_tally(
     )
     worker.start()
     try:
-        asyncio.run(produce(broker.bootstrap, topic, messages))
-        first: tuple[float, int] | None = None
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            done = counted(worker, topic)
-            now = time.monotonic()
-            if done and first is None:
-                first = (now, done)
-            if done >= total and all(counted(worker, t) >= total for t in then):
-                break
-            time.sleep(0.02)
-        else:
-            progress = ", ".join(f"{t}: {counted(worker, t)}" for t in (topic, *then))
-            raise SystemExit(f"{label}: not all of {total} counted ({progress})")
-        assert first is not None
-        measured, elapsed = total - first[1], time.monotonic() - first[0]
-        if measured < total // 2:
-            raise SystemExit(f"{label}: the run was too short to time; raise --count")
+        with beside(worker):
+            asyncio.run(produce(broker.bootstrap, topic, messages))
+            first: tuple[float, int] | None = None
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline:
+                done = counted(worker, topic)
+                now = time.monotonic()
+                if done and first is None:
+                    first = (now, done)
+                if done >= total and all(counted(worker, t) >= total for t in then):
+                    break
+                time.sleep(0.02)
+            else:
+                progress = ", ".join(f"{t}: {counted(worker, t)}" for t in (topic, *then))
+                raise SystemExit(f"{label}: not all of {total} counted ({progress})")
+            assert first is not None
+            measured, elapsed = total - first[1], time.monotonic() - first[0]
+            if measured < total // 2:
+                raise SystemExit(f"{label}: the run was too short to time; raise --count")
         check(worker)
         rss = peak_rss_mb(worker.process.pid)  # type: ignore[union-attr]
     finally:

@@ -185,3 +185,78 @@ def consume(bootstrap: str, topic: str, expect: int, timeout: float = 30.0) -> l
 
 def headers_of(record: ConsumerRecord) -> Mapping[str, bytes]:
     return dict(record.headers or ())
+
+
+@dataclass
+class ServerSentEvent:
+    id: str
+    event: str
+    data: Any
+
+
+class EventStream:
+    """A plain SSE client over http.client: `next()` returns the next event (comments and the
+    `retry` field skipped), or raises TimeoutError."""
+
+    def __init__(self, url: str, path: str, last_event_id: str = "", timeout: float = 10.0):
+        import http.client
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        self.connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+        headers = {"Accept": "text/event-stream"}
+        if last_event_id:
+            headers["Last-Event-ID"] = last_event_id
+        self.connection.request("GET", path, headers=headers)
+        self.response = self.connection.getresponse()
+        self.status = self.response.status
+        self.content_type = self.response.getheader("Content-Type", "")
+
+    def next(self, timeout: float = 10.0) -> ServerSentEvent:
+        if self.connection.sock is None or self.response.fp is None:
+            raise ConnectionError("the stream is closed")
+        self.connection.sock.settimeout(timeout)
+        fields: dict[str, str] = {}
+        while True:
+            try:
+                raw = self.response.fp.readline()
+            except OSError as exc:  # socket.timeout is a TimeoutError (an OSError)
+                raise TimeoutError(f"no event within {timeout} s") from exc
+            if not raw:
+                raise ConnectionError("the stream ended")
+            line = raw.decode().rstrip("\n")
+            if line == "":
+                if "event" in fields or "data" in fields:
+                    return ServerSentEvent(
+                        fields.get("id", ""),
+                        fields.get("event", "message"),
+                        json.loads(fields.get("data", "null")),
+                    )
+                fields = {}
+                continue
+            if line.startswith(":"):
+                continue
+            name, _, value = line.partition(":")
+            fields[name] = value[1:] if value.startswith(" ") else value
+
+    def until(
+        self, predicate: Any, timeout: float, what: str = ""
+    ) -> tuple[ServerSentEvent, list[ServerSentEvent]]:
+        """Read until an event satisfies `predicate`; returns it and every event read."""
+        deadline = time.monotonic() + timeout
+        seen: list[ServerSentEvent] = []
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                last = [(e.event, e.data) for e in seen[-5:]]
+                raise AssertionError(f"no event {what} within {timeout} s; last: {last}")
+            try:
+                event = self.next(left)
+            except TimeoutError:
+                continue
+            seen.append(event)
+            if predicate(event):
+                return event, seen
+
+    def close(self) -> None:
+        self.connection.close()

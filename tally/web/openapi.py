@@ -107,6 +107,20 @@ RANGE = (
 )
 
 
+#: Server-sent events: a text stream that does not end while the client listens.
+STREAM: dict[str, Any] = {"result": {"type": "string"}, "content_type": "text/event-stream"}
+STREAM_STATUSES = {
+    200: "an event stream",
+    400: "a parameter is unusable (the message says which)",
+    503: "this worker serves too many streams",
+}
+MINUTES = query(
+    "minutes",
+    {"type": "integer", "minimum": 1, "maximum": 1440, "default": 120},
+    "how many minutes back from now the stream covers",
+)
+
+
 def ingest_body(rows: dict[str, Any]) -> dict[str, Any]:
     return {
         "required": True,
@@ -162,7 +176,22 @@ def ingest_operation(name: str, summary: str, row_schema: dict[str, Any]) -> Ope
 
 
 OPERATIONS: tuple[Operation, ...] = (
-    Operation("get", "/", "this index: the service and its endpoints", on_ingest_tier=True),
+    Operation(
+        "get",
+        "/",
+        "this index: the service and its endpoints (on a worker, a browser asking for HTML "
+        "gets the live dashboard)",
+        on_ingest_tier=True,
+    ),
+    Operation(
+        "get",
+        "/static/{name}",
+        "the dashboard's files (dashboard.html, dashboard.js, dashboard.css)",
+        (path("name"),),
+        statuses={200: "the file", 404: "no such file"},
+        result={"type": "string"},
+        content_type="text/plain",
+    ),
     Operation(
         "get",
         "/api/health",
@@ -234,6 +263,35 @@ OPERATIONS: tuple[Operation, ...] = (
             query("by", {"type": "string", "enum": ["server"]}, "break down by server"),
         ),
         statuses=WINDOW_QUERY,
+    ),
+    Operation(
+        "get",
+        "/api/stream/sales/top",
+        "live top-K (server-sent events): `snapshot`, then `top` on every change "
+        "(provisional), `final` once per closed window; `status` when the query cannot answer",
+        statuses={200: "an event stream", 503: "this worker serves too many streams"},
+        **STREAM,
+    ),
+    Operation(
+        "get",
+        "/api/stream/servers/{server_id}",
+        "a server's minutes, live (server-sent events): `snapshot`, then `meta` and `point` "
+        "(each flagged provisional or final)",
+        (
+            path("server_id"),
+            MINUTES,
+            query("metric", {"type": "string"}, "comma-separated metric ids (default: all)"),
+        ),
+        statuses=STREAM_STATUSES,
+        **STREAM,
+    ),
+    Operation(
+        "get",
+        "/api/stream/metrics/{metric_id}",
+        "a metric across all servers, live (server-sent events): `snapshot`, `meta`, `point`",
+        (path("metric_id"), MINUTES),
+        statuses=STREAM_STATUSES,
+        **STREAM,
     ),
     Operation(
         "get", "/registry/subjects", "schema registry: every subject", result={"type": "array"}

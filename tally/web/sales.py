@@ -7,6 +7,7 @@ from faust.web import Request, Response
 from tally.agents.sales import answer_at, current_answer, windows
 from tally.app import app, settings
 from tally.partitioning import partition_for
+from tally.tables.applied import value_of
 from tally.tables.sales import SALES_SPEC, pane_key, sales_clocks, sales_panes, sales_topk
 from tally.tables.store import partition_key
 from tally.tables.topk import GlobalTopK
@@ -119,7 +120,7 @@ class ItemSales(OwnedView):
         panes = [
             {
                 "pane_start": iso(SALES_SPEC.start_ms(pane)),
-                "quantity": sales_panes.get(pane_key(pane, item_id), 0),
+                "quantity": value_of(sales_panes.get(pane_key(pane, item_id)), 0),
             }
             for pane in range(SALES_SPEC.first_pane(last), last + 1)
         ]

@@ -79,6 +79,10 @@ class LiveStreams(Service):
         LIVE_FEEDS.set_function(lambda: len(self.feeds.feeds))
 
     async def on_stop(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """End every client's stream (each handler unsubscribes, which stops its feed)."""
         for task in list(self.handlers):
             task.cancel()
 
@@ -127,6 +131,12 @@ live = LiveStreams()
 @app.task
 async def start_live_streams() -> None:
     await app.add_runtime_dependency(live)
+
+
+@app.on_before_shutdown.connect
+async def close_live_streams(app: object, **kwargs: object) -> None:
+    """Before the worker closes its HTTP client, which the feeds read their queries with."""
+    live.close()
 
 
 @app.page("/api/stream/sales/top")

@@ -6,11 +6,12 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 from tally.broker.local import LocalBroker, free_port, port_accepts
 from tally.codecs.avro import AvroCodec
-from tests.harness import Worker, consume, wait_until
+from tests.harness import EventStream, Worker, consume, wait_until
 
 
 def test_dev_runs_broker_worker_and_feed_then_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
@@ -36,9 +37,12 @@ def test_dev_runs_broker_worker_and_feed_then_stops_everything_on_ctrl_c(tmp_pat
             what=f"the dev banner; output so far in {output}",
         )
         text = output.read_text()
-        assert f"http://127.0.0.1:{web_port}/" in text
+        assert f"dashboard        http://127.0.0.1:{web_port}/" in text
         probe = Worker(env={}, log_path=tmp_path / "unused.log", port=web_port)
         assert probe.get("/")["service"] == "tally"
+        page = urllib.request.Request(probe.url + "/", headers={"Accept": "text/html"})
+        with urllib.request.urlopen(page, timeout=10) as response:
+            assert b"/static/dashboard.js" in response.read()
         health = probe.get("/api/health")
         assert health["status"] == "ready"
         # The feed is flowing into the pipeline: the best-selling item gets counted.
@@ -47,6 +51,11 @@ def test_dev_runs_broker_worker_and_feed_then_stops_everything_on_ctrl_c(tmp_pat
             60,
             what="the sample feed counted",
         )
+        # ... and shown live: the dashboard's stream has it.
+        stream = EventStream(probe.url, "/api/stream/sales/top")
+        shown, _ = stream.until(lambda e: len(e.data["items"]) > 0, 30, "items in the top-K")
+        stream.close()
+        assert shown.data["state"] == "provisional"
     finally:
         dev.send_signal(signal.SIGINT)
         code = dev.wait(60)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from itertools import pairwise
 from typing import Any
 
 from hypothesis import given, settings
@@ -122,7 +123,7 @@ def test_a_client_that_misses_updates_still_ends_with_the_last_answer(
     box = Mailbox()
     client: dict[str, Any] = {}
     box.put(stream.snapshot(history[0]))
-    for (old, new), take in zip(zip(history, history[1:], strict=False), takes, strict=False):
+    for (old, new), take in zip(pairwise(history), takes, strict=False):
         for m in stream.changes(old, new):
             box.put(m)
         if take:
@@ -196,7 +197,10 @@ def test_top_stream_sends_changes_then_the_final_answer_of_a_closed_window() -> 
         return sent
 
     sent = asyncio.run(scenario())
-    assert [(m.event, m.data["state"]) for m in sent] == [("top", "provisional"), ("final", "final")]
+    assert [(m.event, m.data["state"]) for m in sent] == [
+        ("top", "provisional"),
+        ("final", "final"),
+    ]
     assert sent[1].data["items"] == [{"item_id": "a", "quantity": 3}]
     assert stream.closing == {}
 

@@ -7,7 +7,7 @@
 const $ = (id) => document.getElementById(id);
 const ROW = 34;
 const clock = (iso) => (iso ? new Date(iso).toISOString().slice(11, 19) + "Z" : "–");
-const stamp = (iso) => (iso ? new Date(iso).toISOString().replace("T", " ").slice(0, 16) + "Z" : "–");
+const stamp = (iso) => (iso ? new Date(iso).toISOString().replace("T", " ").slice(0, 19) + "Z" : "–");
 const ago = (iso) => (iso ? `${Math.max(0, Math.round((Date.now() - Date.parse(iso)) / 1000))} s ago` : "–");
 
 // --- connection pill: live while every open stream is connected ---------------------------
@@ -19,7 +19,7 @@ function showConnection() {
   pill.textContent = live ? "live" : "reconnecting…";
   pill.className = "pill " + (live ? "live" : "down");
 }
-function open(url, handlers) {
+function listen(url, handlers) {
   const source = new EventSource(url);
   streams.add(source);
   source.onopen = showConnection;
@@ -29,7 +29,7 @@ function open(url, handlers) {
   }
   return source;
 }
-function close(source) {
+function stopListening(source) {
   if (source) { source.close(); streams.delete(source); }
 }
 function showStatus(element, status) {
@@ -38,11 +38,11 @@ function showStatus(element, status) {
 }
 
 // --- sales: the top-10, rows moving to their rank ------------------------------------------
-let top = null;
+let latestTop = null;
 const rows = new Map(); // item_id → <li>
 
 function renderTop(answer) {
-  top = answer;
+  latestTop = answer;
   $("top-window").textContent = answer.window_start
     ? `${stamp(answer.window_start)} → ${stamp(answer.window_end)} (${answer.state})` : "–";
   $("top-watermark").textContent = stamp(answer.watermark);
@@ -91,7 +91,7 @@ function addFinal(answer) {
   $("final-list").prepend(entry);
 }
 
-open("/api/stream/sales/top", {
+listen("/api/stream/sales/top", {
   snapshot: renderTop,
   top: renderTop,
   final: addFinal,
@@ -112,12 +112,12 @@ function follow() {
   const { mode, subject } = chosen();
   if (!subject) return;
   location.hash = `${mode}=${encodeURIComponent(subject)}`;
-  close(seriesSource);
+  stopListening(seriesSource);
   meta = null;
   series = new Map();
   draw();
   const kind = mode === "server" ? "servers" : "metrics";
-  seriesSource = open(`/api/stream/${kind}/${encodeURIComponent(subject)}`, {
+  seriesSource = listen(`/api/stream/${kind}/${encodeURIComponent(subject)}`, {
     snapshot: (s) => {
       meta = s;
       series = new Map(Object.entries(s.series).map(([n, pts]) => [n, new Map(pts.map((p) => [p.t, p]))]));
@@ -195,7 +195,8 @@ function draw() {
   }
   for (let i = 0; i <= 4; i++) {
     const t = new Date(x0 + ((x1 - x0) * i) / 4).toISOString();
-    chart.append(el("text", { x: x(t), y: H - 8, "text-anchor": "middle", class: "axis" }, clock(t).slice(0, 5)));
+    const anchor = i === 0 ? "start" : i === 4 ? "end" : "middle";
+    chart.append(el("text", { x: x(t), y: H - 8, "text-anchor": anchor, class: "axis" }, clock(t).slice(0, 5)));
   }
   const upper = points.map((p) => `${x(p.t).toFixed(1)},${y(p.max).toFixed(1)}`);
   const lower = points.slice().reverse().map((p) => `${x(p.t).toFixed(1)},${y(p.min).toFixed(1)}`);
@@ -220,6 +221,6 @@ follow();
 
 // Ages tick every second without waiting for the next event.
 setInterval(() => {
-  $("top-age").textContent = top ? ago(top.as_of) : "–";
+  $("top-age").textContent = latestTop ? ago(latestTop.as_of) : "–";
   $("series-age").textContent = ago(seriesUpdated);
 }, 1000);
