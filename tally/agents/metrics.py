@@ -3,9 +3,10 @@
 1. `roll_up_samples` (metric-samples, partitioned by server): decodes batches, rejects bad
    samples one by one, classifies each sample against the partition's watermark (a sample of
    a final minute is late), folds the whole batch in memory (`fold_samples`), then merges
-   each touched (server, minute) record of `server_rollups` once; the same partial rollups
-   go, grouped by metric, to `metric-rollups-by-metric`.
-2. `index_by_metric` (that topic, partitioned by metric) merges them into `metric_rollups`,
+   each touched (server, minute) record of `server_rollups` once, skipping samples a record
+   already holds (redelivered: tables.applied); each touched server's whole rollup of the
+   minute goes, grouped by metric, to `metric-rollups-by-metric`.
+2. `index_by_metric` (that topic, partitioned by metric) puts them into `metric_rollups`,
    per server and across servers, so a by-metric query reads one partition.
 3. `close_minutes` (a tick per owned partition per second, on `metric-ticks`) emits every
    (server, minute) that became final to `metric-rollups-1m`, once, remembering how far it got in
@@ -17,7 +18,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from faust.types import EventT, StreamT
@@ -34,6 +35,7 @@ from tally.app import app, settings
 from tally.codecs.avro import Record, check_event_time, validate_metric_sample
 from tally.errors import TallyError, ValidationError
 from tally.partitioning import partition_for
+from tally.tables.applied import Stamped, apply_server_rollups, offset_of, stamp, value_of
 from tally.tables.metrics import (
     PER_SERVER,
     RETENTION_MS,
@@ -48,13 +50,13 @@ from tally.tables.metrics import (
     split_key,
 )
 from tally.tables.rollups import (
+    MINUTE_MS,
     Acc,
     Cells,
     Rollup,
     final_before,
     fold_samples,
     hot_horizon,
-    merge_acc,
     merge_cells,
     minute_of,
 )
@@ -168,23 +170,17 @@ async def roll_up(state: PartitionState, events: Sequence[EventT]) -> None:
     # A batch means the partition was not idle: the wall time since the last settle does not
     # count (only the ticks of a caught-up partition credit it).
     clock.settle(wall, idle=False)
+    decoded = [(event, batch) for event in events if (batch := await routed(event, partition))]
+    #: (server, minute) → its stored record, read once per batch (tables.applied).
+    stored: dict[tuple[str, int], Stamped | None] = {}
     #: server → minute → metric → rollup: the whole batch folded before any table is touched.
     folded: dict[str, dict[int, Cells]] = defaultdict(dict)
+    #: (server, minute) → metrics whose samples were already in the record (redelivered).
+    redelivered: dict[tuple[str, int], set[str]] = defaultdict(set)
     counted = 0
-    for event in events:
-        batch = await decode(event, metric_batch_codec())
-        if batch is None:
-            continue
+    for event, batch in decoded:
         server, samples = batch["server_id"], batch["samples"]
-        owner = partition_for(server, settings.partitions)
-        if owner != partition:
-            misrouted = ValidationError(
-                f"server {server!r} belongs to partition {owner} (murmur2 of the server id, "
-                f"Kafka's default partitioner), but its batch came on partition {partition}",
-                "misrouted",
-            )
-            await reject(event, misrouted, stage="validate")
-            continue
+        samples = unapplied(server, samples, event.message.offset, stored, redelivered)
         # The message arrives as a whole: its samples are judged against the watermark before
         # it, so samples of one message never make each other late.
         watermark = clock.watermark(wall, GRACE_MS)
@@ -209,35 +205,109 @@ async def roll_up(state: PartitionState, events: Sequence[EventT]) -> None:
             ):
                 state.first_minute = judged.oldest_minute
         counted += judged.counted
-    # Partial rollups for the by-metric index, grouped by the partition that owns each metric:
-    # one message per destination partition, written there explicitly (murmur2 of the metric,
-    # as routing uses).
-    destinations: dict[str, int] = {}
-    by_destination: dict[int, list[list[object]]] = defaultdict(list)
-    for server, minutes in folded.items():
-        for minute, cells in minutes.items():
-            for metric, acc in cells.items():
-                destination = destinations.get(metric)
-                if destination is None:
-                    destination = destinations[metric] = partition_for(metric, settings.partitions)
-                by_destination[destination].append([metric, minute, server, *acc])
+    # Each touched (server, minute) record written once, with the batch's last offset.
+    records: dict[tuple[str, int], Cells] = {}
     with writing_for(events[-1]):
         for server, minutes in folded.items():
             for minute, cells in minutes.items():
-                key = minute_key(server, minute)
-                stored = server_rollups.get(key)
-                server_rollups[key] = cells if stored is None else merge_cells(stored, cells)
+                before = value_of(stored[(server, minute)], {})
+                records[(server, minute)] = merged = merge_cells(before, cells)
+                server_rollups[minute_key(server, minute)] = stamp(merged, last)
             if minutes:
                 state.servers.add(server)
         state.offset = last
         metric_clocks[partition_key(partition)] = state.record()
     EVENTS.labels(metric_samples.get_topic_name(), "counted").inc(counted)
-    watermark = clock.watermark(wall, GRACE_MS)
-    for destination, partials in by_destination.items():
+    # The by-metric index gets each touched (server, minute, metric)'s whole rollup so far:
+    # taking it twice changes nothing there, and a redelivered message re-sends what its
+    # first delivery may have sent before a crash.
+    touched = [
+        (server, minute, metrics, records.get((server, minute)))
+        for server, minutes in folded.items()
+        for minute, metrics in minutes.items()
+    ]
+    touched += [
+        (server, minute, metrics, value_of(stored[(server, minute)]))
+        for (server, minute), metrics in redelivered.items()
+        if (server, minute) not in records
+    ]
+    await send_to_metric_index(touched, partition, clock.watermark(wall, GRACE_MS))
+
+
+async def routed(event: EventT, partition: int) -> Record | None:
+    """The event's metric batch, if it decodes and came on its server's partition; else None
+    after dead-lettering it."""
+    batch = await decode(event, metric_batch_codec())
+    if batch is None:
+        return None
+    owner = partition_for(batch["server_id"], settings.partitions)
+    if owner == partition:
+        return batch
+    misrouted = ValidationError(
+        f"server {batch['server_id']!r} belongs to partition {owner} (murmur2 of the server "
+        f"id, Kafka's default partitioner), but its batch came on partition {partition}",
+        "misrouted",
+    )
+    await reject(event, misrouted, stage="validate")
+    return None
+
+
+def unapplied(
+    server: str,
+    samples: list[Record],
+    offset: int,
+    stored: dict[tuple[str, int], Stamped | None],
+    redelivered: dict[tuple[str, int], set[str]],
+) -> list[Record]:
+    """The samples of a message at `offset` that their (server, minute) record does not hold
+    yet; the others are noted in `redelivered`. Reads each record once per batch (into
+    `stored`); a message delivered once (the usual case) passes whole."""
+    minutes = {sample["ts_ms"] - sample["ts_ms"] % MINUTE_MS for sample in samples}
+    held = set()
+    for minute in minutes:
+        key = (server, minute)
+        if key not in stored:
+            stored[key] = server_rollups.get(minute_key(server, minute))
+        if offset <= offset_of(stored[key]):
+            held.add(minute)
+    if not held:
+        return samples
+    fresh = []
+    for sample in samples:
+        minute = sample["ts_ms"] - sample["ts_ms"] % MINUTE_MS
+        if minute in held:
+            redelivered[(server, minute)].add(sample["metric_id"])
+        else:
+            fresh.append(sample)
+    return fresh
+
+
+async def send_to_metric_index(
+    touched: list[tuple[str, int, Iterable[str], Cells | None]],
+    partition: int,
+    watermark: int | None,
+) -> None:
+    """Whole rollups for the by-metric index, grouped by the partition that owns each metric:
+    one message per destination partition, written there explicitly (murmur2 of the metric,
+    as routing uses)."""
+    destinations: dict[str, int] = {}
+    by_destination: dict[int, list[list[object]]] = defaultdict(list)
+    for server, minute, metrics, record in touched:
+        if record is None:
+            continue
+        for metric in metrics:
+            acc = record.get(metric)
+            if acc is None:
+                continue  # every sample of it was invalid or late
+            destination = destinations.get(metric)
+            if destination is None:
+                destination = destinations[metric] = partition_for(metric, settings.partitions)
+            by_destination[destination].append([metric, minute, server, *acc])
+    for destination, rollups in by_destination.items():
         await rollups_by_metric.send(
             key=b"partials",
             partition=destination,
-            value={"cells": partials, "upstream": partition, "watermark_ms": watermark},
+            value={"cells": rollups, "upstream": partition, "watermark_ms": watermark},
         )
 
 
@@ -282,7 +352,7 @@ async def close_partition_minutes(event: EventT) -> None:
     start = state.final_through if state.final_through is not None else state.first_minute
     if start is not None and end is not None and start < end:
         closing = [
-            (server, split_key(key)[1], stored_value(value))
+            (server, split_key(key)[1], value_of(stored_value(value)))
             for server in sorted(state.servers)
             for key, value in scan(
                 server_rollups, partition, minute_key(server, start), minute_key(server, end)
@@ -325,44 +395,33 @@ async def close_partition_minutes(event: EventT) -> None:
 
 
 async def index_partition(events: Sequence[EventT]) -> None:
-    """Partial rollups → each touched (metric, minute)'s all-servers and per-server records,
-    each written once per batch."""
-    totals: dict[tuple[str, int], Acc] = {}
-    per_server: dict[tuple[str, int], Cells] = defaultdict(dict)
+    """Servers' whole rollups → each touched (metric, minute)'s per-server and all-servers
+    records, each written once per batch (tables.applied.apply_server_rollups: a rollup taken
+    twice changes nothing)."""
+    updates: dict[tuple[str, int], list[tuple[int, str, Acc]]] = defaultdict(list)
     watermarks: dict[int, int] = {}
     for event in events:
-        body = event.value
+        body, offset = event.value, event.message.offset
         for metric, minute, server, *acc in body["cells"]:
-            cell = (metric, minute)
-            total = totals.get(cell)
-            if total is None:
-                totals[cell] = list(acc)
-            else:
-                merge_acc(total, acc)
-            servers = per_server[cell]
-            seen = servers.get(server)
-            if seen is None:
-                servers[server] = acc
-            else:
-                merge_acc(seen, acc)
+            updates[(metric, minute)].append((offset, server, acc))
         if body["watermark_ms"] is not None:
             upstream = int(body["upstream"])
             watermarks[upstream] = max(watermarks.get(upstream, 0), body["watermark_ms"])
+    last = events[-1].message.offset
+    indexed = 0
     with writing_for(events[-1]):
-        for (metric, minute), total in totals.items():
-            key = minute_key(metric, minute)
-            stored = metric_rollups.get(key)
-            if stored is not None:
-                merge_acc(stored, total)
-            metric_rollups[key] = total if stored is None else stored
-            key = minute_key(metric, minute, PER_SERVER)
-            servers = per_server[(metric, minute)]
-            stored = metric_rollups.get(key)
-            metric_rollups[key] = servers if stored is None else merge_cells(stored, servers)
+        for (metric, minute), rollups in updates.items():
+            per_server, total = minute_key(metric, minute, PER_SERVER), minute_key(metric, minute)
+            before = value_of(metric_rollups.get(total))
+            servers, merged = apply_server_rollups(
+                metric_rollups.get(per_server), metric_rollups.get(total), rollups, last
+            )
+            metric_rollups[per_server] = servers
+            metric_rollups[total] = merged
+            indexed += int(value_of(merged)[3] - (before[3] if before else 0))
         for upstream, watermark in watermarks.items():
             key = partition_key(upstream)
             metric_index_watermarks[key] = max(metric_index_watermarks.get(key) or 0, watermark)
-    indexed = sum(int(total[3]) for total in totals.values())
     EVENTS.labels(rollups_by_metric.get_topic_name(), "counted").inc(indexed)
     prune_metric_index(events[0].message.partition)
 

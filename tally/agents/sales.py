@@ -32,6 +32,7 @@ from tally.app import app, settings
 from tally.codecs.avro import Record, check_event_time, validate_purchase
 from tally.errors import TallyError, ValidationError
 from tally.partitioning import partition_for
+from tally.tables.applied import Stamped, offset_of, stamp, value_of
 from tally.tables.sales import (
     SALES_SPEC,
     pane_key,
@@ -74,7 +75,7 @@ def pane_reader(partition: int) -> PaneReader:
     def read(pane: int) -> Iterator[tuple[str, int]]:
         prefix = pane_prefix(pane)
         for key, value in scan(sales_panes, partition, prefix, pane_prefix(pane + 1)):
-            yield key[len(prefix) :].decode(), int(value)
+            yield key[len(prefix) :].decode(), value_of(stored_value(value))
 
     return read
 
@@ -141,27 +142,37 @@ async def decoded_purchases(event: EventT, partition: int, wall_ms: int) -> list
 
 async def count_partition(events: Sequence[EventT]) -> None:
     partition = events[0].message.partition
-    origins: list[tuple[EventT, Record]] = []
-    arrivals: list[Arrival] = []
     wall = now_ms()
-    for event in events:
-        for purchase in await decoded_purchases(event, partition, wall):
-            origins.append((event, purchase))
-            arrivals.append((purchase["item_id"], purchase["quantity"], purchase["event_time_ms"]))
-    if not arrivals:
+    decoded = [(e, p) for e in events for p in await decoded_purchases(e, partition, wall)]
+    # A purchase delivered again (after a crash or a rebalance) is already in its cell.
+    cells: dict[bytes, Stamped | None] = {}
+    origins: list[tuple[EventT, Record]] = []
+    with writing_for(events[-1]):
+        for event, purchase in decoded:
+            key = pane_key(SALES_SPEC.pane_of(purchase["event_time_ms"]), purchase["item_id"])
+            if key not in cells:
+                cells[key] = sales_panes.get(key)
+            if event.message.offset > offset_of(cells[key]):
+                origins.append((event, purchase))
+    EVENTS.labels(purchases.get_topic_name(), "redelivered").inc(len(decoded) - len(origins))
+    if not origins:
         return
+    arrivals: list[Arrival] = [
+        (p["item_id"], p["quantity"], p["event_time_ms"]) for _, p in origins
+    ]
     # A batch means the partition was not idle: the wall time since the last settle does not
     # count (only the ticks of a caught-up partition credit it).
     window = window_for(partition, wall, idle=False)
     outcome = window.ingest(arrivals, wall)
+    last = events[-1].message.offset
     with writing_for(events[-1]):
         for (pane, item), quantity in outcome.pane_deltas.items():
             key = pane_key(pane, item)
-            sales_panes[key] = sales_panes[key] + quantity
+            sales_panes[key] = stamp(value_of(cells[key], 0) + quantity, last)
         sales_clocks[partition_key(partition)] = {
             **window.clock.record(),
             "late_events": window.late_events,
-            "offset": events[-1].message.offset,
+            "offset": last,
         }
     closing = slide(partition, window, wall)
     EVENTS.labels(purchases.get_topic_name(), "counted").inc(len(arrivals) - len(outcome.late))

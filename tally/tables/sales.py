@@ -1,6 +1,6 @@
 """The sales pipeline's tables and topics (Faust declarations; the logic is in tables.sliding).
 
-purchases ─► sales_panes   "<pane:012d>|<item>" → units       (per purchases partition)
+purchases ─► sales_panes   "<pane:012d>|<item>" → [units, offset] (per purchases partition)
          └─► sales_clocks  "<partition>" → event clock + late count
 per-partition top-K ─► sales-topk-candidates (1 partition) ─► sales_topk "latest|<p>",
                                                                "<pane>|<p>" (history)
@@ -25,13 +25,12 @@ _PANE_RETENTION_MS = (
     + 86_400_000
 )
 
-#: (pane, item) → units sold. Expired panes are deleted locally; on Kafka the changelog drops
-#: them by retention (compact,delete), so no tombstone per cell is ever written.
+#: (pane, item) → [units sold, offset of the last purchase counted] (tables.applied: a
+#: purchase delivered twice counts once). Expired panes are deleted locally; on Kafka the
+#: changelog drops them by retention (compact,delete), so no tombstone per cell is ever written.
 sales_panes = app.Table(
     "sales_panes",
     key_type=bytes,
-    value_type=int,
-    default=int,
     extra_topic_configs={"cleanup.policy": "compact,delete", "retention.ms": _PANE_RETENTION_MS},
 )
 

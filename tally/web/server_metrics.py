@@ -23,6 +23,7 @@ from tally.agents.metrics import GRACE_MS, states
 from tally.app import app, settings
 from tally.archive.query import ArchiveQuery, archived_rollups
 from tally.partitioning import partition_for
+from tally.tables.applied import value_of
 from tally.tables.metrics import (
     PER_SERVER,
     RETENTION_MS,
@@ -195,7 +196,7 @@ def metric_watermark(metric_id: str) -> int | None:
 def server_minutes(server_id: str, query: Query) -> Series:
     minutes: Series = defaultdict(list)
     for minute, _, value in records(server_rollups, server_id, query):
-        for metric, acc in stored_value(value).items():
+        for metric, acc in value_of(stored_value(value)).items():
             if query.metrics is None or metric in query.metrics:
                 minutes[metric].append((minute, Rollup.from_list(acc)))
     return minutes
@@ -251,10 +252,10 @@ class MetricAcrossServers(OwnedView):
             if second != wanted:
                 continue  # the other record of the minute, left undecoded
             if by == "server":
-                for server, acc in stored_value(value).items():
+                for server, acc in value_of(stored_value(value)).items():
                     minutes[server].append((minute, Rollup.from_list(acc)))
             else:
-                minutes["all"].append((minute, Rollup.from_list(stored_value(value))))
+                minutes["all"].append((minute, Rollup.from_list(value_of(stored_value(value)))))
         # After the hot scan: pruning may run while the archive is read.
         archived = await query.from_archive("metric", metric_id, "server" if by else None)
         series = query.series(archived, minutes)
