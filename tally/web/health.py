@@ -1,10 +1,14 @@
-"""`/api/health`: is this worker ready to answer queries, and what does it own."""
+"""`/api/health`: is this worker ready to answer queries, what does it own, how far behind."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from faust.types import TP
 from faust.web import Request, Response, View
 
-from tally.app import app
+from tally.agents.intake import processed_offsets
+from tally.app import app, settings
 
 
 def ownership() -> dict[str, list[str]]:
@@ -16,12 +20,64 @@ def ownership() -> dict[str, list[str]]:
     }
 
 
+def next_to_process(tp: TP) -> int | None:
+    """The offset after the last one processed: this worker's record, else the committed."""
+    done = processed_offsets.get(tp)
+    if done is not None:
+        return done + 1
+    return app.monitor.tp_committed_offsets.get(tp)
+
+
+def consumer_lag() -> dict[TP, int]:
+    """Messages waiting on each source partition this worker owns (high watermark minus the
+    next offset to process), where both are known."""
+    lag: dict[TP, int] = {}
+    sources = set(app.source_topic_partitions())
+    for tp in sorted(app.assignor.assigned_actives()):
+        if tp.topic not in sources:
+            continue
+        try:
+            highwater = app.consumer.highwater(tp)
+        except AssertionError:  # aiokafka: no longer assigned
+            continue
+        position = next_to_process(tp)
+        if highwater is not None and position is not None:
+            lag[tp] = max(highwater - position, 0)
+    return lag
+
+
+def recovery() -> dict[str, Any]:
+    """Changelog records still to read: actives (blocking answers) and standbys (catching up
+    in the background)."""
+    tables = app.tables.recovery
+    return {
+        "completed": tables.completed.is_set(),
+        "active_records_remaining": tables.active_remaining_total(),
+        "standby_records_remaining": tables.standby_remaining_total(),
+    }
+
+
+def lag_by_topic() -> dict[str, int]:
+    by_topic: dict[str, int] = {}
+    for tp, waiting in consumer_lag().items():
+        by_topic[tp.topic] = by_topic.get(tp.topic, 0) + waiting
+    return by_topic
+
+
 @app.page("/api/health")
 class Health(View):
-    """200 when ready (tables recovered, no rebalance under way), else 503 saying why."""
+    """200 when ready (tables recovered, no rebalance under way), else 503 saying why; both
+    with the partitions held, recovery progress and consumer lag."""
 
     async def get(self, request: Request) -> Response:
+        details = {
+            "worker": settings.web_url,
+            **ownership(),
+            "recovery": recovery(),
+            "lag": lag_by_topic(),
+            "standby_replicas": settings.standby_replicas,
+        }
         if app.ready:
-            return self.json({"status": "ready", **ownership()})
+            return self.json({"status": "ready", **details})
         reason = "rebalancing" if app.rebalancing else "recovering tables"
-        return self.json({"status": "starting", "reason": reason}, status=503)
+        return self.json({"status": "starting", "reason": reason, **details}, status=503)

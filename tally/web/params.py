@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
+import aiohttp
 from faust.web import Request, Response, View
 from faust.web.exceptions import WebError
 
@@ -32,13 +34,33 @@ def require_ready() -> None:
 LATEST_MS = int(datetime(9000, 1, 1, tzinfo=UTC).timestamp() * 1000)
 
 
+class OwnerUnavailable(WebError):
+    """The request was forwarded to the key's owner, which did not answer."""
+
+    code = 503
+
+
+#: A query (forwarded or local) that takes longer than this is answered 503.
+QUERY_TIMEOUT_S = 60.0
+
+
 class OwnedView(View):
     """A GET answered by the worker owning the key: 503 until this worker is ready, then
-    `owned`, which subclasses decorate with `app.table_route` to forward or answer."""
+    `owned`, which subclasses decorate with `app.table_route` to forward or answer. An owner
+    that does not answer (it died; the group has not moved its partitions yet) is a 503 that
+    says so, not a 500."""
 
     async def get(self, request: Request, **match: str) -> Response:
         require_ready()
-        return await self.owned(request, **match)
+        try:
+            async with asyncio.timeout(QUERY_TIMEOUT_S):
+                return await self.owned(request, **match)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise OwnerUnavailable(
+                f"the worker that owns this key did not answer ({type(exc).__name__}: {exc}); "
+                "if it stopped, the group gives its partitions to another worker within "
+                "seconds: retry shortly"
+            ) from None
 
     async def owned(self, request: Request, **match: str) -> Response:
         raise NotImplementedError

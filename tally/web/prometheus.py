@@ -11,23 +11,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from faust.sensors.prometheus import setup_prometheus_sensors
-from faust.types import TP
 from prometheus_client import REGISTRY
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from tally.agents.intake import processed_offsets
 from tally.app import app
+from tally.web.health import consumer_lag
 
 setup_prometheus_sensors(app, pattern="/metrics", name_prefix="faust")
-
-
-def next_to_process(tp: TP) -> int | None:
-    """The offset after the last one processed: this worker's record, else the committed."""
-    done = processed_offsets.get(tp)
-    if done is not None:
-        return done + 1
-    return app.monitor.tp_committed_offsets.get(tp)
 
 
 class WorkerGauges(Collector):
@@ -38,17 +29,8 @@ class WorkerGauges(Collector):
             "minus the next offset to process.",
             labels=["topic", "partition"],
         )
-        sources = set(app.source_topic_partitions())
-        for tp in sorted(app.assignor.assigned_actives()):
-            if tp.topic not in sources:
-                continue
-            try:
-                highwater = app.consumer.highwater(tp)
-            except AssertionError:  # aiokafka: no longer assigned
-                continue
-            position = next_to_process(tp)
-            if highwater is not None and position is not None:
-                lag.add_metric([tp.topic, str(tp.partition)], max(highwater - position, 0))
+        for tp, waiting in consumer_lag().items():
+            lag.add_metric([tp.topic, str(tp.partition)], waiting)
         yield lag
         keys = GaugeMetricFamily(
             "tally_table_keys",
