@@ -34,13 +34,14 @@ test: $(STAMP) $(CHROMIUM)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-## bench: the sales, metrics, archive, ingest and live-stream benchmarks (figures and ratios printed; see README Performance).
+## bench: the sales, metrics, archive, ingest, live-stream and failover benchmarks (figures and ratios printed; see README Performance).
 bench: $(STAMP)
 	$(BIN)/python -m bench.sales
 	$(BIN)/python -m bench.metrics
 	$(BIN)/python -m bench.archive
 	$(BIN)/python -m bench.ingest
 	$(BIN)/python -m bench.live
+	$(BIN)/python -m bench.failover
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .hypothesis test-artifacts

@@ -185,7 +185,8 @@ class Settings:
     processing_guarantee: str = _env_field(
         "TALLY_PROCESSING_GUARANTEE",
         "at_least_once",
-        "at_least_once or exactly_once (Kafka transactions).",
+        "at_least_once (state is idempotent: redelivered messages count once) or "
+        "exactly_once (Kafka transactions; kafka:// brokers only).",
         _guarantee,
     )
     schema_registry: str = _env_field(
@@ -312,7 +313,15 @@ class Settings:
                 values[spec.name] = spec.metadata["parse"](raw)
             except ValueError as exc:
                 raise ConfigurationError(f"{spec.metadata['env']}={raw!r}: {exc}") from exc
-        return cls(**values)
+        settings = cls(**values)
+        if settings.processing_guarantee == "exactly_once" and settings.uses_local_broker:
+            raise ConfigurationError(
+                "TALLY_PROCESSING_GUARANTEE=exactly_once needs Kafka transactions, which the "
+                "local broker (tansu://) does not have (no InitProducerId); use at_least_once "
+                "there (state is idempotent: a redelivered message is counted once), or a "
+                "kafka:// broker"
+            )
+        return settings
 
     @property
     def broker_urls(self) -> list[str]:

@@ -6,7 +6,8 @@ from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS = Counter(
     "tally_events",
-    "Events by source topic and outcome: counted, late, or rejected (dead-lettered).",
+    "Events by source topic and outcome: counted, late, rejected (dead-lettered), or "
+    "redelivered (already in the state: skipped).",
     ["topic", "outcome"],
 )
 DEAD_LETTERS = Counter(

@@ -177,10 +177,12 @@ async def roll_up(state: PartitionState, events: Sequence[EventT]) -> None:
     folded: dict[str, dict[int, Cells]] = defaultdict(dict)
     #: (server, minute) → metrics whose samples were already in the record (redelivered).
     redelivered: dict[tuple[str, int], set[str]] = defaultdict(set)
-    counted = 0
+    counted = repeated = 0
     for event, batch in decoded:
         server, samples = batch["server_id"], batch["samples"]
-        samples = unapplied(server, samples, event.message.offset, stored, redelivered)
+        fresh = unapplied(server, samples, event.message.offset, stored, redelivered)
+        repeated += len(samples) - len(fresh)
+        samples = fresh
         # The message arrives as a whole: its samples are judged against the watermark before
         # it, so samples of one message never make each other late.
         watermark = clock.watermark(wall, GRACE_MS)
@@ -218,6 +220,7 @@ async def roll_up(state: PartitionState, events: Sequence[EventT]) -> None:
         state.offset = last
         metric_clocks[partition_key(partition)] = state.record()
     EVENTS.labels(metric_samples.get_topic_name(), "counted").inc(counted)
+    EVENTS.labels(metric_samples.get_topic_name(), "redelivered").inc(repeated)
     # The by-metric index gets each touched (server, minute, metric)'s whole rollup so far:
     # taking it twice changes nothing there, and a redelivered message re-sends what its
     # first delivery may have sent before a crash.

@@ -10,96 +10,17 @@ workers, any of them answers for keys it does not own, exactly as the owner does
 from __future__ import annotations
 
 import asyncio
-import random
 import signal
-import threading
 import time
 from collections import Counter, defaultdict
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
-
 from tally.broker.local import LocalBroker
 from tally.codecs.avro import AvroCodec
-from tally.partitioning import partition_for
 from tally.tables.topk import rank_key
 from tests.conftest import WorkerFactory
 from tests.harness import Worker, start_all, wait_until
-
-PARTITIONS = 4
-ITEMS = [f"item-{n:03d}" for n in range(40)]
-SERVERS = [f"srv-{n:02d}" for n in range(8)]
-METRICS = ["cpu", "mem", "disk"]
-MINUTE_MS = 60_000
-
-
-class Load:
-    """Purchases (one message each) and metric batches, sent at a steady rate from a thread;
-    remembers every event the broker acknowledged."""
-
-    def __init__(self, bootstrap: str, purchases: AvroCodec, batches: AvroCodec) -> None:
-        self.bootstrap = bootstrap
-        self.purchase_codec, self.batch_codec = purchases, batches
-        self.purchases: list[dict[str, Any]] = []
-        self.samples: list[dict[str, Any]] = []
-        self.rng = random.Random(6)
-        self.sent = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> Load:
-        self._stop.clear()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        assert self._thread is not None
-        self._thread.join(60)
-
-    async def _run(self) -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=5, acks="all")
-        await producer.start()
-        try:
-            while not self._stop.is_set():
-                await self._tick(producer)
-                await asyncio.sleep(0.1)
-        finally:
-            await producer.stop()
-
-    async def _tick(self, producer: AIOKafkaProducer) -> None:
-        """20 purchases and one batch per server: ~200 purchases/s, 80 batches/s."""
-        now = int(time.time() * 1000)
-        sends = []
-        purchases = []
-        for _ in range(20):
-            self.sent += 1
-            item = ITEMS[min(int(self.rng.paretovariate(1.2)) - 1, len(ITEMS) - 1)]
-            purchase = {
-                "purchase_id": f"p{self.sent}",
-                "item_id": item,
-                "quantity": self.rng.randint(1, 5),
-                "unit_price_cents": 100,
-                "event_time_ms": now,
-                "metadata": {},
-            }
-            purchases.append(purchase)
-            value = self.purchase_codec.dumps(purchase)
-            sends.append(await producer.send("purchases", value, key=item.encode()))
-        samples = []
-        for server in SERVERS:
-            batch_samples = [
-                {"metric_id": m, "ts_ms": now, "value": round(self.rng.uniform(0, 100), 2)}
-                for m in METRICS
-            ]
-            batch = {"server_id": server, "sent_at_ms": now, "samples": batch_samples}
-            samples += [{"server_id": server, **s} for s in batch_samples]
-            value = self.batch_codec.dumps(batch)
-            sends.append(await producer.send("metric-samples", value, key=server.encode()))
-        await asyncio.gather(*sends)  # acknowledged: from now on they must be counted
-        self.purchases += purchases
-        self.samples += samples
+from tests.load import ITEMS, MINUTE_MS, PARTITIONS, SERVERS, Load, answers_every_query
 
 
 def expected_top(load: Load) -> list[list[Any]]:
@@ -156,24 +77,6 @@ def agree(worker: Worker, load: Load, since_ms: int, timeout: float = 45) -> Non
     while (wrong := disagreements(worker, load, since_ms)) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not wrong, f"{worker.log_path.name} differs from brute force: {wrong[:5]}"
-
-
-def answers_every_query(worker: Worker) -> bool:
-    """Health, the top-K, and an item and a server of every partition answer 200."""
-    paths = ["/api/health", "/api/sales/top"]
-    for partition in range(PARTITIONS):
-        paths.append(f"/api/sales/items/{next(i for i in ITEMS if owner(i) == partition)}")
-        server = next((s for s in SERVERS if owner(s) == partition), None)
-        if server is not None:
-            paths.append(f"/api/servers/{server}/metrics")
-    try:
-        return all(worker.get_status(path)[0] == 200 for path in paths)
-    except (OSError, ValueError):  # not listening yet; a body that is not JSON
-        return False
-
-
-def owner(key: str) -> int:
-    return partition_for(key, PARTITIONS)
 
 
 def test_a_worker_killed_under_load_loses_nothing_and_counts_nothing_twice(
@@ -243,3 +146,47 @@ def test_any_of_three_workers_answers_for_keys_it_does_not_own(
         assert answers[0] == answers[1] == answers[2], path
     for worker in workers:
         assert not disagreements(worker, load, started_ms)
+
+
+async def rewind(bootstrap: str, group: str, topics: list[str]) -> None:
+    """Commit offset 0 for the group on every partition of `topics`: all comes again."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(t, p) for t in topics for p in range(PARTITIONS)]
+        consumer.assign(tps)
+        await consumer.commit({tp: 0 for tp in tps})
+    finally:
+        await consumer.stop()
+
+
+def test_every_message_delivered_again_changes_no_answer(
+    broker: LocalBroker,
+    make_worker: WorkerFactory,
+    app_id: str,
+    purchase_codec: AvroCodec,
+    metric_batch_codec: AvroCodec,
+) -> None:
+    """The whole history redelivered (the group rewound to offset 0 after a clean stop):
+    every message comes again with its offset, and every record already holds it."""
+    worker = make_worker().start()
+    load = Load(broker.bootstrap, purchase_codec, metric_batch_codec).start()
+    time.sleep(4)
+    load.stop()
+    started_ms = min(p["event_time_ms"] for p in load.purchases)
+    agree(worker, load, started_ms)
+    worker.stop()
+    asyncio.run(rewind(broker.bootstrap, app_id, ["purchases", "metric-samples"]))
+    worker.start()
+    redelivered = len(load.purchases)
+    wait_until(lambda: redelivered_count(worker) >= redelivered, 60, what="the history redelivered")
+    agree(worker, load, started_ms, timeout=10)
+
+
+def redelivered_count(worker: Worker) -> float:
+    for line in worker.text("/metrics").splitlines():
+        if line.startswith('tally_events_total{outcome="redelivered",topic="purchases"}'):
+            return float(line.split()[1])
+    return 0.0

@@ -74,3 +74,8 @@ def test_broker_lists_and_advertised_host() -> None:
     assert pinned.web_url == "http://w1:6066"
     with pytest.raises(ConfigurationError, match="same scheme"):
         Settings.from_env({"TALLY_BROKER": "kafka://a:1;tansu://b:2"})
+
+
+def test_exactly_once_on_the_local_broker_is_refused_with_the_reason() -> None:
+    with pytest.raises(ConfigurationError, match="no InitProducerId"):
+        Settings.from_env({"TALLY_PROCESSING_GUARANTEE": "exactly_once"})

@@ -1,0 +1,109 @@
+"""A steady load of purchases and metric batches for failover tests and benchmarks, with
+every acknowledged event remembered for brute force."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+
+from tally.codecs.avro import AvroCodec
+from tally.partitioning import partition_for
+from tests.harness import Worker
+
+PARTITIONS = 4
+ITEMS = [f"item-{n:03d}" for n in range(40)]
+SERVERS = [f"srv-{n:02d}" for n in range(8)]
+METRICS = ["cpu", "mem", "disk"]
+MINUTE_MS = 60_000
+
+
+class Load:
+    """Purchases (one message each) and metric batches, sent at a steady rate from a thread;
+    remembers every event the broker acknowledged."""
+
+    def __init__(self, bootstrap: str, purchases: AvroCodec, batches: AvroCodec) -> None:
+        self.bootstrap = bootstrap
+        self.purchase_codec, self.batch_codec = purchases, batches
+        self.purchases: list[dict[str, Any]] = []
+        self.samples: list[dict[str, Any]] = []
+        self.rng = random.Random(6)
+        self.sent = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Load:
+        self._stop.clear()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        assert self._thread is not None
+        self._thread.join(60)
+
+    async def _run(self) -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=5, acks="all")
+        await producer.start()
+        try:
+            while not self._stop.is_set():
+                await self._tick(producer)
+                await asyncio.sleep(0.1)
+        finally:
+            await producer.stop()
+
+    async def _tick(self, producer: AIOKafkaProducer) -> None:
+        """20 purchases and one batch per server: ~200 purchases/s, 80 batches/s."""
+        now = int(time.time() * 1000)
+        sends = []
+        purchases = []
+        for _ in range(20):
+            self.sent += 1
+            item = ITEMS[min(int(self.rng.paretovariate(1.2)) - 1, len(ITEMS) - 1)]
+            purchase = {
+                "purchase_id": f"p{self.sent}",
+                "item_id": item,
+                "quantity": self.rng.randint(1, 5),
+                "unit_price_cents": 100,
+                "event_time_ms": now,
+                "metadata": {},
+            }
+            purchases.append(purchase)
+            value = self.purchase_codec.dumps(purchase)
+            sends.append(await producer.send("purchases", value, key=item.encode()))
+        samples = []
+        for server in SERVERS:
+            batch_samples = [
+                {"metric_id": m, "ts_ms": now, "value": round(self.rng.uniform(0, 100), 2)}
+                for m in METRICS
+            ]
+            batch = {"server_id": server, "sent_at_ms": now, "samples": batch_samples}
+            samples += [{"server_id": server, **s} for s in batch_samples]
+            value = self.batch_codec.dumps(batch)
+            sends.append(await producer.send("metric-samples", value, key=server.encode()))
+        await asyncio.gather(*sends)  # acknowledged: from now on they must be counted
+        self.purchases += purchases
+        self.samples += samples
+
+
+def answers_every_query(worker: Worker) -> bool:
+    """Health, the top-K, and an item and a server of every partition answer 200."""
+    paths = ["/api/health", "/api/sales/top"]
+    for partition in range(PARTITIONS):
+        paths.append(f"/api/sales/items/{next(i for i in ITEMS if owner(i) == partition)}")
+        server = next((s for s in SERVERS if owner(s) == partition), None)
+        if server is not None:
+            paths.append(f"/api/servers/{server}/metrics")
+    try:
+        return all(worker.get_status(path)[0] == 200 for path in paths)
+    except (OSError, ValueError):  # not listening yet; a body that is not JSON
+        return False
+
+
+def owner(key: str) -> int:
+    return partition_for(key, PARTITIONS)
