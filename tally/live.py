@@ -19,6 +19,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
+from tally.tables.rollups import MINUTE_MS, minute_of
+
 logger = logging.getLogger(__name__)
 
 Answer = dict[str, Any]
@@ -26,7 +28,7 @@ Answer = dict[str, Any]
 Read = Callable[[str], Awaitable[Answer]]
 
 SNAPSHOT = "snapshot"
-MINUTE_MS = 60_000
+STATUS = "status"
 
 
 class Unavailable(Exception):
@@ -72,8 +74,13 @@ class Mailbox:
         return len(self.pending) <= self.limit
 
     def reset(self, snapshot: Message) -> None:
+        """Everything pending replaced by `snapshot` (a pending status is kept: it says whether
+        the snapshot is current)."""
         self.resets += 1
+        status = self.pending.get(STATUS)
         self.pending = {snapshot.key: snapshot}
+        if status is not None:
+            self.pending[STATUS] = status
         self._ready.set()
 
     def take(self) -> list[Message]:
@@ -177,7 +184,7 @@ class SeriesStream(Stream):
 
     async def read(self, fetch: Read) -> Answer:
         # The range ends with the current minute, so it moves once a minute, not every poll.
-        to_ms = (int(time.time() * 1000) // MINUTE_MS + 1) * MINUTE_MS
+        to_ms = minute_of(int(time.time() * 1000)) + MINUTE_MS
         since = to_ms - self.minutes * MINUTE_MS
         extra = f"&{self.query}" if self.query else ""
         return await fetch(f"{self.path}?from={since}&to={to_ms}&step=1m{extra}")
@@ -243,7 +250,6 @@ class Feed:
         self.task: asyncio.Task[None] | None = None
         self._ids = itertools.count(1)
         self._epoch = f"{id(self):x}"
-        self.last_id = ""
 
     def subscribe(self, limit: int = 5000) -> Mailbox:
         mailbox = Mailbox(limit)
@@ -266,15 +272,14 @@ class Feed:
         return True
 
     def stamped(self, messages: Iterable[Message]) -> list[Message]:
-        """Messages with increasing ids ("<feed>-<n>"), so a client can tell order and gaps."""
-        out = [replace(m, id=f"{self._epoch}-{next(self._ids)}") for m in messages]
-        if out:
-            self.last_id = out[-1].id
-        return out
+        """Messages with ids increasing within this feed ("<feed>-<n>"). Mailboxes drop
+        superseded messages, so ids are not consecutive, and a new feed (after the last
+        client left) starts a new sequence: a client uses them for order only."""
+        return [replace(m, id=f"{self._epoch}-{next(self._ids)}") for m in messages]
 
     def status(self) -> Message:
         ok = self.unavailable is None
-        return Message("status", "status", {"ok": ok, "reason": self.unavailable})
+        return Message(STATUS, STATUS, {"ok": ok, "reason": self.unavailable})
 
     def publish(self, messages: list[Message]) -> None:
         """Hand messages to every mailbox; one that overflows gets a fresh snapshot instead."""

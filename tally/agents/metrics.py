@@ -35,7 +35,7 @@ from tally.app import app, settings
 from tally.codecs.avro import Record, check_event_time, validate_metric_sample
 from tally.errors import TallyError, ValidationError
 from tally.partitioning import partition_for
-from tally.tables.applied import Stamped, apply_server_rollups, offset_of, stamp, value_of
+from tally.tables.applied import Stamped, apply_server_rollups, holds, stamp, value_of
 from tally.tables.metrics import (
     PER_SERVER,
     RETENTION_MS,
@@ -50,7 +50,6 @@ from tally.tables.metrics import (
     split_key,
 )
 from tally.tables.rollups import (
-    MINUTE_MS,
     Acc,
     Cells,
     Rollup,
@@ -180,7 +179,8 @@ async def roll_up(state: PartitionState, events: Sequence[EventT]) -> None:
     counted = repeated = 0
     for event, batch in decoded:
         server, samples = batch["server_id"], batch["samples"]
-        fresh = unapplied(server, samples, event.message.offset, stored, redelivered)
+        with writing_for(event):  # the records' reads go to this partition's database
+            fresh = unapplied(server, samples, event.message.offset, stored, redelivered)
         repeated += len(samples) - len(fresh)
         samples = fresh
         # The message arrives as a whole: its samples are judged against the watermark before
@@ -224,10 +224,10 @@ async def roll_up(state: PartitionState, events: Sequence[EventT]) -> None:
     # The by-metric index gets each touched (server, minute, metric)'s whole rollup so far:
     # taking it twice changes nothing there, and a redelivered message re-sends what its
     # first delivery may have sent before a crash.
-    touched = [
-        (server, minute, metrics, records.get((server, minute)))
-        for server, minutes in folded.items()
-        for minute, metrics in minutes.items()
+    touched: list[tuple[str, int, Iterable[str], Cells | None]] = [
+        (server, minute, {*metrics, *redelivered.get((server, minute), ())}, record)
+        for (server, minute), record in records.items()
+        for metrics in [folded[server][minute]]
     ]
     touched += [
         (server, minute, metrics, value_of(stored[(server, minute)]))
@@ -265,19 +265,19 @@ def unapplied(
     """The samples of a message at `offset` that their (server, minute) record does not hold
     yet; the others are noted in `redelivered`. Reads each record once per batch (into
     `stored`); a message delivered once (the usual case) passes whole."""
-    minutes = {sample["ts_ms"] - sample["ts_ms"] % MINUTE_MS for sample in samples}
+    minutes = {minute_of(sample["ts_ms"]) for sample in samples}
     held = set()
     for minute in minutes:
         key = (server, minute)
         if key not in stored:
             stored[key] = server_rollups.get(minute_key(server, minute))
-        if offset <= offset_of(stored[key]):
+        if holds(stored[key], offset):
             held.add(minute)
     if not held:
         return samples
     fresh = []
     for sample in samples:
-        minute = sample["ts_ms"] - sample["ts_ms"] % MINUTE_MS
+        minute = minute_of(sample["ts_ms"])
         if minute in held:
             redelivered[(server, minute)].add(sample["metric_id"])
         else:
@@ -416,9 +416,7 @@ async def index_partition(events: Sequence[EventT]) -> None:
         for (metric, minute), rollups in updates.items():
             per_server, total = minute_key(metric, minute, PER_SERVER), minute_key(metric, minute)
             before = value_of(metric_rollups.get(total))
-            servers, merged = apply_server_rollups(
-                metric_rollups.get(per_server), metric_rollups.get(total), rollups, last
-            )
+            servers, merged = apply_server_rollups(metric_rollups.get(per_server), rollups, last)
             metric_rollups[per_server] = servers
             metric_rollups[total] = merged
             indexed += int(value_of(merged)[3] - (before[3] if before else 0))

@@ -32,7 +32,7 @@ from tally.app import app, settings
 from tally.codecs.avro import Record, check_event_time, validate_purchase
 from tally.errors import TallyError, ValidationError
 from tally.partitioning import partition_for
-from tally.tables.applied import Stamped, offset_of, stamp, value_of
+from tally.tables.applied import Stamped, holds, stamp, value_of
 from tally.tables.sales import (
     SALES_SPEC,
     pane_key,
@@ -152,7 +152,7 @@ async def count_partition(events: Sequence[EventT]) -> None:
             key = pane_key(SALES_SPEC.pane_of(purchase["event_time_ms"]), purchase["item_id"])
             if key not in cells:
                 cells[key] = sales_panes.get(key)
-            if event.message.offset > offset_of(cells[key]):
+            if not holds(cells[key], event.message.offset):
                 origins.append((event, purchase))
     EVENTS.labels(purchases.get_topic_name(), "redelivered").inc(len(decoded) - len(origins))
     if not origins:

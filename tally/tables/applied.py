@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from tally.tables.rollups import Acc, Cells
+from tally.tables.rollups import Acc, Cells, merge_acc
 
 #: A stored record: [value, offset of the last source message it includes].
 Stamped = list[Any]
@@ -32,52 +32,38 @@ def offset_of(stored: Stamped | None) -> int:
     return -1 if stored is None else int(stored[1])
 
 
+def holds(stored: Stamped | None, offset: int) -> bool:
+    """Whether the record already includes the source message at `offset`."""
+    return offset <= offset_of(stored)
+
+
 def merge_all(accs: Iterable[Acc]) -> Acc | None:
     total: Acc | None = None
     for acc in accs:
         if total is None:
             total = list(acc)
         else:
-            total[0] = min(total[0], acc[0])
-            total[1] = max(total[1], acc[1])
-            total[2] += acc[2]
-            total[3] += acc[3]
+            merge_acc(total, acc)
     return total
 
 
 def apply_server_rollups(
-    servers_record: Stamped | None,
-    total_record: Stamped | None,
-    updates: Iterable[tuple[int, str, Acc]],
-    through: int,
+    servers_record: Stamped | None, updates: Iterable[tuple[int, str, Acc]], through: int
 ) -> tuple[Stamped, Stamped]:
     """A metric's minute across servers: each update is a server's *whole* rollup of that
     minute so far (offset of the message that carried it, server, [min, max, sum, count]).
 
-    The per-server record takes an update it has not seen (offset above its own) unless it
-    holds a larger count for that server already (an older rollup, come late). The all-servers
-    total follows each replacement (old subtracted, new added: min and max only move outwards
-    as a server's minute grows); when the two records disagree on their offset (a crash wrote
-    one and not the other), the total is rebuilt from the per-server record first.
-    Returns both records, stamped `through`.
+    The per-server record takes an update it does not hold yet unless it has a larger count
+    for that server already (an older rollup, come late); the all-servers total is then merged
+    from the per-server record, so it is exact (no running sum to drift) and a crash that
+    wrote one record and not the other is mended by the next update. Returns (per-server
+    record, total record), both stamped `through`.
     """
     servers: Cells = value_of(servers_record, {})
-    seen = offset_of(servers_record)
-    total: Acc | None = value_of(total_record)
-    if total is None or offset_of(total_record) != seen:
-        total = merge_all(servers.values())
     for offset, server, acc in updates:
-        if offset <= seen:
+        if holds(servers_record, offset):
             continue
         old = servers.get(server)
-        if old is not None and acc[3] < old[3]:
-            continue
-        servers[server] = list(acc)
-        if total is None:
-            total = list(acc)
-            continue
-        total[0] = min(total[0], acc[0])
-        total[1] = max(total[1], acc[1])
-        total[2] += acc[2] - (old[2] if old else 0.0)
-        total[3] += acc[3] - (old[3] if old else 0)
-    return stamp(servers, through), stamp(total, through)
+        if old is None or acc[3] >= old[3]:
+            servers[server] = list(acc)
+    return stamp(servers, through), stamp(merge_all(servers.values()), through)

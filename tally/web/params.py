@@ -57,9 +57,9 @@ class OwnedView(View):
                 return await self.owned(request, **match)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise OwnerUnavailable(
-                f"the worker that owns this key did not answer ({type(exc).__name__}: {exc}); "
-                "if it stopped, the group gives its partitions to another worker within "
-                "seconds: retry shortly"
+                f"the query did not complete ({type(exc).__name__}: {exc}); if the worker "
+                "that owns this key stopped, the group gives its partitions to another worker "
+                "within seconds: retry shortly"
             ) from None
 
     async def owned(self, request: Request, **match: str) -> Response:

@@ -37,12 +37,24 @@ def item_totals(load: Load) -> Counter[str]:
     return totals
 
 
-def minute_rollups(load: Load, server: str) -> dict[str, dict[int, list[float]]]:
+def minute_rollups(load: Load, server: str | None) -> dict[str, dict[int, list[float]]]:
+    """metric → minute → values, of one server (or of all servers)."""
     values: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for s in load.samples:
-        if s["server_id"] == server:
+        if server is None or s["server_id"] == server:
             values[s["metric_id"]][s["ts_ms"] // MINUTE_MS * MINUTE_MS].append(s["value"])
     return values
+
+
+def points(answered: list[dict[str, Any]]) -> dict[str, tuple[float, float, int, float]]:
+    return {p["t"]: (p["min"], p["max"], p["count"], round(p["avg"], 6)) for p in answered}
+
+
+def brute_points(minutes: dict[int, list[float]]) -> dict[str, tuple[float, float, int, float]]:
+    return {
+        iso_minute(m): (min(v), max(v), len(v), round(sum(v) / len(v), 6))
+        for m, v in minutes.items()
+    }
 
 
 def iso_minute(ms: int) -> str:
@@ -64,10 +76,13 @@ def disagreements(worker: Worker, load: Load, since_ms: int) -> list[str]:
     for server in SERVERS:
         answer = worker.get(f"/api/servers/{server}/metrics?{window}")["metrics"]
         for metric, minutes in minute_rollups(load, server).items():
-            got = {p["t"]: (p["min"], p["max"], p["count"]) for p in answer.get(metric, [])}
-            want = {iso_minute(m): (min(v), max(v), len(v)) for m, v in minutes.items()}
+            got, want = points(answer.get(metric, [])), brute_points(minutes)
             if got != want:
                 wrong.append(f"{server}/{metric}: {got} != {want}")
+    for metric, minutes in minute_rollups(load, None).items():  # across servers
+        got = points(worker.get(f"/api/metrics/{metric}?{window}")["series"])
+        if got != brute_points(minutes):
+            wrong.append(f"all servers/{metric}: {got} != {brute_points(minutes)}")
     return wrong
 
 
@@ -180,13 +195,17 @@ def test_every_message_delivered_again_changes_no_answer(
     worker.stop()
     asyncio.run(rewind(broker.bootstrap, app_id, ["purchases", "metric-samples"]))
     worker.start()
-    redelivered = len(load.purchases)
-    wait_until(lambda: redelivered_count(worker) >= redelivered, 60, what="the history redelivered")
+    wait_until(
+        lambda: redelivered_count(worker, "purchases") >= len(load.purchases)
+        and redelivered_count(worker, "metric-samples") >= len(load.samples),
+        60,
+        what="the history redelivered",
+    )
     agree(worker, load, started_ms, timeout=10)
 
 
-def redelivered_count(worker: Worker) -> float:
+def redelivered_count(worker: Worker, topic: str) -> float:
     for line in worker.text("/metrics").splitlines():
-        if line.startswith('tally_events_total{outcome="redelivered",topic="purchases"}'):
+        if line.startswith(f'tally_events_total{{outcome="redelivered",topic="{topic}"}}'):
             return float(line.split()[1])
     return 0.0

@@ -16,7 +16,8 @@ function showConnection() {
   const pill = $("connection");
   const all = [...streams];
   const live = all.length > 0 && all.every((s) => s.readyState === EventSource.OPEN);
-  pill.textContent = live ? "live" : "reconnecting…";
+  const closed = all.some((s) => s.readyState === EventSource.CLOSED);
+  pill.textContent = live ? "live" : closed ? "disconnected (reload the page)" : "reconnecting…";
   pill.className = "pill " + (live ? "live" : "down");
 }
 function listen(url, handlers) {
@@ -95,7 +96,7 @@ listen("/api/stream/sales/top", {
   snapshot: renderTop,
   top: renderTop,
   final: addFinal,
-  status: (s) => showStatus($("top-stale"), s),
+  status: (s) => showStatus($("top-status"), s),
 });
 
 // --- metrics: one server's (or metric's) minutes as a band and a line ---------------------
@@ -113,6 +114,7 @@ function follow() {
   if (!subject) return;
   location.hash = `${mode}=${encodeURIComponent(subject)}`;
   stopListening(seriesSource);
+  showStatus($("series-status"), { ok: true });
   meta = null;
   series = new Map();
   draw();
