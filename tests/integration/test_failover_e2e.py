@@ -10,6 +10,7 @@ workers, any of them answers for keys it does not own, exactly as the owner does
 from __future__ import annotations
 
 import asyncio
+import math
 import signal
 import time
 from collections import Counter, defaultdict
@@ -46,15 +47,22 @@ def minute_rollups(load: Load, server: str | None) -> dict[str, dict[int, list[f
     return values
 
 
-def points(answered: list[dict[str, Any]]) -> dict[str, tuple[float, float, int, float]]:
-    return {p["t"]: (p["min"], p["max"], p["count"], round(p["avg"], 6)) for p in answered}
+Points = dict[str, tuple[float, float, int, float]]
 
 
-def brute_points(minutes: dict[int, list[float]]) -> dict[str, tuple[float, float, int, float]]:
-    return {
-        iso_minute(m): (min(v), max(v), len(v), round(sum(v) / len(v), 6))
-        for m, v in minutes.items()
-    }
+def points(answered: list[dict[str, Any]]) -> Points:
+    return {p["t"]: (p["min"], p["max"], p["count"], p["avg"]) for p in answered}
+
+
+def brute_points(minutes: dict[int, list[float]]) -> Points:
+    return {iso_minute(m): (min(v), max(v), len(v), sum(v) / len(v)) for m, v in minutes.items()}
+
+
+def same(got: Points, want: Points) -> bool:
+    """Equal minutes, min, max and count; averages equal but for float summation order."""
+    return got.keys() == want.keys() and all(
+        got[t][:3] == want[t][:3] and math.isclose(got[t][3], want[t][3], rel_tol=1e-9) for t in got
+    )
 
 
 def iso_minute(ms: int) -> str:
@@ -77,11 +85,11 @@ def disagreements(worker: Worker, load: Load, since_ms: int) -> list[str]:
         answer = worker.get(f"/api/servers/{server}/metrics?{window}")["metrics"]
         for metric, minutes in minute_rollups(load, server).items():
             got, want = points(answer.get(metric, [])), brute_points(minutes)
-            if got != want:
+            if not same(got, want):
                 wrong.append(f"{server}/{metric}: {got} != {want}")
     for metric, minutes in minute_rollups(load, None).items():  # across servers
         got = points(worker.get(f"/api/metrics/{metric}?{window}")["series"])
-        if got != brute_points(minutes):
+        if not same(got, brute_points(minutes)):
             wrong.append(f"all servers/{metric}: {got} != {brute_points(minutes)}")
     return wrong
 
@@ -196,8 +204,10 @@ def test_every_message_delivered_again_changes_no_answer(
     asyncio.run(rewind(broker.bootstrap, app_id, ["purchases", "metric-samples"]))
     worker.start()
     wait_until(
-        lambda: redelivered_count(worker, "purchases") >= len(load.purchases)
-        and redelivered_count(worker, "metric-samples") >= len(load.samples),
+        lambda: (
+            redelivered_count(worker, "purchases") >= len(load.purchases)
+            and redelivered_count(worker, "metric-samples") >= len(load.samples)
+        ),
         60,
         what="the history redelivered",
     )
