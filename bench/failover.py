@@ -81,8 +81,10 @@ def one_run(
             asyncio.run(produce(broker.bootstrap, "purchases", history(envelope, history_size)))
             before = counted(second, "purchases")
             wait_until(
-                lambda: counted(second, "purchases") >= before + history_size
-                and not any(second.get("/api/health")["lag"].values()),
+                lambda: (
+                    counted(second, "purchases") >= before + history_size
+                    and not any(second.get("/api/health")["lag"].values())
+                ),
                 300,
                 what="the history counted",
             )
