@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import random
 import shutil
-import signal
 import statistics
 import tempfile
 import time
@@ -36,7 +35,7 @@ from tally.codecs.registry import FileSchemaRegistry
 from tally.feed import historical_purchases
 from tally.partitioning import group_by_partition
 from tests.harness import Worker, start_all, wait_until
-from tests.load import PARTITIONS, Load, answers_every_query
+from tests.load import PARTITIONS, Load, kill_after
 
 
 def worker(broker: LocalBroker, workdir: Path, app_id: str, name: str) -> Worker:
@@ -71,11 +70,7 @@ def one_run(
         )
         try:
             load = Load(broker.bootstrap, purchases, batches).start()
-            time.sleep(8)
-            first.stop(signal.SIGKILL)
-            killed = time.monotonic()
-            wait_until(lambda: answers_every_query(second), 60, interval=0.2, what="survivor")
-            failover = time.monotonic() - killed
+            failover = kill_after(8, first, second, timeout=60)
             time.sleep(max(0.0, load_seconds - 8))
             load.stop()
             asyncio.run(produce(broker.bootstrap, "purchases", history(envelope, history_size)))

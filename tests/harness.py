@@ -183,6 +183,39 @@ def consume(bootstrap: str, topic: str, expect: int, timeout: float = 30.0) -> l
     return asyncio.run(_consume(bootstrap, topic, expect, timeout))
 
 
+async def _rewind(bootstrap: str, group: str, topics: list[str]) -> None:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        tps = [
+            TopicPartition(topic, p)
+            for topic in topics
+            for p in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        consumer.assign(tps)
+        await consumer.commit({tp: 0 for tp in tps})
+    finally:
+        await consumer.stop()
+
+
+def rewind(bootstrap: str, group: str, topics: list[str]) -> None:
+    """Commit offset 0 for the group on every partition of `topics`: all comes again."""
+    asyncio.run(_rewind(bootstrap, group, topics))
+
+
+def purchase_row(n: int, item: str, quantity: int, at_ms: int) -> dict[str, Any]:
+    """An ingest row (the Purchase schema's fields) with id `p<n>`."""
+    return {
+        "purchase_id": f"p{n}",
+        "item_id": item,
+        "quantity": quantity,
+        "unit_price_cents": 250,
+        "event_time_ms": at_ms,
+    }
+
+
 def headers_of(record: ConsumerRecord) -> Mapping[str, bytes]:
     return dict(record.headers or ())
 

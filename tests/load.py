@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import signal
 import threading
 import time
 from typing import Any
@@ -13,7 +14,7 @@ from aiokafka import AIOKafkaProducer
 
 from tally.codecs.avro import AvroCodec
 from tally.partitioning import partition_for
-from tests.harness import Worker
+from tests.harness import Worker, wait_until
 
 PARTITIONS = 4
 ITEMS = [f"item-{n:03d}" for n in range(40)]
@@ -107,3 +108,12 @@ def answers_every_query(worker: Worker) -> bool:
 
 def owner(key: str) -> int:
     return partition_for(key, PARTITIONS)
+
+
+def kill_after(seconds: float, victim: Worker, survivor: Worker, timeout: float) -> float:
+    """SIGKILL `victim` after `seconds`; the seconds until `survivor` answers every query."""
+    time.sleep(seconds)
+    victim.stop(signal.SIGKILL)
+    killed = time.monotonic()
+    wait_until(lambda: answers_every_query(survivor), timeout, interval=0.2, what="survivor")
+    return time.monotonic() - killed

@@ -3,7 +3,6 @@ tiers' boundary equal brute force; restarts and redelivered batches duplicate no
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import random
@@ -13,14 +12,13 @@ from collections import defaultdict
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from tally.archive.store import DAY_MS, Archive, day_of, day_start_ms, final_minute
 from tally.broker.local import LocalBroker
 from tally.codecs.avro import AvroCodec
 from tally.tables.windowing import now_ms
 from tests.conftest import WorkerFactory
-from tests.harness import Worker, consume, produce, wait_until
+from tests.harness import Worker, consume, produce, rewind, wait_until
 from tests.integration.test_metrics_e2e import MINUTE, iso, ms, same, truth
 
 SERVERS = ["web-1", "web-2", "db-1"]
@@ -63,19 +61,6 @@ def archived_rows(archive: Archive) -> list[tuple[str, str, int]]:
             table = pq.read_table(archive.path(file), columns=["server", "metric", "minute_ms"])
             rows += zip(*(table.column(c).to_pylist() for c in table.column_names), strict=True)
     return rows
-
-
-async def _rewind(bootstrap: str, group: str, topic: str) -> None:
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
-        consumer.assign(tps)
-        await consumer.commit({tp: 0 for tp in tps})
-    finally:
-        await consumer.stop()
 
 
 def test_queries_across_the_boundary_equal_brute_force_and_nothing_is_archived_twice(
@@ -151,7 +136,7 @@ def test_queries_across_the_boundary_equal_brute_force_and_nothing_is_archived_t
     # Redelivery: stop, rewind the group's offsets on metric-rollups-1m to 0, restart: every
     # batch comes again (same offsets) and nothing is written twice.
     worker.stop()
-    asyncio.run(_rewind(broker.bootstrap, app_id, "metric-rollups-1m"))
+    rewind(broker.bootstrap, app_id, ["metric-rollups-1m"])
     # An upstream re-emission too: three final minutes sent again (new offsets).
     again = consume(broker.bootstrap, "metric-rollups-1m", expect=3, timeout=10)[:3]
     produce(broker.bootstrap, "metric-rollups-1m", [(r.key, r.value) for r in again])

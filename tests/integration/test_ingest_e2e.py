@@ -21,25 +21,12 @@ from hypothesis import strategies as st
 from tally.broker.local import LocalBroker
 from tally.codecs.avro import AvroCodec
 from tally.deadletters import DeadLetter
+from tally.tables.windowing import now_ms
 from tests.conftest import WorkerFactory
-from tests.harness import Worker, consume, headers_of, wait_until
+from tests.harness import Worker, consume, headers_of, purchase_row, wait_until
 from tests.strategies import mutated
 
 ITEMS = [f"item-{n:02d}" for n in range(12)]
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def purchase(n: int, item: str, quantity: int, ts: int) -> dict[str, Any]:
-    return {
-        "purchase_id": f"p{n}",
-        "item_id": item,
-        "quantity": quantity,
-        "unit_price_cents": 250,
-        "event_time_ms": ts,
-    }
 
 
 def letters_of(bootstrap: str, expect: int) -> list[tuple[Any, DeadLetter]]:
@@ -69,7 +56,7 @@ def test_accepted_rows_land_once_and_each_bad_row_is_a_dead_letter_with_its_reas
     worker = make_worker(TALLY_INGEST_MAX_BYTES="200000").start()
     wall = now_ms()
     rng = random.Random(5)
-    good = [purchase(n, rng.choice(ITEMS), rng.randint(1, 4), wall - n) for n in range(300)]
+    good = [purchase_row(n, rng.choice(ITEMS), rng.randint(1, 4), wall - n) for n in range(300)]
     bad = {
         40: ({**good[0], "purchase_id": "b1", "item_id": None}, "wrong_type"),
         41: ({k: v for k, v in good[1].items() if k != "item_id"}, "missing_field"),
@@ -209,7 +196,7 @@ def test_the_ingest_tier_answers_503_while_the_broker_is_down_and_recovers(
     broker: LocalBroker, make_worker: WorkerFactory
 ) -> None:
     tier = make_worker("ingest", command=("ingest",), TALLY_INGEST_ACK_TIMEOUT_SECONDS="2").start()
-    row = lambda n: json.dumps(purchase(n, "item-1", 1, now_ms())).encode()  # noqa: E731
+    row = lambda n: json.dumps(purchase_row(n, "item-1", 1, now_ms())).encode()  # noqa: E731
     assert tier.post("/api/ingest/purchases", row(0))[0] == 202
 
     assert broker.process is not None
@@ -267,7 +254,7 @@ def test_fuzzing_finds_no_5xx_and_every_rejected_row_is_accounted_for(
 ) -> None:
     worker = make_worker().start()
     wall = now_ms()
-    base_purchase = purchase(0, "item-1", 1, wall)
+    base_purchase = purchase_row(0, "item-1", 1, wall)
     base_sample = {"server_id": "web-1", "metric_id": "cpu", "ts_ms": wall, "value": 1.5}
     seen: dict[str, Counter[str]] = {"accepted": Counter(), "rejected": Counter()}
     request_ids: set[str] = set()
@@ -342,7 +329,7 @@ def test_tally_dlq_lists_shows_and_replays_a_fixed_row(
 ) -> None:
     worker = make_worker().start()
     wall = now_ms()
-    bad = purchase(1, "item-7", -3, wall)
+    bad = purchase_row(1, "item-7", -3, wall)
     status, answer, _ = worker.post("/api/ingest/purchases", json.dumps([bad]).encode())
     assert status == 202 and answer["rejected"] == 1
     letters_of(broker.bootstrap, 1)

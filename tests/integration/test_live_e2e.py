@@ -15,8 +15,9 @@ import pytest
 
 from tally.live import epoch_ms
 from tally.tables.topk import rank_key
+from tally.tables.windowing import now_ms
 from tests.conftest import WorkerFactory
-from tests.harness import EventStream, ServerSentEvent, Worker, wait_until
+from tests.harness import EventStream, ServerSentEvent, Worker, purchase_row, wait_until
 
 ARTIFACTS = Path(os.environ.get("TALLY_TEST_ARTIFACTS", "test-artifacts"))
 CHROMIUM = os.environ.get("TALLY_CHROMIUM", "/usr/bin/chromium")
@@ -28,20 +29,6 @@ FAST_WINDOWS = {
     "TALLY_GRACE_SECONDS": "1",
     "TALLY_HEARTBEAT_SECONDS": "1",
 }
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def purchase(n: int, item: str, quantity: int, at_ms: int) -> dict[str, Any]:
-    return {
-        "purchase_id": f"p{n}",
-        "item_id": item,
-        "quantity": quantity,
-        "unit_price_cents": 100,
-        "event_time_ms": at_ms,
-    }
 
 
 def post(worker: Worker, endpoint: str, rows: list[dict[str, Any]]) -> None:
@@ -67,7 +54,7 @@ def test_top_stream_snapshot_then_changes_then_final_windows_equal_brute_force(
     make_worker: WorkerFactory,
 ) -> None:
     worker = make_worker(**FAST_WINDOWS).start()
-    sent = [purchase(n, f"item-{n % 12:02d}", 1 + n % 12, now_ms()) for n in range(60)]
+    sent = [purchase_row(n, f"item-{n % 12:02d}", 1 + n % 12, now_ms()) for n in range(60)]
     post(worker, "purchases", sent)
     stream = EventStream(worker.url, "/api/stream/sales/top")
     assert (stream.status, stream.content_type) == (200, "text/event-stream")
@@ -75,7 +62,7 @@ def test_top_stream_snapshot_then_changes_then_final_windows_equal_brute_force(
     assert first.event == "snapshot" and first.data["state"] == "provisional"
 
     # New purchases: a provisional update equal to brute force over its window, within 3 s.
-    burst = [purchase(100 + n, "item-hot", 50, now_ms()) for n in range(3)]
+    burst = [purchase_row(100 + n, "item-hot", 50, now_ms()) for n in range(3)]
     posted_at = time.monotonic()
     post(worker, "purchases", burst)
     sent += burst
@@ -246,7 +233,9 @@ def test_stalled_clients_do_not_hold_back_the_others(make_worker: WorkerFactory)
     total = 0
     for round_no in range(5):
         total += 1 + round_no
-        rows = [purchase(round_no * 100 + n, f"i{n}", 1 + round_no, now_ms()) for n in range(20)]
+        rows = [
+            purchase_row(round_no * 100 + n, f"i{n}", 1 + round_no, now_ms()) for n in range(20)
+        ]
         post(worker, "purchases", rows)
         posted = time.monotonic()
         reader.until(
@@ -269,7 +258,7 @@ def test_dashboard_in_headless_chromium_shows_the_live_top_10(make_worker: Worke
         f"{CHROMIUM} is missing: `make test` installs Debian's chromium (or set TALLY_CHROMIUM)"
     )
     worker = make_worker().start()
-    sent = [purchase(n, f"item-{n % 14:02d}", 1 + n % 14, now_ms()) for n in range(140)]
+    sent = [purchase_row(n, f"item-{n % 14:02d}", 1 + n % 14, now_ms()) for n in range(140)]
     post(worker, "purchases", sent)
     post(worker, "metrics", [sample("server-0000", "cpu.util", now_ms() - 1000, 42.0)])
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -305,7 +294,7 @@ def test_dashboard_in_headless_chromium_shows_the_live_top_10(make_worker: Worke
             wait_until(lambda: shown() == items_of({"items": expected}), 10, what="API's top-10")
             assert page.locator("#connection").inner_text() == "live"
 
-            post(worker, "purchases", [purchase(999, "item-new", 10_000, now_ms())])
+            post(worker, "purchases", [purchase_row(999, "item-new", 10_000, now_ms())])
             posted = time.monotonic()
             wait_until(lambda: shown()[0] == ("item-new", 10_000), 10, what="item-new on top")
             assert time.monotonic() - posted < 3.0
