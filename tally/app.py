@@ -20,21 +20,29 @@ from tally.settings import Settings
 
 settings = Settings.from_env()
 
-#: Modules Faust imports when the worker starts (explicit: no package-wide scan).
-PIPELINE_MODULES = [
-    "tally.agents.archive",
-    "tally.agents.metrics",
-    "tally.agents.sales",
+#: Each pipeline's modules (agents, then the views answering from its tables).
+PIPELINE_MODULES = {
+    "sales": ["tally.agents.sales", "tally.web.sales"],
+    "metrics": ["tally.agents.metrics", "tally.web.server_metrics"],
+    "archive": ["tally.agents.archive"],
+}
+#: Modules every worker runs, whatever its pipelines.
+COMMON_MODULES = [
+    "tally.serving",
     "tally.web.dead_letters",
     "tally.web.health",
     "tally.web.index",
     "tally.web.ingest",
     "tally.web.prometheus",
-    "tally.web.sales",
-    "tally.web.server_metrics",
     "tally.web.stream",
     "tally.web.registry",
 ]
+
+
+def worker_modules(pipelines: frozenset[str]) -> list[str]:
+    """Modules Faust imports when the worker starts (explicit: no package-wide scan)."""
+    chosen = [m for name, modules in PIPELINE_MODULES.items() if name in pipelines for m in modules]
+    return chosen + COMMON_MODULES
 
 
 def local_broker_settings(settings: Settings) -> dict[str, Any]:
@@ -42,6 +50,11 @@ def local_broker_settings(settings: Settings) -> dict[str, Any]:
     if not settings.uses_local_broker:
         return {}
     return {"broker_session_timeout": 6.0, "broker_heartbeat_interval": 1.0}
+
+
+#: Topics producers write to (created up front with TALLY_PARTITIONS partitions); a replay
+#: reads them again from its --from time.
+SOURCE_TOPICS = ("purchases", "metric-samples")
 
 
 class TallyApp(faust.App):
@@ -60,9 +73,10 @@ class TallyApp(faust.App):
         await super().on_first_start()
         # Create the topics agents read before subscribing: the broker would otherwise
         # auto-create them with its own default partition count.
+        sources = self.source_topic_partitions()
         await ensure_topics(
             settings.bootstrap_servers,
-            self.source_topic_partitions(),
+            {**sources, settings.serving_topic: 1},
             partitions=settings.partitions,
             replication=settings.replication,
         )
@@ -99,7 +113,7 @@ class TallyApp(faust.App):
 
 
 app = TallyApp(
-    settings.app_id,
+    settings.faust_app_id,
     broker=settings.broker_urls,
     store="rocksdb://",
     datadir=str(settings.data_dir),
@@ -112,7 +126,7 @@ app = TallyApp(
     processing_guarantee=settings.processing_guarantee,
     key_serializer="raw",
     value_serializer="raw",
-    autodiscover=PIPELINE_MODULES,
+    autodiscover=worker_modules(settings.pipelines),
     # Faust's /router and /table debug views answer 500 on unknown names and print raw table
     # values; Tally's own views (routed to the owner) serve the tables.
     web_router_enabled=False,

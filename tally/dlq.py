@@ -20,7 +20,7 @@ from aiokafka.errors import KafkaError
 from fastavro import parse_schema, schemaless_reader
 from mode import Service
 
-from tally.broker.shim import fetched_high_watermarks
+from tally.broker.admin import read_topic, topic_partitions
 from tally.codecs.avro import HEADER, schema_id_of
 from tally.codecs.registry import SchemaRegistry
 from tally.deadletters import DEAD_LETTERS_TOPIC, DeadLetter
@@ -117,46 +117,12 @@ def parse_id(text: str) -> str:
     return f"{int(partition)}:{int(offset)}"
 
 
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
-    partitions = consumer.partitions_for_topic(topic)
-    if not partitions:
-        await consumer._client.force_metadata_update()  # a topic may be new to this client
-        partitions = consumer.partitions_for_topic(topic) or set()
-    return [TopicPartition(topic, p) for p in sorted(partitions)]
-
-
 async def read_letters(
     bootstrap_servers: list[str], topic: str = DEAD_LETTERS_TOPIC
 ) -> AsyncIterator[Letter]:
     """Every letter from the start of the topic to its end as of this call."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers, enable_auto_commit=False, auto_offset_reset="earliest"
-    )
-    await consumer.start()
-    try:
-        tps = await _partitions(consumer, topic)
-        if not tps:
-            return
-        # The local broker's ListOffsets is off by a batch; a Fetch gets the true end.
-        listed = await consumer.end_offsets(tps)
-        ends = await fetched_high_watermarks(consumer._client, listed)  # type: ignore[arg-type]
-        pending = {tp for tp in tps if ends[tp] > 0}
-        consumer.assign(list(pending))
-        await consumer.seek_to_beginning(*pending)
-        while pending:
-            batch = await consumer.getmany(timeout_ms=500)
-            for tp, records in batch.items():
-                for record in records:
-                    if record.offset < ends[tp]:
-                        yield letter_of(record)
-                if records and records[-1].offset + 1 >= ends[tp]:
-                    pending.discard(tp)
-            if not batch:
-                for tp in list(pending):
-                    if await consumer.position(tp) >= ends[tp]:
-                        pending.discard(tp)
-    finally:
-        await consumer.stop()
+    async for record in read_topic(bootstrap_servers, topic):
+        yield letter_of(record)
 
 
 @dataclass
@@ -231,7 +197,7 @@ class DeadLetterWatch(Service):
         try:
             assigned: list[TopicPartition] = []
             while not self.should_stop:
-                tps = await _partitions(consumer, DEAD_LETTERS_TOPIC)
+                tps = await topic_partitions(consumer, DEAD_LETTERS_TOPIC)
                 if tps != assigned:  # first time, or the topic grew: count it all again
                     self.counts = LetterCounts()
                     consumer.assign(tps)

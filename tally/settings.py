@@ -12,6 +12,7 @@ import re
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -138,6 +139,36 @@ def _log_level(text: str) -> str:
     return text
 
 
+#: The pipelines a worker can run: `archive` is the metrics pipeline's cold-tier sink.
+PIPELINES = ("sales", "metrics", "archive")
+
+
+def pipeline_set(text: str) -> frozenset[str]:
+    names = frozenset(part.strip() for part in text.split(",") if part.strip())
+    unknown = sorted(names - set(PIPELINES))
+    if unknown or not names:
+        raise ValueError(
+            f"{', '.join(unknown) or 'nothing'} is not a pipeline; list some of "
+            f"{', '.join(PIPELINES)}, separated by commas"
+        )
+    return names
+
+
+def epoch_ms(text: str) -> int:
+    """An ISO-8601 time (naive = UTC) or epoch milliseconds, as epoch ms."""
+    if text.isascii() and text.isdecimal():
+        return int(text)
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(
+            "must be an ISO 8601 time (2026-11-22T10:00:00Z) or epoch milliseconds"
+        ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return int(parsed.timestamp() * 1000)
+
+
 def _guarantee(text: str) -> str:
     if text not in PROCESSING_GUARANTEES:
         raise ValueError(f"must be one of {', '.join(PROCESSING_GUARANTEES)}")
@@ -158,6 +189,21 @@ class Settings:
     )
     app_id: str = _env_field(
         "TALLY_APP_ID", "tally", "Faust app id: consumer group and prefix of internal topics."
+    )
+    generation: int = _env_field(
+        "TALLY_GENERATION",
+        1,
+        "Which build of the tables this worker runs. Generation 1 uses TALLY_APP_ID as is; "
+        "`tally replay` builds generation N under TALLY_APP_ID-gN (own consumer group, "
+        "changelogs and internal topics) and then cuts queries over to it.",
+        _positive_int,
+    )
+    pipelines: frozenset[str] = _env_field(
+        "TALLY_PIPELINES",
+        frozenset(PIPELINES),
+        "The pipelines this worker runs, comma-separated: sales, metrics, archive (the "
+        "cold-tier sink of metrics). Its web server answers the queries of those it runs.",
+        pipeline_set,
     )
     data_dir: Path = _env_field(  # noqa: RUF009 (a field(), not a shared default)
         "TALLY_DATA_DIR", Path("data"), "Where the worker keeps RocksDB tables.", Path
@@ -324,6 +370,21 @@ class Settings:
         return settings
 
     @property
+    def faust_app_id(self) -> str:
+        """Consumer group and prefix of changelogs: one per generation."""
+        return self.app_id if self.generation == 1 else f"{self.app_id}-g{self.generation}"
+
+    def generation_topic(self, name: str) -> str:
+        """A topic one generation writes and reads for itself (internal and derived topics),
+        so that a replay never writes into the topics the serving generation reads."""
+        return name if self.generation == 1 else f"{name}.g{self.generation}"
+
+    @property
+    def serving_topic(self) -> str:
+        """Which generation serves each pipeline (one per deployment, compacted)."""
+        return f"{self.app_id}-serving"
+
+    @property
     def broker_urls(self) -> list[str]:
         return broker_urls(self.broker)
 
@@ -361,8 +422,16 @@ class Settings:
         return f"http://{self.advertised_host}:{self.web_port}"
 
 
+def shown(default: Any) -> str:
+    """A default as the README's table shows it (pipelines in their usual order)."""
+    if isinstance(default, frozenset):
+        return ",".join(name for name in PIPELINES if name in default)
+    return str(default)
+
+
 def documented_settings() -> list[tuple[str, str, str]]:
     """(variable, default, meaning) for each setting: the README's configuration table."""
     return [
-        (spec.metadata["env"], str(spec.default), spec.metadata["doc"]) for spec in fields(Settings)
+        (spec.metadata["env"], shown(spec.default), spec.metadata["doc"])
+        for spec in fields(Settings)
     ]

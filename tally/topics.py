@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from functools import cache
 
-from tally.app import app, settings
+from tally.app import SOURCE_TOPICS, app, settings
 from tally.codecs.avro import (
     AvroCodec,
     RecordTypeCodec,
@@ -19,17 +19,14 @@ from tally.codecs.avro import (
 from tally.codecs.registry import SchemaRegistry, open_registry
 
 #: Purchases, Avro `tally.sales.Purchase`, keyed by item id.
-purchases = app.topic("purchases", key_type=bytes, value_type=bytes)
+purchases = app.topic(SOURCE_TOPICS[0], key_type=bytes, value_type=bytes)
 #: Metric batches, Avro `tally.metrics.MetricBatch` (one server, many samples), keyed by server id.
-metric_samples = app.topic("metric-samples", key_type=bytes, value_type=bytes)
+metric_samples = app.topic(SOURCE_TOPICS[1], key_type=bytes, value_type=bytes)
 #: Rejected messages: original key and bytes, reason and origin in `tally.dlq.*` headers.
 dead_letters = app.topic("dead-letters", key_type=bytes, value_type=bytes)
 
 #: Events that arrived after their window closed: the event's bytes, why in the same headers.
 late_events = app.topic("late-events", key_type=bytes, value_type=bytes)
-
-#: Topics producers write to directly: created up front with TALLY_PARTITIONS partitions.
-SOURCE_TOPICS = [purchases.get_topic_name(), metric_samples.get_topic_name()]
 
 
 @cache

@@ -4,16 +4,19 @@ every acknowledged event remembered for brute force."""
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import signal
 import threading
 import time
+from collections import Counter, defaultdict
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
 from tally.codecs.avro import AvroCodec
 from tally.partitioning import partition_for
+from tally.tables.topk import rank_key
 from tests.harness import Worker, wait_until
 
 PARTITIONS = 4
@@ -117,3 +120,84 @@ def kill_after(seconds: float, victim: Worker, survivor: Worker, timeout: float)
     killed = time.monotonic()
     wait_until(lambda: answers_every_query(survivor), timeout, interval=0.2, what="survivor")
     return time.monotonic() - killed
+
+
+# --- brute force over what a Load sent ---------------------------------------------------
+
+
+def expected_top(load: Load) -> list[list[Any]]:
+    totals: Counter[str] = Counter()
+    for p in load.purchases:
+        totals[p["item_id"]] += p["quantity"]
+    return [[item, qty] for item, qty in sorted(totals.items(), key=rank_key)[:10]]
+
+
+def item_totals(load: Load) -> Counter[str]:
+    totals: Counter[str] = Counter()
+    for p in load.purchases:
+        totals[p["item_id"]] += p["quantity"]
+    return totals
+
+
+def minute_rollups(load: Load, server: str | None) -> dict[str, dict[int, list[float]]]:
+    """metric → minute → values, of one server (or of all servers)."""
+    values: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for s in load.samples:
+        if server is None or s["server_id"] == server:
+            values[s["metric_id"]][s["ts_ms"] // MINUTE_MS * MINUTE_MS].append(s["value"])
+    return values
+
+
+Points = dict[str, tuple[float, float, int, float]]
+
+
+def points(answered: list[dict[str, Any]]) -> Points:
+    return {p["t"]: (p["min"], p["max"], p["count"], p["avg"]) for p in answered}
+
+
+def brute_points(minutes: dict[int, list[float]]) -> Points:
+    return {iso_minute(m): (min(v), max(v), len(v), sum(v) / len(v)) for m, v in minutes.items()}
+
+
+def same(got: Points, want: Points) -> bool:
+    """Equal minutes, min, max and count; averages equal but for float summation order."""
+    return got.keys() == want.keys() and all(
+        got[t][:3] == want[t][:3] and math.isclose(got[t][3], want[t][3], rel_tol=1e-9) for t in got
+    )
+
+
+def iso_minute(ms: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:00Z", time.gmtime(ms / 1000))
+
+
+def disagreements(worker: Worker, load: Load, since_ms: int) -> list[str]:
+    """Where the worker's answers differ from brute force (empty: all equal)."""
+    wrong = []
+    top = [[i["item_id"], i["quantity"]] for i in worker.get("/api/sales/top")["items"]]
+    if top != expected_top(load):
+        wrong.append(f"top-10 {top} != {expected_top(load)}")
+    totals = item_totals(load)
+    for item in ITEMS[:12]:
+        got = worker.get(f"/api/sales/items/{item}")["quantity"]
+        if got != totals[item]:
+            wrong.append(f"{item}: {got} != {totals[item]}")
+    window = f"from={since_ms - 2 * MINUTE_MS}&to={int(time.time() * 1000) + MINUTE_MS}"
+    for server in SERVERS:
+        answer = worker.get(f"/api/servers/{server}/metrics?{window}")["metrics"]
+        for metric, minutes in minute_rollups(load, server).items():
+            got, want = points(answer.get(metric, [])), brute_points(minutes)
+            if not same(got, want):
+                wrong.append(f"{server}/{metric}: {got} != {want}")
+    for metric, minutes in minute_rollups(load, None).items():  # across servers
+        got = points(worker.get(f"/api/metrics/{metric}?{window}")["series"])
+        if not same(got, brute_points(minutes)):
+            wrong.append(f"all servers/{metric}: {got} != {brute_points(minutes)}")
+    return wrong
+
+
+def agree(worker: Worker, load: Load, since_ms: int, timeout: float = 45) -> None:
+    """Wait until the worker's answers equal brute force; fail with what still differs."""
+    deadline = time.monotonic() + timeout
+    while (wrong := disagreements(worker, load, since_ms)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not wrong, f"{worker.log_path.name} differs from brute force: {wrong[:5]}"

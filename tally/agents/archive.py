@@ -26,21 +26,19 @@ from tally.agents.intake import each_partition, forget_when_revoked, reject
 from tally.app import app, settings
 from tally.archive.store import (
     DAY_MS,
-    Archive,
     DataFile,
     Metrics,
     day_of,
     day_start_ms,
     final_minute,
+    prune_cutoff,
 )
 from tally.errors import ValidationError
-from tally.tables.metrics import rollups_1m
+from tally.tables.metrics import archive, rollups_1m
 from tally.tables.windowing import now_ms
 from tally.telemetry import EVENTS
 
 logger = logging.getLogger(__name__)
-
-archive = Archive(settings.archive_location)
 
 #: The most final server-minutes one flush holds (one server-minute = a row per metric).
 ARCHIVE_FLUSH_EVENTS = 5_000
@@ -140,11 +138,6 @@ async def archive_final_minutes(stream: StreamT) -> None:
         within=settings.archive_flush_seconds,
         size=ARCHIVE_FLUSH_EVENTS,
     )
-
-
-def prune_cutoff(wall_ms: int, keep_days: int) -> date:
-    """Days before this are older than the retention."""
-    return day_of(wall_ms - keep_days * DAY_MS)
 
 
 @app.timer(interval=3600.0, on_leader=True)

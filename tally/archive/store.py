@@ -446,3 +446,8 @@ class Archive:
                         newest = column.max if newest is None else max(newest, column.max)
             stats.days.append(DayStats(day, len(files), rows, size, oldest, newest))
         return stats
+
+
+def prune_cutoff(wall_ms: int, keep_days: int) -> date:
+    """Days before this are older than the retention."""
+    return day_of(wall_ms - keep_days * DAY_MS)

@@ -1,17 +1,22 @@
-"""Creating Tally's source topics with the configured partition count, before anyone writes.
+"""Plain Kafka chores outside Faust: creating topics, reading one to its end, moving a group.
 
-A producer that writes first would have the broker auto-create the topic with the broker's
-default partition count, which need not match the tables' changelogs (TALLY_PARTITIONS).
+Topics are created with the configured partition count before anyone writes: a producer that
+writes first would have the broker auto-create the topic with the broker's default partition
+count, which need not match the tables' changelogs (TALLY_PARTITIONS).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import suppress
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.structs import ConsumerRecord
+
+from tally.broker.shim import fetched_high_watermarks
+from tally.generations import first_offset_at
 
 
 async def ensure_topics(
@@ -50,3 +55,129 @@ async def track_topics(producer: AIOKafkaProducer, names: Iterable[str]) -> None
     for name in names:
         await producer.client.add_topic(name)
         await producer.partitions_for(name)
+
+
+async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    partitions = consumer.partitions_for_topic(topic)
+    if not partitions:
+        await consumer._client.force_metadata_update()  # a topic may be new to this client
+        partitions = consumer.partitions_for_topic(topic) or set()
+    return [TopicPartition(topic, p) for p in sorted(partitions)]
+
+
+async def end_offsets(
+    consumer: AIOKafkaConsumer, tps: Iterable[TopicPartition]
+) -> dict[TopicPartition, int]:
+    """Each partition's end; the local broker's ListOffsets is off by a batch, a Fetch gets
+    the true end (on Kafka the two agree)."""
+    listed = await consumer.end_offsets(list(tps))
+    return await fetched_high_watermarks(consumer._client, listed)  # type: ignore[arg-type,return-value]
+
+
+def reader(bootstrap_servers: list[str], group: str | None = None) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers,
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+
+
+async def read_topic(bootstrap_servers: list[str], topic: str) -> AsyncIterator[ConsumerRecord]:
+    """Every record from the start of the topic to its end as of this call."""
+    consumer = reader(bootstrap_servers)
+    await consumer.start()
+    try:
+        tps = await topic_partitions(consumer, topic)
+        if not tps:
+            return
+        ends = await end_offsets(consumer, tps)
+        pending = {tp for tp in tps if ends[tp] > 0}
+        if not pending:
+            return
+        consumer.assign(list(pending))
+        await consumer.seek_to_beginning(*pending)
+        while pending:
+            batch = await consumer.getmany(timeout_ms=500)
+            for tp, records in batch.items():
+                for record in records:
+                    if record.offset < ends[tp]:
+                        yield record
+                if records and records[-1].offset + 1 >= ends[tp]:
+                    pending.discard(tp)
+            if not batch:
+                for tp in list(pending):
+                    if await consumer.position(tp) >= ends[tp]:
+                        pending.discard(tp)
+    finally:
+        await consumer.stop()
+
+
+async def send_record(bootstrap_servers: list[str], topic: str, key: bytes, value: bytes) -> None:
+    """One record, acknowledged by the broker before this returns."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, value, key=key)
+    finally:
+        await producer.stop()
+
+
+async def offsets_at_time(
+    bootstrap_servers: list[str], topic: str, from_ms: int
+) -> dict[TopicPartition, tuple[int, int]]:
+    """Per partition: (the first offset stamped at or after `from_ms`, the end offset).
+
+    A binary search over record timestamps: the local broker answers every ListOffsets by
+    time with offset 0, so Kafka's time index cannot be used on both brokers alike."""
+    consumer = reader(bootstrap_servers)
+    await consumer.start()
+    try:
+        tps = await topic_partitions(consumer, topic)
+        consumer.assign(tps)
+        starts = await consumer.beginning_offsets(tps)
+        ends = await end_offsets(consumer, tps)
+        found: dict[TopicPartition, tuple[int, int]] = {}
+        for tp in tps:
+
+            async def stamp_at(offset: int, tp: TopicPartition = tp) -> tuple[int, int] | None:
+                consumer.seek(tp, offset)
+                for _ in range(20):  # the broker may answer an empty fetch before the data
+                    batch = await consumer.getmany(tp, timeout_ms=500, max_records=1)
+                    if batch.get(tp):
+                        record = batch[tp][0]
+                        return record.offset, record.timestamp
+                    if await consumer.position(tp) >= ends[tp]:
+                        return None
+                return None
+
+            found[tp] = (await first_offset_at(stamp_at, starts[tp], ends[tp], from_ms), ends[tp])
+        return found
+    finally:
+        await consumer.stop()
+
+
+async def commit_offsets(
+    bootstrap_servers: list[str], group: str, offsets: Mapping[TopicPartition, int]
+) -> None:
+    """Set `group`'s committed offsets (the group must have no members: before its first
+    start, or stopped), so that its next member starts there."""
+    consumer = reader(bootstrap_servers, group)
+    await consumer.start()
+    try:
+        consumer.assign(list(offsets))
+        await consumer.commit(dict(offsets))
+    finally:
+        await consumer.stop()
+
+
+async def committed_offsets(
+    bootstrap_servers: list[str], group: str, topic: str
+) -> dict[TopicPartition, int | None]:
+    consumer = reader(bootstrap_servers, group)
+    await consumer.start()
+    try:
+        tps = await topic_partitions(consumer, topic)
+        return {tp: await consumer.committed(tp) for tp in tps}
+    finally:
+        await consumer.stop()

@@ -8,9 +8,8 @@ import json
 import click
 from faust.cli import AppCommand, argument, option
 
-from tally.agents.archive import prune_cutoff
 from tally.app import app, settings
-from tally.archive.store import Archive, ArchiveStats, DayStats
+from tally.archive.store import Archive, ArchiveStats, DayStats, prune_cutoff
 from tally.cli.errors import parsed_by
 from tally.settings import retention_days
 from tally.tables.windowing import now_ms

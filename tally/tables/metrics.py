@@ -18,6 +18,7 @@ A rollup is stored as [min, max, sum, count].
 from __future__ import annotations
 
 from tally.app import app, settings
+from tally.archive.store import Archive
 
 #: How long minutes stay in the hot tables, by event time (then the archive answers for them).
 RETENTION_MS = max(60_000, int(settings.metrics_hot_hours * 60) * 60_000)  # whole minutes
@@ -26,7 +27,7 @@ _CHANGELOG = {"cleanup.policy": "compact,delete", "retention.ms": RETENTION_MS +
 server_rollups = app.Table("server_rollups", key_type=bytes, extra_topic_configs=_CHANGELOG)
 metric_clocks = app.Table("metric_clocks", key_type=bytes)
 rollups_by_metric = app.topic(
-    "metric-rollups-by-metric",
+    settings.generation_topic("metric-rollups-by-metric"),
     partitions=settings.partitions,
     key_type=bytes,
     value_serializer="json",
@@ -37,11 +38,19 @@ metric_index_watermarks = app.Table("metric_index_watermarks", key_type=bytes)
 #: A tick per owned partition per second (co-partitioned with metric-samples, so it reaches
 #: the same worker): closing minutes and retention run as stream events, in partition context.
 metric_ticks = app.topic(
-    "metric-ticks", partitions=settings.partitions, key_type=bytes, value_serializer="json"
+    settings.generation_topic("metric-ticks"),
+    partitions=settings.partitions,
+    key_type=bytes,
+    value_serializer="json",
 )
 #: Every final minute of every server, once: key "<server>|<minute ms>", JSON value
 #: {"server_id", "minute_ms", "metrics": {metric: {"min", "max", "sum", "count"}}}.
-rollups_1m = app.topic("metric-rollups-1m", key_type=bytes, value_serializer="json")
+rollups_1m = app.topic(
+    settings.generation_topic("metric-rollups-1m"), key_type=bytes, value_serializer="json"
+)
+
+#: The cold tier: final minutes as Parquet (written by agents.archive, read by the views).
+archive = Archive(settings.archive_location)
 
 #: The second key part of a metric's per-server record (the all-servers record has none).
 PER_SERVER = "servers"

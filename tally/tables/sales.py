@@ -39,7 +39,10 @@ sales_clocks = app.Table("sales_clocks", key_type=bytes)
 
 #: Each partition's top-K, merged into the global answer by one worker.
 topk_candidates = app.topic(
-    "sales-topk-candidates", partitions=1, key_type=bytes, value_serializer="json"
+    settings.generation_topic("sales-topk-candidates"),
+    partitions=1,
+    key_type=bytes,
+    value_serializer="json",
 )
 #: "latest|<partition>" and "<last pane>|<partition>" → candidates (see tables.topk).
 sales_topk = app.Table("sales_topk", key_type=bytes, partitions=1)

@@ -9,6 +9,7 @@ from faust.web import Request, Response, View
 
 from tally.agents.intake import processed_offsets
 from tally.app import app, settings
+from tally.serving import serving
 
 
 def ownership() -> dict[str, list[str]]:
@@ -76,6 +77,9 @@ class Health(View):
             "recovery": recovery(),
             "lag": lag_by_topic(),
             "standby_replicas": settings.standby_replicas,
+            "generation": settings.generation,
+            "pipelines": sorted(settings.pipelines),
+            **serving.generations.describe(),
         }
         if app.ready:
             return self.json({"status": "ready", **details})

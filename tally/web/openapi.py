@@ -195,7 +195,8 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation(
         "get",
         "/api/health",
-        "readiness, and the partitions this worker owns",
+        "readiness, the partitions this worker owns, lag, and which generation serves each "
+        "pipeline",
         statuses={200: "ready", 503: "starting, recovering or rebalancing (the reason says)"},
         on_ingest_tier=True,
     ),

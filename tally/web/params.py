@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from typing import ClassVar
 
 import aiohttp
 from faust.web import Request, Response, View
 from faust.web.exceptions import WebError
 
-from tally.app import app
+from tally.app import app, settings
+from tally.generations import Serving
+from tally.serving import serving
+from tally.settings import epoch_ms
 
 
 class BadRequest(WebError):
@@ -40,27 +44,65 @@ class OwnerUnavailable(WebError):
     code = 503
 
 
+#: The response header naming the generation whose tables answered.
+GENERATION_HEADER = "Tally-Generation"
+
 #: A query (forwarded or local) that takes longer than this is answered 503.
 QUERY_TIMEOUT_S = 60.0
 
 
 class OwnedView(View):
-    """A GET answered by the worker owning the key: 503 until this worker is ready, then
-    `owned`, which subclasses decorate with `app.table_route` to forward or answer. An owner
-    that does not answer (it died; the group has not moved its partitions yet) is a 503 that
-    says so, not a 500."""
+    """A GET of one pipeline's tables, answered by the worker owning the key: 503 until this
+    worker is ready; forwarded whole to a newer generation once one serves the pipeline (see
+    tally.generations); else `owned`, which subclasses decorate with `app.table_route` to
+    forward or answer. An owner that does not answer (it died; the group has not moved its
+    partitions yet) is a 503 that says so, not a 500. Every answer names its generation."""
+
+    #: The pipeline whose tables answer (settings.PIPELINES).
+    pipeline: ClassVar[str]
 
     async def get(self, request: Request, **match: str) -> Response:
         require_ready()
+        if not serving.loaded:
+            raise NotReady("this worker is reading which generation serves each pipeline")
+        newer = serving.forward_to(self.pipeline)
         try:
             async with asyncio.timeout(QUERY_TIMEOUT_S):
-                return await self.owned(request, **match)
+                if newer is not None:
+                    return await self.forward(request, newer)
+                response = await self.owned(request, **match)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise OwnerUnavailable(
                 f"the query did not complete ({type(exc).__name__}: {exc}); if the worker "
                 "that owns this key stopped, the group gives its partitions to another worker "
                 "within seconds: retry shortly"
             ) from None
+        response.headers.setdefault(GENERATION_HEADER, str(settings.generation))
+        return response
+
+    async def forward(self, request: Request, newer: Serving) -> Response:
+        """The same request to a worker of the serving generation (the first that answers)."""
+        failures = []
+        for url in newer.urls:
+            try:
+                async with app.http_client.get(url + request.path_qs) as answer:
+                    body = await answer.read()
+                    return self.bytes(
+                        body,
+                        content_type=answer.content_type,
+                        status=answer.status,
+                        headers={
+                            GENERATION_HEADER: answer.headers.get(
+                                GENERATION_HEADER, str(newer.generation)
+                            )
+                        },
+                    )
+            except aiohttp.ClientError as exc:
+                failures.append(f"{url}: {type(exc).__name__}: {exc}")
+        raise OwnerUnavailable(
+            f"generation {newer.generation} serves the {self.pipeline} pipeline, and none of "
+            f"its workers answered ({'; '.join(failures)}); start one, or retry shortly"
+        )
 
     async def owned(self, request: Request, **match: str) -> Response:
         raise NotImplementedError
@@ -72,18 +114,9 @@ def time_param(request: Request, name: str, default_ms: int) -> int:
     if raw is None or raw == "":
         return default_ms
     try:
-        if raw.isascii() and raw.isdecimal():
-            value = int(raw)
-        else:
-            parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-            if parsed.tzinfo is None:
-                parsed = parsed.replace(tzinfo=UTC)
-            value = int(parsed.timestamp() * 1000)
-    except ValueError:
-        raise BadRequest(
-            f"{name}={raw!r} is not a time; use ISO 8601 (2026-11-22T10:00:00Z) "
-            "or epoch milliseconds"
-        ) from None
+        value = epoch_ms(raw)
+    except ValueError as exc:
+        raise BadRequest(f"{name}={raw!r}: {exc}") from None
     if not 0 <= value <= LATEST_MS:
         raise BadRequest(f"{name}={raw!r} is out of range (1970 to 9000)")
     return value

@@ -56,6 +56,8 @@ def stale_reasons(answer: GlobalTopK, wall_ms: int, historical: bool) -> list[st
 class TopSales(OwnedView):
     """The top-K items of the sliding window (the current one, or the one ending at `?at=`)."""
 
+    pipeline = "sales"
+
     @app.table_route(table=sales_topk, exact_key="top")
     async def owned(self, request: Request) -> Response:
         k = int_param(request, "k", settings.top_k, 1, settings.top_k)
@@ -103,6 +105,8 @@ class TopSales(OwnedView):
 @app.page("/api/sales/items/{item_id}")
 class ItemSales(OwnedView):
     """An item's total over the window and its panes (current window, or the one at `?at=`)."""
+
+    pipeline = "sales"
 
     @app.table_route(table=sales_panes, match_info="item_id")
     async def owned(self, request: Request, item_id: str) -> Response:

@@ -18,7 +18,6 @@ from faust.types import CollectionT
 from faust.web import Request, Response
 from faust.web.exceptions import WebError
 
-from tally.agents.archive import archive
 from tally.agents.metrics import GRACE_MS, states
 from tally.app import app, settings
 from tally.archive.query import ArchiveQuery, archived_rollups
@@ -27,6 +26,7 @@ from tally.tables.applied import value_of
 from tally.tables.metrics import (
     PER_SERVER,
     RETENTION_MS,
+    archive,
     metric_clocks,
     metric_index_watermarks,
     metric_rollups,
@@ -206,6 +206,8 @@ def server_minutes(server_id: str, query: Query) -> Series:
 class ServerMetrics(OwnedView):
     """One server: per metric, {t, min, max, avg, count} per step."""
 
+    pipeline = "metrics"
+
     @app.table_route(table=server_rollups, match_info="server_id")
     async def owned(self, request: Request, server_id: str) -> Response:
         query = Query(request, server_watermark(server_id))
@@ -218,6 +220,8 @@ class ServerMetrics(OwnedView):
 @app.page("/api/servers/{server_id}/summary")
 class ServerSummary(OwnedView):
     """One server: min/max/avg/count of each metric over the whole range."""
+
+    pipeline = "metrics"
 
     @app.table_route(table=server_rollups, match_info="server_id")
     async def owned(self, request: Request, server_id: str) -> Response:
@@ -239,6 +243,8 @@ class ServerSummary(OwnedView):
 @app.page("/api/metrics/{metric_id}")
 class MetricAcrossServers(OwnedView):
     """One metric across all servers per step; `?by=server` for the per-server breakdown."""
+
+    pipeline = "metrics"
 
     @app.table_route(table=metric_rollups, match_info="metric_id")
     async def owned(self, request: Request, metric_id: str) -> Response:

@@ -8,6 +8,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from faust.types import TP
 
+from tally.broker.admin import ensure_topics, offsets_at_time
 from tally.broker.identity import describe_cluster
 from tally.broker.local import LocalBroker, free_port, port_accepts
 from tally.broker.shim import fetched_high_watermarks
@@ -72,3 +73,45 @@ def test_each_start_is_a_new_cluster(tmp_path) -> None:  # type: ignore[no-untyp
 def test_port_in_use_is_a_clear_error(broker: LocalBroker) -> None:
     with pytest.raises(BrokerError, match="already listens"):
         LocalBroker("127.0.0.1", broker.port).start()
+
+
+async def stamped_history(bootstrap: str, topic: str, base_ms: int) -> None:
+    """300 records per partition on 3 partitions, stamped base + n seconds, in batches."""
+    await ensure_topics([bootstrap], {topic: 3}, partitions=3, replication=1)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=50)
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(topic, b"x", partition=p, timestamp_ms=base_ms + n * 1000)
+            for n in range(300)
+            for p in range(3)
+        ]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+def test_replay_start_offsets_follow_record_timestamps(broker: LocalBroker) -> None:
+    """The broker's ListOffsets by time answers offset 0 whatever the time (canary), so a
+    replay's start is searched over record timestamps; this checks that search."""
+    base = 1_700_000_000_000
+    asyncio.run(stamped_history(broker.bootstrap, "stamped", base))
+
+    async def by_broker(at_ms: int) -> int:
+        consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap)
+        await consumer.start()
+        try:
+            tp = TopicPartition("stamped", 0)
+            found = await consumer.offsets_for_times({tp: at_ms})
+            return found[tp].offset  # type: ignore[union-attr]
+        finally:
+            await consumer.stop()
+
+    assert asyncio.run(by_broker(base + 150_000)) == 0  # the deviation the search works around
+    for at_ms, expected in [(base - 1, 0), (base + 150_000, 150), (base + 150_500, 151)]:
+        found = asyncio.run(offsets_at_time([broker.bootstrap], "stamped", at_ms))
+        assert {tp.partition: v for tp, v in found.items()} == dict.fromkeys(
+            range(3), (expected, 300)
+        )
+    past_end = asyncio.run(offsets_at_time([broker.bootstrap], "stamped", base + 10**9))
+    assert set(past_end.values()) == {(300, 300)}

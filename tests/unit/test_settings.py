@@ -47,6 +47,9 @@ def test_environment_overrides() -> None:
         ("TALLY_GRACE_SECONDS", "nan", "finite"),
         ("TALLY_GRACE_SECONDS", "inf", "finite"),
         ("TALLY_PROCESSING_GUARANTEE", "maybe", "at_least_once"),
+        ("TALLY_PIPELINES", "sales,billing", "billing is not a pipeline"),
+        ("TALLY_PIPELINES", " , ", "nothing is not a pipeline"),
+        ("TALLY_GENERATION", "0", "at least 1"),
     ],
 )
 def test_bad_values_name_the_variable_and_the_rule(variable: str, value: str, message: str) -> None:
@@ -54,6 +57,20 @@ def test_bad_values_name_the_variable_and_the_rule(variable: str, value: str, me
         Settings.from_env({variable: value})
     assert variable in str(caught.value)
     assert message in str(caught.value)
+
+
+def test_a_generation_has_its_own_group_and_internal_topics() -> None:
+    first = Settings.from_env({"TALLY_APP_ID": "shop"})
+    assert first.faust_app_id == "shop"
+    assert first.generation_topic("metric-ticks") == "metric-ticks"
+    assert first.pipelines == {"sales", "metrics", "archive"}
+    third = Settings.from_env(
+        {"TALLY_APP_ID": "shop", "TALLY_GENERATION": "3", "TALLY_PIPELINES": "sales"}
+    )
+    assert third.faust_app_id == "shop-g3"
+    assert third.generation_topic("metric-ticks") == "metric-ticks.g3"
+    assert third.serving_topic == first.serving_topic == "shop-serving"
+    assert third.pipelines == {"sales"}
 
 
 def test_every_setting_is_documented_in_the_readme() -> None:

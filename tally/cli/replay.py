@@ -1,0 +1,297 @@
+"""`tally replay`: rebuild a pipeline's tables from history as a new generation, then cut over.
+
+While the new generation replays, the serving one keeps answering; nothing it reads is
+touched (see tally.generations). The cutover is one record on the serving topic, written only
+once the new generation has processed everything that was in the topic when the replay began
+and answers queries; a replay that fails or is stopped before that changes nothing for
+readers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import replace
+from typing import Any
+
+import click
+from aiokafka import TopicPartition
+from faust.cli import AppCommand, option
+
+from tally.app import SOURCE_TOPICS, app, settings
+from tally.broker.admin import (
+    commit_offsets,
+    committed_offsets,
+    ensure_topics,
+    offsets_at_time,
+    read_topic,
+    send_record,
+)
+from tally.broker.local import die_with_parent, free_port
+from tally.cli.errors import fail, parsed_by
+from tally.cli.local import run_until_stopped
+from tally.errors import TallyError
+from tally.generations import FAILED, REPLAYING, SERVING, Attempt, Generations, Serving, encode
+from tally.settings import epoch_ms
+from tally.tables.windowing import now_ms
+from tally.web.params import iso
+
+#: The source topic each pipeline replays, and the query that shows it answers.
+REPLAYED = {"sales": (SOURCE_TOPICS[0], "/api/sales/top"), "metrics": (SOURCE_TOPICS[1], None)}
+#: Seconds between progress lines.
+PROGRESS_S = 2.0
+
+
+class ReplayFailed(TallyError):
+    """The new generation cannot be completed; nothing was cut over."""
+
+
+def replay_start(text: str) -> int:
+    return 0 if text == "earliest" else epoch_ms(text)
+
+
+def history_needed_ms(pipeline: str) -> int:
+    """How far back the answers served right after a cutover reach: the sales window (plus
+    grace), or the metrics hot tier."""
+    if pipeline == "sales":
+        panes = settings.sales_window_panes * settings.sales_pane_seconds
+        return int((panes + settings.grace_seconds) * 1000)
+    return int(settings.metrics_hot_hours * 3_600_000)
+
+
+async def load_generations() -> Generations:
+    await ensure_topics(
+        settings.bootstrap_servers,
+        {settings.serving_topic: 1},
+        partitions=1,
+        replication=settings.replication,
+    )
+    records = [
+        (r.key, r.value)
+        async for r in read_topic(settings.bootstrap_servers, settings.serving_topic)
+    ]
+    return Generations().absorb_all(records)
+
+
+async def record(entry: Attempt | Serving) -> None:
+    await send_record(settings.bootstrap_servers, settings.serving_topic, entry.key, encode(entry))
+
+
+def health(url: str) -> dict[str, Any] | None:
+    """The worker's /api/health answer (ready or not), None while it does not answer."""
+    try:
+        with urllib.request.urlopen(url + "/api/health", timeout=5) as response:
+            return dict(json.loads(response.read()))
+    except urllib.error.HTTPError as exc:
+        return dict(json.loads(exc.read() or b"{}"))
+    except (OSError, ValueError):
+        return None
+
+
+def answers(url: str, path: str | None) -> bool:
+    if path is None:
+        return True
+    try:
+        with urllib.request.urlopen(url + path, timeout=10) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+class Progress:
+    """Messages of the replayed range processed, from the new group's committed offsets."""
+
+    def __init__(self, starts: dict[TopicPartition, tuple[int, int]]) -> None:
+        self.starts = starts
+        self.total = sum(end - start for start, end in starts.values())
+        self.began = time.monotonic()
+
+    def done(self, committed: dict[TopicPartition, int | None]) -> int:
+        return sum(
+            min(max((committed.get(tp) or start) - start, 0), end - start)
+            for tp, (start, end) in self.starts.items()
+        )
+
+    def line(self, done: int, waiting: int | None) -> str:
+        elapsed = time.monotonic() - self.began
+        rate = done / elapsed if elapsed > 0 else 0.0
+        share = 100.0 if self.total == 0 else 100.0 * done / self.total
+        eta = (
+            f", ~{(self.total - done) / rate:.0f} s left" if rate > 0 and done < self.total else ""
+        )
+        live = "" if waiting is None else f"; {waiting:,} waiting now"
+        return f"  {done:,} of {self.total:,} messages ({share:.0f} %), {rate:,.0f}/s{eta}{live}"
+
+
+@app.command(
+    option(
+        "--pipeline",
+        type=click.Choice(sorted(REPLAYED)),
+        help="The pipeline whose tables are rebuilt.",
+    ),
+    option(
+        "--from",
+        "from_ms",
+        callback=parsed_by(replay_start),
+        help="Replay the source records stamped at or after this time: ISO 8601 "
+        "(2026-11-20T00:00:00Z), epoch ms, or `earliest`.",
+    ),
+    option(
+        "--web-port",
+        type=int,
+        default=0,
+        help="Web port of the new generation's worker (default: a free port).",
+    ),
+    option(
+        "--max-lag",
+        type=int,
+        default=1000,
+        show_default=True,
+        help="Cut over once the new generation has processed the history and at most this "
+        "many new messages wait on its topics.",
+    ),
+    option(
+        "--allow-partial",
+        is_flag=True,
+        help="Replay from a time later than the served answers reach back (the sales window, "
+        "the metrics hot tier): those answers then miss the records before --from.",
+    ),
+    option("--status", is_flag=True, help="Print the generations and exit."),
+)
+async def replay(
+    self: AppCommand,
+    pipeline: str | None,
+    from_ms: int | None,
+    web_port: int,
+    max_lag: int,
+    allow_partial: bool,
+    status: bool,
+) -> None:
+    """Rebuild a pipeline's tables from the topic's history as a new generation, while the
+    current one serves; show progress; cut queries over once it has caught up. Then keep
+    running the new generation's worker until Ctrl-C."""
+    generations = await load_generations()
+    if status:
+        print(json.dumps(generations.describe(), indent=2))
+        return
+    if pipeline is None or from_ms is None:
+        fail("give --pipeline and --from (or --status)", code=2)
+    wall = now_ms()
+    reach = wall - history_needed_ms(pipeline)
+    if from_ms > reach and not allow_partial:
+        fail(
+            f"--from {iso(from_ms)} is later than the {pipeline} answers reach back "
+            f"({iso(reach)}): they would miss the records before it. Replay from {iso(reach)} "
+            "or earlier, or pass --allow-partial",
+            code=2,
+        )
+    current = generations.serving_generation(pipeline)
+    generation = generations.next_generation()
+    topic, probe_path = REPLAYED[pipeline]
+    group = replace(settings, generation=generation).faust_app_id
+    starts = await offsets_at_time(settings.bootstrap_servers, topic, from_ms)
+    progress = Progress(starts)
+    print(
+        f"replay: {pipeline} generation {generation} (generation {current} keeps serving), "
+        f"{progress.total:,} messages of {topic} from {iso(from_ms)}",
+        flush=True,
+    )
+    await commit_offsets(
+        settings.bootstrap_servers, group, {tp: start for tp, (start, _) in starts.items()}
+    )
+    await record(Attempt(generation, pipeline, from_ms, REPLAYING, wall))
+    data_dir = (settings.data_dir / f"generation-{generation}").resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = web_port or free_port()
+    url = f"http://{settings.advertised_host}:{port}"
+    log_path = data_dir / "worker.log"
+    with log_path.open("ab") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "tally", "worker", "--loglevel", settings.log_level],
+            env={
+                **os.environ,
+                "TALLY_GENERATION": str(generation),
+                "TALLY_PIPELINES": pipeline,
+                "TALLY_DATA_DIR": str(data_dir),
+                "TALLY_WEB_PORT": str(port),
+                # The same schemas and archive as the serving generation.
+                "TALLY_SCHEMA_REGISTRY": settings.registry_url,
+                "TALLY_ARCHIVE_DIR": settings.archive_location,
+            },
+            preexec_fn=die_with_parent,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    print(f"replay: worker {url} (pid {worker.pid}, log {log_path})", flush=True)
+    cut_over = False
+    try:
+        await catch_up(worker, url, group, topic, probe_path, progress, max_lag)
+        await record(Serving(pipeline, generation, (url,), now_ms()))
+        await record(Attempt(generation, pipeline, from_ms, SERVING, now_ms()))
+        cut_over = True
+        print(
+            f"replay: cut over: generation {generation} now answers {pipeline} queries on "
+            f"every worker (they forward to {url}).\n"
+            f"  This process keeps running its worker; Ctrl-C stops it. More workers for it:\n"
+            f"  TALLY_GENERATION={generation} TALLY_PIPELINES={pipeline} tally worker\n"
+            f"  Workers of generation {current} may drop `{pipeline}` from TALLY_PIPELINES.",
+            flush=True,
+        )
+        await run_until_stopped(worker)
+    except BaseException as exc:
+        if cut_over:
+            raise
+        reason = str(exc) if isinstance(exc, ReplayFailed) else "stopped"
+        await record(Attempt(generation, pipeline, from_ms, FAILED, now_ms(), reason))
+        message = (
+            f"replay: generation {generation} abandoned ({reason}); generation {current} "
+            f"still serves {pipeline}, unchanged"
+        )
+        if isinstance(exc, ReplayFailed):
+            fail(message[len("replay: ") :])
+        print(message, file=sys.stderr, flush=True)
+        raise
+    finally:
+        if worker.poll() is None:
+            worker.terminate()
+            try:
+                worker.wait(30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+
+
+async def catch_up(
+    worker: subprocess.Popen[bytes],
+    url: str,
+    group: str,
+    topic: str,
+    probe_path: str | None,
+    progress: Progress,
+    max_lag: int,
+) -> None:
+    """Wait until the new generation has processed every message that was in `topic` when the
+    replay began, is ready, answers, and at most `max_lag` messages wait on its topics."""
+    while True:
+        if worker.poll() is not None:
+            raise ReplayFailed(f"its worker exited with code {worker.returncode}; see its log")
+        committed = await committed_offsets(settings.bootstrap_servers, group, topic)
+        done = progress.done(committed)
+        state = await asyncio.to_thread(health, url)
+        ready = state is not None and state.get("status") == "ready"
+        waiting = sum(state.get("lag", {}).values()) if ready and state else None
+        print(progress.line(done, waiting), flush=True)
+        if (
+            done >= progress.total
+            and waiting is not None
+            and waiting <= max_lag
+            and await asyncio.to_thread(answers, url, probe_path)
+        ):
+            return
+        await asyncio.sleep(PROGRESS_S)
