@@ -8,6 +8,7 @@ Data flow (topics in `tally.topics`):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,12 +63,19 @@ class TallyApp(faust.App):
 
     #: True once tables are recovered and key routing works; views answer 503 before.
     routing_ready = False
+    #: Why else the worker cannot answer yet: (reason, still waiting?) added by services.
+    waiting_for: list[tuple[str, Callable[[], bool]]] = []
 
     @property
     def ready(self) -> bool:
-        return (
-            self.routing_ready and not self.rebalancing and self.tables.recovery.completed.is_set()
-        )
+        return self.not_ready_because() is None
+
+    def not_ready_because(self) -> str | None:
+        if self.rebalancing:
+            return "rebalancing"
+        if not (self.routing_ready and self.tables.recovery.completed.is_set()):
+            return "recovering tables"
+        return next((reason for reason, waiting in self.waiting_for if waiting()), None)
 
     async def on_first_start(self) -> None:
         await super().on_first_start()

@@ -49,6 +49,9 @@ class ServingFollower(Service):
 
 
 serving = ServingFollower()
+app.waiting_for.append(
+    ("reading which generation serves each pipeline", lambda: not serving.loaded)
+)
 
 
 @app.task

@@ -83,5 +83,5 @@ class Health(View):
         }
         if app.ready:
             return self.json({"status": "ready", **details})
-        reason = "rebalancing" if app.rebalancing else "recovering tables"
+        reason = app.not_ready_because()
         return self.json({"status": "starting", "reason": reason, **details}, status=503)
