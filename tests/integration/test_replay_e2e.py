@@ -240,7 +240,11 @@ def test_a_failed_replay_leaves_the_live_tables_serving(
     assert "abandoned" in doomed.log() and "generation 1 still serves sales" in doomed.log()
     status, answer = served.get_status("/api/sales/top")
     assert status == 200 and is_buggy(answer)
-    state = served.get("/api/health")
+    state = wait_until(
+        lambda: (h := served.get("/api/health"))["attempts"][-1]["state"] == "failed" and h,
+        10,
+        what="the failed attempt recorded",
+    )
     assert state["serving"] == {} and [a["state"] for a in state["attempts"]] == ["failed"]
 
     # The next attempt gets generation 3: nothing of the failed one is reused.
