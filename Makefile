@@ -5,10 +5,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.install-stamp
 # The dashboard's browser test drives Debian's Chromium (nothing is downloaded by the test tools).
 CHROMIUM := /usr/bin/chromium
+# `make bench` loads the query endpoints with wrk (Debian's package) and compares with Quix Streams.
+WRK := /usr/bin/wrk
+BENCH_STAMP := $(VENV)/.bench-stamp
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench bench-more clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +25,14 @@ $(CHROMIUM):
 	@echo "installing Debian's chromium for the dashboard's browser test ..."
 	$(APT_INSTALL) chromium || ($(SUDO) apt-get update && $(APT_INSTALL) chromium)
 
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+$(WRK):
+	@echo "installing Debian's wrk for the query benchmark ..."
+	$(APT_INSTALL) wrk || ($(SUDO) apt-get update && $(APT_INSTALL) wrk)
+
 ## run: local broker + one worker + sample feed; prints the URLs. Ctrl-C stops everything.
 run: $(STAMP)
 	$(BIN)/tally dev
@@ -34,10 +45,13 @@ test: $(STAMP) $(CHROMIUM)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-## bench: the sales, metrics, archive, ingest, live-stream and failover benchmarks (figures and ratios printed; see README Performance).
-bench: $(STAMP)
-	$(BIN)/python -m bench.sales
-	$(BIN)/python -m bench.metrics
+## bench: Tally vs Faust's windows vs Quix Streams vs the raw ceiling on both workloads, plus
+## query latency and load; one table, written to bench/results/<date>.md (see README Performance).
+bench: $(BENCH_STAMP) $(WRK)
+	$(BIN)/python -m bench
+
+## bench-more: the archive, ingest, live-stream and failover benchmarks (figures printed).
+bench-more: $(STAMP)
 	$(BIN)/python -m bench.archive
 	$(BIN)/python -m bench.ingest
 	$(BIN)/python -m bench.live

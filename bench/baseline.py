@@ -1,43 +1,42 @@
-"""What the plain-Faust baselines share: the app, Tally's codec, and the timing line."""
+"""What the baseline processes (Faust's and Quix Streams' own windows) share: settings from the
+BENCH_* variables `bench.common.run_baseline` sets, Tally's Avro codec (the same decoding for
+every system), and the lines they report with:
+
+    BENCH done <events> <seconds>      timed from the first event to the last
+    BENCH answer <json>                {"answer", "state_writes" (or null), "peak_rss_mb"}
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import resource
 import time
 from pathlib import Path
 
-import faust
-
 from tally.codecs.avro import AvroCodec, load_schema
 from tally.codecs.registry import FileSchemaRegistry
+from tally.tables.topk import rank_key
 
-EXPECT = int(os.environ["BENCH_EXPECT"])
-
-
-def baseline_app() -> faust.App:
-    """A Faust app configured from BENCH_* variables, as bench.common.run_faust_baseline sets."""
-    return faust.App(
-        os.environ["BENCH_APP_ID"],
-        broker=os.environ["BENCH_BROKER"],
-        store="rocksdb://",
-        datadir=os.environ["BENCH_DATA_DIR"],
-        web_enabled=False,
-        key_serializer="raw",
-        value_serializer="raw",
-        topic_partitions=int(os.environ.get("BENCH_PARTITIONS", "4")),
-        broker_session_timeout=6.0,
-        broker_heartbeat_interval=1.0,
-    )
+EXPECT = int(os.environ.get("BENCH_EXPECT", "0"))
+APP_ID = os.environ.get("BENCH_APP_ID", "bench")
+BROKER = os.environ.get("BENCH_BROKER", "tansu://127.0.0.1:9092")
+DATA_DIR = os.environ.get("BENCH_DATA_DIR", "bench-data")
+TOPIC = os.environ.get("BENCH_TOPIC", "")
+#: The window whose answer a hopping/tumbling baseline reports (epoch ms of its start).
+WINDOW_START_MS = int(os.environ.get("BENCH_WINDOW_START_MS", "0"))
+#: Keys whose rollups a tumbling baseline reports (a prefix of "<server>|<metric>").
+KEY_PREFIXES = tuple(p for p in os.environ.get("BENCH_KEY_PREFIXES", "").split(",") if p)
 
 
 def baseline_codec(subject: str, schema: str) -> AvroCodec:
-    registry = FileSchemaRegistry(Path(os.environ["BENCH_DATA_DIR"]) / "registry")
+    registry = FileSchemaRegistry(Path(DATA_DIR) / "registry")
     return AvroCodec(registry, subject, load_schema(schema))
 
 
 class Timing:
-    """Counts events; prints `BENCH done <n> <seconds>` once `EXPECT` are done, then says stop
-    (so the changelog holds exactly EXPECT events' writes)."""
+    """Counts events; prints the done line once `EXPECT` are done (the process stops taking
+    events then, so its changelog holds exactly EXPECT events' writes)."""
 
     def __init__(self) -> None:
         self.seen = 0
@@ -52,3 +51,16 @@ class Timing:
         self.seen += 1
         if self.seen == EXPECT:
             print(f"BENCH done {EXPECT} {time.monotonic() - self.started:.4f}", flush=True)
+
+
+def report_answer(answer: object, state_writes: int | None = None) -> None:
+    """The answer, state writes if counted, and this process's peak RSS (it may exit before
+    the benchmark can read /proc)."""
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
+    reported = {"answer": answer, "state_writes": state_writes, "peak_rss_mb": peak_rss_mb}
+    print("BENCH answer " + json.dumps(reported), flush=True)
+
+
+def top_items(totals: dict[str, int], k: int = 10) -> list[list[object]]:
+    """Quantity descending, then item id: the order Tally's top-K uses."""
+    return [[item, qty] for item, qty in sorted(totals.items(), key=rank_key)[:k]]

@@ -4,6 +4,7 @@ everything, reading changelog sizes and peak memory, and printing the table."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import statistics
@@ -12,17 +13,21 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+import aiohttp
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from faust.types import TP
 
+from bench.query import QueryLoad
 from tally.broker.admin import ensure_topics
 from tally.broker.local import LocalBroker, die_with_parent
 from tally.broker.shim import fetched_high_watermarks
+from tally.codecs.avro import AvroCodec
 from tests.harness import Worker
 
 PARTITIONS = 4
@@ -38,6 +43,12 @@ class Result:
     seconds: float
     changelog_records: float
     peak_rss_mb: float
+    #: Table writes when they differ from changelog records (None: one record per write).
+    state_writes: float | None = None
+    #: Event produced → visible in a query, (p50, p99) ms (None: the system has no query).
+    latency_ms: tuple[float, float] | None = None
+    #: Query loads run against the loaded worker.
+    queries: list[QueryLoad] = field(default_factory=list)
 
     @property
     def rate(self) -> float:
@@ -47,9 +58,21 @@ class Result:
     def records_per_event(self) -> float:
         return self.changelog_records / self.events
 
+    @property
+    def writes_per_event(self) -> float:
+        writes = self.changelog_records if self.state_writes is None else self.state_writes
+        return writes / self.events
 
-async def produce(bootstrap: str, topic: str, messages: list[Message]) -> None:
-    await ensure_topics([bootstrap], [topic], partitions=PARTITIONS, replication=1)
+
+#: Quix Streams reads a source topic's retention from the broker; the local broker describes
+#: only the settings a topic was created with, so the peers' topics name theirs.
+KEEP_ALL = {"retention.ms": "-1", "retention.bytes": "-1"}
+
+
+async def produce(
+    bootstrap: str, topic: str, messages: list[Message], configs: dict[str, str] | None = None
+) -> None:
+    await ensure_topics([bootstrap], [topic], partitions=PARTITIONS, replication=1, configs=configs)
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap,
         linger_ms=20,
@@ -65,13 +88,43 @@ async def produce(bootstrap: str, topic: str, messages: list[Message]) -> None:
         await producer.stop()
 
 
+async def raw_ceiling(
+    bootstrap: str,
+    topic: str,
+    events: int,
+    label: str,
+    codec: AvroCodec,
+    events_in: Callable[[Any], int] = lambda _: 1,
+) -> Result:
+    """Consume and decode every message with no state: what any pipeline could reach.
+    `events_in` says how many events a decoded message holds (an envelope: its samples)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, max_partition_fetch_bytes=8 << 20)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        seen, started = 0, time.monotonic()
+        while seen < events:
+            for records in (await consumer.getmany(timeout_ms=500, max_records=2000)).values():
+                for record in records:
+                    seen += events_in(codec.loads(record.value))
+        return Result(label, seen, time.monotonic() - started, 0, 0)
+    finally:
+        await consumer.stop()
+
+
 async def changelog_records(bootstrap: str, app_id: str) -> int:
-    """Records written to the app's changelog topics (high watermarks read through a Fetch)."""
+    """Records written to the app's changelog topics (high watermarks read through a Fetch):
+    Faust names them `<app id>-<table>-changelog`, Quix `changelog__<group>--...`."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
     await consumer.start()
     try:
         topics = [
-            t for t in await consumer.topics() if t.startswith(app_id) and t.endswith("-changelog")
+            t
+            for t in await consumer.topics()
+            if (t.startswith(app_id) and t.endswith("-changelog"))
+            or t.startswith(f"changelog__{app_id}--")
         ]
         tps = [TP(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()]
         listed = await consumer.end_offsets(tps)
@@ -107,11 +160,14 @@ def run_tally(
     check: Callable[[Worker], None],
     then: tuple[str, ...] = (),
     beside: Callable[[Worker], AbstractContextManager[object]] = lambda _: nullcontext(),
+    afterwards: Callable[[Worker, Result], None] = lambda _worker, _result: None,
 ) -> Result:
     """One ready worker, then the input: the rate counts what is counted after the first
     observation (polled every 20 ms), over the time from then until every event is counted
     from `topic` and from each downstream topic in `then` (later stages count the same events).
-    `beside` is entered once the worker is ready and left after the count (e.g. clients)."""
+    `beside` is entered once the worker is ready and left after the count (e.g. clients);
+    `afterwards` measures more on the loaded worker (latency, queries) once its peak RSS is
+    read."""
     app_id = f"bench{uuid.uuid4().hex[:8]}"
     worker = Worker(
         env={
@@ -147,52 +203,176 @@ def run_tally(
                 raise SystemExit(f"{label}: the run was too short to time; raise --count")
         check(worker)
         rss = peak_rss_mb(worker.process.pid)  # type: ignore[union-attr]
+        records = asyncio.run(changelog_records(broker.bootstrap, app_id))
+        result = Result(label, measured, elapsed, records * measured / total, rss)
+        afterwards(worker, result)
     finally:
         worker.stop()
-    records = asyncio.run(changelog_records(broker.bootstrap, app_id))
-    return Result(label, measured, elapsed, records * measured / total, rss)
+    return result
 
 
-def report(results: dict[str, list[Result]], unit: str, baselines: list[str]) -> None:
-    """The medians table, then each Tally result's run-by-run ratio against each baseline."""
+#: Whether marker n is visible yet (polled back to back after it was sent).
+Visible = Callable[[int], Awaitable[bool]]
 
-    def median(label: str, field: str) -> float:
-        return statistics.median(getattr(r, field) for r in results[label])
 
-    print(f"\n{'system':44} {unit + '/s':>12} {'changelog rec/event':>20} {'peak RSS MB':>12}")
-    for label in results:
-        print(
-            f"{label:44} {median(label, 'rate'):>12,.0f} "
-            f"{median(label, 'records_per_event'):>20.4f} {median(label, 'peak_rss_mb'):>12,.0f}"
+async def _latencies(
+    bootstrap: str, topic: str, markers: list[Message], visible: Visible, timeout_s: float
+) -> tuple[float, float]:
+    """Event produced → visible (p50, p99 ms): each marker sent on its own, acknowledged, then
+    `visible` polled until it says so."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    found = []
+    try:
+        for n, (partition, key, value, ts) in enumerate(markers):
+            started = time.perf_counter()
+            await producer.send_and_wait(
+                topic, value, key=key, partition=partition, timestamp_ms=ts
+            )
+            while not await visible(n):
+                if time.perf_counter() - started > timeout_s:
+                    raise SystemExit(f"marker {n} not visible within {timeout_s} s")
+            found.append((time.perf_counter() - started) * 1000)
+            await asyncio.sleep(0.02)
+    finally:
+        await producer.stop()
+    cuts = statistics.quantiles(found, n=100, method="inclusive")
+    return statistics.median(found), cuts[98]
+
+
+def latency_ms(
+    bootstrap: str,
+    topic: str,
+    markers: list[Message],
+    url_of: Callable[[int], str],
+    shows: Callable[[int, Any], bool],
+    timeout_s: float = 30.0,
+) -> tuple[float, float]:
+    """Event produced → visible in a query: the marker's query answers with it."""
+
+    async def measure() -> tuple[float, float]:
+        async with aiohttp.ClientSession() as session:
+
+            async def visible(n: int) -> bool:
+                async with session.get(url_of(n)) as response:
+                    body = await response.json() if response.status == 200 else None
+                return body is not None and shows(n, body)
+
+            return await _latencies(bootstrap, topic, markers, visible, timeout_s)
+
+    return asyncio.run(measure())
+
+
+def consumed_latency_ms(
+    bootstrap: str, topic: str, markers: list[Message], timeout_s: float = 30.0
+) -> tuple[float, float]:
+    """Event produced → received by a plain aiokafka consumer: the broker's own floor under
+    any pipeline's latency."""
+
+    async def measure() -> tuple[float, float]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+        await consumer.start()
+        try:
+            tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+            consumer.assign(tps)
+            await consumer.seek_to_end(*tps)
+            wanted = {value for _, _, value, _ in markers}
+            arrived: set[bytes] = set()
+
+            async def visible(n: int) -> bool:
+                for records in (await consumer.getmany(timeout_ms=5)).values():
+                    arrived.update(r.value for r in records if r.value in wanted)
+                return markers[n][2] in arrived
+
+            return await _latencies(bootstrap, topic, markers, visible, timeout_s)
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(measure())
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def _ms(value: float) -> str:
+    return f"{value:,.1f}" if value < 100 else f"{value:,.0f}"
+
+
+def report(workload: str, results: dict[str, list[Result]], unit: str, baselines: list[str]) -> str:
+    """The workload's table (medians over the runs), each Tally result's run-by-run ratio to
+    each baseline, and the query loads; printed, and returned as Markdown."""
+    lines = [
+        f"### {workload}",
+        "",
+        f"| system | {unit}/s (median) | runs | p50 / p99 ms produced→visible | peak RSS MB "
+        "| state writes / event | changelog records / event |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for label, runs in results.items():
+        rates = [r.rate for r in runs]
+        latencies = [r.latency_ms for r in runs if r.latency_ms is not None]
+        latency = (
+            f"{_ms(_median([p50 for p50, _ in latencies]))} / "
+            f"{_ms(_median([p99 for _, p99 in latencies]))}"
+            if latencies
+            else "—"
         )
-    for baseline in baselines:
-        for label in results:
-            if label.startswith("tally"):
-                pairs = zip(results[label], results[baseline], strict=True)
-                ratio = statistics.median(r.rate / b.rate for r, b in pairs)
-                print(f"ratio {label} / {baseline} (run by run, median): {ratio:,.2f}x")
-    print("(state writes = changelog records: every table write is one changelog record)")
+        stateful = not label.startswith("raw")
+        rss = f"{_median([r.peak_rss_mb for r in runs]):,.0f}" if stateful else "—"
+        writes = f"{_median([r.writes_per_event for r in runs]):.3f}" if stateful else "0"
+        records = f"{_median([r.records_per_event for r in runs]):.3f}" if stateful else "0"
+        spread = f"{len(runs)}: {min(rates):,.0f} to {max(rates):,.0f}"
+        lines.append(
+            f"| {label} | {_median(rates):,.0f} | {spread} | {latency} | {rss} | {writes} "
+            f"| {records} |"
+        )
+    lines.append("")
+    for label, runs in results.items():
+        if not label.startswith("tally"):
+            continue
+        for baseline in baselines:
+            pairs = zip(runs, results[baseline], strict=True)
+            ratio = _median([r.rate / b.rate for r, b in pairs])
+            lines.append(f"- {label} / {baseline}: **{ratio:,.2f}x** (run by run, median)")
+    loads = [(label, q) for label, runs in results.items() for r in runs for q in r.queries]
+    if loads:
+        lines += [
+            "",
+            "| queried worker | clients | requests/s | p50 ms | p99 ms |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for label, clients in sorted({(label, q.connections) for label, q in loads}):
+            same = [q for name, q in loads if name == label and q.connections == clients]
+            lines.append(
+                f"| {label} | {clients} | {_median([q.requests_per_s for q in same]):,.0f} | "
+                f"{_ms(_median([q.p50_ms for q in same]))} | "
+                f"{_ms(_median([q.p99_ms for q in same]))} |"
+            )
+    text = "\n".join(lines) + "\n"
+    print("\n" + text, flush=True)
+    return text
 
 
-def run_faust_baseline(
-    module: str, label: str, broker: LocalBroker, workdir: Path, expect: int, **env: str
-) -> Result:
-    """A plain Faust app (`python -m <module> worker`) over the same broker; it times itself
-    from its first event and prints `BENCH done <n> <seconds>` after `expect` events."""
-    app_id = f"benchfaust{uuid.uuid4().hex[:8]}"
+def run_baseline(
+    argv: list[str], label: str, broker: LocalBroker, workdir: Path, expect: int, **env: str
+) -> tuple[Result, object]:
+    """A baseline process (`python -m <argv>`) over the same broker: it times itself from its
+    first event, prints `BENCH done <n> <seconds>` after `expect` events and then
+    `BENCH answer <json>` (bench.baseline). Returns its result and its answer."""
+    app_id = f"benchpeer{uuid.uuid4().hex[:8]}"
     full_env = {
         **os.environ,
         "BENCH_APP_ID": app_id,
         "BENCH_BROKER": broker.url,
         "BENCH_DATA_DIR": str(workdir / app_id),
         "BENCH_EXPECT": str(expect),
-        "BENCH_PARTITIONS": str(PARTITIONS),
         **env,
     }
     log = workdir / f"{app_id}.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", module, "worker", "--loglevel", "warn"],
+            [sys.executable, "-m", *argv],
             env=full_env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -201,17 +381,26 @@ def run_faust_baseline(
     try:
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline:
-            found = re.search(r"BENCH done (\d+) ([0-9.]+)", log.read_text(errors="replace"))
-            if found:
+            text = log.read_text(errors="replace")
+            done = re.search(r"BENCH done (\d+) ([0-9.]+)", text)
+            answered = re.search(r"BENCH answer (.*)", text)
+            if done and answered:
                 break
             if process.poll() is not None:
                 raise SystemExit(f"{label} exited early; see {log}")
             time.sleep(0.2)
         else:
             raise SystemExit(f"{label} did not finish; see {log}")
-        rss = peak_rss_mb(process.pid)
     finally:
         process.terminate()
-        process.wait(30)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(30)
+    reported = json.loads(answered.group(1))
     records = asyncio.run(changelog_records(broker.bootstrap, app_id))
-    return Result(label, expect, float(found.group(2)), records, rss)
+    writes = reported["state_writes"]
+    rss = reported["peak_rss_mb"]
+    result = Result(label, expect, float(done.group(2)), records, rss, writes)
+    return result, reported["answer"]

@@ -3,21 +3,32 @@
 Run by bench/metrics.py as `python -m bench.faust_tumbling worker` with BENCH_* variables; each
 message is a MetricBatch holding one sample (decoded with Tally's codec); the table keeps
 [min, max, sum, count] per "<server>|<metric>" per minute of the record's Kafka timestamp
-(= the sample's time).
+(= the sample's time). Once done it reports the minutes of the keys in BENCH_KEY_PREFIXES,
+read back from the table.
 """
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 
-from bench.faust_base import Timing, baseline_app, baseline_codec
+from bench.baseline import KEY_PREFIXES, TOPIC, Timing, baseline_codec, report_answer
+from bench.faust_base import baseline_app
 
 app = baseline_app()
 codec = baseline_codec("metric-samples-value", "metric_batch")
-samples = app.topic(os.environ.get("BENCH_TOPIC", "metric-singles"), value_type=bytes)
+samples = app.topic(TOPIC, value_type=bytes)
 rollups = app.Table("tumbling_rollups", default=list).tumbling(60, expires=timedelta(days=2))
 timing = Timing()
+
+
+def reported_minutes() -> dict[str, list[float]]:
+    """ "<key>|<minute ms>" → [min, max, count] of the reported keys, from the table."""
+    found = {}
+    for (key, (start, _end)), (low, high, _sum, count) in rollups.table.items():
+        name = key.decode() if isinstance(key, bytes) else key
+        if name.startswith(KEY_PREFIXES):
+            found[f"{name}|{round(start * 1000)}"] = [low, high, count]
+    return found
 
 
 @app.agent(samples)
@@ -36,6 +47,8 @@ async def roll_up(stream):  # type: ignore[no-untyped-def]
                 else [value, value, value, 1]
             )
         timing.count()
+        if timing.done():
+            report_answer(reported_minutes())
 
 
 if __name__ == "__main__":

@@ -121,7 +121,7 @@ def main() -> None:
             results[label].append(result)
             extra = f", readers got {min(received)}-{max(received)} events" if received else ""
             print(f"  run {run}: {label}: {result.rate:,.0f} purchases/s{extra}", flush=True)
-    report(results, "purchases", [BASELINE])
+    report("live streams", results, "purchases", [BASELINE])
 
 
 if __name__ == "__main__":

@@ -1,12 +1,17 @@
 """Metrics benchmark: samples/s per worker end to end with batched envelopes, next to the raw
-ceiling (aiokafka consume + Avro decode of the same envelopes, no state) and Faust's own
-`.tumbling(60)` table fed one sample per message, in one run on one local broker each.
+ceiling (aiokafka consume + Avro decode of the same envelopes, no state), Faust's own
+`.tumbling(60)` table and Quix Streams' `tumbling_window(1 min)` (min, max, sum, count), both
+fed one sample per message, in one run on one local broker each; Tally's query latency and a
+2-hour by-server series read under load on the loaded worker.
 
-    .venv/bin/python -m bench.metrics [--servers 100] [--metrics 50] [--per-metric 10]
-                                      [--minutes 5] [--baseline-count 3000] [--runs 3]
+    .venv/bin/python -m bench.metrics [--servers 1000] [--metrics 50] [--per-metric 10]
+                                      [--minutes 1] [--faust-count 3000] [--quix-count 100000]
+                                      [--runs 3]
 
 An envelope is one server's samples for one interval: every metric, `--per-metric` samples
-each. Tally's answers for two servers are checked against brute force before its speed counts.
+each. The peers read their own topic of single-sample messages (the first N samples, keyed by
+"<server>|<metric>"). Tally's answers for two servers and one metric across servers, and the
+peers' minutes of two servers, are checked against brute force before their speed counts.
 """
 
 from __future__ import annotations
@@ -17,14 +22,24 @@ import math
 import random
 import statistics
 import tempfile
-import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-
-from bench.common import PARTITIONS, Message, Result, produce, report, run_faust_baseline, run_tally
+from bench.common import (
+    KEEP_ALL,
+    PARTITIONS,
+    Message,
+    Result,
+    consumed_latency_ms,
+    latency_ms,
+    produce,
+    raw_ceiling,
+    report,
+    run_baseline,
+    run_tally,
+)
+from bench.query import query_load
 from tally.broker.local import LocalBroker, free_port
 from tally.codecs.avro import AvroCodec, Record, load_schema, validate_metric_batch
 from tally.codecs.registry import FileSchemaRegistry
@@ -33,7 +48,13 @@ from tests.harness import Worker
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00Z
 FAUST = "faust .tumbling(60), one sample per message"
+QUIX = "quix tumbling_window(1 min).agg(), one sample per message"
 RAW = "raw ceiling: aiokafka consume + Avro decode"
+TALLY = "tally, envelopes"
+#: The peers report these servers' minutes; they are checked against brute force.
+CHECKED = ("server-0000|", "server-0001|")
+MARKERS = 60
+QUERY_CONNECTIONS = (1, 100)
 
 
 def envelopes(rng: random.Random, args: argparse.Namespace) -> list[Record]:
@@ -60,24 +81,6 @@ def envelopes(rng: random.Random, args: argparse.Namespace) -> list[Record]:
                 }
             )
     return out
-
-
-async def raw_ceiling(bootstrap: str, codec: AvroCodec, topic: str, samples: int) -> Result:
-    """Consume and decode every envelope with no state: what any pipeline could reach."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, max_partition_fetch_bytes=8 << 20)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        seen, started = 0, time.monotonic()
-        while seen < samples:
-            for records in (await consumer.getmany(timeout_ms=500, max_records=2000)).values():
-                for record in records:
-                    seen += len(codec.loads(record.value)["samples"])
-        return Result(RAW, seen, time.monotonic() - started, 0, 0)
-    finally:
-        await consumer.stop()
 
 
 def assert_equal(points: dict[str, dict], truth: dict[int, list[float]], where: str) -> None:
@@ -127,23 +130,65 @@ def check_answers(
     return check
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--servers", type=int, default=100)
-    parser.add_argument("--metrics", type=int, default=50)
-    parser.add_argument(
-        "--per-metric", type=int, default=10, help="samples per metric per envelope"
-    )
-    parser.add_argument("--minutes", type=int, default=5, help="event time covered")
-    parser.add_argument(
-        "--baseline-count",
-        type=int,
-        default=3_000,
-        help="single-sample messages the Faust baseline processes (it is slow)",
-    )
-    parser.add_argument("--runs", type=int, default=3, help="runs of each system; medians quoted")
-    args = parser.parse_args()
+def singles(batches: list[Record], count: int) -> list[Record]:
+    """The first `count` samples, one per message: (key "<server>|<metric>", batch of one)."""
+    out = []
+    for batch in batches:
+        for sample in batch["samples"]:
+            if len(out) == count:
+                return out
+            out.append({**batch, "samples": [sample]})
+    return out
 
+
+def expected_minutes(messages: list[Record]) -> dict[str, list[float]]:
+    """Brute force over single-sample messages: "<key>|<minute ms>" → [min, max, count] of
+    the CHECKED servers."""
+    values: dict[str, list[float]] = defaultdict(list)
+    for batch in messages:
+        sample = batch["samples"][0]
+        key = f"{batch['server_id']}|{sample['metric_id']}"
+        if key.startswith(CHECKED):
+            values[f"{key}|{sample['ts_ms'] - sample['ts_ms'] % 60_000}"].append(sample["value"])
+    return {k: [min(v), max(v), len(v)] for k, v in values.items()}
+
+
+def markers(codec: AvroCodec) -> list[Message]:
+    """One sample each of new servers, sent alone to time produced → visible. Ahead of
+    everything sent: an idle partition's event time advances with the wall clock, so a marker
+    at a fixed time would turn late while the markers are measured."""
+    out: list[Message] = []
+    for n in range(MARKERS):
+        ts = T0 + 600_000 + n * 1000
+        batch = {
+            "server_id": f"marker-{n:04d}",
+            "sent_at_ms": ts,
+            "samples": [{"metric_id": "m000", "ts_ms": ts, "value": 1.0}],
+        }
+        out.append((None, f"marker-{n:04d}".encode(), codec.dumps(batch), ts))
+    return out
+
+
+def measure_loaded(broker: LocalBroker, codec: AvroCodec) -> Callable[[Worker, Result], None]:
+    """Produced → visible latency of samples of new servers (read back by their series),
+    then reads of a 2-hour by-server series."""
+
+    def afterwards(worker: Worker, result: Result) -> None:
+        window = f"from={iso(T0)}&to={iso(T0 + 2 * 3_600_000)}"
+        result.latency_ms = latency_ms(
+            broker.bootstrap,
+            "metric-samples",
+            markers(codec),
+            lambda n: f"{worker.url}/api/servers/marker-{n:04d}/metrics?{window}",
+            lambda _n, body: bool(body["metrics"].get("m000")),
+        )
+        series = f"{worker.url}/api/servers/server-0000/metrics?{window}"
+        result.queries = [query_load(series, c) for c in QUERY_CONNECTIONS]
+
+    return afterwards
+
+
+def run(args: argparse.Namespace) -> dict[str, list[Result]]:
     workdir = Path(tempfile.mkdtemp(prefix="tally-bench-"))
     codec = AvroCodec(
         FileSchemaRegistry(workdir / "registry"),
@@ -156,47 +201,101 @@ def main() -> None:
     messages: list[Message] = [
         (None, b["server_id"].encode(), codec.dumps(b), b["sent_at_ms"]) for b in batches
     ]
-    singles: list[Message] = [
-        (None, b["server_id"].encode(), codec.dumps({**b, "samples": [s]}), s["ts_ms"])
-        for b in batches[: args.baseline_count]
-        for s in b["samples"][:1]
-    ]
     print(
-        f"metrics benchmark: {total:,} samples in {len(batches):,} envelopes of "
+        f"metrics: {total:,} samples in {len(batches):,} envelopes of "
         f"{args.metrics * args.per_metric} ({args.servers} servers x {args.metrics} metrics, "
         f"{args.minutes} min of event time), {PARTITIONS} partitions, one worker, local broker on "
-        f"this host; {args.runs} run(s) each, medians",
+        f"this host; peers read the first {args.faust_count:,} (Faust) and {args.quix_count:,} "
+        f"(Quix) samples one per message; {args.runs} run(s) each",
         flush=True,
     )
     check = check_answers(batches, ["server-0000", f"server-{args.servers - 1:04d}"], "m000")
+    peers = [
+        (FAUST, ["bench.faust_tumbling", "worker", "--loglevel", "warn"], args.faust_count),
+        (QUIX, ["bench.quix_windows", "metrics"], args.quix_count),
+    ]
     results: dict[str, list[Result]] = defaultdict(list)
-    for run in range(1, args.runs + 1):
+    for run_number in range(1, args.runs + 1):
         with LocalBroker("127.0.0.1", free_port(), log_path=workdir / "broker.log") as broker:
-            tally = run_tally(
-                broker,
-                workdir,
-                "tally, envelopes",
-                "metric-samples",
-                messages,
-                total,
-                check,
-                then=("metric-rollups-by-metric",),
+            measured = [
+                run_tally(
+                    broker,
+                    workdir,
+                    TALLY,
+                    "metric-samples",
+                    messages,
+                    total,
+                    check,
+                    then=("metric-rollups-by-metric",),
+                    afterwards=measure_loaded(broker, codec),
+                )
+            ]
+            raw = raw_ceiling(
+                broker.bootstrap, "metric-samples", total, RAW, codec, lambda b: len(b["samples"])
             )
-            raw = asyncio.run(raw_ceiling(broker.bootstrap, codec, "metric-samples", total))
-            asyncio.run(produce(broker.bootstrap, "metric-singles", singles))
-            faust = run_faust_baseline(
-                "bench.faust_tumbling",
-                FAUST,
-                broker,
-                workdir,
-                len(singles),
-                BENCH_TOPIC="metric-singles",
+            measured.append(asyncio.run(raw))
+            measured[-1].latency_ms = consumed_latency_ms(
+                broker.bootstrap, "metric-samples", markers(codec)
             )
-        for result in (tally, raw, faust):
+            for peer, argv, count in peers:
+                topic = f"metric-singles-{count}"
+                one_each = singles(batches, count)
+                asyncio.run(
+                    produce(
+                        broker.bootstrap,
+                        topic,
+                        [
+                            (
+                                None,
+                                f"{b['server_id']}|{b['samples'][0]['metric_id']}".encode(),
+                                codec.dumps(b),
+                                b["samples"][0]["ts_ms"],
+                            )
+                            for b in one_each
+                        ],
+                        KEEP_ALL,
+                    )
+                )
+                result, answer = run_baseline(
+                    argv,
+                    peer,
+                    broker,
+                    workdir,
+                    count,
+                    BENCH_TOPIC=topic,
+                    BENCH_KEY_PREFIXES=",".join(CHECKED),
+                )
+                if answer != expected_minutes(one_each):
+                    raise SystemExit(f"{peer}: minutes differ from brute force:\n got {answer}")
+                measured.append(result)
+        for result in measured:
             results[result.system].append(result)
-            print(f"  run {run}: {result.system}: {result.rate:,.0f} samples/s", flush=True)
-    report(dict(results), "samples", [RAW, FAUST])
-    rate = statistics.median(r.rate for r in results["tally, envelopes"])
+            print(f"  run {run_number}: {result.system}: {result.rate:,.0f} samples/s", flush=True)
+    return dict(results)
+
+
+def arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--servers", type=int, default=1000)
+    parser.add_argument("--metrics", type=int, default=50)
+    parser.add_argument(
+        "--per-metric", type=int, default=10, help="samples per metric per envelope"
+    )
+    parser.add_argument("--minutes", type=int, default=1, help="event time covered")
+    parser.add_argument(
+        "--faust-count", type=int, default=3_000, help="samples Faust's tumbling table reads"
+    )
+    parser.add_argument(
+        "--quix-count", type=int, default=100_000, help="samples Quix's tumbling window reads"
+    )
+    parser.add_argument("--runs", type=int, default=3, help="runs of each system; medians quoted")
+    return parser
+
+
+def main() -> None:
+    args = arguments(argparse.ArgumentParser(description=__doc__.split("\n\n")[0])).parse_args()
+    results = run(args)
+    report("metrics", results, "samples", [RAW, FAUST, QUIX])
+    rate = statistics.median(r.rate for r in results[TALLY])
     print(f"the seeds' 2,000,000 samples/s would take {math.ceil(2_000_000 / rate)} such workers")
 
 

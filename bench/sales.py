@@ -1,26 +1,44 @@
-"""Sales benchmark: purchases/s per worker end to end, state writes and changelog records per
-event, for Tally (single purchases, and per-partition envelopes) next to Faust's own
-`.hopping(86400, 3600)` table, all in one run on one local broker each.
+"""Sales benchmark: purchases/s per worker end to end for Tally (single purchases, and
+per-partition envelopes), next to Faust's own `.hopping(86400, 3600)` table, Quix Streams'
+`hopping_window(24 h, 1 h)` and the raw ceiling (aiokafka consume + Avro decode, no state),
+all reading the same Avro messages on one local broker per run; Tally's query latency and
+top-10 reads under load on the loaded worker.
 
-    .venv/bin/python -m bench.sales [--count 100000] [--items 10000] [--envelope 200]
-                                    [--baseline-count 3000] [--runs 3]
+    .venv/bin/python -m bench.sales [--count 100000] [--items 1000000] [--envelope 200]
+                                    [--faust-count 3000] [--quix-count 30000] [--runs 3]
 
 Tally's input is produced once its worker is ready; its rate counts the events counted after
-the first observation (polled every 20 ms), over the time from then to the last. Faust's
-baseline then reads the same topic and is timed in its own process from its first event.
-Tally's answer is checked against brute force before its speed counts.
+the first observation (polled every 20 ms), over the time from then to the last. The peers
+read their own topic holding the first N of the same purchases and time themselves from their
+first event. Every system's answer (the top-10 of the last 24-hour window) is checked against
+brute force over the purchases it read before its speed counts.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import random
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
-from bench.common import PARTITIONS, Result, report, run_faust_baseline, run_tally
+from bench.common import (
+    KEEP_ALL,
+    PARTITIONS,
+    Message,
+    Result,
+    consumed_latency_ms,
+    latency_ms,
+    produce,
+    raw_ceiling,
+    report,
+    run_baseline,
+    run_tally,
+)
+from bench.query import query_load
 from tally.broker.local import LocalBroker, free_port
 from tally.codecs.avro import AvroCodec, Record, load_schema, validate_purchase
 from tally.codecs.registry import FileSchemaRegistry
@@ -31,16 +49,28 @@ from tests.harness import Worker
 
 HOUR_MS = 3_600_000
 END_MS = 1_767_225_600_000 + 30 * 60_000  # 2026-01-01T00:30Z, mid-hour
+#: The last window: the 24 hours up to the end of END_MS's hour.
+WINDOW_START_MS = (END_MS // HOUR_MS - 23) * HOUR_MS
 FAUST = "faust .hopping(86400, 3600)"
+QUIX = "quix hopping_window(24 h, 1 h).sum()"
+RAW = "raw ceiling: aiokafka consume + Avro decode"
+SINGLE = "tally, single purchases"
+#: Markers whose latency is measured, and the queries each loaded worker is read with.
+MARKERS = 60
+QUERY_CONNECTIONS = (1, 100)
+
+
+def expected_top(events: list[Record]) -> list[list[object]]:
+    """Brute force: the top-10 of the last window."""
+    totals: Counter[str] = Counter()
+    for e in events:
+        if WINDOW_START_MS <= e["event_time_ms"] < WINDOW_START_MS + 24 * HOUR_MS:
+            totals[e["item_id"]] += e["quantity"]
+    return [[item, qty] for item, qty in sorted(totals.items(), key=rank_key)[:10]]
 
 
 def check_top(worker: Worker, events: list[Record], label: str) -> None:
-    last = END_MS // HOUR_MS
-    totals: Counter[str] = Counter()
-    for e in events:
-        if last - 23 <= e["event_time_ms"] // HOUR_MS <= last:
-            totals[e["item_id"]] += e["quantity"]
-    expected = [[item, qty] for item, qty in sorted(totals.items(), key=rank_key)[:10]]
+    expected = expected_top(events)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         got = [[i["item_id"], i["quantity"]] for i in worker.get("/api/sales/top")["items"]]
@@ -50,20 +80,56 @@ def check_top(worker: Worker, events: list[Record], label: str) -> None:
     raise SystemExit(f"{label}: top-10 differs from brute force:\n got {got}\n want {expected}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--count", type=int, default=100_000, help="purchases per Tally run")
-    parser.add_argument("--items", type=int, default=10_000, help="distinct items (Zipf)")
-    parser.add_argument("--envelope", type=int, default=200, help="purchases per envelope")
-    parser.add_argument(
-        "--baseline-count",
-        type=int,
-        default=3_000,
-        help="purchases the Faust baseline processes (it is slow)",
-    )
-    parser.add_argument("--runs", type=int, default=3, help="runs of each system; medians quoted")
-    args = parser.parse_args()
+def check_answer(label: str, answer: object, events: list[Record]) -> None:
+    if answer != expected_top(events):
+        raise SystemExit(f"{label}: top-10 differs from brute force:\n got {answer}")
 
+
+def markers(codec: AvroCodec) -> list[Message]:
+    """Purchases of new items, each sent alone to time produced → visible."""
+    return [
+        (
+            None,
+            f"marker-{n:04d}".encode(),
+            codec.dumps(
+                {
+                    "purchase_id": f"marker-{n}",
+                    "item_id": f"marker-{n:04d}",
+                    "quantity": 1,
+                    "unit_price_cents": 100,
+                    "event_time_ms": END_MS,
+                    "metadata": {},
+                }
+            ),
+            END_MS,
+        )
+        for n in range(MARKERS)
+    ]
+
+
+def measure_loaded(
+    broker: LocalBroker, codec: AvroCodec, queries: bool
+) -> Callable[[Worker, Result], None]:
+    """What `run_tally` measures on the loaded worker: produced → visible latency of new
+    purchases (read back by `/api/sales/items/{id}`), then top-10 reads."""
+
+    def afterwards(worker: Worker, result: Result) -> None:
+        result.latency_ms = latency_ms(
+            broker.bootstrap,
+            "purchases",
+            markers(codec),
+            lambda n: f"{worker.url}/api/sales/items/marker-{n:04d}",
+            lambda _n, body: body["quantity"] >= 1,
+        )
+        if queries:
+            result.queries = [
+                query_load(worker.url + "/api/sales/top", c) for c in QUERY_CONNECTIONS
+            ]
+
+    return afterwards
+
+
+def run(args: argparse.Namespace) -> dict[str, list[Result]]:
     workdir = Path(tempfile.mkdtemp(prefix="tally-bench-"))
     registry = FileSchemaRegistry(workdir / "registry")
     single = AvroCodec(registry, "purchases-value", load_schema("purchase"), validate_purchase)
@@ -71,8 +137,10 @@ def main() -> None:
     events = historical_purchases(
         random.Random(42), count=args.count, items=args.items, end_ms=END_MS, span_ms=30 * HOUR_MS
     )
-    singles = [(None, e["item_id"].encode(), single.dumps(e), e["event_time_ms"]) for e in events]
-    envelopes = []
+    singles: list[Message] = [
+        (None, e["item_id"].encode(), single.dumps(e), e["event_time_ms"]) for e in events
+    ]
+    envelopes: list[Message] = []
     for start in range(0, len(events), args.envelope * PARTITIONS):
         chunk = events[start : start + args.envelope * PARTITIONS]
         for partition, group in group_by_partition(chunk, "item_id", PARTITIONS).items():
@@ -81,35 +149,82 @@ def main() -> None:
                 (partition, group[0]["item_id"].encode(), value, group[-1]["event_time_ms"])
             )
     print(
-        f"sales benchmark: {args.count:,} purchases, {args.items:,} items (Zipf), 30 h of event "
-        f"time, {PARTITIONS} partitions, one worker, local broker on this host; "
-        f"{args.runs} run(s) each, medians",
+        f"sales: {args.count:,} purchases, {args.items:,} items (Zipf), 30 h of event time, "
+        f"{PARTITIONS} partitions, one worker, local broker on this host; peers read the first "
+        f"{args.faust_count:,} (Faust) and {args.quix_count:,} (Quix); {args.runs} run(s) each",
         flush=True,
     )
 
     def check(worker: Worker) -> None:
         check_top(worker, events, "tally")
 
+    peers = [
+        (FAUST, ["bench.faust_hopping", "worker", "--loglevel", "warn"], args.faust_count),
+        (QUIX, ["bench.quix_windows", "sales"], args.quix_count),
+    ]
     results: dict[str, list[Result]] = {}
-    for run in range(1, args.runs + 1):
+    for run_number in range(1, args.runs + 1):
         for label, messages in (
-            ("tally, single purchases", singles),
+            (SINGLE, singles),
             (f"tally, envelopes of ~{args.envelope}", envelopes),
         ):
             with LocalBroker("127.0.0.1", free_port(), log_path=workdir / "broker.log") as broker:
-                result = run_tally(
-                    broker, workdir, label, "purchases", messages, len(events), check
-                )
-                if label.startswith("tally, single"):
-                    count = min(args.baseline_count, len(events))
-                    baseline = run_faust_baseline(
-                        "bench.faust_hopping", FAUST, broker, workdir, count
+                afterwards = measure_loaded(broker, single, queries=label == SINGLE)
+                measured = [
+                    run_tally(
+                        broker,
+                        workdir,
+                        label,
+                        "purchases",
+                        messages,
+                        len(events),
+                        check,
+                        afterwards=afterwards,
                     )
-                    results.setdefault(FAUST, []).append(baseline)
-                    print(f"  run {run}: {FAUST}: {baseline.rate:,.0f}/s", flush=True)
-            results.setdefault(label, []).append(result)
-            print(f"  run {run}: {label}: {result.rate:,.0f}/s", flush=True)
-    report(results, "purchases", [FAUST])
+                ]
+                if label == SINGLE:
+                    raw = raw_ceiling(broker.bootstrap, "purchases", len(events), RAW, single)
+                    measured.append(asyncio.run(raw))
+                    measured[-1].latency_ms = consumed_latency_ms(
+                        broker.bootstrap, "purchases", markers(single)
+                    )
+                    for peer, argv, count in peers:
+                        topic = f"purchases-{count}"
+                        asyncio.run(produce(broker.bootstrap, topic, singles[:count], KEEP_ALL))
+                        result, answer = run_baseline(
+                            argv,
+                            peer,
+                            broker,
+                            workdir,
+                            count,
+                            BENCH_TOPIC=topic,
+                            BENCH_WINDOW_START_MS=str(WINDOW_START_MS),
+                        )
+                        check_answer(peer, answer, events[:count])
+                        measured.append(result)
+            for result in measured:
+                results.setdefault(result.system, []).append(result)
+                print(f"  run {run_number}: {result.system}: {result.rate:,.0f}/s", flush=True)
+    return results
+
+
+def arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--count", type=int, default=100_000, help="purchases per Tally run")
+    parser.add_argument("--items", type=int, default=1_000_000, help="distinct items (Zipf)")
+    parser.add_argument("--envelope", type=int, default=200, help="purchases per envelope")
+    parser.add_argument(
+        "--faust-count", type=int, default=3_000, help="purchases Faust's hopping table reads"
+    )
+    parser.add_argument(
+        "--quix-count", type=int, default=30_000, help="purchases Quix's hopping window reads"
+    )
+    parser.add_argument("--runs", type=int, default=3, help="runs of each system; medians quoted")
+    return parser
+
+
+def main() -> None:
+    args = arguments(argparse.ArgumentParser(description=__doc__.split("\n\n")[0])).parse_args()
+    report("sales", run(args), "purchases", [FAUST, QUIX, RAW])
 
 
 if __name__ == "__main__":

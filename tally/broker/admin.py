@@ -25,16 +25,22 @@ async def ensure_topics(
     *,
     partitions: int,
     replication: int,
+    configs: Mapping[str, str] | None = None,
 ) -> None:
-    """Create each missing topic (`names` may map a name to its own partition count);
-    existing ones are left as they are."""
+    """Create each missing topic (`names` may map a name to its own partition count) with
+    `configs`; existing ones are left as they are."""
     counts = dict(names) if isinstance(names, Mapping) else dict.fromkeys(names, partitions)
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
         missing = [
-            NewTopic(name, num_partitions=count, replication_factor=replication)
+            NewTopic(
+                name,
+                num_partitions=count,
+                replication_factor=replication,
+                topic_configs=dict(configs or {}),
+            )
             for name, count in counts.items()
             if name not in existing
         ]
