@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import resource
+import re
 import time
 from pathlib import Path
 
@@ -55,8 +55,9 @@ class Timing:
 
 def report_answer(answer: object, state_writes: int | None = None) -> None:
     """The answer, state writes if counted, and this process's peak RSS (it may exit before
-    the benchmark can read /proc)."""
-    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
+    the benchmark can read /proc; getrusage would report the forking parent's peak)."""
+    status = Path("/proc/self/status").read_text()
+    peak_rss_mb = int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024  # type: ignore[union-attr]
     reported = {"answer": answer, "state_writes": state_writes, "peak_rss_mb": peak_rss_mb}
     print("BENCH answer " + json.dumps(reported), flush=True)
 

@@ -163,11 +163,11 @@ def run_tally(
     afterwards: Callable[[Worker, Result], None] = lambda _worker, _result: None,
 ) -> Result:
     """One ready worker, then the input: the rate counts what is counted after the first
-    observation (polled every 20 ms), over the time from then until every event is counted
-    from `topic` and from each downstream topic in `then` (later stages count the same events).
-    `beside` is entered once the worker is ready and left after the count (e.g. clients);
-    `afterwards` measures more on the loaded worker (latency, queries) once its peak RSS is
-    read."""
+    observation (polled every 100 ms: scraping /metrics more often costs the worker), over the
+    time from then until every event is counted from `topic` and from each downstream topic in
+    `then` (later stages count the same events). `beside` is entered once the worker is ready
+    and left after the count (e.g. clients); `afterwards` measures more on the loaded worker
+    (latency, queries) once its peak RSS is read."""
     app_id = f"bench{uuid.uuid4().hex[:8]}"
     worker = Worker(
         env={
@@ -193,7 +193,7 @@ def run_tally(
                     first = (now, done)
                 if done >= total and all(counted(worker, t) >= total for t in then):
                     break
-                time.sleep(0.02)
+                time.sleep(0.1)
             else:
                 progress = ", ".join(f"{t}: {counted(worker, t)}" for t in (topic, *then))
                 raise SystemExit(f"{label}: not all of {total} counted ({progress})")

@@ -8,7 +8,7 @@ top-10 reads under load on the loaded worker.
                                     [--faust-count 3000] [--quix-count 30000] [--runs 3]
 
 Tally's input is produced once its worker is ready; its rate counts the events counted after
-the first observation (polled every 20 ms), over the time from then to the last. The peers
+the first observation (polled every 100 ms), over the time from then to the last. The peers
 read their own topic holding the first N of the same purchases and time themselves from their
 first event. Every system's answer (the top-10 of the last 24-hour window) is checked against
 brute force over the purchases it read before its speed counts.
