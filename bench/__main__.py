@@ -22,7 +22,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from bench import metrics, sales
-from bench.common import Result, report
+from bench.common import Result, ratio, report
 
 
 def machine() -> str:
@@ -45,15 +45,6 @@ def machine() -> str:
         f"faust-streaming {version('faust-streaming')}, quixstreams {version('quixstreams')}, "
         f"aiokafka {version('aiokafka')}; the local broker (Tansu) on the same host"
     )
-
-
-def median_rate(results: dict[str, list[Result]], label: str) -> float:
-    return statistics.median(r.rate for r in results[label])
-
-
-def ratio(results: dict[str, list[Result]], label: str, baseline: str) -> float:
-    pairs = zip(results[label], results[baseline], strict=True)
-    return statistics.median(r.rate / b.rate for r, b in pairs)
 
 
 def targets(
@@ -113,7 +104,7 @@ def main() -> None:
         f"`python -m bench{' --quick' if args.quick else ''} --runs {sales_args.runs}` "
         f"({(time.monotonic() - began) / 60:.0f} min). Machine: {machine()}.\n\n"
         f"Sales: {sales_args.count:,} purchases, {sales_args.items:,} items (Zipf), 30 h of event "
-        f"time; Faust reads the first {sales_args.faust_count:,}, Quix the first "
+        f"time; Faust reads the last {sales_args.faust_count:,}, Quix the last "
         f"{sales_args.quix_count:,} (same Avro messages). Metrics: {metrics_args.servers:,} "
         f"servers x {metrics_args.metrics} metrics, {metrics_args.per_metric} samples per metric "
         f"per envelope, {metrics_args.minutes} min of event time; Faust and Quix read "
@@ -121,7 +112,8 @@ def main() -> None:
         "Every system's answer was checked against brute force over what it read. Latency: "
         "each of 60 markers sent alone, its query polled until it shows (the raw ceiling: "
         "until a plain consumer receives it; the peers have no query); queries: wrk, 8 s "
-        "per load, on the loaded worker, sharing the 2 cores with it. State writes = "
+        "per load, once the worker has processed its input (no ingest meanwhile), sharing the 2 "
+        "cores with it. State writes = "
         "changelog records for Tally and Faust (one per table write); Quix's are counted at "
         "its window store and batched into fewer changelog records per checkpoint.\n\n"
     )

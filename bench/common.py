@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 import aiohttp
@@ -237,7 +238,7 @@ async def _latencies(
     finally:
         await producer.stop()
     cuts = statistics.quantiles(found, n=100, method="inclusive")
-    return statistics.median(found), cuts[98]
+    return median(found), cuts[98]
 
 
 def latency_ms(
@@ -291,8 +292,11 @@ def consumed_latency_ms(
     return asyncio.run(measure())
 
 
-def _median(values: list[float]) -> float:
-    return statistics.median(values)
+def ratio(results: dict[str, list[Result]], label: str, baseline: str) -> float:
+    """The median of `label`'s rate over `baseline`'s, run by run (runs share a broker and an
+    hour, so their ratio drifts less than either rate)."""
+    pairs = zip(results[label], results[baseline], strict=True)
+    return median(r.rate / b.rate for r, b in pairs)
 
 
 def _ms(value: float) -> str:
@@ -313,28 +317,27 @@ def report(workload: str, results: dict[str, list[Result]], unit: str, baselines
         rates = [r.rate for r in runs]
         latencies = [r.latency_ms for r in runs if r.latency_ms is not None]
         latency = (
-            f"{_ms(_median([p50 for p50, _ in latencies]))} / "
-            f"{_ms(_median([p99 for _, p99 in latencies]))}"
+            f"{_ms(median([p50 for p50, _ in latencies]))} / "
+            f"{_ms(median([p99 for _, p99 in latencies]))}"
             if latencies
             else "—"
         )
         stateful = not label.startswith("raw")
-        rss = f"{_median([r.peak_rss_mb for r in runs]):,.0f}" if stateful else "—"
-        writes = f"{_median([r.writes_per_event for r in runs]):.3f}" if stateful else "0"
-        records = f"{_median([r.records_per_event for r in runs]):.3f}" if stateful else "0"
+        rss = f"{median([r.peak_rss_mb for r in runs]):,.0f}" if stateful else "—"
+        writes = f"{median([r.writes_per_event for r in runs]):.3f}" if stateful else "0"
+        records = f"{median([r.records_per_event for r in runs]):.3f}" if stateful else "0"
         spread = f"{len(runs)}: {min(rates):,.0f} to {max(rates):,.0f}"
         lines.append(
-            f"| {label} | {_median(rates):,.0f} | {spread} | {latency} | {rss} | {writes} "
+            f"| {label} | {median(rates):,.0f} | {spread} | {latency} | {rss} | {writes} "
             f"| {records} |"
         )
     lines.append("")
-    for label, runs in results.items():
+    for label in results:
         if not label.startswith("tally"):
             continue
         for baseline in baselines:
-            pairs = zip(runs, results[baseline], strict=True)
-            ratio = _median([r.rate / b.rate for r, b in pairs])
-            lines.append(f"- {label} / {baseline}: **{ratio:,.2f}x** (run by run, median)")
+            times = ratio(results, label, baseline)
+            lines.append(f"- {label} / {baseline}: **{times:,.2f}x** (run by run, median)")
     loads = [(label, q) for label, runs in results.items() for r in runs for q in r.queries]
     if loads:
         lines += [
@@ -345,9 +348,9 @@ def report(workload: str, results: dict[str, list[Result]], unit: str, baselines
         for label, clients in sorted({(label, q.connections) for label, q in loads}):
             same = [q for name, q in loads if name == label and q.connections == clients]
             lines.append(
-                f"| {label} | {clients} | {_median([q.requests_per_s for q in same]):,.0f} | "
-                f"{_ms(_median([q.p50_ms for q in same]))} | "
-                f"{_ms(_median([q.p99_ms for q in same]))} |"
+                f"| {label} | {clients} | {median([q.requests_per_s for q in same]):,.0f} | "
+                f"{_ms(median([q.p50_ms for q in same]))} | "
+                f"{_ms(median([q.p99_ms for q in same]))} |"
             )
     text = "\n".join(lines) + "\n"
     print("\n" + text, flush=True)

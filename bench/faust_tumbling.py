@@ -24,10 +24,10 @@ timing = Timing()
 def reported_minutes() -> dict[str, list[float]]:
     """ "<key>|<minute ms>" → [min, max, count] of the reported keys, from the table."""
     found = {}
-    for (key, (start, _end)), (low, high, _sum, count) in rollups.table.items():
+    for (key, (start, _end)), rollup in rollups.table.items():
         name = key.decode() if isinstance(key, bytes) else key
         if name.startswith(KEY_PREFIXES):
-            found[f"{name}|{round(start * 1000)}"] = [low, high, count]
+            found[f"{name}|{round(start * 1000)}"] = rollup
     return found
 
 

@@ -110,7 +110,7 @@ def main() -> None:
         )
     else:
         answer = {
-            f"{key}|{start}": [out["min"], out["max"], out["count"]]
+            f"{key}|{start}": [out["min"], out["max"], out["sum"], out["count"]]
             for (key, start), out in outputs.items()
             if key.startswith(KEY_PREFIXES)
         }

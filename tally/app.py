@@ -17,6 +17,7 @@ from faust.types import TopicT
 
 from tally.broker.admin import ensure_topics, track_topics
 from tally.broker.identity import describe_cluster, reconcile_local_state
+from tally.generations import SERVING_TOPIC_CONFIG
 from tally.settings import Settings
 
 settings = Settings.from_env()
@@ -63,8 +64,11 @@ class TallyApp(faust.App):
 
     #: True once tables are recovered and key routing works; views answer 503 before.
     routing_ready = False
-    #: Why else the worker cannot answer yet: (reason, still waiting?) added by services.
-    waiting_for: list[tuple[str, Callable[[], bool]]] = []
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Why else the worker cannot answer yet: (reason, still waiting?), added by services.
+        self.waiting_for: list[tuple[str, Callable[[], bool]]] = []
 
     @property
     def ready(self) -> bool:
@@ -84,9 +88,16 @@ class TallyApp(faust.App):
         sources = self.source_topic_partitions()
         await ensure_topics(
             settings.bootstrap_servers,
-            {**sources, settings.serving_topic: 1},
+            sources,
             partitions=settings.partitions,
             replication=settings.replication,
+        )
+        await ensure_topics(
+            settings.bootstrap_servers,
+            {settings.serving_topic: 1},
+            partitions=1,
+            replication=settings.replication,
+            configs=SERVING_TOPIC_CONFIG,
         )
         cluster_id, topics = await describe_cluster(settings.bootstrap_servers)
         reason = reconcile_local_state(

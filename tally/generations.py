@@ -19,8 +19,12 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-#: An attempt's states: built while the current generation serves, then serving or failed.
-REPLAYING, SERVING, FAILED = "replaying", "serving", "failed"
+#: The serving topic keeps the latest record of every key for good.
+SERVING_TOPIC_CONFIG = {"cleanup.policy": "compact"}
+
+#: An attempt's states: built while the current generation serves, then serving or failed;
+#: a serving generation is superseded when a later replay of its pipeline cuts over.
+REPLAYING, SERVING, FAILED, SUPERSEDED = "replaying", "serving", "failed", "superseded"
 
 
 @dataclass(frozen=True)
@@ -129,4 +133,4 @@ async def first_offset_at(stamp_at: Probe, start: int, end: int, from_ms: int) -
             high = middle  # no record lies between middle and found[0]
         else:
             low = found[0] + 1
-    return low
+    return min(low, end)  # a probe may see a record appended after `end` was read

@@ -188,7 +188,10 @@ class Settings:
         _broker_url,
     )
     app_id: str = _env_field(
-        "TALLY_APP_ID", "tally", "Faust app id: consumer group and prefix of internal topics."
+        "TALLY_APP_ID",
+        "tally",
+        "The deployment's name: generation 1's Faust app id (consumer group, prefix of "
+        "changelogs), and the prefix of the serving topic <id>-serving.",
     )
     generation: int = _env_field(
         "TALLY_GENERATION",

@@ -16,6 +16,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.structs import ConsumerRecord
 
 from tally.broker.shim import fetched_high_watermarks
+from tally.errors import BrokerError
 from tally.generations import first_offset_at
 
 
@@ -155,7 +156,7 @@ async def offsets_at_time(
                         return record.offset, record.timestamp
                     if await consumer.position(tp) >= ends[tp]:
                         return None
-                return None
+                raise BrokerError(f"{tp.topic}[{tp.partition}]@{offset} could not be read")
 
             found[tp] = (await first_offset_at(stamp_at, starts[tp], ends[tp], from_ms), ends[tp])
         return found

@@ -10,14 +10,17 @@ readers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import click
@@ -37,7 +40,17 @@ from tally.broker.local import die_with_parent, free_port
 from tally.cli.errors import fail, parsed_by
 from tally.cli.local import run_until_stopped
 from tally.errors import TallyError
-from tally.generations import FAILED, REPLAYING, SERVING, Attempt, Generations, Serving, encode
+from tally.generations import (
+    FAILED,
+    REPLAYING,
+    SERVING,
+    SERVING_TOPIC_CONFIG,
+    SUPERSEDED,
+    Attempt,
+    Generations,
+    Serving,
+    encode,
+)
 from tally.settings import epoch_ms
 from tally.tables.windowing import now_ms
 from tally.web.params import iso
@@ -49,7 +62,16 @@ PROGRESS_S = 2.0
 
 
 class ReplayFailed(TallyError):
-    """The new generation cannot be completed; nothing was cut over."""
+    """The new generation cannot be completed, or the replay was stopped; nothing was cut
+    over."""
+
+
+def why_stopped(exc: BaseException) -> str:
+    if isinstance(exc, TallyError):  # ours (ReplayFailed, broker errors): the message says it
+        return str(exc)
+    if isinstance(exc, KeyboardInterrupt | asyncio.CancelledError):
+        return "stopped"
+    return repr(exc)
 
 
 def replay_start(text: str) -> int:
@@ -71,6 +93,7 @@ async def load_generations() -> Generations:
         {settings.serving_topic: 1},
         partitions=1,
         replication=settings.replication,
+        configs=SERVING_TOPIC_CONFIG,
     )
     records = [
         (r.key, r.value)
@@ -89,19 +112,25 @@ def health(url: str) -> dict[str, Any] | None:
         with urllib.request.urlopen(url + "/api/health", timeout=5) as response:
             return dict(json.loads(response.read()))
     except urllib.error.HTTPError as exc:
-        return dict(json.loads(exc.read() or b"{}"))
+        try:
+            return dict(json.loads(exc.read() or b"{}"))
+        except ValueError:
+            return None
     except (OSError, ValueError):
         return None
 
 
 def answers(url: str, path: str | None) -> bool:
+    """The pipeline's main query answers with something, not flagged stale (the top-K is
+    stale while a partition has not reached the window, or the merge has not heard from it)."""
     if path is None:
         return True
     try:
         with urllib.request.urlopen(url + path, timeout=10) as response:
-            return bool(response.status == 200)
-    except OSError:
+            body = json.loads(response.read())
+    except (OSError, ValueError):
         return False
+    return bool(body.get("items")) and not body.get("stale", True)
 
 
 class Progress:
@@ -205,11 +234,66 @@ async def replay(
     await commit_offsets(
         settings.bootstrap_servers, group, {tp: start for tp, (start, _) in starts.items()}
     )
-    await record(Attempt(generation, pipeline, from_ms, REPLAYING, wall))
-    data_dir = (settings.data_dir / f"generation-{generation}").resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    previous = generations.serving.get(pipeline)
     port = web_port or free_port()
     url = f"http://{settings.advertised_host}:{port}"
+    worker: subprocess.Popen[bytes] | None = None
+    #: None: nothing served changed yet; False: the cutover record may be written; True: done.
+    cut_over: bool | None = None
+    # Ctrl-C and SIGTERM are taken from Faust's command runner (as `run_until_stopped` does
+    # after the cutover), so the clean-up below runs as plain code, not in a cancelled task.
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    try:
+        await record(Attempt(generation, pipeline, from_ms, REPLAYING, wall))
+        worker, log_path = start_worker(generation, pipeline, port)
+        print(f"replay: worker {url} (pid {worker.pid}, log {log_path})", flush=True)
+        await catch_up(worker, url, group, topic, probe_path, progress, max_lag, stop)
+        cut_over = False
+        await record(Serving(pipeline, generation, (url,), now_ms()))
+        cut_over = True
+        await record(Attempt(generation, pipeline, from_ms, SERVING, now_ms()))
+        if current in generations.attempts:
+            await record(replace(generations.attempts[current], state=SUPERSEDED, at_ms=now_ms()))
+        print(
+            f"replay: cut over: generation {generation} now answers {pipeline} queries on "
+            f"every worker (they forward to {url}).\n"
+            f"  This process runs that worker: stopping it stops {pipeline} answers everywhere "
+            f"until a generation-{generation} worker runs at {url} again:\n"
+            f"  TALLY_GENERATION={generation} TALLY_PIPELINES={pipeline} "
+            f"TALLY_WEB_PORT={port} tally worker",
+            flush=True,
+        )
+        await run_until_stopped(worker)
+    except BaseException as exc:
+        if cut_over:
+            raise
+        if cut_over is False:  # the cutover record may have been written: put back the old one
+            await record(previous or Serving(pipeline, current, (), now_ms()))
+        reason = why_stopped(exc)
+        await record(Attempt(generation, pipeline, from_ms, FAILED, now_ms(), reason))
+        message = (
+            f"generation {generation} abandoned ({reason}); generation {current} still serves "
+            f"{pipeline}, unchanged"
+        )
+        if isinstance(exc, Exception):
+            fail(message)
+        print(f"replay: {message}", file=sys.stderr, flush=True)
+        raise
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.terminate()
+            try:
+                worker.wait(30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+
+
+def start_worker(generation: int, pipeline: str, port: int) -> tuple[subprocess.Popen[bytes], Path]:
+    """The new generation's worker, a child process logging beside its tables."""
+    data_dir = (settings.data_dir / f"generation-{generation}").resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir / "worker.log"
     with log_path.open("ab") as log:
         worker = subprocess.Popen(
@@ -229,42 +313,7 @@ async def replay(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
-    print(f"replay: worker {url} (pid {worker.pid}, log {log_path})", flush=True)
-    cut_over = False
-    try:
-        await catch_up(worker, url, group, topic, probe_path, progress, max_lag)
-        await record(Serving(pipeline, generation, (url,), now_ms()))
-        await record(Attempt(generation, pipeline, from_ms, SERVING, now_ms()))
-        cut_over = True
-        print(
-            f"replay: cut over: generation {generation} now answers {pipeline} queries on "
-            f"every worker (they forward to {url}).\n"
-            f"  This process keeps running its worker; Ctrl-C stops it. More workers for it:\n"
-            f"  TALLY_GENERATION={generation} TALLY_PIPELINES={pipeline} tally worker\n"
-            f"  Workers of generation {current} may drop `{pipeline}` from TALLY_PIPELINES.",
-            flush=True,
-        )
-        await run_until_stopped(worker)
-    except BaseException as exc:
-        if cut_over:
-            raise
-        reason = str(exc) if isinstance(exc, ReplayFailed) else "stopped"
-        await record(Attempt(generation, pipeline, from_ms, FAILED, now_ms(), reason))
-        message = (
-            f"replay: generation {generation} abandoned ({reason}); generation {current} "
-            f"still serves {pipeline}, unchanged"
-        )
-        if isinstance(exc, ReplayFailed):
-            fail(message[len("replay: ") :])
-        print(message, file=sys.stderr, flush=True)
-        raise
-    finally:
-        if worker.poll() is None:
-            worker.terminate()
-            try:
-                worker.wait(30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+    return worker, log_path
 
 
 async def catch_up(
@@ -275,10 +324,13 @@ async def catch_up(
     probe_path: str | None,
     progress: Progress,
     max_lag: int,
+    stop: asyncio.Event,
 ) -> None:
     """Wait until the new generation has processed every message that was in `topic` when the
     replay began, is ready, answers, and at most `max_lag` messages wait on its topics."""
     while True:
+        if stop.is_set():
+            raise ReplayFailed("stopped")
         if worker.poll() is not None:
             raise ReplayFailed(f"its worker exited with code {worker.returncode}; see its log")
         committed = await committed_offsets(settings.bootstrap_servers, group, topic)
@@ -294,4 +346,5 @@ async def catch_up(
             and await asyncio.to_thread(answers, url, probe_path)
         ):
             return
-        await asyncio.sleep(PROGRESS_S)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), PROGRESS_S)

@@ -46,6 +46,8 @@ class OwnerUnavailable(WebError):
 
 #: The response header naming the generation whose tables answered.
 GENERATION_HEADER = "Tally-Generation"
+#: The request header of a query forwarded to a newer generation (which never forwards again).
+FORWARDED_HEADER = "Tally-Forwarded-By-Generation"
 
 #: A query (forwarded or local) that takes longer than this is answered 503.
 QUERY_TIMEOUT_S = 60.0
@@ -64,6 +66,14 @@ class OwnedView(View):
     async def get(self, request: Request, **match: str) -> Response:
         require_ready()
         newer = serving.forward_to(self.pipeline)
+        if newer is not None and FORWARDED_HEADER in request.headers:
+            raise OwnerUnavailable(
+                f"generation {newer.generation} serves the {self.pipeline} pipeline at "
+                f"{', '.join(newer.urls)}, but the request came from there and this worker is "
+                f"generation {settings.generation}: a worker of an older generation took over "
+                "that address; start a generation-"
+                f"{newer.generation} worker there"
+            )
         try:
             async with asyncio.timeout(QUERY_TIMEOUT_S):
                 if newer is not None:
@@ -83,7 +93,8 @@ class OwnedView(View):
         failures = []
         for url in newer.urls:
             try:
-                async with app.http_client.get(url + request.path_qs) as answer:
+                headers = {FORWARDED_HEADER: str(settings.generation)}
+                async with app.http_client.get(url + request.path_qs, headers=headers) as answer:
                     body = await answer.read()
                     return self.bytes(
                         body,

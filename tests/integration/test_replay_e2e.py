@@ -8,8 +8,8 @@ whole answers: generation 1's (brute force with the bug) until the cutover, then
 2's (brute force without it), never an error, an empty answer or a mix. After the cutover new
 events are counted by generation 2, and every answer of the old worker (forwarded for the
 replayed pipeline, its own for the other) equals brute force over everything sent. A replay
-whose worker dies leaves generation 1 serving, unchanged; the next attempt takes a fresh
-generation.
+whose worker dies leaves generation 1 serving, unchanged, and so does one stopped with Ctrl-C;
+the next attempt takes a fresh generation.
 """
 
 from __future__ import annotations
@@ -143,6 +143,8 @@ class Poller:
                     self.seen.append(Seen(time.monotonic(), 200, generation, body))
             except urllib.error.HTTPError as exc:
                 self.seen.append(Seen(time.monotonic(), exc.code, None, None))
+            except OSError:  # refused, reset or timed out: recorded as status 0
+                self.seen.append(Seen(time.monotonic(), 0, None, None))
             time.sleep(0.05)
 
 
@@ -247,13 +249,27 @@ def test_a_failed_replay_leaves_the_live_tables_serving(
     )
     assert state["serving"] == {} and [a["state"] for a in state["attempts"]] == ["failed"]
 
-    # The next attempt gets generation 3: nothing of the failed one is reused.
+    # A replay stopped with Ctrl-C before its cutover: the same.
+    stopped = replay_process(make_worker, "stopped", "sales", "--from", since, "--max-lag", "-1")
+    stopped.start(ready_timeout=120)
+    stopped.stop(signal.SIGINT)
+    assert "abandoned (stopped)" in stopped.log(), stopped.tail()
+    wait_until(
+        lambda: served.get("/api/health")["attempts"][-1]["state"] == "failed",
+        10,
+        what="the stopped attempt recorded",
+    )
+    state = served.get("/api/health")
+    assert state["serving"] == {} and state["attempts"][-1]["reason"] == "stopped"
+    assert is_buggy(served.get("/api/sales/top"))
+
+    # The next attempt gets generation 4: nothing of the failed ones is reused.
     again = replay_process(make_worker, "again", "sales", "--from", since)
     again.start(ready_timeout=120)
     wait_until(lambda: "replay: cut over" in again.log(), 120, what="the cutover")
     wait_until(
-        lambda: served.get("/api/health")["serving"].get("sales", {}).get("generation") == 3,
+        lambda: served.get("/api/health")["serving"].get("sales", {}).get("generation") == 4,
         10,
-        what="generation 3 serving",
+        what="generation 4 serving",
     )
     agree(served, load, since_ms)
