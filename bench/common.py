@@ -3,6 +3,7 @@ everything, reading changelog sizes and peak memory, and printing the table."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -26,7 +27,7 @@ from faust.types import TP
 
 from bench.query import QueryLoad
 from tally.broker.admin import ensure_topics
-from tally.broker.local import LocalBroker, die_with_parent
+from tally.broker.local import LocalBroker, die_with_parent, stop_process
 from tally.broker.shim import fetched_high_watermarks
 from tally.codecs.avro import AvroCodec
 from tests.harness import Worker
@@ -357,6 +358,20 @@ def report(workload: str, results: dict[str, list[Result]], unit: str, baselines
     return text
 
 
+def peer_arguments(
+    parser: argparse.ArgumentParser, events: str, faust_count: int, quix_count: int
+) -> argparse.ArgumentParser:
+    """The options every peer comparison takes: how much each peer reads, and the runs."""
+    parser.add_argument(
+        "--faust-count", type=int, default=faust_count, help=f"{events} Faust's table reads"
+    )
+    parser.add_argument(
+        "--quix-count", type=int, default=quix_count, help=f"{events} Quix's window reads"
+    )
+    parser.add_argument("--runs", type=int, default=3, help="runs of each system; medians quoted")
+    return parser
+
+
 def run_baseline(
     argv: list[str], label: str, broker: LocalBroker, workdir: Path, expect: int, **env: str
 ) -> tuple[Result, object]:
@@ -395,12 +410,7 @@ def run_baseline(
         else:
             raise SystemExit(f"{label} did not finish; see {log}")
     finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(30)
+        stop_process(process)
     reported = json.loads(answered.group(1))
     records = asyncio.run(changelog_records(broker.bootstrap, app_id))
     writes = reported["state_writes"]

@@ -33,6 +33,7 @@ from bench.common import (
     Result,
     consumed_latency_ms,
     latency_ms,
+    peer_arguments,
     produce,
     raw_ceiling,
     report,
@@ -293,14 +294,7 @@ def arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--per-metric", type=int, default=10, help="samples per metric per envelope"
     )
     parser.add_argument("--minutes", type=int, default=1, help="event time covered")
-    parser.add_argument(
-        "--faust-count", type=int, default=3_000, help="samples Faust's tumbling table reads"
-    )
-    parser.add_argument(
-        "--quix-count", type=int, default=100_000, help="samples Quix's tumbling window reads"
-    )
-    parser.add_argument("--runs", type=int, default=3, help="runs of each system; medians quoted")
-    return parser
+    return peer_arguments(parser, "samples", faust_count=3_000, quix_count=100_000)
 
 
 def main() -> None:

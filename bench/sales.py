@@ -33,6 +33,7 @@ from bench.common import (
     Result,
     consumed_latency_ms,
     latency_ms,
+    peer_arguments,
     produce,
     raw_ceiling,
     report,
@@ -216,14 +217,7 @@ def arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--count", type=int, default=100_000, help="purchases per Tally run")
     parser.add_argument("--items", type=int, default=1_000_000, help="distinct items (Zipf)")
     parser.add_argument("--envelope", type=int, default=200, help="purchases per envelope")
-    parser.add_argument(
-        "--faust-count", type=int, default=3_000, help="purchases Faust's hopping table reads"
-    )
-    parser.add_argument(
-        "--quix-count", type=int, default=30_000, help="purchases Quix's hopping window reads"
-    )
-    parser.add_argument("--runs", type=int, default=3, help="runs of each system; medians quoted")
-    return parser
+    return peer_arguments(parser, "purchases", faust_count=3_000, quix_count=30_000)
 
 
 def main() -> None:

@@ -15,9 +15,8 @@ from typing import Any
 import faust
 from faust.types import TopicT
 
-from tally.broker.admin import ensure_topics, track_topics
+from tally.broker.admin import ensure_serving_topic, ensure_topics, track_topics
 from tally.broker.identity import describe_cluster, reconcile_local_state
-from tally.generations import SERVING_TOPIC_CONFIG
 from tally.settings import Settings
 
 settings = Settings.from_env()
@@ -92,12 +91,8 @@ class TallyApp(faust.App):
             partitions=settings.partitions,
             replication=settings.replication,
         )
-        await ensure_topics(
-            settings.bootstrap_servers,
-            {settings.serving_topic: 1},
-            partitions=1,
-            replication=settings.replication,
-            configs=SERVING_TOPIC_CONFIG,
+        await ensure_serving_topic(
+            settings.bootstrap_servers, settings.serving_topic, settings.replication
         )
         cluster_id, topics = await describe_cluster(settings.bootstrap_servers)
         reason = reconcile_local_state(

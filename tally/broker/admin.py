@@ -17,7 +17,7 @@ from aiokafka.structs import ConsumerRecord
 
 from tally.broker.shim import fetched_high_watermarks
 from tally.errors import BrokerError
-from tally.generations import first_offset_at
+from tally.generations import SERVING_TOPIC_CONFIG, first_offset_at
 
 
 async def ensure_topics(
@@ -188,3 +188,14 @@ async def committed_offsets(
         return {tp: await consumer.committed(tp) for tp in tps}
     finally:
         await consumer.stop()
+
+
+async def ensure_serving_topic(bootstrap_servers: list[str], name: str, replication: int) -> None:
+    """The deployment's serving topic (tally.generations): one partition, compacted."""
+    await ensure_topics(
+        bootstrap_servers,
+        {name: 1},
+        partitions=1,
+        replication=replication,
+        configs=SERVING_TOPIC_CONFIG,
+    )

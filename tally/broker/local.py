@@ -41,6 +41,18 @@ def die_with_parent() -> None:
         pass
 
 
+def stop_process(process: subprocess.Popen[bytes] | None, timeout: float = 30.0) -> None:
+    """SIGTERM a child that is still running; SIGKILL it if it has not exited in `timeout`."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout)
+
+
 def port_accepts(host: str, port: int, timeout: float = 0.2) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):

@@ -20,7 +20,7 @@ from faust.cli import AppCommand, argument, option
 
 from tally.app import app, settings
 from tally.broker.admin import ensure_topics
-from tally.broker.local import LocalBroker, die_with_parent, port_accepts
+from tally.broker.local import LocalBroker, die_with_parent, port_accepts, stop_process
 from tally.cli.errors import fail
 from tally.errors import BrokerError, ConfigurationError
 from tally.feed import FeedProgress, metric_batches, purchases, send_feed
@@ -234,11 +234,6 @@ async def dev(self: AppCommand, sales_rate: float, metrics_rate: float) -> None:
             task.cancel()
         # Let the producers stop while the broker is still up.
         await asyncio.wait_for(asyncio.gather(*feeds, return_exceptions=True), 10)
-        if worker is not None and worker.poll() is None:
-            worker.terminate()
-            try:
-                worker.wait(20)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+        stop_process(worker, 20)
         local.stop()
         print("stopped: feed, worker, broker", flush=True)

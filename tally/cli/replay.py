@@ -31,12 +31,12 @@ from tally.app import SOURCE_TOPICS, app, settings
 from tally.broker.admin import (
     commit_offsets,
     committed_offsets,
-    ensure_topics,
+    ensure_serving_topic,
     offsets_at_time,
     read_topic,
     send_record,
 )
-from tally.broker.local import die_with_parent, free_port
+from tally.broker.local import die_with_parent, free_port, stop_process
 from tally.cli.errors import fail, parsed_by
 from tally.cli.local import run_until_stopped
 from tally.errors import TallyError
@@ -44,7 +44,6 @@ from tally.generations import (
     FAILED,
     REPLAYING,
     SERVING,
-    SERVING_TOPIC_CONFIG,
     SUPERSEDED,
     Attempt,
     Generations,
@@ -88,12 +87,8 @@ def history_needed_ms(pipeline: str) -> int:
 
 
 async def load_generations() -> Generations:
-    await ensure_topics(
-        settings.bootstrap_servers,
-        {settings.serving_topic: 1},
-        partitions=1,
-        replication=settings.replication,
-        configs=SERVING_TOPIC_CONFIG,
+    await ensure_serving_topic(
+        settings.bootstrap_servers, settings.serving_topic, settings.replication
     )
     records = [
         (r.key, r.value)
@@ -282,12 +277,7 @@ async def replay(
         print(f"replay: {message}", file=sys.stderr, flush=True)
         raise
     finally:
-        if worker is not None and worker.poll() is None:
-            worker.terminate()
-            try:
-                worker.wait(30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+        stop_process(worker)
 
 
 def start_worker(generation: int, pipeline: str, port: int) -> tuple[subprocess.Popen[bytes], Path]:
