@@ -28,7 +28,7 @@ from faust.types import TP
 from bench.query import QueryLoad
 from tally.broker.admin import ensure_topics
 from tally.broker.local import LocalBroker, die_with_parent, stop_process
-from tally.broker.shim import fetched_high_watermarks
+from tally.broker.shim import FETCH_MAX_WAIT_MS, fetched_high_watermarks
 from tally.codecs.avro import AvroCodec
 from tests.harness import Worker
 
@@ -268,11 +268,13 @@ def latency_ms(
 def consumed_latency_ms(
     bootstrap: str, topic: str, markers: list[Message], timeout_s: float = 30.0
 ) -> tuple[float, float]:
-    """Event produced → received by a plain aiokafka consumer: the broker's own floor under
-    any pipeline's latency."""
+    """Event produced → received by a plain aiokafka consumer that waits on a Fetch as long as
+    the workers' do: the broker's own floor under any pipeline's latency."""
 
     async def measure() -> tuple[float, float]:
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, fetch_max_wait_ms=FETCH_MAX_WAIT_MS
+        )
         await consumer.start()
         try:
             tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]

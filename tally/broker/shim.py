@@ -1,6 +1,7 @@
-"""Faust transport for the local broker (`tansu://`): Faust's aiokafka driver plus two corrections.
+"""Faust transport for the local broker (`tansu://`): Faust's aiokafka driver, three corrections.
 
-Tansu 0.6.0 deviates from Kafka in two ways that break Faust (see shared/notes/dev-broker.md):
+Tansu 0.6.0 deviates from Kafka in ways that break Faust or slow it (the first two are in
+shared/notes/dev-broker.md; the third was measured here):
 
 1. ListOffsets(LATEST) answers the base offset of the last record *batch* + 1, not the last
    offset + 1. Faust reads changelog highwaters that way, so recovery stops early or raises
@@ -8,6 +9,11 @@ Tansu 0.6.0 deviates from Kafka in two ways that break Faust (see shared/notes/d
    which the broker gets right (one small Fetch per leader, only at rebalance time).
 2. The first group generation is 0, and aiokafka sends LeaveGroup only when generation > 0, so
    a stopped first member lingers until its session expires. We send LeaveGroup for 0 too.
+3. A Fetch that finds no new records is parked for most of its `max_wait_time` even when
+   records arrive meanwhile (Kafka answers as soon as they do). Faust's worker consumer waits
+   up to 1.5 s, so each hop of a pipeline (purchases → counts → merged top-K) added up to
+   1.5 s. Its consumer waits at most FETCH_MAX_WAIT_MS here: an idle worker sends ~10 small
+   Fetches a second, a busy one is not affected (its Fetches find records at once).
 
 Registered under the `faust.transports` entry point as `tansu`; with `kafka://` none of this
 is loaded. It subclasses private internals of faust-streaming 0.15.3 and aiokafka 0.14.0,
@@ -33,6 +39,8 @@ from faust.types import TP
 logger = logging.getLogger(__name__)
 
 READ_UNCOMMITTED = 0
+#: The worker consumer's Fetch wait on the local broker (Faust's own is 1500 ms; see 3. above).
+FETCH_MAX_WAIT_MS = 100
 
 
 async def fetched_high_watermarks(
@@ -94,6 +102,11 @@ def send_leave_group_at_generation_zero(consumer: AIOKafkaConsumer) -> None:
 
 
 class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport: Any) -> AIOKafkaConsumer:
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read by start(), which builds the Fetcher
+        return consumer
+
     async def on_start(self) -> None:
         await super().on_start()
         send_leave_group_at_generation_zero(self._ensure_consumer())

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaClient, AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.protocol.fetch import FetchRequest
 from faust.types import TP
 
 from tally.broker.admin import ensure_topics, offsets_at_time
 from tally.broker.identity import describe_cluster
 from tally.broker.local import LocalBroker, free_port, port_accepts
-from tally.broker.shim import fetched_high_watermarks
+from tally.broker.shim import FETCH_MAX_WAIT_MS, fetched_high_watermarks
 from tally.errors import BrokerError
 
 RECORDS = 500
@@ -56,6 +58,62 @@ def test_shim_corrects_highwater_to_last_offset_plus_one(broker: LocalBroker) ->
     asyncio.run(produce_batched(broker.bootstrap, "highwater"))
     _, corrected = asyncio.run(offsets(broker.bootstrap, "highwater"))
     assert corrected == RECORDS
+
+
+async def parked_fetch_seconds(
+    bootstrap: str, topic: str, wait_ms: int, record_after: float
+) -> float:
+    """How long a Fetch at the end of `topic` (waiting up to `wait_ms` for one byte) takes to
+    answer when a record is produced `record_after` seconds into its wait."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    client = AIOKafkaClient(bootstrap_servers=bootstrap)
+    await producer.start()
+    await client.bootstrap()
+    try:
+        await producer.send_and_wait(topic, b"first", partition=0)
+        await client._metadata_update(client.cluster, [topic])
+        leader = client.cluster.leader_for_partition(TopicPartition(topic, 0))
+        request = FetchRequest(
+            max_wait_time=wait_ms,
+            min_bytes=1,
+            max_bytes=1 << 20,
+            isolation_level=0,
+            topics=[(topic, [(0, 1, 1 << 20)])],
+        )
+        started = time.monotonic()
+        fetch = asyncio.ensure_future(client.send(leader, request))
+        await asyncio.sleep(record_after)
+        await producer.send_and_wait(topic, b"second", partition=0)
+        await fetch
+        return time.monotonic() - started
+    finally:
+        await client.close()
+        await producer.stop()
+
+
+def test_canary_parked_fetch_is_not_answered_when_records_arrive(broker: LocalBroker) -> None:
+    """If this fails, the broker answers a waiting Fetch as soon as records come, as Kafka
+    does: drop FETCH_MAX_WAIT_MS in tally/broker/shim.py (and this canary)."""
+    took = asyncio.run(parked_fetch_seconds(broker.bootstrap, "parked", 3000, 0.2))
+    assert took >= 1.0, (
+        f"a Fetch waiting 3 s answered {took:.2f} s after it was sent, 0.2 s after a record "
+        "came: the broker deviation is gone, the shim's short Fetch wait can be removed"
+    )
+
+
+def test_shim_worker_consumer_waits_less_than_fausts_default() -> None:
+    from tally.app import app
+
+    assert app.conf.broker[0].scheme == "tansu"
+
+    async def created_wait() -> int:
+        consumer = app.consumer._thread._create_worker_consumer(app.transport)
+        try:
+            return consumer._fetch_max_wait_ms
+        finally:
+            await consumer.stop()
+
+    assert asyncio.run(created_wait()) == FETCH_MAX_WAIT_MS < 1500
 
 
 def test_each_start_is_a_new_cluster(tmp_path) -> None:  # type: ignore[no-untyped-def]
