@@ -14,6 +14,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
+from tally.broker.admin import read_topic
 from tally.codecs.avro import AvroCodec
 from tally.partitioning import partition_for
 from tally.tables.topk import rank_key
@@ -200,4 +201,28 @@ def agree(worker: Worker, load: Load, since_ms: int, timeout: float = 45) -> Non
     deadline = time.monotonic() + timeout
     while (wrong := disagreements(worker, load, since_ms)) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert not wrong, f"{worker.log_path.name} differs from brute force: {wrong[:5]}"
+    assert not wrong, (
+        f"{worker.log_path.name} differs from brute force: {wrong[:5]}; {logged_twice(load)}"
+    )
+
+
+def logged_twice(load: Load) -> str:
+    """What the input topics hold more than once (a producer retry appends a message again)."""
+
+    async def read(topic: str) -> list[Any]:
+        return [r async for r in read_topic([load.bootstrap], topic)]
+
+    purchases = Counter(
+        load.purchase_codec.loads(r.value)["purchase_id"] for r in asyncio.run(read("purchases"))
+    )
+    batches = Counter(
+        (b["server_id"], b["sent_at_ms"])
+        for b in (load.batch_codec.loads(r.value) for r in asyncio.run(read("metric-samples")))
+    )
+    twice = [k for k, n in purchases.items() if n > 1][:10]
+    batches_twice = [k for k, n in batches.items() if n > 1][:10]
+    return (
+        f"the topics hold {sum(purchases.values())} purchases "
+        f"({len(load.purchases)} acknowledged), twice: {twice}; "
+        f"{sum(batches.values())} metric batches, twice: {batches_twice}"
+    )

@@ -20,6 +20,7 @@ from faust.types import TP, EventT, StreamT, TopicT
 from tally.app import app
 from tally.deadletters import DeadLetter
 from tally.errors import DecodeError, SchemaError, TallyError, ValidationError
+from tally.tables.applied import one_per_offset
 from tally.telemetry import DEAD_LETTERS, EVENTS
 from tally.topics import dead_letters
 
@@ -133,13 +134,23 @@ async def each_partition(
     that share is dead-lettered and `state[partition]` dropped (rebuilt from storage on next
     use), and the agent goes on."""
     async for batch in stream.take_events(size, within=within):
-        for events in by_partition(batch).values():
+        for delivered in by_partition(batch).values():
+            events = one_per_offset(delivered)
+            last = events[-1].message
+            tp = TP(last.topic, last.partition)
+            if len(events) < len(delivered):
+                EVENTS.labels(tp.topic, "redelivered").inc(len(delivered) - len(events))
+                logger.info(
+                    "%s[%s]: %d message(s) came twice in one batch, processed once",
+                    tp.topic,
+                    tp.partition,
+                    len(delivered) - len(events),
+                )
             try:
                 await work(events)
             except Exception as exc:  # one bad batch must not stop the worker
                 await failed_batch(events, exc, forget=state)
-            last = events[-1].message
-            processed_offsets[TP(last.topic, last.partition)] = last.offset
+            processed_offsets[tp] = max(last.offset, processed_offsets.get(tp, -1))
 
 
 def forget_when_revoked(topic: TopicT, *states: dict[int, Any]) -> None:
@@ -149,11 +160,17 @@ def forget_when_revoked(topic: TopicT, *states: dict[int, Any]) -> None:
     async def forget(sender: object, revoked: set[TP], **kwargs: object) -> None:
         for tp in revoked:
             if tp.topic == name:
-                processed_offsets.pop(tp, None)
                 for state in states:
                     state.pop(tp.partition, None)
 
     app.on_partitions_revoked.connect(forget)
+
+
+@app.on_partitions_revoked.connect
+async def forget_processed_offsets(sender: object, revoked: set[TP], **kwargs: object) -> None:
+    """A partition that comes back starts from its committed offset, whoever processed it."""
+    for tp in revoked:
+        processed_offsets.pop(tp, None)
 
 
 class ProcessingError(TallyError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from hypothesis import given, settings
@@ -13,6 +14,7 @@ from tally.tables.applied import (
     apply_server_rollups,
     merge_all,
     offset_of,
+    one_per_offset,
     stamp,
     value_of,
 )
@@ -117,3 +119,24 @@ def test_records_are_value_and_offset() -> None:
     assert (value_of(stamp(7, 3)), offset_of(stamp(7, 3))) == (7, 3)
     assert merge_all([[1, 2, 3, 1], [0, 5, 1, 2]]) == [0, 5, 4, 3]
     assert merge_all([]) is None
+
+
+@dataclass(frozen=True)
+class Message:
+    offset: int
+
+
+@dataclass(frozen=True)
+class Event:
+    message: Message
+    copy: int
+
+
+@given(st.lists(st.integers(0, 40), max_size=60))
+def test_a_batch_has_each_offset_once_in_order(offsets: list[int]) -> None:
+    """Twins in a batch (a message handed over twice around a rebalance) collapse to one, and
+    the last event carries the batch's highest offset, which its records are stamped with."""
+    events = [Event(Message(offset), n) for n, offset in enumerate(offsets)]
+    kept = one_per_offset(events)
+    assert [e.message.offset for e in kept] == sorted(set(offsets))
+    assert all(e in events for e in kept)
