@@ -81,6 +81,7 @@ class TallyApp(faust.App):
         return next((reason for reason, waiting in self.waiting_for if waiting()), None)
 
     async def on_first_start(self) -> None:
+        Path(self.conf.datadir).mkdir(parents=True, exist_ok=True)  # Faust makes only the leaf
         await super().on_first_start()
         # Create the topics agents read before subscribing: the broker would otherwise
         # auto-create them with its own default partition count.

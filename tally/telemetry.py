@@ -6,8 +6,9 @@ from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS = Counter(
     "tally_events",
-    "Events by source topic and outcome: counted, late, rejected (dead-lettered), or "
-    "redelivered (already in the state: skipped).",
+    "Events by source topic and outcome: counted, late, rejected (dead-lettered), "
+    "redelivered (already in the state: skipped), or duplicate (messages handed over more "
+    "than once in one batch: processed once).",
     ["topic", "outcome"],
 )
 DEAD_LETTERS = Counter(

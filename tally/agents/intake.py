@@ -130,18 +130,18 @@ async def each_partition(
     size: int = BATCH_SIZE,
 ) -> None:
     """The body of every pipeline agent: batches from `stream` (up to `size` events, or what
-    came `within` seconds), each partition's share given to `work` on its own; if it fails,
-    that share is dead-lettered and `state[partition]` dropped (rebuilt from storage on next
-    use), and the agent goes on."""
+    came `within` seconds), each partition's share given to `work` on its own, one event per
+    offset in offset order (`one_per_offset`); if it fails, that share is dead-lettered and
+    `state[partition]` dropped (rebuilt from storage on next use), and the agent goes on."""
     async for batch in stream.take_events(size, within=within):
         for delivered in by_partition(batch).values():
             events = one_per_offset(delivered)
             last = events[-1].message
             tp = TP(last.topic, last.partition)
             if len(events) < len(delivered):
-                EVENTS.labels(tp.topic, "redelivered").inc(len(delivered) - len(events))
+                EVENTS.labels(tp.topic, "duplicate").inc(len(delivered) - len(events))
                 logger.info(
-                    "%s[%s]: %d message(s) came twice in one batch, processed once",
+                    "%s[%s]: %d extra copies of messages in one batch, each processed once",
                     tp.topic,
                     tp.partition,
                     len(delivered) - len(events),
@@ -150,7 +150,8 @@ async def each_partition(
                 await work(events)
             except Exception as exc:  # one bad batch must not stop the worker
                 await failed_batch(events, exc, forget=state)
-            processed_offsets[tp] = max(last.offset, processed_offsets.get(tp, -1))
+            if tp in app.assignor.assigned_actives():  # not revoked while `work` ran
+                processed_offsets[tp] = max(last.offset, processed_offsets.get(tp, -1))
 
 
 def forget_when_revoked(topic: TopicT, *states: dict[int, Any]) -> None:

@@ -104,6 +104,8 @@ def send_leave_group_at_generation_zero(consumer: AIOKafkaConsumer) -> None:
 class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> AIOKafkaConsumer:
         consumer = super()._create_worker_consumer(transport)
+        if not hasattr(consumer, "_fetch_max_wait_ms"):  # aiokafka internals moved (pinned)
+            raise RuntimeError("aiokafka's consumer has no _fetch_max_wait_ms: update the shim")
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read by start(), which builds the Fetcher
         return consumer
 
