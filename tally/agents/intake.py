@@ -94,7 +94,7 @@ def writing_for(event: EventT) -> Iterator[None]:
         faust_streams._current_event.reset(token)
 
 
-#: Offset of the last message of each partition a pipeline processed (or dead-lettered).
+#: Highest offset of each assigned partition a pipeline processed (or dead-lettered) here.
 processed_offsets: dict[TP, int] = {}
 
 

@@ -56,7 +56,7 @@ def test_top_stream_snapshot_then_changes_then_final_windows_equal_brute_force(
     worker = make_worker(**FAST_WINDOWS).start()
     sent = [purchase_row(n, f"item-{n % 12:02d}", 1 + n % 12, now_ms()) for n in range(60)]
     post(worker, "purchases", sent)
-    # The time below is the running pipeline's, not a cold start's: first the first purchases.
+    # Time the running pipeline below, not a cold start: wait for the first purchases first.
     wait_until(lambda: worker.get("/api/sales/top")["items"], 15, what="first purchases counted")
     stream = EventStream(worker.url, "/api/stream/sales/top")
     assert (stream.status, stream.content_type) == (200, "text/event-stream")
