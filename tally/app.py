@@ -8,6 +8,9 @@ Data flow (topics in `tally.topics`):
 
 from __future__ import annotations
 
+import logging
+import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,12 @@ from faust.types import TopicT
 
 from tally.broker.admin import ensure_serving_topic, ensure_topics, track_topics
 from tally.broker.identity import describe_cluster, reconcile_local_state
+from tally.broker.watch import BrokerWatch
+from tally.logs import quiet_repeats
 from tally.settings import Settings
+from tally.web.hygiene import REGISTRY_MAX_BYTES, BodyLimits, application_options
+
+logger = logging.getLogger(__name__)
 
 settings = Settings.from_env()
 
@@ -56,6 +64,34 @@ def local_broker_settings(settings: Settings) -> dict[str, Any]:
 #: Topics producers write to (created up front with TALLY_PARTITIONS partitions); a replay
 #: reads them again from its --from time.
 SOURCE_TOPICS = ("purchases", "metric-samples")
+#: Exit code of a worker whose stop outlasted TALLY_STOP_TIMEOUT_SECONDS (EX_TEMPFAIL).
+STOP_TIMEOUT_EXIT = 75
+
+
+def body_limits(settings: Settings) -> BodyLimits:
+    """The largest body each web path takes (`Expect: 100-continue` is answered by it)."""
+    return BodyLimits(
+        (("/api/ingest/", settings.ingest_max_bytes), ("/registry/", REGISTRY_MAX_BYTES))
+    )
+
+
+def exit_after(seconds: float) -> None:
+    """End the process `seconds` from now unless it ended by itself: a stop that waits on a
+    broker that is gone (commits, flushes, leaving the group) must not hang the worker."""
+
+    def deadline_passed() -> None:
+        message = (
+            f"the worker did not stop within {seconds:g} s (TALLY_STOP_TIMEOUT_SECONDS; "
+            "is the broker gone?); exiting now: what was not committed is processed again "
+            "after the restart"
+        )
+        logger.error(message)
+        logging.shutdown()  # flush the log before the process ends
+        os._exit(STOP_TIMEOUT_EXIT)
+
+    timer = threading.Timer(seconds, deadline_passed)
+    timer.daemon = True
+    timer.start()
 
 
 class TallyApp(faust.App):
@@ -68,12 +104,18 @@ class TallyApp(faust.App):
         super().__init__(*args, **kwargs)
         #: Why else the worker cannot answer yet: (reason, still waiting?), added by services.
         self.waiting_for: list[tuple[str, Callable[[], bool]]] = []
+        #: Whether the broker takes connections: readiness and ingest ask it.
+        self.broker_watch = BrokerWatch(settings.bootstrap_servers)
+        #: The web driver (tally.web.server) answers `Expect: 100-continue` by these.
+        self.body_limits = body_limits(settings)
 
     @property
     def ready(self) -> bool:
         return self.not_ready_because() is None
 
     def not_ready_because(self) -> str | None:
+        if not self.broker_watch.reachable:
+            return self.broker_watch.reason
         if self.rebalancing:
             return "rebalancing"
         if not (self.routing_ready and self.tables.recovery.completed.is_set()):
@@ -82,7 +124,9 @@ class TallyApp(faust.App):
 
     async def on_first_start(self) -> None:
         Path(self.conf.datadir).mkdir(parents=True, exist_ok=True)  # Faust makes only the leaf
+        quiet_repeats()  # Faust has set up logging by now
         await super().on_first_start()
+        await self.add_runtime_dependency(self.broker_watch)
         # Create the topics agents read before subscribing: the broker would otherwise
         # auto-create them with its own default partition count.
         sources = self.source_topic_partitions()
@@ -117,6 +161,10 @@ class TallyApp(faust.App):
                     found[name] = channel.partitions or settings.partitions
         return found
 
+    async def on_stop(self) -> None:
+        exit_after(settings.stop_timeout_seconds)
+        await super().on_stop()
+
     async def on_started(self) -> None:
         # Faust's table_route hashes keys with the producer's metadata of the changelogs.
         await track_topics(
@@ -131,6 +179,11 @@ app = TallyApp(
     settings.faust_app_id,
     broker=settings.broker_urls,
     store="rocksdb://",
+    Table="tally.tables.bounded:BoundedTable",
+    web="tally://",
+    web_application_options=application_options(
+        body_limits(settings), settings.http_header_timeout_seconds
+    ),
     datadir=str(settings.data_dir),
     web_bind=settings.web_host,
     web_host=settings.advertised_host,

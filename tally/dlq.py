@@ -69,6 +69,8 @@ class Letter:
         return text if len(text) <= width else text[: width - 3] + "..."
 
     def summary(self) -> dict[str, Any]:
+        """What a letter is, without its payload: rejected rows may carry secrets, so only
+        `tally dlq` (with access to the topic) shows payloads."""
         return {
             "id": self.id,
             "time_ms": self.timestamp_ms,
@@ -76,7 +78,6 @@ class Letter:
             "stage": self.meta.stage if self.meta else "",
             "origin": self.origin,
             "reason": self.reason,
-            "preview": self.preview(),
         }
 
 

@@ -42,3 +42,27 @@ class ValidationError(TallyError):
     def __init__(self, message: str, rule: str = "invalid") -> None:
         super().__init__(message)
         self.rule = rule
+
+
+class UnreadableBody(TallyError):
+    """An HTTP body as a whole cannot be read (answered 400): not UTF-8, not JSON, bad gzip."""
+
+    rule = "unreadable_body"
+
+
+class BodyTooLarge(TallyError):
+    """An HTTP body is over its size limit, or holds more rows than one request may (413)."""
+
+    rule = "body_too_large"
+
+
+class UnsupportedBody(TallyError):
+    """An HTTP body in a media type or content encoding the endpoint does not take (415)."""
+
+    rule = "unsupported_media_type"
+
+
+class BodyTimeout(TallyError):
+    """An HTTP body did not arrive in time (408)."""
+
+    rule = "body_timeout"

@@ -11,12 +11,15 @@ import itertools
 import random
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 from tally.codecs.avro import AvroCodec, Record
+from tally.errors import BrokerError
 
 METRIC_NAMES = ("cpu.util", "mem.used", "disk.util", "net.rx", "net.tx", "load.1m")
 
@@ -87,17 +90,56 @@ def metric_batches(
         }
 
 
+#: A feed gives up when the broker has acknowledged nothing for this long (the producer's
+#: request timeout: its sends fail after it).
+ACK_TIMEOUT_S = 15.0
+#: Messages sent and not yet acknowledged, at most.
+MAX_IN_FLIGHT = 10_000
+
+
 @dataclass
 class FeedProgress:
-    """Counts for the progress line."""
+    """Counts for the progress line: sent, and acknowledged by the broker."""
 
     name: str
     sent: int = 0
+    acked: int = 0
     started: float = 0.0
 
     def line(self) -> str:
         elapsed = max(time.monotonic() - self.started, 1e-9)
-        return f"{self.name}: sent {self.sent} ({self.sent / elapsed:,.0f}/s)"
+        return (
+            f"{self.name}: sent {self.sent}, acknowledged {self.acked} "
+            f"({self.acked / elapsed:,.0f}/s)"
+        )
+
+
+class Acks:
+    """The acknowledgements of sent messages, in order: counted as they come; a failed one
+    (the broker was gone for the producer's whole request timeout) ends the feed."""
+
+    def __init__(self, progress: FeedProgress) -> None:
+        self.progress = progress
+        self.pending: deque[asyncio.Future[object]] = deque()
+
+    def add(self, ack: asyncio.Future[object]) -> None:
+        self.pending.append(ack)
+        self.progress.sent += 1
+
+    async def settle(self, wait_all: bool = False) -> None:
+        """Count the acknowledgements in; wait while too many are pending (or, with
+        `wait_all`, until none is). `BrokerError` when one failed."""
+        while self.pending and (
+            self.pending[0].done() or wait_all or len(self.pending) >= MAX_IN_FLIGHT
+        ):
+            try:
+                await self.pending.popleft()
+            except KafkaError as exc:
+                raise BrokerError(
+                    f"the broker did not acknowledge for {ACK_TIMEOUT_S:.0f} s "
+                    f"({type(exc).__name__}); {self.progress.line()}"
+                ) from exc
+            self.progress.acked += 1
 
 
 async def send_feed(
@@ -113,16 +155,27 @@ async def send_feed(
     report_every_s: float = 5.0,
     quiet: bool = False,
 ) -> int:
-    """Send `count` records (0 = until cancelled) at `rate` per second; returns how many sent."""
+    """Send `count` records (0 = until cancelled) at `rate` per second; returns how many the
+    broker acknowledged. `BrokerError` when the broker stops acknowledging (the producer
+    must have a request timeout of about ACK_TIMEOUT_S)."""
     progress.started = time.monotonic()
     next_report = progress.started + report_every_s
     interval = 1.0 / rate if rate > 0 else 0.0
     due = time.monotonic()
+    acks = Acks(progress)
     for record in records:
         if count and progress.sent >= count:
             break
-        await producer.send(topic, codec.dumps(record), key=str(record[key_field]).encode())
-        progress.sent += 1
+        try:
+            ack = await producer.send(
+                topic, codec.dumps(record), key=str(record[key_field]).encode()
+            )
+        except KafkaError as exc:  # no room to queue: nothing was acknowledged for long
+            raise BrokerError(
+                f"the broker takes no messages ({type(exc).__name__}); {progress.line()}"
+            ) from exc
+        acks.add(ack)
+        await acks.settle()
         if interval:
             due += interval
             delay = due - time.monotonic()
@@ -132,5 +185,5 @@ async def send_feed(
         if not quiet and now >= next_report:
             print(progress.line(), file=sys.stderr, flush=True)
             next_report = now + report_every_s
-    await producer.flush()
-    return progress.sent
+    await acks.settle(wait_all=True)
+    return progress.acked

@@ -74,6 +74,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _top_k(text: str) -> int:
+    value = _positive_int(text)
+    if value > 1000:
+        raise ValueError("must be at most 1000 (each partition publishes its top-K in one message)")
+    return value
+
+
 def _port(text: str) -> int:
     value = _whole(text)
     if not 0 < value < 65536:
@@ -279,8 +286,8 @@ class Settings:
     top_k: int = _env_field(
         "TALLY_TOP_K",
         10,
-        "Items each partition ranks and publishes; the largest ?k=.",
-        _positive_int,
+        "Items each partition ranks and publishes; the largest ?k= (at most 1000).",
+        _top_k,
     )
     heartbeat_seconds: float = _env_field(
         "TALLY_HEARTBEAT_SECONDS",
@@ -344,6 +351,33 @@ class Settings:
         "An ingest request waits this long for the broker to acknowledge its rows, then "
         "answers 503.",
         _positive_float,
+    )
+    ingest_max_rows: int = _env_field(
+        "TALLY_INGEST_MAX_ROWS",
+        10_000,
+        "Most rows one POST /api/ingest/* may hold; a body with more gets a 413 (split it).",
+        _positive_int,
+    )
+    http_header_timeout_seconds: float = _env_field(
+        "TALLY_HTTP_HEADER_TIMEOUT_SECONDS",
+        15.0,
+        "A web connection that has not sent a whole request line and headers this long after "
+        "opening (or after its last answer) is closed: half-sent headers hold nothing.",
+        _positive_float,
+    )
+    stop_timeout_seconds: float = _env_field(
+        "TALLY_STOP_TIMEOUT_SECONDS",
+        25.0,
+        "A worker asked to stop (SIGTERM, Ctrl-C) exits after this long even if the broker "
+        "is gone and a clean stop cannot finish; what it did not commit is processed again "
+        "after the restart (state is idempotent).",
+        _positive_float,
+    )
+    fault_crash_on: str = _env_field(
+        "TALLY_FAULT_CRASH_ON",
+        "",
+        "Fault injection for tests and drills: a worker processing a source message whose "
+        "bytes contain this text exits at once (code 70), as a crash would. Empty: off.",
     )
     log_level: str = _env_field(
         "TALLY_LOG_LEVEL", "info", "Worker log level: crit, error, warn, info or debug.", _log_level

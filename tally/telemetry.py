@@ -42,3 +42,12 @@ LIVE_RESETS = Counter(
     "tally_live_resets",
     "Clients so far behind that their pending updates were replaced by one fresh snapshot.",
 )
+TASK_FAILURES = Counter(
+    "tally_task_failures",
+    "Runs of a timer that raised (logged, and run again at its next interval), by timer.",
+    ["task"],
+)
+BROKER_UP = Gauge(
+    "tally_broker_reachable",
+    "1 while a broker of TALLY_BROKER takes connections (checked every second), else 0.",
+)

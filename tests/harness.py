@@ -79,9 +79,13 @@ class Worker:
     def post(
         self, path: str, body: bytes, headers: Mapping[str, str] | None = None
     ) -> tuple[int, Any, Mapping[str, str]]:
-        """(status, JSON answer, headers) of a POST; HTTP errors are answers too."""
+        """(status, JSON answer, headers) of a POST (JSON unless `headers` say otherwise);
+        HTTP errors are answers too."""
         request = urllib.request.Request(
-            self.url + path, data=body, method="POST", headers=dict(headers or {})
+            self.url + path,
+            data=body,
+            method="POST",
+            headers={"Content-Type": "application/json", **(headers or {})},
         )
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
@@ -135,22 +139,29 @@ def wait_until(predicate: Any, timeout: float, interval: float = 0.3, what: str 
     raise AssertionError(f"timed out after {timeout} s waiting for {what}; last value: {last!r}")
 
 
+#: (key, value), or (key, value, partition): a message to produce.
+Produced = tuple[bytes | None, bytes | None] | tuple[bytes | None, bytes | None, int | None]
+
+
 async def _produce(
-    bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, bytes | None]]
+    bootstrap: str, topic: str, messages: Iterable[Produced]
 ) -> list[RecordMetadata]:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
     await producer.start()
     try:
-        futures = [await producer.send(topic, value, key=key) for key, value in messages]
+        futures = [
+            await producer.send(topic, m[1], key=m[0], partition=m[2] if len(m) > 2 else None)
+            for m in messages
+        ]
         return list(await asyncio.gather(*futures))
     finally:
         await producer.stop()
 
 
-def produce(
-    bootstrap: str, topic: str, messages: Iterable[tuple[bytes | None, bytes | None]]
-) -> list[RecordMetadata]:
-    """Send and wait for the acks; returns where each message landed (partition, offset)."""
+def produce(bootstrap: str, topic: str, messages: Iterable[Produced]) -> list[RecordMetadata]:
+    """Send and wait for the acks; returns where each message landed (partition, offset).
+    Keyed messages go where Kafka's default partitioner (murmur2) puts them, unless the
+    message names its partition."""
     return asyncio.run(_produce(bootstrap, topic, list(messages)))
 
 

@@ -30,3 +30,12 @@ def mutated(base: dict[str, Any]) -> st.SearchStrategy[Any]:
         st.tuples(st.text(max_size=6), JSON).map(lambda kv: {**base, kv[0]: kv[1]}),
         JSON,
     )
+
+
+#: Ids as a hostile producer sends them: any code point (unpaired surrogates, controls, the
+#: key separator, line separators), any length up to twice the limit, or one far over it.
+HOSTILE_IDS = st.one_of(
+    st.text(st.characters(blacklist_categories=()), max_size=40),
+    st.text(st.characters(max_codepoint=0x7F), min_size=250, max_size=520),
+    st.sampled_from(["a|b", "a\x00b", "a\r\nb", "a\u2028b", "\ud800", "", "x" * 250_000]),
+)

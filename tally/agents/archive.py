@@ -22,7 +22,7 @@ import duckdb
 import pyarrow as pa
 from faust.types import EventT, StreamT
 
-from tally.agents.intake import each_partition, forget_when_revoked, reject
+from tally.agents.intake import each_partition, forget_when_revoked, reject, timer
 from tally.app import app, settings
 from tally.archive.store import (
     DAY_MS,
@@ -140,7 +140,7 @@ async def archive_final_minutes(stream: StreamT) -> None:
     )
 
 
-@app.timer(interval=3600.0, on_leader=True)
+@timer(interval=3600.0, on_leader=True)
 async def prune_archive() -> None:
     cutoff = prune_cutoff(now_ms(), settings.archive_keep)
     dropped = await asyncio.to_thread(archive.prune, cutoff)

@@ -1,13 +1,20 @@
-"""What every pipeline does with a batch of raw events before its own logic.
+"""What every pipeline does with a batch of raw events before its own logic, and what keeps
+one event from stopping a pipeline.
 
 Decoding: whatever does not decode or validate becomes a dead letter. Partitions: a batch from
 `take_events` mixes partitions, while Faust routes table writes by the *current event*'s
-partition; `by_partition` + `writing_for` keep each write in its own partition.
+partition; `by_partition` + `writing_for` keep each write in its own partition. Failures: a
+batch that raises is processed again one event at a time, and only the events that fail alone
+are dead-lettered; an event that kills the process twice is quarantined (`tally.quarantine`).
+Timers survive their own errors (`timer`): in Faust an exception in a timer stops the worker.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
+import sys
 import weakref
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -15,13 +22,18 @@ from contextlib import contextmanager
 from typing import Any, Protocol, TypeVar
 
 from faust import streams as faust_streams
+from faust.exceptions import ProducerSendError
 from faust.types import TP, EventT, StreamT, TopicT
+from mode.utils.times import Seconds
 
-from tally.app import app
+from tally.app import app, settings
 from tally.deadletters import DeadLetter
 from tally.errors import DecodeError, SchemaError, TallyError, ValidationError
+from tally.limits import MAX_RECORD_BYTES
+from tally.logs import SUMMARY, RejectionSummary
+from tally.quarantine import InFlight, InFlightRecords
 from tally.tables.applied import one_per_offset
-from tally.telemetry import DEAD_LETTERS, EVENTS
+from tally.telemetry import DEAD_LETTERS, EVENTS, TASK_FAILURES
 from tally.topics import dead_letters
 
 logger = logging.getLogger(__name__)
@@ -45,6 +57,14 @@ async def decode(event: EventT, codec: Decoder[R]) -> R | None:
     return None
 
 
+#: Dead letters counted between two summary lines in the log (`log_rejections`).
+rejections = RejectionSummary()
+#: Room kept in a dead letter for its key and reason headers.
+LETTER_OVERHEAD_BYTES = 16 * 1024
+#: The longest pause between two attempts to write a dead letter the producer refused.
+LETTER_RETRY_MAX_S = 30.0
+
+
 async def reject(
     event: EventT,
     exc: Exception,
@@ -55,22 +75,40 @@ async def reject(
     to: TopicT = dead_letters,
 ) -> None:
     """Send the message (or `value`/`key`: one record cut out of an envelope) to `to` with why
-    and where from; counted by topic and error class."""
+    and where from; counted by topic and error class.
+
+    A value too large for a record keeps its head (the reason says so). A letter the producer
+    refuses (the broker is gone) is tried again until it is taken: the partition waits rather
+    than lose the event.
+    """
     message = event.message
+    key = message.key if key is None else key
+    value = message.value if value is None else value
+    room = MAX_RECORD_BYTES - LETTER_OVERHEAD_BYTES - len(key or b"")
+    if value is not None and len(value) > room:
+        exc = type(exc)(f"{exc} (the first {room:,} of {len(value):,} bytes are kept here)")
+        value = value[:room]
     letter = DeadLetter.of(
         exc, stage=stage, topic=message.topic, partition=message.partition, offset=message.offset
     )
     DEAD_LETTERS.labels(to.get_topic_name(), letter.rule).inc()
     EVENTS.labels(message.topic, "late" if stage == "late" else "rejected").inc()
     if stage != "late":
-        logger.warning(
-            "dead letter from %s[%s]@%s: %s", message.topic, message.partition, message.offset, exc
-        )
-    await to.send(
-        key=message.key if key is None else key,
-        value=message.value if value is None else value,
-        headers=letter.headers(),
-    )
+        rejections.note(message.topic, letter.rule, f"{letter.origin}: {letter.reason[:200]}")
+    delay = 0.5
+    while True:
+        try:
+            await to.send(key=key, value=value, headers=letter.headers())
+            return
+        except ProducerSendError as error:
+            logger.error(
+                "cannot write a dead letter to %s (%s); trying again in %.0f s",
+                to.get_topic_name(),
+                error,
+                delay,
+            )
+            await app.sleep(delay)
+            delay = min(delay * 2, LETTER_RETRY_MAX_S)
 
 
 def by_partition(events: Sequence[EventT]) -> dict[int, list[EventT]]:
@@ -121,6 +159,21 @@ BATCH_WITHIN_S = 0.1
 
 PartitionWork = Callable[[Sequence[EventT]], Awaitable[None]]
 
+#: Offsets in flight per source partition, on disk (tally.quarantine).
+in_flight = InFlightRecords(settings.data_dir / "in-flight")
+
+
+class ProcessingError(TallyError):
+    """Carries an unexpected failure of a pipeline on an event into its dead letters."""
+
+    rule = "processing_failed"
+
+
+class Quarantined(TallyError):
+    """An event in flight each time the worker died, twice: set aside without processing."""
+
+    rule = "quarantined"
+
 
 async def each_partition(
     stream: StreamT,
@@ -131,8 +184,9 @@ async def each_partition(
 ) -> None:
     """The body of every pipeline agent: batches from `stream` (up to `size` events, or what
     came `within` seconds), each partition's share given to `work` on its own, one event per
-    offset in offset order (`one_per_offset`); if it fails, that share is dead-lettered and
-    `state[partition]` dropped (rebuilt from storage on next use), and the agent goes on."""
+    offset in offset order (`one_per_offset`). If `work` raises, `state[partition]` is dropped
+    (rebuilt from storage on next use) and the share is processed again one event at a time:
+    only events that fail alone are dead-lettered, and the agent goes on."""
     async for batch in stream.take_events(size, within=within):
         for delivered in by_partition(batch).values():
             events = one_per_offset(delivered)
@@ -146,12 +200,125 @@ async def each_partition(
                     tp.partition,
                     len(delivered) - len(events),
                 )
-            try:
-                await work(events)
-            except Exception as exc:  # one bad batch must not stop the worker
-                await failed_batch(events, exc, forget=state)
+            await process_share(tp, events, work, state)
             if tp in app.assignor.assigned_actives():  # not revoked while `work` ran
                 processed_offsets[tp] = max(last.offset, processed_offsets.get(tp, -1))
+
+
+async def process_share(
+    tp: TP, events: Sequence[EventT], work: PartitionWork, state: dict[int, Any]
+) -> None:
+    """One partition's share of a batch; events that a dead process had in flight go one at a
+    time (the one it died on alone is quarantined)."""
+    left = in_flight.left_behind(tp.topic, tp.partition)
+    suspects = [] if left is None else [e for e in events if left.holds(e.message.offset)]
+    if left is None or not suspects:
+        await in_batch(tp, events, work, state)
+        return
+    logger.warning(
+        "%s[%s]: the worker stopped with offsets %s-%s in flight; processing them one at a time",
+        tp.topic,
+        tp.partition,
+        left.first,
+        left.last,
+    )
+    before = [e for e in events if e.message.offset < left.first]
+    after = [e for e in events if e.message.offset > left.last]
+    if before:
+        await in_batch(tp, before, work, state)
+    await one_at_a_time(tp, suspects, work, state, left)
+    if after:
+        await in_batch(tp, after, work, state)
+
+
+async def in_batch(
+    tp: TP, events: Sequence[EventT], work: PartitionWork, state: dict[int, Any]
+) -> None:
+    first, last = events[0].message.offset, events[-1].message.offset
+    in_flight.record(tp.topic, tp.partition, InFlight(first, last))
+    crash_if_injected(events)
+    try:
+        await work(events)
+    except Exception as exc:  # one bad event must not stop the worker
+        logger.exception(
+            "%s[%s]: processing offsets %s-%s failed; trying them one at a time",
+            tp.topic,
+            tp.partition,
+            first,
+            last,
+            exc_info=exc,
+        )
+        state.pop(tp.partition, None)
+        if len(events) == 1:
+            await reject(
+                events[0], ProcessingError(f"{type(exc).__name__}: {exc}"), stage="process"
+            )
+        else:
+            await one_at_a_time(tp, events, work, state, None)
+
+
+async def one_at_a_time(
+    tp: TP,
+    events: Sequence[EventT],
+    work: PartitionWork,
+    state: dict[int, Any],
+    left: InFlight | None,
+) -> None:
+    """Each event on its own: the one `left` says a dead process had alone in flight is
+    quarantined; one that raises is dead-lettered. After a death each event's sends are
+    flushed before the next, so a send that kills the process is charged to its event."""
+    first, last = events[0].message.offset, events[-1].message.offset
+    deaths = 0 if left is None else left.deaths + 1
+    for event in events:
+        offset = event.message.offset
+        if left is not None and left.single == offset:
+            logger.error("%s[%s]@%s: quarantined to dead letters", tp.topic, tp.partition, offset)
+            await reject(
+                event,
+                Quarantined(
+                    f"the worker died while processing this message ({deaths} deaths with it in "
+                    "flight, the last with it alone): set aside unprocessed; fix the cause, then "
+                    "`tally dlq replay` sends it again"
+                ),
+                stage="process",
+            )
+            continue
+        in_flight.record(tp.topic, tp.partition, InFlight(first, last, deaths, offset))
+        crash_if_injected([event])
+        try:
+            await work([event])
+            if left is not None:
+                await app.producer.flush()
+        except Exception as exc:
+            state.pop(tp.partition, None)
+            logger.warning("%s[%s]@%s failed alone: %r", tp.topic, tp.partition, offset, exc)
+            await reject(event, failure(exc), stage="process")
+
+
+def failure(exc: Exception) -> TallyError:
+    """What a dead letter says of an event that failed: Tally's own error as it is (its rule
+    says what was wrong: too_large, ...), anything else as `processing_failed`."""
+    if isinstance(exc, TallyError):
+        return exc
+    return ProcessingError(f"{type(exc).__name__}: {exc}")
+
+
+#: Exit code of a worker stopped by TALLY_FAULT_CRASH_ON (what `os._exit` gives a crash).
+INJECTED_CRASH_EXIT = 70
+
+
+def crash_if_injected(events: Sequence[EventT]) -> None:
+    """Fault injection (TALLY_FAULT_CRASH_ON, for tests and drills): die at once, as a
+    native crash would, when an event's bytes hold the configured marker."""
+    marker = settings.fault_crash_on.encode()
+    if marker and any(marker in (event.message.value or b"") for event in events):
+        print(
+            f"tally: TALLY_FAULT_CRASH_ON matched at {events[0].message.topic}"
+            f"[{events[0].message.partition}]@{events[0].message.offset}: exiting",
+            file=sys.stderr,
+            flush=True,
+        )
+        os._exit(INJECTED_CRASH_EXIT)
 
 
 def forget_when_revoked(topic: TopicT, *states: dict[int, Any]) -> None:
@@ -174,22 +341,30 @@ async def forget_processed_offsets(sender: object, revoked: set[TP], **kwargs: o
         processed_offsets.pop(tp, None)
 
 
-class ProcessingError(TallyError):
-    """Carries an unexpected failure of a pipeline on a batch into its dead letters."""
-
-    rule = "processing_failed"
+Timer = Callable[[], Awaitable[None]]
 
 
-async def failed_batch(events: Sequence[EventT], exc: Exception, forget: dict[int, Any]) -> None:
-    """A batch a pipeline could not process: log it, dead-letter every message of it (nothing
-    vanishes), and drop the partition's in-memory state so it is rebuilt from storage."""
-    logger.exception(
-        "processing failed on %s[%s]",
-        events[0].message.topic,
-        events[0].message.partition,
-        exc_info=exc,
-    )
-    forget.pop(events[0].message.partition, None)
-    failure = ProcessingError(f"{type(exc).__name__}: {exc}")
-    for event in events:
-        await reject(event, failure, stage="process")
+def timer(interval: Seconds, **options: Any) -> Callable[[Timer], Timer]:
+    """`app.timer` whose errors are logged and counted, not fatal: in Faust an exception in
+    a timer stops the worker, and the next start would meet the same state and stop again."""
+
+    def decorate(fun: Timer) -> Timer:
+        @functools.wraps(fun)
+        async def survives() -> None:
+            try:
+                await fun()
+            except Exception:
+                TASK_FAILURES.labels(fun.__name__).inc()
+                logger.exception("timer %s failed; it runs again in %s s", fun.__name__, interval)
+
+        app.timer(interval, **options)(survives)
+        return survives
+
+    return decorate
+
+
+@timer(interval=1.0)
+async def log_rejections() -> None:
+    """One log line per interval for all dead letters, not one per letter."""
+    if rejections.due():
+        logger.warning("dead letters: %s", rejections.take(), extra={SUMMARY: True})

@@ -29,11 +29,13 @@ from tally.agents.intake import (
     each_partition,
     forget_when_revoked,
     reject,
+    timer,
     writing_for,
 )
 from tally.app import app, settings
 from tally.codecs.avro import Record, check_event_time, validate_metric_sample
 from tally.errors import TallyError, ValidationError
+from tally.limits import MAX_METRICS_PER_SERVER_MINUTE, MESSAGE_MAX_BYTES, bounded_chunks
 from tally.partitioning import partition_for
 from tally.tables.applied import Stamped, apply_server_rollups, holds, stamp, value_of
 from tally.tables.metrics import (
@@ -58,6 +60,7 @@ from tally.tables.rollups import (
     hot_horizon,
     merge_cells,
     minute_of,
+    room_for_metrics,
 )
 from tally.tables.store import delete_below, first_parts, partition_key, scan, stored_value
 from tally.tables.windowing import EventClock, now_ms
@@ -70,12 +73,21 @@ GRACE_MS = int(settings.grace_seconds * 1000)
 #: is small next to the grace (10 s by default) every minute waits anyway.
 METRICS_BATCH_WITHIN_S = 0.5
 MAX_FUTURE_MS = int(settings.max_future_seconds * 1000)
+#: Ticks are taken at least this often (take_events waits this long between batches).
+TICK_WITHIN_S = 0.05
 
 
 class LateSample(TallyError):
     """A sample of a minute that was already final when it arrived."""
 
     rule = "late"
+
+
+class TooManyMetrics(TallyError):
+    """A sample of a metric new to a server's minute that already holds the most metrics
+    one minute record may (tally.limits.MAX_METRICS_PER_SERVER_MINUTE)."""
+
+    rule = "too_many_metrics"
 
 
 @dataclass
@@ -187,11 +199,27 @@ async def roll_up(state: PartitionState, events: Sequence[EventT]) -> None:
         # it, so samples of one message never make each other late.
         watermark = clock.watermark(wall, GRACE_MS)
         closed = state.closed_before(watermark)
-        judged = fold_samples(samples, folded[server], closed, wall + MAX_FUTURE_MS)
+        judged = fold_samples(
+            samples,
+            folded[server],
+            closed,
+            wall + MAX_FUTURE_MS,
+            room_for_metrics(
+                lambda minute, server=server: value_of(stored.get((server, minute))) or {},
+                MAX_METRICS_PER_SERVER_MINUTE,
+            ),
+        )
         for index in judged.invalid:
             sample = samples[index]
             exc = why_invalid(sample, wall)
             await reject(event, exc, stage="validate", value=one_sample(batch, sample))
+        for index in judged.crowded:
+            sample = samples[index]
+            crowded = TooManyMetrics(
+                f"server {server!r} already has {MAX_METRICS_PER_SERVER_MINUTE} metrics in "
+                f"minute {minute_of(sample['ts_ms'])}; metric {sample['metric_id']!r} is one more"
+            )
+            await reject(event, crowded, stage="validate", value=one_sample(batch, sample))
         for index in judged.late:
             sample = samples[index]
             state.late_events += 1
@@ -307,11 +335,17 @@ async def send_to_metric_index(
                 destination = destinations[metric] = partition_for(metric, settings.partitions)
             by_destination[destination].append([metric, minute, server, *acc])
     for destination, rollups in by_destination.items():
-        await rollups_by_metric.send(
-            key=b"partials",
-            partition=destination,
-            value={"cells": rollups, "upstream": partition, "watermark_ms": watermark},
-        )
+        for part in bounded_chunks(rollups, partial_size, len(rollups), MESSAGE_MAX_BYTES):
+            await rollups_by_metric.send(
+                key=b"partials",
+                partition=destination,
+                value={"cells": part, "upstream": partition, "watermark_ms": watermark},
+            )
+
+
+def partial_size(cell: list[object]) -> int:
+    """A partial rollup's JSON size, near enough: its two ids and five numbers."""
+    return len(str(cell[0])) + len(str(cell[2])) + 120
 
 
 @app.agent(metric_samples)
@@ -319,7 +353,7 @@ async def roll_up_samples(stream: StreamT) -> None:
     await each_partition(stream, roll_up_partition, states, within=METRICS_BATCH_WITHIN_S)
 
 
-@app.timer(interval=1.0)
+@timer(interval=1.0)
 async def tick_owned_partitions() -> None:
     """One tick per owned metric-samples partition that has ever had data."""
     if not app.ready:
@@ -331,10 +365,14 @@ async def tick_owned_partitions() -> None:
             await metric_ticks.send(key=b"tick", value={}, partition=tp.partition)
 
 
+async def close_ticked(events: Sequence[EventT]) -> None:
+    for event in events:
+        await close_partition_minutes(event)
+
+
 @app.agent(metric_ticks)
 async def close_minutes(stream: StreamT) -> None:
-    async for event in stream.events():
-        await close_partition_minutes(event)
+    await each_partition(stream, close_ticked, states, within=TICK_WITHIN_S)
 
 
 async def close_partition_minutes(event: EventT) -> None:

@@ -26,6 +26,7 @@ from tally.agents.intake import (
     each_partition,
     forget_when_revoked,
     reject,
+    timer,
     writing_for,
 )
 from tally.app import app, settings
@@ -239,7 +240,7 @@ async def publish(
     await topk_candidates.send(key=b"top", value=candidates.to_json())
 
 
-@app.timer(interval=1.0)
+@timer(interval=1.0)
 async def slide_idle_windows() -> None:
     """Event time passes on idle partitions too: slide their windows, keep answers fresh."""
     if not app.ready:
@@ -287,17 +288,26 @@ def answer_at(last_pane: int) -> GlobalTopK | None:
     return merge_candidates(found, settings.top_k)
 
 
+#: The merge waits at most this long to batch candidates: it is on the path to every answer.
+MERGE_WITHIN_S = 0.02
+
+
+async def merge_partition(events: Sequence[EventT]) -> None:
+    for event in events:
+        candidates = Candidates.from_json(event.value)
+        with writing_for(event):
+            sales_topk[f"latest|{candidates.partition}".encode()] = candidates.to_json()
+            sales_topk[f"{candidates.last_pane:012d}|{candidates.partition}".encode()] = (
+                candidates.to_json()
+            )
+            first_pane = SALES_SPEC.first_pane(candidates.last_pane)
+            oldest_kept = first_pane - SALES_SPEC.extra_retained_panes
+            stale_key = f"{oldest_kept - 1:012d}|{candidates.partition}".encode()
+            if stale_key in sales_topk:
+                del sales_topk[stale_key]
+        load_latest()[candidates.partition] = candidates
+
+
 @app.agent(topk_candidates)
 async def merge_top_k(stream: StreamT) -> None:
-    async for event in stream.events():
-        candidates = Candidates.from_json(event.value)
-        latest = load_latest()
-        latest[candidates.partition] = candidates
-        sales_topk[f"latest|{candidates.partition}".encode()] = candidates.to_json()
-        sales_topk[f"{candidates.last_pane:012d}|{candidates.partition}".encode()] = (
-            candidates.to_json()
-        )
-        oldest_kept = SALES_SPEC.first_pane(candidates.last_pane) - SALES_SPEC.extra_retained_panes
-        stale_key = f"{oldest_kept - 1:012d}|{candidates.partition}".encode()
-        if stale_key in sales_topk:
-            del sales_topk[stale_key]
+    await each_partition(stream, merge_partition, {}, within=MERGE_WITHIN_S)

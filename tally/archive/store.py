@@ -43,7 +43,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from tally.errors import ValidationError
-from tally.tables.rollups import MINUTE_MS, usable_id
+from tally.limits import usable_id
+from tally.tables.rollups import MINUTE_MS
 
 ROWS = pa.schema(
     [

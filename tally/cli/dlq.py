@@ -11,6 +11,7 @@ import click
 from faust.cli import AppCommand, argument, option
 
 from tally.app import app, settings
+from tally.broker.watch import BrokerWatch
 from tally.cli.errors import fail, parsed_by
 from tally.dlq import (
     Letter,
@@ -21,9 +22,9 @@ from tally.dlq import (
     read_letters,
     replay_plan,
 )
+from tally.errors import UnreadableBody
 from tally.ingest.gateway import BrokerUnavailable, Message
 from tally.ingest.http import make_gateway
-from tally.ingest.rows import UnreadableBody
 from tally.topics import registry
 
 REPLAYED_FROM = "tally.replayed-from"
@@ -42,7 +43,8 @@ async def selected(which: LetterFilter, limit: int = 0) -> list[Letter]:
 
 def print_list(letters: list[Letter], as_json: bool) -> None:
     if as_json:
-        print(json.dumps([letter.summary() for letter in letters], indent=2))
+        listed = [{**letter.summary(), "preview": letter.preview()} for letter in letters]
+        print(json.dumps(listed, indent=2))
         return
     if not letters:
         print("no dead letters match")
@@ -75,8 +77,10 @@ def print_letter(letter: Letter, raw: bool) -> None:
 
 async def replay(letters: list[Letter], replacement: bytes | None, dry_run: bool) -> int:
     """Send each letter back; returns how many could not be."""
-    gateway = make_gateway(settings)
+    broker = BrokerWatch(settings.bootstrap_servers)
+    gateway = make_gateway(settings, broker)
     skipped = 0
+    await broker.start()
     await gateway.start()
     try:
         for letter in letters:
@@ -121,6 +125,7 @@ async def replay(letters: list[Letter], replacement: bytes | None, dry_run: bool
             print(f"{letter.id}: POST /api/ingest/{where}: {verdict} {reasons}".rstrip())
     finally:
         await gateway.stop()
+        await broker.stop()
     return skipped
 
 

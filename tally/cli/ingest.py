@@ -8,13 +8,15 @@ import click
 from aiohttp import web
 from faust.cli import AppCommand, option
 
-from tally.app import app, settings
+from tally.app import app, body_limits, settings
+from tally.broker.watch import BrokerWatch
 from tally.cli.errors import fail, parsed_by
 from tally.cli.local import run_until_stopped
 from tally.dlq import DeadLetterWatch
-from tally.ingest.agent import Backoff, run_agents
+from tally.ingest.agent import AgentGaveUp, Backoff, run_agents
 from tally.ingest.http import make_gateway
 from tally.ingest.server import ingest_application
+from tally.logs import quiet_repeats
 from tally.settings import duration_seconds
 
 
@@ -22,11 +24,17 @@ from tally.settings import duration_seconds
 async def ingest(self: AppCommand) -> None:
     """Run the ingest tier alone: POST /api/ingest/* into Kafka, no tables, no consumer
     group. Listens on TALLY_WEB_HOST:TALLY_WEB_PORT; run several behind a load balancer."""
-    gateway = make_gateway(settings)
+    broker = BrokerWatch(settings.bootstrap_servers)
+    gateway = make_gateway(settings, broker)
     watch = DeadLetterWatch(settings.bootstrap_servers)
+    quiet_repeats()
+    await broker.start()
     await gateway.start()
     await watch.start()
-    runner = web.AppRunner(ingest_application(gateway, watch), access_log=None)
+    application = ingest_application(
+        gateway, watch, body_limits(settings), settings.http_header_timeout_seconds
+    )
+    runner = web.AppRunner(application, access_log=None)
     await runner.setup()
     try:
         site = web.TCPSite(runner, settings.web_host, settings.web_port)
@@ -49,6 +57,7 @@ async def ingest(self: AppCommand) -> None:
         await runner.cleanup()
         await watch.stop()
         await gateway.stop()
+        await broker.stop()
 
 
 def duration_option(name: str, default: str, help: str) -> Any:
@@ -79,6 +88,11 @@ def duration_option(name: str, default: str, help: str) -> Any:
         "--backoff", "500ms", "First retry's ceiling; doubles per retry (full jitter)."
     ),
     duration_option("--max-backoff", "30s", "Largest retry ceiling."),
+    duration_option(
+        "--give-up",
+        "60s",
+        "Exit with an error when batches fail and none was delivered for this long.",
+    ),
     option("--seed", type=int, default=1, show_default=True),
 )
 async def agent(
@@ -92,6 +106,7 @@ async def agent(
     retries: int,
     backoff: float,
     max_backoff: float,
+    give_up: float,
     seed: int,
 ) -> None:
     """Simulate server agents: each batches its samples and POSTs them every --interval to
@@ -102,16 +117,20 @@ async def agent(
         f"agent: {servers} servers x {metrics} metrics, every {interval:g} s -> {target}",
         flush=True,
     )
-    stats = await run_agents(
-        target,
-        servers=servers,
-        metrics=metrics,
-        interval_s=interval,
-        resolution_s=resolution,
-        rounds=rounds,
-        backoff=Backoff(base_s=backoff, cap_s=max_backoff, retries=retries),
-        seed=seed,
-    )
+    try:
+        stats = await run_agents(
+            target,
+            servers=servers,
+            metrics=metrics,
+            interval_s=interval,
+            resolution_s=resolution,
+            rounds=rounds,
+            backoff=Backoff(base_s=backoff, cap_s=max_backoff, retries=retries),
+            seed=seed,
+            give_up_s=give_up,
+        )
+    except AgentGaveUp as exc:
+        fail(f"agent gave up: {exc}")
     print(stats.line(), flush=True)
     if stats.failed:
         fail(f"{stats.failed} batches could not be delivered")

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 import click
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from faust.cli import AppCommand, argument, option
 
 from tally.app import app, settings
@@ -23,7 +24,7 @@ from tally.broker.admin import ensure_topics
 from tally.broker.local import LocalBroker, die_with_parent, port_accepts, stop_process
 from tally.cli.errors import fail
 from tally.errors import BrokerError, ConfigurationError
-from tally.feed import FeedProgress, metric_batches, purchases, send_feed
+from tally.feed import ACK_TIMEOUT_S, FeedProgress, metric_batches, purchases, send_feed
 from tally.tables.windowing import now_ms
 from tally.topics import SOURCE_TOPICS, metric_batch_codec, purchase_codec
 
@@ -92,14 +93,22 @@ async def run_feed(
         if pipeline == "sales"
         else metric_batches(rng, clock_ms=now_ms)
     )
-    await ensure_topics(
-        settings.bootstrap_servers,
-        SOURCE_TOPICS,
-        partitions=settings.partitions,
-        replication=settings.replication,
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers,
+        linger_ms=5,
+        request_timeout_ms=int(ACK_TIMEOUT_S * 1000),
     )
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=5)
-    await producer.start()
+    try:
+        await ensure_topics(
+            settings.bootstrap_servers,
+            SOURCE_TOPICS,
+            partitions=settings.partitions,
+            replication=settings.replication,
+        )
+        await producer.start()
+    except (KafkaError, OSError) as exc:
+        await producer.stop()
+        raise BrokerError(f"cannot reach the broker at {settings.broker}: {exc}") from exc
     try:
         return await send_feed(
             producer,
@@ -142,8 +151,11 @@ async def run_feed(
 )
 async def feed(self: AppCommand, pipeline: str, rate: float, count: int, seed: int) -> None:
     """Send sample data: `sales` (purchases) or `metrics` (metric batches), event time = now."""
-    sent = await run_feed(pipeline, rate=rate, count=count, seed=seed)
-    print(f"{pipeline}: sent {sent} messages to {FEEDS[pipeline][0]}", flush=True)
+    try:
+        sent = await run_feed(pipeline, rate=rate, count=count, seed=seed)
+    except BrokerError as exc:
+        fail(f"{pipeline}: {exc}")
+    print(f"{pipeline}: sent {sent} messages to {FEEDS[pipeline][0]}, all acknowledged", flush=True)
 
 
 def wait_for_http(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
@@ -234,6 +246,7 @@ async def dev(self: AppCommand, sales_rate: float, metrics_rate: float) -> None:
             task.cancel()
         # Let the producers stop while the broker is still up.
         await asyncio.wait_for(asyncio.gather(*feeds, return_exceptions=True), 10)
-        stop_process(worker, 20)
+        print("stopping the worker (it exits within TALLY_STOP_TIMEOUT_SECONDS) ...", flush=True)
+        stop_process(worker, settings.stop_timeout_seconds + 10)
         local.stop()
         print("stopped: feed, worker, broker", flush=True)

@@ -277,7 +277,7 @@ async def replay(
         print(f"replay: {message}", file=sys.stderr, flush=True)
         raise
     finally:
-        stop_process(worker)
+        stop_process(worker, settings.stop_timeout_seconds + 10)
 
 
 def start_worker(generation: int, pipeline: str, port: int) -> tuple[subprocess.Popen[bytes], Path]:

@@ -20,7 +20,7 @@ from faust.serializers.codecs import Codec
 
 from tally.codecs.registry import Schema, SchemaRegistry
 from tally.errors import DecodeError, SchemaError, ValidationError
-from tally.tables.rollups import usable_id
+from tally.limits import check_id, check_metadata
 
 MAGIC_BYTE = 0
 HEADER = struct.Struct(">bI")
@@ -175,34 +175,28 @@ class RecordTypeCodec:
 
 
 def validate_purchase(record: Record) -> None:
-    """Rules of a purchase the Avro types cannot say."""
+    """Rules of a purchase the Avro types cannot say (tally.limits: ids and metadata)."""
     if record["quantity"] <= 0:
         raise ValidationError(f"quantity must be > 0, got {record['quantity']}", "out_of_range")
     if record["unit_price_cents"] < 0:
         raise ValidationError(
             f"unit_price_cents must be >= 0, got {record['unit_price_cents']}", "out_of_range"
         )
-    if not record["item_id"]:
-        raise ValidationError("item_id must not be empty", "bad_id")
-
-
-def _valid_id(name: str, value: str) -> None:
-    if not usable_id(value):
-        raise ValidationError(
-            f"{name} must be non-empty and contain no '|', got {value!r}", "bad_id"
-        )
+    check_id("item_id", record["item_id"])
+    check_id("purchase_id", record["purchase_id"])
+    check_metadata(record["metadata"])
 
 
 def validate_metric_batch(record: Record) -> None:
     """Rules of a metric batch the Avro types cannot say (the batch as a whole)."""
-    _valid_id("server_id", record["server_id"])
+    check_id("server_id", record["server_id"])
 
 
 def validate_metric_sample(sample: Record) -> None:
     """Rules of one sample: finite value, usable metric id. A bad sample is rejected alone."""
     if not math.isfinite(sample["value"]):
         raise ValidationError(f"value must be finite, got {sample['value']}", "not_finite")
-    _valid_id("metric_id", sample["metric_id"])
+    check_id("metric_id", sample["metric_id"])
 
 
 def check_event_time(

@@ -12,6 +12,7 @@ Two implementations of one small interface:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -21,14 +22,37 @@ import urllib.request
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, urlsplit
 
 from fastavro import parse_schema
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from tally.errors import ConfigurationError, SchemaError, UnknownSchemaError
+from tally.limits import utf8_size
 
 Schema = dict[str, Any]
+#: Longest subject name, in UTF-8 bytes.
+MAX_SUBJECT_BYTES = 255
+#: Schema ids and versions are positive 32-bit numbers (Confluent's range).
+MAX_ID = 2**31 - 1
+
+
+def subject_problem(subject: str) -> str | None:
+    """Why `subject` cannot name a subject, or None."""
+    size = utf8_size(subject)
+    if not subject or size is None or size > MAX_SUBJECT_BYTES:
+        return f"a subject name must be 1 to {MAX_SUBJECT_BYTES} bytes of UTF-8 text"
+    if any(ord(char) < 32 or ord(char) == 127 for char in subject):
+        return "a subject name must not contain control characters"
+    return None
+
+
+def positive_id(text: str) -> int | None:
+    """`text` as a schema id or version number (1 to 2**31-1), or None."""
+    if not (text.isascii() and text.isdecimal() and len(text) <= 10):
+        return None
+    number = int(text)
+    return number if 1 <= number <= MAX_ID else None
 
 
 def canonical_text(schema: Schema | str) -> str:
@@ -64,7 +88,8 @@ class SchemaRegistry(ABC):
 
 
 class FileSchemaRegistry(SchemaRegistry):
-    """A directory: `ids/<id>.avsc` (canonical text) and `subjects/<subject>.json` (id list)."""
+    """A directory: `ids/<id>.avsc` (canonical text) and `subjects/<digest>.json` ({"subject",
+    "ids"}: the name is kept inside, so any subject name makes a short, safe file name)."""
 
     def __init__(self, root: Path):
         self.root = root
@@ -90,7 +115,8 @@ class FileSchemaRegistry(SchemaRegistry):
                 _write_atomically(path, text)
             versions = self.versions(subject)
             if schema_id not in versions:
-                _write_atomically(self._subject_path(subject), json.dumps([*versions, schema_id]))
+                record = {"subject": subject, "ids": [*versions, schema_id]}
+                _write_atomically(self._subject_path(subject), json.dumps(record))
             self._cache[schema_id] = json.loads(text)
         return schema_id
 
@@ -109,16 +135,17 @@ class FileSchemaRegistry(SchemaRegistry):
     def subjects(self) -> list[str]:
         if not self._subjects.exists():
             return []
-        return sorted(unquote(p.stem) for p in self._subjects.glob("*.json"))
+        return sorted(json.loads(p.read_text())["subject"] for p in self._subjects.glob("*.json"))
 
     def versions(self, subject: str) -> list[int]:
         try:
-            return list(json.loads(self._subject_path(subject).read_text()))
+            return list(json.loads(self._subject_path(subject).read_text())["ids"])
         except FileNotFoundError:
             return []
 
     def _subject_path(self, subject: str) -> Path:
-        return self._subjects / f"{quote(subject, safe='')}.json"
+        digest = hashlib.sha256(subject.encode("utf-8", "surrogatepass")).hexdigest()[:40]
+        return self._subjects / f"{digest}.json"
 
 
 class HttpSchemaRegistry(SchemaRegistry):

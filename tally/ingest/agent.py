@@ -19,11 +19,16 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from tally.errors import TallyError
 from tally.feed import METRIC_NAMES
 from tally.tables.windowing import now_ms
 
 #: Statuses worth a retry besides every 5xx: the server timed out or is rate limiting.
 RETRYABLE_4XX = frozenset({408, 429})
+
+
+class AgentGaveUp(TallyError):
+    """Batches kept failing and none was delivered for the give-up time."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,13 @@ class AgentStats:
     failed: int = 0
     rejected_rows: int = 0
     started: float = field(default_factory=time.monotonic)
+    #: When a batch was last delivered (or the agents started), and the last failure seen.
+    delivered_at: float = field(default_factory=time.monotonic)
+    last_problem: str = ""
+
+    def failing_for(self) -> float:
+        """Seconds since the last delivery, while batches fail (0 while none has)."""
+        return time.monotonic() - self.delivered_at if self.failed else 0.0
 
     def line(self) -> str:
         rate = self.samples / max(time.monotonic() - self.started, 1e-9)
@@ -83,6 +95,7 @@ async def post_with_retries(
             ) as response:
                 if response.status == 202:  # delivered: never re-sent, whatever the body
                     stats.batches += 1
+                    stats.delivered_at = time.monotonic()
                     try:
                         answer = json.loads(await response.read())
                         stats.samples += int(answer.get("accepted", 0))
@@ -90,12 +103,13 @@ async def post_with_retries(
                     except (ValueError, TypeError, AttributeError, aiohttp.ClientError):
                         pass
                     return True
+                detail = (await response.read())[:200].decode(errors="replace")
+                stats.last_problem = f"{response.status}: {detail}"
                 if response.status < 500 and response.status not in RETRYABLE_4XX:
-                    detail = (await response.read())[:200].decode(errors="replace")
                     print(f"agent: {url} -> {response.status}: {detail}", file=sys.stderr)
                     break
-        except (aiohttp.ClientError, TimeoutError):
-            pass
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            stats.last_problem = f"{type(exc).__name__}: {exc}"
         if attempt == backoff.retries:
             break
         stats.retries += 1
@@ -178,10 +192,12 @@ async def run_agents(
     rounds: int,
     backoff: Backoff,
     seed: int,
+    give_up_s: float = 60.0,
     report_every_s: float = 5.0,
     connections: int = 100,
 ) -> AgentStats:
-    """`servers` simulated servers posting to `url` until cancelled or `rounds` are done."""
+    """`servers` simulated servers posting to `url` until cancelled or `rounds` are done,
+    or until batches have failed and none was delivered for `give_up_s`."""
     stats = AgentStats()
     names = metric_names(metrics)
     timeout = aiohttp.ClientTimeout(total=60)
@@ -205,8 +221,13 @@ async def run_agents(
         all_done = asyncio.gather(*tasks)
         try:
             while not all_done.done():
-                await asyncio.wait([all_done], timeout=report_every_s)
+                await asyncio.wait([all_done], timeout=min(report_every_s, give_up_s))
                 print(stats.line(), file=sys.stderr, flush=True)
+                if stats.failing_for() >= give_up_s:
+                    raise AgentGaveUp(
+                        f"no batch was delivered for {stats.failing_for():.0f} s and "
+                        f"{stats.failed:,} failed (last: {stats.last_problem})"
+                    )
             await all_done
         finally:
             for task in tasks:

@@ -5,7 +5,13 @@ One gateway serves both homes of the write path: the worker's web server and the
 twenty minutes): every accepted row and every dead letter of a request must be acknowledged
 within TALLY_INGEST_ACK_TIMEOUT_SECONDS, or the whole request is answered 503 and the client
 retries. A request is therefore at-least-once: a retry after a 503 may repeat rows that were
-acknowledged just before the failure.
+acknowledged just before the failure. Dead letters are sent only after every accepted row is
+acknowledged, so a 503 leaves none unless all of the request's rows got through first.
+
+The cost of one request is bounded: at most TALLY_INGEST_MAX_ROWS rows, checked and encoded
+in a worker thread (the event loop keeps answering meanwhile), at most CHECK_SLOTS requests
+at a time, and at most CHECK_QUEUE waiting for a slot (others get a 503 at once). While the
+broker takes no connections (`BrokerWatch`), requests get a 503 at once.
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ import logging
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -25,6 +32,7 @@ from aiokafka.errors import KafkaError
 from mode import Service
 
 from tally.broker.admin import ensure_topics, track_topics
+from tally.broker.watch import BrokerWatch
 from tally.codecs.avro import (
     AvroCodec,
     Record,
@@ -38,6 +46,7 @@ from tally.codecs.registry import Schema
 from tally.deadletters import DEAD_LETTERS_TOPIC, DeadLetter
 from tally.errors import TallyError, ValidationError
 from tally.ingest.rows import Row, RowShape, split_rows
+from tally.limits import MESSAGE_MAX_BYTES, bounded_chunks
 from tally.partitioning import partition_for
 from tally.settings import Settings
 from tally.tables.windowing import now_ms
@@ -48,11 +57,14 @@ logger = logging.getLogger(__name__)
 #: Rows and bytes per Kafka message: below Kafka's default 1 MB message limit.
 PURCHASES_PER_ENVELOPE = 1_000
 SAMPLES_PER_BATCH = 5_000
-MESSAGE_MAX_BYTES = 512 * 1024
 #: After a failed connection, requests get a 503 at once for this long.
 START_COOL_DOWN_S = 2.0
 #: A refused body is dead-lettered up to this many bytes (the reason says if it was cut).
 DEAD_LETTER_MAX_BYTES = 256 * 1024
+#: Requests read and checked at once (the work is CPU: about one per core), and requests
+#: that may wait for one of those slots; more get a 503 at once.
+CHECK_SLOTS = 2
+CHECK_QUEUE = 32
 
 
 class BrokerUnavailable(TallyError):
@@ -60,6 +72,35 @@ class BrokerUnavailable(TallyError):
     promised, retry it)."""
 
     rule = "broker_unavailable"
+
+
+class Busy(TallyError):
+    """Too many requests are waiting to be checked (answered 503: retry in a moment)."""
+
+    rule = "busy"
+
+
+class Admission:
+    """At most `slots` holders at a time, at most `queue` waiting; `Busy` beyond that."""
+
+    def __init__(self, slots: int, queue: int) -> None:
+        self.slots = asyncio.Semaphore(slots)
+        self.queue = queue
+        self.waiting = 0
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        if self.slots.locked() and self.waiting >= self.queue:
+            raise Busy(f"{self.waiting} requests are waiting to be checked; retry in a moment")
+        self.waiting += 1
+        try:
+            await self.slots.acquire()
+        finally:
+            self.waiting -= 1
+        try:
+            yield
+        finally:
+            self.slots.release()
 
 
 @dataclass(frozen=True)
@@ -99,6 +140,16 @@ class IngestResult:
             ],
             "messages": self.messages,
         }
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A request's rows, judged: the messages of its accepted rows and its dead letters."""
+
+    accepted: int
+    messages: list[Message]
+    letters: list[Message]
+    rejections: list[Rejection]
 
 
 @dataclass(frozen=True)
@@ -173,18 +224,8 @@ def sample_row_schema() -> Schema:
 
 def chunks(rows: Sequence[Accepted], max_rows: int) -> list[list[Record]]:
     """Rows cut into messages of at most `max_rows` rows and MESSAGE_MAX_BYTES."""
-    out: list[list[Record]] = []
-    part: list[Record] = []
-    size = 0
-    for row in rows:
-        if part and (len(part) >= max_rows or size + row.size > MESSAGE_MAX_BYTES):
-            out.append(part)
-            part, size = [], 0
-        part.append(row.record)
-        size += row.size
-    if part:
-        out.append(part)
-    return out
+    parts = bounded_chunks(rows, lambda row: row.size, max_rows, MESSAGE_MAX_BYTES)
+    return [[row.record for row in part] for part in parts]
 
 
 def by_key(rows: Sequence[Accepted], field_name: str) -> dict[str, list[Accepted]]:
@@ -264,10 +305,19 @@ class IngestGateway(Service):
     """Rows to Kafka for the ingest endpoints; starts its producer on first use, so a
     gateway outlives a broker that is down (each request then gets a 503)."""
 
-    def __init__(self, settings: Settings, endpoints: dict[str, Endpoint], **kwargs: Any) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        endpoints: dict[str, Endpoint],
+        watch: BrokerWatch,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.settings = settings
         self.endpoints = endpoints
+        #: Whether the broker takes connections (started and stopped by its owner).
+        self.watch = watch
+        self.admission = Admission(CHECK_SLOTS, CHECK_QUEUE)
         self.ack_timeout_s = settings.ingest_ack_timeout_seconds
         self._producer: AIOKafkaProducer | None = None
         self._starting = asyncio.Lock()
@@ -309,19 +359,6 @@ class IngestGateway(Service):
                 self._producer = producer
             return self._producer
 
-    async def check_broker(self) -> None:
-        """`BrokerUnavailable` unless a broker of the cluster takes a connection now: what a
-        load balancer's health check should see."""
-        producer = await self.producer()
-        client = producer.client
-        for broker in client.cluster.brokers():
-            try:
-                if await asyncio.wait_for(client.ready(broker.nodeId), 2.0):
-                    return
-            except (KafkaError, OSError, TimeoutError):
-                continue
-        raise BrokerUnavailable(f"no broker of {self.settings.broker} takes connections")
-
     async def _connect(self, producer: AIOKafkaProducer) -> None:
         topics = sorted({e.topic for e in self.endpoints.values()} | {DEAD_LETTERS_TOPIC})
         await ensure_topics(
@@ -333,16 +370,12 @@ class IngestGateway(Service):
         await producer.start()
         await track_topics(producer, topics)
 
-    async def submit(
-        self, endpoint: Endpoint, body: bytes, request_id: str, ndjson: bool = False
-    ) -> IngestResult:
-        """Check every row, send accepted rows and dead letters, wait for every ack.
-
-        `UnreadableBody` (400, for the caller to `refuse`) and `BrokerUnavailable` (503)
-        propagate.
-        """
+    def check(self, endpoint: Endpoint, body: bytes, request_id: str, ndjson: bool) -> Checked:
+        """Every row judged, accepted rows encoded into messages, rejected ones into dead
+        letters: CPU work, run in a thread. `UnreadableBody` (400) and `BodyTooLarge` (413,
+        more rows than TALLY_INGEST_MAX_ROWS) propagate, for the caller to `refuse`."""
         request = origin(endpoint, request_id)
-        rows = split_rows(body, ndjson)
+        rows = split_rows(body, ndjson, self.settings.ingest_max_rows)
         wall_ms = now_ms()
         accepted: list[Accepted] = []
         rejected: list[tuple[Row, ValidationError]] = []
@@ -351,23 +384,44 @@ class IngestGateway(Service):
                 accepted.append(Accepted(endpoint.shape.check(row, wall_ms), len(row.raw)))
             except ValidationError as exc:
                 rejected.append((row, exc))
-        messages = endpoint.encode(accepted, wall_ms) if accepted else []
-        letters = [
-            letter_message(row.raw, exc, stage="validate", request=request, row=row.index)
-            for row, exc in rejected
-        ]
-        await self.deliver([*messages, *letters])
-        INGEST_ROWS.labels(endpoint.name, "accepted").inc(len(accepted))
-        INGEST_ROWS.labels(endpoint.name, "rejected").inc(len(rejected))
-        for _, exc in rejected:
-            DEAD_LETTERS.labels(DEAD_LETTERS_TOPIC, exc.rule).inc()
+        return Checked(
+            accepted=len(accepted),
+            messages=endpoint.encode(accepted, wall_ms) if accepted else [],
+            letters=[
+                letter_message(row.raw, exc, stage="validate", request=request, row=row.index)
+                for row, exc in rejected
+            ],
+            rejections=[Rejection(row.index, exc.rule, str(exc)) for row, exc in rejected],
+        )
+
+    async def submit(
+        self, endpoint: Endpoint, body: bytes, request_id: str, ndjson: bool = False
+    ) -> IngestResult:
+        """Check every row (in a thread), send the accepted rows, then the dead letters,
+        waiting for every ack. `UnreadableBody`, `BodyTooLarge` and `BrokerUnavailable`
+        propagate."""
+        self.fail_fast()
+        checked = await asyncio.to_thread(self.check, endpoint, body, request_id, ndjson)
+        await self.deliver(checked.messages)
+        await self.deliver(checked.letters)
+        INGEST_ROWS.labels(endpoint.name, "accepted").inc(checked.accepted)
+        INGEST_ROWS.labels(endpoint.name, "rejected").inc(len(checked.rejections))
+        for rejection in checked.rejections:
+            DEAD_LETTERS.labels(DEAD_LETTERS_TOPIC, rejection.rule).inc()
         return IngestResult(
             request_id=request_id,
             endpoint=endpoint.name,
-            accepted=len(accepted),
-            rejections=[Rejection(row.index, exc.rule, str(exc)) for row, exc in rejected],
-            messages=len(messages),
+            accepted=checked.accepted,
+            rejections=checked.rejections,
+            messages=len(checked.messages),
         )
+
+    def fail_fast(self) -> None:
+        """`BrokerUnavailable` at once while the broker takes no connections."""
+        if not self.watch.reachable:
+            raise BrokerUnavailable(
+                f"{self.watch.reason}; nothing of this request is kept: retry it later"
+            )
 
     async def refuse(
         self, endpoint: Endpoint, body: bytes, exc: TallyError, request_id: str, size: int
@@ -382,19 +436,35 @@ class IngestGateway(Service):
 
     async def deliver(self, messages: list[Message]) -> None:
         """Send and wait until the broker acknowledged every message; `BrokerUnavailable` if
-        that takes longer than the ack timeout or the broker refuses."""
+        that takes longer than the ack timeout, the broker refuses, or the broker goes away
+        meanwhile."""
         if not messages:
             return
+        self.fail_fast()
         started = time.monotonic()
         producer = await self.producer()
         remaining = max(self.ack_timeout_s - (time.monotonic() - started), 0.1)
+        sending = asyncio.ensure_future(self._send_all(producer, messages))
+        gone = asyncio.ensure_future(self.watch.gone.wait())
         try:
-            await asyncio.wait_for(self._send_all(producer, messages), remaining)
-        except (KafkaError, TimeoutError) as exc:
+            await asyncio.wait({sending, gone}, timeout=remaining, return_when="FIRST_COMPLETED")
+        finally:
+            gone.cancel()
+        if not sending.done():
+            sending.cancel()
+            why = (
+                self.watch.reason
+                or f"the broker did not acknowledge within {self.ack_timeout_s:g} s"
+            )
+            logger.warning("ingest: %d messages not acknowledged: %s", len(messages), why)
+            raise BrokerUnavailable(f"{why}; nothing of this request is promised: retry it")
+        try:
+            sending.result()
+        except KafkaError as exc:
             logger.warning("ingest: %d messages not acknowledged: %r", len(messages), exc)
             raise BrokerUnavailable(
-                f"the broker did not acknowledge within {self.ack_timeout_s:g} s "
-                f"({type(exc).__name__}); nothing of this request is promised: retry it"
+                f"the broker refused the request's messages ({type(exc).__name__}); nothing "
+                "of this request is promised: retry it"
             ) from exc
 
     @staticmethod

@@ -10,13 +10,15 @@ body with no readable row at all is refused as a whole. No Faust here: plain fun
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from tally.codecs.avro import Record
 from tally.codecs.registry import Schema
-from tally.errors import TallyError, ValidationError
+from tally.errors import BodyTooLarge, UnreadableBody, ValidationError
+from tally.limits import utf8_size
 
 #: A row larger than this is rejected: it would not fit a Kafka message with its neighbours.
 MAX_ROW_BYTES = 256 * 1024
@@ -24,18 +26,6 @@ INT32 = (-(2**31), 2**31 - 1)
 INT64 = (-(2**63), 2**63 - 1)
 #: How much of a value a reason quotes.
 PREVIEW_CHARS = 60
-
-
-class UnreadableBody(TallyError):
-    """The body as a whole cannot be read as rows (answered 400)."""
-
-    rule = "unreadable_body"
-
-
-class BodyTooLarge(TallyError):
-    """The body is over the size limit (answered 413)."""
-
-    rule = "body_too_large"
 
 
 @dataclass(frozen=True)
@@ -49,13 +39,47 @@ class Row:
     unreadable: str = ""
 
 
-#: Content types that mean "one JSON value per line", whatever the first line looks like.
-NDJSON_TYPES = frozenset({"application/x-ndjson", "application/jsonl", "application/json-lines"})
+_DECODER = json.JSONDecoder()
+_SPACE = re.compile(r"[ \t\n\r]*")
 
 
-def split_rows(body: bytes, ndjson: bool = False) -> list[Row]:
+def too_many_rows(max_rows: int) -> BodyTooLarge:
+    return BodyTooLarge(
+        f"the body holds more than {max_rows:,} rows; one request may hold at most "
+        f"{max_rows:,} (TALLY_INGEST_MAX_ROWS): send the rows in several requests"
+    )
+
+
+def array_values(text: str, max_rows: int) -> Iterator[Any]:
+    """The elements of a JSON array, one at a time: a body of a million tiny elements is
+    refused after `max_rows`, not parsed whole first. `ValueError` if it is not one array."""
+    index = _SPACE.match(text, 1).end()  # type: ignore[union-attr]
+    if text.startswith("]", index):
+        index += 1
+    else:
+        count = 0
+        while True:
+            value, index = _DECODER.raw_decode(text, index)
+            count += 1
+            if count > max_rows:
+                raise too_many_rows(max_rows)
+            yield value
+            index = _SPACE.match(text, index).end()  # type: ignore[union-attr]
+            if text.startswith(",", index):
+                index = _SPACE.match(text, index + 1).end()  # type: ignore[union-attr]
+            elif text.startswith("]", index):
+                index += 1
+                break
+            else:
+                raise ValueError(f"expected ',' or ']' at character {index}")
+    if _SPACE.match(text, index).end() != len(text):  # type: ignore[union-attr]
+        raise ValueError(f"extra data after the array at character {index}")
+
+
+def split_rows(body: bytes, ndjson: bool = False, max_rows: int = 10_000) -> list[Row]:
     """The rows of a body: a JSON array (each element a row) or one JSON value (one row);
-    else, or when `ndjson`, one row per non-blank line.
+    else, or when `ndjson`, one row per non-blank line. More than `max_rows` rows:
+    `BodyTooLarge`.
 
     NaN and Infinity literals are read (Python's json does) so that the row is rejected for a
     non-finite value by name, not as unreadable.
@@ -72,15 +96,18 @@ def split_rows(body: bytes, ndjson: bool = False) -> list[Row]:
     whole_error = ""
     if not ndjson:
         try:
-            value = json.loads(stripped)
+            if stripped.startswith("["):
+                values = list(array_values(stripped, max_rows))
+            else:
+                values = [json.loads(stripped)]
         except (ValueError, RecursionError) as exc:
             whole_error = str(exc) or type(exc).__name__
         else:
-            values = value if isinstance(value, list) else [value]
             return [array_row(i, v) for i, v in enumerate(values)]
     rows = []
-    # Only "\n" ends a line: JSON strings may hold U+2028 and friends raw.
-    for index, line in enumerate(line for line in stripped.split("\n") if line.strip()):
+    for index, line in enumerate(line for line in lines(stripped) if line.strip()):
+        if index >= max_rows:
+            raise too_many_rows(max_rows)
         try:
             rows.append(Row(index, line.encode(), json.loads(line)))
         except (ValueError, RecursionError) as exc:
@@ -92,6 +119,18 @@ def split_rows(body: bytes, ndjson: bool = False) -> list[Row]:
             "one JSON object per line"
         )
     return rows
+
+
+def lines(text: str) -> Iterator[str]:
+    """The lines of `text`, one at a time (a list of a million lines would cost more than the
+    body). Only "\n" ends a line: JSON strings may hold U+2028 and friends raw."""
+    start = 0
+    while start <= len(text):
+        end = text.find("\n", start)
+        if end < 0:
+            end = len(text)
+        yield text[start:end]
+        start = end + 1
 
 
 def array_row(index: int, value: Any) -> Row:
@@ -178,6 +217,11 @@ def conform(schema: Any, value: Any, path: str) -> Any:
     if kind == "string":
         if not isinstance(value, str):
             raise _wrong_type(path, "a string", value)
+        if utf8_size(value) is None:
+            raise ValidationError(
+                f"field {path!r} is not valid Unicode text (an unpaired surrogate \\uD800-\\uDFFF)",
+                "bad_text",
+            )
         return value
     if kind == "map":
         if not isinstance(value, dict):

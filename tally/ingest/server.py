@@ -12,14 +12,17 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tally import __version__
 from tally.dlq import DeadLetterWatch
-from tally.ingest.gateway import BrokerUnavailable, IngestGateway
+from tally.ingest.gateway import IngestGateway
 from tally.ingest.http import handle_ingest
+from tally.web.hygiene import BodyLimits, application_options, expect_handler
 from tally.web.openapi import OPERATIONS, document, endpoint_index
 
 INGEST_TIER = [op for op in OPERATIONS if op.on_ingest_tier]
 
 
-def ingest_application(gateway: IngestGateway, watch: DeadLetterWatch) -> web.Application:
+def ingest_application(
+    gateway: IngestGateway, watch: DeadLetterWatch, limits: BodyLimits, header_timeout_s: float
+) -> web.Application:
     openapi_document = document(INGEST_TIER)
     index_body = {
         "service": "tally-ingest",
@@ -36,11 +39,14 @@ def ingest_application(gateway: IngestGateway, watch: DeadLetterWatch) -> web.Ap
 
     async def health(request: web.Request) -> web.Response:
         """Ready when the broker takes connections: a load balancer then routes here."""
-        try:
-            await gateway.check_broker()
-        except BrokerUnavailable as exc:
-            return web.json_response({"status": "starting", "reason": str(exc)}, status=503)
+        if not gateway.watch.reachable:
+            return web.json_response(
+                {"status": "unavailable", "reason": gateway.watch.reason}, status=503
+            )
         return web.json_response({"status": "ready", "role": "ingest"})
+
+    async def live(request: web.Request) -> web.Response:
+        return web.json_response({"status": "alive", "role": "ingest"})
 
     async def openapi(request: web.Request) -> web.Response:
         return web.json_response(openapi_document)
@@ -51,15 +57,17 @@ def ingest_application(gateway: IngestGateway, watch: DeadLetterWatch) -> web.Ap
     async def dead_letter_stats(request: web.Request) -> web.Response:
         return web.json_response(watch.body())
 
-    application = web.Application()
+    application = web.Application(**application_options(limits, header_timeout_s))
+    expect = expect_handler(limits)
     application.add_routes(
         [
             web.get("/", index),
             web.get("/api/health", health),
+            web.get("/api/health/live", live),
             web.get("/api/openapi.json", openapi),
             web.get("/metrics", metrics),
             web.get("/api/dead-letters/stats", dead_letter_stats),
-            web.post("/api/ingest/{endpoint}", ingest),
+            web.post("/api/ingest/{endpoint}", ingest, expect_handler=expect),
         ]
     )
     return application

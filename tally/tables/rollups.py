@@ -8,9 +8,11 @@ minute from different batches, servers or workers merge the same way.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from tally.limits import usable_id
 
 MINUTE_MS = 60_000
 
@@ -91,11 +93,6 @@ def merge_cells(into: Cells, delta: Cells) -> Cells:
     return into
 
 
-def usable_id(value: str) -> bool:
-    """Server and metric ids are key parts: non-empty, without the key separator."""
-    return bool(value) and "|" not in value
-
-
 @dataclass
 class Judged:
     """What `fold_samples` made of one envelope's samples."""
@@ -104,9 +101,28 @@ class Judged:
     invalid: list[int] = field(default_factory=list)
     #: Indexes of samples of minutes already final.
     late: list[int] = field(default_factory=list)
+    #: Indexes of samples of a metric their minute had no room for (`admits` said no).
+    crowded: list[int] = field(default_factory=list)
     counted: int = 0
     newest_ts: int | None = None
     oldest_minute: int | None = None
+
+
+#: Whether a minute's cells may take one more metric: (minute, metric, the minute's cells).
+Admits = Callable[[int, str, Cells], bool]
+
+
+def room_for_metrics(held: Callable[[int], Mapping[str, Any]], cap: int) -> Admits:
+    """`Admits` for one server: a minute's record may hold at most `cap` metrics, those it
+    holds already (`held(minute)`) and the batch's new ones together."""
+
+    def admits(minute: int, metric: str, cells: Cells) -> bool:
+        known = held(minute)
+        if metric in known or len(known) + len(cells) < cap:
+            return True
+        return len(known.keys() | cells.keys()) < cap
+
+    return admits
 
 
 def fold_samples(
@@ -114,12 +130,14 @@ def fold_samples(
     into: dict[int, Cells],
     closed_before: int | None,
     max_ts_ms: int,
+    admits: Admits | None = None,
 ) -> Judged:
     """Fold one server's samples into `into` (minute → metric → rollup), in place.
 
     The hot loop of the metrics pipeline, one pass: a sample with a non-finite value, an
     unusable metric id or a time outside (0, max_ts_ms] is invalid; one of a minute before
-    `closed_before` is late; every other one is accumulated.
+    `closed_before` is late; one of a metric new to its minute that `admits` refuses is
+    crowded; every other one is accumulated.
     """
     judged = Judged()
     invalid, late = judged.invalid, judged.late
@@ -135,7 +153,7 @@ def fold_samples(
             invalid.append(index)
             continue
         if metric not in usable:
-            if not metric or "|" in metric:
+            if not usable_id(metric):
                 invalid.append(index)
                 continue
             usable.add(metric)
@@ -150,6 +168,9 @@ def fold_samples(
                 cells = into[minute] = {}
         acc = cells.get(metric)
         if acc is None:
+            if admits is not None and not admits(minute, metric, cells):
+                judged.crowded.append(index)
+                continue
             cells[metric] = [value, value, value, 1]
         else:
             if value < acc[0]:

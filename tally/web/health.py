@@ -85,3 +85,12 @@ class Health(View):
             return self.json({"status": "ready", **details})
         reason = app.not_ready_because()
         return self.json({"status": "starting", "reason": reason, **details}, status=503)
+
+
+@app.page("/api/health/live")
+class Live(View):
+    """Liveness: this process serves HTTP. It says nothing of the broker or the tables, so a
+    supervisor does not restart a worker for an outage a restart cannot mend."""
+
+    async def get(self, request: Request) -> Response:
+        return self.json({"status": "alive", "worker": settings.web_url})

@@ -10,7 +10,7 @@ from faust.web import Request, Response, View
 from tally.app import app, settings
 from tally.ingest.http import handle_ingest, make_gateway
 
-gateway = make_gateway(settings)
+gateway = make_gateway(settings, app.broker_watch)
 
 
 @app.task

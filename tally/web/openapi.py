@@ -157,9 +157,14 @@ INGEST_RESULT = {
 }
 INGEST_STATUSES = {
     202: "rows checked: accepted ones are in Kafka, rejected ones (listed) in dead-letters",
-    400: "no row of the body is readable (not JSON, not UTF-8, empty)",
-    413: "the body is larger than TALLY_INGEST_MAX_BYTES",
-    503: "the broker did not acknowledge in time: nothing is promised, retry (Retry-After)",
+    400: "no row of the body is readable (not JSON, not UTF-8, empty, or bad gzip)",
+    403: "sent by a page on another site (Sec-Fetch-Site: cross-site)",
+    408: "the body did not arrive within 30 s",
+    413: "the body is larger than TALLY_INGEST_MAX_BYTES (inflated or not), or holds more "
+    "rows than TALLY_INGEST_MAX_ROWS",
+    415: "not JSON/NDJSON (Content-Type), or a Content-Encoding other than gzip or deflate",
+    503: "the broker is unreachable or did not acknowledge in time, or too many requests "
+    "wait: nothing is promised, retry (Retry-After)",
 }
 
 
@@ -197,7 +202,18 @@ OPERATIONS: tuple[Operation, ...] = (
         "/api/health",
         "readiness, the partitions this worker owns, lag, and which generation serves each "
         "pipeline",
-        statuses={200: "ready", 503: "starting, recovering or rebalancing (the reason says)"},
+        statuses={
+            200: "ready",
+            503: "starting, recovering, rebalancing, or the broker is unreachable (the reason "
+            "says)",
+        },
+        on_ingest_tier=True,
+    ),
+    Operation(
+        "get",
+        "/api/health/live",
+        "liveness: 200 while the process serves HTTP, whatever the broker's state (restart "
+        "the process only when this fails; /api/health says whether it can answer)",
         on_ingest_tier=True,
     ),
     Operation("get", "/api/openapi.json", "this document", on_ingest_tier=True),
@@ -214,7 +230,8 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation(
         "get",
         "/api/dead-letters/stats",
-        "dead letters: counts by rule, stage and origin, and the latest few",
+        "dead letters: counts by rule, stage and origin, and the latest few (why and from "
+        "where, never their payloads: `tally dlq show` has those)",
         on_ingest_tier=True,
     ),
     Operation(
@@ -312,8 +329,11 @@ OPERATIONS: tuple[Operation, ...] = (
         (path("subject"),),
         statuses={
             200: "its id",
+            408: "the body did not arrive within 30 s",
             409: "its id collides with another schema's",
-            422: "not a valid Avro schema",
+            413: "the body is over 1 MiB",
+            415: "not JSON (Content-Type), or an unknown Content-Encoding",
+            422: "not a valid Avro schema, or an unusable subject name",
         },
         error=REGISTRY_ERROR,
         body={
@@ -334,7 +354,11 @@ OPERATIONS: tuple[Operation, ...] = (
         "/registry/subjects/{subject}/versions/{version}",
         "one version of a subject (a number, or latest)",
         (path("subject"), path("version")),
-        statuses={200: "the schema", 404: "no such subject or version"},
+        statuses={
+            200: "the schema",
+            404: "no such subject or version",
+            422: "the version is not 1 to 2147483647 or 'latest'",
+        },
         error=REGISTRY_ERROR,
     ),
     Operation(

@@ -67,9 +67,9 @@ import tally.tables.rollups as rollups
 folded = rollups.fold_samples
 
 
-def fold_samples(samples, into, closed_before, max_ts_ms):
+def fold_samples(samples, into, closed_before, max_ts_ms, admits=None):
     doubled = [{**s, "value": s["value"] * 2} for s in samples]
-    return folded(doubled, into, closed_before, max_ts_ms)
+    return folded(doubled, into, closed_before, max_ts_ms, admits)
 
 
 rollups.fold_samples = fold_samples

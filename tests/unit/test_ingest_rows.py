@@ -12,11 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tally.codecs.avro import load_schema
-from tally.errors import ValidationError
+from tally.errors import BodyTooLarge, UnreadableBody, ValidationError
 from tally.ingest.gateway import endpoints, sample_row_schema
-from tally.ingest.rows import Row, UnreadableBody, conform_record, split_rows
+from tally.ingest.rows import Row, conform_record, split_rows
 from tally.settings import Settings
-from tests.strategies import mutated
+from tests.strategies import JSON, mutated
 
 NOW = 1_795_000_000_000
 #: Every rule a row can be rejected by (the README lists them).
@@ -77,6 +77,25 @@ def test_ndjson_is_one_row_per_non_blank_line_and_a_bad_line_is_rejected_alone()
     with pytest.raises(ValidationError) as caught:
         ENDPOINTS["purchases"].shape.check(rows[1], NOW)
     assert caught.value.rule == "not_json"
+
+
+@given(st.lists(JSON, max_size=20), st.sampled_from([",", ", ", " ,\n\t"]))
+def test_an_array_read_element_by_element_equals_the_whole_parse(
+    values: list[Any], separator: str
+) -> None:
+    body = "[" + separator.join(json.dumps(v) for v in values) + "]"
+    rows = split_rows(body.encode(), max_rows=20)
+    assert [json.dumps(row.value) for row in rows] == [json.dumps(v) for v in values]
+
+
+@pytest.mark.parametrize("ndjson", [False, True])
+def test_more_rows_than_the_limit_are_refused_before_they_are_all_read(ndjson: bool) -> None:
+    many = ("\n" if ndjson else ",").join(["1"] * 2_000_000)
+    body = (many if ndjson else f"[{many}]").encode()
+    assert len(split_rows(b"[" + b",".join([b"1"] * 10) + b"]", max_rows=10)) == 10
+    with pytest.raises(BodyTooLarge, match="more than 10,000 rows") as raised:
+        split_rows(body, ndjson=ndjson, max_rows=10_000)
+    assert "TALLY_INGEST_MAX_ROWS" in str(raised.value)
 
 
 def test_a_single_object_is_one_row() -> None:
@@ -162,8 +181,26 @@ def test_a_good_purchase_takes_the_schema_default_for_metadata() -> None:
         (sample(value=float("inf")), "not_finite", "value must be finite"),
         (sample(value="0.5"), "wrong_type", "field 'value' must be a number"),
         (sample(value=10**400), "out_of_range", "too large for a double"),
-        (sample(server_id="a|b"), "bad_id", "server_id must be non-empty and contain no '|'"),
-        (sample(metric_id=""), "bad_id", "metric_id must be non-empty"),
+        (sample(server_id="a|b"), "bad_id", "server_id must not contain '|'"),
+        (sample(metric_id=""), "bad_id", "metric_id must not be empty"),
+        (purchase(item_id="x" * 257), "bad_id", "item_id is 257 bytes in UTF-8; an id may"),
+        (purchase(item_id="é" * 129), "bad_id", "is 258 bytes in UTF-8"),
+        (purchase(item_id="a|b"), "bad_id", "item_id must not contain '|'"),
+        (purchase(item_id="a\x00b"), "bad_id", "control characters (found U+0000)"),
+        (purchase(item_id="a\r\nb"), "bad_id", "control characters (found U+000D)"),
+        (purchase(item_id="a\u2028b"), "bad_id", "control characters (found U+2028)"),
+        (purchase(purchase_id="p" * 300), "bad_id", "purchase_id is 300 bytes"),
+        (purchase(item_id="\ud800"), "bad_text", "field 'item_id' is not valid Unicode"),
+        (purchase(metadata={"k": "\udfff"}), "bad_text", "field 'metadata.k' is not valid"),
+        (purchase(metadata={"k": "v" * 1025}), "bad_metadata", "a value may have at most 1,024"),
+        (purchase(metadata={"": "v"}), "bad_metadata", "a metadata key must be 1 to 256"),
+        (
+            purchase(metadata={str(n): "v" for n in range(33)}),
+            "bad_metadata",
+            "metadata has 33 entries; at most 32",
+        ),
+        (sample(server_id="s" * 300), "bad_id", "server_id is 300 bytes"),
+        (sample(metric_id="cpu\tutil"), "bad_id", "control characters (found U+0009)"),
         (sample(ts_ms=None), "wrong_type", "field 'ts_ms' must be a whole number"),
     ],
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tally.broker.watch import BrokerWatch
 from tally.dlq import DeadLetterWatch
 from tally.ingest.http import make_gateway
 from tally.ingest.server import INGEST_TIER, ingest_application
@@ -21,7 +22,8 @@ def each_ingest_endpoint(served: set[tuple[str, str]]) -> set[tuple[str, str]]:
     from tally.app import settings
 
     served = served - {("post", "/api/ingest/{endpoint}")}
-    return served | {("post", f"/api/ingest/{name}") for name in make_gateway(settings).endpoints}
+    gateway = make_gateway(settings, BrokerWatch(["x:1"]))
+    return served | {("post", f"/api/ingest/{name}") for name in gateway.endpoints}
 
 
 def documented(operations) -> set[tuple[str, str]]:  # type: ignore[no-untyped-def]
@@ -38,7 +40,8 @@ def test_every_worker_route_is_documented() -> None:
 
 
 def test_every_ingest_tier_route_is_documented() -> None:
-    from tally.app import settings
+    from tally.app import body_limits, settings
 
-    application = ingest_application(make_gateway(settings), DeadLetterWatch(["x:1"]))
+    gateway = make_gateway(settings, BrokerWatch(["x:1"]))
+    application = ingest_application(gateway, DeadLetterWatch(["x:1"]), body_limits(settings), 15)
     assert each_ingest_endpoint(routes(application.router)) == documented(INGEST_TIER)

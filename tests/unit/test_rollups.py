@@ -20,6 +20,7 @@ from tally.tables.rollups import (
     merge_all,
     merge_cells,
     merge_series,
+    room_for_metrics,
 )
 
 values = st.floats(min_value=-1e9, max_value=1e9, allow_nan=False, allow_infinity=False)
@@ -189,3 +190,34 @@ def test_tiers_split_anywhere_merge_to_the_same_steps(
         for (_, got), (_, want) in zip(merged[key], points, strict=True):
             assert (got.min, got.max, got.count) == (want.min, want.max, want.count)
             assert close(got.sum, want.sum)
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 9), st.integers(0, 2)), max_size=80),
+    st.dictionaries(st.integers(0, 2), st.sets(st.integers(0, 9), max_size=6), max_size=3),
+    st.integers(1, 6),
+)
+def test_a_minute_never_holds_more_metrics_than_its_room(
+    raw: list[tuple[int, int]], stored: dict[int, set[int]], cap: int
+) -> None:
+    """A sample is crowded exactly when its metric is new to its minute (stored or folded so
+    far) and the minute is full; the minute never passes the cap unless it was over already."""
+    held = {m * MINUTE_MS: {f"m{n}": [0.0, 0.0, 0.0, 1] for n in ns} for m, ns in stored.items()}
+    samples = [{"metric_id": f"m{n}", "ts_ms": m * MINUTE_MS + 1, "value": 1.0} for n, m in raw]
+    into: dict[int, Cells] = {}
+    judged = fold_samples(
+        samples, into, None, 10 * MINUTE_MS, room_for_metrics(lambda m: held.get(m, {}), cap)
+    )
+    seen: dict[int, set[str]] = {m: set(cells) for m, cells in held.items()}
+    crowded = []
+    for index, sample in enumerate(samples):
+        minute, metric = sample["ts_ms"] - 1, sample["metric_id"]
+        known = seen.setdefault(minute, set())
+        if metric not in known and len(known) >= cap:
+            crowded.append(index)
+        else:
+            known.add(metric)
+    assert judged.crowded == crowded
+    assert judged.counted == len(samples) - len(crowded)
+    for minute, cells in into.items():
+        assert len(set(cells) | set(held.get(minute, {}))) <= max(cap, len(held.get(minute, {})))

@@ -1,0 +1,81 @@
+"""Which source offsets a worker was processing when it died, kept on disk. No Faust here.
+
+An exception inside a pipeline is caught, and the events that cause it are dead-lettered. A
+death is not an exception: an event that makes the process die (memory, a native library, a
+send the producer refuses later) comes again after the restart, uncommitted, and kills it
+again: a crash loop. So before processing, each partition's offsets are written down
+(`InFlight`); a worker that finds the offsets it is handed in a record left by the process
+before it knows they were in flight when that process died:
+
+1. it processes them one at a time, recording which one is in flight;
+2. if it dies again, the one in flight then is quarantined on the next start: dead-lettered
+   without being processed, and the pipeline goes on.
+
+An event is thus quarantined only after two deaths, the second with that event alone in
+flight. Records stay until the next batch replaces them: a restart finds offsets that were
+committed meanwhile outside them, and ignores the record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """Offsets first..last of one partition, being processed; `single`: the one offset being
+    processed alone (after a death), `deaths`: deaths of processes with these offsets in
+    flight before this one."""
+
+    first: int
+    last: int
+    deaths: int = 0
+    single: int | None = None
+
+    def holds(self, offset: int) -> bool:
+        return self.first <= offset <= self.last
+
+
+class InFlightRecords:
+    """One small JSON file per partition in `directory`. Records left by an earlier process
+    are read once, at the first question about a partition; a record written by this process
+    is never taken for a death."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._left_behind: dict[str, InFlight] | None = None
+
+    def _path(self, topic: str, partition: int) -> Path:
+        return self.directory / f"{topic}.{partition}.json"
+
+    def _load(self) -> dict[str, InFlight]:
+        found: dict[str, InFlight] = {}
+        if self.directory.is_dir():
+            for path in self.directory.glob("*.json"):
+                try:
+                    found[path.stem] = InFlight(**json.loads(path.read_text()))
+                except (ValueError, TypeError):
+                    continue  # a record cut short by the death itself: nothing to go on
+        return found
+
+    def left_behind(self, topic: str, partition: int) -> InFlight | None:
+        """The record an earlier process left for this partition: at most once per partition
+        (after that, this process's own records are in the file)."""
+        if self._left_behind is None:
+            self._left_behind = self._load()
+        return self._left_behind.pop(f"{topic}.{partition}", None)
+
+    def record(self, topic: str, partition: int, in_flight: InFlight) -> None:
+        """Write the record (atomically: a death while writing leaves the old one)."""
+        if self._left_behind is None:
+            self._left_behind = self._load()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self._path(topic, partition)
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".", suffix=".tmp")
+        with os.fdopen(fd, "w") as handle:
+            json.dump(asdict(in_flight), handle)
+        os.replace(tmp, path)

@@ -1,0 +1,82 @@
+"""Logs during an outage: a repeated complaint once per interval with a count; dead letters
+summarised per interval (tally.logs)."""
+
+from __future__ import annotations
+
+import logging
+
+from tally.logs import SUMMARY, QuietRepeats, RejectionSummary, quiet_repeats
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def record(
+    msg: str, *args: object, level: int = logging.ERROR, **extra: object
+) -> logging.LogRecord:
+    made = logging.LogRecord("aiokafka.conn", level, __file__, 1, msg, args, None)
+    made.__dict__.update(extra)
+    return made
+
+
+def test_a_repeated_error_passes_once_per_interval_then_says_how_many_were_held() -> None:
+    clock = Clock()
+    quiet = QuietRepeats(interval_s=60, clock=clock)
+    template = "Unable connect to node with id %s: %s"
+    passed = []
+    for second in range(0, 150):  # 200 attempts a second, as aiokafka makes them
+        clock.now = 1000.0 + second
+        for _ in range(200):
+            made = record(template, 1, "refused")
+            if quiet.filter(made):
+                passed.append((second, made.getMessage()))
+    assert [second for second, _ in passed] == [0, 60, 120]
+    assert passed[0][1] == "Unable connect to node with id 1: refused"
+    assert passed[1][1].endswith("[11,999 more like this in the last 60 s were not logged]")
+
+
+def test_progress_summaries_and_other_messages_pass() -> None:
+    quiet = QuietRepeats(interval_s=60, clock=Clock())
+    assert quiet.filter(record("first %s", 1))
+    assert quiet.filter(record("another template"))
+    assert all(quiet.filter(record("window restored %s", n, level=logging.INFO)) for n in range(5))
+    assert all(quiet.filter(record("dead letters: %s", n, **{SUMMARY: True})) for n in range(5))
+    assert not quiet.filter(record("first %s", 2))
+
+
+def test_installed_once_on_every_root_handler() -> None:
+    logger = logging.getLogger("tally-test-quiet")
+    handlers = [logging.StreamHandler(), logging.StreamHandler()]
+    for handler in handlers:
+        logger.addHandler(handler)
+    try:
+        installed = quiet_repeats(logger)
+        assert quiet_repeats(logger) is installed
+        assert all(handler.filters == [installed] for handler in handlers)
+    finally:
+        for handler in handlers:
+            logger.removeHandler(handler)
+
+
+def test_rejections_are_summarised_by_topic_and_rule_with_an_example() -> None:
+    clock = Clock()
+    summary = RejectionSummary(interval_s=10, clock=clock)
+    assert summary.take() is None and not summary.due()
+    for offset in range(1500):
+        summary.note("purchases", "bad_id", f"purchases[0]@{offset}: item_id is too long")
+    summary.note("metric-samples", "not_finite", "metric-samples[2]@7: value must be finite")
+    assert not summary.due()
+    clock.now += 10
+    assert summary.due()
+    line = summary.take()
+    assert line == (
+        "1,501 rejected in the last 10 s: purchases bad_id: 1,500 (e.g. purchases[0]@0: item_id "
+        "is too long); metric-samples not_finite: 1 (e.g. metric-samples[2]@7: value must be "
+        "finite)"
+    )
+    assert summary.take() is None
