@@ -11,6 +11,7 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -419,3 +420,14 @@ def run_baseline(
     rss = reported["peak_rss_mb"]
     result = Result(label, expect, float(done.group(2)), records, rss, writes)
     return result, reported["answer"]
+
+
+def run_in_scratch(
+    parser: argparse.ArgumentParser,
+    prefix: str,
+    run: Callable[[argparse.Namespace, Path], None],
+) -> None:
+    """Parse the command line, then `run` with a scratch directory removed afterwards."""
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix=prefix) as scratch:
+        run(args, Path(scratch))

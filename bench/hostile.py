@@ -21,7 +21,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -32,6 +31,7 @@ from pathlib import Path
 
 import aiohttp
 
+from bench.common import run_in_scratch
 from tally.broker.local import LocalBroker, free_port
 from tests.harness import Worker
 
@@ -179,9 +179,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3, help="runs; medians quoted")
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each phase")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="bench-hostile-") as scratch:
-        run_all(args, Path(scratch))
+    run_in_scratch(parser, "bench-hostile-", run_all)
 
 
 def run_all(args: argparse.Namespace, root: Path) -> None:

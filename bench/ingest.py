@@ -12,7 +12,6 @@ import asyncio
 import json
 import random
 import statistics
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import aiohttp
 from aiokafka import AIOKafkaProducer
 
+from bench.common import run_in_scratch
 from tally.broker.local import LocalBroker, free_port
 from tally.codecs.avro import AvroCodec, load_schema
 from tally.codecs.registry import FileSchemaRegistry
@@ -108,9 +108,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--rows", type=int, default=500, help="samples per request")
     parser.add_argument("--concurrency", type=int, default=8, help="clients posting at once")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as scratch:
-        run_all(args, Path(scratch))
+    run_in_scratch(parser, "bench-ingest-", run_all)
 
 
 def run_all(args: argparse.Namespace, root: Path) -> None:

@@ -1,8 +1,8 @@
 """Logs a person can read during an outage or a flood of bad data. No Faust here.
 
 - `QuietRepeats`: a warning or error that repeats (a client reconnecting to a broker that is
-  gone logs one line per attempt, hundreds a second) is let through once per interval, with
-  the count of the copies held back since.
+  gone logs one line per attempt, hundreds a second, in half a dozen wordings) is let through
+  once per interval, with the count of the lines held back since.
 - `RejectionSummary`: dead letters are counted and summarised once per interval, not logged one
   line each.
 """
@@ -23,10 +23,24 @@ SUMMARY_INTERVAL_S = 10.0
 SUMMARY = "tally_summary"
 
 
+#: Loggers whose every line is Tally's own: they repeat per message; any other library
+#: (aiokafka, faust, mode) repeats per level, whatever its wording.
+OWN_LOGGERS = "tally"
+
+
+def repeat_key(record: logging.LogRecord) -> tuple[str, str]:
+    """What makes two records "the same complaint": Tally's own message template, or a
+    library's level (during an outage a Kafka client words the same news many ways)."""
+    family = record.name.split(".", 1)[0]
+    if family == OWN_LOGGERS:
+        return record.name, str(record.msg)
+    return family, record.levelname
+
+
 class QuietRepeats(logging.Filter):
-    """Lets a WARNING-or-worse record through once per `interval_s` per (logger, message
-    template); the next one let through says how many were held back. INFO and below pass:
-    they are the worker's progress, not its complaints."""
+    """Lets a WARNING-or-worse record through once per `interval_s` per `repeat_key`; the
+    next one let through says how many were held back. INFO and below pass: they are the
+    worker's progress, not its complaints."""
 
     def __init__(
         self, interval_s: float = REPEAT_INTERVAL_S, clock: Callable[[], float] = time.monotonic
@@ -34,13 +48,13 @@ class QuietRepeats(logging.Filter):
         super().__init__()
         self.interval_s = interval_s
         self.clock = clock
-        #: (logger, template) → (when last let through, held back since).
+        #: repeat key → (when last let through, held back since).
         self.seen: dict[tuple[str, str], tuple[float, int]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING or getattr(record, SUMMARY, False):
             return True
-        key = (record.name, str(record.msg))
+        key = repeat_key(record)
         now = self.clock()
         last = self.seen.get(key)
         if last is not None and now - last[0] < self.interval_s:
@@ -48,11 +62,12 @@ class QuietRepeats(logging.Filter):
             return False
         self.seen[key] = (now, 0)
         if last is not None and last[1]:
+            like = "like this" if key[0] == record.name else f"{key[1]} lines from {key[0]}"
             record.msg = (
-                f"{record.getMessage()} [{last[1]:,} more like this in the last "
+                f"{record.getMessage()} [{last[1]:,} more {like} in the last "
                 f"{now - last[0]:.0f} s were not logged]"
             )
-            record.args = None
+            record.args = ()
         return True
 
 

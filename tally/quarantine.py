@@ -12,8 +12,10 @@ before it knows they were in flight when that process died:
    without being processed, and the pipeline goes on.
 
 An event is thus quarantined only after two deaths, the second with that event alone in
-flight. Records stay until the next batch replaces them: a restart finds offsets that were
-committed meanwhile outside them, and ignores the record.
+flight: a record names a single event only while that event's processing (and its sends) are
+under way, so a death while another partition is processed is never charged to it. Records
+stay until the next batch replaces them: a restart finds offsets that were committed meanwhile
+outside them, and ignores the record.
 """
 
 from __future__ import annotations
@@ -62,12 +64,25 @@ class InFlightRecords:
                     continue  # a record cut short by the death itself: nothing to go on
         return found
 
-    def left_behind(self, topic: str, partition: int) -> InFlight | None:
-        """The record an earlier process left for this partition: at most once per partition
-        (after that, this process's own records are in the file)."""
+    def left_behind(self, topic: str, partition: int, first_offset: int) -> InFlight | None:
+        """The record an earlier process left for this partition while offsets from
+        `first_offset` on may still fall in it (a redelivered range can come in several
+        batches); dropped once the partition has moved past it."""
         if self._left_behind is None:
             self._left_behind = self._load()
-        return self._left_behind.pop(f"{topic}.{partition}", None)
+        name = f"{topic}.{partition}"
+        left = self._left_behind.get(name)
+        if left is not None and first_offset > left.last:
+            del self._left_behind[name]
+            return None
+        return left
+
+    def set_aside(self, topic: str, partition: int) -> None:
+        """The single event of the left record was quarantined: it names none any more."""
+        name = f"{topic}.{partition}"
+        left = (self._left_behind or {}).get(name)
+        if left is not None:
+            self._left_behind[name] = InFlight(left.first, left.last, left.deaths)  # type: ignore[index]
 
     def record(self, topic: str, partition: int, in_flight: InFlight) -> None:
         """Write the record (atomically: a death while writing leaves the old one)."""

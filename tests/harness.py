@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord, RecordMetadata
 
@@ -304,3 +306,30 @@ class EventStream:
 
     def close(self) -> None:
         self.connection.close()
+
+
+async def serve(application: web.Application) -> tuple[web.AppRunner, str]:
+    """`application` served on a free port of 127.0.0.1; its runner and base URL."""
+    runner = web.AppRunner(application)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, f"http://127.0.0.1:{port}"
+
+
+def raw_exchange(url: str, request: bytes, read_timeout: float) -> tuple[bytes, float]:
+    """Send raw bytes to the server at `url`, read until it closes or `read_timeout` passes
+    without a byte; returns what came back and how long the connection stayed open."""
+    host, port = url.removeprefix("http://").split(":")
+    started = time.monotonic()
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(request)
+        sock.settimeout(read_timeout)
+        received = b""
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+        except (TimeoutError, ConnectionResetError):
+            pass
+    return received, time.monotonic() - started

@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import sys
 import weakref
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -210,7 +209,7 @@ async def process_share(
 ) -> None:
     """One partition's share of a batch; events that a dead process had in flight go one at a
     time (the one it died on alone is quarantined)."""
-    left = in_flight.left_behind(tp.topic, tp.partition)
+    left = in_flight.left_behind(tp.topic, tp.partition, events[0].message.offset)
     suspects = [] if left is None else [e for e in events if left.holds(e.message.offset)]
     if left is None or not suspects:
         await in_batch(tp, events, work, state)
@@ -250,9 +249,7 @@ async def in_batch(
         )
         state.pop(tp.partition, None)
         if len(events) == 1:
-            await reject(
-                events[0], ProcessingError(f"{type(exc).__name__}: {exc}"), stage="process"
-            )
+            await reject(events[0], failure(exc), stage="process")
         else:
             await one_at_a_time(tp, events, work, state, None)
 
@@ -266,12 +263,14 @@ async def one_at_a_time(
 ) -> None:
     """Each event on its own: the one `left` says a dead process had alone in flight is
     quarantined; one that raises is dead-lettered. After a death each event's sends are
-    flushed before the next, so a send that kills the process is charged to its event."""
+    flushed before it counts as done, so a send that kills the process is charged to its
+    event; then the record no longer names it."""
     first, last = events[0].message.offset, events[-1].message.offset
     deaths = 0 if left is None else left.deaths + 1
     for event in events:
         offset = event.message.offset
         if left is not None and left.single == offset:
+            in_flight.set_aside(tp.topic, tp.partition)
             logger.error("%s[%s]@%s: quarantined to dead letters", tp.topic, tp.partition, offset)
             await reject(
                 event,
@@ -293,6 +292,7 @@ async def one_at_a_time(
             state.pop(tp.partition, None)
             logger.warning("%s[%s]@%s failed alone: %r", tp.topic, tp.partition, offset, exc)
             await reject(event, failure(exc), stage="process")
+        in_flight.record(tp.topic, tp.partition, InFlight(first, last, deaths))
 
 
 def failure(exc: Exception) -> TallyError:
@@ -312,12 +312,14 @@ def crash_if_injected(events: Sequence[EventT]) -> None:
     native crash would, when an event's bytes hold the configured marker."""
     marker = settings.fault_crash_on.encode()
     if marker and any(marker in (event.message.value or b"") for event in events):
-        print(
-            f"tally: TALLY_FAULT_CRASH_ON matched at {events[0].message.topic}"
-            f"[{events[0].message.partition}]@{events[0].message.offset}: exiting",
-            file=sys.stderr,
-            flush=True,
+        first = events[0].message
+        logger.critical(
+            "TALLY_FAULT_CRASH_ON matched in %s[%s]@%s..: exiting",
+            first.topic,
+            first.partition,
+            first.offset,
         )
+        logging.shutdown()
         os._exit(INJECTED_CRASH_EXIT)
 
 

@@ -8,7 +8,7 @@ import click
 from aiohttp import web
 from faust.cli import AppCommand, option
 
-from tally.app import app, body_limits, settings
+from tally.app import app, body_limits, exit_after, settings
 from tally.broker.watch import BrokerWatch
 from tally.cli.errors import fail, parsed_by
 from tally.cli.local import run_until_stopped
@@ -54,6 +54,7 @@ async def ingest(self: AppCommand) -> None:
         )
         await run_until_stopped()
     finally:
+        exit_after(settings.stop_timeout_seconds)  # a broker that is gone must not hang the stop
         await runner.cleanup()
         await watch.stop()
         await gateway.stop()

@@ -16,6 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tally.ingest.agent import AgentStats, Backoff, post_with_retries
+from tests.harness import serve
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 
@@ -23,12 +24,8 @@ Handler = Callable[[web.Request], Awaitable[web.Response]]
 async def serving(handler: Handler) -> tuple[web.AppRunner, str]:
     application = web.Application()
     application.router.add_post("/api/ingest/metrics", handler)
-    runner = web.AppRunner(application)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return runner, f"http://127.0.0.1:{port}/api/ingest/metrics"
+    runner, url = await serve(application)
+    return runner, url + "/api/ingest/metrics"
 
 
 @given(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import socket
 import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -16,6 +15,7 @@ import aiohttp
 from aiohttp import web
 
 from tally.web.hygiene import BodyLimits, application_options, expect_handler, read_body
+from tests.harness import raw_exchange, serve
 
 LIMIT = 1024 * 1024
 LIMITS = BodyLimits((("/api/ingest/", LIMIT),))
@@ -42,13 +42,9 @@ async def serving(header_timeout_s: float = 15.0) -> AsyncIterator[tuple[str, li
     application.router.add_post("/api/ingest/x", take, expect_handler=expect_handler(LIMITS))
     application.router.add_get("/hello", hello)
     application.router.add_get("/broken", broken)
-    runner = web.AppRunner(application)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, url = await serve(application)
     try:
-        yield f"http://127.0.0.1:{port}", seen
+        yield url, seen
     finally:
         await runner.cleanup()
 
@@ -123,23 +119,6 @@ def test_errors_are_json_without_tracebacks() -> None:
                 assert response.status == 405 and "error" in await response.json()
 
     run(check)
-
-
-def raw_exchange(url: str, request: bytes, read_timeout: float) -> tuple[bytes, float]:
-    """Send raw bytes, read until the server closes or `read_timeout` passes; returns what
-    came back and how long the connection stayed open."""
-    host, port = url.removeprefix("http://").split(":")
-    started = time.monotonic()
-    with socket.create_connection((host, int(port))) as sock:
-        sock.sendall(request)
-        sock.settimeout(read_timeout)
-        received = b""
-        try:
-            while chunk := sock.recv(65536):
-                received += chunk
-        except TimeoutError:
-            pass
-    return received, time.monotonic() - started
 
 
 def test_expect_100_continue_over_the_limit_is_answered_413_before_the_body() -> None:

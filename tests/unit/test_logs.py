@@ -37,16 +37,49 @@ def test_a_repeated_error_passes_once_per_interval_then_says_how_many_were_held(
                 passed.append((second, made.getMessage()))
     assert [second for second, _ in passed] == [0, 60, 120]
     assert passed[0][1] == "Unable connect to node with id 1: refused"
-    assert passed[1][1].endswith("[11,999 more like this in the last 60 s were not logged]")
+    assert passed[1][1].endswith(
+        "[11,999 more ERROR lines from aiokafka in the last 60 s were not logged]"
+    )
+
+
+def test_a_library_repeats_by_level_tally_by_message() -> None:
+    quiet = QuietRepeats(interval_s=60, clock=Clock())
+    assert quiet.filter(record("Unable connect to node %s", 1))
+    assert not quiet.filter(record("Heartbeat failed: %s", "x", name="aiokafka.consumer"))
+    assert quiet.filter(record("Heartbeat failed: %s", "x", level=logging.WARNING))
+    assert quiet.filter(record("the broker is unreachable: %s", "a", name="tally.broker.watch"))
+    assert quiet.filter(record("dead letter %s", 1, name="tally.agents.intake"))
+    assert not quiet.filter(record("dead letter %s", 2, name="tally.agents.intake"))
+
+
+def test_a_line_with_its_count_formats_with_the_workers_formatter() -> None:
+    """mode's formatter (the worker's) wraps a record's args in a tuple: the rewritten
+    record must still format."""
+    from mode.utils.logging import ExtensionFormatter
+
+    clock = Clock()
+    quiet = QuietRepeats(interval_s=60, clock=clock)
+    template = "Unable connect to node with id %s: %s"
+    assert quiet.filter(record(template, 1, "refused"))
+    assert not quiet.filter(record(template, 1, "refused"))
+    clock.now += 61
+    passed = record(template, 1, "refused")
+    assert quiet.filter(passed)
+    shown = ExtensionFormatter(fmt="%(message)s").format(passed)
+    assert shown == (
+        "Unable connect to node with id 1: refused [1 more ERROR lines from aiokafka in the last "
+        "61 s were not logged]"
+    )
 
 
 def test_progress_summaries_and_other_messages_pass() -> None:
     quiet = QuietRepeats(interval_s=60, clock=Clock())
-    assert quiet.filter(record("first %s", 1))
-    assert quiet.filter(record("another template"))
+    own = {"name": "tally.x"}
+    assert quiet.filter(record("first %s", 1, **own))
+    assert quiet.filter(record("another template", **own))
     assert all(quiet.filter(record("window restored %s", n, level=logging.INFO)) for n in range(5))
     assert all(quiet.filter(record("dead letters: %s", n, **{SUMMARY: True})) for n in range(5))
-    assert not quiet.filter(record("first %s", 2))
+    assert not quiet.filter(record("first %s", 2, **own))
 
 
 def test_installed_once_on_every_root_handler() -> None:
