@@ -8,11 +8,14 @@ readable by any Kafka tool.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 from tally.tables.windowing import now_ms as wall_now_ms
 
 HEADER_PREFIX = "tally.dlq."
+#: The longest reason a letter carries (a reason quoting a whole payload would make the letter
+#: too large to send).
+MAX_REASON_CHARS = 4000
 #: The topic every rejected message and row goes to.
 DEAD_LETTERS_TOPIC = "dead-letters"
 
@@ -46,7 +49,7 @@ class DeadLetter:
         now_ms: int | None = None,
     ) -> DeadLetter:
         return cls(
-            reason=str(exc) or type(exc).__name__,
+            reason=(str(exc) or type(exc).__name__)[:MAX_REASON_CHARS],
             error=type(exc).__name__,
             stage=stage,
             topic=topic,
@@ -57,6 +60,10 @@ class DeadLetter:
             request=request,
             row=row,
         )
+
+    def noted(self, note: str) -> DeadLetter:
+        """The same letter, its reason followed by `note` (what was done to the payload)."""
+        return replace(self, reason=f"{self.reason} ({note})")
 
     @property
     def request_path(self) -> str:

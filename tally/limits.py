@@ -32,7 +32,8 @@ KEY_SEPARATOR = "|"
 #: Unicode categories no id may contain: control characters (C0, DEL, C1), unpaired
 #: surrogates (they have no UTF-8 form), line and paragraph separators.
 REFUSED_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
-PREVIEW_CHARS = 40
+#: How much of a refused id a reason quotes.
+QUOTED_CHARS = 40
 #: Bytes per message that Tally's own producers cut their messages at (ingest envelopes,
 #: the metrics stage's partial rollups): well below MAX_RECORD_BYTES.
 MESSAGE_MAX_BYTES = 512 * 1024
@@ -57,8 +58,8 @@ def utf8_size(text: str) -> int | None:
 
 def shown(text: str) -> str:
     """A value as a reason quotes it: short, with control characters escaped."""
-    head = text if len(text) <= PREVIEW_CHARS else text[:PREVIEW_CHARS] + "..."
-    return repr(head) + ("" if len(text) <= PREVIEW_CHARS else f" ({len(text):,} characters)")
+    head = text if len(text) <= QUOTED_CHARS else text[:QUOTED_CHARS] + "..."
+    return repr(head) + ("" if len(text) <= QUOTED_CHARS else f" ({len(text):,} characters)")
 
 
 def id_problem(value: str) -> str | None:

@@ -21,6 +21,8 @@ REPEAT_INTERVAL_S = 60.0
 SUMMARY_INTERVAL_S = 10.0
 #: A record logged with `extra={SUMMARY: True}` is a summary already: never held back.
 SUMMARY = "tally_summary"
+#: The decision taken on a record, kept on it: every handler sees the same one.
+_DECIDED = "tally_quiet_repeats"
 
 
 #: Loggers whose every line is Tally's own: they repeat per message; any other library
@@ -38,9 +40,10 @@ def repeat_key(record: logging.LogRecord) -> tuple[str, str]:
 
 
 class QuietRepeats(logging.Filter):
-    """Lets a WARNING-or-worse record through once per `interval_s` per `repeat_key`; the
-    next one let through says how many were held back. INFO and below pass: they are the
-    worker's progress, not its complaints."""
+    """Lets a WARNING or ERROR record through once per `interval_s` per `repeat_key`; the
+    next one let through says how many were held back. INFO and below pass (the worker's
+    progress, not its complaints), and so does CRITICAL. One instance may filter for several
+    handlers: a record is judged once."""
 
     def __init__(
         self, interval_s: float = REPEAT_INTERVAL_S, clock: Callable[[], float] = time.monotonic
@@ -52,7 +55,16 @@ class QuietRepeats(logging.Filter):
         self.seen: dict[tuple[str, str], tuple[float, int]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING or getattr(record, SUMMARY, False):
+        decided = getattr(record, _DECIDED, None)
+        if decided is None:
+            decided = self._decide(record)
+            setattr(record, _DECIDED, decided)
+        return bool(decided)
+
+    def _decide(self, record: logging.LogRecord) -> bool:
+        if not logging.WARNING <= record.levelno < logging.CRITICAL or getattr(
+            record, SUMMARY, False
+        ):
             return True
         key = repeat_key(record)
         now = self.clock()

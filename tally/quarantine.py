@@ -7,15 +7,18 @@ again: a crash loop. So before processing, each partition's offsets are written 
 (`InFlight`); a worker that finds the offsets it is handed in a record left by the process
 before it knows they were in flight when that process died:
 
-1. it processes them one at a time, recording which one is in flight;
-2. if it dies again, the one in flight then is quarantined on the next start: dead-lettered
-   without being processed, and the pipeline goes on.
+1. it processes them one at a time, one event in the whole worker at a time, recording which
+   one is alone in flight;
+2. an event that was alone in flight at DEATHS_ALONE deaths is quarantined on the next start:
+   dead-lettered without being processed, and the pipeline goes on.
 
-An event is thus quarantined only after two deaths, the second with that event alone in
-flight: a record names a single event only while that event's processing (and its sends) are
-under way, so a death while another partition is processed is never charged to it. Records
-stay until the next batch replaces them: a restart finds offsets that were committed meanwhile
-outside them, and ignores the record.
+A poison event thus costs three deaths (its batch, then alone twice), not a crash loop. A
+record names an event only while that event's processing (and its sends) are under way, and
+one event at a time: a death while other work runs is not charged to an event that was not
+running, and an innocent event is quarantined only if the worker dies twice while it, each
+time, was the one event alone in flight (a kill loop rarely lands twice on the same event).
+Records stay until the next batch replaces them: a restart finds offsets that were committed
+meanwhile outside them, and ignores the record.
 """
 
 from __future__ import annotations
@@ -26,20 +29,41 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+#: The folder of the records in a worker's data dir.
+IN_FLIGHT_DIR = "in-flight"
+#: An event alone in flight at this many deaths is quarantined.
+DEATHS_ALONE = 2
+
 
 @dataclass(frozen=True)
 class InFlight:
-    """Offsets first..last of one partition, being processed; `single`: the one offset being
-    processed alone (after a death), `deaths`: deaths of processes with these offsets in
-    flight before this one."""
+    """Offsets first..last of one partition, being processed. `deaths`: deaths with these
+    offsets in flight before this record; `single`: the one offset processed alone now (after
+    a death or an exception), `alone_deaths`: deaths with it alone in flight before."""
 
     first: int
     last: int
     deaths: int = 0
     single: int | None = None
+    alone_deaths: int = 0
 
     def holds(self, offset: int) -> bool:
         return self.first <= offset <= self.last
+
+    def quarantines(self, offset: int) -> bool:
+        """Whether this record, left by a dead process, sets `offset` aside: it was alone in
+        flight at that death and at the ones before it, DEATHS_ALONE in all."""
+        return self.single == offset and self.alone_deaths + 1 >= DEATHS_ALONE
+
+    def alone(self, offset: int, first: int, last: int) -> InFlight:
+        """The record while `offset` (of first..last) is processed alone after the death
+        that left this record."""
+        alone_deaths = self.alone_deaths + 1 if self.single == offset else 0
+        return InFlight(first, last, self.deaths + 1, offset, alone_deaths)
+
+    def done(self) -> InFlight:
+        """The record once its single event is processed: it names none."""
+        return InFlight(self.first, self.last, self.deaths)
 
 
 class InFlightRecords:
@@ -80,9 +104,8 @@ class InFlightRecords:
     def set_aside(self, topic: str, partition: int) -> None:
         """The single event of the left record was quarantined: it names none any more."""
         name = f"{topic}.{partition}"
-        left = (self._left_behind or {}).get(name)
-        if left is not None:
-            self._left_behind[name] = InFlight(left.first, left.last, left.deaths)  # type: ignore[index]
+        if self._left_behind is not None and name in self._left_behind:
+            self._left_behind[name] = self._left_behind[name].done()
 
     def record(self, topic: str, partition: int, in_flight: InFlight) -> None:
         """Write the record (atomically: a death while writing leaves the old one)."""

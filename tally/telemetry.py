@@ -49,5 +49,5 @@ TASK_FAILURES = Counter(
 )
 BROKER_UP = Gauge(
     "tally_broker_reachable",
-    "1 while a broker of TALLY_BROKER takes connections (checked every second), else 0.",
+    "1 while a broker of TALLY_BROKER takes connections (checked twice a second), else 0.",
 )

@@ -11,6 +11,7 @@ Timers survive their own errors (`timer`): in Faust an exception in a timer stop
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import os
@@ -20,6 +21,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol, TypeVar
 
+from aiokafka.errors import MessageSizeTooLargeError
 from faust import streams as faust_streams
 from faust.exceptions import ProducerSendError
 from faust.types import TP, EventT, StreamT, TopicT
@@ -30,7 +32,7 @@ from tally.deadletters import DeadLetter
 from tally.errors import DecodeError, SchemaError, TallyError, ValidationError
 from tally.limits import MAX_RECORD_BYTES
 from tally.logs import SUMMARY, RejectionSummary
-from tally.quarantine import InFlight, InFlightRecords
+from tally.quarantine import DEATHS_ALONE, IN_FLIGHT_DIR, InFlight, InFlightRecords
 from tally.tables.applied import one_per_offset
 from tally.telemetry import DEAD_LETTERS, EVENTS, TASK_FAILURES
 from tally.topics import dead_letters
@@ -83,13 +85,13 @@ async def reject(
     message = event.message
     key = message.key if key is None else key
     value = message.value if value is None else value
-    room = MAX_RECORD_BYTES - LETTER_OVERHEAD_BYTES - len(key or b"")
-    if value is not None and len(value) > room:
-        exc = type(exc)(f"{exc} (the first {room:,} of {len(value):,} bytes are kept here)")
-        value = value[:room]
     letter = DeadLetter.of(
         exc, stage=stage, topic=message.topic, partition=message.partition, offset=message.offset
     )
+    room = MAX_RECORD_BYTES - LETTER_OVERHEAD_BYTES - len(key or b"")
+    if value is not None and len(value) > room:
+        letter = letter.noted(f"the first {room:,} of {len(value):,} bytes are kept here")
+        value = value[:room]
     DEAD_LETTERS.labels(to.get_topic_name(), letter.rule).inc()
     EVENTS.labels(message.topic, "late" if stage == "late" else "rejected").inc()
     if stage != "late":
@@ -100,6 +102,12 @@ async def reject(
             await to.send(key=key, value=value, headers=letter.headers())
             return
         except ProducerSendError as error:
+            if isinstance(error.__cause__, MessageSizeTooLargeError) and value:
+                letter = letter.noted(
+                    f"its {len(value):,} bytes were too large to keep: read it at its origin"
+                )
+                value = b""
+                continue
             logger.error(
                 "cannot write a dead letter to %s (%s); trying again in %.0f s",
                 to.get_topic_name(),
@@ -159,7 +167,7 @@ BATCH_WITHIN_S = 0.1
 PartitionWork = Callable[[Sequence[EventT]], Awaitable[None]]
 
 #: Offsets in flight per source partition, on disk (tally.quarantine).
-in_flight = InFlightRecords(settings.data_dir / "in-flight")
+in_flight = InFlightRecords(settings.data_dir / IN_FLIGHT_DIR)
 
 
 class ProcessingError(TallyError):
@@ -254,6 +262,11 @@ async def in_batch(
             await one_at_a_time(tp, events, work, state, None)
 
 
+#: One event alone in flight in the whole worker at a time: a death is then charged to it,
+#: never to the event another agent had alone in flight at the same moment.
+alone_in_flight = asyncio.Lock()
+
+
 async def one_at_a_time(
     tp: TP,
     events: Sequence[EventT],
@@ -261,38 +274,43 @@ async def one_at_a_time(
     state: dict[int, Any],
     left: InFlight | None,
 ) -> None:
-    """Each event on its own: the one `left` says a dead process had alone in flight is
-    quarantined; one that raises is dead-lettered. After a death each event's sends are
-    flushed before it counts as done, so a send that kills the process is charged to its
-    event; then the record no longer names it."""
+    """Each event on its own: one a dead process's record (`left`) quarantines is set aside;
+    one that raises is dead-lettered. While an event runs alone its record names it; after a
+    death its sends are flushed before it counts as done, so a send that kills the process is
+    charged to it."""
     first, last = events[0].message.offset, events[-1].message.offset
-    deaths = 0 if left is None else left.deaths + 1
     for event in events:
         offset = event.message.offset
-        if left is not None and left.single == offset:
+        if left is not None and left.quarantines(offset):
             in_flight.set_aside(tp.topic, tp.partition)
             logger.error("%s[%s]@%s: quarantined to dead letters", tp.topic, tp.partition, offset)
             await reject(
                 event,
                 Quarantined(
-                    f"the worker died while processing this message ({deaths} deaths with it in "
-                    "flight, the last with it alone): set aside unprocessed; fix the cause, then "
-                    "`tally dlq replay` sends it again"
+                    f"the worker died {DEATHS_ALONE} times while processing this message alone "
+                    f"({left.deaths + 1} deaths with it in flight): set aside unprocessed; fix "
+                    "the cause, then `tally dlq replay` sends it again"
                 ),
                 stage="process",
             )
             continue
-        in_flight.record(tp.topic, tp.partition, InFlight(first, last, deaths, offset))
-        crash_if_injected([event])
-        try:
-            await work([event])
-            if left is not None:
-                await app.producer.flush()
-        except Exception as exc:
-            state.pop(tp.partition, None)
-            logger.warning("%s[%s]@%s failed alone: %r", tp.topic, tp.partition, offset, exc)
-            await reject(event, failure(exc), stage="process")
-        in_flight.record(tp.topic, tp.partition, InFlight(first, last, deaths))
+        running = (
+            InFlight(first, last, single=offset)  # after an exception: no death yet
+            if left is None
+            else left.alone(offset, first, last)
+        )
+        async with alone_in_flight:
+            in_flight.record(tp.topic, tp.partition, running)
+            crash_if_injected([event])
+            try:
+                await work([event])
+                if left is not None:
+                    await app.producer.flush()
+            except Exception as exc:
+                state.pop(tp.partition, None)
+                logger.warning("%s[%s]@%s failed alone: %r", tp.topic, tp.partition, offset, exc)
+                await reject(event, failure(exc), stage="process")
+            in_flight.record(tp.topic, tp.partition, running.done())
 
 
 def failure(exc: Exception) -> TallyError:

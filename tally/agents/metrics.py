@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +36,12 @@ from tally.agents.intake import (
 from tally.app import app, settings
 from tally.codecs.avro import Record, check_event_time, validate_metric_sample
 from tally.errors import TallyError, ValidationError
-from tally.limits import MAX_METRICS_PER_SERVER_MINUTE, MESSAGE_MAX_BYTES, bounded_chunks
+from tally.limits import (
+    MAX_METRICS_PER_SERVER_MINUTE,
+    MESSAGE_MAX_BYTES,
+    RecordTooLarge,
+    bounded_chunks,
+)
 from tally.partitioning import partition_for
 from tally.tables.applied import Stamped, apply_server_rollups, holds, stamp, value_of
 from tally.tables.metrics import (
@@ -344,8 +350,8 @@ async def send_to_metric_index(
 
 
 def partial_size(cell: list[object]) -> int:
-    """A partial rollup's JSON size, near enough: its two ids and five numbers."""
-    return len(str(cell[0])) + len(str(cell[2])) + 120
+    """A partial rollup's JSON size, near enough: its two ids (UTF-8) and five numbers."""
+    return len(str(cell[0]).encode()) + len(str(cell[2]).encode()) + 120
 
 
 @app.agent(metric_samples)
@@ -438,7 +444,8 @@ async def close_partition_minutes(event: EventT) -> None:
 async def index_partition(events: Sequence[EventT]) -> None:
     """Servers' whole rollups → each touched (metric, minute)'s per-server and all-servers
     records, each written once per batch (tables.applied.apply_server_rollups: a rollup taken
-    twice changes nothing)."""
+    twice changes nothing). A (metric, minute) whose record would outgrow a changelog record
+    (too many servers) keeps what it has; the rollups that did not fit are dead-lettered."""
     updates: dict[tuple[str, int], list[tuple[int, str, Acc]]] = defaultdict(list)
     watermarks: dict[int, int] = {}
     for event in events:
@@ -450,18 +457,32 @@ async def index_partition(events: Sequence[EventT]) -> None:
             watermarks[upstream] = max(watermarks.get(upstream, 0), body["watermark_ms"])
     last = events[-1].message.offset
     indexed = 0
+    refused: list[tuple[str, int, list[tuple[int, str, Acc]], RecordTooLarge]] = []
     with writing_for(events[-1]):
         for (metric, minute), rollups in updates.items():
             per_server, total = minute_key(metric, minute, PER_SERVER), minute_key(metric, minute)
             before = value_of(metric_rollups.get(total))
             servers, merged = apply_server_rollups(metric_rollups.get(per_server), rollups, last)
-            metric_rollups[per_server] = servers
+            try:
+                metric_rollups[per_server] = servers
+            except RecordTooLarge as exc:
+                refused.append((metric, minute, rollups, exc))
+                continue
             metric_rollups[total] = merged
             indexed += int(value_of(merged)[3] - (before[3] if before else 0))
         for upstream, watermark in watermarks.items():
             key = partition_key(upstream)
             metric_index_watermarks[key] = max(metric_index_watermarks.get(key) or 0, watermark)
     EVENTS.labels(rollups_by_metric.get_topic_name(), "counted").inc(indexed)
+    by_offset = {event.message.offset: event for event in events}
+    for metric, minute, rollups, exc in refused:
+        cells: dict[int, list[list[object]]] = defaultdict(list)
+        for offset, server, acc in rollups:
+            cells[offset].append([metric, minute, server, *acc])
+        for offset, carried in cells.items():
+            value = json.dumps({"cells": carried}).encode()
+            key = f"{metric}|{minute}".encode()
+            await reject(by_offset[offset], exc, stage="process", value=value, key=key)
     prune_metric_index(events[0].message.partition)
 
 

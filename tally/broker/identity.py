@@ -16,6 +16,8 @@ from pathlib import Path
 from aiokafka import AIOKafkaClient
 from aiokafka.protocol.metadata import MetadataRequest
 
+from tally.quarantine import IN_FLIGHT_DIR
+
 logger = logging.getLogger(__name__)
 
 MARKER_NAME = "broker-cluster-id"
@@ -59,7 +61,8 @@ def stale_state_reason(
 def reconcile_local_state(
     *, datadir: Path, tabledir: Path, cluster_id: str, changelogs: dict[str, str], topics: set[str]
 ) -> str | None:
-    """Wipe `tabledir` if it belongs to another broker; remember this broker. Returns why.
+    """Wipe `tabledir` (and the offsets recorded in flight) if it belongs to another broker;
+    remember this broker. Returns why.
 
     `changelogs` maps table name → changelog topic; only tables with local files are checked,
     so a table added by an upgrade (its changelog not created yet) does not wipe the others.
@@ -79,6 +82,8 @@ def reconcile_local_state(
     if reason:
         logger.warning("Starting with empty tables: %s; removing %s", reason, tabledir)
         shutil.rmtree(tabledir)
+    if reason or remembered != cluster_id:  # offsets in flight on another cluster mean nothing
+        shutil.rmtree(datadir / IN_FLIGHT_DIR, ignore_errors=True)
     datadir.mkdir(parents=True, exist_ok=True)
     marker.write_text(cluster_id)
     return reason

@@ -22,10 +22,14 @@ logger = logging.getLogger(__name__)
 
 CHECK_INTERVAL_S = 0.5
 CONNECT_TIMEOUT_S = 1.0
+#: Kafka's port, for a broker address that names none.
+DEFAULT_PORT = 9092
 
 
 def host_port(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
+    host, colon, port = address.rpartition(":")
+    if not colon or not port.isdecimal() or host.endswith(":"):  # no port, or bare IPv6
+        return address.strip("[]"), DEFAULT_PORT
     return host.strip("[]"), int(port)
 
 

@@ -22,7 +22,7 @@ import urllib.request
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from fastavro import parse_schema
 from fastavro.schema import fingerprint, to_parsing_canonical_form
@@ -97,6 +97,18 @@ class FileSchemaRegistry(SchemaRegistry):
         self._subjects = root / "subjects"
         self._cache: dict[int, Schema] = {}
         self._lock = threading.Lock()
+        self._upgrade_subject_files()
+
+    def _upgrade_subject_files(self) -> None:
+        """Subject files of earlier versions (named by the quoted subject, which a long
+        subject cannot be, and holding the bare id list) rewritten in the current layout."""
+        for path in self._subjects.glob("*.json") if self._subjects.exists() else ():
+            ids = json.loads(path.read_text())
+            if isinstance(ids, list):
+                subject = unquote(path.stem)
+                record = {"subject": subject, "ids": ids}
+                _write_atomically(self._subject_path(subject), json.dumps(record))
+                path.unlink()
 
     def register(self, subject: str, schema: Schema) -> int:
         text = canonical_text(schema)

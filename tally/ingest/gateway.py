@@ -9,9 +9,10 @@ acknowledged just before the failure. Dead letters are sent only after every acc
 acknowledged, so a 503 leaves none unless all of the request's rows got through first.
 
 The cost of one request is bounded: at most TALLY_INGEST_MAX_ROWS rows, checked and encoded
-in a worker thread (the event loop keeps answering meanwhile), at most CHECK_SLOTS requests
-at a time, and at most CHECK_QUEUE waiting for a slot (others get a 503 at once). While the
-broker takes no connections (`BrokerWatch`), requests get a 503 at once.
+in a worker thread (the event loop keeps answering meanwhile), CHECK_SLOTS requests at a time
+(about one per core); at most BODY_SLOTS requests hold a body in memory, and at most
+BODY_QUEUE wait for one of those slots (others get a 503 at once). While the broker takes no
+connections (`BrokerWatch`), requests get a 503 at once.
 """
 
 from __future__ import annotations
@@ -61,10 +62,12 @@ SAMPLES_PER_BATCH = 5_000
 START_COOL_DOWN_S = 2.0
 #: A refused body is dead-lettered up to this many bytes (the reason says if it was cut).
 DEAD_LETTER_MAX_BYTES = 256 * 1024
-#: Requests read and checked at once (the work is CPU: about one per core), and requests
-#: that may wait for one of those slots; more get a 503 at once.
+#: Requests whose rows are checked at once: the work is CPU, about one per core.
 CHECK_SLOTS = 2
-CHECK_QUEUE = 32
+#: Requests that hold a body (up to TALLY_INGEST_MAX_BYTES each) at once, and requests that
+#: may wait for one of those slots; more get a 503 at once.
+BODY_SLOTS = 8
+BODY_QUEUE = 64
 
 
 class BrokerUnavailable(TallyError):
@@ -75,7 +78,7 @@ class BrokerUnavailable(TallyError):
 
 
 class Busy(TallyError):
-    """Too many requests are waiting to be checked (answered 503: retry in a moment)."""
+    """Too many requests are waiting for their turn (answered 503: retry in a moment)."""
 
     rule = "busy"
 
@@ -91,7 +94,7 @@ class Admission:
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
         if self.slots.locked() and self.waiting >= self.queue:
-            raise Busy(f"{self.waiting} requests are waiting to be checked; retry in a moment")
+            raise Busy(f"{self.waiting} requests are waiting for their turn; retry in a moment")
         self.waiting += 1
         try:
             await self.slots.acquire()
@@ -317,7 +320,9 @@ class IngestGateway(Service):
         self.endpoints = endpoints
         #: Whether the broker takes connections (started and stopped by its owner).
         self.watch = watch
-        self.admission = Admission(CHECK_SLOTS, CHECK_QUEUE)
+        #: Requests holding a body (http.exchange takes a slot before reading one).
+        self.admission = Admission(BODY_SLOTS, BODY_QUEUE)
+        self._checking = asyncio.Semaphore(CHECK_SLOTS)
         self.ack_timeout_s = settings.ingest_ack_timeout_seconds
         self._producer: AIOKafkaProducer | None = None
         self._starting = asyncio.Lock()
@@ -401,7 +406,8 @@ class IngestGateway(Service):
         waiting for every ack. `UnreadableBody`, `BodyTooLarge` and `BrokerUnavailable`
         propagate."""
         self.fail_fast()
-        checked = await asyncio.to_thread(self.check, endpoint, body, request_id, ndjson)
+        async with self._checking:
+            checked = await asyncio.to_thread(self.check, endpoint, body, request_id, ndjson)
         await self.deliver(checked.messages)
         await self.deliver(checked.letters)
         INGEST_ROWS.labels(endpoint.name, "accepted").inc(checked.accepted)
@@ -428,10 +434,11 @@ class IngestGateway(Service):
     ) -> None:
         """Dead-letter a body refused as a whole (unreadable, too large): its first bytes."""
         kept = body[:DEAD_LETTER_MAX_BYTES]
-        if len(kept) < size:
-            exc = type(exc)(f"{exc} (the first {len(kept):,} of {size:,} bytes are kept here)")
+        note = (
+            f"the first {len(kept):,} of {size:,} bytes are kept here" if len(kept) < size else ""
+        )
         request = origin(endpoint, request_id)
-        await self.deliver([letter_message(kept, exc, stage="decode", request=request)])
+        await self.deliver([letter_message(kept, exc, stage="decode", request=request, note=note)])
         DEAD_LETTERS.labels(DEAD_LETTERS_TOPIC, exc.rule).inc()
 
     async def deliver(self, messages: list[Message]) -> None:
@@ -479,7 +486,8 @@ class IngestGateway(Service):
 
 
 def letter_message(
-    value: bytes, exc: TallyError, *, stage: str, request: str, row: int = -1
+    value: bytes, exc: TallyError, *, stage: str, request: str, row: int = -1, note: str = ""
 ) -> Message:
     letter = DeadLetter.of(exc, stage=stage, request=request, row=row)
+    letter = letter.noted(note) if note else letter
     return Message(DEAD_LETTERS_TOPIC, None, value[:DEAD_LETTER_MAX_BYTES], None, letter.headers())

@@ -43,28 +43,74 @@ _DECODER = json.JSONDecoder()
 _SPACE = re.compile(r"[ \t\n\r]*")
 
 
+#: One element of an array is parsed within a window of this many characters of the body:
+#: no single parse (which holds the interpreter) reads more JSON than one row may hold, so a
+#: body of one huge element costs the event loop no more than a row does.
+WINDOW = MAX_ROW_BYTES + 64
+#: A parse that ends or fails this close to a window's end may have met the cut, not the
+#: element's end: `12.5` cut to `12.`, `true` to `tr`, `\u00e9` to `\u0`.
+CUT_MARGIN = 32
+
+
 def too_many_rows(max_rows: int) -> BodyTooLarge:
+    """A body of more rows than one request may hold (413)."""
     return BodyTooLarge(
         f"the body holds more than {max_rows:,} rows; one request may hold at most "
         f"{max_rows:,} (TALLY_INGEST_MAX_ROWS): send the rows in several requests"
     )
 
 
-def array_values(text: str, max_rows: int) -> Iterator[Any]:
-    """The elements of a JSON array, one at a time: a body of a million tiny elements is
-    refused after `max_rows`, not parsed whole first. `ValueError` if it is not one array."""
+def element_too_large(row_number: int) -> BodyTooLarge:
+    """An array element no window holds whole: longer than any row may be (413)."""
+    return BodyTooLarge(
+        f"row {row_number} of the array is longer than {MAX_ROW_BYTES:,} characters, more "
+        "than a row may hold: nothing of this body was accepted"
+    )
+
+
+class _Window:
+    """A window of `text` that array elements are parsed in, moved forward (copied anew)
+    when an element may run past its end."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.base = 0
+        self.chunk = text[:WINDOW]
+
+    def decode(self, index: int, row_number: int) -> tuple[Any, int]:
+        """The JSON value at `index` of the text and the index after it."""
+        while True:
+            near_cut = len(self.chunk) - CUT_MARGIN
+            cut = self.base + len(self.chunk) < len(self.text)
+            try:
+                value, end = _DECODER.raw_decode(self.chunk, index - self.base)
+                if not (cut and end >= near_cut):
+                    return value, self.base + end
+            except json.JSONDecodeError as exc:
+                if not (cut and (exc.pos >= near_cut or exc.msg.startswith("Unterminated"))):
+                    raise
+            if self.base == index:  # a whole window from the element's start: still cut
+                raise element_too_large(row_number)
+            self.base, self.chunk = index, self.text[index : index + WINDOW]
+
+
+def array_elements(text: str, max_rows: int) -> Iterator[tuple[Any, str]]:
+    """The elements of a JSON array, one at a time, each with its text as sent: a body of a
+    million tiny elements is refused after `max_rows`, not parsed whole first, and an element
+    longer than a row may be refuses the body. `ValueError` if it is not one array."""
+    window = _Window(text)
     index = _SPACE.match(text, 1).end()  # type: ignore[union-attr]
     if text.startswith("]", index):
         index += 1
     else:
         count = 0
         while True:
-            value, index = _DECODER.raw_decode(text, index)
             count += 1
             if count > max_rows:
                 raise too_many_rows(max_rows)
-            yield value
-            index = _SPACE.match(text, index).end()  # type: ignore[union-attr]
+            value, end = window.decode(index, row_number=count)
+            yield value, text[index:end]
+            index = _SPACE.match(text, end).end()  # type: ignore[union-attr]
             if text.startswith(",", index):
                 index = _SPACE.match(text, index + 1).end()  # type: ignore[union-attr]
             elif text.startswith("]", index):
@@ -79,7 +125,8 @@ def array_values(text: str, max_rows: int) -> Iterator[Any]:
 def split_rows(body: bytes, ndjson: bool = False, max_rows: int = 10_000) -> list[Row]:
     """The rows of a body: a JSON array (each element a row) or one JSON value (one row);
     else, or when `ndjson`, one row per non-blank line. More than `max_rows` rows:
-    `BodyTooLarge`.
+    `BodyTooLarge`. Nothing longer than a row may be is parsed in one go (`array_elements`;
+    a longer single value or line is a row rejected by its size).
 
     NaN and Infinity literals are read (Python's json does) so that the row is rejected for a
     non-finite value by name, not as unreadable.
@@ -94,20 +141,30 @@ def split_rows(body: bytes, ndjson: bool = False, max_rows: int = 10_000) -> lis
     if not stripped:
         raise UnreadableBody("the body is empty: send a JSON array of rows, or NDJSON")
     whole_error = ""
-    if not ndjson:
+    if not ndjson and stripped.startswith("["):
         try:
-            if stripped.startswith("["):
-                values = list(array_values(stripped, max_rows))
-            else:
-                values = [json.loads(stripped)]
+            return [
+                Row(i, raw.encode(), value)
+                for i, (value, raw) in enumerate(array_elements(stripped, max_rows))
+            ]
         except (ValueError, RecursionError) as exc:
             whole_error = str(exc) or type(exc).__name__
-        else:
-            return [array_row(i, v) for i, v in enumerate(values)]
+    elif not ndjson and len(stripped) <= MAX_ROW_BYTES:
+        try:
+            return [Row(0, stripped.encode(), json.loads(stripped))]
+        except (ValueError, RecursionError) as exc:
+            whole_error = str(exc) or type(exc).__name__
+    elif not ndjson and "\n" not in stripped:
+        return [Row(0, stripped.encode())]  # one row, rejected by its size unparsed
+    elif not ndjson:
+        whole_error = "longer than one row may be, so read as lines"
     rows = []
     for index, line in enumerate(line for line in lines(stripped) if line.strip()):
         if index >= max_rows:
             raise too_many_rows(max_rows)
+        if len(line) > MAX_ROW_BYTES:  # rejected by its size: not parsed
+            rows.append(Row(index, line.encode()))
+            continue
         try:
             rows.append(Row(index, line.encode(), json.loads(line)))
         except (ValueError, RecursionError) as exc:
@@ -131,14 +188,6 @@ def lines(text: str) -> Iterator[str]:
             end = len(text)
         yield text[start:end]
         start = end + 1
-
-
-def array_row(index: int, value: Any) -> Row:
-    """An element of a JSON array body as a row; its bytes are the element re-serialised."""
-    try:
-        return Row(index, json.dumps(value, separators=(",", ":")).encode(), value)
-    except RecursionError:
-        return Row(index, b"", unreadable="row is nested too deeply to read")
 
 
 def json_type(value: Any) -> str:

@@ -129,9 +129,13 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPException as exc:
         if exc.status < 400 or exc.content_type == "application/json":
             raise
-        return problem(
+        answer = problem(
             exc.status, f"{exc.reason}: {request.method} {request.path[:200]}", request.path
         )
+        for name in (hdrs.ALLOW, hdrs.RETRY_AFTER):  # what the status means to a client
+            if name in exc.headers:
+                answer.headers[name] = exc.headers[name]
+        return answer
     except asyncio.CancelledError:
         raise
     except Exception:
@@ -183,13 +187,43 @@ def content_encoding(request: web.Request) -> str:
     return request.headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower()
 
 
-def inflater(request: web.Request) -> Any:
-    """A zlib inflater for the body's Content-Encoding, or None (identity). gzip and zlib
-    streams are both recognised (wbits 47), whichever the client called "deflate"."""
+class Inflater:
+    """Inflates a compressed body in bounded steps: gzip (several members too, as `gzip -c a
+    b` makes) or zlib, whichever the client called "deflate" (wbits 47 recognises both)."""
+
+    def __init__(self) -> None:
+        self._stream = zlib.decompressobj(wbits=47)
+        #: Compressed bytes not yet inflated (the output had no room, or a member ended).
+        self._waiting = b""
+
+    def feed(self, data: bytes, room: int) -> bytes:
+        """`data` (after what earlier calls left) inflated, at most `room` bytes of it."""
+        self._waiting += data
+        out = []
+        while self._waiting and room > 0:
+            piece = self._stream.decompress(self._waiting, room)
+            out.append(piece)
+            room -= len(piece)
+            if self._stream.eof:  # a member ended: the rest is the next member
+                self._waiting = self._stream.unused_data
+                if self._waiting:
+                    self._stream = zlib.decompressobj(wbits=47)
+            else:
+                self._waiting = self._stream.unconsumed_tail
+        return b"".join(out)
+
+    @property
+    def finished(self) -> bool:
+        """Every byte fed was inflated and the last member ended."""
+        return self._stream.eof and not self._waiting
+
+
+def inflater(request: web.Request) -> Inflater | None:
+    """The inflater of the body's Content-Encoding; None for identity."""
     encoding = content_encoding(request)
     if encoding not in ENCODINGS:
         raise UnsupportedBody(f"Content-Encoding {encoding[:40]!r} is not supported")
-    return None if ENCODINGS[encoding] is None else zlib.decompressobj(wbits=47)
+    return None if ENCODINGS[encoding] is None else Inflater()
 
 
 async def read_body(request: web.Request, limit: int, head: int) -> Body:
@@ -214,22 +248,15 @@ async def read_body(request: web.Request, limit: int, head: int) -> Body:
             async for chunk in request.content.iter_chunked(CHUNK_BYTES):
                 sent += len(chunk)
                 if inflate is not None:
-                    chunk = inflate.decompress(inflate.unconsumed_tail + chunk, limit + 1 - size)
+                    chunk = inflate.feed(chunk, limit + 1 - size)
                 kept.append(chunk)
                 size += len(chunk)
                 if size > limit or sent > limit:
                     return Body(b"".join(kept)[:head], max(size, sent), complete=False)
-            if inflate is not None:
-                while inflate.unconsumed_tail and size <= limit:
-                    chunk = inflate.decompress(inflate.unconsumed_tail, limit + 1 - size)
-                    kept.append(chunk)
-                    size += len(chunk)
-                if size > limit:
-                    return Body(b"".join(kept)[:head], size, complete=False)
-                if not inflate.eof:
-                    raise UnreadableBody(
-                        f"the {content_encoding(request)} body ends before its compressed data"
-                    )
+            if inflate is not None and not inflate.finished:
+                raise UnreadableBody(
+                    f"the {content_encoding(request)} body ends before its compressed data"
+                )
     except zlib.error as exc:
         raise UnreadableBody(
             f"the body does not decompress as {content_encoding(request)}: {exc}"

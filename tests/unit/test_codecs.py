@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import struct
 from pathlib import Path
@@ -165,3 +166,20 @@ def test_ids_must_be_usable_in_keys(server: str) -> None:
 def test_a_record_that_does_not_fit_is_a_validation_error(codec: AvroCodec) -> None:
     with pytest.raises(ValidationError, match="does not fit"):
         codec.dumps({**PURCHASE, "quantity": "two"})
+
+
+def test_subject_files_of_an_earlier_version_are_read_in_the_current_layout(
+    tmp_path: Path,
+) -> None:
+    schema = load_schema("purchase")
+    schema_id = FileSchemaRegistry(tmp_path).register("purchases-value", schema)
+    for path in (tmp_path / "subjects").glob("*.json"):  # as an earlier version wrote them
+        path.unlink()
+    (tmp_path / "subjects" / "purchases-value.json").write_text(json.dumps([schema_id]))
+    (tmp_path / "subjects" / "a%2Fb.json").write_text(json.dumps([schema_id]))
+    upgraded = FileSchemaRegistry(tmp_path)
+    assert upgraded.subjects() == ["a/b", "purchases-value"]
+    assert upgraded.versions("purchases-value") == [schema_id]
+    long_subject = "s" * 255  # too long to be a file name quoted; fine as a digest
+    assert upgraded.register(long_subject, schema) == schema_id
+    assert upgraded.versions(long_subject) == [schema_id]

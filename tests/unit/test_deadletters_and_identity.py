@@ -5,6 +5,7 @@ from pathlib import Path
 from tally.broker.identity import reconcile_local_state, stale_state_reason
 from tally.deadletters import DeadLetter
 from tally.errors import DecodeError
+from tally.quarantine import IN_FLIGHT_DIR, InFlight, InFlightRecords
 
 
 def test_dead_letter_headers_round_trip() -> None:
@@ -47,6 +48,10 @@ def test_reconcile_wipes_stale_tables_and_remembers_the_broker(tmp_path: Path) -
         )
 
     assert reconcile("c1") is None and tables.exists(), "a new table's changelog is not missing"
+    in_flight = InFlightRecords(tmp_path / IN_FLIGHT_DIR)
+    in_flight.record("purchases", 0, InFlight(5, 9))
+    assert reconcile("c1") is None and (tmp_path / IN_FLIGHT_DIR).exists()
     reason = reconcile("c2")
     assert reason and "c1" in reason and not tables.exists()
+    assert not (tmp_path / IN_FLIGHT_DIR).exists(), "offsets of another cluster mean nothing"
     assert (tmp_path / "broker-cluster-id").read_text() == "c2"

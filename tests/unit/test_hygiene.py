@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from tally.errors import UnreadableBody
 from tally.web.hygiene import BodyLimits, application_options, expect_handler, read_body
 from tests.harness import raw_exchange, serve
 
@@ -28,7 +29,10 @@ async def serving(header_timeout_s: float = 15.0) -> AsyncIterator[tuple[str, li
     seen: list[Any] = []
 
     async def take(request: web.Request) -> web.Response:
-        body = await read_body(request, LIMIT, 100)
+        try:
+            body = await read_body(request, LIMIT, 100)
+        except UnreadableBody as exc:
+            return web.json_response({"unreadable": str(exc)}, status=400)
         seen.append(body)
         return web.json_response({"size": body.size, "complete": body.complete})
 
@@ -80,13 +84,25 @@ def test_a_gzip_bomb_is_inflated_only_up_to_the_limit() -> None:
 
 
 def test_compressed_bodies_inflate_and_broken_ones_are_unreadable() -> None:
-    rows = b'[{"a": 1}]' * 1000
+    rows = b'{"a": 1}\n' * 1000
+    members = gzip.compress(rows[:4000]) + gzip.compress(rows[4000:])  # as `gzip -c a b` makes
 
     async def check(url: str, seen: list[Any]) -> None:
-        for encoding, body in [("gzip", gzip.compress(rows)), ("deflate", zlib.compress(rows))]:
+        for encoding, body in [
+            ("gzip", gzip.compress(rows)),
+            ("deflate", zlib.compress(rows)),
+            ("gzip", members),
+        ]:
             status, answer = await post(url, body, **{"Content-Encoding": encoding})
             assert (status, answer) == (200, {"size": len(rows), "complete": True})
-        assert seen[-1].data == rows
+            assert seen[-1].data == rows
+        for broken, says in [
+            (gzip.compress(rows)[:-20], "ends before its compressed data"),
+            (gzip.compress(rows) + b"junk", "does not decompress as gzip"),
+            (b"plain", "does not decompress as gzip"),
+        ]:
+            status, answer = await post(url, broken, **{"Content-Encoding": "gzip"})
+            assert status == 400 and says in answer["unreadable"], answer
 
     run(check)
 
@@ -117,6 +133,7 @@ def test_errors_are_json_without_tracebacks() -> None:
                     assert set(answer) == {"error"} and "Traceback" not in answer["error"]
             async with session.delete(url + "/hello") as response:
                 assert response.status == 405 and "error" in await response.json()
+                assert response.headers["Allow"] == "GET,HEAD"
 
     run(check)
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from tally.codecs.avro import load_schema
 from tally.errors import BodyTooLarge, UnreadableBody, ValidationError
 from tally.ingest.gateway import endpoints, sample_row_schema
-from tally.ingest.rows import Row, conform_record, split_rows
+from tally.ingest.rows import WINDOW, Row, conform_record, split_rows
 from tally.settings import Settings
 from tests.strategies import JSON, mutated
 
@@ -129,11 +129,73 @@ def test_deep_nesting_is_refused_or_rejected_never_an_error(depth: int) -> None:
         assert caught.value.rule in ("not_json", "not_object")
 
 
-def test_a_huge_row_is_rejected_by_size() -> None:
-    (row,) = split_rows(json.dumps([purchase(metadata={"blob": "x" * 300_000})]).encode())
-    with pytest.raises(ValidationError) as caught:
-        ENDPOINTS["purchases"].shape.check(row, NOW)
-    assert caught.value.rule == "row_too_large"
+def test_a_huge_row_alone_or_on_its_line_is_rejected_by_size_unparsed() -> None:
+    huge = json.dumps(purchase(metadata={"blob": "x" * 300_000}))
+    good = json.dumps(purchase())
+    ndjson_body = f"{good}\n{huge}\n{good}"
+    for body, ndjson in [(huge, False), (ndjson_body, True), (ndjson_body, False)]:
+        rows = split_rows(body.encode(), ndjson=ndjson)
+        too_large = [row for row in rows if len(row.raw) > 300_000]
+        (row,) = too_large
+        assert row.value is None and not row.unreadable  # never parsed
+        assert len(rows) == (1 if body is huge else 3)
+        with pytest.raises(ValidationError) as caught:
+            ENDPOINTS["purchases"].shape.check(row, NOW)
+        assert caught.value.rule == "row_too_large"
+
+
+@pytest.mark.parametrize(
+    "element",
+    [
+        json.dumps(purchase(metadata={"blob": "x" * 300_000})),  # a long string
+        "[" + ",".join(["1"] * 200_000) + "]",  # many numbers
+        '{"a": "' + "y" * 300_000,  # never ends
+    ],
+)
+def test_an_array_element_longer_than_a_row_refuses_the_body_unparsed(element: str) -> None:
+    body = f"[{json.dumps(purchase())}, {element}, {json.dumps(purchase())}]"
+    with pytest.raises(BodyTooLarge, match="row 2 of the array is longer than 262,144 char"):
+        split_rows(body.encode())
+
+
+CUT_VALUES = [
+    "123456789",
+    "12.5",
+    "-1.5e+10",
+    "true",
+    "false",
+    "null",
+    '"\\u00e9t\\u00e9"',
+    "[1, 2.5]",
+]
+
+
+@pytest.mark.parametrize("value", CUT_VALUES)
+@pytest.mark.parametrize("shift", range(-40, 4))
+def test_a_value_cut_by_the_window_end_is_read_whole(value: str, shift: int) -> None:
+    # '["xxx…", "yyy…", <value>, 7]': the value starts `shift` characters from the first
+    # window's end; each filler is a row of its own, shorter than a row may be.
+    first = "x" * (WINDOW // 2)
+    second = "y" * (WINDOW - len(first) - 9 + shift)
+    body = f'["{first}", "{second}", {value}, 7]'
+    assert body.index(value, len(first) + len(second)) == WINDOW + shift
+    rows = split_rows(body.encode())
+    assert [row.value for row in rows] == [first, second, json.loads(value), 7]
+    assert rows[2].raw.decode() == value
+
+
+@given(
+    st.lists(st.sampled_from([1, "é", {"k": [1, 2]}, "x" * 70_000, 123456789]), max_size=12),
+    st.sampled_from([",", " , ", ",\n  "]),
+)
+def test_elements_across_window_boundaries_read_as_sent(values: list[Any], separator: str) -> None:
+    """Elements are parsed in windows of the body: one that crosses a window's end (a number
+    cut short parses too) is read again in the next window, whole."""
+    texts = [json.dumps(v, ensure_ascii=False) for v in values]
+    body = "[" + separator.join(texts) + "]"
+    rows = split_rows(body.encode())
+    assert [row.value for row in rows] == values
+    assert [row.raw.decode() for row in rows] == texts
 
 
 @pytest.mark.parametrize(

@@ -82,15 +82,34 @@ def test_progress_summaries_and_other_messages_pass() -> None:
     assert not quiet.filter(record("first %s", 2, **own))
 
 
-def test_installed_once_on_every_root_handler() -> None:
-    logger = logging.getLogger("tally-test-quiet")
-    handlers = [logging.StreamHandler(), logging.StreamHandler()]
+class Kept(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_installed_once_on_every_root_handler_and_each_handler_gets_the_same_lines() -> None:
+    logger = logging.getLogger("aiokafka.test-quiet")
+    logger.propagate = False
+    handlers = [Kept(), Kept()]
     for handler in handlers:
         logger.addHandler(handler)
     try:
         installed = quiet_repeats(logger)
         assert quiet_repeats(logger) is installed
         assert all(handler.filters == [installed] for handler in handlers)
+        for n in range(5):
+            logger.error("Unable connect to node %s", n)
+        logger.critical("a critical line is never held back")
+        logger.critical("a critical line is never held back")
+        for handler in handlers:
+            assert (
+                handler.messages
+                == ["Unable connect to node 0"] + ["a critical line is never held back"] * 2
+            )
     finally:
         for handler in handlers:
             logger.removeHandler(handler)

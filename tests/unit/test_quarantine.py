@@ -50,3 +50,25 @@ def test_a_record_cut_short_is_ignored(tmp_path: Path) -> None:
 def test_holds() -> None:
     assert InFlight(3, 5).holds(3) and InFlight(3, 5).holds(5)
     assert not InFlight(3, 5).holds(2) and not InFlight(3, 5).holds(6)
+
+
+def test_an_event_is_quarantined_once_it_was_alone_in_flight_at_two_deaths() -> None:
+    batch = InFlight(10, 20)  # the batch in flight at the first death
+    first_alone = batch.alone(14, 10, 20)
+    assert not batch.quarantines(14)
+    assert first_alone == InFlight(10, 20, deaths=1, single=14, alone_deaths=0)
+    assert not first_alone.quarantines(14), "one death alone is not enough"
+    second_alone = first_alone.alone(14, 10, 20)
+    assert second_alone == InFlight(10, 20, deaths=2, single=14, alone_deaths=1)
+    assert second_alone.quarantines(14)
+    assert not second_alone.quarantines(15)
+    assert second_alone.done() == InFlight(10, 20, deaths=2)
+
+
+def test_deaths_alone_count_only_for_the_same_event() -> None:
+    """A kill that lands while event 12 runs alone, then one while 13 does: neither was alone
+    at two deaths, so neither is set aside."""
+    after_first = InFlight(10, 20).alone(12, 10, 20)
+    after_second = after_first.alone(13, 10, 20)
+    assert not after_second.quarantines(13) and not after_second.quarantines(12)
+    assert after_second.alone_deaths == 0
