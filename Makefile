@@ -50,10 +50,11 @@ lint: $(STAMP)
 bench: $(BENCH_STAMP) $(WRK)
 	$(BIN)/python -m bench
 
-## bench-more: the archive, ingest, live-stream and failover benchmarks (figures printed).
+## bench-more: the archive, ingest, hostile-input, live-stream and failover benchmarks.
 bench-more: $(STAMP)
 	$(BIN)/python -m bench.archive
 	$(BIN)/python -m bench.ingest
+	$(BIN)/python -m bench.hostile
 	$(BIN)/python -m bench.live
 	$(BIN)/python -m bench.failover
 

@@ -60,8 +60,12 @@ PURCHASES_PER_ENVELOPE = 1_000
 SAMPLES_PER_BATCH = 5_000
 #: After a failed connection, requests get a 503 at once for this long.
 START_COOL_DOWN_S = 2.0
-#: A refused body is dead-lettered up to this many bytes (the reason says if it was cut).
+#: A rejected row's letter keeps at most this many bytes (a row is at most this long).
 DEAD_LETTER_MAX_BYTES = 256 * 1024
+#: A body refused whole (unreadable, too large) is dead-lettered with its first bytes only,
+#: enough to see what it was (the reason says it was cut): a stream of refused bodies must
+#: not fill the dead-letters topic with their bulk.
+REFUSED_HEAD_BYTES = 16 * 1024
 #: Requests whose rows are checked at once: the work is CPU, about one per core.
 CHECK_SLOTS = 2
 #: Requests that hold a body (up to TALLY_INGEST_MAX_BYTES each) at once, and requests that
@@ -433,7 +437,7 @@ class IngestGateway(Service):
         self, endpoint: Endpoint, body: bytes, exc: TallyError, request_id: str, size: int
     ) -> None:
         """Dead-letter a body refused as a whole (unreadable, too large): its first bytes."""
-        kept = body[:DEAD_LETTER_MAX_BYTES]
+        kept = body[:REFUSED_HEAD_BYTES]
         note = (
             f"the first {len(kept):,} of {size:,} bytes are kept here" if len(kept) < size else ""
         )

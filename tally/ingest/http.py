@@ -20,7 +20,7 @@ from aiohttp import web
 from tally.broker.watch import BrokerWatch
 from tally.errors import BodyTimeout, BodyTooLarge, SchemaError, TallyError, UnreadableBody
 from tally.ingest.gateway import (
-    DEAD_LETTER_MAX_BYTES,
+    REFUSED_HEAD_BYTES,
     BrokerUnavailable,
     Busy,
     IngestGateway,
@@ -81,7 +81,7 @@ async def exchange(
         gateway.fail_fast()
         async with gateway.admission.slot():
             try:
-                body = await read_body(request, limit, DEAD_LETTER_MAX_BYTES)
+                body = await read_body(request, limit, REFUSED_HEAD_BYTES)
             except BodyTimeout as exc:
                 return error(408, exc, request_id)
             except UnreadableBody as exc:
