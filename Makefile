@@ -40,10 +40,14 @@ run: $(STAMP)
 ## test: the whole suite (unit, property and end-to-end through the real local broker).
 test: $(STAMP) $(CHROMIUM)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/pytest
 
+## lint: ruff, mypy (strict on tally/core) and the import-layer contracts.
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 ## bench: Tally vs Faust's windows vs Quix Streams vs the raw ceiling on both workloads, plus
 ## query latency and load; one table, written to bench/results/<date>.md (see README Performance).

@@ -26,7 +26,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tally.agents.archive import ARCHIVE_FLUSH_EVENTS
 from tally.archive.query import ArchiveQuery, archived_rollups
 from tally.archive.store import (
     DAY_MS,
@@ -38,7 +37,8 @@ from tally.archive.store import (
     final_minute,
     rows_by_day,
 )
-from tally.tables.rollups import MINUTE_MS, STEPS_MS
+from tally.core.rollups import MINUTE_MS, STEPS_MS
+from tally.metrics.archive_sink import ARCHIVE_FLUSH_EVENTS
 
 PARTITIONS = 4
 MINUTES_PER_DAY = 1440

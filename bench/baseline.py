@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tally.codecs.avro import AvroCodec, load_schema
 from tally.codecs.registry import FileSchemaRegistry
-from tally.tables.topk import rank_key
+from tally.core.topk import rank_key
 
 EXPECT = int(os.environ.get("BENCH_EXPECT", "0"))
 APP_ID = os.environ.get("BENCH_APP_ID", "bench")

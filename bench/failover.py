@@ -32,8 +32,8 @@ from bench.sales import HOUR_MS
 from tally.broker.local import LocalBroker, free_port
 from tally.codecs.avro import AvroCodec, load_schema, validate_metric_batch, validate_purchase
 from tally.codecs.registry import FileSchemaRegistry
+from tally.core.partitioning import group_by_partition
 from tally.feed import historical_purchases
-from tally.partitioning import group_by_partition
 from tests.harness import Worker, start_all, wait_until
 from tests.load import PARTITIONS, Load, kill_after
 

@@ -44,7 +44,7 @@ from bench.query import query_load
 from tally.broker.local import LocalBroker, free_port
 from tally.codecs.avro import AvroCodec, Record, load_schema, validate_metric_batch
 from tally.codecs.registry import FileSchemaRegistry
-from tally.web.params import iso
+from tally.core.clock import iso
 from tests.harness import Worker
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00Z

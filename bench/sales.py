@@ -44,8 +44,8 @@ from bench.query import query_load
 from tally.broker.local import LocalBroker, free_port
 from tally.codecs.avro import AvroCodec, Record, load_schema, validate_purchase
 from tally.codecs.registry import FileSchemaRegistry
+from tally.core.partitioning import group_by_partition
 from tally.feed import historical_purchases
-from tally.partitioning import group_by_partition
 from tests.harness import Worker
 
 HOUR_MS = 3_600_000

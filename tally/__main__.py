@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 
-from tally.errors import BrokerError, ConfigurationError
+from tally.core.errors import BrokerError, ConfigurationError
 
 #: Commands that need the broker, and how long each waits for it to come up.
 BROKER_WAIT_S = {"worker": 30.0, "feed": 0.0, "send": 0.0, "dlq": 0.0}

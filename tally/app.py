@@ -13,31 +13,34 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import faust
+from faust.tables.manager import TableManager
 from faust.types import TopicT
 
 from tally.broker.admin import ensure_serving_topic, ensure_topics, track_topics
 from tally.broker.identity import describe_cluster, reconcile_local_state
 from tally.broker.watch import BrokerWatch
-from tally.logs import quiet_repeats
-from tally.settings import Settings
-from tally.web.hygiene import REGISTRY_MAX_BYTES, BodyLimits, application_options
+from tally.http.hygiene import REGISTRY_MAX_BYTES, BodyLimits, application_options
+from tally.runtime.faust_compat import aiokafka_producer, check_pinned_versions
+from tally.runtime.logs import quiet_repeats
+from tally.settings import Settings, current_settings
 
 logger = logging.getLogger(__name__)
 
-settings = Settings.from_env()
+settings = current_settings()
+check_pinned_versions()
 
 #: Each pipeline's modules (agents, then the views answering from its tables).
 PIPELINE_MODULES = {
-    "sales": ["tally.agents.sales", "tally.web.sales"],
-    "metrics": ["tally.agents.metrics", "tally.web.server_metrics"],
-    "archive": ["tally.agents.archive"],
+    "sales": ["tally.sales.agents", "tally.sales.views"],
+    "metrics": ["tally.metrics.agents", "tally.metrics.views"],
+    "archive": ["tally.metrics.archive_sink"],
 }
 #: Modules every worker runs, whatever its pipelines.
 COMMON_MODULES = [
-    "tally.serving",
+    "tally.runtime.serving",
     "tally.web.dead_letters",
     "tally.web.health",
     "tally.web.index",
@@ -61,9 +64,6 @@ def local_broker_settings(settings: Settings) -> dict[str, Any]:
     return {"broker_session_timeout": 6.0, "broker_heartbeat_interval": 1.0}
 
 
-#: Topics producers write to (created up front with TALLY_PARTITIONS partitions); a replay
-#: reads them again from its --from time.
-SOURCE_TOPICS = ("purchases", "metric-samples")
 #: Exit code of a worker whose stop outlasted TALLY_STOP_TIMEOUT_SECONDS (EX_TEMPFAIL).
 STOP_TIMEOUT_EXIT = 75
 
@@ -106,7 +106,7 @@ class TallyApp(faust.App):
         self.waiting_for: list[tuple[str, Callable[[], bool]]] = []
         #: Whether the broker takes connections: readiness and ingest ask it.
         self.broker_watch = BrokerWatch(settings.bootstrap_servers)
-        #: The web driver (tally.web.server) answers `Expect: 100-continue` by these.
+        #: The web driver (tally.runtime.web_driver) answers `Expect: 100-continue` by these.
         self.body_limits = body_limits(settings)
 
     @property
@@ -118,7 +118,7 @@ class TallyApp(faust.App):
             return self.broker_watch.reason
         if self.rebalancing:
             return "rebalancing"
-        if not (self.routing_ready and self.tables.recovery.completed.is_set()):
+        if not (self.routing_ready and cast(TableManager, self.tables).recovery.completed.is_set()):
             return "recovering tables"
         return next((reason for reason, waiting in self.waiting_for if waiting()), None)
 
@@ -168,7 +168,7 @@ class TallyApp(faust.App):
     async def on_started(self) -> None:
         # Faust's table_route hashes keys with the producer's metadata of the changelogs.
         await track_topics(
-            self.producer._ensure_producer(),  # type: ignore[attr-defined]
+            aiokafka_producer(self.producer),
             [table.changelog_topic.get_topic_name() for table in self.tables.values()],
         )
         self.routing_ready = True
@@ -179,7 +179,7 @@ app = TallyApp(
     settings.faust_app_id,
     broker=settings.broker_urls,
     store="rocksdb://",
-    Table="tally.tables.bounded:BoundedTable",
+    Table="tally.runtime.bounded:BoundedTable",
     web="tally://",
     web_application_options=application_options(
         body_limits(settings), settings.http_header_timeout_seconds

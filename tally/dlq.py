@@ -23,9 +23,10 @@ from mode import Service
 from tally.broker.admin import read_topic, topic_partitions
 from tally.codecs.avro import HEADER, schema_id_of
 from tally.codecs.registry import SchemaRegistry
-from tally.deadletters import DEAD_LETTERS_TOPIC, DeadLetter
-from tally.errors import DecodeError
-from tally.tables.windowing import now_ms
+from tally.core.clock import now_ms
+from tally.core.deadletters import DeadLetter
+from tally.core.errors import DecodeError
+from tally.topics import DEAD_LETTERS
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ def parse_id(text: str) -> str:
 
 
 async def read_letters(
-    bootstrap_servers: list[str], topic: str = DEAD_LETTERS_TOPIC
+    bootstrap_servers: list[str], topic: str = DEAD_LETTERS
 ) -> AsyncIterator[Letter]:
     """Every letter from the start of the topic to its end as of this call."""
     async for record in read_topic(bootstrap_servers, topic):
@@ -198,7 +199,7 @@ class DeadLetterWatch(Service):
         try:
             assigned: list[TopicPartition] = []
             while not self.should_stop:
-                tps = await topic_partitions(consumer, DEAD_LETTERS_TOPIC)
+                tps = await topic_partitions(consumer, DEAD_LETTERS)
                 if tps != assigned:  # first time, or the topic grew: count it all again
                     self.counts = LetterCounts()
                     consumer.assign(tps)
@@ -217,7 +218,7 @@ class DeadLetterWatch(Service):
             await consumer.stop()
 
     def body(self) -> dict[str, Any]:
-        return {"topic": DEAD_LETTERS_TOPIC, "read_at_ms": self.read_at_ms, **self.counts.body()}
+        return {"topic": DEAD_LETTERS, "read_at_ms": self.read_at_ms, **self.counts.body()}
 
 
 def pretty(value: bytes, registry: SchemaRegistry) -> str:

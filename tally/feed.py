@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from tally.codecs.avro import AvroCodec, Record
-from tally.errors import BrokerError
+from tally.core.errors import BrokerError
 
 METRIC_NAMES = ("cpu.util", "mem.used", "disk.util", "net.rx", "net.tx", "load.1m")
 

@@ -16,10 +16,10 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 from typing import Any
 
-from tally.tables.rollups import MINUTE_MS, minute_of
+from tally.core.clock import epoch_ms
+from tally.core.rollups import MINUTE_MS, minute_of
 
 logger = logging.getLogger(__name__)
 
@@ -160,10 +160,6 @@ class TopStream(Stream):
 
 def provisional(answer: Answer) -> Answer:
     return {**answer, "state": "provisional"}
-
-
-def epoch_ms(iso_time: str) -> int:
-    return int(datetime.fromisoformat(iso_time.replace("Z", "+00:00")).timestamp() * 1000)
 
 
 @dataclass

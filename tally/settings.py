@@ -12,12 +12,12 @@ import re
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from tally.errors import ConfigurationError
+from tally.core.errors import ConfigurationError
 
 #: Broker URL schemes and what they mean. `tansu` = the local broker, with the compatibility shim.
 BROKER_SCHEMES = ("tansu", "kafka")
@@ -159,21 +159,6 @@ def pipeline_set(text: str) -> frozenset[str]:
             f"{', '.join(PIPELINES)}, separated by commas"
         )
     return names
-
-
-def epoch_ms(text: str) -> int:
-    """An ISO-8601 time (naive = UTC) or epoch milliseconds, as epoch ms."""
-    if text.isascii() and text.isdecimal():
-        return int(text)
-    try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(
-            "must be an ISO 8601 time (2026-11-22T10:00:00Z) or epoch milliseconds"
-        ) from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return int(parsed.timestamp() * 1000)
 
 
 def _guarantee(text: str) -> str:
@@ -457,6 +442,12 @@ class Settings:
     @property
     def web_url(self) -> str:
         return f"http://{self.advertised_host}:{self.web_port}"
+
+
+@cache
+def current_settings() -> Settings:
+    """This process's settings, read from the environment once."""
+    return Settings.from_env()
 
 
 def shown(default: Any) -> str:

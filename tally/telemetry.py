@@ -11,7 +11,7 @@ EVENTS = Counter(
     "than once in one batch: processed once).",
     ["topic", "outcome"],
 )
-DEAD_LETTERS = Counter(
+DEAD_LETTERS_SENT = Counter(
     "tally_dead_letters",
     "Rejects: messages and rows sent to dead-letters or late-events, by destination and rule "
     "(the kind of wrong: missing_field, wrong_type, not_finite, late, ...).",

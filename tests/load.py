@@ -16,8 +16,8 @@ from aiokafka import AIOKafkaProducer
 
 from tally.broker.admin import read_topic
 from tally.codecs.avro import AvroCodec
-from tally.partitioning import partition_for
-from tally.tables.topk import rank_key
+from tally.core.partitioning import partition_for
+from tally.core.topk import rank_key
 from tests.harness import Worker, wait_until
 
 PARTITIONS = 4

@@ -11,7 +11,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from tally.archive.store import Archive, connect
-from tally.tables.rollups import Rollup
+from tally.core.rollups import Rollup
 
 #: What a query selects on and what its series are: columns of the archive's rows.
 KEY_COLUMNS = ("server", "metric")
@@ -36,6 +36,7 @@ class ArchiveQuery:
         if self.key_column not in KEY_COLUMNS or self.series_column not in (*KEY_COLUMNS, None):
             raise ValueError(f"unknown columns in {self!r}")
         series = self.series_column or "'all'"
+        params: list[object]
         if self.step_ms is None:
             bucket, params = "?::BIGINT", [self.start_ms]
         else:

@@ -42,9 +42,9 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from tally.errors import ValidationError
-from tally.limits import usable_id
-from tally.tables.rollups import MINUTE_MS
+from tally.core.errors import ValidationError
+from tally.core.limits import usable_id
+from tally.core.rollups import MINUTE_MS
 
 ROWS = pa.schema(
     [

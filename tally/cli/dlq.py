@@ -13,6 +13,8 @@ from faust.cli import AppCommand, argument, option
 from tally.app import app, settings
 from tally.broker.watch import BrokerWatch
 from tally.cli.errors import fail, parsed_by
+from tally.codecs.catalog import registry
+from tally.core.errors import UnreadableBody
 from tally.dlq import (
     Letter,
     LetterFilter,
@@ -22,10 +24,8 @@ from tally.dlq import (
     read_letters,
     replay_plan,
 )
-from tally.errors import UnreadableBody
 from tally.ingest.gateway import BrokerUnavailable, Message
 from tally.ingest.http import make_gateway
-from tally.topics import registry
 
 REPLAYED_FROM = "tally.replayed-from"
 

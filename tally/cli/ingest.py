@@ -15,9 +15,9 @@ from tally.cli.local import run_until_stopped
 from tally.dlq import DeadLetterWatch
 from tally.ingest.agent import AgentGaveUp, Backoff, run_agents
 from tally.ingest.http import make_gateway
-from tally.ingest.server import ingest_application
-from tally.logs import quiet_repeats
+from tally.runtime.logs import quiet_repeats
 from tally.settings import duration_seconds
+from tally.web.ingest_tier import ingest_application
 
 
 @app.command()

@@ -23,10 +23,11 @@ from tally.app import app, settings
 from tally.broker.admin import ensure_topics
 from tally.broker.local import LocalBroker, die_with_parent, port_accepts, stop_process
 from tally.cli.errors import fail
-from tally.errors import BrokerError, ConfigurationError
+from tally.codecs.catalog import metric_batch_codec, purchase_codec
+from tally.core.clock import now_ms
+from tally.core.errors import BrokerError, ConfigurationError
 from tally.feed import ACK_TIMEOUT_S, FeedProgress, metric_batches, purchases, send_feed
-from tally.tables.windowing import now_ms
-from tally.topics import SOURCE_TOPICS, metric_batch_codec, purchase_codec
+from tally.topics import METRIC_SAMPLES, PURCHASES, SOURCE_TOPICS
 
 
 def local_broker_address() -> tuple[str, int]:
@@ -51,7 +52,7 @@ async def run_until_stopped(*processes: subprocess.Popen[bytes] | None) -> None:
     while not stop.is_set():
         for process in processes:
             if process is not None and process.poll() is not None:
-                fail(f"{process.args[0]} exited with code {process.returncode}")
+                fail(f"{process.args!r} exited with code {process.returncode}")
         with suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.5)
 
@@ -78,8 +79,8 @@ async def broker(self: AppCommand) -> None:
 
 
 FEEDS = {
-    "sales": ("purchases", "item_id", purchase_codec),
-    "metrics": ("metric-samples", "server_id", metric_batch_codec),
+    "sales": (PURCHASES, "item_id", purchase_codec),
+    "metrics": (METRIC_SAMPLES, "server_id", metric_batch_codec),
 }
 
 

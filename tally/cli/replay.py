@@ -1,7 +1,7 @@
 """`tally replay`: rebuild a pipeline's tables from history as a new generation, then cut over.
 
 While the new generation replays, the serving one keeps answering; nothing it reads is
-touched (see tally.generations). The cutover is one record on the serving topic, written only
+touched (see tally.core.generations). The cutover is one record on the serving topic, written only
 once the new generation has processed everything that was in the topic when the replay began
 and answers queries; a replay that fails or is stopped before that changes nothing for
 readers.
@@ -27,7 +27,7 @@ import click
 from aiokafka import TopicPartition
 from faust.cli import AppCommand, option
 
-from tally.app import SOURCE_TOPICS, app, settings
+from tally.app import app, settings
 from tally.broker.admin import (
     commit_offsets,
     committed_offsets,
@@ -39,8 +39,9 @@ from tally.broker.admin import (
 from tally.broker.local import die_with_parent, free_port, stop_process
 from tally.cli.errors import fail, parsed_by
 from tally.cli.local import run_until_stopped
-from tally.errors import TallyError
-from tally.generations import (
+from tally.core.clock import epoch_ms, iso, now_ms
+from tally.core.errors import TallyError
+from tally.core.generations import (
     FAILED,
     REPLAYING,
     SERVING,
@@ -50,9 +51,7 @@ from tally.generations import (
     Serving,
     encode,
 )
-from tally.settings import epoch_ms
-from tally.tables.windowing import now_ms
-from tally.web.params import iso
+from tally.topics import SOURCE_TOPICS
 
 #: The source topic each pipeline replays, and the query that shows it answers.
 REPLAYED = {"sales": (SOURCE_TOPICS[0], "/api/sales/top"), "metrics": (SOURCE_TOPICS[1], None)}

@@ -19,8 +19,8 @@ from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from faust.serializers.codecs import Codec
 
 from tally.codecs.registry import Schema, SchemaRegistry
-from tally.errors import DecodeError, SchemaError, ValidationError
-from tally.limits import check_id, check_metadata
+from tally.core.errors import DecodeError, SchemaError, ValidationError
+from tally.core.limits import check_id, check_metadata
 
 MAGIC_BYTE = 0
 HEADER = struct.Struct(">bI")
@@ -175,7 +175,7 @@ class RecordTypeCodec:
 
 
 def validate_purchase(record: Record) -> None:
-    """Rules of a purchase the Avro types cannot say (tally.limits: ids and metadata)."""
+    """Rules of a purchase the Avro types cannot say (tally.core.limits: ids and metadata)."""
     if record["quantity"] <= 0:
         raise ValidationError(f"quantity must be > 0, got {record['quantity']}", "out_of_range")
     if record["unit_price_cents"] < 0:

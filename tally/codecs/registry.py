@@ -27,8 +27,8 @@ from urllib.parse import quote, unquote, urlsplit
 from fastavro import parse_schema
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from tally.errors import ConfigurationError, SchemaError, UnknownSchemaError
-from tally.limits import utf8_size
+from tally.core.errors import ConfigurationError, SchemaError, UnknownSchemaError
+from tally.core.limits import utf8_size
 
 Schema = dict[str, Any]
 #: Longest subject name, in UTF-8 bytes.

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from tally.errors import TallyError
+from tally.core.clock import now_ms
+from tally.core.errors import TallyError
 from tally.feed import METRIC_NAMES
-from tally.tables.windowing import now_ms
 
 #: Statuses worth a retry besides every 5xx: the server timed out or is rate limiting.
 RETRYABLE_4XX = frozenset({408, 429})

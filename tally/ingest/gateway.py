@@ -44,14 +44,15 @@ from tally.codecs.avro import (
     validate_purchase,
 )
 from tally.codecs.registry import Schema
-from tally.deadletters import DEAD_LETTERS_TOPIC, DeadLetter
-from tally.errors import TallyError, ValidationError
+from tally.core.clock import now_ms
+from tally.core.deadletters import DeadLetter
+from tally.core.errors import TallyError, ValidationError
+from tally.core.limits import MESSAGE_MAX_BYTES, bounded_chunks
+from tally.core.partitioning import partition_for
 from tally.ingest.rows import Row, RowShape, split_rows
-from tally.limits import MESSAGE_MAX_BYTES, bounded_chunks
-from tally.partitioning import partition_for
 from tally.settings import Settings
-from tally.tables.windowing import now_ms
-from tally.telemetry import DEAD_LETTERS, INGEST_ROWS
+from tally.telemetry import DEAD_LETTERS_SENT, INGEST_ROWS
+from tally.topics import DEAD_LETTERS, METRIC_SAMPLES, PURCHASES
 
 logger = logging.getLogger(__name__)
 
@@ -257,7 +258,7 @@ def endpoints(
         for item, group in by_key(rows, "item_id").items():
             by_partition[partition_for(item, partitions)].extend(group)
         return [
-            Message("purchases", None, codec.dumps({"purchases": part}), partition)
+            Message(PURCHASES, None, codec.dumps({"purchases": part}), partition)
             for partition, group in sorted(by_partition.items())
             for part in chunks(group, PURCHASES_PER_ENVELOPE)
         ]
@@ -266,7 +267,7 @@ def endpoints(
         codec = metric_batch_codec()
         return [
             Message(
-                "metric-samples",
+                METRIC_SAMPLES,
                 server.encode(),
                 codec.dumps(
                     {
@@ -286,13 +287,13 @@ def endpoints(
     return {
         "purchases": Endpoint(
             "purchases",
-            "purchases",
+            PURCHASES,
             RowShape(load_schema("purchase"), purchase_rules(settings)),
             purchase_envelopes,
         ),
         "metrics": Endpoint(
             "metrics",
-            "metric-samples",
+            METRIC_SAMPLES,
             RowShape(sample_row_schema(), sample_rules(settings)),
             metric_batches,
         ),
@@ -369,7 +370,7 @@ class IngestGateway(Service):
             return self._producer
 
     async def _connect(self, producer: AIOKafkaProducer) -> None:
-        topics = sorted({e.topic for e in self.endpoints.values()} | {DEAD_LETTERS_TOPIC})
+        topics = sorted({e.topic for e in self.endpoints.values()} | {DEAD_LETTERS})
         await ensure_topics(
             self.settings.bootstrap_servers,
             topics,
@@ -417,7 +418,7 @@ class IngestGateway(Service):
         INGEST_ROWS.labels(endpoint.name, "accepted").inc(checked.accepted)
         INGEST_ROWS.labels(endpoint.name, "rejected").inc(len(checked.rejections))
         for rejection in checked.rejections:
-            DEAD_LETTERS.labels(DEAD_LETTERS_TOPIC, rejection.rule).inc()
+            DEAD_LETTERS_SENT.labels(DEAD_LETTERS, rejection.rule).inc()
         return IngestResult(
             request_id=request_id,
             endpoint=endpoint.name,
@@ -443,7 +444,7 @@ class IngestGateway(Service):
         )
         request = origin(endpoint, request_id)
         await self.deliver([letter_message(kept, exc, stage="decode", request=request, note=note)])
-        DEAD_LETTERS.labels(DEAD_LETTERS_TOPIC, exc.rule).inc()
+        DEAD_LETTERS_SENT.labels(DEAD_LETTERS, exc.rule).inc()
 
     async def deliver(self, messages: list[Message]) -> None:
         """Send and wait until the broker acknowledged every message; `BrokerUnavailable` if
@@ -494,4 +495,4 @@ def letter_message(
 ) -> Message:
     letter = DeadLetter.of(exc, stage=stage, request=request, row=row)
     letter = letter.noted(note) if note else letter
-    return Message(DEAD_LETTERS_TOPIC, None, value[:DEAD_LETTER_MAX_BYTES], None, letter.headers())
+    return Message(DEAD_LETTERS, None, value[:DEAD_LETTER_MAX_BYTES], None, letter.headers())

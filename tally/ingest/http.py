@@ -5,7 +5,7 @@ Statuses: 202 (rows checked; accepted ones are in Kafka, rejected ones are in de
 each listed with index and reason), 400 (no readable row at all, or a compressed body that
 does not inflate), 404 (no such endpoint), 408 (the body did not arrive in time), 413 (over
 TALLY_INGEST_MAX_BYTES, inflated or not, or more rows than TALLY_INGEST_MAX_ROWS), 415 (not
-JSON/NDJSON, or an unknown Content-Encoding: answered by `tally.web.hygiene`), 503 (the broker
+JSON/NDJSON, or an unknown Content-Encoding: answered by `tally.http.hygiene`), 503 (the broker
 is gone or did not acknowledge, or too many requests wait: retry). Every refused body is
 dead-lettered too (its head), so nothing sent is lost without a trace; a 503 writes nothing.
 """
@@ -18,7 +18,9 @@ from typing import Any
 from aiohttp import web
 
 from tally.broker.watch import BrokerWatch
-from tally.errors import BodyTimeout, BodyTooLarge, SchemaError, TallyError, UnreadableBody
+from tally.codecs.catalog import metric_batch_codec, purchase_batch_codec
+from tally.core.errors import BodyTimeout, BodyTooLarge, SchemaError, TallyError, UnreadableBody
+from tally.http.hygiene import NDJSON_TYPES, read_body, too_large
 from tally.ingest.gateway import (
     REFUSED_HEAD_BYTES,
     BrokerUnavailable,
@@ -29,8 +31,6 @@ from tally.ingest.gateway import (
 )
 from tally.settings import Settings
 from tally.telemetry import INGEST_REQUESTS, INGEST_SECONDS
-from tally.topics import metric_batch_codec, purchase_batch_codec
-from tally.web.hygiene import NDJSON_TYPES, read_body, too_large
 
 #: Seconds a client should wait before retrying after a 503.
 RETRY_AFTER_S = 5

@@ -17,8 +17,8 @@ from typing import Any
 
 from tally.codecs.avro import Record
 from tally.codecs.registry import Schema
-from tally.errors import BodyTooLarge, UnreadableBody, ValidationError
-from tally.limits import utf8_size
+from tally.core.errors import BodyTooLarge, UnreadableBody, ValidationError
+from tally.core.limits import utf8_size
 
 #: A row larger than this is rejected: it would not fit a Kafka message with its neighbours.
 MAX_ROW_BYTES = 256 * 1024

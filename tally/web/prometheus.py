@@ -3,14 +3,14 @@ at scrape time: consumer lag per source partition and table sizes per table.
 
 Faust's `PrometheusMonitor` serves the page and counts messages, events, sends, commits,
 rebalances and web requests (`faust_*`; not table reads and writes, see below);
-`tally.telemetry` counts outcomes, rejects by rule and ingest (`tally_*`); the gauges below are
-computed when scraped, so nothing runs per event.
+`tally.telemetry` counts outcomes, rejects by rule and ingest (`tally_*`); the gauges
+below are computed when scraped, so nothing runs per event.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 from faust.sensors.prometheus import PrometheusMonitor, setup_prometheus_sensors
 from faust.types import CollectionT
@@ -19,7 +19,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from tally.app import app
-from tally.web.health import consumer_lag
+from tally.runtime.faust_compat import monitor_metrics, open_partition_dbs
+from tally.runtime.progress import consumer_lag
 
 
 class PrometheusMonitorWithoutKeyCounts(PrometheusMonitor):
@@ -39,8 +40,10 @@ class PrometheusMonitorWithoutKeyCounts(PrometheusMonitor):
 
 setup_prometheus_sensors(app, pattern="/metrics", name_prefix="faust")
 # The metrics Faust just registered, kept; only the monitor that feeds them is swapped (the
-# app adds its monitor to its sensors when it starts). `_metrics`: faust-streaming 0.15.3.
-app.monitor = PrometheusMonitorWithoutKeyCounts(metrics=app.monitor._metrics)  # type: ignore[attr-defined]
+# app adds its monitor to its sensors when it starts).
+app.monitor = PrometheusMonitorWithoutKeyCounts(
+    metrics=monitor_metrics(cast(PrometheusMonitor, app.monitor))
+)
 
 
 class WorkerGauges(Collector):
@@ -67,7 +70,7 @@ class WorkerGauges(Collector):
         )
         for name, table in sorted(app.tables.items()):
             counted = stored = 0
-            for db in getattr(table.data, "_dbs", {}).values():  # the opened partitions
+            for db in open_partition_dbs(table):
                 counted += db.property_int_value("rocksdb.estimate-num-keys") or 0
                 stored += db.property_int_value("rocksdb.total-sst-files-size") or 0
                 stored += db.property_int_value("rocksdb.cur-size-all-mem-tables") or 0

@@ -15,10 +15,10 @@ from typing import Any
 from faust.web import Request, Response, View
 
 from tally.app import app
+from tally.codecs.catalog import registry
 from tally.codecs.registry import canonical_text, positive_id, subject_problem
-from tally.errors import BodyTimeout, SchemaError, UnknownSchemaError, UnreadableBody
-from tally.topics import registry
-from tally.web.hygiene import REGISTRY_MAX_BYTES, read_body, too_large
+from tally.core.errors import BodyTimeout, SchemaError, UnknownSchemaError, UnreadableBody
+from tally.http.hygiene import REGISTRY_MAX_BYTES, read_body, too_large
 
 SUBJECT_NOT_FOUND = 40401
 VERSION_NOT_FOUND = 40402

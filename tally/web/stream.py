@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 from urllib.parse import quote, urlencode
 
 import aiohttp
@@ -21,8 +22,8 @@ from mode import Service
 
 from tally.app import app, settings
 from tally.live import Answer, Feeds, SeriesStream, Stream, TopStream, Unavailable
+from tally.runtime.queries import BadRequest, int_param
 from tally.telemetry import LIVE_CLIENTS, LIVE_FEEDS, LIVE_RESETS
-from tally.web.params import BadRequest, int_param
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ class LiveStreams(Service):
     """The worker's feeds and open client connections; closes every stream when the worker
     stops (the web server would otherwise wait for them to end)."""
 
-    def __init__(self, **kwargs: object) -> None:
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.feeds = Feeds(fetch_local, settings.stream_poll_seconds, on_reset=LIVE_RESETS.inc)
         self.handlers: set[asyncio.Task[object]] = set()
@@ -133,10 +134,12 @@ async def start_live_streams() -> None:
     await app.add_runtime_dependency(live)
 
 
-@app.on_before_shutdown.connect
-async def close_live_streams(app: object, **kwargs: object) -> None:
+async def close_live_streams(sender: object, **kwargs: Any) -> None:
     """Before the worker closes its HTTP client, which the feeds read their queries with."""
     live.close()
+
+
+app.on_before_shutdown.connect(close_live_streams)  # type: ignore[arg-type]  # mode: sync-typed
 
 
 @app.page("/api/stream/sales/top")

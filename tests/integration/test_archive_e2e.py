@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 from tally.archive.store import DAY_MS, Archive, day_of, day_start_ms, final_minute
 from tally.broker.local import LocalBroker
 from tally.codecs.avro import AvroCodec
-from tally.tables.windowing import now_ms
+from tally.core.clock import now_ms
 from tests.conftest import WorkerFactory
 from tests.harness import Worker, consume, produce, rewind, wait_until
 from tests.integration.test_metrics_e2e import MINUTE, iso, ms, same, truth

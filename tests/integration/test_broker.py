@@ -14,7 +14,7 @@ from tally.broker.admin import ensure_topics, offsets_at_time
 from tally.broker.identity import describe_cluster
 from tally.broker.local import LocalBroker, free_port, port_accepts
 from tally.broker.shim import FETCH_MAX_WAIT_MS, fetched_high_watermarks
-from tally.errors import BrokerError
+from tally.core.errors import BrokerError
 
 RECORDS = 500
 

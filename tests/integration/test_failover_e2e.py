@@ -10,11 +10,12 @@ workers, any of them answers for keys it does not own, exactly as the owner does
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from tally.broker.local import LocalBroker
 from tally.codecs.avro import AvroCodec
 from tests.conftest import WorkerFactory
-from tests.harness import Worker, rewind, start_all, wait_until
+from tests.harness import Worker, produce, purchase_row, rewind, start_all, wait_until
 from tests.load import ITEMS, MINUTE_MS, SERVERS, Load, agree, disagreements, kill_after
 
 
@@ -124,3 +125,54 @@ def redelivered_count(worker: Worker, topic: str) -> float:
         if line.startswith(f'tally_events_total{{outcome="redelivered",topic="{topic}"}}'):
             return float(line.split()[1])
     return 0.0
+
+
+def test_a_worker_that_loses_and_regains_partitions_answers_from_fresh_state(
+    broker: LocalBroker, make_worker: WorkerFactory, purchase_codec: AvroCodec
+) -> None:
+    """w1 counts alone, w2 joins and counts some partitions (and maybe the merge), w2 leaves:
+    w1 must answer from what the tables hold now, not from the windows it kept before it
+    lost those partitions (each window's totals are kept incrementally in memory)."""
+    first = make_worker("w1").start()
+    sent: list[dict[str, Any]] = []
+
+    def send(count: int) -> None:
+        wall = int(time.time() * 1000)
+        batch = [
+            {
+                **purchase_row(len(sent) + n, f"item-{n % 13:02d}", 1 + n % 7, wall - n),
+                "metadata": {},
+            }
+            for n in range(count)
+        ]
+        produce(
+            broker.bootstrap,
+            "purchases",
+            [(p["item_id"].encode(), purchase_codec.dumps(p)) for p in batch],
+        )
+        sent.extend(batch)
+
+    def counted(worker: Worker) -> bool:
+        totals: dict[str, int] = {}
+        for purchase in sent:
+            item = purchase["item_id"]
+            totals[item] = totals.get(item, 0) + purchase["quantity"]
+        top = sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
+        answer = [(i["item_id"], i["quantity"]) for i in worker.get("/api/sales/top")["items"]]
+        return answer == top and all(
+            worker.get(f"/api/sales/items/{item}")["quantity"] == total
+            for item, total in totals.items()
+        )
+
+    send(300)
+    wait_until(lambda: counted(first), 30, what="w1 alone counted the first purchases")
+    second = make_worker("w2").start()
+    first.wait_ready(60)
+    moved = [a for a in second.get("/api/health")["active"] if a.startswith("purchases[")]
+    assert moved, "w2 took purchases partitions from w1"
+    send(300)
+    wait_until(lambda: counted(second), 30, what="both counted the second purchases")
+    second.stop()
+    first.wait_ready(60)
+    send(300)  # w1 uses its windows of the partitions it regained
+    wait_until(lambda: counted(first), 30, what="w1 counted all three batches, from fresh state")

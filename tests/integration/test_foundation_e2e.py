@@ -10,7 +10,7 @@ from importlib import resources
 from tally.broker.local import LocalBroker
 from tally.codecs.avro import AvroCodec, Record, schema_id_of
 from tally.codecs.registry import HttpSchemaRegistry
-from tally.deadletters import DeadLetter
+from tally.core.deadletters import DeadLetter
 from tally.feed import metric_batches, purchases
 from tests.conftest import WorkerFactory
 from tests.harness import consume, headers_of, produce, wait_until

@@ -24,12 +24,12 @@ from hypothesis import strategies as st
 
 from tally.broker.local import LocalBroker
 from tally.codecs.avro import AvroCodec, Record
-from tally.deadletters import DeadLetter
+from tally.core.clock import now_ms
+from tally.core.deadletters import DeadLetter
+from tally.core.limits import MAX_METRICS_PER_SERVER_MINUTE, usable_id
+from tally.core.partitioning import group_by_partition
+from tally.core.topk import rank_key
 from tally.ingest.rows import CUT_MARGIN, WINDOW
-from tally.limits import MAX_METRICS_PER_SERVER_MINUTE, usable_id
-from tally.partitioning import group_by_partition
-from tally.tables.topk import rank_key
-from tally.tables.windowing import now_ms
 from tests.conftest import WorkerFactory
 from tests.harness import (
     Worker,

@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 
 from tally.broker.local import LocalBroker
 from tally.codecs.avro import AvroCodec
-from tally.deadletters import DeadLetter
-from tally.tables.windowing import now_ms
+from tally.core.clock import now_ms
+from tally.core.deadletters import DeadLetter
 from tests.conftest import WorkerFactory
 from tests.harness import Worker, consume, headers_of, purchase_row, wait_until
 from tests.strategies import mutated

@@ -13,9 +13,8 @@ from typing import Any
 
 import pytest
 
-from tally.live import epoch_ms
-from tally.tables.topk import rank_key
-from tally.tables.windowing import now_ms
+from tally.core.clock import epoch_ms, now_ms
+from tally.core.topk import rank_key
 from tests.conftest import WorkerFactory
 from tests.harness import EventStream, ServerSentEvent, Worker, purchase_row, wait_until
 

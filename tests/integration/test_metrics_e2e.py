@@ -14,7 +14,7 @@ from rocksdict import AccessType, Options, Rdict
 
 from tally.broker.local import LocalBroker
 from tally.codecs.avro import AvroCodec
-from tally.deadletters import DeadLetter
+from tally.core.deadletters import DeadLetter
 from tests.conftest import WorkerFactory
 from tests.harness import consume, headers_of, produce, start_all, wait_until
 

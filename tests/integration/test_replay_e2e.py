@@ -32,7 +32,7 @@ import pytest
 
 from tally.broker.local import LocalBroker
 from tally.codecs.avro import AvroCodec
-from tally.web.params import iso
+from tally.core.clock import iso
 from tests.conftest import WorkerFactory
 from tests.harness import Worker, wait_until
 from tests.load import (
@@ -50,7 +50,7 @@ from tests.load import (
 #: Each pipeline's deliberate bug, as a sitecustomize module generation 1 runs with.
 BUGS = {
     "sales": """
-import tally.tables.sliding as sliding
+import tally.core.sliding as sliding
 
 counted = sliding.SlidingTotals.ingest
 
@@ -62,7 +62,7 @@ def ingest(self, arrivals, wall_ms):
 sliding.SlidingTotals.ingest = ingest
 """,
     "metrics": """
-import tally.tables.rollups as rollups
+import tally.core.rollups as rollups
 
 folded = rollups.fold_samples
 

@@ -11,10 +11,10 @@ from itertools import islice
 
 from tally.broker.local import LocalBroker
 from tally.codecs.avro import AvroCodec, Record
-from tally.deadletters import DeadLetter
+from tally.core.deadletters import DeadLetter
+from tally.core.partitioning import group_by_partition
+from tally.core.topk import rank_key
 from tally.feed import historical_purchases
-from tally.partitioning import group_by_partition
-from tally.tables.topk import rank_key
 from tests.conftest import WorkerFactory
 from tests.harness import consume, headers_of, produce, start_all, wait_until
 

@@ -10,7 +10,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tally.tables.applied import (
+from tally.core.applied import (
     apply_server_rollups,
     merge_all,
     offset_of,
@@ -18,7 +18,7 @@ from tally.tables.applied import (
     stamp,
     value_of,
 )
-from tally.tables.rollups import Acc
+from tally.core.rollups import Acc
 
 #: A server's samples of one minute, in the order they arrive.
 samples = st.lists(

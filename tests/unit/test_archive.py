@@ -25,9 +25,9 @@ from tally.archive.store import (
     live,
     rows_by_day,
 )
-from tally.errors import ValidationError
+from tally.core.errors import ValidationError
+from tally.core.rollups import MINUTE_MS, STEPS_MS
 from tally.settings import retention_days
-from tally.tables.rollups import MINUTE_MS, STEPS_MS
 
 DAY0 = day_start_ms(date(2026, 11, 1))
 SERVERS = ["s1", "s2", "s3"]

@@ -20,7 +20,7 @@ from tally.codecs.avro import (
     validate_purchase,
 )
 from tally.codecs.registry import FileSchemaRegistry, deterministic_id, open_registry
-from tally.errors import (
+from tally.core.errors import (
     ConfigurationError,
     DecodeError,
     SchemaError,

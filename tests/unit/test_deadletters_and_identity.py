@@ -3,9 +3,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from tally.broker.identity import reconcile_local_state, stale_state_reason
-from tally.deadletters import DeadLetter
-from tally.errors import DecodeError
-from tally.quarantine import IN_FLIGHT_DIR, InFlight, InFlightRecords
+from tally.core.deadletters import DeadLetter
+from tally.core.errors import DecodeError
+from tally.core.quarantine import IN_FLIGHT_DIR, InFlight, InFlightRecords
 
 
 def test_dead_letter_headers_round_trip() -> None:

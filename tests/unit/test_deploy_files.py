@@ -8,7 +8,6 @@ mistyped TALLY_* variable, or a broker URL Tally would reject, fails here rather
 
 from __future__ import annotations
 
-import ast
 import json
 import re
 import shlex
@@ -19,7 +18,8 @@ from typing import Any
 
 import yaml
 
-from tally.errors import ConfigurationError
+from tally import topics
+from tally.core.errors import ConfigurationError
 from tally.settings import Settings, documented_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -163,19 +163,8 @@ def documented_variables() -> set[str]:
 
 
 def tally_topics() -> set[str]:
-    """Topic names declared in tally/topics.py (`app.topic("name", ...)`), read without importing
-    it (importing would build the Faust app)."""
-    tree = ast.parse((ROOT / "tally" / "topics.py").read_text())
-    return {
-        node.args[0].value
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Call)
-        and isinstance(node.func, ast.Attribute)
-        and node.func.attr == "topic"
-        and node.args
-        and isinstance(node.args[0], ast.Constant)
-        and isinstance(node.args[0].value, str)
-    }
+    """The topics every pipeline shares (tally.topics; workers create their internal ones)."""
+    return {topics.PURCHASES, topics.METRIC_SAMPLES, topics.DEAD_LETTERS, topics.LATE_EVENTS}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,7 +280,6 @@ def test_each_kafka_broker_has_a_healthcheck():
 
 def test_the_topics_tally_uses_are_created_since_auto_creation_is_off():
     topics = tally_topics()
-    assert topics, 'found no app.topic("...") in tally/topics.py; has it moved?'
     creators = {
         name: command_text(service)
         for name, service in services().items()

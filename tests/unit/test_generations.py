@@ -8,7 +8,7 @@ import asyncio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tally.generations import (
+from tally.core.generations import (
     FAILED,
     REPLAYING,
     SERVING,

@@ -1,4 +1,4 @@
-"""HTTP hygiene (tally.web.hygiene) on a real aiohttp server over TCP: bounded inflation,
+"""HTTP hygiene (tally.http.hygiene) on a real aiohttp server over TCP: bounded inflation,
 Expect: 100-continue, header and body timeouts, writes from other sites, JSON errors."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from tally.errors import UnreadableBody
-from tally.web.hygiene import BodyLimits, application_options, expect_handler, read_body
+from tally.core.errors import UnreadableBody
+from tally.http.hygiene import BodyLimits, application_options, expect_handler, read_body
 from tests.harness import raw_exchange, serve
 
 LIMIT = 1024 * 1024

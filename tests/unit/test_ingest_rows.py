@@ -12,14 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tally.codecs.avro import load_schema
-from tally.errors import BodyTooLarge, UnreadableBody, ValidationError
+from tally.core.errors import BodyTooLarge, UnreadableBody, ValidationError
 from tally.ingest.gateway import endpoints, sample_row_schema
 from tally.ingest.rows import WINDOW, Row, conform_record, split_rows
 from tally.settings import Settings
 from tests.strategies import JSON, mutated
 
 NOW = 1_795_000_000_000
-#: Every rule a row can be rejected by (the README lists them).
+#: Every rule a row can be rejected by (docs/operations.md lists them).
 RULES = {
     "not_json", "not_object", "missing_field", "wrong_type", "unknown_field", "out_of_range",
     "not_finite", "bad_id", "bad_time", "row_too_large",

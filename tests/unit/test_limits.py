@@ -1,4 +1,4 @@
-"""What one event may hold (tally.limits): ids, metadata, record sizes, message chunks."""
+"""What one event may hold (tally.core.limits): ids, metadata, record sizes, message chunks."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tally.errors import ValidationError
-from tally.limits import (
+from tally.core.errors import ValidationError
+from tally.core.limits import (
     MAX_ID_BYTES,
     MAX_RECORD_BYTES,
     REFUSED_CATEGORIES,

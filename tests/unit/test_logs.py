@@ -1,11 +1,11 @@
 """Logs during an outage: a repeated complaint once per interval with a count; dead letters
-summarised per interval (tally.logs)."""
+summarised per interval (tally.runtime.logs)."""
 
 from __future__ import annotations
 
 import logging
 
-from tally.logs import SUMMARY, QuietRepeats, RejectionSummary, quiet_repeats
+from tally.runtime.logs import SUMMARY, QuietRepeats, RejectionSummary, quiet_repeats
 
 
 class Clock:
@@ -48,8 +48,8 @@ def test_a_library_repeats_by_level_tally_by_message() -> None:
     assert not quiet.filter(record("Heartbeat failed: %s", "x", name="aiokafka.consumer"))
     assert quiet.filter(record("Heartbeat failed: %s", "x", level=logging.WARNING))
     assert quiet.filter(record("the broker is unreachable: %s", "a", name="tally.broker.watch"))
-    assert quiet.filter(record("dead letter %s", 1, name="tally.agents.intake"))
-    assert not quiet.filter(record("dead letter %s", 2, name="tally.agents.intake"))
+    assert quiet.filter(record("dead letter %s", 1, name="tally.runtime.intake"))
+    assert not quiet.filter(record("dead letter %s", 2, name="tally.runtime.intake"))
 
 
 def test_a_line_with_its_count_formats_with_the_workers_formatter() -> None:

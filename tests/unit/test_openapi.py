@@ -5,7 +5,7 @@ from __future__ import annotations
 from tally.broker.watch import BrokerWatch
 from tally.dlq import DeadLetterWatch
 from tally.ingest.http import make_gateway
-from tally.ingest.server import INGEST_TIER, ingest_application
+from tally.web.ingest_tier import INGEST_TIER, ingest_application
 from tally.web.openapi import OPERATIONS
 
 

@@ -1,10 +1,10 @@
-"""Offsets in flight, kept on disk across a death (tally.quarantine)."""
+"""Offsets in flight, kept on disk across a death (tally.core.quarantine)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from tally.quarantine import InFlight, InFlightRecords
+from tally.core.quarantine import InFlight, InFlightRecords
 
 
 def test_a_record_left_by_a_dead_process_holds_until_the_partition_moves_past_it(

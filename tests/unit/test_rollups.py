@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tally.codecs.avro import check_event_time, validate_metric_sample
-from tally.errors import ValidationError
-from tally.tables.rollups import (
+from tally.core.errors import ValidationError
+from tally.core.rollups import (
     MINUTE_MS,
     STEPS_MS,
     Cells,

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tally.tables.sliding import Arrival, SlidingTotals
-from tally.tables.topk import Candidates, RankedTotals, merge_candidates, merge_top, rank_key
-from tally.tables.windowing import EventClock, PaneSpec
+from tally.core.sliding import Arrival, SlidingTotals
+from tally.core.topk import Candidates, RankedTotals, merge_candidates, merge_top, rank_key
+from tally.core.windowing import EventClock, PaneSpec
 
 PANE = 100  # ms: small numbers keep the search space dense with rollovers and ties
 

@@ -1,1 +1,0 @@
-"""One module per pipeline; `intake` is the decoding step they share."""

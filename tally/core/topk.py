@@ -1,0 +1,128 @@
+"""Exact top-K: a ranked index of totals per partition, and the merge of partitions' top-Ks.
+
+Order everywhere: larger total first, ties by smaller key. Every key lives in exactly one
+partition, so a key in the global top-K has fewer than K keys before it in its own partition:
+the union of the partitions' top-Ks contains the global top-K, and merging them is exact.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sortedcontainers import SortedList
+
+Ranked = tuple[str, int]  # (key, total)
+
+
+def rank_key(entry: Ranked) -> tuple[int, str]:
+    return (-entry[1], entry[0])
+
+
+class RankedTotals:
+    """Totals per key, with the keys kept in rank order: O(log n) per update, top-K in O(K)."""
+
+    def __init__(self) -> None:
+        self._totals: dict[str, int] = {}
+        self._order: SortedList = SortedList()
+
+    def add(self, key: str, delta: int) -> None:
+        if delta == 0:
+            return
+        old = self._totals.get(key, 0)
+        new = old + delta
+        if old:
+            self._order.remove((-old, key))
+        if new:
+            self._totals[key] = new
+            self._order.add((-new, key))
+        else:
+            del self._totals[key]
+
+    def total(self, key: str) -> int:
+        return self._totals.get(key, 0)
+
+    def top(self, k: int) -> list[Ranked]:
+        return [(key, -negative) for negative, key in self._order.islice(0, k)]
+
+    def __len__(self) -> int:
+        return len(self._totals)
+
+    def items(self) -> Iterable[Ranked]:
+        return self._totals.items()
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """One partition's top-K for the window ending with pane `last_pane`."""
+
+    partition: int
+    last_pane: int
+    top: list[Ranked]
+    watermark_ms: int
+    as_of_ms: int
+    late_events: int = 0
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "partition": self.partition,
+            "last_pane": self.last_pane,
+            "top": [list(entry) for entry in self.top],
+            "watermark_ms": self.watermark_ms,
+            "as_of_ms": self.as_of_ms,
+            "late_events": self.late_events,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Candidates:
+        """Candidates as `to_json` wrote them (JSON: any field may be of a wrong type, and
+        raises then)."""
+        return cls(
+            partition=int(data["partition"]),
+            last_pane=int(data["last_pane"]),
+            top=[(str(k), int(v)) for k, v in data["top"]],
+            watermark_ms=int(data["watermark_ms"]),
+            as_of_ms=int(data["as_of_ms"]),
+            late_events=int(data.get("late_events", 0)),
+        )
+
+
+@dataclass(frozen=True)
+class GlobalTopK:
+    """The merged answer, with what it is made of."""
+
+    last_pane: int
+    top: list[Ranked]
+    watermark_ms: int
+    as_of_ms: int
+    late_events: int
+    #: Partitions whose latest candidates are for an older window than `last_pane`.
+    lagging: list[int] = field(default_factory=list)
+
+
+def merge_top(lists: Iterable[list[Ranked]], k: int) -> list[Ranked]:
+    """The best `k` of several disjoint ranked lists."""
+    return heapq.nsmallest(k, (entry for top in lists for entry in top), key=rank_key)
+
+
+def merge_candidates(candidates: Iterable[Candidates], k: int) -> GlobalTopK | None:
+    """The global top-K of the newest window any partition has reached.
+
+    A partition still on an older window contributes what it has and is named in `lagging`,
+    so the answer can say it may be stale; `as_of` is the oldest partition's, so one silent
+    partition (a dead worker) makes the answer old. None if no partition has data yet.
+    """
+    latest = list(candidates)
+    if not latest:
+        return None
+    last_pane = max(c.last_pane for c in latest)
+    return GlobalTopK(
+        last_pane=last_pane,
+        top=merge_top((c.top for c in latest), k),
+        watermark_ms=min(c.watermark_ms for c in latest),
+        as_of_ms=min(c.as_of_ms for c in latest),
+        late_events=sum(c.late_events for c in latest),
+        lagging=sorted(c.partition for c in latest if c.last_pane < last_pane),
+    )

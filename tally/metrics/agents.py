@@ -1,0 +1,464 @@
+"""Metrics pipeline glue: metric batches → minute rollups indexed by server and by metric.
+
+1. `roll_up_samples` (metric-samples, partitioned by server): decodes batches, rejects bad
+   samples one by one, classifies each sample against the partition's watermark (a sample of
+   a final minute is late), folds the whole batch in memory (`fold_samples`), then merges
+   each touched (server, minute) record of `server_rollups` once, skipping samples a record
+   already holds (redelivered: tables.applied); each touched server's whole rollup of the
+   minute goes, grouped by metric, to `metric-rollups-by-metric`.
+2. `index_by_metric` (that topic, partitioned by metric) puts them into `metric_rollups`,
+   per server and across servers, so a by-metric query reads one partition.
+3. `close_minutes` (a tick per owned partition per second, on `metric-ticks`) emits every
+   (server, minute) that became final to `metric-rollups-1m`, once, remembering how far it got in
+   `metric_clocks`; and deletes minutes older than the retention, by event time. Event time
+   passes on idle partitions too (the clock advances at wall speed), so minutes close without
+   traffic.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, cast
+
+from faust.types import EventT, StreamT
+
+from tally.app import app, settings
+from tally.codecs.avro import Record, check_event_time, validate_metric_sample
+from tally.codecs.catalog import metric_batch_codec
+from tally.core.applied import Stamped, apply_server_rollups, holds, stamp, value_of
+from tally.core.clock import now_ms
+from tally.core.errors import TallyError, ValidationError
+from tally.core.limits import (
+    MAX_METRICS_PER_SERVER_MINUTE,
+    MESSAGE_MAX_BYTES,
+    RecordTooLarge,
+    bounded_chunks,
+)
+from tally.core.partitioning import partition_for
+from tally.core.rollups import (
+    Acc,
+    Cells,
+    Rollup,
+    final_before,
+    fold_samples,
+    hot_horizon,
+    merge_cells,
+    minute_of,
+    room_for_metrics,
+)
+from tally.metrics.state import PartitionState, index_pruned_through, state_for, states
+from tally.metrics.tables import (
+    GRACE_MS,
+    PER_SERVER,
+    RETENTION_MS,
+    metric_clocks,
+    metric_index_watermarks,
+    metric_rollups,
+    metric_ticks,
+    minute_key,
+    rollups_1m,
+    rollups_by_metric,
+    server_rollups,
+    split_key,
+)
+from tally.runtime.intake import (
+    caught_up,
+    decode,
+    each_partition,
+    reject,
+    timer,
+    writing_for,
+)
+from tally.runtime.store import delete_below, first_parts, partition_key, scan, stored_value
+from tally.runtime.topics import late_events, metric_samples
+from tally.telemetry import EVENTS
+
+#: Longer batches than the sales pipeline's: each batch writes every (server, minute) and
+#: (metric, minute) it touched, so fewer batches mean fewer writes; half a second more delay
+#: is small next to the grace (10 s by default) every minute waits anyway.
+METRICS_BATCH_WITHIN_S = 0.5
+MAX_FUTURE_MS = int(settings.max_future_seconds * 1000)
+#: Ticks are taken at least this often (take_events waits this long between batches).
+TICK_WITHIN_S = 0.05
+
+
+class LateSample(TallyError):
+    """A sample of a minute that was already final when it arrived."""
+
+    rule = "late"
+
+
+class TooManyMetrics(TallyError):
+    """A sample of a metric new to a server's minute that already holds the most metrics
+    one minute record may (tally.core.limits.MAX_METRICS_PER_SERVER_MINUTE)."""
+
+    rule = "too_many_metrics"
+
+
+def one_sample(batch: Record, sample: Record) -> bytes:
+    """A batch holding one sample: how a rejected or late sample is kept on its own."""
+    return metric_batch_codec().dumps({**batch, "samples": [sample]})
+
+
+def why_invalid(sample: Record, wall: int) -> ValidationError:
+    """The validators' reason for a sample `fold_samples` found invalid (its fast checks and
+    these validators are one rule, tested to agree)."""
+    try:
+        validate_metric_sample(sample)
+        check_event_time("ts_ms", sample["ts_ms"], wall, MAX_FUTURE_MS)
+    except ValidationError as exc:
+        return exc
+    raise AssertionError(f"fold_samples and the validators disagree on {sample!r}")
+
+
+async def roll_up_partition(events: Sequence[EventT]) -> None:
+    state = state_for(events[0].message.partition)
+    state.folding = True  # the batch awaits dead-letter sends: the tick may run meanwhile
+    try:
+        await roll_up(state, events)
+    finally:
+        state.folding = False
+
+
+async def roll_up(state: PartitionState, events: Sequence[EventT]) -> None:
+    partition = events[0].message.partition
+    clock = state.clock
+    wall = now_ms()
+    last = events[-1].message.offset
+    # A batch means the partition was not idle: the wall time since the last settle does not
+    # count (only the ticks of a caught-up partition credit it).
+    clock.settle(wall, idle=False)
+    decoded = [(event, batch) for event in events if (batch := await routed(event, partition))]
+    #: (server, minute) → its stored record, read once per batch (tables.applied).
+    stored: dict[tuple[str, int], Stamped | None] = {}
+    #: server → minute → metric → rollup: the whole batch folded before any table is touched.
+    folded: dict[str, dict[int, Cells]] = defaultdict(dict)
+    #: (server, minute) → metrics whose samples were already in the record (redelivered).
+    redelivered: dict[tuple[str, int], set[str]] = defaultdict(set)
+    counted = repeated = 0
+    for event, batch in decoded:
+        server, samples = batch["server_id"], batch["samples"]
+        with writing_for(event):  # the records' reads go to this partition's database
+            fresh = unapplied(server, samples, event.message.offset, stored, redelivered)
+        repeated += len(samples) - len(fresh)
+        samples = fresh
+        # The message arrives as a whole: its samples are judged against the watermark before
+        # it, so samples of one message never make each other late.
+        watermark = clock.watermark(wall, GRACE_MS)
+        closed = state.closed_before(watermark)
+        judged = fold_samples(
+            samples,
+            folded[server],
+            closed,
+            wall + MAX_FUTURE_MS,
+            room_for_metrics(stored_cells(stored, server), MAX_METRICS_PER_SERVER_MINUTE),
+        )
+        for index in judged.invalid:
+            sample = samples[index]
+            exc = why_invalid(sample, wall)
+            await reject(event, exc, stage="validate", value=one_sample(batch, sample))
+        for index in judged.crowded:
+            sample = samples[index]
+            crowded = TooManyMetrics(
+                f"server {server!r} already has {MAX_METRICS_PER_SERVER_MINUTE} metrics in "
+                f"minute {minute_of(sample['ts_ms'])}; metric {sample['metric_id']!r} is one more"
+            )
+            await reject(event, crowded, stage="validate", value=one_sample(batch, sample))
+        for index in judged.late:
+            sample = samples[index]
+            state.late_events += 1
+            late = LateSample(
+                f"sample at {sample['ts_ms']} belongs to minute {minute_of(sample['ts_ms'])}, "
+                f"final since the watermark passed its end (watermark {watermark})"
+            )
+            await reject(event, late, stage="late", value=one_sample(batch, sample), to=late_events)
+        if judged.newest_ts is not None and judged.oldest_minute is not None:
+            clock.observe(judged.newest_ts, wall)
+            if state.final_through is None and (
+                state.first_minute is None or judged.oldest_minute < state.first_minute
+            ):
+                state.first_minute = judged.oldest_minute
+        counted += judged.counted
+    # Each touched (server, minute) record written once, with the batch's last offset.
+    records: dict[tuple[str, int], Cells] = {}
+    with writing_for(events[-1]):
+        for server, minutes in folded.items():
+            for minute, cells in minutes.items():
+                before = value_of(stored[(server, minute)], {})
+                records[(server, minute)] = merged = merge_cells(before, cells)
+                server_rollups[minute_key(server, minute)] = stamp(merged, last)
+            if minutes:
+                state.servers.add(server)
+        state.offset = last
+        metric_clocks[partition_key(partition)] = state.record()
+    EVENTS.labels(metric_samples.get_topic_name(), "counted").inc(counted)
+    EVENTS.labels(metric_samples.get_topic_name(), "redelivered").inc(repeated)
+    # The by-metric index gets each touched (server, minute, metric)'s whole rollup so far:
+    # taking it twice changes nothing there, and a redelivered message re-sends what its
+    # first delivery may have sent before a crash.
+    touched: list[tuple[str, int, Iterable[str], Cells | None]] = [
+        (server, minute, {*metrics, *redelivered.get((server, minute), ())}, record)
+        for (server, minute), record in records.items()
+        for metrics in [folded[server][minute]]
+    ]
+    touched += [
+        (server, minute, metrics, value_of(stored[(server, minute)]))
+        for (server, minute), metrics in redelivered.items()
+        if (server, minute) not in records
+    ]
+    await send_to_metric_index(touched, partition, clock.watermark(wall, GRACE_MS))
+
+
+async def routed(event: EventT, partition: int) -> Record | None:
+    """The event's metric batch, if it decodes and came on its server's partition; else None
+    after dead-lettering it."""
+    batch = await decode(event, metric_batch_codec())
+    if batch is None:
+        return None
+    owner = partition_for(batch["server_id"], settings.partitions)
+    if owner == partition:
+        return batch
+    misrouted = ValidationError(
+        f"server {batch['server_id']!r} belongs to partition {owner} (murmur2 of the server "
+        f"id, Kafka's default partitioner), but its batch came on partition {partition}",
+        "misrouted",
+    )
+    await reject(event, misrouted, stage="validate")
+    return None
+
+
+def stored_cells(
+    stored: dict[tuple[str, int], Stamped | None], server: str
+) -> Callable[[int], Cells]:
+    """A server's stored rollups of a minute (read for the batch by `unapplied`)."""
+
+    def held(minute: int) -> Cells:
+        cells: Cells = value_of(stored.get((server, minute))) or {}
+        return cells
+
+    return held
+
+
+def unapplied(
+    server: str,
+    samples: list[Record],
+    offset: int,
+    stored: dict[tuple[str, int], Stamped | None],
+    redelivered: dict[tuple[str, int], set[str]],
+) -> list[Record]:
+    """The samples of a message at `offset` that their (server, minute) record does not hold
+    yet; the others are noted in `redelivered`. Reads each record once per batch (into
+    `stored`); a message delivered once (the usual case) passes whole."""
+    minutes = {minute_of(sample["ts_ms"]) for sample in samples}
+    held = set()
+    for minute in minutes:
+        key = (server, minute)
+        if key not in stored:
+            stored[key] = server_rollups.get(minute_key(server, minute))
+        if holds(stored[key], offset):
+            held.add(minute)
+    if not held:
+        return samples
+    fresh = []
+    for sample in samples:
+        minute = minute_of(sample["ts_ms"])
+        if minute in held:
+            redelivered[(server, minute)].add(sample["metric_id"])
+        else:
+            fresh.append(sample)
+    return fresh
+
+
+async def send_to_metric_index(
+    touched: list[tuple[str, int, Iterable[str], Cells | None]],
+    partition: int,
+    watermark: int | None,
+) -> None:
+    """Whole rollups for the by-metric index, grouped by the partition that owns each metric:
+    one message per destination partition, written there explicitly (murmur2 of the metric,
+    as routing uses)."""
+    destinations: dict[str, int] = {}
+    by_destination: dict[int, list[list[object]]] = defaultdict(list)
+    for server, minute, metrics, record in touched:
+        if record is None:
+            continue
+        for metric in metrics:
+            acc = record.get(metric)
+            if acc is None:
+                continue  # every sample of it was invalid or late
+            destination = destinations.get(metric)
+            if destination is None:
+                destination = destinations[metric] = partition_for(metric, settings.partitions)
+            by_destination[destination].append([metric, minute, server, *acc])
+    for destination, rollups in by_destination.items():
+        for part in bounded_chunks(rollups, partial_size, len(rollups), MESSAGE_MAX_BYTES):
+            await rollups_by_metric.send(
+                key=b"partials",
+                partition=destination,
+                value={"cells": part, "upstream": partition, "watermark_ms": watermark},
+            )
+
+
+def partial_size(cell: list[object]) -> int:
+    """A partial rollup's JSON size, near enough: its two ids (UTF-8) and five numbers."""
+    return len(str(cell[0]).encode()) + len(str(cell[2]).encode()) + 120
+
+
+@app.agent(metric_samples)
+async def roll_up_samples(stream: StreamT) -> None:
+    await each_partition(stream, roll_up_partition, states, within=METRICS_BATCH_WITHIN_S)
+
+
+@timer(interval=1.0)
+async def tick_owned_partitions() -> None:
+    """One tick per owned metric-samples partition that has ever had data."""
+    if not app.ready:
+        return
+    for tp in app.assignor.assigned_actives():
+        if tp.topic != metric_samples.get_topic_name():
+            continue
+        if tp.partition in states or partition_key(tp.partition) in metric_clocks:
+            await metric_ticks.send(key=b"tick", value={}, partition=tp.partition)
+
+
+async def close_ticked(events: Sequence[EventT]) -> None:
+    for event in events:
+        await close_partition_minutes(event)
+
+
+@app.agent(metric_ticks)
+async def close_minutes(stream: StreamT) -> None:
+    await each_partition(stream, close_ticked, states, within=TICK_WITHIN_S)
+
+
+async def close_partition_minutes(event: EventT) -> None:
+    """Emit the minutes that became final, then remember it; then apply the retention."""
+    partition = event.message.partition
+    state = state_for(partition)
+    if state.folding:
+        return  # the next tick, a second later, sees the batch written
+    wall = now_ms()
+    idle = caught_up(metric_samples, partition, state.offset)
+    if idle is None:
+        return  # backlog unknown (just assigned): wait, rather than close minutes too early
+    state.clock.settle(wall, idle)
+    watermark = state.clock.watermark(wall, GRACE_MS)
+    if watermark is None:
+        return
+    end = final_before(watermark)  # minutes before `end` are final
+    start = state.final_through if state.final_through is not None else state.first_minute
+    if start is not None and end is not None and start < end:
+        closing = [
+            (server, split_key(key)[1], value_of(stored_value(value)))
+            for server in sorted(state.servers)
+            for key, value in scan(
+                server_rollups, partition, minute_key(server, start), minute_key(server, end)
+            )
+        ]
+        # Closed from now on for the sample agent too, before the first await below; recorded
+        # (persisted) only after the sends, so a crash in between re-emits rather than loses.
+        state.final_through = end
+        for server, minute, cells in closing:
+            await rollups_1m.send(
+                key=f"{server}|{minute}".encode(),
+                value={
+                    "server_id": server,
+                    "minute_ms": minute,
+                    "metrics": {
+                        metric: Rollup.from_list(acc).fields() for metric, acc in cells.items()
+                    },
+                },
+            )
+        with writing_for(event):
+            metric_clocks[partition_key(partition)] = state.record()
+    # The by-metric index learns this partition's watermark even when it sends no data, so
+    # an idle server partition does not hold back its retention and open minutes.
+    for destination in range(settings.partitions):
+        await rollups_by_metric.send(
+            key=b"partials",
+            partition=destination,
+            value={"cells": [], "upstream": partition, "watermark_ms": watermark},
+        )
+    horizon = hot_horizon(watermark, RETENTION_MS)
+    if horizon > state.pruned_through:
+        for server in state.servers:
+            delete_below(
+                server_rollups,
+                partition,
+                minute_key(server, horizon),
+                start=minute_key(server, 0),
+            )
+        state.pruned_through = horizon
+
+
+async def index_partition(events: Sequence[EventT]) -> None:
+    """Servers' whole rollups → each touched (metric, minute)'s per-server and all-servers
+    records, each written once per batch (tables.applied.apply_server_rollups: a rollup taken
+    twice changes nothing). A (metric, minute) whose record would outgrow a changelog record
+    (too many servers) keeps what it has; the rollups that did not fit are dead-lettered."""
+    updates: dict[tuple[str, int], list[tuple[int, str, Acc]]] = defaultdict(list)
+    watermarks: dict[int, int] = {}
+    for event in events:
+        body = cast(dict[str, Any], event.value)  # JSON (the topic's serializer)
+        offset = event.message.offset
+        for metric, minute, server, *acc in body["cells"]:
+            updates[(metric, minute)].append((offset, server, acc))
+        if body["watermark_ms"] is not None:
+            upstream = int(body["upstream"])
+            watermarks[upstream] = max(watermarks.get(upstream, 0), body["watermark_ms"])
+    last = events[-1].message.offset
+    indexed = 0
+    #: (metric, minute, its rollups, why) of each record that did not fit.
+    refused: list[tuple[str, int, list[tuple[int, str, Acc]], RecordTooLarge]] = []
+    with writing_for(events[-1]):
+        for (metric, minute), rollups in updates.items():
+            per_server, total = minute_key(metric, minute, PER_SERVER), minute_key(metric, minute)
+            before = value_of(metric_rollups.get(total))
+            servers, merged = apply_server_rollups(metric_rollups.get(per_server), rollups, last)
+            try:
+                metric_rollups[per_server] = servers
+            except RecordTooLarge as exc:
+                refused.append((metric, minute, rollups, exc))
+                continue
+            metric_rollups[total] = merged
+            indexed += int(value_of(merged)[3] - (before[3] if before else 0))
+        for upstream, watermark in watermarks.items():
+            key = partition_key(upstream)
+            metric_index_watermarks[key] = max(metric_index_watermarks.get(key) or 0, watermark)
+    EVENTS.labels(rollups_by_metric.get_topic_name(), "counted").inc(indexed)
+    by_offset = {event.message.offset: event for event in events}
+    for metric, minute, rollups, why in refused:
+        cells: dict[int, list[list[object]]] = defaultdict(list)
+        for offset, server, acc in rollups:
+            cells[offset].append([metric, minute, server, *acc])
+        for offset, carried in cells.items():
+            value = json.dumps({"cells": carried}).encode()
+            key = f"{metric}|{minute}".encode()
+            await reject(by_offset[offset], why, stage="process", value=value, key=key)
+    prune_metric_index(events[0].message.partition)
+
+
+@app.agent(rollups_by_metric)
+async def index_by_metric(stream: StreamT) -> None:
+    await each_partition(
+        stream, index_partition, index_pruned_through, within=METRICS_BATCH_WITHIN_S
+    )
+
+
+def prune_metric_index(partition: int) -> None:
+    """Drop minutes older than the retention, by the slowest upstream partition's watermark."""
+    marks = [int(v) for _, v in scan(metric_index_watermarks, partition, b"", b"\xff")]
+    if not marks:
+        return
+    horizon = hot_horizon(min(marks), RETENTION_MS)
+    if horizon > (index_pruned_through.get(partition) or 0):
+        for metric in list(first_parts(metric_rollups, partition)):
+            delete_below(
+                metric_rollups,
+                partition,
+                minute_key(metric, horizon),
+                start=minute_key(metric, 0),
+            )
+        index_pruned_through[partition] = horizon

@@ -1,0 +1,275 @@
+"""Metric views: by server, by metric, and a server's summary; each answered by the owner.
+
+Any range: minutes inside the hot window come from the tables, older ones from the archive
+(DuckDB over Parquet, in a thread), merged per step at the boundary. Every answer carries the
+watermark, the minutes in the range that are still open (their rollups can still change) and
+which tier answered for which minutes; steps merge minute rollups exactly (tables.rollups).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Iterator
+
+import duckdb
+from faust.types import CollectionT
+from faust.web import Request, Response
+from faust.web.exceptions import WebError
+
+from tally.app import app, settings
+from tally.archive.query import ArchiveQuery, archived_rollups
+from tally.core.applied import value_of
+from tally.core.clock import iso, now_ms
+from tally.core.partitioning import partition_for
+from tally.core.rollups import (
+    MINUTE_MS,
+    STEPS_MS,
+    Rollup,
+    by_step,
+    final_before,
+    hot_horizon,
+    merge_all,
+    merge_series,
+    minute_of,
+)
+from tally.core.windowing import EventClock
+from tally.metrics.state import states
+from tally.metrics.tables import (
+    GRACE_MS,
+    PER_SERVER,
+    RETENTION_MS,
+    archive,
+    metric_clocks,
+    metric_index_watermarks,
+    metric_rollups,
+    minute_key,
+    server_rollups,
+    split_key,
+)
+from tally.runtime.queries import BadRequest, OwnedView, routed_to_owner, time_param
+from tally.runtime.store import partition_key, scan, stored_value
+
+logger = logging.getLogger(__name__)
+
+#: Points (series x steps) one answer may hold.
+MAX_POINTS = 100_000
+#: A query without `from` covers this much before `to`.
+DEFAULT_RANGE_MS = 2 * 86_400_000
+
+#: series (metric, server or "all") → [(minute or step start, rollup)] in time order.
+Series = dict[str, list[tuple[int, Rollup]]]
+
+
+class Query:
+    """from/to/step/metric of a request, validated; defaults: the last 2 days at 1m.
+
+    Minutes before the hot tables' horizon come from the archive, the rest from the tables:
+    each minute from exactly one tier, whatever the range."""
+
+    def __init__(self, request: Request, watermark: int | None) -> None:
+        now = now_ms()
+        self.to_ms = time_param(request, "to", now)
+        self.from_ms = time_param(request, "from", self.to_ms - DEFAULT_RANGE_MS)
+        if self.from_ms >= self.to_ms:
+            raise BadRequest(f"from ({iso(self.from_ms)}) must be before to ({iso(self.to_ms)})")
+        step = request.query.get("step", "1m")
+        if step not in STEPS_MS:
+            raise BadRequest(f"step={step!r} is not one of {', '.join(STEPS_MS)}")
+        self.step = step
+        self.step_ms = STEPS_MS[step]
+        wanted = request.query.get("metric", "")
+        self.metrics = frozenset(m for m in wanted.split(",") if m) or None
+        self.watermark = watermark
+        first, end = minute_of(self.from_ms), minute_of(self.to_ms - 1) + MINUTE_MS
+        # No watermark: the hot tables hold nothing for this key, the archive answers alone.
+        boundary = end if watermark is None else hot_horizon(watermark, RETENTION_MS)
+        boundary = min(max(boundary, first), end)
+        #: [start, end) minutes each tier answers for (empty when start == end).
+        self.archived = (first, boundary)
+        self.hot = (boundary, end)
+
+    def freshness(self) -> dict[str, object]:
+        """The range, the watermark, the minutes of the range still open, and which tier
+        answered for which minutes."""
+        open_minutes = []
+        closed = final_before(self.watermark)
+        first, end = self.hot
+        if self.watermark is not None and closed is not None:
+            # Open: not final yet, and not past the event clock (later minutes have no data):
+            # a handful at most, whatever `to` is.
+            newest = minute_of(self.watermark + GRACE_MS) + MINUTE_MS
+            open_minutes = [iso(m) for m in range(max(first, closed), min(end, newest), MINUTE_MS)]
+        return {
+            "from": iso(self.from_ms),
+            "to": iso(self.to_ms),
+            "step": self.step,
+            "watermark": None if self.watermark is None else iso(self.watermark),
+            "open_minutes": open_minutes,
+            "tiers": {
+                name: {"from": iso(start), "to": iso(stop)} if start < stop else None
+                for name, (start, stop) in (("archive", self.archived), ("hot", self.hot))
+            },
+        }
+
+    async def from_archive(
+        self, key_column: str, key: str, series_column: str | None, whole_range: bool = False
+    ) -> Series:
+        """The archive's part of the answer, merged by step (or over the whole range)."""
+        start, end = self.archived
+        if start >= end:
+            return {}
+        query = ArchiveQuery(
+            key_column,
+            key,
+            start,
+            end,
+            series_column,
+            None if whole_range else self.step_ms,
+            self.metrics if key_column == "server" else None,
+        )
+        try:
+            series = await asyncio.to_thread(archived_rollups, archive(), query, MAX_POINTS)
+        except (duckdb.Error, OSError) as exc:
+            logger.exception("archive query failed: %r", query)
+            raise ArchiveUnavailable(
+                f"the archive ({settings.archive_location}) could not be read for "
+                f"{iso(start)} to {iso(end)}: {type(exc).__name__}; retry, or ask for minutes "
+                "of the hot window only"
+            ) from exc
+        too_many(sum(len(points) for points in series.values()))
+        return series
+
+    def series(self, archived: Series, hot: Series) -> dict[str, list[dict[str, object]]]:
+        """Both tiers' minutes merged per step (a step across the boundary merges both)."""
+        too_many(sum(len(m) for m in hot.values()) * MINUTE_MS // self.step_ms)
+        hot_steps = {name: list(by_step(rows, self.step_ms)) for name, rows in hot.items()}
+        merged = merge_series(archived, hot_steps)
+        too_many(sum(len(points) for points in merged.values()))
+        return {name: [r.as_point(iso(t)) for t, r in points] for name, points in merged.items()}
+
+
+class ArchiveUnavailable(WebError):
+    """The archive part of an answer could not be read (storage down, a damaged file)."""
+
+    code = 503
+
+
+def too_many(points: int) -> None:
+    if points > MAX_POINTS:
+        raise BadRequest(
+            f"about {points} points asked for, more than {MAX_POINTS}: narrow the range, "
+            "pick metrics with ?metric=a,b, or use a coarser step"
+        )
+
+
+def records(table: CollectionT, first: str, query: Query) -> Iterator[tuple[int, str, bytes]]:
+    """(minute, second key part, raw value) of `first`'s records in the query's hot minutes,
+    in key order; values are left undecoded for the caller to pick what it reads."""
+    start, end = query.hot
+    if start >= end:
+        return
+    partition = partition_for(first, settings.partitions)
+    for key, value in scan(table, partition, minute_key(first, start), minute_key(first, end)):
+        _, minute, second = split_key(key)
+        yield minute, second, value
+
+
+def server_watermark(server_id: str) -> int | None:
+    """The watermark the pipeline last decided with (settled at most a second ago on an
+    active partition): never ahead of what the minutes' state says."""
+    partition = partition_for(server_id, settings.partitions)
+    state = states.get(partition)
+    clock = (
+        state.clock
+        if state
+        else EventClock.from_record(metric_clocks.get(partition_key(partition)))
+    )
+    return clock.watermark(clock.wall_ms, GRACE_MS)
+
+
+def metric_watermark(metric_id: str) -> int | None:
+    partition = partition_for(metric_id, settings.partitions)
+    marks = [int(v) for _, v in scan(metric_index_watermarks, partition, b"", b"\xff")]
+    return min(marks) if marks else None
+
+
+def server_minutes(server_id: str, query: Query) -> Series:
+    minutes: Series = defaultdict(list)
+    for minute, _, value in records(server_rollups, server_id, query):
+        for metric, acc in value_of(stored_value(value)).items():
+            if query.metrics is None or metric in query.metrics:
+                minutes[metric].append((minute, Rollup.from_list(acc)))
+    return minutes
+
+
+@app.page("/api/servers/{server_id}/metrics")
+class ServerMetrics(OwnedView):
+    """One server: per metric, {t, min, max, avg, count} per step."""
+
+    pipeline = "metrics"
+
+    @routed_to_owner(server_rollups, match_info="server_id")
+    async def owned(self, request: Request, server_id: str) -> Response:
+        query = Query(request, server_watermark(server_id))
+        hot = server_minutes(server_id, query)  # before any await: pruning may run meanwhile
+        archived = await query.from_archive("server", server_id, "metric")
+        series = query.series(archived, hot)
+        return self.json({"server_id": server_id, **query.freshness(), "metrics": series})
+
+
+@app.page("/api/servers/{server_id}/summary")
+class ServerSummary(OwnedView):
+    """One server: min/max/avg/count of each metric over the whole range."""
+
+    pipeline = "metrics"
+
+    @routed_to_owner(server_rollups, match_info="server_id")
+    async def owned(self, request: Request, server_id: str) -> Response:
+        query = Query(request, server_watermark(server_id))
+        # One bucket per metric, keyed like the archive's (the range's first minute).
+        hot = {
+            metric: [(query.archived[0], merged)]
+            for metric, rows in server_minutes(server_id, query).items()
+            if (merged := merge_all(r for _, r in rows)) is not None
+        }
+        archived = await query.from_archive("server", server_id, "metric", whole_range=True)
+        summary = {
+            metric: points[0][1].as_point(iso(query.from_ms))
+            for metric, points in merge_series(archived, hot).items()
+        }
+        return self.json({"server_id": server_id, **query.freshness(), "metrics": summary})
+
+
+@app.page("/api/metrics/{metric_id}")
+class MetricAcrossServers(OwnedView):
+    """One metric across all servers per step; `?by=server` for the per-server breakdown."""
+
+    pipeline = "metrics"
+
+    @routed_to_owner(metric_rollups, match_info="metric_id")
+    async def owned(self, request: Request, metric_id: str) -> Response:
+        by = request.query.get("by", "")
+        if by not in ("", "server"):
+            raise BadRequest(f"by={by!r}: the only breakdown is by=server")
+        query = Query(request, metric_watermark(metric_id))
+        minutes: Series = defaultdict(list)
+        wanted = PER_SERVER if by == "server" else ""
+        for minute, second, value in records(metric_rollups, metric_id, query):
+            if second != wanted:
+                continue  # the other record of the minute, left undecoded
+            if by == "server":
+                for server, acc in value_of(stored_value(value)).items():
+                    minutes[server].append((minute, Rollup.from_list(acc)))
+            else:
+                minutes["all"].append((minute, Rollup.from_list(value_of(stored_value(value)))))
+        # After the hot scan: pruning may run while the archive is read.
+        archived = await query.from_archive("metric", metric_id, "server" if by else None)
+        series = query.series(archived, minutes)
+        body = {"metric_id": metric_id, **query.freshness()}
+        if by == "server":
+            body["servers"] = series
+        else:
+            body["series"] = series.get("all", [])
+        return self.json(body)

@@ -1,0 +1,35 @@
+"""Faust's Table, refusing a record too large for its changelog before anything is written.
+
+Faust writes a table record to RocksDB and hands its changelog record to the producer buffer,
+which sends it later; a record the producer refuses there (too large) crashes the worker, and
+after a restart the same event crashes it again. Here the record is serialized once, checked,
+and handed over already serialized: an oversized record raises `RecordTooLarge` inside the
+agent, which dead-letters the event that caused it (`agents.intake`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+from faust.types import CodecArg, FutureMessage
+
+from tally.core.limits import check_record_size
+
+
+class BoundedTable(faust.Table):
+    def send_changelog(
+        self,
+        partition: int | None,
+        key: Any,
+        value: Any,
+        key_serializer: CodecArg | None = None,
+        value_serializer: CodecArg | None = None,
+    ) -> FutureMessage:
+        if value is None:  # a deletion: a tombstone
+            return super().send_changelog(partition, key, value, key_serializer, value_serializer)
+        topic = self.changelog_topic
+        key_bytes, _ = topic.prepare_key(key, key_serializer or self.key_serializer)
+        value_bytes, _ = topic.prepare_value(value, value_serializer or self.value_serializer)
+        check_record_size(f"table {self.name} record {str(key)[:80]}", key_bytes, value_bytes)
+        return super().send_changelog(partition, key_bytes, value_bytes, "raw", "raw")

@@ -1,0 +1,390 @@
+"""What every pipeline does with a batch of raw events before its own logic, and what keeps
+one event from stopping a pipeline.
+
+Decoding: whatever does not decode or validate becomes a dead letter. Partitions: a batch from
+`take_events` mixes partitions, while Faust routes table writes by the *current event*'s
+partition; `by_partition` + `writing_for` keep each write in its own partition. Failures: a
+batch that raises is processed again one event at a time, and only the events that fail alone
+are dead-lettered; an event that kills the process is quarantined (`runtime.quarantine`).
+Timers survive their own errors (`timer`): in Faust an exception in a timer stops the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Protocol, TypeVar, cast
+
+from aiokafka.errors import MessageSizeTooLargeError
+from faust import Stream
+from faust.exceptions import ProducerSendError
+from faust.types import TP, EventT, StreamT, TopicT
+from mode.utils.times import Seconds
+
+from tally.app import app, settings
+from tally.core.applied import one_per_offset
+from tally.core.deadletters import DeadLetter
+from tally.core.errors import DecodeError, SchemaError, TallyError, ValidationError
+from tally.core.limits import MAX_RECORD_BYTES
+from tally.core.quarantine import DEATHS_ALONE, IN_FLIGHT_DIR, InFlight, InFlightRecords
+from tally.runtime.faust_compat import current_event
+from tally.runtime.logs import SUMMARY, RejectionSummary
+from tally.runtime.state import PartitionStates
+from tally.runtime.topics import dead_letters
+from tally.telemetry import DEAD_LETTERS_SENT, EVENTS, TASK_FAILURES
+
+logger = logging.getLogger(__name__)
+
+T_co = TypeVar("T_co", covariant=True)
+R = TypeVar("R")
+
+
+class Decoder(Protocol[T_co]):
+    def loads(self, data: bytes) -> T_co: ...
+
+
+async def decode(event: EventT, codec: Decoder[R]) -> R | None:
+    """The event's decoded value, or None after sending it to dead-letters with the reason."""
+    try:
+        return codec.loads(event.value)
+    except ValidationError as exc:
+        await reject(event, exc, stage="validate")
+    except (DecodeError, SchemaError) as exc:
+        await reject(event, exc, stage="decode")
+    return None
+
+
+#: Dead letters counted between two summary lines in the log (`log_rejections`).
+rejections = RejectionSummary()
+#: Room kept in a dead letter for its key and reason headers.
+LETTER_OVERHEAD_BYTES = 16 * 1024
+#: The longest pause between two attempts to write a dead letter the producer refused.
+LETTER_RETRY_MAX_S = 30.0
+
+
+async def reject(
+    event: EventT,
+    exc: Exception,
+    *,
+    stage: str,
+    value: bytes | None = None,
+    key: bytes | None = None,
+    to: TopicT = dead_letters,
+) -> None:
+    """Send the message (or `value`/`key`: one record cut out of an envelope) to `to` with why
+    and where from; counted by topic and error class.
+
+    A value too large for a record keeps its head (the reason says so). A letter the producer
+    refuses (the broker is gone) is tried again until it is taken: the partition waits rather
+    than lose the event.
+    """
+    message = event.message
+    key = message.key if key is None else key
+    value = message.value if value is None else value
+    letter = DeadLetter.of(
+        exc, stage=stage, topic=message.topic, partition=message.partition, offset=message.offset
+    )
+    room = MAX_RECORD_BYTES - LETTER_OVERHEAD_BYTES - len(key or b"")
+    if value is not None and len(value) > room:
+        letter = letter.noted(f"the first {room:,} of {len(value):,} bytes are kept here")
+        value = value[:room]
+    DEAD_LETTERS_SENT.labels(to.get_topic_name(), letter.rule).inc()
+    EVENTS.labels(message.topic, "late" if stage == "late" else "rejected").inc()
+    if stage != "late":
+        rejections.note(message.topic, letter.rule, f"{letter.origin}: {letter.reason[:200]}")
+    delay = 0.5
+    while True:
+        try:
+            await to.send(key=key, value=value, headers=letter.headers())
+            return
+        except ProducerSendError as error:
+            if isinstance(error.__cause__, MessageSizeTooLargeError) and value:
+                letter = letter.noted(
+                    f"its {len(value):,} bytes were too large to keep: read it at its origin"
+                )
+                value = b""
+                continue
+            logger.error(
+                "cannot write a dead letter to %s (%s); trying again in %.0f s",
+                to.get_topic_name(),
+                error,
+                delay,
+            )
+            await app.sleep(delay)
+            delay = min(delay * 2, LETTER_RETRY_MAX_S)
+
+
+def by_partition(events: Sequence[EventT]) -> dict[int, list[EventT]]:
+    """The events of a batch grouped by source partition, in arrival order."""
+    groups: dict[int, list[EventT]] = defaultdict(list)
+    for event in events:
+        groups[event.message.partition].append(event)
+    return groups
+
+
+def writing_for(event: EventT) -> AbstractContextManager[None]:
+    """Table reads and writes inside go to `event`'s partition, as Faust's routing expects."""
+    return current_event(event)
+
+
+#: topic → the highest offset of each assigned partition a pipeline processed (or
+#: dead-lettered) here.
+_processed: dict[str, PartitionStates[int]] = {}
+
+
+def processed_offsets(topic: str) -> PartitionStates[int]:
+    """The highest offset of each assigned partition of `topic` processed here."""
+    states = _processed.get(topic)
+    if states is None:
+        states = _processed[topic] = PartitionStates(topic)
+    return states
+
+
+def caught_up(topic: TopicT, partition: int, stored_offset: int | None) -> bool | None:
+    """Whether `partition` of `topic` holds nothing after the last processed message: the
+    partition is idle, and its event clock may follow the wall clock. The last processed
+    message is the one this worker processed last, else `stored_offset` (kept with the
+    pipeline's state). None while unknown."""
+    tp = TP(topic.get_topic_name(), partition)
+    offset = processed_offsets(tp.topic).get(partition)
+    offset = stored_offset if offset is None else offset
+    if offset is None:
+        return None
+    try:
+        highwater = app.consumer.highwater(tp)
+    except AssertionError:  # aiokafka asserts the partition is (still) assigned
+        return None
+    if highwater is None:
+        return None
+    return highwater <= offset + 1
+
+
+BATCH_SIZE = 2000
+BATCH_WITHIN_S = 0.1
+
+PartitionWork = Callable[[Sequence[EventT]], Awaitable[None]]
+
+#: Offsets in flight per source partition, on disk (tally.core.quarantine).
+in_flight = InFlightRecords(settings.data_dir / IN_FLIGHT_DIR)
+
+
+class ProcessingError(TallyError):
+    """Carries an unexpected failure of a pipeline on an event into its dead letters."""
+
+    rule = "processing_failed"
+
+
+class Quarantined(TallyError):
+    """An event in flight each time the worker died, twice: set aside without processing."""
+
+    rule = "quarantined"
+
+
+async def each_partition(
+    stream: StreamT,
+    work: PartitionWork,
+    *states: PartitionStates[Any],
+    within: float = BATCH_WITHIN_S,
+    size: int = BATCH_SIZE,
+) -> None:
+    """The body of every pipeline agent: batches from `stream` (up to `size` events, or what
+    came `within` seconds), each partition's share given to `work` on its own, one event per
+    offset in offset order (`one_per_offset`). If `work` raises, the partition's `states` are
+    dropped (rebuilt from storage on next use) and the share is processed again one event at
+    a time: only events that fail alone are dead-lettered, and the agent goes on."""
+    async for batch in cast(Stream, stream).take_events(size, within=within):
+        for delivered in by_partition(batch).values():
+            events = one_per_offset(delivered)
+            last = events[-1].message
+            tp = TP(last.topic, last.partition)
+            if len(events) < len(delivered):
+                EVENTS.labels(tp.topic, "duplicate").inc(len(delivered) - len(events))
+                logger.info(
+                    "%s[%s]: %d extra copies of messages in one batch, each processed once",
+                    tp.topic,
+                    tp.partition,
+                    len(delivered) - len(events),
+                )
+            await process_share(tp, events, work, states)
+            if tp in app.assignor.assigned_actives():  # not revoked while `work` ran
+                done = processed_offsets(tp.topic)
+                done[tp.partition] = max(last.offset, done.get(tp.partition) or -1)
+
+
+States = Sequence[PartitionStates[Any]]
+
+
+def forget(states: States, partition: int) -> None:
+    for kind in states:
+        kind.forget(partition)
+
+
+async def process_share(
+    tp: TP, events: Sequence[EventT], work: PartitionWork, states: States
+) -> None:
+    """One partition's share of a batch; events that a dead process had in flight go one at a
+    time (the one it died on alone is quarantined)."""
+    left = in_flight.left_behind(tp.topic, tp.partition, events[0].message.offset)
+    suspects = [] if left is None else [e for e in events if left.holds(e.message.offset)]
+    if left is None or not suspects:
+        await in_batch(tp, events, work, states)
+        return
+    logger.warning(
+        "%s[%s]: the worker stopped with offsets %s-%s in flight; processing them one at a time",
+        tp.topic,
+        tp.partition,
+        left.first,
+        left.last,
+    )
+    before = [e for e in events if e.message.offset < left.first]
+    after = [e for e in events if e.message.offset > left.last]
+    if before:
+        await in_batch(tp, before, work, states)
+    await one_at_a_time(tp, suspects, work, states, left)
+    if after:
+        await in_batch(tp, after, work, states)
+
+
+async def in_batch(tp: TP, events: Sequence[EventT], work: PartitionWork, states: States) -> None:
+    first, last = events[0].message.offset, events[-1].message.offset
+    in_flight.record(tp.topic, tp.partition, InFlight(first, last))
+    crash_if_injected(events)
+    try:
+        await work(events)
+    except Exception as exc:  # one bad event must not stop the worker
+        logger.exception(
+            "%s[%s]: processing offsets %s-%s failed; trying them one at a time",
+            tp.topic,
+            tp.partition,
+            first,
+            last,
+            exc_info=exc,
+        )
+        forget(states, tp.partition)
+        if len(events) == 1:
+            await reject(events[0], failure(exc), stage="process")
+        else:
+            await one_at_a_time(tp, events, work, states, None)
+
+
+#: One event alone in flight in the whole worker at a time: a death is then charged to it,
+#: never to the event another agent had alone in flight at the same moment.
+alone_in_flight = asyncio.Lock()
+
+
+async def one_at_a_time(
+    tp: TP,
+    events: Sequence[EventT],
+    work: PartitionWork,
+    states: States,
+    left: InFlight | None,
+) -> None:
+    """Each event on its own: one a dead process's record (`left`) quarantines is set aside;
+    one that raises is dead-lettered. While an event runs alone its record names it; after a
+    death its sends are flushed before it counts as done, so a send that kills the process is
+    charged to it."""
+    first, last = events[0].message.offset, events[-1].message.offset
+    for event in events:
+        offset = event.message.offset
+        if left is not None and left.quarantines(offset):
+            in_flight.set_aside(tp.topic, tp.partition)
+            logger.error("%s[%s]@%s: quarantined to dead letters", tp.topic, tp.partition, offset)
+            await reject(
+                event,
+                Quarantined(
+                    f"the worker died {DEATHS_ALONE} times while processing this message alone "
+                    f"({left.deaths + 1} deaths with it in flight): set aside unprocessed; fix "
+                    "the cause, then `tally dlq replay` sends it again"
+                ),
+                stage="process",
+            )
+            continue
+        running = (
+            InFlight(first, last, single=offset)  # after an exception: no death yet
+            if left is None
+            else left.alone(offset, first, last)
+        )
+        async with alone_in_flight:
+            in_flight.record(tp.topic, tp.partition, running)
+            crash_if_injected([event])
+            try:
+                await work([event])
+                if left is not None:
+                    await app.producer.flush()
+            except Exception as exc:
+                forget(states, tp.partition)
+                logger.warning("%s[%s]@%s failed alone: %r", tp.topic, tp.partition, offset, exc)
+                await reject(event, failure(exc), stage="process")
+            in_flight.record(tp.topic, tp.partition, running.done())
+
+
+def failure(exc: Exception) -> TallyError:
+    """What a dead letter says of an event that failed: Tally's own error as it is (its rule
+    says what was wrong: too_large, ...), anything else as `processing_failed`."""
+    if isinstance(exc, TallyError):
+        return exc
+    return ProcessingError(f"{type(exc).__name__}: {exc}")
+
+
+#: Exit code of a worker stopped by TALLY_FAULT_CRASH_ON (what `os._exit` gives a crash).
+INJECTED_CRASH_EXIT = 70
+
+
+def crash_if_injected(events: Sequence[EventT]) -> None:
+    """Fault injection (TALLY_FAULT_CRASH_ON, for tests and drills): die at once, as a
+    native crash would, when an event's bytes hold the configured marker."""
+    marker = settings.fault_crash_on.encode()
+    if marker and any(marker in (event.message.value or b"") for event in events):
+        first = events[0].message
+        logger.critical(
+            "TALLY_FAULT_CRASH_ON matched in %s[%s]@%s..: exiting",
+            first.topic,
+            first.partition,
+            first.offset,
+        )
+        logging.shutdown()
+        os._exit(INJECTED_CRASH_EXIT)
+
+
+async def forget_revoked(sender: object, revoked: set[TP], **kwargs: object) -> None:
+    """Every pipeline's in-memory state of the partitions this worker no longer holds goes:
+    a partition that comes back starts from its tables and committed offset."""
+    PartitionStates.revoked(revoked)
+
+
+# mode's annotation of a receiver admits no positional argument; Faust sends `revoked` as one.
+app.on_partitions_revoked.connect(forget_revoked)  # type: ignore[arg-type]
+
+
+Timer = Callable[[], Awaitable[None]]
+
+
+def timer(interval: Seconds, **options: Any) -> Callable[[Timer], Timer]:
+    """`app.timer` whose errors are logged and counted, not fatal: in Faust an exception in
+    a timer stops the worker, and the next start would meet the same state and stop again."""
+
+    def decorate(fun: Timer) -> Timer:
+        @functools.wraps(fun)
+        async def survives() -> None:
+            try:
+                await fun()
+            except Exception:
+                TASK_FAILURES.labels(fun.__name__).inc()
+                logger.exception("timer %s failed; it runs again in %s s", fun.__name__, interval)
+
+        app.timer(interval, **options)(survives)
+        return survives
+
+    return decorate
+
+
+@timer(interval=1.0)
+async def log_rejections() -> None:
+    """One log line per interval for all dead letters, not one per letter."""
+    if rejections.due():
+        logger.warning("dead letters: %s", rejections.take(), extra={SUMMARY: True})

@@ -1,0 +1,65 @@
+"""How far this worker is: the partitions it holds, the changelog records still to restore, the
+messages waiting on its source partitions. Read by `/api/health` and the Prometheus gauges."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from faust.tables.manager import TableManager
+from faust.types import TP
+
+from tally.app import app
+from tally.runtime.intake import processed_offsets
+
+
+def ownership() -> dict[str, list[str]]:
+    """Table partitions this worker holds, as "topic[partition]" strings."""
+    assignor = app.assignor
+    return {
+        "active": sorted(f"{tp.topic}[{tp.partition}]" for tp in assignor.assigned_actives()),
+        "standby": sorted(f"{tp.topic}[{tp.partition}]" for tp in assignor.assigned_standbys()),
+    }
+
+
+def next_to_process(tp: TP) -> int | None:
+    """The offset after the last one processed: this worker's record, else the committed."""
+    done = processed_offsets(tp.topic).get(tp.partition)
+    if done is not None:
+        return done + 1
+    return app.monitor.tp_committed_offsets.get(tp)
+
+
+def consumer_lag() -> dict[TP, int]:
+    """Messages waiting on each source partition this worker owns (high watermark minus the
+    next offset to process), where both are known."""
+    lag: dict[TP, int] = {}
+    sources = set(app.source_topic_partitions())
+    for tp in sorted(app.assignor.assigned_actives()):
+        if tp.topic not in sources:
+            continue
+        try:
+            highwater = app.consumer.highwater(tp)
+        except AssertionError:  # aiokafka: no longer assigned
+            continue
+        position = next_to_process(tp)
+        if highwater is not None and position is not None:
+            lag[tp] = max(highwater - position, 0)
+    return lag
+
+
+def recovery() -> dict[str, Any]:
+    """Changelog records still to read: actives (blocking answers) and standbys (catching up
+    in the background)."""
+    tables = cast(TableManager, app.tables).recovery
+    return {
+        "completed": tables.completed.is_set(),
+        "active_records_remaining": tables.active_remaining_total(),
+        "standby_records_remaining": tables.standby_remaining_total(),
+    }
+
+
+def lag_by_topic() -> dict[str, int]:
+    by_topic: dict[str, int] = {}
+    for tp, waiting in consumer_lag().items():
+        by_topic[tp.topic] = by_topic.get(tp.topic, 0) + waiting
+    return by_topic

@@ -1,0 +1,159 @@
+"""What the views share: parameters parsed into clear 400s, readiness (503), routed views."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import ClassVar, cast
+
+import aiohttp
+from aiohttp import web
+from faust.types import CollectionT
+from faust.web import Request, Response, View
+from faust.web.exceptions import WebError
+
+from tally.app import app, settings
+from tally.core.clock import epoch_ms
+from tally.core.generations import Serving
+from tally.runtime.serving import serving
+
+
+class BadRequest(WebError):
+    """A query parameter is unusable; the detail says which and what is allowed."""
+
+    code = 400
+
+
+class NotReady(WebError):
+    """The worker is starting or rebalancing: its tables cannot answer yet."""
+
+    code = 503
+    detail = "this worker is starting or rebalancing (tables not recovered yet); retry shortly"
+
+
+def require_ready() -> None:
+    if not app.ready:
+        raise NotReady()
+
+
+#: The latest time a query may name: far from datetime's limit, so windows around it print.
+LATEST_MS = int(datetime(9000, 1, 1, tzinfo=UTC).timestamp() * 1000)
+
+
+class OwnerUnavailable(WebError):
+    """The request was forwarded to the key's owner, which did not answer."""
+
+    code = 503
+
+
+#: The response header naming the generation whose tables answered.
+GENERATION_HEADER = "Tally-Generation"
+#: The request header of a query forwarded to a newer generation (which never forwards again).
+FORWARDED_HEADER = "Tally-Forwarded-By-Generation"
+
+#: A query (forwarded or local) that takes longer than this is answered 503.
+QUERY_TIMEOUT_S = 60.0
+
+
+class OwnedView(View):
+    """A GET of one pipeline's tables, answered by the worker owning the key: 503 until this
+    worker is ready; forwarded whole to a newer generation once one serves the pipeline (see
+    tally.core.generations); else `owned`, which subclasses decorate with `app.table_route` to
+    forward or answer. An owner that does not answer (it died; the group has not moved its
+    partitions yet) is a 503 that says so, not a 500. Every answer names its generation."""
+
+    #: The pipeline whose tables answer (settings.PIPELINES).
+    pipeline: ClassVar[str]
+
+    async def get(self, request: Request, **match: str) -> Response:
+        require_ready()
+        newer = serving.forward_to(self.pipeline)
+        if newer is not None and FORWARDED_HEADER in request.headers:
+            raise OwnerUnavailable(
+                f"generation {newer.generation} serves the {self.pipeline} pipeline at "
+                f"{', '.join(newer.urls)}, but the request came from there and this worker is "
+                f"generation {settings.generation}: a worker of an older generation took over "
+                "that address; start a generation-"
+                f"{newer.generation} worker there"
+            )
+        try:
+            async with asyncio.timeout(QUERY_TIMEOUT_S):
+                if newer is not None:
+                    return await self.forward(request, newer)
+                response = await self.owned(request, **match)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise OwnerUnavailable(
+                f"the query did not complete ({type(exc).__name__}: {exc}); if the worker "
+                "that owns this key stopped, the group gives its partitions to another worker "
+                "within seconds: retry shortly"
+            ) from None
+        response.headers.setdefault(GENERATION_HEADER, str(settings.generation))
+        return response
+
+    async def forward(self, request: Request, newer: Serving) -> Response:
+        """The same request to a worker of the serving generation (the first that answers)."""
+        failures = []
+        for url in newer.urls:
+            try:
+                headers = {FORWARDED_HEADER: str(settings.generation)}
+                path = cast(web.Request, request).path_qs
+                async with app.http_client.get(url + path, headers=headers) as answer:
+                    body = await answer.read()
+                    return self.bytes(
+                        body,
+                        content_type=answer.content_type,
+                        status=answer.status,
+                        headers={
+                            GENERATION_HEADER: answer.headers.get(
+                                GENERATION_HEADER, str(newer.generation)
+                            )
+                        },
+                    )
+            except aiohttp.ClientError as exc:
+                failures.append(f"{url}: {type(exc).__name__}: {exc}")
+        raise OwnerUnavailable(
+            f"generation {newer.generation} serves the {self.pipeline} pipeline, and none of "
+            f"its workers answered ({'; '.join(failures)}); start one, or retry shortly"
+        )
+
+    #: The answer from this worker's tables, decorated with `routed_to_owner` by subclasses
+    #: (their own parameters: the match of the route).
+    owned: Callable[..., Awaitable[Response]]
+
+
+OwnedQuery = Callable[..., Awaitable[Response]]
+
+
+def routed_to_owner(table: CollectionT, **where: str) -> Callable[[OwnedQuery], OwnedQuery]:
+    """`app.table_route`: the decorated query runs on the worker owning the key (`where` says
+    which: `exact_key`, `match_info` or `query_param`); Faust's annotation of it admits no
+    route parameters, the decorated methods take them."""
+    return cast(Callable[[OwnedQuery], OwnedQuery], app.table_route(table=table, **where))
+
+
+def time_param(request: Request, name: str, default_ms: int) -> int:
+    """An ISO-8601 time (or epoch milliseconds) as epoch ms; naive times are UTC."""
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default_ms
+    try:
+        value = epoch_ms(raw)
+    except ValueError as exc:
+        raise BadRequest(f"{name}={raw!r}: {exc}") from None
+    if not 0 <= value <= LATEST_MS:
+        raise BadRequest(f"{name}={raw!r} is out of range (1970 to 9000)")
+    return value
+
+
+def int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"{name}={raw!r} is not a whole number") from None
+    if not low <= value <= high:
+        raise BadRequest(f"{name}={value} is out of range; allowed: {low} to {high}")
+    return value

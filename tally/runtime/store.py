@@ -1,0 +1,63 @@
+"""Ordered reads and local deletes on one partition of a Faust RocksDB table.
+
+Faust's table API has no range scans; the keys of Tally's tables are laid out so that a query is
+one ordered scan of one partition. These helpers reach the partition's rocksdict database
+through Faust's store (`faust_compat.partition_db`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from faust.types import CollectionT
+from faust.utils import json as faust_json
+
+from tally.runtime.faust_compat import partition_db
+
+#: Faust keeps its own records (the partition's changelog offset) in the same database.
+FAUST_PREFIX = b"__faust"
+
+
+def partition_key(partition: int) -> bytes:
+    """Key of a table's per-partition record (event clocks, watermarks)."""
+    return str(partition).encode()
+
+
+def stored_value(raw: bytes) -> Any:
+    """A raw value from `scan`, decoded as Faust encoded it (its JSON codec, orjson)."""
+    return faust_json.loads(raw)  # type: ignore[arg-type]  # its JSON (orjson) reads bytes
+
+
+def scan(
+    table: CollectionT, partition: int, start: bytes, stop: bytes
+) -> Iterator[tuple[bytes, bytes]]:
+    """Raw (key, value) pairs with start <= key < stop, in key order (Faust's own skipped)."""
+    for key, value in partition_db(table, partition).items(from_key=start):
+        if key >= stop:
+            break
+        if not key.startswith(FAUST_PREFIX):
+            yield key, value
+
+
+def delete_below(table: CollectionT, partition: int, stop: bytes, start: bytes = b"") -> None:
+    """Delete start <= key < stop locally only: no changelog tombstones (the changelog drops
+    old records by retention, and restore skips them)."""
+    partition_db(table, partition).delete_range(start, stop)
+
+
+def first_parts(table: CollectionT, partition: int, separator: bytes = b"|") -> Iterator[str]:
+    """The distinct first key parts (servers, metrics) of a partition, one seek each: after a
+    part is found, the scan jumps past all its keys instead of reading them."""
+    db = partition_db(table, partition)
+    start = b""
+    while True:
+        found = next(iter(db.keys(from_key=start)), None)
+        if found is None:
+            return
+        if separator not in found:  # Faust's own record: step over it
+            start = found + b"\x00"
+            continue
+        part = found.split(separator, 1)[0]
+        yield part.decode()
+        start = part + bytes([separator[0] + 1])

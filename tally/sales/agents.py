@@ -1,0 +1,245 @@
+"""Sales pipeline glue: purchases → hourly panes → per-partition top-K → global top-K.
+
+The logic lives in `tally.core.sliding` / `tally.core.topk`; this module moves data
+between Kafka, the tables and those classes:
+
+1. `count_sales` takes a batch, splits it by partition, decodes (single purchases and
+   envelopes), folds it into the partition's `SlidingTotals`, writes one pane cell per
+   (pane, item) touched, sends late events to `late-events`, and publishes the partition's
+   top-K when it changed.
+2. `slide_idle_windows` (a 1 s timer) lets event time pass on idle partitions, so windows
+   slide with no traffic, and re-publishes each top-K every heartbeat.
+3. `merge_top_k` (one worker: the candidates topic has one partition) keeps every partition's
+   latest top-K and the history per window; the answer is their merge (tables.topk).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, cast
+
+from faust.types import EventT, StreamT
+
+from tally.app import app, settings
+from tally.codecs.avro import Record, check_event_time, validate_purchase
+from tally.codecs.catalog import purchase_codec, purchases_topic_codec
+from tally.core.applied import Stamped, holds, stamp, value_of
+from tally.core.clock import now_ms
+from tally.core.errors import TallyError, ValidationError
+from tally.core.partitioning import partition_for
+from tally.core.sliding import Arrival, Closing, SlidingTotals
+from tally.core.topk import Candidates
+from tally.runtime.intake import caught_up, decode, each_partition, reject, timer, writing_for
+from tally.runtime.store import partition_key
+from tally.runtime.topics import late_events, purchases
+from tally.sales.state import (
+    latest_candidates,
+    load_latest,
+    pane_reader,
+    prune,
+    published,
+    window_for,
+    windows,
+)
+from tally.sales.tables import (
+    SALES_SPEC,
+    pane_key,
+    sales_clocks,
+    sales_panes,
+    sales_topk,
+    topk_candidates,
+)
+from tally.telemetry import EVENTS
+
+logger = logging.getLogger(__name__)
+
+MAX_FUTURE_MS = int(settings.max_future_seconds * 1000)
+PURCHASE_BATCH = "tally.sales.PurchaseBatch"
+
+
+class LateEvent(TallyError):
+    """An event whose pane had left the window when it arrived."""
+
+    rule = "late"
+
+
+# --- stage 1: purchases → panes → per-partition top-K ------------------------------------
+
+
+async def decoded_purchases(event: EventT, partition: int, wall_ms: int) -> list[Record]:
+    """The valid purchases of one message; every other one is dead-lettered on its own (a
+    single message as it came; a member of an envelope re-encoded alone, keyed by its item)."""
+    decoded = await decode(event, purchases_topic_codec())
+    if decoded is None:
+        return []
+    name, record = decoded
+    members = record["purchases"] if name == PURCHASE_BATCH else [record]
+    valid = []
+    for purchase in members:
+        try:
+            validate_purchase(purchase)
+            check_event_time("event_time_ms", purchase["event_time_ms"], wall_ms, MAX_FUTURE_MS)
+            owner = partition_for(purchase["item_id"], settings.partitions)
+            if owner != partition:
+                raise ValidationError(
+                    f"item {purchase['item_id']!r} belongs to partition {owner} (murmur2 of the "
+                    f"item id, Kafka's default partitioner), but came on partition {partition}",
+                    "misrouted",
+                )
+        except ValidationError as exc:
+            alone = None if name != PURCHASE_BATCH else purchase_codec().dumps(purchase)
+            await reject(
+                event, exc, stage="validate", value=alone, key=purchase["item_id"].encode()
+            )
+            continue
+        valid.append(purchase)
+    return valid
+
+
+async def count_partition(events: Sequence[EventT]) -> None:
+    partition = events[0].message.partition
+    wall = now_ms()
+    decoded = [(e, p) for e in events for p in await decoded_purchases(e, partition, wall)]
+    # A purchase delivered again (after a crash or a rebalance) is already in its cell.
+    cells: dict[bytes, Stamped | None] = {}
+    origins: list[tuple[EventT, Record]] = []
+    with writing_for(events[-1]):
+        for event, purchase in decoded:
+            key = pane_key(SALES_SPEC.pane_of(purchase["event_time_ms"]), purchase["item_id"])
+            if key not in cells:
+                cells[key] = sales_panes.get(key)
+            if not holds(cells[key], event.message.offset):
+                origins.append((event, purchase))
+    EVENTS.labels(purchases.get_topic_name(), "redelivered").inc(len(decoded) - len(origins))
+    if not origins:
+        return
+    arrivals: list[Arrival] = [
+        (p["item_id"], p["quantity"], p["event_time_ms"]) for _, p in origins
+    ]
+    # A batch means the partition was not idle: the wall time since the last settle does not
+    # count (only the ticks of a caught-up partition credit it).
+    window = window_for(partition, wall, idle=False)
+    outcome = window.ingest(arrivals, wall)
+    last = events[-1].message.offset
+    with writing_for(events[-1]):
+        for (pane, item), quantity in outcome.pane_deltas.items():
+            key = pane_key(pane, item)
+            sales_panes[key] = stamp(value_of(cells[key], 0) + quantity, last)
+        sales_clocks[partition_key(partition)] = {
+            **window.clock.record(),
+            "late_events": window.late_events,
+            "offset": last,
+        }
+    closing = slide(partition, window, wall)
+    EVENTS.labels(purchases.get_topic_name(), "counted").inc(len(arrivals) - len(outcome.late))
+    for index in outcome.late:
+        event, purchase = origins[index]
+        horizon = SALES_SPEC.start_ms(SALES_SPEC.late_before(window.watermark(wall) or 0))
+        late = LateEvent(
+            f"event time {purchase['event_time_ms']} is before the window horizon {horizon} "
+            f"(watermark {window.watermark(wall)})"
+        )
+        await reject(
+            event,
+            late,
+            stage="late",
+            value=purchase_codec().dumps(purchase),
+            key=purchase["item_id"].encode(),
+            to=late_events,
+        )
+    await publish(partition, window, wall, closing)
+
+
+def slide(partition: int, window: SlidingTotals, wall_ms: int) -> Closing | None:
+    """Slide the window to the watermark (storage holds the batch by now); prune if it moved."""
+    closing = window.advance(wall_ms, pane_reader(partition), settings.top_k)
+    if closing is not None:
+        prune(partition, window, wall_ms)
+    return closing
+
+
+@app.agent(purchases)
+async def count_sales(stream: StreamT) -> None:
+    """Purchases in batches; each partition's share is folded and written on its own."""
+    await each_partition(stream, count_partition, windows, published)
+
+
+async def publish(
+    partition: int, window: SlidingTotals, wall_ms: int, closing: Closing | None = None
+) -> None:
+    """Send the partition's top-K to the merge stage when it changed, or a heartbeat is due;
+    first the final top-K of the window that just slid away, if one did (the history `?at=`
+    answers from)."""
+    if window.last_pane is None:
+        return
+    watermark = window.watermark(wall_ms) or 0
+    if closing is not None:
+        final = Candidates(
+            partition, closing.last_pane, closing.top, watermark, wall_ms, window.late_events
+        )
+        await topk_candidates.send(key=b"top", value=final.to_json())
+    top = window.top(settings.top_k)
+    last = published.get(partition)
+    unchanged = last is not None and (last[0], last[1]) == (top, window.last_pane)
+    if unchanged and wall_ms - last[2] < settings.heartbeat_seconds * 1000:  # type: ignore[index]
+        return
+    candidates = Candidates(
+        partition=partition,
+        last_pane=window.last_pane,
+        top=top,
+        watermark_ms=watermark,
+        as_of_ms=wall_ms,
+        late_events=window.late_events,
+    )
+    published[partition] = (top, window.last_pane, wall_ms)
+    await topk_candidates.send(key=b"top", value=candidates.to_json())
+
+
+@timer(interval=1.0)
+async def slide_idle_windows() -> None:
+    """Event time passes on idle partitions too: slide their windows, keep answers fresh."""
+    if not app.ready:
+        return
+    wall = now_ms()
+    owned = []
+    for tp in app.assignor.assigned_actives():  # no await in here: ownership cannot change
+        if tp.topic != purchases.get_topic_name():
+            continue
+        saved = sales_clocks.get(partition_key(tp.partition))
+        if tp.partition not in windows and saved is None:
+            continue  # never had a purchase
+        idle = caught_up(purchases, tp.partition, (saved or {}).get("offset"))
+        if idle is None:
+            continue  # backlog unknown (just assigned): do not slide past what is queued
+        window = window_for(tp.partition, wall, idle)
+        owned.append((tp.partition, window, slide(tp.partition, window, wall)))
+    for partition, window, closing in owned:
+        await publish(partition, window, wall, closing)
+
+
+# --- stage 2: the merge ------------------------------------------------------------------
+
+#: The merge waits at most this long to batch candidates: it is on the path to every answer.
+MERGE_WITHIN_S = 0.02
+
+
+async def merge_partition(events: Sequence[EventT]) -> None:
+    for event in events:
+        candidates = Candidates.from_json(cast(dict[str, Any], event.value))  # JSON
+        with writing_for(event):
+            sales_topk[f"latest|{candidates.partition}".encode()] = candidates.to_json()
+            sales_topk[f"{candidates.last_pane:012d}|{candidates.partition}".encode()] = (
+                candidates.to_json()
+            )
+            first_pane = SALES_SPEC.first_pane(candidates.last_pane)
+            oldest_kept = first_pane - SALES_SPEC.extra_retained_panes
+            stale_key = f"{oldest_kept - 1:012d}|{candidates.partition}".encode()
+            if stale_key in sales_topk:
+                del sales_topk[stale_key]
+        load_latest()[candidates.partition] = candidates
+
+
+@app.agent(topk_candidates)
+async def merge_top_k(stream: StreamT) -> None:
+    await each_partition(stream, merge_partition, latest_candidates, within=MERGE_WITHIN_S)

@@ -1,0 +1,141 @@
+"""Sales views: the global top-K and one item's panes, each answered by the worker that owns it."""
+
+from __future__ import annotations
+
+from faust.web import Request, Response
+
+from tally.app import app, settings
+from tally.core.applied import value_of
+from tally.core.clock import iso, now_ms
+from tally.core.partitioning import partition_for
+from tally.core.topk import GlobalTopK
+from tally.core.windowing import EventClock
+from tally.runtime.queries import BadRequest, OwnedView, int_param, routed_to_owner, time_param
+from tally.runtime.store import partition_key
+from tally.sales.state import answer_at, current_answer, windows
+from tally.sales.tables import SALES_SPEC, pane_key, sales_clocks, sales_panes, sales_topk
+
+GONE = 410
+
+
+def window_fields(last_pane: int) -> dict[str, str]:
+    return {
+        "window_start": iso(SALES_SPEC.start_ms(SALES_SPEC.first_pane(last_pane))),
+        "window_end": iso(SALES_SPEC.start_ms(last_pane + 1)),
+    }
+
+
+NO_WINDOW = {"window_start": None, "window_end": None}
+
+
+def check_retained(last_pane: int, watermark_ms: int) -> None:
+    """410 for a window whose oldest pane is no longer kept."""
+    oldest = SALES_SPEC.retained_from(watermark_ms)
+    if SALES_SPEC.first_pane(last_pane) < oldest:
+        raise BadRequest(
+            f"the window ending at {iso(SALES_SPEC.start_ms(last_pane + 1))} is no longer "
+            f"retained; the oldest pane kept starts at {iso(SALES_SPEC.start_ms(oldest))}",
+            code=GONE,
+        )
+
+
+def stale_reasons(answer: GlobalTopK, wall_ms: int, historical: bool) -> list[str]:
+    reasons = []
+    if answer.lagging:
+        reasons.append(
+            f"partitions {answer.lagging} have not reached this window yet (lagging or idle)"
+        )
+    age_s = (wall_ms - answer.as_of_ms) / 1000
+    if not historical and age_s > 3 * settings.heartbeat_seconds:
+        reasons.append(
+            f"last update {age_s:.0f} s ago: the pipeline is stalled or a worker is down"
+        )
+    return reasons
+
+
+@app.page("/api/sales/top")
+class TopSales(OwnedView):
+    """The top-K items of the sliding window (the current one, or the one ending at `?at=`)."""
+
+    pipeline = "sales"
+
+    @routed_to_owner(sales_topk, exact_key="top")
+    async def owned(self, request: Request) -> Response:
+        k = int_param(request, "k", settings.top_k, 1, settings.top_k)
+        wall = now_ms()
+        current = current_answer()
+        historical = "at" in request.query
+        last: int | None = None
+        if historical:
+            asked = SALES_SPEC.pane_of(time_param(request, "at", wall))
+            if current is not None:
+                check_retained(asked, current.watermark_ms)
+            answer, last = answer_at(asked), asked
+        else:
+            answer = current
+        if answer is None:
+            reason = "no purchases in this window" if historical else "no purchases seen yet"
+            return self.json(
+                {
+                    **(window_fields(last) if last is not None else NO_WINDOW),
+                    "as_of": None,
+                    "watermark": None,
+                    "stale": True,
+                    "stale_reasons": [reason],
+                    "late_events": 0,
+                    "items": [],
+                }
+            )
+        reasons = stale_reasons(answer, wall, historical)
+        return self.json(
+            {
+                **window_fields(answer.last_pane),
+                "as_of": iso(answer.as_of_ms),
+                "watermark": iso(answer.watermark_ms),
+                "stale": bool(reasons),
+                "stale_reasons": reasons,
+                "late_events": answer.late_events,
+                "items": [
+                    {"item_id": item, "quantity": quantity, "rank": rank}
+                    for rank, (item, quantity) in enumerate(answer.top[:k], start=1)
+                ],
+            }
+        )
+
+
+@app.page("/api/sales/items/{item_id}")
+class ItemSales(OwnedView):
+    """An item's total over the window and its panes (current window, or the one at `?at=`)."""
+
+    pipeline = "sales"
+
+    @routed_to_owner(sales_panes, match_info="item_id")
+    async def owned(self, request: Request, item_id: str) -> Response:
+        wall = now_ms()
+        partition = partition_for(item_id, settings.partitions)
+        # The clock as the pipeline last settled it (each second on an active partition).
+        window = windows.get(partition)
+        saved = sales_clocks.get(partition_key(partition))
+        clock = window.clock if window else EventClock.from_record(saved)
+        now = clock.now(clock.wall_ms)
+        watermark = clock.watermark(clock.wall_ms, SALES_SPEC.grace_ms)
+        last = SALES_SPEC.pane_of(time_param(request, "at", now if now is not None else wall))
+        if watermark is not None:
+            check_retained(last, watermark)
+        panes = [
+            {
+                "pane_start": iso(SALES_SPEC.start_ms(pane)),
+                "quantity": value_of(sales_panes.get(pane_key(pane, item_id)), 0),
+            }
+            for pane in range(SALES_SPEC.first_pane(last), last + 1)
+        ]
+        return self.json(
+            {
+                "item_id": item_id,
+                **window_fields(last),
+                "watermark": None if watermark is None else iso(watermark),
+                "as_of": iso(wall),
+                "quantity": sum(p["quantity"] for p in panes),
+                "panes": panes,
+            }
+        )

@@ -1,1 +1,0 @@
-"""Windowing and ranking (pure: no Faust), and the pipelines' table definitions."""

@@ -1,0 +1,43 @@
+"""Per-partition in-memory state dropped on revoke, for every instance at once; the pinned
+versions whose internals the compat module reaches into (tally.runtime)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import pytest
+
+from tally.core.errors import ConfigurationError
+from tally.runtime.faust_compat import PINNED, check_pinned_versions
+from tally.runtime.state import PartitionStates
+
+
+class TP(NamedTuple):
+    topic: str
+    partition: int
+
+
+def test_a_revoked_partition_is_dropped_from_every_state_of_its_topic_only() -> None:
+    windows: PartitionStates[str] = PartitionStates("t-purchases")
+    published: PartitionStates[int] = PartitionStates("t-purchases")
+    merged: PartitionStates[dict[int, str]] = PartitionStates("t-candidates")
+    for partition in range(4):
+        windows[partition] = f"window {partition}"
+        published[partition] = partition
+    merged[0] = {1: "candidates of 1"}
+    PartitionStates.revoked([TP("t-purchases", 1), TP("t-purchases", 3), TP("t-candidates", 0)])
+    assert sorted(windows) == [0, 2] and sorted(published) == [0, 2]
+    assert merged.get(0) is None, "the merge stage's state goes with its partition too"
+    PartitionStates.revoked([TP("other", 0)])
+    assert sorted(windows) == [0, 2]
+    windows.forget(0)
+    assert 0 not in windows and windows[2] == "window 2"
+
+
+def test_the_pinned_versions_pass_and_any_other_is_refused_by_name() -> None:
+    check_pinned_versions()  # what is installed here
+    check_pinned_versions(dict(PINNED))
+    with pytest.raises(ConfigurationError, match=r"faust-streaming 0\.16\.0 \(needs 0\.15\.3\)"):
+        check_pinned_versions({**PINNED, "faust-streaming": "0.16.0"})
+    with pytest.raises(ConfigurationError, match=r"aiokafka None"):
+        check_pinned_versions({k: v for k, v in PINNED.items() if k != "aiokafka"})
