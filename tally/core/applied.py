@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol, TypeVar
 
-from tally.core.rollups import Acc, Cells, merge_acc
+from tally.core.rollups import Acc, Cells, Rollup, merge_all
 
 #: A stored record: [value, offset of the last source message it includes].
 Stamped = list[Any]
@@ -67,16 +67,6 @@ def holds(stored: Stamped | None, offset: int) -> bool:
     return offset <= offset_of(stored)
 
 
-def merge_all(accs: Iterable[Acc]) -> Acc | None:
-    total: Acc | None = None
-    for acc in accs:
-        if total is None:
-            total = list(acc)
-        else:
-            merge_acc(total, acc)
-    return total
-
-
 def apply_server_rollups(
     servers_record: Stamped | None, updates: Iterable[tuple[int, str, Acc]], through: int
 ) -> tuple[Stamped, Stamped]:
@@ -96,4 +86,5 @@ def apply_server_rollups(
         old = servers.get(server)
         if old is None or acc[3] >= old[3]:
             servers[server] = list(acc)
-    return stamp(servers, through), stamp(merge_all(servers.values()), through)
+    total = merge_all(Rollup.from_list(acc) for acc in servers.values())
+    return stamp(servers, through), stamp(None if total is None else total.to_list(), through)

@@ -72,6 +72,42 @@ Acc = list[float]
 Cells = dict[str, Acc]
 
 
+@dataclass(frozen=True)
+class IndexUpdate:
+    """What the metrics stage sends the by-metric index (`metric-rollups-by-metric`): servers'
+    whole rollups of a minute so far, as (metric, minute, server, [min, max, sum, count]), and
+    the upstream partition's watermark (an update may carry only that)."""
+
+    upstream: int
+    watermark_ms: int | None
+    cells: list[tuple[str, int, str, Acc]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "upstream": self.upstream,
+            "watermark_ms": self.watermark_ms,
+            "cells": [[metric, minute, server, *acc] for metric, minute, server, acc in self.cells],
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> IndexUpdate:
+        """An update as `to_json` wrote it (JSON: a field of a wrong type raises)."""
+        watermark = data["watermark_ms"]
+        return cls(
+            upstream=int(data["upstream"]),
+            watermark_ms=None if watermark is None else int(watermark),
+            cells=[
+                (
+                    str(metric),
+                    int(minute),
+                    str(server),
+                    [float(low), float(high), float(sum_), count],
+                )
+                for metric, minute, server, low, high, sum_, count in data["cells"]
+            ],
+        )
+
+
 def merge_acc(into: Acc, delta: Acc) -> None:
     """Merge `delta` into `into`, in place."""
     if delta[0] < into[0]:

@@ -40,6 +40,7 @@ from tally.core.partitioning import partition_for
 from tally.core.rollups import (
     Acc,
     Cells,
+    IndexUpdate,
     Rollup,
     final_before,
     fold_samples,
@@ -48,7 +49,13 @@ from tally.core.rollups import (
     minute_of,
     room_for_metrics,
 )
-from tally.metrics.state import PartitionState, index_pruned_through, state_for, states
+from tally.metrics.state import (
+    PartitionState,
+    index_pruned_through,
+    index_watermark,
+    state_for,
+    states,
+)
 from tally.metrics.tables import (
     GRACE_MS,
     PER_SERVER,
@@ -280,7 +287,7 @@ async def send_to_metric_index(
     one message per destination partition, written there explicitly (murmur2 of the metric,
     as routing uses)."""
     destinations: dict[str, int] = {}
-    by_destination: dict[int, list[list[object]]] = defaultdict(list)
+    by_destination: dict[int, list[tuple[str, int, str, Acc]]] = defaultdict(list)
     for server, minute, metrics, record in touched:
         if record is None:
             continue
@@ -291,19 +298,19 @@ async def send_to_metric_index(
             destination = destinations.get(metric)
             if destination is None:
                 destination = destinations[metric] = partition_for(metric, settings.partitions)
-            by_destination[destination].append([metric, minute, server, *acc])
+            by_destination[destination].append((metric, minute, server, acc))
     for destination, rollups in by_destination.items():
-        for part in bounded_chunks(rollups, partial_size, len(rollups), MESSAGE_MAX_BYTES):
+        for part in bounded_chunks(rollups, cell_size, len(rollups), MESSAGE_MAX_BYTES):
             await rollups_by_metric.send(
                 key=b"partials",
                 partition=destination,
-                value={"cells": part, "upstream": partition, "watermark_ms": watermark},
+                value=IndexUpdate(partition, watermark, part).to_json(),
             )
 
 
-def partial_size(cell: list[object]) -> int:
-    """A partial rollup's JSON size, near enough: its two ids (UTF-8) and five numbers."""
-    return len(str(cell[0]).encode()) + len(str(cell[2]).encode()) + 120
+def cell_size(cell: tuple[str, int, str, Acc]) -> int:
+    """A rollup's JSON size in an update, near enough: its two ids (UTF-8) and five numbers."""
+    return len(cell[0].encode()) + len(cell[2].encode()) + 120
 
 
 @app.agent(metric_samples)
@@ -379,7 +386,7 @@ async def close_partition_minutes(event: EventT) -> None:
         await rollups_by_metric.send(
             key=b"partials",
             partition=destination,
-            value={"cells": [], "upstream": partition, "watermark_ms": watermark},
+            value=IndexUpdate(partition, watermark).to_json(),
         )
     horizon = hot_horizon(watermark, RETENTION_MS)
     if horizon > state.pruned_through:
@@ -401,13 +408,13 @@ async def index_partition(events: Sequence[EventT]) -> None:
     updates: dict[tuple[str, int], list[tuple[int, str, Acc]]] = defaultdict(list)
     watermarks: dict[int, int] = {}
     for event in events:
-        body = cast(dict[str, Any], event.value)  # JSON (the topic's serializer)
+        update = IndexUpdate.from_json(cast(dict[str, Any], event.value))  # JSON
         offset = event.message.offset
-        for metric, minute, server, *acc in body["cells"]:
+        for metric, minute, server, acc in update.cells:
             updates[(metric, minute)].append((offset, server, acc))
-        if body["watermark_ms"] is not None:
-            upstream = int(body["upstream"])
-            watermarks[upstream] = max(watermarks.get(upstream, 0), body["watermark_ms"])
+        if update.watermark_ms is not None:
+            upstream = update.upstream
+            watermarks[upstream] = max(watermarks.get(upstream, 0), update.watermark_ms)
     last = events[-1].message.offset
     indexed = 0
     #: (metric, minute, its rollups, why) of each record that did not fit.
@@ -430,11 +437,12 @@ async def index_partition(events: Sequence[EventT]) -> None:
     EVENTS.labels(rollups_by_metric.get_topic_name(), "counted").inc(indexed)
     by_offset = {event.message.offset: event for event in events}
     for metric, minute, rollups, why in refused:
-        cells: dict[int, list[list[object]]] = defaultdict(list)
+        cells: dict[int, list[tuple[str, int, str, Acc]]] = defaultdict(list)
         for offset, server, acc in rollups:
-            cells[offset].append([metric, minute, server, *acc])
+            cells[offset].append((metric, minute, server, acc))
         for offset, carried in cells.items():
-            value = json.dumps({"cells": carried}).encode()
+            sender = IndexUpdate.from_json(cast(dict[str, Any], by_offset[offset].value)).upstream
+            value = json.dumps(IndexUpdate(sender, None, carried).to_json()).encode()
             key = f"{metric}|{minute}".encode()
             await reject(by_offset[offset], why, stage="process", value=value, key=key)
     prune_metric_index(events[0].message.partition)
@@ -449,10 +457,10 @@ async def index_by_metric(stream: StreamT) -> None:
 
 def prune_metric_index(partition: int) -> None:
     """Drop minutes older than the retention, by the slowest upstream partition's watermark."""
-    marks = [int(v) for _, v in scan(metric_index_watermarks, partition, b"", b"\xff")]
-    if not marks:
+    watermark = index_watermark(partition)
+    if watermark is None:
         return
-    horizon = hot_horizon(min(marks), RETENTION_MS)
+    horizon = hot_horizon(watermark, RETENTION_MS)
     if horizon > (index_pruned_through.get(partition) or 0):
         for metric in list(first_parts(metric_rollups, partition)):
             delete_below(

@@ -9,9 +9,14 @@ from dataclasses import dataclass, field
 
 from tally.core.rollups import final_before
 from tally.core.windowing import EventClock
-from tally.metrics.tables import metric_clocks, rollups_by_metric, server_rollups
+from tally.metrics.tables import (
+    metric_clocks,
+    metric_index_watermarks,
+    rollups_by_metric,
+    server_rollups,
+)
 from tally.runtime.state import PartitionStates
-from tally.runtime.store import first_parts, partition_key
+from tally.runtime.store import first_parts, partition_key, scan
 from tally.runtime.topics import metric_samples
 
 
@@ -71,3 +76,9 @@ def state_for(partition: int) -> PartitionState:
             servers=set(first_parts(server_rollups, partition)),
         )
     return state
+
+
+def index_watermark(partition: int) -> int | None:
+    """An index partition's watermark: the slowest upstream partition's (None: none yet)."""
+    marks = [int(v) for _, v in scan(metric_index_watermarks, partition, b"", b"\xff")]
+    return min(marks) if marks else None

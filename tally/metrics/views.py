@@ -35,14 +35,13 @@ from tally.core.rollups import (
     minute_of,
 )
 from tally.core.windowing import EventClock
-from tally.metrics.state import states
+from tally.metrics.state import index_watermark, states
 from tally.metrics.tables import (
     GRACE_MS,
     PER_SERVER,
     RETENTION_MS,
     archive,
     metric_clocks,
-    metric_index_watermarks,
     metric_rollups,
     minute_key,
     server_rollups,
@@ -190,9 +189,7 @@ def server_watermark(server_id: str) -> int | None:
 
 
 def metric_watermark(metric_id: str) -> int | None:
-    partition = partition_for(metric_id, settings.partitions)
-    marks = [int(v) for _, v in scan(metric_index_watermarks, partition, b"", b"\xff")]
-    return min(marks) if marks else None
+    return index_watermark(partition_for(metric_id, settings.partitions))
 
 
 def server_minutes(server_id: str, query: Query) -> Series:

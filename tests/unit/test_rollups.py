@@ -14,6 +14,7 @@ from tally.core.rollups import (
     MINUTE_MS,
     STEPS_MS,
     Cells,
+    IndexUpdate,
     Rollup,
     by_step,
     fold_samples,
@@ -221,3 +222,25 @@ def test_a_minute_never_holds_more_metrics_than_its_room(
     assert judged.counted == len(samples) - len(crowded)
     for minute, cells in into.items():
         assert len(set(cells) | set(held.get(minute, {}))) <= max(cap, len(held.get(minute, {})))
+
+
+@given(
+    st.integers(0, 64),
+    st.one_of(st.none(), st.integers(0, 2**45)),
+    st.lists(
+        st.tuples(
+            st.text(min_size=1, max_size=8),
+            st.integers(0, 2**45),
+            st.text(min_size=1, max_size=8),
+            st.tuples(values, values, values, st.integers(1, 2**31)).map(list),
+        ),
+        max_size=5,
+    ),
+)
+def test_an_index_update_reads_back_as_written(
+    upstream: int, watermark: int | None, cells: list[tuple[str, int, str, list[float]]]
+) -> None:
+    import json
+
+    update = IndexUpdate(upstream, watermark, cells)
+    assert IndexUpdate.from_json(json.loads(json.dumps(update.to_json()))) == update
