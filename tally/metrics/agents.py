@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from faust.types import EventT, StreamT
@@ -79,7 +80,7 @@ from tally.runtime.intake import (
     writing_for,
 )
 from tally.runtime.store import delete_below, first_parts, partition_key, scan, stored_value
-from tally.runtime.topics import late_events, metric_samples
+from tally.runtime.topics import dead_letters, late_events, metric_samples
 from tally.telemetry import EVENTS
 
 #: Longer batches than the sales pipeline's: each batch writes every (server, minute) and
@@ -129,93 +130,132 @@ async def roll_up_partition(events: Sequence[EventT]) -> None:
         state.folding = False
 
 
+@dataclass
+class Folding:
+    """One partition's batch, folded in memory before any table is touched."""
+
+    #: (server, minute) → its stored record, read once per batch (core.applied).
+    stored: dict[tuple[str, int], Stamped | None] = field(default_factory=dict)
+    #: server → minute → metric → rollup of the batch's fresh samples.
+    folded: dict[str, dict[int, Cells]] = field(default_factory=lambda: defaultdict(dict))
+    #: (server, minute) → metrics whose samples were already in the record (redelivered).
+    redelivered: dict[tuple[str, int], set[str]] = field(default_factory=lambda: defaultdict(set))
+    counted: int = 0
+    repeated: int = 0
+
+
 async def roll_up(state: PartitionState, events: Sequence[EventT]) -> None:
-    partition = events[0].message.partition
-    clock = state.clock
+    """One partition's share of a batch, step by step: decode (and reject), skip what the
+    records already hold, fold (setting aside invalid, crowded and late samples), persist each
+    touched (server, minute) once, send the by-metric index its whole rollups."""
+    partition, last = events[0].message.partition, events[-1].message.offset
     wall = now_ms()
-    last = events[-1].message.offset
     # A batch means the partition was not idle: the wall time since the last settle does not
     # count (only the ticks of a caught-up partition credit it).
-    clock.settle(wall, idle=False)
+    state.clock.settle(wall, idle=False)
     decoded = [(event, batch) for event in events if (batch := await routed(event, partition))]
-    #: (server, minute) → its stored record, read once per batch (tables.applied).
-    stored: dict[tuple[str, int], Stamped | None] = {}
-    #: server → minute → metric → rollup: the whole batch folded before any table is touched.
-    folded: dict[str, dict[int, Cells]] = defaultdict(dict)
-    #: (server, minute) → metrics whose samples were already in the record (redelivered).
-    redelivered: dict[tuple[str, int], set[str]] = defaultdict(set)
-    counted = repeated = 0
+    folding = Folding()
     for event, batch in decoded:
-        server, samples = batch["server_id"], batch["samples"]
-        with writing_for(event):  # the records' reads go to this partition's database
-            fresh = unapplied(server, samples, event.message.offset, stored, redelivered)
-        repeated += len(samples) - len(fresh)
-        samples = fresh
-        # The message arrives as a whole: its samples are judged against the watermark before
-        # it, so samples of one message never make each other late.
-        watermark = clock.watermark(wall, GRACE_MS)
-        closed = state.closed_before(watermark)
-        judged = fold_samples(
-            samples,
-            folded[server],
-            closed,
-            wall + MAX_FUTURE_MS,
-            room_for_metrics(stored_cells(stored, server), MAX_METRICS_PER_SERVER_MINUTE),
+        await fold_message(state, folding, event, batch, wall)
+    records = persist(events[-1], state, folding, last)
+    EVENTS.labels(metric_samples.get_topic_name(), "counted").inc(folding.counted)
+    EVENTS.labels(metric_samples.get_topic_name(), "redelivered").inc(folding.repeated)
+    watermark = state.clock.watermark(wall, GRACE_MS)
+    await send_to_metric_index(touched(folding, records), partition, watermark)
+
+
+async def fold_message(
+    state: PartitionState, folding: Folding, event: EventT, batch: Record, wall: int
+) -> None:
+    """One message's fresh samples into the batch's fold; the others set aside, each alone."""
+    server, samples = batch["server_id"], batch["samples"]
+    with writing_for(event):  # the records' reads go to this partition's database
+        fresh = unapplied(
+            server, samples, event.message.offset, folding.stored, folding.redelivered
         )
-        for index in judged.invalid:
-            sample = samples[index]
-            exc = why_invalid(sample, wall)
-            await reject(event, exc, stage="validate", value=one_sample(batch, sample))
-        for index in judged.crowded:
-            sample = samples[index]
-            crowded = TooManyMetrics(
-                f"server {server!r} already has {MAX_METRICS_PER_SERVER_MINUTE} metrics in "
-                f"minute {minute_of(sample['ts_ms'])}; metric {sample['metric_id']!r} is one more"
-            )
-            await reject(event, crowded, stage="validate", value=one_sample(batch, sample))
-        for index in judged.late:
-            sample = samples[index]
-            state.late_events += 1
-            late = LateSample(
-                f"sample at {sample['ts_ms']} belongs to minute {minute_of(sample['ts_ms'])}, "
-                f"final since the watermark passed its end (watermark {watermark})"
-            )
-            await reject(event, late, stage="late", value=one_sample(batch, sample), to=late_events)
-        if judged.newest_ts is not None and judged.oldest_minute is not None:
-            clock.observe(judged.newest_ts, wall)
-            if state.final_through is None and (
-                state.first_minute is None or judged.oldest_minute < state.first_minute
-            ):
-                state.first_minute = judged.oldest_minute
-        counted += judged.counted
-    # Each touched (server, minute) record written once, with the batch's last offset.
+    folding.repeated += len(samples) - len(fresh)
+    # The message arrives as a whole: its samples are judged against the watermark before
+    # it, so samples of one message never make each other late.
+    watermark = state.clock.watermark(wall, GRACE_MS)
+    judged = fold_samples(
+        fresh,
+        folding.folded[server],
+        state.closed_before(watermark),
+        wall + MAX_FUTURE_MS,
+        room_for_metrics(stored_cells(folding.stored, server), MAX_METRICS_PER_SERVER_MINUTE),
+    )
+    set_aside = [
+        *((fresh[i], why_invalid(fresh[i], wall), "validate") for i in judged.invalid),
+        *((fresh[i], crowded(server, fresh[i]), "validate") for i in judged.crowded),
+        *((fresh[i], late(fresh[i], watermark), "late") for i in judged.late),
+    ]
+    for sample, why, stage in set_aside:
+        to = late_events if stage == "late" else dead_letters
+        await reject(event, why, stage=stage, value=one_sample(batch, sample), to=to)
+    state.late_events += len(judged.late)
+    if judged.newest_ts is not None and judged.oldest_minute is not None:
+        state.clock.observe(judged.newest_ts, wall)
+        if state.final_through is None and (
+            state.first_minute is None or judged.oldest_minute < state.first_minute
+        ):
+            state.first_minute = judged.oldest_minute
+    folding.counted += judged.counted
+
+
+def crowded(server: str, sample: Record) -> TooManyMetrics:
+    return TooManyMetrics(
+        f"server {server!r} already has {MAX_METRICS_PER_SERVER_MINUTE} metrics in minute "
+        f"{minute_of(sample['ts_ms'])}; metric {sample['metric_id']!r} is one more"
+    )
+
+
+def late(sample: Record, watermark: int | None) -> LateSample:
+    return LateSample(
+        f"sample at {sample['ts_ms']} belongs to minute {minute_of(sample['ts_ms'])}, final "
+        f"since the watermark passed its end (watermark {watermark})"
+    )
+
+
+def persist(
+    context: EventT, state: PartitionState, folding: Folding, last: int
+) -> dict[tuple[str, int], Cells]:
+    """Each touched (server, minute) record written once, stamped with the batch's last
+    offset; then the partition's clock. Returns the records as written."""
     records: dict[tuple[str, int], Cells] = {}
-    with writing_for(events[-1]):
-        for server, minutes in folded.items():
+    with writing_for(context):
+        for server, minutes in folding.folded.items():
             for minute, cells in minutes.items():
-                before = value_of(stored[(server, minute)], {})
+                before = value_of(folding.stored[(server, minute)], {})
                 records[(server, minute)] = merged = merge_cells(before, cells)
                 server_rollups[minute_key(server, minute)] = stamp(merged, last)
             if minutes:
                 state.servers.add(server)
         state.offset = last
-        metric_clocks[partition_key(partition)] = state.record()
-    EVENTS.labels(metric_samples.get_topic_name(), "counted").inc(counted)
-    EVENTS.labels(metric_samples.get_topic_name(), "redelivered").inc(repeated)
-    # The by-metric index gets each touched (server, minute, metric)'s whole rollup so far:
-    # taking it twice changes nothing there, and a redelivered message re-sends what its
-    # first delivery may have sent before a crash.
-    touched: list[tuple[str, int, Iterable[str], Cells | None]] = [
-        (server, minute, {*metrics, *redelivered.get((server, minute), ())}, record)
+        metric_clocks[partition_key(context.message.partition)] = state.record()
+    return records
+
+
+def touched(
+    folding: Folding, records: dict[tuple[str, int], Cells]
+) -> list[tuple[str, int, Iterable[str], Cells | None]]:
+    """What the by-metric index gets: each touched (server, minute, metric)'s whole rollup so
+    far. Taking it twice changes nothing there, and a redelivered message re-sends what its
+    first delivery may have sent before a crash."""
+    redelivered = folding.redelivered
+    fresh: list[tuple[str, int, Iterable[str], Cells | None]] = [
+        (
+            server,
+            minute,
+            {*folding.folded[server][minute], *redelivered.get((server, minute), ())},
+            record,
+        )
         for (server, minute), record in records.items()
-        for metrics in [folded[server][minute]]
     ]
-    touched += [
-        (server, minute, metrics, value_of(stored[(server, minute)]))
+    return fresh + [
+        (server, minute, metrics, value_of(folding.stored[(server, minute)]))
         for (server, minute), metrics in redelivered.items()
         if (server, minute) not in records
     ]
-    await send_to_metric_index(touched, partition, clock.watermark(wall, GRACE_MS))
 
 
 async def routed(event: EventT, partition: int) -> Record | None:

@@ -16,7 +16,7 @@ between Kafka, the tables and those classes:
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 from faust.types import EventT, StreamT
@@ -28,7 +28,7 @@ from tally.core.applied import Stamped, holds, stamp, value_of
 from tally.core.clock import now_ms
 from tally.core.errors import TallyError, ValidationError
 from tally.core.partitioning import partition_for
-from tally.core.sliding import Arrival, Closing, SlidingTotals
+from tally.core.sliding import Closing, SlidingTotals
 from tally.core.topk import Candidates
 from tally.runtime.intake import caught_up, decode, each_partition, reject, timer, writing_for
 from tally.runtime.store import partition_key
@@ -97,58 +97,81 @@ async def decoded_purchases(event: EventT, partition: int, wall_ms: int) -> list
     return valid
 
 
+#: A purchase with the message that carried it.
+Carried = tuple[EventT, Record]
+
+
 async def count_partition(events: Sequence[EventT]) -> None:
-    partition = events[0].message.partition
+    """One partition's share of a batch, step by step: decode (and reject), skip what the
+    cells already hold, fold into the window, persist the touched cells, set aside what came
+    late, publish the top-K."""
+    partition, last = events[0].message.partition, events[-1].message.offset
     wall = now_ms()
     decoded = [(e, p) for e in events for p in await decoded_purchases(e, partition, wall)]
-    # A purchase delivered again (after a crash or a rebalance) is already in its cell.
+    cells, fresh = unapplied(events[-1], decoded)
+    EVENTS.labels(purchases.get_topic_name(), "redelivered").inc(len(decoded) - len(fresh))
+    if not fresh:
+        return
+    # A batch means the partition was not idle: the wall time since the last settle does not
+    # count (only the ticks of a caught-up partition credit it).
+    window = window_for(partition, wall, idle=False)
+    outcome = window.ingest(
+        [(p["item_id"], p["quantity"], p["event_time_ms"]) for _, p in fresh], wall
+    )
+    persist(events[-1], window, outcome.pane_deltas, cells, last)
+    closing = slide(partition, window, wall)
+    EVENTS.labels(purchases.get_topic_name(), "counted").inc(len(fresh) - len(outcome.late))
+    await set_aside_late(window, wall, [fresh[index] for index in outcome.late])
+    await publish(partition, window, wall, closing)
+
+
+def unapplied(
+    context: EventT, decoded: list[Carried]
+) -> tuple[dict[bytes, Stamped | None], list[Carried]]:
+    """The pane cells the purchases touch (each read once) and the purchases those cells do
+    not hold yet: one delivered again (after a crash or a rebalance) is in its cell already."""
     cells: dict[bytes, Stamped | None] = {}
-    origins: list[tuple[EventT, Record]] = []
-    with writing_for(events[-1]):
+    fresh: list[Carried] = []
+    with writing_for(context):
         for event, purchase in decoded:
             key = pane_key(SALES_SPEC.pane_of(purchase["event_time_ms"]), purchase["item_id"])
             if key not in cells:
                 cells[key] = sales_panes.get(key)
             if not holds(cells[key], event.message.offset):
-                origins.append((event, purchase))
-    EVENTS.labels(purchases.get_topic_name(), "redelivered").inc(len(decoded) - len(origins))
-    if not origins:
-        return
-    arrivals: list[Arrival] = [
-        (p["item_id"], p["quantity"], p["event_time_ms"]) for _, p in origins
-    ]
-    # A batch means the partition was not idle: the wall time since the last settle does not
-    # count (only the ticks of a caught-up partition credit it).
-    window = window_for(partition, wall, idle=False)
-    outcome = window.ingest(arrivals, wall)
-    last = events[-1].message.offset
-    with writing_for(events[-1]):
-        for (pane, item), quantity in outcome.pane_deltas.items():
+                fresh.append((event, purchase))
+    return cells, fresh
+
+
+def persist(
+    context: EventT,
+    window: SlidingTotals,
+    pane_deltas: Mapping[tuple[int, str], int],
+    cells: dict[bytes, Stamped | None],
+    last: int,
+) -> None:
+    """Each touched cell written once, stamped with the batch's last offset; then the clock."""
+    with writing_for(context):
+        for (pane, item), quantity in pane_deltas.items():
             key = pane_key(pane, item)
             sales_panes[key] = stamp(value_of(cells[key], 0) + quantity, last)
-        sales_clocks[partition_key(partition)] = {
+        sales_clocks[partition_key(context.message.partition)] = {
             **window.clock.record(),
             "late_events": window.late_events,
             "offset": last,
         }
-    closing = slide(partition, window, wall)
-    EVENTS.labels(purchases.get_topic_name(), "counted").inc(len(arrivals) - len(outcome.late))
-    for index in outcome.late:
-        event, purchase = origins[index]
-        horizon = SALES_SPEC.start_ms(SALES_SPEC.late_before(window.watermark(wall) or 0))
-        late = LateEvent(
+
+
+async def set_aside_late(window: SlidingTotals, wall_ms: int, late: list[Carried]) -> None:
+    """Purchases whose pane had left the window when they came: to `late-events`, each alone."""
+    watermark = window.watermark(wall_ms)
+    horizon = SALES_SPEC.start_ms(SALES_SPEC.late_before(watermark or 0))
+    for event, purchase in late:
+        why = LateEvent(
             f"event time {purchase['event_time_ms']} is before the window horizon {horizon} "
-            f"(watermark {window.watermark(wall)})"
+            f"(watermark {watermark})"
         )
-        await reject(
-            event,
-            late,
-            stage="late",
-            value=purchase_codec().dumps(purchase),
-            key=purchase["item_id"].encode(),
-            to=late_events,
-        )
-    await publish(partition, window, wall, closing)
+        value, key = purchase_codec().dumps(purchase), purchase["item_id"].encode()
+        await reject(event, why, stage="late", value=value, key=key, to=late_events)
 
 
 def slide(partition: int, window: SlidingTotals, wall_ms: int) -> Closing | None:
