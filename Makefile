@@ -60,6 +60,7 @@ bench-more: $(STAMP)
 	$(BIN)/python -m bench.ingest
 	$(BIN)/python -m bench.hostile
 	$(BIN)/python -m bench.live
+	$(BIN)/python -m bench.routing
 	$(BIN)/python -m bench.failover
 
 clean:

@@ -340,6 +340,8 @@ def report(workload: str, results: dict[str, list[Result]], unit: str, baselines
         if not label.startswith("tally"):
             continue
         for baseline in baselines:
+            if baseline == label:
+                continue
             times = ratio(results, label, baseline)
             lines.append(f"- {label} / {baseline}: **{times:,.2f}x** (run by run, median)")
     loads = [(label, q) for label, runs in results.items() for r in runs for q in r.queries]

@@ -7,8 +7,9 @@ from prometheus_client import Counter, Gauge, Histogram
 EVENTS = Counter(
     "tally_events",
     "Events by source topic and outcome: counted, late, rejected (dead-lettered), "
-    "redelivered (already in the state: skipped), or duplicate (messages handed over more "
-    "than once in one batch: processed once).",
+    "redelivered (already in the state: skipped), duplicate (messages handed over more "
+    "than once in one batch: processed once), or forwarded (came on another partition than "
+    "their key's: sent on to its owner).",
     ["topic", "outcome"],
 )
 DEAD_LETTERS_SENT = Counter(

@@ -3,6 +3,7 @@
     producers ─► PURCHASES ─► sales ─► SALES_CANDIDATES ─► the merged top-K
               └► METRIC_SAMPLES ─► metrics ─► METRIC_PARTIALS ─► the by-metric index
                                           └► (METRIC_TICKS) ─► METRIC_FINAL_MINUTES ─► archive
+    on another partition than its key's ─► ROUTED[topic] ─► the same pipeline, at the owner
     anything rejected ─► DEAD_LETTERS; anything late ─► LATE_EVENTS
 
 The Faust declarations are `tally.runtime.topics` (shared) and each pipeline's `tables`
@@ -17,6 +18,10 @@ PURCHASES = "purchases"
 METRIC_SAMPLES = "metric-samples"
 #: The topics producers write to (created up front); a replay reads them again.
 SOURCE_TOPICS = (PURCHASES, METRIC_SAMPLES)
+#: Source messages that came on another partition than their key's murmur2 one (a producer
+#: with another partitioner: librdkafka's CRC32, random), forwarded to the owner partition of
+#: this topic with their origin in a header (`tally.core.partitioning.ORIGIN_HEADER`).
+ROUTED = {PURCHASES: "purchases-routed", METRIC_SAMPLES: "metric-samples-routed"}
 #: Rejected messages and rows: original bytes, why and where from in `tally.dlq.*` headers.
 DEAD_LETTERS = "dead-letters"
 #: Events that arrived after their window closed.

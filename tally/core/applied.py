@@ -7,19 +7,33 @@ already in it and is skipped for that record. One record is one changelog entry,
 and its offset survive a crash together (a changelog partition is a log: whatever part of a
 batch reached it, each record in it is whole). No Faust in here.
 
+A message that came on the wrong partition is forwarded to its owner (runtime.routing), and
+may be forwarded twice (its first forwarder died before committing). Such a message is known by
+its *origin*, the source partition and offset it was first written to; a record keeps, beside
+its own partition's offset, the highest origin offset it includes per source partition
+forwarded from: `[value, offset, {"<partition>": offset}]`. Forwards from one source partition
+arrive in the order of that partition (one forwarder at a time, in offset order, the producer
+flushed before each commit), so the same rule holds for each.
+
 A batch is checked against the state as it was before the batch, so the check only holds if a
-batch has each message once, in offset order: `one_per_offset` makes it so.
+batch has each message once, in offset order: `one_per_origin` makes it so.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 from tally.core.rollups import Acc, Cells, Rollup, merge_all
 
-#: A stored record: [value, offset of the last source message it includes].
+#: A stored record: [value, offset of the last source message it includes] and, once it
+#: includes forwarded messages, {source partition (str): highest origin offset}.
 Stamped = list[Any]
+#: Where a message comes from: None for the record's own partition, else the source
+#: partition a forwarded message was first written to.
+Source = int | None
+#: How far a batch reaches in each source: the highest offset per `Source`.
+Through = Mapping[Source, int]
 
 
 class Offset(Protocol):
@@ -49,22 +63,57 @@ def one_per_offset(events: Sequence[D]) -> list[D]:
     return [by_offset[offset] for offset in sorted(by_offset)]
 
 
-def stamp(value: Any, offset: int) -> Stamped:
-    return [value, offset]
+def one_per_origin(events: Sequence[D], origin: Callable[[D], Hashable]) -> list[D]:
+    """`one_per_offset`, then the first of the messages with one origin: a message forwarded
+    twice (by a forwarder that died and by the one after it) is applied once."""
+    seen: set[Hashable] = set()
+    kept = []
+    for event in one_per_offset(events):
+        key = origin(event)
+        if key not in seen:
+            seen.add(key)
+            kept.append(event)
+    return kept
+
+
+def stamp(value: Any, through: int | Through, before: Stamped | None = None) -> Stamped:
+    """`value` stamped with how far it reaches: `through` (a batch's offset, or its offset per
+    source) merged with what the record held `before`, so a batch from one source keeps the
+    marks of the others."""
+    reach = {None: through} if isinstance(through, int) else through
+    offset = max(offset_of(before), reach.get(None, -1))
+    forwarded = dict(before[2]) if before is not None and len(before) > 2 else {}
+    for source, last in reach.items():
+        if source is not None:
+            forwarded[str(source)] = max(forwarded.get(str(source), -1), last)
+    return [value, offset, forwarded] if forwarded else [value, offset]
 
 
 def value_of(stored: Stamped | None, default: Any = None) -> Any:
     return default if stored is None else stored[0]
 
 
-def offset_of(stored: Stamped | None) -> int:
-    """The offset a record includes messages through (-1: none yet)."""
-    return -1 if stored is None else int(stored[1])
+def offset_of(stored: Stamped | None, source: Source = None) -> int:
+    """The offset a record includes messages through, of its own partition or of a source
+    partition forwarded from (-1: none yet)."""
+    if stored is None:
+        return -1
+    if source is None:
+        return int(stored[1])
+    return int(stored[2].get(str(source), -1)) if len(stored) > 2 else -1
 
 
-def holds(stored: Stamped | None, offset: int) -> bool:
-    """Whether the record already includes the source message at `offset`."""
-    return offset <= offset_of(stored)
+def holds(stored: Stamped | None, offset: int, source: Source = None) -> bool:
+    """Whether the record already includes the message at `offset` of `source`."""
+    return offset <= offset_of(stored, source)
+
+
+def reach(origins: Iterable[tuple[Source, int]]) -> dict[Source, int]:
+    """A batch's `Through`: the highest offset of each source among its messages' origins."""
+    highest: dict[Source, int] = {}
+    for source, offset in origins:
+        highest[source] = max(highest.get(source, -1), offset)
+    return highest
 
 
 def apply_server_rollups(

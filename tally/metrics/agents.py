@@ -1,8 +1,10 @@
 """Metrics pipeline glue: metric batches → minute rollups indexed by server and by metric.
 
-1. `roll_up_samples` (metric-samples, partitioned by server): decodes batches, rejects bad
-   samples one by one, classifies each sample against the partition's watermark (a sample of
-   a final minute is late), folds the whole batch in memory (`fold_samples`), then merges
+1. `roll_up_samples` (metric-samples, partitioned by server, and metric-samples-routed: the
+   batches other partitions forwarded to their server's partition, runtime.routing): decodes
+   batches, forwards those of servers another partition owns, rejects bad samples one by one,
+   classifies each sample against the partition's watermark (a sample of a final minute is
+   late), folds the whole batch in memory (`fold_samples`), then merges
    each touched (server, minute) record of `server_rollups` once, skipping samples a record
    already holds (redelivered: tables.applied); each touched server's whole rollup of the
    minute goes, grouped by metric, to `metric-rollups-by-metric`.
@@ -28,7 +30,7 @@ from faust.types import EventT, StreamT
 from tally.app import app, settings
 from tally.codecs.avro import Record, check_event_time, validate_metric_sample
 from tally.codecs.catalog import metric_batch_codec
-from tally.core.applied import Stamped, apply_server_rollups, holds, stamp, value_of
+from tally.core.applied import Source, Stamped, apply_server_rollups, holds, reach, stamp, value_of
 from tally.core.clock import now_ms
 from tally.core.errors import TallyError, ValidationError
 from tally.core.limits import (
@@ -79,8 +81,15 @@ from tally.runtime.intake import (
     timer,
     writing_for,
 )
+from tally.runtime.routing import forward, is_forwarded, source_of
 from tally.runtime.store import delete_below, first_parts, partition_key, scan, stored_value
-from tally.runtime.topics import dead_letters, late_events, metric_samples
+from tally.runtime.topics import (
+    dead_letters,
+    late_events,
+    metric_samples,
+    routed_metric_samples,
+    with_routed,
+)
 from tally.telemetry import EVENTS
 
 #: Longer batches than the sales pipeline's: each batch writes every (server, minute) and
@@ -148,16 +157,16 @@ async def roll_up(state: PartitionState, events: Sequence[EventT]) -> None:
     """One partition's share of a batch, step by step: decode (and reject), skip what the
     records already hold, fold (setting aside invalid, crowded and late samples), persist each
     touched (server, minute) once, send the by-metric index its whole rollups."""
-    partition, last = events[0].message.partition, events[-1].message.offset
+    partition = events[0].message.partition
     wall = now_ms()
     # A batch means the partition was not idle: the wall time since the last settle does not
     # count (only the ticks of a caught-up partition credit it).
     state.clock.settle(wall, idle=False)
-    decoded = [(event, batch) for event in events if (batch := await routed(event, partition))]
+    decoded = [(event, batch) for event in events if (batch := await owned(event, partition))]
     folding = Folding()
     for event, batch in decoded:
         await fold_message(state, folding, event, batch, wall)
-    records = persist(events[-1], state, folding, last)
+    records = persist(events, state, folding)
     EVENTS.labels(metric_samples.get_topic_name(), "counted").inc(folding.counted)
     EVENTS.labels(metric_samples.get_topic_name(), "redelivered").inc(folding.repeated)
     watermark = state.clock.watermark(wall, GRACE_MS)
@@ -170,9 +179,7 @@ async def fold_message(
     """One message's fresh samples into the batch's fold; the others set aside, each alone."""
     server, samples = batch["server_id"], batch["samples"]
     with writing_for(event):  # the records' reads go to this partition's database
-        fresh = unapplied(
-            server, samples, event.message.offset, folding.stored, folding.redelivered
-        )
+        fresh = unapplied(server, samples, source_of(event), folding.stored, folding.redelivered)
     folding.repeated += len(samples) - len(fresh)
     # The message arrives as a whole: its samples are judged against the watermark before
     # it, so samples of one message never make each other late.
@@ -217,20 +224,26 @@ def late(sample: Record, watermark: int | None) -> LateSample:
 
 
 def persist(
-    context: EventT, state: PartitionState, folding: Folding, last: int
+    events: Sequence[EventT], state: PartitionState, folding: Folding
 ) -> dict[tuple[str, int], Cells]:
-    """Each touched (server, minute) record written once, stamped with the batch's last
-    offset; then the partition's clock. Returns the records as written."""
+    """Each touched (server, minute) record written once, stamped with how far the batch
+    reaches in each source (core.applied); then the partition's clock, with the last offset
+    of the batch's topic. Returns the records as written."""
+    through = reach(source_of(event) for event in events)
+    context = events[-1]
     records: dict[tuple[str, int], Cells] = {}
     with writing_for(context):
         for server, minutes in folding.folded.items():
             for minute, cells in minutes.items():
-                before = value_of(folding.stored[(server, minute)], {})
-                records[(server, minute)] = merged = merge_cells(before, cells)
-                server_rollups[minute_key(server, minute)] = stamp(merged, last)
+                stored = folding.stored[(server, minute)]
+                records[(server, minute)] = merged = merge_cells(value_of(stored, {}), cells)
+                server_rollups[minute_key(server, minute)] = stamp(merged, through, stored)
             if minutes:
                 state.servers.add(server)
-        state.offset = last
+        if is_forwarded(context):
+            state.routed_offset = context.message.offset
+        else:
+            state.offset = context.message.offset
         metric_clocks[partition_key(context.message.partition)] = state.record()
     return records
 
@@ -258,18 +271,22 @@ def touched(
     ]
 
 
-async def routed(event: EventT, partition: int) -> Record | None:
-    """The event's metric batch, if it decodes and came on its server's partition; else None
-    after dead-lettering it."""
+async def owned(event: EventT, partition: int) -> Record | None:
+    """The event's metric batch, if it decodes and its server belongs to this partition; else
+    None after forwarding it to its server's partition (or dead-lettering it)."""
     batch = await decode(event, metric_batch_codec())
     if batch is None:
         return None
     owner = partition_for(batch["server_id"], settings.partitions)
     if owner == partition:
         return batch
+    if not is_forwarded(event):
+        await forward(event, owner)
+        return None
     misrouted = ValidationError(
         f"server {batch['server_id']!r} belongs to partition {owner} (murmur2 of the server "
-        f"id, Kafka's default partitioner), but its batch came on partition {partition}",
+        f"id), but its batch was forwarded to partition {partition}: do all workers have the "
+        "same TALLY_PARTITIONS as the topic?",
         "misrouted",
     )
     await reject(event, misrouted, stage="validate")
@@ -291,20 +308,20 @@ def stored_cells(
 def unapplied(
     server: str,
     samples: list[Record],
-    offset: int,
+    origin: tuple[Source, int],
     stored: dict[tuple[str, int], Stamped | None],
     redelivered: dict[tuple[str, int], set[str]],
 ) -> list[Record]:
-    """The samples of a message at `offset` that their (server, minute) record does not hold
-    yet; the others are noted in `redelivered`. Reads each record once per batch (into
-    `stored`); a message delivered once (the usual case) passes whole."""
+    """The samples of a message from `origin` (core.applied) that their (server, minute)
+    record does not hold yet; the others are noted in `redelivered`. Reads each record once
+    per batch (into `stored`); a message delivered once (the usual case) passes whole."""
     minutes = {minute_of(sample["ts_ms"]) for sample in samples}
     held = set()
     for minute in minutes:
         key = (server, minute)
         if key not in stored:
             stored[key] = server_rollups.get(minute_key(server, minute))
-        if holds(stored[key], offset):
+        if holds(stored[key], origin[1], origin[0]):
             held.add(minute)
     if not held:
         return samples
@@ -353,7 +370,7 @@ def cell_size(cell: tuple[str, int, str, Acc]) -> int:
     return len(cell[0].encode()) + len(cell[2].encode()) + 120
 
 
-@app.agent(metric_samples)
+@app.agent(with_routed(metric_samples, routed_metric_samples))
 async def roll_up_samples(stream: StreamT) -> None:
     await each_partition(stream, roll_up_partition, states, within=METRICS_BATCH_WITHIN_S)
 
@@ -387,7 +404,9 @@ async def close_partition_minutes(event: EventT) -> None:
     if state.folding:
         return  # the next tick, a second later, sees the batch written
     wall = now_ms()
-    idle = caught_up(metric_samples, partition, state.offset)
+    idle = caught_up(
+        partition, (metric_samples, state.offset), (routed_metric_samples, state.routed_offset)
+    )
     if idle is None:
         return  # backlog unknown (just assigned): wait, rather than close minutes too early
     state.clock.settle(wall, idle)

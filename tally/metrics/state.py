@@ -32,6 +32,8 @@ class PartitionState:
     first_minute: int | None = None
     #: The last metric-samples offset folded into the tables (None: none yet).
     offset: int | None = None
+    #: The last metric-samples-routed offset folded into the tables (None: none yet).
+    routed_offset: int | None = None
     pruned_through: int = 0
     servers: set[str] = field(default_factory=set)
     #: A batch of this partition is being folded: its samples are accepted but not yet
@@ -45,6 +47,7 @@ class PartitionState:
             "final_through": self.final_through,
             "first_minute": self.first_minute,
             "offset": self.offset,
+            "routed": self.routed_offset,
         }
 
     def closed_before(self, watermark: int | None) -> int | None:
@@ -73,6 +76,7 @@ def state_for(partition: int) -> PartitionState:
             final_through=saved.get("final_through"),
             first_minute=saved.get("first_minute"),
             offset=saved.get("offset"),
+            routed_offset=saved.get("routed"),
             servers=set(first_parts(server_rollups, partition)),
         )
     return state

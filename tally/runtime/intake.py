@@ -27,13 +27,14 @@ from faust.types import TP, EventT, StreamT, TopicT
 from mode.utils.times import Seconds
 
 from tally.app import app, settings
-from tally.core.applied import one_per_offset
+from tally.core.applied import one_per_origin
 from tally.core.deadletters import DeadLetter
 from tally.core.errors import DecodeError, SchemaError, TallyError, ValidationError
 from tally.core.limits import MAX_RECORD_BYTES
 from tally.core.quarantine import DEATHS_ALONE, IN_FLIGHT_DIR, InFlight, InFlightRecords
 from tally.runtime.faust_compat import current_event
 from tally.runtime.logs import SUMMARY, RejectionSummary
+from tally.runtime.routing import origin_of, source_of
 from tally.runtime.state import PartitionStates
 from tally.runtime.topics import dead_letters
 from tally.telemetry import DEAD_LETTERS_SENT, EVENTS, TASK_FAILURES
@@ -86,17 +87,16 @@ async def reject(
     message = event.message
     key = message.key if key is None else key
     value = message.value if value is None else value
-    letter = DeadLetter.of(
-        exc, stage=stage, topic=message.topic, partition=message.partition, offset=message.offset
-    )
+    topic, partition, offset = origin_of(event)
+    letter = DeadLetter.of(exc, stage=stage, topic=topic, partition=partition, offset=offset)
     room = MAX_RECORD_BYTES - LETTER_OVERHEAD_BYTES - len(key or b"")
     if value is not None and len(value) > room:
         letter = letter.noted(f"the first {room:,} of {len(value):,} bytes are kept here")
         value = value[:room]
     DEAD_LETTERS_SENT.labels(to.get_topic_name(), letter.rule).inc()
-    EVENTS.labels(message.topic, "late" if stage == "late" else "rejected").inc()
+    EVENTS.labels(topic, "late" if stage == "late" else "rejected").inc()
     if stage != "late":
-        rejections.note(message.topic, letter.rule, f"{letter.origin}: {letter.reason[:200]}")
+        rejections.note(topic, letter.rule, f"{letter.origin}: {letter.reason[:200]}")
     delay = 0.5
     while True:
         try:
@@ -119,11 +119,12 @@ async def reject(
             delay = min(delay * 2, LETTER_RETRY_MAX_S)
 
 
-def by_partition(events: Sequence[EventT]) -> dict[int, list[EventT]]:
-    """The events of a batch grouped by source partition, in arrival order."""
-    groups: dict[int, list[EventT]] = defaultdict(list)
+def by_partition(events: Sequence[EventT]) -> dict[TP, list[EventT]]:
+    """The events of a batch grouped by topic and partition (a pipeline reads its source and
+    what was forwarded to it), in arrival order."""
+    groups: dict[TP, list[EventT]] = defaultdict(list)
     for event in events:
-        groups[event.message.partition].append(event)
+        groups[TP(event.message.topic, event.message.partition)].append(event)
     return groups
 
 
@@ -145,23 +146,24 @@ def processed_offsets(topic: str) -> PartitionStates[int]:
     return states
 
 
-def caught_up(topic: TopicT, partition: int, stored_offset: int | None) -> bool | None:
-    """Whether `partition` of `topic` holds nothing after the last processed message: the
-    partition is idle, and its event clock may follow the wall clock. The last processed
-    message is the one this worker processed last, else `stored_offset` (kept with the
-    pipeline's state). None while unknown."""
-    tp = TP(topic.get_topic_name(), partition)
-    offset = processed_offsets(tp.topic).get(partition)
-    offset = stored_offset if offset is None else offset
-    if offset is None:
-        return None
-    try:
-        highwater = app.consumer.highwater(tp)
-    except AssertionError:  # aiokafka asserts the partition is (still) assigned
-        return None
-    if highwater is None:
-        return None
-    return highwater <= offset + 1
+def caught_up(partition: int, *inputs: tuple[TopicT, int | None]) -> bool | None:
+    """Whether `partition` of every input topic holds nothing after the last processed
+    message: the partition is idle, and its event clock may follow the wall clock. The last
+    processed message of each (topic, stored offset) is the one this worker processed last,
+    else the stored offset (kept with the pipeline's state). None while unknown."""
+    idle = True
+    for topic, stored_offset in inputs:
+        tp = TP(topic.get_topic_name(), partition)
+        offset = processed_offsets(tp.topic).get(partition)
+        offset = stored_offset if offset is None else offset
+        try:
+            highwater = app.consumer.highwater(tp)
+        except AssertionError:  # aiokafka asserts the partition is (still) assigned
+            return None
+        if highwater is None or (offset is None and highwater > 0):
+            return None
+        idle = idle and highwater <= (-1 if offset is None else offset) + 1
+    return idle
 
 
 BATCH_SIZE = 2000
@@ -194,14 +196,13 @@ async def each_partition(
 ) -> None:
     """The body of every pipeline agent: batches from `stream` (up to `size` events, or what
     came `within` seconds), each partition's share given to `work` on its own, one event per
-    offset in offset order (`one_per_offset`). If `work` raises, the partition's `states` are
+    origin in offset order (`one_per_origin`). If `work` raises, the partition's `states` are
     dropped (rebuilt from storage on next use) and the share is processed again one event at
     a time: only events that fail alone are dead-lettered, and the agent goes on."""
     async for batch in cast(Stream, stream).take_events(size, within=within):
-        for delivered in by_partition(batch).values():
-            events = one_per_offset(delivered)
+        for tp, delivered in by_partition(batch).items():
+            events = one_per_origin(delivered, source_of)
             last = events[-1].message
-            tp = TP(last.topic, last.partition)
             if len(events) < len(delivered):
                 EVENTS.labels(tp.topic, "duplicate").inc(len(delivered) - len(events))
                 logger.info(

@@ -4,9 +4,10 @@ The logic lives in `tally.core.sliding` / `tally.core.topk`; this module moves d
 between Kafka, the tables and those classes:
 
 1. `count_sales` takes a batch, splits it by partition, decodes (single purchases and
-   envelopes), folds it into the partition's `SlidingTotals`, writes one pane cell per
-   (pane, item) touched, sends late events to `late-events`, and publishes the partition's
-   top-K when it changed.
+   envelopes), forwards purchases of items another partition owns (runtime.routing), folds
+   the rest into the partition's `SlidingTotals`, writes one pane cell per (pane, item)
+   touched, sends late events to `late-events`, and publishes the partition's top-K when it
+   changed. It reads `purchases` and `purchases-routed` (what other partitions forwarded).
 2. `slide_idle_windows` (a 1 s timer) lets event time pass on idle partitions, so windows
    slide with no traffic, and re-publishes each top-K every heartbeat.
 3. `merge_top_k` (one worker: the candidates topic has one partition) keeps every partition's
@@ -23,16 +24,17 @@ from faust.types import EventT, StreamT
 
 from tally.app import app, settings
 from tally.codecs.avro import Record, check_event_time, validate_purchase
-from tally.codecs.catalog import purchase_codec, purchases_topic_codec
-from tally.core.applied import Stamped, holds, stamp, value_of
+from tally.codecs.catalog import purchase_batch_codec, purchase_codec, purchases_topic_codec
+from tally.core.applied import Stamped, holds, reach, stamp, value_of
 from tally.core.clock import now_ms
 from tally.core.errors import TallyError, ValidationError
 from tally.core.partitioning import partition_for
 from tally.core.sliding import Closing, SlidingTotals
 from tally.core.topk import Candidates
 from tally.runtime.intake import caught_up, decode, each_partition, reject, timer, writing_for
+from tally.runtime.routing import forward, is_forwarded, source_of
 from tally.runtime.store import partition_key
-from tally.runtime.topics import late_events, purchases
+from tally.runtime.topics import late_events, purchases, routed_purchases, with_routed
 from tally.sales.state import (
     latest_candidates,
     load_latest,
@@ -68,23 +70,27 @@ class LateEvent(TallyError):
 
 
 async def decoded_purchases(event: EventT, partition: int, wall_ms: int) -> list[Record]:
-    """The valid purchases of one message; every other one is dead-lettered on its own (a
-    single message as it came; a member of an envelope re-encoded alone, keyed by its item)."""
+    """The valid purchases of one message that this partition owns; the others go to their
+    owner (one message per owner: as it came, or an envelope of their members), and every
+    invalid one is dead-lettered on its own (a single message as it came; a member of an
+    envelope re-encoded alone, keyed by its item)."""
     decoded = await decode(event, purchases_topic_codec())
     if decoded is None:
         return []
     name, record = decoded
     members = record["purchases"] if name == PURCHASE_BATCH else [record]
-    valid = []
+    valid: list[Record] = []
+    elsewhere: dict[int, list[Record]] = {}
     for purchase in members:
         try:
             validate_purchase(purchase)
             check_event_time("event_time_ms", purchase["event_time_ms"], wall_ms, MAX_FUTURE_MS)
             owner = partition_for(purchase["item_id"], settings.partitions)
-            if owner != partition:
+            if owner != partition and is_forwarded(event):
                 raise ValidationError(
                     f"item {purchase['item_id']!r} belongs to partition {owner} (murmur2 of the "
-                    f"item id, Kafka's default partitioner), but came on partition {partition}",
+                    f"item id), but was forwarded to partition {partition}: do all workers "
+                    "have the same TALLY_PARTITIONS as the topic?",
                     "misrouted",
                 )
         except ValidationError as exc:
@@ -93,7 +99,15 @@ async def decoded_purchases(event: EventT, partition: int, wall_ms: int) -> list
                 event, exc, stage="validate", value=alone, key=purchase["item_id"].encode()
             )
             continue
-        valid.append(purchase)
+        if owner == partition:
+            valid.append(purchase)
+        else:
+            elsewhere.setdefault(owner, []).append(purchase)
+    for owner, theirs in elsewhere.items():
+        whole = name != PURCHASE_BATCH or len(theirs) == len(members)
+        await forward(
+            event, owner, None if whole else purchase_batch_codec().dumps({"purchases": theirs})
+        )
     return valid
 
 
@@ -102,23 +116,23 @@ Carried = tuple[EventT, Record]
 
 
 async def count_partition(events: Sequence[EventT]) -> None:
-    """One partition's share of a batch, step by step: decode (and reject), skip what the
-    cells already hold, fold into the window, persist the touched cells, set aside what came
-    late, publish the top-K."""
-    partition, last = events[0].message.partition, events[-1].message.offset
+    """One partition's share of a batch (of purchases, or of those forwarded to it), step by
+    step: decode (reject, forward), skip what the cells already hold, fold into the window,
+    persist the touched cells, set aside what came late, publish the top-K."""
+    partition = events[0].message.partition
     wall = now_ms()
     decoded = [(e, p) for e in events for p in await decoded_purchases(e, partition, wall)]
     cells, fresh = unapplied(events[-1], decoded)
     EVENTS.labels(purchases.get_topic_name(), "redelivered").inc(len(decoded) - len(fresh))
-    if not fresh:
-        return
     # A batch means the partition was not idle: the wall time since the last settle does not
     # count (only the ticks of a caught-up partition credit it).
     window = window_for(partition, wall, idle=False)
     outcome = window.ingest(
         [(p["item_id"], p["quantity"], p["event_time_ms"]) for _, p in fresh], wall
     )
-    persist(events[-1], window, outcome.pane_deltas, cells, last)
+    persist(events, window, outcome.pane_deltas, cells)
+    if not fresh:
+        return
     closing = slide(partition, window, wall)
     EVENTS.labels(purchases.get_topic_name(), "counted").inc(len(fresh) - len(outcome.late))
     await set_aside_late(window, wall, [fresh[index] for index in outcome.late])
@@ -137,27 +151,37 @@ def unapplied(
             key = pane_key(SALES_SPEC.pane_of(purchase["event_time_ms"]), purchase["item_id"])
             if key not in cells:
                 cells[key] = sales_panes.get(key)
-            if not holds(cells[key], event.message.offset):
+            source, offset = source_of(event)
+            if not holds(cells[key], offset, source):
                 fresh.append((event, purchase))
     return cells, fresh
 
 
+#: Where a partition's clock record keeps the last offset processed of each input topic.
+OFFSET_FIELDS = {purchases.get_topic_name(): "offset", routed_purchases.get_topic_name(): "routed"}
+
+
 def persist(
-    context: EventT,
+    events: Sequence[EventT],
     window: SlidingTotals,
     pane_deltas: Mapping[tuple[int, str], int],
     cells: dict[bytes, Stamped | None],
-    last: int,
 ) -> None:
-    """Each touched cell written once, stamped with the batch's last offset; then the clock."""
+    """Each touched cell written once, stamped with how far the batch reaches in each source
+    (core.applied); then the clock, with the last offset of the batch's topic."""
+    through = reach(source_of(event) for event in events)
+    context = events[-1]
+    clock_key = partition_key(context.message.partition)
     with writing_for(context):
         for (pane, item), quantity in pane_deltas.items():
             key = pane_key(pane, item)
-            sales_panes[key] = stamp(value_of(cells[key], 0) + quantity, last)
-        sales_clocks[partition_key(context.message.partition)] = {
+            before = cells[key]
+            sales_panes[key] = stamp(value_of(before, 0) + quantity, through, before)
+        sales_clocks[clock_key] = {
+            **(sales_clocks.get(clock_key) or {}),
             **window.clock.record(),
             "late_events": window.late_events,
-            "offset": last,
+            OFFSET_FIELDS[context.message.topic]: context.message.offset,
         }
 
 
@@ -182,7 +206,7 @@ def slide(partition: int, window: SlidingTotals, wall_ms: int) -> Closing | None
     return closing
 
 
-@app.agent(purchases)
+@app.agent(with_routed(purchases, routed_purchases))
 async def count_sales(stream: StreamT) -> None:
     """Purchases in batches; each partition's share is folded and written on its own."""
     await each_partition(stream, count_partition, windows, published)
@@ -232,7 +256,11 @@ async def slide_idle_windows() -> None:
         saved = sales_clocks.get(partition_key(tp.partition))
         if tp.partition not in windows and saved is None:
             continue  # never had a purchase
-        idle = caught_up(purchases, tp.partition, (saved or {}).get("offset"))
+        idle = caught_up(
+            tp.partition,
+            (purchases, (saved or {}).get("offset")),
+            (routed_purchases, (saved or {}).get("routed")),
+        )
         if idle is None:
             continue  # backlog unknown (just assigned): do not slide past what is queued
         window = window_for(tp.partition, wall, idle)

@@ -51,6 +51,8 @@ def test_a_worker_killed_under_load_loses_nothing_and_counts_nothing_twice(
     assert health["recovery"]["completed"] and set(health["lag"]) <= {
         "purchases",
         "metric-samples",
+        "purchases-routed",
+        "metric-samples-routed",
         "sales-topk-candidates",
         "metric-rollups-by-metric",
         "metric-ticks",

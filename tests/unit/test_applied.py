@@ -11,12 +11,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tally.core.applied import (
+    Source,
+    Stamped,
     apply_server_rollups,
+    holds,
     offset_of,
     one_per_offset,
+    one_per_origin,
+    reach,
     stamp,
     value_of,
 )
+from tally.core.partitioning import origin_header, parse_origin
 from tally.core.rollups import Acc, Rollup, merge_all
 
 #: A server's samples of one minute, in the order they arrive.
@@ -138,3 +144,123 @@ def test_a_batch_has_each_offset_once_in_order(offsets: list[int]) -> None:
     kept = one_per_offset(events)
     assert [e.message.offset for e in kept] == sorted(set(offsets))
     assert all(e in events for e in kept)
+
+
+def test_a_record_keeps_the_marks_of_every_source_it_includes() -> None:
+    """Its own partition's offset, and per source partition forwarded from, the highest origin
+    offset: a batch from one source keeps the marks of the others."""
+    own = stamp(10, 7)
+    assert own == [10, 7]  # the format of records written before forwarding existed
+    forwarded = stamp(12, {3: 40, 1: 5}, own)
+    assert (offset_of(forwarded), offset_of(forwarded, 3), offset_of(forwarded, 1)) == (7, 40, 5)
+    again = stamp(13, 9, forwarded)
+    assert (offset_of(again), offset_of(again, 3), offset_of(again, 2)) == (9, 40, -1)
+    assert holds(again, 40, 3) and not holds(again, 41, 3) and not holds(again, 0, 2)
+    assert holds(again, 9) and not holds(again, 10)
+
+
+def test_an_origin_header_reads_back() -> None:
+    assert parse_origin(origin_header(3, 1_234_567)) == (3, 1_234_567)
+
+
+@dataclass(frozen=True)
+class Forwarded:
+    """A message on the owner's partition: its own (source None) or forwarded (its origin)."""
+
+    message: Message
+    source: Source
+    origin: int
+    key: str
+    amount: int
+
+
+def forwarded_log(
+    messages: dict[int, list[tuple[str, int]]], data: st.DataObject
+) -> list[tuple[Source, int, str, int]]:
+    """What the routed topic of the owner holds: each source partition's messages forwarded in
+    order by forwarders that die at random points and whose successor starts again from the
+    last commit (re-forwarding what was sent since); sources interleave at random."""
+    per_source: dict[int, list[tuple[Source, int, str, int]]] = {}
+    for source, entries in messages.items():
+        sent: list[tuple[Source, int, str, int]] = []
+        committed = -1
+        position = 0
+        while position < len(entries):
+            stop = data.draw(st.integers(position + 1, len(entries)))
+            sent += [(source, o, *entries[o]) for o in range(position, stop)]
+            if stop < len(entries) and data.draw(st.booleans()):  # dies; the successor resumes
+                committed = data.draw(st.integers(committed, stop - 1))
+                position = committed + 1
+            else:
+                committed = position = stop
+        per_source[source] = sent
+    merged: list[tuple[Source, int, str, int]] = []
+    while any(per_source.values()):
+        source = data.draw(st.sampled_from(sorted(s for s, left in per_source.items() if left)))
+        merged.append(per_source[source].pop(0))
+    return merged
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    own=st.lists(st.tuples(st.sampled_from("abc"), st.integers(1, 9)), max_size=15),
+    others=st.dictionaries(
+        st.integers(1, 3),
+        st.lists(st.tuples(st.sampled_from("abc"), st.integers(1, 9)), min_size=1, max_size=15),
+        max_size=3,
+    ),
+    batch=st.integers(1, 6),
+    data=st.data(),
+)
+def test_forwarded_and_own_messages_count_once_through_both_hops_and_crashes(
+    own: list[tuple[str, int]],
+    others: dict[int, list[tuple[str, int]]],
+    batch: int,
+    data: st.DataObject,
+) -> None:
+    """The owner reads its own partition and the routed topic, each in batches, taking turns;
+    it crashes at random mid-batch (any subset of the batch's writes survives) and takes each
+    input again from its last commit. Every cell ends with the sum of each message counted
+    once, whatever the forwarders and the owner re-sent."""
+    inputs = {
+        "own": [Forwarded(Message(o), None, o, key, n) for o, (key, n) in enumerate(own)],
+        "routed": [
+            Forwarded(Message(o), source, origin, key, n)
+            for o, (source, origin, key, n) in enumerate(forwarded_log(others, data))
+        ],
+    }
+    cells: dict[str, Stamped] = {}
+    committed = {name: 0 for name in inputs}
+
+    def run_batch(events: list[Forwarded], crash: bool) -> None:
+        kept = one_per_origin(events, lambda e: (e.source, e.origin))
+        deltas: dict[str, int] = {}
+        for event in kept:
+            if not holds(cells.get(event.key), event.origin, event.source):
+                deltas[event.key] = deltas.get(event.key, 0) + event.amount
+        through = reach((e.source, e.origin) for e in kept)
+        for key, delta in deltas.items():
+            if crash and not data.draw(st.booleans()):
+                continue  # this write was lost with the process
+            before = cells.get(key)
+            cells[key] = stamp(value_of(before, 0) + delta, through, before)
+
+    while any(committed[name] < len(log) for name, log in inputs.items()):
+        name = data.draw(
+            st.sampled_from([n for n, log in inputs.items() if committed[n] < len(log)])
+        )
+        start = committed[name]
+        events = inputs[name][start : start + batch]
+        events = events + data.draw(st.lists(st.sampled_from(events), max_size=2))  # twins
+        crash = data.draw(st.booleans()) and data.draw(st.booleans())
+        run_batch(events, crash)
+        if not crash:
+            committed[name] = start + len(inputs[name][start : start + batch])
+
+    expected: dict[str, int] = {}
+    for key, n in own:
+        expected[key] = expected.get(key, 0) + n
+    for entries in others.values():
+        for key, n in entries:
+            expected[key] = expected.get(key, 0) + n
+    assert {key: value_of(cell) for key, cell in cells.items()} == expected
