@@ -234,7 +234,9 @@ class Settings:
         "TALLY_SCHEMA_REGISTRY",
         "",
         "Empty: the embedded file registry under TALLY_DATA_DIR/schema-registry. "
-        "file:///path: an embedded registry there. http(s)://host:port: a Confluent-compatible "
+        "file:///path: an embedded registry there. topic: (or topic:NAME): one registry for "
+        "the whole deployment, kept on the broker in topic <TALLY_APP_ID>-schemas (or NAME); "
+        "use it when workers run on several hosts. http(s)://host:port: a Confluent-compatible "
         "schema registry.",
     )
     grace_seconds: float = _env_field(

@@ -6,6 +6,8 @@ tools use it without building the app.
 from __future__ import annotations
 
 from functools import cache
+from pathlib import Path
+from urllib.parse import urlsplit
 
 from tally.codecs.avro import (
     AvroCodec,
@@ -14,13 +16,35 @@ from tally.codecs.avro import (
     validate_metric_batch,
     validate_purchase,
 )
-from tally.codecs.registry import SchemaRegistry, open_registry
-from tally.settings import current_settings
+from tally.codecs.log_registry import LogSchemaRegistry
+from tally.codecs.registry import FileSchemaRegistry, HttpSchemaRegistry, SchemaRegistry
+from tally.core.errors import ConfigurationError
+from tally.settings import Settings, current_settings
 
 
 @cache
 def registry() -> SchemaRegistry:
-    return open_registry(current_settings().registry_url)
+    return open_registry(current_settings())
+
+
+def open_registry(settings: Settings) -> SchemaRegistry:
+    """`file:///dir` → the embedded registry in that directory; `topic:` (or `topic:NAME`) →
+    the deployment's registry on the broker, topic `<TALLY_APP_ID>-schemas` (or NAME);
+    `http(s)://...` → a client of a Confluent-compatible registry."""
+    url = settings.registry_url
+    parts = urlsplit(url)
+    if parts.scheme == "file":
+        return FileSchemaRegistry(Path(parts.path))
+    if parts.scheme == "topic":
+        topic = parts.path or f"{settings.app_id}-schemas"
+        return LogSchemaRegistry(settings.bootstrap_servers, topic, settings.replication)
+    if parts.scheme in ("http", "https"):
+        return HttpSchemaRegistry(url)
+    raise ConfigurationError(
+        f"schema registry URL {url!r}: use file:///path for the embedded registry, topic: for "
+        "the deployment's registry on the broker, or http(s)://host:port for a "
+        "Confluent-compatible one"
+    )
 
 
 @cache

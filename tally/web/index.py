@@ -10,18 +10,17 @@ from faust.web.exceptions import NotFound
 
 from tally import __version__
 from tally.app import app, settings
-from tally.web.openapi import document, endpoint_index
+from tally.web.openapi import STATIC_CONTENT_TYPES, document, endpoint_index
 
 #: Built once: the endpoints do not change while the worker runs.
 OPENAPI = document()
 INDEX = endpoint_index()
 
-CONTENT_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
 #: The dashboard's files, read once from the package (no build step, nothing from a CDN).
 STATIC = {
     entry.name: entry.read_bytes()
     for entry in files("tally.web").joinpath("static").iterdir()
-    if entry.name.endswith(tuple(CONTENT_TYPES))
+    if entry.name.endswith(tuple(STATIC_CONTENT_TYPES))
 }
 
 
@@ -29,7 +28,7 @@ def static_response(view: View, name: str) -> Response:
     body = STATIC.get(name)
     if body is None:
         raise NotFound(f"no static file {name!r}; there are {sorted(STATIC)}")
-    content_type = CONTENT_TYPES[name[name.rindex(".") :]]
+    content_type = STATIC_CONTENT_TYPES[name[name.rindex(".") :]]
     return view.bytes(body, headers={"Content-Type": f"{content_type}; charset=utf-8"})
 
 

@@ -73,7 +73,8 @@ class Operation:
     result: dict[str, Any] = field(default_factory=lambda: ANY_OBJECT)
     error: dict[str, Any] = field(default_factory=lambda: ERROR)
     body: dict[str, Any] | None = None
-    content_type: str = "application/json"
+    #: The media types a success may come in (`result` describes each).
+    content_types: tuple[str, ...] = ("application/json",)
     #: The `tally ingest` process serves the operations marked so.
     on_ingest_tier: bool = False
 
@@ -81,10 +82,10 @@ class Operation:
         responses: dict[str, Any] = {}
         for status, description in self.statuses.items():
             schema = self.result if status < 300 else self.error
-            content_type = self.content_type if status < 300 else "application/json"
+            types = self.content_types if status < 300 else ("application/json",)
             responses[str(status)] = {
                 "description": description,
-                "content": {content_type: {"schema": schema}},
+                "content": {content_type: {"schema": schema} for content_type in types},
             }
         operation: dict[str, Any] = {
             "summary": self.summary,
@@ -99,6 +100,197 @@ class Operation:
         return operation
 
 
+#: The schema registry's endpoints (Confluent's API): body and answer shapes, errors.
+REGISTRY_BODY = {
+    "required": True,
+    "content": {
+        media: {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "schema": {"type": "string", "description": "the Avro schema, as JSON text"},
+                    "schemaType": {"type": "string", "enum": ["AVRO"], "default": "AVRO"},
+                },
+                "required": ["schema"],
+            }
+        }
+        for media in ("application/vnd.schemaregistry.v1+json", "application/json")
+    },
+}
+LEVEL_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "compatibility": {
+                        "type": "string",
+                        "enum": [
+                            "BACKWARD", "BACKWARD_TRANSITIVE", "FORWARD", "FORWARD_TRANSITIVE",
+                            "FULL", "FULL_TRANSITIVE", "NONE",
+                        ],
+                    }
+                },
+                "required": ["compatibility"],
+            }
+        }
+    },
+}  # fmt: skip
+DELETED = query("deleted", {"type": "boolean"}, "include soft-deleted versions")
+PERMANENT = query("permanent", {"type": "boolean"}, "delete a soft-deleted one for good")
+VERBOSE = query("verbose", {"type": "boolean"}, "say why not")
+SUBJECT = path("subject")
+VERSION = path("version", "a version number (1 to 2147483647) or 'latest'")
+SCHEMA_ID = path("schema_id")
+BODY_ERRORS = {
+    408: "the body did not arrive within 30 s",
+    413: "the body is over 1 MiB",
+    415: "not JSON (Content-Type), or an unknown Content-Encoding",
+}
+VERSION_ERRORS = {
+    404: "no such subject (40401) or version (40402)",
+    422: "the version is not 1 to 2147483647 or 'latest' (42202)",
+}
+VERSION_ANSWER = {
+    "type": "object",
+    "properties": {
+        "subject": {"type": "string"},
+        "version": {"type": "integer"},
+        "id": {"type": "integer"},
+        "schema": {"type": "string"},
+    },
+}
+
+
+def registry_operation(
+    method: str,
+    route: str,
+    summary: str,
+    params: tuple[Param, ...] = (),
+    statuses: dict[int, str] | None = None,
+    body: dict[str, Any] | None = None,
+) -> Operation:
+    return Operation(
+        method,
+        "/registry" + route,
+        summary,
+        params,
+        statuses={200: "the answer", **(statuses or {}), **(BODY_ERRORS if body else {})},
+        error=REGISTRY_ERROR,
+        body=body,
+        content_types=("application/vnd.schemaregistry.v1+json",),
+    )
+
+
+REGISTRY_OPERATIONS = (
+    registry_operation("get", "/subjects", "schema registry: every subject", (DELETED,)),
+    registry_operation(
+        "post",
+        "/subjects/{subject}",
+        "which version of the subject holds this schema",
+        (SUBJECT, DELETED),
+        {404: "no such subject (40401), or no version holds it (40403)",
+         422: "not a valid Avro schema (42201)"},
+        REGISTRY_BODY,
+    ),
+    registry_operation(
+        "delete",
+        "/subjects/{subject}",
+        "soft-delete a subject (then with ?permanent=true: for good): its version numbers",
+        (SUBJECT, PERMANENT),
+        {404: "no such subject (40401), soft-deleted already (40404), or not soft-deleted "
+              "before a permanent delete (40405)"},
+    ),
+    registry_operation(
+        "get", "/subjects/{subject}/versions", "a subject's version numbers", (SUBJECT, DELETED),
+        {404: "no such subject (40401)"},
+    ),
+    registry_operation(
+        "post",
+        "/subjects/{subject}/versions",
+        "register a schema under a subject -> {'id': N}; the subject's compatibility level "
+        "is checked first",
+        (SUBJECT,),
+        {409: "incompatible with earlier versions at the subject's level (the message says "
+              "why), or its id collides with another schema's",
+         422: "not a valid Avro schema, or an unusable subject name (42201)"},
+        REGISTRY_BODY,
+    ),
+    registry_operation(
+        "get", "/subjects/{subject}/versions/{version}", "one version: subject, version, id, "
+        "schema as registered", (SUBJECT, VERSION, DELETED), VERSION_ERRORS,
+    ),
+    registry_operation(
+        "delete", "/subjects/{subject}/versions/{version}",
+        "soft-delete one version (then with ?permanent=true: for good): its number",
+        (SUBJECT, VERSION, PERMANENT),
+        {**VERSION_ERRORS, 404: "no such subject (40401) or version (40402), soft-deleted "
+                                "already (40406), or not soft-deleted before a permanent "
+                                "delete (40407)"},
+    ),
+    registry_operation(
+        "get", "/subjects/{subject}/versions/{version}/schema", "one version's schema alone",
+        (SUBJECT, VERSION), VERSION_ERRORS,
+    ),
+    registry_operation(
+        "get", "/subjects/{subject}/versions/{version}/referencedby",
+        "schemas referencing this version (references are not supported: always empty)",
+        (SUBJECT, VERSION), VERSION_ERRORS,
+    ),
+    registry_operation(
+        "get", "/schemas/ids/{schema_id}", "one schema by id, as registered", (SCHEMA_ID,),
+        {404: "no such id (40403)"},
+    ),
+    registry_operation(
+        "get", "/schemas/ids/{schema_id}/schema", "one schema by id, alone", (SCHEMA_ID,),
+        {404: "no such id (40403)"},
+    ),
+    registry_operation(
+        "get", "/schemas/ids/{schema_id}/versions", "every subject and version holding it",
+        (SCHEMA_ID, DELETED), {404: "no such id (40403)"},
+    ),
+    registry_operation(
+        "get", "/schemas/ids/{schema_id}/subjects", "every subject holding it",
+        (SCHEMA_ID, DELETED), {404: "no such id (40403)"},
+    ),
+    registry_operation("get", "/schemas/types", "the schema types taken: AVRO"),
+    registry_operation("get", "/config", "the global compatibility level (BACKWARD until set)"),
+    registry_operation(
+        "put", "/config", "set the global compatibility level", (),
+        {422: "not a compatibility level (42203)"}, LEVEL_BODY,
+    ),
+    registry_operation(
+        "get", "/config/{subject}", "a subject's compatibility level",
+        (SUBJECT, query("defaultToGlobal", {"type": "boolean"}, "the global one if unset")),
+        {404: "no level set for the subject (40408)"},
+    ),
+    registry_operation(
+        "put", "/config/{subject}", "set a subject's compatibility level", (SUBJECT,),
+        {404: "an unusable subject name (40401)", 422: "not a compatibility level (42203)"},
+        LEVEL_BODY,
+    ),
+    registry_operation(
+        "delete", "/config/{subject}", "unset a subject's level (the global one applies)",
+        (SUBJECT,), {404: "no level set for the subject (40408)"},
+    ),
+    registry_operation(
+        "post", "/compatibility/subjects/{subject}/versions/{version}",
+        "is this schema compatible with one version, at the subject's level? -> "
+        "{'is_compatible': bool}", (SUBJECT, VERSION, VERBOSE),
+        {**VERSION_ERRORS, 422: "not a valid Avro schema (42201), or a bad version (42202)"},
+        REGISTRY_BODY,
+    ),
+    registry_operation(
+        "post", "/compatibility/subjects/{subject}/versions",
+        "would registering this schema pass the subject's level? -> {'is_compatible': bool}",
+        (SUBJECT, VERBOSE),
+        {404: "an unusable subject name (40401)", 422: "not a valid Avro schema (42201)"},
+        REGISTRY_BODY,
+    ),
+)  # fmt: skip
+
+
 READY = {200: "the answer", 503: "this worker is starting or rebalancing: retry shortly"}
 WINDOW_QUERY = {**READY, 400: "a parameter is unusable (the message says which)"}
 RANGE = (
@@ -108,7 +300,9 @@ RANGE = (
 
 
 #: Server-sent events: a text stream that does not end while the client listens.
-STREAM: dict[str, Any] = {"result": {"type": "string"}, "content_type": "text/event-stream"}
+STREAM: dict[str, Any] = {"result": {"type": "string"}, "content_types": ("text/event-stream",)}
+#: The dashboard's files by extension, and the media type each is served as.
+STATIC_CONTENT_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
 STREAM_STATUSES = {
     200: "an event stream",
     400: "a parameter is unusable (the message says which)",
@@ -186,6 +380,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "/",
         "this index: the service and its endpoints (on a worker, a browser asking for HTML "
         "gets the live dashboard)",
+        content_types=("application/json", "text/html"),
         on_ingest_tier=True,
     ),
     Operation(
@@ -195,7 +390,7 @@ OPERATIONS: tuple[Operation, ...] = (
         (path("name"),),
         statuses={200: "the file", 404: "no such file"},
         result={"type": "string"},
-        content_type="text/plain",
+        content_types=tuple(STATIC_CONTENT_TYPES.values()),
     ),
     Operation(
         "get",
@@ -222,7 +417,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "/metrics",
         "Prometheus: events by outcome, rejects by rule, ingest, consumer lag, table sizes",
         result={"type": "string"},
-        content_type="text/plain",
+        content_types=("text/plain",),
         on_ingest_tier=True,
     ),
     ingest_operation("purchases", "send purchases", load_schema("purchase")),
@@ -311,64 +506,7 @@ OPERATIONS: tuple[Operation, ...] = (
         statuses=STREAM_STATUSES,
         **STREAM,
     ),
-    Operation(
-        "get", "/registry/subjects", "schema registry: every subject", result={"type": "array"}
-    ),
-    Operation(
-        "get",
-        "/registry/subjects/{subject}/versions",
-        "versions of a subject",
-        (path("subject"),),
-        statuses={200: "the versions", 404: "no such subject"},
-        error=REGISTRY_ERROR,
-    ),
-    Operation(
-        "post",
-        "/registry/subjects/{subject}/versions",
-        "register a schema under a subject: {'schema': '<Avro JSON>'} -> {'id': N}",
-        (path("subject"),),
-        statuses={
-            200: "its id",
-            408: "the body did not arrive within 30 s",
-            409: "its id collides with another schema's",
-            413: "the body is over 1 MiB",
-            415: "not JSON (Content-Type), or an unknown Content-Encoding",
-            422: "not a valid Avro schema, or an unusable subject name",
-        },
-        error=REGISTRY_ERROR,
-        body={
-            "required": True,
-            "content": {
-                "application/json": {
-                    "schema": {
-                        "type": "object",
-                        "properties": {"schema": {"type": "string"}},
-                        "required": ["schema"],
-                    }
-                }
-            },
-        },
-    ),
-    Operation(
-        "get",
-        "/registry/subjects/{subject}/versions/{version}",
-        "one version of a subject (a number, or latest)",
-        (path("subject"), path("version")),
-        statuses={
-            200: "the schema",
-            404: "no such subject or version",
-            422: "the version is not 1 to 2147483647 or 'latest'",
-        },
-        error=REGISTRY_ERROR,
-    ),
-    Operation(
-        "get",
-        "/registry/schemas/ids/{schema_id}",
-        "one schema by id",
-        (path("schema_id"),),
-        statuses={200: "the schema", 404: "no such id"},
-        error=REGISTRY_ERROR,
-    ),
+    *REGISTRY_OPERATIONS,
 )
 
 

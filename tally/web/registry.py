@@ -1,138 +1,349 @@
 """A Confluent-compatible schema-registry API over this worker's registry, at `/registry`.
 
-The subset producers and consumers use: subjects, versions, register, schema by id, with
-Confluent's error codes. `HttpSchemaRegistry` is a client of it (or of a real Confluent one).
-Every path parameter is checked before it reaches the registry (a subject of any length, a
-version or id of any number of digits is a 4xx, never a 500), and a body is read up to
-REGISTRY_MAX_BYTES (413 beyond).
+The API Confluent's clients call: subjects, versions, register and look up, schemas by id
+and where they are used, schema types, soft and hard deletes, the compatibility level
+(global and per subject) and compatibility tests, with Confluent's error codes in JSON.
+Schemas are served as registered. Every path parameter is checked before it reaches the
+registry (a subject of any length, a version or id of any number of digits is a 4xx, never a
+500), and a body is read up to REGISTRY_MAX_BYTES (413 beyond).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from faust.web import Request, Response, View
 
 from tally.app import app
 from tally.codecs.catalog import registry
-from tally.codecs.registry import canonical_text, positive_id, subject_problem
-from tally.core.errors import BodyTimeout, SchemaError, UnknownSchemaError, UnreadableBody
+from tally.codecs.compatibility import Level, parse_level
+from tally.codecs.registry import (
+    FileSchemaRegistry,
+    RegistryError,
+    SchemaNotFound,
+    Version,
+    positive_id,
+    subject_problem,
+)
+from tally.core.errors import BodyTimeout, UnreadableBody
 from tally.http.hygiene import REGISTRY_MAX_BYTES, read_body, too_large
 
-SUBJECT_NOT_FOUND = 40401
-VERSION_NOT_FOUND = 40402
-SCHEMA_NOT_FOUND = 40403
 INVALID_SCHEMA = 42201
 INVALID_VERSION = 42202
+INVALID_LEVEL = 42203
 #: Confluent has no codes of its own for these; the HTTP status is used.
 BODY_TOO_LARGE = 413
 BODY_TIMEOUT = 408
+#: The schema types this registry takes.
+SCHEMA_TYPES = ["AVRO"]
 
 
-def error(view: View, status: int, code: int, message: str) -> Response:
-    return view.json({"error_code": code, "message": message}, status=status)
+class Refused(Exception):
+    """A request answered with a Confluent error: its status, code and message."""
+
+    def __init__(self, status: int, code: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code = status, code
 
 
-def subject_not_found(view: View, subject: str) -> Response:
-    return error(view, 404, SUBJECT_NOT_FOUND, f"subject {subject[:300]!r} not found")
+Handler = Callable[..., Awaitable[Any]]
 
 
-def bad_subject(view: View, subject: str) -> Response | None:
-    """A 404 naming what is wrong with the subject, or None when it can be one."""
+def confluent(handler: Handler) -> Handler:
+    """The view method's result as JSON; a refusal or a registry error as Confluent's error
+    body with its status."""
+
+    async def answer(view: View, request: Request, **params: str) -> Response:
+        try:
+            return view.json(await handler(view, request, **params))
+        except Refused as exc:
+            status, code, message = exc.status, exc.code, str(exc)
+        except RegistryError as exc:
+            status, code, message = exc.status, exc.code, str(exc)
+        return view.json({"error_code": code, "message": message}, status=status)
+
+    answer.__name__ = handler.__name__
+    answer.__doc__ = handler.__doc__
+    return answer
+
+
+def store() -> FileSchemaRegistry:
+    """The embedded registry (a worker pointed at another registry serves none)."""
+    found = registry()
+    if not isinstance(found, FileSchemaRegistry):
+        raise Refused(
+            404, 40401, "this worker uses an external schema registry: ask it, not /registry"
+        )
+    return found
+
+
+def subject_of(subject: str) -> str:
     problem = subject_problem(subject)
-    return None if problem is None else error(view, 404, SUBJECT_NOT_FOUND, problem)
+    if problem is not None:
+        raise Refused(404, 40401, problem)
+    return subject
+
+
+def version_of(version: str) -> int | None:
+    """A version parameter: a number, or None for "latest" (also "-1")."""
+    if version in ("latest", "-1"):
+        return None
+    number = positive_id(version)
+    if number is None:
+        raise Refused(
+            422,
+            INVALID_VERSION,
+            f"the version {version[:40]!r} is not a valid version id: allowed are 1 to "
+            "2147483647 and 'latest'",
+        )
+    return number
+
+
+def schema_id_of(schema_id: str) -> int:
+    number = positive_id(schema_id)
+    if number is None:
+        raise SchemaNotFound(f"schema id {schema_id[:40]!r} not found")
+    return number
+
+
+def flag(request: Request, name: str) -> bool:
+    return request.query.get(name, "false").lower() == "true"
+
+
+async def body_of(request: Request) -> dict[str, Any]:
+    """The request's JSON object."""
+    try:
+        body = await read_body(request, REGISTRY_MAX_BYTES, 0)  # type: ignore[arg-type]
+    except BodyTimeout as exc:
+        raise Refused(408, BODY_TIMEOUT, str(exc)) from None
+    except UnreadableBody as exc:
+        raise Refused(422, INVALID_SCHEMA, str(exc)) from None
+    if not body.complete:
+        raise Refused(413, BODY_TOO_LARGE, str(too_large(body, REGISTRY_MAX_BYTES)))
+    try:
+        document = json.loads(body.data)
+    except (ValueError, RecursionError) as exc:
+        raise Refused(422, INVALID_SCHEMA, f"the body is not JSON: {str(exc)[:300]}") from None
+    if not isinstance(document, dict):
+        raise Refused(422, INVALID_SCHEMA, "the body must be a JSON object")
+    return document
+
+
+async def schema_in(request: Request) -> str:
+    """The schema a register, lookup or compatibility request carries (Avro only)."""
+    document = await body_of(request)
+    schema, kind = document.get("schema"), document.get("schemaType", "AVRO")
+    if kind not in SCHEMA_TYPES:
+        raise Refused(422, INVALID_SCHEMA, f"schemaType {kind!r}: this registry takes AVRO only")
+    if document.get("references"):
+        raise Refused(422, INVALID_SCHEMA, "schema references are not supported")
+    if not isinstance(schema, str):
+        raise Refused(
+            422, INVALID_SCHEMA, "the body must be {'schema': '<Avro schema as a JSON string>'}"
+        )
+    return schema
+
+
+def described(version: Version) -> dict[str, Any]:
+    """A version as Confluent describes it."""
+    return {
+        "subject": version.subject,
+        "version": version.version,
+        "id": version.id,
+        "schema": store().schema_text(version.id),
+    }
 
 
 @app.page("/registry/subjects")
 class Subjects(View):
-    async def get(self, request: Request) -> Response:
-        return self.json(registry().subjects())
+    @confluent
+    async def get(self, request: Request) -> Any:
+        """Every subject (`?deleted=true`: soft-deleted ones too)."""
+        return store().subjects(deleted=flag(request, "deleted"))
+
+
+@app.page("/registry/subjects/{subject}")
+class SubjectByName(View):
+    @confluent
+    async def post(self, request: Request, subject: str) -> Any:
+        """Which version of the subject holds this schema (404 40403 if none)."""
+        schema = await schema_in(request)
+        found = store().lookup(subject_of(subject), schema, deleted=flag(request, "deleted"))
+        return described(found)
+
+    @confluent
+    async def delete(self, request: Request, subject: str) -> Any:
+        """Soft-delete the subject (`?permanent=true` after that: for good)."""
+        return store().delete_subject(subject_of(subject), permanent=flag(request, "permanent"))
 
 
 @app.page("/registry/subjects/{subject}/versions")
 class SubjectVersions(View):
-    async def get(self, request: Request, subject: str) -> Response:
-        refused = bad_subject(self, subject)
-        if refused is not None:
-            return refused
-        versions = registry().versions(subject)
-        if not versions:
-            return subject_not_found(self, subject)
-        return self.json(list(range(1, len(versions) + 1)))
+    @confluent
+    async def get(self, request: Request, subject: str) -> Any:
+        """The subject's version numbers (`?deleted=true`: soft-deleted ones too)."""
+        versions = store().versions(subject_of(subject), deleted=flag(request, "deleted"))
+        return [v.version for v in versions]
 
-    async def post(self, request: Request, subject: str) -> Response:
+    @confluent
+    async def post(self, request: Request, subject: str) -> Any:
+        """Register a schema: its id (the same id again if the subject holds it already);
+        409 if the subject's compatibility level refuses it."""
         problem = subject_problem(subject)
         if problem is not None:
-            return error(self, 422, INVALID_SCHEMA, problem)
-        try:
-            body = await read_body(request, REGISTRY_MAX_BYTES, 0)  # type: ignore[arg-type]
-        except BodyTimeout as exc:
-            return error(self, 408, BODY_TIMEOUT, str(exc))
-        except UnreadableBody as exc:
-            return error(self, 422, INVALID_SCHEMA, str(exc))
-        if not body.complete:
-            return error(self, 413, BODY_TOO_LARGE, str(too_large(body, REGISTRY_MAX_BYTES)))
-        try:
-            document: Any = json.loads(body.data)
-            schema = json.loads(document["schema"])
-            canonical_text(schema)
-        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
-            return error(
-                self,
-                422,
-                INVALID_SCHEMA,
-                "body must be {'schema': '<Avro JSON>'} holding a valid Avro schema: "
-                f"{type(exc).__name__}: {str(exc)[:300]}",
-            )
-        except Exception as exc:  # fastavro's SchemaParseException and friends
-            return error(self, 422, INVALID_SCHEMA, f"invalid Avro schema: {str(exc)[:300]}")
-        try:
-            return self.json({"id": registry().register(subject, schema)})
-        except SchemaError as exc:
-            return error(self, 409, INVALID_SCHEMA, str(exc))
+            raise Refused(422, INVALID_SCHEMA, problem)
+        return {"id": store().register(subject, await schema_in(request))}
 
 
 @app.page("/registry/subjects/{subject}/versions/{version}")
 class SubjectVersion(View):
-    async def get(self, request: Request, subject: str, version: str) -> Response:
-        refused = bad_subject(self, subject)
-        if refused is not None:
-            return refused
-        number = -1 if version in ("latest", "-1") else positive_id(version)
-        if number is None:
-            return error(
-                self,
-                422,
-                INVALID_VERSION,
-                f"the version {version[:40]!r} is not a valid version id: allowed are 1 to "
-                "2147483647 and 'latest'",
-            )
-        versions = registry().versions(subject)
-        if not versions:
-            return subject_not_found(self, subject)
-        number = len(versions) if number == -1 else number
-        if number > len(versions):
-            return error(
-                self,
-                404,
-                VERSION_NOT_FOUND,
-                f"subject {subject!r} has no version {number} (versions 1-{len(versions)} "
-                "or 'latest')",
-            )
-        schema_id = versions[number - 1]
-        schema = canonical_text(registry().schema(schema_id))
-        return self.json({"subject": subject, "version": number, "id": schema_id, "schema": schema})
+    @confluent
+    async def get(self, request: Request, subject: str, version: str) -> Any:
+        """One version ("latest" or a number) with its id and schema."""
+        deleted = flag(request, "deleted")
+        return described(store().version(subject_of(subject), version_of(version), deleted))
+
+    @confluent
+    async def delete(self, request: Request, subject: str, version: str) -> Any:
+        """Soft-delete one version (`?permanent=true` after that: for good)."""
+        permanent = flag(request, "permanent")
+        return store().delete_version(subject_of(subject), version_of(version), permanent)
+
+
+@app.page("/registry/subjects/{subject}/versions/{version}/schema")
+class SubjectVersionSchema(View):
+    @confluent
+    async def get(self, request: Request, subject: str, version: str) -> Any:
+        """The schema of one version, alone."""
+        found = store().version(subject_of(subject), version_of(version))
+        return json.loads(store().schema_text(found.id))
+
+
+@app.page("/registry/subjects/{subject}/versions/{version}/referencedby")
+class ReferencedBy(View):
+    @confluent
+    async def get(self, request: Request, subject: str, version: str) -> Any:
+        """The ids of schemas that reference this version: none (references are not taken)."""
+        store().version(subject_of(subject), version_of(version))
+        return []
 
 
 @app.page("/registry/schemas/ids/{schema_id}")
 class SchemaById(View):
-    async def get(self, request: Request, schema_id: str) -> Response:
-        number = positive_id(schema_id)
-        try:
-            if number is None:
-                raise UnknownSchemaError(schema_id)
-            schema = registry().schema(number)
-        except UnknownSchemaError:
-            return error(self, 404, SCHEMA_NOT_FOUND, f"schema id {schema_id[:40]!r} not found")
-        return self.json({"schema": canonical_text(schema)})
+    @confluent
+    async def get(self, request: Request, schema_id: str) -> Any:
+        """The schema with this id, as registered."""
+        return {"schema": store().schema_text(schema_id_of(schema_id))}
+
+
+@app.page("/registry/schemas/ids/{schema_id}/schema")
+class RawSchemaById(View):
+    @confluent
+    async def get(self, request: Request, schema_id: str) -> Any:
+        """The schema with this id, alone."""
+        return json.loads(store().schema_text(schema_id_of(schema_id)))
+
+
+@app.page("/registry/schemas/ids/{schema_id}/versions")
+class SchemaVersions(View):
+    @confluent
+    async def get(self, request: Request, schema_id: str) -> Any:
+        """Every (subject, version) that holds this schema."""
+        uses = store().uses(schema_id_of(schema_id), deleted=flag(request, "deleted"))
+        return [{"subject": v.subject, "version": v.version} for v in uses]
+
+
+@app.page("/registry/schemas/ids/{schema_id}/subjects")
+class SchemaSubjects(View):
+    @confluent
+    async def get(self, request: Request, schema_id: str) -> Any:
+        """Every subject that holds this schema."""
+        uses = store().uses(schema_id_of(schema_id), deleted=flag(request, "deleted"))
+        return sorted({v.subject for v in uses})
+
+
+@app.page("/registry/schemas/types")
+class SchemaTypes(View):
+    @confluent
+    async def get(self, request: Request) -> Any:
+        """The schema types this registry takes."""
+        return SCHEMA_TYPES
+
+
+async def level_in(request: Request) -> Level:
+    document = await body_of(request)
+    level = parse_level(document.get("compatibility"))
+    if level is None:
+        raise Refused(
+            422,
+            INVALID_LEVEL,
+            f"invalid compatibility level {str(document.get('compatibility'))[:40]!r}: one "
+            f"of {', '.join(level.value for level in Level)}",
+        )
+    return level
+
+
+@app.page("/registry/config")
+class GlobalConfig(View):
+    @confluent
+    async def get(self, request: Request) -> Any:
+        """The global compatibility level (BACKWARD until set)."""
+        return {"compatibilityLevel": store().level().value}
+
+    @confluent
+    async def put(self, request: Request) -> Any:
+        """Set the global compatibility level: {"compatibility": "FULL"}."""
+        level = await level_in(request)
+        store().set_level(None, level)
+        return {"compatibility": level.value}
+
+
+@app.page("/registry/config/{subject}")
+class SubjectConfig(View):
+    @confluent
+    async def get(self, request: Request, subject: str) -> Any:
+        """The subject's level (404 40408 if unset, unless `?defaultToGlobal=true`)."""
+        level = store().level(subject_of(subject), flag(request, "defaultToGlobal"))
+        return {"compatibilityLevel": level.value}
+
+    @confluent
+    async def put(self, request: Request, subject: str) -> Any:
+        """Set the subject's compatibility level: {"compatibility": "FULL"}."""
+        level = await level_in(request)
+        store().set_level(subject_of(subject), level)
+        return {"compatibility": level.value}
+
+    @confluent
+    async def delete(self, request: Request, subject: str) -> Any:
+        """Unset the subject's level (the global one applies): the level it had."""
+        level = store().level(subject_of(subject), default_to_global=False)
+        store().set_level(subject, None)
+        return {"compatibility": level.value}
+
+
+async def compatibility(request: Request, subject: str, version: int | str | None) -> Any:
+    reasons = store().check(subject_of(subject), await schema_in(request), version)
+    answer: dict[str, Any] = {"is_compatible": not reasons}
+    if flag(request, "verbose"):
+        answer["messages"] = reasons
+    return answer
+
+
+@app.page("/registry/compatibility/subjects/{subject}/versions/{version}")
+class CompatibilityWithVersion(View):
+    @confluent
+    async def post(self, request: Request, subject: str, version: str) -> Any:
+        """Whether a schema is compatible with one version at the subject's level
+        (`?verbose=true`: why not)."""
+        return await compatibility(request, subject, version_of(version))
+
+
+@app.page("/registry/compatibility/subjects/{subject}/versions")
+class CompatibilityWithSubject(View):
+    @confluent
+    async def post(self, request: Request, subject: str) -> Any:
+        """Whether registering a schema would pass the subject's level (`?verbose=true`:
+        why not)."""
+        return await compatibility(request, subject, "all")

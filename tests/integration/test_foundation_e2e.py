@@ -8,7 +8,7 @@ import urllib.request
 from importlib import resources
 
 from tally.broker.local import LocalBroker
-from tally.codecs.avro import AvroCodec, Record, schema_id_of
+from tally.codecs.avro import AvroCodec, Record, load_schema, schema_id_of
 from tally.codecs.registry import HttpSchemaRegistry
 from tally.core.deadletters import DeadLetter
 from tally.feed import metric_batches, purchases
@@ -97,7 +97,7 @@ def test_bad_messages_become_dead_letters_and_the_agent_keeps_going(
         assert letter.reason and letter.time_ms > 0, label
     reasons = {label: by_offset[m.offset][1] for label, m in zip(bad, sent[1:-1], strict=True)}
     assert "999999" in reasons["unknown schema"].reason
-    assert reasons["unknown schema"].error == "UnknownSchemaError"
+    assert reasons["unknown schema"].error == "SchemaNotFound"
     assert reasons["not framed"].stage == "decode"
     assert reasons["truncated"].error == "DecodeError"
     assert reasons["negative quantity"].stage == "validate"
@@ -168,13 +168,13 @@ def test_http_registry_client_against_the_worker_and_schema_evolution(
     worker = make_worker().start()
     client = HttpSchemaRegistry(worker.url + "/registry")
     assert {"purchases-value", "metric-samples-value"} <= set(client.subjects())
-    assert client.schema(purchase_codec.schema_id)["name"] == "tally.sales.Purchase"
+    assert client.schema(purchase_codec.schema_id) == load_schema("purchase")  # as registered
 
     evolved = dict(purchase_codec.kwargs["schema"])
     evolved["fields"] = [*evolved["fields"], {"name": "coupon", "type": "string", "default": ""}]
     newer = AvroCodec(client, "purchases-value", evolved)
     assert newer.schema_id != purchase_codec.schema_id
-    assert client.versions("purchases-value")[-1] == newer.schema_id
+    assert client.versions("purchases-value")[-1].id == newer.schema_id
 
     record = {**purchase("item-7", 6, T0), "coupon": "BLACKFRIDAY"}
     produce(broker.bootstrap, "purchases", [(b"item-7", newer.dumps(record))])

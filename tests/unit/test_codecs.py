@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import struct
 from pathlib import Path
@@ -19,14 +18,15 @@ from tally.codecs.avro import (
     validate_metric_sample,
     validate_purchase,
 )
-from tally.codecs.registry import FileSchemaRegistry, deterministic_id, open_registry
+from tally.codecs.catalog import open_registry
+from tally.codecs.registry import FileSchemaRegistry, HttpSchemaRegistry
 from tally.core.errors import (
     ConfigurationError,
     DecodeError,
-    SchemaError,
     UnknownSchemaError,
     ValidationError,
 )
+from tally.settings import Settings
 
 PURCHASE = {
     "purchase_id": "p1",
@@ -52,42 +52,14 @@ def test_confluent_framing(codec: AvroCodec) -> None:
     assert codec.loads(data) == PURCHASE
 
 
-def test_ids_are_deterministic_across_registries(tmp_path: Path) -> None:
-    schema = load_schema("purchase")
-    a = FileSchemaRegistry(tmp_path / "a").register("s", schema)
-    b = FileSchemaRegistry(tmp_path / "b").register("other-subject", schema)
-    assert a == b == deterministic_id(schema)
-    assert deterministic_id(load_schema("metric_batch")) != a
-
-
-def test_registry_versions_and_subjects(tmp_path: Path) -> None:
-    registry = FileSchemaRegistry(tmp_path)
-    first = registry.register("purchases-value", load_schema("purchase"))
-    assert registry.register("purchases-value", load_schema("purchase")) == first
-    evolved = {
-        **load_schema("purchase"),
-        "fields": [*load_schema("purchase")["fields"], {"name": "x", "type": "int", "default": 0}],
-    }
-    second = registry.register("purchases-value", evolved)
-    assert registry.versions("purchases-value") == [first, second]
-    assert registry.subjects() == ["purchases-value"]
-    assert FileSchemaRegistry(tmp_path).schema(second)["fields"][-1]["name"] == "x"
-    with pytest.raises(UnknownSchemaError):
-        registry.schema(1)
-
-
-def test_a_colliding_id_is_refused(tmp_path: Path) -> None:
-    registry = FileSchemaRegistry(tmp_path)
-    schema_id = registry.register("a", load_schema("purchase"))
-    (tmp_path / "ids" / f"{schema_id}.avsc").write_text('"string"')
-    with pytest.raises(SchemaError, match="collides"):
-        registry.register("a", load_schema("purchase"))
-
-
 def test_open_registry_by_url(tmp_path: Path) -> None:
-    assert isinstance(open_registry(tmp_path.as_uri()), FileSchemaRegistry)
+    def opened(url: str) -> object:
+        return open_registry(Settings.from_env({"TALLY_SCHEMA_REGISTRY": url}))
+
+    assert isinstance(opened(tmp_path.as_uri()), FileSchemaRegistry)
+    assert isinstance(opened("http://registry:8081"), HttpSchemaRegistry)
     with pytest.raises(ConfigurationError, match="file:///path"):
-        open_registry("ftp://somewhere")
+        opened("ftp://somewhere")
 
 
 def test_old_writer_schema_is_resolved_to_the_current_reader(tmp_path: Path) -> None:
@@ -166,20 +138,3 @@ def test_ids_must_be_usable_in_keys(server: str) -> None:
 def test_a_record_that_does_not_fit_is_a_validation_error(codec: AvroCodec) -> None:
     with pytest.raises(ValidationError, match="does not fit"):
         codec.dumps({**PURCHASE, "quantity": "two"})
-
-
-def test_subject_files_of_an_earlier_version_are_read_in_the_current_layout(
-    tmp_path: Path,
-) -> None:
-    schema = load_schema("purchase")
-    schema_id = FileSchemaRegistry(tmp_path).register("purchases-value", schema)
-    for path in (tmp_path / "subjects").glob("*.json"):  # as an earlier version wrote them
-        path.unlink()
-    (tmp_path / "subjects" / "purchases-value.json").write_text(json.dumps([schema_id]))
-    (tmp_path / "subjects" / "a%2Fb.json").write_text(json.dumps([schema_id]))
-    upgraded = FileSchemaRegistry(tmp_path)
-    assert upgraded.subjects() == ["a/b", "purchases-value"]
-    assert upgraded.versions("purchases-value") == [schema_id]
-    long_subject = "s" * 255  # too long to be a file name quoted; fine as a digest
-    assert upgraded.register(long_subject, schema) == schema_id
-    assert upgraded.versions(long_subject) == [schema_id]
