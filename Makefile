@@ -54,7 +54,7 @@ lint: $(STAMP)
 bench: $(BENCH_STAMP) $(WRK)
 	$(BIN)/python -m bench
 
-## bench-more: the archive, ingest, hostile-input, live-stream and failover benchmarks.
+## bench-more: the archive, ingest, hostile-input, live-stream, forwarding and failover benchmarks.
 bench-more: $(STAMP)
 	$(BIN)/python -m bench.archive
 	$(BIN)/python -m bench.ingest

@@ -46,7 +46,8 @@ def test_two_processes_agree_through_the_log(
     with pytest.raises(IncompatibleSchema, match="FULL"):
         one.register("s", record("a", "b"))  # no default: FULL refuses
     second = one.register("s", record("a", "b", default="x"))
-    assert [v.id for v in two.versions("s")] == [first, second]
+    # Reads are served from each view: the other one has it once it read the log that far.
+    wait_until(lambda: [v.id for v in two.versions("s")] == [first, second], 5, 0.05, "v2")
     assert one.level("s") is Level.FULL
 
     # Racing registrations of two new versions: the log orders them; both views agree.
@@ -65,7 +66,7 @@ def test_two_processes_agree_through_the_log(
     for thread in racing:
         thread.join(30)
     assert sorted(ids) == ["c", "d"]
-    # Reads are served from each view: they agree once both have read the log's end.
+    # Both views agree once both have read the log's end.
     wait_until(lambda: one.versions("s") == two.versions("s"), 5, 0.05, "the views agree")
     assert {v.id for v in one.versions("s")[2:]} == set(ids.values())
 
