@@ -140,6 +140,7 @@ class LogSchemaRegistry(FileSchemaRegistry):
 
     def _apply(self, offset: int, value: bytes | None) -> None:
         """One change, as every process applies it; its outcome kept for its writer."""
+        change: Any = {}
         try:
             change = json.loads(value or b"{}")
             result = self._change(change)
@@ -209,9 +210,11 @@ class LogSchemaRegistry(FileSchemaRegistry):
 
     def register(self, subject: str, schema: Schema | str) -> int:
         text = schema_text(schema)  # an invalid schema is refused here, not logged
-        known = self._fresh_read(lambda: self.lookup(subject, text))
-        if known is not None:
-            return known.id
+        try:
+            return self.lookup(subject, text).id  # (looked for again after catching up)
+        except RegistryError as exc:
+            if exc.status != 404:
+                raise
         schema_id: int = self._submit({"op": "register", "subject": subject, "schema": text})
         return schema_id
 
@@ -232,23 +235,6 @@ class LogSchemaRegistry(FileSchemaRegistry):
         self._submit({"op": "set_level", "subject": subject, "level": level_name})
 
     # --- reads: from the view, looked for again after catching up -----------------------
-
-    def _fresh_read(self, read: Callable[[], R]) -> R | None:
-        """`read()`, or None if what it looks for is not in the view even after it caught up
-        (a RegistryError of the not-found kinds)."""
-        try:
-            return read()
-        except RegistryError as exc:
-            if exc.status != 404:
-                raise
-        if not self._catch_up():
-            return None
-        try:
-            return read()
-        except RegistryError as exc:
-            if exc.status != 404:
-                raise
-        return None
 
     def _catch_up(self) -> bool:
         """Wait until the view holds what the log held when this was called (two Fetch rounds

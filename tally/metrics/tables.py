@@ -21,6 +21,7 @@ from functools import cache
 
 from tally.app import app, settings
 from tally.archive.store import Archive
+from tally.runtime.topics import internal_topic
 from tally.topics import METRIC_FINAL_MINUTES, METRIC_PARTIALS, METRIC_TICKS
 
 #: How long minutes stay in the hot tables, by event time (then the archive answers for them).
@@ -31,28 +32,16 @@ _CHANGELOG = {"cleanup.policy": "compact,delete", "retention.ms": RETENTION_MS +
 
 server_rollups = app.Table("server_rollups", key_type=bytes, extra_topic_configs=_CHANGELOG)
 metric_clocks = app.Table("metric_clocks", key_type=bytes)
-rollups_by_metric = app.topic(
-    settings.generation_topic(METRIC_PARTIALS),
-    partitions=settings.partitions,
-    key_type=bytes,
-    value_serializer="json",
-)
+rollups_by_metric = internal_topic(METRIC_PARTIALS, value_serializer="json")
 metric_rollups = app.Table("metric_rollups", key_type=bytes, extra_topic_configs=_CHANGELOG)
 metric_index_watermarks = app.Table("metric_index_watermarks", key_type=bytes)
 
 #: A tick per owned partition per second (co-partitioned with metric-samples, so it reaches
 #: the same worker): closing minutes and retention run as stream events, in partition context.
-metric_ticks = app.topic(
-    settings.generation_topic(METRIC_TICKS),
-    partitions=settings.partitions,
-    key_type=bytes,
-    value_serializer="json",
-)
+metric_ticks = internal_topic(METRIC_TICKS, value_serializer="json")
 #: Every final minute of every server, once: key "<server>|<minute ms>", JSON value
 #: {"server_id", "minute_ms", "metrics": {metric: {"min", "max", "sum", "count"}}}.
-rollups_1m = app.topic(
-    settings.generation_topic(METRIC_FINAL_MINUTES), key_type=bytes, value_serializer="json"
-)
+rollups_1m = internal_topic(METRIC_FINAL_MINUTES, value_serializer="json")
 
 
 @cache

@@ -7,6 +7,8 @@ message becomes a dead letter instead of an exception inside Faust's stream mach
 
 from __future__ import annotations
 
+from typing import Any
+
 from faust.types import TopicT
 
 from tally.app import app, settings
@@ -19,19 +21,21 @@ purchases = app.topic(PURCHASES, key_type=bytes, value_type=bytes)
 metric_samples = app.topic(METRIC_SAMPLES, key_type=bytes, value_type=bytes)
 
 
-def routed(source: str) -> TopicT:
-    """Where messages of `source` that came on another partition than their key's go: as many
-    partitions as `source` (so partition n of both is owned by one worker), one per generation."""
+def internal_topic(name: str, partitions: int | None = None, **options: Any) -> TopicT:
+    """A topic one generation writes and reads for itself (`Settings.generation_topic`),
+    bytes-keyed, with the source topics' partition count unless told (so partition n of it
+    and of the sources is owned by one worker)."""
     return app.topic(
-        settings.generation_topic(ROUTED[source]),
-        partitions=settings.partitions,
+        settings.generation_topic(name),
+        partitions=partitions or settings.partitions,
         key_type=bytes,
-        value_type=bytes,
+        **options,
     )
 
 
-routed_purchases = routed(PURCHASES)
-routed_metric_samples = routed(METRIC_SAMPLES)
+#: Where messages that came on another partition than their key's go (runtime.routing).
+routed_purchases = internal_topic(ROUTED[PURCHASES], value_type=bytes)
+routed_metric_samples = internal_topic(ROUTED[METRIC_SAMPLES], value_type=bytes)
 
 
 def with_routed(source: TopicT, forwarded: TopicT) -> TopicT:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from tally.app import app, settings
 from tally.core.windowing import PaneSpec
+from tally.runtime.topics import internal_topic
 from tally.topics import SALES_CANDIDATES
 
 SALES_SPEC = PaneSpec(
@@ -39,12 +40,7 @@ sales_panes = app.Table(
 sales_clocks = app.Table("sales_clocks", key_type=bytes)
 
 #: Each partition's top-K, merged into the global answer by one worker.
-topk_candidates = app.topic(
-    settings.generation_topic(SALES_CANDIDATES),
-    partitions=1,
-    key_type=bytes,
-    value_serializer="json",
-)
+topk_candidates = internal_topic(SALES_CANDIDATES, partitions=1, value_serializer="json")
 #: "latest|<partition>" and "<last pane>|<partition>" → candidates (see tables.topk).
 sales_topk = app.Table("sales_topk", key_type=bytes, partitions=1)
 

@@ -13,7 +13,7 @@ from tally.broker.local import LocalBroker
 from tally.codecs.compatibility import Level
 from tally.codecs.log_registry import LogSchemaRegistry
 from tally.codecs.registry import IncompatibleSchema, SchemaNotFound, Version
-from tests.harness import wait_until
+from tests.harness import produce, wait_until
 
 TOPIC = "t-schemas"
 
@@ -80,5 +80,19 @@ def test_two_processes_agree_through_the_log(
         assert late.level("s") is Level.FULL
         with pytest.raises(SchemaNotFound):
             late.schema_text(12345)
+    finally:
+        late.close()
+
+
+def test_an_unreadable_record_on_the_log_is_skipped_by_every_process(
+    broker: LocalBroker, registries: list[LogSchemaRegistry]
+) -> None:
+    """A record no version can read (written by hand, or by a newer Tally) stops no reader."""
+    one, _ = registries
+    produce(broker.bootstrap, TOPIC, [(b"registry", b"not json"), (b"registry", b'{"op": 1}')])
+    schema_id = one.register("s", record("a"))
+    late = LogSchemaRegistry([broker.bootstrap], TOPIC)
+    try:
+        assert late.versions("s") == [Version("s", 1, schema_id)]
     finally:
         late.close()
