@@ -476,35 +476,56 @@ async def index_partition(events: Sequence[EventT]) -> None:
             watermarks[upstream] = max(watermarks.get(upstream, 0), update.watermark_ms)
     last = events[-1].message.offset
     indexed = 0
-    #: (metric, minute, its rollups, why) of each record that did not fit.
+    #: (metric, minute, one message's rollups, why) of each message that did not fit.
     refused: list[tuple[str, int, list[tuple[int, str, Acc]], RecordTooLarge]] = []
     with writing_for(events[-1]):
         for (metric, minute), rollups in updates.items():
-            per_server, total = minute_key(metric, minute, PER_SERVER), minute_key(metric, minute)
-            before = value_of(metric_rollups.get(total))
-            servers, merged = apply_server_rollups(metric_rollups.get(per_server), rollups, last)
             try:
-                metric_rollups[per_server] = servers
-            except RecordTooLarge as exc:
-                refused.append((metric, minute, rollups, exc))
+                indexed += index_minute(metric, minute, rollups, last)
                 continue
-            metric_rollups[total] = merged
-            indexed += int(value_of(merged)[3] - (before[3] if before else 0))
+            except RecordTooLarge:
+                pass
+            # Too many servers for one record: message by message, so the rollups that fit
+            # are kept and only the messages that no longer fit are refused.
+            for offset, carried in by_message(rollups).items():
+                try:
+                    indexed += index_minute(metric, minute, carried, offset)
+                except RecordTooLarge as exc:
+                    refused.append((metric, minute, carried, exc))
         for upstream, watermark in watermarks.items():
             key = partition_key(upstream)
             metric_index_watermarks[key] = max(metric_index_watermarks.get(key) or 0, watermark)
     EVENTS.labels(rollups_by_metric.get_topic_name(), "counted").inc(indexed)
     by_offset = {event.message.offset: event for event in events}
     for metric, minute, rollups, why in refused:
-        cells: dict[int, list[tuple[str, int, str, Acc]]] = defaultdict(list)
-        for offset, server, acc in rollups:
-            cells[offset].append((metric, minute, server, acc))
-        for offset, carried in cells.items():
-            sender = IndexUpdate.from_json(cast(dict[str, Any], by_offset[offset].value)).upstream
-            value = json.dumps(IndexUpdate(sender, None, carried).to_json()).encode()
-            key = f"{metric}|{minute}".encode()
-            await reject(by_offset[offset], why, stage="process", value=value, key=key)
+        offset = rollups[0][0]
+        cells = [(metric, minute, server, acc) for _, server, acc in rollups]
+        sender = IndexUpdate.from_json(cast(dict[str, Any], by_offset[offset].value)).upstream
+        value = json.dumps(IndexUpdate(sender, None, cells).to_json()).encode()
+        key = f"{metric}|{minute}".encode()
+        await reject(by_offset[offset], why, stage="process", value=value, key=key)
     prune_metric_index(events[0].message.partition)
+
+
+def index_minute(
+    metric: str, minute: int, rollups: list[tuple[int, str, Acc]], through: int
+) -> int:
+    """A (metric, minute)'s per-server and all-servers records with `rollups` taken; returns
+    the samples it added. Raises RecordTooLarge before writing anything."""
+    per_server, total = minute_key(metric, minute, PER_SERVER), minute_key(metric, minute)
+    before = value_of(metric_rollups.get(total))
+    servers, merged = apply_server_rollups(metric_rollups.get(per_server), rollups, through)
+    metric_rollups[per_server] = servers
+    metric_rollups[total] = merged
+    return int(value_of(merged)[3] - (before[3] if before else 0))
+
+
+def by_message(rollups: list[tuple[int, str, Acc]]) -> dict[int, list[tuple[int, str, Acc]]]:
+    """Rollups grouped by the offset of the message that carried them, in offset order."""
+    grouped: dict[int, list[tuple[int, str, Acc]]] = defaultdict(list)
+    for rollup in rollups:
+        grouped[rollup[0]].append(rollup)
+    return dict(sorted(grouped.items()))
 
 
 @app.agent(rollups_by_metric)

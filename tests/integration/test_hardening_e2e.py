@@ -587,8 +587,9 @@ def test_a_record_too_large_for_its_changelog_dead_letters_the_event_that_made_i
 ) -> None:
     """The by-metric index keeps one record per (metric, minute) with every server in it: with
     enough servers of long ids it would outgrow a Kafka message. The update that would make it
-    so is dead-lettered (rule too_large) instead of failing the producer later; the worker
-    goes on, and each server's own rollup counts every sample."""
+    so is dead-lettered (rule too_large) instead of failing the producer later, message by
+    message: every server is either in the index or in a dead letter, never both, never
+    neither. The worker goes on, and each server's own rollup counts every sample."""
     worker = make_worker().start()
     wall = now_ms()
     minute = wall - wall % 60_000 - 60_000
@@ -607,22 +608,27 @@ def test_a_record_too_large_for_its_changelog_dead_letters_the_event_that_made_i
         [(b["server_id"].encode(), metric_batch_codec.dumps(b)) for b in batches],
     )
 
-    def too_large() -> list[DeadLetter]:
+    def too_large() -> list[tuple[DeadLetter, bytes]]:
         records = consume(broker.bootstrap, "dead-letters", expect=1, timeout=5)
         return [
-            letter
-            for letter in (DeadLetter.from_headers(headers_of(r)) for r in records)
-            if letter.rule == "too_large"
+            (letter, record.value or b"")
+            for record in records
+            if (letter := DeadLetter.from_headers(headers_of(record))).rule == "too_large"
         ]
 
     found = wait_until(too_large, 90, 1.0, "a too_large dead letter")
-    assert all(letter.topic.startswith("metric-rollups-by-metric") for letter in found), found
-    assert "at most 900,000" in found[0].reason
+    assert all(letter.topic.startswith("metric-rollups-by-metric") for letter, _ in found), found
+    assert "at most 900,000" in found[0][0].reason
     for server in servers[::500]:
         path = f"/api/servers/{quote(server, safe='')}/summary"
         wait_until(lambda: worker.get(path)["metrics"].get("cpu", {}).get("count") == 1, 30)  # noqa: B023
-    indexed = worker.get("/api/metrics/cpu?step=1m")
-    counts = [point["count"] for point in indexed["series"]]
-    assert 0 < sum(counts) < len(servers), counts
+
+    def accounted() -> tuple[set[str], set[str]] | None:
+        indexed = set(worker.get("/api/metrics/cpu?step=1m&by=server")["servers"])
+        refused = {cell[2] for _, value in too_large() for cell in json.loads(value)["cells"]}
+        return (indexed, refused) if len(indexed | refused) == len(servers) else None
+
+    indexed, refused = wait_until(accounted, 60, 1.0, "every server indexed or refused")
+    assert indexed and refused and not indexed & refused, (len(indexed), len(refused))
     time.sleep(5)
     assert worker.process is not None and worker.process.poll() is None, worker.tail()
