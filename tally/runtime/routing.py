@@ -6,30 +6,14 @@ message is forwarded, as it came or cut down to the records the owner needs, to 
 partition number of the source's routed topic (co-partitioned: the owner's worker reads it),
 carrying its origin. The owner's pipeline reads both topics; records keep per-source offsets
 (core.applied), so a message forwarded twice counts once.
-
-Forwarded messages come one hop later than the owner's own, and when a backlog is read, much
-later in event time. So every partition announces its own watermark on the routed topic to
-every other partition (`announce`, in order with what it forwarded), and a partition's
-watermark never passes the slowest announced one (core.windowing.EventClock): a message is
-late only if it would have been late where the producer put it.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Sequence
-
 from faust.types import EventT, TopicT
 
-from tally.app import settings
 from tally.core.applied import Source
-from tally.core.partitioning import (
-    ORIGIN_HEADER,
-    WATERMARK_HEADER,
-    parse_partition_tag,
-    partition_tag,
-)
-from tally.core.windowing import UNBOUNDED, EventClock
+from tally.core.partitioning import ORIGIN_HEADER, origin_header, parse_origin
 from tally.runtime.topics import metric_samples, purchases, routed_metric_samples, routed_purchases
 from tally.telemetry import EVENTS
 
@@ -42,66 +26,8 @@ ROUTES: dict[str, TopicT] = {
 SOURCES = {topic.get_topic_name(): source for source, topic in ROUTES.items()}
 
 
-#: A partition announces a new watermark at most this often, and the same one again after
-#: HEARTBEAT_S (a restarted owner, which keeps no announcement, hears it again soon).
-ANNOUNCE_EVERY_S = 0.2
-HEARTBEAT_S = 1.0
-
-
 def is_forwarded(event: EventT) -> bool:
     return event.message.topic in SOURCES
-
-
-def announcement(event: EventT) -> tuple[int, int] | None:
-    """(partition, watermark ms) if the event is a watermark announcement, else None."""
-    raw = event.headers.get(WATERMARK_HEADER) if is_forwarded(event) else None
-    return None if raw is None else parse_partition_tag(raw)
-
-
-def hear_all(clock: EventClock, events: Sequence[EventT]) -> None:
-    """Give `clock` the announcements among `events`."""
-    for event in events:
-        heard = announcement(event)
-        if heard is not None:
-            clock.hear(*heard)
-
-
-#: (source topic, partition) → (watermark announced last, when: monotonic s).
-_announced: dict[tuple[str, int], tuple[int, float]] = {}
-
-
-def mark(own_watermark: int | None, source_idle: bool | None) -> int | None:
-    """What a partition announces: its own watermark; `UNBOUNDED` if it has no message of
-    its own and none waiting in its source partition; None (nothing) while unknown."""
-    if own_watermark is not None:
-        return own_watermark
-    return UNBOUNDED if source_idle else None
-
-
-def others(partition: int) -> frozenset[int]:
-    """The partitions whose announcements `partition`'s watermark waits for."""
-    return frozenset(range(settings.partitions)) - {partition}
-
-
-async def announce(source: TopicT, partition: int, watermark_ms: int | None) -> None:
-    """Tell every other partition of `source`'s routed topic how far this partition's own
-    messages are (`UNBOUNDED`: it has none), after what it forwarded: when it changed, at most
-    every ANNOUNCE_EVERY_S, and again every HEARTBEAT_S."""
-    name = source.get_topic_name()
-    last = _announced.get((name, partition))
-    now = time.monotonic()
-    if watermark_ms is None or (
-        last is not None
-        and now - last[1] < (HEARTBEAT_S if last[0] == watermark_ms else ANNOUNCE_EVERY_S)
-    ):
-        return
-    _announced[(name, partition)] = (watermark_ms, now)
-    tag = partition_tag(partition, watermark_ms)
-    for other in range(settings.partitions):
-        if other != partition:
-            await ROUTES[name].send(
-                key=b"watermark", value=b"", partition=other, headers={WATERMARK_HEADER: tag}
-            )
 
 
 def origin_of(event: EventT) -> tuple[str, int, int]:
@@ -112,7 +38,7 @@ def origin_of(event: EventT) -> tuple[str, int, int]:
     raw = event.headers.get(ORIGIN_HEADER) if topic is not None else None
     if topic is None or raw is None:
         return message.topic, message.partition, message.offset
-    partition, offset = parse_partition_tag(raw)
+    partition, offset = parse_origin(raw)
     return topic, partition, offset
 
 
@@ -133,6 +59,6 @@ async def forward(event: EventT, owner: int, value: bytes | None = None) -> None
         key=message.key,
         value=message.value if value is None else value,
         partition=owner,
-        headers={ORIGIN_HEADER: partition_tag(message.partition, message.offset)},
+        headers={ORIGIN_HEADER: origin_header(message.partition, message.offset)},
     )
     EVENTS.labels(message.topic, "forwarded").inc()

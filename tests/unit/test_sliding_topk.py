@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from tally.core.sliding import Arrival, SlidingTotals
 from tally.core.topk import Candidates, RankedTotals, merge_candidates, merge_top, rank_key
-from tally.core.windowing import UNBOUNDED, EventClock, PaneSpec
+from tally.core.windowing import EventClock, PaneSpec
 
 PANE = 100  # ms: small numbers keep the search space dense with rollovers and ties
 
@@ -255,73 +255,3 @@ def test_event_clock_follows_the_wall_only_while_caught_up(
         assert now is None or now <= wall
         assert last is None or (now is not None and now >= last)
         last = now
-
-
-def test_a_partition_watermark_waits_for_the_slowest_other_partition() -> None:
-    clock = EventClock(awaited=frozenset({1, 2, 3}))
-    clock.observe(1_000, 5_000)
-    clock.hear(2, 500)
-    clock.hear(3, 700)
-    assert clock.watermark(5_000, 10) is None  # partition 1 has not announced yet
-    clock.hear(1, UNBOUNDED)  # it has no message of its own: it holds no one back
-    assert (clock.own_watermark(5_000, 10), clock.watermark(5_000, 10)) == (990, 500)
-    clock.hear(2, 400)  # a real announcement never goes back
-    clock.hear(2, 2_000)
-    assert clock.watermark(5_000, 10) == 700
-    clock.hear(1, 600)  # partition 1's first message: now it counts
-    assert clock.watermark(5_000, 10) == 600
-    restored = EventClock.from_record(clock.record(), clock.awaited)
-    assert restored == clock and restored.watermark(5_000, 10) == 600
-    only_forwarded = EventClock(upstream={1: 300, 2: UNBOUNDED})
-    assert only_forwarded.watermark(0, 10) == 300
-    assert EventClock(upstream={1: UNBOUNDED}).watermark(0, 10) is None
-
-
-@settings(max_examples=200, deadline=None)
-@given(
-    source=st.lists(st.integers(0, 400), min_size=1, max_size=40),
-    own=st.lists(st.integers(0, 400), max_size=40),
-    lag=st.integers(0, 40),
-    batch=st.integers(1, 8),
-)
-def test_forwarded_events_are_late_only_if_late_where_they_were_written(
-    source: list[int], own: list[int], lag: int, batch: int
-) -> None:
-    """A source partition's events (times in any order) reach the owner through the routed
-    topic any number of batches after the owner read its own, faster stream (a backlog); the
-    source announces its watermark after each batch it forwards. An event is late at the owner
-    late at the owner only if it was late at the source by the source's own clock (the owner
-    judges a batch before the announcement that follows it, so it may take an event the
-    source would have set aside, never the other way round)."""
-    spec = PaneSpec(pane_ms=10, window_panes=3, grace_ms=5)
-    wall = 10_000  # ahead of every event time, and still: a backlog, no idle credit
-    at_source = SlidingTotals(spec)  # judges each event as if the source owned it
-    late_at_source = []
-    routed: list[tuple[str, object]] = []  # what the routed topic of the owner holds, in order
-    for start in range(0, len(source), batch):
-        chunk = [("k", 1, t) for t in source[start : start + batch]]
-        outcome = at_source.ingest(chunk, wall)
-        late_at_source += [start + i for i in outcome.late]
-        routed += [("event", arrival) for arrival in chunk]
-        routed.append(("mark", at_source.clock.own_watermark(wall, spec.grace_ms)))
-    owner = SlidingTotals(spec, EventClock(awaited=frozenset({1})))
-    store = PaneStore()
-    own_batches = [[("o", 1, t) for t in own[i : i + batch]] for i in range(0, len(own), batch)]
-    late_at_owner: list[int] = []
-    seen = 0
-    steps = max(len(own_batches), 1) + lag + len(routed)
-    for step in range(steps):
-        if step < len(own_batches):
-            store.write(owner.ingest(own_batches[step], wall).pane_deltas)
-        if step >= lag and routed:
-            events = []
-            while routed and routed[0][0] == "event":
-                events.append(routed.pop(0)[1])
-            outcome = owner.ingest(events, wall, own=False)  # type: ignore[arg-type]
-            late_at_owner += [seen + i for i in outcome.late]
-            seen += len(events)
-            store.write(outcome.pane_deltas)
-            if routed:  # the announcement after them
-                owner.clock.hear(1, routed.pop(0)[1])  # type: ignore[arg-type]
-        owner.advance(wall, store.read, 5)
-    assert set(late_at_owner) <= set(late_at_source)
