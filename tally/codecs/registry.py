@@ -352,9 +352,7 @@ class FileSchemaRegistry(SchemaRegistry):
         """Soft-delete one version (None: the latest live one), or delete a soft-deleted one
         for good."""
         with self._changing():
-            record = self._subject(subject)
-            if not record.live and not (permanent and record.versions):
-                raise SubjectNotFound(f"subject {subject!r} not found")
+            record = self._existing(subject, permanent)
             target = self.version(subject, number, deleted=number is not None)
             if not permanent and target.deleted:
                 raise VersionSoftDeleted(

@@ -6,10 +6,15 @@ and where they are used, schema types, soft and hard deletes, the compatibility 
 Schemas are served as registered. Every path parameter is checked before it reaches the
 registry (a subject of any length, a version or id of any number of digits is a 4xx, never a
 500), and a body is read up to REGISTRY_MAX_BYTES (413 beyond).
+
+Registry calls run in a thread: they read and write files, and the deployment's registry
+(`topic:`) waits for its log (a change, or a lookup of what another process just registered),
+which must not stall the worker's event loop and its pipelines.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -58,11 +63,8 @@ def confluent(handler: Handler) -> Handler:
     async def answer(view: View, request: Request, **params: str) -> Response:
         try:
             return view.json(await handler(view, request, **params))
-        except Refused as exc:
-            status, code, message = exc.status, exc.code, str(exc)
-        except RegistryError as exc:
-            status, code, message = exc.status, exc.code, str(exc)
-        return view.json({"error_code": code, "message": message}, status=status)
+        except (Refused, RegistryError) as exc:
+            return view.json({"error_code": exc.code, "message": str(exc)}, status=exc.status)
 
     answer.__name__ = handler.__name__
     answer.__doc__ = handler.__doc__
@@ -161,7 +163,7 @@ class Subjects(View):
     @confluent
     async def get(self, request: Request) -> Any:
         """Every subject (`?deleted=true`: soft-deleted ones too)."""
-        return store().subjects(deleted=flag(request, "deleted"))
+        return await asyncio.to_thread(store().subjects, deleted=flag(request, "deleted"))
 
 
 @app.page("/registry/subjects/{subject}")
@@ -170,13 +172,17 @@ class SubjectByName(View):
     async def post(self, request: Request, subject: str) -> Any:
         """Which version of the subject holds this schema (404 40403 if none)."""
         schema = await schema_in(request)
-        found = store().lookup(subject_of(subject), schema, deleted=flag(request, "deleted"))
+        found = await asyncio.to_thread(
+            store().lookup, subject_of(subject), schema, deleted=flag(request, "deleted")
+        )
         return described(found)
 
     @confluent
     async def delete(self, request: Request, subject: str) -> Any:
         """Soft-delete the subject (`?permanent=true` after that: for good)."""
-        return store().delete_subject(subject_of(subject), permanent=flag(request, "permanent"))
+        return await asyncio.to_thread(
+            store().delete_subject, subject_of(subject), permanent=flag(request, "permanent")
+        )
 
 
 @app.page("/registry/subjects/{subject}/versions")
@@ -184,7 +190,9 @@ class SubjectVersions(View):
     @confluent
     async def get(self, request: Request, subject: str) -> Any:
         """The subject's version numbers (`?deleted=true`: soft-deleted ones too)."""
-        versions = store().versions(subject_of(subject), deleted=flag(request, "deleted"))
+        versions = await asyncio.to_thread(
+            store().versions, subject_of(subject), deleted=flag(request, "deleted")
+        )
         return [v.version for v in versions]
 
     @confluent
@@ -194,7 +202,7 @@ class SubjectVersions(View):
         problem = subject_problem(subject)
         if problem is not None:
             raise Refused(422, INVALID_SCHEMA, problem)
-        return {"id": store().register(subject, await schema_in(request))}
+        return {"id": await asyncio.to_thread(store().register, subject, await schema_in(request))}
 
 
 @app.page("/registry/subjects/{subject}/versions/{version}")
@@ -203,13 +211,19 @@ class SubjectVersion(View):
     async def get(self, request: Request, subject: str, version: str) -> Any:
         """One version ("latest" or a number) with its id and schema."""
         deleted = flag(request, "deleted")
-        return described(store().version(subject_of(subject), version_of(version), deleted))
+        return described(
+            await asyncio.to_thread(
+                store().version, subject_of(subject), version_of(version), deleted
+            )
+        )
 
     @confluent
     async def delete(self, request: Request, subject: str, version: str) -> Any:
         """Soft-delete one version (`?permanent=true` after that: for good)."""
         permanent = flag(request, "permanent")
-        return store().delete_version(subject_of(subject), version_of(version), permanent)
+        return await asyncio.to_thread(
+            store().delete_version, subject_of(subject), version_of(version), permanent
+        )
 
 
 @app.page("/registry/subjects/{subject}/versions/{version}/schema")
@@ -217,8 +231,8 @@ class SubjectVersionSchema(View):
     @confluent
     async def get(self, request: Request, subject: str, version: str) -> Any:
         """The schema of one version, alone."""
-        found = store().version(subject_of(subject), version_of(version))
-        return json.loads(store().schema_text(found.id))
+        found = await asyncio.to_thread(store().version, subject_of(subject), version_of(version))
+        return json.loads(await asyncio.to_thread(store().schema_text, found.id))
 
 
 @app.page("/registry/subjects/{subject}/versions/{version}/referencedby")
@@ -226,7 +240,7 @@ class ReferencedBy(View):
     @confluent
     async def get(self, request: Request, subject: str, version: str) -> Any:
         """The ids of schemas that reference this version: none (references are not taken)."""
-        store().version(subject_of(subject), version_of(version))
+        await asyncio.to_thread(store().version, subject_of(subject), version_of(version))
         return []
 
 
@@ -235,7 +249,7 @@ class SchemaById(View):
     @confluent
     async def get(self, request: Request, schema_id: str) -> Any:
         """The schema with this id, as registered."""
-        return {"schema": store().schema_text(schema_id_of(schema_id))}
+        return {"schema": await asyncio.to_thread(store().schema_text, schema_id_of(schema_id))}
 
 
 @app.page("/registry/schemas/ids/{schema_id}/schema")
@@ -243,7 +257,7 @@ class RawSchemaById(View):
     @confluent
     async def get(self, request: Request, schema_id: str) -> Any:
         """The schema with this id, alone."""
-        return json.loads(store().schema_text(schema_id_of(schema_id)))
+        return json.loads(await asyncio.to_thread(store().schema_text, schema_id_of(schema_id)))
 
 
 @app.page("/registry/schemas/ids/{schema_id}/versions")
@@ -251,7 +265,9 @@ class SchemaVersions(View):
     @confluent
     async def get(self, request: Request, schema_id: str) -> Any:
         """Every (subject, version) that holds this schema."""
-        uses = store().uses(schema_id_of(schema_id), deleted=flag(request, "deleted"))
+        uses = await asyncio.to_thread(
+            store().uses, schema_id_of(schema_id), deleted=flag(request, "deleted")
+        )
         return [{"subject": v.subject, "version": v.version} for v in uses]
 
 
@@ -260,7 +276,9 @@ class SchemaSubjects(View):
     @confluent
     async def get(self, request: Request, schema_id: str) -> Any:
         """Every subject that holds this schema."""
-        uses = store().uses(schema_id_of(schema_id), deleted=flag(request, "deleted"))
+        uses = await asyncio.to_thread(
+            store().uses, schema_id_of(schema_id), deleted=flag(request, "deleted")
+        )
         return sorted({v.subject for v in uses})
 
 
@@ -290,13 +308,13 @@ class GlobalConfig(View):
     @confluent
     async def get(self, request: Request) -> Any:
         """The global compatibility level (BACKWARD until set)."""
-        return {"compatibilityLevel": store().level().value}
+        return {"compatibilityLevel": (await asyncio.to_thread(store().level)).value}
 
     @confluent
     async def put(self, request: Request) -> Any:
         """Set the global compatibility level: {"compatibility": "FULL"}."""
         level = await level_in(request)
-        store().set_level(None, level)
+        await asyncio.to_thread(store().set_level, None, level)
         return {"compatibility": level.value}
 
 
@@ -305,26 +323,30 @@ class SubjectConfig(View):
     @confluent
     async def get(self, request: Request, subject: str) -> Any:
         """The subject's level (404 40408 if unset, unless `?defaultToGlobal=true`)."""
-        level = store().level(subject_of(subject), flag(request, "defaultToGlobal"))
+        level = await asyncio.to_thread(
+            store().level, subject_of(subject), flag(request, "defaultToGlobal")
+        )
         return {"compatibilityLevel": level.value}
 
     @confluent
     async def put(self, request: Request, subject: str) -> Any:
         """Set the subject's compatibility level: {"compatibility": "FULL"}."""
         level = await level_in(request)
-        store().set_level(subject_of(subject), level)
+        await asyncio.to_thread(store().set_level, subject_of(subject), level)
         return {"compatibility": level.value}
 
     @confluent
     async def delete(self, request: Request, subject: str) -> Any:
         """Unset the subject's level (the global one applies): the level it had."""
-        level = store().level(subject_of(subject), default_to_global=False)
-        store().set_level(subject, None)
+        level = await asyncio.to_thread(store().level, subject_of(subject), default_to_global=False)
+        await asyncio.to_thread(store().set_level, subject, None)
         return {"compatibility": level.value}
 
 
 async def compatibility(request: Request, subject: str, version: int | str | None) -> Any:
-    reasons = store().check(subject_of(subject), await schema_in(request), version)
+    reasons = await asyncio.to_thread(
+        store().check, subject_of(subject), await schema_in(request), version
+    )
     answer: dict[str, Any] = {"is_compatible": not reasons}
     if flag(request, "verbose"):
         answer["messages"] = reasons
