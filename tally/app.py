@@ -23,7 +23,11 @@ from tally.broker.admin import ensure_serving_topic, ensure_topics, track_topics
 from tally.broker.identity import describe_cluster, reconcile_local_state
 from tally.broker.watch import BrokerWatch
 from tally.http.hygiene import REGISTRY_MAX_BYTES, BodyLimits, application_options
-from tally.runtime.faust_compat import aiokafka_producer, check_pinned_versions
+from tally.runtime.faust_compat import (
+    aiokafka_producer,
+    check_pinned_versions,
+    keep_skipped_messages_uncommitted,
+)
 from tally.runtime.logs import quiet_repeats
 from tally.settings import Settings, current_settings
 
@@ -31,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 settings = current_settings()
 check_pinned_versions()
+keep_skipped_messages_uncommitted()
 
 #: Each pipeline's modules (agents, then the views answering from its tables).
 PIPELINE_MODULES = {

@@ -34,13 +34,17 @@ def group_by_partition(records: Iterable[R], key_field: str, partitions: int) ->
 
 #: The header a forwarded message carries: "<source partition>:<source offset>".
 ORIGIN_HEADER = "tally.origin"
+#: The header of a watermark announcement on a routed topic: "<partition>:<watermark ms>".
+WATERMARK_HEADER = "tally.watermark"
+#: With a watermark announcement, b"1" if the announcer is caught up with its own source.
+RESTING_HEADER = "tally.resting"
 
 
-def origin_header(partition: int, offset: int) -> bytes:
-    return f"{partition}:{offset}".encode()
+def partition_tag(partition: int, number: int) -> bytes:
+    """A header value naming a partition and a number (an offset, a watermark)."""
+    return f"{partition}:{number}".encode()
 
 
-def parse_origin(value: bytes) -> tuple[int, int]:
-    """The (source partition, offset) of a forwarded message's origin header."""
-    partition, offset = value.decode().split(":")
-    return int(partition), int(offset)
+def parse_partition_tag(value: bytes) -> tuple[int, int]:
+    partition, number = value.decode().split(":")
+    return int(partition), int(number)

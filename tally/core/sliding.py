@@ -59,19 +59,15 @@ class SlidingTotals:
     ) -> SlidingTotals:
         """Rebuild the window at the clock's current time from the panes in storage."""
         window = cls(spec, clock)
-        watermark = clock.watermark(wall_ms, spec.grace_ms)
-        if watermark is not None:
-            window.last_pane = spec.pane_of(watermark)
-            for pane in range(spec.first_pane(window.last_pane), window.last_pane + 1):
-                for key, amount in read_pane(pane):
-                    window.totals.add(key, amount)
+        window.advance(wall_ms, read_pane, keep_top=0)  # opens the window, if time is known
         return window
 
     def watermark(self, wall_ms: int) -> int | None:
         return self.clock.watermark(wall_ms, self.spec.grace_ms)
 
-    def ingest(self, batch: Sequence[Arrival], wall_ms: int) -> BatchOutcome:
-        """Classify a batch and add it to the window as it stands (no slide yet).
+    def ingest(self, batch: Sequence[Arrival], wall_ms: int, own: bool = True) -> BatchOutcome:
+        """Classify a batch and add it to the window as it stands (no slide yet). A batch
+        another partition forwarded (`own=False`) does not move the clock (EventClock).
 
         Then the caller writes `pane_deltas` to storage and calls `advance`, so the window
         that slides away has received this batch first and its `Closing` top-K is complete.
@@ -80,18 +76,16 @@ class SlidingTotals:
         deltas: dict[tuple[int, str], int] = defaultdict(int)
         spec, clock = self.spec, self.clock
         for index, (key, amount, event_ms) in enumerate(batch):
-            clock.observe(event_ms, wall_ms)
+            if own:
+                clock.observe(event_ms, wall_ms)
             pane = spec.pane_of(event_ms)
-            watermark = clock.watermark(wall_ms, spec.grace_ms)
-            if watermark is not None and pane < spec.late_before(watermark):
+            horizon = self.horizon(wall_ms)
+            if horizon is not None and pane < horizon:
                 outcome.late.append(index)
                 continue
             deltas[(pane, key)] += amount
         self.late_events += len(outcome.late)
-        watermark = clock.watermark(wall_ms, spec.grace_ms)
-        if self.last_pane is None and watermark is not None:
-            self.last_pane = spec.pane_of(watermark)  # the first window this partition has
-        if self.last_pane is not None:
+        if self.last_pane is not None:  # else `advance` opens the first window from storage
             first = spec.first_pane(self.last_pane)
             for (pane, key), amount in deltas.items():
                 if first <= pane <= self.last_pane:
@@ -99,13 +93,31 @@ class SlidingTotals:
         outcome.pane_deltas = dict(deltas)
         return outcome
 
+    def horizon(self, wall_ms: int) -> int | None:
+        """The first pane an arrival may still be counted in: the window's at the watermark,
+        and never before the window's as it stands (the watermark can step back when a
+        caught-up partition it follows gets a backlog; a pane that has left the window stays
+        closed)."""
+        watermark = self.clock.watermark(wall_ms, self.spec.grace_ms)
+        at_watermark = None if watermark is None else self.spec.late_before(watermark)
+        if self.last_pane is None:
+            return at_watermark
+        current = self.spec.first_pane(self.last_pane)
+        return current if at_watermark is None else max(current, at_watermark)
+
     def advance(self, wall_ms: int, read_pane: PaneReader, keep_top: int) -> Closing | None:
         """Slide to the watermark's pane, if it moved: leaving panes are read back from storage
         and subtracted, entering ones added. Returns the window that slid away, if one did."""
         watermark = self.clock.watermark(wall_ms, self.spec.grace_ms)
-        if watermark is None or self.last_pane is None:
+        if watermark is None:
             return None
         new_last = self.spec.pane_of(watermark)
+        if self.last_pane is None:  # the first window this partition has: what storage holds
+            self.last_pane = new_last
+            for pane in range(self.spec.first_pane(new_last), new_last + 1):
+                for key, amount in read_pane(pane):
+                    self.totals.add(key, amount)
+            return None
         old_last = self.last_pane
         if new_last <= old_last:
             return None

@@ -15,7 +15,7 @@ its panes; it slides one pane at a time. Time is event time, per partition:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -54,15 +54,36 @@ class PaneSpec:
         return self.late_before(watermark_ms) - self.extra_retained_panes
 
 
+#: What a partition with no message of its own announces: it holds no one back.
+UNBOUNDED = 2**62
+
+
 @dataclass
 class EventClock:
-    """Event time of one partition: the newest event time, advancing at wall speed between
-    arrivals, never going back and never ahead of the wall clock (an event stamped in the
-    future moves it to now, not beyond: one fast clock must not make everyone else late).
-    `event_ms` was the clock's reading at wall time `wall_ms`."""
+    """Event time of one partition: the newest event time of its own messages, advancing at
+    wall speed between arrivals, never going back and never ahead of the wall clock (an event
+    stamped in the future moves it to now, not beyond: one fast clock must not make everyone
+    else late). `event_ms` was the clock's reading at wall time `wall_ms`.
+
+    Messages other partitions forward to this one (runtime.routing) travel one hop more and
+    may be far behind its own when a backlog is read: they do not move the clock; instead
+    every other partition announces its own watermark (`upstream`; `UNBOUNDED` while it has
+    no message of its own), and this partition's watermark never passes the slowest of them,
+    so nothing forwarded is late for the hop. An announcer that is caught up (`resting`)
+    holds no one back: its clock follows the wall clock, as this one's does, so what it
+    forwards next is no older than what this partition reads itself; its mark only stands in
+    when this partition has no clock of its own and no busy announcer. Until each of the
+    `awaited` partitions has announced once, there is no watermark (as a stream processor's
+    input channel starts)."""
 
     event_ms: int | None = None
     wall_ms: int = 0
+    #: Partition → the watermark it last announced.
+    upstream: dict[int, int] = field(default_factory=dict)
+    #: The announcers that were caught up when they last announced.
+    resting: set[int] = field(default_factory=set)
+    #: The partitions that may forward to this one (set by the glue; not stored).
+    awaited: frozenset[int] = field(default=frozenset(), compare=False)
 
     def observe(self, event_ms: int, wall_ms: int) -> None:
         current = self.now(wall_ms)
@@ -84,15 +105,56 @@ class EventClock:
             return None
         return self.event_ms + max(0, wall_ms - self.wall_ms)
 
-    def watermark(self, wall_ms: int, grace_ms: int) -> int | None:
+    def own_watermark(self, wall_ms: int, grace_ms: int) -> int | None:
+        """The watermark of this partition's own messages: what it announces to the others."""
         now = self.now(wall_ms)
         return None if now is None else now - grace_ms
 
+    def watermark(self, wall_ms: int, grace_ms: int) -> int | None:
+        """The partition's watermark: its own, held back to the slowest busy other
+        partition's (None until every awaited partition announced, and one of them or this
+        one has messages of its own)."""
+        if not self.awaited <= self.upstream.keys():
+            return None
+        real = {p: mark for p, mark in self.upstream.items() if mark < UNBOUNDED}
+        marks = [mark for p, mark in real.items() if p not in self.resting]
+        own = self.own_watermark(wall_ms, grace_ms)
+        if own is not None:
+            marks.append(own)
+        if marks:
+            return min(marks)
+        return max(real.values()) if real else None
+
+    def hear(self, partition: int, watermark_ms: int, resting: bool = False) -> None:
+        """Another partition's announced watermark (a real one never goes back)."""
+        old = self.upstream.get(partition, UNBOUNDED)
+        self.upstream[partition] = (
+            max(old, watermark_ms) if old < UNBOUNDED and watermark_ms < UNBOUNDED else watermark_ms
+        )
+        if resting:
+            self.resting.add(partition)
+        else:
+            self.resting.discard(partition)
+
     def record(self) -> dict[str, Any]:
-        """The stored form (inside a partition's clock record)."""
-        return {"event_ms": self.event_ms, "wall_ms": self.wall_ms}
+        """The stored form (inside a partition's clock record). Announcements are kept: after
+        a restart or a failover they may be old, which only holds the watermark back until
+        newer ones come, while none would leave the partition without one."""
+        upstream = {str(partition): mark for partition, mark in self.upstream.items()}
+        return {
+            "event_ms": self.event_ms,
+            "wall_ms": self.wall_ms,
+            "upstream": upstream,
+            "resting": sorted(self.resting),
+        }
 
     @classmethod
-    def from_record(cls, saved: Mapping[str, Any] | None) -> EventClock:
+    def from_record(
+        cls, saved: Mapping[str, Any] | None, awaited: frozenset[int] = frozenset()
+    ) -> EventClock:
         saved = saved or {}
-        return cls(saved.get("event_ms"), saved.get("wall_ms", 0))
+        upstream = {
+            int(partition): int(mark) for partition, mark in saved.get("upstream", {}).items()
+        }
+        resting = {int(partition) for partition in saved.get("resting", [])}
+        return cls(saved.get("event_ms"), saved.get("wall_ms", 0), upstream, resting, awaited)

@@ -81,7 +81,14 @@ from tally.runtime.intake import (
     timer,
     writing_for,
 )
-from tally.runtime.routing import forward, is_forwarded, source_of
+from tally.runtime.routing import (
+    announce,
+    announcement,
+    forward,
+    hear_all,
+    is_forwarded,
+    source_of,
+)
 from tally.runtime.store import delete_below, first_parts, partition_key, scan, stored_value
 from tally.runtime.topics import (
     dead_letters,
@@ -159,18 +166,29 @@ async def roll_up(state: PartitionState, events: Sequence[EventT]) -> None:
     touched (server, minute) once, send the by-metric index its whole rollups."""
     partition = events[0].message.partition
     wall = now_ms()
-    # A batch means the partition was not idle: the wall time since the last settle does not
-    # count (only the ticks of a caught-up partition credit it).
-    state.clock.settle(wall, idle=False)
-    decoded = [(event, batch) for event in events if (batch := await owned(event, partition))]
+    # A batch of its own means the partition was not idle: the wall time since the last
+    # settle does not count. One forwarded to it says nothing of its own source.
+    own = not is_forwarded(events[0])
+    state.clock.settle(wall, not own and own_source_idle(partition, state) is True)
+    messages = [event for event in events if announcement(event) is None]
+    decoded = [(event, batch) for event in messages if (batch := await owned(event, state, wall))]
     folding = Folding()
     for event, batch in decoded:
         await fold_message(state, folding, event, batch, wall)
-    records = persist(events, state, folding)
+    hear_all(state.clock, events)  # after the batch: an announcement follows what it covers
+    records = persist(messages, events[-1], state, folding)
     EVENTS.labels(metric_samples.get_topic_name(), "counted").inc(folding.counted)
     EVENTS.labels(metric_samples.get_topic_name(), "redelivered").inc(folding.repeated)
     watermark = state.clock.watermark(wall, GRACE_MS)
     await send_to_metric_index(touched(folding, records), partition, watermark)
+    if own:
+        await announce(metric_samples, partition, state.clock.own_watermark(wall, GRACE_MS), False)
+
+
+def own_source_idle(partition: int, state: PartitionState) -> bool | None:
+    """Whether the partition's metric samples are all processed (None: unknown yet). Idle when
+    its own partition is: what others forward is covered by their announcements."""
+    return caught_up(partition, (metric_samples, state.offset))
 
 
 async def fold_message(
@@ -201,7 +219,8 @@ async def fold_message(
         await reject(event, why, stage=stage, value=one_sample(batch, sample), to=to)
     state.late_events += len(judged.late)
     if judged.newest_ts is not None and judged.oldest_minute is not None:
-        state.clock.observe(judged.newest_ts, wall)
+        if not is_forwarded(event):  # forwarded samples do not move the clock (EventClock)
+            state.clock.observe(judged.newest_ts, wall)
         if state.final_through is None and (
             state.first_minute is None or judged.oldest_minute < state.first_minute
         ):
@@ -224,13 +243,13 @@ def late(sample: Record, watermark: int | None) -> LateSample:
 
 
 def persist(
-    events: Sequence[EventT], state: PartitionState, folding: Folding
+    messages: Sequence[EventT], context: EventT, state: PartitionState, folding: Folding
 ) -> dict[tuple[str, int], Cells]:
-    """Each touched (server, minute) record written once, stamped with how far the batch
-    reaches in each source (core.applied); then the partition's clock, with the last offset
-    of the batch's topic. Returns the records as written."""
-    through = reach(source_of(event) for event in events)
-    context = events[-1]
+    """Each touched (server, minute) record written once, stamped with how far the batch's
+    `messages` reach in each source (core.applied); then the partition's clock, with the
+    offset of the batch's last event (`context`) if it is the partition's own (idle:
+    caught_up). Returns the records as written."""
+    through = reach(source_of(message) for message in messages)
     records: dict[tuple[str, int], Cells] = {}
     with writing_for(context):
         for server, minutes in folding.folded.items():
@@ -240,9 +259,7 @@ def persist(
                 server_rollups[minute_key(server, minute)] = stamp(merged, through, stored)
             if minutes:
                 state.servers.add(server)
-        if is_forwarded(context):
-            state.routed_offset = context.message.offset
-        else:
+        if not is_forwarded(context):
             state.offset = context.message.offset
         metric_clocks[partition_key(context.message.partition)] = state.record()
     return records
@@ -271,17 +288,22 @@ def touched(
     ]
 
 
-async def owned(event: EventT, partition: int) -> Record | None:
+async def owned(event: EventT, state: PartitionState, wall: int) -> Record | None:
     """The event's metric batch, if it decodes and its server belongs to this partition; else
-    None after forwarding it to its server's partition (or dead-lettering it)."""
+    None after forwarding it to its server's partition (it moves this partition's clock: it
+    is one of its own messages) or dead-lettering it."""
     batch = await decode(event, metric_batch_codec())
     if batch is None:
         return None
+    partition = event.message.partition
     owner = partition_for(batch["server_id"], settings.partitions)
     if owner == partition:
         return batch
     if not is_forwarded(event):
         await forward(event, owner)
+        times = [s["ts_ms"] for s in batch["samples"] if isinstance(s.get("ts_ms"), int)]
+        if times:
+            state.clock.observe(max(times), wall)
         return None
     misrouted = ValidationError(
         f"server {batch['server_id']!r} belongs to partition {owner} (murmur2 of the server "
@@ -377,7 +399,8 @@ async def roll_up_samples(stream: StreamT) -> None:
 
 @timer(interval=1.0)
 async def tick_owned_partitions() -> None:
-    """One tick per owned metric-samples partition that has ever had data."""
+    """One tick per owned metric-samples partition that has ever had data; one that never
+    had any announces it holds no other partition back (runtime.routing)."""
     if not app.ready:
         return
     for tp in app.assignor.assigned_actives():
@@ -385,6 +408,9 @@ async def tick_owned_partitions() -> None:
             continue
         if tp.partition in states or partition_key(tp.partition) in metric_clocks:
             await metric_ticks.send(key=b"tick", value={}, partition=tp.partition)
+        else:  # no sample yet: it holds no other partition back while none waits
+            idle = caught_up(tp.partition, (metric_samples, None))
+            await announce(metric_samples, tp.partition, None, idle)
 
 
 async def close_ticked(events: Sequence[EventT]) -> None:
@@ -404,12 +430,11 @@ async def close_partition_minutes(event: EventT) -> None:
     if state.folding:
         return  # the next tick, a second later, sees the batch written
     wall = now_ms()
-    idle = caught_up(
-        partition, (metric_samples, state.offset), (routed_metric_samples, state.routed_offset)
-    )
+    idle = own_source_idle(partition, state)
     if idle is None:
         return  # backlog unknown (just assigned): wait, rather than close minutes too early
     state.clock.settle(wall, idle)
+    await announce(metric_samples, partition, state.clock.own_watermark(wall, GRACE_MS), idle)
     watermark = state.clock.watermark(wall, GRACE_MS)
     if watermark is None:
         return

@@ -15,6 +15,7 @@ from tally.metrics.tables import (
     rollups_by_metric,
     server_rollups,
 )
+from tally.runtime.routing import others
 from tally.runtime.state import PartitionStates
 from tally.runtime.store import first_parts, partition_key, scan
 from tally.runtime.topics import metric_samples
@@ -32,8 +33,6 @@ class PartitionState:
     first_minute: int | None = None
     #: The last metric-samples offset folded into the tables (None: none yet).
     offset: int | None = None
-    #: The last metric-samples-routed offset folded into the tables (None: none yet).
-    routed_offset: int | None = None
     pruned_through: int = 0
     servers: set[str] = field(default_factory=set)
     #: A batch of this partition is being folded: its samples are accepted but not yet
@@ -47,7 +46,6 @@ class PartitionState:
             "final_through": self.final_through,
             "first_minute": self.first_minute,
             "offset": self.offset,
-            "routed": self.routed_offset,
         }
 
     def closed_before(self, watermark: int | None) -> int | None:
@@ -71,12 +69,11 @@ def state_for(partition: int) -> PartitionState:
     if state is None:
         saved = metric_clocks.get(partition_key(partition)) or {}
         state = states[partition] = PartitionState(
-            clock=EventClock.from_record(saved),
+            clock=EventClock.from_record(saved, others(partition)),
             late_events=int(saved.get("late_events", 0)),
             final_through=saved.get("final_through"),
             first_minute=saved.get("first_minute"),
             offset=saved.get("offset"),
-            routed_offset=saved.get("routed"),
             servers=set(first_parts(server_rollups, partition)),
         )
     return state

@@ -32,7 +32,7 @@ from tally.core.deadletters import DeadLetter
 from tally.core.errors import DecodeError, SchemaError, TallyError, ValidationError
 from tally.core.limits import MAX_RECORD_BYTES
 from tally.core.quarantine import DEATHS_ALONE, IN_FLIGHT_DIR, InFlight, InFlightRecords
-from tally.runtime.faust_compat import current_event
+from tally.runtime.faust_compat import current_event, start_offset
 from tally.runtime.logs import SUMMARY, RejectionSummary
 from tally.runtime.routing import origin_of, source_of
 from tally.runtime.state import PartitionStates
@@ -160,8 +160,14 @@ def caught_up(partition: int, *inputs: tuple[TopicT, int | None]) -> bool | None
             highwater = app.consumer.highwater(tp)
         except AssertionError:  # aiokafka asserts the partition is (still) assigned
             return None
-        if highwater is None or (offset is None and highwater > 0):
+        if highwater is None:
             return None
+        if offset is None and highwater > 0:
+            # Nothing processed here yet: idle only if reading starts at the end (a replay
+            # positioned after the partition's last message); else what waits is a backlog.
+            start = start_offset(app.consumer, tp)
+            idle = idle and start is not None and start >= highwater
+            continue
         idle = idle and highwater <= (-1 if offset is None else offset) + 1
     return idle
 

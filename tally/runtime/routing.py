@@ -6,14 +6,31 @@ message is forwarded, as it came or cut down to the records the owner needs, to 
 partition number of the source's routed topic (co-partitioned: the owner's worker reads it),
 carrying its origin. The owner's pipeline reads both topics; records keep per-source offsets
 (core.applied), so a message forwarded twice counts once.
+
+Forwarded messages come one hop later than the owner's own, and when a backlog is read, much
+later in event time. So every partition announces its own watermark on the routed topic to
+every other partition (`announce`, in order with what it forwarded), and a partition's
+watermark never passes the slowest announced one (core.windowing.EventClock): a message is
+late only if it would have been late where the producer put it.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
+
 from faust.types import EventT, TopicT
 
+from tally.app import settings
 from tally.core.applied import Source
-from tally.core.partitioning import ORIGIN_HEADER, origin_header, parse_origin
+from tally.core.partitioning import (
+    ORIGIN_HEADER,
+    RESTING_HEADER,
+    WATERMARK_HEADER,
+    parse_partition_tag,
+    partition_tag,
+)
+from tally.core.windowing import UNBOUNDED, EventClock
 from tally.runtime.topics import metric_samples, purchases, routed_metric_samples, routed_purchases
 from tally.telemetry import EVENTS
 
@@ -26,8 +43,68 @@ ROUTES: dict[str, TopicT] = {
 SOURCES = {topic.get_topic_name(): source for source, topic in ROUTES.items()}
 
 
+#: A partition announces a new watermark at most this often, and the same one again after
+#: HEARTBEAT_S (a restarted owner, which keeps no announcement, hears it again soon).
+ANNOUNCE_EVERY_S = 0.2
+HEARTBEAT_S = 1.0
+
+
 def is_forwarded(event: EventT) -> bool:
     return event.message.topic in SOURCES
+
+
+def announcement(event: EventT) -> tuple[int, int, bool] | None:
+    """(partition, watermark ms, resting) if the event is a watermark announcement."""
+    raw = event.headers.get(WATERMARK_HEADER) if is_forwarded(event) else None
+    if raw is None:
+        return None
+    partition, watermark_ms = parse_partition_tag(raw)
+    return partition, watermark_ms, event.headers.get(RESTING_HEADER) == b"1"
+
+
+def hear_all(clock: EventClock, events: Sequence[EventT]) -> None:
+    """Give `clock` the announcements among `events`."""
+    for event in events:
+        heard = announcement(event)
+        if heard is not None:
+            clock.hear(*heard)
+
+
+#: (source topic, partition) → (what it announced last: watermark and resting, when).
+_announced: dict[tuple[str, int], tuple[tuple[int, bool], float]] = {}
+
+
+def others(partition: int) -> frozenset[int]:
+    """The partitions whose announcements `partition`'s watermark waits for."""
+    return frozenset(range(settings.partitions)) - {partition}
+
+
+async def announce(
+    source: TopicT, partition: int, own_watermark: int | None, idle: bool | None
+) -> None:
+    """Tell every other partition of `source`'s routed topic, after what this partition
+    forwarded, how far its own messages are (`UNBOUNDED`: it has none) and whether it is
+    caught up (`idle`: then it holds no one back, EventClock): when that changed, at most
+    every ANNOUNCE_EVERY_S; the same again (a resting partition's mark follows the wall
+    clock: counts as the same) every HEARTBEAT_S. Nothing while `idle` is unknown and there
+    is no watermark yet."""
+    watermark_ms = own_watermark if own_watermark is not None else UNBOUNDED if idle else None
+    if watermark_ms is None:
+        return
+    name, now, resting = source.get_topic_name(), time.monotonic(), bool(idle)
+    last = _announced.get((name, partition))
+    if last is not None:
+        (last_mark, was_resting), at = last
+        same = was_resting == resting and (resting or last_mark == watermark_ms)
+        if now - at < (HEARTBEAT_S if same else ANNOUNCE_EVERY_S):
+            return
+    _announced[(name, partition)] = ((watermark_ms, resting), now)
+    headers = {WATERMARK_HEADER: partition_tag(partition, watermark_ms)}
+    if resting:
+        headers[RESTING_HEADER] = b"1"
+    for other in range(settings.partitions):
+        if other != partition:
+            await ROUTES[name].send(key=b"watermark", value=b"", partition=other, headers=headers)
 
 
 def origin_of(event: EventT) -> tuple[str, int, int]:
@@ -38,7 +115,7 @@ def origin_of(event: EventT) -> tuple[str, int, int]:
     raw = event.headers.get(ORIGIN_HEADER) if topic is not None else None
     if topic is None or raw is None:
         return message.topic, message.partition, message.offset
-    partition, offset = parse_origin(raw)
+    partition, offset = parse_partition_tag(raw)
     return topic, partition, offset
 
 
@@ -59,6 +136,6 @@ async def forward(event: EventT, owner: int, value: bytes | None = None) -> None
         key=message.key,
         value=message.value if value is None else value,
         partition=owner,
-        headers={ORIGIN_HEADER: origin_header(message.partition, message.offset)},
+        headers={ORIGIN_HEADER: partition_tag(message.partition, message.offset)},
     )
     EVENTS.labels(message.topic, "forwarded").inc()

@@ -32,7 +32,14 @@ from tally.core.partitioning import partition_for
 from tally.core.sliding import Closing, SlidingTotals
 from tally.core.topk import Candidates
 from tally.runtime.intake import caught_up, decode, each_partition, reject, timer, writing_for
-from tally.runtime.routing import forward, is_forwarded, source_of
+from tally.runtime.routing import (
+    announce,
+    announcement,
+    forward,
+    hear_all,
+    is_forwarded,
+    source_of,
+)
 from tally.runtime.store import partition_key
 from tally.runtime.topics import late_events, purchases, routed_purchases, with_routed
 from tally.sales.state import (
@@ -69,11 +76,13 @@ class LateEvent(TallyError):
 # --- stage 1: purchases → panes → per-partition top-K ------------------------------------
 
 
-async def decoded_purchases(event: EventT, partition: int, wall_ms: int) -> list[Record]:
+async def decoded_purchases(
+    event: EventT, partition: int, wall_ms: int, forwarded_times: list[int]
+) -> list[Record]:
     """The valid purchases of one message that this partition owns; the others go to their
-    owner (one message per owner: as it came, or an envelope of their members), and every
-    invalid one is dead-lettered on its own (a single message as it came; a member of an
-    envelope re-encoded alone, keyed by its item)."""
+    owner (one message per owner: as it came, or an envelope of their members; their event
+    times noted in `forwarded_times`), and every invalid one is dead-lettered on its own (a
+    single message as it came; a member of an envelope re-encoded alone, keyed by its item)."""
     decoded = await decode(event, purchases_topic_codec())
     if decoded is None:
         return []
@@ -108,6 +117,7 @@ async def decoded_purchases(event: EventT, partition: int, wall_ms: int) -> list
         await forward(
             event, owner, None if whole else purchase_batch_codec().dumps({"purchases": theirs})
         )
+        forwarded_times.extend(p["event_time_ms"] for p in theirs)
     return valid
 
 
@@ -121,18 +131,27 @@ async def count_partition(events: Sequence[EventT]) -> None:
     persist the touched cells, set aside what came late, publish the top-K."""
     partition = events[0].message.partition
     wall = now_ms()
-    decoded = [(e, p) for e in events for p in await decoded_purchases(e, partition, wall)]
+    own = not is_forwarded(events[0])
+    messages = [event for event in events if announcement(event) is None]
+    forwarded: list[int] = []
+    decoded = [
+        (e, p) for e in messages for p in await decoded_purchases(e, partition, wall, forwarded)
+    ]
     cells, fresh = unapplied(events[-1], decoded)
     EVENTS.labels(purchases.get_topic_name(), "redelivered").inc(len(decoded) - len(fresh))
-    # A batch means the partition was not idle: the wall time since the last settle does not
-    # count (only the ticks of a caught-up partition credit it).
-    window = window_for(partition, wall, idle=False)
+    # A batch of its own means the partition was not idle: the wall time since the last
+    # settle does not count. One forwarded to it says nothing of its own source.
+    window = window_for(partition, wall, not own and own_source_idle(partition) is True)
     outcome = window.ingest(
-        [(p["item_id"], p["quantity"], p["event_time_ms"]) for _, p in fresh], wall
+        [(p["item_id"], p["quantity"], p["event_time_ms"]) for _, p in fresh], wall, own
     )
-    persist(events, window, outcome.pane_deltas, cells)
-    if not fresh:
-        return
+    if forwarded:  # this partition's own messages, counted elsewhere: they move its clock
+        window.clock.observe(max(forwarded), wall)
+    hear_all(window.clock, events)  # after the batch: an announcement follows what it covers
+    persist(messages, events[-1], window, outcome.pane_deltas, cells)
+    if own:
+        own_watermark = window.clock.own_watermark(wall, SALES_SPEC.grace_ms)
+        await announce(purchases, partition, own_watermark, idle=False)
     closing = slide(partition, window, wall)
     EVENTS.labels(purchases.get_topic_name(), "counted").inc(len(fresh) - len(outcome.late))
     await set_aside_late(window, wall, [fresh[index] for index in outcome.late])
@@ -157,38 +176,36 @@ def unapplied(
     return cells, fresh
 
 
-#: Where a partition's clock record keeps the last offset processed of each input topic.
-OFFSET_FIELDS = {purchases.get_topic_name(): "offset", routed_purchases.get_topic_name(): "routed"}
-
-
 def persist(
-    events: Sequence[EventT],
+    messages: Sequence[EventT],
+    context: EventT,
     window: SlidingTotals,
     pane_deltas: Mapping[tuple[int, str], int],
     cells: dict[bytes, Stamped | None],
 ) -> None:
-    """Each touched cell written once, stamped with how far the batch reaches in each source
-    (core.applied); then the clock, with the last offset of the batch's topic."""
-    through = reach(source_of(event) for event in events)
-    context = events[-1]
+    """Each touched cell written once, stamped with how far the batch's `messages` reach in
+    each source (core.applied); then the clock, with the offset of the batch's last event
+    (`context`) if it is the partition's own (idle: caught_up)."""
+    through = reach(source_of(message) for message in messages)
     clock_key = partition_key(context.message.partition)
     with writing_for(context):
         for (pane, item), quantity in pane_deltas.items():
             key = pane_key(pane, item)
             before = cells[key]
             sales_panes[key] = stamp(value_of(before, 0) + quantity, through, before)
+        saved = sales_clocks.get(clock_key) or {}
         sales_clocks[clock_key] = {
-            **(sales_clocks.get(clock_key) or {}),
+            **saved,
             **window.clock.record(),
             "late_events": window.late_events,
-            OFFSET_FIELDS[context.message.topic]: context.message.offset,
+            "offset": saved.get("offset") if is_forwarded(context) else context.message.offset,
         }
 
 
 async def set_aside_late(window: SlidingTotals, wall_ms: int, late: list[Carried]) -> None:
     """Purchases whose pane had left the window when they came: to `late-events`, each alone."""
     watermark = window.watermark(wall_ms)
-    horizon = SALES_SPEC.start_ms(SALES_SPEC.late_before(watermark or 0))
+    horizon = SALES_SPEC.start_ms(window.horizon(wall_ms) or 0)
     for event, purchase in late:
         why = LateEvent(
             f"event time {purchase['event_time_ms']} is before the window horizon {horizon} "
@@ -243,6 +260,13 @@ async def publish(
     await topk_candidates.send(key=b"top", value=candidates.to_json())
 
 
+def own_source_idle(partition: int) -> bool | None:
+    """Whether the partition's purchases are all processed (None: unknown yet). Idle when its
+    own partition is: what others forward is covered by their announcements."""
+    saved = sales_clocks.get(partition_key(partition)) or {}
+    return caught_up(partition, (purchases, saved.get("offset")))
+
+
 @timer(interval=1.0)
 async def slide_idle_windows() -> None:
     """Event time passes on idle partitions too: slide their windows, keep answers fresh."""
@@ -250,21 +274,21 @@ async def slide_idle_windows() -> None:
         return
     wall = now_ms()
     owned = []
+    marks: list[tuple[int, int | None, bool | None]] = []  # (partition, own watermark, idle)
     for tp in app.assignor.assigned_actives():  # no await in here: ownership cannot change
         if tp.topic != purchases.get_topic_name():
             continue
-        saved = sales_clocks.get(partition_key(tp.partition))
-        if tp.partition not in windows and saved is None:
-            continue  # never had a purchase
-        idle = caught_up(
-            tp.partition,
-            (purchases, (saved or {}).get("offset")),
-            (routed_purchases, (saved or {}).get("routed")),
-        )
+        idle = own_source_idle(tp.partition)
+        if tp.partition not in windows and partition_key(tp.partition) not in sales_clocks:
+            marks.append((tp.partition, None, idle))  # never had a purchase
+            continue
         if idle is None:
             continue  # backlog unknown (just assigned): do not slide past what is queued
         window = window_for(tp.partition, wall, idle)
+        marks.append((tp.partition, window.clock.own_watermark(wall, SALES_SPEC.grace_ms), idle))
         owned.append((tp.partition, window, slide(tp.partition, window, wall)))
+    for partition, watermark, idle in marks:
+        await announce(purchases, partition, watermark, idle)
     for partition, window, closing in owned:
         await publish(partition, window, wall, closing)
 

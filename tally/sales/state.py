@@ -15,6 +15,7 @@ from tally.core.applied import value_of
 from tally.core.sliding import PaneReader, SlidingTotals
 from tally.core.topk import Candidates, GlobalTopK, merge_candidates
 from tally.core.windowing import EventClock
+from tally.runtime.routing import others
 from tally.runtime.state import PartitionStates
 from tally.runtime.store import delete_below, partition_key, scan, stored_value
 from tally.runtime.topics import purchases
@@ -60,7 +61,7 @@ def window_for(partition: int, wall_ms: int, idle: bool) -> SlidingTotals:
         window.clock.settle(wall_ms, idle)
     else:
         saved = sales_clocks.get(partition_key(partition)) or {}
-        clock = EventClock.from_record(saved)
+        clock = EventClock.from_record(saved, others(partition))
         clock.settle(wall_ms, idle)
         window = SlidingTotals.restore(SALES_SPEC, clock, wall_ms, pane_reader(partition))
         window.late_events = int(saved.get("late_events", 0))

@@ -55,8 +55,8 @@ import tally.core.sliding as sliding
 counted = sliding.SlidingTotals.ingest
 
 
-def ingest(self, arrivals, wall_ms):
-    return counted(self, [(item, 1, at) for item, _, at in arrivals], wall_ms)
+def ingest(self, arrivals, *args, **kwargs):
+    return counted(self, [(item, 1, at) for item, _, at in arrivals], *args, **kwargs)
 
 
 sliding.SlidingTotals.ingest = ingest

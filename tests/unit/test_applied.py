@@ -22,7 +22,7 @@ from tally.core.applied import (
     stamp,
     value_of,
 )
-from tally.core.partitioning import origin_header, parse_origin
+from tally.core.partitioning import parse_partition_tag, partition_tag
 from tally.core.rollups import Acc, Rollup, merge_all
 
 #: A server's samples of one minute, in the order they arrive.
@@ -159,8 +159,8 @@ def test_a_record_keeps_the_marks_of_every_source_it_includes() -> None:
     assert holds(again, 9) and not holds(again, 10)
 
 
-def test_an_origin_header_reads_back() -> None:
-    assert parse_origin(origin_header(3, 1_234_567)) == (3, 1_234_567)
+def test_a_partition_tag_reads_back() -> None:
+    assert parse_partition_tag(partition_tag(3, 1_234_567)) == (3, 1_234_567)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import pytest
+from faust.types import TP as FaustTP
+from faust.types import Message
 
 from tally.core.errors import ConfigurationError
 from tally.runtime.faust_compat import PINNED, check_pinned_versions
@@ -41,3 +43,25 @@ def test_the_pinned_versions_pass_and_any_other_is_refused_by_name() -> None:
         check_pinned_versions({**PINNED, "faust-streaming": "0.16.0"})
     with pytest.raises(ConfigurationError, match=r"aiokafka None"):
         check_pinned_versions({k: v for k, v in PINNED.items() if k != "aiokafka"})
+
+
+def test_a_message_no_stream_took_in_never_reaches_the_committed_offset() -> None:
+    """Faust acks the messages its streams skip during a rebalance; the commit must stop
+    before them (the partition is read again from there), and go on past processed ones."""
+    from tally.app import app  # the worker's app: its consumer, with the compat patch
+
+    consumer = app.consumer
+    consumer.app.topics._acking_topics.add("purchases")  # as an agent's subscription does
+    tp = FaustTP("purchases", 0)
+    taken = [message(tp, offset, tracked=True) for offset in (10, 11)]
+    skipped, after = message(tp, 12, tracked=False), message(tp, 13, tracked=True)
+    for one in [*taken, skipped, after]:
+        consumer.ack(one)
+    assert skipped.acked, "acked for Faust's flow (nothing waits for it)"
+    assert consumer._new_offset(tp) == 12, "committed up to the skipped message, not past it"
+
+
+def message(tp: FaustTP, offset: int, tracked: bool) -> Message:
+    one = Message(tp.topic, tp.partition, offset, 0.0, 0, None, b"k", b"v", None, None, tp=tp)
+    one.tracked = tracked
+    return one

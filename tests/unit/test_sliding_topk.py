@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -10,7 +11,7 @@ from hypothesis import strategies as st
 
 from tally.core.sliding import Arrival, SlidingTotals
 from tally.core.topk import Candidates, RankedTotals, merge_candidates, merge_top, rank_key
-from tally.core.windowing import EventClock, PaneSpec
+from tally.core.windowing import UNBOUNDED, EventClock, PaneSpec
 
 PANE = 100  # ms: small numbers keep the search space dense with rollovers and ties
 
@@ -255,3 +256,165 @@ def test_event_clock_follows_the_wall_only_while_caught_up(
         assert now is None or now <= wall
         assert last is None or (now is not None and now >= last)
         last = now
+
+
+def test_a_partition_watermark_waits_for_the_slowest_other_partition() -> None:
+    clock = EventClock(awaited=frozenset({1, 2, 3}))
+    clock.observe(1_000, 5_000)
+    clock.hear(2, 500)
+    clock.hear(3, 700)
+    assert clock.watermark(5_000, 10) is None  # partition 1 has not announced yet
+    clock.hear(1, UNBOUNDED)  # it has no message of its own: it holds no one back
+    assert (clock.own_watermark(5_000, 10), clock.watermark(5_000, 10)) == (990, 500)
+    clock.hear(2, 400)  # a real announcement never goes back
+    clock.hear(2, 2_000)
+    assert clock.watermark(5_000, 10) == 700
+    clock.hear(1, 600)  # partition 1's first message: now it counts
+    assert clock.watermark(5_000, 10) == 600
+    restored = EventClock.from_record(clock.record(), clock.awaited)
+    assert restored == clock and restored.watermark(5_000, 10) == 600
+    only_forwarded = EventClock(upstream={1: 300, 2: UNBOUNDED})
+    assert only_forwarded.watermark(0, 10) == 300
+    assert EventClock(upstream={1: UNBOUNDED}).watermark(0, 10) is None
+
+
+def test_a_caught_up_partition_holds_no_one_back() -> None:
+    """Its clock follows the wall clock as this one's does: waiting for its (timer-driven)
+    announcements would only delay every window. Its mark stands in only when nothing else
+    gives a watermark."""
+    clock = EventClock(awaited=frozenset({1, 2}))
+    clock.observe(1_000, 5_000)
+    clock.hear(1, 200, resting=True)
+    clock.hear(2, 700)
+    assert clock.watermark(5_000, 10) == 700  # partition 2 is busy: it binds
+    clock.hear(2, 800, resting=True)
+    assert clock.watermark(5_000, 10) == 990  # both caught up: this partition's own
+    clock.hear(2, 750)  # a backlog came: busy again, its real mark binds again
+    assert clock.watermark(5_000, 10) == 800
+    restored = EventClock.from_record(clock.record(), clock.awaited)
+    assert restored == clock
+    no_clock = EventClock(upstream={1: 200, 2: 600}, resting={1, 2})
+    assert no_clock.watermark(0, 10) == 600  # only forwarded messages: the freshest resting
+
+
+def test_a_watermark_that_steps_back_reopens_no_closed_pane() -> None:
+    """When a caught-up partition it follows gets a backlog, a watermark can step back; a
+    pane that has left the window stays closed (an arrival for it is late), so nothing is
+    accepted that no window would count."""
+    spec = PaneSpec(pane_ms=100, window_panes=2, grace_ms=0)
+    window = SlidingTotals(spec, EventClock(awaited=frozenset({1})))
+    store = PaneStore()
+    window.clock.hear(1, 0, resting=True)
+    store.write(window.ingest([("a", 1, 1_000)], 1_000).pane_deltas)
+    window.advance(1_000, store.read, 3)
+    assert window.last_pane == 10
+    window.clock.hear(1, 750)  # busy now, behind: the watermark steps back to pane 7
+    assert window.watermark(1_000) == 750
+    outcome = window.ingest([("b", 1, 850)], 1_000, own=False)  # pane 8: left the window
+    assert outcome.late == [0] and not outcome.pane_deltas
+    outcome = window.ingest([("c", 1, 950)], 1_000, own=False)  # pane 9: still in it
+    store.write(outcome.pane_deltas)
+    assert not outcome.late and dict(window.totals.items()) == {"a": 1, "c": 1}
+
+
+arrivals = st.lists(st.tuples(keys, st.integers(1, 3), st.integers(-300, 300)), max_size=5)
+steps = st.lists(
+    st.one_of(
+        st.tuples(st.sampled_from(["own", "forwarded"]), arrivals),
+        # an announcement of partition 1 or 2: a mark (None: UNBOUNDED), resting or busy
+        st.tuples(
+            st.just("heard"),
+            st.tuples(st.integers(1, 2), st.none() | st.integers(-300, 300), st.booleans()),
+        ),
+        st.tuples(st.just("tick"), st.tuples(st.integers(0, 200), st.booleans())),
+        st.tuples(st.just("restart"), st.none()),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(steps, st.integers(1, 3), st.integers(0, 100))
+def test_the_window_equals_storage_whatever_the_order_of_batches_announcements_and_restarts(
+    steps: list[tuple[str, Any]], window_panes: int, grace_ms: int
+) -> None:
+    """Own and forwarded batches, announcements (busy, resting, none), idle and busy ticks
+    and restarts in any order: after each step and its slide, the window's totals are its
+    panes in storage (the invariant of core.sliding)."""
+    spec = PaneSpec(pane_ms=100, window_panes=window_panes, grace_ms=grace_ms)
+    awaited = frozenset({1, 2})
+    window = SlidingTotals(spec, EventClock(awaited=awaited))
+    store = PaneStore()
+    wall = base = 10_000
+    for kind, arg in steps:
+        if kind in ("own", "forwarded"):
+            batch = [(key, amount, base + jitter) for key, amount, jitter in arg]
+            store.write(window.ingest(batch, wall, own=kind == "own").pane_deltas)
+        elif kind == "heard":
+            partition, mark, resting = arg
+            window.clock.hear(partition, UNBOUNDED if mark is None else base + mark, resting)
+        elif kind == "tick":
+            elapsed, idle = arg
+            wall, base = wall + elapsed, base + elapsed
+            window.clock.settle(wall, idle)
+        else:
+            clock = EventClock.from_record(window.clock.record(), awaited)
+            window = SlidingTotals.restore(spec, clock, wall, store.read)
+        window.advance(wall, store.read, 3)
+        if window.last_pane is not None:
+            first = spec.first_pane(window.last_pane)
+            expected: dict[str, int] = defaultdict(int)
+            for (pane, key), amount in store.cells.items():
+                if first <= pane <= window.last_pane and amount:
+                    expected[key] += amount
+            assert dict(window.totals.items()) == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    source=st.lists(st.integers(0, 400), min_size=1, max_size=40),
+    own=st.lists(st.integers(0, 400), max_size=40),
+    lag=st.integers(0, 40),
+    batch=st.integers(1, 8),
+)
+def test_forwarded_events_are_late_only_if_late_where_they_were_written(
+    source: list[int], own: list[int], lag: int, batch: int
+) -> None:
+    """A source partition's events (times in any order) reach the owner through the routed
+    topic any number of batches after the owner read its own, faster stream (a backlog); the
+    source announces its watermark after each batch it forwards. An event is late at the owner
+    late at the owner only if it was late at the source by the source's own clock (the owner
+    judges a batch before the announcement that follows it, so it may take an event the
+    source would have set aside, never the other way round)."""
+    spec = PaneSpec(pane_ms=10, window_panes=3, grace_ms=5)
+    wall = 10_000  # ahead of every event time, and still: a backlog, no idle credit
+    at_source = SlidingTotals(spec)  # judges each event as if the source owned it
+    late_at_source = []
+    routed: list[tuple[str, object]] = []  # what the routed topic of the owner holds, in order
+    for start in range(0, len(source), batch):
+        chunk = [("k", 1, t) for t in source[start : start + batch]]
+        outcome = at_source.ingest(chunk, wall)
+        late_at_source += [start + i for i in outcome.late]
+        routed += [("event", arrival) for arrival in chunk]
+        routed.append(("mark", at_source.clock.own_watermark(wall, spec.grace_ms)))
+    owner = SlidingTotals(spec, EventClock(awaited=frozenset({1})))
+    store = PaneStore()
+    own_batches = [[("o", 1, t) for t in own[i : i + batch]] for i in range(0, len(own), batch)]
+    late_at_owner: list[int] = []
+    seen = 0
+    steps = max(len(own_batches), 1) + lag + len(routed)
+    for step in range(steps):
+        if step < len(own_batches):
+            store.write(owner.ingest(own_batches[step], wall).pane_deltas)
+        if step >= lag and routed:
+            events = []
+            while routed and routed[0][0] == "event":
+                events.append(routed.pop(0)[1])
+            outcome = owner.ingest(events, wall, own=False)  # type: ignore[arg-type]
+            late_at_owner += [seen + i for i in outcome.late]
+            seen += len(events)
+            store.write(outcome.pane_deltas)
+            if routed:  # the announcement after them
+                owner.clock.hear(1, routed.pop(0)[1])  # type: ignore[arg-type]
+        owner.advance(wall, store.read, 5)
+    assert set(late_at_owner) <= set(late_at_source)
