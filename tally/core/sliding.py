@@ -79,7 +79,7 @@ class SlidingTotals:
             if own:
                 clock.observe(event_ms, wall_ms)
             pane = spec.pane_of(event_ms)
-            horizon = self.horizon(wall_ms)
+            horizon = self.horizon(wall_ms, own)
             if horizon is not None and pane < horizon:
                 outcome.late.append(index)
                 continue
@@ -93,12 +93,12 @@ class SlidingTotals:
         outcome.pane_deltas = dict(deltas)
         return outcome
 
-    def horizon(self, wall_ms: int) -> int | None:
-        """The first pane an arrival may still be counted in: the window's at the watermark,
-        and never before the window's as it stands (the watermark can step back when a
-        caught-up partition it follows gets a backlog; a pane that has left the window stays
-        closed)."""
-        watermark = self.clock.watermark(wall_ms, self.spec.grace_ms)
+    def horizon(self, wall_ms: int, own: bool = True) -> int | None:
+        """The first pane an arrival may still be counted in: the window's at the watermark
+        (EventClock.judging), and never before the window's as it stands (the watermark can
+        step back when a caught-up partition it follows gets a backlog; a pane that has left
+        the window stays closed while this worker holds it)."""
+        watermark = self.clock.judging(wall_ms, self.spec.grace_ms, own)
         at_watermark = None if watermark is None else self.spec.late_before(watermark)
         if self.last_pane is None:
             return at_watermark

@@ -125,6 +125,14 @@ class EventClock:
             return min(marks)
         return max(real.values()) if real else None
 
+    def judging(self, wall_ms: int, grace_ms: int, own: bool) -> int | None:
+        """The watermark an arrival is judged late by: `watermark`; for the partition's own
+        messages, its own until every awaited partition has announced (an old event must not
+        be taken into a pane that no window will read, and go nowhere). A forwarded message
+        waits for the announcements: its source's come after it (known limitation)."""
+        gated = self.watermark(wall_ms, grace_ms)
+        return gated if gated is not None or not own else self.own_watermark(wall_ms, grace_ms)
+
     def hear(self, partition: int, watermark_ms: int, resting: bool = False) -> None:
         """Another partition's announced watermark (a real one never goes back)."""
         old = self.upstream.get(partition, UNBOUNDED)

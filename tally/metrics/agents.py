@@ -201,7 +201,7 @@ async def fold_message(
     folding.repeated += len(samples) - len(fresh)
     # The message arrives as a whole: its samples are judged against the watermark before
     # it, so samples of one message never make each other late.
-    watermark = state.clock.watermark(wall, GRACE_MS)
+    watermark = state.clock.judging(wall, GRACE_MS, own=not is_forwarded(event))
     judged = fold_samples(
         fresh,
         folding.folded[server],
@@ -399,8 +399,9 @@ async def roll_up_samples(stream: StreamT) -> None:
 
 @timer(interval=1.0)
 async def tick_owned_partitions() -> None:
-    """One tick per owned metric-samples partition that has ever had data; one that never
-    had any announces it holds no other partition back (runtime.routing)."""
+    """One tick per owned metric-samples partition with state (which an announcement heard
+    creates too); one with none yet announces it holds no other partition back
+    (runtime.routing)."""
     if not app.ready:
         return
     for tp in app.assignor.assigned_actives():

@@ -44,7 +44,7 @@ SOURCES = {topic.get_topic_name(): source for source, topic in ROUTES.items()}
 
 
 #: A partition announces a new watermark at most this often, and the same one again after
-#: HEARTBEAT_S (a restarted owner, which keeps no announcement, hears it again soon).
+#: HEARTBEAT_S (an owner that starts without a clock record, or hears nothing, hears it soon).
 ANNOUNCE_EVERY_S = 0.2
 HEARTBEAT_S = 1.0
 

@@ -297,6 +297,16 @@ def test_a_caught_up_partition_holds_no_one_back() -> None:
     assert no_clock.watermark(0, 10) == 600  # only forwarded messages: the freshest resting
 
 
+def test_before_every_partition_announced_arrivals_are_judged_by_the_own_clock() -> None:
+    """No window yet (partition 1 is silent), but an event older than the window at the own
+    watermark is late at once: taken into a pane no window will read, it would go nowhere."""
+    spec = PaneSpec(pane_ms=100, window_panes=2, grace_ms=0)
+    window = SlidingTotals(spec, EventClock(awaited=frozenset({1})))
+    outcome = window.ingest([("a", 1, 1_000), ("b", 1, 500), ("c", 1, 950)], 1_000)
+    assert window.watermark(1_000) is None and window.last_pane is None
+    assert outcome.late == [1] and outcome.pane_deltas == {(10, "a"): 1, (9, "c"): 1}
+
+
 def test_a_watermark_that_steps_back_reopens_no_closed_pane() -> None:
     """When a caught-up partition it follows gets a backlog, a watermark can step back; a
     pane that has left the window stays closed (an arrival for it is late), so nothing is
@@ -383,7 +393,7 @@ def test_forwarded_events_are_late_only_if_late_where_they_were_written(
     """A source partition's events (times in any order) reach the owner through the routed
     topic any number of batches after the owner read its own, faster stream (a backlog); the
     source announces its watermark after each batch it forwards. An event is late at the owner
-    late at the owner only if it was late at the source by the source's own clock (the owner
+    only if it was late at the source by the source's own clock (the owner
     judges a batch before the announcement that follows it, so it may take an event the
     source would have set aside, never the other way round)."""
     spec = PaneSpec(pane_ms=10, window_panes=3, grace_ms=5)
