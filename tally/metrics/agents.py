@@ -188,7 +188,7 @@ async def roll_up(state: PartitionState, events: Sequence[EventT]) -> None:
 def own_source_idle(partition: int, state: PartitionState) -> bool | None:
     """Whether the partition's metric samples are all processed (None: unknown yet). Idle when
     its own partition is: what others forward is covered by their announcements."""
-    return caught_up(partition, (metric_samples, state.offset))
+    return caught_up(metric_samples, partition, state.offset)
 
 
 async def fold_message(
@@ -410,7 +410,7 @@ async def tick_owned_partitions() -> None:
         if tp.partition in states or partition_key(tp.partition) in metric_clocks:
             await metric_ticks.send(key=b"tick", value={}, partition=tp.partition)
         else:  # no sample yet: it holds no other partition back while none waits
-            idle = caught_up(tp.partition, (metric_samples, None))
+            idle = caught_up(metric_samples, tp.partition, None)
             await announce(metric_samples, tp.partition, None, idle)
 
 

@@ -99,9 +99,9 @@ def aiokafka_producer(producer: ProducerT) -> AIOKafkaProducer:
     return cast(AIOKafkaProducer, cast(Any, producer)._ensure_producer())
 
 
-def start_offset(consumer: Any, tp: Any) -> int | None:
-    """The offset a just-assigned partition is read from (its group's committed offset, as
-    Faust seeked to it; None for 0 or not seeked yet)."""
+def committed_offset(consumer: Any, tp: Any) -> int | None:
+    """The group's committed offset of `tp` as Faust last knew it (None for none, or 0):
+    before anything is processed after an assignment, where Faust seeked its reading to."""
     return cast(int | None, consumer._committed_offset.get(tp))
 
 

@@ -32,7 +32,7 @@ from tally.core.deadletters import DeadLetter
 from tally.core.errors import DecodeError, SchemaError, TallyError, ValidationError
 from tally.core.limits import MAX_RECORD_BYTES
 from tally.core.quarantine import DEATHS_ALONE, IN_FLIGHT_DIR, InFlight, InFlightRecords
-from tally.runtime.faust_compat import current_event, start_offset
+from tally.runtime.faust_compat import committed_offset, current_event
 from tally.runtime.logs import SUMMARY, RejectionSummary
 from tally.runtime.routing import origin_of, source_of
 from tally.runtime.state import PartitionStates
@@ -146,30 +146,26 @@ def processed_offsets(topic: str) -> PartitionStates[int]:
     return states
 
 
-def caught_up(partition: int, *inputs: tuple[TopicT, int | None]) -> bool | None:
-    """Whether `partition` of every input topic holds nothing after the last processed
-    message: the partition is idle, and its event clock may follow the wall clock. The last
-    processed message of each (topic, stored offset) is the one this worker processed last,
-    else the stored offset (kept with the pipeline's state). None while unknown."""
-    idle = True
-    for topic, stored_offset in inputs:
-        tp = TP(topic.get_topic_name(), partition)
-        offset = processed_offsets(tp.topic).get(partition)
-        offset = stored_offset if offset is None else offset
-        try:
-            highwater = app.consumer.highwater(tp)
-        except AssertionError:  # aiokafka asserts the partition is (still) assigned
-            return None
-        if highwater is None:
-            return None
-        if offset is None and highwater > 0:
-            # Nothing processed here yet: idle only if reading starts at the end (a replay
-            # positioned after the partition's last message); else what waits is a backlog.
-            start = start_offset(app.consumer, tp)
-            idle = idle and start is not None and start >= highwater
-            continue
-        idle = idle and highwater <= (-1 if offset is None else offset) + 1
-    return idle
+def caught_up(topic: TopicT, partition: int, stored_offset: int | None) -> bool | None:
+    """Whether `partition` of `topic` holds nothing after the last processed message: the
+    partition is idle, and its event clock may follow the wall clock. The last processed
+    message is the one this worker processed last, else `stored_offset` (kept with the
+    pipeline's state). None while unknown."""
+    tp = TP(topic.get_topic_name(), partition)
+    offset = processed_offsets(tp.topic).get(partition)
+    offset = stored_offset if offset is None else offset
+    try:
+        highwater = app.consumer.highwater(tp)
+    except AssertionError:  # aiokafka asserts the partition is (still) assigned
+        return None
+    if highwater is None:
+        return None
+    if offset is None and highwater > 0:
+        # Nothing processed here yet: idle only if reading starts at the end (a replay
+        # positioned after the partition's last message); else what waits is a backlog.
+        start = committed_offset(app.consumer, tp)
+        return start is not None and start >= highwater
+    return highwater <= (-1 if offset is None else offset) + 1
 
 
 BATCH_SIZE = 2000

@@ -264,7 +264,7 @@ def own_source_idle(partition: int) -> bool | None:
     """Whether the partition's purchases are all processed (None: unknown yet). Idle when its
     own partition is: what others forward is covered by their announcements."""
     saved = sales_clocks.get(partition_key(partition)) or {}
-    return caught_up(partition, (purchases, saved.get("offset")))
+    return caught_up(purchases, partition, saved.get("offset"))
 
 
 @timer(interval=1.0)
