@@ -204,6 +204,6 @@ app = TallyApp(
     # values; Tally's own views (routed to the owner) serve the tables.
     web_router_enabled=False,
     web_tables_enabled=False,
-    origin="tally",
+    # No `origin`: Faust would scan that whole package too, every pipeline's agents with it.
     **local_broker_settings(settings),
 )

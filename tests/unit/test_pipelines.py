@@ -1,0 +1,34 @@
+"""A worker runs the agents of its pipelines (TALLY_PIPELINES) and no others."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+DISCOVER = "from tally.app import app; app.discover(); print(json.dumps(sorted(app.agents)))"
+
+
+@pytest.mark.parametrize(
+    ("pipelines", "modules"),
+    [
+        ("sales", {"tally.sales.agents"}),
+        ("metrics", {"tally.metrics.agents"}),
+        ("sales,metrics", {"tally.sales.agents", "tally.metrics.agents"}),
+        ("archive", {"tally.metrics.archive_sink"}),
+    ],
+)
+def test_only_the_chosen_pipelines_agents_are_registered(pipelines: str, modules: set[str]) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", f"import json; {DISCOVER}"],
+        env={**os.environ, "TALLY_PIPELINES": pipelines},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    agents = json.loads(done.stdout.splitlines()[-1])
+    assert agents and {name.rsplit(".", 1)[0] for name in agents} == modules
