@@ -204,6 +204,8 @@ app = TallyApp(
     # values; Tally's own views (routed to the owner) serve the tables.
     web_router_enabled=False,
     web_tables_enabled=False,
-    # No `origin`: Faust would scan that whole package too, every pipeline's agents with it.
+    # Faust scans `origin` too (its CLI sets it to the main package, `tally`, if unset): this
+    # module, so that only the chosen pipelines' agents are registered.
+    origin=__name__,
     **local_broker_settings(settings),
 )

@@ -9,7 +9,11 @@ import sys
 
 import pytest
 
-DISCOVER = "from tally.app import app; app.discover(); print(json.dumps(sorted(app.agents)))"
+#: What Faust's CLI does before starting a worker (`python -m tally worker`, main package tally).
+DISCOVER = (
+    "from faust.cli.base import prepare_app; from tally.app import app; "
+    "prepare_app(app, 'tally'); print(json.dumps(sorted(app.agents)))"
+)
 
 
 @pytest.mark.parametrize(
