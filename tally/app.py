@@ -185,6 +185,7 @@ app = TallyApp(
     broker=settings.broker_urls,
     store="rocksdb://",
     Table="tally.runtime.bounded:BoundedTable",
+    TableManager="tally.runtime.restore:RestoringTableManager",
     web="tally://",
     web_application_options=application_options(
         body_limits(settings), settings.http_header_timeout_seconds

@@ -18,7 +18,7 @@ from faust import streams as faust_streams
 from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 from faust.stores.rocksdb import Store as RocksDBStore
 from faust.transport.consumer import Consumer as FaustConsumer
-from faust.types import CollectionT, EventT, Message, ProducerT
+from faust.types import TP, CollectionT, EventT, Message, ProducerT
 
 from tally.core.errors import ConfigurationError
 
@@ -87,6 +87,12 @@ def current_event(event: EventT) -> Iterator[None]:
 def partition_db(table: CollectionT, partition: int) -> Any:
     """The rocksdict database of one partition of a RocksDB table (opened if need be)."""
     return table.data._db_for_partition(partition)  # type: ignore[attr-defined]
+
+
+def set_persisted_offset(table: CollectionT, tp: TP, offset: int) -> None:
+    """Record in the partition's database that its changelog is applied through `offset`,
+    as Faust's recovery does (where its restore of `tp` starts next time)."""
+    table.data.set_persisted_offset(tp, offset)  # type: ignore[attr-defined]
 
 
 def open_partition_dbs(table: CollectionT) -> list[Any]:

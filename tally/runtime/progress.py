@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from faust.tables.manager import TableManager
 from faust.types import TP
 
 from tally.app import app
 from tally.runtime.intake import processed_offsets
+from tally.runtime.restore import RestoringTableManager
 
 
 def ownership() -> dict[str, list[str]]:
@@ -49,12 +49,13 @@ def consumer_lag() -> dict[TP, int]:
 
 def recovery() -> dict[str, Any]:
     """Changelog records still to read: actives (blocking answers) and standbys (catching up
-    in the background)."""
-    tables = cast(TableManager, app.tables).recovery
+    in the background); and the last bulk restore's progress (None before the first)."""
+    tables = cast(RestoringTableManager, app.tables).recovery
     return {
         "completed": tables.completed.is_set(),
         "active_records_remaining": tables.active_remaining_total(),
         "standby_records_remaining": tables.standby_remaining_total(),
+        "bulk_restore": tables.progress.describe() if tables.progress else None,
     }
 
 

@@ -1,0 +1,226 @@
+"""Bulk restore of table partitions from their changelogs, ahead of Faust's own recovery.
+
+Faust restores one changelog record at a time through its consumer, its stream machinery and a
+queue: about 9,000 records/s here, so a worker rebuilding millions of records is out for
+minutes. Here, once Faust knows where each active partition's restore starts and ends, a plain
+consumer reads those changelog partitions in large fetches and writes each fetch to the
+partition's RocksDB database as one write batch, then records the offset it reached the way
+Faust does; Faust's recovery then finds nothing (or only a tail) left to read.
+
+Standby partitions keep Faust's path: they catch up in the background once the worker is
+ready, so a failover never waits for a standby it was just given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.structs import ConsumerRecord
+from faust.tables.manager import TableManager
+from faust.tables.recovery import Recovery
+from faust.types import TP, CollectionT, ConsumerT
+from rocksdict import WriteBatch
+
+from tally.runtime.faust_compat import partition_db, set_persisted_offset
+from tally.settings import current_settings
+
+logger = logging.getLogger(__name__)
+
+#: Below this many records Faust's own path is about as quick as starting a consumer.
+BULK_MIN_RECORDS = 10_000
+#: Faust gives each recovery step broker_request_timeout and stops recovering for good when a
+#: step overruns it: the bulk restore hands what is left to Faust well before that.
+SHARE_OF_STEP_TIMEOUT = 0.6
+#: A partition that yields nothing for this long is left to Faust (e.g. an open transaction).
+STALL_S = 5.0
+#: Seconds between progress lines in the log.
+REPORT_EVERY_S = 2.0
+FETCH_RECORDS = 20_000
+
+#: (first offset to read, last offset to read), both inclusive.
+Span = tuple[int, int]
+
+
+@dataclass
+class RestoreProgress:
+    """Records restored of those to restore, for the log and `/api/health`."""
+
+    total: int
+    done: int = 0
+    started: float = field(default_factory=time.monotonic)
+    finished: float | None = None
+
+    def rate(self) -> float:
+        elapsed = (self.finished or time.monotonic()) - self.started
+        return self.done / elapsed if elapsed > 0 else 0.0
+
+    def seconds_left(self) -> float | None:
+        rate = self.rate()
+        return (self.total - self.done) / rate if rate > 0 else None
+
+    def describe(self) -> dict[str, Any]:
+        left = self.seconds_left()
+        return {
+            "running": self.finished is None,
+            "records_restored": self.done,
+            "records_to_restore": self.total,
+            "records_per_second": round(self.rate()),
+            "seconds_left": None if left is None else round(left, 1),
+        }
+
+    def line(self) -> str:
+        left = self.seconds_left()
+        eta = "" if left is None else f", about {left:.0f} s left"
+        return (
+            f"restoring tables from changelogs: {self.done:,} of {self.total:,} records "
+            f"({self.rate():,.0f}/s{eta})"
+        )
+
+
+async def read_spans(
+    consumer: AIOKafkaConsumer,
+    spans: Mapping[TP, Span],
+    apply: Callable[[TP, Sequence[ConsumerRecord]], None],
+    progress: RestoreProgress,
+    deadline: float,
+) -> None:
+    """Read each partition's span in order, handing every fetch to `apply`; stop at the
+    deadline or when nothing comes for `STALL_S`."""
+    # aiokafka wants its own TopicPartition type: a Faust TP with the same fields is refused.
+    kafka_tps = {TopicPartition(tp.topic, tp.partition): tp for tp in spans}
+    pending = {ktp for ktp, tp in kafka_tps.items() if spans[tp][0] <= spans[tp][1]}
+    consumer.assign(list(pending))
+    for ktp in pending:
+        consumer.seek(ktp, spans[kafka_tps[ktp]][0])
+    quiet_since = time.monotonic()
+    reported = quiet_since
+    while pending and time.monotonic() < deadline:
+        fetched = await consumer.getmany(*pending, timeout_ms=500, max_records=FETCH_RECORDS)
+        now = time.monotonic()
+        for ktp, records in fetched.items():
+            tp = kafka_tps[ktp]
+            wanted = [r for r in records if r.offset <= spans[tp][1]]
+            if wanted:
+                apply(tp, wanted)
+                progress.done += len(wanted)
+                quiet_since = now
+        for ktp in list(pending):
+            if await consumer.position(ktp) > spans[kafka_tps[ktp]][1]:
+                pending.discard(ktp)
+                consumer.pause(ktp)
+        if now - quiet_since > STALL_S:
+            logger.warning("changelog partitions gave nothing for %.0f s: %s", STALL_S, pending)
+            break
+        if now - reported >= REPORT_EVERY_S:
+            reported = now
+            logger.info(progress.line())
+
+
+def write_records(table: CollectionT, tp: TP, records: Sequence[ConsumerRecord]) -> None:
+    """One fetch of a changelog partition into the table's RocksDB partition, then the offset
+    reached, as Faust records it (a crash between the two re-reads the fetch: records are
+    whole values, so writing one again changes nothing)."""
+    batch = WriteBatch(raw_mode=True)
+    for record in records:
+        if record.value is None:
+            batch.delete(record.key)
+        else:
+            batch.put(record.key, record.value)
+    partition_db(table, tp.partition).write(batch)
+    set_persisted_offset(table, tp, records[-1].offset)
+
+
+async def stop_quietly(consumer: AIOKafkaConsumer) -> None:
+    """Stop `consumer`; a failure to stop must not end Faust's recovery task. (aiokafka's stop
+    after a failed `assign` raises CancelledError from a task of its own: only a cancel of
+    this task itself goes on.)"""
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        logger.warning("the restore consumer stopped with a cancelled task of its own")
+    except Exception as exc:
+        logger.warning("the restore consumer did not stop cleanly: %r", exc)
+
+
+class BulkRecovery(Recovery):
+    """Faust's recovery, with the active partitions' changelogs bulk-read first."""
+
+    #: The last bulk restore's progress (None before the first).
+    progress: RestoreProgress | None = None
+
+    async def _build_offsets(
+        self, consumer: ConsumerT, tps: set[TP], destination: Any, title: str
+    ) -> None:
+        await super()._build_offsets(consumer, tps, destination, title)
+        if destination is self.active_offsets and current_settings().restore == "bulk":
+            await self._bulk_restore(destination)
+
+    async def _bulk_restore(self, offsets: Any) -> None:
+        highwaters = self.active_highwaters
+        spans = {
+            tp: (offsets[tp] + 1, highwaters[tp])
+            for tp in self.active_tps
+            if offsets.get(tp) is not None and highwaters.get(tp) is not None
+        }
+        total = sum(max(last - first + 1, 0) for first, last in spans.values())
+        if total < BULK_MIN_RECORDS:
+            return
+        settings = current_settings()
+        step_timeout = self.app.conf.broker_request_timeout
+        deadline = time.monotonic() + SHARE_OF_STEP_TIMEOUT * step_timeout
+        self.progress = progress = RestoreProgress(total)
+        logger.info(progress.line())
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.bootstrap_servers,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level=(
+                "read_committed"
+                if settings.processing_guarantee == "exactly_once"
+                else "read_uncommitted"
+            ),
+            max_partition_fetch_bytes=16 << 20,
+            fetch_max_bytes=64 << 20,
+        )
+
+        def apply(tp: TP, records: Sequence[ConsumerRecord]) -> None:
+            write_records(self.tp_to_table[tp], tp, records)
+            offsets[tp] = records[-1].offset
+
+        try:
+            await consumer.start()
+            await read_spans(consumer, spans, apply, progress, deadline)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # Faust's own path reads whatever is left
+            logger.warning("bulk restore stopped (%r); Faust's recovery reads the rest", exc)
+        finally:
+            progress.finished = time.monotonic()
+            await stop_quietly(consumer)
+        left = total - progress.done
+        logger.info(
+            "restored %s changelog records in %.1f s (%s/s)%s",
+            f"{progress.done:,}",
+            progress.finished - progress.started,
+            f"{progress.rate():,.0f}",
+            f"; Faust's recovery reads the remaining {left:,}" if left else "",
+        )
+
+
+class RestoringTableManager(TableManager):
+    """Faust's table manager, recovering through `BulkRecovery` (app setting TableManager)."""
+
+    @property
+    def recovery(self) -> BulkRecovery:
+        if self._recovery is None:
+            self._recovery = BulkRecovery(self.app, self, beacon=self.beacon, loop=self.loop)
+        return cast(BulkRecovery, self._recovery)
