@@ -30,13 +30,41 @@ from bench.query import QueryLoad
 from tally.broker.admin import ensure_topics
 from tally.broker.local import LocalBroker, die_with_parent, stop_process
 from tally.broker.shim import FETCH_MAX_WAIT_MS, fetched_high_watermarks
-from tally.codecs.avro import AvroCodec
+from tally.codecs.avro import AvroCodec, load_schema, validate_metric_batch
+from tally.codecs.registry import FileSchemaRegistry
 from tests.harness import Worker
 
 PARTITIONS = 4
 
 #: (partition or None, key, value, timestamp ms)
 Message = tuple[int | None, bytes, bytes, int]
+
+
+def bench_worker(broker: LocalBroker, workdir: Path, app_id: str, name: str, **env: str) -> Worker:
+    """A worker (not started) of `app_id` on `broker`, its data and log under `workdir`, the
+    registry shared by the run; `env` adds or overrides settings (no standbys by default)."""
+    return Worker(
+        env={
+            "TALLY_BROKER": broker.url,
+            "TALLY_APP_ID": app_id,
+            "TALLY_DATA_DIR": str(workdir / app_id / name),
+            "TALLY_SCHEMA_REGISTRY": (workdir / "registry").resolve().as_uri(),
+            "TALLY_PARTITIONS": str(PARTITIONS),
+            "TALLY_STANDBY_REPLICAS": "0",
+            **env,
+        },
+        log_path=workdir / f"{app_id}-{name}.log",
+    )
+
+
+def metric_batch_codec(workdir: Path) -> AvroCodec:
+    """The metric-samples codec, registering in the run's file registry."""
+    return AvroCodec(
+        FileSchemaRegistry(workdir / "registry"),
+        "metric-samples-value",
+        load_schema("metric_batch"),
+        validate_metric_batch,
+    )
 
 
 @dataclass

@@ -27,7 +27,7 @@ import time
 import uuid
 from pathlib import Path
 
-from bench.common import Message, changelog_records, counted, produce
+from bench.common import Message, bench_worker, changelog_records, counted, produce
 from bench.sales import HOUR_MS
 from tally.broker.local import LocalBroker, free_port
 from tally.codecs.avro import AvroCodec, load_schema, validate_metric_batch, validate_purchase
@@ -39,17 +39,7 @@ from tests.load import PARTITIONS, Load, kill_after
 
 
 def worker(broker: LocalBroker, workdir: Path, app_id: str, name: str) -> Worker:
-    return Worker(
-        env={
-            "TALLY_BROKER": broker.url,
-            "TALLY_APP_ID": app_id,
-            "TALLY_DATA_DIR": str(workdir / app_id / name),
-            "TALLY_SCHEMA_REGISTRY": (workdir / "registry").resolve().as_uri(),
-            "TALLY_PARTITIONS": str(PARTITIONS),
-            "TALLY_STANDBY_REPLICAS": "1",
-        },
-        log_path=workdir / f"{app_id}-{name}.log",
-    )
+    return bench_worker(broker, workdir, app_id, name, TALLY_STANDBY_REPLICAS="1")
 
 
 def one_run(

@@ -33,6 +33,7 @@ from bench.common import (
     Result,
     consumed_latency_ms,
     latency_ms,
+    metric_batch_codec,
     peer_arguments,
     produce,
     raw_ceiling,
@@ -42,8 +43,7 @@ from bench.common import (
 )
 from bench.query import query_load
 from tally.broker.local import LocalBroker, free_port
-from tally.codecs.avro import AvroCodec, Record, load_schema, validate_metric_batch
-from tally.codecs.registry import FileSchemaRegistry
+from tally.codecs.avro import AvroCodec, Record
 from tally.core.clock import iso
 from tests.harness import Worker
 
@@ -203,12 +203,7 @@ def measure_loaded(broker: LocalBroker, codec: AvroCodec) -> Callable[[Worker, R
 
 def run(args: argparse.Namespace) -> dict[str, list[Result]]:
     workdir = Path(tempfile.mkdtemp(prefix="tally-bench-"))
-    codec = AvroCodec(
-        FileSchemaRegistry(workdir / "registry"),
-        "metric-samples-value",
-        load_schema("metric_batch"),
-        validate_metric_batch,
-    )
+    codec = metric_batch_codec(workdir)
     batches = envelopes(random.Random(7), args)
     total = sum(len(b["samples"]) for b in batches)
     messages: list[Message] = [

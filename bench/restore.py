@@ -29,10 +29,17 @@ import time
 import uuid
 from pathlib import Path
 
-from bench.common import PARTITIONS, Message, changelog_records, counted, produce
+from bench.common import (
+    PARTITIONS,
+    Message,
+    bench_worker,
+    changelog_records,
+    counted,
+    metric_batch_codec,
+    produce,
+)
 from tally.broker.local import LocalBroker, free_port
-from tally.codecs.avro import AvroCodec, load_schema, validate_metric_batch
-from tally.codecs.registry import FileSchemaRegistry
+from tally.codecs.avro import AvroCodec
 from tally.core.clock import iso
 from tests.harness import Worker, wait_until
 
@@ -93,30 +100,13 @@ def main() -> None:
     parser.add_argument("--hours", type=int, default=47, help="event time covered (≤ 47)")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="tally-bench-"))
-    codec = AvroCodec(
-        FileSchemaRegistry(workdir / "registry"),
-        "metric-samples-value",
-        load_schema("metric_batch"),
-        validate_metric_batch,
-    )
+    codec = metric_batch_codec(workdir)
     t0 = (int(time.time() * 1000) - args.hours * HOUR) // HOUR * HOUR  # steps start on hours
     total = args.servers * args.hours * 60
     app_id = f"benchrs{uuid.uuid4().hex[:8]}"
 
     def worker(app: str, name: str, **env: str) -> Worker:
-        return Worker(
-            env={
-                "TALLY_BROKER": broker.url,
-                "TALLY_APP_ID": app,
-                "TALLY_DATA_DIR": str(workdir / app / name),
-                "TALLY_SCHEMA_REGISTRY": (workdir / "registry").resolve().as_uri(),
-                "TALLY_PARTITIONS": str(PARTITIONS),
-                "TALLY_STANDBY_REPLICAS": "0",
-                "TALLY_PIPELINES": "metrics",
-                **env,
-            },
-            log_path=workdir / f"{app}-{name}.log",
-        )
+        return bench_worker(broker, workdir, app, name, TALLY_PIPELINES="metrics", **env)
 
     print(
         f"restore benchmark: {args.servers:,} servers x {args.hours} h of minutes "

@@ -225,7 +225,7 @@ class Settings:
         "TALLY_RESTORE",
         "bulk",
         "How a worker rebuilds table partitions it takes over from their changelogs. bulk: "
-        "large fetches written as RocksDB write batches (tens of times faster); faust: "
+        "large fetches written as RocksDB write batches (see docs/performance.md); faust: "
         "Faust's own record-at-a-time recovery (a fallback).",
         _one_of(RESTORE_MODES),
     )
