@@ -24,6 +24,8 @@ from typing import Any
 
 import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.protocol.fetch import FetchRequest
+from aiokafka.record.memory_records import MemoryRecords
 from faust.types import TP
 
 from bench.query import QueryLoad
@@ -162,6 +164,43 @@ async def changelog_records(bootstrap: str, app_id: str) -> int:
         return sum((await fetched_high_watermarks(consumer._client, listed)).values())
     finally:
         await consumer.stop()
+
+
+async def changelog_batches(bootstrap: str, app_id: str) -> tuple[int, int]:
+    """(records, record batches) in the app's changelog topics: a restore reads them a batch
+    at a time, and the local broker's cost is per batch (see docs/performance.md)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    records = batches = 0
+    try:
+        client = consumer._client
+        for topic in [t for t in await consumer.topics() if t.startswith(app_id)]:
+            if not topic.endswith("-changelog"):
+                continue
+            for partition in consumer.partitions_for_topic(topic) or ():
+                leader = client.cluster.leader_for_partition(TopicPartition(topic, partition))
+                offset, end = 0, 1
+                while offset < end:
+                    request = FetchRequest(
+                        max_wait_time=10,
+                        min_bytes=0,
+                        max_bytes=8 << 20,
+                        isolation_level=0,
+                        topics=[(topic, [(partition, offset, 8 << 20)])],
+                    )
+                    response = await client.send(leader, request)
+                    [(_, [(_, _, end, *_, raw)])] = response.topics
+                    fetched = MemoryRecords(raw) if raw else None
+                    before = offset
+                    while fetched is not None and (batch := fetched.next_batch()) is not None:
+                        batches += 1
+                        records += batch.last_offset_delta + 1
+                        offset = batch.next_offset
+                    if offset == before:
+                        break
+    finally:
+        await consumer.stop()
+    return records, batches
 
 
 def peak_rss_mb(pid: int) -> float:

@@ -4,6 +4,7 @@ here, for over 3 million records), with Faust's own recovery
 as the baseline in the same run.
 
     .venv/bin/python -m bench.restore [--servers 1100] [--hours 47] [--faust-seconds 180]
+                                      [--linger-ms 5]
 
 On one local broker:
 1. a worker (metrics pipeline, no standbys) folds one sample per server and minute over
@@ -33,6 +34,7 @@ from bench.common import (
     PARTITIONS,
     Message,
     bench_worker,
+    changelog_batches,
     changelog_records,
     counted,
     metric_batch_codec,
@@ -98,6 +100,12 @@ def main() -> None:
         help="how long Faust's own recovery may run before its rate is read from /api/health",
     )
     parser.add_argument("--hours", type=int, default=47, help="event time covered (≤ 47)")
+    parser.add_argument(
+        "--linger-ms",
+        default="5",
+        help="the builder's TALLY_PRODUCER_LINGER_MS: 0 writes the changelogs as before it "
+        "existed (~4 records a batch)",
+    )
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="tally-bench-"))
     codec = metric_batch_codec(workdir)
@@ -110,13 +118,19 @@ def main() -> None:
 
     print(
         f"restore benchmark: {args.servers:,} servers x {args.hours} h of minutes "
-        f"({total:,} samples), {PARTITIONS} partitions, local broker on this host; logs in "
+        f"({total:,} samples), {PARTITIONS} partitions, changelogs written with a "
+        f"{args.linger_ms} ms producer linger, local broker on this host; logs in "
         f"{workdir}",
         flush=True,
     )
     with LocalBroker("127.0.0.1", free_port(), log_path=workdir / "broker.log") as broker:
         # A grace of 2 h: an envelope an hour older than the last one sent is not late.
-        builder = worker(app_id, "builder", TALLY_GRACE_SECONDS="7200").start()
+        builder = worker(
+            app_id,
+            "builder",
+            TALLY_GRACE_SECONDS="7200",
+            TALLY_PRODUCER_LINGER_MS=args.linger_ms,
+        ).start()
         started = time.monotonic()
         asyncio.run(
             produce(
@@ -136,13 +150,16 @@ def main() -> None:
         check_answers(builder, args.servers, args.hours, t0, across=False)
         builder.stop()
         records = asyncio.run(changelog_records(broker.bootstrap, app_id))
+        _, batches = asyncio.run(changelog_batches(broker.bootstrap, app_id))
         empty = worker(f"{app_id}e", "empty")
         started = time.monotonic()
         empty.start()
         baseline = time.monotonic() - started
         empty.stop()
         print(
-            f"  {records:,} changelog records; a worker with nothing to restore is ready in "
+            f"  {records:,} changelog records in {batches:,} batches "
+            f"({records / max(batches, 1):.1f} a batch); a worker with nothing to restore is "
+            "ready in "
             f"{baseline:.1f} s",
             flush=True,
         )
