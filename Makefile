@@ -11,7 +11,7 @@ BENCH_STAMP := $(VENV)/.bench-stamp
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends
 
-.PHONY: run test lint bench bench-more clean
+.PHONY: run test lint bench bench-more soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +62,11 @@ bench-more: $(STAMP)
 	$(BIN)/python -m bench.live
 	$(BIN)/python -m bench.routing
 	$(BIN)/python -m bench.failover
+
+## soak: the chaos soak, 5 minutes: a random worker of three SIGKILLed every 10-20 s and
+## restarted under load; nothing may be lost or counted twice (bench/soak.py).
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .hypothesis test-artifacts

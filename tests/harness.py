@@ -12,7 +12,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -333,3 +334,17 @@ def raw_exchange(url: str, request: bytes, read_timeout: float) -> tuple[bytes, 
         except (TimeoutError, ConnectionResetError):
             pass
     return received, time.monotonic() - started
+
+
+@contextmanager
+def cpu_hog() -> Iterator[subprocess.Popen[bytes]]:
+    """A process spinning on one core while the block runs: a busy machine (the role of
+    `stress-ng --cpu 1`, which is not installed here)."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", "while True: pass"], preexec_fn=die_with_parent
+    )
+    try:
+        yield process
+    finally:
+        process.kill()
+        process.wait()

@@ -22,6 +22,7 @@ batch has each message once, in offset order: `one_per_origin` makes it so.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from tally.core.rollups import Acc, Cells, Rollup, merge_all
@@ -137,3 +138,67 @@ def apply_server_rollups(
             servers[server] = list(acc)
     total = merge_all(Rollup.from_list(acc) for acc in servers.values())
     return stamp(servers, through), stamp(None if total is None else total.to_list(), through)
+
+
+@dataclass(frozen=True)
+class Hole:
+    """Offset `start` of a partition was not delivered where a batch passes it."""
+
+    start: int
+    #: Read the partition again from `start` now (False: a reread is under way, or given up).
+    reread: bool
+    #: Reread `Unread.tries` times and still missing: nothing delivers it (a gap in the log).
+    given_up: bool
+
+
+class Unread:
+    """Offsets of a partition that a batch skips over, which its stamps would then claim.
+
+    The stamps above say "every message at or below this offset is in the record", which holds
+    only if a partition's messages are applied without a hole. Faust can leave one: its stream
+    drops a message fetched in the group generation before a rebalance and delivers the next
+    ones. A record's stamp then passes the dropped message, and when it comes again (from the
+    committed offset, which cannot pass it) it is skipped as already applied: lost. The chaos
+    soak (bench/soak.py) found it. So only a batch's events up to a hole are applied, and the
+    partition is read again from the hole; after `tries` rereads a hole is taken as a gap in
+    the log (nothing delivers it) and the batch is applied whole.
+    """
+
+    def __init__(self, tries: int = 3, interval_s: float = 2.0) -> None:
+        self.tries, self.interval_s = tries, interval_s
+        #: partition key → (first missing offset, rereads so far, time of the last one).
+        self._rereads: dict[Hashable, tuple[int, int, float]] = {}
+
+    def applicable(
+        self,
+        key: Hashable,
+        expected: int | None,
+        offsets: Sequence[int],
+        now: float,
+        known_gap: Callable[[int], bool] = lambda offset: False,
+    ) -> tuple[int, Hole | None]:
+        """How many of a batch's `offsets` (ascending, each once) may be applied, and the
+        hole after them. `expected`: the next offset to apply (the one after the last
+        applied, else the committed one; None: unknown); `known_gap`: offsets the log itself
+        lacks (transaction markers, compaction), which are not holes."""
+        following = offsets[0] if expected is None else expected
+        applicable = 0
+        for offset in offsets:
+            while offset > following and known_gap(following):
+                following += 1
+            if offset > following:
+                break
+            applicable += 1
+            following = max(following, offset + 1)
+        if applicable == len(offsets):
+            self._rereads.pop(key, None)
+            return applicable, None
+        missing, tries, at = self._rereads.get(key, (following, 0, now - self.interval_s))
+        if missing != following:
+            tries, at = 0, now - self.interval_s
+        if tries >= self.tries:
+            return len(offsets), Hole(following, reread=False, given_up=True)
+        if now - at < self.interval_s:  # what was fetched before the reread still drains
+            return applicable, Hole(following, reread=False, given_up=False)
+        self._rereads[key] = (following, tries + 1, now)
+        return applicable, Hole(following, reread=True, given_up=False)

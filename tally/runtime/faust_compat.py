@@ -8,7 +8,7 @@ the same way, because it is loaded by Faust's transport entry point.)
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from importlib.metadata import version
 from typing import Any, cast
@@ -109,6 +109,13 @@ def committed_offset(consumer: Any, tp: Any) -> int | None:
     """The group's committed offset of `tp` as Faust last knew it (None for none, or 0):
     before anything is processed after an assignment, where Faust seeked its reading to."""
     return cast(int | None, consumer._committed_offset.get(tp))
+
+
+def fetched_gap(consumer: Any, tp: Any) -> Callable[[int], bool]:
+    """Whether an offset of `tp` is one Faust saw missing from the fetched records (a
+    transaction marker, a compacted record): the log has no message there."""
+    gaps = consumer._gap.get(tp)
+    return lambda offset: bool(gaps) and bool(gaps.overlaps(offset))
 
 
 def monitor_metrics(monitor: PrometheusMonitor) -> FaustMetrics:

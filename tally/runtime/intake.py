@@ -15,6 +15,7 @@ import asyncio
 import functools
 import logging
 import os
+import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager
@@ -27,12 +28,12 @@ from faust.types import TP, EventT, StreamT, TopicT
 from mode.utils.times import Seconds
 
 from tally.app import app, settings
-from tally.core.applied import one_per_origin
+from tally.core.applied import Unread, one_per_origin
 from tally.core.deadletters import DeadLetter
 from tally.core.errors import DecodeError, SchemaError, TallyError, ValidationError
 from tally.core.limits import MAX_RECORD_BYTES
 from tally.core.quarantine import DEATHS_ALONE, IN_FLIGHT_DIR, InFlight, InFlightRecords
-from tally.runtime.faust_compat import committed_offset, current_event
+from tally.runtime.faust_compat import committed_offset, current_event, fetched_gap
 from tally.runtime.logs import SUMMARY, RejectionSummary
 from tally.runtime.routing import origin_of, source_of
 from tally.runtime.state import PartitionStates
@@ -198,25 +199,68 @@ async def each_partition(
 ) -> None:
     """The body of every pipeline agent: batches from `stream` (up to `size` events, or what
     came `within` seconds), each partition's share given to `work` on its own, one event per
-    origin in offset order (`one_per_origin`). If `work` raises, the partition's `states` are
+    origin in offset order (`one_per_origin`), up to any offset not delivered
+    (`without_holes`). If `work` raises, the partition's `states` are
     dropped (rebuilt from storage on next use) and the share is processed again one event at
     a time: only events that fail alone are dead-lettered, and the agent goes on."""
     async for batch in cast(Stream, stream).take_events(size, within=within):
         for tp, delivered in by_partition(batch).items():
-            events = one_per_origin(delivered, source_of)
-            last = events[-1].message
-            if len(events) < len(delivered):
-                EVENTS.labels(tp.topic, "duplicate").inc(len(delivered) - len(events))
+            unique = one_per_origin(delivered, source_of)
+            if len(unique) < len(delivered):
+                EVENTS.labels(tp.topic, "duplicate").inc(len(delivered) - len(unique))
                 logger.info(
                     "%s[%s]: %d extra copies of messages in one batch, each processed once",
                     tp.topic,
                     tp.partition,
-                    len(delivered) - len(events),
+                    len(delivered) - len(unique),
                 )
+            events = await without_holes(tp, unique)
+            if not events:
+                continue
+            last = events[-1].message
             await process_share(tp, events, work, states)
             if tp in app.assignor.assigned_actives():  # not revoked while `work` ran
                 done = processed_offsets(tp.topic)
                 done[tp.partition] = max(last.offset, done.get(tp.partition) or -1)
+
+
+#: Holes in what a partition delivered (core.applied.Unread).
+unread = Unread()
+
+
+async def without_holes(tp: TP, events: list[EventT]) -> list[EventT]:
+    """The events of a batch of `tp` (in offset order) up to the first offset not delivered
+    (core.applied.Unread): the rest are not applied, and stay uncommitted (Faust commits up
+    to the hole), and the partition is read again from the hole."""
+    done = processed_offsets(tp.topic).get(tp.partition)
+    settled = committed_offset(app.consumer, tp)
+    after_done = None if done is None else done + 1
+    known = [offset for offset in (after_done, settled) if offset is not None]
+    expected = max(known) if known else None
+    offsets = [event.message.offset for event in events]
+    applicable, hole = unread.applicable(
+        (tp.topic, tp.partition), expected, offsets, time.monotonic(), fetched_gap(app.consumer, tp)
+    )
+    if hole is not None and hole.given_up:
+        logger.error(
+            "%s[%s]: offset %s was never delivered after %s rereads; going on without it",
+            tp.topic,
+            tp.partition,
+            hole.start,
+            unread.tries,
+        )
+    elif hole is not None and hole.reread:
+        logger.warning(
+            "%s[%s]: offset %s was not delivered, %s after it were (dropped around a "
+            "rebalance); reading the partition again from %s",
+            tp.topic,
+            tp.partition,
+            hole.start,
+            len(events) - applicable,
+            hole.start,
+        )
+        await app.consumer.seek(tp, hole.start)
+    return events[:applicable]
 
 
 States = Sequence[PartitionStates[Any]]

@@ -22,6 +22,8 @@ class Health(View):
             "lag": lag_by_topic(),
             "standby_replicas": settings.standby_replicas,
             "generation": settings.generation,
+            # The consumer group's: it steps at every rebalance (a worker joined, left or died).
+            "group_generation": app.consumer_generation_id,
             "pipelines": sorted(settings.pipelines),
             **serving.generations.describe(),
         }
