@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol, TypeVar, cast
 
-from aiokafka.errors import MessageSizeTooLargeError
+from aiokafka.errors import IllegalStateError, MessageSizeTooLargeError
 from faust import Stream
 from faust.exceptions import ProducerSendError
 from faust.types import TP, EventT, StreamT, TopicT
@@ -259,7 +259,10 @@ async def without_holes(tp: TP, events: list[EventT]) -> list[EventT]:
             len(events) - applicable,
             hole.start,
         )
-        await app.consumer.seek(tp, hole.start)
+        try:
+            await app.consumer.seek(tp, hole.start)
+        except (AssertionError, IllegalStateError) as exc:  # revoked meanwhile: reread anyway
+            logger.info("%s[%s]: no reread, the partition is gone: %r", tp.topic, tp.partition, exc)
     return events[:applicable]
 
 
