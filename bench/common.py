@@ -32,7 +32,7 @@ from bench.query import QueryLoad
 from tally.broker.admin import ensure_topics
 from tally.broker.local import LocalBroker, die_with_parent, stop_process
 from tally.broker.shim import FETCH_MAX_WAIT_MS, fetched_high_watermarks
-from tally.codecs.avro import AvroCodec, load_schema, validate_metric_batch
+from tally.codecs.avro import AvroCodec, load_schema, validate_metric_batch, validate_purchase
 from tally.codecs.registry import FileSchemaRegistry
 from tests.harness import Worker
 
@@ -56,6 +56,16 @@ def bench_worker(broker: LocalBroker, workdir: Path, app_id: str, name: str, **e
             **env,
         },
         log_path=workdir / f"{app_id}-{name}.log",
+    )
+
+
+def purchase_codec(workdir: Path) -> AvroCodec:
+    """The purchases codec, registering in the run's file registry."""
+    return AvroCodec(
+        FileSchemaRegistry(workdir / "registry"),
+        "purchases-value",
+        load_schema("purchase"),
+        validate_purchase,
     )
 
 

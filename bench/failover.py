@@ -28,10 +28,18 @@ import uuid
 from contextlib import nullcontext
 from pathlib import Path
 
-from bench.common import Message, bench_worker, changelog_records, counted, produce
+from bench.common import (
+    Message,
+    bench_worker,
+    changelog_records,
+    counted,
+    metric_batch_codec,
+    produce,
+    purchase_codec,
+)
 from bench.sales import HOUR_MS
 from tally.broker.local import LocalBroker, free_port
-from tally.codecs.avro import AvroCodec, load_schema, validate_metric_batch, validate_purchase
+from tally.codecs.avro import AvroCodec, load_schema
 from tally.codecs.registry import FileSchemaRegistry
 from tally.core.partitioning import group_by_partition
 from tally.feed import historical_purchases
@@ -47,12 +55,12 @@ def one_run(
     workdir: Path, load_seconds: float, history_size: int
 ) -> tuple[float, int, float, float]:
     """(failover s, changelog records, recovery s, an empty worker's start s) of one run."""
-    registry = FileSchemaRegistry(workdir / "registry")
-    purchases = AvroCodec(registry, "purchases-value", load_schema("purchase"), validate_purchase)
-    batches = AvroCodec(
-        registry, "metric-samples-value", load_schema("metric_batch"), validate_metric_batch
+    purchases, batches = purchase_codec(workdir), metric_batch_codec(workdir)
+    envelope = AvroCodec(
+        FileSchemaRegistry(workdir / "registry"),
+        "tally.sales.PurchaseBatch",
+        load_schema("purchase_batch"),
     )
-    envelope = AvroCodec(registry, "tally.sales.PurchaseBatch", load_schema("purchase_batch"))
     app_id = f"benchfo{uuid.uuid4().hex[:8]}"
     with LocalBroker("127.0.0.1", free_port(), log_path=workdir / "broker.log") as broker:
         empty: Worker | None = None

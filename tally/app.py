@@ -208,6 +208,6 @@ app = TallyApp(
     # Faust scans `origin` too (its CLI sets it to the main package, `tally`, if unset): this
     # module, so that only the chosen pipelines' agents are registered.
     origin=__name__,
-    producer_linger_ms=settings.producer_linger_ms,
+    producer_linger=settings.producer_linger_ms / 1000,  # Faust's setting is in seconds
     **local_broker_settings(settings),
 )

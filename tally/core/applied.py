@@ -169,6 +169,10 @@ class Unread:
         #: partition key → (first missing offset, rereads so far, time of the last one).
         self._rereads: dict[Hashable, tuple[int, int, float]] = {}
 
+    def forget(self, key: Hashable) -> None:
+        """The partition left this worker: its rereads start over if it comes back."""
+        self._rereads.pop(key, None)
+
     def applicable(
         self,
         key: Hashable,

@@ -405,6 +405,8 @@ async def forget_revoked(sender: object, revoked: set[TP], **kwargs: object) -> 
     """Every pipeline's in-memory state of the partitions this worker no longer holds goes:
     a partition that comes back starts from its tables and committed offset."""
     PartitionStates.revoked(revoked)
+    for tp in revoked:
+        unread.forget((tp.topic, tp.partition))
 
 
 # mode's annotation of a receiver admits no positional argument; Faust sends `revoked` as one.

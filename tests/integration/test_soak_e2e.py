@@ -16,11 +16,6 @@ from tests.conftest import WorkerFactory
 from tests.load import Load
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="issue #20, open: after the fix of holes left around rebalances, the 5-minute soak "
-    "still loses a few events in some runs (docs/operations.md, Known limitations)",
-)
 def test_workers_killed_again_and_again_lose_nothing_and_count_nothing_twice(
     broker: LocalBroker,
     make_worker: WorkerFactory,
@@ -41,4 +36,9 @@ def test_workers_killed_again_and_again_lose_nothing_and_count_nothing_twice(
     print(report.summary())
     assert len(report.kills) >= 3, report.summary()
     assert report.purchases and report.samples and report.archived
-    assert not report.problems(), report.summary()
+    problems = report.problems()
+    if problems and all(" lost" in p or "missing" in p for p in problems):
+        # Only losses, and no double count: the open part of issue #20 (docs/operations.md,
+        # Known limitations). Any other failure of the soak fails the test.
+        pytest.xfail(f"issue #20, open: {report.summary()}")
+    assert not problems, report.summary()
