@@ -152,31 +152,40 @@ def test_top_k_and_items_equal_brute_force_on_two_workers(
 def test_with_no_traffic_the_window_slides_and_items_drop_out(
     broker: LocalBroker, make_worker: WorkerFactory, purchase_codec: AvroCodec
 ) -> None:
-    """Panes of 2 s, windows of 2 panes: an hour boundary every 2 seconds."""
+    """Panes of 3 s, windows of 2 panes: an hour boundary every 3 seconds."""
+    pane_s = 3
     worker = make_worker(
-        TALLY_SALES_PANE_SECONDS="2",
+        TALLY_SALES_PANE_SECONDS=str(pane_s),
         TALLY_SALES_WINDOW_PANES="2",
         TALLY_SALES_RETAINED_PANES="0",
         TALLY_GRACE_SECONDS="0",
         TALLY_HEARTBEAT_SECONDS="1",
     ).start()
 
-    def buy(item: str, quantity: int) -> None:
+    def buy(item: str, quantity: int) -> float:
+        """Buy just after a pane boundary: the purchase is then in the window for almost two
+        panes (~6 s) and its pane stays open for ~3 s, so a busy machine's delays before it is
+        applied neither make it late nor slide it out before it is seen. Returns when it
+        leaves the window."""
+        while time.time() % pane_s > 0.3:
+            time.sleep(0.05)
+        bought = time.time()
         record = {
             "purchase_id": item,
             "item_id": item,
             "quantity": quantity,
             "unit_price_cents": 1,
-            "event_time_ms": int(time.time() * 1000),
+            "event_time_ms": int(bought * 1000),
             "metadata": {},
         }
         produce(broker.bootstrap, "purchases", [(item.encode(), purchase_codec.dumps(record))])
+        return (bought // pane_s + 2) * pane_s
 
     def top() -> dict:
         return worker.get("/api/sales/top")
 
     buy("gadget", 3)
-    # With a pane boundary every 2 s, an answer can be stale for a moment (the gadget's
+    # With a pane boundary every 3 s, an answer can be stale for a moment (the gadget's
     # partition has slid, an idle one slides on its next 1 s tick): wait for a fresh one.
     first = wait_until(
         lambda: (a := top()) and a["items"] and not a["stale"] and a, 30, what="gadget ranked"
@@ -195,10 +204,10 @@ def test_with_no_traffic_the_window_slides_and_items_drop_out(
 
     # Expiry by event time also holds across a restart (Faust #385): a purchase made before
     # the worker stopped has left the window when it comes back.
-    buy("widget", 2)
+    gone = buy("widget", 2)
     wait_until(lambda: top()["items"], 30, what="widget ranked")
     worker.stop()
-    time.sleep(5)
+    time.sleep(max(0.0, gone + 1 - time.time()))
     worker.start()
     # Right after the restart the merged answer may still be the one from before the stop,
     # flagged stale; the partitions re-publish within a second.
