@@ -27,6 +27,7 @@ from tally.runtime.faust_compat import (
     aiokafka_producer,
     check_pinned_versions,
     keep_skipped_messages_uncommitted,
+    record_offsets_only_without_holes,
 )
 from tally.runtime.logs import quiet_repeats
 from tally.settings import Settings, current_settings
@@ -36,6 +37,8 @@ logger = logging.getLogger(__name__)
 settings = current_settings()
 check_pinned_versions()
 keep_skipped_messages_uncommitted()
+if settings.processing_guarantee == "at_least_once":
+    record_offsets_only_without_holes()
 
 #: Each pipeline's modules (agents, then the views answering from its tables).
 PIPELINE_MODULES = {

@@ -151,6 +151,14 @@ class Hole:
     given_up: bool
 
 
+@dataclass
+class _Reread:
+    missing: int  # the first offset not delivered
+    tries: int  # rereads that came back without it
+    seen: int  # the highest offset delivered since the hole opened
+    at: float  # when the last reread began
+
+
 class Unread:
     """Offsets of a partition that a batch skips over, which its stamps would then claim.
 
@@ -160,14 +168,18 @@ class Unread:
     ones. A record's stamp then passes the dropped message, and when it comes again (from the
     committed offset, which cannot pass it) it is skipped as already applied: lost. The chaos
     soak (bench/soak.py) found it. So only a batch's events up to a hole are applied, and the
-    partition is read again from the hole; after `tries` rereads a hole is taken as a gap in
-    the log (nothing delivers it) and the batch is applied whole.
+    partition is read again from the hole.
+
+    A reread has come back when a batch brings offsets delivered before (what was fetched
+    before it only brings new ones, in order, and may take long to drain on a busy worker).
+    A hole that `tries` rereads came back without is taken as a gap in the log (a transaction
+    marker, say) and the batch is applied whole; so is one whose rereads did not come back
+    within `patience_s` each, `tries` times.
     """
 
-    def __init__(self, tries: int = 3, interval_s: float = 2.0) -> None:
-        self.tries, self.interval_s = tries, interval_s
-        #: partition key → (first missing offset, rereads so far, time of the last one).
-        self._rereads: dict[Hashable, tuple[int, int, float]] = {}
+    def __init__(self, tries: int = 3, patience_s: float = 10.0) -> None:
+        self.tries, self.patience_s = tries, patience_s
+        self._rereads: dict[Hashable, _Reread] = {}
 
     def forget(self, key: Hashable) -> None:
         """The partition left this worker: its rereads start over if it comes back."""
@@ -197,12 +209,16 @@ class Unread:
         if applicable == len(offsets):
             self._rereads.pop(key, None)
             return applicable, None
-        missing, tries, at = self._rereads.get(key, (following, 0, now - self.interval_s))
-        if missing != following:
-            tries, at = 0, now - self.interval_s
-        if tries >= self.tries:
-            return len(offsets), Hole(following, reread=False, given_up=True)
-        if now - at < self.interval_s:  # what was fetched before the reread still drains
+        reread = self._rereads.get(key)
+        if reread is None or reread.missing != following:
+            self._rereads[key] = _Reread(following, 0, offsets[-1], now)
+            return applicable, Hole(following, reread=True, given_up=False)
+        came_back = offsets[0] <= reread.seen
+        reread.seen = max(reread.seen, offsets[-1])
+        if not came_back and now - reread.at < self.patience_s:  # earlier fetches drain
             return applicable, Hole(following, reread=False, given_up=False)
-        self._rereads[key] = (following, tries + 1, now)
+        reread.tries += 1
+        if reread.tries >= self.tries:
+            return len(offsets), Hole(following, reread=False, given_up=True)
+        reread.at = now
         return applicable, Hole(following, reread=True, given_up=False)

@@ -7,6 +7,7 @@ the same way, because it is loaded by Faust's transport entry point.)
 
 from __future__ import annotations
 
+import logging
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -20,7 +21,10 @@ from faust.stores.rocksdb import Store as RocksDBStore
 from faust.transport.consumer import Consumer as FaustConsumer
 from faust.types import TP, CollectionT, EventT, Message, ProducerT
 
+from tally.core.continuity import ChangelogContinuity
 from tally.core.errors import ConfigurationError
+
+logger = logging.getLogger(__name__)
 
 #: The versions whose internals this module reaches into.
 PINNED = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0", "mode-streaming": "0.7.1"}
@@ -73,6 +77,81 @@ def keep_skipped_messages_uncommitted() -> None:
     FaustConsumer.ack = ack  # type: ignore[method-assign]
 
 
+def leave_unacked(message: Message) -> None:
+    """Done with for Faust's flow (nothing waits for it), never reaching the committed
+    offsets: a message held back unapplied (runtime.intake.without_holes) is read again.
+    Faust would ack it with its batch, and then commit past it once the hole before it is
+    filled, though the reread that brings it again has not been applied yet."""
+    message.acked = True
+
+
+def accept_missing(consumer: Any, tp: TP, start: int, end: int) -> None:
+    """Offsets `start` to `end` (excluded) of `tp` are taken as absent from the log: Faust
+    commits past them as past the gaps it saw itself."""
+    consumer._gap[tp].addi(start, end)
+
+
+#: Every RocksDB table partition's changelog continuity in this worker (core.continuity).
+continuity = ChangelogContinuity()
+
+
+def record_offsets_only_without_holes() -> None:
+    """Faust's RocksDB store records, with each changelog batch it applies, the batch's last
+    offset, and a restore reads on from there; its recovery can skip records (it drops what
+    was fetched between a standby's seek and the resume of its flow), and the recorded offset
+    would then pass them for good. Here the recorded offset stops before a hole
+    (core.continuity), so the next restore reads it again. Not for exactly_once: its
+    changelogs have a transaction marker per commit, and it records offsets at commits."""
+    if getattr(RocksDBStore.apply_changelog_batch, "records_without_holes", False):
+        return
+    faust_apply = RocksDBStore.apply_changelog_batch
+    faust_set_persisted = RocksDBStore.set_persisted_offset
+
+    def apply_changelog_batch(
+        self: RocksDBStore, batch: Any, to_key: Callable[..., Any], to_value: Callable[..., Any]
+    ) -> None:
+        events = list(batch)
+        offsets: dict[TP, list[int]] = {}
+        for event in events:
+            offsets.setdefault(event.message.tp, []).append(event.message.offset)
+        before = {tp: self.persisted_offset(tp) for tp in offsets}
+        self.applying_changelog = True  # type: ignore[attr-defined]  # replaced below
+        try:
+            faust_apply(self, events, to_key, to_value)
+        finally:
+            self.applying_changelog = False  # type: ignore[attr-defined]
+        for tp, applied in offsets.items():
+            record_applied(self.table, tp, applied, before[tp])
+
+    def set_persisted_offset(self: RocksDBStore, tp: TP, offset: int) -> None:
+        """Also where an active's acknowledged changelog writes are recorded."""
+        if not getattr(self, "applying_changelog", False):
+            offset = continuity.wrote((self.table.name, tp), offset)
+        faust_set_persisted(self, tp, offset)
+
+    apply_changelog_batch.records_without_holes = True  # type: ignore[attr-defined]
+    RocksDBStore.apply_changelog_batch = apply_changelog_batch  # type: ignore[method-assign]
+    RocksDBStore.set_persisted_offset = set_persisted_offset  # type: ignore[method-assign]
+
+
+def record_applied(table: CollectionT, tp: TP, offsets: list[int], before: int | None) -> None:
+    """Changelog `offsets` of `tp` applied to `table`'s partition, whose recorded offset was
+    `before`: record how far it holds them without a hole (where Faust's recovery of `tp`
+    starts next time)."""
+    safe = continuity.applied((table.name, tp), offsets, before)
+    partition_db(table, tp.partition).put(RocksDBStore.offset_key, str(safe).encode())
+    if safe != offsets[-1]:
+        logger.warning(
+            "%s: changelog %s[%s] applied to %s with a hole from %s: the next restore reads "
+            "from there again",
+            table.name,
+            tp.topic,
+            tp.partition,
+            offsets[-1],
+            safe + 1,
+        )
+
+
 @contextmanager
 def current_event(event: EventT) -> Iterator[None]:
     """Faust routes table reads and writes to the partition of the stream's current event,
@@ -89,10 +168,9 @@ def partition_db(table: CollectionT, partition: int) -> Any:
     return table.data._db_for_partition(partition)  # type: ignore[attr-defined]
 
 
-def set_persisted_offset(table: CollectionT, tp: TP, offset: int) -> None:
-    """Record in the partition's database that its changelog is applied through `offset`,
-    as Faust's recovery does (where its restore of `tp` starts next time)."""
-    table.data.set_persisted_offset(tp, offset)  # type: ignore[attr-defined]
+def persisted_offset(table: CollectionT, tp: TP) -> int | None:
+    """The changelog offset the partition's database records (None: none yet)."""
+    return cast(int | None, cast(Any, table).data.persisted_offset(tp))
 
 
 def open_partition_dbs(table: CollectionT) -> list[Any]:

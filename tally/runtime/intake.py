@@ -33,7 +33,13 @@ from tally.core.deadletters import DeadLetter
 from tally.core.errors import DecodeError, SchemaError, TallyError, ValidationError
 from tally.core.limits import MAX_RECORD_BYTES
 from tally.core.quarantine import DEATHS_ALONE, IN_FLIGHT_DIR, InFlight, InFlightRecords
-from tally.runtime.faust_compat import committed_offset, current_event, fetched_gap
+from tally.runtime.faust_compat import (
+    accept_missing,
+    committed_offset,
+    current_event,
+    fetched_gap,
+    leave_unacked,
+)
 from tally.runtime.logs import SUMMARY, RejectionSummary
 from tally.runtime.routing import origin_of, source_of
 from tally.runtime.state import PartitionStates
@@ -230,8 +236,8 @@ unread = Unread()
 
 async def without_holes(tp: TP, events: list[EventT]) -> list[EventT]:
     """The events of a batch of `tp` (in offset order) up to the first offset not delivered
-    (core.applied.Unread): the rest are not applied, and stay uncommitted (Faust commits up
-    to the hole), and the partition is read again from the hole."""
+    (core.applied.Unread): the rest are not applied nor committed, and the partition is read
+    again from the hole."""
     done = processed_offsets(tp.topic).get(tp.partition)
     settled = committed_offset(app.consumer, tp)
     after_done = None if done is None else done + 1
@@ -241,7 +247,11 @@ async def without_holes(tp: TP, events: list[EventT]) -> list[EventT]:
     applicable, hole = unread.applicable(
         (tp.topic, tp.partition), expected, offsets, time.monotonic(), fetched_gap(app.consumer, tp)
     )
+    for event in events[applicable:]:
+        leave_unacked(event.message)
     if hole is not None and hole.given_up:
+        after = next(offset for offset in offsets if offset > hole.start)
+        accept_missing(app.consumer, tp, hole.start, after)
         logger.error(
             "%s[%s]: offset %s was never delivered after %s rereads; going on without it",
             tp.topic,
@@ -259,9 +269,9 @@ async def without_holes(tp: TP, events: list[EventT]) -> list[EventT]:
             len(events) - applicable,
             hole.start,
         )
-        try:
-            await app.consumer.seek(tp, hole.start)
-        except (AssertionError, IllegalStateError) as exc:  # revoked meanwhile: reread anyway
+        try:  # in the consumer's thread: a seek from this one races its fetcher
+            await app.consumer.seek_wait({tp: hole.start})
+        except (AssertionError, IllegalStateError, TimeoutError) as exc:  # revoked meanwhile
             logger.info("%s[%s]: no reread, the partition is gone: %r", tp.topic, tp.partition, exc)
     return events[:applicable]
 

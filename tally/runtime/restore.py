@@ -7,8 +7,11 @@ consumer reads those changelog partitions in large fetches and writes each fetch
 partition's RocksDB database as one write batch, then records the offset it reached the way
 Faust does; Faust's recovery then finds nothing (or only a tail) left to read.
 
-Standby partitions keep Faust's path: they catch up in the background once the worker is
-ready, so a failover never waits for a standby it was just given.
+Every active partition with records to read takes this path: Faust's own can skip records
+when it starts reading (core.continuity), and an active must not start from a hole. Standby
+partitions keep Faust's path: they catch up in the background once the worker is ready, so a
+failover never waits for a standby it was just given; what it skips there is read again when
+the standby is promoted.
 """
 
 from __future__ import annotations
@@ -27,13 +30,11 @@ from faust.tables.recovery import Recovery
 from faust.types import TP, CollectionT, ConsumerT
 from rocksdict import WriteBatch
 
-from tally.runtime.faust_compat import partition_db, set_persisted_offset
+from tally.runtime.faust_compat import partition_db, persisted_offset, record_applied
 from tally.settings import current_settings
 
 logger = logging.getLogger(__name__)
 
-#: Below this many records Faust's own path is about as quick as starting a consumer.
-BULK_MIN_RECORDS = 10_000
 #: Faust gives each recovery step broker_request_timeout and stops recovering for good when a
 #: step overruns it: the bulk restore hands what is left to Faust well before that.
 SHARE_OF_STEP_TIMEOUT = 0.6
@@ -126,6 +127,7 @@ def write_records(table: CollectionT, tp: TP, records: Sequence[ConsumerRecord])
     """One fetch of a changelog partition into the table's RocksDB partition, then the offset
     reached, as Faust records it (a crash between the two re-reads the fetch: records are
     whole values, so writing one again changes nothing)."""
+    before = persisted_offset(table, tp)
     batch = WriteBatch(raw_mode=True)
     for record in records:
         if record.value is None:
@@ -133,7 +135,7 @@ def write_records(table: CollectionT, tp: TP, records: Sequence[ConsumerRecord])
         else:
             batch.put(record.key, record.value)
     partition_db(table, tp.partition).write(batch)
-    set_persisted_offset(table, tp, records[-1].offset)
+    record_applied(table, tp, [record.offset for record in records], before)
 
 
 async def stop_quietly(consumer: AIOKafkaConsumer) -> None:
@@ -172,7 +174,7 @@ class BulkRecovery(Recovery):
             if offsets.get(tp) is not None and highwaters.get(tp) is not None
         }
         total = sum(max(last - first + 1, 0) for first, last in spans.values())
-        if total < BULK_MIN_RECORDS:
+        if total == 0:
             return
         settings = current_settings()
         step_timeout = self.app.conf.broker_request_timeout

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tally.core.applied import (
+    Hole,
     Source,
     Stamped,
     Unread,
@@ -267,7 +268,51 @@ def test_forwarded_and_own_messages_count_once_through_both_hops_and_crashes(
     assert {key: value_of(cell) for key, cell in cells.items()} == expected
 
 
-@settings(max_examples=300, deadline=None)
+@dataclass
+class FaustConsumer:
+    """What of Faust's consumer decides what is lost: fetched messages wait in the stream's
+    buffer (a seek does not empty it), applied messages are acked (held-back ones are left
+    unacked, runtime.faust_compat.leave_unacked), and a commit takes the run of acks from the
+    lowest one, which may start one past the committed offset (Faust's room for a
+    transaction marker) or anywhere when nothing was committed yet."""
+
+    end: int
+    position: int = 0
+    committed: int = 0
+    buffered: list[int] = field(default_factory=list)
+    acked: set[int] = field(default_factory=set)
+    missing: set[int] = field(default_factory=set)  # taken as absent from the log
+
+    def fetch(self, count: int, drop: int | None) -> None:
+        fetched = list(range(self.position, min(self.position + count, self.end)))
+        self.position += len(fetched)
+        self.buffered += [offset for offset in fetched if offset != drop]
+
+    def deliver(self, count: int) -> list[int]:
+        batch, self.buffered = self.buffered[:count], self.buffered[count:]
+        return sorted(set(batch))
+
+    def ack(self, offsets: list[int]) -> None:
+        self.acked |= {offset for offset in offsets if offset >= self.committed}
+
+    def commit(self) -> None:
+        acks = self.acked | {o for o in self.missing if o >= self.committed}
+        if not self.acked:
+            return
+        run = min(acks)
+        if self.committed and run - self.committed > 1:
+            return
+        while run + 1 in acks:
+            run += 1
+        self.committed = run + 1
+        self.acked = {offset for offset in self.acked if offset > run}
+
+    def restart(self) -> None:
+        """A rebalance or a crash: reading starts again from the committed offset."""
+        self.position, self.buffered, self.acked = self.committed, [], set()
+
+
+@settings(max_examples=400, deadline=None)
 @given(
     values=st.lists(st.integers(1, 9), min_size=1, max_size=40),
     batch=st.integers(1, 6),
@@ -276,43 +321,75 @@ def test_forwarded_and_own_messages_count_once_through_both_hops_and_crashes(
 def test_a_message_dropped_from_a_delivery_is_read_again_not_skipped_for_good(
     values: list[int], batch: int, events: st.DataObject
 ) -> None:
-    """A partition is delivered in batches; now and then a message is dropped from a delivery
-    (as Faust's stream drops one fetched before a rebalance) or the worker restarts from the
-    committed offset. With `Unread` guarding each batch, the stamped total equals the sum
-    (fewer drops than its rereads: a hole still missing after those is taken as a gap).
-    Without it, a dropped message is lost: its stamp passes it."""
-    unread = Unread(tries=3, interval_s=1.0)
+    """A partition is fetched and delivered in batches; now and then a fetched message is
+    dropped (as Faust's stream drops one fetched before a rebalance), more is fetched before
+    the agent takes a batch, or the worker restarts from the committed offset. With `Unread`
+    guarding each batch and what it holds back left unacked, the stamped total equals the sum
+    (fewer drops than its rereads: a hole still missing after those is taken as a gap)."""
+    unread = Unread(tries=3, patience_s=1000.0)
+    faust = FaustConsumer(len(values))
     record: Stamped | None = None
     done: int | None = None  # the last offset applied since the (re)start
-    committed = position = 0
-    drops = restarts = 0
-    clock = 0.0
-    while committed < len(values):
-        clock += 1.0
-        if restarts < 3 and events.draw(st.integers(0, 9)) == 0:  # a restart: from committed
+    drops = restarts = steps = 0
+    while faust.committed < len(values):
+        steps += 1
+        assert steps < 5_000, "stuck"
+        if restarts < 3 and events.draw(st.integers(0, 19)) == 0:
             restarts += 1
-            done, position = None, committed
+            faust.restart()
+            unread.forget("p")
+            done = None
             continue
-        delivered = list(range(position, min(position + batch, len(values))))
-        if not delivered:  # all read, some not committed: the next rebalance rereads them
-            done, position = None, committed
+        if not faust.buffered or events.draw(st.booleans()):
+            if faust.position == len(values) and not faust.buffered:
+                faust.restart()  # all read, not all committed: the next rebalance rereads
+                unread.forget("p")
+                done = None
+                continue
+            drop = None
+            if drops < unread.tries - 1 and events.draw(st.booleans()):
+                drops += 1
+                drop = faust.position + events.draw(st.integers(0, batch - 1))
+            faust.fetch(batch, drop)
             continue
-        if drops < unread.tries - 1 and len(delivered) > 1 and events.draw(st.booleans()):
-            drops += 1
-            delivered.pop(events.draw(st.integers(0, len(delivered) - 1)))
-        position = delivered[-1] + 1
-        expected = committed if done is None else max(done + 1, committed)
-        applicable, hole = unread.applicable("p", expected, delivered, clock)
+        delivered = faust.deliver(events.draw(st.integers(1, batch)))
+        # With nothing applied since the (re)start: the committed offset, or the log's start.
+        expected = faust.committed if done is None else max(done + 1, faust.committed)
+        applicable, hole = unread.applicable(
+            "p", expected, delivered, float(steps), faust.missing.__contains__
+        )
+        faust.ack(delivered[:applicable])
+        if hole is not None and hole.given_up:
+            faust.missing |= set(range(hole.start, min(o for o in delivered if o > hole.start)))
         if hole is not None and hole.reread:
-            position = hole.start
-        delivered = delivered[:applicable]
-        if not delivered:
-            continue
-        fresh = [offset for offset in delivered if not holds(record, offset, None)]
-        total = value_of(record) if record is not None else 0
-        record = stamp(total + sum(values[o] for o in fresh), delivered[-1], record)
-        done = delivered[-1]
-        # Faust commits up to the first offset not acked: delivered ones are acked.
-        if delivered == list(range(delivered[0], delivered[-1] + 1)) and delivered[0] <= committed:
-            committed = max(committed, delivered[-1] + 1)
+            faust.position = hole.start
+        applied = delivered[:applicable]
+        if applied:
+            fresh = [offset for offset in applied if not holds(record, offset, None)]
+            total = value_of(record) if record is not None else 0
+            record = stamp(total + sum(values[o] for o in fresh), applied[-1], record)
+            done = applied[-1]
+        faust.commit()
+    assert not faust.missing, "no hole given up: each drop was read again"
     assert record is not None and value_of(record) == sum(values)
+
+
+def test_a_reread_that_never_comes_back_is_given_up_after_its_patience() -> None:
+    """Offsets 5 and 6 are delivered, 4 never is, and no reread brings anything again (a gap
+    the fetches did not show): each reread gets `patience_s`, then the hole is passed."""
+    unread = Unread(tries=2, patience_s=10.0)
+    assert unread.applicable("p", 4, [5, 6], 0.0) == (0, Hole(4, reread=True, given_up=False))
+    assert unread.applicable("p", 4, [7], 5.0) == (0, Hole(4, reread=False, given_up=False))
+    assert unread.applicable("p", 4, [8], 11.0) == (0, Hole(4, reread=True, given_up=False))
+    assert unread.applicable("p", 4, [9], 22.0) == (1, Hole(4, reread=False, given_up=True))
+
+
+def test_a_gap_in_the_log_is_passed_after_its_rereads_come_back_without_it() -> None:
+    """A transaction marker at the committed offset 4: every reread brings 5 again, never 4."""
+    unread = Unread(tries=3, patience_s=1000.0)
+    assert unread.applicable("p", 4, [5, 6], 0.0)[1] == Hole(4, reread=True, given_up=False)
+    assert unread.applicable("p", 4, [7, 8], 0.1)[1] == Hole(4, reread=False, given_up=False)
+    assert unread.applicable("p", 4, [5, 6], 0.2)[1] == Hole(4, reread=True, given_up=False)
+    assert unread.applicable("p", 4, [5], 0.3)[1] == Hole(4, reread=True, given_up=False)
+    assert unread.applicable("p", 4, [5, 6, 7], 0.4) == (3, Hole(4, reread=False, given_up=True))
+    assert unread.applicable("p", 9, [9], 0.5) == (1, None)

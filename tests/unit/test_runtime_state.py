@@ -10,7 +10,12 @@ from faust.types import TP as FaustTP
 from faust.types import Message
 
 from tally.core.errors import ConfigurationError
-from tally.runtime.faust_compat import PINNED, check_pinned_versions
+from tally.runtime.faust_compat import (
+    PINNED,
+    accept_missing,
+    check_pinned_versions,
+    leave_unacked,
+)
 from tally.runtime.state import PartitionStates
 
 
@@ -59,6 +64,29 @@ def test_a_message_no_stream_took_in_never_reaches_the_committed_offset() -> Non
         consumer.ack(one)
     assert skipped.acked, "acked for Faust's flow (nothing waits for it)"
     assert consumer._new_offset(tp) == 12, "committed up to the skipped message, not past it"
+
+
+def test_held_back_messages_are_not_committed_and_a_missing_offset_is_passed() -> None:
+    """Messages held back behind a hole are done for Faust but never committed (the reread
+    brings them again); an offset taken as missing from the log is committed past."""
+    from tally.app import app
+
+    consumer = app.consumer
+    consumer.app.topics._acking_topics.add("purchases")
+    held, passed = FaustTP("purchases", 1), FaustTP("purchases", 2)
+    consumer._committed_offset[held] = 8
+    consumer._committed_offset[passed] = 10
+    applied = [message(held, offset, tracked=True) for offset in (8, 9)]
+    held_back = [message(held, offset, tracked=True) for offset in (11, 12)]
+    for one in held_back:
+        leave_unacked(one)
+    for one in [*applied, *held_back]:
+        consumer.ack(one)
+    assert consumer._new_offset(held) == 10, "up to the hole at 10, not past what was held"
+    for offset in (11, 12):
+        consumer.ack(message(passed, offset, tracked=True))
+    accept_missing(consumer, passed, 10, 11)
+    assert consumer._new_offset(passed) == 13
 
 
 def message(tp: FaustTP, offset: int, tracked: bool) -> Message:
