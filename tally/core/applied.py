@@ -218,7 +218,13 @@ class Unread:
         if not came_back and now - reread.at < self.patience_s:  # earlier fetches drain
             return applicable, Hole(following, reread=False, given_up=False)
         reread.tries += 1
-        if reread.tries >= self.tries:
-            return len(offsets), Hole(following, reread=False, given_up=True)
+        if reread.tries >= self.tries:  # passed: the batch applies up to its next hole
+            del self._rereads[key]
+            gap = range(following, next(o for o in offsets if o > following))
+            more, _ = self.applicable(
+                key, expected, offsets, now, lambda o: o in gap or known_gap(o)
+            )
+            self._rereads.pop(key, None)  # a hole after it is new to the next batch
+            return more, Hole(following, reread=False, given_up=True)
         reread.at = now
         return applicable, Hole(following, reread=True, given_up=False)

@@ -44,6 +44,8 @@ def check_pinned_versions(installed: Mapping[str, str] | None = None) -> None:
         for what, present in (
             ("faust.streams._current_event", hasattr(faust_streams, "_current_event")),
             ("RocksDB Store._db_for_partition", hasattr(RocksDBStore, "_db_for_partition")),
+            ("RocksDB Store.offset_key", hasattr(RocksDBStore, "offset_key")),
+            ("Consumer._gap", "_gap" in FaustConsumer.__annotations__),
         )
         if not present
     ]
@@ -115,7 +117,7 @@ def record_offsets_only_without_holes() -> None:
         for event in events:
             offsets.setdefault(event.message.tp, []).append(event.message.offset)
         before = {tp: self.persisted_offset(tp) for tp in offsets}
-        self.applying_changelog = True  # type: ignore[attr-defined]  # replaced below
+        self.applying_changelog = True  # type: ignore[attr-defined]  # recorded below instead
         try:
             faust_apply(self, events, to_key, to_value)
         finally:
@@ -124,10 +126,10 @@ def record_offsets_only_without_holes() -> None:
             record_applied(self.table, tp, applied, before[tp])
 
     def set_persisted_offset(self: RocksDBStore, tp: TP, offset: int) -> None:
-        """Also where an active's acknowledged changelog writes are recorded."""
+        """Also where an active's acknowledged changelog writes are recorded. Within a batch
+        apply nothing is: a crash between two records would leave the batch's last offset."""
         if not getattr(self, "applying_changelog", False):
-            offset = continuity.wrote((self.table.name, tp), offset)
-        faust_set_persisted(self, tp, offset)
+            faust_set_persisted(self, tp, continuity.wrote((self.table.name, tp), offset))
 
     apply_changelog_batch.records_without_holes = True  # type: ignore[attr-defined]
     RocksDBStore.apply_changelog_batch = apply_changelog_batch  # type: ignore[method-assign]
@@ -135,11 +137,11 @@ def record_offsets_only_without_holes() -> None:
 
 
 def record_applied(table: CollectionT, tp: TP, offsets: list[int], before: int | None) -> None:
-    """Changelog `offsets` of `tp` applied to `table`'s partition, whose recorded offset was
-    `before`: record how far it holds them without a hole (where Faust's recovery of `tp`
-    starts next time)."""
+    """Changelog `offsets` of `tp` applied to `table`'s partition by Faust's recovery, whose
+    recorded offset was `before`: record how far it holds them without a hole (where the
+    next restore of `tp` starts)."""
     safe = continuity.applied((table.name, tp), offsets, before)
-    partition_db(table, tp.partition).put(RocksDBStore.offset_key, str(safe).encode())
+    record_offset(table, tp, safe)
     if safe != offsets[-1]:
         logger.warning(
             "%s: changelog %s[%s] applied to %s with a hole from %s: the next restore reads "
@@ -150,6 +152,18 @@ def record_applied(table: CollectionT, tp: TP, offsets: list[int], before: int |
             offsets[-1],
             safe + 1,
         )
+
+
+def record_read_through(table: CollectionT, tp: TP, offset: int) -> None:
+    """`table`'s partition holds `tp`'s changelog through `offset`, read from its recorded
+    offset by a reader that drops nothing (runtime.restore): what it skipped is not in the
+    log, and any hole before is mended."""
+    record_offset(table, tp, continuity.read_through((table.name, tp), offset))
+
+
+def record_offset(table: CollectionT, tp: TP, offset: int) -> None:
+    """Where the next restore of `tp` into `table`'s partition starts, as Faust records it."""
+    partition_db(table, tp.partition).put(RocksDBStore.offset_key, str(offset).encode())
 
 
 @contextmanager
@@ -166,11 +180,6 @@ def current_event(event: EventT) -> Iterator[None]:
 def partition_db(table: CollectionT, partition: int) -> Any:
     """The rocksdict database of one partition of a RocksDB table (opened if need be)."""
     return table.data._db_for_partition(partition)  # type: ignore[attr-defined]
-
-
-def persisted_offset(table: CollectionT, tp: TP) -> int | None:
-    """The changelog offset the partition's database records (None: none yet)."""
-    return cast(int | None, cast(Any, table).data.persisted_offset(tp))
 
 
 def open_partition_dbs(table: CollectionT) -> list[Any]:

@@ -30,7 +30,7 @@ from faust.tables.recovery import Recovery
 from faust.types import TP, CollectionT, ConsumerT
 from rocksdict import WriteBatch
 
-from tally.runtime.faust_compat import partition_db, persisted_offset, record_applied
+from tally.runtime.faust_compat import partition_db, record_read_through
 from tally.settings import current_settings
 
 logger = logging.getLogger(__name__)
@@ -127,7 +127,6 @@ def write_records(table: CollectionT, tp: TP, records: Sequence[ConsumerRecord])
     """One fetch of a changelog partition into the table's RocksDB partition, then the offset
     reached, as Faust records it (a crash between the two re-reads the fetch: records are
     whole values, so writing one again changes nothing)."""
-    before = persisted_offset(table, tp)
     batch = WriteBatch(raw_mode=True)
     for record in records:
         if record.value is None:
@@ -135,7 +134,7 @@ def write_records(table: CollectionT, tp: TP, records: Sequence[ConsumerRecord])
         else:
             batch.put(record.key, record.value)
     partition_db(table, tp.partition).write(batch)
-    record_applied(table, tp, [record.offset for record in records], before)
+    record_read_through(table, tp, records[-1].offset)
 
 
 async def stop_quietly(consumer: AIOKafkaConsumer) -> None:

@@ -393,3 +393,13 @@ def test_a_gap_in_the_log_is_passed_after_its_rereads_come_back_without_it() -> 
     assert unread.applicable("p", 4, [5], 0.3)[1] == Hole(4, reread=True, given_up=False)
     assert unread.applicable("p", 4, [5, 6, 7], 0.4) == (3, Hole(4, reread=False, given_up=True))
     assert unread.applicable("p", 9, [9], 0.5) == (1, None)
+
+
+def test_a_hole_after_a_passed_one_is_not_passed_with_it() -> None:
+    """Offset 4 is passed after its rereads; 8 is missing too: the batch applies up to 8, and
+    the next batch rereads from there."""
+    unread = Unread(tries=1, patience_s=1000.0)
+    assert unread.applicable("p", 4, [5, 6], 0.0)[1] == Hole(4, reread=True, given_up=False)
+    passed = unread.applicable("p", 4, [5, 6, 7, 9], 0.1)
+    assert passed == (3, Hole(4, reread=False, given_up=True))
+    assert unread.applicable("p", 8, [9, 10], 0.2) == (0, Hole(8, reread=True, given_up=False))
