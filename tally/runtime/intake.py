@@ -221,6 +221,10 @@ async def each_partition(
                     len(delivered) - len(unique),
                 )
             events = await without_holes(tp, unique)
+            held_back = {event.message.offset for event in unique[len(events) :]}
+            for event in delivered:  # every copy: an acked twin would commit its offset
+                if event.message.offset in held_back:
+                    leave_unacked(event.message)
             if not events:
                 continue
             last = events[-1].message
@@ -236,8 +240,8 @@ unread = Unread()
 
 async def without_holes(tp: TP, events: list[EventT]) -> list[EventT]:
     """The events of a batch of `tp` (in offset order) up to the first offset not delivered
-    (core.applied.Unread): the rest are not applied nor committed, and the partition is read
-    again from the hole."""
+    (core.applied.Unread): the rest are not applied (nor acked, by the caller), and the
+    partition is read again from the hole."""
     done = processed_offsets(tp.topic).get(tp.partition)
     settled = committed_offset(app.consumer, tp)
     after_done = None if done is None else done + 1
@@ -247,8 +251,6 @@ async def without_holes(tp: TP, events: list[EventT]) -> list[EventT]:
     applicable, hole = unread.applicable(
         (tp.topic, tp.partition), expected, offsets, time.monotonic(), fetched_gap(app.consumer, tp)
     )
-    for event in events[applicable:]:
-        leave_unacked(event.message)
     if hole is not None and hole.given_up:
         after = next(offset for offset in offsets if offset > hole.start)
         accept_missing(app.consumer, tp, hole.start, after)
