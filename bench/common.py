@@ -59,24 +59,19 @@ def bench_worker(broker: LocalBroker, workdir: Path, app_id: str, name: str, **e
     )
 
 
-def purchase_codec(workdir: Path) -> AvroCodec:
-    """The purchases codec, registering in the run's file registry."""
+def codec_in(workdir: Path, subject: str, schema: str, validate: Any) -> AvroCodec:
+    """A codec registering in the run's file registry."""
     return AvroCodec(
-        FileSchemaRegistry(workdir / "registry"),
-        "purchases-value",
-        load_schema("purchase"),
-        validate_purchase,
+        FileSchemaRegistry(workdir / "registry"), subject, load_schema(schema), validate
     )
+
+
+def purchase_codec(workdir: Path) -> AvroCodec:
+    return codec_in(workdir, "purchases-value", "purchase", validate_purchase)
 
 
 def metric_batch_codec(workdir: Path) -> AvroCodec:
-    """The metric-samples codec, registering in the run's file registry."""
-    return AvroCodec(
-        FileSchemaRegistry(workdir / "registry"),
-        "metric-samples-value",
-        load_schema("metric_batch"),
-        validate_metric_batch,
-    )
+    return codec_in(workdir, "metric-samples-value", "metric_batch", validate_metric_batch)
 
 
 @dataclass

@@ -71,7 +71,7 @@ def keep_skipped_messages_uncommitted() -> None:
 
     def ack(self: FaustConsumer, message: Message) -> bool:
         if not message.tracked:
-            message.acked = True
+            leave_unacked(message)
             return False
         return faust_ack(self, message)
 
