@@ -26,7 +26,9 @@ from tally.http.hygiene import REGISTRY_MAX_BYTES, BodyLimits, application_optio
 from tally.runtime.faust_compat import (
     aiokafka_producer,
     check_pinned_versions,
+    flush_producer_buffer_fully,
     keep_skipped_messages_uncommitted,
+    record_fetched_offsets,
     record_offsets_only_without_holes,
 )
 from tally.runtime.logs import quiet_repeats
@@ -37,6 +39,8 @@ logger = logging.getLogger(__name__)
 settings = current_settings()
 check_pinned_versions()
 keep_skipped_messages_uncommitted()
+flush_producer_buffer_fully()
+record_fetched_offsets()
 if settings.processing_guarantee == "at_least_once":
     record_offsets_only_without_holes()
 

@@ -149,6 +149,9 @@ class Hole:
     reread: bool
     #: Reread `Unread.tries` times and still missing: nothing delivers it (a gap in the log).
     given_up: bool
+    #: Given up: the offsets from `start` to this one (excluded) are passed as absent, up to
+    #: the first offset after the hole that any batch since it opened delivered.
+    until: int | None = None
 
 
 @dataclass
@@ -156,6 +159,7 @@ class _Reread:
     missing: int  # the first offset not delivered
     tries: int  # rereads that came back without it
     seen: int  # the highest offset delivered since the hole opened
+    after: int  # the lowest offset after the hole delivered since it opened
     at: float  # when the last reread began
 
 
@@ -210,21 +214,23 @@ class Unread:
             self._rereads.pop(key, None)
             return applicable, None
         reread = self._rereads.get(key)
+        after = offsets[applicable]
         if reread is None or reread.missing != following:
-            self._rereads[key] = _Reread(following, 0, offsets[-1], now)
+            self._rereads[key] = _Reread(following, 0, offsets[-1], after, now)
             return applicable, Hole(following, reread=True, given_up=False)
         came_back = offsets[0] <= reread.seen
         reread.seen = max(reread.seen, offsets[-1])
+        reread.after = min(reread.after, after)
         if not came_back and now - reread.at < self.patience_s:  # earlier fetches drain
             return applicable, Hole(following, reread=False, given_up=False)
         reread.tries += 1
         if reread.tries >= self.tries:  # passed: the batch applies up to its next hole
             del self._rereads[key]
-            gap = range(following, next(o for o in offsets if o > following))
+            gap = range(following, reread.after)  # not beyond what was seen after it
             more, _ = self.applicable(
                 key, expected, offsets, now, lambda o: o in gap or known_gap(o)
             )
             self._rereads.pop(key, None)  # a hole after it is new to the next batch
-            return more, Hole(following, reread=False, given_up=True)
+            return more, Hole(following, reread=False, given_up=True, until=gap.stop)
         reread.at = now
         return applicable, Hole(following, reread=True, given_up=False)

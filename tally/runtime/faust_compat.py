@@ -7,7 +7,9 @@ the same way, because it is loaded by Faust's transport entry point.)
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -19,10 +21,13 @@ from faust import streams as faust_streams
 from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 from faust.stores.rocksdb import Store as RocksDBStore
 from faust.transport.consumer import Consumer as FaustConsumer
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+from faust.transport.producer import ProducerBuffer
 from faust.types import TP, CollectionT, EventT, Message, ProducerT
 
 from tally.core.continuity import ChangelogContinuity
 from tally.core.errors import ConfigurationError
+from tally.core.loggaps import LogGaps
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +51,11 @@ def check_pinned_versions(installed: Mapping[str, str] | None = None) -> None:
             ("RocksDB Store._db_for_partition", hasattr(RocksDBStore, "_db_for_partition")),
             ("RocksDB Store.offset_key", hasattr(RocksDBStore, "offset_key")),
             ("Consumer._gap", "_gap" in FaustConsumer.__annotations__),
+            ("ProducerBuffer._send_pending", hasattr(ProducerBuffer, "_send_pending")),
+            (
+                "AIOKafkaConsumerThread._fetch_records",
+                hasattr(AIOKafkaConsumerThread, "_fetch_records"),
+            ),
         )
         if not present
     ]
@@ -91,6 +101,81 @@ def accept_missing(consumer: Any, tp: TP, start: int, end: int) -> None:
     """Offsets `start` to `end` (excluded) of `tp` are taken as absent from the log: Faust
     commits past them as past the gaps it saw itself."""
     consumer._gap[tp].addi(start, end)
+
+
+def refuse_missing(consumer: Any, tp: TP, start: int, end: int) -> None:
+    """Offsets `start` to `end` (excluded) of `tp` were dropped, not absent from the log:
+    Faust, which took the jump in what it delivered for a gap in the log, must not commit
+    past them before they are read again and applied."""
+    consumer._gap[tp].chop(start, end)
+
+
+#: What the consumer fetched, before Faust could drop any of it (core.loggaps).
+log_gaps = LogGaps()
+
+
+def record_fetched_offsets() -> None:
+    """Every fetch's offsets go to `log_gaps`, in the consumer's thread, straight from the
+    Kafka client: the only place that sees what was in the log before Faust's own drops."""
+    if getattr(AIOKafkaConsumerThread._fetch_records, "records_offsets", False):
+        return
+    faust_fetch = AIOKafkaConsumerThread._fetch_records
+
+    async def _fetch_records(self: AIOKafkaConsumerThread, *args: Any, **kwargs: Any) -> Any:
+        records = await faust_fetch(self, *args, **kwargs)
+        for tp, fetched in records.items():
+            log_gaps.fetched((tp.topic, tp.partition), (record.offset for record in fetched))
+        return records
+
+    _fetch_records.records_offsets = True  # type: ignore[attr-defined]
+    AIOKafkaConsumerThread._fetch_records = _fetch_records  # type: ignore[method-assign]
+
+
+#: A flush still waiting for the producer buffer says so this often.
+FLUSH_WARN_EVERY_S = 10.0
+
+
+def flush_producer_buffer_fully() -> None:
+    """Faust commits the source offsets after flushing its producer, but its buffer's flush
+    gives up as soon as no message left the buffer for 0.1 s (a send waiting for room in a
+    busy client, a busy event loop) and the commit goes ahead: a crash then loses table
+    changes (changelog records) of messages committed as processed. (Found reading Faust's
+    code; the chaos soak never caught a flush returning early.) Here a flush returns once
+    every message put in the buffer has been handed to the Kafka client, whose own flush
+    Faust awaits next.
+    (Faust's buffer holds nothing when `producer_threaded` is on: its thread's queue does.)"""
+    if getattr(ProducerBuffer.flush, "drains_fully", False):
+        return
+    faust_send_pending = ProducerBuffer._send_pending
+    faust_flush = ProducerBuffer.flush
+
+    async def _send_pending(self: ProducerBuffer, fut: Any) -> None:
+        try:
+            await faust_send_pending(self, fut)
+        finally:
+            self.pending.task_done()  # what `flush` joins
+
+    async def flush(self: ProducerBuffer) -> None:
+        started = warned = time.monotonic()
+        while not self.should_stop:
+            try:
+                await asyncio.wait_for(self.pending.join(), timeout=1.0)
+            except TimeoutError:
+                if time.monotonic() - warned >= FLUSH_WARN_EVERY_S:
+                    warned = time.monotonic()
+                    logger.warning(
+                        "producer: %s messages not yet handed to Kafka after %.0f s of "
+                        "flushing; commits wait for them",
+                        self.size,
+                        warned - started,
+                    )
+            else:
+                return
+        await faust_flush(self)  # stopping: Faust's own flush, as far as it goes
+
+    flush.drains_fully = True  # type: ignore[attr-defined]
+    ProducerBuffer._send_pending = _send_pending  # type: ignore[method-assign]
+    ProducerBuffer.flush = flush  # type: ignore[method-assign]
 
 
 #: Every RocksDB table partition's changelog continuity in this worker (core.continuity).
@@ -196,13 +281,6 @@ def committed_offset(consumer: Any, tp: Any) -> int | None:
     """The group's committed offset of `tp` as Faust last knew it (None for none, or 0):
     before anything is processed after an assignment, where Faust seeked its reading to."""
     return cast(int | None, consumer._committed_offset.get(tp))
-
-
-def fetched_gap(consumer: Any, tp: Any) -> Callable[[int], bool]:
-    """Whether an offset of `tp` is one Faust saw missing from the fetched records (a
-    transaction marker, a compacted record): the log has no message there."""
-    gaps = consumer._gap.get(tp)
-    return lambda offset: bool(gaps) and bool(gaps.overlaps(offset))
 
 
 def monitor_metrics(monitor: PrometheusMonitor) -> FaustMetrics:

@@ -37,8 +37,9 @@ from tally.runtime.faust_compat import (
     accept_missing,
     committed_offset,
     current_event,
-    fetched_gap,
     leave_unacked,
+    log_gaps,
+    refuse_missing,
 )
 from tally.runtime.logs import SUMMARY, RejectionSummary
 from tally.runtime.routing import origin_of, source_of
@@ -242,6 +243,7 @@ async def without_holes(tp: TP, events: list[EventT]) -> list[EventT]:
     """The events of a batch of `tp` (in offset order) up to the first offset not delivered
     (core.applied.Unread): the rest are not applied (nor acked, by the caller), and the
     partition is read again from the hole."""
+    key = (tp.topic, tp.partition)
     done = processed_offsets(tp.topic).get(tp.partition)
     settled = committed_offset(app.consumer, tp)
     after_done = None if done is None else done + 1
@@ -249,19 +251,21 @@ async def without_holes(tp: TP, events: list[EventT]) -> list[EventT]:
     expected = max(known) if known else None
     offsets = [event.message.offset for event in events]
     applicable, hole = unread.applicable(
-        (tp.topic, tp.partition), expected, offsets, time.monotonic(), fetched_gap(app.consumer, tp)
+        key, expected, offsets, time.monotonic(), log_gaps.lacks(key)
     )
     if hole is not None and hole.given_up:
-        after = next(offset for offset in offsets if offset > hole.start)
-        accept_missing(app.consumer, tp, hole.start, after)
+        assert hole.until is not None
+        accept_missing(app.consumer, tp, hole.start, hole.until)
         logger.error(
-            "%s[%s]: offset %s was never delivered after %s rereads; going on without it",
+            "%s[%s]: offsets %s to %s were never delivered after %s rereads; going on without them",
             tp.topic,
             tp.partition,
             hole.start,
+            hole.until - 1,
             unread.tries,
         )
     elif hole is not None and hole.reread:
+        refuse_missing(app.consumer, tp, hole.start, offsets[applicable])
         logger.warning(
             "%s[%s]: offset %s was not delivered, %s after it were (dropped around a "
             "rebalance); reading the partition again from %s",
@@ -419,6 +423,7 @@ async def forget_revoked(sender: object, revoked: set[TP], **kwargs: object) -> 
     PartitionStates.revoked(revoked)
     for tp in revoked:
         unread.forget((tp.topic, tp.partition))
+        log_gaps.forget((tp.topic, tp.partition))
 
 
 # mode's annotation of a receiver admits no positional argument; Faust sends `revoked` as one.

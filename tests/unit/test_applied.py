@@ -24,6 +24,7 @@ from tally.core.applied import (
     stamp,
     value_of,
 )
+from tally.core.loggaps import LogGaps
 from tally.core.partitioning import parse_partition_tag, partition_tag
 from tally.core.rollups import Acc, Rollup, merge_all
 
@@ -270,36 +271,55 @@ def test_forwarded_and_own_messages_count_once_through_both_hops_and_crashes(
 
 @dataclass
 class FaustConsumer:
-    """What of Faust's consumer decides what is lost: fetched messages wait in the stream's
-    buffer (a seek does not empty it), applied messages are acked (held-back ones are left
-    unacked, runtime.faust_compat.leave_unacked), and a commit takes the run of acks from the
-    lowest one, which may start one past the committed offset (Faust's room for a
-    transaction marker) or anywhere when nothing was committed yet."""
+    """What of Faust's consumer decides what is lost. The log has messages and transaction
+        markers (offsets with no message). A fetch may drop a message before the stream sees it
+        (as Faust does around a rebalance); the stream then takes the jump in offsets for a gap
+        in the log (Faust's `_gap`: its commits pass it) unless told otherwise
+        (runtime.faust_compat.refuse_missing), and skips offsets below the last it took (unless a
+        seek reset that). Fetched messages wait in the stream's buffer (a seek does not empty it),
+        applied messages are acked (held-back ones are left unacked), and a commit takes the run
+        of acks and gaps from the lowest, which may start one past the committed offset (Faust's
+        room for a transaction marker) or anywhere when nothing was committed yet; only gaps below
+    the highest ack count. What the client
+        fetched, drops included, feeds `fetched` (runtime.faust_compat.record_fetched_offsets)."""
 
-    end: int
+    log: list[int | None]  # None: a transaction marker
     position: int = 0
     committed: int = 0
+    read: int | None = None  # the last offset the stream took
     buffered: list[int] = field(default_factory=list)
     acked: set[int] = field(default_factory=set)
-    missing: set[int] = field(default_factory=set)  # taken as absent from the log
+    gap: set[int] = field(default_factory=set)  # what Faust commits past without an ack
+    fetched: LogGaps = field(default_factory=LogGaps)
 
     def fetch(self, count: int, drop: int | None) -> None:
-        fetched = list(range(self.position, min(self.position + count, self.end)))
-        self.position += len(fetched)
-        self.buffered += [offset for offset in fetched if offset != drop]
+        offsets = range(self.position, min(self.position + count, len(self.log)))
+        self.position += len(offsets)
+        records = [offset for offset in offsets if self.log[offset] is not None]
+        self.fetched.fetched("p", records)
+        for offset in records:
+            if offset == drop or (self.read is not None and offset < self.read):
+                continue
+            if self.read is not None and offset > self.read + 1:
+                self.gap |= set(range(self.read + 1, offset))
+            self.buffered.append(offset)
+            self.read = offset
 
     def deliver(self, count: int) -> list[int]:
         """A batch as the stream hands it over: a reread's copies beside earlier fetches'."""
         batch, self.buffered = self.buffered[:count], self.buffered[count:]
         return batch
 
+    def seek(self, offset: int) -> None:
+        self.position = self.read = offset
+
     def ack(self, offsets: list[int]) -> None:
         self.acked |= {offset for offset in offsets if offset >= self.committed}
 
     def commit(self) -> None:
-        acks = self.acked | {o for o in self.missing if o >= self.committed}
         if not self.acked:
             return
+        acks = self.acked | {o for o in self.gap if self.committed <= o < max(self.acked)}
         run = min(acks)
         if self.committed and run - self.committed > 1:
             return
@@ -311,28 +331,34 @@ class FaustConsumer:
     def restart(self) -> None:
         """A rebalance or a crash: reading starts again from the committed offset."""
         self.position, self.buffered, self.acked = self.committed, [], set()
+        self.read = self.committed or None
+        self.fetched.forget("p")
 
 
 @settings(max_examples=400, deadline=None)
 @given(
-    values=st.lists(st.integers(1, 9), min_size=1, max_size=40),
+    log=st.lists(st.one_of(st.integers(1, 9), st.none()), min_size=1, max_size=40).map(
+        lambda log: [*log, 1]  # the last offset a message: the loop ends at its commit
+    ),
     batch=st.integers(1, 6),
     events=st.data(),
 )
 def test_a_message_dropped_from_a_delivery_is_read_again_not_skipped_for_good(
-    values: list[int], batch: int, events: st.DataObject
+    log: list[int | None], batch: int, events: st.DataObject
 ) -> None:
-    """A partition is fetched and delivered in batches; now and then a fetched message is
-    dropped (as Faust's stream drops one fetched before a rebalance), more is fetched before
-    the agent takes a batch, or the worker restarts from the committed offset. With `Unread`
-    guarding each batch and what it holds back left unacked, the stamped total equals the sum
-    (fewer drops than its rereads: a hole still missing after those is taken as a gap)."""
+    """A partition with transaction markers is fetched and delivered in batches; now and
+    then a fetched message is dropped (as Faust's stream drops one fetched before a
+    rebalance), more is fetched before the agent takes a batch, or the worker restarts from
+    the committed offset. With `Unread` guarding each batch, what it holds back left unacked,
+    the gaps judged from what was fetched (`LogGaps`) and a drop refused as a gap, the stamped
+    total equals the sum, and only markers are ever passed as missing."""
     unread = Unread(tries=3, patience_s=1000.0)
-    faust = FaustConsumer(len(values))
+    faust = FaustConsumer(log)
     record: Stamped | None = None
     done: int | None = None  # the last offset applied since the (re)start
+    passed: set[int] = set()  # holes given up
     drops = restarts = steps = 0
-    while faust.committed < len(values):
+    while faust.committed < len(log):
         steps += 1
         assert steps < 5_000, "stuck"
         if restarts < 3 and events.draw(st.integers(0, 19)) == 0:
@@ -342,7 +368,7 @@ def test_a_message_dropped_from_a_delivery_is_read_again_not_skipped_for_good(
             done = None
             continue
         if not faust.buffered or events.draw(st.booleans()):
-            if faust.position == len(values) and not faust.buffered:
+            if faust.position == len(log) and not faust.buffered:
                 faust.restart()  # all read, not all committed: the next rebalance rereads
                 unread.forget("p")
                 done = None
@@ -358,23 +384,26 @@ def test_a_message_dropped_from_a_delivery_is_read_again_not_skipped_for_good(
         # With nothing applied since the (re)start: the committed offset, or the log's start.
         expected = faust.committed if done is None else max(done + 1, faust.committed)
         applicable, hole = unread.applicable(
-            "p", expected, delivered, float(steps), faust.missing.__contains__
+            "p", expected, delivered, float(steps), faust.fetched.lacks("p")
         )
         held_back = set(delivered[applicable:])  # every copy left unacked (runtime.intake)
         faust.ack([offset for offset in copies if offset not in held_back])
-        if hole is not None and hole.given_up:
-            faust.missing |= set(range(hole.start, min(o for o in delivered if o > hole.start)))
-        if hole is not None and hole.reread:
-            faust.position = hole.start
+        if hole is not None and hole.given_up:  # faust_compat.accept_missing
+            assert hole.until is not None
+            passed |= set(range(hole.start, hole.until))
+            faust.gap |= set(range(hole.start, hole.until))
+        elif hole is not None and hole.reread:  # faust_compat.refuse_missing, then the seek
+            faust.gap -= set(range(hole.start, delivered[applicable]))
+            faust.seek(hole.start)
         applied = delivered[:applicable]
         if applied:
             fresh = [offset for offset in applied if not holds(record, offset, None)]
             total = value_of(record) if record is not None else 0
-            record = stamp(total + sum(values[o] for o in fresh), applied[-1], record)
+            record = stamp(total + sum(log[o] or 0 for o in fresh), applied[-1], record)
             done = applied[-1]
         faust.commit()
-    assert not faust.missing, "no hole given up: each drop was read again"
-    assert record is not None and value_of(record) == sum(values)
+    assert all(log[offset] is None for offset in passed), "only markers passed as missing"
+    assert record is not None and value_of(record) == sum(v for v in log if v is not None)
 
 
 def test_a_reread_that_never_comes_back_is_given_up_after_its_patience() -> None:
@@ -384,7 +413,10 @@ def test_a_reread_that_never_comes_back_is_given_up_after_its_patience() -> None
     assert unread.applicable("p", 4, [5, 6], 0.0) == (0, Hole(4, reread=True, given_up=False))
     assert unread.applicable("p", 4, [7], 5.0) == (0, Hole(4, reread=False, given_up=False))
     assert unread.applicable("p", 4, [8], 11.0) == (0, Hole(4, reread=True, given_up=False))
-    assert unread.applicable("p", 4, [9], 22.0) == (1, Hole(4, reread=False, given_up=True))
+    assert unread.applicable("p", 4, [9], 22.0) == (
+        0,  # 5 to 8 came in earlier batches, held back: 5 is the next hole, not passed
+        Hole(4, reread=False, given_up=True, until=5),
+    )
 
 
 def test_a_gap_in_the_log_is_passed_after_its_rereads_come_back_without_it() -> None:
@@ -394,7 +426,10 @@ def test_a_gap_in_the_log_is_passed_after_its_rereads_come_back_without_it() -> 
     assert unread.applicable("p", 4, [7, 8], 0.1)[1] == Hole(4, reread=False, given_up=False)
     assert unread.applicable("p", 4, [5, 6], 0.2)[1] == Hole(4, reread=True, given_up=False)
     assert unread.applicable("p", 4, [5], 0.3)[1] == Hole(4, reread=True, given_up=False)
-    assert unread.applicable("p", 4, [5, 6, 7], 0.4) == (3, Hole(4, reread=False, given_up=True))
+    assert unread.applicable("p", 4, [5, 6, 7], 0.4) == (
+        3,
+        Hole(4, reread=False, given_up=True, until=5),
+    )
     assert unread.applicable("p", 9, [9], 0.5) == (1, None)
 
 
@@ -404,5 +439,18 @@ def test_a_hole_after_a_passed_one_is_not_passed_with_it() -> None:
     unread = Unread(tries=1, patience_s=1000.0)
     assert unread.applicable("p", 4, [5, 6], 0.0)[1] == Hole(4, reread=True, given_up=False)
     passed = unread.applicable("p", 4, [5, 6, 7, 9], 0.1)
-    assert passed == (3, Hole(4, reread=False, given_up=True))
+    assert passed == (3, Hole(4, reread=False, given_up=True, until=5))
     assert unread.applicable("p", 8, [9, 10], 0.2) == (0, Hole(8, reread=True, given_up=False))
+
+
+def test_a_passed_hole_ends_where_a_batch_since_it_opened_delivered_the_next_offset() -> None:
+    """A marker at 0; the rereads bring 1, then a batch brings only 2 and the patience runs
+    out: giving 0 up passes only 0, and 1 (a message, held back before) is a hole of its own."""
+    unread = Unread(tries=2, patience_s=10.0)
+    assert unread.applicable("p", 0, [1], 0.0) == (0, Hole(0, reread=True, given_up=False))
+    assert unread.applicable("p", 0, [1], 1.0) == (0, Hole(0, reread=True, given_up=False))
+    assert unread.applicable("p", 0, [2], 12.0) == (
+        0,
+        Hole(0, reread=False, given_up=True, until=1),
+    )
+    assert unread.applicable("p", 1, [2], 13.0) == (0, Hole(1, reread=True, given_up=False))

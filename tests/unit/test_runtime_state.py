@@ -1,11 +1,16 @@
 """Per-partition in-memory state dropped on revoke, for every instance at once; the pinned
-versions whose internals the compat module reaches into (tally.runtime)."""
+versions whose internals the compat module reaches into, and what its patches of them must
+hold (tally.runtime)."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from types import SimpleNamespace
 from typing import NamedTuple
 
 import pytest
+from faust.transport.producer import ProducerBuffer
 from faust.types import TP as FaustTP
 from faust.types import Message
 
@@ -87,6 +92,38 @@ def test_held_back_messages_are_not_committed_and_a_missing_offset_is_passed() -
         consumer.ack(message(passed, offset, tracked=True))
     accept_missing(consumer, passed, 10, 11)
     assert consumer._new_offset(passed) == 13
+
+
+def test_a_flush_returns_once_every_buffered_message_is_handed_to_the_client() -> None:
+    """Faust commits right after flushing its producer: a flush that returned with table
+    changes still in the buffer would let a crash lose them behind a commit. Faust's own
+    flush gives up after 0.1 s without a send; a client that takes 0.25 s a message must
+    still get all three before the flush returns."""
+    from tally.app import app  # the worker's app: its settings, and the compat patch
+
+    handed: list[int] = []
+
+    class SlowClient:
+        async def publish_message(self, fut: SimpleNamespace, wait: bool) -> None:
+            await asyncio.sleep(0.25)
+            handed.append(fut.message.number)
+
+    async def flush_three() -> float:
+        buffer = ProducerBuffer(loop=asyncio.get_running_loop())  # as Faust's producer has
+        buffer.app = app
+        await buffer.start()
+        try:
+            client = SlowClient()
+            for number in range(3):
+                buffer.put(SimpleNamespace(message=SimpleNamespace(channel=client, number=number)))
+            started = time.monotonic()
+            await buffer.flush()
+            return time.monotonic() - started
+        finally:
+            await buffer.stop()
+
+    took = asyncio.run(flush_three())
+    assert handed == [0, 1, 2], f"the flush returned after {took:.2f} s with {handed} handed"
 
 
 def message(tp: FaustTP, offset: int, tracked: bool) -> Message:

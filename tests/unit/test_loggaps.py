@@ -1,0 +1,66 @@
+"""Gaps in the log judged from what was fetched, not from what was delivered (core.loggaps)."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tally.core.loggaps import LogGaps
+
+
+def test_a_jump_within_a_fetch_or_between_two_is_a_gap_and_a_step_back_is_not() -> None:
+    gaps = LogGaps()
+    gaps.fetched("p", [3, 4, 6])  # 5: a transaction marker
+    gaps.fetched("p", [8, 9])  # 7: one at the end of the last fetch
+    gaps.fetched("p", [4, 6])  # a seek back (a reread): 5 still known
+    lacks = gaps.lacks("p")
+    assert [o for o in range(0, 12) if lacks(o)] == [5, 7]
+    assert not gaps.lacks("other")(5)
+
+
+def test_a_message_fetched_and_then_dropped_is_not_a_gap() -> None:
+    """Faust delivering 10, 11, 14 (it dropped 12 and 13) took 12-13 for a gap; the fetch
+    had them."""
+    gaps = LogGaps()
+    gaps.fetched("p", [10, 11, 12, 13])
+    gaps.fetched("p", [14, 15])
+    assert not any(gaps.lacks("p")(o) for o in (12, 13))
+
+
+def test_a_partition_that_comes_back_starts_over() -> None:
+    gaps = LogGaps()
+    gaps.fetched("p", [1, 3])
+    gaps.forget("p")
+    gaps.fetched("p", [10])  # assigned again, from its committed offset: 4-9 not a gap
+    assert [o for o in range(0, 12) if gaps.lacks("p")(o)] == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    present=st.lists(st.booleans(), min_size=1, max_size=60),
+    cuts=st.lists(st.integers(1, 8), min_size=1, max_size=30),
+    seeks=st.lists(st.integers(0, 59), max_size=4),
+)
+def test_what_is_lacking_is_exactly_what_the_log_lacks_between_fetched_offsets(
+    present: list[bool], cuts: list[int], seeks: list[int]
+) -> None:
+    """A log with markers (absent offsets) read forward in fetches of any size, with seeks
+    back now and then: every offset between the first and last fetched is lacking exactly
+    when the log has no message there."""
+    records = [offset for offset, here in enumerate(present) if here]
+    gaps = LogGaps()
+    position, fetched_any = 0, []
+    for size in cuts * 3:
+        fetch = [o for o in records if position <= o < position + size]
+        gaps.fetched("p", fetch)
+        fetched_any += fetch
+        position += size
+        if seeks and position > seeks[0]:
+            position = seeks.pop(0)  # read again from an earlier offset
+        if position >= len(present):
+            break
+    if not fetched_any:
+        return
+    lacks = gaps.lacks("p")
+    for offset in range(min(fetched_any), max(fetched_any) + 1):
+        assert lacks(offset) == (not present[offset]), offset
