@@ -177,17 +177,20 @@ class Unread:
     A reread has come back when a batch brings offsets delivered before (what was fetched
     before it only brings new ones, in order, and may take long to drain on a busy worker).
     A hole that `tries` rereads came back without is taken as a gap in the log (a transaction
-    marker, say) and the batch is applied whole; so is one whose rereads did not come back
-    within `patience_s` each, `tries` times.
+    marker, say) and passed, up to the first offset after it delivered since it opened; so is
+    one whose rereads did not come back within `patience_s` each, `tries` times. A passed
+    hole stays passed for the batches after (until the partition leaves).
     """
 
     def __init__(self, tries: int = 3, patience_s: float = 10.0) -> None:
         self.tries, self.patience_s = tries, patience_s
         self._rereads: dict[Hashable, _Reread] = {}
+        self._passed: dict[Hashable, range] = {}
 
     def forget(self, key: Hashable) -> None:
         """The partition left this worker: its rereads start over if it comes back."""
         self._rereads.pop(key, None)
+        self._passed.pop(key, None)
 
     def applicable(
         self,
@@ -202,9 +205,10 @@ class Unread:
         applied, else the committed one; None: unknown); `known_gap`: offsets the log itself
         lacks (transaction markers, compaction), which are not holes."""
         following = offsets[0] if expected is None else expected
+        passed = self._passed.get(key, range(0))
         applicable = 0
         for offset in offsets:
-            while offset > following and known_gap(following):
+            while offset > following and (following in passed or known_gap(following)):
                 following += 1
             if offset > following:
                 break
@@ -226,10 +230,8 @@ class Unread:
         reread.tries += 1
         if reread.tries >= self.tries:  # passed: the batch applies up to its next hole
             del self._rereads[key]
-            gap = range(following, reread.after)  # not beyond what was seen after it
-            more, _ = self.applicable(
-                key, expected, offsets, now, lambda o: o in gap or known_gap(o)
-            )
+            self._passed[key] = gap = range(following, reread.after)  # not past what came
+            more, _ = self.applicable(key, expected, offsets, now, known_gap)
             self._rereads.pop(key, None)  # a hole after it is new to the next batch
             return more, Hole(following, reread=False, given_up=True, until=gap.stop)
         reread.at = now

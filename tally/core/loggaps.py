@@ -53,7 +53,8 @@ class LogGaps:
 
     def lacks(self, key: Hashable) -> Callable[[int], bool]:
         """Whether an offset of the partition is one the log has no message at (as far as
-        the fetches so far show). Asked only at holes: a scan, newest gaps first."""
+        the fetches so far show). Asked only where a batch skips an offset (a hole or a
+        marker): a scan, newest gaps first."""
 
         def lacked(offset: int) -> bool:
             with self._lock:

@@ -115,16 +115,21 @@ log_gaps = LogGaps()
 
 
 def record_fetched_offsets() -> None:
-    """Every fetch's offsets go to `log_gaps`, in the consumer's thread, straight from the
-    Kafka client: the only place that sees what was in the log before Faust's own drops."""
+    """Every fetch's offsets of the agents' source topics go to `log_gaps`, in the consumer's
+    thread, straight from the Kafka client: the only place that sees what was in the log
+    before Faust's own drops."""
     if getattr(AIOKafkaConsumerThread._fetch_records, "records_offsets", False):
         return
     faust_fetch = AIOKafkaConsumerThread._fetch_records
 
-    async def _fetch_records(self: AIOKafkaConsumerThread, *args: Any, **kwargs: Any) -> Any:
-        records = await faust_fetch(self, *args, **kwargs)
+    async def _fetch_records(
+        self: AIOKafkaConsumerThread, *args: Any, **kwargs: Any
+    ) -> Mapping[TP, list[Any]]:
+        records: Mapping[TP, list[Any]] = await faust_fetch(self, *args, **kwargs)
+        acked_topics = self.app.topics.acks_enabled_for  # the agents' sources, no changelog
         for tp, fetched in records.items():
-            log_gaps.fetched((tp.topic, tp.partition), (record.offset for record in fetched))
+            if acked_topics(tp.topic):
+                log_gaps.fetched((tp.topic, tp.partition), (record.offset for record in fetched))
         return records
 
     _fetch_records.records_offsets = True  # type: ignore[attr-defined]
@@ -136,44 +141,62 @@ FLUSH_WARN_EVERY_S = 10.0
 
 
 def flush_producer_buffer_fully() -> None:
-    """Faust commits the source offsets after flushing its producer, but its buffer's flush
-    gives up as soon as no message left the buffer for 0.1 s (a send waiting for room in a
-    busy client, a busy event loop) and the commit goes ahead: a crash then loses table
-    changes (changelog records) of messages committed as processed. (Found reading Faust's
-    code; the chaos soak never caught a flush returning early.) Here a flush returns once
-    every message put in the buffer has been handed to the Kafka client, whose own flush
-    Faust awaits next.
-    (Faust's buffer holds nothing when `producer_threaded` is on: its thread's queue does.)"""
+    """Faust commits the source offsets after flushing its producer (at_least_once), but its
+    buffer's flush gives up as soon as no message left the buffer for 0.1 s (a send waiting
+    for room in a busy client, a busy event loop) and the commit goes ahead: a crash then
+    loses table changes (changelog records) of messages committed as processed. (Found
+    reading Faust's code; the chaos soak never caught a flush returning early.) Here a flush
+    returns once every message put in the buffer before it began has been handed to the
+    Kafka client, whose own flush Faust awaits next; messages put meanwhile (agents go on)
+    belong to the next commit. (With `producer_threaded` Faust's buffer is bypassed: its own
+    flush serves.)"""
     if getattr(ProducerBuffer.flush, "drains_fully", False):
         return
+    faust_post_init = ProducerBuffer.__post_init__
+    faust_put = ProducerBuffer.put
     faust_send_pending = ProducerBuffer._send_pending
     faust_flush = ProducerBuffer.flush
+
+    def __post_init__(self: ProducerBuffer) -> None:
+        faust_post_init(self)
+        self.puts = self.sends = 0  # type: ignore[attr-defined]
+
+    def put(self: ProducerBuffer, fut: Any) -> None:
+        faust_put(self, fut)
+        self.puts += 1  # type: ignore[attr-defined]
 
     async def _send_pending(self: ProducerBuffer, fut: Any) -> None:
         try:
             await faust_send_pending(self, fut)
         finally:
-            self.pending.task_done()  # what `flush` joins
+            self.sends += 1  # type: ignore[attr-defined]
 
     async def flush(self: ProducerBuffer) -> None:
-        started = warned = time.monotonic()
+        if cast(Any, self.app).conf.producer_threaded:
+            await faust_flush(self)
+            return
+        target, started = self.puts, time.monotonic()  # type: ignore[attr-defined]
+        warned = started
         while not self.should_stop:
+            self.message_sent.clear()  # set by Faust's sending task after each send
+            if self.sends >= target:  # type: ignore[attr-defined]
+                return
             try:
-                await asyncio.wait_for(self.pending.join(), timeout=1.0)
+                await asyncio.wait_for(self.message_sent.wait(), timeout=1.0)
             except TimeoutError:
                 if time.monotonic() - warned >= FLUSH_WARN_EVERY_S:
                     warned = time.monotonic()
                     logger.warning(
                         "producer: %s messages not yet handed to Kafka after %.0f s of "
                         "flushing; commits wait for them",
-                        self.size,
+                        target - self.sends,  # type: ignore[attr-defined]
                         warned - started,
                     )
-            else:
-                return
         await faust_flush(self)  # stopping: Faust's own flush, as far as it goes
 
     flush.drains_fully = True  # type: ignore[attr-defined]
+    ProducerBuffer.__post_init__ = __post_init__  # type: ignore[method-assign]
+    ProducerBuffer.put = put  # type: ignore[method-assign]
     ProducerBuffer._send_pending = _send_pending  # type: ignore[method-assign]
     ProducerBuffer.flush = flush  # type: ignore[method-assign]
 

@@ -272,16 +272,16 @@ def test_forwarded_and_own_messages_count_once_through_both_hops_and_crashes(
 @dataclass
 class FaustConsumer:
     """What of Faust's consumer decides what is lost. The log has messages and transaction
-        markers (offsets with no message). A fetch may drop a message before the stream sees it
-        (as Faust does around a rebalance); the stream then takes the jump in offsets for a gap
-        in the log (Faust's `_gap`: its commits pass it) unless told otherwise
-        (runtime.faust_compat.refuse_missing), and skips offsets below the last it took (unless a
-        seek reset that). Fetched messages wait in the stream's buffer (a seek does not empty it),
-        applied messages are acked (held-back ones are left unacked), and a commit takes the run
-        of acks and gaps from the lowest, which may start one past the committed offset (Faust's
-        room for a transaction marker) or anywhere when nothing was committed yet; only gaps below
-    the highest ack count. What the client
-        fetched, drops included, feeds `fetched` (runtime.faust_compat.record_fetched_offsets)."""
+    markers (offsets with no message). A fetch may drop a message before the stream sees it
+    (as Faust does around a rebalance); the stream then takes the jump in offsets for a gap in
+    the log (Faust's `_gap`: its commits pass it) unless told otherwise
+    (runtime.faust_compat.refuse_missing), and skips offsets below the last it took (unless a
+    seek reset that). Fetched messages wait in the stream's buffer (a seek does not empty it),
+    applied messages are acked (held-back ones are left unacked), and a commit takes the run
+    of acks, and of gaps below the highest ack, from the lowest ack, which may start one past
+    the committed offset (Faust's room for a transaction marker) or anywhere when nothing was
+    committed yet. What the client fetched, drops included, feeds `fetched`
+    (runtime.faust_compat.record_fetched_offsets)."""
 
     log: list[int | None]  # None: a transaction marker
     position: int = 0
@@ -386,8 +386,9 @@ def test_a_message_dropped_from_a_delivery_is_read_again_not_skipped_for_good(
         applicable, hole = unread.applicable(
             "p", expected, delivered, float(steps), faust.fetched.lacks("p")
         )
-        held_back = set(delivered[applicable:])  # every copy left unacked (runtime.intake)
-        faust.ack([offset for offset in copies if offset not in held_back])
+        # From the first held back on, every copy is left unacked (runtime.intake).
+        held_from = delivered[applicable] if applicable < len(delivered) else len(log)
+        faust.ack([offset for offset in copies if offset < held_from])
         if hole is not None and hole.given_up:  # faust_compat.accept_missing
             assert hole.until is not None
             passed |= set(range(hole.start, hole.until))
@@ -454,3 +455,18 @@ def test_a_passed_hole_ends_where_a_batch_since_it_opened_delivered_the_next_off
         Hole(0, reread=False, given_up=True, until=1),
     )
     assert unread.applicable("p", 1, [2], 13.0) == (0, Hole(1, reread=True, given_up=False))
+
+
+def test_a_passed_hole_stays_passed_when_its_batch_could_not_be_applied() -> None:
+    """4 is given up while the batch holds only 9 (5 came before, held back): nothing is
+    applied, and the next batch from 4 does not open 4 again but rereads from 5."""
+    unread = Unread(tries=1, patience_s=10.0)
+    assert unread.applicable("p", 4, [5, 6], 0.0)[1] == Hole(4, reread=True, given_up=False)
+    assert unread.applicable("p", 4, [9], 11.0) == (
+        0,
+        Hole(4, reread=False, given_up=True, until=5),
+    )
+    assert unread.applicable("p", 4, [9], 12.0) == (0, Hole(5, reread=True, given_up=False))
+    assert unread.applicable("p", 4, [5, 6, 7], 12.5) == (3, None)
+    unread.forget("p")
+    assert unread.applicable("p", 4, [5], 13.0) == (0, Hole(4, reread=True, given_up=False))
