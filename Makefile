@@ -7,6 +7,8 @@ STAMP := $(VENV)/.install-stamp
 CHROMIUM := /usr/bin/chromium
 # `make bench` loads the query endpoints with wrk (Debian's package) and compares with Quix Streams.
 WRK := /usr/bin/wrk
+# ... and reads through the shipped answer cache (docker/nginx.conf) with Debian's nginx.
+NGINX := /usr/sbin/nginx
 BENCH_STAMP := $(VENV)/.bench-stamp
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends
@@ -33,6 +35,10 @@ $(WRK):
 	@echo "installing Debian's wrk for the query benchmark ..."
 	$(APT_INSTALL) wrk || ($(SUDO) apt-get update && $(APT_INSTALL) wrk)
 
+$(NGINX):
+	@echo "installing Debian's nginx for the answer-cache benchmark ..."
+	$(APT_INSTALL) nginx-light || ($(SUDO) apt-get update && $(APT_INSTALL) nginx-light)
+
 ## run: local broker + one worker + sample feed; prints the URLs. Ctrl-C stops everything.
 run: $(STAMP)
 	$(BIN)/tally dev
@@ -50,9 +56,11 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 ## bench: Tally vs Faust's windows vs Quix Streams vs the raw ceiling on both workloads, plus
-## query latency and load; one table, written to bench/results/<date>.md (see README Performance).
-bench: $(BENCH_STAMP) $(WRK)
+## query latency and load; one table, written to bench/results/<date>.md (see README Performance);
+## then query answers straight from a worker and through the answer cache (docker/nginx.conf).
+bench: $(BENCH_STAMP) $(WRK) $(NGINX)
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.cached_reads
 
 ## bench-more: the archive, ingest, hostile-input, live-stream, forwarding and failover benchmarks.
 bench-more: $(STAMP)

@@ -96,6 +96,17 @@ class Worker:
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read() or b"null"), dict(exc.headers)
 
+    def fetch(
+        self, path: str, headers: Mapping[str, str] | None = None
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        """(status, headers, body) of a GET as it came; HTTP errors (and 304s) are answers."""
+        request = urllib.request.Request(self.url + path, headers=dict(headers or {}))
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, response.headers, response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.headers, exc.read()
+
     def get_status(self, path: str) -> tuple[int, Any]:
         try:
             with urllib.request.urlopen(self.url + path, timeout=10) as response:

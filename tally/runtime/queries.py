@@ -16,6 +16,7 @@ from faust.web.exceptions import WebError
 from tally.app import app, settings
 from tally.core.clock import epoch_ms
 from tally.core.generations import Serving
+from tally.http.caching import cache_control, matches, strong_etag
 from tally.runtime.serving import serving
 
 
@@ -55,13 +56,17 @@ FORWARDED_HEADER = "Tally-Forwarded-By-Generation"
 #: A query (forwarded or local) that takes longer than this is answered 503.
 QUERY_TIMEOUT_S = 60.0
 
+NOT_MODIFIED = 304
+
 
 class OwnedView(View):
     """A GET of one pipeline's tables, answered by the worker owning the key: 503 until this
     worker is ready; forwarded whole to a newer generation once one serves the pipeline (see
     tally.core.generations); else `owned`, which subclasses decorate with `app.table_route` to
     forward or answer. An owner that does not answer (it died; the group has not moved its
-    partitions yet) is a 503 that says so, not a 500. Every answer names its generation."""
+    partitions yet) is a 503 that says so, not a 500. Every answer names its generation; a
+    200 carries an ETag and a `Cache-Control` max-age (TALLY_CACHE_MAX_AGE_SECONDS), and a
+    repeat with a matching `If-None-Match` is a bodiless 304 (tally.http.caching)."""
 
     #: The pipeline whose tables answer (settings.PIPELINES).
     pipeline: ClassVar[str]
@@ -89,7 +94,26 @@ class OwnedView(View):
                 "within seconds: retry shortly"
             ) from None
         response.headers.setdefault(GENERATION_HEADER, str(settings.generation))
-        return response
+        return self.cacheable(request, response)
+
+    def cacheable(self, request: Request, response: Response) -> Response:
+        """A 200 with its validator and freshness; a 304 when the client has it already."""
+        headers = response.headers
+        if response.status == NOT_MODIFIED:  # the key's owner found the client's copy current
+            tags = request.headers.get("If-None-Match", "").split(",")
+            if len(tags) == 1:
+                headers["ETag"] = tags[0].strip()
+            headers["Cache-Control"] = cache_control(settings.cache_max_age_seconds)
+            return response
+        body = cast(web.Response, response).body
+        if response.status != 200 or not isinstance(body, bytes):
+            return response
+        etag = headers.setdefault("ETag", strong_etag(body))
+        headers["Cache-Control"] = cache_control(settings.cache_max_age_seconds)
+        if not matches(request.headers.get("If-None-Match"), etag):
+            return response
+        kept = {name: headers[name] for name in ("ETag", "Cache-Control", GENERATION_HEADER)}
+        return self.bytes(b"", status=NOT_MODIFIED, headers=kept)
 
     async def forward(self, request: Request, newer: Serving) -> Response:
         """The same request to a worker of the serving generation (the first that answers)."""

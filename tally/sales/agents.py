@@ -43,6 +43,7 @@ from tally.runtime.routing import (
 from tally.runtime.store import partition_key
 from tally.runtime.topics import late_events, purchases, routed_purchases, with_routed
 from tally.sales.state import (
+    current_body,
     latest_candidates,
     load_latest,
     pane_reader,
@@ -313,6 +314,7 @@ async def merge_partition(events: Sequence[EventT]) -> None:
             if stale_key in sales_topk:
                 del sales_topk[stale_key]
         load_latest()[candidates.partition] = candidates
+        current_body.invalidate()
 
 
 @app.agent(topk_candidates)

@@ -15,6 +15,7 @@ from tally.core.applied import value_of
 from tally.core.sliding import PaneReader, SlidingTotals
 from tally.core.topk import Candidates, GlobalTopK, merge_candidates
 from tally.core.windowing import EventClock
+from tally.http.caching import LastAnswer
 from tally.runtime.routing import others
 from tally.runtime.state import PartitionStates
 from tally.runtime.store import delete_below, partition_key, scan, stored_value
@@ -78,10 +79,15 @@ def prune(partition: int, window: SlidingTotals, wall_ms: int) -> None:
         delete_below(sales_panes, partition, pane_prefix(SALES_SPEC.retained_from(watermark)))
 
 
+#: The current top-K answer, serialized: replaced whenever the latest candidates change.
+current_body = LastAnswer()
+
+
 def load_latest() -> dict[int, Candidates]:
     """The latest candidates, from memory, or from the table after a restart or a failover."""
     latest = latest_candidates.get(0)
     if latest is None:
+        current_body.invalidate()
         latest = latest_candidates[0] = {}
         for _, value in scan(sales_topk, 0, b"latest|", b"latest}"):
             candidates = Candidates.from_json(stored_value(value))

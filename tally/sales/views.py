@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from faust.web import Request, Response
 
 from tally.app import app, settings
@@ -12,10 +14,11 @@ from tally.core.topk import GlobalTopK
 from tally.core.windowing import EventClock
 from tally.runtime.queries import BadRequest, OwnedView, int_param, routed_to_owner, time_param
 from tally.runtime.store import partition_key
-from tally.sales.state import answer_at, current_answer, windows
+from tally.sales.state import answer_at, current_answer, current_body, windows
 from tally.sales.tables import SALES_SPEC, pane_key, sales_clocks, sales_panes, sales_topk
 
 GONE = 410
+JSON = "application/json"
 
 
 def window_fields(last_pane: int) -> dict[str, str]:
@@ -53,9 +56,37 @@ def stale_reasons(answer: GlobalTopK, wall_ms: int, historical: bool) -> list[st
     return reasons
 
 
+def top_payload(
+    answer: GlobalTopK | None, last: int | None, reasons: list[str], k: int
+) -> dict[str, Any]:
+    if answer is None:
+        return {
+            **(window_fields(last) if last is not None else NO_WINDOW),
+            "as_of": None,
+            "watermark": None,
+            "stale": True,
+            "stale_reasons": reasons,
+            "late_events": 0,
+            "items": [],
+        }
+    return {
+        **window_fields(answer.last_pane),
+        "as_of": iso(answer.as_of_ms),
+        "watermark": iso(answer.watermark_ms),
+        "stale": bool(reasons),
+        "stale_reasons": reasons,
+        "late_events": answer.late_events,
+        "items": [
+            {"item_id": item, "quantity": quantity, "rank": rank}
+            for rank, (item, quantity) in enumerate(answer.top[:k], start=1)
+        ],
+    }
+
+
 @app.page("/api/sales/top")
 class TopSales(OwnedView):
-    """The top-K items of the sliding window (the current one, or the one ending at `?at=`)."""
+    """The top-K items of the sliding window (the current one, or the one ending at `?at=`).
+    The current answer is kept serialized (`current_body`) until the candidates change."""
 
     pipeline = "sales"
 
@@ -64,43 +95,26 @@ class TopSales(OwnedView):
         k = int_param(request, "k", settings.top_k, 1, settings.top_k)
         wall = now_ms()
         current = current_answer()
-        historical = "at" in request.query
-        last: int | None = None
-        if historical:
-            asked = SALES_SPEC.pane_of(time_param(request, "at", wall))
-            if current is not None:
-                check_retained(asked, current.watermark_ms)
-            answer, last = answer_at(asked), asked
-        else:
-            answer = current
-        if answer is None:
-            reason = "no purchases in this window" if historical else "no purchases seen yet"
-            return self.json(
-                {
-                    **(window_fields(last) if last is not None else NO_WINDOW),
-                    "as_of": None,
-                    "watermark": None,
-                    "stale": True,
-                    "stale_reasons": [reason],
-                    "late_events": 0,
-                    "items": [],
-                }
+        if "at" not in request.query:
+            reasons = (
+                ["no purchases seen yet"]
+                if current is None
+                else stale_reasons(current, wall, historical=False)
             )
-        reasons = stale_reasons(answer, wall, historical)
-        return self.json(
-            {
-                **window_fields(answer.last_pane),
-                "as_of": iso(answer.as_of_ms),
-                "watermark": iso(answer.watermark_ms),
-                "stale": bool(reasons),
-                "stale_reasons": reasons,
-                "late_events": answer.late_events,
-                "items": [
-                    {"item_id": item, "quantity": quantity, "rank": rank}
-                    for rank, (item, quantity) in enumerate(answer.top[:k], start=1)
-                ],
-            }
+            body, etag = current_body.get(
+                (k, tuple(reasons)), lambda: self.json(top_payload(current, None, reasons, k)).body
+            )
+            return self.bytes(body, content_type=JSON, headers={"ETag": etag})
+        asked = SALES_SPEC.pane_of(time_param(request, "at", wall))
+        if current is not None:
+            check_retained(asked, current.watermark_ms)
+        answer = answer_at(asked)
+        reasons = (
+            ["no purchases in this window"]
+            if answer is None
+            else stale_reasons(answer, wall, historical=True)
         )
+        return self.json(top_payload(answer, asked, reasons, k))
 
 
 @app.page("/api/sales/items/{item_id}")
@@ -134,7 +148,9 @@ class ItemSales(OwnedView):
                 "item_id": item_id,
                 **window_fields(last),
                 "watermark": None if watermark is None else iso(watermark),
-                "as_of": iso(wall),
+                # When the pipeline last settled the partition: the answer holds still
+                # between settles, so a repeat within one is revalidated (a 304).
+                "as_of": iso(clock.wall_ms or wall),
                 "quantity": sum(p["quantity"] for p in panes),
                 "panes": panes,
             }

@@ -16,7 +16,7 @@ from tally.core.partitioning import group_by_partition
 from tally.core.topk import rank_key
 from tally.feed import historical_purchases
 from tests.conftest import WorkerFactory
-from tests.harness import consume, headers_of, produce, start_all, wait_until
+from tests.harness import Worker, consume, headers_of, produce, start_all, wait_until
 
 HOUR_MS = 3_600_000
 PARTITIONS = 4
@@ -67,6 +67,21 @@ def produce_to_partitions(bootstrap: str, msgs: list[tuple[int | None, bytes, by
     asyncio.run(send())
 
 
+def cached_answer_is_revalidated(first: Worker, second: Worker, path: str) -> str:
+    """An answer carries an ETag and a max-age; a repeat naming the ETag is a bodiless 304 on
+    either worker (one forwards to the key's owner). The answer may change between the
+    requests (a heartbeat republishes it): then they are tried again. Returns the ETag."""
+    for _ in range(5):
+        status, headers, body = first.fetch(path)
+        assert status == 200 and body and headers["Cache-Control"] == "public, max-age=1"
+        etag = headers["ETag"]
+        repeats = [worker.fetch(path, {"If-None-Match": etag}) for worker in (first, second)]
+        if all(status == 304 for status, _, _ in repeats):
+            assert [(h["ETag"], b) for _, h, b in repeats] == [(etag, b"")] * 2
+            return etag
+    raise AssertionError(f"no 304 for {path} in 5 tries: {[r[0] for r in repeats]}")
+
+
 def test_top_k_and_items_equal_brute_force_on_two_workers(
     broker: LocalBroker,
     make_worker: WorkerFactory,
@@ -97,6 +112,8 @@ def test_top_k_and_items_equal_brute_force_on_two_workers(
     forwarded = second.get("/api/sales/top")
     assert (forwarded["window_end"], forwarded["items"]) == (answer["window_end"], expected)
     assert first.get("/api/sales/top?k=3")["items"] == expected[:3]
+    etag = cached_answer_is_revalidated(first, second, "/api/sales/top")
+    cached_answer_is_revalidated(second, first, "/api/sales/items/item-000000")
 
     # Items: the owner answers, the other worker forwards; both equal brute force, pane by pane.
     for item in [*list(totals)[:5], "item-000000", "never-sold"]:
@@ -137,6 +154,7 @@ def test_top_k_and_items_equal_brute_force_on_two_workers(
         what="late count",
     )
     assert answer["items"] == expected
+    assert first.fetch("/api/sales/top", {"If-None-Match": etag})[0] == 200, "a new answer"
 
     # Bad parameters are a 400 with a message.
     for query in ("k=0", "k=11", "k=ten", "at=yesterday"):

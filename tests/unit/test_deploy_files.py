@@ -559,3 +559,22 @@ def test_dockerfile_entrypoint_is_the_tally_console_script():
     assert commands and exec_form(commands[-1]) == ["worker", "--loglevel", "info"], (
         f"the default command must be `worker --loglevel info`, found {commands}"
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# The answer cache (docker/nginx.conf)
+
+NGINX_CONF = ROOT / "docker" / "nginx.conf"
+
+
+def test_the_answer_cache_fronts_every_worker_with_the_shipped_configuration():
+    """Every worker is an upstream of the cache on its container port; the cache serves
+    answers only within their max-age (no stale serving) and revalidates with the ETag."""
+    conf = NGINX_CONF.read_text()
+    upstreams = set(re.findall(r"^\s*server\s+([\w.-]+:\d+)", conf, re.M))
+    port = Settings().web_port
+    assert upstreams == {f"{name}:{port}" for name in tally_workers()}
+    assert "proxy_cache_revalidate on;" in conf and "proxy_cache_use_stale" not in conf
+    answers = services()["answers"]
+    assert "./nginx.conf:/etc/nginx/nginx.conf:ro" in answers["volumes"]
+    assert set(answers["depends_on"]) == set(tally_workers())

@@ -1,0 +1,144 @@
+"""Query answers at cache speed: the top-10 and one item's answer read by 100 clients (wrk),
+straight from a worker and through the shipped micro-cache (docker/nginx.conf, Debian's nginx),
+while a steady load of purchases keeps the answers changing.
+
+    .venv/bin/python -m bench.cached_reads [--runs 3] [--seconds 8] [--connections 100]
+
+One broker and one worker (all pipelines) for the whole run; the load (tests.load: ~200
+purchases/s, 80 metric batches/s) runs throughout. Each configuration is measured `--runs`
+times, alternating, and the medians are printed with the cache's ratio to the direct reads.
+Before the numbers count, one answer through the cache is checked against the worker's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pwd
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from bench.common import bench_worker, metric_batch_codec, purchase_codec
+from bench.query import QueryLoad, query_load
+from tally.broker.local import LocalBroker, free_port
+from tests.harness import start_all, wait_until
+from tests.load import Load
+
+NGINX_CONF = Path(__file__).resolve().parents[1] / "docker" / "nginx.conf"
+PATHS = {"top-10": "/api/sales/top", "an item": "/api/sales/items/item-000"}
+
+
+def nginx_binary() -> str:
+    found = shutil.which("nginx") or next(
+        (p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None
+    )
+    if found is None:
+        raise SystemExit("nginx is not installed: `make bench` installs it (Debian nginx-light)")
+    return found
+
+
+def cache_config(workdir: Path, upstream_port: int, listen_port: int) -> str:
+    """docker/nginx.conf with this run's worker, port and paths."""
+    conf = NGINX_CONF.read_text()
+    conf = re.sub(
+        r"(upstream tally_workers \{\n)(?:\s*server [^\n]*\n)+",
+        rf"\g<1>        server 127.0.0.1:{upstream_port};\n",
+        conf,
+    )
+    conf = conf.replace("listen 8080;", f"listen 127.0.0.1:{listen_port};")
+    conf = conf.replace("/var/cache/tally-answers", str(workdir / "nginx-cache"))
+    conf = conf.replace("/tmp/tally-answers-nginx.pid", str(workdir / "nginx.pid"))
+    if os.geteuid() == 0:  # nginx's workers would run as nobody, outside the run's directory
+        conf = f"user {pwd.getpwuid(0).pw_name};\n" + conf
+    return conf
+
+
+def start_cache(workdir: Path, upstream_port: int) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    conf = workdir / "nginx.conf"
+    conf.write_text(cache_config(workdir, upstream_port, port))
+    log = (workdir / "nginx.log").open("wb")
+    process = subprocess.Popen(
+        [nginx_binary(), "-p", str(workdir), "-c", str(conf), "-g", "daemon off;"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: answers(url + PATHS["top-10"]) is not None, 20, what="nginx to answer")
+    return process, url
+
+
+def answers(url: str) -> dict[str, object] | None:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return dict(json.loads(response.read()))
+    except OSError:
+        return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--connections", type=int, default=100)
+    args = parser.parse_args()
+    nginx_binary()
+    workdir = Path(tempfile.mkdtemp(prefix="tally-cached-reads-"))
+    print(f"cached reads: one worker under ~200 purchases/s; logs in {workdir}", flush=True)
+    with LocalBroker("127.0.0.1", free_port(), log_path=workdir / "broker.log") as broker:
+        worker = bench_worker(broker, workdir, "cachedreads", "w1")
+        start_all(worker, timeout=120)
+        load = Load(broker.bootstrap, purchase_codec(workdir), metric_batch_codec(workdir))
+        load.start()
+        cache = None
+        try:
+            wait_until(lambda: worker.get(PATHS["top-10"])["items"], 60, what="a top-10 with items")
+            cache, cache_url = start_cache(workdir, int(worker.url.rsplit(":", 1)[1]))
+            via_cache = answers(cache_url + PATHS["an item"])
+            assert via_cache is not None and via_cache["item_id"] == "item-000", via_cache
+            runs: dict[tuple[str, str], list[QueryLoad]] = {}
+            for run in range(args.runs):
+                for what, path in PATHS.items():
+                    for where, base in (("worker", worker.url), ("cache", cache_url)):
+                        measured = query_load(base + path, args.connections, args.seconds)
+                        runs.setdefault((what, where), []).append(measured)
+                        print(
+                            f"  run {run + 1}: {what} from the {where}: "
+                            f"{measured.requests_per_s:,.0f} req/s, p50 {measured.p50_ms:.1f} "
+                            f"ms, p99 {measured.p99_ms:.1f} ms",
+                            flush=True,
+                        )
+        finally:
+            load.stop()
+            if cache is not None:
+                cache.send_signal(signal.SIGQUIT)
+                cache.wait(10)
+            worker.stop()
+    print(
+        f"\n{args.connections} clients, {args.seconds} s each, medians of {args.runs} runs "
+        f"({time.strftime('%Y-%m-%d')}):\n"
+    )
+    print("| answer | from | req/s | p50 ms | p99 ms | ratio to the worker |")
+    print("|---|---|---:|---:|---:|---:|")
+    for what in PATHS:
+        direct = statistics.median(r.requests_per_s for r in runs[(what, "worker")])
+        for where in ("worker", "cache"):
+            loads = runs[(what, where)]
+            rate = statistics.median(r.requests_per_s for r in loads)
+            print(
+                f"| {what} | {where} | {rate:,.0f} | "
+                f"{statistics.median(r.p50_ms for r in loads):.1f} | "
+                f"{statistics.median(r.p99_ms for r in loads):.1f} | {rate / direct:.2f}x |"
+            )
+
+
+if __name__ == "__main__":
+    main()
