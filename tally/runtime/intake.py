@@ -269,7 +269,8 @@ async def without_holes(tp: TP, events: list[EventT]) -> list[EventT]:
             unread.tries,
         )
     elif hole is not None and hole.reread:
-        refuse_missing(app.consumer, tp, hole.start, offsets[applicable])
+        # Faust's gap runs through the first offset delivered after the jump: that one too
+        refuse_missing(app.consumer, tp, hole.start, offsets[applicable] + 1)
         logger.warning(
             "%s[%s]: offset %s was not delivered, %s after it were (dropped around a "
             "rebalance); reading the partition again from %s",
