@@ -57,10 +57,9 @@ lint: $(STAMP)
 
 ## bench: Tally vs Faust's windows vs Quix Streams vs the raw ceiling on both workloads, plus
 ## query latency and load; one table, written to bench/results/<date>.md (see README Performance);
-## then query answers straight from a worker and through the answer cache (docker/nginx.conf).
+## and query answers straight from a worker and through the answer cache (docker/nginx.conf).
 bench: $(BENCH_STAMP) $(WRK) $(NGINX)
 	$(BIN)/python -m bench
-	$(BIN)/python -m bench.cached_reads
 
 ## bench-more: the archive, ingest, hostile-input, live-stream, forwarding and failover benchmarks.
 bench-more: $(STAMP)

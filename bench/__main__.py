@@ -6,8 +6,9 @@ Sales (Zipf purchases over 1,000,000 items, 24 h window sliding hourly, top-10) 
 (1,000 servers x 50 metrics, 1-minute min/max/avg) for Tally, Faust's own windowed tables,
 Quix Streams' windows and the raw ceiling, each checked against brute force before its speed
 counts; Tally's produced→query latency and its queries under 1 and 100 concurrent clients
-(wrk). The tables, the ratios and the targets of issue #8 are printed and written to the
-results file (the command writes it; nothing is copied by hand).
+(wrk); then query answers straight from a worker and through the answer cache
+(bench.cached_reads). The tables, the ratios and the targets of issue #8 are printed and
+written to the results file (the command writes it; nothing is copied by hand).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
-from bench import metrics, sales
+from bench import cached_reads, metrics, sales
 from bench.common import Result, ratio, report
 
 
@@ -97,8 +98,9 @@ def main() -> None:
         report("sales", sales_results, "purchases", [sales.FAUST, sales.QUIX, sales.RAW]),
         report("metrics", metrics_results, "samples", [metrics.RAW, metrics.FAUST, metrics.QUIX]),
         targets(sales_results, metrics_results, envelope),
+        cached_reads.measure(sales_args.runs, 3 if args.quick else 8, 100),
     ]
-    print(sections[-1], flush=True)
+    print(sections[-2], sections[-1], sep="\n", flush=True)
     header = (
         f"# Benchmarks, {today}\n\n"
         f"`python -m bench{' --quick' if args.quick else ''} --runs {sales_args.runs}` "

@@ -22,7 +22,6 @@ import signal
 import statistics
 import subprocess
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 
@@ -84,15 +83,12 @@ def answers(url: str) -> dict[str, object] | None:
         return None
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--seconds", type=int, default=8)
-    parser.add_argument("--connections", type=int, default=100)
-    args = parser.parse_args()
+def measure(runs: int, seconds: int, connections: int) -> str:
+    """Run the reads; their table (markdown), with how it was made."""
     nginx_binary()
     workdir = Path(tempfile.mkdtemp(prefix="tally-cached-reads-"))
     print(f"cached reads: one worker under ~200 purchases/s; logs in {workdir}", flush=True)
+    loads: dict[tuple[str, str], list[QueryLoad]] = {}
     with LocalBroker("127.0.0.1", free_port(), log_path=workdir / "broker.log") as broker:
         worker = bench_worker(broker, workdir, "cachedreads", "w1")
         start_all(worker, timeout=120)
@@ -104,12 +100,11 @@ def main() -> None:
             cache, cache_url = start_cache(workdir, int(worker.url.rsplit(":", 1)[1]))
             via_cache = answers(cache_url + PATHS["an item"])
             assert via_cache is not None and via_cache["item_id"] == "item-000", via_cache
-            runs: dict[tuple[str, str], list[QueryLoad]] = {}
-            for run in range(args.runs):
+            for run in range(runs):
                 for what, path in PATHS.items():
                     for where, base in (("worker", worker.url), ("cache", cache_url)):
-                        measured = query_load(base + path, args.connections, args.seconds)
-                        runs.setdefault((what, where), []).append(measured)
+                        measured = query_load(base + path, connections, seconds)
+                        loads.setdefault((what, where), []).append(measured)
                         print(
                             f"  run {run + 1}: {what} from the {where}: "
                             f"{measured.requests_per_s:,.0f} req/s, p50 {measured.p50_ms:.1f} "
@@ -122,22 +117,37 @@ def main() -> None:
                 cache.send_signal(signal.SIGQUIT)
                 cache.wait(10)
             worker.stop()
-    print(
-        f"\n{args.connections} clients, {args.seconds} s each, medians of {args.runs} runs "
-        f"({time.strftime('%Y-%m-%d')}):\n"
-    )
-    print("| answer | from | req/s | p50 ms | p99 ms | ratio to the worker |")
-    print("|---|---|---:|---:|---:|---:|")
+    lines = [
+        "### cached reads",
+        "",
+        f"`python -m bench.cached_reads`: one worker under ~200 purchases/s and 80 metric "
+        f"batches/s, {connections} clients (wrk), {seconds} s each, medians of {runs} runs, "
+        "straight from the worker and through docker/nginx.conf (Debian's nginx), all on the "
+        "same cores.",
+        "",
+        "| answer | from | req/s | p50 ms | p99 ms | ratio to the worker |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for what in PATHS:
-        direct = statistics.median(r.requests_per_s for r in runs[(what, "worker")])
+        direct = statistics.median(r.requests_per_s for r in loads[(what, "worker")])
         for where in ("worker", "cache"):
-            loads = runs[(what, where)]
-            rate = statistics.median(r.requests_per_s for r in loads)
-            print(
+            runs_of = loads[(what, where)]
+            rate = statistics.median(r.requests_per_s for r in runs_of)
+            lines.append(
                 f"| {what} | {where} | {rate:,.0f} | "
-                f"{statistics.median(r.p50_ms for r in loads):.1f} | "
-                f"{statistics.median(r.p99_ms for r in loads):.1f} | {rate / direct:.2f}x |"
+                f"{statistics.median(r.p50_ms for r in runs_of):.1f} | "
+                f"{statistics.median(r.p99_ms for r in runs_of):.1f} | {rate / direct:.2f}x |"
             )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--connections", type=int, default=100)
+    args = parser.parse_args()
+    print(measure(args.runs, args.seconds, args.connections))
 
 
 if __name__ == "__main__":
