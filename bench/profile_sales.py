@@ -1,0 +1,121 @@
+"""Where a worker's time goes on single purchases: py-spy samples the worker while it folds a
+backlog (1,000,000 items, Zipf, as `make bench`), then the samples are grouped by stage.
+
+    .venv/bin/python -m bench.profile_sales [--count 200000] [--seconds 40]
+
+py-spy (the bench extra: `pip install -e '.[bench]'`, which `make bench` does) samples every
+thread of the worker 100 times a second without stopping it. The table gives each stage's
+share of all samples (inclusive: a stage counts its callees), so Tally's own steps can be told
+from Faust's machinery around them; the raw samples are kept for a flame graph.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import shutil
+import subprocess
+import tempfile
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from bench.common import Message, run_tally
+from bench.sales import END_MS, HOUR_MS, check_top
+from tally.broker.local import LocalBroker, free_port
+from tally.codecs.avro import AvroCodec, load_schema, validate_purchase
+from tally.codecs.registry import FileSchemaRegistry
+from tally.feed import historical_purchases
+from tests.harness import Worker
+
+#: Stages, by the function (as py-spy names it) whose inclusive samples they are.
+STAGES = {
+    "the sales agent (Tally's batch, with the table writes)": "count_sales (tally/sales/",
+    "  decoding and validating": "decoded_purchases (tally/sales/",
+    "  skipping what the cells hold": "unapplied (tally/sales/",
+    "  folding into the window": "SlidingTotals.ingest (tally/core/",
+    "  writing cells (Faust table: RocksDB + changelog)": "persist (tally/sales/",
+    "  in-flight record on disk": "InFlightRecords.record (tally/core/",
+    "  publishing the top-K": "publish (tally/sales/",
+    "Faust's fetch loop, stream and dispatch": "Consumer._drain_messages (faust/",
+    "other threads (Faust's consumer thread: aiokafka fetches)": "Thread._bootstrap (threading",
+    "the Prometheus scrape (the bench polls /metrics)": "metrics_handler (faust/sensors/",
+}
+
+
+def py_spy() -> str:
+    found = shutil.which("py-spy") or str(Path(__file__).parents[1] / ".venv" / "bin" / "py-spy")
+    if not Path(found).exists():
+        raise SystemExit("py-spy is not installed: pip install -e '.[bench]' (make bench does)")
+    return found
+
+
+def shares(raw: Path) -> tuple[int, dict[str, float]]:
+    """All samples, and each stage's inclusive share of them."""
+    total, hits = 0, Counter[str]()
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        total += int(count)
+        for stage, marker in STAGES.items():
+            if marker in stack:
+                hits[stage] += int(count)
+    return total, {stage: hits[stage] / total for stage in STAGES} if total else {}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=200_000, help="purchases in the backlog")
+    parser.add_argument("--seconds", type=int, default=40, help="how long py-spy samples")
+    args = parser.parse_args()
+    spy = py_spy()
+    workdir = Path(tempfile.mkdtemp(prefix="tally-profile-"))
+    raw = workdir / "samples.raw"
+    codec = AvroCodec(
+        FileSchemaRegistry(workdir / "registry"),
+        "purchases-value",
+        load_schema("purchase"),
+        validate_purchase,
+    )
+    events = historical_purchases(
+        random.Random(42), count=args.count, items=1_000_000, end_ms=END_MS, span_ms=30 * HOUR_MS
+    )
+    singles: list[Message] = [
+        (None, e["item_id"].encode(), codec.dumps(e), e["event_time_ms"]) for e in events
+    ]
+
+    @contextmanager
+    def sampled(worker: Worker) -> Iterator[None]:
+        assert worker.process is not None
+        command = [spy, "record", "-p", str(worker.process.pid), "-d", str(args.seconds)]
+        command += ["-r", "100", "-f", "raw", "-o", str(raw), "--nonblocking"]
+        sampler = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        try:
+            yield
+        finally:
+            sampler.wait(args.seconds + 30)
+
+    with LocalBroker("127.0.0.1", free_port(), log_path=workdir / "broker.log") as broker:
+        result = run_tally(
+            broker,
+            workdir,
+            "single purchases",
+            "purchases",
+            singles,
+            len(events),
+            lambda worker: check_top(worker, events, "tally"),
+            beside=sampled,
+        )
+    total, by_stage = shares(raw)
+    print(f"\n{result.rate:,.0f} purchases/s while sampled; {total:,} samples ({raw})\n")
+    print("| stage | share of all samples |\n|---|---:|")
+    for stage, share in by_stage.items():
+        print(f"| {stage} | {share:.1%} |")
+    rest = 1 - sum(share for stage, share in by_stage.items() if not stage.startswith(" "))
+    print(f"| everything else (the event loop, Faust's services and timers) | {rest:.1%} |")
+
+
+if __name__ == "__main__":
+    main()
