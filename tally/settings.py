@@ -294,9 +294,8 @@ class Settings:
     cache_max_age_seconds: int = _env_field(
         "TALLY_CACHE_MAX_AGE_SECONDS",
         1,
-        "How long HTTP caches may keep a query answer (Cache-Control max-age): the bound on "
-        "how much older than its as_of a cached answer can be. 0: revalidate each time (the "
-        "ETag still spares the body).",
+        "How long HTTP caches may keep a query answer (Cache-Control max-age), in seconds. "
+        "0: revalidate each time (the ETag still spares the body).",
         _non_negative_int,
     )
     heartbeat_seconds: float = _env_field(

@@ -1,10 +1,13 @@
 """HTTP caching of query answers: strong validators and freshness, so that a browser, a CDN or
 the shipped nginx micro-cache (docker/nginx.conf) can answer repeats without the worker.
 
-An answer's ETag is a digest of its bytes: two answers share one exactly when they are the
-same bytes, whichever worker or generation produced them (a fail-over that answers the same
-keeps clients' caches valid). `If-None-Match` is compared weakly, as RFC 9110 says for that
-header. aiohttp only, no Faust.
+An answer's ETag is a digest of its bytes and of the generation that answered: two answers
+share one exactly when they are the same bytes from the same generation, whichever worker
+produced them (a fail-over that answers the same keeps clients' caches valid; a cache that
+revalidates never keeps naming a generation that no longer serves). `If-None-Match` is
+honoured when it names one tag, compared weakly as RFC 9110 says for that header: a worker
+that forwards a query to the key's owner gets a 304 without its headers back, and with one tag
+it knows the ETag the 304 must carry. No Faust.
 """
 
 from __future__ import annotations
@@ -13,16 +16,23 @@ import hashlib
 from collections.abc import Callable, Hashable
 
 
-def strong_etag(body: bytes) -> str:
-    return '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
+def strong_etag(body: bytes, generation: str) -> str:
+    digest = hashlib.blake2b(body, digest_size=12, person=generation.encode()[:16])
+    return '"' + digest.hexdigest() + '"'
+
+
+def named_tag(if_none_match: str | None) -> str | None:
+    """The one entity tag an `If-None-Match` header names, without a weak prefix (None: no
+    header, `*`, or several tags)."""
+    tags = [tag.strip() for tag in (if_none_match or "").split(",") if tag.strip()]
+    if len(tags) != 1 or tags[0] == "*":
+        return None
+    return tags[0].removeprefix("W/")
 
 
 def matches(if_none_match: str | None, etag: str) -> bool:
-    """Whether an `If-None-Match` header names `etag` (or is `*`)."""
-    if not if_none_match:
-        return False
-    tags = [tag.strip() for tag in if_none_match.split(",")]
-    return "*" in tags or etag in (tag.removeprefix("W/") for tag in tags)
+    """Whether an `If-None-Match` header names `etag` (and only it)."""
+    return named_tag(if_none_match) == etag
 
 
 def cache_control(max_age_s: int) -> str:
@@ -32,19 +42,18 @@ def cache_control(max_age_s: int) -> str:
 
 class LastAnswer:
     """The last answer of a hot query, serialized once: rebuilt only when its parameters
-    (`key`) differ or the state it reflects changed (`invalidate`), so repeats cost neither
-    the JSON encoding nor the digest."""
+    (`key`) differ or the state it reflects changed (`invalidate`), so repeats cost no JSON
+    encoding."""
 
     def __init__(self) -> None:
         self._key: Hashable = None
-        self._answer: tuple[bytes, str] | None = None
+        self._body: bytes | None = None
 
     def invalidate(self) -> None:
-        self._answer = None
+        self._body = None
 
-    def get(self, key: Hashable, build: Callable[[], bytes]) -> tuple[bytes, str]:
-        """(body, ETag) of the answer for `key`."""
-        if self._answer is None or key != self._key:
-            body = build()
-            self._key, self._answer = key, (body, strong_etag(body))
-        return self._answer
+    def get(self, key: Hashable, build: Callable[[], bytes]) -> bytes:
+        """The body of the answer for `key`."""
+        if self._body is None or key != self._key:
+            self._key, self._body = key, build()
+        return self._body

@@ -16,7 +16,7 @@ from faust.web.exceptions import WebError
 from tally.app import app, settings
 from tally.core.clock import epoch_ms
 from tally.core.generations import Serving
-from tally.http.caching import cache_control, matches, strong_etag
+from tally.http.caching import cache_control, matches, named_tag, strong_etag
 from tally.runtime.serving import serving
 
 
@@ -85,8 +85,9 @@ class OwnedView(View):
         try:
             async with asyncio.timeout(QUERY_TIMEOUT_S):
                 if newer is not None:
-                    return await self.forward(request, newer)
-                response = await self.owned(request, **match)
+                    response = await self.forward(request, newer)
+                else:
+                    response = await self.owned(request, **match)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise OwnerUnavailable(
                 f"the query did not complete ({type(exc).__name__}: {exc}); if the worker "
@@ -97,18 +98,21 @@ class OwnedView(View):
         return self.cacheable(request, response)
 
     def cacheable(self, request: Request, response: Response) -> Response:
-        """A 200 with its validator and freshness; a 304 when the client has it already."""
+        """A 200 with its validator and freshness; a 304 when the client has it already. (A
+        HEAD answer relayed from the key's owner has no body to take a digest of: no
+        validator.)"""
         headers = response.headers
         if response.status == NOT_MODIFIED:  # the key's owner found the client's copy current
-            tags = request.headers.get("If-None-Match", "").split(",")
-            if len(tags) == 1:
-                headers["ETag"] = tags[0].strip()
+            tag = named_tag(request.headers.get("If-None-Match"))  # the only one it matches
+            if tag is not None:
+                headers["ETag"] = tag
             headers["Cache-Control"] = cache_control(settings.cache_max_age_seconds)
             return response
         body = cast(web.Response, response).body
-        if response.status != 200 or not isinstance(body, bytes):
+        if response.status != 200 or not isinstance(body, bytes) or request.method == "HEAD":
             return response
-        etag = headers.setdefault("ETag", strong_etag(body))
+        etag = strong_etag(body, headers[GENERATION_HEADER])
+        headers["ETag"] = etag
         headers["Cache-Control"] = cache_control(settings.cache_max_age_seconds)
         if not matches(request.headers.get("If-None-Match"), etag):
             return response

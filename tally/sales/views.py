@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
+from aiohttp import web
 from faust.web import Request, Response
 
 from tally.app import app, settings
@@ -18,7 +19,6 @@ from tally.sales.state import answer_at, current_answer, current_body, windows
 from tally.sales.tables import SALES_SPEC, pane_key, sales_clocks, sales_panes, sales_topk
 
 GONE = 410
-JSON = "application/json"
 
 
 def window_fields(last_pane: int) -> dict[str, str]:
@@ -59,6 +59,7 @@ def stale_reasons(answer: GlobalTopK, wall_ms: int, historical: bool) -> list[st
 def top_payload(
     answer: GlobalTopK | None, last: int | None, reasons: list[str], k: int
 ) -> dict[str, Any]:
+    """The top-K answer's body (`last`: the window asked for when there is no answer)."""
     if answer is None:
         return {
             **(window_fields(last) if last is not None else NO_WINDOW),
@@ -101,10 +102,11 @@ class TopSales(OwnedView):
                 if current is None
                 else stale_reasons(current, wall, historical=False)
             )
-            body, etag = current_body.get(
+            body = current_body.get(
                 (k, tuple(reasons)), lambda: self.json(top_payload(current, None, reasons, k)).body
             )
-            return self.bytes(body, content_type=JSON, headers={"ETag": etag})
+            serialized = web.Response(body=body, content_type="application/json", charset="utf-8")
+            return cast(Response, serialized)  # what Faust's aiohttp driver answers with
         asked = SALES_SPEC.pane_of(time_param(request, "at", wall))
         if current is not None:
             check_retained(asked, current.watermark_ms)

@@ -300,8 +300,8 @@ class FaustConsumer:
         for offset in records:
             if offset == drop or (self.read is not None and offset < self.read):
                 continue
-            if self.read is not None and offset > self.read + 1:
-                self.gap |= set(range(self.read + 1, offset))
+            if self.read is not None and offset > self.read + 1:  # through `offset`, as Faust
+                self.gap |= set(range(self.read + 1, offset + 1))
             self.buffered.append(offset)
             self.read = offset
 
@@ -394,7 +394,7 @@ def test_a_message_dropped_from_a_delivery_is_read_again_not_skipped_for_good(
             passed |= set(range(hole.start, hole.until))
             faust.gap |= set(range(hole.start, hole.until))
         elif hole is not None and hole.reread:  # faust_compat.refuse_missing, then the seek
-            faust.gap -= set(range(hole.start, delivered[applicable]))
+            faust.gap -= set(range(hole.start, delivered[applicable] + 1))
             faust.seek(hole.start)
         applied = delivered[:applicable]
         if applied:

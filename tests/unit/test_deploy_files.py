@@ -568,13 +568,16 @@ NGINX_CONF = ROOT / "docker" / "nginx.conf"
 
 
 def test_the_answer_cache_fronts_every_worker_with_the_shipped_configuration():
-    """Every worker is an upstream of the cache on its container port; the cache serves
-    answers only within their max-age (no stale serving) and revalidates with the ETag."""
+    """Every worker is an upstream of the cache on its container port, never taken out for a
+    503; the cache revalidates with the ETag and serves a stale copy only while one request
+    revalidates it (not when the workers fail)."""
     conf = NGINX_CONF.read_text()
-    upstreams = set(re.findall(r"^\s*server\s+([\w.-]+:\d+)", conf, re.M))
+    upstreams = set(re.findall(r"^\s*server\s+([\w.-]+:\d+)\s+max_fails=0;", conf, re.M))
     port = Settings().web_port
     assert upstreams == {f"{name}:{port}" for name in tally_workers()}
-    assert "proxy_cache_revalidate on;" in conf and "proxy_cache_use_stale" not in conf
+    assert "proxy_cache_revalidate on;" in conf
+    stale = re.findall(r"^\s*(proxy_cache_use_stale[^;]*;)", conf, re.M)
+    assert stale == ["proxy_cache_use_stale updating;"]
     answers = services()["answers"]
     assert "./nginx.conf:/etc/nginx/nginx.conf:ro" in answers["volumes"]
     assert set(answers["depends_on"]) == set(tally_workers())
