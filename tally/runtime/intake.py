@@ -242,6 +242,25 @@ async def each_partition(
 unread = Unread()
 
 
+def note_passed_gaps(tp: TP, expected: int | None, applied: list[int]) -> None:
+    """Say when offsets were passed as absent from the log (transaction markers, compaction,
+    a hole given up): on a topic without them this never logs, and when a partition comes up
+    short, the log tells whether something was passed."""
+    if expected is None:
+        return
+    new = [offset for offset in applied if offset >= expected]
+    passed = (new[-1] - expected + 1 - len(new)) if new else 0
+    if passed > 0:
+        logger.info(
+            "%s[%s]: %d offsets from %s to %s passed as absent from the log",
+            tp.topic,
+            tp.partition,
+            passed,
+            expected,
+            new[-1],
+        )
+
+
 async def without_holes(tp: TP, events: list[EventT]) -> list[EventT]:
     """The events of a batch of `tp` (in offset order) up to the first offset not delivered
     (core.applied.Unread): the rest are not applied (nor acked, by the caller), and the
@@ -256,6 +275,7 @@ async def without_holes(tp: TP, events: list[EventT]) -> list[EventT]:
     applicable, hole = unread.applicable(
         key, expected, offsets, time.monotonic(), log_gaps.lacks(key)
     )
+    note_passed_gaps(tp, expected, offsets[:applicable])
     if hole is not None and hole.given_up:
         assert hole.until is not None
         accept_missing(app.consumer, tp, hole.start, hole.until)
