@@ -94,10 +94,13 @@ def make_worker(
 
     yield factory
     failed = request.node.stash.get(FAILED, False)
+    if failed:  # before any stops: a stop rebalances the others
+        for worker in workers:
+            print(f"--- health of {worker.log_path.stem}: {worker.health_summary()}")
     for worker in workers:
         worker.stop()
         if failed:
-            print(f"--- log of {worker.log_path.name} ---\n{worker.tail(80)}")
+            print(f"--- log of {worker.log_path.name} ---\n{worker.tail(80, tables=False)}")
 
 
 FAILED = pytest.StashKey[bool]()

@@ -127,8 +127,33 @@ class Worker:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log().splitlines()[-lines:])
+    def tail(self, lines: int = 40, tables: bool = True) -> str:
+        """The log's last `lines`; without Faust's tables of partitions and offsets if not
+        `tables` (a failed test's report is cut short: the lines that say what happened first)."""
+        kept = [
+            line
+            for line in self.log().splitlines()
+            if tables or not line.startswith(("|", "+", "〃"))
+        ]
+        return "\n".join(kept[-lines:])
+
+    def health_summary(self) -> str:
+        """Status, lag and stalled partitions from `/api/health`, or why there is none."""
+        try:
+            with urllib.request.urlopen(self.url + "/api/health", timeout=5) as response:
+                health = json.loads(response.read())
+        except urllib.error.HTTPError as exc:  # 503 while starting: the body says why
+            health = json.loads(exc.read())
+        except (OSError, ValueError) as exc:
+            return f"no answer ({exc!r})"
+        keys = ("status", "reason", "group_generation", "lag", "stalled")
+        summary = {key: health[key] for key in keys if key in health}
+        sources: dict[str, list[int]] = {}
+        for tp in health.get("active", []):
+            topic, _, partition = tp.rstrip("]").rpartition("[")
+            if not topic.endswith("-changelog"):
+                sources.setdefault(topic, []).append(int(partition))
+        return json.dumps({**summary, "sources": sources})
 
 
 def start_all(*workers: Worker, timeout: float = 90.0) -> tuple[Worker, ...]:

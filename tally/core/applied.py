@@ -192,6 +192,17 @@ class Unread:
         self._rereads.pop(key, None)
         self._passed.pop(key, None)
 
+    def describe(self, key: Hashable) -> str:
+        """The partition's hole and rereads, for a stalled partition's warning."""
+        reread, passed = self._rereads.get(key), self._passed.get(key)
+        said = [f"passed {passed.start}-{passed.stop - 1} as absent"] if passed else []
+        if reread is not None:
+            said.append(
+                f"offset {reread.missing} missing, {reread.tries} rereads came back without "
+                f"it, the highest delivered since is {reread.seen}"
+            )
+        return "; ".join(said) or "no hole"
+
     def applicable(
         self,
         key: Hashable,

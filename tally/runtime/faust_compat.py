@@ -50,7 +50,17 @@ def check_pinned_versions(installed: Mapping[str, str] | None = None) -> None:
             ("faust.streams._current_event", hasattr(faust_streams, "_current_event")),
             ("RocksDB Store._db_for_partition", hasattr(RocksDBStore, "_db_for_partition")),
             ("RocksDB Store.offset_key", hasattr(RocksDBStore, "offset_key")),
-            ("Consumer._gap", "_gap" in FaustConsumer.__annotations__),
+            *(
+                (f"Consumer.{name}", name in FaustConsumer.__annotations__)
+                for name in (
+                    "_gap",
+                    "_acked",
+                    "_read_offset",
+                    "_paused_partitions",
+                    "_buffered_partitions",
+                    "_active_partitions",
+                )
+            ),
             ("ProducerBuffer._send_pending", hasattr(ProducerBuffer, "_send_pending")),
             (
                 "AIOKafkaConsumerThread._fetch_records",
@@ -304,6 +314,22 @@ def committed_offset(consumer: Any, tp: Any) -> int | None:
     """The group's committed offset of `tp` as Faust last knew it (None for none, or 0):
     before anything is processed after an assignment, where Faust seeked its reading to."""
     return cast(int | None, consumer._committed_offset.get(tp))
+
+
+def delivery_state(consumer: Any, tp: TP) -> str:
+    """Where Faust's consumer stands on `tp`, for a stalled partition's warning: the last
+    offset it handed to the streams, whether it fetches the partition (paused during a
+    rebalance, or its stream's buffer full), and its acks and gaps not yet committed."""
+    active = consumer._active_partitions
+    fetching = active is None or tp in active
+    return (
+        f"delivered up to {consumer._read_offset.get(tp)}, "
+        f"{'fetching' if fetching else 'not fetching'}"
+        f"{', paused' if tp in consumer._paused_partitions else ''}"
+        f"{', stream buffer full' if tp in consumer._buffered_partitions else ''}, "
+        f"{len(consumer._acked.get(tp, ()))} acks and gaps "
+        f"{[(gap.begin, gap.end) for gap in sorted(consumer._gap.get(tp, ()))]} not committed"
+    )
 
 
 def monitor_metrics(monitor: PrometheusMonitor) -> FaustMetrics:

@@ -3,13 +3,19 @@ messages waiting on its source partitions. Read by `/api/health` and the Prometh
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any, cast
 
 from faust.types import TP
 
 from tally.app import app
-from tally.runtime.intake import processed_offsets
+from tally.core.stalls import Stalls
+from tally.runtime.faust_compat import delivery_state
+from tally.runtime.intake import processed_offsets, timer, unread
 from tally.runtime.restore import RestoringTableManager
+
+logger = logging.getLogger(__name__)
 
 
 def ownership() -> dict[str, list[str]]:
@@ -64,3 +70,39 @@ def lag_by_topic() -> dict[str, int]:
     for tp, waiting in consumer_lag().items():
         by_topic[tp.topic] = by_topic.get(tp.topic, 0) + waiting
     return by_topic
+
+
+#: Source partitions with messages waiting and none processed (core.stalls).
+stalls = Stalls()
+
+
+@timer(interval=5.0)
+async def watch_for_stalls() -> None:
+    """Warn, every `stalls.after_s` while it lasts, of a source partition whose messages wait
+    and none is processed: what the agent and Faust's consumer know of it says where it hangs."""
+    now = time.monotonic()
+    lag = consumer_lag()
+    for tp, waiting in lag.items():
+        position = next_to_process(tp)
+        if position is not None:
+            stalls.observe(tp, position, waiting, now)
+    stalls.keep_only(lag)
+    for tp, seconds in cast(dict[TP, float], stalls.due(now)).items():
+        logger.warning(
+            "%s[%s]: %d messages wait and none was processed for %.0f s: next to process %s; "
+            "consumer: %s; %s",
+            tp.topic,
+            tp.partition,
+            lag[tp],
+            seconds,
+            next_to_process(tp),
+            delivery_state(app.consumer, tp),
+            unread.describe((tp.topic, tp.partition)),
+        )
+
+
+def stalled() -> dict[str, float]:
+    """ "topic[partition]" → seconds it has been stalled, for `/api/health`."""
+    now = time.monotonic()
+    partitions = cast(dict[TP, float], stalls.stalled(now))
+    return {f"{tp.topic}[{tp.partition}]": round(s, 1) for tp, s in partitions.items()}

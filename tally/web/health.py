@@ -5,7 +5,7 @@ from __future__ import annotations
 from faust.web import Request, Response, View
 
 from tally.app import app, settings
-from tally.runtime.progress import lag_by_topic, ownership, recovery
+from tally.runtime.progress import lag_by_topic, ownership, recovery, stalled
 from tally.runtime.serving import serving
 
 
@@ -20,6 +20,8 @@ class Health(View):
             **ownership(),
             "recovery": recovery(),
             "lag": lag_by_topic(),
+            # Source partitions whose messages wait, none processed for 30 s or more.
+            "stalled": stalled(),
             "standby_replicas": settings.standby_replicas,
             "generation": settings.generation,
             # The consumer group's: it steps at every rebalance (a worker joined, left or died).

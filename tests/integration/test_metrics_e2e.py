@@ -77,18 +77,35 @@ def truth(data: list[tuple[str, str, int, float]], step: int, keep) -> dict[str,
     }
 
 
-def same(got: dict, want: dict) -> bool:
+class Verdict:
+    """Truthy when a view equals brute force; otherwise its repr names the first difference, so
+    a timed-out `wait_until` says what was wrong, not just `False`."""
+
+    def __init__(self, difference: str | None = None) -> None:
+        self.difference = difference
+
+    def __bool__(self) -> bool:
+        return self.difference is None
+
+    def __repr__(self) -> str:
+        return self.difference or "equal"
+
+
+def same(got: dict, want: dict) -> Verdict:
     if sorted(got) != sorted(want):
-        return False
+        return Verdict(f"series {sorted(got)} != {sorted(want)}")
     for name in want:
         if len(got[name]) != len(want[name]):
-            return False
+            missing = {w["t"] for w in want[name]} - {g["t"] for g in got[name]}
+            return Verdict(
+                f"{name}: {len(got[name])} points != {len(want[name])}; missing {sorted(missing)}"
+            )
         for g, w in zip(got[name], want[name], strict=True):
             if (g["t"], g["min"], g["max"], g["count"]) != (w["t"], w["min"], w["max"], w["count"]):
-                return False
+                return Verdict(f"{name}: {g} != {w}")
             if not math.isclose(g["avg"], w["avg"], rel_tol=1e-9, abs_tol=1e-9):
-                return False
-    return True
+                return Verdict(f"{name}: avg {g['avg']} != {w['avg']} at {w['t']}")
+    return Verdict()
 
 
 def test_views_equal_brute_force_and_late_samples_are_set_aside(
@@ -138,7 +155,7 @@ def test_views_equal_brute_force_and_late_samples_are_set_aside(
                         want,
                     ),
                     60,
-                    what=f"{server} at {step} on {worker.url} to equal brute force",
+                    what=f"{server} at {step} on {worker.log_path.stem} to equal brute force",
                 )
         for metric in METRICS:
             want = truth(data, step_ms, lambda s, m, metric=metric: "all" if m == metric else None)

@@ -427,11 +427,16 @@ def test_a_gap_in_the_log_is_passed_after_its_rereads_come_back_without_it() -> 
     assert unread.applicable("p", 4, [7, 8], 0.1)[1] == Hole(4, reread=False, given_up=False)
     assert unread.applicable("p", 4, [5, 6], 0.2)[1] == Hole(4, reread=True, given_up=False)
     assert unread.applicable("p", 4, [5], 0.3)[1] == Hole(4, reread=True, given_up=False)
+    assert unread.describe("p") == (
+        "offset 4 missing, 2 rereads came back without it, the highest delivered since is 8"
+    )
     assert unread.applicable("p", 4, [5, 6, 7], 0.4) == (
         3,
         Hole(4, reread=False, given_up=True, until=5),
     )
     assert unread.applicable("p", 9, [9], 0.5) == (1, None)
+    assert unread.describe("p") == "passed 4-4 as absent"
+    assert unread.describe("other") == "no hole"
 
 
 def test_a_hole_after_a_passed_one_is_not_passed_with_it() -> None:

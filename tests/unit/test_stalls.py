@@ -1,0 +1,36 @@
+"""Partitions with messages waiting and nothing processed are named (core.stalls)."""
+
+from __future__ import annotations
+
+from tally.core.stalls import Stalls
+
+
+def test_a_partition_is_stalled_once_its_next_offset_has_not_moved_for_the_limit() -> None:
+    stalls = Stalls(after_s=30)
+    stalls.observe("p", next_offset=5, waiting=3, now=0)
+    stalls.observe("p", next_offset=5, waiting=7, now=20)  # more came; none processed
+    assert stalls.stalled(now=29) == {}
+    assert stalls.stalled(now=31) == {"p": 31}
+    stalls.observe("p", next_offset=6, waiting=6, now=32)  # one processed: moving again
+    assert stalls.stalled(now=40) == {}
+    assert stalls.stalled(now=62) == {"p": 30}
+
+
+def test_a_partition_with_nothing_waiting_is_idle_not_stalled() -> None:
+    stalls = Stalls(after_s=30)
+    stalls.observe("p", next_offset=5, waiting=2, now=0)
+    stalls.observe("p", next_offset=5, waiting=0, now=10)  # caught up (or the lag went)
+    stalls.observe("p", next_offset=5, waiting=1, now=20)  # a new message: a new watch
+    assert stalls.stalled(now=45) == {}
+    assert stalls.stalled(now=50) == {"p": 30}
+
+
+def test_warnings_repeat_every_limit_while_stalled_and_left_partitions_are_dropped() -> None:
+    stalls = Stalls(after_s=30)
+    stalls.observe("p", next_offset=5, waiting=2, now=0)
+    stalls.observe("q", next_offset=9, waiting=2, now=0)
+    assert stalls.due(now=30) == {"p": 30, "q": 30}
+    assert stalls.due(now=40) == {}
+    stalls.keep_only(["p"])  # q was revoked
+    assert stalls.due(now=61) == {"p": 61}
+    assert stalls.stalled(now=61) == {"p": 61}
