@@ -291,6 +291,14 @@ class Settings:
         "Items each partition ranks and publishes; the largest ?k= (at most 1000).",
         _top_k,
     )
+    cell_cache_cells: int = _env_field(
+        "TALLY_CELL_CACHE_CELLS",
+        100_000,
+        "Table cells the write-behind cache holds before it writes them out (it also does "
+        "before every commit of source offsets, at most every commit interval): a hot key is "
+        "written once per flush however many events touch it. 0: written after every batch.",
+        _non_negative_int,
+    )
     cache_max_age_seconds: int = _env_field(
         "TALLY_CACHE_MAX_AGE_SECONDS",
         1,

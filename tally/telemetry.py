@@ -48,6 +48,12 @@ TASK_FAILURES = Counter(
     "Runs of a timer that raised (logged, and run again at its next interval), by timer.",
     ["task"],
 )
+CELL_WRITES = Counter(
+    "tally_cell_writes",
+    "Table cells written out by the write-behind cache (each a RocksDB put in a write batch "
+    "and a changelog record), by table: compare with tally_events_total to see the coalescing.",
+    ["table"],
+)
 BROKER_UP = Gauge(
     "tally_broker_reachable",
     "1 while a broker of TALLY_BROKER takes connections (checked twice a second), else 0.",

@@ -73,13 +73,13 @@ from tally.metrics.tables import (
     server_rollups,
     split_key,
 )
+from tally.runtime.cells import read_cell, write_cell, write_cells
 from tally.runtime.intake import (
     caught_up,
     decode,
     each_partition,
     reject,
     timer,
-    writing_for,
 )
 from tally.runtime.routing import (
     announce,
@@ -196,8 +196,14 @@ async def fold_message(
 ) -> None:
     """One message's fresh samples into the batch's fold; the others set aside, each alone."""
     server, samples = batch["server_id"], batch["samples"]
-    with writing_for(event):  # the records' reads go to this partition's database
-        fresh = unapplied(server, samples, source_of(event), folding.stored, folding.redelivered)
+    fresh = unapplied(
+        event.message.partition,
+        server,
+        samples,
+        source_of(event),
+        folding.stored,
+        folding.redelivered,
+    )
     folding.repeated += len(samples) - len(fresh)
     # The message arrives as a whole: its samples are judged against the watermark before
     # it, so samples of one message never make each other late.
@@ -251,17 +257,18 @@ def persist(
     caught_up). Returns the records as written."""
     through = reach(source_of(message) for message in messages)
     records: dict[tuple[str, int], Cells] = {}
-    with writing_for(context):
-        for server, minutes in folding.folded.items():
-            for minute, cells in minutes.items():
-                stored = folding.stored[(server, minute)]
-                records[(server, minute)] = merged = merge_cells(value_of(stored, {}), cells)
-                server_rollups[minute_key(server, minute)] = stamp(merged, through, stored)
-            if minutes:
-                state.servers.add(server)
-        if not is_forwarded(context):
-            state.offset = context.message.offset
-        metric_clocks[partition_key(context.message.partition)] = state.record()
+    partition = context.message.partition
+    for server, minutes in folding.folded.items():
+        for minute, cells in minutes.items():
+            stored = folding.stored[(server, minute)]
+            records[(server, minute)] = merged = merge_cells(value_of(stored, {}), cells)
+            record = stamp(merged, through, stored)
+            write_cell(server_rollups, minute_key(server, minute), record, partition)
+        if minutes:
+            state.servers.add(server)
+    if not is_forwarded(context):
+        state.offset = context.message.offset
+    write_cell(metric_clocks, partition_key(partition), state.record(), partition)
     return records
 
 
@@ -328,6 +335,7 @@ def stored_cells(
 
 
 def unapplied(
+    partition: int,
     server: str,
     samples: list[Record],
     origin: tuple[Source, int],
@@ -342,7 +350,7 @@ def unapplied(
     for minute in minutes:
         key = (server, minute)
         if key not in stored:
-            stored[key] = server_rollups.get(minute_key(server, minute))
+            stored[key] = read_cell(server_rollups, minute_key(server, minute), partition)
         if holds(stored[key], origin[1], origin[0]):
             held.add(minute)
     if not held:
@@ -463,8 +471,7 @@ async def close_partition_minutes(event: EventT) -> None:
                     },
                 },
             )
-        with writing_for(event):
-            metric_clocks[partition_key(partition)] = state.record()
+        write_cell(metric_clocks, partition_key(partition), state.record(), partition)
     # The by-metric index learns this partition's watermark even when it sends no data, so
     # an idle server partition does not hold back its retention and open minutes.
     for destination in range(settings.partitions):
@@ -504,23 +511,24 @@ async def index_partition(events: Sequence[EventT]) -> None:
     indexed = 0
     #: (metric, minute, one message's rollups, why) of each message that did not fit.
     refused: list[tuple[str, int, list[tuple[int, str, Acc]], RecordTooLarge]] = []
-    with writing_for(events[-1]):
-        for (metric, minute), rollups in updates.items():
+    partition = events[0].message.partition
+    for (metric, minute), rollups in updates.items():
+        try:
+            indexed += index_minute(partition, metric, minute, rollups, last)
+            continue
+        except RecordTooLarge:
+            pass
+        # Too many servers for one record: message by message, so the rollups that fit
+        # are kept and only the messages that no longer fit are refused.
+        for offset, carried in by_message(rollups).items():
             try:
-                indexed += index_minute(metric, minute, rollups, last)
-                continue
-            except RecordTooLarge:
-                pass
-            # Too many servers for one record: message by message, so the rollups that fit
-            # are kept and only the messages that no longer fit are refused.
-            for offset, carried in by_message(rollups).items():
-                try:
-                    indexed += index_minute(metric, minute, carried, offset)
-                except RecordTooLarge as exc:
-                    refused.append((metric, minute, carried, exc))
-        for upstream, watermark in watermarks.items():
-            key = partition_key(upstream)
-            metric_index_watermarks[key] = max(metric_index_watermarks.get(key) or 0, watermark)
+                indexed += index_minute(partition, metric, minute, carried, offset)
+            except RecordTooLarge as exc:
+                refused.append((metric, minute, carried, exc))
+    for upstream, watermark in watermarks.items():
+        key = partition_key(upstream)
+        known = read_cell(metric_index_watermarks, key, partition) or 0
+        write_cell(metric_index_watermarks, key, max(known, watermark), partition)
     EVENTS.labels(rollups_by_metric.get_topic_name(), "counted").inc(indexed)
     by_offset = {event.message.offset: event for event in events}
     for metric, minute, rollups, why in refused:
@@ -530,19 +538,20 @@ async def index_partition(events: Sequence[EventT]) -> None:
         value = json.dumps(IndexUpdate(sender, None, cells).to_json()).encode()
         key = f"{metric}|{minute}".encode()
         await reject(by_offset[offset], why, stage="process", value=value, key=key)
-    prune_metric_index(events[0].message.partition)
+    prune_metric_index(partition)
 
 
 def index_minute(
-    metric: str, minute: int, rollups: list[tuple[int, str, Acc]], through: int
+    partition: int, metric: str, minute: int, rollups: list[tuple[int, str, Acc]], through: int
 ) -> int:
     """A (metric, minute)'s per-server and all-servers records with `rollups` taken; returns
     the samples it added. Raises RecordTooLarge before writing anything."""
     per_server, total = minute_key(metric, minute, PER_SERVER), minute_key(metric, minute)
-    before = value_of(metric_rollups.get(total))
-    servers, merged = apply_server_rollups(metric_rollups.get(per_server), rollups, through)
-    metric_rollups[per_server] = servers
-    metric_rollups[total] = merged
+    before = value_of(read_cell(metric_rollups, total, partition))
+    servers, merged = apply_server_rollups(
+        read_cell(metric_rollups, per_server, partition), rollups, through
+    )
+    write_cells(metric_rollups, {per_server: servers, total: merged}, partition)
     return int(value_of(merged)[3] - (before[3] if before else 0))
 
 

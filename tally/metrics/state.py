@@ -15,6 +15,7 @@ from tally.metrics.tables import (
     rollups_by_metric,
     server_rollups,
 )
+from tally.runtime.cells import read_cell
 from tally.runtime.routing import others
 from tally.runtime.state import PartitionStates
 from tally.runtime.store import first_parts, partition_key, scan
@@ -67,7 +68,7 @@ index_pruned_through: PartitionStates[int] = PartitionStates(rollups_by_metric.g
 def state_for(partition: int) -> PartitionState:
     state = states.get(partition)
     if state is None:
-        saved = metric_clocks.get(partition_key(partition)) or {}
+        saved = read_cell(metric_clocks, partition_key(partition), partition) or {}
         state = states[partition] = PartitionState(
             clock=EventClock.from_record(saved, others(partition)),
             late_events=int(saved.get("late_events", 0)),

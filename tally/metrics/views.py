@@ -47,6 +47,7 @@ from tally.metrics.tables import (
     server_rollups,
     split_key,
 )
+from tally.runtime.cells import read_cell
 from tally.runtime.queries import BadRequest, OwnedView, routed_to_owner, time_param
 from tally.runtime.store import partition_key, scan, stored_value
 
@@ -183,7 +184,7 @@ def server_watermark(server_id: str) -> int | None:
     clock = (
         state.clock
         if state
-        else EventClock.from_record(metric_clocks.get(partition_key(partition)))
+        else EventClock.from_record(read_cell(metric_clocks, partition_key(partition), partition))
     )
     return clock.watermark(clock.wall_ms, GRACE_MS)
 

@@ -150,6 +150,11 @@ def record_fetched_offsets() -> None:
 FLUSH_WARN_EVERY_S = 10.0
 
 
+#: Called at the start of every producer flush, so before every commit of source offsets:
+#: what they hand to the producer then is sent before the offsets are committed.
+before_producer_flush: list[Callable[[], None]] = []
+
+
 def flush_producer_buffer_fully() -> None:
     """Faust commits the source offsets after flushing its producer (at_least_once), but its
     buffer's flush gives up as soon as no message left the buffer for 0.1 s (a send waiting
@@ -182,6 +187,8 @@ def flush_producer_buffer_fully() -> None:
             self.sends += 1  # type: ignore[attr-defined]
 
     async def flush(self: ProducerBuffer) -> None:
+        for hook in before_producer_flush:
+            hook()
         if cast(Any, self.app).conf.producer_threaded:
             await faust_flush(self)
             return

@@ -33,6 +33,7 @@ from tally.core.deadletters import DeadLetter
 from tally.core.errors import DecodeError, SchemaError, TallyError, ValidationError
 from tally.core.limits import MAX_RECORD_BYTES
 from tally.core.quarantine import DEATHS_ALONE, IN_FLIGHT_DIR, InFlight, InFlightRecords
+from tally.runtime.cells import batch_done
 from tally.runtime.faust_compat import (
     accept_missing,
     committed_offset,
@@ -233,6 +234,7 @@ async def each_partition(
                 continue
             last = events[-1].message
             await process_share(tp, events, work, states)
+            batch_done()
             if tp in app.assignor.assigned_actives():  # not revoked while `work` ran
                 done = processed_offsets(tp.topic)
                 done[tp.partition] = max(last.offset, done.get(tp.partition) or -1)

@@ -13,6 +13,8 @@ from typing import Any
 from faust.types import CollectionT
 from faust.utils import json as faust_json
 
+from tally.core.cells import overlay
+from tally.runtime import cells
 from tally.runtime.faust_compat import partition_db
 
 #: Faust keeps its own records (the partition's changelog offset) in the same database.
@@ -32,7 +34,17 @@ def stored_value(raw: bytes) -> Any:
 def scan(
     table: CollectionT, partition: int, start: bytes, stop: bytes
 ) -> Iterator[tuple[bytes, bytes]]:
-    """Raw (key, value) pairs with start <= key < stop, in key order (Faust's own skipped)."""
+    """Raw (key, value) pairs with start <= key < stop, in key order (Faust's own skipped):
+    the table's, with the cells written since the last flush in their place (runtime.cells)."""
+    written = cells.dirty.in_range(cells.place(table, partition), start, stop)
+    return overlay(
+        stored_range(table, partition, start, stop), ((k, c.encoded) for k, c in written)
+    )
+
+
+def stored_range(
+    table: CollectionT, partition: int, start: bytes, stop: bytes
+) -> Iterator[tuple[bytes, bytes]]:
     for key, value in partition_db(table, partition).items(from_key=start):
         if key >= stop:
             break
@@ -42,22 +54,29 @@ def scan(
 
 def delete_below(table: CollectionT, partition: int, stop: bytes, start: bytes = b"") -> None:
     """Delete start <= key < stop locally only: no changelog tombstones (the changelog drops
-    old records by retention, and restore skips them)."""
+    old records by retention, and restore skips them); cells not written out yet included."""
+    cells.dirty.drop_range(cells.place(table, partition), start, stop)
     partition_db(table, partition).delete_range(start, stop)
 
 
-def first_parts(table: CollectionT, partition: int, separator: bytes = b"|") -> Iterator[str]:
-    """The distinct first key parts (servers, metrics) of a partition, one seek each: after a
-    part is found, the scan jumps past all its keys instead of reading them."""
+def first_parts(table: CollectionT, partition: int, separator: bytes = b"|") -> list[str]:
+    """The distinct first key parts (servers, metrics) of a partition, in order, one seek
+    each: after a part is found, the scan jumps past all its keys instead of reading them.
+    Cells not written out yet count too."""
     db = partition_db(table, partition)
+    parts = {
+        key.split(separator, 1)[0]
+        for key in cells.dirty.keys(cells.place(table, partition))
+        if separator in key
+    }
     start = b""
     while True:
         found = next(iter(db.keys(from_key=start)), None)
         if found is None:
-            return
+            return sorted(part.decode() for part in parts)
         if separator not in found:  # Faust's own record: step over it
             start = found + b"\x00"
             continue
         part = found.split(separator, 1)[0]
-        yield part.decode()
+        parts.add(part)
         start = part + bytes([separator[0] + 1])

@@ -31,6 +31,7 @@ from tally.core.errors import TallyError, ValidationError
 from tally.core.partitioning import partition_for
 from tally.core.sliding import Closing, SlidingTotals
 from tally.core.topk import Candidates
+from tally.runtime.cells import read_cell, write_cell
 from tally.runtime.intake import caught_up, decode, each_partition, reject, timer, writing_for
 from tally.runtime.routing import (
     announce,
@@ -166,14 +167,14 @@ def unapplied(
     not hold yet: one delivered again (after a crash or a rebalance) is in its cell already."""
     cells: dict[bytes, Stamped | None] = {}
     fresh: list[Carried] = []
-    with writing_for(context):
-        for event, purchase in decoded:
-            key = pane_key(SALES_SPEC.pane_of(purchase["event_time_ms"]), purchase["item_id"])
-            if key not in cells:
-                cells[key] = sales_panes.get(key)
-            source, offset = source_of(event)
-            if not holds(cells[key], offset, source):
-                fresh.append((event, purchase))
+    partition = context.message.partition
+    for event, purchase in decoded:
+        key = pane_key(SALES_SPEC.pane_of(purchase["event_time_ms"]), purchase["item_id"])
+        if key not in cells:
+            cells[key] = read_cell(sales_panes, key, partition)
+        source, offset = source_of(event)
+        if not holds(cells[key], offset, source):
+            fresh.append((event, purchase))
     return cells, fresh
 
 
@@ -188,19 +189,21 @@ def persist(
     each source (core.applied); then the clock, with the offset of the batch's last event
     (`context`) if it is the partition's own (idle: caught_up)."""
     through = reach(source_of(message) for message in messages)
-    clock_key = partition_key(context.message.partition)
-    with writing_for(context):
-        for (pane, item), quantity in pane_deltas.items():
-            key = pane_key(pane, item)
-            before = cells[key]
-            sales_panes[key] = stamp(value_of(before, 0) + quantity, through, before)
-        saved = sales_clocks.get(clock_key) or {}
-        sales_clocks[clock_key] = {
-            **saved,
-            **window.clock.record(),
-            "late_events": window.late_events,
-            "offset": saved.get("offset") if is_forwarded(context) else context.message.offset,
-        }
+    partition = context.message.partition
+    for (pane, item), quantity in pane_deltas.items():
+        key = pane_key(pane, item)
+        before = cells[key]
+        total = stamp(value_of(before, 0) + quantity, through, before)
+        write_cell(sales_panes, key, total, partition)
+    clock_key = partition_key(partition)
+    saved = read_cell(sales_clocks, clock_key, partition) or {}
+    clock = {
+        **saved,
+        **window.clock.record(),
+        "late_events": window.late_events,
+        "offset": saved.get("offset") if is_forwarded(context) else context.message.offset,
+    }
+    write_cell(sales_clocks, clock_key, clock, partition)
 
 
 async def set_aside_late(window: SlidingTotals, wall_ms: int, late: list[Carried]) -> None:
@@ -264,7 +267,7 @@ async def publish(
 def own_source_idle(partition: int) -> bool | None:
     """Whether the partition's purchases are all processed (None: unknown yet). Idle when its
     own partition is: what others forward is covered by their announcements."""
-    saved = sales_clocks.get(partition_key(partition)) or {}
+    saved = read_cell(sales_clocks, partition_key(partition), partition) or {}
     return caught_up(purchases, partition, saved.get("offset"))
 
 

@@ -16,6 +16,7 @@ from tally.core.sliding import PaneReader, SlidingTotals
 from tally.core.topk import Candidates, GlobalTopK, merge_candidates
 from tally.core.windowing import EventClock
 from tally.http.caching import LastAnswer
+from tally.runtime.cells import read_cell
 from tally.runtime.routing import others
 from tally.runtime.state import PartitionStates
 from tally.runtime.store import delete_below, partition_key, scan, stored_value
@@ -61,7 +62,7 @@ def window_for(partition: int, wall_ms: int, idle: bool) -> SlidingTotals:
     if window is not None:
         window.clock.settle(wall_ms, idle)
     else:
-        saved = sales_clocks.get(partition_key(partition)) or {}
+        saved = read_cell(sales_clocks, partition_key(partition), partition) or {}
         clock = EventClock.from_record(saved, others(partition))
         clock.settle(wall_ms, idle)
         window = SlidingTotals.restore(SALES_SPEC, clock, wall_ms, pane_reader(partition))

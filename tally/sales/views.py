@@ -13,6 +13,7 @@ from tally.core.clock import iso, now_ms
 from tally.core.partitioning import partition_for
 from tally.core.topk import GlobalTopK
 from tally.core.windowing import EventClock
+from tally.runtime.cells import read_cell
 from tally.runtime.queries import BadRequest, OwnedView, int_param, routed_to_owner, time_param
 from tally.runtime.store import partition_key
 from tally.sales.state import answer_at, current_answer, current_body, windows
@@ -131,7 +132,7 @@ class ItemSales(OwnedView):
         partition = partition_for(item_id, settings.partitions)
         # The clock as the pipeline last settled it (each second on an active partition).
         window = windows.get(partition)
-        saved = sales_clocks.get(partition_key(partition))
+        saved = read_cell(sales_clocks, partition_key(partition), partition)
         clock = window.clock if window else EventClock.from_record(saved)
         now = clock.now(clock.wall_ms)
         watermark = clock.watermark(clock.wall_ms, SALES_SPEC.grace_ms)
@@ -141,7 +142,7 @@ class ItemSales(OwnedView):
         panes = [
             {
                 "pane_start": iso(SALES_SPEC.start_ms(pane)),
-                "quantity": value_of(sales_panes.get(pane_key(pane, item_id)), 0),
+                "quantity": value_of(read_cell(sales_panes, pane_key(pane, item_id), partition), 0),
             }
             for pane in range(SALES_SPEC.first_pane(last), last + 1)
         ]

@@ -1,0 +1,103 @@
+"""Table cells written since the last flush: the write-behind cache's content.
+
+A hot key (a best-selling item's pane, a server's current minute) is written by every batch
+that touches it; each write is a RocksDB put and a changelog record. Kept here instead, a cell
+is written once per flush however often it changed (Kafka Streams' record cache does the same
+in front of its stores). The glue (runtime.cells) flushes before every commit of source
+offsets, so what is committed is always in the tables; reads and scans look here first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+#: (table name, partition): one partition of one table.
+Place = tuple[str, int]
+
+
+@dataclass
+class Cell:
+    value: Any
+    #: The value as the table stores it (encoded once, when written: its size is checked then).
+    encoded: bytes
+
+
+class DirtyCells:
+    """The newest value of every cell written since its partition was last taken."""
+
+    def __init__(self) -> None:
+        self._places: dict[Place, dict[bytes, Cell]] = {}
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def put(self, place: Place, key: bytes, cell: Cell) -> None:
+        cells = self._places.get(place)
+        if cells is None:
+            cells = self._places[place] = {}
+        if key not in cells:
+            self._count += 1
+        cells[key] = cell
+
+    def get(self, place: Place, key: bytes) -> Cell | None:
+        cells = self._places.get(place)
+        return None if cells is None else cells.get(key)
+
+    def in_range(self, place: Place, start: bytes, stop: bytes) -> list[tuple[bytes, Cell]]:
+        """The cells with start <= key < stop, in key order (a scan of the place's cells: they
+        are few next to the table, being only what changed since the last flush)."""
+        cells = self._places.get(place, {})
+        return sorted(
+            ((key, cell) for key, cell in cells.items() if start <= key < stop), key=first
+        )
+
+    def keys(self, place: Place) -> list[bytes]:
+        return list(self._places.get(place, ()))
+
+    def places(self) -> list[Place]:
+        return list(self._places)
+
+    def drop_range(self, place: Place, start: bytes, stop: bytes) -> None:
+        """Forget the cells with start <= key < stop (deleted from the table meanwhile)."""
+        cells = self._places.get(place, {})
+        for key in [key for key in cells if start <= key < stop]:
+            del cells[key]
+            self._count -= 1
+
+    def take(self, places: Iterable[Place] | None = None) -> list[tuple[Place, dict[bytes, Cell]]]:
+        """Remove and return the cells of `places` (all when None)."""
+        taken = []
+        for place in list(self._places) if places is None else places:
+            cells = self._places.pop(place, None)
+            if cells:
+                self._count -= len(cells)
+                taken.append((place, cells))
+        return taken
+
+
+def first(pair: tuple[bytes, Cell]) -> bytes:
+    return pair[0]
+
+
+def overlay(
+    stored: Iterable[tuple[bytes, bytes]], written: Iterable[tuple[bytes, bytes]]
+) -> Iterator[tuple[bytes, bytes]]:
+    """Two key-ordered streams of (key, value) merged in key order, `written` replacing
+    `stored` where both have a key: a table's range read with the cells not flushed yet."""
+    pending = iter(written)
+    mine = next(pending, None)
+    for key, value in stored:
+        while mine is not None and mine[0] < key:
+            yield mine
+            mine = next(pending, None)
+        if mine is not None and mine[0] == key:
+            yield mine
+            mine = next(pending, None)
+        else:
+            yield key, value
+    if mine is not None:
+        yield mine
+        yield from pending

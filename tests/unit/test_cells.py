@@ -1,0 +1,53 @@
+"""The write-behind cache's content (core.cells): newest value per cell, range reads merged
+over the table's, flushes that take whole partitions."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tally.core.cells import Cell, DirtyCells, overlay
+
+
+def cell(value: int) -> Cell:
+    return Cell(value, str(value).encode())
+
+
+def test_a_cell_written_again_keeps_its_newest_value_and_counts_once() -> None:
+    dirty = DirtyCells()
+    for value in range(5):
+        dirty.put(("panes", 0), b"a", cell(value))
+    dirty.put(("panes", 1), b"a", cell(9))
+    assert len(dirty) == 2
+    assert dirty.get(("panes", 0), b"a") == cell(4)
+    assert dirty.get(("panes", 2), b"a") is None
+
+
+def test_range_reads_drops_and_takes() -> None:
+    dirty = DirtyCells()
+    for key in (b"b", b"d", b"a", b"c"):
+        dirty.put(("t", 0), key, cell(ord(key)))
+    dirty.put(("u", 0), b"z", cell(0))
+    assert [k for k, _ in dirty.in_range(("t", 0), b"b", b"d")] == [b"b", b"c"]
+    dirty.drop_range(("t", 0), b"a", b"c")  # deleted from the table meanwhile
+    assert sorted(dirty.keys(("t", 0))) == [b"c", b"d"] and len(dirty) == 3
+    assert [(place, sorted(cells)) for place, cells in dirty.take([("t", 0), ("v", 0)])] == [
+        (("t", 0), [b"c", b"d"])
+    ]
+    assert len(dirty) == 1 and dirty.places() == [("u", 0)]
+    assert [place for place, _ in dirty.take()] == [("u", 0)]
+    assert len(dirty) == 0 and dirty.take() == []
+
+
+keys = st.binary(min_size=1, max_size=3)
+
+
+@given(
+    st.dictionaries(keys, st.binary(max_size=2)),
+    st.dictionaries(keys, st.binary(max_size=2)),
+)
+def test_overlay_equals_the_table_updated_with_the_cells(
+    stored: dict[bytes, bytes], written: dict[bytes, bytes]
+) -> None:
+    merged = list(overlay(sorted(stored.items()), sorted(written.items())))
+    assert merged == sorted({**stored, **written}.items())
