@@ -59,9 +59,14 @@ def write_cells(table: CollectionT, values: dict[bytes, Any], partition: int) ->
         dirty.put(where, key, Cell(value, encoded[key]))
 
 
+#: Faust's transactional commit does not flush its producer first: there the cells are
+#: written after every batch, as Faust's own table writes are.
+WRITE_BEHIND = settings.processing_guarantee == "at_least_once"
+
+
 def batch_done() -> None:
     """An agent finished a batch: write out now if the cache is off or full."""
-    if len(dirty) >= max(settings.cell_cache_cells, 1):
+    if not WRITE_BEHIND or len(dirty) >= max(settings.cell_cache_cells, 1):
         flush()
 
 
