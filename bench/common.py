@@ -15,7 +15,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -225,6 +225,11 @@ def counted(worker: Worker, topic: str) -> int:
     return int(float(match.group(1))) if match else 0
 
 
+#: The variant that writes table cells after every batch: the cell cache's baseline.
+WRITE_THROUGH = "cells written every batch"
+WRITE_THROUGH_SETTINGS = {"TALLY_CELL_CACHE_CELLS": "0"}
+
+
 def run_tally(
     broker: LocalBroker,
     workdir: Path,
@@ -236,13 +241,15 @@ def run_tally(
     then: tuple[str, ...] = (),
     beside: Callable[[Worker], AbstractContextManager[object]] = lambda _: nullcontext(),
     afterwards: Callable[[Worker, Result], None] = lambda _worker, _result: None,
+    settings: Mapping[str, str] | None = None,
 ) -> Result:
     """One ready worker, then the input: the rate counts what is counted after the first
     observation (polled every 100 ms: scraping /metrics more often costs the worker), over the
     time from then until every event is counted from `topic` and from each downstream topic in
     `then` (later stages count the same events). `beside` is entered once the worker is ready
     and left after the count (e.g. clients); `afterwards` measures more on the loaded worker
-    (latency, queries) once its peak RSS is read."""
+    (latency, queries) once its peak RSS is read; `settings`: more of the worker's environment.
+    Changelog records are counted once the worker has stopped (its cell cache written out)."""
     app_id = f"bench{uuid.uuid4().hex[:8]}"
     worker = Worker(
         env={
@@ -252,6 +259,7 @@ def run_tally(
             "TALLY_SCHEMA_REGISTRY": (workdir / "registry").resolve().as_uri(),
             "TALLY_PARTITIONS": str(PARTITIONS),
             "TALLY_STANDBY_REPLICAS": "0",
+            **(settings or {}),
         },
         log_path=workdir / f"{app_id}.log",
     )
@@ -278,11 +286,12 @@ def run_tally(
                 raise SystemExit(f"{label}: the run was too short to time; raise --count")
         check(worker)
         rss = peak_rss_mb(worker.process.pid)  # type: ignore[union-attr]
-        records = asyncio.run(changelog_records(broker.bootstrap, app_id))
-        result = Result(label, measured, elapsed, records * measured / total, rss)
+        result = Result(label, measured, elapsed, 0, rss)
         afterwards(worker, result)
     finally:
         worker.stop()
+    records = asyncio.run(changelog_records(broker.bootstrap, app_id))
+    result.changelog_records = records * measured / total
     return result
 
 

@@ -29,6 +29,8 @@ from pathlib import Path
 from bench.common import (
     KEEP_ALL,
     PARTITIONS,
+    WRITE_THROUGH,
+    WRITE_THROUGH_SETTINGS,
     Message,
     Result,
     consumed_latency_ms,
@@ -276,6 +278,20 @@ def run(args: argparse.Namespace) -> dict[str, list[Result]]:
                 if not same_minutes(answer, expected_minutes(one_each)):  # type: ignore[arg-type]
                     raise SystemExit(f"{peer}: minutes differ from brute force:\n got {answer}")
                 measured.append(result)
+        with LocalBroker("127.0.0.1", free_port(), log_path=workdir / "broker.log") as broker:
+            measured.append(
+                run_tally(
+                    broker,
+                    workdir,
+                    f"{TALLY}, {WRITE_THROUGH}",
+                    "metric-samples",
+                    messages,
+                    total,
+                    check,
+                    then=("metric-rollups-by-metric",),
+                    settings=WRITE_THROUGH_SETTINGS,
+                )
+            )
         for result in measured:
             results[result.system].append(result)
             print(f"  run {run_number}: {result.system}: {result.rate:,.0f} samples/s", flush=True)

@@ -29,6 +29,8 @@ from bench.baseline import top_items
 from bench.common import (
     KEEP_ALL,
     PARTITIONS,
+    WRITE_THROUGH,
+    WRITE_THROUGH_SETTINGS,
     Message,
     Result,
     consumed_latency_ms,
@@ -168,9 +170,11 @@ def run(args: argparse.Namespace) -> dict[str, list[Result]]:
     ]
     results: dict[str, list[Result]] = {}
     for run_number in range(1, args.runs + 1):
-        for label, messages in (
-            (SINGLE, singles),
-            (f"tally, envelopes of ~{args.envelope}", envelopes),
+        enveloped = f"tally, envelopes of ~{args.envelope}"
+        for label, messages, cells in (
+            (SINGLE, singles, {}),
+            (enveloped, envelopes, {}),
+            (f"{enveloped}, {WRITE_THROUGH}", envelopes, WRITE_THROUGH_SETTINGS),
         ):
             with LocalBroker("127.0.0.1", free_port(), log_path=workdir / "broker.log") as broker:
                 afterwards = measure_loaded(broker, single, queries=label == SINGLE)
@@ -184,6 +188,7 @@ def run(args: argparse.Namespace) -> dict[str, list[Result]]:
                         len(events),
                         check,
                         afterwards=afterwards,
+                        settings=cells,
                     )
                 ]
                 if label == SINGLE:

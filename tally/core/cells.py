@@ -10,49 +10,40 @@ offsets, so what is committed is always in the tables; reads and scans look here
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from typing import Any
 
 #: (table name, partition): one partition of one table.
 Place = tuple[str, int]
 
 
-@dataclass
-class Cell:
-    value: Any
-    #: The value as the table stores it (encoded once, when written: its size is checked then).
-    encoded: bytes
-
-
 class DirtyCells:
-    """The newest value of every cell written since its partition was last taken."""
+    """The newest value of every cell written since its partition was last taken, encoded as
+    the table stores it (encoded once when written, so its size is checked then; a read
+    decodes its own copy, which the reader may change)."""
 
     def __init__(self) -> None:
-        self._places: dict[Place, dict[bytes, Cell]] = {}
+        self._places: dict[Place, dict[bytes, bytes]] = {}
         self._count = 0
 
     def __len__(self) -> int:
         return self._count
 
-    def put(self, place: Place, key: bytes, cell: Cell) -> None:
+    def put(self, place: Place, key: bytes, value: bytes) -> None:
         cells = self._places.get(place)
         if cells is None:
             cells = self._places[place] = {}
         if key not in cells:
             self._count += 1
-        cells[key] = cell
+        cells[key] = value
 
-    def get(self, place: Place, key: bytes) -> Cell | None:
+    def get(self, place: Place, key: bytes) -> bytes | None:
         cells = self._places.get(place)
         return None if cells is None else cells.get(key)
 
-    def in_range(self, place: Place, start: bytes, stop: bytes) -> list[tuple[bytes, Cell]]:
+    def in_range(self, place: Place, start: bytes, stop: bytes) -> list[tuple[bytes, bytes]]:
         """The cells with start <= key < stop, in key order (a scan of the place's cells: they
         are few next to the table, being only what changed since the last flush)."""
         cells = self._places.get(place, {})
-        return sorted(
-            ((key, cell) for key, cell in cells.items() if start <= key < stop), key=first
-        )
+        return sorted((key, value) for key, value in cells.items() if start <= key < stop)
 
     def keys(self, place: Place) -> list[bytes]:
         return list(self._places.get(place, ()))
@@ -67,7 +58,7 @@ class DirtyCells:
             del cells[key]
             self._count -= 1
 
-    def take(self, places: Iterable[Place] | None = None) -> list[tuple[Place, dict[bytes, Cell]]]:
+    def take(self, places: Iterable[Place] | None = None) -> list[tuple[Place, dict[bytes, bytes]]]:
         """Remove and return the cells of `places` (all when None)."""
         taken = []
         for place in list(self._places) if places is None else places:
@@ -76,10 +67,6 @@ class DirtyCells:
                 self._count -= len(cells)
                 taken.append((place, cells))
         return taken
-
-
-def first(pair: tuple[bytes, Cell]) -> bytes:
-    return pair[0]
 
 
 def overlay(

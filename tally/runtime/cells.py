@@ -20,7 +20,7 @@ from faust.types import TP, CollectionT
 from rocksdict import WriteBatch
 
 from tally.app import app, settings
-from tally.core.cells import Cell, DirtyCells, Place
+from tally.core.cells import DirtyCells, Place
 from tally.core.limits import check_record_size
 from tally.runtime.bounded import before_stop
 from tally.runtime.faust_compat import before_producer_flush, partition_db
@@ -37,10 +37,9 @@ def place(table: CollectionT, partition: int) -> Place:
 
 def read_cell(table: CollectionT, key: bytes, partition: int) -> Any:
     """The cell's newest value: written and not flushed yet, else the table's (None: none)."""
-    cell = dirty.get(place(table, partition), key)
-    if cell is not None:
-        return cell.value
-    raw = partition_db(table, partition).get(key)
+    raw = dirty.get(place(table, partition), key)
+    if raw is None:
+        raw = partition_db(table, partition).get(key)
     return None if raw is None else table.data._decode_value(raw)  # type: ignore[attr-defined]
 
 
@@ -55,8 +54,8 @@ def write_cells(table: CollectionT, values: dict[bytes, Any], partition: int) ->
     for key, raw in encoded.items():
         check_record_size(f"table {table.name} record {key[:80]!r}", key, raw)
     where = place(table, partition)
-    for key, value in values.items():
-        dirty.put(where, key, Cell(value, encoded[key]))
+    for key, raw in encoded.items():
+        dirty.put(where, key, raw)
 
 
 #: Faust's transactional commit does not flush its producer first: there the cells are
@@ -76,11 +75,11 @@ def flush(places: list[Place] | None = None) -> None:
     for (name, partition), cells in dirty.take(places):
         table = app.tables[name]
         batch = WriteBatch(raw_mode=True)
-        for key, cell in cells.items():
-            batch.put(key, cell.encoded)
+        for key, value in cells.items():
+            batch.put(key, value)
         partition_db(table, partition).write(batch)
-        for key, cell in cells.items():
-            table.send_changelog(partition, key, cell.encoded, "raw", "raw")
+        for key, value in cells.items():
+            table.send_changelog(partition, key, value, "raw", "raw")
         CELL_WRITES.labels(name).inc(len(cells))
 
 

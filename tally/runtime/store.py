@@ -37,9 +37,7 @@ def scan(
     """Raw (key, value) pairs with start <= key < stop, in key order (Faust's own skipped):
     the table's, with the cells written since the last flush in their place (runtime.cells)."""
     written = cells.dirty.in_range(cells.place(table, partition), start, stop)
-    return overlay(
-        stored_range(table, partition, start, stop), ((k, c.encoded) for k, c in written)
-    )
+    return overlay(stored_range(table, partition, start, stop), written)
 
 
 def stored_range(

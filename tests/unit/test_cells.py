@@ -6,11 +6,11 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tally.core.cells import Cell, DirtyCells, overlay
+from tally.core.cells import DirtyCells, overlay
 
 
-def cell(value: int) -> Cell:
-    return Cell(value, str(value).encode())
+def cell(value: int) -> bytes:
+    return str(value).encode()
 
 
 def test_a_cell_written_again_keeps_its_newest_value_and_counts_once() -> None:
