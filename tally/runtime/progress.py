@@ -81,7 +81,7 @@ async def watch_for_stalls() -> None:
     """Warn, every `stalls.after_s` while it lasts, of a source partition whose messages wait
     and none is processed: what the agent and Faust's consumer know of it says where it hangs."""
     now = time.monotonic()
-    lag = consumer_lag()
+    lag = consumer_lag() if app.ready else {}  # restoring or rebalancing: not stalled
     for tp, waiting in lag.items():
         position = next_to_process(tp)
         if position is not None:
