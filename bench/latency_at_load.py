@@ -31,7 +31,7 @@ from bench.common import Message, Result, purchase_codec, run_tally
 from tally.broker.local import LocalBroker, free_port
 from tally.codecs.avro import AvroCodec
 from tally.feed import purchases
-from tests.harness import Worker
+from tests.harness import Worker, purchase_record
 
 LEVELS = (0.25, 0.5, 0.75, 1.0)
 #: Between two probes: enough of them per level, little load of their own.
@@ -45,14 +45,7 @@ def zipf_items(seed: str, count: int) -> list[str]:
 
 
 def purchase(codec: AvroCodec, item: str, n: int) -> tuple[bytes, bytes]:
-    record = {
-        "purchase_id": f"{item}-{n}",
-        "item_id": item,
-        "quantity": 1,
-        "unit_price_cents": 100,
-        "event_time_ms": int(time.time() * 1000),
-        "metadata": {},
-    }
+    record = purchase_record(f"{item}-{n}", item, int(time.time() * 1000))
     return item.encode(), codec.dumps(record)
 
 

@@ -266,6 +266,11 @@ def purchase_row(n: int, item: str, quantity: int, at_ms: int) -> dict[str, Any]
     }
 
 
+def purchase_record(purchase_id: str, item: str, at_ms: int, quantity: int = 1) -> dict[str, Any]:
+    """A Purchase as producers send it (Avro): an ingest row with its metadata."""
+    return {**purchase_row(0, item, quantity, at_ms), "purchase_id": purchase_id, "metadata": {}}
+
+
 def headers_of(record: ConsumerRecord) -> Mapping[str, bytes]:
     return dict(record.headers or ())
 

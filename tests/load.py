@@ -18,7 +18,7 @@ from tally.broker.admin import read_topic
 from tally.codecs.avro import AvroCodec
 from tally.core.partitioning import partition_for
 from tally.core.topk import rank_key
-from tests.harness import Worker, wait_until
+from tests.harness import Worker, purchase_record, wait_until
 
 PARTITIONS = 4
 ITEMS = [f"item-{n:03d}" for n in range(40)]
@@ -70,14 +70,7 @@ class Load:
         for _ in range(20):
             self.sent += 1
             item = ITEMS[min(int(self.rng.paretovariate(1.2)) - 1, len(ITEMS) - 1)]
-            purchase = {
-                "purchase_id": f"p{self.sent}",
-                "item_id": item,
-                "quantity": self.rng.randint(1, 5),
-                "unit_price_cents": 100,
-                "event_time_ms": now,
-                "metadata": {},
-            }
+            purchase = purchase_record(f"p{self.sent}", item, now, self.rng.randint(1, 5))
             purchases.append(purchase)
             value = self.purchase_codec.dumps(purchase)
             sends.append(await producer.send("purchases", value, key=item.encode()))

@@ -16,7 +16,15 @@ from tally.core.partitioning import group_by_partition
 from tally.core.topk import rank_key
 from tally.feed import historical_purchases
 from tests.conftest import WorkerFactory
-from tests.harness import Worker, consume, headers_of, produce, start_all, wait_until
+from tests.harness import (
+    Worker,
+    consume,
+    headers_of,
+    produce,
+    purchase_record,
+    start_all,
+    wait_until,
+)
 
 HOUR_MS = 3_600_000
 PARTITIONS = 4
@@ -188,14 +196,7 @@ def test_with_no_traffic_the_window_slides_and_items_drop_out(
         while time.time() % pane_s > 0.3:
             time.sleep(0.05)
         bought = time.time()
-        record = {
-            "purchase_id": item,
-            "item_id": item,
-            "quantity": quantity,
-            "unit_price_cents": 1,
-            "event_time_ms": int(bought * 1000),
-            "metadata": {},
-        }
+        record = purchase_record(item, item, int(bought * 1000), quantity)
         produce(broker.bootstrap, "purchases", [(item.encode(), purchase_codec.dumps(record))])
         return (bought // pane_s + 2) * pane_s
 
@@ -249,14 +250,7 @@ def test_purchases_queued_while_the_worker_was_down_are_not_late(
     ).start()
 
     def buy(item: str) -> None:
-        record = {
-            "purchase_id": f"{item}-{time.time()}",
-            "item_id": item,
-            "quantity": 1,
-            "unit_price_cents": 1,
-            "event_time_ms": int(time.time() * 1000),
-            "metadata": {},
-        }
+        record = purchase_record(f"{item}-{time.time()}", item, int(time.time() * 1000))
         produce(broker.bootstrap, "purchases", [(item.encode(), purchase_codec.dumps(record))])
 
     def outcomes() -> dict[str, float]:
