@@ -415,7 +415,8 @@ async def tick_owned_partitions() -> None:
     for tp in app.assignor.assigned_actives():
         if tp.topic != metric_samples.get_topic_name():
             continue
-        if tp.partition in states or partition_key(tp.partition) in metric_clocks:
+        clock = read_cell(metric_clocks, partition_key(tp.partition), tp.partition)
+        if tp.partition in states or clock is not None:
             await metric_ticks.send(key=b"tick", value={}, partition=tp.partition)
         else:  # no sample yet: it holds no other partition back while none waits
             idle = caught_up(metric_samples, tp.partition, None)

@@ -323,15 +323,25 @@ def committed_offset(consumer: Any, tp: Any) -> int | None:
     return cast(int | None, consumer._committed_offset.get(tp))
 
 
+def fetching(consumer: Any, tp: TP) -> bool:
+    """Whether Faust's consumer fetches `tp` now: not while its flow is stopped or the
+    partition paused (a rebalance), nor while the partition's stream buffer is full. While it
+    does not, the client's high watermark of `tp` is as old as its last fetch."""
+    active = consumer._active_partitions
+    return bool(
+        consumer.flow_active
+        and tp not in consumer._paused_partitions
+        and (active is None or tp in active)
+    )
+
+
 def delivery_state(consumer: Any, tp: TP) -> str:
     """Where Faust's consumer stands on `tp`, for a stalled partition's warning: the last
     offset it handed to the streams, whether it fetches the partition (paused during a
     rebalance, or its stream's buffer full), and its acks and gaps not yet committed."""
-    active = consumer._active_partitions
-    fetching = active is None or tp in active
     return (
         f"delivered up to {consumer._read_offset.get(tp)}, "
-        f"{'fetching' if fetching else 'not fetching'}"
+        f"{'fetching' if fetching(consumer, tp) else 'not fetching'}"
         f"{', paused' if tp in consumer._paused_partitions else ''}"
         f"{', stream buffer full' if tp in consumer._buffered_partitions else ''}, "
         f"{len(consumer._acked.get(tp, ()))} acks and gaps "

@@ -38,6 +38,7 @@ from tally.runtime.faust_compat import (
     accept_missing,
     committed_offset,
     current_event,
+    fetching,
     leave_unacked,
     log_gaps,
     refuse_missing,
@@ -159,8 +160,12 @@ def caught_up(topic: TopicT, partition: int, stored_offset: int | None) -> bool 
     """Whether `partition` of `topic` holds nothing after the last processed message: the
     partition is idle, and its event clock may follow the wall clock. The last processed
     message is the one this worker processed last, else `stored_offset` (kept with the
-    pipeline's state). None while unknown."""
+    pipeline's state). None while unknown, and while the partition is not fetched (paused, or
+    its stream's buffer full): an event clock must not run ahead meanwhile, or what waits
+    unfetched comes late."""
     tp = TP(topic.get_topic_name(), partition)
+    if not fetching(app.consumer, tp):  # the client's high watermark may be old: unknown
+        return None
     offset = processed_offsets(tp.topic).get(partition)
     offset = stored_offset if offset is None else offset
     try:

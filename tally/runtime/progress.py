@@ -3,10 +3,12 @@ messages waiting on its source partitions. Read by `/api/health` and the Prometh
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any, cast
 
+from aiokafka.errors import KafkaError
 from faust.types import TP
 
 from tally.app import app
@@ -35,14 +37,17 @@ def next_to_process(tp: TP) -> int | None:
     return app.monitor.tp_committed_offsets.get(tp)
 
 
+def owned_sources() -> list[TP]:
+    """The source partitions (of the agents' topics) this worker holds as active."""
+    sources = set(app.source_topic_partitions())
+    return [tp for tp in sorted(app.assignor.assigned_actives()) if tp.topic in sources]
+
+
 def consumer_lag() -> dict[TP, int]:
     """Messages waiting on each source partition this worker owns (high watermark minus the
     next offset to process), where both are known."""
     lag: dict[TP, int] = {}
-    sources = set(app.source_topic_partitions())
-    for tp in sorted(app.assignor.assigned_actives()):
-        if tp.topic not in sources:
-            continue
+    for tp in owned_sources():
         try:
             highwater = app.consumer.highwater(tp)
         except AssertionError:  # aiokafka: no longer assigned
@@ -72,6 +77,9 @@ def lag_by_topic() -> dict[str, int]:
     return by_topic
 
 
+#: How long the stall watch waits for the broker's end offsets before trying next time.
+END_OFFSETS_TIMEOUT_S = 10.0
+
 #: Source partitions with messages waiting and none processed (core.stalls).
 stalls = Stalls()
 
@@ -79,23 +87,31 @@ stalls = Stalls()
 @timer(interval=5.0)
 async def watch_for_stalls() -> None:
     """Warn, every `stalls.after_s` while it lasts, of a source partition whose messages wait
-    and none is processed: what the agent and Faust's consumer know of it says where it hangs."""
+    and none is processed: what the agent and Faust's consumer know of it says where it hangs.
+    What waits is counted from the broker's end offsets, not the client's last fetch: a
+    partition the client stopped fetching would otherwise look caught up."""
     now = time.monotonic()
-    lag = consumer_lag() if app.ready else {}  # restoring or rebalancing: not stalled
-    for tp, waiting in lag.items():
-        position = next_to_process(tp)
-        if position is not None:
-            stalls.observe(tp, position, waiting, now)
-    stalls.keep_only(lag)
+    positions = {tp: next_to_process(tp) for tp in owned_sources()} if app.ready else {}
+    known = {tp: position for tp, position in positions.items() if position is not None}
+    try:
+        async with asyncio.timeout(END_OFFSETS_TIMEOUT_S):
+            ends = await app.consumer.highwaters(*known) if known else {}
+    except (KafkaError, TimeoutError):  # the broker is away: BrokerWatch says so
+        return
+    waiting = {tp: max(ends[tp] - known[tp], 0) for tp in known if ends.get(tp) is not None}
+    for tp, count in waiting.items():
+        stalls.observe(tp, known[tp], count, now)
+    stalls.keep_only(waiting)
     for tp, seconds in cast(dict[TP, float], stalls.due(now)).items():
         logger.warning(
-            "%s[%s]: %d messages wait and none was processed for %.0f s: next to process %s; "
-            "consumer: %s; %s",
+            "%s[%s]: %d messages wait and none was processed for %.0f s: next to process %s, "
+            "the log ends at %s; consumer: %s; %s",
             tp.topic,
             tp.partition,
-            lag[tp],
+            waiting[tp],
             seconds,
-            next_to_process(tp),
+            known[tp],
+            ends[tp],
             delivery_state(app.consumer, tp),
             unread.describe((tp.topic, tp.partition)),
         )

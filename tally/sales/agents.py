@@ -283,7 +283,8 @@ async def slide_idle_windows() -> None:
         if tp.topic != purchases.get_topic_name():
             continue
         idle = own_source_idle(tp.partition)
-        if tp.partition not in windows and partition_key(tp.partition) not in sales_clocks:
+        clock = read_cell(sales_clocks, partition_key(tp.partition), tp.partition)
+        if tp.partition not in windows and clock is None:
             marks.append((tp.partition, None, idle))  # never had a purchase
             continue
         if idle is None:

@@ -19,6 +19,8 @@ from tally.runtime.faust_compat import (
     PINNED,
     accept_missing,
     check_pinned_versions,
+    delivery_state,
+    fetching,
     leave_unacked,
 )
 from tally.runtime.state import PartitionStates
@@ -92,6 +94,31 @@ def test_held_back_messages_are_not_committed_and_a_missing_offset_is_passed() -
         consumer.ack(message(passed, offset, tracked=True))
     accept_missing(consumer, passed, 10, 11)
     assert consumer._new_offset(passed) == 13
+
+
+def test_a_partition_paused_or_with_a_full_stream_buffer_is_not_fetched() -> None:
+    """Whether the consumer fetches a partition decides whether its client's high watermark
+    is current (runtime.intake.caught_up); the real consumer's own pause and buffer calls."""
+    from tally.app import app
+
+    consumer = app.consumer
+    paused, buffered, fetched = (FaustTP("purchases", p) for p in (0, 1, 2))
+    consumer._set_active_tps({paused, buffered, fetched})
+    consumer.pause_partitions([paused])
+    consumer.on_buffer_full(buffered)
+    try:
+        assert [fetching(consumer, tp) for tp in (paused, buffered, fetched)] == [
+            False,
+            False,
+            True,
+        ]
+        assert "not fetching, paused" in delivery_state(consumer, paused)
+        assert "not fetching, stream buffer full" in delivery_state(consumer, buffered)
+        consumer.resume_partitions([paused])
+        consumer.on_buffer_drop(buffered)
+        assert all(fetching(consumer, tp) for tp in (paused, buffered, fetched))
+    finally:
+        consumer._reset_state()
 
 
 def test_a_flush_returns_once_every_buffered_message_is_handed_to_the_client() -> None:
