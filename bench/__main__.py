@@ -87,6 +87,7 @@ def main() -> None:
     sales_args.runs = metrics_args.runs = 1 if args.quick else args.runs
     if args.quick:
         sales_args.count, sales_args.faust_count, sales_args.quix_count = 20_000, 500, 3_000
+        sales_args.envelope_count = 100_000
         metrics_args.servers, metrics_args.faust_count, metrics_args.quix_count = 100, 500, 5_000
     today = datetime.datetime.now(datetime.UTC).date().isoformat()
     out = args.out or Path(__file__).parent / "results" / f"{today}.md"
@@ -105,8 +106,9 @@ def main() -> None:
         f"# Benchmarks, {today}\n\n"
         f"`python -m bench{' --quick' if args.quick else ''} --runs {sales_args.runs}` "
         f"({(time.monotonic() - began) / 60:.0f} min). Machine: {machine()}.\n\n"
-        f"Sales: {sales_args.count:,} purchases, {sales_args.items:,} items (Zipf), 30 h of event "
-        f"time; Faust reads the last {sales_args.faust_count:,}, Quix the last "
+        f"Sales: {sales_args.count:,} purchases one per message and "
+        f"{sales_args.envelope_count:,} in envelopes, {sales_args.items:,} items (Zipf), 30 h "
+        "of event time; Faust reads the last {sales_args.faust_count:,}, Quix the last "
         f"{sales_args.quix_count:,} (same Avro messages). Metrics: {metrics_args.servers:,} "
         f"servers x {metrics_args.metrics} metrics, {metrics_args.per_metric} samples per metric "
         f"per envelope, {metrics_args.minutes} min of event time; Faust and Quix read "
@@ -115,7 +117,8 @@ def main() -> None:
         "each of 60 markers sent alone, its query polled until it shows (the raw ceiling: "
         "until a plain consumer receives it; the peers have no query); queries: wrk, 8 s "
         "per load, once the worker has processed its input (no ingest meanwhile), sharing the 2 "
-        "cores with it. State writes = "
+        "cores with it. A Tally run ends when its group has committed every input offset (the "
+        "cell cache is written out before each commit). State writes = "
         "changelog records for Tally and Faust (one per table write); Quix's are counted at "
         "its window store and batched into fewer changelog records per checkpoint.\n\n"
     )
