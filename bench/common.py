@@ -184,7 +184,8 @@ async def committed_to_end(
         tps = [TP(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()]
         ends = await fetched_high_watermarks(consumer._client, await consumer.end_offsets(tps))
         while time.monotonic() < deadline:
-            if all((await consumer.committed(tp) or 0) >= ends[tp] for tp in tps):
+            committed = [await consumer.committed(tp) or 0 for tp in tps]
+            if all(offset >= ends[tp] for offset, tp in zip(committed, tps, strict=True)):
                 return
             await asyncio.sleep(0.1)
         raise SystemExit(f"group {group} did not commit the end of {', '.join(topics)}")
