@@ -98,13 +98,15 @@ async def watch_for_stalls() -> None:
             ends = await app.consumer.highwaters(*known) if known else {}
     except (KafkaError, TimeoutError):  # the broker is away: BrokerWatch says so
         return
-    waiting = {tp: max(ends[tp] - known[tp], 0) for tp in known if ends.get(tp) is not None}
+    # One offset past the last message may be a transaction's commit marker, not a message.
+    waiting = {tp: max(ends[tp] - known[tp] - 1, 0) for tp in known if ends.get(tp) is not None}
     for tp, count in waiting.items():
         stalls.observe(tp, known[tp], count, now)
     stalls.keep_only(waiting)
     for tp, seconds in cast(dict[TP, float], stalls.due(now)).items():
         logger.warning(
-            "%s[%s]: %d messages wait and none was processed for %.0f s: next to process %s, "
+            "%s[%s]: %d or more messages wait and none was processed for %.0f s: next to "
+            "process %s, "
             "the log ends at %s; consumer: %s; %s",
             tp.topic,
             tp.partition,
