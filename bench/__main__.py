@@ -108,7 +108,7 @@ def main() -> None:
         f"({(time.monotonic() - began) / 60:.0f} min). Machine: {machine()}.\n\n"
         f"Sales: {sales_args.count:,} purchases one per message and "
         f"{sales_args.envelope_count:,} in envelopes, {sales_args.items:,} items (Zipf), 30 h "
-        "of event time; Faust reads the last {sales_args.faust_count:,}, Quix the last "
+        f"of event time; Faust reads the last {sales_args.faust_count:,}, Quix the last "
         f"{sales_args.quix_count:,} (same Avro messages). Metrics: {metrics_args.servers:,} "
         f"servers x {metrics_args.metrics} metrics, {metrics_args.per_metric} samples per metric "
         f"per envelope, {metrics_args.minutes} min of event time; Faust and Quix read "
