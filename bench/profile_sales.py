@@ -31,13 +31,14 @@ from tests.harness import Worker
 
 #: Stages, by the function (as py-spy names it) whose inclusive samples they are.
 STAGES = {
-    "the sales agent (Tally's batch, with the table writes)": "count_sales (tally/sales/",
+    "the sales agent (Tally's batch, its cells into the cache)": "count_sales (tally/sales/",
     "  decoding and validating": "decoded_purchases (tally/sales/",
     "  skipping what the cells hold": "unapplied (tally/sales/",
     "  folding into the window": "SlidingTotals.ingest (tally/core/",
-    "  writing cells (Faust table: RocksDB + changelog)": "persist (tally/sales/",
+    "  cells into the write-behind cache": "persist (tally/sales/",
     "  in-flight record on disk": "InFlightRecords.record (tally/core/",
     "  publishing the top-K": "publish (tally/sales/",
+    "the cell cache written out (RocksDB batches, changelog records)": "flush (tally/runtime/cells",
     "Faust's fetch loop, stream and dispatch": "Consumer._drain_messages (faust/",
     "other threads (Faust's consumer thread: aiokafka fetches)": "Thread._bootstrap (threading",
     "the Prometheus scrape (the bench polls /metrics)": "metrics_handler (faust/sensors/",
