@@ -135,6 +135,19 @@ def measure_loaded(
     return afterwards
 
 
+def envelopes_of(codec: AvroCodec, purchases: list[Record], size: int) -> list[Message]:
+    """`PurchaseBatch` messages of ~`size` purchases, each for one partition's items."""
+    messages: list[Message] = []
+    for start in range(0, len(purchases), size * PARTITIONS):
+        chunk = purchases[start : start + size * PARTITIONS]
+        for partition, group in group_by_partition(chunk, "item_id", PARTITIONS).items():
+            value = codec.dumps({"purchases": group})
+            messages.append(
+                (partition, group[0]["item_id"].encode(), value, group[-1]["event_time_ms"])
+            )
+    return messages
+
+
 def run(args: argparse.Namespace) -> dict[str, list[Result]]:
     workdir = Path(tempfile.mkdtemp(prefix="tally-bench-"))
     registry = FileSchemaRegistry(workdir / "registry")
@@ -152,14 +165,7 @@ def run(args: argparse.Namespace) -> dict[str, list[Result]]:
     singles: list[Message] = [
         (None, e["item_id"].encode(), single.dumps(e), e["event_time_ms"]) for e in events
     ]
-    envelopes: list[Message] = []
-    for start in range(0, len(enveloped), args.envelope * PARTITIONS):
-        chunk = enveloped[start : start + args.envelope * PARTITIONS]
-        for partition, group in group_by_partition(chunk, "item_id", PARTITIONS).items():
-            value = envelope.dumps({"purchases": group})
-            envelopes.append(
-                (partition, group[0]["item_id"].encode(), value, group[-1]["event_time_ms"])
-            )
+    envelopes = envelopes_of(envelope, enveloped, args.envelope)
     print(
         f"sales: {args.count:,} purchases one per message, {args.envelope_count:,} in "
         f"envelopes, {args.items:,} items (Zipf), 30 h of event time, "
