@@ -293,7 +293,7 @@ class Settings:
     )
     cell_cache_cells: int = _env_field(
         "TALLY_CELL_CACHE_CELLS",
-        10_000,
+        2_000,
         "Table cells the write-behind cache holds before it writes them out (it also does "
         "before every commit of source offsets): a hot key is written once per flush however "
         "many events touch it. More coalesces more and costs memory (each flush is a burst of "
