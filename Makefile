@@ -61,8 +61,8 @@ lint: $(STAMP)
 bench: $(BENCH_STAMP) $(WRK) $(NGINX)
 	$(BIN)/python -m bench
 
-## bench-more: the archive, ingest, hostile-input, live-stream, forwarding, failover and
-## freshness-at-load benchmarks.
+## bench-more: the archive, ingest, hostile-input, live-stream, forwarding, failover,
+## freshness-at-load and cell-cache-size benchmarks.
 bench-more: $(STAMP)
 	$(BIN)/python -m bench.archive
 	$(BIN)/python -m bench.ingest
@@ -71,6 +71,7 @@ bench-more: $(STAMP)
 	$(BIN)/python -m bench.routing
 	$(BIN)/python -m bench.failover
 	$(BIN)/python -m bench.latency_at_load
+	$(BIN)/python -m bench.cell_cache
 
 ## soak: the chaos soak, 5 minutes: a random worker of three SIGKILLed every 10-20 s and
 ## restarted under load; nothing may be lost or counted twice (bench/soak.py).
