@@ -14,7 +14,12 @@ from dataclasses import dataclass
 class _Watch:
     next_offset: int
     since: float  # when `next_offset` was first seen with messages waiting
+    allowance_s: float  # how long its agent may hold messages on purpose (a batch window)
     warned: float | None = None
+
+    def stuck_for(self, now: float, after_s: float) -> float | None:
+        seconds = now - self.since
+        return seconds if seconds >= after_s + self.allowance_s else None
 
 
 class Stalls:
@@ -24,13 +29,17 @@ class Stalls:
         self.after_s = after_s
         self._watches: dict[Hashable, _Watch] = {}
 
-    def observe(self, key: Hashable, next_offset: int, waiting: int, now: float) -> None:
-        """The partition's next offset to process and the messages after it, seen at `now`."""
+    def observe(
+        self, key: Hashable, next_offset: int, waiting: int, now: float, allowance_s: float = 0
+    ) -> None:
+        """The partition's next offset to process and the messages after it, seen at `now`;
+        `allowance_s`: how long its agent gathers a batch (it holds messages that long on
+        purpose, e.g. the archive's minute-long flushes)."""
         watch = self._watches.get(key)
         if waiting <= 0:
             self._watches.pop(key, None)
         elif watch is None or watch.next_offset != next_offset:
-            self._watches[key] = _Watch(next_offset, now)
+            self._watches[key] = _Watch(next_offset, now, allowance_s)
 
     def keep_only(self, keys: Iterable[Hashable]) -> None:
         """Partitions not listed left this worker (or have no lag known): not stalled here."""
@@ -39,11 +48,12 @@ class Stalls:
             del self._watches[key]
 
     def stalled(self, now: float) -> dict[Hashable, float]:
-        """Partition → seconds stuck, for those stuck `after_s` or longer."""
+        """Partition → seconds stuck, for those stuck `after_s` (plus their allowance) or
+        longer."""
         return {
-            key: now - watch.since
+            key: seconds
             for key, watch in self._watches.items()
-            if now - watch.since >= self.after_s
+            if (seconds := watch.stuck_for(now, self.after_s)) is not None
         }
 
     def due(self, now: float) -> dict[Hashable, float]:

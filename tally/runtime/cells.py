@@ -72,14 +72,23 @@ def batch_done() -> None:
 def flush(places: list[Place] | None = None) -> None:
     """Write the cells of `places` (all when None): a RocksDB write batch per partition, then
     their changelog records to the producer (sent before the commit that follows)."""
-    for (name, partition), cells in dirty.take(places):
-        table = app.tables[name]
-        batch = WriteBatch(raw_mode=True)
-        for key, value in cells.items():
-            batch.put(key, value)
-        partition_db(table, partition).write(batch)
-        for key, value in cells.items():
-            table.send_changelog(partition, key, value, "raw", "raw")
+    taken = dirty.take(places)
+    for index, ((name, partition), cells) in enumerate(taken):
+        try:
+            table = app.tables[name]
+            batch = WriteBatch(raw_mode=True)
+            for key, value in cells.items():
+                batch.put(key, value)
+            partition_db(table, partition).write(batch)
+            for key, value in cells.items():
+                table.send_changelog(partition, key, value, "raw", "raw")
+        except BaseException:
+            # Not written (or not all sent): back into the cache, so no commit passes them
+            # (a record sent twice is harmless: each is the cell's whole value).
+            for place_left, left in taken[index:]:
+                for key, value in left.items():
+                    dirty.put(place_left, key, value)
+            raise
         CELL_WRITES.labels(name).inc(len(cells))
 
 
@@ -89,10 +98,10 @@ def flush_table(table: CollectionT) -> None:
 
 
 async def drop_revoked(sender: object, revoked: set[TP], **kwargs: object) -> None:
-    """Faust flushed its producer (and so this cache) before revoking; a timer may have
-    written a clock cell since. The revoked partitions' in-memory states are dropped
-    (runtime.intake.forget_revoked) and rebuilt from the tables: so are their cells. (Kafka's
-    eager rebalance revokes every partition: the whole cache.)"""
+    """Faust waits for its agents and flushes its producer (and so this cache) before it
+    revokes: nothing should be left. Should anything be, it is dropped with the revoked
+    partitions' in-memory states (runtime.intake.forget_revoked), which are rebuilt from the
+    tables: a cell of a partition another worker may own by now must not be written here."""
     changelogs = {t.changelog_topic.get_topic_name(): name for name, t in app.tables.items()}
     places = {(changelogs[tp.topic], tp.partition) for tp in revoked if tp.topic in changelogs}
     left = dirty.take(places)

@@ -323,6 +323,11 @@ def committed_offset(consumer: Any, tp: Any) -> int | None:
     return cast(int | None, consumer._committed_offset.get(tp))
 
 
+def stream_buffer_full(consumer: Any, tp: TP) -> bool:
+    """Faust stopped fetching `tp` because its stream's buffer is full: messages wait."""
+    return tp in consumer._buffered_partitions
+
+
 def fetching(consumer: Any, tp: TP) -> bool:
     """Whether Faust's consumer fetches `tp` now: not while its flow is stopped or the
     partition paused (a rebalance), nor while the partition's stream buffer is full. While it
@@ -343,7 +348,7 @@ def delivery_state(consumer: Any, tp: TP) -> str:
         f"delivered up to {consumer._read_offset.get(tp)}, "
         f"{'fetching' if fetching(consumer, tp) else 'not fetching'}"
         f"{', paused' if tp in consumer._paused_partitions else ''}"
-        f"{', stream buffer full' if tp in consumer._buffered_partitions else ''}, "
+        f"{', stream buffer full' if stream_buffer_full(consumer, tp) else ''}, "
         f"{len(consumer._acked.get(tp, ()))} acks and gaps "
         f"{[(gap.begin, gap.end) for gap in sorted(consumer._gap.get(tp, ()))]} not committed"
     )

@@ -42,6 +42,7 @@ from tally.runtime.faust_compat import (
     leave_unacked,
     log_gaps,
     refuse_missing,
+    stream_buffer_full,
 )
 from tally.runtime.logs import SUMMARY, RejectionSummary
 from tally.runtime.routing import origin_of, source_of
@@ -160,11 +161,14 @@ def caught_up(topic: TopicT, partition: int, stored_offset: int | None) -> bool 
     """Whether `partition` of `topic` holds nothing after the last processed message: the
     partition is idle, and its event clock may follow the wall clock. The last processed
     message is the one this worker processed last, else `stored_offset` (kept with the
-    pipeline's state). None while unknown, and while the partition is not fetched (paused, or
-    its stream's buffer full): an event clock must not run ahead meanwhile, or what waits
-    unfetched comes late."""
+    pipeline's state). None while unknown, and while the partition is paused (a rebalance):
+    its client high watermark is as old as its last fetch, and an event clock running ahead
+    meanwhile would make what waits unfetched late. False while its stream's buffer is full
+    (Faust stops fetching it then: messages wait)."""
     tp = TP(topic.get_topic_name(), partition)
-    if not fetching(app.consumer, tp):  # the client's high watermark may be old: unknown
+    if stream_buffer_full(app.consumer, tp):
+        return False
+    if not fetching(app.consumer, tp):
         return None
     offset = processed_offsets(tp.topic).get(partition)
     offset = stored_offset if offset is None else offset
@@ -218,6 +222,7 @@ async def each_partition(
     a time: only events that fail alone are dead-lettered, and the agent goes on."""
     async for batch in cast(Stream, stream).take_events(size, within=within):
         for tp, delivered in by_partition(batch).items():
+            batch_windows[tp.topic] = within
             unique = one_per_origin(delivered, source_of)
             if len(unique) < len(delivered):
                 EVENTS.labels(tp.topic, "duplicate").inc(len(delivered) - len(unique))
@@ -244,6 +249,9 @@ async def each_partition(
                 done = processed_offsets(tp.topic)
                 done[tp.partition] = max(last.offset, done.get(tp.partition) or -1)
 
+
+#: Topic → how long its agent gathers a batch (it holds messages that long on purpose).
+batch_windows: dict[str, float] = {}
 
 #: Holes in what a partition delivered (core.applied.Unread).
 unread = Unread()

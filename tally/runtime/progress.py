@@ -11,10 +11,10 @@ from typing import Any, cast
 from aiokafka.errors import KafkaError
 from faust.types import TP
 
-from tally.app import app
+from tally.app import app, settings
 from tally.core.stalls import Stalls
-from tally.runtime.faust_compat import delivery_state
-from tally.runtime.intake import processed_offsets, timer, unread
+from tally.runtime.faust_compat import committed_offset, delivery_state
+from tally.runtime.intake import batch_windows, processed_offsets, timer, unread
 from tally.runtime.restore import RestoringTableManager
 
 logger = logging.getLogger(__name__)
@@ -30,11 +30,13 @@ def ownership() -> dict[str, list[str]]:
 
 
 def next_to_process(tp: TP) -> int | None:
-    """The offset after the last one processed: this worker's record, else the committed."""
+    """The offset after the last one processed: this worker's record, else the committed
+    (as the monitor saw it commit, else where Faust's consumer started reading it)."""
     done = processed_offsets(tp.topic).get(tp.partition)
     if done is not None:
         return done + 1
-    return app.monitor.tp_committed_offsets.get(tp)
+    committed = app.monitor.tp_committed_offsets.get(tp)
+    return committed if committed is not None else committed_offset(app.consumer, tp)
 
 
 def owned_sources() -> list[TP]:
@@ -80,6 +82,10 @@ def lag_by_topic() -> dict[str, int]:
 #: How long the stall watch waits for the broker's end offsets before trying next time.
 END_OFFSETS_TIMEOUT_S = 10.0
 
+#: Under exactly_once the offset after the last message may be a transaction's commit
+#: marker, not a message: one offset is not counted as waiting then.
+TRAILING_MARKER = 1 if settings.processing_guarantee == "exactly_once" else 0
+
 #: Source partitions with messages waiting and none processed (core.stalls).
 stalls = Stalls()
 
@@ -98,15 +104,17 @@ async def watch_for_stalls() -> None:
             ends = await app.consumer.highwaters(*known) if known else {}
     except (KafkaError, TimeoutError):  # the broker is away: BrokerWatch says so
         return
-    # One offset past the last message may be a transaction's commit marker, not a message.
-    waiting = {tp: max(ends[tp] - known[tp] - 1, 0) for tp in known if ends.get(tp) is not None}
+    waiting = {
+        tp: max(ends[tp] - known[tp] - TRAILING_MARKER, 0)
+        for tp in known
+        if ends.get(tp) is not None
+    }
     for tp, count in waiting.items():
-        stalls.observe(tp, known[tp], count, now)
+        stalls.observe(tp, known[tp], count, now, batch_windows.get(tp.topic, 0.0))
     stalls.keep_only(waiting)
     for tp, seconds in cast(dict[TP, float], stalls.due(now)).items():
         logger.warning(
-            "%s[%s]: %d or more messages wait and none was processed for %.0f s: next to "
-            "process %s, "
+            "%s[%s]: %d messages wait and none was processed for %.0f s: next to process %s, "
             "the log ends at %s; consumer: %s; %s",
             tp.topic,
             tp.partition,

@@ -34,3 +34,10 @@ def test_warnings_repeat_every_limit_while_stalled_and_left_partitions_are_dropp
     stalls.keep_only(["p"])  # q was revoked
     assert stalls.due(now=61) == {"p": 61}
     assert stalls.stalled(now=61) == {"p": 61}
+
+
+def test_a_partition_whose_agent_gathers_long_batches_is_given_that_long_more() -> None:
+    stalls = Stalls(after_s=30)
+    stalls.observe("archive", next_offset=5, waiting=3, now=0, allowance_s=60)
+    assert stalls.stalled(now=89) == {}
+    assert stalls.stalled(now=90) == {"archive": 90}
