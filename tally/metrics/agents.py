@@ -73,7 +73,7 @@ from tally.metrics.tables import (
     server_rollups,
     split_key,
 )
-from tally.runtime.cells import read_cell, write_cell, write_cells
+from tally.runtime.cells import has_cell, read_cell, write_cell, write_cells
 from tally.runtime.intake import (
     caught_up,
     decode,
@@ -415,8 +415,9 @@ async def tick_owned_partitions() -> None:
     for tp in app.assignor.assigned_actives():
         if tp.topic != metric_samples.get_topic_name():
             continue
-        clock = read_cell(metric_clocks, partition_key(tp.partition), tp.partition)
-        if tp.partition in states or clock is not None:
+        if tp.partition in states or has_cell(
+            metric_clocks, partition_key(tp.partition), tp.partition
+        ):
             await metric_ticks.send(key=b"tick", value={}, partition=tp.partition)
         else:  # no sample yet: it holds no other partition back while none waits
             idle = caught_up(metric_samples, tp.partition, None)

@@ -42,4 +42,9 @@ class BoundedTable(faust.Table):
         key_bytes, _ = topic.prepare_key(key, key_serializer or self.key_serializer)
         value_bytes, _ = topic.prepare_value(value, value_serializer or self.value_serializer)
         check_record_size(f"table {self.name} record {str(key)[:80]}", key_bytes, value_bytes)
-        return super().send_changelog(partition, key_bytes, value_bytes, "raw", "raw")
+        return self.send_encoded(partition, key_bytes, value_bytes)
+
+    def send_encoded(self, partition: int | None, key: bytes, value: bytes) -> FutureMessage:
+        """A changelog record already serialized and size-checked (runtime.cells checks a
+        cell when it is written, and sends it at the next flush)."""
+        return super().send_changelog(partition, key, value, "raw", "raw")

@@ -14,7 +14,7 @@ core.applied).
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 from faust.types import TP, CollectionT
 from rocksdict import WriteBatch
@@ -22,8 +22,13 @@ from rocksdict import WriteBatch
 from tally.app import app, settings
 from tally.core.cells import DirtyCells, Place
 from tally.core.limits import check_record_size
-from tally.runtime.bounded import before_stop
-from tally.runtime.faust_compat import before_producer_flush, partition_db
+from tally.runtime.bounded import BoundedTable, before_stop
+from tally.runtime.faust_compat import (
+    before_producer_flush,
+    decode_value,
+    encode_value,
+    partition_db,
+)
 from tally.telemetry import CELL_WRITES
 
 logger = logging.getLogger(__name__)
@@ -40,7 +45,14 @@ def read_cell(table: CollectionT, key: bytes, partition: int) -> Any:
     raw = dirty.get(place(table, partition), key)
     if raw is None:
         raw = partition_db(table, partition).get(key)
-    return None if raw is None else table.data._decode_value(raw)  # type: ignore[attr-defined]
+    return None if raw is None else decode_value(table, raw)
+
+
+def has_cell(table: CollectionT, key: bytes, partition: int) -> bool:
+    """Whether the cell exists (written and not flushed yet, or in the table): no decoding."""
+    return dirty.get(place(table, partition), key) is not None or (
+        partition_db(table, partition).get(key) is not None
+    )
 
 
 def write_cell(table: CollectionT, key: bytes, value: Any, partition: int) -> None:
@@ -50,7 +62,7 @@ def write_cell(table: CollectionT, key: bytes, value: Any, partition: int) -> No
 def write_cells(table: CollectionT, values: dict[bytes, Any], partition: int) -> None:
     """Set the cells, all or none: their sizes are checked now (`RecordTooLarge` reaches the
     agent, which dead-letters the event), the writes happen at the next flush."""
-    encoded = {key: table.data._encode_value(value) for key, value in values.items()}  # type: ignore[attr-defined]
+    encoded = {key: encode_value(table, value) for key, value in values.items()}
     for key, raw in encoded.items():
         check_record_size(f"table {table.name} record {key[:80]!r}", key, raw)
     where = place(table, partition)
@@ -80,8 +92,8 @@ def flush(places: list[Place] | None = None) -> None:
             for key, value in cells.items():
                 batch.put(key, value)
             partition_db(table, partition).write(batch)
-            for key, value in cells.items():
-                table.send_changelog(partition, key, value, "raw", "raw")
+            for key, value in cells.items():  # their sizes were checked when written
+                cast(BoundedTable, table).send_encoded(partition, key, value)
         except BaseException:
             # Not written (or not all sent): back into the cache, so no commit passes them
             # (a record sent twice is harmless: each is the cell's whole value).

@@ -50,6 +50,8 @@ def check_pinned_versions(installed: Mapping[str, str] | None = None) -> None:
             ("faust.streams._current_event", hasattr(faust_streams, "_current_event")),
             ("RocksDB Store._db_for_partition", hasattr(RocksDBStore, "_db_for_partition")),
             ("RocksDB Store.offset_key", hasattr(RocksDBStore, "offset_key")),
+            ("Store._encode_value", hasattr(RocksDBStore, "_encode_value")),
+            ("Store._decode_value", hasattr(RocksDBStore, "_decode_value")),
             *(
                 (f"Consumer.{name}", name in FaustConsumer.__annotations__)
                 for name in (
@@ -300,6 +302,16 @@ def current_event(event: EventT) -> Iterator[None]:
         yield
     finally:
         faust_streams._current_event.reset(token)
+
+
+def encode_value(table: CollectionT, value: Any) -> bytes:
+    """`value` as `table`'s store writes it (its value serializer)."""
+    return cast(bytes, table.data._encode_value(value))  # type: ignore[attr-defined]
+
+
+def decode_value(table: CollectionT, raw: bytes) -> Any:
+    """A value read raw from `table`'s store, decoded as the store does."""
+    return table.data._decode_value(raw)  # type: ignore[attr-defined]
 
 
 def partition_db(table: CollectionT, partition: int) -> Any:

@@ -97,8 +97,8 @@ async def watch_for_stalls() -> None:
     What waits is counted from the broker's end offsets, not the client's last fetch: a
     partition the client stopped fetching would otherwise look caught up."""
     now = time.monotonic()
-    positions = {tp: next_to_process(tp) for tp in owned_sources()} if app.ready else {}
-    known = {tp: position for tp, position in positions.items() if position is not None}
+    owned = owned_sources() if app.ready else []  # restoring or rebalancing: not stalled
+    known = {tp: position for tp in owned if (position := next_to_process(tp)) is not None}
     try:
         async with asyncio.timeout(END_OFFSETS_TIMEOUT_S):
             ends = await app.consumer.highwaters(*known) if known else {}

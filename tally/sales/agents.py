@@ -31,7 +31,7 @@ from tally.core.errors import TallyError, ValidationError
 from tally.core.partitioning import partition_for
 from tally.core.sliding import Closing, SlidingTotals
 from tally.core.topk import Candidates
-from tally.runtime.cells import read_cell, write_cell
+from tally.runtime.cells import has_cell, read_cell, write_cell
 from tally.runtime.intake import caught_up, decode, each_partition, reject, timer, writing_for
 from tally.runtime.routing import (
     announce,
@@ -283,8 +283,9 @@ async def slide_idle_windows() -> None:
         if tp.topic != purchases.get_topic_name():
             continue
         idle = own_source_idle(tp.partition)
-        clock = read_cell(sales_clocks, partition_key(tp.partition), tp.partition)
-        if tp.partition not in windows and clock is None:
+        if tp.partition not in windows and not has_cell(
+            sales_clocks, partition_key(tp.partition), tp.partition
+        ):
             marks.append((tp.partition, None, idle))  # never had a purchase
             continue
         if idle is None:
