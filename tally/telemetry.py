@@ -54,6 +54,13 @@ CELL_WRITES = Counter(
     "and a changelog record), by table: compare with tally_events_total to see the coalescing.",
     ["table"],
 )
+QUERY_ANSWERS = Counter(
+    "tally_query_answers",
+    "Answers of the query views (/api/sales/*, /api/servers/*, /api/metrics/*) this worker "
+    "sent, by pipeline and HTTP status: 304s are revalidations a cache (nginx, a browser) "
+    "made with the ETag of an answer it holds.",
+    ["pipeline", "status"],
+)
 BROKER_UP = Gauge(
     "tally_broker_reachable",
     "1 while a broker of TALLY_BROKER takes connections (checked twice a second), else 0.",

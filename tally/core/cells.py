@@ -9,6 +9,7 @@ offsets, so what is committed is always in the tables; reads and scans look here
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Iterator
 
 #: (table name, partition): one partition of one table.
@@ -23,11 +24,18 @@ class DirtyCells:
     def __init__(self) -> None:
         self._places: dict[Place, dict[bytes, bytes]] = {}
         self._count = 0
+        self._changes: Counter[Place] = Counter()
 
     def __len__(self) -> int:
         return self._count
 
+    def changes(self, place: Place) -> int:
+        """How often the place's cells were written or deleted so far (not flushes): what an
+        answer built from them is current for."""
+        return self._changes[place]
+
     def put(self, place: Place, key: bytes, value: bytes) -> None:
+        self._changes[place] += 1
         cells = self._places.get(place)
         if cells is None:
             cells = self._places[place] = {}
@@ -53,6 +61,7 @@ class DirtyCells:
 
     def drop_range(self, place: Place, start: bytes, stop: bytes) -> None:
         """Forget the cells with start <= key < stop (deleted from the table meanwhile)."""
+        self._changes[place] += 1
         cells = self._places.get(place, {})
         for key in [key for key in cells if start <= key < stop]:
             del cells[key]

@@ -13,6 +13,7 @@ it knows the ETag the 304 must carry. No Faust.
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
 
@@ -40,20 +41,31 @@ def cache_control(max_age_s: int) -> str:
     return f"public, max-age={max_age_s}" if max_age_s > 0 else "no-cache"
 
 
-class LastAnswer:
-    """The last answer of a hot query, serialized once: rebuilt only when its parameters
-    (`key`) differ or the state it reflects changed (`invalidate`), so repeats cost no JSON
-    encoding."""
+class KeptAnswers:
+    """Serialized answers of hot queries, each kept with the version of the state it was built
+    from (anything comparable that changes when that state does): a repeat at the same version
+    costs no reads and no JSON encoding. Up to `limit` answers; the least recently used goes
+    first."""
 
-    def __init__(self) -> None:
-        self._key: Hashable = None
-        self._body: bytes | None = None
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._kept: OrderedDict[Hashable, tuple[Hashable, bytes]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._kept)
 
     def invalidate(self) -> None:
-        self._body = None
+        self._kept.clear()
 
-    def get(self, key: Hashable, build: Callable[[], bytes]) -> bytes:
-        """The body of the answer for `key`."""
-        if self._body is None or key != self._key:
-            self._key, self._body = key, build()
-        return self._body
+    def get(self, key: Hashable, version: Hashable, build: Callable[[], bytes]) -> bytes:
+        """The body of the answer for `key` at `version` (built now if not kept)."""
+        kept = self._kept.get(key)
+        if kept is not None and kept[0] == version:
+            self._kept.move_to_end(key)
+            return kept[1]
+        body = build()
+        self._kept[key] = (version, body)
+        self._kept.move_to_end(key)
+        while len(self._kept) > self._limit:
+            self._kept.popitem(last=False)
+        return body

@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import cast
 
 import duckdb
+from aiohttp import web
 from faust.types import CollectionT
 from faust.web import Request, Response
 from faust.web.exceptions import WebError
@@ -35,6 +37,7 @@ from tally.core.rollups import (
     minute_of,
 )
 from tally.core.windowing import EventClock
+from tally.http.caching import KeptAnswers
 from tally.metrics.state import index_watermark, states
 from tally.metrics.tables import (
     GRACE_MS,
@@ -47,7 +50,7 @@ from tally.metrics.tables import (
     server_rollups,
     split_key,
 )
-from tally.runtime.cells import read_cell
+from tally.runtime.cells import read_cell, version
 from tally.runtime.queries import BadRequest, OwnedView, routed_to_owner, time_param
 from tally.runtime.store import partition_key, scan, stored_value
 
@@ -202,49 +205,103 @@ def server_minutes(server_id: str, query: Query) -> Series:
     return minutes
 
 
-@app.page("/api/servers/{server_id}/metrics")
-class ServerMetrics(OwnedView):
-    """One server: per metric, {t, min, max, avg, count} per step."""
+#: Answers the hot tables alone give for a range the request fixes (`to` given: nothing moves
+#: with the wall clock), kept while the key's partition and watermark stay as they were.
+kept = KeptAnswers(limit=1_000)
 
+
+class MetricsView(OwnedView):
     pipeline = "metrics"
+
+    async def answered(
+        self,
+        request: Request,
+        query: Query,
+        table: CollectionT,
+        key: str,
+        hot: Callable[[], Series],
+        archived: Callable[[], Awaitable[Series]],
+        body: Callable[[Series, Series], dict[str, object]],
+    ) -> Response:
+        """`body` of the hot tables' part and the archive's; the hot part is read first (pruning
+        may run while the archive is read). An answer of the hot tables alone for a fixed
+        range is kept until the key's partition changes."""
+        start, end = query.archived
+        if start >= end and request.query.get("to"):
+            partition = partition_for(key, settings.partitions)
+            return self.serialized(
+                kept.get(
+                    cast(web.Request, request).path_qs,
+                    (version(table, partition), query.watermark),
+                    lambda: self.json(body(hot(), {})).body,
+                )
+            )
+        hot_part = hot()
+        return self.json(body(hot_part, await archived()))
+
+
+@app.page("/api/servers/{server_id}/metrics")
+class ServerMetrics(MetricsView):
+    """One server: per metric, {t, min, max, avg, count} per step."""
 
     @routed_to_owner(server_rollups, match_info="server_id")
     async def owned(self, request: Request, server_id: str) -> Response:
         query = Query(request, server_watermark(server_id))
-        hot = server_minutes(server_id, query)  # before any await: pruning may run meanwhile
-        archived = await query.from_archive("server", server_id, "metric")
-        series = query.series(archived, hot)
-        return self.json({"server_id": server_id, **query.freshness(), "metrics": series})
+        return await self.answered(
+            request,
+            query,
+            server_rollups,
+            server_id,
+            lambda: server_minutes(server_id, query),
+            lambda: query.from_archive("server", server_id, "metric"),
+            lambda hot, archived: {
+                "server_id": server_id,
+                **query.freshness(),
+                "metrics": query.series(archived, hot),
+            },
+        )
 
 
 @app.page("/api/servers/{server_id}/summary")
-class ServerSummary(OwnedView):
+class ServerSummary(MetricsView):
     """One server: min/max/avg/count of each metric over the whole range."""
-
-    pipeline = "metrics"
 
     @routed_to_owner(server_rollups, match_info="server_id")
     async def owned(self, request: Request, server_id: str) -> Response:
         query = Query(request, server_watermark(server_id))
-        # One bucket per metric, keyed like the archive's (the range's first minute).
-        hot = {
-            metric: [(query.archived[0], merged)]
-            for metric, rows in server_minutes(server_id, query).items()
-            if (merged := merge_all(r for _, r in rows)) is not None
-        }
-        archived = await query.from_archive("server", server_id, "metric", whole_range=True)
-        summary = {
-            metric: points[0][1].as_point(iso(query.from_ms))
-            for metric, points in merge_series(archived, hot).items()
-        }
-        return self.json({"server_id": server_id, **query.freshness(), "metrics": summary})
+
+        def hot() -> Series:
+            # One bucket per metric, keyed like the archive's (the range's first minute).
+            return {
+                metric: [(query.archived[0], merged)]
+                for metric, rows in server_minutes(server_id, query).items()
+                if (merged := merge_all(r for _, r in rows)) is not None
+            }
+
+        def summary(hot: Series, archived: Series) -> dict[str, object]:
+            merged = merge_series(archived, hot)
+            return {
+                "server_id": server_id,
+                **query.freshness(),
+                "metrics": {
+                    m: points[0][1].as_point(iso(query.from_ms)) for m, points in merged.items()
+                },
+            }
+
+        return await self.answered(
+            request,
+            query,
+            server_rollups,
+            server_id,
+            hot,
+            lambda: query.from_archive("server", server_id, "metric", whole_range=True),
+            summary,
+        )
 
 
 @app.page("/api/metrics/{metric_id}")
-class MetricAcrossServers(OwnedView):
+class MetricAcrossServers(MetricsView):
     """One metric across all servers per step; `?by=server` for the per-server breakdown."""
-
-    pipeline = "metrics"
 
     @routed_to_owner(metric_rollups, match_info="metric_id")
     async def owned(self, request: Request, metric_id: str) -> Response:
@@ -252,22 +309,36 @@ class MetricAcrossServers(OwnedView):
         if by not in ("", "server"):
             raise BadRequest(f"by={by!r}: the only breakdown is by=server")
         query = Query(request, metric_watermark(metric_id))
-        minutes: Series = defaultdict(list)
-        wanted = PER_SERVER if by == "server" else ""
-        for minute, second, value in records(metric_rollups, metric_id, query):
-            if second != wanted:
-                continue  # the other record of the minute, left undecoded
+
+        def hot() -> Series:
+            minutes: Series = defaultdict(list)
+            wanted = PER_SERVER if by == "server" else ""
+            for minute, second, value in records(metric_rollups, metric_id, query):
+                if second != wanted:
+                    continue  # the other record of the minute, left undecoded
+                if by == "server":
+                    for server, acc in value_of(stored_value(value)).items():
+                        minutes[server].append((minute, Rollup.from_list(acc)))
+                else:
+                    rollup = Rollup.from_list(value_of(stored_value(value)))
+                    minutes["all"].append((minute, rollup))
+            return minutes
+
+        def across(hot: Series, archived: Series) -> dict[str, object]:
+            series = query.series(archived, hot)
+            body: dict[str, object] = {"metric_id": metric_id, **query.freshness()}
             if by == "server":
-                for server, acc in value_of(stored_value(value)).items():
-                    minutes[server].append((minute, Rollup.from_list(acc)))
+                body["servers"] = series
             else:
-                minutes["all"].append((minute, Rollup.from_list(value_of(stored_value(value)))))
-        # After the hot scan: pruning may run while the archive is read.
-        archived = await query.from_archive("metric", metric_id, "server" if by else None)
-        series = query.series(archived, minutes)
-        body = {"metric_id": metric_id, **query.freshness()}
-        if by == "server":
-            body["servers"] = series
-        else:
-            body["series"] = series.get("all", [])
-        return self.json(body)
+                body["series"] = series.get("all", [])
+            return body
+
+        return await self.answered(
+            request,
+            query,
+            metric_rollups,
+            metric_id,
+            hot,
+            lambda: query.from_archive("metric", metric_id, "server" if by else None),
+            across,
+        )

@@ -55,6 +55,22 @@ def has_cell(table: CollectionT, key: bytes, partition: int) -> bool:
     )
 
 
+#: Rebalances so far: on each, tables may change outside the cache (restores, a standby's
+#: changelog becoming the active copy).
+rebalances = 0
+
+
+def version(table: CollectionT, partition: int) -> tuple[int, int]:
+    """Changes to one partition of a table so far: equal versions, equal content (every
+    write and delete of an owned partition goes through here, and a rebalance moves it on)."""
+    return rebalances, dirty.changes(place(table, partition))
+
+
+async def count_rebalance(sender: object, *partitions: object, **kwargs: object) -> None:
+    global rebalances
+    rebalances += 1
+
+
 def write_cell(table: CollectionT, key: bytes, value: Any, partition: int) -> None:
     write_cells(table, {key: value}, partition)
 
@@ -125,3 +141,5 @@ before_producer_flush.append(flush)
 before_stop.append(flush_table)
 # mode's annotation of a receiver admits no positional argument; Faust sends `revoked` as one.
 app.on_partitions_revoked.connect(drop_revoked)  # type: ignore[arg-type]
+app.on_partitions_revoked.connect(count_rebalance)  # type: ignore[arg-type]
+app.on_partitions_assigned.connect(count_rebalance)  # type: ignore[arg-type]

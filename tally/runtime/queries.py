@@ -18,6 +18,7 @@ from tally.core.clock import epoch_ms
 from tally.core.generations import Serving
 from tally.http.caching import cache_control, matches, named_tag, strong_etag
 from tally.runtime.serving import serving
+from tally.telemetry import QUERY_ANSWERS
 
 
 class BadRequest(WebError):
@@ -95,7 +96,9 @@ class OwnedView(View):
                 "within seconds: retry shortly"
             ) from None
         response.headers.setdefault(GENERATION_HEADER, str(settings.generation))
-        return self.cacheable(request, response)
+        answer = self.cacheable(request, response)
+        QUERY_ANSWERS.labels(self.pipeline, str(answer.status)).inc()
+        return answer
 
     def cacheable(self, request: Request, response: Response) -> Response:
         """A 200 with its validator and freshness; a 304 when the client has it already. (A
@@ -118,6 +121,11 @@ class OwnedView(View):
             return response
         kept = {name: headers[name] for name in ("ETag", "Cache-Control", GENERATION_HEADER)}
         return self.bytes(b"", status=NOT_MODIFIED, headers=kept)
+
+    def serialized(self, body: bytes) -> Response:
+        """A 200 of JSON already encoded (a kept answer)."""
+        answer = web.Response(body=body, content_type="application/json", charset="utf-8")
+        return cast(Response, answer)  # what Faust's aiohttp driver answers with
 
     async def forward(self, request: Request, newer: Serving) -> Response:
         """The same request to a worker of the serving generation (the first that answers)."""

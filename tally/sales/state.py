@@ -15,7 +15,7 @@ from tally.core.applied import value_of
 from tally.core.sliding import PaneReader, SlidingTotals
 from tally.core.topk import Candidates, GlobalTopK, merge_candidates
 from tally.core.windowing import EventClock
-from tally.http.caching import LastAnswer
+from tally.http.caching import KeptAnswers
 from tally.runtime.cells import read_cell
 from tally.runtime.routing import others
 from tally.runtime.state import PartitionStates
@@ -80,8 +80,9 @@ def prune(partition: int, window: SlidingTotals, wall_ms: int) -> None:
         delete_below(sales_panes, partition, pane_prefix(SALES_SPEC.retained_from(watermark)))
 
 
-#: The current top-K answer, serialized: replaced whenever the latest candidates change.
-current_body = LastAnswer()
+#: The current top-K answers (one per `k` and stale reasons), serialized: dropped whenever the
+#: latest candidates change.
+current_body = KeptAnswers(limit=64)
 
 
 def load_latest() -> dict[int, Candidates]:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
-from aiohttp import web
 from faust.web import Request, Response
 
 from tally.app import app, settings
@@ -104,10 +103,11 @@ class TopSales(OwnedView):
                 else stale_reasons(current, wall, historical=False)
             )
             body = current_body.get(
-                (k, tuple(reasons)), lambda: self.json(top_payload(current, None, reasons, k)).body
+                (k, tuple(reasons)),
+                None,  # the candidates' changes drop every kept answer
+                lambda: self.json(top_payload(current, None, reasons, k)).body,
             )
-            serialized = web.Response(body=body, content_type="application/json", charset="utf-8")
-            return cast(Response, serialized)  # what Faust's aiohttp driver answers with
+            return self.serialized(body)
         asked = SALES_SPEC.pane_of(time_param(request, "at", wall))
         if current is not None:
             check_retained(asked, current.watermark_ms)

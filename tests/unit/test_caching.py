@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tally.http.caching import LastAnswer, cache_control, matches, named_tag, strong_etag
+from tally.http.caching import KeptAnswers, cache_control, matches, named_tag, strong_etag
 
 
 def test_an_etag_names_the_bytes_and_the_generation() -> None:
@@ -27,17 +27,29 @@ def test_cache_control_says_how_long_or_to_revalidate() -> None:
     assert cache_control(0) == "no-cache"
 
 
-def test_the_last_answer_is_built_again_only_for_other_parameters_or_new_state() -> None:
+def test_a_kept_answer_is_built_again_only_for_another_version_or_after_invalidation() -> None:
     built: list[int] = []
 
     def build(n: int) -> bytes:
         built.append(n)
         return str(n).encode()
 
-    last = LastAnswer()
-    assert last.get(("k", 10), lambda: build(1)) == b"1"
-    assert last.get(("k", 10), lambda: build(2)) == b"1"
-    assert last.get(("k", 3), lambda: build(3)) == b"3"
-    last.invalidate()
-    assert last.get(("k", 3), lambda: build(4)) == b"4"
-    assert built == [1, 3, 4]
+    kept = KeptAnswers(limit=2)
+    assert kept.get("a", 1, lambda: build(1)) == b"1"
+    assert kept.get("a", 1, lambda: build(2)) == b"1"
+    assert kept.get("a", 2, lambda: build(3)) == b"3"  # the state changed
+    assert kept.get("a", 1, lambda: build(4)) == b"4"  # only the newest build is kept
+    kept.invalidate()
+    assert kept.get("a", 1, lambda: build(5)) == b"5"
+    assert built == [1, 3, 4, 5]
+
+
+def test_kept_answers_keep_the_most_recently_used_up_to_their_limit() -> None:
+    kept = KeptAnswers(limit=2)
+    kept.get("a", 0, lambda: b"a")
+    kept.get("b", 0, lambda: b"b")
+    kept.get("a", 0, lambda: b"rebuilt a")  # used: "b" is now the least recent
+    kept.get("c", 0, lambda: b"c")
+    assert len(kept) == 2
+    assert kept.get("a", 0, lambda: b"rebuilt a") == b"a"
+    assert kept.get("b", 0, lambda: b"rebuilt b") == b"rebuilt b"

@@ -23,6 +23,20 @@ def test_a_cell_written_again_keeps_its_newest_value_and_counts_once() -> None:
     assert dirty.get(("panes", 2), b"a") is None
 
 
+def test_a_place_changes_with_every_write_and_drop_but_not_when_taken() -> None:
+    """An answer kept at a place's change count is current exactly while the count holds."""
+    dirty = DirtyCells()
+    assert dirty.changes(("t", 0)) == 0
+    dirty.put(("t", 0), b"a", cell(1))
+    dirty.put(("t", 0), b"a", cell(1))  # the same value written again is still a write
+    assert dirty.changes(("t", 0)) == 2
+    dirty.take()
+    assert dirty.changes(("t", 0)) == 2  # written out: the content is the same
+    dirty.drop_range(("t", 0), b"", b"z")  # the table's range is deleted with it
+    assert dirty.changes(("t", 0)) == 3
+    assert dirty.changes(("t", 1)) == dirty.changes(("u", 0)) == 0
+
+
 def test_range_reads_drops_and_takes() -> None:
     dirty = DirtyCells()
     for key in (b"b", b"d", b"a", b"c"):
