@@ -57,12 +57,13 @@ lint: $(STAMP)
 
 ## bench: Tally vs Faust's windows vs Quix Streams vs the raw ceiling on both workloads, plus
 ## query latency and load; one table, written to bench/results/<date>.md (see README Performance);
-## and query answers straight from a worker and through the answer cache (docker/nginx.conf).
+## query answers straight from a worker and through the answer cache (docker/nginx.conf);
+## and both pipelines' freshness at 25-100 % of a worker's sustained rate.
 bench: $(BENCH_STAMP) $(WRK) $(NGINX)
 	$(BIN)/python -m bench
 
-## bench-more: the archive, ingest, hostile-input, live-stream, forwarding, failover,
-## freshness-at-load and cell-cache-size benchmarks.
+## bench-more: the archive, ingest, hostile-input, live-stream, forwarding, failover
+## and cell-cache-size benchmarks.
 bench-more: $(STAMP)
 	$(BIN)/python -m bench.archive
 	$(BIN)/python -m bench.ingest
@@ -70,7 +71,6 @@ bench-more: $(STAMP)
 	$(BIN)/python -m bench.live
 	$(BIN)/python -m bench.routing
 	$(BIN)/python -m bench.failover
-	$(BIN)/python -m bench.latency_at_load
 	$(BIN)/python -m bench.cell_cache
 
 ## soak: the chaos soak, 5 minutes: a random worker of three SIGKILLed every 10-20 s and

@@ -3,10 +3,14 @@ straight from a worker and through the shipped micro-cache (docker/nginx.conf, D
 while a steady load of purchases keeps the answers changing.
 
     .venv/bin/python -m bench.cached_reads [--runs 3] [--seconds 8] [--connections 100]
+                                           [--paced-rate 20000]
 
 One broker and one worker (all pipelines) for the whole run; the load (tests.load: ~200
 purchases/s, 80 metric batches/s) runs throughout. Each configuration is measured `--runs`
-times, alternating, and the medians are printed with the cache's ratio to the direct reads.
+times, alternating, and the medians are printed with the cache's ratio to the direct reads
+and the answers the worker sent meanwhile (200s, and 304s: the cache revalidating); then the
+top-10 through the cache at a steady `--paced-rate` (the latency at that load, not at
+saturation).
 Before the numbers count, one answer through the cache is checked against the worker's.
 """
 
@@ -23,9 +27,11 @@ import statistics
 import subprocess
 import tempfile
 import urllib.request
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
-from bench.common import bench_worker, metric_batch_codec, purchase_codec
+from bench.common import bench_worker, metric_batch_codec, purchase_codec, query_answers
 from bench.query import QueryLoad, query_load
 from tally.broker.local import LocalBroker, free_port
 from tests.harness import start_all, wait_until
@@ -83,12 +89,23 @@ def answers(url: str) -> dict[str, object] | None:
         return None
 
 
-def measure(runs: int, seconds: int, connections: int) -> str:
-    """Run the reads; their table (markdown), with how it was made."""
+@dataclass
+class CachedReads:
+    #: The reads' table (markdown), with how it was made.
+    table: str
+    #: The top-10 through the cache at the steady rate: requests/s reached and p99 (medians).
+    paced_rate: float
+    paced_p99_ms: float
+
+
+def measure(runs: int, seconds: int, connections: int, paced_rate: int = 20_000) -> CachedReads:
+    """Run the reads."""
     nginx_binary()
     workdir = Path(tempfile.mkdtemp(prefix="tally-cached-reads-"))
     print(f"cached reads: one worker under ~200 purchases/s; logs in {workdir}", flush=True)
     loads: dict[tuple[str, str], list[QueryLoad]] = {}
+    answered: dict[tuple[str, str], list[Counter[str]]] = {}
+    paced: list[QueryLoad] = []
     with LocalBroker("127.0.0.1", free_port(), log_path=workdir / "broker.log") as broker:
         worker = bench_worker(broker, workdir, "cachedreads", "w1")
         start_all(worker, timeout=120)
@@ -103,14 +120,28 @@ def measure(runs: int, seconds: int, connections: int) -> str:
             for run in range(runs):
                 for what, path in PATHS.items():
                     for where, base in (("worker", worker.url), ("cache", cache_url)):
+                        before = query_answers(worker)
                         measured = query_load(base + path, connections, seconds)
+                        sent = query_answers(worker) - before
                         loads.setdefault((what, where), []).append(measured)
+                        answered.setdefault((what, where), []).append(sent)
                         print(
                             f"  run {run + 1}: {what} from the {where}: "
                             f"{measured.requests_per_s:,.0f} req/s, p50 {measured.p50_ms:.1f} "
-                            f"ms, p99 {measured.p99_ms:.1f} ms",
+                            f"ms, p99 {measured.p99_ms:.1f} ms; the worker answered "
+                            f"{sent['200']:,} (200) and {sent['304']:,} (304)",
                             flush=True,
                         )
+                measured = query_load(
+                    cache_url + PATHS["top-10"], connections, seconds, rate=paced_rate
+                )
+                paced.append(measured)
+                print(
+                    f"  run {run + 1}: top-10 from the cache at {paced_rate:,} req/s offered: "
+                    f"{measured.requests_per_s:,.0f} req/s, p50 {measured.p50_ms:.1f} ms, "
+                    f"p99 {measured.p99_ms:.1f} ms",
+                    flush=True,
+                )
         finally:
             load.stop()
             if cache is not None:
@@ -125,20 +156,33 @@ def measure(runs: int, seconds: int, connections: int) -> str:
         "straight from the worker and through docker/nginx.conf (Debian's nginx), all on the "
         "same cores.",
         "",
-        "| answer | from | req/s | p50 ms | p99 ms | ratio to the worker |",
-        "|---|---|---:|---:|---:|---:|",
+        "| answer | from | req/s | p50 ms | p99 ms | ratio to the worker | the worker's "
+        "200s / 304s |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for what in PATHS:
         direct = statistics.median(r.requests_per_s for r in loads[(what, "worker")])
         for where in ("worker", "cache"):
             runs_of = loads[(what, where)]
             rate = statistics.median(r.requests_per_s for r in runs_of)
+            sent = answered[(what, where)]
             lines.append(
                 f"| {what} | {where} | {rate:,.0f} | "
                 f"{statistics.median(r.p50_ms for r in runs_of):.1f} | "
-                f"{statistics.median(r.p99_ms for r in runs_of):.1f} | {rate / direct:.2f}x |"
+                f"{statistics.median(r.p99_ms for r in runs_of):.1f} | {rate / direct:.2f}x | "
+                f"{statistics.median(c['200'] for c in sent):,.0f} / "
+                f"{statistics.median(c['304'] for c in sent):,.0f} |"
             )
-    return "\n".join(lines) + "\n"
+    reached = statistics.median(r.requests_per_s for r in paced)
+    p99 = statistics.median(r.p99_ms for r in paced)
+    lines += [
+        "",
+        f"The top-10 through the cache at a steady {paced_rate:,} requests/s offered by the "
+        f"same {connections} clients (bench/paced.lua): {reached:,.0f} req/s reached, p50 "
+        f"{statistics.median(r.p50_ms for r in paced):.1f} ms, p99 {p99:.1f} ms (medians of "
+        f"{runs} runs).",
+    ]
+    return CachedReads("\n".join(lines) + "\n", reached, p99)
 
 
 def main() -> None:
@@ -146,8 +190,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--connections", type=int, default=100)
+    parser.add_argument(
+        "--paced-rate", type=int, default=20_000, help="requests/s offered in the steady run"
+    )
     args = parser.parse_args()
-    print(measure(args.runs, args.seconds, args.connections))
+    print(measure(args.runs, args.seconds, args.connections, args.paced_rate).table)
 
 
 if __name__ == "__main__":

@@ -18,11 +18,9 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from bench.common import Result, run_tally
+from bench.common import Result, purchase_batch_codec, run_tally
 from bench.sales import END_MS, HOUR_MS, check_top, envelopes_of
 from tally.broker.local import LocalBroker, free_port
-from tally.codecs.avro import AvroCodec, load_schema
-from tally.codecs.registry import FileSchemaRegistry
 from tally.feed import historical_purchases
 
 
@@ -34,11 +32,7 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",")]
     workdir = Path(tempfile.mkdtemp(prefix="tally-cells-"))
-    codec = AvroCodec(
-        FileSchemaRegistry(workdir / "registry"),
-        "tally.sales.PurchaseBatch",
-        load_schema("purchase_batch"),
-    )
+    codec = purchase_batch_codec(workdir)
     purchases = historical_purchases(
         random.Random(42), count=args.count, items=1_000_000, end_ms=END_MS, span_ms=30 * HOUR_MS
     )

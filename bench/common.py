@@ -15,6 +15,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.record.memory_records import MemoryRecords
 from faust.types import TP
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.query import QueryLoad
 from tally.broker.admin import ensure_topics
@@ -68,6 +70,11 @@ def codec_in(workdir: Path, subject: str, schema: str, validate: Any) -> AvroCod
 
 def purchase_codec(workdir: Path) -> AvroCodec:
     return codec_in(workdir, "purchases-value", "purchase", validate_purchase)
+
+
+def purchase_batch_codec(workdir: Path) -> AvroCodec:
+    """Envelopes of purchases (`PurchaseBatch`), as `tally feed --envelope` sends them."""
+    return codec_in(workdir, "tally.sales.PurchaseBatch", "purchase_batch", None)
 
 
 def metric_batch_codec(workdir: Path) -> AvroCodec:
@@ -237,14 +244,35 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
-def counted(worker: Worker, topic: str) -> int:
-    """Events the worker has counted from `topic`, from its Prometheus counters."""
+def scraped(worker: Worker, sample: str) -> list[tuple[dict[str, str], float]]:
+    """(labels, value) of every sample named `sample` the worker's /metrics shows now."""
     with urllib.request.urlopen(worker.url + "/metrics", timeout=5) as response:
         text = response.read().decode()
-    match = re.search(
-        rf'tally_events_total\{{outcome="counted",topic="{topic}"\}} ([0-9.e+]+)', text
+    return [
+        (found.labels, found.value)
+        for family in text_string_to_metric_families(text)
+        for found in family.samples
+        if found.name == sample
+    ]
+
+
+def counted(worker: Worker, topic: str) -> int:
+    """Events the worker has counted from `topic`, from its Prometheus counters."""
+    return int(
+        sum(
+            value
+            for labels, value in scraped(worker, "tally_events_total")
+            if labels == {"topic": topic, "outcome": "counted"}
+        )
     )
-    return int(float(match.group(1))) if match else 0
+
+
+def query_answers(worker: Worker) -> Counter[str]:
+    """Query answers the worker has sent so far, by HTTP status."""
+    answers = Counter[str]()
+    for labels, value in scraped(worker, "tally_query_answers_total"):
+        answers[labels["status"]] += int(value)
+    return answers
 
 
 #: The variant that writes table cells after every batch: the cell cache's baseline.

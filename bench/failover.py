@@ -35,12 +35,12 @@ from bench.common import (
     counted,
     metric_batch_codec,
     produce,
+    purchase_batch_codec,
     purchase_codec,
 )
 from bench.sales import HOUR_MS
 from tally.broker.local import LocalBroker, free_port
-from tally.codecs.avro import AvroCodec, load_schema
-from tally.codecs.registry import FileSchemaRegistry
+from tally.codecs.avro import AvroCodec
 from tally.core.partitioning import group_by_partition
 from tally.feed import historical_purchases
 from tests.harness import Worker, cpu_hog, start_all, wait_until
@@ -56,11 +56,7 @@ def one_run(
 ) -> tuple[float, int, float, float]:
     """(failover s, changelog records, recovery s, an empty worker's start s) of one run."""
     purchases, batches = purchase_codec(workdir), metric_batch_codec(workdir)
-    envelope = AvroCodec(
-        FileSchemaRegistry(workdir / "registry"),
-        "tally.sales.PurchaseBatch",
-        load_schema("purchase_batch"),
-    )
+    envelope = purchase_batch_codec(workdir)
     app_id = f"benchfo{uuid.uuid4().hex[:8]}"
     with LocalBroker("127.0.0.1", free_port(), log_path=workdir / "broker.log") as broker:
         empty: Worker | None = None

@@ -1,16 +1,19 @@
-"""How fresh the sales answers are at a given load: produced → visible latency of a purchase
-while purchases arrive at 25, 50, 75 and 100 % of the rate one worker sustains.
+"""How fresh the answers are at a given load: produced → visible latency of an event while
+events arrive at 25, 50, 75 and 100 % of the rate one worker sustains, for both pipelines.
 
-    .venv/bin/python -m bench.latency_at_load [--backlog 40000] [--seconds 15]
+    .venv/bin/python -m bench.latency_at_load [--pipeline sales|metrics|both] [--seconds 15]
+                                              [--backlog 40000] [--envelopes 2000]
 
-One broker, one worker. The sustainable rate is measured first, in the same run, as the rate
-at which the worker folds a backlog of single purchases (100,000 items, Zipf, event time now).
-Then, for each level, an open-loop producer sends purchases at that share of the rate (on a
-clock: a slow worker does not slow it down) while a probe sends one purchase of a new item at
-a time and polls `/api/sales/items/{item}` until it shows: sent → visible (the broker's
-acknowledgement included). Medians and 99th percentiles of the probes per level (the 99th is
-the slowest probe when there are fewer than 100); the rate actually offered is printed beside
-the asked one (the producer shares the 2 cores with the worker and the broker).
+One broker; per pipeline one worker. The sustainable rate is measured first, in the same run,
+as the rate at which the worker folds a backlog with event time now: single purchases
+(100,000 items, Zipf), or metric envelopes (1,000 servers x 50 metrics x 10 samples, as `make
+bench`). Then, for each level, an open-loop producer sends at that share of the rate (on a
+clock: a slow worker does not slow it down) while a probe sends one event of a new key at a
+time (a purchase of a new item; a sample of a new server) and polls its answer
+(`/api/sales/items/{item}`, `/api/servers/{server}/metrics`) until it shows: sent → visible,
+the broker's acknowledgement included. Medians and 99th percentiles of the probes per level
+(the 99th is the slowest probe when there are fewer than 100); the rate actually offered is
+printed beside the asked one (the producer shares the 2 cores with the worker and the broker).
 """
 
 from __future__ import annotations
@@ -22,20 +25,47 @@ import random
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from aiokafka import AIOKafkaProducer
 
-from bench.common import Message, Result, purchase_codec, run_tally
+from bench.common import Message, Result, metric_batch_codec, purchase_codec, run_tally
 from tally.broker.local import LocalBroker, free_port
 from tally.codecs.avro import AvroCodec
+from tally.core.clock import iso
 from tally.feed import purchases
 from tests.harness import Worker, purchase_record
 
 LEVELS = (0.25, 0.5, 0.75, 1.0)
 #: Between two probes: enough of them per level, little load of their own.
 PROBE_PAUSE_S = 0.1
+SERVERS, METRICS, PER_METRIC = 1000, 50, 10
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class Workload:
+    """One pipeline's input and how a probe's event is seen in its answers."""
+
+    pipeline: str
+    topic: str
+    unit: str
+    #: Events in one message of the feed.
+    per_message: int
+    #: The n-th message of the feed, event time now: (key, value).
+    message: Callable[[int], tuple[bytes, bytes]]
+    #: A message carrying one event of a key nothing else uses.
+    probe: Callable[[str], tuple[bytes, bytes]]
+    #: The query that shows a probe's key, and whether its answer does.
+    path: Callable[[str], str]
+    visible: Callable[[dict[str, Any]], bool]
 
 
 def zipf_items(seed: str, count: int) -> list[str]:
@@ -44,47 +74,94 @@ def zipf_items(seed: str, count: int) -> list[str]:
     return [p["item_id"] for p in itertools.islice(feed, count)]
 
 
-def purchase(codec: AvroCodec, item: str, n: int) -> tuple[bytes, bytes]:
-    record = purchase_record(f"{item}-{n}", item, int(time.time() * 1000))
-    return item.encode(), codec.dumps(record)
+def sales(codec: AvroCodec) -> Workload:
+    items = zipf_items("feed", 50_000)
+
+    def purchase(item: str, n: int) -> tuple[bytes, bytes]:
+        return item.encode(), codec.dumps(purchase_record(f"{item}-{n}", item, now_ms()))
+
+    return Workload(
+        "sales",
+        "purchases",
+        "purchases",
+        1,
+        lambda n: purchase(items[n % len(items)], n),
+        lambda key: purchase(key, 0),
+        lambda key: f"/api/sales/items/{key}",
+        lambda body: body["quantity"] >= 1,
+    )
+
+
+def metrics(codec: AvroCodec) -> Workload:
+    rng = random.Random(7)
+
+    def envelope(server: str, samples: list[dict[str, object]]) -> tuple[bytes, bytes]:
+        batch = {"server_id": server, "sent_at_ms": now_ms(), "samples": samples}
+        return server.encode(), codec.dumps(batch)
+
+    def reported(n: int) -> tuple[bytes, bytes]:
+        """A server's last 10 s: every metric, one sample a second."""
+        now = now_ms()
+        samples: list[dict[str, object]] = [
+            {"metric_id": f"m{m:03d}", "ts_ms": now - k * 1000, "value": rng.uniform(-10, 90)}
+            for m in range(METRICS)
+            for k in range(PER_METRIC)
+        ]
+        return envelope(f"server-{n % SERVERS:04d}", samples)
+
+    def series(server: str) -> str:
+        now = now_ms()  # an explicit range, as a dashboard asks
+        return f"/api/servers/{server}/metrics?from={iso(now - 3_600_000)}&to={iso(now + 60_000)}"
+
+    return Workload(
+        "metrics",
+        "metric-samples",
+        "samples",
+        METRICS * PER_METRIC,
+        reported,
+        lambda key: envelope(key, [{"metric_id": "m000", "ts_ms": now_ms(), "value": 1.0}]),
+        series,
+        lambda body: bool(body["metrics"].get("m000")),
+    )
 
 
 async def level(
-    bootstrap: str, worker: Worker, codec: AvroCodec, rate: float, seconds: float, name: str
+    bootstrap: str, worker: Worker, load: Workload, rate: float, seconds: float, name: str
 ) -> tuple[float, list[float]]:
-    """(purchases/s offered, probe latencies ms) of one level."""
-    items = zipf_items(name, 50_000)
+    """(events/s offered, probe latencies ms) of one level."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
     await producer.start()
     stop = time.monotonic() + seconds
+    messages_per_s = rate / load.per_message
 
     async def feed() -> float:
-        """Purchases/s offered: sent over the time the feed ran."""
+        """Events/s offered: sent over the time the feed ran."""
         began, sent = time.monotonic(), 0
         while time.monotonic() < stop:
-            due = int((time.monotonic() - began) * rate)
+            due = int((time.monotonic() - began) * messages_per_s)
             while sent < due:
-                key, value = purchase(codec, items[sent % len(items)], sent)
-                await producer.send("purchases", value, key=key)
+                key, value = load.message(sent)
+                await producer.send(load.topic, value, key=key)
                 sent += 1
             await asyncio.sleep(0.005)
-        return sent / (time.monotonic() - began)
+        return sent * load.per_message / (time.monotonic() - began)
 
     async def probe() -> list[float]:
         found: list[float] = []
         async with aiohttp.ClientSession() as session:
             while time.monotonic() < stop:
-                item = f"probe-{name}-{len(found):04d}"
-                key, value = purchase(codec, item, 0)
+                probe_key = f"probe-{name}-{len(found):04d}"
+                key, value = load.probe(probe_key)
                 began = time.perf_counter()
-                await producer.send_and_wait("purchases", value, key=key)
+                await producer.send_and_wait(load.topic, value, key=key)
                 while True:
-                    async with session.get(f"{worker.url}/api/sales/items/{item}") as answer:
+                    url = worker.url + load.path(probe_key)
+                    async with session.get(url) as answer:
                         body = await answer.json() if answer.status == 200 else None
-                    if body is not None and body["quantity"] >= 1:
+                    if body is not None and load.visible(body):
                         break
                     if time.perf_counter() - began > 60:
-                        raise SystemExit(f"{item} not visible within 60 s at {rate:,.0f}/s")
+                        raise SystemExit(f"{probe_key} not visible within 60 s at {rate:,.0f}/s")
                     await asyncio.sleep(0.005)
                 found.append((time.perf_counter() - began) * 1000)
                 await asyncio.sleep(PROBE_PAUSE_S)
@@ -98,26 +175,22 @@ async def level(
     return offered, latencies
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backlog", type=int, default=40_000, help="purchases to time the rate")
-    parser.add_argument("--seconds", type=float, default=15.0, help="each level's duration")
-    args = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="tally-latency-"))
-    codec = purchase_codec(workdir)
-    items = zipf_items("backlog", args.backlog)
-    backlog: list[Message] = []
-    for n, item in enumerate(items):
-        key, value = purchase(codec, item, n)
-        backlog.append((None, key, value, int(time.time() * 1000)))
-    rows: list[tuple[float, float, float, list[float]]] = []
+Row = tuple[float, float, float, list[float]]
 
-    def at_levels(worker: Worker, sustained: Result) -> None:
-        print(f"sustained (backlog): {sustained.rate:,.0f} purchases/s", flush=True)
+
+def at_levels(
+    broker: LocalBroker, workdir: Path, load: Workload, backlog: int, seconds: float
+) -> list[Row]:
+    """(share, asked, offered, probe latencies) per level of one pipeline's worker."""
+    messages: list[Message] = [(None, *load.message(n), now_ms()) for n in range(backlog)]
+    rows: list[Row] = []
+
+    def levels(worker: Worker, sustained: Result) -> None:
+        print(f"{load.pipeline}: sustained {sustained.rate:,.0f} {load.unit}/s", flush=True)
         for share in LEVELS:
             asked = share * sustained.rate
             offered, latencies = asyncio.run(
-                level(broker.bootstrap, worker, codec, asked, args.seconds, f"{share:.2f}")
+                level(broker.bootstrap, worker, load, asked, seconds, f"{share:.2f}")
             )
             rows.append((share, asked, offered, latencies))
             print(
@@ -126,26 +199,65 @@ def main() -> None:
                 flush=True,
             )
 
+    run_tally(
+        broker,
+        workdir,
+        f"{load.pipeline} backlog",
+        load.topic,
+        messages,
+        backlog * load.per_message,
+        lambda _worker: None,  # the levels' probes check that events show
+        afterwards=levels,
+    )
+    return rows
+
+
+def measure(pipelines: list[str], seconds: float, backlogs: dict[str, int]) -> str:
+    """The latency-at-load table of each pipeline (markdown), with how it was made."""
+    workdir = Path(tempfile.mkdtemp(prefix="tally-latency-"))
+    workloads = {
+        "sales": sales(purchase_codec(workdir)),
+        "metrics": metrics(metric_batch_codec(workdir)),
+    }
+    lines = [
+        "### freshness at load",
+        "",
+        "`python -m bench.latency_at_load`: produced → visible latency of a probe event while "
+        "an open-loop producer sends at a share of the rate one worker sustained on a backlog "
+        f"in the same run; {seconds:g} s per level, one worker per pipeline.",
+    ]
     with LocalBroker("127.0.0.1", free_port(), log_path=workdir / "broker.log") as broker:
-        run_tally(
-            broker,
-            workdir,
-            "backlog",
-            "purchases",
-            backlog,
-            len(backlog),
-            lambda _worker: None,  # the levels' probes check that purchases show
-            afterwards=at_levels,
-        )
-    print(f"\nsales, one worker, {args.seconds:g} s per level ({time.strftime('%Y-%m-%d')}):\n")
-    print("| load | asked purchases/s | offered | probes | p50 ms | p99 ms |")
-    print("|---:|---:|---:|---:|---:|---:|")
-    for share, asked, offered, latencies in rows:
-        p99 = statistics.quantiles(latencies, n=100, method="inclusive")[98]
-        print(
-            f"| {share:.0%} | {asked:,.0f} | {offered:,.0f} | {len(latencies)} | "
-            f"{statistics.median(latencies):.0f} | {p99:.0f} |"
-        )
+        for pipeline in pipelines:
+            load = workloads[pipeline]
+            rows = at_levels(broker, workdir, load, backlogs[pipeline], seconds)
+            lines += [
+                "",
+                f"{pipeline}:",
+                "",
+                f"| load | asked {load.unit}/s | offered | probes | p50 ms | p99 ms |",
+                "|---:|---:|---:|---:|---:|---:|",
+            ]
+            for share, asked, offered, latencies in rows:
+                p99 = statistics.quantiles(latencies, n=100, method="inclusive")[98]
+                lines.append(
+                    f"| {share:.0%} | {asked:,.0f} | {offered:,.0f} | {len(latencies)} | "
+                    f"{statistics.median(latencies):.0f} | {p99:.0f} |"
+                )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pipeline", choices=("sales", "metrics", "both"), default="both")
+    parser.add_argument("--seconds", type=float, default=15.0, help="each level's duration")
+    parser.add_argument("--backlog", type=int, default=40_000, help="purchases to time the rate")
+    parser.add_argument(
+        "--envelopes", type=int, default=2_000, help="metric envelopes (500 samples) to time it"
+    )
+    args = parser.parse_args()
+    pipelines = ["sales", "metrics"] if args.pipeline == "both" else [args.pipeline]
+    backlogs = {"sales": args.backlog, "metrics": args.envelopes}
+    print(measure(pipelines, args.seconds, backlogs))
 
 
 if __name__ == "__main__":

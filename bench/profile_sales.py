@@ -1,7 +1,8 @@
-"""Where a worker's time goes on single purchases: py-spy samples the worker while it folds a
-backlog (1,000,000 items, Zipf, as `make bench`), then the samples are grouped by stage.
+"""Where a worker's time goes on purchases: py-spy samples the worker while it folds a backlog
+(1,000,000 items, Zipf, as `make bench`; single purchases, or envelopes with `--envelope`),
+then the samples are grouped by stage.
 
-    .venv/bin/python -m bench.profile_sales [--count 200000] [--seconds 40]
+    .venv/bin/python -m bench.profile_sales [--count 200000] [--seconds 40] [--envelope 200]
 
 py-spy (the bench extra: `pip install -e '.[bench]'`, which `make bench` does) samples every
 thread of the worker 100 times a second without stopping it. The table gives each stage's
@@ -21,11 +22,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from bench.common import Message, run_tally
-from bench.sales import END_MS, HOUR_MS, check_top
+from bench.common import Message, purchase_batch_codec, purchase_codec, run_tally
+from bench.sales import END_MS, HOUR_MS, check_top, envelopes_of
 from tally.broker.local import LocalBroker, free_port
-from tally.codecs.avro import AvroCodec, load_schema, validate_purchase
-from tally.codecs.registry import FileSchemaRegistry
 from tally.feed import historical_purchases
 from tests.harness import Worker
 
@@ -70,22 +69,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=200_000, help="purchases in the backlog")
     parser.add_argument("--seconds", type=int, default=40, help="how long py-spy samples")
+    parser.add_argument(
+        "--envelope", type=int, default=0, help="purchases per envelope (0: one per message)"
+    )
     args = parser.parse_args()
     spy = py_spy()
     workdir = Path(tempfile.mkdtemp(prefix="tally-profile-"))
     raw = workdir / "samples.raw"
-    codec = AvroCodec(
-        FileSchemaRegistry(workdir / "registry"),
-        "purchases-value",
-        load_schema("purchase"),
-        validate_purchase,
-    )
+    codec = purchase_codec(workdir)
     events = historical_purchases(
         random.Random(42), count=args.count, items=1_000_000, end_ms=END_MS, span_ms=30 * HOUR_MS
     )
-    singles: list[Message] = [
-        (None, e["item_id"].encode(), codec.dumps(e), e["event_time_ms"]) for e in events
-    ]
+    messages: list[Message] = (
+        envelopes_of(purchase_batch_codec(workdir), events, args.envelope)
+        if args.envelope
+        else [(None, e["item_id"].encode(), codec.dumps(e), e["event_time_ms"]) for e in events]
+    )
 
     @contextmanager
     def sampled(worker: Worker) -> Iterator[None]:
@@ -102,9 +101,9 @@ def main() -> None:
         result = run_tally(
             broker,
             workdir,
-            "single purchases",
+            "single purchases" if not args.envelope else f"envelopes of ~{args.envelope}",
             "purchases",
-            singles,
+            messages,
             len(events),
             lambda worker: check_top(worker, events, "tally"),
             beside=sampled,

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 _UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
@@ -46,9 +47,19 @@ def parse_wrk(output: str, connections: int) -> QueryLoad:
     return QueryLoad(connections, float(rate.group(1)), percentile(50), percentile(99))
 
 
-def query_load(url: str, connections: int, seconds: int = 8) -> QueryLoad:
+#: wrk script offering a steady rate (`query_load(..., rate=)`).
+PACED = Path(__file__).with_name("paced.lua")
+
+
+def query_load(url: str, connections: int, seconds: int = 8, rate: int | None = None) -> QueryLoad:
+    """As many requests as `connections` clients get answered, or `rate` requests/s offered
+    by them (the latency at that load; the rate reached is reported)."""
     threads = min(2, connections)
-    command = [wrk_binary(), f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", url]
+    command = [wrk_binary(), f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    if rate is None:
+        command.append(url)
+    else:
+        command += ["-s", str(PACED), url, "--", str(threads * 1000 / rate)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
     if done.returncode != 0:
         raise SystemExit(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")

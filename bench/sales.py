@@ -37,6 +37,8 @@ from bench.common import (
     latency_ms,
     peer_arguments,
     produce,
+    purchase_batch_codec,
+    purchase_codec,
     raw_ceiling,
     report,
     run_baseline,
@@ -44,8 +46,7 @@ from bench.common import (
 )
 from bench.query import query_load
 from tally.broker.local import LocalBroker, free_port
-from tally.codecs.avro import AvroCodec, Record, load_schema, validate_purchase
-from tally.codecs.registry import FileSchemaRegistry
+from tally.codecs.avro import AvroCodec, Record
 from tally.core.partitioning import group_by_partition
 from tally.feed import historical_purchases
 from tests.harness import Worker
@@ -150,9 +151,7 @@ def envelopes_of(codec: AvroCodec, purchases: list[Record], size: int) -> list[M
 
 def run(args: argparse.Namespace) -> dict[str, list[Result]]:
     workdir = Path(tempfile.mkdtemp(prefix="tally-bench-"))
-    registry = FileSchemaRegistry(workdir / "registry")
-    single = AvroCodec(registry, "purchases-value", load_schema("purchase"), validate_purchase)
-    envelope = AvroCodec(registry, "tally.sales.PurchaseBatch", load_schema("purchase_batch"))
+    single, envelope = purchase_codec(workdir), purchase_batch_codec(workdir)
     # Each over the same 30 h: the same window shape, whatever the counts.
     events, enveloped = (
         historical_purchases(

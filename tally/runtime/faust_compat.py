@@ -122,6 +122,15 @@ def refuse_missing(consumer: Any, tp: TP, start: int, end: int) -> None:
     consumer._gap[tp].chop(start, end)
 
 
+async def read_again(consumer: Any, tp: TP, offset: int) -> None:
+    """Read `tp` again from `offset`: Faust's `Consumer.seek`, with the seek made in the
+    consumer's thread (one from the event loop's thread races its fetcher). Like Faust's, it
+    moves the stream's read offset back too: the stream drops every message below the last it
+    took, so a seek alone would bring nothing before it again, and a hole could never fill."""
+    await consumer.seek_wait({tp: offset})
+    consumer._read_offset[tp] = offset if offset else None
+
+
 #: What the consumer fetched, before Faust could drop any of it (core.loggaps).
 log_gaps = LogGaps()
 

@@ -41,6 +41,7 @@ from tally.runtime.faust_compat import (
     fetching,
     leave_unacked,
     log_gaps,
+    read_again,
     refuse_missing,
     stream_buffer_full,
 )
@@ -315,8 +316,8 @@ async def without_holes(tp: TP, events: list[EventT]) -> list[EventT]:
             len(events) - applicable,
             hole.start,
         )
-        try:  # in the consumer's thread: a seek from this one races its fetcher
-            await app.consumer.seek_wait({tp: hole.start})
+        try:
+            await read_again(app.consumer, tp, hole.start)
         except (AssertionError, IllegalStateError, TimeoutError) as exc:  # revoked meanwhile
             logger.info("%s[%s]: no reread, the partition is gone: %r", tp.topic, tp.partition, exc)
     return events[:applicable]

@@ -22,6 +22,7 @@ from tally.runtime.faust_compat import (
     delivery_state,
     fetching,
     leave_unacked,
+    read_again,
 )
 from tally.runtime.state import PartitionStates
 
@@ -184,3 +185,19 @@ def test_a_rebalance_moves_every_table_version_on() -> None:
     before = cells.version(table, 0)  # type: ignore[arg-type]
     asyncio.run(cells.count_rebalance(None, set()))
     assert cells.version(table, 0) != before  # type: ignore[arg-type]
+
+
+def test_a_reread_moves_the_streams_read_offset_back_with_the_seek() -> None:
+    """Faust's stream drops every fetched message below the last it took (`_read_offset`,
+    `Consumer._drain_messages`): a seek alone brought nothing before it again, and a partition
+    with a hole stalled (seen in a failover test with a CPU hog: 2,050 messages waited)."""
+    tp = FaustTP("purchases", 2)
+    seeks: list[dict[FaustTP, int]] = []
+
+    async def seek_wait(partitions: dict[FaustTP, int]) -> None:
+        seeks.append(dict(partitions))
+
+    consumer = SimpleNamespace(seek_wait=seek_wait, _read_offset={tp: 2642})
+    asyncio.run(read_again(consumer, tp, 593))
+    assert seeks == [{tp: 593}]
+    assert consumer._read_offset[tp] == 593  # 593 and after pass `offset >= _read_offset`
