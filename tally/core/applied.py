@@ -192,6 +192,11 @@ class Unread:
         self._rereads.pop(key, None)
         self._passed.pop(key, None)
 
+    def hole(self, key: Hashable) -> int | None:
+        """The partition's open hole: the first offset not delivered (None: none)."""
+        reread = self._rereads.get(key)
+        return None if reread is None else reread.missing
+
     def describe(self, key: Hashable) -> str:
         """The partition's hole and rereads, for a stalled partition's warning."""
         reread, passed = self._rereads.get(key), self._passed.get(key)

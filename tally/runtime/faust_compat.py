@@ -17,6 +17,7 @@ from importlib.metadata import version
 from typing import Any, cast
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import IllegalStateError
 from faust import streams as faust_streams
 from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 from faust.stores.rocksdb import Store as RocksDBStore
@@ -126,8 +127,13 @@ async def read_again(consumer: Any, tp: TP, offset: int) -> None:
     """Read `tp` again from `offset`: Faust's `Consumer.seek`, with the seek made in the
     consumer's thread (one from the event loop's thread races its fetcher). Like Faust's, it
     moves the stream's read offset back too: the stream drops every message below the last it
-    took, so a seek alone would bring nothing before it again, and a hole could never fill."""
-    await consumer.seek_wait({tp: offset})
+    took, so a seek alone would bring nothing before it again, and a hole could never fill.
+    A partition revoked meanwhile is not read (logged)."""
+    try:
+        await consumer.seek_wait({tp: offset})
+    except (AssertionError, IllegalStateError, TimeoutError) as exc:
+        logger.info("%s[%s]: no reread, the partition is gone: %r", tp.topic, tp.partition, exc)
+        return
     consumer._read_offset[tp] = offset if offset else None
 
 

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol, TypeVar, cast
 
-from aiokafka.errors import IllegalStateError, MessageSizeTooLargeError
+from aiokafka.errors import MessageSizeTooLargeError
 from faust import Stream
 from faust.exceptions import ProducerSendError
 from faust.types import TP, EventT, StreamT, TopicT
@@ -316,10 +316,7 @@ async def without_holes(tp: TP, events: list[EventT]) -> list[EventT]:
             len(events) - applicable,
             hole.start,
         )
-        try:
-            await read_again(app.consumer, tp, hole.start)
-        except (AssertionError, IllegalStateError, TimeoutError) as exc:  # revoked meanwhile
-            logger.info("%s[%s]: no reread, the partition is gone: %r", tp.topic, tp.partition, exc)
+        await read_again(app.consumer, tp, hole.start)
     return events[:applicable]
 
 

@@ -13,7 +13,7 @@ from faust.types import TP
 
 from tally.app import app, settings
 from tally.core.stalls import Stalls
-from tally.runtime.faust_compat import committed_offset, delivery_state
+from tally.runtime.faust_compat import committed_offset, delivery_state, read_again
 from tally.runtime.intake import batch_windows, processed_offsets, timer, unread
 from tally.runtime.restore import RestoringTableManager
 
@@ -125,6 +125,12 @@ async def watch_for_stalls() -> None:
             delivery_state(app.consumer, tp),
             unread.describe((tp.topic, tp.partition)),
         )
+        hole = unread.hole((tp.topic, tp.partition))
+        if hole is not None:
+            # Its reread was dropped too (records fetched before the seek moved Faust's read
+            # offset past it again), and no new message comes to try it again: read it now.
+            logger.warning("%s[%s]: reading again from %s", tp.topic, tp.partition, hole)
+            await read_again(app.consumer, tp, hole)
 
 
 def stalled() -> dict[str, float]:

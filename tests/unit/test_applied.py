@@ -407,6 +407,16 @@ def test_a_message_dropped_from_a_delivery_is_read_again_not_skipped_for_good(
     assert record is not None and value_of(record) == sum(v for v in log if v is not None)
 
 
+def test_a_partitions_open_hole_is_known_until_a_batch_fills_it() -> None:
+    """The stall watch reads a stalled partition again from its open hole."""
+    unread = Unread()
+    assert unread.hole("p") is None
+    unread.applicable("p", 4, [5, 6], 0.0)
+    assert unread.hole("p") == 4
+    unread.applicable("p", 4, [4, 5, 6], 1.0)
+    assert unread.hole("p") is None
+
+
 def test_a_reread_that_never_comes_back_is_given_up_after_its_patience() -> None:
     """Offsets 5 and 6 are delivered, 4 never is, and no reread brings anything again (a gap
     the fetches did not show): each reread gets `patience_s`, then the hole is passed."""
