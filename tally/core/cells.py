@@ -43,6 +43,14 @@ class DirtyCells:
             self._count += 1
         cells[key] = value
 
+    def put_back(self, place: Place, key: bytes, value: bytes) -> None:
+        """A cell a flush took and could not write out, unless it was written again since
+        (the newer value wins; the table's content is unchanged either way)."""
+        cells = self._places.setdefault(place, {})
+        if key not in cells:
+            cells[key] = value
+            self._count += 1
+
     def get(self, place: Place, key: bytes) -> bytes | None:
         cells = self._places.get(place)
         return None if cells is None else cells.get(key)

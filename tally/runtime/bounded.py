@@ -9,7 +9,7 @@ agent, which dead-letters the event that caused it (`agents.intake`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
@@ -19,13 +19,13 @@ from tally.core.limits import check_record_size
 
 #: Called with a table before it stops and closes its databases (runtime.cells writes out
 #: what it holds for the table).
-before_stop: list[Callable[[faust.Table], None]] = []
+before_stop: list[Callable[[faust.Table], Awaitable[None]]] = []
 
 
 class BoundedTable(faust.Table):
     async def on_stop(self) -> None:
         for hook in before_stop:
-            hook(self)
+            await hook(self)
         await super().on_stop()
 
     def send_changelog(

@@ -2,10 +2,11 @@
 
 Agents read and write cells here (`read_cell`, `write_cell`); queries scan through it
 (runtime.store). Cells reach the table (one RocksDB write batch per partition) and its
-changelog at every `flush`: before Faust commits source offsets (its producer flush,
-faust_compat), after a batch once the cache holds TALLY_CELL_CACHE_CELLS (0: after every
-batch, i.e. write-through), when partitions are revoked (Faust flushes its producer then) and
-before a table stops. So a committed offset never passes a change the tables lack; after a
+changelog (record batches handed straight to the Kafka client) at every `flush`: before Faust
+commits source offsets (its producer flush, faust_compat, which then awaits the client's own
+flush), after a batch once the cache holds TALLY_CELL_CACHE_CELLS (0: after every batch,
+i.e. write-through), when partitions are revoked (Faust flushes its producer then) and before
+a table stops. So a committed offset never passes a change the tables lack; after a
 SIGKILL the cells not flushed are lost with their offsets uncommitted, and the redelivered
 events write them again (the offsets stamped in each cell make a repeat harmless,
 core.applied).
@@ -13,9 +14,14 @@ core.applied).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any, cast
 
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaTimeoutError
+from aiokafka.producer.message_accumulator import BatchBuilder
+from aiokafka.structs import RecordMetadata
 from faust.types import TP, CollectionT
 from rocksdict import WriteBatch
 
@@ -24,7 +30,9 @@ from tally.core.cells import DirtyCells, Place
 from tally.core.limits import check_record_size
 from tally.runtime.bounded import BoundedTable, before_stop
 from tally.runtime.faust_compat import (
+    aiokafka_producer,
     before_producer_flush,
+    changelog_sent,
     decode_value,
     encode_value,
     partition_db,
@@ -91,38 +99,101 @@ def write_cells(table: CollectionT, values: dict[bytes, Any], partition: int) ->
 WRITE_BEHIND = settings.processing_guarantee == "at_least_once"
 
 
-def batch_done() -> None:
+async def batch_done() -> None:
     """An agent finished a batch: write out now if the cache is off or full."""
     if not WRITE_BEHIND or len(dirty) >= max(settings.cell_cache_cells, 1):
-        flush()
+        await flush()
 
 
-def flush(places: list[Place] | None = None) -> None:
+#: Held while a flush hands cells to the Kafka client.
+flushing = asyncio.Lock()
+
+
+async def flush(places: list[Place] | None = None) -> None:
     """Write the cells of `places` (all when None): a RocksDB write batch per partition, then
-    their changelog records to the producer (sent before the commit that follows)."""
-    taken = dirty.take(places)
-    for index, ((name, partition), cells) in enumerate(taken):
-        try:
-            table = app.tables[name]
+    their changelog records to the Kafka client (whose flush Faust awaits before a commit)."""
+    async with flushing:  # a commit's flush waits until an earlier one handed its cells over
+        await write_out(dirty.take(places))
+
+
+async def write_out(taken: list[tuple[Place, dict[bytes, bytes]]]) -> None:
+    try:
+        for (name, partition), cells in taken:
             batch = WriteBatch(raw_mode=True)
             for key, value in cells.items():
                 batch.put(key, value)
-            partition_db(table, partition).write(batch)
-            for key, value in cells.items():  # their sizes were checked when written
-                cast(BoundedTable, table).send_encoded(partition, key, value)
-        except BaseException:
-            # Not written (or not all sent): back into the cache, so no commit passes them
-            # (a record sent twice is harmless: each is the cell's whole value).
-            for place_left, left in taken[index:]:
-                for key, value in left.items():
-                    dirty.put(place_left, key, value)
-            raise
+            partition_db(app.tables[name], partition).write(batch)
+        if WRITE_BEHIND:
+            await asyncio.gather(*(send_batched(app.tables[n], p, c) for (n, p), c in taken))
+        else:  # through Faust's producer, whose transactions hold them
+            for (name, partition), cells in taken:
+                table = cast(BoundedTable, app.tables[name])
+                for key, value in cells.items():  # their sizes were checked when written
+                    table.send_encoded(partition, key, value)
+    except BaseException:
+        # Not all written or sent: back into the cache, so no commit passes them (a record
+        # sent twice is harmless: each is the cell's whole value), unless written again since.
+        for place_left, left in taken:
+            for key, value in left.items():
+                dirty.put_back(place_left, key, value)
+        raise
+    for (name, _), cells in taken:
         CELL_WRITES.labels(name).inc(len(cells))
 
 
-def flush_table(table: CollectionT) -> None:
+async def send_batched(table: CollectionT, partition: int, cells: dict[bytes, bytes]) -> None:
+    """One partition's cells to its changelog in record batches straight to the Kafka client
+    (Faust's producer hands records over one at a time, with a future and a callback each);
+    the offset each acknowledged batch reaches is recorded as Faust records its own."""
+    producer = aiokafka_producer(app.producer)
+    topic = table.changelog_topic.get_topic_name()
+    tp = TP(topic, partition)
+    batch, count = producer.create_batch(), 0
+    for key, value in cells.items():
+        if batch.append(key=key, value=value, timestamp=None) is None:  # full
+            await send_batch(producer, batch, table, tp, count)
+            batch, count = producer.create_batch(), 0
+            batch.append(key=key, value=value, timestamp=None)  # a batch takes its first
+        count += 1
+    await send_batch(producer, batch, table, tp, count)
+
+
+async def send_batch(
+    producer: AIOKafkaProducer, batch: BatchBuilder, table: CollectionT, tp: TP, count: int
+) -> None:
+    def acknowledged(delivered: asyncio.Future[RecordMetadata]) -> None:
+        if delivered.cancelled() or delivered.exception() is not None:
+            logger.error(
+                "table %s: %d changelog records of %s[%s] were not written (%r): a restore of "
+                "that partition from its changelog would lack them",
+                table.name,
+                count,
+                tp.topic,
+                tp.partition,
+                None if delivered.cancelled() else delivered.exception(),
+            )
+            return
+        changelog_sent(table, tp, delivered.result().offset + count - 1)
+
+    batch.close()  # sent now, not after the client's linger
+    while True:
+        try:
+            delivered = await producer.send_batch(batch, tp.topic, partition=tp.partition)
+            break
+        except KafkaTimeoutError:  # no room for it in the client yet (the broker is away)
+            logger.warning(
+                "table %s: changelog records of %s[%s] wait for room in the Kafka client; "
+                "commits wait for them",
+                table.name,
+                tp.topic,
+                tp.partition,
+            )
+    delivered.add_done_callback(acknowledged)
+
+
+async def flush_table(table: CollectionT) -> None:
     """Before `table` stops (its databases close): its cells, whatever else waits."""
-    flush([p for p in dirty.places() if p[0] == table.name])
+    await flush([p for p in dirty.places() if p[0] == table.name])
 
 
 async def drop_revoked(sender: object, revoked: set[TP], **kwargs: object) -> None:

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from importlib.metadata import version
 from typing import Any, cast
@@ -169,7 +169,7 @@ FLUSH_WARN_EVERY_S = 10.0
 
 #: Called at the start of every producer flush, so before every commit of source offsets:
 #: what they hand to the producer then is sent before the offsets are committed.
-before_producer_flush: list[Callable[[], None]] = []
+before_producer_flush: list[Callable[[], Awaitable[None]]] = []
 
 
 def flush_producer_buffer_fully() -> None:
@@ -205,7 +205,7 @@ def flush_producer_buffer_fully() -> None:
 
     async def flush(self: ProducerBuffer) -> None:
         for hook in before_producer_flush:
-            hook()
+            await hook()
         if cast(Any, self.app).conf.producer_threaded:
             await faust_flush(self)
             return
@@ -301,6 +301,13 @@ def record_read_through(table: CollectionT, tp: TP, offset: int) -> None:
     offset by a reader that drops nothing (runtime.restore): what it skipped is not in the
     log, and any hole before is mended."""
     record_offset(table, tp, continuity.read_through((table.name, tp), offset))
+
+
+def changelog_sent(table: CollectionT, tp: TP, offset: int) -> None:
+    """The changelog holds `table`'s writes through `offset`: recorded as Faust's table does
+    when its own changelog record is acknowledged (`Collection._on_changelog_sent`,
+    at_least_once), through the store's `set_persisted_offset` (patched above)."""
+    cast(Any, table).data.set_persisted_offset(tp, offset)
 
 
 def record_offset(table: CollectionT, tp: TP, offset: int) -> None:

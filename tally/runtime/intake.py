@@ -245,7 +245,7 @@ async def each_partition(
                 continue
             last = events[-1].message
             await process_share(tp, events, work, states)
-            batch_done()
+            await batch_done()
             if tp in app.assignor.assigned_actives():  # not revoked while `work` ran
                 done = processed_offsets(tp.topic)
                 done[tp.partition] = max(last.offset, done.get(tp.partition) or -1)

@@ -37,6 +37,20 @@ def test_a_place_changes_with_every_write_and_drop_but_not_when_taken() -> None:
     assert dirty.changes(("t", 1)) == dirty.changes(("u", 0)) == 0
 
 
+def test_a_cell_put_back_after_a_failed_flush_never_replaces_a_newer_write() -> None:
+    dirty = DirtyCells()
+    dirty.put(("t", 0), b"a", cell(1))
+    dirty.put(("t", 0), b"b", cell(1))
+    taken = dirty.take()
+    dirty.put(("t", 0), b"a", cell(2))  # written again while the flush ran
+    for place, cells in taken:
+        for key, value in cells.items():
+            dirty.put_back(place, key, value)
+    assert dirty.get(("t", 0), b"a") == cell(2)
+    assert dirty.get(("t", 0), b"b") == cell(1)
+    assert len(dirty) == 2
+
+
 def test_range_reads_drops_and_takes() -> None:
     dirty = DirtyCells()
     for key in (b"b", b"d", b"a", b"c"):

@@ -170,7 +170,7 @@ def test_cells_a_flush_could_not_write_stay_in_the_cache() -> None:
     cells.dirty.put(place, b"k2", b"2")
     try:
         with pytest.raises(KeyError):
-            cells.flush([place])
+            asyncio.run(cells.flush([place]))
         assert sorted(cells.dirty.keys(place)) == [b"k1", b"k2"]
     finally:
         cells.dirty.take([place])
