@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -73,7 +74,7 @@ from tally.metrics.tables import (
     server_rollups,
     split_key,
 )
-from tally.runtime.cells import has_cell, read_cell, write_cell, write_cells
+from tally.runtime.cells import flush, has_cell, place, read_cell, write_cell, write_cells
 from tally.runtime.intake import (
     caught_up,
     decode,
@@ -460,9 +461,13 @@ async def close_partition_minutes(event: EventT) -> None:
             )
         ]
         # Closed from now on for the sample agent too, before the first await below; recorded
-        # (persisted) only after the sends, so a crash in between re-emits rather than loses.
+        # (persisted) only once the sends are acknowledged, so a crash in between re-emits
+        # rather than loses; and written out at once (not at the next commit), so that window
+        # is a round trip, not a commit interval. The minutes' rollups go with it: samples
+        # redelivered after a crash would be late for a minute recorded final, and the hot
+        # tables must hold them already.
         state.final_through = end
-        for server, minute, cells in closing:
+        sent = [
             await rollups_1m.send(
                 key=f"{server}|{minute}".encode(),
                 value={
@@ -473,7 +478,11 @@ async def close_partition_minutes(event: EventT) -> None:
                     },
                 },
             )
+            for server, minute, cells in closing
+        ]
+        await asyncio.gather(*sent)
         write_cell(metric_clocks, partition_key(partition), state.record(), partition)
+        await flush([place(server_rollups, partition), place(metric_clocks, partition)])
     # The by-metric index learns this partition's watermark even when it sends no data, so
     # an idle server partition does not hold back its retention and open minutes.
     for destination in range(settings.partitions):
