@@ -47,7 +47,7 @@ from bench.query import query_load
 from tally.broker.local import LocalBroker, free_port
 from tally.codecs.avro import AvroCodec, Record
 from tally.core.clock import iso
-from tests.harness import Worker
+from tests.harness import Worker, wait_until
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00Z
 FAUST = "faust .tumbling(60), one sample per message"
@@ -127,8 +127,13 @@ def check_answers(
             for s in batch["samples"]:
                 if s["metric_id"] == metric:
                     across[minute(s["ts_ms"])].append(s["value"])
-        series = worker.get(f"/api/metrics/{metric}?{window}")["series"]
-        assert_equal({p["t"]: p for p in series}, across, f"{metric} across servers")
+        # The index answers once it has its first watermark (a tick after the samples).
+        answer = wait_until(
+            lambda: (a := worker.get(f"/api/metrics/{metric}?{window}"))["watermark"] and a,
+            30,
+            what=f"{metric} across servers to have a watermark",
+        )
+        assert_equal({p["t"]: p for p in answer["series"]}, across, f"{metric} across servers")
 
     return check
 
