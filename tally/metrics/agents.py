@@ -463,9 +463,9 @@ async def close_partition_minutes(event: EventT) -> None:
         # Closed from now on for the sample agent too, before the first await below; recorded
         # (persisted) only once the sends are acknowledged, so a crash in between re-emits
         # rather than loses; and written out at once (not at the next commit), so that window
-        # is a round trip, not a commit interval. The minutes' rollups go with it: samples
-        # redelivered after a crash would be late for a minute recorded final, and the hot
-        # tables must hold them already.
+        # is a round trip, not a commit interval. The minutes' rollups are written first
+        # (acknowledged before the clock is sent): samples redelivered after a crash would be
+        # late for a minute recorded final, and the tables must hold them already.
         state.final_through = end
         sent = [
             await rollups_1m.send(
@@ -482,7 +482,8 @@ async def close_partition_minutes(event: EventT) -> None:
         ]
         await asyncio.gather(*sent)
         write_cell(metric_clocks, partition_key(partition), state.record(), partition)
-        await flush([place(server_rollups, partition), place(metric_clocks, partition)])
+        await flush([place(server_rollups, partition)], acknowledged=True)
+        await flush([place(metric_clocks, partition)])
     # The by-metric index learns this partition's watermark even when it sends no data, so
     # an idle server partition does not hold back its retention and open minutes.
     for destination in range(settings.partitions):

@@ -109,14 +109,19 @@ async def batch_done() -> None:
 flushing = asyncio.Lock()
 
 
-async def flush(places: list[Place] | None = None) -> None:
+async def flush(places: list[Place] | None = None, acknowledged: bool = False) -> None:
     """Write the cells of `places` (all when None): a RocksDB write batch per partition, then
-    their changelog records to the Kafka client (whose flush Faust awaits before a commit)."""
+    their changelog records to the Kafka client (whose flush Faust awaits before a commit);
+    `acknowledged`: return only once the broker has acknowledged them (at_least_once)."""
     async with flushing:  # a commit's flush waits until an earlier one handed its cells over
-        await write_out(dirty.take(places))
+        delivered = await write_out(dirty.take(places))
+    if acknowledged:
+        await asyncio.gather(*delivered)
 
 
-async def write_out(taken: list[tuple[Place, dict[bytes, bytes]]]) -> None:
+async def write_out(taken: list[tuple[Place, dict[bytes, bytes]]]) -> list[Delivery]:
+    """The cells to RocksDB and their changelog; the deliveries of the record batches."""
+    sends: list[asyncio.Task[list[Delivery]]] = []
     try:
         for (name, partition), cells in taken:
             batch = WriteBatch(raw_mode=True)
@@ -124,7 +129,10 @@ async def write_out(taken: list[tuple[Place, dict[bytes, bytes]]]) -> None:
                 batch.put(key, value)
             partition_db(app.tables[name], partition).write(batch)
         if WRITE_BEHIND:
-            await asyncio.gather(*(send_batched(app.tables[n], p, c) for (n, p), c in taken))
+            async with asyncio.TaskGroup() as group:  # one failing cancels the others
+                sends = [
+                    group.create_task(send_batched(app.tables[n], p, c)) for (n, p), c in taken
+                ]
         else:  # through Faust's producer, whose transactions hold them
             for (name, partition), cells in taken:
                 table = cast(BoundedTable, app.tables[name])
@@ -139,29 +147,37 @@ async def write_out(taken: list[tuple[Place, dict[bytes, bytes]]]) -> None:
         raise
     for (name, _), cells in taken:
         CELL_WRITES.labels(name).inc(len(cells))
+    return [delivery for send in sends for delivery in send.result()]
 
 
-async def send_batched(table: CollectionT, partition: int, cells: dict[bytes, bytes]) -> None:
+#: A changelog record batch's acknowledgement by the broker.
+Delivery = asyncio.Future[RecordMetadata]
+
+
+async def send_batched(
+    table: CollectionT, partition: int, cells: dict[bytes, bytes]
+) -> list[Delivery]:
     """One partition's cells to its changelog in record batches straight to the Kafka client
     (Faust's producer hands records over one at a time, with a future and a callback each);
     the offset each acknowledged batch reaches is recorded as Faust records its own."""
     producer = aiokafka_producer(app.producer)
     topic = table.changelog_topic.get_topic_name()
     tp = TP(topic, partition)
-    batch, count = producer.create_batch(), 0
+    batch, count, deliveries = producer.create_batch(), 0, []
     for key, value in cells.items():
         if batch.append(key=key, value=value, timestamp=None) is None:  # full
-            await send_batch(producer, batch, table, tp, count)
+            deliveries.append(await send_batch(producer, batch, table, tp, count))
             batch, count = producer.create_batch(), 0
             batch.append(key=key, value=value, timestamp=None)  # a batch takes its first
         count += 1
-    await send_batch(producer, batch, table, tp, count)
+    deliveries.append(await send_batch(producer, batch, table, tp, count))
+    return deliveries
 
 
 async def send_batch(
     producer: AIOKafkaProducer, batch: BatchBuilder, table: CollectionT, tp: TP, count: int
-) -> None:
-    def acknowledged(delivered: asyncio.Future[RecordMetadata]) -> None:
+) -> Delivery:
+    def acknowledged(delivered: Delivery) -> None:
         if delivered.cancelled() or delivered.exception() is not None:
             logger.error(
                 "table %s: %d changelog records of %s[%s] were not written (%r): a restore of "
@@ -189,6 +205,7 @@ async def send_batch(
                 tp.partition,
             )
     delivered.add_done_callback(acknowledged)
+    return delivered
 
 
 async def flush_table(table: CollectionT) -> None:
@@ -203,7 +220,8 @@ async def drop_revoked(sender: object, revoked: set[TP], **kwargs: object) -> No
     tables: a cell of a partition another worker may own by now must not be written here."""
     changelogs = {t.changelog_topic.get_topic_name(): name for name, t in app.tables.items()}
     places = {(changelogs[tp.topic], tp.partition) for tp in revoked if tp.topic in changelogs}
-    left = dirty.take(places)
+    async with flushing:  # a flush that fails after this would put them back
+        left = dirty.take(places)
     if left:
         logger.info("cells of %d revoked partitions written after the flush: dropped", len(left))
 

@@ -125,16 +125,21 @@ def refuse_missing(consumer: Any, tp: TP, start: int, end: int) -> None:
 
 async def read_again(consumer: Any, tp: TP, offset: int) -> None:
     """Read `tp` again from `offset`: Faust's `Consumer.seek`, with the seek made in the
-    consumer's thread (one from the event loop's thread races its fetcher). Like Faust's, it
-    moves the stream's read offset back too: the stream drops every message below the last it
-    took, so a seek alone would bring nothing before it again, and a hole could never fill.
-    A partition revoked meanwhile is not read (logged)."""
+    consumer's thread (one from the event loop's thread races its fetcher). It also clears
+    the stream's read offset: the stream drops every message below the last it took, so a
+    seek alone would bring nothing before it again, and a hole could never fill. Cleared,
+    not set to `offset` as Faust's seek does: a message fetched before the seek and handed
+    over after it would then be a jump from `offset`, which Faust records as a gap in the log
+    and commits past (over the held-back messages); with no read offset it records none.
+    Such a message does move the read offset past the hole again, and the reread is dropped:
+    it is tried again (runtime.intake, the stall watch). A partition revoked meanwhile is not
+    read (logged)."""
     try:
         await consumer.seek_wait({tp: offset})
     except (AssertionError, IllegalStateError, TimeoutError) as exc:
         logger.info("%s[%s]: no reread, the partition is gone: %r", tp.topic, tp.partition, exc)
         return
-    consumer._read_offset[tp] = offset if offset else None
+    consumer._read_offset[tp] = None
 
 
 #: What the consumer fetched, before Faust could drop any of it (core.loggaps).

@@ -311,7 +311,8 @@ class FaustConsumer:
         return batch
 
     def seek(self, offset: int) -> None:
-        self.position = self.read = offset
+        """As runtime.faust_compat.read_again: the read offset is cleared, not set."""
+        self.position, self.read = offset, None
 
     def ack(self, offsets: list[int]) -> None:
         self.acked |= {offset for offset in offsets if offset >= self.committed}
