@@ -36,7 +36,7 @@ from aiokafka import AIOKafkaProducer
 from bench.common import Message, Result, metric_batch_codec, purchase_codec, run_tally
 from tally.broker.local import LocalBroker, free_port
 from tally.codecs.avro import AvroCodec
-from tally.core.clock import iso
+from tally.core.clock import iso, now_ms
 from tally.feed import purchases
 from tests.harness import Worker, purchase_record
 
@@ -44,10 +44,6 @@ LEVELS = (0.25, 0.5, 0.75, 1.0)
 #: Between two probes: enough of them per level, little load of their own.
 PROBE_PAUSE_S = 0.1
 SERVERS, METRICS, PER_METRIC = 1000, 50, 10
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @dataclass

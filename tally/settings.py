@@ -296,8 +296,8 @@ class Settings:
         2_000,
         "Table cells the write-behind cache holds before it writes them out (it also does "
         "before every commit of source offsets): a hot key is written once per flush however "
-        "many events touch it. More coalesces more and costs memory (each flush is a burst of "
-        "changelog records the commit waits for). 0: written after every batch.",
+        "many events touch it. More coalesces more and holds more in memory. 0: written after "
+        "every batch.",
         _non_negative_int,
     )
     cache_max_age_seconds: int = _env_field(

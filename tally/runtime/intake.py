@@ -221,9 +221,11 @@ async def each_partition(
     (`without_holes`). If `work` raises, the partition's `states` are
     dropped (rebuilt from storage on next use) and the share is processed again one event at
     a time: only events that fail alone are dead-lettered, and the agent goes on."""
+    if isinstance(stream.channel, TopicT):
+        for name in stream.channel.topics:
+            batch_windows[name] = within
     async for batch in cast(Stream, stream).take_events(size, within=within):
         for tp, delivered in by_partition(batch).items():
-            batch_windows[tp.topic] = within
             unique = one_per_origin(delivered, source_of)
             if len(unique) < len(delivered):
                 EVENTS.labels(tp.topic, "duplicate").inc(len(delivered) - len(unique))
