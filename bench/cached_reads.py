@@ -34,7 +34,7 @@ from pathlib import Path
 from bench.common import bench_worker, metric_batch_codec, purchase_codec, query_answers
 from bench.query import QueryLoad, query_load
 from tally.broker.local import LocalBroker, free_port
-from tests.harness import start_all, wait_until
+from tests.harness import ACCESS, bearer, start_all, wait_until
 from tests.load import Load
 
 NGINX_CONF = Path(__file__).resolve().parents[1] / "docker" / "nginx.conf"
@@ -83,7 +83,8 @@ def start_cache(workdir: Path, upstream_port: int) -> tuple[subprocess.Popen[byt
 
 def answers(url: str) -> dict[str, object] | None:
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:
+        request = urllib.request.Request(url, headers=bearer(ACCESS.operator_token))
+        with urllib.request.urlopen(request, timeout=5) as response:
             return dict(json.loads(response.read()))
     except OSError:
         return None

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
@@ -36,12 +35,17 @@ from tally.broker.local import LocalBroker, die_with_parent, stop_process
 from tally.broker.shim import FETCH_MAX_WAIT_MS, fetched_high_watermarks
 from tally.codecs.avro import AvroCodec, load_schema, validate_metric_batch, validate_purchase
 from tally.codecs.registry import FileSchemaRegistry
-from tests.harness import Worker
+from tests.harness import ACCESS, Worker, bearer
 
 PARTITIONS = 4
 
 #: (partition or None, key, value, timestamp ms)
 Message = tuple[int | None, bytes, bytes, int]
+
+
+#: A load generator sends every request with one token: no per-token limit on benchmark
+#: workers (the limit is a policy between tenants, not a cost being measured).
+UNLIMITED = {"TALLY_AUTH_RATE": "0"}
 
 
 def bench_worker(broker: LocalBroker, workdir: Path, app_id: str, name: str, **env: str) -> Worker:
@@ -55,6 +59,7 @@ def bench_worker(broker: LocalBroker, workdir: Path, app_id: str, name: str, **e
             "TALLY_SCHEMA_REGISTRY": (workdir / "registry").resolve().as_uri(),
             "TALLY_PARTITIONS": str(PARTITIONS),
             "TALLY_STANDBY_REPLICAS": "0",
+            **UNLIMITED,
             **env,
         },
         log_path=workdir / f"{app_id}-{name}.log",
@@ -246,8 +251,7 @@ def peak_rss_mb(pid: int) -> float:
 
 def scraped(worker: Worker, sample: str) -> list[tuple[dict[str, str], float]]:
     """(labels, value) of every sample named `sample` the worker's /metrics shows now."""
-    with urllib.request.urlopen(worker.url + "/metrics", timeout=5) as response:
-        text = response.read().decode()
+    text = worker.text("/metrics")
     return [
         (found.labels, found.value)
         for family in text_string_to_metric_families(text)
@@ -309,6 +313,7 @@ def run_tally(
             "TALLY_SCHEMA_REGISTRY": (workdir / "registry").resolve().as_uri(),
             "TALLY_PARTITIONS": str(PARTITIONS),
             "TALLY_STANDBY_REPLICAS": "0",
+            **UNLIMITED,
             **(settings or {}),
         },
         log_path=workdir / f"{app_id}.log",
@@ -388,7 +393,7 @@ def latency_ms(
     """Event produced → visible in a query: the marker's query answers with it."""
 
     async def measure() -> tuple[float, float]:
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(headers=bearer(ACCESS.operator_token)) as session:
 
             async def visible(n: int) -> bool:
                 async with session.get(url_of(n)) as response:

@@ -32,9 +32,9 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.common import run_in_scratch
+from bench.common import UNLIMITED, run_in_scratch
 from tally.broker.local import LocalBroker, free_port
-from tests.harness import Worker
+from tests.harness import ACCESS, Worker, bearer
 
 #: The poller: a process of its own, so the attackers' work does not delay its clock.
 POLLER = """
@@ -116,7 +116,9 @@ async def attack(url: str, port: int, until: float, answered: Counter[int]) -> N
             await asyncio.to_thread(expect_continue, port, answered)
 
     timeout = aiohttp.ClientTimeout(total=120)
-    async with aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as session:
+    async with aiohttp.ClientSession(
+        timeout=timeout, auto_decompress=False, headers=bearer(ACCESS.operator_token)
+    ) as session:
         await asyncio.gather(*(client(session, n) for n in range(4)))
     for sock in half_open:
         sock.close()
@@ -181,6 +183,7 @@ def run_all(args: argparse.Namespace, root: Path) -> None:
                     "TALLY_STANDBY_REPLICAS": "0",
                     "TALLY_HTTP_HEADER_TIMEOUT_SECONDS": "5",
                     "TALLY_LOG_LEVEL": "warn",
+                    **UNLIMITED,
                 },
                 log_path=root / f"w{run}.log",
             ).start()

@@ -19,13 +19,13 @@ from pathlib import Path
 import aiohttp
 from aiokafka import AIOKafkaProducer
 
-from bench.common import run_in_scratch
+from bench.common import UNLIMITED, run_in_scratch
 from tally.broker.local import LocalBroker, free_port
 from tally.codecs.avro import AvroCodec, load_schema
 from tally.codecs.registry import FileSchemaRegistry
 from tally.ingest.gateway import Accepted, Encode, endpoints
 from tally.settings import Settings
-from tests.harness import Worker
+from tests.harness import ACCESS, Worker, bearer
 
 SERVERS = 100
 
@@ -74,7 +74,9 @@ async def through_http(
             latencies.append(time.perf_counter() - started)
 
     connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    async with aiohttp.ClientSession(
+        connector=connector, headers=bearer(ACCESS.operator_token)
+    ) as session:
         started = time.perf_counter()
         await asyncio.gather(*(client(session) for _ in range(concurrency)))
         return time.perf_counter() - started, latencies
@@ -124,6 +126,7 @@ def run_all(args: argparse.Namespace, root: Path) -> None:
                 "TALLY_SCHEMA_REGISTRY": registry_dir.resolve().as_uri(),
                 "TALLY_PARTITIONS": "4",
                 "TALLY_LOG_LEVEL": "warn",
+                **UNLIMITED,
             },
             log_path=root / "ingest.log",
             command=("ingest",),

@@ -38,7 +38,7 @@ from tally.broker.local import LocalBroker, free_port
 from tally.codecs.avro import AvroCodec
 from tally.core.clock import iso, now_ms
 from tally.feed import purchases
-from tests.harness import Worker, purchase_record
+from tests.harness import ACCESS, Worker, bearer, purchase_record
 
 LEVELS = (0.25, 0.5, 0.75, 1.0)
 #: Between two probes: enough of them per level, little load of their own.
@@ -144,7 +144,7 @@ async def level(
 
     async def probe() -> list[float]:
         found: list[float] = []
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(headers=bearer(ACCESS.operator_token)) as session:
             while time.monotonic() < stop:
                 probe_key = f"probe-{name}-{len(found):04d}"
                 key, value = load.probe(probe_key)

@@ -10,6 +10,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.harness import ACCESS
+
 _UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
@@ -53,9 +55,11 @@ PACED = Path(__file__).with_name("paced.lua")
 
 def query_load(url: str, connections: int, seconds: int = 8, rate: int | None = None) -> QueryLoad:
     """As many requests as `connections` clients get answered, or `rate` requests/s offered
-    by them (the latency at that load; the rate reached is reported)."""
+    by them (the latency at that load; the rate reached is reported); every request carries
+    the run's operator token."""
     threads = min(2, connections)
     command = [wrk_binary(), f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    command += ["-H", f"Authorization: Bearer {ACCESS.operator_token}"]
     if rate is None:
         command.append(url)
     else:

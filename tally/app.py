@@ -19,9 +19,10 @@ import faust
 from faust.tables.manager import TableManager
 from faust.types import TopicT
 
-from tally.broker.admin import ensure_serving_topic, ensure_topics, track_topics
+from tally.broker.admin import ensure_compacted_topic, ensure_topics, track_topics
 from tally.broker.identity import describe_cluster, reconcile_local_state
 from tally.broker.watch import BrokerWatch
+from tally.http.access import configured_gate
 from tally.http.hygiene import REGISTRY_MAX_BYTES, BodyLimits, application_options
 from tally.runtime.faust_compat import (
     aiokafka_producer,
@@ -37,6 +38,8 @@ from tally.settings import Settings, current_settings
 logger = logging.getLogger(__name__)
 
 settings = current_settings()
+#: Access control of the worker's web server (tally.http.access).
+gate = configured_gate(settings)
 check_pinned_versions()
 keep_skipped_messages_uncommitted()
 flush_producer_buffer_fully()
@@ -120,6 +123,7 @@ class TallyApp(faust.App):
         self.broker_watch = BrokerWatch(settings.bootstrap_servers)
         #: The web driver (tally.runtime.web_driver) answers `Expect: 100-continue` by these.
         self.body_limits = body_limits(settings)
+        self.waiting_for.append(("reading the revoked tokens", lambda: not gate.revocations.loaded))
 
     @property
     def ready(self) -> bool:
@@ -148,9 +152,16 @@ class TallyApp(faust.App):
             partitions=settings.partitions,
             replication=settings.replication,
         )
-        await ensure_serving_topic(
+        await ensure_compacted_topic(
             settings.bootstrap_servers, settings.serving_topic, settings.replication
         )
+        if gate.enabled:
+            await ensure_compacted_topic(
+                settings.bootstrap_servers, settings.revocations_topic, settings.replication
+            )
+            self.add_future(
+                gate.revocations.follow(settings.bootstrap_servers, settings.revocations_topic)
+            )
         cluster_id, topics = await describe_cluster(settings.bootstrap_servers)
         reason = reconcile_local_state(
             datadir=Path(self.conf.datadir),
@@ -195,7 +206,7 @@ app = TallyApp(
     TableManager="tally.runtime.restore:RestoringTableManager",
     web="tally://",
     web_application_options=application_options(
-        body_limits(settings), settings.http_header_timeout_seconds
+        body_limits(settings), settings.http_header_timeout_seconds, [gate.middleware]
     ),
     datadir=str(settings.data_dir),
     web_bind=settings.web_host,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import json
 import logging
@@ -24,8 +25,9 @@ from tally.core.rollups import MINUTE_MS, minute_of
 logger = logging.getLogger(__name__)
 
 Answer = dict[str, Any]
-#: Reads a query's current JSON answer; raises `Unavailable` when it cannot.
-Read = Callable[[str], Awaitable[Answer]]
+#: Reads a query's current JSON answer (path, the client's credentials: an Authorization
+#: header or ""); raises `Unavailable` when it cannot.
+Read = Callable[[str, str], Awaitable[Answer]]
 
 SNAPSHOT = "snapshot"
 STATUS = "status"
@@ -96,18 +98,28 @@ class Mailbox:
         return self.take()
 
 
+@dataclass
 class Stream:
-    """What a live query reads, and how two answers differ (subclasses)."""
+    """What a live query reads, and how two answers differ (subclasses). It reads with its
+    clients' credentials, so clients share a feed only when they present the same ones: a
+    stream never shows a client what its own token would not."""
 
-    #: The query path (and query string) the stream re-runs; also its identity on a worker.
+    #: The query path (and query string) the stream re-runs; with the credentials, its
+    #: identity on a worker.
     path: str = ""
+    credentials: str = field(default="", repr=False)
 
     @property
     def key(self) -> str:
-        return self.path
+        return f"{self.path} {self.caller}"
+
+    @property
+    def caller(self) -> str:
+        """The credentials as a short digest (a key that names no secret)."""
+        return hashlib.sha256(self.credentials.encode()).hexdigest()[:16]
 
     async def read(self, fetch: Read) -> Answer:
-        return await fetch(self.path)
+        return await fetch(self.path, self.credentials)
 
     def snapshot(self, answer: Answer) -> Message:
         raise NotImplementedError
@@ -128,11 +140,11 @@ class TopStream(Stream):
     final_polls: int = 120
 
     async def read(self, fetch: Read) -> Answer:
-        current = await fetch(self.path)
+        current = await fetch(self.path, self.credentials)
         finals = []
         for window_end, polls_left in list(self.closing.items()):
             # `at` = the last millisecond of the window that ended at `window_end`.
-            final = await fetch(f"{self.path}?at={epoch_ms(window_end) - 1}")
+            final = await fetch(f"{self.path}?at={epoch_ms(window_end) - 1}", self.credentials)
             if final.get("items") and not final.get("stale"):
                 finals.append(final)
                 del self.closing[window_end]
@@ -176,14 +188,15 @@ class SeriesStream(Stream):
 
     @property
     def key(self) -> str:
-        return f"{self.path}?minutes={self.minutes}&{self.query}"
+        return f"{self.path}?minutes={self.minutes}&{self.query} {self.caller}"
 
     async def read(self, fetch: Read) -> Answer:
         # The range ends with the current minute, so it moves once a minute, not every poll.
         to_ms = minute_of(int(time.time() * 1000)) + MINUTE_MS
         since = to_ms - self.minutes * MINUTE_MS
         extra = f"&{self.query}" if self.query else ""
-        return await fetch(f"{self.path}?from={since}&to={to_ms}&step=1m{extra}")
+        path = f"{self.path}?from={since}&to={to_ms}&step=1m{extra}"
+        return await fetch(path, self.credentials)
 
     def series(self, answer: Answer) -> dict[str, list[Answer]]:
         found = answer.get(self.field_name) or {}

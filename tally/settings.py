@@ -18,12 +18,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tally.core.errors import ConfigurationError
+from tally.core.limits import TENANT_PATTERN
 
 #: Broker URL schemes and what they mean. `tansu` = the local broker, with the compatibility shim.
 BROKER_SCHEMES = ("tansu", "kafka")
 PROCESSING_GUARANTEES = ("at_least_once", "exactly_once")
 LOG_LEVELS = ("crit", "error", "warn", "info", "debug")
 RESTORE_MODES = ("bulk", "faust")
+AUTH_MODES = ("on", "off")
 
 
 def _env_field(env: str, default: Any, doc: str, parse: Callable[[str], Any] = str) -> Any:
@@ -80,6 +82,12 @@ def _top_k(text: str) -> int:
     if value > 1000:
         raise ValueError("must be at most 1000 (each partition publishes its top-K in one message)")
     return value
+
+
+def _tenant(text: str) -> str:
+    if not TENANT_PATTERN.fullmatch(text):
+        raise ValueError("must be 1 to 64 letters, digits, '.', '_' or '-'")
+    return text
 
 
 def _port(text: str) -> int:
@@ -391,6 +399,42 @@ class Settings:
         "after the restart (state is idempotent).",
         _positive_float,
     )
+    auth: str = _env_field(
+        "TALLY_AUTH",
+        "on",
+        "on: every endpoint but health, the API document and the dashboard's page needs a "
+        "bearer token (docs/operations.md, Access control). off: anyone who reaches the port "
+        "may do anything (a closed network only).",
+        _one_of(AUTH_MODES),
+    )
+    auth_key_file: str = _env_field(
+        "TALLY_AUTH_KEY_FILE",
+        "",
+        "The deployment's own token signing key (an Ed25519 JWK, created on first use, "
+        "readable by its owner only): `tally tokens issue` signs with it, workers verify with "
+        "it. Empty: ~/.config/tally/<TALLY_APP_ID>-signing-key.jwk, shared by every worker "
+        "of the deployment on this machine. Workers on several hosts: give each the same "
+        "file, or give them TALLY_AUTH_JWKS (`tally tokens jwks` prints the public key).",
+    )
+    auth_jwks: str = _env_field(
+        "TALLY_AUTH_JWKS",
+        "",
+        "Also take tokens signed by these keys: a JSON Web Key Set file or http(s) URL (an "
+        "identity provider's). With it, workers do not create TALLY_AUTH_KEY_FILE.",
+    )
+    auth_rate: float = _env_field(
+        "TALLY_AUTH_RATE",
+        100.0,
+        "Requests per second one token may make to one server (twice that at once); more get "
+        "429 with Retry-After. 0: no limit.",
+        _non_negative_float,
+    )
+    default_tenant: str = _env_field(
+        "TALLY_DEFAULT_TENANT",
+        "default",
+        "The tenant whose data this deployment holds: rows written without a tenant are its.",
+        _tenant,
+    )
     fault_crash_on: str = _env_field(
         "TALLY_FAULT_CRASH_ON",
         "",
@@ -474,6 +518,17 @@ class Settings:
         if self.web_host in ("0.0.0.0", "::", ""):
             return socket.gethostname()
         return self.web_host
+
+    @property
+    def signing_key_path(self) -> Path:
+        if self.auth_key_file:
+            return Path(self.auth_key_file)
+        return Path.home() / ".config" / "tally" / f"{self.app_id}-signing-key.jwk"
+
+    @property
+    def revocations_topic(self) -> str:
+        """Revoked token ids (one per deployment, compacted; tally.access.revocations)."""
+        return f"{self.app_id}-revoked-tokens"
 
     @property
     def web_url(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,7 +14,10 @@ from tally.broker.admin import ensure_topics
 from tally.broker.local import LocalBroker, free_port
 from tally.codecs.avro import AvroCodec, load_schema, validate_metric_batch, validate_purchase
 from tally.codecs.registry import FileSchemaRegistry
-from tests.harness import Worker
+from tests.harness import ACCESS, Worker
+
+# Modules importing tally.app in this process verify with (and never create) the test key.
+os.environ.setdefault("TALLY_AUTH_KEY_FILE", str(ACCESS.key_file))
 
 
 @pytest.fixture

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -22,7 +25,32 @@ from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord, RecordMetadata
 
+from tally.access.tokens import OPERATOR, SCOPES, issue, signing_key
 from tally.broker.local import die_with_parent, free_port
+
+
+class TestAccess:
+    """One signing key per test process (every worker it starts verifies with it) and tokens
+    signed with it; the harness's requests carry an operator token with every scope."""
+
+    def __init__(self) -> None:
+        self.directory = Path(tempfile.mkdtemp(prefix="tally-test-auth-"))
+        atexit.register(shutil.rmtree, self.directory, ignore_errors=True)
+        self.key_file = self.directory / "signing-key.jwk"
+        key = signing_key(self.key_file, create=True)
+        assert key is not None
+        self.key = key
+        self.operator_token = self.token(OPERATOR, SCOPES)
+
+    def token(self, tenant: str, scopes: Iterable[str], lifetime_s: float = 86_400.0) -> str:
+        return issue(self.key, f"test-{tenant}", tenant, frozenset(scopes), lifetime_s)[0]
+
+
+ACCESS = TestAccess()
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 @dataclass
@@ -35,13 +63,20 @@ class Worker:
     process: subprocess.Popen[bytes] | None = None
     port: int = field(default_factory=free_port)
     command: tuple[str, ...] = ("worker", "--loglevel", "info")
+    #: The token its requests carry (unless a request names its own Authorization).
+    token: str = ACCESS.operator_token
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, ready_timeout: float = 90.0) -> Worker:
-        env = {**os.environ, **self.env, "TALLY_WEB_PORT": str(self.port)}
+        env = {
+            **os.environ,
+            "TALLY_AUTH_KEY_FILE": str(ACCESS.key_file),
+            **self.env,
+            "TALLY_WEB_PORT": str(self.port),
+        }
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
@@ -71,12 +106,21 @@ class Worker:
             time.sleep(0.3)
         raise AssertionError(f"worker not ready after {timeout} s:\n{self.tail()}")
 
+    def request(
+        self, path: str, headers: Mapping[str, str] | None = None, **options: Any
+    ) -> urllib.request.Request:
+        """A request to this worker carrying its token (unless `headers` name another)."""
+        given = dict(headers or {})
+        if self.token and not any(name.lower() == "authorization" for name in given):
+            given.update(bearer(self.token))
+        return urllib.request.Request(self.url + path, headers=given, **options)
+
     def get(self, path: str, timeout: float = 10.0) -> Any:
-        with urllib.request.urlopen(self.url + path, timeout=timeout) as response:
+        with urllib.request.urlopen(self.request(path), timeout=timeout) as response:
             return json.loads(response.read())
 
     def text(self, path: str) -> str:
-        with urllib.request.urlopen(self.url + path, timeout=10) as response:
+        with urllib.request.urlopen(self.request(path), timeout=10) as response:
             return response.read().decode()
 
     def post(
@@ -84,11 +128,11 @@ class Worker:
     ) -> tuple[int, Any, Mapping[str, str]]:
         """(status, JSON answer, headers) of a POST (JSON unless `headers` say otherwise);
         HTTP errors are answers too."""
-        request = urllib.request.Request(
-            self.url + path,
+        request = self.request(
+            path,
+            {"Content-Type": "application/json", **(headers or {})},
             data=body,
             method="POST",
-            headers={"Content-Type": "application/json", **(headers or {})},
         )
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
@@ -100,7 +144,7 @@ class Worker:
         self, path: str, headers: Mapping[str, str] | None = None
     ) -> tuple[int, Mapping[str, str], bytes]:
         """(status, headers, body) of a GET as it came; HTTP errors (and 304s) are answers."""
-        request = urllib.request.Request(self.url + path, headers=dict(headers or {}))
+        request = self.request(path, headers)
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
                 return response.status, response.headers, response.read()
@@ -109,7 +153,7 @@ class Worker:
 
     def get_status(self, path: str) -> tuple[int, Any]:
         try:
-            with urllib.request.urlopen(self.url + path, timeout=10) as response:
+            with urllib.request.urlopen(self.request(path), timeout=10) as response:
                 return response.status, json.loads(response.read())
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read() or b"null")
@@ -286,13 +330,20 @@ class EventStream:
     """A plain SSE client over http.client: `next()` returns the next event (comments and the
     `retry` field skipped), or raises TimeoutError."""
 
-    def __init__(self, url: str, path: str, last_event_id: str = "", timeout: float = 10.0):
+    def __init__(
+        self,
+        url: str,
+        path: str,
+        last_event_id: str = "",
+        timeout: float = 10.0,
+        token: str = ACCESS.operator_token,
+    ):
         import http.client
         from urllib.parse import urlsplit
 
         parts = urlsplit(url)
         self.connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
-        headers = {"Accept": "text/event-stream"}
+        headers = {"Accept": "text/event-stream", **(bearer(token) if token else {})}
         if last_event_id:
             headers["Last-Event-ID"] = last_event_id
         self.connection.request("GET", path, headers=headers)

@@ -7,17 +7,21 @@ count, which need not match the tables' changelogs (TALLY_PARTITIONS).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Mapping
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import suppress
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from aiokafka.structs import ConsumerRecord
 
 from tally.broker.shim import aiokafka_client, fetched_high_watermarks
 from tally.core.errors import BrokerError
 from tally.core.generations import SERVING_TOPIC_CONFIG, first_offset_at
+
+logger = logging.getLogger(__name__)
 
 
 async def ensure_topics(
@@ -190,8 +194,9 @@ async def committed_offsets(
         await consumer.stop()
 
 
-async def ensure_serving_topic(bootstrap_servers: list[str], name: str, replication: int) -> None:
-    """The deployment's serving topic (tally.core.generations): one partition, compacted."""
+async def ensure_compacted_topic(bootstrap_servers: list[str], name: str, replication: int) -> None:
+    """A deployment-wide topic of facts by key (which generation serves, revoked tokens): one
+    partition, compacted, read whole by every worker (`follow_topic`)."""
     await ensure_topics(
         bootstrap_servers,
         {name: 1},
@@ -199,3 +204,58 @@ async def ensure_serving_topic(bootstrap_servers: list[str], name: str, replicat
         replication=replication,
         configs=SERVING_TOPIC_CONFIG,
     )
+
+
+async def follow_topic(
+    bootstrap_servers: list[str],
+    topic: str,
+    absorb: Callable[[bytes | None, bytes | None], None],
+    loaded: Callable[[], None],
+    poll_ms: int = 500,
+) -> None:
+    """Hand every record of a one-partition topic to `absorb`, from its start and then as they
+    come, until cancelled; `loaded` is called once the records written before the call are in
+    (until then a reader cannot know whether a later fact overrides what it has). A broker
+    that fails is retried every second, from the start again (facts by key: absorbing one
+    twice changes nothing)."""
+    failures = 0
+    while True:
+        try:
+            await _follow(bootstrap_servers, topic, absorb, loaded, poll_ms)
+        except (KafkaError, OSError) as exc:
+            failures += 1
+            # Once, not every second: a broker that is gone is said once (BrokerWatch) too.
+            log = logger.warning if failures == 1 else logger.debug
+            log(
+                "following %s failed (%s: %s); retrying every second",
+                topic,
+                type(exc).__name__,
+                exc,
+            )
+            await asyncio.sleep(1.0)
+
+
+async def _follow(
+    bootstrap_servers: list[str],
+    topic: str,
+    absorb: Callable[[bytes | None, bytes | None], None],
+    loaded: Callable[[], None],
+    poll_ms: int,
+) -> None:
+    consumer = reader(bootstrap_servers)
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        end = (await end_offsets(consumer, [tp]))[tp]
+        caught_up = False
+        while True:
+            batch = await consumer.getmany(tp, timeout_ms=poll_ms)
+            for record in batch.get(tp, []):
+                absorb(record.key, record.value)
+            if not caught_up and await consumer.position(tp) >= end:
+                caught_up = True
+                loaded()
+    finally:
+        await consumer.stop()

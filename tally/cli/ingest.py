@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import click
 from aiohttp import web
 from faust.cli import AppCommand, option
 
-from tally.app import app, body_limits, exit_after, settings
+from tally.app import app, body_limits, exit_after, gate, settings
+from tally.broker.admin import ensure_compacted_topic
 from tally.broker.watch import BrokerWatch
 from tally.cli.errors import fail, parsed_by
 from tally.cli.local import run_until_stopped
@@ -32,11 +34,19 @@ async def ingest(self: AppCommand) -> None:
     await gateway.start()
     await watch.start()
     application = ingest_application(
-        gateway, watch, body_limits(settings), settings.http_header_timeout_seconds
+        gateway, watch, body_limits(settings), settings.http_header_timeout_seconds, gate
     )
     runner = web.AppRunner(application, access_log=None)
     await runner.setup()
+    revocations = None
     try:
+        if gate.enabled:
+            await ensure_compacted_topic(
+                settings.bootstrap_servers, settings.revocations_topic, settings.replication
+            )
+            revocations = asyncio.create_task(
+                gate.revocations.follow(settings.bootstrap_servers, settings.revocations_topic)
+            )
         site = web.TCPSite(runner, settings.web_host, settings.web_port)
         try:
             await site.start()
@@ -55,6 +65,8 @@ async def ingest(self: AppCommand) -> None:
         await run_until_stopped()
     finally:
         exit_after(settings.stop_timeout_seconds)  # a broker that is gone must not hang the stop
+        if revocations is not None:
+            revocations.cancel()
         await runner.cleanup()
         await watch.stop()
         await gateway.stop()
@@ -95,6 +107,12 @@ def duration_option(name: str, default: str, help: str) -> Any:
         "Exit with an error when batches fail and none was delivered for this long.",
     ),
     option("--seed", type=int, default=1, show_default=True),
+    option(
+        "--token",
+        envvar="TALLY_TOKEN",
+        default="",
+        help="Bearer token with the ingest scope (`tally tokens issue`) [env: TALLY_TOKEN].",
+    ),
 )
 async def agent(
     self: AppCommand,
@@ -109,6 +127,7 @@ async def agent(
     max_backoff: float,
     give_up: float,
     seed: int,
+    token: str,
 ) -> None:
     """Simulate server agents: each batches its samples and POSTs them every --interval to
     /api/ingest/metrics, retrying with exponential backoff and full jitter; a progress line
@@ -129,6 +148,7 @@ async def agent(
             backoff=Backoff(base_s=backoff, cap_s=max_backoff, retries=retries),
             seed=seed,
             give_up_s=give_up,
+            token=token,
         )
     except AgentGaveUp as exc:
         fail(f"agent gave up: {exc}")

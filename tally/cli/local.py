@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from faust.cli import AppCommand, argument, option
 
+from tally.access.tokens import OPERATOR, SCOPES, issue, signing_key
 from tally.app import app, settings
 from tally.broker.admin import ensure_topics
 from tally.broker.local import LocalBroker, die_with_parent, port_accepts, stop_process
@@ -28,6 +29,9 @@ from tally.core.clock import now_ms
 from tally.core.errors import BrokerError, ConfigurationError
 from tally.feed import ACK_TIMEOUT_S, FeedProgress, metric_batches, purchases, send_feed
 from tally.topics import METRIC_SAMPLES, PURCHASES, SOURCE_TOPICS
+
+#: How long the tokens `tally dev` prints stay valid.
+DEV_TOKEN_S = 30 * 86_400.0
 
 
 def local_broker_address() -> tuple[str, int]:
@@ -176,6 +180,27 @@ def wait_for_http(url: str, process: subprocess.Popen[bytes], log: Path, timeout
     fail(f"the worker did not answer {url} within {timeout:.0f} s; see {log}")
 
 
+def dashboards() -> str:
+    """The dashboard's URL per demo token (in the fragment: a browser never sends it), or
+    the bare URL when access control is off."""
+    if settings.auth == "off":
+        return f"  dashboard        {settings.web_url}/  (open it in a browser)\n"
+    key = signing_key(settings.signing_key_path, create=True)
+    assert key is not None
+    operator = issue(key, "dev-operator", OPERATOR, frozenset(SCOPES), DEV_TOKEN_S)[0]
+    tenant = settings.default_tenant
+    reader = issue(key, f"dev-{tenant}", tenant, frozenset({"read"}), DEV_TOKEN_S)[0]
+    return (
+        f"  dashboard        {settings.web_url}/#token={operator}\n"
+        f"                   (an operator: every scope, every tenant; open it in a browser)\n"
+        f"  tenant dashboard {settings.web_url}/#token={reader}\n"
+        f"                   (tenant {tenant}, read only: its servers, not the site-wide top-10)\n"
+        f"  token            export TALLY_TOKEN={operator}\n"
+        f'                   curl -H "Authorization: Bearer $TALLY_TOKEN" '
+        f"{settings.web_url}/api/sales/top\n"
+    )
+
+
 @app.command(
     option(
         "--sales-rate",
@@ -229,7 +254,7 @@ async def dev(self: AppCommand, sales_rate: float, metrics_rate: float) -> None:
         ]
         print(
             "\nTally is running.\n"
-            f"  dashboard        {settings.web_url}/  (open it in a browser)\n"
+            f"{dashboards()}"
             f"  API              {settings.web_url}/api/openapi.json  (curl {settings.web_url}/ "
             "lists the endpoints)\n"
             f"  live streams     {settings.web_url}/api/stream/sales/top, "

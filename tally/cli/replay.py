@@ -31,7 +31,7 @@ from tally.app import app, settings
 from tally.broker.admin import (
     commit_offsets,
     committed_offsets,
-    ensure_serving_topic,
+    ensure_compacted_topic,
     offsets_at_time,
     read_topic,
     send_record,
@@ -39,6 +39,7 @@ from tally.broker.admin import (
 from tally.broker.local import die_with_parent, free_port, stop_process
 from tally.cli.errors import fail, parsed_by
 from tally.cli.local import run_until_stopped
+from tally.cli.tokens import READ_ONLY, own_token
 from tally.core.clock import epoch_ms, iso, now_ms
 from tally.core.errors import TallyError
 from tally.core.generations import (
@@ -86,7 +87,7 @@ def history_needed_ms(pipeline: str) -> int:
 
 
 async def load_generations() -> Generations:
-    await ensure_serving_topic(
+    await ensure_compacted_topic(
         settings.bootstrap_servers, settings.serving_topic, settings.replication
     )
     records = [
@@ -114,13 +115,15 @@ def health(url: str) -> dict[str, Any] | None:
         return None
 
 
-def answers(url: str, path: str | None) -> bool:
+def answers(url: str, path: str | None, token: str) -> bool:
     """The pipeline's main query answers with something, not flagged stale (the top-K is
     stale while a partition has not reached the window, or the merge has not heard from it)."""
     if path is None:
         return True
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with urllib.request.urlopen(url + path, timeout=10) as response:
+        request = urllib.request.Request(url + path, headers=headers)
+        with urllib.request.urlopen(request, timeout=10) as response:
             body = json.loads(response.read())
     except (OSError, ValueError):
         return False
@@ -332,7 +335,7 @@ async def catch_up(
             done >= progress.total
             and waiting is not None
             and waiting <= max_lag
-            and await asyncio.to_thread(answers, url, probe_path)
+            and await asyncio.to_thread(answers, url, probe_path, own_token(READ_ONLY))
         ):
             return
         with contextlib.suppress(TimeoutError):

@@ -15,6 +15,7 @@ Two implementations of one small interface:
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import hashlib
 import json
@@ -29,7 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, urlsplit
 
 from fastavro import parse_schema
 from fastavro.schema import fingerprint
@@ -471,7 +472,18 @@ class HttpSchemaRegistry(SchemaRegistry):
     """
 
     def __init__(self, base_url: str, timeout: float = 5.0):
-        self.base_url = base_url.rstrip("/")
+        parts = urlsplit(base_url.rstrip("/"))
+        #: Credentials in the URL (http://user:password@host, as Confluent's clients take
+        #: them) are sent as Basic auth; a Tally registry takes a token as the password.
+        self.authorization = (
+            "Basic "
+            + base64.b64encode(
+                f"{unquote(parts.username or '')}:{unquote(parts.password)}".encode()
+            ).decode()
+            if parts.password
+            else ""
+        )
+        self.base_url = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
         self.timeout = timeout
         self._cache: dict[int, Schema] = {}
 
@@ -503,7 +515,10 @@ class HttpSchemaRegistry(SchemaRegistry):
             self.base_url + path,
             data=data,
             method=method,
-            headers={"Content-Type": "application/vnd.schemaregistry.v1+json"},
+            headers={
+                "Content-Type": "application/vnd.schemaregistry.v1+json",
+                **({"Authorization": self.authorization} if self.authorization else {}),
+            },
         )
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:

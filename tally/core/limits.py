@@ -10,6 +10,7 @@ and the event that caused it is dead-lettered. No Faust here.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from typing import TypeVar
@@ -27,6 +28,8 @@ MAX_METRICS_PER_SERVER_MINUTE = 1000
 #: Largest table record or internal message (key and value), below the 1,000,000 bytes a
 #: Faust producer sends and Kafka's default 1 MiB message limit.
 MAX_RECORD_BYTES = 900_000
+#: A tenant name: it leads table keys, so no separator and nothing unprintable.
+TENANT_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 #: The key separator of every table key: never inside an id.
 KEY_SEPARATOR = "|"
 #: Unicode categories no id may contain: control characters (C0, DEL, C1), unpaired

@@ -36,9 +36,13 @@ def matches(if_none_match: str | None, etag: str) -> bool:
     return named_tag(if_none_match) == etag
 
 
-def cache_control(max_age_s: int) -> str:
-    """Shared caches may keep the answer `max_age_s` seconds (0: revalidate every time)."""
-    return f"public, max-age={max_age_s}" if max_age_s > 0 else "no-cache"
+def cache_control(max_age_s: int, authenticated: bool) -> str:
+    """Caches may keep the answer `max_age_s` seconds (0: revalidate every time). An answer to
+    a token is not `public`: a shared cache then never hands it to another request (RFC 9111
+    section 3.5) unless configured to keep one copy per token, as docker/nginx.conf is."""
+    if max_age_s <= 0:
+        return "no-cache"
+    return f"max-age={max_age_s}" if authenticated else f"public, max-age={max_age_s}"
 
 
 class KeptAnswers:

@@ -21,11 +21,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import hdrs, web
+from aiohttp.typedefs import Middleware
 from aiohttp.web_protocol import RequestPayloadError
 
 from tally.core.errors import BodyTimeout, BodyTooLarge, UnreadableBody, UnsupportedBody
@@ -280,9 +281,12 @@ def too_large(body: Body, limit: int, setting: str = "") -> BodyTooLarge:
     )
 
 
-def application_options(limits: BodyLimits, header_timeout_s: float) -> dict[str, Any]:
+def application_options(
+    limits: BodyLimits, header_timeout_s: float, middlewares: Sequence[Middleware] = ()
+) -> dict[str, Any]:
     """`aiohttp.web.Application` options of a Tally web server (Faust's
     `web_application_options`); its routes take `expect_handler(limits)` on their own.
+    `middlewares` run after `guard` (its JSON errors cover them): the access gate.
 
     aiohttp's request handler: no automatic inflation; a connection that has not sent a whole
     request (line and headers) within `header_timeout_s` of opening or of its last answer is
@@ -295,6 +299,6 @@ def application_options(limits: BodyLimits, header_timeout_s: float) -> dict[str
             "keepalive_timeout": header_timeout_s,
             "lingering_time": 2.0,
         },
-        "middlewares": [guard],
+        "middlewares": [guard, *middlewares],
         "client_max_size": limits.largest,
     }

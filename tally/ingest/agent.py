@@ -195,14 +195,19 @@ async def run_agents(
     give_up_s: float = 60.0,
     report_every_s: float = 5.0,
     connections: int = 100,
+    token: str = "",
 ) -> AgentStats:
-    """`servers` simulated servers posting to `url` until cancelled or `rounds` are done,
-    or until batches have failed and none was delivered for `give_up_s`."""
+    """`servers` simulated servers posting to `url` (with the bearer `token`, when given)
+    until cancelled or `rounds` are done, or until batches have failed and none was delivered
+    for `give_up_s`."""
     stats = AgentStats()
     names = metric_names(metrics)
     timeout = aiohttp.ClientTimeout(total=60)
     connector = aiohttp.TCPConnector(limit=connections)
-    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with aiohttp.ClientSession(
+        timeout=timeout, connector=connector, headers=headers
+    ) as session:
         tasks = [
             asyncio.create_task(
                 run_server(

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime
 from typing import ClassVar, cast
 
 import aiohttp
-from aiohttp import web
+from aiohttp import hdrs, web
 from faust.types import CollectionT
 from faust.web import Request, Response, View
 from faust.web.exceptions import WebError
 
-from tally.app import app, settings
+from tally.app import app, gate, settings
 from tally.core.clock import epoch_ms
 from tally.core.generations import Serving
 from tally.http.caching import cache_control, matches, named_tag, strong_etag
@@ -58,6 +58,14 @@ FORWARDED_HEADER = "Tally-Forwarded-By-Generation"
 QUERY_TIMEOUT_S = 60.0
 
 NOT_MODIFIED = 304
+
+
+def mark_fresh(headers: MutableMapping[str, str]) -> None:
+    """How long caches may keep an answer; with access control on, an answer is its token's
+    (`Vary: Authorization`)."""
+    headers["Cache-Control"] = cache_control(settings.cache_max_age_seconds, gate.enabled)
+    if gate.enabled:
+        headers["Vary"] = "Authorization"
 
 
 class OwnedView(View):
@@ -109,17 +117,18 @@ class OwnedView(View):
             tag = named_tag(request.headers.get("If-None-Match"))  # the only one it matches
             if tag is not None:
                 headers["ETag"] = tag
-            headers["Cache-Control"] = cache_control(settings.cache_max_age_seconds)
+            mark_fresh(headers)
             return response
         body = cast(web.Response, response).body
         if response.status != 200 or not isinstance(body, bytes) or request.method == "HEAD":
             return response
         etag = strong_etag(body, headers[GENERATION_HEADER])
         headers["ETag"] = etag
-        headers["Cache-Control"] = cache_control(settings.cache_max_age_seconds)
+        mark_fresh(headers)
         if not matches(request.headers.get("If-None-Match"), etag):
             return response
-        kept = {name: headers[name] for name in ("ETag", "Cache-Control", GENERATION_HEADER)}
+        kept = {name: headers[name] for name in ("ETag", GENERATION_HEADER)}
+        mark_fresh(kept)
         return self.bytes(b"", status=NOT_MODIFIED, headers=kept)
 
     def serialized(self, body: bytes) -> Response:
@@ -133,6 +142,8 @@ class OwnedView(View):
         for url in newer.urls:
             try:
                 headers = {FORWARDED_HEADER: str(settings.generation)}
+                if hdrs.AUTHORIZATION in request.headers:  # the caller's own, verified there
+                    headers[hdrs.AUTHORIZATION] = request.headers[hdrs.AUTHORIZATION]
                 path = cast(web.Request, request).path_qs
                 async with app.http_client.get(url + path, headers=headers) as answer:
                     body = await answer.read()

@@ -6,11 +6,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from aiokafka import TopicPartition
 from mode import Service
 
 from tally.app import app, settings
-from tally.broker.admin import end_offsets, reader
+from tally.broker.admin import follow_topic
 from tally.core.generations import Generations, Serving
 
 logger = logging.getLogger(__name__)
@@ -29,24 +28,18 @@ class ServingFollower(Service):
     def forward_to(self, pipeline: str) -> Serving | None:
         return self.generations.forward_to(pipeline, settings.generation)
 
+    def absorb(self, key: bytes | None, value: bytes | None) -> None:
+        self.generations.absorb(key, value)
+        logger.info("serving topic: %s = %s", key, value)
+
+    def caught_up(self) -> None:
+        self.loaded = True
+
     @Service.task
     async def _follow(self) -> None:
-        consumer = reader(settings.bootstrap_servers)
-        await consumer.start()
-        try:
-            tp = TopicPartition(settings.serving_topic, 0)
-            consumer.assign([tp])
-            await consumer.seek_to_beginning(tp)
-            end = (await end_offsets(consumer, [tp]))[tp]
-            while not self.should_stop:
-                batch = await consumer.getmany(tp, timeout_ms=500)
-                for record in batch.get(tp, []):
-                    self.generations.absorb(record.key, record.value)
-                    logger.info("serving topic: %s = %s", record.key, record.value)
-                if not self.loaded and await consumer.position(tp) >= end:
-                    self.loaded = True
-        finally:
-            await consumer.stop()
+        await follow_topic(
+            settings.bootstrap_servers, settings.serving_topic, self.absorb, self.caught_up
+        )
 
 
 serving = ServingFollower()

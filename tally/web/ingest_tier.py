@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tally import __version__
 from tally.dlq import DeadLetterWatch
+from tally.http.access import Gate
 from tally.http.hygiene import BodyLimits, application_options, expect_handler
 from tally.ingest.gateway import IngestGateway
 from tally.ingest.http import handle_ingest
@@ -21,7 +22,11 @@ INGEST_TIER = [op for op in OPERATIONS if op.on_ingest_tier]
 
 
 def ingest_application(
-    gateway: IngestGateway, watch: DeadLetterWatch, limits: BodyLimits, header_timeout_s: float
+    gateway: IngestGateway,
+    watch: DeadLetterWatch,
+    limits: BodyLimits,
+    header_timeout_s: float,
+    gate: Gate,
 ) -> web.Application:
     openapi_document = document(INGEST_TIER)
     index_body = {
@@ -57,7 +62,9 @@ def ingest_application(
     async def dead_letter_stats(request: web.Request) -> web.Response:
         return web.json_response(watch.body())
 
-    application = web.Application(**application_options(limits, header_timeout_s))
+    application = web.Application(
+        **application_options(limits, header_timeout_s, [gate.middleware])
+    )
     expect = expect_handler(limits)
     application.add_routes(
         [

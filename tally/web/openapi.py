@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tally import __version__
+from tally.access.policy import Access, access_of
 from tally.codecs.avro import load_schema
 from tally.ingest.gateway import sample_row_schema
 from tally.ingest.rows import json_schema
@@ -77,6 +78,8 @@ class Operation:
     content_types: tuple[str, ...] = ("application/json",)
     #: The `tally ingest` process serves the operations marked so.
     on_ingest_tier: bool = False
+    #: The route pattern serving it, when not `path` (one route serves every ingest path).
+    route: str = ""
 
     def document(self) -> dict[str, Any]:
         responses: dict[str, Any] = {}
@@ -97,7 +100,52 @@ class Operation:
         }
         if self.body is not None:
             operation["requestBody"] = self.body
-        return operation
+        return secured(operation, self.access, self.error)
+
+    @property
+    def access(self) -> Access:
+        found = access_of(self.method, self.route or self.path)
+        if found is None:
+            raise LookupError(f"{self.method} {self.path} has no access rule (tally.access.policy)")
+        return found
+
+
+#: Tokens go as `Authorization: Bearer <token>`, or as the password of Basic auth (for
+#: clients that only speak Basic: Confluent's registry client, Prometheus).
+SECURITY_SCHEMES = {
+    "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+    "basic": {"type": "http", "scheme": "basic", "description": "any user; the token as password"},
+}
+REFUSALS = {
+    401: "no token, or one that is malformed, badly signed, expired or revoked "
+    "(WWW-Authenticate says which)",
+    403: "the token lacks the scope, or the tenant reach, this operation needs",
+    429: "too many requests with this token (TALLY_AUTH_RATE): retry after Retry-After",
+}
+
+
+def secured(operation: dict[str, Any], access: Access, error: dict[str, Any]) -> dict[str, Any]:
+    """The operation with its security requirement, the refusals it may answer, and its rule
+    (`x-tally-access`: scopes and reach, what the access-matrix test is generated from)."""
+    rule = {"scopes": sorted(access.scopes), "reach": access.reach}
+    if access.open:
+        return {**operation, "security": [], "x-tally-access": rule}
+    responses = dict(operation["responses"])
+    for status, description in REFUSALS.items():
+        responses.setdefault(
+            str(status),
+            {
+                "description": description,
+                "content": {"application/json": {"schema": error}},
+            },
+        )
+    return {
+        **operation,
+        "description": f"Access: {access.describe()}.",
+        "security": [{"bearer": []}, {"basic": []}],
+        "responses": responses,
+        "x-tally-access": rule,
+    }
 
 
 #: The schema registry's endpoints (Confluent's API): body and answer shapes, errors.
@@ -371,6 +419,7 @@ def ingest_operation(name: str, summary: str, row_schema: dict[str, Any]) -> Ope
         result=INGEST_RESULT,
         body=ingest_body(json_schema(row_schema)),
         on_ingest_tier=True,
+        route="/api/ingest/{endpoint}",
     )
 
 
@@ -522,6 +571,7 @@ def document(operations: Iterable[Operation] = OPERATIONS) -> dict[str, Any]:
             "description": "Real-time analytics on Faust: ingest, top sellers, server metrics.",
         },
         "paths": paths,
+        "components": {"securitySchemes": SECURITY_SCHEMES},
     }
 
 

@@ -28,16 +28,20 @@ from tally.codecs.registry import (
     FileSchemaRegistry,
     RegistryError,
     SchemaNotFound,
+    SubjectNotFound,
     Version,
     positive_id,
     subject_problem,
 )
 from tally.core.errors import BodyTimeout, UnreadableBody
+from tally.http.access import caller
 from tally.http.hygiene import REGISTRY_MAX_BYTES, read_body, too_large
 
 INVALID_SCHEMA = 42201
 INVALID_VERSION = 42202
 INVALID_LEVEL = 42203
+#: Confluent's code for an operation the caller may not do.
+FORBIDDEN = 40301
 #: Confluent has no codes of its own for these; the HTTP status is used.
 BODY_TOO_LARGE = 413
 BODY_TIMEOUT = 408
@@ -202,7 +206,23 @@ class SubjectVersions(View):
         problem = subject_problem(subject)
         if problem is not None:
             raise Refused(422, INVALID_SCHEMA, problem)
-        return {"id": await asyncio.to_thread(store().register, subject, await schema_in(request))}
+        schema = await schema_in(request)
+        if not caller(request).allows("admin"):  # an ingest token (tally.access.policy)
+            return {"id": await asyncio.to_thread(registered_id, subject, schema)}
+        return {"id": await asyncio.to_thread(store().register, subject, schema)}
+
+
+def registered_id(subject: str, schema: Any) -> int:
+    """The id of a schema the subject holds already; only an admin token registers new ones."""
+    try:
+        return store().lookup(subject, schema).id
+    except (SubjectNotFound, SchemaNotFound):
+        raise Refused(
+            403,
+            FORBIDDEN,
+            f"the subject {subject!r} does not hold this schema, and registering a new one "
+            "needs a token with the admin scope (this one may use schemas already registered)",
+        ) from None
 
 
 @app.page("/registry/subjects/{subject}/versions/{version}")

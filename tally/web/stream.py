@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import aiohttp
-from aiohttp import web
+from aiohttp import hdrs, web
 from faust.web import Request, Response, View
 from mode import Service
 
@@ -50,11 +50,14 @@ class ReadFailed(Unavailable):
         self.status = status
 
 
-async def fetch_local(path: str) -> Answer:
-    """The JSON answer of this worker's own endpoint (which forwards to the key's owner)."""
+async def fetch_local(path: str, credentials: str) -> Answer:
+    """The JSON answer of this worker's own endpoint (which forwards to the key's owner), asked
+    with the stream's clients' credentials: the gate checks them at every poll, so a revoked
+    or expired token ends its streams too."""
+    headers = {hdrs.AUTHORIZATION: credentials} if credentials else {}
     try:
         async with app.http_client.get(
-            local_base_url() + path, timeout=aiohttp.ClientTimeout(total=10)
+            local_base_url() + path, headers=headers, timeout=aiohttp.ClientTimeout(total=10)
         ) as response:
             body = await response.json(content_type=None)
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
@@ -89,6 +92,7 @@ class LiveStreams(Service):
 
     async def serve(self, request: Request, stream: Stream) -> web.StreamResponse:
         """Check the query once (a bad parameter is a 4xx, not a stream), then stream."""
+        stream.credentials = request.headers.get(hdrs.AUTHORIZATION, "")
         try:
             await stream.read(fetch_local)
         except ReadFailed as exc:

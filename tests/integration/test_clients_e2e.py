@@ -28,8 +28,16 @@ from tally.broker.local import LocalBroker
 from tally.codecs.avro import AvroCodec, load_schema
 from tally.core.partitioning import partition_for
 from tests.conftest import WorkerFactory
-from tests.harness import Worker, start_all, wait_until
+from tests.harness import ACCESS, Worker, start_all, wait_until
 from tests.load import ITEMS, METRICS, PARTITIONS, SERVERS, agree, kill_after
+
+
+def registry_client(url: str, token: str = ACCESS.operator_token) -> SchemaRegistryClient:
+    """Confluent's client as its users configure it for a registry behind Basic auth (the
+    token as the password)."""
+    return SchemaRegistryClient(
+        {"url": url, "basic.auth.user.info": f"token:{token}"}
+    )  # fmt: skip
 
 
 class ConfluentLoad:
@@ -42,7 +50,7 @@ class ConfluentLoad:
     ) -> None:
         self.bootstrap = bootstrap
         self.purchase_codec, self.batch_codec = purchases, batches  # to read the topics back
-        client = SchemaRegistryClient({"url": registry_url})
+        client = registry_client(registry_url)
         latest = {"auto.register.schemas": False, "use.latest.version": True}
         self.serialize = AvroSerializer(client, conf=latest)
         self.producer = Producer({"bootstrap.servers": bootstrap})
@@ -170,7 +178,7 @@ def test_confluents_registry_client_and_serializers_against_tallys_registry(
     broker: LocalBroker, make_worker: WorkerFactory
 ) -> None:
     worker = make_worker().start()
-    client = SchemaRegistryClient({"url": worker.url + "/registry"})
+    client = registry_client(worker.url + "/registry")
     # What the worker registered is served as shipped: docs, defaults and all.
     latest = client.get_latest_version("purchases-value")
     assert json.loads(latest.schema.schema_str) == load_schema("purchase")
@@ -227,8 +235,28 @@ def test_confluents_registry_client_and_serializers_against_tallys_registry(
     assert subject not in client.get_subjects()
     assert client.delete_subject(subject, permanent=True) == [1, 2]
     with pytest.raises(SchemaRegistryError) as missing:
-        SchemaRegistryClient({"url": worker.url + "/registry"}).get_latest_version(subject)
+        registry_client(worker.url + "/registry").get_latest_version(subject)
     assert missing.value.error_code == 40401
+
+    # A producer's token (scope ingest) on the serializer's defaults (auto.register.schemas):
+    # "registering" a schema the subject holds gives its id; a new one needs an admin token.
+    producer_client = SchemaRegistryClient(
+        {"url": worker.url + "/registry", "bearer.auth.credentials.source": "STATIC_TOKEN",
+         "bearer.auth.token": ACCESS.token("default", ["ingest"]),
+         "bearer.auth.logical.cluster": "-", "bearer.auth.identity.pool.id": "-"}
+    )  # fmt: skip
+    on_defaults = AvroSerializer(producer_client, json.dumps(load_schema("purchase")))
+    purchase = {"purchase_id": "p1", "item_id": "i1", "quantity": 1, "unit_price_cents": 5,
+                "event_time_ms": 1, "metadata": {}}  # fmt: skip
+    written = on_defaults(purchase, SerializationContext("purchases", MessageField.VALUE))
+    assert written is not None and written[0] == 0  # the wire format's magic byte
+    with pytest.raises(SchemaRegistryError) as refused:
+        producer_client.register_schema("orders-value", Schema(json.dumps(V1), "AVRO"))
+    assert (refused.value.http_status_code, refused.value.error_code) == (403, 40301)
+    assert "admin" in refused.value.error_message
+    with pytest.raises(SchemaRegistryError) as anonymous:
+        SchemaRegistryClient({"url": worker.url + "/registry"}).get_subjects()
+    assert anonymous.value.http_status_code == 401
 
 
 def test_tallys_outputs_read_with_confluents_deserializer(
@@ -237,8 +265,7 @@ def test_tallys_outputs_read_with_confluents_deserializer(
     """Purchases from a default librdkafka producer; the late ones come back on `late-events`
     as they were sent, readable by Confluent's AvroDeserializer."""
     worker = make_worker().start()
-    registry = {"url": worker.url + "/registry"}
-    client = SchemaRegistryClient(registry)
+    client = registry_client(worker.url + "/registry")
     serialize = AvroSerializer(
         client, conf={"auto.register.schemas": False, "use.latest.version": True}
     )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import struct
-import urllib.request
 from importlib import resources
 
 from tally.broker.local import LocalBroker
@@ -13,7 +12,7 @@ from tally.codecs.registry import HttpSchemaRegistry
 from tally.core.deadletters import DeadLetter
 from tally.feed import metric_batches, purchases
 from tests.conftest import WorkerFactory
-from tests.harness import consume, headers_of, produce, wait_until
+from tests.harness import ACCESS, consume, headers_of, produce, wait_until
 
 HOUR_MS = 3_600_000
 T0 = 1_790_000_000_000 - 1_790_000_000_000 % HOUR_MS  # an hour boundary in 2026
@@ -104,7 +103,7 @@ def test_bad_messages_become_dead_letters_and_the_agent_keeps_going(
     assert reasons["negative quantity"].rule == "out_of_range"
     assert "quantity" in reasons["negative quantity"].reason
     assert worker.process is not None and worker.process.poll() is None, "worker died"
-    metrics = urllib.request.urlopen(worker.url + "/metrics").read().decode()
+    metrics = worker.text("/metrics")
     assert 'tally_events_total{outcome="rejected",topic="purchases"} 4.0' in metrics
     assert 'tally_events_total{outcome="counted",topic="purchases"} 2.0' in metrics
     assert 'tally_dead_letters_total{destination="dead-letters",rule="schema"} 1.0' in metrics
@@ -166,7 +165,10 @@ def test_http_registry_client_against_the_worker_and_schema_evolution(
     broker: LocalBroker, make_worker: WorkerFactory, purchase_codec: AvroCodec
 ) -> None:
     worker = make_worker().start()
-    client = HttpSchemaRegistry(worker.url + "/registry")
+    # Credentials in the URL, as Basic auth (a Tally registry takes a token as the password).
+    client = HttpSchemaRegistry(
+        f"http://token:{ACCESS.operator_token}@127.0.0.1:{worker.port}/registry"
+    )
     assert {"purchases-value", "metric-samples-value"} <= set(client.subjects())
     assert client.schema(purchase_codec.schema_id) == load_schema("purchase")  # as registered
 

@@ -297,7 +297,7 @@ def request(
     import urllib.request
 
     started = time.monotonic()
-    call = urllib.request.Request(worker.url + path, data=body, method=method, headers=headers)
+    call = worker.request(path, headers, data=body, method=method)
     try:
         with urllib.request.urlopen(call, timeout=60) as response:
             status, raw = response.status, response.read()
@@ -529,7 +529,12 @@ def test_when_the_broker_is_gone_the_worker_says_so_stays_quiet_and_stops_in_tim
     worker = make_worker().start()
     row = json.dumps([purchase_row(1, "item-1", 1, now_ms())]).encode()
     assert worker.post("/api/ingest/purchases", row)[0] == 202
-    env = {**os.environ, **worker.env, "TALLY_WEB_PORT": str(worker.port)}
+    env = {
+        **os.environ,
+        **worker.env,
+        "TALLY_WEB_PORT": str(worker.port),
+        "TALLY_TOKEN": worker.token,
+    }
     feed = subprocess.Popen(
         [sys.executable, "-m", "tally", "feed", "sales", "--rate", "50"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

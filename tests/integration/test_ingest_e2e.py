@@ -23,7 +23,7 @@ from tally.codecs.avro import AvroCodec
 from tally.core.clock import now_ms
 from tally.core.deadletters import DeadLetter
 from tests.conftest import WorkerFactory
-from tests.harness import Worker, consume, headers_of, purchase_row, wait_until
+from tests.harness import ACCESS, Worker, consume, headers_of, purchase_row, wait_until
 from tests.strategies import mutated
 
 ITEMS = [f"item-{n:02d}" for n in range(12)]
@@ -227,6 +227,7 @@ def test_tally_agent_posts_batches_that_the_worker_rolls_up(
             sys.executable, "-m", "tally", "agent",
             "--servers", "4", "--metrics", "2", "--interval", "1s", "--resolution", "250ms",
             "--rounds", "3", "--url", worker.url,
+            "--token", ACCESS.token("default", ["ingest"]),  # a producer's: ingest only
         ],
         capture_output=True, text=True, timeout=120, env=worker_env(worker),
     )  # fmt: skip
@@ -305,6 +306,7 @@ def test_fuzzing_finds_no_5xx_and_every_rejected_row_is_accounted_for(
             "--request-timeout", "30", "--no-color",
             # A live stream does not end while the client listens (test_live_e2e covers them).
             "--exclude-path-regex", "^/api/stream/",
+            "--header", f"Authorization: Bearer {worker.token}",
         ],
         capture_output=True, text=True, timeout=900,
     )  # fmt: skip

@@ -279,10 +279,18 @@ def test_dashboard_in_headless_chromium_shows_the_live_top_10(make_worker: Worke
             ],
         )
         try:
+            anonymous = browser.new_page()
+            anonymous.goto(worker.url + "/")  # no token: the page asks for one
+            anonymous.locator("#token-form").wait_for(state="visible", timeout=10_000)
+            assert "tally tokens issue" in anonymous.locator("#token-reason").inner_text()
+            anonymous.close()
+
             page = browser.new_page(viewport={"width": 1400, "height": 800})
             page.on("console", lambda m: m.type in ("error", "warning") and problems.append(m.text))
             page.on("pageerror", lambda exc: problems.append(str(exc)))
-            page.goto(worker.url + "/")
+            page.goto(f"{worker.url}/#token={worker.token}")
+            assert "token=" not in page.url  # taken out of the address bar
+            assert page.locator("#token-form").is_hidden()
             expected = wait_until(lambda: worker.get("/api/sales/top")["items"], 10, what="top")
             rows = page.locator("#top-list li")
             wait_until(lambda: rows.count() == 10, 10, what="10 rows on the page")

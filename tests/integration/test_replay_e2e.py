@@ -121,7 +121,7 @@ class Poller:
     """GETs one query on one worker every 50 ms from a thread, remembering each answer."""
 
     def __init__(self, worker: Worker, path: str) -> None:
-        self.url = worker.url + path
+        self.request = worker.request(path)
         self.seen: list[Seen] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -137,7 +137,7 @@ class Poller:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                with urllib.request.urlopen(self.url, timeout=10) as response:
+                with urllib.request.urlopen(self.request, timeout=10) as response:
                     generation = response.headers.get("Tally-Generation")
                     body = json.loads(response.read())
                     self.seen.append(Seen(time.monotonic(), 200, generation, body))

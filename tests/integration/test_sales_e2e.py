@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 import re
 import time
-import urllib.request
 from collections import Counter, defaultdict
 from itertools import islice
 
@@ -81,7 +80,8 @@ def cached_answer_is_revalidated(first: Worker, second: Worker, path: str) -> st
     requests (a heartbeat republishes it): then they are tried again. Returns the ETag."""
     for _ in range(5):
         status, headers, body = first.fetch(path)
-        assert status == 200 and body and headers["Cache-Control"] == "public, max-age=1"
+        assert status == 200 and body and headers["Cache-Control"] == "max-age=1"
+        assert headers["Vary"] == "Authorization"  # the caller's answer, never another's
         etag = headers["ETag"]
         repeats = [worker.fetch(path, {"If-None-Match": etag}) for worker in (first, second)]
         if all(status == 304 for status, _, _ in repeats):
@@ -254,8 +254,7 @@ def test_purchases_queued_while_the_worker_was_down_are_not_late(
         produce(broker.bootstrap, "purchases", [(item.encode(), purchase_codec.dumps(record))])
 
     def outcomes() -> dict[str, float]:
-        with urllib.request.urlopen(worker.url + "/metrics", timeout=5) as response:
-            text = response.read().decode()
+        text = worker.text("/metrics")
         found = re.findall(r'tally_events_total\{outcome="(\w+)",topic="purchases"\} (\S+)', text)
         return {outcome: float(n) for outcome, n in found}
 

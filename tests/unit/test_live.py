@@ -168,7 +168,7 @@ class FakeQueries:
         self.asked: list[str] = []
         self.down: str | None = None
 
-    async def __call__(self, path: str) -> Answer:
+    async def __call__(self, path: str, credentials: str = "") -> Answer:
         self.asked.append(path)
         if self.down:
             raise Unavailable(self.down)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from tally.access.policy import access_of
 from tally.broker.watch import BrokerWatch
 from tally.dlq import DeadLetterWatch
 from tally.ingest.http import make_gateway
 from tally.web.ingest_tier import INGEST_TIER, ingest_application
-from tally.web.openapi import OPERATIONS
+from tally.web.openapi import OPERATIONS, document
 
 
 def routes(router) -> set[tuple[str, str]]:  # type: ignore[no-untyped-def]
@@ -39,9 +40,35 @@ def test_every_worker_route_is_documented() -> None:
     assert each_ingest_endpoint(served) == documented(OPERATIONS)
 
 
-def test_every_ingest_tier_route_is_documented() -> None:
-    from tally.app import body_limits, settings
+def ingest_tier_routes() -> set[tuple[str, str]]:
+    from tally.app import body_limits, gate, settings
 
     gateway = make_gateway(settings, BrokerWatch(["x:1"]))
-    application = ingest_application(gateway, DeadLetterWatch(["x:1"]), body_limits(settings), 15)
-    assert each_ingest_endpoint(routes(application.router)) == documented(INGEST_TIER)
+    application = ingest_application(
+        gateway, DeadLetterWatch(["x:1"]), body_limits(settings), 15, gate
+    )
+    return routes(application.router)
+
+
+def test_every_ingest_tier_route_is_documented() -> None:
+    assert each_ingest_endpoint(ingest_tier_routes()) == documented(INGEST_TIER)
+
+
+def test_every_route_has_an_access_rule_and_the_document_declares_it() -> None:
+    """A route without a rule would be refused by the gate (never open by omission); the
+    document states every rule, the one the gate applies."""
+    from tally.app import app
+
+    app.discover()
+    app.web.init_server()
+    served = routes(app.web.web_app.router) | ingest_tier_routes()
+    assert [route for route in sorted(served) if access_of(*route) is None] == []
+    paths = document()["paths"]
+    for op in OPERATIONS:
+        declared = paths[op.path][op.method]
+        rule = access_of(op.method, op.route or op.path)
+        assert rule is not None
+        assert declared["x-tally-access"] == {"scopes": sorted(rule.scopes), "reach": rule.reach}
+        assert declared["security"] == ([] if rule.open else [{"bearer": []}, {"basic": []}])
+        if not rule.open:
+            assert {"401", "403", "429"} <= set(declared["responses"])

@@ -2,6 +2,7 @@
 // /api/stream/sales/top        → snapshot, then `top` (open window, provisional), `final`
 // /api/stream/servers/{id}     → snapshot, then `meta` and `point` (per minute, provisional|final)
 // /api/stream/metrics/{id}     → the same for one metric across all servers
+// Every request carries the caller's bearer token (given in the link's #token=, or pasted).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -10,24 +11,113 @@ const clock = (iso) => (iso ? new Date(iso).toISOString().slice(11, 19) + "Z" : 
 const stamp = (iso) => (iso ? new Date(iso).toISOString().replace("T", " ").slice(0, 19) + "Z" : "–");
 const ago = (iso) => (iso ? `${Math.max(0, Math.round((Date.now() - Date.parse(iso)) / 1000))} s ago` : "–");
 
+// --- the caller's token: from the link (#token=…, never sent to a server) or asked for -------
+const TOKEN_KEY = "tally.token";
+function takeTokenFromLink() {
+  const found = /(?:^#|&)token=([^&]+)/.exec(location.hash);
+  if (!found) return;
+  sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(found[1]));
+  history.replaceState(null, "", location.pathname + location.search); // out of the address bar
+}
+const token = () => sessionStorage.getItem(TOKEN_KEY) || "";
+function askForToken(reason) {
+  $("token-reason").textContent = reason;
+  $("token-form").hidden = false;
+}
+$("token-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  sessionStorage.setItem(TOKEN_KEY, $("token").value.trim());
+  location.reload();
+});
+
 // --- connection pill: live while every open stream is connected ---------------------------
+// Streams are read with fetch (EventSource cannot send a token): server-sent events parsed
+// here, reconnecting after the server's `retry` with Last-Event-ID, as EventSource would.
+const CONNECTING = 0, OPEN = 1, CLOSED = 2;
 const streams = new Set();
 function showConnection() {
   const pill = $("connection");
   const all = [...streams];
-  const live = all.length > 0 && all.every((s) => s.readyState === EventSource.OPEN);
-  const closed = all.some((s) => s.readyState === EventSource.CLOSED);
+  const live = all.length > 0 && all.every((s) => s.readyState === OPEN);
+  const closed = all.some((s) => s.readyState === CLOSED);
   pill.textContent = live ? "live" : closed ? "disconnected (reload the page)" : "reconnecting…";
   pill.className = "pill " + (live ? "live" : "down");
 }
-function listen(url, handlers) {
-  const source = new EventSource(url);
-  streams.add(source);
-  source.onopen = showConnection;
-  source.onerror = showConnection;
-  for (const [event, handle] of Object.entries(handlers)) {
-    source.addEventListener(event, (e) => { handle(JSON.parse(e.data)); showConnection(); });
+
+class TokenEventSource {
+  constructor(url, handlers, onRefused) {
+    Object.assign(this, { url, handlers, onRefused, readyState: CONNECTING, lastId: "", retry: 2000 });
+    this.controller = new AbortController();
+    this.connect();
   }
+  async connect() {
+    const headers = { Accept: "text/event-stream" };
+    if (token()) headers.Authorization = `Bearer ${token()}`;
+    if (this.lastId) headers["Last-Event-ID"] = this.lastId;
+    try {
+      const response = await fetch(this.url, { headers, signal: this.controller.signal });
+      if (response.status === 401 || response.status === 403) {
+        const body = await response.json().catch(() => ({}));
+        this.close();
+        this.onRefused(response.status, body.error || `HTTP ${response.status}`);
+        return;
+      }
+      if (!response.ok || !response.body) throw new Error(`HTTP ${response.status}`);
+      this.readyState = OPEN;
+      showConnection();
+      await this.read(response.body.getReader());
+    } catch (error) {
+      if (this.readyState === CLOSED) return;
+    }
+    if (this.readyState === CLOSED) return;
+    this.readyState = CONNECTING;
+    showConnection();
+    setTimeout(() => this.readyState !== CLOSED && this.connect(), this.retry);
+  }
+  async read(reader) {
+    const decoder = new TextDecoder();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      buffer += decoder.decode(value, { stream: true }).replace(/\r\n?/g, "\n");
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        this.dispatch(buffer.slice(0, end));
+        buffer = buffer.slice(end + 2);
+      }
+    }
+  }
+  dispatch(block) {
+    let event = "message", data = [];
+    for (const line of block.split("\n")) {
+      if (!line || line.startsWith(":")) continue;
+      const colon = line.indexOf(":");
+      const field = colon < 0 ? line : line.slice(0, colon);
+      const value = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+      if (field === "event") event = value;
+      else if (field === "data") data.push(value);
+      else if (field === "id") this.lastId = value;
+      else if (field === "retry" && /^\d+$/.test(value)) this.retry = Number(value);
+    }
+    const handle = this.handlers[event];
+    if (handle && data.length) { handle(JSON.parse(data.join("\n"))); showConnection(); }
+  }
+  close() {
+    this.readyState = CLOSED;
+    this.controller.abort();
+  }
+}
+
+function listen(url, handlers, statusElement) {
+  const refused = (status, reason) => {
+    stopListening(source);
+    showStatus(statusElement, { ok: false, reason });
+    if (status === 401) askForToken(reason);
+    showConnection();
+  };
+  const source = new TokenEventSource(url, handlers, refused);
+  streams.add(source);
   return source;
 }
 function stopListening(source) {
@@ -92,12 +182,14 @@ function addFinal(answer) {
   $("final-list").prepend(entry);
 }
 
+takeTokenFromLink();
+if (!token()) askForToken("this dashboard needs a token: paste one (`tally tokens issue`)");
 listen("/api/stream/sales/top", {
   snapshot: renderTop,
   top: renderTop,
   final: addFinal,
   status: (s) => showStatus($("top-status"), s),
-});
+}, $("top-status"));
 
 // --- metrics: one server's (or metric's) minutes as a band and a line ---------------------
 let seriesSource = null;
@@ -135,7 +227,7 @@ function follow() {
       scheduleDraw();
     },
     status: (s) => showStatus($("series-status"), s),
-  });
+  }, $("series-status"));
   $("series").hidden = mode !== "server";
 }
 

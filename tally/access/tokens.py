@@ -1,0 +1,231 @@
+"""Bearer tokens: JWTs whose claims say who calls (`sub`), for which tenant (`tenant`, `*` for
+operators), what they may do (`scope`), until when (`exp`) and under which id they can be
+revoked (`jti`).
+
+Tokens are verified with joserfc against a key ring: the deployment's own Ed25519 signing key
+(a JWK file that `tally tokens issue` creates on first use) and/or a JSON Web Key Set from an
+identity provider (a file or URL), so tokens an existing provider issues work unchanged. A
+verified token is remembered (a signature check costs ~0.1 ms, a lookup ~1 µs); expiry and
+revocation are checked on every use.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+import urllib.request
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from joserfc import jws, jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet, OKPKey
+
+from tally.core.limits import TENANT_PATTERN
+
+#: What a token may allow: send rows, read answers, administer (registry writes), scrape.
+SCOPES = ("ingest", "read", "admin", "metrics")
+#: The tenant claim of an operator: every tenant's data and the site-wide views.
+OPERATOR = "*"
+#: Signature algorithms taken: Ed25519 (Tally's own; EdDSA is its older name) and what
+#: identity providers sign with. Never "none", never a shared-secret HMAC.
+ALGORITHMS = ["Ed25519", "EdDSA", "RS256", "ES256"]
+#: The algorithm Tally signs its own tokens with (RFC 9864).
+SIGNING_ALGORITHM = "Ed25519"
+#: Verified tokens remembered; the least recently used is forgotten first.
+REMEMBERED_TOKENS = 10_000
+#: Longest token read (a JWT of a provider with many claims is a few kB).
+MAX_TOKEN_BYTES = 8192
+
+
+class TokenRefused(Exception):
+    """The request's credentials do not identify anyone; the message says why, for a person."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A verified caller."""
+
+    subject: str
+    tenant: str
+    scopes: frozenset[str]
+    expires_at: float  # epoch seconds
+    token_id: str
+
+    @property
+    def operator(self) -> bool:
+        return self.tenant == OPERATOR
+
+    def allows(self, scope: str) -> bool:
+        return scope in self.scopes
+
+
+def parse_scopes(text: str) -> frozenset[str]:
+    """'read,ingest' or 'read ingest' (OAuth's space-separated form) → the scopes; unknown ones
+    are an error, so a typo never silently grants less."""
+    names = frozenset(part for part in re.split(r"[\s,]+", text) if part)
+    unknown = sorted(names - set(SCOPES))
+    if unknown or not names:
+        raise ValueError(
+            f"{', '.join(unknown) or 'no scope'} is not a scope; list some of {', '.join(SCOPES)}"
+        )
+    return names
+
+
+def check_tenant(tenant: str) -> str:
+    if tenant != OPERATOR and not TENANT_PATTERN.fullmatch(tenant):
+        raise ValueError(
+            f"tenant {tenant[:70]!r} is not a tenant name: 1 to 64 letters, digits, '.', '_' "
+            f"or '-', starting with a letter or digit (or {OPERATOR} for an operator)"
+        )
+    return tenant
+
+
+def identity_of(claims: Mapping[str, Any], now: float) -> Identity:
+    """The caller a verified token's claims name; TokenRefused when a claim is missing or
+    unusable, or the token is not valid at `now`."""
+    for claim in ("sub", "tenant", "scope", "exp", "jti"):
+        if claim not in claims:
+            raise TokenRefused(f"the token has no {claim!r} claim")
+    expires, not_before = claims["exp"], claims.get("nbf", 0)
+    if not isinstance(expires, int | float) or not isinstance(not_before, int | float):
+        raise TokenRefused("the token's 'exp' and 'nbf' must be numbers (epoch seconds)")
+    if expires <= now:
+        raise TokenRefused("the token has expired; ask for a new one")
+    if not_before > now + 60:
+        raise TokenRefused("the token is not valid yet ('nbf' is in the future)")
+    scope, subject, tenant, token_id = (
+        claims["scope"],
+        claims["sub"],
+        claims["tenant"],
+        claims["jti"],
+    )
+    if not all(isinstance(value, str) for value in (scope, subject, tenant, token_id)):
+        raise TokenRefused("the token's 'sub', 'tenant', 'scope' and 'jti' must be strings")
+    try:
+        return Identity(subject, check_tenant(tenant), parse_scopes(scope), expires, token_id)
+    except ValueError as exc:
+        raise TokenRefused(f"the token's claims are unusable: {exc}") from None
+
+
+def load_key_set(source: str) -> KeySet:
+    """A JSON Web Key Set from a file path or an http(s) URL (an identity provider's)."""
+    try:
+        if source.startswith(("http://", "https://")):
+            with urllib.request.urlopen(source, timeout=10) as answer:
+                text = answer.read().decode()
+        else:
+            text = Path(source).read_text()
+        return KeySet.import_key_set(json.loads(text))
+    except (OSError, ValueError, JoseError) as exc:
+        raise ValueError(f"cannot read a JSON Web Key Set from {source}: {exc}") from exc
+
+
+def signing_key(path: Path, create: bool) -> OKPKey | None:
+    """The deployment's own Ed25519 key (a private JWK, readable by its owner only), created
+    when missing and `create`; None when missing and not `create`."""
+    try:
+        return OKPKey.import_key(json.loads(path.read_text()))
+    except FileNotFoundError:
+        if not create:
+            return None
+    except (OSError, ValueError, JoseError) as exc:
+        raise ValueError(f"{path} is not a usable signing key: {exc}") from exc
+    key = OKPKey.generate_key("Ed25519", parameters={"kid": uuid.uuid4().hex[:16]})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:  # two processes creating it at once: the first one's key wins
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return signing_key(path, create=False)
+    with os.fdopen(descriptor, "w") as file:
+        json.dump(key.as_dict(private=True), file)
+    return key
+
+
+def public_key(key: OKPKey) -> OKPKey:
+    return OKPKey.import_key(key.as_dict(private=False))
+
+
+def public_key_set(keys: Iterable[Any]) -> dict[str, Any]:
+    """The public halves of `keys`, as a JWKS document (what other deployments verify with)."""
+    return {"keys": [key.as_dict(private=False) for key in keys]}
+
+
+def issue(
+    key: OKPKey, subject: str, tenant: str, scopes: frozenset[str], lifetime_s: float
+) -> tuple[str, dict[str, Any]]:
+    """A signed token and its claims."""
+    now = int(time.time())
+    claims = {
+        "sub": subject,
+        "tenant": check_tenant(tenant),
+        "scope": " ".join(s for s in SCOPES if s in scopes),
+        "iat": now,
+        "exp": now + int(lifetime_s),
+        "jti": uuid.uuid4().hex,
+    }
+    header = {"alg": SIGNING_ALGORITHM, "kid": key.kid, "typ": "JWT"}
+    return jwt.encode(header, claims, key, algorithms=[SIGNING_ALGORITHM]), claims
+
+
+class KeyRing:
+    """The keys tokens are verified with, by key id, and the tokens verified so far."""
+
+    def __init__(self, keys: Iterable[Any]) -> None:
+        self.keys = list(keys)
+        self._verified: OrderedDict[str, Identity] = OrderedDict()
+
+    def candidates(self, token: str) -> list[Any]:
+        try:
+            header = jws.extract_compact(token.encode()).headers()
+        except (JoseError, ValueError, UnicodeError):
+            raise TokenRefused("the token is not a JWT (header.payload.signature)") from None
+        kid = header.get("kid")
+        found = [key for key in self.keys if kid is None or key.kid == kid]
+        if not found:
+            raise TokenRefused(f"the token was signed with a key this service does not know "
+                               f"(kid {str(kid)[:40]!r})")  # fmt: skip
+        return found
+
+    def verify(self, token: str, now: float | None = None) -> Identity:
+        """The identity a token carries, or TokenRefused saying why not."""
+        now = time.time() if now is None else now
+        known = self._verified.get(token)
+        if known is not None:
+            self._verified.move_to_end(token)
+            if known.expires_at <= now:
+                raise TokenRefused("the token has expired; ask for a new one")
+            return known
+        if len(token) > MAX_TOKEN_BYTES:
+            raise TokenRefused(f"the token is longer than {MAX_TOKEN_BYTES} bytes")
+        claims = self.signed_claims(token)
+        identity = identity_of(claims, now)
+        self._verified[token] = identity
+        if len(self._verified) > REMEMBERED_TOKENS:
+            self._verified.popitem(last=False)
+        return identity
+
+    def signed_claims(self, token: str) -> dict[str, Any]:
+        failure = "the token's signature does not match"
+        for key in self.candidates(token):
+            try:
+                return dict(jwt.decode(token, key, algorithms=ALGORITHMS).claims)
+            except JoseError as exc:
+                failure = describe(exc)
+        raise TokenRefused(failure)
+
+
+def describe(exc: JoseError) -> str:
+    """joserfc's error as a sentence."""
+    kind = type(exc).__name__
+    if kind == "BadSignatureError":
+        return "the token's signature does not match (signed with another key, or altered)"
+    if kind == "UnsupportedAlgorithmError":
+        return f"the token's algorithm is not taken here; use one of {', '.join(ALGORITHMS)}"
+    return f"the token cannot be read ({exc.error}: {exc.description or 'malformed'})"

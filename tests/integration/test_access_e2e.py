@@ -1,0 +1,217 @@
+"""Access control end to end: real workers, the real broker, real HTTP.
+
+- The access matrix is generated from the OpenAPI document the worker serves: every operation
+  by {no token, malformed, bad signature, expired, revoked, wrong scope, another tenant's token,
+  a good one} gets the status its declared rule (`x-tally-access`) says.
+- A revocation (`tally tokens revoke`, the real command) is refused by every worker within 2 s.
+- A request forwarded to the key's owner acts for its caller only: extra or changed headers
+  do not make it act for anyone else, and no token is no answer, wherever the key lives.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+from joserfc import jwt
+from joserfc.jwk import OKPKey
+
+from tally.access.tokens import OPERATOR, SCOPES, SIGNING_ALGORITHM
+from tally.core.clock import now_ms
+from tests.conftest import WorkerFactory
+from tests.harness import ACCESS, Worker, bearer, start_all, wait_until
+
+#: A value for each path parameter: keys that exist nowhere (nothing is changed by a call).
+PATH_VALUES = {
+    "{server_id}": "web-1",
+    "{metric_id}": "cpu",
+    "{item_id}": "item-1",
+    "{subject}": "matrix-subject",
+    "{version}": "1",
+    "{schema_id}": "1",
+    "{name}": "dashboard.js",
+}
+REFUSED = {401, 403}
+
+
+def concrete(path: str) -> str:
+    for name, value in PATH_VALUES.items():
+        path = path.replace(name, value)
+    return path
+
+
+def status_of(worker: Worker, method: str, path: str, headers: dict[str, str]) -> int:
+    """The status only (a live stream answers its headers, then is closed unread)."""
+    body = b"{}" if method in ("post", "put") else None
+    request = urllib.request.Request(
+        worker.url + path,
+        data=body,
+        method=method.upper(),
+        headers={"Content-Type": "application/json", **headers},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=15) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def signed_with_another_key() -> str:
+    stranger = OKPKey.generate_key("Ed25519", parameters={"kid": ACCESS.key.kid})
+    claims = {"sub": "x", "tenant": OPERATOR, "scope": " ".join(SCOPES), "jti": "forged",
+              "exp": int(time.time()) + 600}  # fmt: skip
+    return jwt.encode(
+        {"alg": SIGNING_ALGORITHM, "kid": stranger.kid}, claims, stranger, [SIGNING_ALGORITHM]
+    )
+
+
+def tally_command(worker: Worker, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tally", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **worker.env},
+    )
+
+
+def revoke(worker: Worker, token: str) -> None:
+    revoked = tally_command(worker, "tokens", "revoke", token)
+    assert revoked.returncode == 0, revoked.stderr
+
+
+def test_every_operation_answers_each_kind_of_caller_as_its_rule_says(
+    make_worker: WorkerFactory,
+) -> None:
+    # A low rate, so the limit is seen too; the matrix itself spends one request per token.
+    worker = make_worker(TALLY_AUTH_RATE="5").start()
+    document = worker.get("/api/openapi.json")
+    assert "bearer" in document["components"]["securitySchemes"]
+    revoked = ACCESS.token(OPERATOR, SCOPES)
+    revoke(worker, revoked)
+    wait_until(
+        lambda: status_of(worker, "get", "/metrics", bearer(revoked)) == 401, 10, what="revoked"
+    )
+    checked = 0
+    for route, operations in document["paths"].items():
+        path = concrete(route)
+        for method, operation in operations.items():
+            rule = operation["x-tally-access"]
+            scopes, reach = set(rule["scopes"]), rule["reach"]
+            where = f"{method.upper()} {path}"
+            if not scopes:
+                assert operation["security"] == []
+                assert status_of(worker, method, path, {}) not in REFUSED, where
+                checked += 1
+                continue
+            assert {"401", "403", "429"} <= set(operation["responses"]), where
+            unscoped = sorted(set(SCOPES) - scopes)
+            cases = {
+                "no token": ({}, 401),
+                "malformed": ({"Authorization": "Bearer not.a.token"}, 401),
+                "not a bearer": ({"Authorization": "Digest abc"}, 401),
+                "bad signature": (bearer(signed_with_another_key()), 401),
+                "expired": (bearer(ACCESS.token(OPERATOR, SCOPES, lifetime_s=-1)), 401),
+                "revoked": (bearer(revoked), 401),
+                "wrong scope": (bearer(ACCESS.token(OPERATOR, unscoped)), 403),
+                "another tenant": (
+                    bearer(ACCESS.token("other-tenant", scopes)),
+                    None if reach == "shared" else 403,
+                ),
+                "a good token": (bearer(ACCESS.token(OPERATOR, scopes)), None),
+            }
+            for case, (headers, expected) in cases.items():
+                got = status_of(worker, method, path, headers)
+                if expected is None:
+                    assert got not in REFUSED and got < 500, (where, case, got)
+                else:
+                    assert got == expected, (where, case, got)
+                checked += 1
+    assert checked > 150
+    token = ACCESS.token(OPERATOR, ["read"])
+    statuses = [status_of(worker, "get", "/api/sales/top", bearer(token)) for _ in range(30)]
+    assert 429 in statuses, statuses  # TALLY_AUTH_RATE=5: a burst of 10, then 5 a second
+    assert worker.get_status("/api/health")[0] == 200
+
+
+def test_a_revocation_reaches_every_worker_within_two_seconds(make_worker: WorkerFactory) -> None:
+    first, second = start_all(make_worker("w1"), make_worker("w2"))
+    token = ACCESS.token("default", ["read"])
+    path = "/api/servers/web-1/summary"
+    for worker in (first, second):
+        assert status_of(worker, "get", path, bearer(token)) == 200
+    revoke(first, token)
+    acknowledged = time.monotonic()
+    refused_after = {}
+    while len(refused_after) < 2 and time.monotonic() - acknowledged < 10:
+        for worker in (first, second):
+            if (
+                worker.url not in refused_after
+                and status_of(worker, "get", path, bearer(token)) == 401
+            ):
+                refused_after[worker.url] = time.monotonic() - acknowledged
+        time.sleep(0.05)
+    assert len(refused_after) == 2 and max(refused_after.values()) <= 2.0, refused_after
+    other = ACCESS.token("default", ["read"])  # other tokens are untouched
+    assert status_of(second, "get", path, bearer(other)) == 200
+
+
+def twice_authorized(worker: Worker, server: str, good: str) -> int:
+    """A request with two Authorization headers, a good one and another tenant's."""
+    connection = http.client.HTTPConnection("127.0.0.1", worker.port, timeout=15)
+    try:
+        connection.putrequest("GET", f"/api/servers/{server}/summary")
+        connection.putheader("Authorization", good)
+        connection.putheader("Authorization", f"Bearer {ACCESS.token('other-tenant', ['read'])}")
+        connection.endheaders()
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+def test_a_forwarded_request_acts_for_its_caller_only(make_worker: WorkerFactory) -> None:
+    first, second = start_all(make_worker("w1"), make_worker("w2"))
+    servers = [f"web-{n}" for n in range(12)]  # their keys live on both workers
+    wall = now_ms()
+    rows = [{"server_id": s, "metric_id": "cpu", "ts_ms": wall, "value": 1.0} for s in servers]
+    status, answer, _ = first.post("/api/ingest/metrics", json.dumps(rows).encode())
+    assert status == 202 and answer["rejected"] == 0, answer
+    reader = bearer(ACCESS.token("default", ["read"]))
+    stranger = bearer(ACCESS.token("other-tenant", ["read"]))
+    forged_headers = {
+        "Tally-Forwarded-By-Generation": "1",
+        "X-Forwarded-For": "127.0.0.1",
+        "X-Tally-Tenant": "default",
+        "Tally-Tenant": "default",
+        "X-Forwarded-User": "operator",
+    }
+
+    def summary(worker: Worker, server: str, headers: dict[str, str]) -> tuple[int, Any]:
+        request = urllib.request.Request(
+            f"{worker.url}/api/servers/{server}/summary", headers=headers
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=15) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    def counted(worker: Worker, server: str) -> bool:
+        status, body = summary(worker, server, reader)
+        return status == 200 and body.get("metrics", {}).get("cpu", {}).get("count") == 1
+
+    for server in servers:  # from either worker, whichever owns the key
+        wait_until(lambda server=server: counted(first, server), 30, what=server)
+        assert counted(second, server)
+        for worker in (first, second):
+            assert summary(worker, server, {})[0] == 401
+            assert summary(worker, server, {**stranger, **forged_headers})[0] == 403
+            assert summary(worker, server, forged_headers)[0] == 401
+            assert twice_authorized(worker, server, reader["Authorization"]) == 401
