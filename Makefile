@@ -62,11 +62,12 @@ lint: $(STAMP)
 bench: $(BENCH_STAMP) $(WRK) $(NGINX)
 	$(BIN)/python -m bench
 
-## bench-more: the archive, ingest, hostile-input, live-stream, forwarding, failover
-## and cell-cache-size benchmarks.
-bench-more: $(STAMP)
+## bench-more: the archive, ingest, access-control, hostile-input, live-stream, forwarding,
+## failover and cell-cache-size benchmarks.
+bench-more: $(STAMP) $(WRK)
 	$(BIN)/python -m bench.archive
 	$(BIN)/python -m bench.ingest
+	$(BIN)/python -m bench.access
 	$(BIN)/python -m bench.hostile
 	$(BIN)/python -m bench.live
 	$(BIN)/python -m bench.routing

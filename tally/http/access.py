@@ -71,7 +71,7 @@ class Refusal(Exception):
 
 
 def unauthenticated(message: str, error: str = "invalid_token") -> Refusal:
-    quoted = message.replace('"', "'")
+    quoted = message.encode("ascii", "backslashreplace").decode().replace('"', "'")
     return Refusal(401, message, f'{REALM}, error="{error}", error_description="{quoted}"')
 
 

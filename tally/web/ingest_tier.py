@@ -43,10 +43,15 @@ def ingest_application(
         return web.json_response(index_body)
 
     async def health(request: web.Request) -> web.Response:
-        """Ready when the broker takes connections: a load balancer then routes here."""
+        """Ready when the broker takes connections and the revoked tokens are read: a load
+        balancer then routes here."""
         if not gateway.watch.reachable:
             return web.json_response(
                 {"status": "unavailable", "reason": gateway.watch.reason}, status=503
+            )
+        if not gate.revocations.loaded:
+            return web.json_response(
+                {"status": "starting", "reason": "reading the revoked tokens"}, status=503
             )
         return web.json_response({"status": "ready", "role": "ingest"})
 
