@@ -206,7 +206,7 @@ app = TallyApp(
     TableManager="tally.runtime.restore:RestoringTableManager",
     web="tally://",
     web_application_options=application_options(
-        body_limits(settings), settings.http_header_timeout_seconds, [gate.middleware]
+        body_limits(settings), settings.http_header_timeout_seconds, gate.admit
     ),
     datadir=str(settings.data_dir),
     web_bind=settings.web_host,

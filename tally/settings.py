@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tally.core.errors import ConfigurationError
-from tally.core.limits import TENANT_PATTERN
+from tally.core.limits import DEFAULT_TENANT, TENANT_PATTERN
 
 #: Broker URL schemes and what they mean. `tansu` = the local broker, with the compatibility shim.
 BROKER_SCHEMES = ("tansu", "kafka")
@@ -431,7 +431,7 @@ class Settings:
     )
     default_tenant: str = _env_field(
         "TALLY_DEFAULT_TENANT",
-        "default",
+        DEFAULT_TENANT,
         "The tenant whose data this deployment holds: rows written without a tenant are its.",
         _tenant,
     )

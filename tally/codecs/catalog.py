@@ -5,7 +5,7 @@ tools use it without building the app.
 
 from __future__ import annotations
 
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -49,7 +49,13 @@ def open_registry(settings: Settings) -> SchemaRegistry:
 
 @cache
 def purchase_codec() -> AvroCodec:
-    return AvroCodec(registry(), "purchases-value", load_schema("purchase"), validate_purchase)
+    held = current_settings().default_tenant
+    return AvroCodec(
+        registry(),
+        "purchases-value",
+        load_schema("purchase"),
+        partial(validate_purchase, held_tenant=held),
+    )
 
 
 @cache
@@ -65,6 +71,10 @@ def purchases_topic_codec() -> RecordTypeCodec:
 
 @cache
 def metric_batch_codec() -> AvroCodec:
+    held = current_settings().default_tenant
     return AvroCodec(
-        registry(), "metric-samples-value", load_schema("metric_batch"), validate_metric_batch
+        registry(),
+        "metric-samples-value",
+        load_schema("metric_batch"),
+        partial(validate_metric_batch, held_tenant=held),
     )

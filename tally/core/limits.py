@@ -28,6 +28,8 @@ MAX_METRICS_PER_SERVER_MINUTE = 1000
 #: Largest table record or internal message (key and value), below the 1,000,000 bytes a
 #: Faust producer sends and Kafka's default 1 MiB message limit.
 MAX_RECORD_BYTES = 900_000
+#: The tenant of a deployment that names none (TALLY_DEFAULT_TENANT).
+DEFAULT_TENANT = "default"
 #: A tenant name: it leads table keys, so no separator and nothing unprintable.
 TENANT_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 #: The key separator of every table key: never inside an id.
@@ -92,6 +94,18 @@ def check_id(name: str, value: str) -> None:
     problem = id_problem(value)
     if problem is not None:
         raise ValidationError(f"{name} {problem}, got {shown(value)}", "bad_id")
+
+
+def check_tenant_held(tenant: str, held: str) -> None:
+    """`ValidationError` (rule `unknown_tenant`) unless the record is the held tenant's (or
+    names none: written before records had a tenant). Tables do not carry the tenant yet, so
+    another tenant's record would be counted as the held tenant's: it is refused instead."""
+    if tenant not in ("", held):
+        raise ValidationError(
+            f"tenant {shown(tenant)} is not held here: this deployment keeps the data of tenant "
+            f"{held!r} only (TALLY_DEFAULT_TENANT)",
+            "unknown_tenant",
+        )
 
 
 def check_metadata(metadata: Mapping[str, str]) -> None:

@@ -35,7 +35,7 @@ from tally.access.tokens import (
 )
 from tally.core.errors import ConfigurationError
 from tally.core.ratelimit import TokenBuckets
-from tally.http.hygiene import Handler, problem
+from tally.http.hygiene import problem
 from tally.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -173,25 +173,26 @@ class Gate:
                 retry_after_s=wait,
             )
 
-    @web.middleware
-    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+    def admit(self, request: web.Request) -> web.Response | None:
+        """A refusal, or None with the caller in `request[IDENTITY]` (tally.http.hygiene
+        calls this before every handler)."""
         match = request.match_info
         if match.http_exception is not None:  # no such route or method: its own 404/405
-            return await handler(request)
+            return None
         resource = match.route.resource
         access = access_of(request.method, resource.canonical if resource else "")
         if access is None:
             logger.error("no access rule for %s %s: refused", request.method, request.path[:200])
             return problem(403, "this route has no access rule (report it)", request.path)
         if access.open:
-            return await handler(request)
+            return None
         try:
             identity = self.identify(request, access)
             self.within_rate(identity)
         except Refusal as refusal:
             return refusal.answer(request.path)
         request[IDENTITY] = identity
-        return await handler(request)
+        return None
 
 
 def configured_gate(settings: Settings) -> Gate:

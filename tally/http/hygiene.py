@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import zlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,12 +119,28 @@ def refusal(request: web.Request) -> web.Response | None:
     return None
 
 
-@web.middleware
-async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Refusals before the handler; JSON instead of aiohttp's plain-text errors and tracebacks."""
-    refused = refusal(request)
-    if refused is not None:
-        return refused
+#: Whether a request may reach its handler: a refusal to answer instead, or None (the
+#: access gate, tally.http.access).
+Admit = Callable[[web.Request], web.Response | None]
+
+
+def guard(admit: Admit | None = None) -> Middleware:
+    """The middleware of a Tally web server: refusals before the handler (this module's, then
+    `admit`'s; one middleware, not two: each layer costs every request a wrapped handler);
+    JSON instead of aiohttp's plain-text errors and tracebacks."""
+
+    @web.middleware
+    async def guarded(request: web.Request, handler: Handler) -> web.StreamResponse:
+        refused = refusal(request) or (admit(request) if admit is not None else None)
+        if refused is not None:
+            return refused
+        return await answered(request, handler)
+
+    return guarded
+
+
+async def answered(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The handler's answer; its HTTP errors as JSON, an unexpected exception as a 500."""
     try:
         return await handler(request)
     except web.HTTPException as exc:
@@ -282,11 +298,11 @@ def too_large(body: Body, limit: int, setting: str = "") -> BodyTooLarge:
 
 
 def application_options(
-    limits: BodyLimits, header_timeout_s: float, middlewares: Sequence[Middleware] = ()
+    limits: BodyLimits, header_timeout_s: float, admit: Admit | None = None
 ) -> dict[str, Any]:
     """`aiohttp.web.Application` options of a Tally web server (Faust's
     `web_application_options`); its routes take `expect_handler(limits)` on their own.
-    `middlewares` run after `guard` (its JSON errors cover them): the access gate.
+    `admit` decides, after the hygiene rules, whether a request reaches its handler.
 
     aiohttp's request handler: no automatic inflation; a connection that has not sent a whole
     request (line and headers) within `header_timeout_s` of opening or of its last answer is
@@ -299,6 +315,6 @@ def application_options(
             "keepalive_timeout": header_timeout_s,
             "lingering_time": 2.0,
         },
-        "middlewares": [guard, *middlewares],
+        "middlewares": [guard(admit)],
         "client_max_size": limits.largest,
     }

@@ -32,6 +32,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from mode import Service
 
+from tally.access.tokens import OPERATOR
 from tally.broker.admin import ensure_topics, track_topics
 from tally.broker.watch import BrokerWatch
 from tally.codecs.avro import (
@@ -47,7 +48,7 @@ from tally.codecs.registry import Schema
 from tally.core.clock import now_ms
 from tally.core.deadletters import DeadLetter
 from tally.core.errors import TallyError, ValidationError
-from tally.core.limits import MESSAGE_MAX_BYTES, bounded_chunks
+from tally.core.limits import MESSAGE_MAX_BYTES, bounded_chunks, shown
 from tally.core.partitioning import partition_for
 from tally.ingest.rows import Row, RowShape, split_rows
 from tally.settings import Settings
@@ -198,7 +199,7 @@ def purchase_rules(settings: Settings) -> Callable[[Record, int], None]:
     in_time = time_rule(settings, "event_time_ms")
 
     def rules(record: Record, wall_ms: int) -> None:
-        validate_purchase(record)
+        validate_purchase(record, settings.default_tenant)
         in_time(record, wall_ms)
 
     return rules
@@ -208,7 +209,7 @@ def sample_rules(settings: Settings) -> Callable[[Record, int], None]:
     in_time = time_rule(settings, "ts_ms")
 
     def rules(record: Record, wall_ms: int) -> None:
-        validate_metric_batch(record)
+        validate_metric_batch(record, settings.default_tenant)
         validate_metric_sample(record)
         in_time(record, wall_ms)
 
@@ -217,17 +218,24 @@ def sample_rules(settings: Settings) -> Callable[[Record, int], None]:
 
 @cache
 def sample_row_schema() -> Schema:
-    """A metrics row is one sample with its server: `MetricBatch.server_id` + `MetricSample`."""
-    batch = load_schema("metric_batch")
-    (server_field,) = [f for f in batch["fields"] if f["name"] == "server_id"]
-    (samples_field,) = [f for f in batch["fields"] if f["name"] == "samples"]
+    """A metrics row is one sample with its server and tenant: `MetricBatch.server_id` and
+    `.tenant` + `MetricSample`."""
+    batch = {f["name"]: f for f in load_schema("metric_batch")["fields"]}
     return {
         "type": "record",
         "name": "MetricSampleRow",
         "namespace": "tally.ingest",
         "doc": "One sample of one server: a row of POST /api/ingest/metrics.",
-        "fields": [server_field, *samples_field["type"]["items"]["fields"]],
+        "fields": [
+            batch["server_id"],
+            *batch["samples"]["type"]["items"]["fields"],
+            batch["tenant"],
+        ],
     }
+
+
+#: A metrics row's fields that its batch holds once for all its samples.
+BATCH_FIELDS = frozenset({"server_id", "tenant"})
 
 
 def chunks(rows: Sequence[Accepted], max_rows: int) -> list[list[Record]]:
@@ -236,10 +244,10 @@ def chunks(rows: Sequence[Accepted], max_rows: int) -> list[list[Record]]:
     return [[row.record for row in part] for part in parts]
 
 
-def by_key(rows: Sequence[Accepted], field_name: str) -> dict[str, list[Accepted]]:
-    groups: dict[str, list[Accepted]] = defaultdict(list)
+def by_key(rows: Sequence[Accepted], *field_names: str) -> dict[tuple[str, ...], list[Accepted]]:
+    groups: dict[tuple[str, ...], list[Accepted]] = defaultdict(list)
     for row in rows:
-        groups[str(row.record[field_name])].append(row)
+        groups[tuple(str(row.record[name]) for name in field_names)].append(row)
     return groups
 
 
@@ -255,7 +263,7 @@ def endpoints(
     def purchase_envelopes(rows: list[Accepted], wall_ms: int) -> list[Message]:
         codec = purchase_batch_codec()
         by_partition: dict[int, list[Accepted]] = defaultdict(list)
-        for item, group in by_key(rows, "item_id").items():
+        for (item,), group in by_key(rows, "item_id").items():
             by_partition[partition_for(item, partitions)].extend(group)
         return [
             Message(PURCHASES, None, codec.dumps({"purchases": part}), partition)
@@ -273,14 +281,16 @@ def endpoints(
                     {
                         "server_id": server,
                         "sent_at_ms": wall_ms,
+                        "tenant": tenant,
                         "samples": [
-                            {k: v for k, v in record.items() if k != "server_id"} for record in part
+                            {k: v for k, v in record.items() if k not in BATCH_FIELDS}
+                            for record in part
                         ],
                     }
                 ),
                 partition_for(server, partitions),
             )
-            for server, group in by_key(rows, "server_id").items()
+            for (tenant, server), group in by_key(rows, "tenant", "server_id").items()
             for part in chunks(group, SAMPLES_PER_BATCH)
         ]
 
@@ -298,6 +308,27 @@ def endpoints(
             metric_batches,
         ),
     }
+
+
+def tenant_stamp(sender: str, default: str) -> Callable[[Record], None]:
+    """How a row gets its tenant: the sender's own; a row naming another tenant is refused
+    (`tenant_mismatch`). An operator (tenant `*`) may name any tenant; a row naming none is
+    the default tenant's."""
+
+    def stamp(record: Record) -> None:
+        named = record["tenant"]
+        if sender == OPERATOR:
+            record["tenant"] = named or default
+        elif named in ("", sender):
+            record["tenant"] = sender
+        else:
+            raise ValidationError(
+                f"the row names tenant {shown(named)}, but the token is tenant {sender!r}'s: "
+                "rows can only be sent for the token's own tenant",
+                "tenant_mismatch",
+            )
+
+    return stamp
 
 
 def new_request_id() -> str:
@@ -380,18 +411,22 @@ class IngestGateway(Service):
         await producer.start()
         await track_topics(producer, topics)
 
-    def check(self, endpoint: Endpoint, body: bytes, request_id: str, ndjson: bool) -> Checked:
-        """Every row judged, accepted rows encoded into messages, rejected ones into dead
-        letters: CPU work, run in a thread. `UnreadableBody` (400) and `BodyTooLarge` (413,
-        more rows than TALLY_INGEST_MAX_ROWS) propagate, for the caller to `refuse`."""
+    def check(
+        self, endpoint: Endpoint, body: bytes, request_id: str, ndjson: bool, tenant: str
+    ) -> Checked:
+        """Every row judged (stamped with the sender's `tenant` first), accepted rows encoded
+        into messages, rejected ones into dead letters: CPU work, run in a thread.
+        `UnreadableBody` (400) and `BodyTooLarge` (413, more rows than
+        TALLY_INGEST_MAX_ROWS) propagate, for the caller to `refuse`."""
         request = origin(endpoint, request_id)
         rows = split_rows(body, ndjson, self.settings.ingest_max_rows)
         wall_ms = now_ms()
         accepted: list[Accepted] = []
         rejected: list[tuple[Row, ValidationError]] = []
+        stamp = tenant_stamp(tenant, self.settings.default_tenant)
         for row in rows:
             try:
-                accepted.append(Accepted(endpoint.shape.check(row, wall_ms), len(row.raw)))
+                accepted.append(Accepted(endpoint.shape.check(row, wall_ms, stamp), len(row.raw)))
             except ValidationError as exc:
                 rejected.append((row, exc))
         return Checked(
@@ -405,14 +440,21 @@ class IngestGateway(Service):
         )
 
     async def submit(
-        self, endpoint: Endpoint, body: bytes, request_id: str, ndjson: bool = False
+        self,
+        endpoint: Endpoint,
+        body: bytes,
+        request_id: str,
+        ndjson: bool = False,
+        tenant: str = OPERATOR,
     ) -> IngestResult:
-        """Check every row (in a thread), send the accepted rows, then the dead letters,
-        waiting for every ack. `UnreadableBody`, `BodyTooLarge` and `BrokerUnavailable`
-        propagate."""
+        """Check every row (in a thread) as sent by `tenant` (an operator's rows keep the
+        tenant they name), send the accepted rows, then the dead letters, waiting for every
+        ack. `UnreadableBody`, `BodyTooLarge` and `BrokerUnavailable` propagate."""
         self.fail_fast()
         async with self._checking:
-            checked = await asyncio.to_thread(self.check, endpoint, body, request_id, ndjson)
+            checked = await asyncio.to_thread(
+                self.check, endpoint, body, request_id, ndjson, tenant
+            )
         await self.deliver(checked.messages)
         await self.deliver(checked.letters)
         INGEST_ROWS.labels(endpoint.name, "accepted").inc(checked.accepted)

@@ -20,6 +20,7 @@ from aiohttp import web
 from tally.broker.watch import BrokerWatch
 from tally.codecs.catalog import metric_batch_codec, purchase_batch_codec
 from tally.core.errors import BodyTimeout, BodyTooLarge, SchemaError, TallyError, UnreadableBody
+from tally.http.access import caller
 from tally.http.hygiene import NDJSON_TYPES, read_body, too_large
 from tally.ingest.gateway import (
     REFUSED_HEAD_BYTES,
@@ -91,7 +92,8 @@ async def exchange(
                 if not body.complete:
                     raise too_large(body, limit, "TALLY_INGEST_MAX_BYTES")
                 ndjson = request.content_type in NDJSON_TYPES
-                result = await gateway.submit(endpoint, body.data, request_id, ndjson)
+                tenant = caller(request).tenant  # the gate let only a token with ingest in
+                result = await gateway.submit(endpoint, body.data, request_id, ndjson, tenant)
             except (UnreadableBody, BodyTooLarge) as exc:
                 await gateway.refuse(endpoint, body.data, exc, request_id, body.size)
                 return error(413 if isinstance(exc, BodyTooLarge) else 400, exc, request_id)

@@ -338,7 +338,10 @@ class RowShape:
     schema: Schema
     rules: Callable[[Record, int], None]
 
-    def check(self, row: Row, wall_ms: int) -> Record:
+    def check(
+        self, row: Row, wall_ms: int, stamp: Callable[[Record], None] = lambda record: None
+    ) -> Record:
+        """The row's record, `stamp`ed (with who sent it) before the rules judge it."""
         if row.unreadable:
             raise ValidationError(row.unreadable, "not_json")
         if len(row.raw) > MAX_ROW_BYTES:
@@ -347,6 +350,7 @@ class RowShape:
                 "row_too_large",
             )
         record = conform_record(self.schema, row.value)
+        stamp(record)
         self.rules(record, wall_ms)
         return record
 

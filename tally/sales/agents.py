@@ -94,7 +94,7 @@ async def decoded_purchases(
     elsewhere: dict[int, list[Record]] = {}
     for purchase in members:
         try:
-            validate_purchase(purchase)
+            validate_purchase(purchase, settings.default_tenant)
             check_event_time("event_time_ms", purchase["event_time_ms"], wall_ms, MAX_FUTURE_MS)
             owner = partition_for(purchase["item_id"], settings.partitions)
             if owner != partition and is_forwarded(event):

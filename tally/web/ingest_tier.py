@@ -67,9 +67,7 @@ def ingest_application(
     async def dead_letter_stats(request: web.Request) -> web.Response:
         return web.json_response(watch.body())
 
-    application = web.Application(
-        **application_options(limits, header_timeout_s, [gate.middleware])
-    )
+    application = web.Application(**application_options(limits, header_timeout_s, gate.admit))
     expect = expect_handler(limits)
     application.add_routes(
         [

@@ -18,15 +18,31 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 from joserfc import jwt
 from joserfc.jwk import OKPKey
 
 from tally.access.tokens import OPERATOR, SCOPES, SIGNING_ALGORITHM
+from tally.broker.local import LocalBroker
+from tally.codecs.avro import AvroCodec, load_schema
+from tally.codecs.registry import FileSchemaRegistry
 from tally.core.clock import now_ms
+from tally.core.deadletters import DeadLetter
 from tests.conftest import WorkerFactory
-from tests.harness import ACCESS, Worker, bearer, start_all, wait_until
+from tests.harness import (
+    ACCESS,
+    Worker,
+    bearer,
+    consume,
+    headers_of,
+    produce,
+    purchase_record,
+    purchase_row,
+    start_all,
+    wait_until,
+)
 
 #: A value for each path parameter: keys that exist nowhere (nothing is changed by a call).
 PATH_VALUES = {
@@ -215,3 +231,65 @@ def test_a_forwarded_request_acts_for_its_caller_only(make_worker: WorkerFactory
             assert summary(worker, server, {**stranger, **forged_headers})[0] == 403
             assert summary(worker, server, forged_headers)[0] == 401
             assert twice_authorized(worker, server, reader["Authorization"]) == 401
+
+
+def test_records_carry_their_tenant_and_old_records_count_as_the_default_tenants(
+    broker: LocalBroker, make_worker: WorkerFactory, registry_dir: Path
+) -> None:
+    """Ingest stamps the token's tenant on every row and refuses a row naming another one;
+    records written with the schema of before the tenant still decode and count (the
+    registry took the new version as BACKWARD compatible); a record of a tenant this
+    deployment does not hold is dead-lettered, not counted as the default tenant's."""
+    newer = ("tenant",)
+    old_schema = {
+        **load_schema("purchase"),
+        "fields": [f for f in load_schema("purchase")["fields"] if f["name"] not in newer],
+    }
+    old_writer = AvroCodec(FileSchemaRegistry(registry_dir), "purchases-value", old_schema)
+    worker = make_worker().start()  # registers the current schema: a second version
+    current = AvroCodec(
+        FileSchemaRegistry(registry_dir), "purchases-value", load_schema("purchase")
+    )
+    assert current.schema_id != old_writer.schema_id
+    wall = now_ms()
+    sent = [
+        (b"item-old", old_writer.dumps(purchase_record("o1", "item-old", wall, quantity=3))),
+        (
+            b"item-new",
+            current.dumps({**purchase_record("n1", "item-new", wall), "tenant": "default"}),
+        ),
+        (
+            b"item-acme",
+            current.dumps({**purchase_record("a1", "item-acme", wall), "tenant": "acme"}),
+        ),
+    ]
+    produce(broker.bootstrap, "purchases", sent)
+
+    producer = {"Authorization": f"Bearer {ACCESS.token('default', ['ingest'])}"}
+    rows = [
+        purchase_row(1, "item-http", 2, wall),  # no tenant: the token's
+        {**purchase_row(2, "item-http", 5, wall), "tenant": "default"},
+        {**purchase_row(3, "item-http", 7, wall), "tenant": "acme"},  # another tenant's
+    ]
+    status, answer, _ = worker.post("/api/ingest/purchases", json.dumps(rows).encode(), producer)
+    assert status == 202 and answer["accepted"] == 2, answer
+    (refused,) = answer["rejections"]
+    assert (refused["index"], refused["rule"]) == (2, "tenant_mismatch")
+    assert "token is tenant 'default'" in refused["reason"]
+
+    def quantity(item: str) -> int:
+        return int(worker.get(f"/api/sales/items/{item}")["quantity"])
+
+    wait_until(lambda: quantity("item-http") == 7, 30, what="the stamped rows counted")
+    wait_until(lambda: quantity("item-old") == 3, 30, what="the old record counted")
+    assert quantity("item-new") == 1
+    letters = consume(broker.bootstrap, "dead-letters", expect=2, timeout=30)
+    rules = {}
+    for record in letters:
+        letter = DeadLetter.from_headers(headers_of(record))
+        rules[letter.rule] = letter
+    assert set(rules) == {"tenant_mismatch", "unknown_tenant"}, rules
+    assert rules["unknown_tenant"].topic == "purchases" and rules["unknown_tenant"].offset >= 0
+    assert "'acme' is not held here" in rules["unknown_tenant"].reason
+    assert rules["tenant_mismatch"].request.startswith("POST /api/ingest/purchases")
+    assert quantity("item-acme") == 0

@@ -151,7 +151,7 @@ async def answer(request: web.Request) -> web.Response:
 
 
 def gated_application(gate: Gate) -> web.Application:
-    application = web.Application(middlewares=[guard, gate.middleware])
+    application = web.Application(middlewares=[guard(gate.admit)])
     application.router.add_get("/api/health", answer)
     application.router.add_get("/api/sales/top", answer)
     application.router.add_get("/api/servers/{server_id}/summary", answer)

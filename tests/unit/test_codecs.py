@@ -35,6 +35,7 @@ PURCHASE = {
     "unit_price_cents": 1999,
     "event_time_ms": 1_790_000_000_000,
     "metadata": {"channel": "web"},
+    "tenant": "",
 }
 
 
@@ -63,12 +64,27 @@ def test_open_registry_by_url(tmp_path: Path) -> None:
 
 
 def test_old_writer_schema_is_resolved_to_the_current_reader(tmp_path: Path) -> None:
+    """Records written before the schema gained `metadata` and `tenant` decode with their
+    defaults: the registry took the new version as BACKWARD compatible."""
     registry = FileSchemaRegistry(tmp_path)
-    old_schema = {**load_schema("purchase"), "fields": load_schema("purchase")["fields"][:-1]}
+    newer = ("metadata", "tenant")
+    old_schema = {
+        **load_schema("purchase"),
+        "fields": [f for f in load_schema("purchase")["fields"] if f["name"] not in newer],
+    }
     old = AvroCodec(registry, "purchases-value", old_schema)
     current = AvroCodec(registry, "purchases-value", load_schema("purchase"))
-    record = {k: v for k, v in PURCHASE.items() if k != "metadata"}
-    assert current.loads(old.dumps(record)) == {**record, "metadata": {}}
+    assert [v.version for v in registry.versions("purchases-value")] == [1, 2]
+    record = {k: v for k, v in PURCHASE.items() if k not in newer}
+    assert current.loads(old.dumps(record)) == {**record, "metadata": {}, "tenant": ""}
+
+
+def test_a_record_of_a_tenant_not_held_here_is_refused() -> None:
+    validate_purchase({**PURCHASE, "tenant": "default"})
+    with pytest.raises(ValidationError, match="tenant 'acme' is not held here") as refused:
+        validate_purchase({**PURCHASE, "tenant": "acme"})
+    assert refused.value.rule == "unknown_tenant"
+    validate_purchase({**PURCHASE, "tenant": "acme"}, held_tenant="acme")
 
 
 @pytest.mark.parametrize(
@@ -130,7 +146,7 @@ def test_metric_values_must_be_finite(value: float) -> None:
 @pytest.mark.parametrize("server", ["", "a|b"])
 def test_ids_must_be_usable_in_keys(server: str) -> None:
     with pytest.raises(ValidationError, match="server_id"):
-        validate_metric_batch({"server_id": server, "sent_at_ms": 0, "samples": []})
+        validate_metric_batch({"server_id": server, "sent_at_ms": 0, "samples": [], "tenant": ""})
     with pytest.raises(ValidationError, match="metric_id"):
         validate_metric_sample({"metric_id": server, "ts_ms": 0, "value": 1.0})
 

@@ -11,9 +11,10 @@ from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tally.access.tokens import OPERATOR
 from tally.codecs.avro import load_schema
 from tally.core.errors import BodyTooLarge, UnreadableBody, ValidationError
-from tally.ingest.gateway import endpoints, sample_row_schema
+from tally.ingest.gateway import Accepted, endpoints, sample_row_schema, tenant_stamp
 from tally.ingest.rows import WINDOW, Row, conform_record, split_rows
 from tally.settings import Settings
 from tests.strategies import JSON, mutated
@@ -22,7 +23,7 @@ NOW = 1_795_000_000_000
 #: Every rule a row can be rejected by (docs/operations.md lists them).
 RULES = {
     "not_json", "not_object", "missing_field", "wrong_type", "unknown_field", "out_of_range",
-    "not_finite", "bad_id", "bad_time", "row_too_large",
+    "not_finite", "bad_id", "bad_time", "row_too_large", "unknown_tenant",
 }  # fmt: skip
 SETTINGS = Settings()
 ENDPOINTS = endpoints(SETTINGS, lambda: None, lambda: None)  # type: ignore[arg-type,return-value]
@@ -218,7 +219,7 @@ def test_a_body_without_a_readable_row_is_refused_whole(body: bytes, says: str) 
 
 
 def test_a_good_purchase_takes_the_schema_default_for_metadata() -> None:
-    assert judge("purchases", purchase()) == {**purchase(), "metadata": {}}
+    assert judge("purchases", purchase()) == {**purchase(), "metadata": {}, "tenant": ""}
 
 
 @pytest.mark.parametrize(
@@ -282,7 +283,7 @@ def test_whole_floats_are_whole_numbers_and_integers_are_doubles() -> None:
 
 def test_a_metrics_row_is_a_server_id_and_a_sample() -> None:
     names = [f["name"] for f in sample_row_schema()["fields"]]
-    assert names == ["server_id", "metric_id", "ts_ms", "value"]
+    assert names == ["server_id", "metric_id", "ts_ms", "value", "tenant"]
 
 
 # --- property: whatever is accepted encodes as the Avro schema says ------------------------
@@ -312,3 +313,48 @@ def test_a_row_is_either_rejected_with_a_rule_or_encodes_exactly(case: tuple[str
     schema = load_schema("purchase") if endpoint == "purchases" else sample_row_schema()
     assert roundtrips(schema, record) == record
     assert conform_record(schema, record) == record  # what was accepted is accepted again
+
+
+# --- the tenant of a row -----------------------------------------------------------------
+
+
+def stamped(sender: str, named: str) -> str:
+    stamp = tenant_stamp(sender, "default")
+    record = judge_stamped(stamp, purchase(tenant=named))
+    return str(record["tenant"])
+
+
+def judge_stamped(stamp: Any, value: Any) -> dict[str, Any]:
+    return ENDPOINTS["purchases"].shape.check(Row(0, b"", value), NOW, stamp)
+
+
+def test_a_row_gets_its_senders_tenant_and_may_not_name_another() -> None:
+    assert stamped("default", "") == stamped("default", "default") == "default"
+    assert stamped(OPERATOR, "") == "default"  # an operator's row naming none: the default
+    with pytest.raises(ValidationError, match="not held here") as unheld:
+        stamped(OPERATOR, "acme")  # an operator may name any tenant; this one is not held
+    assert unheld.value.rule == "unknown_tenant"
+    with pytest.raises(ValidationError, match="token is tenant 'default'") as other:
+        stamped("default", "acme")
+    assert other.value.rule == "tenant_mismatch"
+
+
+def test_metric_rows_are_batched_per_tenant_and_server() -> None:
+    codec = FakeCodec()
+    encode = endpoints(SETTINGS, lambda: codec, lambda: codec)["metrics"].encode  # type: ignore[arg-type,return-value]
+    rows = [Accepted({**sample(metric_id=m), "tenant": "default"}, 10) for m in ("cpu", "mem")]
+    (message,) = encode(rows, NOW)
+    (batch,) = codec.dumped
+    assert message.key == b"web-1" and batch["tenant"] == "default"
+    assert [set(s) for s in batch["samples"]] == [{"metric_id", "ts_ms", "value"}] * 2
+
+
+class FakeCodec:
+    """Keeps what it was asked to encode (the messages' bytes do not matter here)."""
+
+    def __init__(self) -> None:
+        self.dumped: list[dict[str, Any]] = []
+
+    def dumps(self, record: dict[str, Any]) -> bytes:
+        self.dumped.append(record)
+        return b""
