@@ -7,6 +7,8 @@ import time
 
 from tally.core.errors import BrokerError, ConfigurationError
 
+#: Commands that serve HTTP: they load the keys tokens are verified with before starting.
+SERVING = ("worker", "ingest")
 #: Commands that need the broker, and how long each waits for it to come up.
 BROKER_WAIT_S = {"worker": 30.0, "feed": 0.0, "send": 0.0, "dlq": 0.0}
 
@@ -42,13 +44,16 @@ def wait_for_broker(bootstrap_servers: list[str], timeout: float) -> None:
 def main() -> None:
     try:
         import tally.cli  # noqa: F401  (registers broker, dev, feed)
-        from tally.app import app, settings
+        from tally.app import app, gate, settings
+        from tally.http.access import load_keys
 
         command = sys.argv[1] if len(sys.argv) > 1 else ""
         if command in BROKER_WAIT_S and not {"--help", "-h"} & set(sys.argv):
             wait_for_broker(settings.bootstrap_servers, BROKER_WAIT_S[command])
         if command == "worker" and not {"-l", "--loglevel"} & set(sys.argv):
             sys.argv += ["--loglevel", settings.log_level]  # TALLY_LOG_LEVEL, unless given
+        if command in SERVING and not {"--help", "-h"} & set(sys.argv):
+            load_keys(gate, settings)
     except (ConfigurationError, BrokerError) as exc:
         print(f"tally: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

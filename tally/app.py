@@ -156,11 +156,10 @@ class TallyApp(faust.App):
             settings.bootstrap_servers, settings.serving_topic, settings.replication
         )
         if gate.enabled:
-            await ensure_compacted_topic(
-                settings.bootstrap_servers, settings.revocations_topic, settings.replication
-            )
             self.add_future(
-                gate.revocations.follow(settings.bootstrap_servers, settings.revocations_topic)
+                gate.revocations.follow(
+                    settings.bootstrap_servers, settings.revocations_topic, settings.replication
+                )
             )
         cluster_id, topics = await describe_cluster(settings.bootstrap_servers)
         reason = reconcile_local_state(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import itertools
 import json
 import logging
@@ -35,6 +34,11 @@ STATUS = "status"
 
 class Unavailable(Exception):
     """The query behind a stream cannot be answered right now (rebalancing, owner down)."""
+
+
+class Refused(Unavailable):
+    """The query refuses the stream's credentials (revoked, expired): its clients are told,
+    and their streams end."""
 
 
 @dataclass(frozen=True)
@@ -104,19 +108,17 @@ class Stream:
     clients' credentials, so clients share a feed only when they present the same ones: a
     stream never shows a client what its own token would not."""
 
-    #: The query path (and query string) the stream re-runs; with the credentials, its
-    #: identity on a worker.
+    #: The query path (and query string) the stream re-runs; with the caller, its identity
+    #: on a worker.
     path: str = ""
+    #: The Authorization header its queries are asked with, and whose it is (a token id:
+    #: clients of one token share a feed; the key names no secret).
     credentials: str = field(default="", repr=False)
+    caller: str = ""
 
     @property
     def key(self) -> str:
         return f"{self.path} {self.caller}"
-
-    @property
-    def caller(self) -> str:
-        """The credentials as a short digest (a key that names no secret)."""
-        return hashlib.sha256(self.credentials.encode()).hexdigest()[:16]
 
     async def read(self, fetch: Read) -> Answer:
         return await fetch(self.path, self.credentials)
@@ -256,6 +258,8 @@ class Feed:
         self.mailboxes: set[Mailbox] = set()
         self.answer: Answer | None = None
         self.unavailable: str | None = None
+        #: Why the query refused the credentials; the feed has stopped and its clients go.
+        self.refused: str | None = None
         self.task: asyncio.Task[None] | None = None
         self._ids = itertools.count(1)
         self._epoch = f"{id(self):x}"
@@ -306,6 +310,12 @@ class Feed:
     async def poll_once(self) -> None:
         try:
             answer = await self.stream.read(self.fetch)
+        except Refused as exc:
+            self.refused = str(exc)
+            self.publish(
+                [Message(STATUS, STATUS, {"ok": False, "reason": str(exc), "refused": True})]
+            )
+            return
         except Unavailable as exc:
             if self.unavailable != str(exc):
                 self.unavailable = str(exc)
@@ -323,7 +333,7 @@ class Feed:
         self.publish(messages)
 
     async def run(self) -> None:
-        while True:
+        while self.refused is None:
             try:
                 await self.poll_once()
             except Exception:  # a bug in one stream must not end it for every client

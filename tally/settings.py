@@ -419,8 +419,21 @@ class Settings:
     auth_jwks: str = _env_field(
         "TALLY_AUTH_JWKS",
         "",
-        "Also take tokens signed by these keys: a JSON Web Key Set file or http(s) URL (an "
-        "identity provider's). With it, workers do not create TALLY_AUTH_KEY_FILE.",
+        "Also take tokens signed by these keys: a JSON Web Key Set file or https URL (an "
+        "identity provider's; fetched again when a token names a key it does not hold, at most "
+        "once a minute). With it, workers do not create TALLY_AUTH_KEY_FILE.",
+    )
+    auth_issuer: str = _env_field(
+        "TALLY_AUTH_ISSUER",
+        "",
+        "When set, a token must carry this issuer (`iss`): with TALLY_AUTH_JWKS, the provider's "
+        "issuer URL. `tally tokens issue` stamps it.",
+    )
+    auth_audience: str = _env_field(
+        "TALLY_AUTH_AUDIENCE",
+        "",
+        "When set, a token must be meant for this audience (`aud`), so that a token the same "
+        "provider issued for another application is refused. `tally tokens issue` stamps it.",
     )
     auth_rate: float = _env_field(
         "TALLY_AUTH_RATE",

@@ -26,6 +26,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord, RecordMetadata
 
 from tally.access.tokens import OPERATOR, SCOPES, issue, signing_key
+from tally.access.tokens import authorization as bearer
 from tally.broker.local import die_with_parent, free_port
 
 
@@ -47,10 +48,6 @@ class TestAccess:
 
 
 ACCESS = TestAccess()
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Revoked tokens, kept on the broker: a compacted topic keyed by token id, which every worker
 (and every `tally ingest` process) reads whole at start and then follows (`follow_topic`,
-polled every half second), so a revocation reaches all of them within a second or two. A
+polled every 250 ms), so a revocation reaches all of them within a second. A
 record's value says who revoked it and when; a tombstone would take a revocation back.
 
 A compacted topic followed by every process, not a Faust GlobalTable: the field notes record
@@ -22,6 +22,9 @@ class Revocations:
 
     def __init__(self) -> None:
         self.revoked: dict[str, dict[str, object]] = {}
+        #: What a new reading of the topic has found so far (it replaces `revoked` once it
+        #: caught up: until then the earlier reading still holds).
+        self._reading: dict[str, dict[str, object]] | None = None
         self.loaded = False
 
     def __contains__(self, token_id: str) -> bool:
@@ -31,21 +34,36 @@ class Revocations:
         if key is None:
             return
         token_id = key.decode(errors="replace")
-        if value is None:
-            self.revoked.pop(token_id, None)
-            return
         try:
-            detail = json.loads(value)
+            detail = json.loads(value) if value is not None else None
         except ValueError:
             detail = {}
-        self.revoked[token_id] = detail if isinstance(detail, dict) else {}
+        for held in (self.revoked, self._reading):
+            if held is not None and detail is None:
+                held.pop(token_id, None)
+            elif held is not None:
+                held[token_id] = detail if isinstance(detail, dict) else {}
 
     def caught_up(self) -> None:
+        if self._reading is not None:
+            self.revoked, self._reading = self._reading, None
         self.loaded = True
 
-    async def follow(self, bootstrap_servers: list[str], topic: str) -> None:
-        """Until cancelled (the topic exists: `ensure_compacted_topic`)."""
-        await follow_topic(bootstrap_servers, topic, self.absorb, self.caught_up, poll_ms=250)
+    def restart(self) -> None:
+        """The topic is read again from its start."""
+        self._reading = {}
+
+    async def follow(self, bootstrap_servers: list[str], topic: str, replication: int) -> None:
+        """Until cancelled; creates the topic if it is missing."""
+        await follow_topic(
+            bootstrap_servers,
+            topic,
+            self.absorb,
+            self.caught_up,
+            poll_ms=250,
+            replication=replication,
+            restart=self.restart,
+        )
 
 
 async def revoke(

@@ -12,22 +12,26 @@ revocation are checked on every use.
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import re
 import time
 import urllib.request
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from joserfc import jws, jwt
-from joserfc.errors import JoseError
+from joserfc.errors import BadSignatureError, JoseError, UnsupportedAlgorithmError
 from joserfc.jwk import KeySet, OKPKey
 
 from tally.core.limits import TENANT_PATTERN
+
+logger = logging.getLogger(__name__)
 
 #: What a token may allow: send rows, read answers, administer (registry writes), scrape.
 SCOPES = ("ingest", "read", "admin", "metrics")
@@ -79,6 +83,7 @@ def parse_scopes(text: str) -> frozenset[str]:
 
 
 def check_tenant(tenant: str) -> str:
+    """`tenant` if it can name a tenant (it leads table keys) or is `*`; else ValueError."""
     if tenant != OPERATOR and not TENANT_PATTERN.fullmatch(tenant):
         raise ValueError(
             f"tenant {tenant[:70]!r} is not a tenant name: 1 to 64 letters, digits, '.', '_' "
@@ -87,15 +92,45 @@ def check_tenant(tenant: str) -> str:
     return tenant
 
 
-def identity_of(claims: Mapping[str, Any], now: float) -> Identity:
+@dataclass(frozen=True)
+class Expected:
+    """What this deployment asks of a token beyond its signature: the issuer (`iss`) and the
+    audience (`aud`) an identity provider stamps, when configured (TALLY_AUTH_ISSUER,
+    TALLY_AUTH_AUDIENCE): a token the same provider issued for another application is then
+    refused."""
+
+    issuer: str = ""
+    audience: str = ""
+
+    def check(self, claims: Mapping[str, Any]) -> None:
+        if self.issuer and claims.get("iss") != self.issuer:
+            raise TokenRefused(f"the token was not issued by {self.issuer!r} ('iss')")
+        audience = claims.get("aud")
+        audiences = audience if isinstance(audience, list) else [audience]
+        if self.audience and self.audience not in audiences:
+            raise TokenRefused(f"the token is not meant for {self.audience!r} ('aud')")
+
+    def stamped(self) -> dict[str, str]:
+        """The claims a token Tally issues carries for this deployment."""
+        return {
+            **({"iss": self.issuer} if self.issuer else {}),
+            **({"aud": self.audience} if self.audience else {}),
+        }
+
+
+def identity_of(claims: Mapping[str, Any], now: float, expected: Expected) -> Identity:
     """The caller a verified token's claims name; TokenRefused when a claim is missing or
     unusable, or the token is not valid at `now`."""
     for claim in ("sub", "tenant", "scope", "exp", "jti"):
         if claim not in claims:
             raise TokenRefused(f"the token has no {claim!r} claim")
+    expected.check(claims)
     expires, not_before = claims["exp"], claims.get("nbf", 0)
-    if not isinstance(expires, int | float) or not isinstance(not_before, int | float):
-        raise TokenRefused("the token's 'exp' and 'nbf' must be numbers (epoch seconds)")
+    if not all(
+        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        for value in (expires, not_before)
+    ):
+        raise TokenRefused("the token's 'exp' and 'nbf' must be finite numbers (epoch seconds)")
     if expires <= now:
         raise TokenRefused("the token has expired; ask for a new one")
     if not_before > now + 60:
@@ -108,6 +143,8 @@ def identity_of(claims: Mapping[str, Any], now: float) -> Identity:
     )
     if not all(isinstance(value, str) for value in (scope, subject, tenant, token_id)):
         raise TokenRefused("the token's 'sub', 'tenant', 'scope' and 'jti' must be strings")
+    if not token_id:
+        raise TokenRefused("the token's 'jti' is empty: a token needs an id to be revoked by")
     try:
         return Identity(subject, check_tenant(tenant), parse_scopes(scope), expires, token_id)
     except ValueError as exc:
@@ -115,9 +152,12 @@ def identity_of(claims: Mapping[str, Any], now: float) -> Identity:
 
 
 def load_key_set(source: str) -> KeySet:
-    """A JSON Web Key Set from a file path or an http(s) URL (an identity provider's)."""
+    """A JSON Web Key Set from a file path or an https URL (an identity provider's; plain http
+    would let anyone on the path swap the keys)."""
+    if source.startswith("http://"):
+        raise ValueError(f"{source}: a key set is fetched over https only")
     try:
-        if source.startswith(("http://", "https://")):
+        if source.startswith("https://"):
             with urllib.request.urlopen(source, timeout=10) as answer:
                 text = answer.read().decode()
         else:
@@ -139,16 +179,23 @@ def signing_key(path: Path, create: bool) -> OKPKey | None:
         raise ValueError(f"{path} is not a usable signing key: {exc}") from exc
     key = OKPKey.generate_key("Ed25519", parameters={"kid": uuid.uuid4().hex[:16]})
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:  # two processes creating it at once: the first one's key wins
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    # Written whole beside it, then linked in: a process starting at the same moment reads
+    # either no key or a whole one; of two creating it at once, the first link wins.
+    draft = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+    descriptor = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(descriptor, "w") as file:
+            json.dump(key.as_dict(private=True), file)
+        os.link(draft, path)
     except FileExistsError:
         return signing_key(path, create=False)
-    with os.fdopen(descriptor, "w") as file:
-        json.dump(key.as_dict(private=True), file)
+    finally:
+        draft.unlink()
     return key
 
 
 def public_key(key: OKPKey) -> OKPKey:
+    """The public half of a key (what verifying needs; the private half stays in its file)."""
     return OKPKey.import_key(key.as_dict(private=False))
 
 
@@ -157,12 +204,23 @@ def public_key_set(keys: Iterable[Any]) -> dict[str, Any]:
     return {"keys": [key.as_dict(private=False) for key in keys]}
 
 
+def authorization(token: str) -> dict[str, str]:
+    """The header a request carries a token in."""
+    return {"Authorization": f"Bearer {token}"}
+
+
 def issue(
-    key: OKPKey, subject: str, tenant: str, scopes: frozenset[str], lifetime_s: float
+    key: OKPKey,
+    subject: str,
+    tenant: str,
+    scopes: frozenset[str],
+    lifetime_s: float,
+    expected: Expected = Expected(),
 ) -> tuple[str, dict[str, Any]]:
     """A signed token and its claims."""
     now = int(time.time())
     claims = {
+        **expected.stamped(),
         "sub": subject,
         "tenant": check_tenant(tenant),
         "scope": " ".join(s for s in SCOPES if s in scopes),
@@ -174,12 +232,50 @@ def issue(
     return jwt.encode(header, claims, key, algorithms=[SIGNING_ALGORITHM]), claims
 
 
-class KeyRing:
-    """The keys tokens are verified with, by key id, and the tokens verified so far."""
+#: An unknown key id fetches an identity provider's key set again at most this often.
+REFETCH_EVERY_S = 60.0
 
-    def __init__(self, keys: Iterable[Any]) -> None:
-        self.keys = list(keys)
+
+class KeyRing:
+    """The keys tokens are verified with, by key id, and the tokens verified so far. A token
+    naming a key id the ring does not know has the provider's key set fetched again (at most
+    every REFETCH_EVERY_S): a provider rotating its keys needs no restart."""
+
+    def __init__(
+        self,
+        keys: Iterable[Any],
+        expected: Expected = Expected(),
+    ) -> None:
+        self.own = list(keys)
+        self.expected = expected
+        self.fetch: Callable[[], list[Any]] | None = None
+        self.fetched: list[Any] = []
+        self.fetched_at = 0.0
         self._verified: OrderedDict[str, Identity] = OrderedDict()
+
+    def follow_provider(self, fetch: Callable[[], list[Any]]) -> None:
+        """Take the keys `fetch` returns (now: ValueError if it cannot), and again when a token
+        names a key id not among them."""
+        self.fetched, self.fetched_at, self.fetch = fetch(), time.monotonic(), fetch
+
+    @property
+    def keys(self) -> list[Any]:
+        return self.own + self.fetched
+
+    def add(self, key: Any) -> None:
+        self.own.append(key)
+
+    def refetch(self) -> bool:
+        """Fetch the provider's key set again if it is time; whether it was."""
+        if self.fetch is None or time.monotonic() - self.fetched_at < REFETCH_EVERY_S:
+            return False
+        self.fetched_at = time.monotonic()
+        try:
+            self.fetched = self.fetch()
+        except ValueError as exc:
+            logger.warning("the identity provider's key set could not be fetched again: %s", exc)
+            return False
+        return True
 
     def candidates(self, token: str) -> list[Any]:
         try:
@@ -188,6 +284,8 @@ class KeyRing:
             raise TokenRefused("the token is not a JWT (header.payload.signature)") from None
         kid = header.get("kid")
         found = [key for key in self.keys if kid is None or key.kid == kid]
+        if not found and self.refetch():
+            found = [key for key in self.keys if kid is None or key.kid == kid]
         if not found:
             raise TokenRefused(f"the token was signed with a key this service does not know "
                                f"(kid {str(kid)[:40]!r})")  # fmt: skip
@@ -205,7 +303,7 @@ class KeyRing:
         if len(token) > MAX_TOKEN_BYTES:
             raise TokenRefused(f"the token is longer than {MAX_TOKEN_BYTES} bytes")
         claims = self.signed_claims(token)
-        identity = identity_of(claims, now)
+        identity = identity_of(claims, now, self.expected)
         self._verified[token] = identity
         if len(self._verified) > REMEMBERED_TOKENS:
             self._verified.popitem(last=False)
@@ -223,9 +321,8 @@ class KeyRing:
 
 def describe(exc: JoseError) -> str:
     """joserfc's error as a sentence."""
-    kind = type(exc).__name__
-    if kind == "BadSignatureError":
+    if isinstance(exc, BadSignatureError):
         return "the token's signature does not match (signed with another key, or altered)"
-    if kind == "UnsupportedAlgorithmError":
+    if isinstance(exc, UnsupportedAlgorithmError):
         return f"the token's algorithm is not taken here; use one of {', '.join(ALGORITHMS)}"
     return f"the token cannot be read ({exc.error}: {exc.description or 'malformed'})"

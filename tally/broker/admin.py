@@ -212,17 +212,22 @@ async def follow_topic(
     absorb: Callable[[bytes | None, bytes | None], None],
     loaded: Callable[[], None],
     poll_ms: int = 500,
+    replication: int | None = None,
+    restart: Callable[[], None] = lambda: None,
 ) -> None:
     """Hand every record of a one-partition topic to `absorb`, from its start and then as they
     come, until cancelled; `loaded` is called once the records written before the call are in
-    (until then a reader cannot know whether a later fact overrides what it has). A broker
-    that fails is retried every second, from the start again (facts by key: absorbing one
-    twice changes nothing)."""
+    (until then a reader cannot know whether a later fact overrides what it has). With
+    `replication`, the topic is created first if missing (`ensure_compacted_topic`). A broker
+    that fails is retried every second, from the start again, after `restart` (a reader that
+    rebuilds what it holds then sees keys compaction removed meanwhile go away)."""
     failures = 0
     while True:
         try:
+            if replication is not None:
+                await ensure_compacted_topic(bootstrap_servers, topic, replication)
             await _follow(bootstrap_servers, topic, absorb, loaded, poll_ms)
-        except (KafkaError, OSError) as exc:
+        except (KafkaError, OSError, BrokerError) as exc:
             failures += 1
             # Once, not every second: a broker that is gone is said once (BrokerWatch) too.
             log = logger.warning if failures == 1 else logger.debug
@@ -233,6 +238,7 @@ async def follow_topic(
                 exc,
             )
             await asyncio.sleep(1.0)
+            restart()
 
 
 async def _follow(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 from typing import Any
 
 import click
@@ -10,7 +12,6 @@ from aiohttp import web
 from faust.cli import AppCommand, option
 
 from tally.app import app, body_limits, exit_after, gate, settings
-from tally.broker.admin import ensure_compacted_topic
 from tally.broker.watch import BrokerWatch
 from tally.cli.errors import fail, parsed_by
 from tally.cli.local import run_until_stopped
@@ -20,6 +21,8 @@ from tally.ingest.http import make_gateway
 from tally.runtime.logs import quiet_repeats
 from tally.settings import duration_seconds
 from tally.web.ingest_tier import ingest_application
+
+logger = logging.getLogger(__name__)
 
 
 @app.command()
@@ -40,13 +43,13 @@ async def ingest(self: AppCommand) -> None:
     await runner.setup()
     revocations = None
     try:
-        if gate.enabled:
-            await ensure_compacted_topic(
-                settings.bootstrap_servers, settings.revocations_topic, settings.replication
-            )
+        if gate.enabled:  # health answers 503 until they are read
             revocations = asyncio.create_task(
-                gate.revocations.follow(settings.bootstrap_servers, settings.revocations_topic)
+                gate.revocations.follow(
+                    settings.bootstrap_servers, settings.revocations_topic, settings.replication
+                )
             )
+            revocations.add_done_callback(stopped_following)
         site = web.TCPSite(runner, settings.web_host, settings.web_port)
         try:
             await site.start()
@@ -71,6 +74,14 @@ async def ingest(self: AppCommand) -> None:
         await watch.stop()
         await gateway.stop()
         await broker.stop()
+
+
+def stopped_following(task: asyncio.Task[None]) -> None:
+    """The revoked tokens are followed until the process stops; anything else is a bug that
+    must not pass silently (the process would keep trusting what it last read)."""
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("following the revoked tokens stopped", exc_info=task.exception())
+        os._exit(70)  # EX_SOFTWARE: a supervisor restarts the process
 
 
 def duration_option(name: str, default: str, help: str) -> Any:

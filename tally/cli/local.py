@@ -20,7 +20,7 @@ from aiokafka.errors import KafkaError
 from faust.cli import AppCommand, argument, option
 
 from tally.access.tokens import OPERATOR, SCOPES, issue, signing_key
-from tally.app import app, settings
+from tally.app import app, gate, settings
 from tally.broker.admin import ensure_topics
 from tally.broker.local import LocalBroker, die_with_parent, port_accepts, stop_process
 from tally.cli.errors import fail
@@ -187,9 +187,10 @@ def dashboards() -> str:
         return f"  dashboard        {settings.web_url}/  (open it in a browser)\n"
     key = signing_key(settings.signing_key_path, create=True)
     assert key is not None
-    operator = issue(key, "dev-operator", OPERATOR, frozenset(SCOPES), DEV_TOKEN_S)[0]
+    expected = gate.expected
+    operator = issue(key, "dev-operator", OPERATOR, frozenset(SCOPES), DEV_TOKEN_S, expected)[0]
     tenant = settings.default_tenant
-    reader = issue(key, f"dev-{tenant}", tenant, frozenset({"read"}), DEV_TOKEN_S)[0]
+    reader = issue(key, f"dev-{tenant}", tenant, frozenset({"read"}), DEV_TOKEN_S, expected)[0]
     return (
         f"  dashboard        {settings.web_url}/#token={operator}\n"
         f"                   (an operator: every scope, every tenant; open it in a browser)\n"

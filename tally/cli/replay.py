@@ -27,6 +27,7 @@ import click
 from aiokafka import TopicPartition
 from faust.cli import AppCommand, option
 
+from tally.access.tokens import authorization
 from tally.app import app, settings
 from tally.broker.admin import (
     commit_offsets,
@@ -120,7 +121,7 @@ def answers(url: str, path: str | None, token: str) -> bool:
     stale while a partition has not reached the window, or the merge has not heard from it)."""
     if path is None:
         return True
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    headers = authorization(token) if token else {}
     try:
         request = urllib.request.Request(url + path, headers=headers)
         with urllib.request.urlopen(request, timeout=10) as response:

@@ -22,7 +22,7 @@ from tally.access.tokens import (
     public_key_set,
     signing_key,
 )
-from tally.app import app, settings
+from tally.app import app, gate, settings
 from tally.cli.errors import fail, parsed_by
 from tally.core.errors import BrokerError
 from tally.settings import duration_seconds, retention_days
@@ -68,7 +68,7 @@ def own_token(scopes: frozenset[str]) -> str:
             f"no token: set TALLY_TOKEN, or run where the signing key is "
             f"({settings.signing_key_path}, TALLY_AUTH_KEY_FILE)"
         )
-    return issue(key, "tally-cli", OPERATOR, scopes, 300)[0]
+    return issue(key, "tally-cli", OPERATOR, scopes, 300, gate.expected)[0]
 
 
 @app.command(
@@ -121,7 +121,7 @@ async def tokens(
         if tenant is None:
             fail(f"say whose data the token reaches: --tenant NAME (or --tenant '{OPERATOR}')")
         assert key is not None  # created when missing
-        token, claims = issue(key, subject or tenant, tenant, scopes, expires)
+        token, claims = issue(key, subject or tenant, tenant, scopes, expires, gate.expected)
         until = datetime.fromtimestamp(claims["exp"], tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
         print(
             f"token {claims['jti']}: tenant {tenant}, scope {claims['scope']}, until {until} "

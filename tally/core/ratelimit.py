@@ -8,15 +8,15 @@ from collections import OrderedDict
 
 class TokenBuckets:
     """Each key may spend `burst` requests at once and `rate` per second after that. Buckets
-    of keys not seen for a while are forgotten (least recently used first, beyond `keys`):
+    of keys not seen for a while are forgotten (least recently used first, beyond `max_keys`):
     a forgotten key starts full again, which only ever errs towards letting a request in."""
 
-    def __init__(self, rate: float, burst: float, keys: int = 100_000) -> None:
+    def __init__(self, rate: float, burst: float, max_keys: int = 100_000) -> None:
         if rate <= 0 or burst < 1:
             raise ValueError("rate must be > 0 and burst at least 1")
         self.rate = rate
         self.burst = burst
-        self.keys = keys
+        self.max_keys = max_keys
         #: key → (requests left, when it was last filled).
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
@@ -31,6 +31,6 @@ class TokenBuckets:
         else:
             self._buckets[key] = (left, now)
             wait = (1.0 - left) / self.rate
-        if len(self._buckets) > self.keys:
+        if len(self._buckets) > self.max_keys:
             self._buckets.popitem(last=False)
         return wait

@@ -12,7 +12,6 @@ which the owner verifies again: no other header can make a request act for someo
 from __future__ import annotations
 
 import base64
-import binascii
 import logging
 import math
 import time
@@ -26,6 +25,7 @@ from tally.access.revocations import Revocations
 from tally.access.tokens import (
     OPERATOR,
     SCOPES,
+    Expected,
     Identity,
     KeyRing,
     TokenRefused,
@@ -90,7 +90,7 @@ def bearer_token(request: web.Request) -> str | None:
     if scheme.lower() == "basic":
         try:
             _, _, password = base64.b64decode(credentials, validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
+        except ValueError:  # not base64 (binascii.Error), not ASCII, not UTF-8 inside
             password = ""
         if password:
             return password
@@ -119,6 +119,11 @@ class Gate:
     @property
     def enabled(self) -> bool:
         return self.keys is not None
+
+    @property
+    def expected(self) -> Expected:
+        """What tokens must carry here (and tokens issued for here are stamped with)."""
+        return Expected() if self.keys is None else self.keys.expected
 
     def identify(self, request: web.Request, access: Access) -> Identity:
         """The caller, if `access` lets them in; else Refusal."""
@@ -196,21 +201,30 @@ class Gate:
 
 
 def configured_gate(settings: Settings) -> Gate:
-    """The gate TALLY_AUTH* describe. The deployment's own signing key is created here when
-    no identity provider's keys are given, so a first `make run` needs no set-up."""
+    """The gate TALLY_AUTH* describe, without its keys yet (`load_keys`, when a server starts:
+    importing the app must not create files or fetch URLs)."""
     revocations = Revocations()
     if settings.auth == "off":
         revocations.caught_up()
         return Gate(None, revocations, None, settings.default_tenant)
-    keys: list[Any] = []
+    rate = settings.auth_rate
+    buckets = TokenBuckets(rate, max(1.0, 2 * rate)) if rate else None
+    expected = Expected(settings.auth_issuer, settings.auth_audience)
+    return Gate(KeyRing([], expected), revocations, buckets, settings.default_tenant)
+
+
+def load_keys(gate: Gate, settings: Settings) -> None:
+    """The keys a starting server verifies tokens with: the deployment's own (created when no
+    identity provider's are given, so a first `make run` needs no set-up) and the provider's;
+    ConfigurationError when there are none or they cannot be read."""
+    if gate.keys is None:
+        return
     try:
         own = signing_key(settings.signing_key_path, create=not settings.auth_jwks)
         if own is not None:
-            keys.append(public_key(own))
+            gate.keys.add(public_key(own))
         if settings.auth_jwks:
-            keys.extend(load_key_set(settings.auth_jwks).keys)
+            source = settings.auth_jwks
+            gate.keys.follow_provider(lambda: list(load_key_set(source).keys))
     except ValueError as exc:
         raise ConfigurationError(f"access control (TALLY_AUTH=on): {exc}") from None
-    rate = settings.auth_rate
-    buckets = TokenBuckets(rate, 2 * rate) if rate else None
-    return Gate(KeyRing(keys), revocations, buckets, settings.default_tenant)

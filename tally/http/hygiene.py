@@ -131,17 +131,23 @@ def guard(admit: Admit | None = None) -> Middleware:
 
     @web.middleware
     async def guarded(request: web.Request, handler: Handler) -> web.StreamResponse:
-        refused = refusal(request) or (admit(request) if admit is not None else None)
+        refused = refusal(request)
         if refused is not None:
             return refused
-        return await answered(request, handler)
+        return await answered(request, handler, admit)
 
     return guarded
 
 
-async def answered(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The handler's answer; its HTTP errors as JSON, an unexpected exception as a 500."""
+async def answered(
+    request: web.Request, handler: Handler, admit: Admit | None
+) -> web.StreamResponse:
+    """The handler's answer, if `admit` lets the request in; HTTP errors as JSON, an
+    unexpected exception (in `admit` too) as a 500."""
     try:
+        refused = admit(request) if admit is not None else None
+        if refused is not None:
+            return refused
         return await handler(request)
     except web.HTTPException as exc:
         if exc.status < 400 or exc.content_type == "application/json":

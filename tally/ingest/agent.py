@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from tally.access.tokens import authorization
 from tally.core.clock import now_ms
 from tally.core.errors import TallyError
 from tally.feed import METRIC_NAMES
@@ -204,7 +205,7 @@ async def run_agents(
     names = metric_names(metrics)
     timeout = aiohttp.ClientTimeout(total=60)
     connector = aiohttp.TCPConnector(limit=connections)
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    headers = authorization(token) if token else {}
     async with aiohttp.ClientSession(
         timeout=timeout, connector=connector, headers=headers
     ) as session:

@@ -54,6 +54,9 @@ GENERATION_HEADER = "Tally-Generation"
 #: The request header of a query forwarded to a newer generation (which never forwards again).
 FORWARDED_HEADER = "Tally-Forwarded-By-Generation"
 
+#: Headers of a forwarded answer that the client needs too: what a refusal asks of it.
+RELAYED = (GENERATION_HEADER, hdrs.WWW_AUTHENTICATE, hdrs.RETRY_AFTER)
+
 #: A query (forwarded or local) that takes longer than this is answered 503.
 QUERY_TIMEOUT_S = 60.0
 
@@ -147,15 +150,15 @@ class OwnedView(View):
                 path = cast(web.Request, request).path_qs
                 async with app.http_client.get(url + path, headers=headers) as answer:
                     body = await answer.read()
+                    relayed = {
+                        name: answer.headers[name] for name in RELAYED if name in answer.headers
+                    }
+                    relayed.setdefault(GENERATION_HEADER, str(newer.generation))
                     return self.bytes(
                         body,
                         content_type=answer.content_type,
                         status=answer.status,
-                        headers={
-                            GENERATION_HEADER: answer.headers.get(
-                                GENERATION_HEADER, str(newer.generation)
-                            )
-                        },
+                        headers=relayed,
                     )
             except aiohttp.ClientError as exc:
                 failures.append(f"{url}: {type(exc).__name__}: {exc}")

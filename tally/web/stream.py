@@ -21,7 +21,8 @@ from faust.web import Request, Response, View
 from mode import Service
 
 from tally.app import app, settings
-from tally.live import Answer, Feeds, SeriesStream, Stream, TopStream, Unavailable
+from tally.http.access import caller
+from tally.live import Answer, Feeds, Refused, SeriesStream, Stream, TopStream, Unavailable
 from tally.runtime.queries import BadRequest, int_param
 from tally.telemetry import LIVE_CLIENTS, LIVE_FEEDS, LIVE_RESETS
 
@@ -50,6 +51,10 @@ class ReadFailed(Unavailable):
         self.status = status
 
 
+class CredentialsRefused(ReadFailed, Refused):
+    """The query refused the credentials (401, 403): revoked, expired, or not enough."""
+
+
 async def fetch_local(path: str, credentials: str) -> Answer:
     """The JSON answer of this worker's own endpoint (which forwards to the key's owner), asked
     with the stream's clients' credentials: the gate checks them at every poll, so a revoked
@@ -66,6 +71,8 @@ async def fetch_local(path: str, credentials: str) -> Answer:
         return body
     reason = body.get("error") if isinstance(body, dict) else None
     message = reason or f"the query answered HTTP {response.status}"
+    if response.status in (401, 403):
+        raise CredentialsRefused(response.status, message)
     if 400 <= response.status < 500:
         raise ReadFailed(response.status, message)
     raise Unavailable(message)
@@ -93,6 +100,7 @@ class LiveStreams(Service):
     async def serve(self, request: Request, stream: Stream) -> web.StreamResponse:
         """Check the query once (a bad parameter is a 4xx, not a stream), then stream."""
         stream.credentials = request.headers.get(hdrs.AUTHORIZATION, "")
+        stream.caller = caller(request).token_id
         try:
             await stream.read(fetch_local)
         except ReadFailed as exc:
@@ -120,6 +128,8 @@ class LiveStreams(Service):
                 messages = await mailbox.wait(KEEPALIVE_S)
                 frames = b"".join(m.frame() for m in messages) or b": keepalive\n\n"
                 await asyncio.wait_for(response.write(frames), WRITE_TIMEOUT_S)
+                if feed.refused is not None:  # the client was told why: the stream ends
+                    break
         except (ConnectionError, TimeoutError, asyncio.CancelledError):
             pass  # the client left, stalled, or the worker is stopping
         finally:

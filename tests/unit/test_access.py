@@ -23,6 +23,7 @@ from tally.access.revocations import Revocations
 from tally.access.tokens import (
     OPERATOR,
     SCOPES,
+    Expected,
     KeyRing,
     TokenRefused,
     issue,
@@ -73,7 +74,9 @@ def test_an_issued_token_verifies_to_its_claims() -> None:
         (signed(claims(jti=None)), "no 'jti' claim"),
         (signed(claims(scope="read write")), "write is not a scope"),
         (signed(claims(tenant="a|b")), "not a tenant name"),
-        (signed(claims(exp="tomorrow")), "must be numbers"),
+        (signed(claims(exp="tomorrow")), "must be finite numbers"),
+        (signed(claims(exp=float("inf"))), "must be finite numbers"),
+        (signed(claims(jti="")), "'jti' is empty"),
         (signed(claims(nbf=time.time() + 3600)), "not valid yet"),
         (signed(claims(), OctKey.import_key("k" * 32), "HS256"), "algorithm is not taken"),
     ],
@@ -81,6 +84,37 @@ def test_an_issued_token_verifies_to_its_claims() -> None:
 def test_a_bad_token_is_refused_with_the_reason(bad: str, says: str) -> None:
     with pytest.raises(TokenRefused, match=says):
         RING.verify(bad)
+
+
+def test_issuer_and_audience_are_checked_when_configured() -> None:
+    ring = KeyRing([public_key(KEY)], Expected("https://idp.example", "tally"))
+    good = {**claims(), "iss": "https://idp.example", "aud": ["tally", "other"]}
+    assert ring.verify(signed(good)).tenant == "acme"
+    with pytest.raises(TokenRefused, match="not meant for 'tally'"):
+        ring.verify(signed({**good, "aud": "another-app"}))
+    with pytest.raises(TokenRefused, match="not issued by"):
+        ring.verify(signed({**good, "iss": "https://elsewhere"}))
+    issued = issue(KEY, "u", "acme", frozenset({"read"}), 60, ring.expected)[0]
+    assert ring.verify(issued).subject == "u"  # Tally's own tokens carry both
+
+
+def test_an_unknown_key_id_fetches_the_providers_key_set_again() -> None:
+    provider = [OKPKey.generate_key("Ed25519", parameters={"kid": "idp-1"})]
+    fetches = []
+
+    def fetch() -> list[Any]:
+        fetches.append(1)
+        return [public_key(key) for key in provider]
+
+    ring = KeyRing([])
+    ring.follow_provider(fetch)
+    rotated = OKPKey.generate_key("Ed25519", parameters={"kid": "idp-2"})
+    provider.append(rotated)
+    with pytest.raises(TokenRefused, match="does not know"):  # fetched under a minute ago
+        ring.verify(signed(claims(), rotated))
+    ring.fetched_at -= 61
+    assert ring.verify(signed(claims(jti="j2"), rotated)).token_id == "j2"
+    assert len(fetches) == 2
 
 
 def test_an_identity_providers_rsa_key_set_is_taken(tmp_path: Path) -> None:
@@ -134,7 +168,7 @@ def test_a_bucket_never_lets_more_through_than_burst_plus_rate_times_time(
 
 
 def test_buckets_are_per_key_and_bounded() -> None:
-    buckets = TokenBuckets(rate=1, burst=2, keys=3)
+    buckets = TokenBuckets(rate=1, burst=2, max_keys=3)
     assert [buckets.take("a", 0) for _ in range(3)] == [0, 0, 1.0]
     assert buckets.take("b", 0) == 0  # another key is untouched
     for key in "cdef":
@@ -201,6 +235,7 @@ def default_gate(revocations: Revocations | None = None, rate: float = 0) -> Gat
         ("GET", "/api/servers/s1/summary", {}, 401, "needs a token"),
         ("GET", "/api/servers/s1/summary", {"Authorization": "Token x"}, 401, "must be 'Bearer"),
         ("GET", "/api/servers/s1/summary", bearer("x.y.z"), 401, "not a JWT"),
+        ("GET", "/api/servers/s1/summary", {"Authorization": "Basic ZZé"}, 401, "Basic"),
         ("GET", "/api/servers/s1/summary", bearer(token(scopes="ingest")), 403, "does not grant"),
         ("GET", "/api/servers/s1/summary", bearer(token()), 200, ""),
         ("GET", "/api/sales/top", bearer(token()), 403, "operator token"),
@@ -278,3 +313,16 @@ def test_registry_lookups_are_reads_and_other_registry_writes_are_admin() -> Non
     assert access_of("get", "/registry/schemas/ids/{schema_id}").reach == "shared"
     assert access_of("head", "/api/sales/top") == access_of("get", "/api/sales/top")
     assert set(SCOPES) == {"ingest", "read", "admin", "metrics"}
+
+
+def test_reading_the_revocations_again_drops_what_the_topic_no_longer_holds() -> None:
+    """A tombstone compacted away while a process was cut off: its next reading of the topic
+    does not have the token, and once caught up neither has the process."""
+    revocations = loaded("kept", "taken-back")
+    revocations.restart()
+    revocations.absorb(b"kept", b"{}")
+    assert "taken-back" in revocations  # the earlier reading holds until this one caught up
+    revocations.caught_up()
+    assert "kept" in revocations and "taken-back" not in revocations
+    revocations.absorb(b"kept", None)  # a tombstone takes a revocation back
+    assert "kept" not in revocations

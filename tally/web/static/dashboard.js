@@ -14,10 +14,13 @@ const ago = (iso) => (iso ? `${Math.max(0, Math.round((Date.now() - Date.parse(i
 // --- the caller's token: from the link (#token=…, never sent to a server) or asked for -------
 const TOKEN_KEY = "tally.token";
 function takeTokenFromLink() {
-  const found = /(?:^#|&)token=([^&]+)/.exec(location.hash);
-  if (!found) return;
-  sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(found[1]));
-  history.replaceState(null, "", location.pathname + location.search); // out of the address bar
+  const params = new URLSearchParams(location.hash.slice(1));
+  const given = params.get("token");
+  if (given === null) return;
+  sessionStorage.setItem(TOKEN_KEY, given);
+  params.delete("token"); // out of the address bar, the other parameters kept
+  const rest = params.toString();
+  history.replaceState(null, "", location.pathname + location.search + (rest ? "#" + rest : ""));
 }
 const token = () => sessionStorage.getItem(TOKEN_KEY) || "";
 function askForToken(reason) {
@@ -76,11 +79,14 @@ class TokenEventSource {
   }
   async read(reader) {
     const decoder = new TextDecoder();
-    let buffer = "";
+    let buffer = "", held = ""; // a chunk's last "\r" waits: the next may start with "\n"
     for (;;) {
       const { value, done } = await reader.read();
       if (done) return;
-      buffer += decoder.decode(value, { stream: true }).replace(/\r\n?/g, "\n");
+      let text = held + decoder.decode(value, { stream: true });
+      held = text.endsWith("\r") ? "\r" : "";
+      if (held) text = text.slice(0, -1);
+      buffer += text.replace(/\r\n?/g, "\n");
       let end;
       while ((end = buffer.indexOf("\n\n")) >= 0) {
         this.dispatch(buffer.slice(0, end));
@@ -101,7 +107,13 @@ class TokenEventSource {
       else if (field === "retry" && /^\d+$/.test(value)) this.retry = Number(value);
     }
     const handle = this.handlers[event];
-    if (handle && data.length) { handle(JSON.parse(data.join("\n"))); showConnection(); }
+    if (!handle || !data.length) return;
+    try {
+      handle(JSON.parse(data.join("\n")));
+    } catch (error) {
+      console.warn(`event ${event} could not be shown: ${error}`); // the next one may be
+    }
+    showConnection();
   }
   close() {
     this.readyState = CLOSED;
@@ -116,7 +128,13 @@ function listen(url, handlers, statusElement) {
     if (status === 401) askForToken(reason);
     showConnection();
   };
-  const source = new TokenEventSource(url, handlers, refused);
+  const status = handlers.status;
+  const watched = {
+    ...handlers,
+    // The server ends a stream whose token it no longer takes (revoked, expired).
+    status: (s) => (s.refused ? refused(401, s.reason) : status(s)),
+  };
+  const source = new TokenEventSource(url, watched, refused);
   streams.add(source);
   return source;
 }
@@ -310,7 +328,10 @@ $("series").addEventListener("change", draw);
 $("mode").addEventListener("change", () => { $("series").hidden = $("mode").value !== "server"; });
 
 const wanted = /^#(server|metric)=(.+)$/.exec(location.hash);
-if (wanted) { $("mode").value = wanted[1]; $("subject").value = decodeURIComponent(wanted[2]); }
+if (wanted) {
+  $("mode").value = wanted[1];
+  try { $("subject").value = decodeURIComponent(wanted[2]); } catch { /* a mangled link: keep the default */ }
+}
 follow();
 
 // Ages tick every second without waiting for the next event.
