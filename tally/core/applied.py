@@ -174,8 +174,9 @@ class Unread:
     soak (bench/soak.py) found it. So only a batch's events up to a hole are applied, and the
     partition is read again from the hole.
 
-    A reread has come back when a batch brings offsets delivered before (what was fetched
-    before it only brings new ones, in order, and may take long to drain on a busy worker).
+    A reread has come back when a batch brings the first offset after the hole again (what
+    was fetched before it, the rest of an earlier reread included, only brings later ones, in
+    order, and may take long to drain on a busy worker).
     A hole that `tries` rereads came back without is taken as a gap in the log (a transaction
     marker, say) and passed, up to the first offset after it delivered since it opened; so is
     one whose rereads did not come back within `patience_s` each, `tries` times. A passed
@@ -238,7 +239,9 @@ class Unread:
         if reread is None or reread.missing != following:
             self._rereads[key] = _Reread(following, 0, offsets[-1], after, now)
             return applicable, Hole(following, reread=True, given_up=False)
-        came_back = offsets[0] <= reread.seen
+        # A reread from the hole brings the first offset after it again; what was fetched
+        # before the reread (the rest of an earlier reread too) only brings later ones.
+        came_back = after <= reread.after
         reread.seen = max(reread.seen, offsets[-1])
         reread.after = min(reread.after, after)
         if not came_back and now - reread.at < self.patience_s:  # earlier fetches drain
