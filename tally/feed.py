@@ -43,6 +43,7 @@ def purchases(
             "unit_price_cents": rng.randrange(99, 99_999),
             "event_time_ms": clock_ms(),
             "metadata": {"channel": rng.choice(("web", "app", "store"))},
+            "tenant": "",  # the deployment's default tenant (TALLY_DEFAULT_TENANT)
         }
 
 
@@ -83,6 +84,7 @@ def metric_batches(
         yield {
             "server_id": f"server-{server:04d}",
             "sent_at_ms": now,
+            "tenant": "",  # the deployment's default tenant
             "samples": [
                 {"metric_id": name, "ts_ms": now, "value": round(rng.uniform(0, 100), 3)}
                 for name in names

@@ -281,6 +281,7 @@ def test_tallys_outputs_read_with_confluents_deserializer(
             "unit_price_cents": 5,
             "event_time_ms": at_ms,
             "metadata": {"n": str(n)},
+            "tenant": "default",
         }
 
     ctx = SerializationContext("purchases", MessageField.VALUE)
