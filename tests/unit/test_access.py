@@ -43,7 +43,12 @@ OTHER = OKPKey.generate_key("Ed25519", parameters={"kid": "own"})  # same kid, o
 RING = KeyRing([public_key(KEY)])
 
 
-def token(tenant: str = "acme", scopes: str = "read", lifetime_s: float = 60.0) -> str:
+#: Tokens of the parametrized cases are made when the tests are collected, which may be long
+#: before they run (after the integration tests): they stay valid a day.
+DAY_S = 86_400.0
+
+
+def token(tenant: str = "acme", scopes: str = "read", lifetime_s: float = DAY_S) -> str:
     return issue(KEY, f"user-{tenant}", tenant, parse_scopes(scopes), lifetime_s)[0]
 
 
@@ -53,7 +58,7 @@ def signed(claims: dict[str, Any], key: Any = KEY, alg: str = "Ed25519") -> str:
 
 
 def claims(**changes: Any) -> dict[str, Any]:
-    base = {"sub": "u", "tenant": "acme", "scope": "read", "exp": time.time() + 60, "jti": "j1"}
+    base = {"sub": "u", "tenant": "acme", "scope": "read", "exp": time.time() + DAY_S, "jti": "j1"}
     return {name: value for name, value in {**base, **changes}.items() if value is not None}
 
 
