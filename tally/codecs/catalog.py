@@ -5,6 +5,7 @@ tools use it without building the app.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache, partial
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -47,15 +48,16 @@ def open_registry(settings: Settings) -> SchemaRegistry:
     )
 
 
+def checked_codec(subject: str, schema: str, validate: Callable[..., None]) -> AvroCodec:
+    """A codec whose decoded records pass `validate`, the tenant this deployment holds
+    included."""
+    held = current_settings().default_tenant
+    return AvroCodec(registry(), subject, load_schema(schema), partial(validate, held_tenant=held))
+
+
 @cache
 def purchase_codec() -> AvroCodec:
-    held = current_settings().default_tenant
-    return AvroCodec(
-        registry(),
-        "purchases-value",
-        load_schema("purchase"),
-        partial(validate_purchase, held_tenant=held),
-    )
+    return checked_codec("purchases-value", "purchase", validate_purchase)
 
 
 @cache
@@ -71,10 +73,4 @@ def purchases_topic_codec() -> RecordTypeCodec:
 
 @cache
 def metric_batch_codec() -> AvroCodec:
-    held = current_settings().default_tenant
-    return AvroCodec(
-        registry(),
-        "metric-samples-value",
-        load_schema("metric_batch"),
-        partial(validate_metric_batch, held_tenant=held),
-    )
+    return checked_codec("metric-samples-value", "metric_batch", validate_metric_batch)
