@@ -31,6 +31,7 @@ from tally.runtime.faust_compat import (
     keep_skipped_messages_uncommitted,
     record_fetched_offsets,
     record_offsets_only_without_holes,
+    relay_refusal_headers,
 )
 from tally.runtime.logs import quiet_repeats
 from tally.settings import Settings, current_settings
@@ -44,6 +45,7 @@ check_pinned_versions()
 keep_skipped_messages_uncommitted()
 flush_producer_buffer_fully()
 record_fetched_offsets()
+relay_refusal_headers()
 if settings.processing_guarantee == "at_least_once":
     record_offsets_only_without_holes()
 

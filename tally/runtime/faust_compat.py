@@ -19,6 +19,8 @@ from typing import Any, cast
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import IllegalStateError
 from faust import streams as faust_streams
+from faust.app.router import Router
+from faust.exceptions import SameNode
 from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 from faust.stores.rocksdb import Store as RocksDBStore
 from faust.transport.consumer import Consumer as FaustConsumer
@@ -166,6 +168,38 @@ def record_fetched_offsets() -> None:
 
     _fetch_records.records_offsets = True  # type: ignore[attr-defined]
     AIOKafkaConsumerThread._fetch_records = _fetch_records  # type: ignore[method-assign]
+
+
+#: Headers of a key owner's answer that the client of a routed request needs: what a refusal
+#: asks of it (the access gate's 401 and 429, tally.http.access).
+RELAYED_FROM_OWNER = ("WWW-Authenticate", "Retry-After")
+
+
+def relay_refusal_headers() -> None:
+    """Faust's router relays a key owner's answer with its status and body only: an owner's
+    401 would lose its `WWW-Authenticate`, a 429 its `Retry-After`. Relay those too."""
+    if getattr(Router._route_req, "relays_refusals", False):
+        return
+
+    async def _route_req(self: Router, dest_url: Any, web: Any, request: Any) -> Any:
+        dest_ident = (host, port) = self._urlident(dest_url)
+        if dest_ident == self._urlident(self.app.conf.canonical_url):
+            raise SameNode()
+        routed_url = request.url.with_host(host).with_port(int(port))
+        async with self.app.http_client.request(
+            method=request.method, headers=request.headers, url=routed_url
+        ) as response:
+            relayed = {name: response.headers[name] for name in RELAYED_FROM_OWNER
+                       if name in response.headers}  # fmt: skip
+            return web.text(
+                await response.text(),
+                content_type=response.content_type,
+                status=response.status,
+                headers=relayed,
+            )
+
+    _route_req.relays_refusals = True  # type: ignore[attr-defined]
+    Router._route_req = _route_req  # type: ignore[method-assign]
 
 
 #: A flush still waiting for the producer buffer says so this often.

@@ -300,3 +300,26 @@ def test_records_carry_their_tenant_and_old_records_count_as_the_default_tenants
     assert "'acme' is not held here" in rules["unknown_tenant"].reason
     assert rules["tenant_mismatch"].request.startswith("POST /api/ingest/purchases")
     assert quantity("item-acme") == 0
+
+
+def test_an_owners_refusal_reaches_the_client_with_what_it_asks_of_it(
+    make_worker: WorkerFactory,
+) -> None:
+    """A request routed to the key's owner and refused there (its own rate limit) comes back
+    with the owner's `Retry-After`, not as a bare status."""
+    entry, _owner = start_all(
+        make_worker("w1", TALLY_AUTH_RATE="0"), make_worker("w2", TALLY_AUTH_RATE="1")
+    )
+    token = bearer(ACCESS.token("default", ["read"]))
+    refused = []
+    # The entry answers its own keys without a limit; the owner of the others allows 2 at
+    # once, then 1 a second: most of those are refused there.
+    for server in (f"web-{n}" for n in range(40)):
+        request = urllib.request.Request(f"{entry.url}/api/servers/{server}/summary", headers=token)
+        try:
+            with urllib.request.urlopen(request, timeout=15):
+                pass
+        except urllib.error.HTTPError as exc:
+            refused.append((exc.code, exc.headers.get("Retry-After")))
+    assert refused, "no request was refused by the owner"
+    assert all(code == 429 and after is not None and int(after) >= 1 for code, after in refused)
