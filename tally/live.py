@@ -118,7 +118,12 @@ class Stream:
 
     @property
     def key(self) -> str:
-        return f"{self.path} {self.caller}"
+        return f"{self.query_key} {self.caller}"
+
+    @property
+    def query_key(self) -> str:
+        """What the stream asks, whoever asks it."""
+        return self.path
 
     async def read(self, fetch: Read) -> Answer:
         return await fetch(self.path, self.credentials)
@@ -189,8 +194,8 @@ class SeriesStream(Stream):
     query: str = ""
 
     @property
-    def key(self) -> str:
-        return f"{self.path}?minutes={self.minutes}&{self.query} {self.caller}"
+    def query_key(self) -> str:
+        return f"{self.path}?minutes={self.minutes}&{self.query}"
 
     async def read(self, fetch: Read) -> Answer:
         # The range ends with the current minute, so it moves once a minute, not every poll.

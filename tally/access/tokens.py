@@ -194,6 +194,16 @@ def signing_key(path: Path, create: bool) -> OKPKey | None:
     return key
 
 
+def unverified_id(token: str) -> str:
+    """A token's `jti`, read without checking its signature (to revoke it: revoking only ever
+    takes access away); ValueError when it has none."""
+    try:
+        claims = json.loads(jws.extract_compact(token.encode()).payload)
+        return str(claims["jti"])
+    except (JoseError, ValueError, KeyError, TypeError):
+        raise ValueError("this token has no readable 'jti' claim") from None
+
+
 def public_key(key: OKPKey) -> OKPKey:
     """The public half of a key (what verifying needs; the private half stays in its file)."""
     return OKPKey.import_key(key.as_dict(private=False))
@@ -283,9 +293,11 @@ class KeyRing:
         except (JoseError, ValueError, UnicodeError):
             raise TokenRefused("the token is not a JWT (header.payload.signature)") from None
         kid = header.get("kid")
-        found = [key for key in self.keys if kid is None or key.kid == kid]
-        if not found and self.refetch():
-            found = [key for key in self.keys if kid is None or key.kid == kid]
+
+        def named() -> list[Any]:
+            return [key for key in self.keys if kid is None or key.kid == kid]
+
+        found = named() or (named() if self.refetch() else [])
         if not found:
             raise TokenRefused(f"the token was signed with a key this service does not know "
                                f"(kid {str(kid)[:40]!r})")  # fmt: skip

@@ -167,7 +167,7 @@ class Gate:
         return identity
 
     def within_rate(self, identity: Identity) -> None:
-        if self.buckets is None or not identity.token_id:
+        if self.buckets is None:
             return
         wait = self.buckets.take(identity.token_id, time.monotonic())
         if wait > 0:

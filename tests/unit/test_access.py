@@ -32,6 +32,7 @@ from tally.access.tokens import (
     public_key,
     public_key_set,
     signing_key,
+    unverified_id,
 )
 from tally.core.ratelimit import TokenBuckets
 from tally.http.access import IDENTITY, Gate
@@ -331,3 +332,11 @@ def test_reading_the_revocations_again_drops_what_the_topic_no_longer_holds() ->
     assert "kept" in revocations and "taken-back" not in revocations
     revocations.absorb(b"kept", None)  # a tombstone takes a revocation back
     assert "kept" not in revocations
+
+
+def test_a_tokens_id_is_read_without_its_signature_for_revoking() -> None:
+    issued, stamped = issue(KEY, "u", "acme", frozenset({"read"}), 60)
+    assert unverified_id(issued) == stamped["jti"]
+    assert unverified_id(signed(claims(), OTHER)) == "j1"  # any signer: revoking takes away
+    with pytest.raises(ValueError, match="no readable 'jti'"):
+        unverified_id("a.b.c")
