@@ -115,6 +115,8 @@ class Stream:
     #: clients of one token share a feed; the key names no secret).
     credentials: str = field(default="", repr=False)
     caller: str = ""
+    #: Extra query parameters (e.g. metric=a,b; an operator's tenant=t), already encoded.
+    query: str = ""
 
     @property
     def key(self) -> str:
@@ -123,7 +125,7 @@ class Stream:
     @property
     def query_key(self) -> str:
         """What the stream asks, whoever asks it."""
-        return self.path
+        return f"{self.path}?{self.query}"
 
     async def read(self, fetch: Read) -> Answer:
         return await fetch(self.path, self.credentials)
@@ -147,11 +149,13 @@ class TopStream(Stream):
     final_polls: int = 120
 
     async def read(self, fetch: Read) -> Answer:
-        current = await fetch(self.path, self.credentials)
+        extra = f"&{self.query}" if self.query else ""
+        current = await fetch(self.query_key.rstrip("?"), self.credentials)
         finals = []
         for window_end, polls_left in list(self.closing.items()):
             # `at` = the last millisecond of the window that ended at `window_end`.
-            final = await fetch(f"{self.path}?at={epoch_ms(window_end) - 1}", self.credentials)
+            at = epoch_ms(window_end) - 1
+            final = await fetch(f"{self.path}?at={at}{extra}", self.credentials)
             if final.get("items") and not final.get("stale"):
                 finals.append(final)
                 del self.closing[window_end]
@@ -190,8 +194,6 @@ class SeriesStream(Stream):
     #: The answer's field holding the series (`metrics`) or the one series (`series`).
     field_name: str = "metrics"
     minutes: int = 120
-    #: Extra query parameters (e.g. metric=a,b), already encoded.
-    query: str = ""
 
     @property
     def query_key(self) -> str:

@@ -4,7 +4,8 @@ document declares it, and the access-matrix test is generated from that document
 - `scopes`: the token must grant one of them; empty: the route is open (health for load
   balancers, the API document, the dashboard's page shell: nothing of any tenant's data).
 - `reach`: whose data the answer holds. `tenant`: the caller's own tenant's (an operator's:
-  any tenant's); `site`: every tenant's at once (the site-wide top-10, Prometheus figures), so
+  any tenant's, or every tenant's merged: runtime.queries.tenant_read); `site`: every
+  tenant's at once, unfiltered (Prometheus figures, the dead letters' counts), so
   only an operator token (tenant `*`) passes; `shared`: nobody's (schemas), any tenant passes.
 """
 
@@ -63,9 +64,9 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("get", "/metrics"): access("metrics", reach="site"),
     ("post", "/api/ingest/{endpoint}"): access("ingest"),
     ("get", "/api/dead-letters/stats"): READ_SITE,
-    ("get", "/api/sales/top"): READ_SITE,
-    ("get", "/api/sales/items/{item_id}"): READ_SITE,
-    ("get", "/api/stream/sales/top"): READ_SITE,
+    ("get", "/api/sales/top"): READ,
+    ("get", "/api/sales/items/{item_id}"): READ,
+    ("get", "/api/stream/sales/top"): READ,
     ("get", "/api/servers/{server_id}/metrics"): READ,
     ("get", "/api/servers/{server_id}/summary"): READ,
     ("get", "/api/metrics/{metric_id}"): READ,

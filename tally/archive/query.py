@@ -19,10 +19,13 @@ KEY_COLUMNS = ("server", "metric")
 
 @dataclass(frozen=True)
 class ArchiveQuery:
-    """Rows where `key_column` = `key` and start_ms <= minute < end_ms, merged per series and
-    bucket. `series_column` None: one series, "all". `step_ms` None: one bucket, at start_ms.
+    """Rows of `tenant` (None: of every tenant) where `key_column` = `key` and start_ms <=
+    minute < end_ms, merged per series and bucket. `series_column` None: one series, "all"
+    (of every tenant's rows merged); of every tenant, a series of servers is named
+    `<tenant>|<server>` (core.tenancy.scoped). `step_ms` None: one bucket, at start_ms.
     `metrics`: only these metrics (None: all)."""
 
+    tenant: str | None
     key_column: str
     key: str
     start_ms: int
@@ -36,6 +39,8 @@ class ArchiveQuery:
         if self.key_column not in KEY_COLUMNS or self.series_column not in (*KEY_COLUMNS, None):
             raise ValueError(f"unknown columns in {self!r}")
         series = self.series_column or "'all'"
+        if self.tenant is None and self.series_column == "server":
+            series = "tenant || '|' || server"
         params: list[object]
         if self.step_ms is None:
             bucket, params = "?::BIGINT", [self.start_ms]
@@ -43,15 +48,19 @@ class ArchiveQuery:
             bucket, params = "minute_ms - minute_ms % ?", [self.step_ms]
         where = [f"{self.key_column} = ?", "minute_ms >= ?", "minute_ms < ?"]
         params += [self.key, self.start_ms, self.end_ms]
+        if self.tenant is not None:
+            where.append("tenant = ?")
+            params.append(self.tenant)
         if self.metrics is not None:
             where.append(f"metric IN ({', '.join('?' for _ in self.metrics)})")
             params += sorted(self.metrics)
         # A minute sent twice upstream (a re-emission after a crash: a new offset) sits in
-        # two files until its day is compacted: each (server, metric, minute) counts once.
+        # two files until its day is compacted: each (tenant, server, metric, minute) counts
+        # once.
         sql = (
             f"SELECT {series} AS series, {bucket} AS bucket, "
             'min("min"), max("max"), sum("sum"), sum("count") '
-            "FROM (SELECT DISTINCT ON (server, metric, minute_ms) * FROM rows "
+            "FROM (SELECT DISTINCT ON (tenant, server, metric, minute_ms) * FROM rows "
             f"WHERE {' AND '.join(where)}) "
             "GROUP BY series, bucket ORDER BY series, bucket"
         )

@@ -4,9 +4,9 @@
     <archive>/_sink/p002.json        {"through": 1499, "pending": null}
 
 A file holds what one flush of one `metric-rollups-1m` partition wrote for one day: rows
-(server, metric, minute_ms, min, max, sum, count) sorted by (server, metric, minute_ms). Its
-name carries the partition and the offsets the flush read, which ties the sink's progress to
-the files themselves:
+(tenant, server, metric, minute_ms, min, max, sum, count) sorted by (tenant, server, metric,
+minute_ms). Its name carries the partition and the offsets the flush read, which ties the
+sink's progress to the files themselves:
 
 - The partition's journal says through which offset everything is written. A flush records
   its intent first (`pending`: offsets and days), then writes its files (each under a
@@ -43,11 +43,12 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from tally.core.errors import ValidationError
-from tally.core.limits import usable_id
+from tally.core.limits import TENANT_PATTERN, usable_id
 from tally.core.rollups import MINUTE_MS
 
 ROWS = pa.schema(
     [
+        pa.field("tenant", pa.string(), nullable=False),
         pa.field("server", pa.string(), nullable=False),
         pa.field("metric", pa.string(), nullable=False),
         pa.field("minute_ms", pa.int64(), nullable=False),
@@ -57,7 +58,12 @@ ROWS = pa.schema(
         pa.field("count", pa.int64(), nullable=False),
     ]
 )
-SORT_KEYS = [("server", "ascending"), ("metric", "ascending"), ("minute_ms", "ascending")]
+SORT_KEYS = [
+    ("tenant", "ascending"),
+    ("server", "ascending"),
+    ("metric", "ascending"),
+    ("minute_ms", "ascending"),
+]
 #: Row groups small enough that a one-server query skips most of a day's file by statistics.
 ROW_GROUP_ROWS = 128 * 1024
 COMPRESSION = "zstd"
@@ -170,10 +176,18 @@ class Journal:
 Metrics = Mapping[str, Mapping[str, float]]
 
 
-def final_minute(value: Any) -> tuple[str, int, Metrics]:
-    """(server, minute_ms, {metric: {min, max, sum, count}}) of a metric-rollups-1m value."""
+#: A final minute as the archive keeps it: (tenant, server, minute_ms, {metric: rollup fields}).
+FinalMinute = tuple[str, str, int, Metrics]
+
+
+def final_minute(value: Any) -> FinalMinute:
+    """(tenant, server, minute_ms, {metric: {min, max, sum, count}}) of a metric-rollups-1m
+    value."""
     try:
-        server, minute, metrics = value["server_id"], value["minute_ms"], value["metrics"]
+        tenant, server = value["tenant"], value["server_id"]
+        minute, metrics = value["minute_ms"], value["metrics"]
+        if not (isinstance(tenant, str) and TENANT_PATTERN.fullmatch(tenant)):
+            raise ValidationError(f"tenant={tenant!r} is not a tenant name")
         if not (isinstance(server, str) and usable_id(server)):
             raise ValidationError(f"server_id={server!r} is not a usable server id")
         if not isinstance(minute, int) or minute < 0 or minute % MINUTE_MS:
@@ -186,32 +200,33 @@ def final_minute(value: Any) -> tuple[str, int, Metrics]:
                     raise ValidationError(f"metric {metric!r}: {part}={cell[part]!r}")
     except (KeyError, TypeError, AttributeError) as exc:
         raise ValidationError(
-            "not a final minute: expected {server_id, minute_ms, metrics: {metric: "
+            "not a final minute: expected {tenant, server_id, minute_ms, metrics: {metric: "
             f"{{min, max, sum, count}}}} ({type(exc).__name__}: {exc})"
         ) from None
-    return server, minute, metrics
+    return tenant, server, minute, metrics
 
 
-def rows_by_day(minutes: Iterable[tuple[str, int, Metrics]]) -> dict[date, pa.Table]:
-    """Final minutes → one sorted table per day; a (server, minute) given twice counts once
-    (the later one)."""
-    latest: dict[tuple[str, int], Metrics] = {}
-    for server, minute, metrics in minutes:
-        latest[(server, minute)] = metrics
+def rows_by_day(minutes: Iterable[FinalMinute]) -> dict[date, pa.Table]:
+    """Final minutes → one sorted table per day; a (tenant, server, minute) given twice counts
+    once (the later one)."""
+    latest: dict[tuple[str, str, int], Metrics] = {}
+    for tenant, server, minute, metrics in minutes:
+        latest[(tenant, server, minute)] = metrics
     columns: dict[date, tuple[list[Any], ...]] = {}
-    for (server, minute), metrics in latest.items():
+    for (tenant, server, minute), metrics in latest.items():
         day = day_of(minute)
         cols = columns.get(day)
         if cols is None:
-            cols = columns[day] = ([], [], [], [], [], [], [])
+            cols = columns[day] = tuple([] for _ in ROWS)
         for metric, cell in metrics.items():
-            cols[0].append(server)
-            cols[1].append(metric)
-            cols[2].append(minute)
-            cols[3].append(float(cell["min"]))
-            cols[4].append(float(cell["max"]))
-            cols[5].append(float(cell["sum"]))
-            cols[6].append(int(cell["count"]))
+            cols[0].append(tenant)
+            cols[1].append(server)
+            cols[2].append(metric)
+            cols[3].append(minute)
+            cols[4].append(float(cell["min"]))
+            cols[5].append(float(cell["max"]))
+            cols[6].append(float(cell["sum"]))
+            cols[7].append(int(cell["count"]))
     return {
         day: pa.Table.from_arrays(
             [pa.array(c, f.type) for c, f in zip(cols, ROWS, strict=True)], schema=ROWS
@@ -371,9 +386,7 @@ class Archive:
         self._save_journal(partition, journal)
         return journal
 
-    def append(
-        self, partition: int, minutes: Sequence[tuple[int, tuple[str, int, Metrics]]]
-    ) -> list[DataFile]:
+    def append(self, partition: int, minutes: Sequence[tuple[int, FinalMinute]]) -> list[DataFile]:
         """Write (offset, final minute) pairs of `partition`, in offset order; offsets already
         written are skipped. Returns the files written."""
         journal = self.recover(partition)
@@ -409,8 +422,8 @@ class Archive:
         with connect() as con:
             self.register(con, files)
             deduplicated = con.sql(
-                "SELECT DISTINCT ON (server, metric, minute_ms) * FROM rows "
-                "ORDER BY server, metric, minute_ms"
+                "SELECT DISTINCT ON (tenant, server, metric, minute_ms) * FROM rows "
+                "ORDER BY tenant, server, metric, minute_ms"
             )
             self._write(merged, iter(deduplicated.to_arrow_reader(ROW_GROUP_ROWS)))
         for file in files:

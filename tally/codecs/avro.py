@@ -20,7 +20,8 @@ from faust.serializers.codecs import Codec
 
 from tally.codecs.registry import Schema, SchemaRegistry
 from tally.core.errors import DecodeError, SchemaError, ValidationError
-from tally.core.limits import DEFAULT_TENANT, check_id, check_metadata, check_tenant_held
+from tally.core.limits import check_id, check_metadata
+from tally.core.tenancy import check_tenant_name
 
 MAGIC_BYTE = 0
 HEADER = struct.Struct(">bI")
@@ -174,9 +175,9 @@ class RecordTypeCodec:
         return name, codec.loads(data)
 
 
-def validate_purchase(record: Record, held_tenant: str = DEFAULT_TENANT) -> None:
+def validate_purchase(record: Record) -> None:
     """Rules of a purchase the Avro types cannot say (tally.core.limits: ids, metadata, and
-    the tenant this deployment holds)."""
+    the tenant's name)."""
     if record["quantity"] <= 0:
         raise ValidationError(f"quantity must be > 0, got {record['quantity']}", "out_of_range")
     if record["unit_price_cents"] < 0:
@@ -186,13 +187,13 @@ def validate_purchase(record: Record, held_tenant: str = DEFAULT_TENANT) -> None
     check_id("item_id", record["item_id"])
     check_id("purchase_id", record["purchase_id"])
     check_metadata(record["metadata"])
-    check_tenant_held(record["tenant"], held_tenant)
+    check_tenant_name(record["tenant"])
 
 
-def validate_metric_batch(record: Record, held_tenant: str = DEFAULT_TENANT) -> None:
+def validate_metric_batch(record: Record) -> None:
     """Rules of a metric batch the Avro types cannot say (the batch as a whole)."""
     check_id("server_id", record["server_id"])
-    check_tenant_held(record["tenant"], held_tenant)
+    check_tenant_name(record["tenant"])
 
 
 def validate_metric_sample(sample: Record) -> None:

@@ -6,7 +6,7 @@ tools use it without building the app.
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import cache, partial
+from functools import cache
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -49,10 +49,8 @@ def open_registry(settings: Settings) -> SchemaRegistry:
 
 
 def checked_codec(subject: str, schema: str, validate: Callable[..., None]) -> AvroCodec:
-    """A codec whose decoded records pass `validate`, the tenant this deployment holds
-    included."""
-    held = current_settings().default_tenant
-    return AvroCodec(registry(), subject, load_schema(schema), partial(validate, held_tenant=held))
+    """A codec whose decoded records pass `validate`."""
+    return AvroCodec(registry(), subject, load_schema(schema), validate)
 
 
 @cache

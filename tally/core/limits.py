@@ -96,18 +96,6 @@ def check_id(name: str, value: str) -> None:
         raise ValidationError(f"{name} {problem}, got {shown(value)}", "bad_id")
 
 
-def check_tenant_held(tenant: str, held: str) -> None:
-    """`ValidationError` (rule `unknown_tenant`) unless the record is the held tenant's (or
-    names none: written before records had a tenant). Tables do not carry the tenant yet, so
-    another tenant's record would be counted as the held tenant's: it is refused instead."""
-    if tenant not in ("", held):
-        raise ValidationError(
-            f"tenant {shown(tenant)} is not held here: this deployment keeps the data of tenant "
-            f"{held!r} only (TALLY_DEFAULT_TENANT)",
-            "unknown_tenant",
-        )
-
-
 def check_metadata(metadata: Mapping[str, str]) -> None:
     """`ValidationError` (rule `bad_metadata`) unless the map is within its limits."""
     if len(metadata) > MAX_METADATA_ENTRIES:

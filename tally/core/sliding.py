@@ -18,7 +18,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from tally.core.topk import Ranked, RankedTotals
+from tally.core.topk import GroupedTotals, Ranked, group_of
 from tally.core.windowing import EventClock, PaneSpec
 
 #: Reads one pane back from storage: its (key, amount) pairs.
@@ -49,9 +49,10 @@ class SlidingTotals:
     def __init__(self, spec: PaneSpec, clock: EventClock | None = None) -> None:
         self.spec = spec
         self.clock = clock or EventClock()
-        self.totals = RankedTotals()
+        self.totals = GroupedTotals()
         self.last_pane: int | None = None
-        self.late_events = 0
+        #: Late events by key group (tenant, topk.group_of).
+        self.late_events: dict[str, int] = {}
 
     @classmethod
     def restore(
@@ -82,9 +83,10 @@ class SlidingTotals:
             horizon = self.horizon(wall_ms, own)
             if horizon is not None and pane < horizon:
                 outcome.late.append(index)
+                group = group_of(key)
+                self.late_events[group] = self.late_events.get(group, 0) + 1
                 continue
             deltas[(pane, key)] += amount
-        self.late_events += len(outcome.late)
         if self.last_pane is not None:  # else `advance` opens the first window from storage
             first = spec.first_pane(self.last_pane)
             for (pane, key), amount in deltas.items():

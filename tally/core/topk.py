@@ -3,6 +3,10 @@
 Order everywhere: larger total first, ties by smaller key. Every key lives in exactly one
 partition, so a key in the global top-K has fewer than K keys before it in its own partition:
 the union of the partitions' top-Ks contains the global top-K, and merging them is exact.
+
+Keys are grouped by tenant (a key `<tenant>|<item>`, core.tenancy; a key without a separator is
+in group ""): a partition's candidates are each group's top-K, so the top-K of one tenant and
+the top-K over every tenant (within the union of the tenants' top-Ks) both merge exactly.
 """
 
 from __future__ import annotations
@@ -14,7 +18,14 @@ from typing import Any
 
 from sortedcontainers import SortedList
 
+from tally.core.limits import KEY_SEPARATOR
+
 Ranked = tuple[str, int]  # (key, total)
+
+
+def group_of(key: str) -> str:
+    """A key's group: its tenant (`<tenant>|<item>`), or "" for a key without one."""
+    return key.rpartition(KEY_SEPARATOR)[0]
 
 
 def rank_key(entry: Ranked) -> tuple[int, str]:
@@ -54,16 +65,47 @@ class RankedTotals:
         return self._totals.items()
 
 
+class GroupedTotals:
+    """RankedTotals per group (`group_of`): `top(k)` is every group's top-k."""
+
+    def __init__(self) -> None:
+        self._groups: dict[str, RankedTotals] = {}
+
+    def add(self, key: str, delta: int) -> None:
+        group = group_of(key)
+        ranked = self._groups.get(group)
+        if ranked is None:
+            ranked = self._groups[group] = RankedTotals()
+        ranked.add(key, delta)
+        if not ranked:
+            del self._groups[group]
+
+    def total(self, key: str) -> int:
+        ranked = self._groups.get(group_of(key))
+        return 0 if ranked is None else ranked.total(key)
+
+    def top(self, k: int) -> list[Ranked]:
+        """Each group's top-k, in rank order over all groups."""
+        return sorted((e for g in self._groups.values() for e in g.top(k)), key=rank_key)
+
+    def __len__(self) -> int:
+        return sum(len(ranked) for ranked in self._groups.values())
+
+    def items(self) -> Iterable[Ranked]:
+        return (entry for ranked in self._groups.values() for entry in ranked.items())
+
+
 @dataclass(frozen=True)
 class Candidates:
-    """One partition's top-K for the window ending with pane `last_pane`."""
+    """One partition's top-K of each group (tenant) for the window ending with pane
+    `last_pane`; its late events by group."""
 
     partition: int
     last_pane: int
     top: list[Ranked]
     watermark_ms: int
     as_of_ms: int
-    late_events: int = 0
+    late_events: Mapping[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -72,7 +114,7 @@ class Candidates:
             "top": [list(entry) for entry in self.top],
             "watermark_ms": self.watermark_ms,
             "as_of_ms": self.as_of_ms,
-            "late_events": self.late_events,
+            "late_events": dict(self.late_events),
         }
 
     @classmethod
@@ -85,7 +127,7 @@ class Candidates:
             top=[(str(k), int(v)) for k, v in data["top"]],
             watermark_ms=int(data["watermark_ms"]),
             as_of_ms=int(data["as_of_ms"]),
-            late_events=int(data.get("late_events", 0)),
+            late_events={str(g): int(n) for g, n in data.get("late_events", {}).items()},
         )
 
 
@@ -107,8 +149,11 @@ def merge_top(lists: Iterable[list[Ranked]], k: int) -> list[Ranked]:
     return heapq.nsmallest(k, (entry for top in lists for entry in top), key=rank_key)
 
 
-def merge_candidates(candidates: Iterable[Candidates], k: int) -> GlobalTopK | None:
-    """The global top-K of the newest window any partition has reached.
+def merge_candidates(
+    candidates: Iterable[Candidates], k: int, group: str | None = None
+) -> GlobalTopK | None:
+    """The global top-K of the newest window any partition has reached, of one `group`'s keys
+    (None: of every group's).
 
     A partition still on an older window contributes what it has and is named in `lagging`,
     so the answer can say it may be stale; `as_of` is the oldest partition's, so one silent
@@ -118,11 +163,18 @@ def merge_candidates(candidates: Iterable[Candidates], k: int) -> GlobalTopK | N
     if not latest:
         return None
     last_pane = max(c.last_pane for c in latest)
+
+    def of_group(top: list[Ranked]) -> list[Ranked]:
+        return top if group is None else [e for e in top if group_of(e[0]) == group]
+
     return GlobalTopK(
         last_pane=last_pane,
-        top=merge_top((c.top for c in latest), k),
+        top=merge_top((of_group(c.top) for c in latest), k),
         watermark_ms=min(c.watermark_ms for c in latest),
         as_of_ms=min(c.as_of_ms for c in latest),
-        late_events=sum(c.late_events for c in latest),
+        late_events=sum(
+            sum(c.late_events.values()) if group is None else c.late_events.get(group, 0)
+            for c in latest
+        ),
         lagging=sorted(c.partition for c in latest if c.last_pane < last_pane),
     )

@@ -109,12 +109,10 @@ class Gate:
         keys: KeyRing | None,
         revocations: Revocations,
         buckets: TokenBuckets | None,
-        default_tenant: str,
     ) -> None:
         self.keys = keys
         self.revocations = revocations
         self.buckets = buckets
-        self.default_tenant = default_tenant
 
     @property
     def enabled(self) -> bool:
@@ -156,13 +154,6 @@ class Gate:
             raise Refusal(
                 403,
                 "this answer holds every tenant's data: it needs an operator token (tenant *)",
-            )
-        if access.reach == "tenant" and identity.tenant not in (OPERATOR, self.default_tenant):
-            raise Refusal(
-                403,
-                f"tenant {identity.tenant!r} has no data on this deployment: it keeps the data "
-                f"of tenant {self.default_tenant!r} only (TALLY_DEFAULT_TENANT); data of "
-                "several tenants side by side is not built yet",
             )
         return identity
 
@@ -206,11 +197,11 @@ def configured_gate(settings: Settings) -> Gate:
     revocations = Revocations()
     if settings.auth == "off":
         revocations.caught_up()
-        return Gate(None, revocations, None, settings.default_tenant)
+        return Gate(None, revocations, None)
     rate = settings.auth_rate
     buckets = TokenBuckets(rate, max(1.0, 2 * rate)) if rate else None
     expected = Expected(settings.auth_issuer, settings.auth_audience)
-    return Gate(KeyRing([], expected), revocations, buckets, settings.default_tenant)
+    return Gate(KeyRing([], expected), revocations, buckets)
 
 
 def load_keys(gate: Gate, settings: Settings) -> None:

@@ -199,7 +199,7 @@ def purchase_rules(settings: Settings) -> Callable[[Record, int], None]:
     in_time = time_rule(settings, "event_time_ms")
 
     def rules(record: Record, wall_ms: int) -> None:
-        validate_purchase(record, settings.default_tenant)
+        validate_purchase(record)
         in_time(record, wall_ms)
 
     return rules
@@ -209,7 +209,7 @@ def sample_rules(settings: Settings) -> Callable[[Record, int], None]:
     in_time = time_rule(settings, "ts_ms")
 
     def rules(record: Record, wall_ms: int) -> None:
-        validate_metric_batch(record, settings.default_tenant)
+        validate_metric_batch(record)
         validate_metric_sample(record)
         in_time(record, wall_ms)
 

@@ -53,6 +53,7 @@ from tally.core.rollups import (
     minute_of,
     room_for_metrics,
 )
+from tally.core.tenancy import scoped, tenant_of, unscoped
 from tally.metrics.state import (
     PartitionState,
     index_pruned_through,
@@ -64,6 +65,7 @@ from tally.metrics.tables import (
     GRACE_MS,
     PER_SERVER,
     RETENTION_MS,
+    SERIES_PARTS,
     metric_clocks,
     metric_index_watermarks,
     metric_rollups,
@@ -151,6 +153,7 @@ async def roll_up_partition(events: Sequence[EventT]) -> None:
 class Folding:
     """One partition's batch, folded in memory before any table is touched."""
 
+    #: Servers here are `scoped` by their tenant (core.tenancy), as the tables key them.
     #: (server, minute) → its stored record, read once per batch (core.applied).
     stored: dict[tuple[str, int], Stamped | None] = field(default_factory=dict)
     #: server → minute → metric → rollup of the batch's fresh samples.
@@ -196,7 +199,8 @@ async def fold_message(
     state: PartitionState, folding: Folding, event: EventT, batch: Record, wall: int
 ) -> None:
     """One message's fresh samples into the batch's fold; the others set aside, each alone."""
-    server, samples = batch["server_id"], batch["samples"]
+    server = scoped(tenant_of(batch, settings.default_tenant), batch["server_id"])
+    samples = batch["samples"]
     fresh = unapplied(
         event.message.partition,
         server,
@@ -236,8 +240,10 @@ async def fold_message(
 
 
 def crowded(server: str, sample: Record) -> TooManyMetrics:
+    tenant, server_id = unscoped(server)
     return TooManyMetrics(
-        f"server {server!r} already has {MAX_METRICS_PER_SERVER_MINUTE} metrics in minute "
+        f"server {server_id!r} of tenant {tenant!r} already has "
+        f"{MAX_METRICS_PER_SERVER_MINUTE} metrics in minute "
         f"{minute_of(sample['ts_ms'])}; metric {sample['metric_id']!r} is one more"
     )
 
@@ -379,6 +385,7 @@ async def send_to_metric_index(
     for server, minute, metrics, record in touched:
         if record is None:
             continue
+        tenant, server_id = unscoped(server)
         for metric in metrics:
             acc = record.get(metric)
             if acc is None:
@@ -386,7 +393,7 @@ async def send_to_metric_index(
             destination = destinations.get(metric)
             if destination is None:
                 destination = destinations[metric] = partition_for(metric, settings.partitions)
-            by_destination[destination].append((metric, minute, server, acc))
+            by_destination[destination].append((scoped(tenant, metric), minute, server_id, acc))
     for destination, rollups in by_destination.items():
         for part in bounded_chunks(rollups, cell_size, len(rollups), MESSAGE_MAX_BYTES):
             await rollups_by_metric.send(
@@ -469,14 +476,7 @@ async def close_partition_minutes(event: EventT) -> None:
         state.final_through = end
         sent = [
             await rollups_1m.send(
-                key=f"{server}|{minute}".encode(),
-                value={
-                    "server_id": server,
-                    "minute_ms": minute,
-                    "metrics": {
-                        metric: Rollup.from_list(acc).fields() for metric, acc in cells.items()
-                    },
-                },
+                key=f"{server}|{minute}".encode(), value=final_minute_value(server, minute, cells)
             )
             for server, minute, cells in closing
         ]
@@ -502,6 +502,17 @@ async def close_partition_minutes(event: EventT) -> None:
                 start=minute_key(server, 0),
             )
         state.pruned_through = horizon
+
+
+def final_minute_value(server: str, minute: int, cells: Cells) -> dict[str, object]:
+    """A metric-rollups-1m value: a (`scoped`) server's final minute."""
+    tenant, server_id = unscoped(server)
+    return {
+        "tenant": tenant,
+        "server_id": server_id,
+        "minute_ms": minute,
+        "metrics": {metric: Rollup.from_list(acc).fields() for metric, acc in cells.items()},
+    }
 
 
 async def index_partition(events: Sequence[EventT]) -> None:
@@ -589,7 +600,7 @@ def prune_metric_index(partition: int) -> None:
         return
     horizon = hot_horizon(watermark, RETENTION_MS)
     if horizon > (index_pruned_through.get(partition) or 0):
-        for metric in list(first_parts(metric_rollups, partition)):
+        for metric in list(first_parts(metric_rollups, partition, SERIES_PARTS)):
             delete_below(
                 metric_rollups,
                 partition,

@@ -26,7 +26,7 @@ from tally.app import app, settings
 from tally.archive.store import (
     DAY_MS,
     DataFile,
-    Metrics,
+    FinalMinute,
     day_of,
     day_start_ms,
     final_minute,
@@ -79,7 +79,7 @@ def recent_open_days(partition: int) -> SinkState:
 
 
 async def append_until_written(
-    partition: int, minutes: Sequence[tuple[int, tuple[str, int, Metrics]]]
+    partition: int, minutes: Sequence[tuple[int, FinalMinute]]
 ) -> list[DataFile]:
     """`archive().append`, retried until it succeeds: the batch is acknowledged (and its minutes
     later pruned from the hot tables) only once written, so storage errors stall the sink,
@@ -114,7 +114,7 @@ async def archive_partition(events: Sequence[EventT]) -> None:
     written = await append_until_written(partition, minutes)
     state.open_days.update(file.day for file in written)
     if minutes:
-        state.newest_minute = max(state.newest_minute, *(m[1] for _, m in minutes))
+        state.newest_minute = max(state.newest_minute, *(m[2] for _, m in minutes))
     for day in sorted(state.open_days):
         if day_start_ms(day) + DAY_MS + SETTLE_MS <= state.newest_minute:
             try:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from tally.core.rollups import final_before
 from tally.core.windowing import EventClock
 from tally.metrics.tables import (
+    SERIES_PARTS,
     metric_clocks,
     metric_index_watermarks,
     rollups_by_metric,
@@ -35,6 +36,7 @@ class PartitionState:
     #: The last metric-samples offset folded into the tables (None: none yet).
     offset: int | None = None
     pruned_through: int = 0
+    #: Its servers, each `scoped` by its tenant.
     servers: set[str] = field(default_factory=set)
     #: A batch of this partition is being folded: its samples are accepted but not yet
     #: written, so no minute may be emitted as final until it is.
@@ -75,7 +77,7 @@ def state_for(partition: int) -> PartitionState:
             final_through=saved.get("final_through"),
             first_minute=saved.get("first_minute"),
             offset=saved.get("offset"),
-            servers=set(first_parts(server_rollups, partition)),
+            servers=set(first_parts(server_rollups, partition, SERIES_PARTS)),
         )
     return state
 

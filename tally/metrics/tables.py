@@ -1,15 +1,17 @@
 """The metrics pipeline's tables and topics (Faust declarations; the logic is in tables.rollups).
 
-    metric-samples (by server) ─► server_rollups   "<server>|<minute ms>|" → {metric: rollup}
+    metric-samples (by server) ─► server_rollups   "<tenant>|<server>|<minute ms>|" →
+                               │                   {metric: rollup}
                                └► metric_clocks    "<partition>" → event clock + late count
-    final minutes ────────────► metric-rollups-1m  one record per (server, minute)
+    final minutes ────────────► metric-rollups-1m  one record per (tenant, server, minute)
     partial rollups, re-keyed ─► metric-rollups-by-metric (by metric)
-                               ─► metric_rollups   "<metric>|<minute ms>|" → all servers' rollup,
-                                                   "<metric>|<minute ms>|servers" → {server: rollup}
+                               ─► metric_rollups   "<tenant>|<metric>|<minute ms>|" → all servers'
+                                                   rollup; "…|servers" → {server: rollup}
                                └► metric_index_watermarks "<upstream partition>" → watermark
 
-Keys put the query key first and the minute second, so a range query is one ordered scan of
-one partition that reads only the minutes asked for. One record holds a whole minute of a
+Keys put the tenant first, the series (core.tenancy.scoped) second and the minute third, so a
+range query is one ordered scan of one partition that reads only the tenant's minutes asked
+for. Partitions are by the bare server or metric id. One record holds a whole minute of a
 server (or of a metric), so a batch writes each touched minute once, not each cell: table
 writes, and with them changelog records, grow with servers and minutes, not with metrics.
 A rollup is stored as [min, max, sum, count].
@@ -39,8 +41,8 @@ metric_index_watermarks = app.Table("metric_index_watermarks", key_type=bytes)
 #: A tick per owned partition per second (co-partitioned with metric-samples, so it reaches
 #: the same worker): closing minutes and retention run as stream events, in partition context.
 metric_ticks = internal_topic(METRIC_TICKS, value_serializer="json")
-#: Every final minute of every server, once: key "<server>|<minute ms>", JSON value
-#: {"server_id", "minute_ms", "metrics": {metric: {"min", "max", "sum", "count"}}}.
+#: Every final minute of every server, once: key "<tenant>|<server>|<minute ms>", JSON value
+#: {"tenant", "server_id", "minute_ms", "metrics": {metric: {"min", "max", "sum", "count"}}}.
 rollups_1m = internal_topic(METRIC_FINAL_MINUTES, value_serializer="json")
 
 
@@ -55,12 +57,17 @@ def archive() -> Archive:
 PER_SERVER = "servers"
 
 
-def minute_key(first: str, minute_ms: int, second: str = "") -> bytes:
-    """The key of `first`'s record of a minute; with no `second` also the smallest key of that
-    minute, so scans run from one minute's key to another's."""
-    return f"{first}|{minute_ms:013d}|{second}".encode()
+def minute_key(series: str, minute_ms: int, second: str = "") -> bytes:
+    """The key of a (`scoped`) series' record of a minute; with no `second` also the smallest
+    key of that minute, so scans run from one minute's key to another's."""
+    return f"{series}|{minute_ms:013d}|{second}".encode()
 
 
 def split_key(key: bytes) -> tuple[str, int, str]:
-    first, minute, second = key.decode().split("|", 2)
-    return first, int(minute), second
+    """(series, minute, second part) of a `minute_key`."""
+    series, minute, second = key.decode().rsplit("|", 2)
+    return series, int(minute), second
+
+
+#: Key parts of a series: its tenant and its id (tables' first_parts).
+SERIES_PARTS = 2

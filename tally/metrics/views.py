@@ -1,5 +1,9 @@
 """Metric views: by server, by metric, and a server's summary; each answered by the owner.
 
+Each answers for the caller's tenant (runtime.queries.tenant_read): a server or metric id
+is looked up under that tenant's keys only, so another tenant's id is simply not there. An
+operator's view of a metric with no `?tenant=` merges every tenant's servers.
+
 Any range: minutes inside the hot window come from the tables, older ones from the archive
 (DuckDB over Parquet, in a thread), merged per step at the boundary. Every answer carries the
 watermark, the minutes in the range that are still open (their rollups can still change) and
@@ -20,6 +24,7 @@ from faust.types import CollectionT
 from faust.web import Request, Response
 from faust.web.exceptions import WebError
 
+from tally.access.tokens import OPERATOR
 from tally.app import app, settings
 from tally.archive.query import ArchiveQuery, archived_rollups
 from tally.core.applied import value_of
@@ -36,6 +41,7 @@ from tally.core.rollups import (
     merge_series,
     minute_of,
 )
+from tally.core.tenancy import scoped
 from tally.core.windowing import EventClock
 from tally.http.caching import KeptAnswers
 from tally.metrics.state import index_watermark, states
@@ -51,8 +57,8 @@ from tally.metrics.tables import (
     split_key,
 )
 from tally.runtime.cells import read_cell, version
-from tally.runtime.queries import BadRequest, OwnedView, routed_to_owner, time_param
-from tally.runtime.store import partition_key, scan, stored_value
+from tally.runtime.queries import BadRequest, OwnedView, routed_to_owner, tenant_read, time_param
+from tally.runtime.store import first_parts, partition_key, scan, stored_value
 
 logger = logging.getLogger(__name__)
 
@@ -117,13 +123,20 @@ class Query:
         }
 
     async def from_archive(
-        self, key_column: str, key: str, series_column: str | None, whole_range: bool = False
+        self,
+        tenant: str | None,
+        key_column: str,
+        key: str,
+        series_column: str | None,
+        whole_range: bool = False,
     ) -> Series:
-        """The archive's part of the answer, merged by step (or over the whole range)."""
+        """The archive's part of the answer (of `tenant`; None: of every tenant), merged by
+        step (or over the whole range)."""
         start, end = self.archived
         if start >= end:
             return {}
         query = ArchiveQuery(
+            tenant,
             key_column,
             key,
             start,
@@ -167,14 +180,18 @@ def too_many(points: int) -> None:
         )
 
 
-def records(table: CollectionT, first: str, query: Query) -> Iterator[tuple[int, str, bytes]]:
-    """(minute, second key part, raw value) of `first`'s records in the query's hot minutes,
-    in key order; values are left undecoded for the caller to pick what it reads."""
+def records(
+    table: CollectionT, tenant: str, first: str, query: Query
+) -> Iterator[tuple[int, str, bytes]]:
+    """(minute, second key part, raw value) of the tenant's `first` (a server or metric id)
+    records in the query's hot minutes, in key order; values are left undecoded for the caller
+    to pick what it reads."""
     start, end = query.hot
     if start >= end:
         return
     partition = partition_for(first, settings.partitions)
-    for key, value in scan(table, partition, minute_key(first, start), minute_key(first, end)):
+    series = scoped(tenant, first)
+    for key, value in scan(table, partition, minute_key(series, start), minute_key(series, end)):
         _, minute, second = split_key(key)
         yield minute, second, value
 
@@ -196,9 +213,9 @@ def metric_watermark(metric_id: str) -> int | None:
     return index_watermark(partition_for(metric_id, settings.partitions))
 
 
-def server_minutes(server_id: str, query: Query) -> Series:
+def server_minutes(tenant: str, server_id: str, query: Query) -> Series:
     minutes: Series = defaultdict(list)
-    for minute, _, value in records(server_rollups, server_id, query):
+    for minute, _, value in records(server_rollups, tenant, server_id, query):
         for metric, acc in value_of(stored_value(value)).items():
             if query.metrics is None or metric in query.metrics:
                 minutes[metric].append((minute, Rollup.from_list(acc)))
@@ -206,7 +223,8 @@ def server_minutes(server_id: str, query: Query) -> Series:
 
 
 #: Answers the hot tables alone give for a range the request fixes (`to` given: nothing moves
-#: with the wall clock), kept while the key's partition and watermark stay as they were.
+#: with the wall clock), kept per tenant while the key's partition and watermark stay as they
+#: were.
 kept = KeptAnswers(limit=1_000)
 
 
@@ -216,6 +234,7 @@ class MetricsView(OwnedView):
     async def answered(
         self,
         request: Request,
+        tenant: str | None,
         query: Query,
         table: CollectionT,
         key: str,
@@ -231,7 +250,7 @@ class MetricsView(OwnedView):
             partition = partition_for(key, settings.partitions)
             return self.serialized(
                 kept.get(
-                    cast(web.Request, request).path_qs,
+                    (tenant, cast(web.Request, request).path_qs),
                     (version(table, partition), query.watermark),
                     lambda: self.json(body(hot(), {})).body,
                 )
@@ -246,15 +265,19 @@ class ServerMetrics(MetricsView):
 
     @routed_to_owner(server_rollups, match_info="server_id")
     async def owned(self, request: Request, server_id: str) -> Response:
+        tenant = tenant_read(request, across=False)
+        assert tenant is not None
         query = Query(request, server_watermark(server_id))
         return await self.answered(
             request,
+            tenant,
             query,
             server_rollups,
             server_id,
-            lambda: server_minutes(server_id, query),
-            lambda: query.from_archive("server", server_id, "metric"),
+            lambda: server_minutes(tenant, server_id, query),
+            lambda: query.from_archive(tenant, "server", server_id, "metric"),
             lambda hot, archived: {
+                "tenant": tenant,
                 "server_id": server_id,
                 **query.freshness(),
                 "metrics": query.series(archived, hot),
@@ -268,19 +291,22 @@ class ServerSummary(MetricsView):
 
     @routed_to_owner(server_rollups, match_info="server_id")
     async def owned(self, request: Request, server_id: str) -> Response:
+        tenant = tenant_read(request, across=False)
+        assert tenant is not None
         query = Query(request, server_watermark(server_id))
 
         def hot() -> Series:
             # One bucket per metric, keyed like the archive's (the range's first minute).
             return {
                 metric: [(query.archived[0], merged)]
-                for metric, rows in server_minutes(server_id, query).items()
+                for metric, rows in server_minutes(tenant, server_id, query).items()
                 if (merged := merge_all(r for _, r in rows)) is not None
             }
 
         def summary(hot: Series, archived: Series) -> dict[str, object]:
             merged = merge_series(archived, hot)
             return {
+                "tenant": tenant,
                 "server_id": server_id,
                 **query.freshness(),
                 "metrics": {
@@ -290,43 +316,58 @@ class ServerSummary(MetricsView):
 
         return await self.answered(
             request,
+            tenant,
             query,
             server_rollups,
             server_id,
             hot,
-            lambda: query.from_archive("server", server_id, "metric", whole_range=True),
+            lambda: query.from_archive(tenant, "server", server_id, "metric", whole_range=True),
             summary,
         )
 
 
 @app.page("/api/metrics/{metric_id}")
 class MetricAcrossServers(MetricsView):
-    """One metric across all servers per step; `?by=server` for the per-server breakdown."""
+    """One metric across the tenant's servers per step; `?by=server` for the per-server
+    breakdown. Across every tenant (an operator's, with no `?tenant=`), the servers merge and
+    the breakdown names each `<tenant>|<server>`."""
 
     @routed_to_owner(metric_rollups, match_info="metric_id")
     async def owned(self, request: Request, metric_id: str) -> Response:
         by = request.query.get("by", "")
         if by not in ("", "server"):
             raise BadRequest(f"by={by!r}: the only breakdown is by=server")
+        tenant = tenant_read(request, across=True)
         query = Query(request, metric_watermark(metric_id))
 
-        def hot() -> Series:
+        def of_tenant(of: str) -> Series:
             minutes: Series = defaultdict(list)
             wanted = PER_SERVER if by == "server" else ""
-            for minute, second, value in records(metric_rollups, metric_id, query):
+            for minute, second, value in records(metric_rollups, of, metric_id, query):
                 if second != wanted:
                     continue  # the other record of the minute, left undecoded
                 if by == "server":
                     for server, acc in value_of(stored_value(value)).items():
-                        minutes[server].append((minute, Rollup.from_list(acc)))
+                        name = server if tenant is not None else scoped(of, server)
+                        minutes[name].append((minute, Rollup.from_list(acc)))
                 else:
                     rollup = Rollup.from_list(value_of(stored_value(value)))
                     minutes["all"].append((minute, rollup))
             return minutes
 
+        def hot() -> Series:
+            if tenant is not None:
+                return of_tenant(tenant)
+            partition = partition_for(metric_id, settings.partitions)
+            return merge_series(*(of_tenant(t) for t in first_parts(metric_rollups, partition)))
+
         def across(hot: Series, archived: Series) -> dict[str, object]:
             series = query.series(archived, hot)
-            body: dict[str, object] = {"metric_id": metric_id, **query.freshness()}
+            body: dict[str, object] = {
+                "tenant": tenant or OPERATOR,
+                "metric_id": metric_id,
+                **query.freshness(),
+            }
             if by == "server":
                 body["servers"] = series
             else:
@@ -335,10 +376,11 @@ class MetricAcrossServers(MetricsView):
 
         return await self.answered(
             request,
+            tenant,
             query,
             metric_rollups,
             metric_id,
             hot,
-            lambda: query.from_archive("metric", metric_id, "server" if by else None),
+            lambda: query.from_archive(tenant, "metric", metric_id, "server" if by else None),
             across,
         )

@@ -13,9 +13,12 @@ from faust.types import CollectionT
 from faust.web import Request, Response, View
 from faust.web.exceptions import WebError
 
+from tally.access.tokens import OPERATOR
 from tally.app import app, gate, settings
 from tally.core.clock import epoch_ms
 from tally.core.generations import Serving
+from tally.core.limits import TENANT_PATTERN
+from tally.http.access import caller
 from tally.http.caching import cache_control, matches, named_tag, strong_etag
 from tally.runtime.serving import serving
 from tally.telemetry import QUERY_ANSWERS
@@ -25,6 +28,12 @@ class BadRequest(WebError):
     """A query parameter is unusable; the detail says which and what is allowed."""
 
     code = 400
+
+
+class OtherTenant(WebError):
+    """A tenant's token asked for another tenant's data."""
+
+    code = 403
 
 
 class NotReady(WebError):
@@ -207,3 +216,26 @@ def int_param(request: Request, name: str, default: int, low: int, high: int) ->
     if not low <= value <= high:
         raise BadRequest(f"{name}={value} is out of range; allowed: {low} to {high}")
     return value
+
+
+def tenant_read(request: Request, across: bool) -> str | None:
+    """Whose data a request reads: its token's tenant. An operator names a tenant with
+    `?tenant=`; without one (or with `*`) it reads every tenant at once (None) where the
+    answer merges them (`across`), else the default tenant (TALLY_DEFAULT_TENANT)."""
+    identity = caller(request)
+    asked = request.query.get("tenant") or None
+    if not identity.operator:
+        if asked not in (None, identity.tenant):
+            raise OtherTenant(
+                f"tenant={asked[:70]!r}: the token is tenant {identity.tenant!r}'s, and reads "
+                "that tenant's data only"
+            )
+        return identity.tenant
+    if asked is None or asked == OPERATOR:
+        return None if across else settings.default_tenant
+    if not TENANT_PATTERN.fullmatch(asked):
+        raise BadRequest(
+            f"tenant={asked[:70]!r} is not a tenant name: 1 to 64 letters, digits, '.', '_' or "
+            "'-', starting with a letter or digit (or * for every tenant)"
+        )
+    return asked

@@ -57,24 +57,31 @@ def delete_below(table: CollectionT, partition: int, stop: bytes, start: bytes =
     partition_db(table, partition).delete_range(start, stop)
 
 
-def first_parts(table: CollectionT, partition: int, separator: bytes = b"|") -> list[str]:
-    """The distinct first key parts (servers, metrics) of a partition, in order, one seek
-    each: after a part is found, the scan jumps past all its keys instead of reading them.
-    Cells not written out yet count too."""
+def first_parts(
+    table: CollectionT, partition: int, parts: int = 1, separator: bytes = b"|"
+) -> list[str]:
+    """The distinct key prefixes of `parts` parts (tenants; tenants' servers or metrics) of a
+    partition, in order, one seek each: after a prefix is found, the scan jumps past all its
+    keys instead of reading them. Cells not written out yet count too."""
+
+    def prefix(key: bytes) -> bytes | None:
+        split = key.split(separator, parts)
+        return separator.join(split[:parts]) if len(split) > parts else None
+
     db = partition_db(table, partition)
-    parts = {
-        key.split(separator, 1)[0]
+    found_parts = {
+        found
         for key in cells.dirty.keys(cells.place(table, partition))
-        if separator in key
+        if (found := prefix(key)) is not None
     }
     start = b""
     while True:
-        found = next(iter(db.keys(from_key=start)), None)
-        if found is None:
-            return sorted(part.decode() for part in parts)
-        if separator not in found:  # Faust's own record: step over it
-            start = found + b"\x00"
+        key = next(iter(db.keys(from_key=start)), None)
+        if key is None:
+            return sorted(part.decode() for part in found_parts)
+        part = prefix(key)
+        if part is None:  # Faust's own record: step over it
+            start = key + b"\x00"
             continue
-        part = found.split(separator, 1)[0]
-        parts.add(part)
+        found_parts.add(part)
         start = part + bytes([separator[0] + 1])

@@ -30,6 +30,7 @@ from tally.core.clock import now_ms
 from tally.core.errors import TallyError, ValidationError
 from tally.core.partitioning import partition_for
 from tally.core.sliding import Closing, SlidingTotals
+from tally.core.tenancy import scoped, tenant_of
 from tally.core.topk import Candidates
 from tally.runtime.cells import has_cell, read_cell, write_cell
 from tally.runtime.intake import caught_up, decode, each_partition, reject, timer, writing_for
@@ -94,7 +95,7 @@ async def decoded_purchases(
     elsewhere: dict[int, list[Record]] = {}
     for purchase in members:
         try:
-            validate_purchase(purchase, settings.default_tenant)
+            validate_purchase(purchase)
             check_event_time("event_time_ms", purchase["event_time_ms"], wall_ms, MAX_FUTURE_MS)
             owner = partition_for(purchase["item_id"], settings.partitions)
             if owner != partition and is_forwarded(event):
@@ -145,7 +146,7 @@ async def count_partition(events: Sequence[EventT]) -> None:
     # settle does not count. One forwarded to it says nothing of its own source.
     window = window_for(partition, wall, not own and own_source_idle(partition) is True)
     outcome = window.ingest(
-        [(p["item_id"], p["quantity"], p["event_time_ms"]) for _, p in fresh], wall, own
+        [(item_of(p), p["quantity"], p["event_time_ms"]) for _, p in fresh], wall, own
     )
     if forwarded:  # this partition's own messages, counted elsewhere: they move its clock
         window.clock.observe(max(forwarded), wall)
@@ -160,6 +161,11 @@ async def count_partition(events: Sequence[EventT]) -> None:
     await publish(partition, window, wall, closing)
 
 
+def item_of(purchase: Record) -> str:
+    """The purchase's item as the panes and the window key it: `scoped` by its tenant."""
+    return scoped(tenant_of(purchase, settings.default_tenant), purchase["item_id"])
+
+
 def unapplied(
     context: EventT, decoded: list[Carried]
 ) -> tuple[dict[bytes, Stamped | None], list[Carried]]:
@@ -169,7 +175,7 @@ def unapplied(
     fresh: list[Carried] = []
     partition = context.message.partition
     for event, purchase in decoded:
-        key = pane_key(SALES_SPEC.pane_of(purchase["event_time_ms"]), purchase["item_id"])
+        key = pane_key(SALES_SPEC.pane_of(purchase["event_time_ms"]), item_of(purchase))
         if key not in cells:
             cells[key] = read_cell(sales_panes, key, partition)
         source, offset = source_of(event)

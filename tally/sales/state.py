@@ -66,7 +66,7 @@ def window_for(partition: int, wall_ms: int, idle: bool) -> SlidingTotals:
         clock = EventClock.from_record(saved, others(partition))
         clock.settle(wall_ms, idle)
         window = SlidingTotals.restore(SALES_SPEC, clock, wall_ms, pane_reader(partition))
-        window.late_events = int(saved.get("late_events", 0))
+        window.late_events = dict(saved.get("late_events") or {})
         windows[partition] = window
         prune(partition, window, wall_ms)
         logger.info("sales partition %s: window restored, %s items", partition, len(window.totals))
@@ -97,12 +97,13 @@ def load_latest() -> dict[int, Candidates]:
     return latest
 
 
-def current_answer() -> GlobalTopK | None:
-    return merge_candidates(load_latest().values(), settings.top_k)
+def current_answer(tenant: str | None) -> GlobalTopK | None:
+    """The current top-K of a tenant's items (None: of every tenant's)."""
+    return merge_candidates(load_latest().values(), settings.top_k, tenant)
 
 
-def answer_at(last_pane: int) -> GlobalTopK | None:
+def answer_at(last_pane: int, tenant: str | None) -> GlobalTopK | None:
     """The answer for a past window, from the candidates each partition published for it."""
     start, stop = f"{last_pane:012d}|".encode(), f"{last_pane:012d}}}".encode()
     found = [Candidates.from_json(stored_value(v)) for _, v in scan(sales_topk, 0, start, stop)]
-    return merge_candidates(found, settings.top_k)
+    return merge_candidates(found, settings.top_k, tenant)

@@ -1,6 +1,7 @@
 """The sales pipeline's tables and topics (Faust declarations; the logic is in tables.sliding).
 
-purchases ─► sales_panes   "<pane:012d>|<item>" → [units, offset] (per purchases partition)
+purchases ─► sales_panes   "<pane:012d>|<tenant>|<item>" → [units, offset] (per purchases
+         │                 partition; the pane leads: a slide reads a whole pane back)
          └─► sales_clocks  "<partition>" → event clock + late count
 per-partition top-K ─► sales-topk-candidates (1 partition) ─► sales_topk "latest|<p>",
                                                                "<pane>|<p>" (history)
@@ -39,14 +40,15 @@ sales_panes = app.Table(
 #: partition → {"event_ms", "wall_ms", "late_events"}: the event clock survives restarts.
 sales_clocks = app.Table("sales_clocks", key_type=bytes)
 
-#: Each partition's top-K, merged into the global answer by one worker.
+#: Each partition's top-K of each tenant, merged into the answers by one worker.
 topk_candidates = internal_topic(SALES_CANDIDATES, partitions=1, value_serializer="json")
 #: "latest|<partition>" and "<last pane>|<partition>" → candidates (see tables.topk).
 sales_topk = app.Table("sales_topk", key_type=bytes, partitions=1)
 
 
-def pane_key(pane: int, item_id: str) -> bytes:
-    return f"{pane:012d}|{item_id}".encode()
+def pane_key(pane: int, item: str) -> bytes:
+    """The cell of a (`scoped`: "<tenant>|<item id>") item in a pane."""
+    return f"{pane:012d}|{item}".encode()
 
 
 def pane_prefix(pane: int) -> bytes:

@@ -1,4 +1,9 @@
-"""Sales views: the global top-K and one item's panes, each answered by the worker that owns it."""
+"""Sales views: the top-K and one item's panes, each answered by the worker that owns it.
+
+Each answers for the caller's tenant (runtime.queries.tenant_read): the top-K of its items,
+an item id under its keys only. An operator's top-K with no `?tenant=` is the site-wide one,
+over every tenant's items, each named with its tenant.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +11,23 @@ from typing import Any
 
 from faust.web import Request, Response
 
+from tally.access.tokens import OPERATOR
 from tally.app import app, settings
 from tally.core.applied import value_of
 from tally.core.clock import iso, now_ms
 from tally.core.partitioning import partition_for
+from tally.core.tenancy import scoped, unscoped
 from tally.core.topk import GlobalTopK
 from tally.core.windowing import EventClock
 from tally.runtime.cells import read_cell
-from tally.runtime.queries import BadRequest, OwnedView, int_param, routed_to_owner, time_param
+from tally.runtime.queries import (
+    BadRequest,
+    OwnedView,
+    int_param,
+    routed_to_owner,
+    tenant_read,
+    time_param,
+)
 from tally.runtime.store import partition_key
 from tally.sales.state import answer_at, current_answer, current_body, windows
 from tally.sales.tables import SALES_SPEC, pane_key, sales_clocks, sales_panes, sales_topk
@@ -56,12 +70,24 @@ def stale_reasons(answer: GlobalTopK, wall_ms: int, historical: bool) -> list[st
     return reasons
 
 
+def ranked_items(answer: GlobalTopK, k: int) -> list[dict[str, Any]]:
+    """The answer's items, each naming its tenant (site-wide answers mix them)."""
+    items: list[dict[str, Any]] = []
+    for rank, (key, quantity) in enumerate(answer.top[:k], start=1):
+        tenant, item = unscoped(key)
+        items.append({"tenant": tenant, "item_id": item, "quantity": quantity, "rank": rank})
+    return items
+
+
 def top_payload(
-    answer: GlobalTopK | None, last: int | None, reasons: list[str], k: int
+    tenant: str | None, answer: GlobalTopK | None, last: int | None, reasons: list[str], k: int
 ) -> dict[str, Any]:
-    """The top-K answer's body (`last`: the window asked for when there is no answer)."""
+    """The top-K answer's body for `tenant` (None: site-wide); `last`: the window asked for
+    when there is no answer."""
+    whose = {"tenant": OPERATOR if tenant is None else tenant}
     if answer is None:
         return {
+            **whose,
             **(window_fields(last) if last is not None else NO_WINDOW),
             "as_of": None,
             "watermark": None,
@@ -71,31 +97,30 @@ def top_payload(
             "items": [],
         }
     return {
+        **whose,
         **window_fields(answer.last_pane),
         "as_of": iso(answer.as_of_ms),
         "watermark": iso(answer.watermark_ms),
         "stale": bool(reasons),
         "stale_reasons": reasons,
         "late_events": answer.late_events,
-        "items": [
-            {"item_id": item, "quantity": quantity, "rank": rank}
-            for rank, (item, quantity) in enumerate(answer.top[:k], start=1)
-        ],
+        "items": ranked_items(answer, k),
     }
 
 
 @app.page("/api/sales/top")
 class TopSales(OwnedView):
     """The top-K items of the sliding window (the current one, or the one ending at `?at=`).
-    The current answer is kept serialized (`current_body`) until the candidates change."""
+    The current answers are kept serialized (`current_body`) until the candidates change."""
 
     pipeline = "sales"
 
     @routed_to_owner(sales_topk, exact_key="top")
     async def owned(self, request: Request) -> Response:
         k = int_param(request, "k", settings.top_k, 1, settings.top_k)
+        tenant = tenant_read(request, across=True)
         wall = now_ms()
-        current = current_answer()
+        current = current_answer(tenant)
         if "at" not in request.query:
             reasons = (
                 ["no purchases seen yet"]
@@ -103,21 +128,21 @@ class TopSales(OwnedView):
                 else stale_reasons(current, wall, historical=False)
             )
             body = current_body.get(
-                (k, tuple(reasons)),
+                (tenant, k, tuple(reasons)),
                 None,  # the candidates' changes drop every kept answer
-                lambda: self.json(top_payload(current, None, reasons, k)).body,
+                lambda: self.json(top_payload(tenant, current, None, reasons, k)).body,
             )
             return self.serialized(body)
         asked = SALES_SPEC.pane_of(time_param(request, "at", wall))
         if current is not None:
             check_retained(asked, current.watermark_ms)
-        answer = answer_at(asked)
+        answer = answer_at(asked, tenant)
         reasons = (
             ["no purchases in this window"]
             if answer is None
             else stale_reasons(answer, wall, historical=True)
         )
-        return self.json(top_payload(answer, asked, reasons, k))
+        return self.json(top_payload(tenant, answer, asked, reasons, k))
 
 
 @app.page("/api/sales/items/{item_id}")
@@ -128,6 +153,9 @@ class ItemSales(OwnedView):
 
     @routed_to_owner(sales_panes, match_info="item_id")
     async def owned(self, request: Request, item_id: str) -> Response:
+        tenant = tenant_read(request, across=False)
+        assert tenant is not None
+        item = scoped(tenant, item_id)
         wall = now_ms()
         partition = partition_for(item_id, settings.partitions)
         # The clock as the pipeline last settled it (each second on an active partition).
@@ -142,12 +170,13 @@ class ItemSales(OwnedView):
         panes = [
             {
                 "pane_start": iso(SALES_SPEC.start_ms(pane)),
-                "quantity": value_of(read_cell(sales_panes, pane_key(pane, item_id), partition), 0),
+                "quantity": value_of(read_cell(sales_panes, pane_key(pane, item), partition), 0),
             }
             for pane in range(SALES_SPEC.first_pane(last), last + 1)
         ]
         return self.json(
             {
+                "tenant": tenant,
                 "item_id": item_id,
                 **window_fields(last),
                 "watermark": None if watermark is None else iso(watermark),

@@ -161,18 +161,24 @@ class TopSalesStream(View):
     """The top-K: `snapshot`, then `top` on every change (provisional), `final` per window."""
 
     async def get(self, request: Request) -> Response:
-        return await live.serve(request, TopStream())  # type: ignore[return-value]
+        stream = TopStream(query=passed_on(request, ("tenant",)))
+        return await live.serve(request, stream)  # type: ignore[return-value]
+
+
+def passed_on(request: Request, names: tuple[str, ...]) -> str:
+    """The request's query parameters `names` that the stream's query takes, encoded."""
+    return urlencode({name: request.query[name] for name in names if request.query.get(name)})
 
 
 def series_stream(request: Request, path: str, field_name: str) -> SeriesStream:
-    """`?minutes=` and, for a server, `?metric=a,b` (passed on to the query)."""
+    """`?minutes=`, `?tenant=` and, for a server, `?metric=a,b` (passed on to the query)."""
     minutes = int_param(request, "minutes", 120, 1, MAX_MINUTES)
-    wanted = request.query.get("metric", "") if field_name == "metrics" else ""
+    names = ("metric", "tenant") if field_name == "metrics" else ("tenant",)
     return SeriesStream(
         path=path,
         field_name=field_name,
         minutes=minutes,
-        query=urlencode({"metric": wanted}) if wanted else "",
+        query=passed_on(request, names),
     )
 
 

@@ -104,7 +104,7 @@ def test_top_k_and_items_equal_brute_force_on_two_workers(
     last_pane = T_END // HOUR_MS
     totals = window_totals(events, last_pane)
     expected = [
-        {"item_id": item, "quantity": qty, "rank": rank}
+        {"tenant": "default", "item_id": item, "quantity": qty, "rank": rank}
         for rank, (item, qty) in enumerate(sorted(totals.items(), key=rank_key)[:10], start=1)
     ]
     answer = wait_until(
@@ -209,7 +209,7 @@ def test_with_no_traffic_the_window_slides_and_items_drop_out(
     first = wait_until(
         lambda: (a := top()) and a["items"] and not a["stale"] and a, 30, what="gadget ranked"
     )
-    assert first["items"] == [{"item_id": "gadget", "quantity": 3, "rank": 1}]
+    assert first["items"] == [{"tenant": "default", "item_id": "gadget", "quantity": 3, "rank": 1}]
 
     # No purchases now: event time passes with the wall clock; after 2 panes gadget is gone.
     later = wait_until(

@@ -30,13 +30,20 @@ from tally.core.rollups import MINUTE_MS, STEPS_MS
 from tally.settings import retention_days
 
 DAY0 = day_start_ms(date(2026, 11, 1))
+#: Two tenants with the same server and metric ids: different series.
+TENANTS = ["acme", "globex"]
 SERVERS = ["s1", "s2", "s3"]
 METRICS = ["cpu", "mem"]
+#: (tenant, server, minute, raw values per metric)
+History = list[tuple[str, str, int, dict[str, list[float]]]]
 
 
-def final(server: str, minute: int, values: dict[str, list[float]]) -> dict[str, object]:
+def final(
+    tenant: str, server: str, minute: int, values: dict[str, list[float]]
+) -> dict[str, object]:
     """A metric-rollups-1m value for the given raw values per metric."""
     return {
+        "tenant": tenant,
         "server_id": server,
         "minute_ms": minute,
         "metrics": {
@@ -46,23 +53,27 @@ def final(server: str, minute: int, values: dict[str, list[float]]) -> dict[str,
     }
 
 
-def history(rng: random.Random, minutes: int) -> list[tuple[str, int, dict[str, list[float]]]]:
-    """(server, minute, raw values per metric) over `minutes` minutes from 2026-11-01 22:00, so
-    the history crosses midnight."""
+def history(rng: random.Random, minutes: int, tenants: list[str] = TENANTS[:1]) -> History:
+    """(tenant, server, minute, raw values per metric) over `minutes` minutes from 2026-11-01
+    22:00, so the history crosses midnight."""
     start = DAY0 + 22 * 3_600_000
     out = []
     for i in range(minutes):
-        for server in SERVERS:
-            values = {m: [rng.uniform(-5, 100) for _ in range(rng.randint(1, 3))] for m in METRICS}
-            out.append((server, start + i * MINUTE_MS, values))
+        for tenant in tenants:
+            for server in SERVERS:
+                values = {
+                    m: [rng.uniform(-5, 100) for _ in range(rng.randint(1, 3))] for m in METRICS
+                }
+                out.append((tenant, server, start + i * MINUTE_MS, values))
     return out
 
 
-def rows(archive: Archive) -> list[tuple[str, str, int]]:
+def rows(archive: Archive) -> list[tuple[str, str, str, int]]:
     found = []
     for day in archive.days():
         for file in archive.files(day):
-            table = pq.read_table(archive.path(file), columns=["server", "metric", "minute_ms"])
+            columns = ["tenant", "server", "metric", "minute_ms"]
+            table = pq.read_table(archive.path(file), columns=columns)
             found += list(
                 zip(*(table.column(c).to_pylist() for c in table.column_names), strict=True)
             )
@@ -142,13 +153,13 @@ def test_compaction_keeps_a_minute_sent_twice_once(tmp_path: Path) -> None:
     minutes = [(offset, final_minute(final(*h))) for offset, h in enumerate(hist)]
     archive.append(0, minutes)
     archive.append(0, [(len(minutes) + 5, minutes[3][1])])
-    day = day_of(minutes[0][1][1])
+    day = day_of(minutes[0][1][2])
     assert len(rows(archive)) == len(hist) * len(METRICS) + len(METRICS)
     # Before compaction a query counts the minute once already.
-    server, minute, _ = minutes[3][1]
-    query = ArchiveQuery("server", server, minute, minute + MINUTE_MS, "metric", MINUTE_MS)
+    tenant, server, minute, _ = minutes[3][1]
+    query = ArchiveQuery(tenant, "server", server, minute, minute + MINUTE_MS, "metric", MINUTE_MS)
     counts = {m: p[0][1].count for m, p in archived_rollups(archive, query, 10).items()}
-    assert counts == {m: len(v) for m, v in hist[3][2].items()}
+    assert counts == {m: len(v) for m, v in hist[3][3].items()}
     archive.compact(day, 0)
     found = rows(archive)
     assert len(found) == len(set(found)) == len(hist) * len(METRICS)
@@ -171,7 +182,8 @@ def test_live_files_are_exactly_those_not_inside_another(
 
 
 def brute(
-    hist: list,
+    hist: History,
+    tenant: str | None,
     key_column: str,
     key: str,
     start: int,
@@ -180,12 +192,16 @@ def brute(
     step_ms: int | None,
 ) -> dict[str, dict[int, list[float]]]:
     out: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for server, minute, values in hist:
+    for of, server, minute, values in hist:
+        if tenant not in (None, of):
+            continue
         for metric, vals in values.items():
             row = {"server": server, "metric": metric}
             if row[key_column] != key or not start <= minute < end:
                 continue
             series = "all" if series_column is None else row[series_column]
+            if tenant is None and series_column == "server":
+                series = f"{of}|{server}"
             bucket = start if step_ms is None else minute - minute % step_ms
             out[series][bucket] += vals
     return out
@@ -196,19 +212,26 @@ def brute(
     [("server", "s2", "metric"), ("metric", "cpu", None), ("metric", "mem", "server")],
 )
 @pytest.mark.parametrize("step", ["1m", "1h", "1d", None])
+@pytest.mark.parametrize("tenant", ["globex", None])
 def test_queries_equal_brute_force(
-    tmp_path: Path, key_column: str, key: str, series_column: str | None, step: str | None
+    tmp_path: Path,
+    key_column: str,
+    key: str,
+    series_column: str | None,
+    step: str | None,
+    tenant: str | None,
 ) -> None:
+    """Of one tenant, and of every tenant (an operator's): two tenants share every id."""
     archive = Archive(tmp_path)
-    hist = history(random.Random(5), 300)
+    hist = history(random.Random(5), 300, TENANTS)
     append_all(archive, hist, batch=90)
     archive.compact(date(2026, 11, 1), 0)
     start = DAY0 + 22 * 3_600_000 + 17 * MINUTE_MS
     end = start + 250 * MINUTE_MS
     step_ms = None if step is None else STEPS_MS[step]
-    query = ArchiveQuery(key_column, key, start, end, series_column, step_ms)
+    query = ArchiveQuery(tenant, key_column, key, start, end, series_column, step_ms)
     got = archived_rollups(archive, query, limit=100_000)
-    truth = brute(hist, key_column, key, start, end, series_column, step_ms)
+    truth = brute(hist, tenant, key_column, key, start, end, series_column, step_ms)
     assert sorted(got) == sorted(truth)
     for series, points in got.items():
         assert [t for t, _ in points] == sorted(truth[series])
@@ -222,9 +245,10 @@ def test_metric_filter_and_limit(tmp_path: Path) -> None:
     archive = Archive(tmp_path)
     append_all(archive, history(random.Random(6), 60))
     start, end = DAY0, DAY0 + 2 * DAY_MS
-    only_cpu = ArchiveQuery("server", "s1", start, end, "metric", MINUTE_MS, frozenset({"cpu"}))
+    cpu = frozenset({"cpu"})
+    only_cpu = ArchiveQuery("acme", "server", "s1", start, end, "metric", MINUTE_MS, cpu)
     assert list(archived_rollups(archive, only_cpu, limit=1000)) == ["cpu"]
-    everything = ArchiveQuery("server", "s1", start, end, "metric", MINUTE_MS)
+    everything = ArchiveQuery("acme", "server", "s1", start, end, "metric", MINUTE_MS)
     assert sum(len(p) for p in archived_rollups(archive, everything, limit=10).values()) == 11
     assert archived_rollups(Archive(tmp_path / "empty"), everything, limit=10) == {}
 
@@ -236,22 +260,25 @@ def test_prune_drops_whole_days_and_stats_describe_what_is_left(tmp_path: Path) 
     stats = archive.stats()
     assert [d.day for d in stats.days] == [date(2026, 11, 1), date(2026, 11, 2)]
     assert stats.rows == len(hist) * len(METRICS)
-    assert stats.oldest_ms == hist[0][1] and stats.newest_ms == hist[-1][1]
+    assert stats.oldest_ms == hist[0][2] and stats.newest_ms == hist[-1][2]
     assert stats.bytes > 0 and stats.files >= 2
     assert archive.prune(date(2026, 11, 2)) == [date(2026, 11, 1)]
     assert archive.days() == [date(2026, 11, 2)]
     left = archive.stats()
-    assert left.rows == sum(1 for _, m, _ in hist if m >= DAY0 + DAY_MS) * len(METRICS)
+    assert left.rows == sum(1 for _, _, m, _ in hist if m >= DAY0 + DAY_MS) * len(METRICS)
     assert archive.prune(date(2026, 11, 2)) == []
 
 
 @pytest.mark.parametrize(
     "value",
     [
-        {"server_id": "s", "minute_ms": 61_000, "metrics": {}},
-        {"server_id": "a|b", "minute_ms": 60_000, "metrics": {}},
-        {"server_id": "s", "minute_ms": 60_000, "metrics": {"cpu": {"min": 1}}},
+        {"tenant": "t", "server_id": "s", "minute_ms": 61_000, "metrics": {}},
+        {"tenant": "t", "server_id": "a|b", "minute_ms": 60_000, "metrics": {}},
+        {"tenant": "a|b", "server_id": "s", "minute_ms": 60_000, "metrics": {}},
+        {"server_id": "s", "minute_ms": 60_000, "metrics": {}},
+        {"tenant": "t", "server_id": "s", "minute_ms": 60_000, "metrics": {"cpu": {"min": 1}}},
         {
+            "tenant": "t",
             "server_id": "s",
             "minute_ms": 60_000,
             "metrics": {"cpu": {"min": "x", "max": 1, "sum": 1, "count": 1}},

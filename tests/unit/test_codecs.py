@@ -79,12 +79,13 @@ def test_old_writer_schema_is_resolved_to_the_current_reader(tmp_path: Path) -> 
     assert current.loads(old.dumps(record)) == {**record, "metadata": {}, "tenant": ""}
 
 
-def test_a_record_of_a_tenant_not_held_here_is_refused() -> None:
-    validate_purchase({**PURCHASE, "tenant": "default"})
-    with pytest.raises(ValidationError, match="tenant 'acme' is not held here") as refused:
-        validate_purchase({**PURCHASE, "tenant": "acme"})
-    assert refused.value.rule == "unknown_tenant"
-    validate_purchase({**PURCHASE, "tenant": "acme"}, held_tenant="acme")
+@pytest.mark.parametrize("tenant", ["a|b", "-acme", "x" * 65, "ac me", "*"])
+def test_a_record_naming_no_usable_tenant_is_refused(tenant: str) -> None:
+    for usable in ("", "default", "acme", "acme-2.eu_west"):
+        validate_purchase({**PURCHASE, "tenant": usable})
+    with pytest.raises(ValidationError, match="is not a tenant name") as refused:
+        validate_purchase({**PURCHASE, "tenant": tenant})
+    assert refused.value.rule == "bad_tenant"
 
 
 @pytest.mark.parametrize(

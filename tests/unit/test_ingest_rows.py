@@ -23,7 +23,7 @@ NOW = 1_795_000_000_000
 #: Every rule a row can be rejected by (docs/operations.md lists them).
 RULES = {
     "not_json", "not_object", "missing_field", "wrong_type", "unknown_field", "out_of_range",
-    "not_finite", "bad_id", "bad_time", "row_too_large", "unknown_tenant",
+    "not_finite", "bad_id", "bad_time", "row_too_large", "bad_tenant",
 }  # fmt: skip
 SETTINGS = Settings()
 ENDPOINTS = endpoints(SETTINGS, lambda: None, lambda: None)  # type: ignore[arg-type,return-value]
@@ -331,9 +331,11 @@ def judge_stamped(stamp: Any, value: Any) -> dict[str, Any]:
 def test_a_row_gets_its_senders_tenant_and_may_not_name_another() -> None:
     assert stamped("default", "") == stamped("default", "default") == "default"
     assert stamped(OPERATOR, "") == "default"  # an operator's row naming none: the default
-    with pytest.raises(ValidationError, match="not held here") as unheld:
-        stamped(OPERATOR, "acme")  # an operator may name any tenant; this one is not held
-    assert unheld.value.rule == "unknown_tenant"
+    assert stamped(OPERATOR, "acme") == "acme"  # an operator may name any tenant
+    assert stamped("acme", "") == stamped("acme", "acme") == "acme"
+    with pytest.raises(ValidationError, match="is not a tenant name") as unusable:
+        stamped(OPERATOR, "ac|me")
+    assert unusable.value.rule == "bad_tenant"
     with pytest.raises(ValidationError, match="token is tenant 'default'") as other:
         stamped("default", "acme")
     assert other.value.rule == "tenant_mismatch"

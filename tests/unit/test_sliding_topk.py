@@ -10,7 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tally.core.sliding import Arrival, SlidingTotals
-from tally.core.topk import Candidates, RankedTotals, merge_candidates, merge_top, rank_key
+from tally.core.tenancy import scoped
+from tally.core.topk import (
+    Candidates,
+    GroupedTotals,
+    RankedTotals,
+    merge_candidates,
+    merge_top,
+    rank_key,
+)
 from tally.core.windowing import UNBOUNDED, EventClock, PaneSpec
 
 PANE = 100  # ms: small numbers keep the search space dense with rollovers and ties
@@ -158,7 +166,7 @@ def test_late_events_are_counted_and_not_added() -> None:
     closing = window.advance(wall, store.read, 5)
     # watermark 21_100 -> window [20, 21]: pane 19 and 18 are late; x entered from storage
     assert outcome.late == [1, 2]
-    assert window.late_events == 2
+    assert window.late_events == {"": 2}  # keys without a tenant: group ""
     assert dict(window.totals.items()) == {"x": 2}
     assert (19, "y") not in outcome.pane_deltas and (18, "z") not in outcome.pane_deltas
     assert closing is not None and closing.last_pane == 19 and closing.top == [("y", 1), ("z", 1)]
@@ -172,7 +180,7 @@ def test_an_arrival_within_the_grace_after_a_boundary_still_counts() -> None:
     for batch in ([("a", 1, 5_900)], [("b", 1, 6_100)], [("a", 1, 5_950)], [("b", 1, 6_400)]):
         store.write(window.ingest(batch, 100_000).pane_deltas)
         window.advance(100_000, store.read, 5)
-    assert window.last_pane == 6 and window.late_events == 0
+    assert window.last_pane == 6 and window.late_events == {}
     assert dict(window.totals.items()) == {"b": 2}
     assert sum(v for (p, k), v in store.cells.items() if p == 5) == 2  # both a's in pane 5
 
@@ -200,12 +208,52 @@ def test_merging_partition_top_ks_is_exact(totals: dict[str, int], partitions: i
     assert merge_top(local, k) == sorted(totals.items(), key=rank_key)[:k]
 
 
+TENANTS = ["acme", "globex", "initech"]
+
+
+@given(
+    st.dictionaries(
+        st.tuples(st.sampled_from(TENANTS), st.text("abc", max_size=3)),
+        st.integers(1, 20),
+        max_size=40,
+    ),
+    st.integers(1, 4),
+    st.integers(1, 6),
+)
+def test_tenants_candidates_merge_exactly_per_tenant_and_site_wide(
+    totals: dict[tuple[str, str], int], partitions: int, k: int
+) -> None:
+    """Item ids repeat across tenants (two items, one partition: partitioned by the bare id);
+    each partition publishes each tenant's top-k; merged, they give every tenant's top-k and
+    the site-wide one."""
+    by_partition: dict[int, GroupedTotals] = defaultdict(GroupedTotals)
+    for (tenant, item), total in totals.items():
+        by_partition[hash(item) % partitions].add(scoped(tenant, item), total)
+    candidates = [Candidates(p, 1, grouped.top(k), 0, 0) for p, grouped in by_partition.items()]
+    everything = {scoped(tenant, item): total for (tenant, item), total in totals.items()}
+
+    def truth(keys: dict[str, int]) -> list[tuple[str, int]]:
+        return sorted(keys.items(), key=rank_key)[:k]
+
+    site = merge_candidates(candidates, k)
+    assert (site.top if site else []) == truth(everything)
+    for tenant in TENANTS:
+        mine = merge_candidates(candidates, k, tenant)
+        theirs = {key: n for key, n in everything.items() if key.startswith(tenant + "|")}
+        assert (mine.top if mine else []) == truth(theirs)
+
+
 def test_merge_names_lagging_partitions() -> None:
-    now = [Candidates(0, 11, [("a", 4)], 11_000, 5), Candidates(1, 10, [("b", 9)], 10_500, 6)]
+    now = [
+        Candidates(0, 11, [("t|a", 4)], 11_000, 5, {"t": 2}),
+        Candidates(1, 10, [("u|b", 9)], 10_500, 6, {"t": 1, "u": 4}),
+    ]
     merged = merge_candidates(now, 10)
     assert merged is not None
     assert merged.last_pane == 11 and merged.lagging == [1]
-    assert merged.top == [("b", 9), ("a", 4)]
+    assert merged.top == [("u|b", 9), ("t|a", 4)] and merged.late_events == 7
+    of_t = merge_candidates(now, 10, "t")
+    assert of_t is not None and of_t.top == [("t|a", 4)] and of_t.late_events == 3
     assert merged.watermark_ms == 10_500 and merged.as_of_ms == 5
     assert merge_candidates([], 10) is None
     assert Candidates.from_json(now[0].to_json()) == now[0]

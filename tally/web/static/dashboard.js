@@ -148,7 +148,7 @@ function showStatus(element, status) {
 
 // --- sales: the top-10, rows moving to their rank ------------------------------------------
 let latestTop = null;
-const rows = new Map(); // item_id → <li>
+const rows = new Map(); // "tenant|item_id" → <li>
 
 function renderTop(answer) {
   latestTop = answer;
@@ -156,6 +156,8 @@ function renderTop(answer) {
     ? `${stamp(answer.window_start)} → ${stamp(answer.window_end)} (${answer.state})` : "–";
   $("top-watermark").textContent = stamp(answer.watermark);
   $("top-late").textContent = answer.late_events;
+  const siteWide = answer.tenant === "*";
+  $("top-tenant").textContent = siteWide ? "every tenant (operator)" : answer.tenant || "–";
   const stale = $("top-stale");
   stale.hidden = !answer.stale || !answer.items.length;
   stale.textContent = answer.stale ? "stale: " + answer.stale_reasons.join("; ") : "";
@@ -165,20 +167,22 @@ function renderTop(answer) {
   const most = Math.max(1, ...answer.items.map((i) => i.quantity));
   const seen = new Set();
   for (const item of answer.items) {
-    seen.add(item.item_id);
-    let row = rows.get(item.item_id);
+    const key = `${item.tenant}|${item.item_id}`; // one item id in two tenants: two items
+    seen.add(key);
+    let row = rows.get(key);
     if (!row) {
       row = document.createElement("li");
       row.dataset.item = item.item_id;
       row.innerHTML = '<span class="rank"></span><span class="bar"><span class="fill"></span>' +
-        '<span class="name"></span></span><span class="qty"></span>';
+        '<span class="name"></span><span class="tenant"></span></span><span class="qty"></span>';
       row.querySelector(".name").textContent = item.item_id;
       row.style.transform = `translateY(${answer.items.length * ROW}px)`; // enter from below
       list.appendChild(row);
-      rows.set(item.item_id, row);
+      rows.set(key, row);
       row.getBoundingClientRect(); // start the move from there
     }
     row.classList.remove("leaving");
+    row.querySelector(".tenant").textContent = siteWide ? item.tenant : "";
     row.querySelector(".rank").textContent = item.rank;
     row.querySelector(".qty").textContent = item.quantity.toLocaleString();
     row.querySelector(".fill").style.width = `${(100 * item.quantity) / most}%`;
@@ -216,20 +220,25 @@ let series = new Map(); // series name → Map(t → point)
 let seriesUpdated = null;
 
 function chosen() {
-  return { mode: $("mode").value, subject: $("subject").value.trim(), pick: $("series").value };
+  return {
+    mode: $("mode").value, subject: $("subject").value.trim(), pick: $("series").value,
+    tenant: $("tenant").value.trim(),
+  };
 }
 
 function follow() {
-  const { mode, subject } = chosen();
+  const { mode, subject, tenant } = chosen();
   if (!subject) return;
-  location.hash = `${mode}=${encodeURIComponent(subject)}`;
+  // An operator's token reads any tenant's servers: the one named here (a tenant's reads its own).
+  const whose = tenant ? `?tenant=${encodeURIComponent(tenant)}` : "";
+  location.hash = `${mode}=${encodeURIComponent(subject)}` + (tenant ? `&tenant=${encodeURIComponent(tenant)}` : "");
   stopListening(seriesSource);
   showStatus($("series-status"), { ok: true });
   meta = null;
   series = new Map();
   draw();
   const kind = mode === "server" ? "servers" : "metrics";
-  seriesSource = listen(`/api/stream/${kind}/${encodeURIComponent(subject)}`, {
+  seriesSource = listen(`/api/stream/${kind}/${encodeURIComponent(subject)}${whose}`, {
     snapshot: (s) => {
       meta = s;
       series = new Map(Object.entries(s.series).map(([n, pts]) => [n, new Map(pts.map((p) => [p.t, p]))]));
@@ -327,11 +336,11 @@ $("chooser").addEventListener("submit", (e) => { e.preventDefault(); follow(); }
 $("series").addEventListener("change", draw);
 $("mode").addEventListener("change", () => { $("series").hidden = $("mode").value !== "server"; });
 
-const wanted = /^#(server|metric)=(.+)$/.exec(location.hash);
-if (wanted) {
-  $("mode").value = wanted[1];
-  try { $("subject").value = decodeURIComponent(wanted[2]); } catch { /* a mangled link: keep the default */ }
+const wanted = new URLSearchParams(location.hash.slice(1)); // #server=…|#metric=…, &tenant=…
+for (const mode of ["server", "metric"]) {
+  if (wanted.get(mode)) { $("mode").value = mode; $("subject").value = wanted.get(mode); }
 }
+if (wanted.get("tenant")) $("tenant").value = wanted.get("tenant");
 follow();
 
 // Ages tick every second without waiting for the next event.
