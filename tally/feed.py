@@ -12,7 +12,7 @@ import random
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer
@@ -29,10 +29,19 @@ def zipf_weights(n: int, s: float = 1.1) -> list[float]:
     return list(itertools.accumulate(1.0 / (rank**s) for rank in range(1, n + 1)))
 
 
+#: A feed's tenants when none are named: the deployment's default tenant (TALLY_DEFAULT_TENANT).
+DEFAULT_TENANTS = ("",)
+
+
 def purchases(
-    rng: random.Random, *, items: int = 1000, clock_ms: Callable[[], int]
+    rng: random.Random,
+    *,
+    items: int = 1000,
+    clock_ms: Callable[[], int],
+    tenants: Sequence[str] = DEFAULT_TENANTS,
 ) -> Iterator[Record]:
-    """Endless purchases; item popularity is Zipf-distributed, event time from `clock_ms`."""
+    """Endless purchases; item popularity is Zipf-distributed, event time from `clock_ms`;
+    the `tenants` take turns, with the same item ids."""
     cumulative = zipf_weights(items)
     for number in itertools.count():
         (item,) = rng.choices(range(items), cum_weights=cumulative)
@@ -43,7 +52,7 @@ def purchases(
             "unit_price_cents": rng.randrange(99, 99_999),
             "event_time_ms": clock_ms(),
             "metadata": {"channel": rng.choice(("web", "app", "store"))},
-            "tenant": "",  # the deployment's default tenant (TALLY_DEFAULT_TENANT)
+            "tenant": tenants[number % len(tenants)],
         }
 
 
@@ -74,9 +83,15 @@ def historical_purchases(
 
 
 def metric_batches(
-    rng: random.Random, *, servers: int = 20, metrics: int = 6, clock_ms: Callable[[], int]
+    rng: random.Random,
+    *,
+    servers: int = 20,
+    metrics: int = 6,
+    clock_ms: Callable[[], int],
+    tenants: Sequence[str] = DEFAULT_TENANTS,
 ) -> Iterator[Record]:
-    """Endless batches: each is one server's value of every metric at one instant."""
+    """Endless batches: each is one server's value of every metric at one instant; every
+    tenant of `tenants` has the same server ids, each in turn."""
     names = [METRIC_NAMES[i] if i < len(METRIC_NAMES) else f"metric.{i}" for i in range(metrics)]
     for number in itertools.count():
         server = number % servers
@@ -84,7 +99,7 @@ def metric_batches(
         yield {
             "server_id": f"server-{server:04d}",
             "sent_at_ms": now,
-            "tenant": "",  # the deployment's default tenant
+            "tenant": tenants[number // servers % len(tenants)],
             "samples": [
                 {"metric_id": name, "ts_ms": now, "value": round(rng.uniform(0, 100), 3)}
                 for name in names

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Sequence
 from contextlib import suppress
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -27,11 +28,21 @@ from tally.cli.errors import fail
 from tally.codecs.catalog import metric_batch_codec, purchase_codec
 from tally.core.clock import now_ms
 from tally.core.errors import BrokerError, ConfigurationError
-from tally.feed import ACK_TIMEOUT_S, FeedProgress, metric_batches, purchases, send_feed
+from tally.core.limits import TENANT_PATTERN
+from tally.feed import (
+    ACK_TIMEOUT_S,
+    DEFAULT_TENANTS,
+    FeedProgress,
+    metric_batches,
+    purchases,
+    send_feed,
+)
 from tally.topics import METRIC_SAMPLES, PURCHASES, SOURCE_TOPICS
 
 #: How long the tokens `tally dev` prints stay valid.
 DEV_TOKEN_S = 30 * 86_400.0
+#: The tenants `tally dev` feeds, with the same item and server ids: two tenants side by side.
+DEMO_TENANTS = ("acme", "globex")
 
 
 def local_broker_address() -> tuple[str, int]:
@@ -89,14 +100,20 @@ FEEDS = {
 
 
 async def run_feed(
-    pipeline: str, *, rate: float, count: int, seed: int, quiet: bool = False
+    pipeline: str,
+    *,
+    rate: float,
+    count: int,
+    seed: int,
+    tenants: Sequence[str] = DEFAULT_TENANTS,
+    quiet: bool = False,
 ) -> int:
     topic, key_field, codec = FEEDS[pipeline]
     rng = random.Random(seed)
     records = (
-        purchases(rng, clock_ms=now_ms)
+        purchases(rng, clock_ms=now_ms, tenants=tenants)
         if pipeline == "sales"
-        else metric_batches(rng, clock_ms=now_ms)
+        else metric_batches(rng, clock_ms=now_ms, tenants=tenants)
     )
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.bootstrap_servers,
@@ -153,11 +170,28 @@ async def run_feed(
         show_default=True,
         help="Random seed: the same seed sends the same items and values.",
     ),
+    option(
+        "--tenant",
+        "tenants",
+        multiple=True,
+        help="A tenant whose data to send (repeat for several, taking turns with the same "
+        "ids); none: the default tenant (TALLY_DEFAULT_TENANT).",
+    ),
 )
-async def feed(self: AppCommand, pipeline: str, rate: float, count: int, seed: int) -> None:
+async def feed(
+    self: AppCommand, pipeline: str, rate: float, count: int, seed: int, tenants: tuple[str, ...]
+) -> None:
     """Send sample data: `sales` (purchases) or `metrics` (metric batches), event time = now."""
+    for tenant in tenants:
+        if not TENANT_PATTERN.fullmatch(tenant):
+            fail(
+                f"--tenant {tenant[:70]!r} is not a tenant name: 1 to 64 letters, digits, '.', "
+                "'_' or '-', starting with a letter or digit"
+            )
     try:
-        sent = await run_feed(pipeline, rate=rate, count=count, seed=seed)
+        sent = await run_feed(
+            pipeline, rate=rate, count=count, seed=seed, tenants=tenants or DEFAULT_TENANTS
+        )
     except BrokerError as exc:
         fail(f"{pipeline}: {exc}")
     print(f"{pipeline}: sent {sent} messages to {FEEDS[pipeline][0]}, all acknowledged", flush=True)
@@ -183,22 +217,32 @@ def wait_for_http(url: str, process: subprocess.Popen[bytes], log: Path, timeout
 def dashboards() -> str:
     """The dashboard's URL per demo token (in the fragment: a browser never sends it), or
     the bare URL when access control is off."""
+    first = DEMO_TENANTS[0]
     if settings.auth == "off":
-        return f"  dashboard        {settings.web_url}/  (open it in a browser)\n"
+        return f"  dashboard        {settings.web_url}/#tenant={first}  (open it in a browser)\n"
     key = signing_key(settings.signing_key_path, create=True)
     assert key is not None
     expected = gate.expected
     operator = issue(key, "dev-operator", OPERATOR, frozenset(SCOPES), DEV_TOKEN_S, expected)[0]
-    tenant = settings.default_tenant
-    reader = issue(key, f"dev-{tenant}", tenant, frozenset({"read"}), DEV_TOKEN_S, expected)[0]
-    return (
-        f"  dashboard        {settings.web_url}/#token={operator}\n"
-        f"                   (an operator: every scope, every tenant; open it in a browser)\n"
-        f"  tenant dashboard {settings.web_url}/#token={reader}\n"
-        f"                   (tenant {tenant}, read only: its servers, not the site-wide top-10)\n"
-        f"  token            export TALLY_TOKEN={operator}\n"
-        f'                   curl -H "Authorization: Bearer $TALLY_TOKEN" '
-        f"{settings.web_url}/api/sales/top\n"
+    lines = [
+        f"  dashboard        {settings.web_url}/#token={operator}&tenant={first}",
+        "                   (an operator: every scope; the site-wide top-10 over every tenant,",
+        f"                   and tenant {first}'s servers: change the tenant on the page)",
+    ]
+    for tenant in DEMO_TENANTS:
+        reader = issue(key, f"dev-{tenant}", tenant, frozenset({"read"}), DEV_TOKEN_S, expected)[0]
+        lines += [
+            f"  tenant {tenant:<9} {settings.web_url}/#token={reader}",
+            f"                   (tenant {tenant}, read only: its own top-10 and servers)",
+        ]
+    return "\n".join(
+        [
+            *lines,
+            f"  token            export TALLY_TOKEN={operator}",
+            f'                   curl -H "Authorization: Bearer $TALLY_TOKEN" '
+            f"{settings.web_url}/api/sales/top",
+            "",
+        ]
     )
 
 
@@ -248,10 +292,10 @@ async def dev(self: AppCommand, sales_rate: float, metrics_rate: float) -> None:
             wait_for_http, settings.web_url + "/api/health", worker, worker_log, 120
         )
         feeds = [
-            asyncio.create_task(run_feed("sales", rate=sales_rate, count=0, seed=1, quiet=True)),
             asyncio.create_task(
-                run_feed("metrics", rate=metrics_rate, count=0, seed=2, quiet=True)
-            ),
+                run_feed(pipeline, rate=rate, count=0, seed=seed, tenants=DEMO_TENANTS, quiet=True)
+            )
+            for pipeline, rate, seed in (("sales", sales_rate, 1), ("metrics", metrics_rate, 2))
         ]
         print(
             "\nTally is running.\n"
@@ -262,7 +306,8 @@ async def dev(self: AppCommand, sales_rate: float, metrics_rate: float) -> None:
             f"{settings.web_url}/api/stream/servers/server-0000\n"
             f"  schema registry  {settings.web_url}/registry/subjects\n"
             f"  broker           {local.url}\n"
-            f"  feed             {sales_rate:g} purchases/s, {metrics_rate:g} metric batches/s\n"
+            f"  feed             {sales_rate:g} purchases/s, {metrics_rate:g} metric batches/s, "
+            f"tenants {' and '.join(DEMO_TENANTS)} in turn, with the same ids\n"
             f"  logs             {worker_log}, {local.log_path}\n"
             "Ctrl-C stops everything.\n",
             flush=True,

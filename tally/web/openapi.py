@@ -423,6 +423,24 @@ def ingest_operation(name: str, summary: str, row_schema: dict[str, Any]) -> Ope
     )
 
 
+def tenant_param(merged: str) -> Param:
+    """`?tenant=`: whose data an answer holds (runtime.queries.tenant_read); `merged` says
+    what an operator gets without one."""
+    return query(
+        "tenant",
+        {"type": "string", "pattern": "^([A-Za-z0-9][A-Za-z0-9._-]{0,63}|\\*)$"},
+        "whose data: a tenant's token reads its own tenant's (naming another is a 403); an "
+        f"operator's names any tenant, and without one reads {merged}. An id another tenant "
+        "uses is answered as one never seen: nothing of that tenant's data, whether it exists",
+    )
+
+
+#: An operator without `?tenant=` reads every tenant's data, merged.
+EVERY_TENANT = tenant_param("every tenant's at once (items and servers named with their tenant)")
+#: An operator without `?tenant=` reads the default tenant's.
+ONE_TENANT = tenant_param("the default tenant's (TALLY_DEFAULT_TENANT)")
+
+
 OPERATIONS: tuple[Operation, ...] = (
     Operation(
         "get",
@@ -485,6 +503,7 @@ OPERATIONS: tuple[Operation, ...] = (
         (
             query("k", {"type": "integer", "minimum": 1}, "how many (at most TALLY_TOP_K)"),
             query("at", TIME, "the window ending at this time's pane (default: now)"),
+            EVERY_TENANT,
         ),
         statuses={**WINDOW_QUERY, 410: "that window is no longer retained"},
     ),
@@ -492,7 +511,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "get",
         "/api/sales/items/{item_id}",
         "an item's 24-hour total and its hourly panes",
-        (path("item_id"), query("at", TIME, "the window ending at this time's pane")),
+        (path("item_id"), query("at", TIME, "the window ending at this time's pane"), ONE_TENANT),
         statuses={**WINDOW_QUERY, 410: "that window is no longer retained"},
     ),
     Operation(
@@ -504,6 +523,7 @@ OPERATIONS: tuple[Operation, ...] = (
             *RANGE,
             query("step", STEP),
             query("metric", {"type": "string"}, "comma-separated metric ids (default: all)"),
+            ONE_TENANT,
         ),
         statuses=WINDOW_QUERY,
     ),
@@ -511,18 +531,19 @@ OPERATIONS: tuple[Operation, ...] = (
         "get",
         "/api/servers/{server_id}/summary",
         "a server's metrics over the whole range: min, max, avg, count",
-        (path("server_id"), *RANGE),
+        (path("server_id"), *RANGE, ONE_TENANT),
         statuses=WINDOW_QUERY,
     ),
     Operation(
         "get",
         "/api/metrics/{metric_id}",
-        "a metric across all servers per step; by=server for the breakdown",
+        "a metric across the tenant's servers per step; by=server for the breakdown",
         (
             path("metric_id"),
             *RANGE,
             query("step", STEP),
             query("by", {"type": "string", "enum": ["server"]}, "break down by server"),
+            EVERY_TENANT,
         ),
         statuses=WINDOW_QUERY,
     ),
@@ -531,6 +552,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "/api/stream/sales/top",
         "live top-K (server-sent events): `snapshot`, then `top` on every change "
         "(provisional), `final` once per closed window; `status` when the query cannot answer",
+        (EVERY_TENANT,),
         statuses={200: "an event stream", 503: "this worker serves too many streams"},
         **STREAM,
     ),
@@ -543,6 +565,7 @@ OPERATIONS: tuple[Operation, ...] = (
             path("server_id"),
             MINUTES,
             query("metric", {"type": "string"}, "comma-separated metric ids (default: all)"),
+            ONE_TENANT,
         ),
         statuses=STREAM_STATUSES,
         **STREAM,
@@ -551,7 +574,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "get",
         "/api/stream/metrics/{metric_id}",
         "a metric across all servers, live (server-sent events): `snapshot`, `meta`, `point`",
-        (path("metric_id"), MINUTES),
+        (path("metric_id"), MINUTES, EVERY_TENANT),
         statuses=STREAM_STATUSES,
         **STREAM,
     ),

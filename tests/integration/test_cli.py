@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -37,7 +38,10 @@ def test_dev_runs_broker_worker_and_feed_then_stops_everything_on_ctrl_c(tmp_pat
             what=f"the dev banner; output so far in {output}",
         )
         text = output.read_text()
-        assert f"dashboard        http://127.0.0.1:{web_port}/" in text
+        assert f"dashboard        http://127.0.0.1:{web_port}/#token=" in text
+        # A dashboard link per demo tenant, with a read token of that tenant.
+        tenant_tokens = dict(re.findall(r"tenant (\w+) +http://\S+/#token=(\S+)", text))
+        assert sorted(tenant_tokens) == ["acme", "globex"], text
         probe = Worker(env={}, log_path=tmp_path / "unused.log", port=web_port)
         assert probe.get("/")["service"] == "tally"
         page = urllib.request.Request(probe.url + "/", headers={"Accept": "text/html"})
@@ -45,17 +49,28 @@ def test_dev_runs_broker_worker_and_feed_then_stops_everything_on_ctrl_c(tmp_pat
             assert b"/static/dashboard.js" in response.read()
         health = probe.get("/api/health")
         assert health["status"] == "ready"
-        # The feed is flowing into the pipeline: the best-selling item gets counted.
-        wait_until(
-            lambda: probe.get("/api/sales/items/item-00000")["quantity"] > 0,
-            60,
-            what="the sample feed counted",
-        )
+        # The feed is flowing into the pipeline, both tenants': each tenant's best-selling
+        # item gets counted, and each tenant's own token sees its own top-10 only.
+        for tenant, token in tenant_tokens.items():
+            reader = Worker(env={}, log_path=tmp_path / "unused.log", port=web_port, token=token)
+            wait_until(
+                lambda r=reader: r.get("/api/sales/items/item-00000")["quantity"] > 0,
+                60,
+                what=f"the sample feed counted for {tenant}",
+            )
+            top = wait_until(
+                lambda r=reader: (a := r.get("/api/sales/top"))["items"] and a,
+                30,
+                what=f"{tenant}'s top-10",
+            )
+            assert top["tenant"] == tenant, top
+            assert {item["tenant"] for item in top["items"]} == {tenant}
+            assert reader.get("/api/servers/server-0000/summary")["tenant"] == tenant
         # ... and shown live: the dashboard's stream has it.
         stream = EventStream(probe.url, "/api/stream/sales/top")
         shown, _ = stream.until(lambda e: len(e.data["items"]) > 0, 30, "items in the top-K")
         stream.close()
-        assert shown.data["state"] == "provisional"
+        assert shown.data["state"] == "provisional" and shown.data["tenant"] == "*"
     finally:
         dev.send_signal(signal.SIGINT)
         code = dev.wait(60)
@@ -77,8 +92,13 @@ def test_feed_creates_its_topic_with_the_configured_partitions_and_sends_count(
             "TALLY_SCHEMA_REGISTRY": (tmp_path / "schema-registry").resolve().as_uri(),
         }
         command = [sys.executable, "-m", "tally", "feed", "sales", "--rate", "0", "--count", "500"]
+        tenants = ["--tenant", "acme", "--tenant", "globex"]
         result = subprocess.run(
-            [*command, "--seed", "3"], env=env, capture_output=True, text=True, timeout=120
+            [*command, "--seed", "3", *tenants],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert result.returncode == 0, result.stderr
         assert "sent 500" in result.stdout
@@ -87,6 +107,8 @@ def test_feed_creates_its_topic_with_the_configured_partitions_and_sends_count(
     decoded = [purchase_codec.loads(r.value) for r in records]
     assert all(r.key == d["item_id"].encode() for r, d in zip(records, decoded, strict=True))
     assert {r.partition for r in records} == set(range(6))
+    by_tenant = {t: sum(d["tenant"] == t for d in decoded) for t in ("acme", "globex")}
+    assert by_tenant == {"acme": 250, "globex": 250}
 
 
 def test_bad_setting_is_a_clear_error(tmp_path: Path) -> None:
