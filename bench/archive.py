@@ -49,6 +49,10 @@ def names(prefix: str, n: int) -> list[str]:
     return [f"{prefix}-{i:04d}" for i in range(n)]
 
 
+#: The one tenant of the benchmark's archive.
+TENANT = "default"
+
+
 def final_minutes(servers: list[str], metrics: list[str], day: date) -> list[dict[str, object]]:
     """A day of metric-rollups-1m values, as the sink's agent receives them."""
     start = day_start_ms(day)
@@ -60,7 +64,9 @@ def final_minutes(servers: list[str], metrics: list[str], day: date) -> list[dic
             for m, metric in enumerate(metrics):
                 value = float((minute * 7 + s * 13 + m * 31) % 1000) / 10
                 cells[metric] = {"min": value - 1, "max": value + 1, "sum": value * 4, "count": 4}
-            out.append({"server_id": server, "minute_ms": minute_ms, "metrics": cells})
+            out.append(
+                {"tenant": TENANT, "server_id": server, "minute_ms": minute_ms, "metrics": cells}
+            )
     return out
 
 
@@ -83,6 +89,7 @@ def history_day(servers: list[str], metrics: list[str], day: date, partition: in
     value = pc.add(pc.multiply(pc.sin(pc.cast(index, pa.float64())), 50.0), 50.0)
     table = pa.table(
         {
+            "tenant": pa.array([TENANT] * n, pa.string()),
             "server": pc.take(pa.array(servers), server_ix),
             "metric": pc.take(pa.array(metrics), metric_ix),
             "minute_ms": minute_ms,
@@ -153,17 +160,19 @@ def query_path(root: Path, servers: list[str], metrics: list[str], days: int, ru
     end = start + days * DAY_MS
     queries = {
         f"server, {days}d at 1h, all metrics": ArchiveQuery(
-            "server", servers[len(servers) // 2], start, end, "metric", STEPS_MS["1h"]
+            TENANT, "server", servers[len(servers) // 2], start, end, "metric", STEPS_MS["1h"]
         ),
         f"server, {days}d at 1m, one metric": ArchiveQuery(
-            "server", servers[1], start, end, "metric", MINUTE_MS, frozenset([metrics[3]])
+            TENANT, "server", servers[1], start, end, "metric", MINUTE_MS, frozenset([metrics[3]])
         ),
-        f"server summary, {days}d": ArchiveQuery("server", servers[2], start, end, "metric", None),
+        f"server summary, {days}d": ArchiveQuery(
+            TENANT, "server", servers[2], start, end, "metric", None
+        ),
         f"metric across servers, {days}d at 1h": ArchiveQuery(
-            "metric", metrics[1], start, end, None, STEPS_MS["1h"]
+            TENANT, "metric", metrics[1], start, end, None, STEPS_MS["1h"]
         ),
         f"metric by server, {days}d at 1d": ArchiveQuery(
-            "metric", metrics[2], start, end, "server", STEPS_MS["1d"]
+            TENANT, "metric", metrics[2], start, end, "server", STEPS_MS["1d"]
         ),
     }
     print(f"  {'query':<40}{'median ms':>10}{'points':>9}   ({runs} runs)")

@@ -20,6 +20,7 @@ from aiokafka.errors import KafkaError
 from fastavro import parse_schema, schemaless_reader
 from mode import Service
 
+from tally.access.tokens import OPERATOR
 from tally.broker.admin import read_topic, topic_partitions
 from tally.codecs.avro import HEADER, schema_id_of
 from tally.codecs.registry import SchemaRegistry
@@ -57,6 +58,11 @@ class Letter:
         return self.meta.rule if self.meta else "unknown"
 
     @property
+    def tenant(self) -> str:
+        """Whose data it was; "" when not known (an operator's to see)."""
+        return self.meta.tenant if self.meta else ""
+
+    @property
     def origin(self) -> str:
         return self.meta.origin if self.meta else "?"
 
@@ -79,6 +85,7 @@ class Letter:
             "stage": self.meta.stage if self.meta else "",
             "origin": self.origin,
             "reason": self.reason,
+            "tenant": self.tenant,
         }
 
 
@@ -178,6 +185,8 @@ class DeadLetterWatch(Service):
         self.bootstrap_servers = bootstrap_servers
         self.clock = clock
         self.counts = LetterCounts()
+        #: The same counts per tenant (letters whose payload named one).
+        self.by_tenant: dict[str, LetterCounts] = {}
         self.read_at_ms: int | None = None
 
     @Service.task
@@ -201,7 +210,7 @@ class DeadLetterWatch(Service):
             while not self.should_stop:
                 tps = await topic_partitions(consumer, DEAD_LETTERS)
                 if tps != assigned:  # first time, or the topic grew: count it all again
-                    self.counts = LetterCounts()
+                    self.counts, self.by_tenant = LetterCounts(), {}
                     consumer.assign(tps)
                     if tps:
                         await consumer.seek_to_beginning(*tps)
@@ -212,13 +221,25 @@ class DeadLetterWatch(Service):
                 batch = await consumer.getmany(timeout_ms=1000)
                 for records in batch.values():
                     for record in records:
-                        self.counts.add(letter_of(record))
+                        self.add(letter_of(record))
                 self.read_at_ms = self.clock()
         finally:
             await consumer.stop()
 
-    def body(self) -> dict[str, Any]:
-        return {"topic": DEAD_LETTERS, "read_at_ms": self.read_at_ms, **self.counts.body()}
+    def add(self, letter: Letter) -> None:
+        self.counts.add(letter)
+        if letter.tenant:
+            self.by_tenant.setdefault(letter.tenant, LetterCounts()).add(letter)
+
+    def body(self, tenant: str | None = None) -> dict[str, Any]:
+        """The counts of `tenant`'s letters (None: of every letter)."""
+        counts = self.counts if tenant is None else self.by_tenant.get(tenant, LetterCounts())
+        return {
+            "topic": DEAD_LETTERS,
+            "tenant": tenant or OPERATOR,
+            "read_at_ms": self.read_at_ms,
+            **counts.body(),
+        }
 
 
 def pretty(value: bytes, registry: SchemaRegistry) -> str:
@@ -247,11 +268,13 @@ class LetterFilter:
     stage: str | None = None
     origin: str | None = None  # a substring of the origin
     request: str | None = None  # an ingest request id
+    tenant: str | None = None  # whose ("": letters whose payload named no tenant)
 
     def __call__(self, letter: Letter) -> bool:
         meta = letter.meta
         return (
-            (not self.ids or letter.id in self.ids)
+            (self.tenant is None or letter.tenant == self.tenant)
+            and (not self.ids or letter.id in self.ids)
             and (self.rule is None or letter.rule == self.rule)
             and (self.stage is None or (meta is not None and meta.stage == self.stage))
             and (self.origin is None or self.origin in letter.origin)

@@ -45,7 +45,6 @@ def access(*scopes: str, reach: Reach = "tenant") -> Access:
 
 OPEN = access()
 READ = access("read")
-READ_SITE = access("read", reach="site")
 #: Schema reads serve producers (`ingest`) and readers alike; schemas are nobody's data.
 SCHEMA_READ = access("read", "ingest", "admin", reach="shared")
 #: Registering: `admin`; an `ingest` token may "register" a schema already registered under the
@@ -63,7 +62,7 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("get", "/api/openapi.json"): OPEN,
     ("get", "/metrics"): access("metrics", reach="site"),
     ("post", "/api/ingest/{endpoint}"): access("ingest"),
-    ("get", "/api/dead-letters/stats"): READ_SITE,
+    ("get", "/api/dead-letters/stats"): READ,
     ("get", "/api/sales/top"): READ,
     ("get", "/api/sales/items/{item_id}"): READ,
     ("get", "/api/stream/sales/top"): READ,

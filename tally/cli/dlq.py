@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 from faust.cli import AppCommand, argument, option
 
+from tally.access.tokens import OPERATOR
 from tally.app import app, settings
 from tally.broker.watch import BrokerWatch
 from tally.cli.errors import fail, parsed_by
@@ -114,10 +115,13 @@ async def replay(letters: list[Letter], replacement: bytes | None, dry_run: bool
                 continue
             request_id = f"replay-{letter.id}"
             endpoint = gateway.endpoints[where]
+            # As its sender sent it: a tenant's row stays that tenant's (the row as kept may
+            # name none); an operator's keeps the tenant it names.
+            sender = (letter.meta.tenant if letter.meta else "") or OPERATOR
             try:
-                result = await gateway.submit(endpoint, value, request_id, ndjson=True)
+                result = await gateway.submit(endpoint, value, request_id, True, sender)
             except UnreadableBody as exc:
-                await gateway.refuse(endpoint, value, exc, request_id, len(value))
+                await gateway.refuse(endpoint, value, exc, request_id, len(value), sender)
                 print(f"{letter.id}: POST /api/ingest/{where}: rejected again: {exc}")
                 continue
             verdict = "accepted" if result.accepted else "rejected again"
@@ -136,6 +140,11 @@ async def replay(letters: list[Letter], replacement: bytes | None, dry_run: bool
     option("--stage", default=None, help="Only this stage: decode, validate, late, process."),
     option("--origin", default=None, help="Only origins containing this (a topic, an endpoint)."),
     option("--request", default=None, help="Only letters of this ingest request id."),
+    option(
+        "--tenant",
+        default=None,
+        help="Only this tenant's letters ('' for those whose payload named no tenant).",
+    ),
     option(
         "--limit",
         type=click.IntRange(0),
@@ -162,17 +171,19 @@ async def dlq(
     stage: str | None,
     origin: str | None,
     request: str | None,
+    tenant: str | None,
     limit: int,
     as_json: bool,
     raw: bool,
     value_file: Path | None,
     dry_run: bool,
 ) -> None:
-    """Dead letters: `list` (the newest --limit, filtered by --rule/--stage/--origin/--request),
+    """Dead letters: `list` (the newest --limit, filtered by --rule/--stage/--origin/--request/
+    --tenant),
     `show ID` (reason, origin, payload decoded), `replay [ID...]` (Kafka-origin letters back to
     their topic and partition; ingest rows judged again by the ingest rules). An ID is
     partition:offset."""
-    which = LetterFilter(frozenset(ids), rule, stage, origin, request)
+    which = LetterFilter(frozenset(ids), rule, stage, origin, request, tenant)
     if action == "list":
         print_list(await selected(which, limit), as_json)
         return
@@ -186,8 +197,11 @@ async def dlq(
         return
     if value_file is not None and len(ids) != 1:
         fail(code=2, message="--value replaces one letter's payload: give exactly one ID")
-    if not (ids or rule or stage or origin or request):
-        fail(code=2, message="replay needs IDs or a filter (--rule, --stage, --origin, --request)")
+    if not (ids or rule or stage or origin or request or tenant is not None):
+        fail(
+            code=2,
+            message="replay needs IDs or a filter (--rule, --stage, --origin, --request, --tenant)",
+        )
     letters = await selected(which)
     if not letters:
         fail("no dead letters match")

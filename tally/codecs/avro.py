@@ -136,7 +136,11 @@ class AvroCodec(Codec):
         if not isinstance(record, dict):
             raise DecodeError(f"schema id {schema_id} is not a record schema")
         if self.validate is not None:
-            self.validate(record)
+            try:
+                self.validate(record)
+            except ValidationError as exc:
+                exc.record = record
+                raise
         return record
 
     def _writer(self, schema_id: int) -> Any:

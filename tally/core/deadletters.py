@@ -33,6 +33,9 @@ class DeadLetter:
     rule: str = "error"  # what kind of wrong (`TallyError.rule`): what counts group by
     request: str = ""  # an HTTP origin: "POST /api/ingest/purchases <request id>"
     row: int = -1  # an HTTP origin: the row's index in the request body
+    #: Whose data it was, when known (the record's tenant, or the ingest token's); "" when
+    #: the payload did not say (it did not decode): such letters are an operator's to see.
+    tenant: str = ""
 
     @classmethod
     def of(
@@ -45,6 +48,7 @@ class DeadLetter:
         offset: int = -1,
         request: str = "",
         row: int = -1,
+        tenant: str = "",
         now_ms: int | None = None,
     ) -> DeadLetter:
         return cls(
@@ -58,6 +62,7 @@ class DeadLetter:
             rule=getattr(exc, "rule", "error"),
             request=request,
             row=row,
+            tenant=tenant,
         )
 
     def noted(self, note: str) -> DeadLetter:

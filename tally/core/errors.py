@@ -1,5 +1,10 @@
 """Tally's errors: one root, one line each on when it is raised."""
 
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
 
 class TallyError(Exception):
     """Root of every error Tally raises on purpose.
@@ -42,6 +47,9 @@ class ValidationError(TallyError):
     def __init__(self, message: str, rule: str = "invalid") -> None:
         super().__init__(message)
         self.rule = rule
+        #: The decoded record that broke it, when there is one (its dead letter names whose
+        #: it was).
+        self.record: Mapping[str, Any] | None = None
 
 
 class UnreadableBody(TallyError):

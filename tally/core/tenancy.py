@@ -41,3 +41,10 @@ def check_tenant_name(tenant: str) -> None:
 def tenant_of(record: Mapping[str, Any], default: str) -> str:
     """Whose a (validated) record is: the tenant it names, or `default` when it names none."""
     return str(record.get("tenant") or default)
+
+
+def letter_tenant(record: Mapping[str, Any]) -> str:
+    """Whose a rejected record is, for its dead letter: the tenant it names if that can be a
+    tenant; "" (an operator's to see) when it names none or no usable one."""
+    named = record.get("tenant")
+    return named if isinstance(named, str) and TENANT_PATTERN.fullmatch(named) else ""

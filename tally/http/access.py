@@ -34,6 +34,7 @@ from tally.access.tokens import (
     signing_key,
 )
 from tally.core.errors import ConfigurationError
+from tally.core.limits import TENANT_PATTERN
 from tally.core.ratelimit import TokenBuckets
 from tally.http.hygiene import problem
 from tally.settings import Settings
@@ -68,6 +69,32 @@ class Refusal(Exception):
         if self.retry_after_s > 0:
             response.headers[hdrs.RETRY_AFTER] = str(math.ceil(self.retry_after_s))
         return response
+
+
+def tenant_asked(request: web.Request | Any, default: str, across: bool) -> str | None:
+    """Whose data a request reads: its token's tenant. An operator names a tenant with
+    `?tenant=`; without one (or with `*`) it reads every tenant at once (None) where the
+    answer merges them (`across`), else `default` (TALLY_DEFAULT_TENANT). Refusal: a tenant's
+    token naming another tenant (403), a name that cannot be a tenant (400)."""
+    identity = caller(request)
+    asked = request.query.get("tenant") or None
+    if not identity.operator:
+        if asked not in (None, identity.tenant):
+            raise Refusal(
+                403,
+                f"tenant={asked[:70]!r}: the token is tenant {identity.tenant!r}'s, and reads "
+                "that tenant's data only",
+            )
+        return identity.tenant
+    if asked is None or asked == OPERATOR:
+        return None if across else default
+    if not TENANT_PATTERN.fullmatch(asked):
+        raise Refusal(
+            400,
+            f"tenant={asked[:70]!r} is not a tenant name: 1 to 64 letters, digits, '.', '_' or "
+            "'-', starting with a letter or digit (or * for every tenant)",
+        )
+    return asked
 
 
 def unauthenticated(message: str, error: str = "invalid_token") -> Refusal:

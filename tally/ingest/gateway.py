@@ -433,7 +433,9 @@ class IngestGateway(Service):
             accepted=len(accepted),
             messages=endpoint.encode(accepted, wall_ms) if accepted else [],
             letters=[
-                letter_message(row.raw, exc, stage="validate", request=request, row=row.index)
+                letter_message(
+                    row.raw, exc, stage="validate", request=request, row=row.index, sender=tenant
+                )
                 for row, exc in rejected
             ],
             rejections=[Rejection(row.index, exc.rule, str(exc)) for row, exc in rejected],
@@ -477,7 +479,13 @@ class IngestGateway(Service):
             )
 
     async def refuse(
-        self, endpoint: Endpoint, body: bytes, exc: TallyError, request_id: str, size: int
+        self,
+        endpoint: Endpoint,
+        body: bytes,
+        exc: TallyError,
+        request_id: str,
+        size: int,
+        tenant: str = OPERATOR,
     ) -> None:
         """Dead-letter a body refused as a whole (unreadable, too large): its first bytes."""
         kept = body[:REFUSED_HEAD_BYTES]
@@ -485,7 +493,10 @@ class IngestGateway(Service):
             f"the first {len(kept):,} of {size:,} bytes are kept here" if len(kept) < size else ""
         )
         request = origin(endpoint, request_id)
-        await self.deliver([letter_message(kept, exc, stage="decode", request=request, note=note)])
+        letter = letter_message(
+            kept, exc, stage="decode", request=request, note=note, sender=tenant
+        )
+        await self.deliver([letter])
         DEAD_LETTERS_SENT.labels(DEAD_LETTERS, exc.rule).inc()
 
     async def deliver(self, messages: list[Message]) -> None:
@@ -533,8 +544,18 @@ class IngestGateway(Service):
 
 
 def letter_message(
-    value: bytes, exc: TallyError, *, stage: str, request: str, row: int = -1, note: str = ""
+    value: bytes,
+    exc: TallyError,
+    *,
+    stage: str,
+    request: str,
+    sender: str,
+    row: int = -1,
+    note: str = "",
 ) -> Message:
-    letter = DeadLetter.of(exc, stage=stage, request=request, row=row)
+    """A dead letter of a rejected row or body: the `sender`'s tenant's to see (an operator's
+    rows: an operator's)."""
+    whose = "" if sender == OPERATOR else sender
+    letter = DeadLetter.of(exc, stage=stage, request=request, row=row, tenant=whose)
     letter = letter.noted(note) if note else letter
     return Message(DEAD_LETTERS, None, value[:DEAD_LETTER_MAX_BYTES], None, letter.headers())

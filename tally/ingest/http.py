@@ -81,21 +81,21 @@ async def exchange(
     try:
         gateway.fail_fast()
         async with gateway.admission.slot():
+            tenant = caller(request).tenant  # the gate let only a token with ingest in
             try:
                 body = await read_body(request, limit, REFUSED_HEAD_BYTES)
             except BodyTimeout as exc:
                 return error(408, exc, request_id)
             except UnreadableBody as exc:
-                await gateway.refuse(endpoint, b"", exc, request_id, 0)
+                await gateway.refuse(endpoint, b"", exc, request_id, 0, tenant)
                 return error(400, exc, request_id)
             try:
                 if not body.complete:
                     raise too_large(body, limit, "TALLY_INGEST_MAX_BYTES")
                 ndjson = request.content_type in NDJSON_TYPES
-                tenant = caller(request).tenant  # the gate let only a token with ingest in
                 result = await gateway.submit(endpoint, body.data, request_id, ndjson, tenant)
             except (UnreadableBody, BodyTooLarge) as exc:
-                await gateway.refuse(endpoint, body.data, exc, request_id, body.size)
+                await gateway.refuse(endpoint, body.data, exc, request_id, body.size, tenant)
                 return error(413 if isinstance(exc, BodyTooLarge) else 400, exc, request_id)
     except Busy as exc:
         return error(503, exc, request_id, **{"Retry-After": "1"})

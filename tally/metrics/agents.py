@@ -53,7 +53,7 @@ from tally.core.rollups import (
     minute_of,
     room_for_metrics,
 )
-from tally.core.tenancy import scoped, tenant_of, unscoped
+from tally.core.tenancy import letter_tenant, scoped, tenant_of, unscoped
 from tally.metrics.state import (
     PartitionState,
     index_pruned_through,
@@ -227,7 +227,8 @@ async def fold_message(
     ]
     for sample, why, stage in set_aside:
         to = late_events if stage == "late" else dead_letters
-        await reject(event, why, stage=stage, value=one_sample(batch, sample), to=to)
+        value = one_sample(batch, sample)
+        await reject(event, why, stage=stage, value=value, to=to, tenant=letter_tenant(batch))
     state.late_events += len(judged.late)
     if judged.newest_ts is not None and judged.oldest_minute is not None:
         if not is_forwarded(event):  # forwarded samples do not move the clock (EventClock)
@@ -325,7 +326,7 @@ async def owned(event: EventT, state: PartitionState, wall: int) -> Record | Non
         "same TALLY_PARTITIONS as the topic?",
         "misrouted",
     )
-    await reject(event, misrouted, stage="validate")
+    await reject(event, misrouted, stage="validate", tenant=letter_tenant(batch))
     return None
 
 

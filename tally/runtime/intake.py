@@ -33,6 +33,7 @@ from tally.core.deadletters import DeadLetter
 from tally.core.errors import DecodeError, SchemaError, TallyError, ValidationError
 from tally.core.limits import MAX_RECORD_BYTES
 from tally.core.quarantine import DEATHS_ALONE, IN_FLIGHT_DIR, InFlight, InFlightRecords
+from tally.core.tenancy import letter_tenant
 from tally.runtime.cells import batch_done
 from tally.runtime.faust_compat import (
     accept_missing,
@@ -66,7 +67,8 @@ async def decode(event: EventT, codec: Decoder[R]) -> R | None:
     try:
         return codec.loads(event.value)
     except ValidationError as exc:
-        await reject(event, exc, stage="validate")
+        whose = letter_tenant(exc.record) if exc.record is not None else ""
+        await reject(event, exc, stage="validate", tenant=whose)
     except (DecodeError, SchemaError) as exc:
         await reject(event, exc, stage="decode")
     return None
@@ -88,9 +90,10 @@ async def reject(
     value: bytes | None = None,
     key: bytes | None = None,
     to: TopicT = dead_letters,
+    tenant: str = "",
 ) -> None:
-    """Send the message (or `value`/`key`: one record cut out of an envelope) to `to` with why
-    and where from; counted by topic and error class.
+    """Send the message (or `value`/`key`: one record cut out of an envelope) to `to` with why,
+    where from and whose (`tenant`, when the record says); counted by topic and error class.
 
     A value too large for a record keeps its head (the reason says so). A letter the producer
     refuses (the broker is gone) is tried again until it is taken: the partition waits rather
@@ -100,7 +103,9 @@ async def reject(
     key = message.key if key is None else key
     value = message.value if value is None else value
     topic, partition, offset = origin_of(event)
-    letter = DeadLetter.of(exc, stage=stage, topic=topic, partition=partition, offset=offset)
+    letter = DeadLetter.of(
+        exc, stage=stage, topic=topic, partition=partition, offset=offset, tenant=tenant
+    )
     room = MAX_RECORD_BYTES - LETTER_OVERHEAD_BYTES - len(key or b"")
     if value is not None and len(value) > room:
         letter = letter.noted(f"the first {room:,} of {len(value):,} bytes are kept here")

@@ -13,12 +13,10 @@ from faust.types import CollectionT
 from faust.web import Request, Response, View
 from faust.web.exceptions import WebError
 
-from tally.access.tokens import OPERATOR
 from tally.app import app, gate, settings
 from tally.core.clock import epoch_ms
 from tally.core.generations import Serving
-from tally.core.limits import TENANT_PATTERN
-from tally.http.access import caller
+from tally.http.access import Refusal, tenant_asked
 from tally.http.caching import cache_control, matches, named_tag, strong_etag
 from tally.runtime.serving import serving
 from tally.telemetry import QUERY_ANSWERS
@@ -219,23 +217,8 @@ def int_param(request: Request, name: str, default: int, low: int, high: int) ->
 
 
 def tenant_read(request: Request, across: bool) -> str | None:
-    """Whose data a request reads: its token's tenant. An operator names a tenant with
-    `?tenant=`; without one (or with `*`) it reads every tenant at once (None) where the
-    answer merges them (`across`), else the default tenant (TALLY_DEFAULT_TENANT)."""
-    identity = caller(request)
-    asked = request.query.get("tenant") or None
-    if not identity.operator:
-        if asked not in (None, identity.tenant):
-            raise OtherTenant(
-                f"tenant={asked[:70]!r}: the token is tenant {identity.tenant!r}'s, and reads "
-                "that tenant's data only"
-            )
-        return identity.tenant
-    if asked is None or asked == OPERATOR:
-        return None if across else settings.default_tenant
-    if not TENANT_PATTERN.fullmatch(asked):
-        raise BadRequest(
-            f"tenant={asked[:70]!r} is not a tenant name: 1 to 64 letters, digits, '.', '_' or "
-            "'-', starting with a letter or digit (or * for every tenant)"
-        )
-    return asked
+    """Whose data a request reads (tally.http.access.tenant_asked), refusals as WebErrors."""
+    try:
+        return tenant_asked(request, settings.default_tenant, across)
+    except Refusal as refused:
+        raise (OtherTenant if refused.status == 403 else BadRequest)(refused.message) from None

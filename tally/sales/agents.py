@@ -30,7 +30,7 @@ from tally.core.clock import now_ms
 from tally.core.errors import TallyError, ValidationError
 from tally.core.partitioning import partition_for
 from tally.core.sliding import Closing, SlidingTotals
-from tally.core.tenancy import scoped, tenant_of
+from tally.core.tenancy import letter_tenant, scoped, tenant_of
 from tally.core.topk import Candidates
 from tally.runtime.cells import has_cell, read_cell, write_cell
 from tally.runtime.intake import caught_up, decode, each_partition, reject, timer, writing_for
@@ -107,9 +107,9 @@ async def decoded_purchases(
                 )
         except ValidationError as exc:
             alone = None if name != PURCHASE_BATCH else purchase_codec().dumps(purchase)
-            await reject(
-                event, exc, stage="validate", value=alone, key=purchase["item_id"].encode()
-            )
+            key = purchase["item_id"].encode()
+            whose = letter_tenant(purchase)
+            await reject(event, exc, stage="validate", value=alone, key=key, tenant=whose)
             continue
         if owner == partition:
             valid.append(purchase)
@@ -222,7 +222,8 @@ async def set_aside_late(window: SlidingTotals, wall_ms: int, late: list[Carried
             f"(watermark {watermark})"
         )
         value, key = purchase_codec().dumps(purchase), purchase["item_id"].encode()
-        await reject(event, why, stage="late", value=value, key=key, to=late_events)
+        whose = letter_tenant(purchase)
+        await reject(event, why, stage="late", value=value, key=key, to=late_events, tenant=whose)
 
 
 def slide(partition: int, window: SlidingTotals, wall_ms: int) -> Closing | None:

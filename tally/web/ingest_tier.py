@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tally import __version__
 from tally.dlq import DeadLetterWatch
-from tally.http.access import Gate
+from tally.http.access import Gate, Refusal, tenant_asked
 from tally.http.hygiene import BodyLimits, application_options, expect_handler
 from tally.ingest.gateway import IngestGateway
 from tally.ingest.http import handle_ingest
@@ -65,7 +65,11 @@ def ingest_application(
         return web.Response(body=generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
     async def dead_letter_stats(request: web.Request) -> web.Response:
-        return web.json_response(watch.body())
+        try:
+            tenant = tenant_asked(request, gateway.settings.default_tenant, across=True)
+        except Refusal as refused:
+            return refused.answer(request.path)
+        return web.json_response(watch.body(tenant))
 
     application = web.Application(**application_options(limits, header_timeout_s, gate.admit))
     expect = expect_handler(limits)

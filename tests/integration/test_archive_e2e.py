@@ -104,7 +104,7 @@ def test_queries_across_the_boundary_equal_brute_force_and_nothing_is_archived_t
             body = worker.get(f"/api/metrics/{metric}?{window}&step={step}")
             assert same({"all": body["series"]}, want), f"{metric} at {step}"
             assert body["tiers"]["archive"] and body["tiers"]["hot"]
-    by_server = worker.get(f"/api/metrics/cpu?{window}&step=1h&by=server")["servers"]
+    by_server = worker.get(f"/api/metrics/cpu?{window}&step=1h&by=server&tenant=default")["servers"]
     assert same(by_server, truth(data, 60 * MINUTE, lambda s, m: s if m == "cpu" else None))
     want = truth(data, 10**15, lambda s, m: m if s == "db-1" else None)
     # `from` mid-minute (epoch ms) counts its whole minute, in both tiers' single bucket.
@@ -189,6 +189,7 @@ def test_prune_drops_old_days_only_and_queries_of_the_rest_stay_right(
                     len(minutes),
                     final_minute(
                         {
+                            "tenant": "default",
                             "server_id": "web-1",
                             "minute_ms": minute,
                             "metrics": {

@@ -629,7 +629,7 @@ def test_a_record_too_large_for_its_changelog_dead_letters_the_event_that_made_i
         wait_until(lambda: worker.get(path)["metrics"].get("cpu", {}).get("count") == 1, 30)  # noqa: B023
 
     def accounted() -> tuple[set[str], set[str]] | None:
-        indexed = set(worker.get("/api/metrics/cpu?step=1m&by=server")["servers"])
+        indexed = set(worker.get("/api/metrics/cpu?step=1m&by=server&tenant=default")["servers"])
         refused = {cell[2] for _, value in too_large() for cell in json.loads(value)["cells"]}
         return (indexed, refused) if len(indexed | refused) == len(servers) else None
 

@@ -180,7 +180,9 @@ def test_views_equal_brute_force_and_late_samples_are_set_aside(
                 data, step_ms, lambda s, m, metric=metric: s if m == metric else None
             )
             assert same(
-                first.get(f"/api/metrics/{metric}?{window}&step={step}&by=server")["servers"],
+                first.get(f"/api/metrics/{metric}?{window}&step={step}&by=server&tenant=default")[
+                    "servers"
+                ],
                 per_server,
             )
 
@@ -319,13 +321,16 @@ def test_minutes_older_than_two_days_leave_both_indexes_also_after_a_restart(
 
 
 def hot_minutes(data_dir: Path, table: str, first: str) -> list[int]:
-    """Minutes of `first` in a stopped worker's RocksDB table, every partition."""
+    """Minutes of the default tenant's `first` in a stopped worker's RocksDB table, every
+    partition (keys "<tenant>|<first>|<minute>|...")."""
     minutes = []
     for path in sorted(data_dir.glob(f"**/tables/{table}-*.db")):
         db = Rdict(str(path), options=Options(raw_mode=True), access_type=AccessType.read_only())
         try:
             minutes += [
-                int(k.split(b"|")[1]) for k, _ in db.items() if k.startswith(f"{first}|".encode())
+                int(k.split(b"|")[2])
+                for k, _ in db.items()
+                if k.startswith(f"default|{first}|".encode())
             ]
         finally:
             db.close()

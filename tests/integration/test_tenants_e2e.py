@@ -17,7 +17,16 @@ from tally.codecs.avro import AvroCodec, Record
 from tally.core.topk import rank_key
 from tally.feed import historical_purchases
 from tests.conftest import WorkerFactory
-from tests.harness import ACCESS, EventStream, Worker, consume, produce, start_all, wait_until
+from tests.harness import (
+    ACCESS,
+    EventStream,
+    Worker,
+    consume,
+    produce,
+    purchase_row,
+    start_all,
+    wait_until,
+)
 from tests.integration.test_metrics_e2e import (
     METRICS,
     MINUTE,
@@ -174,6 +183,31 @@ def test_two_tenants_with_the_same_ids_each_see_their_own_data_only(
     assert [(i["item_id"], i["quantity"]) for i in snapshot.data["items"]] == [
         (i["item_id"], i["quantity"]) for i in ranked(own["globex"])
     ]
+
+    # Dead letters: each tenant's rejected records (from Kafka, and from its ingest token)
+    # are counted for it alone; an operator counts them all.
+    bad = [
+        (b"item-000001", purchase_codec.dumps({**events[0], "tenant": t, "quantity": 0}))
+        for t in TENANTS
+    ]
+    produce(broker.bootstrap, "purchases", bad)
+    for n, tenant in enumerate(TENANTS):
+        sender = {"Authorization": f"Bearer {ACCESS.token(tenant, ['ingest'])}"}
+        rows = [{**purchase_row(n, "item-000001", 1, T_END), "quantity": -n - 1}] * (n + 1)
+        status, answer, _ = first.post("/api/ingest/purchases", json.dumps(rows).encode(), sender)
+        assert status == 202 and answer["rejected"] == n + 1, answer
+    for n, tenant in enumerate(TENANTS):
+        stats = wait_until(
+            lambda t=tenant, n=n: (
+                (s := readers[t][n % 2].get("/api/dead-letters/stats"))["total"] == n + 2 and s
+            ),
+            30,
+            what=f"{tenant}'s dead letters counted",
+        )
+        assert stats["tenant"] == tenant and {x["tenant"] for x in stats["latest"]} == {tenant}
+        assert stats["by_rule"] == {"out_of_range": n + 2}, stats
+    assert first.get("/api/dead-letters/stats")["total"] == 5
+    assert first.get("/api/dead-letters/stats?tenant=globex")["total"] == 3
 
     # Metrics, per tenant: every server's minutes, each metric across the tenant's servers
     # (and by server), each server's summary; on both workers (one forwards to the owner).

@@ -194,7 +194,7 @@ def gated_application(gate: Gate) -> web.Application:
     application = web.Application(middlewares=[guard(gate.admit)])
     application.router.add_get("/api/health", answer)
     application.router.add_get("/api/sales/top", answer)
-    application.router.add_get("/api/dead-letters/stats", answer)
+    application.router.add_get("/metrics", answer)
     application.router.add_get("/api/servers/{server_id}/summary", answer)
     application.router.add_post("/api/ingest/{endpoint}", answer)
     application.router.add_post("/registry/subjects/{subject}/versions", answer)
@@ -245,8 +245,8 @@ def default_gate(revocations: Revocations | None = None, rate: float = 0) -> Gat
         ("GET", "/api/servers/s1/summary", {"Authorization": "Basic ZZé"}, 401, "Basic"),
         ("GET", "/api/servers/s1/summary", bearer(token(scopes="ingest")), 403, "does not grant"),
         ("GET", "/api/servers/s1/summary", bearer(token()), 200, ""),
-        ("GET", "/api/dead-letters/stats", bearer(token()), 403, "operator token"),
-        ("GET", "/api/dead-letters/stats", bearer(token(OPERATOR)), 200, ""),
+        ("GET", "/metrics", bearer(token(scopes="metrics")), 403, "operator token"),
+        ("GET", "/metrics", bearer(token(OPERATOR, "metrics")), 200, ""),
         ("GET", "/api/sales/top", bearer(token("other")), 200, ""),
         ("POST", "/api/ingest/metrics", bearer(token(scopes="ingest")), 200, ""),
         ("POST", "/api/ingest/metrics", bearer(token(scopes="read")), 403, "ingest"),

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from tally.broker.identity import reconcile_local_state, stale_state_reason
 from tally.core.deadletters import DeadLetter
 from tally.core.errors import DecodeError
 from tally.core.quarantine import IN_FLIGHT_DIR, InFlight, InFlightRecords
+from tally.dlq import DeadLetterWatch, Letter, LetterFilter
 
 
 def test_dead_letter_headers_round_trip() -> None:
@@ -20,6 +22,23 @@ def test_dead_letter_headers_round_trip() -> None:
     assert DeadLetter.from_headers(letter.headers()) == letter
     assert letter.error == "DecodeError" and letter.reason == "bad bytes"
     assert dict(letter.headers())["tally.dlq.offset"] == b"41"
+
+
+def test_dead_letters_are_counted_per_tenant_and_unknown_ones_for_operators_only() -> None:
+    watch = DeadLetterWatch(["unused:1"])
+    letters = [("acme", "bad_id"), ("acme", "late"), ("globex", "bad_id"), ("", "undecodable")]
+    for offset, (tenant, rule) in enumerate(letters):
+        meta = DeadLetter.of(DecodeError("x"), stage="validate", tenant=tenant, now_ms=offset)
+        meta = dataclasses.replace(meta, rule=rule)
+        watch.add(Letter(0, offset, offset, None, b"", meta))
+    assert DeadLetter.from_headers(meta.headers()) == meta
+    acme = watch.body("acme")
+    assert (acme["tenant"], acme["total"], acme["by_rule"]) == ("acme", 2, {"bad_id": 1, "late": 1})
+    assert {letter["tenant"] for letter in acme["latest"]} == {"acme"}
+    assert watch.body("initech")["total"] == 0
+    everything = watch.body()
+    assert (everything["tenant"], everything["total"]) == ("*", 4)
+    assert LetterFilter(tenant="")(Letter(0, 3, 3, None, b"", meta))
 
 
 def test_state_is_trusted_only_against_the_same_broker() -> None:
