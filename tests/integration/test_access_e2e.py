@@ -67,6 +67,13 @@ def concrete(path: str) -> str:
 
 def status_of(worker: Worker, method: str, path: str, headers: dict[str, str]) -> int:
     """The status only (a live stream answers its headers, then is closed unread)."""
+    return answer_of(worker, method, path, headers, read=False)[0]
+
+
+def answer_of(
+    worker: Worker, method: str, path: str, headers: dict[str, str], read: bool = True
+) -> tuple[int, bytes]:
+    """(status, body); the body unread when not `read` (or of a live stream)."""
     body = b"{}" if method in ("post", "put") else None
     request = urllib.request.Request(
         worker.url + path,
@@ -76,9 +83,10 @@ def status_of(worker: Worker, method: str, path: str, headers: dict[str, str]) -
     )
     try:
         with urllib.request.urlopen(request, timeout=15) as response:
-            return int(response.status)
+            streamed = response.headers.get("Content-Type", "").startswith("text/event-stream")
+            return int(response.status), response.read() if read and not streamed else b""
     except urllib.error.HTTPError as exc:
-        return int(exc.code)
+        return int(exc.code), exc.read()
 
 
 def signed_with_another_key() -> str:
@@ -110,6 +118,24 @@ def test_every_operation_answers_each_kind_of_caller_as_its_rule_says(
 ) -> None:
     # A low rate, so the limit is seen too; the matrix itself spends one request per token.
     worker = make_worker(TALLY_AUTH_RATE="5").start()
+    # The default tenant's data under the very ids the matrix asks for: another tenant's
+    # token asking for them must get none of it.
+    wall = now_ms()
+    sample = {"server_id": "web-1", "metric_id": "cpu", "ts_ms": wall, "value": 4242.25}
+    assert worker.post("/api/ingest/metrics", json.dumps([sample]).encode())[0] == 202
+    row = purchase_row(1, "item-1", 7_777_777, wall)
+    assert worker.post("/api/ingest/purchases", json.dumps([row]).encode())[0] == 202
+    wait_until(
+        lambda: (
+            worker.get("/api/sales/items/item-1")["quantity"] == 7_777_777
+            and worker.get("/api/servers/web-1/summary")["metrics"]
+        ),
+        30,
+        interval=1.0,  # within the rate of 5 a second this worker allows a token
+        what="the default tenant's data counted",
+    )
+    wait_until(lambda: worker.get("/api/sales/top")["items"], 30, 1.0, "the site-wide top-K")
+    stored = (b"7777777", b"4242.25")
     document = worker.get("/api/openapi.json")
     assert "bearer" in document["components"]["securitySchemes"]
     revoked = ACCESS.token(OPERATOR, SCOPES)
@@ -117,7 +143,7 @@ def test_every_operation_answers_each_kind_of_caller_as_its_rule_says(
     wait_until(
         lambda: status_of(worker, "get", "/metrics", bearer(revoked)) == 401, 10, what="revoked"
     )
-    checked = 0
+    checked = leaks_checked = 0
     for route, operations in document["paths"].items():
         path = concrete(route)
         for method, operation in operations.items():
@@ -148,13 +174,24 @@ def test_every_operation_answers_each_kind_of_caller_as_its_rule_says(
                 "a good token": (bearer(ACCESS.token(OPERATOR, scopes)), None),
             }
             for case, (headers, expected) in cases.items():
-                got = status_of(worker, method, path, headers)
+                got, body = answer_of(worker, method, path, headers)
                 if expected is None:
                     assert got not in REFUSED and got < 500, (where, case, got)
                 else:
                     assert got == expected, (where, case, got)
+                if case == "another tenant":  # the other tenant's keys: none of its data
+                    assert not any(value in body for value in stored), (where, body[:300])
+                    leaks_checked += method == "get" and got == 200
                 checked += 1
-    assert checked > 150
+    assert checked > 150 and leaks_checked >= 6, (checked, leaks_checked)
+    # The check can fail: the operator's token does see the stored values.
+    operator = bearer(ACCESS.token(OPERATOR, ["read"]))
+    assert all(
+        value in answer_of(worker, "get", path, operator)[1]
+        for value, path in zip(
+            stored, ("/api/sales/items/item-1", "/api/servers/web-1/summary"), strict=True
+        )
+    )
     token = ACCESS.token(OPERATOR, ["read"])
     statuses = [status_of(worker, "get", "/api/sales/top", bearer(token)) for _ in range(30)]
     assert 429 in statuses, statuses  # TALLY_AUTH_RATE=5: a burst of 10, then 5 a second
