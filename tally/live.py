@@ -108,8 +108,8 @@ class Stream:
     clients' credentials, so clients share a feed only when they present the same ones: a
     stream never shows a client what its own token would not."""
 
-    #: The query path (and query string) the stream re-runs; with the caller, its identity
-    #: on a worker.
+    #: The query path the stream re-runs (with `query`); with the caller, its identity on a
+    #: worker.
     path: str = ""
     #: The Authorization header its queries are asked with, and whose it is (a token id:
     #: clients of one token share a feed; the key names no secret).
@@ -125,10 +125,15 @@ class Stream:
     @property
     def query_key(self) -> str:
         """What the stream asks, whoever asks it."""
-        return f"{self.path}?{self.query}"
+        return self.url()
+
+    def url(self, *params: str) -> str:
+        """The path with `params` ("name=value") and the stream's `query`."""
+        given = "&".join(p for p in (*params, self.query) if p)
+        return f"{self.path}?{given}" if given else self.path
 
     async def read(self, fetch: Read) -> Answer:
-        return await fetch(self.path, self.credentials)
+        return await fetch(self.url(), self.credentials)
 
     def snapshot(self, answer: Answer) -> Message:
         raise NotImplementedError
@@ -149,13 +154,12 @@ class TopStream(Stream):
     final_polls: int = 120
 
     async def read(self, fetch: Read) -> Answer:
-        extra = f"&{self.query}" if self.query else ""
-        current = await fetch(self.query_key.rstrip("?"), self.credentials)
+        current = await fetch(self.url(), self.credentials)
         finals = []
         for window_end, polls_left in list(self.closing.items()):
             # `at` = the last millisecond of the window that ended at `window_end`.
             at = epoch_ms(window_end) - 1
-            final = await fetch(f"{self.path}?at={at}{extra}", self.credentials)
+            final = await fetch(self.url(f"at={at}"), self.credentials)
             if final.get("items") and not final.get("stale"):
                 finals.append(final)
                 del self.closing[window_end]
@@ -203,9 +207,7 @@ class SeriesStream(Stream):
         # The range ends with the current minute, so it moves once a minute, not every poll.
         to_ms = minute_of(int(time.time() * 1000)) + MINUTE_MS
         since = to_ms - self.minutes * MINUTE_MS
-        extra = f"&{self.query}" if self.query else ""
-        path = f"{self.path}?from={since}&to={to_ms}&step=1m{extra}"
-        return await fetch(path, self.credentials)
+        return await fetch(self.url(f"from={since}", f"to={to_ms}", "step=1m"), self.credentials)
 
     def series(self, answer: Answer) -> dict[str, list[Answer]]:
         found = answer.get(self.field_name) or {}

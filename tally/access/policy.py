@@ -5,7 +5,7 @@ document declares it, and the access-matrix test is generated from that document
   balancers, the API document, the dashboard's page shell: nothing of any tenant's data).
 - `reach`: whose data the answer holds. `tenant`: the caller's own tenant's (an operator's:
   any tenant's, or every tenant's merged: runtime.queries.tenant_read); `site`: every
-  tenant's at once, unfiltered (Prometheus figures, the dead letters' counts), so
+  tenant's at once, unfiltered (Prometheus figures), so
   only an operator token (tenant `*`) passes; `shared`: nobody's (schemas), any tenant passes.
 """
 

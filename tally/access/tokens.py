@@ -30,6 +30,7 @@ from joserfc.errors import BadSignatureError, JoseError, UnsupportedAlgorithmErr
 from joserfc.jwk import KeySet, OKPKey
 
 from tally.core.limits import TENANT_PATTERN
+from tally.core.tenancy import not_a_tenant
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +87,7 @@ def check_tenant(tenant: str) -> str:
     """`tenant` if it can name a tenant (it leads table keys) or is `*`; else ValueError."""
     if tenant != OPERATOR and not TENANT_PATTERN.fullmatch(tenant):
         raise ValueError(
-            f"tenant {tenant[:70]!r} is not a tenant name: 1 to 64 letters, digits, '.', '_' "
-            f"or '-', starting with a letter or digit (or {OPERATOR} for an operator)"
+            not_a_tenant(f"tenant {tenant[:70]!r}") + f" (or {OPERATOR} for an operator)"
         )
     return tenant
 

@@ -43,7 +43,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from tally.core.errors import ValidationError
-from tally.core.limits import TENANT_PATTERN, usable_id
+from tally.core.limits import DEFAULT_TENANT, TENANT_PATTERN, usable_id
 from tally.core.rollups import MINUTE_MS
 
 ROWS = pa.schema(
@@ -273,7 +273,9 @@ class ArchiveStats:
 class Archive:
     """The archive at one location: writes (per partition), compaction, pruning, reads."""
 
-    def __init__(self, location: str | Path) -> None:
+    def __init__(self, location: str | Path, default_tenant: str = DEFAULT_TENANT) -> None:
+        #: Whose rows are those of files written before rows named their tenant.
+        self.default_tenant = default_tenant
         text = str(location)
         if "://" in text:
             self.fs, self.root = pafs.FileSystem.from_uri(text)
@@ -326,14 +328,21 @@ class Archive:
         paths = [self.path(f) for f in files]
         if isinstance(self.fs, pafs.LocalFileSystem) and not _GLOB_CHARACTERS & set(self.root):
             listed = ", ".join("'" + path.replace("'", "''") + "'" for path in paths)
+            # By name: files written before rows had a tenant lack that column.
             con.execute(
-                "CREATE VIEW rows AS SELECT * FROM "
-                f"read_parquet([{listed}], hive_partitioning = false)"
+                "CREATE VIEW stored AS SELECT * FROM "
+                f"read_parquet([{listed}], hive_partitioning = false, union_by_name = true)"
             )
         else:
             con.register(
-                "rows", pads.dataset(paths, schema=ROWS, format="parquet", filesystem=self.fs)
+                "stored", pads.dataset(paths, schema=ROWS, format="parquet", filesystem=self.fs)
             )
+        # Rows of files without a tenant are the default tenant's (as records without one).
+        columns = {name for name, *_ in con.execute("DESCRIBE stored").fetchall()}
+        default = "'" + self.default_tenant.replace("'", "''") + "'"
+        tenant = f"coalesce(tenant, {default})" if "tenant" in columns else default
+        others = ", ".join(f'"{field.name}"' for field in ROWS if field.name != "tenant")
+        con.execute(f"CREATE VIEW rows AS SELECT {tenant} AS tenant, {others} FROM stored")
 
     # -- writing --------------------------------------------------------------------------
 

@@ -83,7 +83,7 @@ async def archive(
     """The cold tier in TALLY_ARCHIVE_DIR: `stats` (days, rows, bytes, oldest/newest minute),
     `prune` (drop whole days older than the retention; hot tables are not touched) or
     `compact` (merge each day's files into one per partition; safe beside running workers)."""
-    store = Archive(settings.archive_location)
+    store = Archive(settings.archive_location, settings.default_tenant)
     if action == "stats":
         print_archive_stats(store, per_day, as_json)
     elif action == "prune":

@@ -29,6 +29,7 @@ from tally.codecs.catalog import metric_batch_codec, purchase_codec
 from tally.core.clock import now_ms
 from tally.core.errors import BrokerError, ConfigurationError
 from tally.core.limits import TENANT_PATTERN
+from tally.core.tenancy import not_a_tenant
 from tally.feed import (
     ACK_TIMEOUT_S,
     DEFAULT_TENANTS,
@@ -184,10 +185,7 @@ async def feed(
     """Send sample data: `sales` (purchases) or `metrics` (metric batches), event time = now."""
     for tenant in tenants:
         if not TENANT_PATTERN.fullmatch(tenant):
-            fail(
-                f"--tenant {tenant[:70]!r} is not a tenant name: 1 to 64 letters, digits, '.', "
-                "'_' or '-', starting with a letter or digit"
-            )
+            fail(not_a_tenant(f"--tenant {tenant[:70]!r}"))
     try:
         sent = await run_feed(
             pipeline, rate=rate, count=count, seed=seed, tenants=tenants or DEFAULT_TENANTS

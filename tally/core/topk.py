@@ -18,14 +18,14 @@ from typing import Any
 
 from sortedcontainers import SortedList
 
-from tally.core.limits import KEY_SEPARATOR
+from tally.core.tenancy import unscoped
 
 Ranked = tuple[str, int]  # (key, total)
 
 
 def group_of(key: str) -> str:
     """A key's group: its tenant (`<tenant>|<item>`), or "" for a key without one."""
-    return key.rpartition(KEY_SEPARATOR)[0]
+    return unscoped(key)[0]
 
 
 def rank_key(entry: Ranked) -> tuple[int, str]:
@@ -127,8 +127,16 @@ class Candidates:
             top=[(str(k), int(v)) for k, v in data["top"]],
             watermark_ms=int(data["watermark_ms"]),
             as_of_ms=int(data["as_of_ms"]),
-            late_events={str(g): int(n) for g, n in data.get("late_events", {}).items()},
+            late_events=late_by_group(data.get("late_events", {})),
         )
+
+
+def late_by_group(saved: Any) -> dict[str, int]:
+    """Late counts by group as saved; a count saved before they were kept per group (one
+    number) is no group's ("": it counts in the answers over every group only)."""
+    if isinstance(saved, int | float):
+        return {"": int(saved)} if saved else {}
+    return {str(group): int(count) for group, count in saved.items()}
 
 
 @dataclass(frozen=True)
@@ -157,24 +165,27 @@ def merge_candidates(
 
     A partition still on an older window contributes what it has and is named in `lagging`,
     so the answer can say it may be stale; `as_of` is the oldest partition's, so one silent
-    partition (a dead worker) makes the answer old. None if no partition has data yet.
+    partition (a dead worker) makes the answer old. None if no partition has data yet, or the
+    group has none (nothing of other groups' activity shows then).
     """
     latest = list(candidates)
-    if not latest:
-        return None
-    last_pane = max(c.last_pane for c in latest)
 
     def of_group(top: list[Ranked]) -> list[Ranked]:
         return top if group is None else [e for e in top if group_of(e[0]) == group]
 
+    top = merge_top((of_group(c.top) for c in latest), k)
+    late = sum(
+        sum(c.late_events.values()) if group is None else c.late_events.get(group, 0)
+        for c in latest
+    )
+    if not latest or (group is not None and not top and not late):
+        return None
+    last_pane = max(c.last_pane for c in latest)
     return GlobalTopK(
         last_pane=last_pane,
-        top=merge_top((of_group(c.top) for c in latest), k),
+        top=top,
         watermark_ms=min(c.watermark_ms for c in latest),
         as_of_ms=min(c.as_of_ms for c in latest),
-        late_events=sum(
-            sum(c.late_events.values()) if group is None else c.late_events.get(group, 0)
-            for c in latest
-        ),
+        late_events=late,
         lagging=sorted(c.partition for c in latest if c.last_pane < last_pane),
     )

@@ -36,6 +36,7 @@ from tally.access.tokens import (
 from tally.core.errors import ConfigurationError
 from tally.core.limits import TENANT_PATTERN
 from tally.core.ratelimit import TokenBuckets
+from tally.core.tenancy import not_a_tenant
 from tally.http.hygiene import problem
 from tally.settings import Settings
 
@@ -86,14 +87,15 @@ def tenant_asked(request: web.Request | Any, default: str, across: bool) -> str 
                 "that tenant's data only",
             )
         return identity.tenant
-    if asked is None or asked == OPERATOR:
+    if asked is None:
         return None if across else default
+    if asked == OPERATOR:
+        if across:
+            return None
+        raise Refusal(400, "tenant=*: this answer is one tenant's; name the tenant")
     if not TENANT_PATTERN.fullmatch(asked):
-        raise Refusal(
-            400,
-            f"tenant={asked[:70]!r} is not a tenant name: 1 to 64 letters, digits, '.', '_' or "
-            "'-', starting with a letter or digit (or * for every tenant)",
-        )
+        message = not_a_tenant(f"tenant={asked[:70]!r}")
+        raise Refusal(400, message + (" (or * for every tenant)" if across else ""))
     return asked
 
 

@@ -228,7 +228,14 @@ async def fold_message(
     for sample, why, stage in set_aside:
         to = late_events if stage == "late" else dead_letters
         value = one_sample(batch, sample)
-        await reject(event, why, stage=stage, value=value, to=to, tenant=letter_tenant(batch))
+        await reject(
+            event,
+            why,
+            stage=stage,
+            value=value,
+            to=to,
+            tenant=unscoped(server)[0],
+        )
     state.late_events += len(judged.late)
     if judged.newest_ts is not None and judged.oldest_minute is not None:
         if not is_forwarded(event):  # forwarded samples do not move the clock (EventClock)
@@ -326,7 +333,9 @@ async def owned(event: EventT, state: PartitionState, wall: int) -> Record | Non
         "same TALLY_PARTITIONS as the topic?",
         "misrouted",
     )
-    await reject(event, misrouted, stage="validate", tenant=letter_tenant(batch))
+    await reject(
+        event, misrouted, stage="validate", tenant=letter_tenant(batch, settings.default_tenant)
+    )
     return None
 
 
@@ -561,7 +570,8 @@ async def index_partition(events: Sequence[EventT]) -> None:
         sender = IndexUpdate.from_json(cast(dict[str, Any], by_offset[offset].value)).upstream
         value = json.dumps(IndexUpdate(sender, None, cells).to_json()).encode()
         key = f"{metric}|{minute}".encode()
-        await reject(by_offset[offset], why, stage="process", value=value, key=key)
+        whose = unscoped(metric)[0]  # a `scoped` metric
+        await reject(by_offset[offset], why, stage="process", value=value, key=key, tenant=whose)
     prune_metric_index(partition)
 
 

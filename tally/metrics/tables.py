@@ -50,7 +50,7 @@ rollups_1m = internal_topic(METRIC_FINAL_MINUTES, value_serializer="json")
 def archive() -> Archive:
     """The cold tier: final minutes as Parquet (written by the archive sink, read by the
     views), opened on first use."""
-    return Archive(settings.archive_location)
+    return Archive(settings.archive_location, settings.default_tenant)
 
 
 #: The second key part of a metric's per-server record (the all-servers record has none).

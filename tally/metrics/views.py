@@ -57,7 +57,14 @@ from tally.metrics.tables import (
     split_key,
 )
 from tally.runtime.cells import read_cell, version
-from tally.runtime.queries import BadRequest, OwnedView, routed_to_owner, tenant_read, time_param
+from tally.runtime.queries import (
+    BadRequest,
+    OwnedView,
+    id_param,
+    routed_to_owner,
+    tenant_read,
+    time_param,
+)
 from tally.runtime.store import first_parts, partition_key, scan, stored_value
 
 logger = logging.getLogger(__name__)
@@ -267,7 +274,7 @@ class ServerMetrics(MetricsView):
     async def owned(self, request: Request, server_id: str) -> Response:
         tenant = tenant_read(request, across=False)
         assert tenant is not None
-        query = Query(request, server_watermark(server_id))
+        query = Query(request, server_watermark(id_param("server_id", server_id)))
         return await self.answered(
             request,
             tenant,
@@ -293,7 +300,7 @@ class ServerSummary(MetricsView):
     async def owned(self, request: Request, server_id: str) -> Response:
         tenant = tenant_read(request, across=False)
         assert tenant is not None
-        query = Query(request, server_watermark(server_id))
+        query = Query(request, server_watermark(id_param("server_id", server_id)))
 
         def hot() -> Series:
             # One bucket per metric, keyed like the archive's (the range's first minute).
@@ -338,7 +345,7 @@ class MetricAcrossServers(MetricsView):
         if by not in ("", "server"):
             raise BadRequest(f"by={by!r}: the only breakdown is by=server")
         tenant = tenant_read(request, across=True)
-        query = Query(request, metric_watermark(metric_id))
+        query = Query(request, metric_watermark(id_param("metric_id", metric_id)))
 
         def of_tenant(of: str) -> Series:
             minutes: Series = defaultdict(list)

@@ -67,7 +67,8 @@ async def decode(event: EventT, codec: Decoder[R]) -> R | None:
     try:
         return codec.loads(event.value)
     except ValidationError as exc:
-        whose = letter_tenant(exc.record) if exc.record is not None else ""
+        record = exc.record
+        whose = "" if record is None else letter_tenant(record, settings.default_tenant)
         await reject(event, exc, stage="validate", tenant=whose)
     except (DecodeError, SchemaError) as exc:
         await reject(event, exc, stage="decode")

@@ -16,6 +16,7 @@ from faust.web.exceptions import WebError
 from tally.app import app, gate, settings
 from tally.core.clock import epoch_ms
 from tally.core.generations import Serving
+from tally.core.limits import id_problem
 from tally.http.access import Refusal, tenant_asked
 from tally.http.caching import cache_control, matches, named_tag, strong_etag
 from tally.runtime.serving import serving
@@ -213,6 +214,14 @@ def int_param(request: Request, name: str, default: int, low: int, high: int) ->
         raise BadRequest(f"{name}={raw!r} is not a whole number") from None
     if not low <= value <= high:
         raise BadRequest(f"{name}={value} is out of range; allowed: {low} to {high}")
+    return value
+
+
+def id_param(name: str, value: str) -> str:
+    """A path's id, if it can be one (tally.core.limits); else a 400 that says why."""
+    problem = id_problem(value)
+    if problem is not None:
+        raise BadRequest(f"{name} {problem}")
     return value
 
 

@@ -1,4 +1,5 @@
-"""Sales pipeline glue: purchases → hourly panes → per-partition top-K → global top-K.
+"""Sales pipeline glue: purchases → hourly panes → each tenant's top-K per partition → the
+tenants' top-Ks and the site-wide one.
 
 The logic lives in `tally.core.sliding` / `tally.core.topk`; this module moves data
 between Kafka, the tables and those classes:
@@ -6,8 +7,9 @@ between Kafka, the tables and those classes:
 1. `count_sales` takes a batch, splits it by partition, decodes (single purchases and
    envelopes), forwards purchases of items another partition owns (runtime.routing), folds
    the rest into the partition's `SlidingTotals`, writes one pane cell per (pane, item)
-   touched, sends late events to `late-events`, and publishes the partition's top-K when it
-   changed. It reads `purchases` and `purchases-routed` (what other partitions forwarded).
+   touched (items are `scoped` by tenant), sends late events to `late-events`, and publishes
+   the partition's top-K of each tenant when it changed. It reads `purchases` and
+   `purchases-routed` (what other partitions forwarded).
 2. `slide_idle_windows` (a 1 s timer) lets event time pass on idle partitions, so windows
    slide with no traffic, and re-publishes each top-K every heartbeat.
 3. `merge_top_k` (one worker: the candidates topic has one partition) keeps every partition's
@@ -108,7 +110,7 @@ async def decoded_purchases(
         except ValidationError as exc:
             alone = None if name != PURCHASE_BATCH else purchase_codec().dumps(purchase)
             key = purchase["item_id"].encode()
-            whose = letter_tenant(purchase)
+            whose = letter_tenant(purchase, settings.default_tenant)
             await reject(event, exc, stage="validate", value=alone, key=key, tenant=whose)
             continue
         if owner == partition:
@@ -222,7 +224,7 @@ async def set_aside_late(window: SlidingTotals, wall_ms: int, late: list[Carried
             f"(watermark {watermark})"
         )
         value, key = purchase_codec().dumps(purchase), purchase["item_id"].encode()
-        whose = letter_tenant(purchase)
+        whose = letter_tenant(purchase, settings.default_tenant)
         await reject(event, why, stage="late", value=value, key=key, to=late_events, tenant=whose)
 
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from tally.app import settings
 from tally.core.applied import value_of
 from tally.core.sliding import PaneReader, SlidingTotals
-from tally.core.topk import Candidates, GlobalTopK, merge_candidates
+from tally.core.topk import Candidates, GlobalTopK, late_by_group, merge_candidates
 from tally.core.windowing import EventClock
 from tally.http.caching import KeptAnswers
 from tally.runtime.cells import read_cell
@@ -66,7 +66,7 @@ def window_for(partition: int, wall_ms: int, idle: bool) -> SlidingTotals:
         clock = EventClock.from_record(saved, others(partition))
         clock.settle(wall_ms, idle)
         window = SlidingTotals.restore(SALES_SPEC, clock, wall_ms, pane_reader(partition))
-        window.late_events = dict(saved.get("late_events") or {})
+        window.late_events = late_by_group(saved.get("late_events") or {})
         windows[partition] = window
         prune(partition, window, wall_ms)
         logger.info("sales partition %s: window restored, %s items", partition, len(window.totals))
@@ -80,9 +80,9 @@ def prune(partition: int, window: SlidingTotals, wall_ms: int) -> None:
         delete_below(sales_panes, partition, pane_prefix(SALES_SPEC.retained_from(watermark)))
 
 
-#: The current top-K answers (one per `k` and stale reasons), serialized: dropped whenever the
-#: latest candidates change.
-current_body = KeptAnswers(limit=64)
+#: The current top-K answers (one per tenant, `k` and stale reasons), serialized: dropped
+#: whenever the latest candidates change.
+current_body = KeptAnswers(limit=1024)
 
 
 def load_latest() -> dict[int, Candidates]:

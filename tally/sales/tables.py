@@ -2,8 +2,8 @@
 
 purchases ─► sales_panes   "<pane:012d>|<tenant>|<item>" → [units, offset] (per purchases
          │                 partition; the pane leads: a slide reads a whole pane back)
-         └─► sales_clocks  "<partition>" → event clock + late count
-per-partition top-K ─► sales-topk-candidates (1 partition) ─► sales_topk "latest|<p>",
+         └─► sales_clocks  "<partition>" → event clock + late counts per tenant
+each tenant's top-K ─► sales-topk-candidates (1 partition) ─► sales_topk "latest|<p>",
                                                                "<pane>|<p>" (history)
 """
 
@@ -37,7 +37,8 @@ sales_panes = app.Table(
     extra_topic_configs={"cleanup.policy": "compact,delete", "retention.ms": _PANE_RETENTION_MS},
 )
 
-#: partition → {"event_ms", "wall_ms", "late_events"}: the event clock survives restarts.
+#: partition → {"event_ms", "wall_ms", "late_events": {tenant: n}}: the event clock survives
+#: restarts.
 sales_clocks = app.Table("sales_clocks", key_type=bytes)
 
 #: Each partition's top-K of each tenant, merged into the answers by one worker.

@@ -23,6 +23,7 @@ from tally.runtime.cells import read_cell
 from tally.runtime.queries import (
     BadRequest,
     OwnedView,
+    id_param,
     int_param,
     routed_to_owner,
     tenant_read,
@@ -155,7 +156,7 @@ class ItemSales(OwnedView):
     async def owned(self, request: Request, item_id: str) -> Response:
         tenant = tenant_read(request, across=False)
         assert tenant is not None
-        item = scoped(tenant, item_id)
+        item = scoped(tenant, id_param("item_id", item_id))
         wall = now_ms()
         partition = partition_for(item_id, settings.partitions)
         # The clock as the pipeline last settled it (each second on an active partition).

@@ -573,7 +573,8 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation(
         "get",
         "/api/stream/metrics/{metric_id}",
-        "a metric across all servers, live (server-sent events): `snapshot`, `meta`, `point`",
+        "a metric across the tenant's servers, live (server-sent events): `snapshot`, `meta`, "
+        "`point`",
         (path("metric_id"), MINUTES, EVERY_TENANT),
         statuses=STREAM_STATUSES,
         **STREAM,

@@ -194,7 +194,8 @@ class ServerStream(View):
 
 @app.page("/api/stream/metrics/{metric_id}")
 class MetricStream(View):
-    """A metric across all servers over the last `?minutes=` (120): `snapshot`, `point`s."""
+    """A metric across the tenant's servers over the last `?minutes=` (120): `snapshot`,
+    `point`s."""
 
     async def get(self, request: Request, metric_id: str) -> Response:
         path = f"/api/metrics/{quote(metric_id, safe='')}"

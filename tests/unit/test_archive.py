@@ -8,6 +8,7 @@ from collections import defaultdict
 from datetime import date
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import given
@@ -251,6 +252,39 @@ def test_metric_filter_and_limit(tmp_path: Path) -> None:
     everything = ArchiveQuery("acme", "server", "s1", start, end, "metric", MINUTE_MS)
     assert sum(len(p) for p in archived_rollups(archive, everything, limit=10).values()) == 11
     assert archived_rollups(Archive(tmp_path / "empty"), everything, limit=10) == {}
+
+
+def write_old(archive: Archive, file: DataFile, table: pa.Table) -> None:
+    """A file as the archive wrote it before rows had a tenant."""
+    archive.fs.create_dir(archive.day_dir(file.day), recursive=True)
+    pq.write_table(table.drop_columns(["tenant"]), archive.path(file))
+
+
+def test_files_written_before_rows_had_a_tenant_are_the_default_tenants(tmp_path: Path) -> None:
+    """An archive of before: its rows count as the default tenant's, beside new files, and a
+    compaction of such a day rewrites them with the tenant."""
+    archive = Archive(tmp_path, default_tenant="acme")
+    hist = history(random.Random(8), 60, ["acme"])
+    minutes = [(offset, final_minute(final(*h))) for offset, h in enumerate(hist)]
+    archive.append(0, minutes[:90])  # a new file (with the tenant column)
+    old = rows_by_day(m for _, m in minutes[90:])
+    for day, table in old.items():  # an old one: the same rows, no tenant column
+        write_old(archive, DataFile(day, 0, 90, len(minutes) - 1), table)
+    archive._save_journal(0, Journal(len(minutes) - 1))
+    start, end = DAY0, DAY0 + 2 * DAY_MS
+    for tenant in ("acme", None):
+        query = ArchiveQuery(tenant, "metric", "cpu", start, end, "server", MINUTE_MS)
+        got = archived_rollups(archive, query, limit=100_000)
+        want = brute(hist, tenant, "metric", "cpu", start, end, "server", MINUTE_MS)
+        assert {s: len(p) for s, p in got.items()} == {s: len(p) for s, p in want.items()}
+    only_old = Archive(tmp_path / "old", default_tenant="acme")
+    for day, table in old.items():
+        write_old(only_old, DataFile(day, 0, 0, 9), table)
+    everything = ArchiveQuery("acme", "server", "s1", start, end, "metric", None)
+    assert archived_rollups(only_old, everything, limit=100) != {}
+    day = date(2026, 11, 1)
+    assert archive.compact(day, 0) is not None
+    assert {t for t, *_ in rows(archive)} == {"acme"}
 
 
 def test_prune_drops_whole_days_and_stats_describe_what_is_left(tmp_path: Path) -> None:

@@ -254,6 +254,9 @@ def test_merge_names_lagging_partitions() -> None:
     assert merged.top == [("u|b", 9), ("t|a", 4)] and merged.late_events == 7
     of_t = merge_candidates(now, 10, "t")
     assert of_t is not None and of_t.top == [("t|a", 4)] and of_t.late_events == 3
+    assert merge_candidates(now, 10, "v") is None  # nothing of the others' shows to v
+    saved_before = {**now[0].to_json(), "late_events": 3}  # one count, before per-tenant ones
+    assert Candidates.from_json(saved_before).late_events == {"": 3}
     assert merged.watermark_ms == 10_500 and merged.as_of_ms == 5
     assert merge_candidates([], 10) is None
     assert Candidates.from_json(now[0].to_json()) == now[0]
