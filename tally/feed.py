@@ -37,12 +37,16 @@ def purchases(
     rng: random.Random,
     *,
     items: int = 1000,
+    customers: int = 5000,
     clock_ms: Callable[[], int],
     tenants: Sequence[str] = DEFAULT_TENANTS,
 ) -> Iterator[Record]:
     """Endless purchases; item popularity is Zipf-distributed, event time from `clock_ms`;
-    the `tenants` take turns, with the same item ids."""
+    the `tenants` take turns, with the same item ids; customers are Zipf-distributed too
+    (drawn from their own generator, so the items of a seed stay what they were)."""
     cumulative = zipf_weights(items)
+    buyers = random.Random(hash(rng.getstate()))  # per seed, without drawing from `rng`
+    frequent = zipf_weights(customers, 0.8)
     for number in itertools.count():
         (item,) = rng.choices(range(items), cum_weights=cumulative)
         yield {
@@ -53,6 +57,7 @@ def purchases(
             "event_time_ms": clock_ms(),
             "metadata": {"channel": rng.choice(("web", "app", "store"))},
             "tenant": tenants[number % len(tenants)],
+            "customer_id": f"cust-{buyers.choices(range(customers), cum_weights=frequent)[0]:06d}",
         }
 
 

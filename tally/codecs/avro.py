@@ -190,6 +190,8 @@ def validate_purchase(record: Record) -> None:
         )
     check_id("item_id", record["item_id"])
     check_id("purchase_id", record["purchase_id"])
+    if record["customer_id"]:
+        check_id("customer_id", record["customer_id"])
     check_metadata(record["metadata"])
     check_tenant_name(record["tenant"])
 

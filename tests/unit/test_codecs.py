@@ -36,6 +36,7 @@ PURCHASE = {
     "event_time_ms": 1_790_000_000_000,
     "metadata": {"channel": "web"},
     "tenant": "",
+    "customer_id": "",
 }
 
 
@@ -64,10 +65,10 @@ def test_open_registry_by_url(tmp_path: Path) -> None:
 
 
 def test_old_writer_schema_is_resolved_to_the_current_reader(tmp_path: Path) -> None:
-    """Records written before the schema gained `metadata` and `tenant` decode with their
-    defaults: the registry took the new version as BACKWARD compatible."""
+    """Records written before the schema gained `metadata`, `tenant` and `customer_id` decode
+    with their defaults: the registry took the new version as BACKWARD compatible."""
     registry = FileSchemaRegistry(tmp_path)
-    newer = ("metadata", "tenant")
+    newer = ("metadata", "tenant", "customer_id")
     old_schema = {
         **load_schema("purchase"),
         "fields": [f for f in load_schema("purchase")["fields"] if f["name"] not in newer],
@@ -76,7 +77,8 @@ def test_old_writer_schema_is_resolved_to_the_current_reader(tmp_path: Path) -> 
     current = AvroCodec(registry, "purchases-value", load_schema("purchase"))
     assert [v.version for v in registry.versions("purchases-value")] == [1, 2]
     record = {k: v for k, v in PURCHASE.items() if k not in newer}
-    assert current.loads(old.dumps(record)) == {**record, "metadata": {}, "tenant": ""}
+    defaults = {"metadata": {}, "tenant": "", "customer_id": ""}
+    assert current.loads(old.dumps(record)) == {**record, **defaults}
 
 
 @pytest.mark.parametrize("tenant", ["a|b", "-acme", "x" * 65, "ac me", "*"])

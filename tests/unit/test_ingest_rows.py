@@ -219,7 +219,8 @@ def test_a_body_without_a_readable_row_is_refused_whole(body: bytes, says: str) 
 
 
 def test_a_good_purchase_takes_the_schema_default_for_metadata() -> None:
-    assert judge("purchases", purchase()) == {**purchase(), "metadata": {}, "tenant": ""}
+    defaults = {"metadata": {}, "tenant": "", "customer_id": ""}
+    assert judge("purchases", purchase()) == {**purchase(), **defaults}
 
 
 @pytest.mark.parametrize(
