@@ -282,6 +282,7 @@ def test_tallys_outputs_read_with_confluents_deserializer(
             "event_time_ms": at_ms,
             "metadata": {"n": str(n)},
             "tenant": "default",
+            "customer_id": "",
         }
 
     ctx = SerializationContext("purchases", MessageField.VALUE)

@@ -299,10 +299,12 @@ def test_dashboard_in_headless_chromium_shows_the_live_top_10(make_worker: Worke
             wait_until(lambda: rows.count() == 10, 10, what="10 rows on the page")
 
             def shown() -> list[tuple[str, int]]:
-                names = page.locator("#top-list li .name").all_inner_texts()
-                qtys = page.locator("#top-list li .qty").all_inner_texts()
-                ranks = page.locator("#top-list li .rank").all_inner_texts()
-                ordered = sorted(zip(ranks, names, qtys, strict=True), key=lambda r: int(r[0]))
+                # One reading of every row (three separate ones can straddle a row's arrival).
+                rows = page.locator("#top-list li").evaluate_all(
+                    "rows => rows.map(r => ['.rank', '.name', '.qty'].map("
+                    "  part => r.querySelector(part).textContent))"
+                )
+                ordered = sorted(rows, key=lambda r: int(r[0]))
                 return [(name, int(qty.replace(",", ""))) for _, name, qty in ordered]
 
             wait_until(lambda: shown() == items_of({"items": expected}), 10, what="API's top-10")
