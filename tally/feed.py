@@ -45,7 +45,7 @@ def purchases(
     the `tenants` take turns, with the same item ids; customers are Zipf-distributed too
     (drawn from their own generator, so the items of a seed stay what they were)."""
     cumulative = zipf_weights(items)
-    buyers = random.Random(hash(rng.getstate()))  # per seed, without drawing from `rng`
+    buyers = random.Random(hash(rng.getstate()[1]))  # per seed, without drawing from `rng`
     frequent = zipf_weights(customers, 0.8)
     for number in itertools.count():
         (item,) = rng.choices(range(items), cum_weights=cumulative)

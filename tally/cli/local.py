@@ -301,7 +301,7 @@ async def dev(self: AppCommand, sales_rate: float, metrics_rate: float) -> None:
             f"  API              {settings.web_url}/api/openapi.json  (curl {settings.web_url}/ "
             "lists the endpoints)\n"
             f"  live streams     {settings.web_url}/api/stream/sales/top, "
-            f"{settings.web_url}/api/stream/servers/server-0000\n"
+            f"{settings.web_url}/api/stream/servers/server-0000?tenant={DEMO_TENANTS[0]}\n"
             f"  schema registry  {settings.web_url}/registry/subjects\n"
             f"  broker           {local.url}\n"
             f"  feed             {sales_rate:g} purchases/s, {metrics_rate:g} metric batches/s, "

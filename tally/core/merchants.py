@@ -18,6 +18,8 @@ from typing import Any
 
 from datasketches import hll_sketch, hll_union
 
+from tally.core.rollups import bucket_start
+
 HOUR_MS = 3_600_000
 #: 2^12 registers: about 1.6 % relative standard error, at most ~4 KB per merchant-hour
 #: (a sketch of few customers stays a short list of them).
@@ -39,15 +41,11 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 Counts = list[int]
 
 
-def hour_of(ms: int) -> int:
-    return ms - ms % HOUR_MS
-
-
 def step_start(ms: int, step: str) -> int:
     """The start (epoch ms) of the `step` bucket that holds `ms`."""
     if step == "1h":
-        return hour_of(ms)
-    day = ms - ms % (24 * HOUR_MS)
+        return bucket_start(ms, HOUR_MS)
+    day = bucket_start(ms, 24 * HOUR_MS)
     if step == "1d":
         return day
     moment = _EPOCH + timedelta(milliseconds=day)

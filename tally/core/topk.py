@@ -24,7 +24,8 @@ Ranked = tuple[str, int]  # (key, total)
 
 
 def group_of(key: str) -> str:
-    """A key's group: its tenant (`<tenant>|<item>`), or "" for a key without one."""
+    """A key's group: its tenant (`<tenant>|<item>`, core.tenancy), or "" for a key without
+    one."""
     return unscoped(key)[0]
 
 

@@ -61,6 +61,7 @@ from tally.runtime.queries import (
     BadRequest,
     OwnedView,
     id_param,
+    one_tenant_read,
     routed_to_owner,
     tenant_read,
     time_param,
@@ -272,8 +273,7 @@ class ServerMetrics(MetricsView):
 
     @routed_to_owner(server_rollups, match_info="server_id")
     async def owned(self, request: Request, server_id: str) -> Response:
-        tenant = tenant_read(request, across=False)
-        assert tenant is not None
+        tenant = one_tenant_read(request)
         query = Query(request, server_watermark(id_param("server_id", server_id)))
         return await self.answered(
             request,
@@ -298,8 +298,7 @@ class ServerSummary(MetricsView):
 
     @routed_to_owner(server_rollups, match_info="server_id")
     async def owned(self, request: Request, server_id: str) -> Response:
-        tenant = tenant_read(request, across=False)
-        assert tenant is not None
+        tenant = one_tenant_read(request)
         query = Query(request, server_watermark(id_param("server_id", server_id)))
 
         def hot() -> Series:

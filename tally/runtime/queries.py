@@ -231,3 +231,10 @@ def tenant_read(request: Request, across: bool) -> str | None:
         return tenant_asked(request, settings.default_tenant, across)
     except Refusal as refused:
         raise (OtherTenant if refused.status == 403 else BadRequest)(refused.message) from None
+
+
+def one_tenant_read(request: Request) -> str:
+    """Whose data a one-key view reads: always one tenant."""
+    tenant = tenant_read(request, across=False)
+    assert tenant is not None  # across=False never answers "every tenant"
+    return tenant

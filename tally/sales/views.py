@@ -25,6 +25,7 @@ from tally.runtime.queries import (
     OwnedView,
     id_param,
     int_param,
+    one_tenant_read,
     routed_to_owner,
     tenant_read,
     time_param,
@@ -154,8 +155,7 @@ class ItemSales(OwnedView):
 
     @routed_to_owner(sales_panes, match_info="item_id")
     async def owned(self, request: Request, item_id: str) -> Response:
-        tenant = tenant_read(request, across=False)
-        assert tenant is not None
+        tenant = one_tenant_read(request)
         item = scoped(tenant, id_param("item_id", item_id))
         wall = now_ms()
         partition = partition_for(item_id, settings.partitions)
