@@ -54,6 +54,7 @@ PIPELINE_MODULES = {
     "sales": ["tally.sales.agents", "tally.sales.views"],
     "metrics": ["tally.metrics.agents", "tally.metrics.views"],
     "archive": ["tally.metrics.archive_sink"],
+    "merchants": ["tally.merchants.agents", "tally.merchants.views"],
 }
 #: Modules every worker runs, whatever its pipelines.
 COMMON_MODULES = [

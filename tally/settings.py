@@ -159,7 +159,10 @@ def _one_of(choices: tuple[str, ...]) -> Callable[[str], str]:
 
 
 #: The pipelines a worker can run: `archive` is the metrics pipeline's cold-tier sink.
-PIPELINES = ("sales", "metrics", "archive")
+PIPELINES = ("sales", "metrics", "archive", "merchants")
+#: What a worker runs unless told: the merchants pipeline reads every purchase a second
+#: time, so a deployment turns it on (TALLY_PIPELINES) where merchants query their own figures.
+DEFAULT_PIPELINES = frozenset(("sales", "metrics", "archive"))
 
 
 def pipeline_set(text: str) -> frozenset[str]:
@@ -201,9 +204,10 @@ class Settings:
     )
     pipelines: frozenset[str] = _env_field(
         "TALLY_PIPELINES",
-        frozenset(PIPELINES),
+        DEFAULT_PIPELINES,
         "The pipelines this worker runs, comma-separated: sales, metrics, archive (the "
-        "cold-tier sink of metrics). Its web server answers the queries of those it runs.",
+        "cold-tier sink of metrics), merchants (each merchant's own figures; off unless "
+        "named). Its web server answers the queries of those it runs.",
         pipeline_set,
     )
     data_dir: Path = _env_field(  # noqa: RUF009 (a field(), not a shared default)
@@ -328,6 +332,13 @@ class Settings:
         "Live streams (`/api/stream/*`, the dashboard) re-run their query this often on each "
         "worker, once for all the clients of a stream.",
         _positive_float,
+    )
+    merchants_hot_hours: int = _env_field(
+        "TALLY_MERCHANTS_HOT_HOURS",
+        48,
+        "Merchant-hours kept in the hot tables (RocksDB), by event time (at least the sales "
+        "window plus its retained panes); older hours are answered from the archive.",
+        _positive_int,
     )
     metrics_hot_hours: float = _env_field(
         "TALLY_METRICS_HOT_HOURS",

@@ -1,6 +1,7 @@
 """The name of every topic Tally reads or writes: the data flow in one file, no Faust.
 
     producers ─► PURCHASES ─► sales ─► SALES_CANDIDATES ─► the merged top-K
+              │            └► merchants (re-keyed) ─► MERCHANT_PURCHASES ─► merchant hours
               └► METRIC_SAMPLES ─► metrics ─► METRIC_PARTIALS ─► the by-metric index
                                           └► (METRIC_TICKS) ─► METRIC_FINAL_MINUTES ─► archive
     on another partition than its key's ─► ROUTED[topic] ─► the same pipeline, at the owner
@@ -34,3 +35,8 @@ METRIC_PARTIALS = "metric-rollups-by-metric"
 METRIC_TICKS = "metric-ticks"
 #: Every final (server, minute), once: the cold tier's input.
 METRIC_FINAL_MINUTES = "metric-rollups-1m"
+#: Purchases re-keyed by merchant (the tenant): one envelope per purchases message and
+#: merchant partition, its origin in a header, so a merchant's whole history is one partition.
+MERCHANT_PURCHASES = "merchant-purchases"
+#: Every merchant-hour that left the window (final), once: the merchants' cold tier's input.
+MERCHANT_FINAL_HOURS = "merchant-hours-1h"

@@ -71,6 +71,9 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("get", "/api/metrics/{metric_id}"): READ,
     ("get", "/api/stream/servers/{server_id}"): READ,
     ("get", "/api/stream/metrics/{metric_id}"): READ,
+    ("get", "/api/merchants/{merchant_id}/sales"): READ,
+    ("get", "/api/merchants/{merchant_id}/summary"): READ,
+    ("get", "/api/merchants/{merchant_id}/top-items"): READ,
     ("post", "/registry/subjects/{subject}/versions"): SCHEMA_REGISTER,
     # Lookups and compatibility checks are POSTs that write nothing.
     ("post", "/registry/subjects/{subject}"): SCHEMA_READ,

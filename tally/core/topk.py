@@ -89,6 +89,11 @@ class GroupedTotals:
         """Each group's top-k, in rank order over all groups."""
         return sorted((e for g in self._groups.values() for e in g.top(k)), key=rank_key)
 
+    def group_top(self, group: str, k: int) -> list[Ranked]:
+        """One group's top-k."""
+        ranked = self._groups.get(group)
+        return [] if ranked is None else ranked.top(k)
+
     def __len__(self) -> int:
         return sum(len(ranked) for ranked in self._groups.values())
 

@@ -80,18 +80,23 @@ def others(partition: int) -> frozenset[int]:
 
 
 async def announce(
-    source: TopicT, partition: int, own_watermark: int | None, idle: bool | None
+    source: TopicT,
+    partition: int,
+    own_watermark: int | None,
+    idle: bool | None,
+    to: TopicT | None = None,
 ) -> None:
-    """Tell every other partition of `source`'s routed topic, after what this partition
-    forwarded, how far its own messages are (`UNBOUNDED`: it has none) and whether it is
-    caught up (`idle`: then it holds no one back, EventClock): when that changed, at most
-    every ANNOUNCE_EVERY_S; the same again (a resting partition's mark follows the wall
-    clock: counts as the same) every HEARTBEAT_S. Nothing while `idle` is unknown and there
-    is no watermark yet."""
+    """Tell every other partition of `source`'s routed topic (or every partition of `to`,
+    where a re-keyed copy goes), after what this partition forwarded, how far its own
+    messages are (`UNBOUNDED`: it has none) and whether it is caught up (`idle`: then it holds
+    no one back, EventClock): when that changed, at most every ANNOUNCE_EVERY_S; the same
+    again (a resting partition's mark follows the wall clock: counts as the same) every
+    HEARTBEAT_S. Nothing while `idle` is unknown and there is no watermark yet."""
     watermark_ms = own_watermark if own_watermark is not None else UNBOUNDED if idle else None
     if watermark_ms is None:
         return
-    name, now, resting = source.get_topic_name(), time.monotonic(), bool(idle)
+    destination = to or ROUTES[source.get_topic_name()]
+    name, now, resting = destination.get_topic_name(), time.monotonic(), bool(idle)
     last = _announced.get((name, partition))
     if last is not None:
         (last_mark, was_resting), at = last
@@ -103,8 +108,8 @@ async def announce(
     if resting:
         headers[RESTING_HEADER] = b"1"
     for other in range(settings.partitions):
-        if other != partition:
-            await ROUTES[name].send(key=b"watermark", value=b"", partition=other, headers=headers)
+        if other != partition or to is not None:
+            await destination.send(key=b"watermark", value=b"", partition=other, headers=headers)
 
 
 def origin_of(event: EventT) -> tuple[str, int, int]:
@@ -122,20 +127,29 @@ def origin_of(event: EventT) -> tuple[str, int, int]:
 def source_of(event: EventT) -> tuple[Source, int]:
     """The message's origin as records keep it (core.applied): (None, offset) for a message
     of the record's own partition, (source partition, offset) for a forwarded one."""
-    if not is_forwarded(event):
+    raw = event.headers.get(ORIGIN_HEADER) if is_forwarded(event) else None
+    if raw is None:  # the partition's own message, or an announcement (no origin)
         return None, event.message.offset
-    _, partition, offset = origin_of(event)
-    return partition, offset
+    return parse_partition_tag(raw)
 
 
-async def forward(event: EventT, owner: int, value: bytes | None = None) -> None:
+async def forward(
+    event: EventT, owner: int, value: bytes | None = None, to: TopicT | None = None
+) -> None:
     """Send the message (or `value`: the part of it `owner` needs) to `owner`'s partition of
-    the source's routed topic, with its key and origin."""
+    `to` (default: the source's routed topic), with its key and origin."""
     message = event.message
-    await ROUTES[message.topic].send(
+    await (to or ROUTES[message.topic]).send(
         key=message.key,
         value=message.value if value is None else value,
         partition=owner,
         headers={ORIGIN_HEADER: partition_tag(message.partition, message.offset)},
     )
     EVENTS.labels(message.topic, "forwarded").inc()
+
+
+def rekeyed_from(source: TopicT, rekeyed: TopicT) -> None:
+    """Messages of `rekeyed` are `source`'s, cut by another key (one message per origin and
+    target partition): known by their origin, as forwarded ones are (records keep their
+    offsets per source partition; a dead letter names the message the producer wrote)."""
+    SOURCES[rekeyed.get_topic_name()] = source.get_topic_name()

@@ -19,27 +19,27 @@ between Kafka, the tables and those classes:
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, cast
 
 from faust.types import EventT, StreamT
 
 from tally.app import app, settings
-from tally.codecs.avro import Record, check_event_time, validate_purchase
-from tally.codecs.catalog import purchase_batch_codec, purchase_codec, purchases_topic_codec
-from tally.core.applied import Stamped, holds, reach, stamp, value_of
+from tally.codecs.avro import Record
+from tally.codecs.catalog import purchase_codec
+from tally.core.applied import reach
 from tally.core.clock import now_ms
 from tally.core.errors import TallyError, ValidationError
 from tally.core.partitioning import partition_for
 from tally.core.sliding import Closing, SlidingTotals
 from tally.core.tenancy import letter_tenant, scoped, tenant_of
 from tally.core.topk import Candidates
-from tally.runtime.cells import has_cell, read_cell, write_cell
-from tally.runtime.intake import caught_up, decode, each_partition, reject, timer, writing_for
+from tally.runtime.cells import has_cell
+from tally.runtime.intake import caught_up, each_partition, reject, timer, writing_for
+from tally.runtime.purchases import checked_purchases, hand_on
 from tally.runtime.routing import (
     announce,
     announcement,
-    forward,
     hear_all,
     is_forwarded,
     source_of,
@@ -50,26 +50,18 @@ from tally.sales.state import (
     current_body,
     latest_candidates,
     load_latest,
-    pane_reader,
-    prune,
     published,
-    window_for,
-    windows,
+    sales_windows,
 )
 from tally.sales.tables import (
     SALES_SPEC,
-    pane_key,
     sales_clocks,
-    sales_panes,
     sales_topk,
     topk_candidates,
 )
 from tally.telemetry import EVENTS
 
 logger = logging.getLogger(__name__)
-
-MAX_FUTURE_MS = int(settings.max_future_seconds * 1000)
-PURCHASE_BATCH = "tally.sales.PurchaseBatch"
 
 
 class LateEvent(TallyError):
@@ -86,44 +78,30 @@ async def decoded_purchases(
 ) -> list[Record]:
     """The valid purchases of one message that this partition owns; the others go to their
     owner (one message per owner: as it came, or an envelope of their members; their event
-    times noted in `forwarded_times`), and every invalid one is dead-lettered on its own (a
-    single message as it came; a member of an envelope re-encoded alone, keyed by its item)."""
-    decoded = await decode(event, purchases_topic_codec())
-    if decoded is None:
+    times noted in `forwarded_times`), and every invalid one is dead-lettered on its own."""
+
+    def owned_here(purchase: Record) -> None:
+        owner = partition_for(purchase["item_id"], settings.partitions)
+        if owner != partition and is_forwarded(event):
+            raise ValidationError(
+                f"item {purchase['item_id']!r} belongs to partition {owner} (murmur2 of the "
+                f"item id), but was forwarded to partition {partition}: do all workers "
+                "have the same TALLY_PARTITIONS as the topic?",
+                "misrouted",
+            )
+
+    purchases = await checked_purchases(event, wall_ms, owned_here)
+    if purchases is None:
         return []
-    name, record = decoded
-    members = record["purchases"] if name == PURCHASE_BATCH else [record]
-    valid: list[Record] = []
-    elsewhere: dict[int, list[Record]] = {}
-    for purchase in members:
-        try:
-            validate_purchase(purchase)
-            check_event_time("event_time_ms", purchase["event_time_ms"], wall_ms, MAX_FUTURE_MS)
-            owner = partition_for(purchase["item_id"], settings.partitions)
-            if owner != partition and is_forwarded(event):
-                raise ValidationError(
-                    f"item {purchase['item_id']!r} belongs to partition {owner} (murmur2 of the "
-                    f"item id), but was forwarded to partition {partition}: do all workers "
-                    "have the same TALLY_PARTITIONS as the topic?",
-                    "misrouted",
-                )
-        except ValidationError as exc:
-            alone = None if name != PURCHASE_BATCH else purchase_codec().dumps(purchase)
-            key = purchase["item_id"].encode()
-            whose = letter_tenant(purchase, settings.default_tenant)
-            await reject(event, exc, stage="validate", value=alone, key=key, tenant=whose)
-            continue
-        if owner == partition:
-            valid.append(purchase)
-        else:
-            elsewhere.setdefault(owner, []).append(purchase)
-    for owner, theirs in elsewhere.items():
-        whole = name != PURCHASE_BATCH or len(theirs) == len(members)
-        await forward(
-            event, owner, None if whole else purchase_batch_codec().dumps({"purchases": theirs})
-        )
-        forwarded_times.extend(p["event_time_ms"] for p in theirs)
-    return valid
+    by_owner: dict[int, list[Record]] = {}
+    for purchase in purchases.valid:
+        owner = partition_for(purchase["item_id"], settings.partitions)
+        by_owner.setdefault(owner, []).append(purchase)
+    for owner, theirs in by_owner.items():
+        if owner != partition:
+            await hand_on(event, purchases, owner, theirs)
+            forwarded_times.extend(p["event_time_ms"] for p in theirs)
+    return by_owner.get(partition, [])
 
 
 #: A purchase with the message that carried it.
@@ -142,22 +120,27 @@ async def count_partition(events: Sequence[EventT]) -> None:
     decoded = [
         (e, p) for e in messages for p in await decoded_purchases(e, partition, wall, forwarded)
     ]
-    cells, fresh = unapplied(events[-1], decoded)
+    arrivals = [(source_of(e), item_of(p), p["event_time_ms"]) for e, p in decoded]
+    cells, unheld = sales_windows.unapplied(partition, arrivals)
+    fresh = [decoded[index] for index in unheld]
     EVENTS.labels(purchases.get_topic_name(), "redelivered").inc(len(decoded) - len(fresh))
     # A batch of its own means the partition was not idle: the wall time since the last
     # settle does not count. One forwarded to it says nothing of its own source.
-    window = window_for(partition, wall, not own and own_source_idle(partition) is True)
+    idle = not own and own_source_idle(partition) is True
+    window = sales_windows.window_for(partition, wall, idle)
     outcome = window.ingest(
         [(item_of(p), p["quantity"], p["event_time_ms"]) for _, p in fresh], wall, own
     )
     if forwarded:  # this partition's own messages, counted elsewhere: they move its clock
         window.clock.observe(max(forwarded), wall)
     hear_all(window.clock, events)  # after the batch: an announcement follows what it covers
-    persist(messages, events[-1], window, outcome.pane_deltas, cells)
+    through = reach(source_of(message) for message in messages)
+    offset = None if not own else events[-1].message.offset
+    sales_windows.persist(partition, window, through, outcome.pane_deltas, cells, offset)
     if own:
         own_watermark = window.clock.own_watermark(wall, SALES_SPEC.grace_ms)
         await announce(purchases, partition, own_watermark, idle=False)
-    closing = slide(partition, window, wall)
+    closing = sales_windows.slide(partition, window, wall, settings.top_k)
     EVENTS.labels(purchases.get_topic_name(), "counted").inc(len(fresh) - len(outcome.late))
     await set_aside_late(window, wall, [fresh[index] for index in outcome.late])
     await publish(partition, window, wall, closing)
@@ -166,52 +149,6 @@ async def count_partition(events: Sequence[EventT]) -> None:
 def item_of(purchase: Record) -> str:
     """The purchase's item as the panes and the window key it: `scoped` by its tenant."""
     return scoped(tenant_of(purchase, settings.default_tenant), purchase["item_id"])
-
-
-def unapplied(
-    context: EventT, decoded: list[Carried]
-) -> tuple[dict[bytes, Stamped | None], list[Carried]]:
-    """The pane cells the purchases touch (each read once) and the purchases those cells do
-    not hold yet: one delivered again (after a crash or a rebalance) is in its cell already."""
-    cells: dict[bytes, Stamped | None] = {}
-    fresh: list[Carried] = []
-    partition = context.message.partition
-    for event, purchase in decoded:
-        key = pane_key(SALES_SPEC.pane_of(purchase["event_time_ms"]), item_of(purchase))
-        if key not in cells:
-            cells[key] = read_cell(sales_panes, key, partition)
-        source, offset = source_of(event)
-        if not holds(cells[key], offset, source):
-            fresh.append((event, purchase))
-    return cells, fresh
-
-
-def persist(
-    messages: Sequence[EventT],
-    context: EventT,
-    window: SlidingTotals,
-    pane_deltas: Mapping[tuple[int, str], int],
-    cells: dict[bytes, Stamped | None],
-) -> None:
-    """Each touched cell written once, stamped with how far the batch's `messages` reach in
-    each source (core.applied); then the clock, with the offset of the batch's last event
-    (`context`) if it is the partition's own (idle: caught_up)."""
-    through = reach(source_of(message) for message in messages)
-    partition = context.message.partition
-    for (pane, item), quantity in pane_deltas.items():
-        key = pane_key(pane, item)
-        before = cells[key]
-        total = stamp(value_of(before, 0) + quantity, through, before)
-        write_cell(sales_panes, key, total, partition)
-    clock_key = partition_key(partition)
-    saved = read_cell(sales_clocks, clock_key, partition) or {}
-    clock = {
-        **saved,
-        **window.clock.record(),
-        "late_events": window.late_events,
-        "offset": saved.get("offset") if is_forwarded(context) else context.message.offset,
-    }
-    write_cell(sales_clocks, clock_key, clock, partition)
 
 
 async def set_aside_late(window: SlidingTotals, wall_ms: int, late: list[Carried]) -> None:
@@ -228,18 +165,10 @@ async def set_aside_late(window: SlidingTotals, wall_ms: int, late: list[Carried
         await reject(event, why, stage="late", value=value, key=key, to=late_events, tenant=whose)
 
 
-def slide(partition: int, window: SlidingTotals, wall_ms: int) -> Closing | None:
-    """Slide the window to the watermark (storage holds the batch by now); prune if it moved."""
-    closing = window.advance(wall_ms, pane_reader(partition), settings.top_k)
-    if closing is not None:
-        prune(partition, window, wall_ms)
-    return closing
-
-
 @app.agent(with_routed(purchases, routed_purchases))
 async def count_sales(stream: StreamT) -> None:
     """Purchases in batches; each partition's share is folded and written on its own."""
-    await each_partition(stream, count_partition, windows, published)
+    await each_partition(stream, count_partition, sales_windows.windows, published)
 
 
 async def publish(
@@ -276,8 +205,7 @@ async def publish(
 def own_source_idle(partition: int) -> bool | None:
     """Whether the partition's purchases are all processed (None: unknown yet). Idle when its
     own partition is: what others forward is covered by their announcements."""
-    saved = read_cell(sales_clocks, partition_key(partition), partition) or {}
-    return caught_up(purchases, partition, saved.get("offset"))
+    return caught_up(purchases, partition, sales_windows.saved_clock(partition).get("offset"))
 
 
 @timer(interval=1.0)
@@ -292,16 +220,17 @@ async def slide_idle_windows() -> None:
         if tp.topic != purchases.get_topic_name():
             continue
         idle = own_source_idle(tp.partition)
-        if tp.partition not in windows and not has_cell(
+        if tp.partition not in sales_windows.windows and not has_cell(
             sales_clocks, partition_key(tp.partition), tp.partition
         ):
             marks.append((tp.partition, None, idle))  # never had a purchase
             continue
         if idle is None:
             continue  # backlog unknown (just assigned): do not slide past what is queued
-        window = window_for(tp.partition, wall, idle)
+        window = sales_windows.window_for(tp.partition, wall, idle)
         marks.append((tp.partition, window.clock.own_watermark(wall, SALES_SPEC.grace_ms), idle))
-        owned.append((tp.partition, window, slide(tp.partition, window, wall)))
+        closing = sales_windows.slide(tp.partition, window, wall, settings.top_k)
+        owned.append((tp.partition, window, closing))
     for partition, watermark, idle in marks:
         await announce(purchases, partition, watermark, idle)
     for partition, window, closing in owned:

@@ -7,77 +7,30 @@ worker did meanwhile).
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
-
 from tally.app import settings
-from tally.core.applied import value_of
-from tally.core.sliding import PaneReader, SlidingTotals
-from tally.core.topk import Candidates, GlobalTopK, late_by_group, merge_candidates
-from tally.core.windowing import EventClock
+from tally.core.topk import Candidates, GlobalTopK, merge_candidates
 from tally.http.caching import KeptAnswers
-from tally.runtime.cells import read_cell
+from tally.runtime.panes import PaneWindows
 from tally.runtime.routing import others
 from tally.runtime.state import PartitionStates
-from tally.runtime.store import delete_below, partition_key, scan, stored_value
+from tally.runtime.store import scan, stored_value
 from tally.runtime.topics import purchases
-from tally.sales.tables import (
-    SALES_SPEC,
-    pane_prefix,
-    sales_clocks,
-    sales_panes,
-    sales_topk,
-    topk_candidates,
-)
-
-logger = logging.getLogger(__name__)
+from tally.sales.tables import SALES_SPEC, sales_clocks, sales_panes, sales_topk, topk_candidates
 
 #: What a partition published last: its top-K, its window's last pane, the wall ms when.
 Published = tuple[list[tuple[str, int]], int, int]
 
-#: purchases partition → its window.
-windows: PartitionStates[SlidingTotals] = PartitionStates(purchases.get_topic_name())
+#: purchases partition → its window (each waits for the other partitions' announcements).
+sales_windows = PaneWindows(
+    "sales", purchases.get_topic_name(), SALES_SPEC, sales_panes, sales_clocks, others
+)
+windows = sales_windows.windows
 #: purchases partition → what it published last.
 published: PartitionStates[Published] = PartitionStates(purchases.get_topic_name())
 #: candidates partition (there is one) → every purchases partition's latest candidates.
 latest_candidates: PartitionStates[dict[int, Candidates]] = PartitionStates(
     topk_candidates.get_topic_name()
 )
-
-
-def pane_reader(partition: int) -> PaneReader:
-    """Reads one pane of one partition back from RocksDB: one ordered scan of its cells."""
-
-    def read(pane: int) -> Iterator[tuple[str, int]]:
-        prefix = pane_prefix(pane)
-        for key, value in scan(sales_panes, partition, prefix, pane_prefix(pane + 1)):
-            yield key[len(prefix) :].decode(), value_of(stored_value(value))
-
-    return read
-
-
-def window_for(partition: int, wall_ms: int, idle: bool) -> SlidingTotals:
-    """The partition's window, its clock settled at `wall_ms` (`idle`: caught up)."""
-    window = windows.get(partition)
-    if window is not None:
-        window.clock.settle(wall_ms, idle)
-    else:
-        saved = read_cell(sales_clocks, partition_key(partition), partition) or {}
-        clock = EventClock.from_record(saved, others(partition))
-        clock.settle(wall_ms, idle)
-        window = SlidingTotals.restore(SALES_SPEC, clock, wall_ms, pane_reader(partition))
-        window.late_events = late_by_group(saved.get("late_events") or {})
-        windows[partition] = window
-        prune(partition, window, wall_ms)
-        logger.info("sales partition %s: window restored, %s items", partition, len(window.totals))
-    return window
-
-
-def prune(partition: int, window: SlidingTotals, wall_ms: int) -> None:
-    """Delete panes older than retention from local storage (the changelog expires them)."""
-    watermark = window.watermark(wall_ms)
-    if watermark is not None:
-        delete_below(sales_panes, partition, pane_prefix(SALES_SPEC.retained_from(watermark)))
 
 
 #: The current top-K answers (one per tenant, `k` and stale reasons), serialized: dropped

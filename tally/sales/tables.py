@@ -45,12 +45,3 @@ sales_clocks = app.Table("sales_clocks", key_type=bytes)
 topk_candidates = internal_topic(SALES_CANDIDATES, partitions=1, value_serializer="json")
 #: "latest|<partition>" and "<last pane>|<partition>" → candidates (see tables.topk).
 sales_topk = app.Table("sales_topk", key_type=bytes, partitions=1)
-
-
-def pane_key(pane: int, item: str) -> bytes:
-    """The cell of a (`scoped`: "<tenant>|<item id>") item in a pane."""
-    return f"{pane:012d}|{item}".encode()
-
-
-def pane_prefix(pane: int) -> bytes:
-    return f"{pane:012d}|".encode()

@@ -20,6 +20,7 @@ from tally.core.tenancy import scoped, unscoped
 from tally.core.topk import GlobalTopK
 from tally.core.windowing import EventClock
 from tally.runtime.cells import read_cell
+from tally.runtime.panes import pane_key
 from tally.runtime.queries import (
     BadRequest,
     OwnedView,
@@ -32,7 +33,7 @@ from tally.runtime.queries import (
 )
 from tally.runtime.store import partition_key
 from tally.sales.state import answer_at, current_answer, current_body, windows
-from tally.sales.tables import SALES_SPEC, pane_key, sales_clocks, sales_panes, sales_topk
+from tally.sales.tables import SALES_SPEC, sales_clocks, sales_panes, sales_topk
 
 GONE = 410
 

@@ -10,11 +10,11 @@ from faust.web.exceptions import NotFound
 
 from tally import __version__
 from tally.app import app, settings
-from tally.web.openapi import STATIC_CONTENT_TYPES, document, endpoint_index
+from tally.web.openapi import STATIC_CONTENT_TYPES, document, endpoint_index, served_by
 
 #: Built once: the endpoints do not change while the worker runs.
-OPENAPI = document()
-INDEX = endpoint_index()
+OPENAPI = document(served_by(settings.pipelines))
+INDEX = endpoint_index(served_by(settings.pipelines))
 
 #: The dashboard's files, read once from the package (no build step, nothing from a CDN).
 STATIC = {

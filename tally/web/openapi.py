@@ -80,6 +80,8 @@ class Operation:
     on_ingest_tier: bool = False
     #: The route pattern serving it, when not `path` (one route serves every ingest path).
     route: str = ""
+    #: Served only by workers running this pipeline (settings.PIPELINES); "": by every worker.
+    pipeline: str = ""
 
     def document(self) -> dict[str, Any]:
         responses: dict[str, Any] = {}
@@ -346,6 +348,16 @@ RANGE = (
     query("to", TIME, "end of the range, exclusive (default: now)"),
 )
 
+MERCHANT_RANGE = (
+    query("from", TIME, "start of the range (default: `to` minus 30 days)"),
+    query("to", TIME, "end of the range, exclusive (default: now)"),
+)
+MERCHANT_STEP = {"type": "string", "enum": ["1h", "1d", "1w", "1mo"], "default": "1h"}
+MERCHANT_QUERY = {
+    **WINDOW_QUERY,
+    404: "not this token's merchant (a merchant's token reads its own; an operator's any)",
+    410: "top-items: the window at `at` is no longer kept",
+}
 
 #: Server-sent events: a text stream that does not end while the client listens.
 STREAM: dict[str, Any] = {"result": {"type": "string"}, "content_types": ("text/event-stream",)}
@@ -579,8 +591,48 @@ OPERATIONS: tuple[Operation, ...] = (
         statuses=STREAM_STATUSES,
         **STREAM,
     ),
+    *(
+        Operation(
+            "get",
+            f"/api/merchants/{{merchant_id}}/{name}",
+            summary,
+            (path("merchant_id", "the merchant: a tenant name"), *params),
+            statuses=MERCHANT_QUERY,
+            pipeline="merchants",
+        )
+        for name, summary, params in (
+            (
+                "sales",
+                "a merchant's orders, units, revenue, average order and distinct customers "
+                "per step (sparse: steps with sales); which tier answered which hours",
+                (*MERCHANT_RANGE, query("step", MERCHANT_STEP)),
+            ),
+            (
+                "summary",
+                "a merchant's figures over the whole range (distinct customers: of the range)",
+                MERCHANT_RANGE,
+            ),
+            (
+                "top-items",
+                "a merchant's top items over the sales window (the current one, or the one "
+                "ending at `at`)",
+                (
+                    query("at", TIME, "a time in the window wanted (default: now)"),
+                    query("k", {"type": "integer", "minimum": 1}, "how many (default TALLY_TOP_K)"),
+                ),
+            ),
+        )
+    ),
     *REGISTRY_OPERATIONS,
 )
+
+
+def served_by(
+    pipelines: Iterable[str], operations: Iterable[Operation] = OPERATIONS
+) -> list[Operation]:
+    """The operations a worker running `pipelines` serves."""
+    running = set(pipelines)
+    return [op for op in operations if not op.pipeline or op.pipeline in running]
 
 
 def document(operations: Iterable[Operation] = OPERATIONS) -> dict[str, Any]:

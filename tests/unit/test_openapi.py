@@ -7,7 +7,7 @@ from tally.broker.watch import BrokerWatch
 from tally.dlq import DeadLetterWatch
 from tally.ingest.http import make_gateway
 from tally.web.ingest_tier import INGEST_TIER, ingest_application
-from tally.web.openapi import OPERATIONS, document
+from tally.web.openapi import OPERATIONS, document, served_by
 
 
 def routes(router) -> set[tuple[str, str]]:  # type: ignore[no-untyped-def]
@@ -32,12 +32,12 @@ def documented(operations) -> set[tuple[str, str]]:  # type: ignore[no-untyped-d
 
 
 def test_every_worker_route_is_documented() -> None:
-    from tally.app import app
+    from tally.app import app, settings
 
     app.discover()
     app.web.init_server()
     served = routes(app.web.web_app.router)
-    assert each_ingest_endpoint(served) == documented(OPERATIONS)
+    assert each_ingest_endpoint(served) == documented(served_by(settings.pipelines))
 
 
 def ingest_tier_routes() -> set[tuple[str, str]]:

@@ -1,0 +1,255 @@
+"""Merchants pipeline glue: purchases → re-keyed by merchant → merchant-hours and each
+merchant's top items over the sales window.
+
+1. `rekey_purchases` (purchases): each message's valid purchases, grouped by their merchant's
+   partition (murmur2 of the tenant name), go to merchant-purchases as one message per
+   partition (as it came, or an envelope of them), with the message's origin. Invalid ones
+   are the sales pipeline's to dead-letter when this worker runs it (one letter per purchase,
+   not one per pipeline), else dead-lettered here.
+2. `count_merchants` (merchant-purchases): per partition, the purchases its cells do not hold
+   yet (records keep their offsets per origin partition, core.applied), folded into the
+   window (core.sliding: the same pane arithmetic as the site-wide top items) and into each
+   touched merchant-hour (core.merchants.HourFigures), each cell written once per batch.
+   A purchase whose pane had left the window is late for its hour too: to `late-events`.
+3. When the window slides, the hours it left are final: each merchant's figures of them go
+   to merchant-hours-1h once (the archive's input), and hours past the hot tier are deleted
+   locally. `slide_idle_windows` lets event time pass on idle partitions.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from faust.types import EventT, StreamT
+
+from tally.app import app, settings
+from tally.codecs.avro import Record
+from tally.codecs.catalog import purchase_codec, purchases_topic_codec
+from tally.core.applied import Stamped, holds, reach, stamp, value_of
+from tally.core.clock import now_ms
+from tally.core.errors import TallyError
+from tally.core.merchants import HOUR_MS, HourFigures
+from tally.core.partitioning import partition_for
+from tally.core.rollups import bucket_start
+from tally.core.sliding import SlidingTotals
+from tally.core.tenancy import scoped, tenant_of
+from tally.core.windowing import EventClock
+from tally.merchants.state import final_before, hot_from, merchant_windows, saved_clock
+from tally.merchants.tables import (
+    MERCHANT_SPEC,
+    final_hours,
+    hour_key,
+    hour_prefix,
+    merchant_clocks,
+    merchant_hours,
+    merchant_of,
+    merchant_purchases,
+)
+from tally.runtime.cells import read_cell, write_cell
+from tally.runtime.intake import caught_up, decode, each_partition, reject, timer
+from tally.runtime.purchases import PURCHASE_BATCH, checked_purchases, hand_on
+from tally.runtime.routing import announce, announcement, hear_all, source_of
+from tally.runtime.state import PartitionStates
+from tally.runtime.store import delete_below, partition_key, scan, stored_value
+from tally.runtime.topics import late_events, purchases
+from tally.telemetry import EVENTS
+
+logger = logging.getLogger(__name__)
+
+
+class LateForMerchants(TallyError):
+    """A purchase whose hour had left the merchants' window when it arrived."""
+
+    rule = "late"
+
+
+# --- stage 1: purchases → merchant-purchases ------------------------------------------------
+
+
+def merchant_of_purchase(purchase: Record) -> str:
+    return tenant_of(purchase, settings.default_tenant)
+
+
+#: purchases partition → its event clock (in memory: a restarted worker announces again once
+#: it has read a purchase, or is caught up).
+rekey_clocks: PartitionStates[EventClock] = PartitionStates(purchases.get_topic_name())
+
+
+def rekey_clock(partition: int) -> EventClock:
+    clock = rekey_clocks.get(partition)
+    if clock is None:
+        clock = rekey_clocks[partition] = EventClock()
+    return clock
+
+
+async def rekey_partition(events: Sequence[EventT]) -> None:
+    """Each message's valid purchases to their merchants' partitions, then this partition's
+    watermark to every merchant partition (after what it sent them)."""
+    partition = events[0].message.partition
+    wall = now_ms()
+    clock = rekey_clock(partition)
+    clock.settle(wall, idle=False)
+    letters = "sales" not in settings.pipelines
+    for event in events:
+        carried = await checked_purchases(event, wall, letters=letters)
+        if carried is None:
+            continue
+        by_owner: dict[int, list[Record]] = {}
+        for purchase in carried.valid:
+            clock.observe(purchase["event_time_ms"], wall)
+            owner = partition_for(merchant_of_purchase(purchase), settings.partitions)
+            by_owner.setdefault(owner, []).append(purchase)
+        for owner, theirs in by_owner.items():
+            await hand_on(event, carried, owner, theirs, to=merchant_purchases)
+    watermark = clock.own_watermark(wall, MERCHANT_SPEC.grace_ms)
+    await announce(purchases, partition, watermark, idle=False, to=merchant_purchases)
+
+
+@app.agent(purchases)
+async def rekey_purchases(stream: StreamT) -> None:
+    await each_partition(stream, rekey_partition, rekey_clocks)
+
+
+@timer(interval=1.0)
+async def announce_idle_purchases() -> None:
+    """Every purchases partition's watermark reaches every merchant partition, busy or idle
+    (a caught-up one follows the wall clock and holds no one back): merchant windows slide,
+    and hours become final, with no traffic."""
+    if not app.ready:
+        return
+    wall = now_ms()
+    marks = []
+    for tp in app.assignor.assigned_actives():  # no await in here: ownership cannot change
+        if tp.topic == purchases.get_topic_name():
+            idle = caught_up(purchases, tp.partition, None)
+            if idle is not None:
+                clock = rekey_clock(tp.partition)
+                clock.settle(wall, idle)
+                marks.append(
+                    (tp.partition, clock.own_watermark(wall, MERCHANT_SPEC.grace_ms), idle)
+                )
+    for partition, watermark, idle in marks:
+        await announce(purchases, partition, watermark, idle, to=merchant_purchases)
+
+
+# --- stage 2: merchant-purchases → hours and windows ----------------------------------------
+
+#: A purchase with the message that carried it.
+Carried = tuple[EventT, Record]
+
+
+async def unpacked(event: EventT) -> list[Record]:
+    """The purchases of a re-keyed message (checked when they were re-keyed)."""
+    decoded = await decode(event, purchases_topic_codec())
+    if decoded is None:
+        return []
+    name, record = decoded
+    return list(record["purchases"]) if name == PURCHASE_BATCH else [record]
+
+
+def item_of(purchase: Record) -> str:
+    """The purchase's item as the window keys it: grouped by its merchant."""
+    return scoped(merchant_of_purchase(purchase), purchase["item_id"])
+
+
+def hour_of(purchase: Record) -> int:
+    return bucket_start(purchase["event_time_ms"], HOUR_MS)
+
+
+async def count_partition(events: Sequence[EventT]) -> None:
+    """One partition's share of a batch: skip what the cells hold, fold into the window and
+    the merchant-hours, persist each touched cell once, set aside what came late, hear the
+    purchases partitions' watermarks, then slide (closing hours as the window leaves them)."""
+    partition = events[0].message.partition
+    wall = now_ms()
+    messages = [event for event in events if announcement(event) is None]
+    decoded = [(event, p) for event in messages for p in await unpacked(event)]
+    arrivals = [(source_of(e), item_of(p), p["event_time_ms"]) for e, p in decoded]
+    pane_cells, unheld = merchant_windows.unapplied(partition, arrivals)
+    window = merchant_windows.window_for(partition, wall, idle=False)
+    fresh = [decoded[index] for index in unheld]
+    outcome = window.ingest(
+        [(item_of(p), p["quantity"], p["event_time_ms"]) for _, p in fresh], wall, own=False
+    )
+    late = {id(fresh[index][1]) for index in outcome.late}
+    through = reach(source_of(message) for message in messages)
+    counted = fold_hours(partition, [c for c in decoded if id(c[1]) not in late], through)
+    hear_all(window.clock, events)  # after the batch: an announcement follows what it covers
+    merchant_windows.persist(
+        partition, window, through, outcome.pane_deltas, pane_cells, events[-1].message.offset
+    )
+    topic = merchant_purchases.get_topic_name()
+    EVENTS.labels(topic, "counted").inc(counted)
+    EVENTS.labels(topic, "redelivered").inc(len(decoded) - counted - len(late))
+    await set_aside_late(window, wall, [fresh[index] for index in outcome.late])
+    await slide(partition, window, wall)
+
+
+def fold_hours(partition: int, carried: Sequence[Carried], through: dict[int | None, int]) -> int:
+    """Add each purchase to its merchant-hour unless the cell holds it already; each touched
+    cell written once. Returns how many purchases were added."""
+    cells: dict[bytes, tuple[Stamped | None, HourFigures]] = {}
+    added = 0
+    for event, purchase in carried:
+        key = hour_key(hour_of(purchase), merchant_of_purchase(purchase))
+        if key not in cells:
+            before = read_cell(merchant_hours, key, partition)
+            figures = HourFigures() if before is None else HourFigures.from_record(value_of(before))
+            cells[key] = (before, figures)
+        before, figures = cells[key]
+        source, offset = source_of(event)
+        if holds(before, offset, source):
+            continue
+        figures.add(
+            purchase["quantity"],
+            purchase["unit_price_cents"],
+            purchase["customer_id"],
+            purchase["metadata"],
+        )
+        added += 1
+    for key, (before, figures) in cells.items():
+        write_cell(merchant_hours, key, stamp(figures.to_record(), through, before), partition)
+    return added
+
+
+async def set_aside_late(window: SlidingTotals, wall_ms: int, late: list[Carried]) -> None:
+    horizon = MERCHANT_SPEC.start_ms(window.horizon(wall_ms) or 0)
+    for event, purchase in late:
+        why = LateForMerchants(
+            f"merchants: event time {purchase['event_time_ms']} is before the merchants' "
+            f"window horizon {horizon}: its hour is final"
+        )
+        value, key = purchase_codec().dumps(purchase), purchase["item_id"].encode()
+        whose = merchant_of_purchase(purchase)
+        await reject(event, why, stage="late", value=value, key=key, to=late_events, tenant=whose)
+
+
+async def slide(partition: int, window: SlidingTotals, wall_ms: int) -> None:
+    """Slide the window to the watermark; the hours it left are final: send them on once
+    (where the partition got to is kept in its clock record), then delete hours past the hot
+    tier."""
+    merchant_windows.slide(partition, window, wall_ms, keep_top=0)
+    last_pane = window.last_pane
+    final = final_before(last_pane)
+    if last_pane is None or final is None:
+        return
+    clock = saved_clock(partition)
+    sent = clock.get("final_before")
+    if sent is not None and sent >= final:
+        return
+    start = b"" if sent is None else hour_prefix(sent)
+    for key, value in scan(merchant_hours, partition, start, hour_prefix(final)):
+        hour_ms, merchant = int(key[:13]), merchant_of(key)
+        await final_hours.send(
+            key=f"{merchant}|{hour_ms}".encode(),
+            value={"merchant": merchant, "hour_ms": hour_ms, **value_of(stored_value(value))},
+        )
+    clock = {**clock, "final_before": final}
+    write_cell(merchant_clocks, partition_key(partition), clock, partition)
+    delete_below(merchant_hours, partition, hour_prefix(hot_from(last_pane)))
+
+
+@app.agent(merchant_purchases)
+async def count_merchants(stream: StreamT) -> None:
+    await each_partition(stream, count_partition, merchant_windows.windows)

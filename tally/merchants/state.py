@@ -1,0 +1,49 @@
+"""The merchants pipeline's windows (one per merchant-purchases partition, each merchant's
+items grouped apart: core.topk.GroupedTotals) and what the views read of a partition."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tally.app import settings
+from tally.core.merchants import HOUR_MS
+from tally.core.rollups import bucket_start
+from tally.merchants.tables import (
+    HOT_MS,
+    MERCHANT_SPEC,
+    merchant_clocks,
+    merchant_panes,
+    merchant_purchases,
+)
+from tally.runtime.panes import PaneWindows
+
+#: merchant-purchases partition → its window. Everything on that topic is re-keyed from
+#: purchases, so its watermark is the slowest purchases partition's (each announces its own
+#: to every merchant partition): a lagging or failed-over purchases partition holds the
+#: window back instead of finding its purchases late.
+merchant_windows = PaneWindows(
+    "merchants",
+    merchant_purchases.get_topic_name(),
+    MERCHANT_SPEC,
+    merchant_panes,
+    merchant_clocks,
+    lambda partition: frozenset(range(settings.partitions)),
+)
+
+
+def final_before(last_pane: int | None) -> int | None:
+    """Hours before this are final (wholly before the window ending with `last_pane`): no
+    purchase can count in them any more (None: no window yet)."""
+    if last_pane is None:
+        return None
+    return bucket_start(MERCHANT_SPEC.start_ms(MERCHANT_SPEC.first_pane(last_pane)), HOUR_MS)
+
+
+def saved_clock(partition: int) -> dict[str, Any]:
+    return merchant_windows.saved_clock(partition)
+
+
+def hot_from(last_pane: int) -> int:
+    """The oldest hour the hot table keeps (older ones: the archive), by the window's last
+    pane: HOT_MS back from the window's end."""
+    return bucket_start(MERCHANT_SPEC.start_ms(last_pane + 1) - HOT_MS, HOUR_MS)

@@ -1,0 +1,64 @@
+"""The merchants pipeline's tables and topics (Faust declarations; the logic is in
+core.merchants and core.sliding).
+
+purchases ─► merchant-purchases (by merchant: murmur2 of the tenant name)
+          ─► merchant_hours   "<hour ms:013d>|<merchant>" → stamped HourFigures record
+          ├► merchant_panes   "<pane:012d>|<merchant>|<item>" → stamped units (the top items)
+          └► merchant_clocks  "<partition>" → event clock + late counts per merchant
+hours that left the window ─► merchant-hours-1h (final, once) ─► the archive
+
+Both tables lead with the hour (a pane is an hour by default): an hour that leaves the window
+or the hot tier is one range of keys, read or deleted in one go; a merchant's range is a point
+read per hour.
+"""
+
+from __future__ import annotations
+
+from tally.app import app, settings
+from tally.core.merchants import HOUR_MS
+from tally.core.windowing import PaneSpec
+from tally.runtime.routing import rekeyed_from
+from tally.runtime.topics import internal_topic, purchases
+from tally.topics import MERCHANT_FINAL_HOURS, MERCHANT_PURCHASES
+
+#: The same window as the site-wide top items: a merchant's top items are the sales window's.
+MERCHANT_SPEC = PaneSpec(
+    pane_ms=settings.sales_pane_seconds * 1000,
+    window_panes=settings.sales_window_panes,
+    grace_ms=int(settings.grace_seconds * 1000),
+    extra_retained_panes=settings.sales_retained_panes,
+)
+#: How long merchant-hours stay in the hot table, by event time: never less than the window
+#: and its retained panes (an hour must be final, and archived, before it leaves).
+HOT_MS = max(
+    settings.merchants_hot_hours * HOUR_MS,
+    (MERCHANT_SPEC.window_panes + MERCHANT_SPEC.extra_retained_panes) * MERCHANT_SPEC.pane_ms
+    + MERCHANT_SPEC.grace_ms,
+)
+_CHANGELOG = {"cleanup.policy": "compact,delete", "retention.ms": HOT_MS + 86_400_000}
+
+#: Purchases of the merchants one partition holds: Avro `PurchaseBatch` envelopes.
+merchant_purchases = internal_topic(MERCHANT_PURCHASES, value_type=bytes)
+rekeyed_from(purchases, merchant_purchases)
+
+merchant_hours = app.Table("merchant_hours", key_type=bytes, extra_topic_configs=_CHANGELOG)
+merchant_panes = app.Table("merchant_panes", key_type=bytes, extra_topic_configs=_CHANGELOG)
+#: partition → {"event_ms", "wall_ms", "late_events": {merchant: n}, "offset"}.
+merchant_clocks = app.Table("merchant_clocks", key_type=bytes)
+
+#: Every merchant-hour that left the window, with its final figures: key
+#: "<merchant>|<hour ms>", JSON value {"merchant", "hour_ms", **HourFigures.to_record()}.
+final_hours = internal_topic(MERCHANT_FINAL_HOURS, value_serializer="json")
+
+
+def hour_key(hour_ms: int, merchant: str) -> bytes:
+    return f"{hour_ms:013d}|{merchant}".encode()
+
+
+def hour_prefix(hour_ms: int) -> bytes:
+    """The smallest key of an hour: scans and deletes run from one hour's to another's."""
+    return f"{hour_ms:013d}|".encode()
+
+
+def merchant_of(hour_key_: bytes) -> str:
+    return hour_key_.decode().split("|", 1)[1]

@@ -1,0 +1,81 @@
+"""Purchases as the pipelines that read them take them in: decoded (a single purchase or an
+envelope), each one checked, an invalid one dead-lettered on its own, the valid ones handed on
+by partition. The sales and merchants pipelines share it: one rule for what a valid purchase is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from faust.types import EventT, TopicT
+
+from tally.app import settings
+from tally.codecs.avro import Record, check_event_time, validate_purchase
+from tally.codecs.catalog import purchase_batch_codec, purchase_codec, purchases_topic_codec
+from tally.core.errors import ValidationError
+from tally.core.tenancy import letter_tenant
+from tally.runtime.intake import decode, reject
+from tally.runtime.routing import forward
+
+PURCHASE_BATCH = "tally.sales.PurchaseBatch"
+MAX_FUTURE_MS = int(settings.max_future_seconds * 1000)
+
+
+@dataclass(frozen=True)
+class Purchases:
+    """One message's purchases: how many it carried, and the valid ones."""
+
+    envelope: bool
+    carried: int
+    valid: list[Record]
+
+
+async def checked_purchases(
+    event: EventT,
+    wall_ms: int,
+    check: Callable[[Record], None] | None = None,
+    letters: bool = True,
+) -> Purchases | None:
+    """The message's valid purchases (None: it did not decode, and is dead-lettered). Each
+    purchase is validated, its event time checked against the wall clock, then `check`ed
+    (raising ValidationError); an invalid one is dead-lettered alone (a single message as it
+    came; a member of an envelope re-encoded alone, keyed by its item) unless `letters` is
+    False: another pipeline reading the same message letters it."""
+    decoded = await decode(event, purchases_topic_codec())
+    if decoded is None:
+        return None
+    name, record = decoded
+    envelope = name == PURCHASE_BATCH
+    members = record["purchases"] if envelope else [record]
+    valid: list[Record] = []
+    for purchase in members:
+        try:
+            validate_purchase(purchase)
+            check_event_time("event_time_ms", purchase["event_time_ms"], wall_ms, MAX_FUTURE_MS)
+            if check is not None:
+                check(purchase)
+        except ValidationError as exc:
+            if letters:
+                alone = purchase_codec().dumps(purchase) if envelope else None
+                key = purchase["item_id"].encode()
+                whose = letter_tenant(purchase, settings.default_tenant)
+                await reject(event, exc, stage="validate", value=alone, key=key, tenant=whose)
+            continue
+        valid.append(purchase)
+    return Purchases(envelope, len(members), valid)
+
+
+async def hand_on(
+    event: EventT,
+    purchases: Purchases,
+    owner: int,
+    theirs: Sequence[Record],
+    to: TopicT | None = None,
+) -> None:
+    """Send `owner` the purchases of the message that are its (runtime.routing.forward, to
+    `to` or the source's routed topic): the message as it came when they are all of it, else
+    an envelope of them."""
+    whole = not purchases.envelope or len(theirs) == purchases.carried
+    value = None if whole else purchase_batch_codec().dumps({"purchases": list(theirs)})
+    await forward(event, owner, value, to)
