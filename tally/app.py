@@ -54,7 +54,11 @@ PIPELINE_MODULES = {
     "sales": ["tally.sales.agents", "tally.sales.views"],
     "metrics": ["tally.metrics.agents", "tally.metrics.views"],
     "archive": ["tally.metrics.archive_sink"],
-    "merchants": ["tally.merchants.agents", "tally.merchants.views"],
+    "merchants": [
+        "tally.merchants.agents",
+        "tally.merchants.archive_sink",
+        "tally.merchants.views",
+    ],
 }
 #: Modules every worker runs, whatever its pipelines.
 COMMON_MODULES = [

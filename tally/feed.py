@@ -33,6 +33,11 @@ def zipf_weights(n: int, s: float = 1.1) -> list[float]:
 DEFAULT_TENANTS = ("",)
 
 
+def merchant_names(count: int) -> list[str]:
+    """The sample feed's merchants (each a tenant): m00000, m00001, ..."""
+    return [f"m{number:05d}" for number in range(count)]
+
+
 def purchases(
     rng: random.Random,
     *,
@@ -40,15 +45,25 @@ def purchases(
     customers: int = 5000,
     clock_ms: Callable[[], int],
     tenants: Sequence[str] = DEFAULT_TENANTS,
+    merchants: int = 0,
 ) -> Iterator[Record]:
     """Endless purchases; item popularity is Zipf-distributed, event time from `clock_ms`;
-    the `tenants` take turns, with the same item ids; customers are Zipf-distributed too
-    (drawn from their own generator, so the items of a seed stay what they were)."""
+    the `tenants` take turns, with the same item ids, or with `merchants`, each purchase is
+    one of that many merchants' (Zipf: a few merchants sell most); customers are
+    Zipf-distributed too. Customers and merchants are drawn from generators of their own, so
+    the items of a seed stay what they were."""
     cumulative = zipf_weights(items)
     buyers = random.Random(hash(rng.getstate()[1]))  # per seed, without drawing from `rng`
     frequent = zipf_weights(customers, 0.8)
+    shops = random.Random(hash(rng.getstate()[1]) + 1)
+    names, busy = merchant_names(merchants), zipf_weights(merchants)
     for number in itertools.count():
         (item,) = rng.choices(range(items), cum_weights=cumulative)
+        tenant = (
+            shops.choices(names, cum_weights=busy)[0]
+            if merchants
+            else tenants[number % len(tenants)]
+        )
         yield {
             "purchase_id": f"p{number}-{rng.getrandbits(32):08x}",
             "item_id": f"item-{item:05d}",
@@ -56,7 +71,7 @@ def purchases(
             "unit_price_cents": rng.randrange(99, 99_999),
             "event_time_ms": clock_ms(),
             "metadata": {"channel": rng.choice(("web", "app", "store"))},
-            "tenant": tenants[number % len(tenants)],
+            "tenant": tenant,
             "customer_id": f"cust-{buyers.choices(range(customers), cum_weights=frequent)[0]:06d}",
         }
 

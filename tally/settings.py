@@ -532,6 +532,17 @@ class Settings:
         return self.schema_registry or (self.data_dir / "schema-registry").resolve().as_uri()
 
     @property
+    def merchants_hot_ms(self) -> int:
+        """How long merchant-hours stay in the hot table, by event time: never less than the
+        sales window, its retained panes and one pane more (an hour leaves the window final
+        and goes to the archive; it leaves the hot table at least a pane later, once the
+        archive holds it)."""
+        pane_ms = self.sales_pane_seconds * 1000
+        panes = self.sales_window_panes + self.sales_retained_panes + 1
+        grace_ms = int(self.grace_seconds * 1000)
+        return max(self.merchants_hot_hours * 3_600_000, panes * pane_ms + grace_ms)
+
+    @property
     def archive_location(self) -> str:
         return self.archive_dir or str((self.data_dir / "archive").resolve())
 

@@ -29,7 +29,7 @@ import re
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -83,17 +83,34 @@ _DATA_FILE = re.compile(r"^p(\d{3,})-(\d{12,})-(\d{12,})\.parquet$")
 _JOURNALS = "_sink"
 
 
+#: Connections not in use: opening one costs about 20 ms, more than a small query.
+_idle_connections: list[duckdb.DuckDBPyConnection] = []
+_idle_lock = threading.Lock()
+
+
 @contextmanager
 def connect() -> Iterator[duckdb.DuckDBPyConnection]:
     """An in-memory DuckDB connection with bounded memory (spilling to the system's temp dir),
-    one of DUCKDB_SLOTS; closed on exit."""
-    spill = Path(tempfile.gettempdir()) / "tally-duckdb"
+    one of DUCKDB_SLOTS, kept for the next query (its views dropped) unless it failed."""
     with _duckdb_slots:
-        con = duckdb.connect(config={"memory_limit": DUCKDB_MEMORY, "temp_directory": str(spill)})
+        with _idle_lock:
+            con = _idle_connections.pop() if _idle_connections else None
+        if con is None:
+            spill = Path(tempfile.gettempdir()) / "tally-duckdb"
+            con = duckdb.connect(
+                config={"memory_limit": DUCKDB_MEMORY, "temp_directory": str(spill)}
+            )
         try:
             yield con
-        finally:
+        except BaseException:
             con.close()
+            raise
+        con.execute("DROP VIEW IF EXISTS rows")
+        with suppress(duckdb.Error):
+            con.unregister("stored")
+        con.execute("DROP VIEW IF EXISTS stored")
+        with _idle_lock:
+            _idle_connections.append(con)
 
 
 def day_of(ms: int) -> date:
@@ -235,6 +252,30 @@ def rows_by_day(minutes: Iterable[FinalMinute]) -> dict[date, pa.Table]:
     }
 
 
+@dataclass(frozen=True)
+class Layout:
+    """What an archive's rows are: their schema and order, the columns one row is unique by
+    (a row written twice, before its day is compacted, counts once), the column of its time,
+    and how a flush's items become a sorted table per day."""
+
+    schema: pa.Schema
+    sort_keys: list[tuple[str, str]]
+    identity: tuple[str, ...]
+    time_column: str
+    tables_by_day: Callable[[Iterable[Any]], dict[date, pa.Table]]
+
+    def distinct_rows(self) -> str:
+        """The rows, each identity once, in order (the order makes the choice stable)."""
+        columns = ", ".join(self.identity)
+        return f"SELECT DISTINCT ON ({columns}) * FROM rows ORDER BY {columns}"
+
+
+#: Final metric minutes (the metrics pipeline's archive).
+METRIC_MINUTES = Layout(
+    ROWS, SORT_KEYS, ("tenant", "server", "metric", "minute_ms"), "minute_ms", rows_by_day
+)
+
+
 @dataclass
 class DayStats:
     day: date
@@ -273,9 +314,15 @@ class ArchiveStats:
 class Archive:
     """The archive at one location: writes (per partition), compaction, pruning, reads."""
 
-    def __init__(self, location: str | Path, default_tenant: str = DEFAULT_TENANT) -> None:
+    def __init__(
+        self,
+        location: str | Path,
+        default_tenant: str = DEFAULT_TENANT,
+        layout: Layout = METRIC_MINUTES,
+    ) -> None:
         #: Whose rows are those of files written before rows named their tenant.
         self.default_tenant = default_tenant
+        self.layout = layout
         text = str(location)
         if "://" in text:
             self.fs, self.root = pafs.FileSystem.from_uri(text)
@@ -335,14 +382,19 @@ class Archive:
             )
         else:
             con.register(
-                "stored", pads.dataset(paths, schema=ROWS, format="parquet", filesystem=self.fs)
+                "stored",
+                pads.dataset(
+                    paths, schema=self.layout.schema, format="parquet", filesystem=self.fs
+                ),
             )
-        # Rows of files without a tenant are the default tenant's (as records without one).
-        columns = {name for name, *_ in con.execute("DESCRIBE stored").fetchall()}
-        default = "'" + self.default_tenant.replace("'", "''") + "'"
-        tenant = f"coalesce(tenant, {default})" if "tenant" in columns else default
-        others = ", ".join(f'"{field.name}"' for field in ROWS if field.name != "tenant")
-        con.execute(f"CREATE VIEW rows AS SELECT {tenant} AS tenant, {others} FROM stored")
+        chosen = ", ".join(f'"{field.name}"' for field in self.layout.schema)
+        if "tenant" in self.layout.schema.names:
+            # Rows of files without a tenant are the default tenant's (as records without one).
+            columns = {name for name, *_ in con.execute("DESCRIBE stored").fetchall()}
+            default = "'" + self.default_tenant.replace("'", "''") + "'"
+            tenant = f"coalesce(tenant, {default})" if "tenant" in columns else default
+            chosen = chosen.replace('"tenant"', f"{tenant} AS tenant")
+        con.execute(f"CREATE VIEW rows AS SELECT {chosen} FROM stored")
 
     # -- writing --------------------------------------------------------------------------
 
@@ -369,13 +421,15 @@ class Archive:
         path = self.path(file)
         temporary = f"{path}.{uuid.uuid4().hex[:8]}.tmp"  # unique: two writers never share it
         with pq.ParquetWriter(
-            temporary, ROWS, filesystem=self.fs, compression=COMPRESSION
+            temporary, self.layout.schema, filesystem=self.fs, compression=COMPRESSION
         ) as writer:
             if isinstance(table, pa.Table):
                 writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
             else:
                 for batch in table:
-                    writer.write_batch(batch.cast(ROWS), row_group_size=ROW_GROUP_ROWS)
+                    writer.write_batch(
+                        batch.cast(self.layout.schema), row_group_size=ROW_GROUP_ROWS
+                    )
         self.fs.move(temporary, path)
 
     def _delete(self, path: str) -> None:
@@ -395,16 +449,17 @@ class Archive:
         self._save_journal(partition, journal)
         return journal
 
-    def append(self, partition: int, minutes: Sequence[tuple[int, FinalMinute]]) -> list[DataFile]:
-        """Write (offset, final minute) pairs of `partition`, in offset order; offsets already
-        written are skipped. Returns the files written."""
+    def append(self, partition: int, minutes: Sequence[tuple[int, Any]]) -> list[DataFile]:
+        """Write (offset, item) pairs of `partition` (items: what the layout makes rows of,
+        final minutes by default), in offset order; offsets already written are skipped.
+        Returns the files written."""
         journal = self.recover(partition)
         if journal.through is not None:
             minutes = [(o, m) for o, m in minutes if o > journal.through]
         if not minutes:
             return []
         first, last = minutes[0][0], minutes[-1][0]
-        tables = rows_by_day(m for _, m in minutes)
+        tables = self.layout.tables_by_day(m for _, m in minutes)
         days = sorted(tables)
         self._save_journal(partition, Journal(journal.through, (first, last, days)))
         written = []
@@ -430,10 +485,7 @@ class Archive:
         merged = DataFile(day, partition, min(f.first for f in files), max(f.last for f in files))
         with connect() as con:
             self.register(con, files)
-            deduplicated = con.sql(
-                "SELECT DISTINCT ON (tenant, server, metric, minute_ms) * FROM rows "
-                "ORDER BY tenant, server, metric, minute_ms"
-            )
+            deduplicated = con.sql(self.layout.distinct_rows())
             self._write(merged, iter(deduplicated.to_arrow_reader(ROW_GROUP_ROWS)))
         for file in files:
             self._delete(self.path(file))
@@ -461,7 +513,7 @@ class Archive:
                     size += handle.size()
                     metadata = pq.ParquetFile(handle).metadata
                 rows += metadata.num_rows
-                minute_column = ROWS.get_field_index("minute_ms")
+                minute_column = self.layout.schema.get_field_index(self.layout.time_column)
                 for group in range(metadata.num_row_groups):
                     column = metadata.row_group(group).column(minute_column).statistics
                     if column is not None and column.has_min_max:
@@ -469,6 +521,13 @@ class Archive:
                         newest = column.max if newest is None else max(newest, column.max)
             stats.days.append(DayStats(day, len(files), rows, size, oldest, newest))
         return stats
+
+
+def within(location: str, name: str) -> str:
+    """The location of a directory `name` inside an archive's location (a path or a URI,
+    whose query string stays at the end)."""
+    base, mark, query = location.partition("?")
+    return f"{base.rstrip('/')}/{name}{mark}{query}"
 
 
 def prune_cutoff(wall_ms: int, keep_days: int) -> date:

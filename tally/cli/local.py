@@ -38,6 +38,7 @@ from tally.feed import (
     purchases,
     send_feed,
 )
+from tally.settings import PIPELINES
 from tally.topics import METRIC_SAMPLES, PURCHASES, SOURCE_TOPICS
 
 #: How long the tokens `tally dev` prints stay valid.
@@ -107,12 +108,13 @@ async def run_feed(
     count: int,
     seed: int,
     tenants: Sequence[str] = DEFAULT_TENANTS,
+    merchants: int = 0,
     quiet: bool = False,
 ) -> int:
     topic, key_field, codec = FEEDS[pipeline]
     rng = random.Random(seed)
     records = (
-        purchases(rng, clock_ms=now_ms, tenants=tenants)
+        purchases(rng, clock_ms=now_ms, tenants=tenants, merchants=merchants)
         if pipeline == "sales"
         else metric_batches(rng, clock_ms=now_ms, tenants=tenants)
     )
@@ -178,17 +180,38 @@ async def run_feed(
         help="A tenant whose data to send (repeat for several, taking turns with the same "
         "ids); none: the default tenant (TALLY_DEFAULT_TENANT).",
     ),
+    option(
+        "--merchants",
+        type=click.IntRange(0, 10_000_000),
+        default=0,
+        show_default=True,
+        help="sales: purchases of this many merchants (tenants m00000, m00001, ..., Zipf: a "
+        "few sell most), instead of --tenant's.",
+    ),
 )
 async def feed(
-    self: AppCommand, pipeline: str, rate: float, count: int, seed: int, tenants: tuple[str, ...]
+    self: AppCommand,
+    pipeline: str,
+    rate: float,
+    count: int,
+    seed: int,
+    tenants: tuple[str, ...],
+    merchants: int,
 ) -> None:
     """Send sample data: `sales` (purchases) or `metrics` (metric batches), event time = now."""
     for tenant in tenants:
         if not TENANT_PATTERN.fullmatch(tenant):
             fail(not_a_tenant(f"--tenant {tenant[:70]!r}"))
+    if merchants and (tenants or pipeline != "sales"):
+        fail("--merchants names the tenants of sales purchases: give it alone, with sales")
     try:
         sent = await run_feed(
-            pipeline, rate=rate, count=count, seed=seed, tenants=tenants or DEFAULT_TENANTS
+            pipeline,
+            rate=rate,
+            count=count,
+            seed=seed,
+            tenants=tenants or DEFAULT_TENANTS,
+            merchants=merchants,
         )
     except BrokerError as exc:
         fail(f"{pipeline}: {exc}")
@@ -212,6 +235,12 @@ def wait_for_http(url: str, process: subprocess.Popen[bytes], log: Path, timeout
     fail(f"the worker did not answer {url} within {timeout:.0f} s; see {log}")
 
 
+def dev_pipelines() -> str:
+    """What `tally dev`'s worker runs: every pipeline, merchants' figures included, unless
+    TALLY_PIPELINES says otherwise."""
+    return os.environ.get("TALLY_PIPELINES") or ",".join(PIPELINES)
+
+
 def dashboards() -> str:
     """The dashboard's URL per demo token (in the fragment: a browser never sends it), or
     the bare URL when access control is off."""
@@ -231,7 +260,8 @@ def dashboards() -> str:
         reader = issue(key, f"dev-{tenant}", tenant, frozenset({"read"}), DEV_TOKEN_S, expected)[0]
         lines += [
             f"  tenant {tenant:<9} {settings.web_url}/#token={reader}",
-            f"                   (tenant {tenant}, read only: its own top-10 and servers)",
+            f"                   (tenant {tenant}, read only: its own top-10, servers and "
+            "merchant figures)",
         ]
     return "\n".join(
         [
@@ -280,7 +310,7 @@ async def dev(self: AppCommand, sales_rate: float, metrics_rate: float) -> None:
         with worker_log.open("ab") as log:
             worker = subprocess.Popen(
                 [sys.executable, "-m", "tally", "worker", "--loglevel", settings.log_level],
-                env={**os.environ, "TALLY_BROKER": local.url},
+                env={**os.environ, "TALLY_BROKER": local.url, "TALLY_PIPELINES": dev_pipelines()},
                 preexec_fn=die_with_parent,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -302,6 +332,8 @@ async def dev(self: AppCommand, sales_rate: float, metrics_rate: float) -> None:
             "lists the endpoints)\n"
             f"  live streams     {settings.web_url}/api/stream/sales/top, "
             f"{settings.web_url}/api/stream/servers/server-0000?tenant={DEMO_TENANTS[0]}\n"
+            f"  merchants        {settings.web_url}/api/merchants/{DEMO_TENANTS[0]}/sales?step=1h, "
+            f".../summary, .../top-items (each demo tenant is a merchant)\n"
             f"  schema registry  {settings.web_url}/registry/subjects\n"
             f"  broker           {local.url}\n"
             f"  feed             {sales_rate:g} purchases/s, {metrics_rate:g} metric batches/s, "

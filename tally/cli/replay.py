@@ -56,7 +56,11 @@ from tally.core.generations import (
 from tally.topics import SOURCE_TOPICS
 
 #: The source topic each pipeline replays, and the query that shows it answers.
-REPLAYED = {"sales": (SOURCE_TOPICS[0], "/api/sales/top"), "metrics": (SOURCE_TOPICS[1], None)}
+REPLAYED = {
+    "sales": (SOURCE_TOPICS[0], "/api/sales/top"),
+    "metrics": (SOURCE_TOPICS[1], None),
+    "merchants": (SOURCE_TOPICS[0], None),
+}
 #: Seconds between progress lines.
 PROGRESS_S = 2.0
 
@@ -80,10 +84,12 @@ def replay_start(text: str) -> int:
 
 def history_needed_ms(pipeline: str) -> int:
     """How far back the answers served right after a cutover reach: the sales window (plus
-    grace), or the metrics hot tier."""
+    grace), or the metrics or merchants hot tier."""
     if pipeline == "sales":
         panes = settings.sales_window_panes * settings.sales_pane_seconds
         return int((panes + settings.grace_seconds) * 1000)
+    if pipeline == "merchants":
+        return settings.merchants_hot_ms
     return int(settings.metrics_hot_hours * 3_600_000)
 
 

@@ -109,13 +109,17 @@ class HourFigures:
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> HourFigures:
-        """Figures as `to_record` wrote them."""
+        """Figures as `to_record` wrote them (the sketch may also be its bytes, as the
+        archive keeps it)."""
+        sketch = record["customers"]
         return cls(
             orders=int(record["orders"]),
             units=int(record["units"]),
             revenue_cents=int(record["revenue_cents"]),
             channels={str(c): [int(n) for n in v] for c, v in record["channels"].items()},
-            customers=hll_sketch.deserialize(base64.b64decode(record["customers"])),
+            customers=hll_sketch.deserialize(
+                sketch if isinstance(sketch, bytes) else base64.b64decode(sketch)
+            ),
         )
 
     def answer(self) -> dict[str, Any]:

@@ -14,8 +14,11 @@ read per hour.
 
 from __future__ import annotations
 
+from functools import cache
+
 from tally.app import app, settings
-from tally.core.merchants import HOUR_MS
+from tally.archive.merchant_hours import MERCHANT_HOURS
+from tally.archive.store import Archive, within
 from tally.core.windowing import PaneSpec
 from tally.runtime.routing import rekeyed_from
 from tally.runtime.topics import internal_topic, purchases
@@ -28,14 +31,12 @@ MERCHANT_SPEC = PaneSpec(
     grace_ms=int(settings.grace_seconds * 1000),
     extra_retained_panes=settings.sales_retained_panes,
 )
-#: How long merchant-hours stay in the hot table, by event time: never less than the window
-#: and its retained panes (an hour must be final, and archived, before it leaves).
-HOT_MS = max(
-    settings.merchants_hot_hours * HOUR_MS,
-    (MERCHANT_SPEC.window_panes + MERCHANT_SPEC.extra_retained_panes) * MERCHANT_SPEC.pane_ms
-    + MERCHANT_SPEC.grace_ms,
-)
+#: How long merchant-hours stay in the hot table (Settings.merchants_hot_ms).
+HOT_MS = settings.merchants_hot_ms
 _CHANGELOG = {"cleanup.policy": "compact,delete", "retention.ms": HOT_MS + 86_400_000}
+
+#: The merchants' archive, inside TALLY_ARCHIVE_DIR (the metrics archive's days beside it).
+ARCHIVE_DIRECTORY = "merchant-hours"
 
 #: Purchases of the merchants one partition holds: Avro `PurchaseBatch` envelopes.
 merchant_purchases = internal_topic(MERCHANT_PURCHASES, value_type=bytes)
@@ -49,6 +50,17 @@ merchant_clocks = app.Table("merchant_clocks", key_type=bytes)
 #: Every merchant-hour that left the window, with its final figures: key
 #: "<merchant>|<hour ms>", JSON value {"merchant", "hour_ms", **HourFigures.to_record()}.
 final_hours = internal_topic(MERCHANT_FINAL_HOURS, value_serializer="json")
+
+
+@cache
+def merchant_archive() -> Archive:
+    """The cold tier: final merchant-hours as Parquet, in `merchant-hours` inside the
+    archive's location (written by the merchants' archive sink, read by the views)."""
+    return Archive(
+        within(settings.archive_location, ARCHIVE_DIRECTORY),
+        settings.default_tenant,
+        MERCHANT_HOURS,
+    )
 
 
 def hour_key(hour_ms: int, merchant: str) -> bytes:

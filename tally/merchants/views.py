@@ -16,6 +16,7 @@ from faust.web import Request, Response
 from faust.web.exceptions import WebError
 
 from tally.app import app, settings
+from tally.archive.merchant_hours import archived_hours
 from tally.core.applied import value_of
 from tally.core.clock import iso, now_ms
 from tally.core.merchants import HOUR_MS, STEPS, HourFigures, by_step, merged, step_start
@@ -25,7 +26,13 @@ from tally.core.tenancy import scoped, unscoped
 from tally.core.topk import RankedTotals
 from tally.http.access import caller
 from tally.merchants.state import final_before, hot_from, merchant_windows
-from tally.merchants.tables import MERCHANT_SPEC, hour_key, merchant_hours, merchant_panes
+from tally.merchants.tables import (
+    MERCHANT_SPEC,
+    hour_key,
+    merchant_archive,
+    merchant_hours,
+    merchant_panes,
+)
 from tally.runtime.cells import read_cell
 from tally.runtime.panes import pane_key, pane_prefix
 from tally.runtime.queries import (
@@ -33,6 +40,7 @@ from tally.runtime.queries import (
     OwnedView,
     id_param,
     int_param,
+    read_archive,
     routed_to_owner,
     time_param,
 )
@@ -118,6 +126,20 @@ def hot_hours(merchant: str, span: tuple[int, int]) -> list[tuple[int, HourFigur
     return found
 
 
+async def hours_in(merchant: str, span: Range) -> list[tuple[int, HourFigures]]:
+    """The merchant's hours of the range: the hot tier's, then the archive's for the hours
+    before it (read second: the hot tier may prune meanwhile, never the other way round)."""
+    hot = hot_hours(merchant, span.hot)
+    start, end = span.archived
+    if start >= end:
+        return hot
+    archived = await read_archive(
+        lambda: archived_hours(merchant_archive(), merchant, start, end),
+        f"merchant {merchant!r} from {iso(start)} to {iso(end)}",
+    )
+    return archived + hot
+
+
 def steps_answer(figures: Iterable[tuple[int, HourFigures]], step: str) -> list[dict[str, Any]]:
     return [
         {"start": iso(start), "start_ms": start, **total.answer()}
@@ -140,7 +162,7 @@ class MerchantSales(MerchantView):
         if step not in STEPS:
             raise BadRequest(f"step={step!r} is not one of {', '.join(STEPS)}")
         span = Range(request, window_of(merchant))
-        hours = hot_hours(merchant, span.hot)
+        hours = await hours_in(merchant, span)
         return self.json(
             {
                 "merchant": merchant,
@@ -159,7 +181,7 @@ class MerchantSummary(MerchantView):
     async def owned(self, request: Request, merchant_id: str) -> Response:
         merchant = merchant_param(request, merchant_id)
         span = Range(request, window_of(merchant))
-        total = merged(figures for _, figures in hot_hours(merchant, span.hot))
+        total = merged(figures for _, figures in await hours_in(merchant, span))
         return self.json({"merchant": merchant, **span.freshness(), **total.answer()})
 
 

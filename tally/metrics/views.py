@@ -12,17 +12,14 @@ which tier answered for which minutes; steps merge minute rollups exactly (table
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator
 from typing import cast
 
-import duckdb
 from aiohttp import web
 from faust.types import CollectionT
 from faust.web import Request, Response
-from faust.web.exceptions import WebError
 
 from tally.access.tokens import OPERATOR
 from tally.app import app, settings
@@ -62,6 +59,7 @@ from tally.runtime.queries import (
     OwnedView,
     id_param,
     one_tenant_read,
+    read_archive,
     routed_to_owner,
     tenant_read,
     time_param,
@@ -153,15 +151,9 @@ class Query:
             None if whole_range else self.step_ms,
             self.metrics if key_column == "server" else None,
         )
-        try:
-            series = await asyncio.to_thread(archived_rollups, archive(), query, MAX_POINTS)
-        except (duckdb.Error, OSError) as exc:
-            logger.exception("archive query failed: %r", query)
-            raise ArchiveUnavailable(
-                f"the archive ({settings.archive_location}) could not be read for "
-                f"{iso(start)} to {iso(end)}: {type(exc).__name__}; retry, or ask for minutes "
-                "of the hot window only"
-            ) from exc
+        series = await read_archive(
+            lambda: archived_rollups(archive(), query, MAX_POINTS), f"{iso(start)} to {iso(end)}"
+        )
         too_many(sum(len(points) for points in series.values()))
         return series
 
@@ -172,12 +164,6 @@ class Query:
         merged = merge_series(archived, hot_steps)
         too_many(sum(len(points) for points in merged.values()))
         return {name: [r.as_point(iso(t)) for t, r in points] for name, points in merged.items()}
-
-
-class ArchiveUnavailable(WebError):
-    """The archive part of an answer could not be read (storage down, a damaged file)."""
-
-    code = 503
 
 
 def too_many(points: int) -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime
-from typing import ClassVar, cast
+from typing import ClassVar, TypeVar, cast
 
 import aiohttp
+import duckdb
 from aiohttp import hdrs, web
 from faust.types import CollectionT
 from faust.web import Request, Response, View
@@ -21,6 +23,9 @@ from tally.http.access import Refusal, tenant_asked
 from tally.http.caching import cache_control, matches, named_tag, strong_etag
 from tally.runtime.serving import serving
 from tally.telemetry import QUERY_ANSWERS
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class BadRequest(WebError):
@@ -181,6 +186,25 @@ class OwnedView(View):
 
 
 OwnedQuery = Callable[..., Awaitable[Response]]
+
+
+class ArchiveUnavailable(WebError):
+    """The archive part of an answer could not be read (storage down, a damaged file)."""
+
+    code = 503
+
+
+async def read_archive(read: Callable[[], T], what: str) -> T:
+    """`read` (blocking: DuckDB over the archive's files) in a thread; a storage or DuckDB
+    failure is a 503 that says what could not be read (`what`)."""
+    try:
+        return await asyncio.to_thread(read)
+    except (duckdb.Error, OSError) as exc:
+        logger.exception("archive query failed: %s", what)
+        raise ArchiveUnavailable(
+            f"the archive ({settings.archive_location}) could not be read for {what}: "
+            f"{type(exc).__name__}; retry, or ask for the hot tier's range only"
+        ) from exc
 
 
 def routed_to_owner(table: CollectionT, **where: str) -> Callable[[OwnedQuery], OwnedQuery]:

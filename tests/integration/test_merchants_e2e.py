@@ -10,23 +10,35 @@ import random
 import signal
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tally.broker.local import LocalBroker
 from tally.codecs.avro import AvroCodec, Record
+from tally.core.clock import iso
 from tally.core.deadletters import DeadLetter
 from tally.core.topk import rank_key
 from tally.feed import historical_purchases, zipf_weights
 from tests.conftest import WorkerFactory
 from tests.harness import ACCESS, Worker, consume, headers_of, start_all, wait_until
-from tests.integration.test_sales_e2e import HOUR_MS, T_END, messages, produce_to_partitions
+from tests.integration.test_sales_e2e import HOUR_MS, messages, produce_to_partitions
 
 MERCHANTS = 2_000
 PURCHASES = 50_000
 LATE = 300
 CHANNELS = ("web", "app", "store", "")
+#: The newest purchase is half-way through an hour (the window does not roll during the test)
+#: and the day before holds both tiers' hours.
+T_END = 1_767_268_800_000 + 30 * 60_000  # 2026-01-01T12:30Z
+#: A hot tier of 25 hours (no past windows kept): the oldest 5 hours are the archive's.
 #: One correctness run reads every merchant: no rate limit on its tokens.
-MERCHANTS_ONLY = {"TALLY_PIPELINES": "merchants", "TALLY_AUTH_RATE": "0"}
+MERCHANTS_ONLY = {
+    "TALLY_PIPELINES": "merchants",
+    "TALLY_AUTH_RATE": "0",
+    "TALLY_SALES_RETAINED_PANES": "0",
+    "TALLY_MERCHANTS_HOT_HOURS": "1",
+    "TALLY_ARCHIVE_FLUSH_SECONDS": "1",
+}
 DAY_MS = 24 * HOUR_MS
 #: A range holding every purchase.
 SPAN = f"from={T_END - 32 * HOUR_MS}&to={T_END + HOUR_MS}"
@@ -134,10 +146,10 @@ def test_every_merchant_sees_its_own_figures_equal_to_brute_force_through_a_sigk
     make_worker: WorkerFactory,
     purchase_codec: AvroCodec,
     purchase_batch_codec: AvroCodec,
+    tmp_path: Path,
 ) -> None:
-    first, second = start_all(
-        make_worker("w1", **MERCHANTS_ONLY), make_worker("w2", **MERCHANTS_ONLY)
-    )
+    env = {**MERCHANTS_ONLY, "TALLY_ARCHIVE_DIR": str(tmp_path / "archive")}
+    first, second = start_all(make_worker("w1", **env), make_worker("w2", **env))
     events = merchant_purchases(random.Random(23))
     merchants = sorted({e["tenant"] for e in events})
     assert len(merchants) > MERCHANTS * 0.9
@@ -156,7 +168,7 @@ def test_every_merchant_sees_its_own_figures_equal_to_brute_force_through_a_sigk
         broker.bootstrap, messages(events[half:], purchase_codec, purchase_batch_codec)
     )
     second.stop(signal.SIGKILL)
-    second = make_worker("w2", **MERCHANTS_ONLY).start()
+    second = make_worker("w2", **env).start()
 
     # Late: 26 hours behind every watermark, set aside for the merchants, never counted.
     late = [
@@ -179,10 +191,17 @@ def test_every_merchant_sees_its_own_figures_equal_to_brute_force_through_a_sigk
     )
     assert {DeadLetter.from_headers(headers_of(r)).stage for r in letters} == {"late"}
 
-    # Every merchant, from either worker (queries are routed to the merchant's owner).
-    for reader in (first, second):
-        problems = all_agree(reader, events, merchants)
+    # Every merchant, from either worker (queries are routed to the merchant's owner), the
+    # oldest hours from the archive: a day across the boundary merges both tiers.
+    for reader, some in ((first, merchants), (second, merchants[::10])):
+        problems = all_agree(reader, events, some)
         assert not problems, problems
+    busiest = first.get(f"/api/merchants/{merchants[0]}/sales?{SPAN}&step=1d")
+    tiers = {tier["tier"]: (tier["from"], tier["to"]) for tier in busiest["tiers"]}
+    assert tiers["archive"][1] == tiers["hot"][0], tiers
+    oldest = min(e["event_time_ms"] for e in events)
+    assert iso(oldest) < tiers["archive"][1] < iso(T_END - 24 * HOUR_MS), tiers
+    assert busiest["open_from"] > tiers["hot"][0]
 
     last_pane = first.get(f"/api/merchants/{merchants[0]}/top-items")["window_end"]
     for merchant in merchants[:: len(merchants) // 200]:

@@ -117,3 +117,65 @@ def test_channels_past_the_cap_count_as_other_and_totals_stay_exact() -> None:
     assert sum(c["orders"] for c in answer["channels"].values()) == answer["orders"] == 21
     assert answer["average_order_cents"] == 100
     assert HourFigures().answer()["average_order_cents"] is None
+
+
+@settings(max_examples=25, deadline=None)
+@given(purchases, st.randoms(use_true_random=False))
+def test_archived_hours_read_back_as_written_each_hour_once(
+    tmp_path_factory: pytest.TempPathFactory, chunk: list[Purchase], rng: random.Random
+) -> None:
+    """Merchant-hours through the archive's files (several flushes, an hour sent twice, days
+    compacted) read back per merchant and range exactly as their figures were."""
+    from tally.archive.merchant_hours import MERCHANT_HOURS, archived_hours, final_hour
+    from tally.archive.store import Archive, day_of
+
+    archive = Archive(tmp_path_factory.mktemp("archive"), layout=MERCHANT_HOURS)
+    hours: dict[tuple[str, int], list[Purchase]] = defaultdict(list)
+    for purchase in chunk:
+        hours[(rng.choice(["m1", "m2"]), T0 + purchase[0] * HOUR_MS)].append(purchase)
+    finals = [
+        final_hour({"merchant": m, "hour_ms": h, **figures_of(p).to_record()})
+        for (m, h), p in sorted(hours.items())
+    ]
+    repeated = finals + finals[: len(finals) // 3]  # sent again after a crash: new offsets
+    rng.shuffle(repeated)
+    offset = 0
+    while repeated:
+        flush, repeated = repeated[:7], repeated[7:]
+        archive.append(0, [(offset + n, hour) for n, hour in enumerate(flush)])
+        offset += len(flush)
+    for day in {day_of(h) for _, h in hours}:
+        archive.compact(day, 0)
+    start, end = T0 + 24 * HOUR_MS, T0 + 30 * 24 * HOUR_MS
+    for merchant in ("m1", "m2"):
+        read = archived_hours(archive, merchant, start, end)
+        wanted = sorted((h, p) for (m, h), p in hours.items() if m == merchant and start <= h < end)
+        assert [hour for hour, _ in read] == [hour for hour, _ in wanted]
+        for (_, figures), (_, chunk_of_hour) in zip(read, wanted, strict=True):
+            assert figures.to_record() == figures_of(chunk_of_hour).to_record()
+
+
+def test_a_final_hour_that_is_not_one_is_refused_with_the_reason() -> None:
+    from tally.archive.merchant_hours import final_hour
+    from tally.core.errors import ValidationError
+
+    good = {"merchant": "m1", "hour_ms": T0, **HourFigures().to_record()}
+    assert final_hour(good)[:2] == ("m1", T0)
+    for bad, reason in (
+        ({**good, "hour_ms": T0 + 1}, "start of an hour"),
+        ({**good, "merchant": "a|b"}, "not a tenant name"),
+        ({**good, "customers": "%%%"}, "not a final merchant-hour"),
+        ({"merchant": "m1"}, "not a final merchant-hour"),
+    ):
+        with pytest.raises(ValidationError, match=reason):
+            final_hour(bad)
+
+
+def test_an_archive_inside_another_keeps_the_uri_query_at_the_end() -> None:
+    from tally.archive.store import within
+
+    assert within("/data/archive/", "merchant-hours") == "/data/archive/merchant-hours"
+    assert (
+        within("s3://bucket/prefix?endpoint_override=h:9000", "merchant-hours")
+        == "s3://bucket/prefix/merchant-hours?endpoint_override=h:9000"
+    )

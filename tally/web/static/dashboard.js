@@ -343,8 +343,100 @@ for (const mode of ["server", "metric"]) {
 if (wanted.get("tenant")) $("tenant").value = wanted.get("tenant");
 follow();
 
+// --- merchant: one merchant's own figures (workers running the merchants pipeline) --------
+// /api/merchants/{id}/summary, /sales?step=1h, /top-items, polled: a merchant's token reads
+// its own merchant (the token's tenant), an operator's any (#merchant=…, or typed here).
+const MERCHANT_POLL_MS = 5000;
+let merchantAnswer = null;
+let merchantTimer = null;
+
+function tokenTenant() {
+  try { // the token's claims, read only to prefill the merchant: the server checks them
+    return JSON.parse(atob(token().split(".")[1].replace(/-/g, "+").replace(/_/g, "/"))).tenant || "";
+  } catch (error) {
+    return "";
+  }
+}
+
+async function getJSON(path) {
+  const headers = token() ? { Authorization: `Bearer ${token()}` } : {};
+  const response = await fetch(path, { headers });
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error(body.error || `HTTP ${response.status}`);
+  return body;
+}
+
+const money = (cents) => (cents === null ? "–" : (cents / 100).toLocaleString(undefined, { minimumFractionDigits: 2, maximumFractionDigits: 2 }));
+
+async function pollMerchant() {
+  const merchant = $("merchant-id").value.trim();
+  if (!merchant) return;
+  const base = `/api/merchants/${encodeURIComponent(merchant)}`;
+  const from = new Date(Date.now() - 24 * 3600 * 1000).toISOString();
+  try {
+    const [summary, hours, top] = await Promise.all([
+      getJSON(`${base}/summary?from=${from}`),
+      getJSON(`${base}/sales?from=${from}&step=1h`),
+      getJSON(`${base}/top-items`),
+    ]);
+    merchantAnswer = summary;
+    showStatus($("merchant-status"), { ok: true });
+    $("merchant-orders").textContent = summary.orders.toLocaleString();
+    $("merchant-revenue").textContent = money(summary.revenue_cents);
+    $("merchant-average").textContent = money(summary.average_order_cents);
+    const [low, high] = summary.distinct_customers_bounds;
+    $("merchant-customers").textContent = `≈ ${summary.distinct_customers.toLocaleString()} (${low}–${high})`;
+    $("merchant-tiers").textContent = summary.tiers.map((t) => t.tier).join(" + ") || "–";
+    drawHours(hours);
+    $("merchant-top").replaceChildren(...top.items.map((item) => {
+      const entry = document.createElement("li");
+      entry.textContent = `${item.item_id} · ${item.quantity.toLocaleString()}`;
+      return entry;
+    }));
+  } catch (error) {
+    showStatus($("merchant-status"), { ok: false, reason: error.message });
+  }
+}
+
+function drawHours(answer) {
+  const chart = $("merchant-chart");
+  chart.replaceChildren();
+  const W = 900, H = 160, B = 20, x0 = Date.parse(answer.from), x1 = Date.parse(answer.to);
+  const most = Math.max(1, ...answer.steps.map((s) => s.revenue_cents));
+  const width = ((W - 8) * 3600e3) / (x1 - x0);
+  for (const step of answer.steps) {
+    const x = 4 + ((step.start_ms - x0) / (x1 - x0)) * (W - 8);
+    const h = ((H - B - 6) * step.revenue_cents) / most;
+    const bar = el("rect", { x, y: H - B - h, width: Math.max(1, width - 2), height: h, class: "bar" });
+    bar.append(el("title", {}, `${stamp(step.start)}: ${money(step.revenue_cents)} in ${step.orders} orders`));
+    chart.append(bar);
+  }
+  for (let i = 0; i <= 4; i++) {
+    const t = new Date(x0 + ((x1 - x0) * i) / 4).toISOString();
+    const anchor = i === 0 ? "start" : i === 4 ? "end" : "middle";
+    chart.append(el("text", { x: 4 + ((W - 8) * i) / 4, y: H - 4, "text-anchor": anchor, class: "axis" }, clock(t).slice(0, 5)));
+  }
+}
+
+function followMerchant() {
+  clearInterval(merchantTimer);
+  pollMerchant();
+  merchantTimer = setInterval(pollMerchant, MERCHANT_POLL_MS);
+}
+
+$("merchant-chooser").addEventListener("submit", (e) => { e.preventDefault(); followMerchant(); });
+// Shown where the worker serves merchants' figures (its API document lists them).
+getJSON("/api/openapi.json").then((api) => {
+  if (!("/api/merchants/{merchant_id}/summary" in api.paths)) return;
+  const own = tokenTenant();
+  $("merchant-id").value = wanted.get("merchant") || (own && own !== "*" ? own : wanted.get("tenant") || "");
+  $("merchant").hidden = false;
+  followMerchant();
+}).catch(() => {});
+
 // Ages tick every second without waiting for the next event.
 setInterval(() => {
   $("top-age").textContent = latestTop ? ago(latestTop.as_of) : "–";
   $("series-age").textContent = ago(seriesUpdated);
+  $("merchant-age").textContent = merchantAnswer ? ago(merchantAnswer.as_of) : "–";
 }, 1000);
