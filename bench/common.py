@@ -296,13 +296,16 @@ def run_tally(
     beside: Callable[[Worker], AbstractContextManager[object]] = lambda _: nullcontext(),
     afterwards: Callable[[Worker, Result], None] = lambda _worker, _result: None,
     settings: Mapping[str, str] | None = None,
+    counts: str | None = None,
 ) -> Result:
     """One ready worker, then the input: the rate counts what is counted after the first
     observation (polled every 100 ms: scraping /metrics more often costs the worker), over the
     time from then until every event is counted from `topic` and from each downstream topic in
     `then` (later stages count the same events). `beside` is entered once the worker is ready
     and left after the count (e.g. clients); `afterwards` measures more on the loaded worker
-    (latency, queries) once its peak RSS is read; `settings`: more of the worker's environment.
+    (latency, queries) once its peak RSS is read; `settings`: more of the worker's environment;
+    `counts`: the topic whose counted events are timed, when not `topic` (a pipeline that
+    re-keys its input first).
     Changelog records are counted once the worker has stopped (its cell cache written out)."""
     app_id = f"bench{uuid.uuid4().hex[:8]}"
     worker = Worker(
@@ -319,13 +322,15 @@ def run_tally(
         log_path=workdir / f"{app_id}.log",
     )
     worker.start()
+    timed = counts or topic
+    then = (*then, timed) if counts else then
     try:
         with beside(worker):
             asyncio.run(produce(broker.bootstrap, topic, messages))
             first: tuple[float, int] | None = None
             deadline = time.monotonic() + 600
             while time.monotonic() < deadline:
-                done = counted(worker, topic)
+                done = counted(worker, timed)
                 now = time.monotonic()
                 if done and first is None:
                     first = (now, done)
@@ -333,7 +338,7 @@ def run_tally(
                     break
                 time.sleep(0.1)
             else:
-                progress = ", ".join(f"{t}: {counted(worker, t)}" for t in (topic, *then))
+                progress = ", ".join(f"{t}: {counted(worker, t)}" for t in (timed, *then))
                 raise SystemExit(f"{label}: not all of {total} counted ({progress})")
             assert first is not None
             # Done once the group committed every input offset: Tally flushes its cell cache

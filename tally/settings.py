@@ -340,6 +340,14 @@ class Settings:
         "window plus its retained panes); older hours are answered from the archive.",
         _positive_int,
     )
+    merchants_hot_days: int = _env_field(
+        "TALLY_MERCHANTS_HOT_DAYS",
+        35,
+        "Merchant-days (each final day's figures, merged from its hours) kept in the hot "
+        "tables: a daily, weekly or monthly answer within them reads a cell per day; older "
+        "days are answered from the archive's hours.",
+        _positive_int,
+    )
     metrics_hot_hours: float = _env_field(
         "TALLY_METRICS_HOT_HOURS",
         48.0,

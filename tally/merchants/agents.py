@@ -29,22 +29,29 @@ from tally.codecs.catalog import purchase_codec, purchases_topic_codec
 from tally.core.applied import Stamped, holds, reach, stamp, value_of
 from tally.core.clock import now_ms
 from tally.core.errors import TallyError
-from tally.core.merchants import HOUR_MS, HourFigures
+from tally.core.merchants import HOUR_MS, DayFigures, HourFigures, day_start
 from tally.core.partitioning import partition_for
 from tally.core.rollups import bucket_start
 from tally.core.sliding import SlidingTotals
 from tally.core.tenancy import scoped, tenant_of
 from tally.core.windowing import EventClock
-from tally.merchants.state import final_before, hot_from, merchant_windows, saved_clock
+from tally.merchants.state import (
+    days_from,
+    final_before,
+    hot_from,
+    merchant_windows,
+    saved_clock,
+)
 from tally.merchants.tables import (
     MERCHANT_SPEC,
+    cell_key,
     final_hours,
-    hour_key,
-    hour_prefix,
     merchant_clocks,
+    merchant_days,
     merchant_hours,
-    merchant_of,
     merchant_purchases,
+    split_cell_key,
+    time_prefix,
 )
 from tally.runtime.cells import read_cell, write_cell
 from tally.runtime.intake import caught_up, decode, each_partition, reject, timer
@@ -192,7 +199,7 @@ def fold_hours(partition: int, carried: Sequence[Carried], through: dict[int | N
     cells: dict[bytes, tuple[Stamped | None, HourFigures]] = {}
     added = 0
     for event, purchase in carried:
-        key = hour_key(hour_of(purchase), merchant_of_purchase(purchase))
+        key = cell_key(hour_of(purchase), merchant_of_purchase(purchase))
         if key not in cells:
             before = read_cell(merchant_hours, key, partition)
             figures = HourFigures() if before is None else HourFigures.from_record(value_of(before))
@@ -226,9 +233,9 @@ async def set_aside_late(window: SlidingTotals, wall_ms: int, late: list[Carried
 
 
 async def slide(partition: int, window: SlidingTotals, wall_ms: int) -> None:
-    """Slide the window to the watermark; the hours it left are final: send them on once
-    (where the partition got to is kept in its clock record), then delete hours past the hot
-    tier."""
+    """Slide the window to the watermark; the hours it left are final: each is sent on once
+    and merged into its day (where the partition got to is kept in its clock record); then
+    hours and days past the hot tier are deleted locally."""
     merchant_windows.slide(partition, window, wall_ms, keep_top=0)
     last_pane = window.last_pane
     final = final_before(last_pane)
@@ -238,16 +245,26 @@ async def slide(partition: int, window: SlidingTotals, wall_ms: int) -> None:
     sent = clock.get("final_before")
     if sent is not None and sent >= final:
         return
-    start = b"" if sent is None else hour_prefix(sent)
-    for key, value in scan(merchant_hours, partition, start, hour_prefix(final)):
-        hour_ms, merchant = int(key[:13]), merchant_of(key)
+    start = b"" if sent is None else time_prefix(sent)
+    closed = list(scan(merchant_hours, partition, start, time_prefix(final)))
+    days: dict[bytes, DayFigures] = {}
+    for key, value in closed:
+        hour_ms, merchant = split_cell_key(key)
+        record = value_of(stored_value(value))
+        day_key = cell_key(day_start(hour_ms), merchant)
+        if day_key not in days:
+            days[day_key] = DayFigures.from_record(read_cell(merchant_days, day_key, partition))
+        days[day_key].add_hour(hour_ms, HourFigures.from_record(record))
         await final_hours.send(
             key=f"{merchant}|{hour_ms}".encode(),
-            value={"merchant": merchant, "hour_ms": hour_ms, **value_of(stored_value(value))},
+            value={"merchant": merchant, "hour_ms": hour_ms, **record},
         )
+    for day_key, day in days.items():
+        write_cell(merchant_days, day_key, day.to_record(), partition)
     clock = {**clock, "final_before": final}
     write_cell(merchant_clocks, partition_key(partition), clock, partition)
-    delete_below(merchant_hours, partition, hour_prefix(hot_from(last_pane)))
+    delete_below(merchant_hours, partition, time_prefix(hot_from(last_pane)))
+    delete_below(merchant_days, partition, time_prefix(days_from(last_pane)))
 
 
 @app.agent(merchant_purchases)

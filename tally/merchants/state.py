@@ -6,9 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 from tally.app import settings
-from tally.core.merchants import HOUR_MS
+from tally.core.merchants import DAY_MS, HOUR_MS
 from tally.core.rollups import bucket_start
 from tally.merchants.tables import (
+    HOT_DAYS_MS,
     HOT_MS,
     MERCHANT_SPEC,
     merchant_clocks,
@@ -47,3 +48,8 @@ def hot_from(last_pane: int) -> int:
     """The oldest hour the hot table keeps (older ones: the archive), by the window's last
     pane: HOT_MS back from the window's end."""
     return bucket_start(MERCHANT_SPEC.start_ms(last_pane + 1) - HOT_MS, HOUR_MS)
+
+
+def days_from(last_pane: int) -> int:
+    """The oldest day the hot table keeps (older ones: the archive's hours)."""
+    return bucket_start(MERCHANT_SPEC.start_ms(last_pane + 1) - HOT_DAYS_MS, DAY_MS)

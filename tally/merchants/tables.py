@@ -18,7 +18,7 @@ from functools import cache
 
 from tally.app import app, settings
 from tally.archive.merchant_hours import MERCHANT_HOURS
-from tally.archive.store import Archive, within
+from tally.archive.store import DAY_MS, Archive, within
 from tally.core.windowing import PaneSpec
 from tally.runtime.routing import rekeyed_from
 from tally.runtime.topics import internal_topic, purchases
@@ -33,7 +33,9 @@ MERCHANT_SPEC = PaneSpec(
 )
 #: How long merchant-hours stay in the hot table (Settings.merchants_hot_ms).
 HOT_MS = settings.merchants_hot_ms
-_CHANGELOG = {"cleanup.policy": "compact,delete", "retention.ms": HOT_MS + 86_400_000}
+#: How long merchant-days stay in the hot table: a month's daily answer is a read per day.
+HOT_DAYS_MS = settings.merchants_hot_days * DAY_MS
+_CHANGELOG = {"cleanup.policy": "compact,delete", "retention.ms": HOT_MS + DAY_MS}
 
 #: The merchants' archive, inside TALLY_ARCHIVE_DIR (the metrics archive's days beside it).
 ARCHIVE_DIRECTORY = "merchant-hours"
@@ -44,6 +46,13 @@ rekeyed_from(purchases, merchant_purchases)
 
 merchant_hours = app.Table("merchant_hours", key_type=bytes, extra_topic_configs=_CHANGELOG)
 merchant_panes = app.Table("merchant_panes", key_type=bytes, extra_topic_configs=_CHANGELOG)
+#: "<day ms>|<merchant>" → {"hours": bitmask of the final hours merged in, "figures": ...}:
+#: each final hour merged into its UTC day once.
+merchant_days = app.Table(
+    "merchant_days",
+    key_type=bytes,
+    extra_topic_configs={"cleanup.policy": "compact,delete", "retention.ms": HOT_DAYS_MS + DAY_MS},
+)
 #: partition → {"event_ms", "wall_ms", "late_events": {merchant: n}, "offset"}.
 merchant_clocks = app.Table("merchant_clocks", key_type=bytes)
 
@@ -63,14 +72,17 @@ def merchant_archive() -> Archive:
     )
 
 
-def hour_key(hour_ms: int, merchant: str) -> bytes:
-    return f"{hour_ms:013d}|{merchant}".encode()
+def cell_key(start_ms: int, merchant: str) -> bytes:
+    """The key of a merchant's hour (or day) starting at `start_ms`."""
+    return f"{start_ms:013d}|{merchant}".encode()
 
 
-def hour_prefix(hour_ms: int) -> bytes:
-    """The smallest key of an hour: scans and deletes run from one hour's to another's."""
-    return f"{hour_ms:013d}|".encode()
+def time_prefix(start_ms: int) -> bytes:
+    """The smallest key of an hour (or day): scans and deletes run from one's to another's."""
+    return f"{start_ms:013d}|".encode()
 
 
-def merchant_of(hour_key_: bytes) -> str:
-    return hour_key_.decode().split("|", 1)[1]
+def split_cell_key(key: bytes) -> tuple[int, str]:
+    """(start ms, merchant) of a `cell_key`."""
+    start, merchant = key.decode().split("|", 1)
+    return int(start), merchant

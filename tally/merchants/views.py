@@ -10,8 +10,10 @@ hour on figures can still change (`open_from`: hours still in the window).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import partial
 from typing import Any
 
+from faust.types import CollectionT
 from faust.web import Request, Response
 from faust.web.exceptions import WebError
 
@@ -19,17 +21,28 @@ from tally.app import app, settings
 from tally.archive.merchant_hours import archived_hours
 from tally.core.applied import value_of
 from tally.core.clock import iso, now_ms
-from tally.core.merchants import HOUR_MS, STEPS, HourFigures, by_step, merged, step_start
+from tally.core.merchants import (
+    DAY_MS,
+    HOUR_MS,
+    STEPS,
+    DayFigures,
+    HourFigures,
+    by_step,
+    day_start,
+    merged,
+    step_start,
+)
 from tally.core.partitioning import partition_for
 from tally.core.sliding import SlidingTotals
 from tally.core.tenancy import scoped, unscoped
 from tally.core.topk import RankedTotals
 from tally.http.access import caller
-from tally.merchants.state import final_before, hot_from, merchant_windows
+from tally.merchants.state import days_from, final_before, hot_from, merchant_windows
 from tally.merchants.tables import (
     MERCHANT_SPEC,
-    hour_key,
+    cell_key,
     merchant_archive,
+    merchant_days,
     merchant_hours,
     merchant_panes,
 )
@@ -78,66 +91,93 @@ def window_of(merchant: str) -> SlidingTotals | None:
     return window
 
 
-class Range:
-    """from/to of a request, whole hours, validated; which tier answers for which hours."""
+#: A part of a range and the tier answering for it: "archive" (hours, Parquet), "days"
+#: (whole final days, RocksDB), "hot" (hours, RocksDB).
+Segment = tuple[str, int, int]
 
-    def __init__(self, request: Request, window: SlidingTotals | None) -> None:
+
+class Range:
+    """from/to of a request, whole hours, validated; which tier answers for which hours.
+
+    Hours from the hot tier's first hour on come from the hot table, older ones from the
+    archive; with steps of a day or more, whole final days the hot tier still keeps come
+    from the days table instead, a read per day."""
+
+    def __init__(self, request: Request, window: SlidingTotals | None, step: str = "1h") -> None:
         to_ms = time_param(request, "to", now_ms())
         from_ms = time_param(request, "from", to_ms - DEFAULT_RANGE_MS)
         if from_ms >= to_ms:
             raise BadRequest(f"from ({iso(from_ms)}) must be before to ({iso(to_ms)})")
         if to_ms - from_ms > MAX_RANGE_MS:
-            raise BadRequest(f"from..to spans more than {MAX_RANGE_MS // (24 * HOUR_MS)} days")
+            raise BadRequest(f"from..to spans more than {MAX_RANGE_MS // DAY_MS} days")
         self.first = step_start(from_ms, "1h")
         self.end = step_start(to_ms - 1, "1h") + HOUR_MS
         last_pane = None if window is None else window.last_pane
         self.watermark = None if window is None else window.watermark(now_ms())
         self.open_from = final_before(last_pane)
-        boundary = self.first if last_pane is None else hot_from(last_pane)
-        boundary = min(max(boundary, self.first), self.end)
-        #: [start, end) hours each tier answers for (empty when start == end).
-        self.archived = (self.first, boundary)
-        self.hot = (boundary, self.end)
+        hours = [(self.first, self.end)]
+        self.segments: list[Segment] = []
+        if step != "1h" and last_pane is not None and self.open_from is not None:
+            first_day = max(day_start(self.first + DAY_MS - 1), days_from(last_pane))
+            end_day = min(day_start(self.end), day_start(self.open_from))
+            if first_day < end_day:
+                self.segments.append(("days", first_day, end_day))
+                hours = [(self.first, first_day), (end_day, self.end)]
+        hot = self.first if last_pane is None else hot_from(last_pane)
+        for start, end in hours:
+            cut = min(max(hot, start), end)
+            self.segments += [
+                (tier, a, b) for tier, a, b in (("archive", start, cut), ("hot", cut, end)) if a < b
+            ]
+        self.segments.sort(key=lambda segment: segment[1])
 
     def freshness(self) -> dict[str, Any]:
-        tiers = [
-            {"tier": tier, "from": iso(start), "to": iso(end)}
-            for tier, (start, end) in (("archive", self.archived), ("hot", self.hot))
-            if start < end
-        ]
         return {
             "from": iso(self.first),
             "to": iso(self.end),
             "as_of": iso(now_ms()),
             "watermark": None if self.watermark is None else iso(self.watermark),
             "open_from": None if self.open_from is None else iso(self.open_from),
-            "tiers": tiers,
+            "tiers": [
+                {"tier": tier, "from": iso(start), "to": iso(end)}
+                for tier, start, end in self.segments
+            ],
         }
 
 
-def hot_hours(merchant: str, span: tuple[int, int]) -> list[tuple[int, HourFigures]]:
-    """The merchant's hours in [start, end) from the hot table: a point read per hour."""
+def hot_cells(
+    table: CollectionT, merchant: str, start: int, end: int, every: int
+) -> list[tuple[int, HourFigures]]:
+    """The merchant's hours (or days) in [start, end) from a hot table: a read each."""
     partition = partition_for(merchant, settings.partitions)
     found = []
-    for hour_ms in range(span[0], span[1], HOUR_MS):
-        stored = read_cell(merchant_hours, hour_key(hour_ms, merchant), partition)
+    for at_ms in range(start, end, every):
+        stored = read_cell(table, cell_key(at_ms, merchant), partition)
         if stored is not None:
-            found.append((hour_ms, HourFigures.from_record(value_of(stored))))
+            figures = (
+                HourFigures.from_record(value_of(stored))
+                if every == HOUR_MS
+                else DayFigures.from_record(stored).figures
+            )
+            found.append((at_ms, figures))
     return found
 
 
 async def hours_in(merchant: str, span: Range) -> list[tuple[int, HourFigures]]:
-    """The merchant's hours of the range: the hot tier's, then the archive's for the hours
-    before it (read second: the hot tier may prune meanwhile, never the other way round)."""
-    hot = hot_hours(merchant, span.hot)
-    start, end = span.archived
-    if start >= end:
-        return hot
-    archived = await read_archive(
-        lambda: archived_hours(merchant_archive(), merchant, start, end),
-        f"merchant {merchant!r} from {iso(start)} to {iso(end)}",
-    )
-    return archived + hot
+    """The merchant's figures of the range, per hour (or day): the hot tiers' first, then the
+    archive's (read second: the hot tier may prune meanwhile, never the other way round)."""
+    found = []
+    for tier, start, end in span.segments:
+        if tier != "archive":
+            table, every = (merchant_days, DAY_MS) if tier == "days" else (merchant_hours, HOUR_MS)
+            found += hot_cells(table, merchant, start, end, every)
+    for tier, start, end in span.segments:
+        if tier == "archive":
+            found += await read_archive(
+                partial(archived_hours, merchant_archive(), merchant, start, end),
+                f"merchant {merchant!r} from {iso(start)} to {iso(end)}",
+            )
+    return found
 
 
 def steps_answer(figures: Iterable[tuple[int, HourFigures]], step: str) -> list[dict[str, Any]]:
@@ -161,7 +201,7 @@ class MerchantSales(MerchantView):
         step = request.query.get("step", "1h")
         if step not in STEPS:
             raise BadRequest(f"step={step!r} is not one of {', '.join(STEPS)}")
-        span = Range(request, window_of(merchant))
+        span = Range(request, window_of(merchant), step)
         hours = await hours_in(merchant, span)
         return self.json(
             {
@@ -180,7 +220,7 @@ class MerchantSummary(MerchantView):
     @routed_to_owner(merchant_hours, match_info="merchant_id")
     async def owned(self, request: Request, merchant_id: str) -> Response:
         merchant = merchant_param(request, merchant_id)
-        span = Range(request, window_of(merchant))
+        span = Range(request, window_of(merchant), "1d")
         total = merged(figures for _, figures in await hours_in(merchant, span))
         return self.json({"merchant": merchant, **span.freshness(), **total.answer()})
 

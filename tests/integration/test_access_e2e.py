@@ -55,6 +55,7 @@ PATH_VALUES = {
     "{version}": "1",
     "{schema_id}": "1",
     "{name}": "dashboard.js",
+    "{merchant_id}": "default",  # the default tenant, as a merchant: holds the stored row
 }
 REFUSED = {401, 403}
 
@@ -117,7 +118,9 @@ def test_every_operation_answers_each_kind_of_caller_as_its_rule_says(
     make_worker: WorkerFactory,
 ) -> None:
     # A low rate, so the limit is seen too; the matrix itself spends one request per token.
-    worker = make_worker(TALLY_AUTH_RATE="5").start()
+    # Every pipeline, so that every route is in the document and the matrix.
+    everything = "sales,metrics,archive,merchants"
+    worker = make_worker(TALLY_AUTH_RATE="5", TALLY_PIPELINES=everything).start()
     # The default tenant's data under the very ids the matrix asks for: another tenant's
     # token asking for them must get none of it.
     wall = now_ms()
@@ -129,6 +132,7 @@ def test_every_operation_answers_each_kind_of_caller_as_its_rule_says(
         lambda: (
             worker.get("/api/sales/items/item-1")["quantity"] == 7_777_777
             and worker.get("/api/servers/web-1/summary")["metrics"]
+            and worker.get("/api/merchants/default/summary")["units"] == 7_777_777
         ),
         30,
         interval=1.0,  # within the rate of 5 a second this worker allows a token
@@ -188,8 +192,10 @@ def test_every_operation_answers_each_kind_of_caller_as_its_rule_says(
     operator = bearer(ACCESS.token(OPERATOR, ["read"]))
     assert all(
         value in answer_of(worker, "get", path, operator)[1]
-        for value, path in zip(
-            stored, ("/api/sales/items/item-1", "/api/servers/web-1/summary"), strict=True
+        for value, path in (
+            (stored[0], "/api/sales/items/item-1"),
+            (stored[1], "/api/servers/web-1/summary"),
+            (stored[0], "/api/merchants/default/summary"),
         )
     )
     token = ACCESS.token(OPERATOR, ["read"])

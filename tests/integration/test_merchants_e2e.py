@@ -27,10 +27,12 @@ MERCHANTS = 2_000
 PURCHASES = 50_000
 LATE = 300
 CHANNELS = ("web", "app", "store", "")
-#: The newest purchase is half-way through an hour (the window does not roll during the test)
-#: and the day before holds both tiers' hours.
-T_END = 1_767_268_800_000 + 30 * 60_000  # 2026-01-01T12:30Z
-#: A hot tier of 25 hours (no past windows kept): the oldest 5 hours are the archive's.
+#: The newest purchase is half-way through an hour (the window does not roll during the test).
+T_END = 1_767_312_000_000 + 30 * 60_000  # 2026-01-02T00:30Z
+#: The queries' first hour: the first purchases are the day's last 6 hours.
+FROM = 1_767_139_200_000  # 2025-12-31T00:00Z
+#: A hot tier of 25 hours (no past windows kept): the oldest 5 hours are the archive's; the
+#: whole first day is final, a day cell.
 #: One correctness run reads every merchant: no rate limit on its tokens.
 MERCHANTS_ONLY = {
     "TALLY_PIPELINES": "merchants",
@@ -41,7 +43,7 @@ MERCHANTS_ONLY = {
 }
 DAY_MS = 24 * HOUR_MS
 #: A range holding every purchase.
-SPAN = f"from={T_END - 32 * HOUR_MS}&to={T_END + HOUR_MS}"
+SPAN = f"from={FROM}&to={T_END + HOUR_MS}"
 
 
 def merchant_name(n: int) -> str:
@@ -191,17 +193,22 @@ def test_every_merchant_sees_its_own_figures_equal_to_brute_force_through_a_sigk
     )
     assert {DeadLetter.from_headers(headers_of(r)).stage for r in letters} == {"late"}
 
-    # Every merchant, from either worker (queries are routed to the merchant's owner), the
-    # oldest hours from the archive: a day across the boundary merges both tiers.
+    # Every merchant, from either worker (queries are routed to the merchant's owner): hours
+    # from the archive and the hot table, the final day from its day cell.
     for reader, some in ((first, merchants), (second, merchants[::10])):
         problems = all_agree(reader, events, some)
         assert not problems, problems
-    busiest = first.get(f"/api/merchants/{merchants[0]}/sales?{SPAN}&step=1d")
-    tiers = {tier["tier"]: (tier["from"], tier["to"]) for tier in busiest["tiers"]}
-    assert tiers["archive"][1] == tiers["hot"][0], tiers
-    oldest = min(e["event_time_ms"] for e in events)
-    assert iso(oldest) < tiers["archive"][1] < iso(T_END - 24 * HOUR_MS), tiers
-    assert busiest["open_from"] > tiers["hot"][0]
+    hours, days = (
+        first.get(f"/api/merchants/{merchants[0]}/sales?{SPAN}&step={step}")["tiers"]
+        for step in ("1h", "1d")
+    )
+    oldest = iso(min(e["event_time_ms"] for e in events))
+    assert [tier["tier"] for tier in hours] == ["archive", "hot"], hours
+    assert hours[0]["to"] == hours[1]["from"] and oldest < hours[0]["to"] < iso(FROM + DAY_MS)
+    assert [(t["tier"], t["from"], t["to"]) for t in days] == [
+        ("days", iso(FROM), iso(FROM + DAY_MS)),
+        ("hot", iso(FROM + DAY_MS), iso(T_END - T_END % HOUR_MS + 2 * HOUR_MS)),
+    ]
 
     last_pane = first.get(f"/api/merchants/{merchants[0]}/top-items")["window_end"]
     for merchant in merchants[:: len(merchants) // 200]:

@@ -179,3 +179,26 @@ def test_an_archive_inside_another_keeps_the_uri_query_at_the_end() -> None:
         within("s3://bucket/prefix?endpoint_override=h:9000", "merchant-hours")
         == "s3://bucket/prefix/merchant-hours?endpoint_override=h:9000"
     )
+
+
+@settings(max_examples=50, deadline=None)
+@given(purchases, st.randoms(use_true_random=False))
+def test_a_day_merges_each_final_hour_once_whatever_is_repeated(
+    chunk: list[Purchase], rng: random.Random
+) -> None:
+    """Hours merged into their day (some again, as after a crash, in any order) give the
+    day of all its purchases: exact figures, customers within the sketch's bounds."""
+    from tally.core.merchants import DayFigures
+
+    by_hour: dict[int, list[Purchase]] = defaultdict(list)
+    for purchase in chunk:
+        by_hour[purchase[0] % 24].append(purchase)
+    arrivals = [(T0 + h * HOUR_MS, figures_of(p)) for h, p in by_hour.items()]
+    arrivals += rng.sample(arrivals, len(arrivals) // 2)
+    rng.shuffle(arrivals)
+    day = DayFigures()
+    added = [day.add_hour(hour_ms, figures) for hour_ms, figures in arrivals]
+    assert sum(added) == len(by_hour)
+    again = DayFigures.from_record(day.to_record())
+    assert again.hours == day.hours == sum(1 << h for h in by_hour)
+    assert_equals_brute_force(again.figures, [p for p in chunk])

@@ -1,0 +1,273 @@
+"""Merchants benchmark: one worker of the merchants pipeline, per run: purchases/s in
+envelopes (re-keyed by merchant, folded into merchant-hours and each merchant's window) with
+100,000 merchants held, its peak RSS; then, on the loaded worker, a 30-day daily query of the
+busiest 1,000 merchants in turn (wrk, 1 and 100 clients: p50/p99 and requests/s) and a
+one-year range read from the archive (20 requests, one after the other).
+
+    .venv/bin/python -m bench.merchants [--count 300000] [--merchants 100000] [--envelope 200]
+                                        [--runs 3] [--out bench/results/<date>-merchants.md]
+
+The purchases span 30 days of event time (every merchant buys at least once, then Zipf over
+merchants and items): the window slides through them, so the older hours are final and
+archived, and a 30-day query reads 2 days from the hot table and 28 from the archive. The
+one-year range is of a merchant whose year of hours was written to the archive before the
+run (8,760 merchant-hours, through the archive's own append). Every answer is checked against
+brute force over the purchases before a figure counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import random
+import statistics
+import subprocess
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+from statistics import median
+
+from bench.common import (
+    PARTITIONS,
+    Message,
+    Result,
+    purchase_batch_codec,
+    run_in_scratch,
+    run_tally,
+    scraped,
+)
+from bench.query import QueryLoad, parse_wrk, wrk_binary
+from tally.archive.merchant_hours import MERCHANT_HOURS
+from tally.archive.store import Archive
+from tally.broker.local import LocalBroker, free_port
+from tally.core.merchants import HOUR_MS, HourFigures
+from tally.core.partitioning import group_by_partition
+from tally.feed import historical_purchases, merchant_names, zipf_weights
+from tally.topics import MERCHANT_FINAL_HOURS, MERCHANT_PURCHASES
+from tests.harness import ACCESS, Worker, bearer
+
+DAY_MS = 24 * HOUR_MS
+END_MS = 1_767_225_600_000 + 30 * 60_000  # 2026-01-01T00:30Z, mid-hour
+SPAN_MS = 30 * DAY_MS
+#: A query's range is whole hours: the first one asked for.
+FIRST_HOUR = (END_MS - SPAN_MS) // HOUR_MS * HOUR_MS
+#: The merchant whose year of hours is in the archive.
+YEARLONG = "year-merchant"
+LUA = Path(__file__).with_name("merchants.lua")
+BUSIEST = 1_000
+QUERY_CONNECTIONS = (1, 100)
+THIRTY_DAYS = f"sales?from={END_MS - SPAN_MS}&to={END_MS}&step=1d"
+ONE_YEAR = f"sales?from={END_MS - 365 * DAY_MS}&to={END_MS}&step=1d"
+
+
+def merchant_purchases(count: int, merchants: int, seed: int) -> list[dict]:
+    """`count` purchases over 30 days, in time order (jittered): merchant n's first purchase
+    is purchase n (every merchant is held), the rest Zipf over merchants."""
+    rng = random.Random(seed)
+    events = historical_purchases(rng, count=count, items=20_000, end_ms=END_MS, span_ms=SPAN_MS)
+    names = merchant_names(merchants)
+    busy = rng.choices(names, cum_weights=zipf_weights(merchants), k=count)
+    for n, event in enumerate(events):
+        event["tenant"] = names[n] if n < merchants else busy[n]
+        event["customer_id"] = f"c{rng.randrange(50_000)}"
+        event["metadata"] = {"channel": rng.choice(("web", "app", "store"))}
+    return events
+
+
+def envelopes(events: list[dict], size: int, workdir: Path) -> list[Message]:
+    codec = purchase_batch_codec(workdir)
+    out: list[Message] = []
+    for start in range(0, len(events), size * PARTITIONS):
+        chunk = events[start : start + size * PARTITIONS]
+        for partition, group in group_by_partition(chunk, "item_id", PARTITIONS).items():
+            value = codec.dumps({"purchases": group})
+            out.append((partition, group[0]["item_id"].encode(), value, END_MS))
+    return out
+
+
+def write_year(archive_dir: Path) -> list[tuple[int, HourFigures]]:
+    """A year of one merchant's hours in the archive, as its sink would have written them
+    (a flush per day, on a partition of its own); returns them."""
+    archive = Archive(archive_dir / "merchant-hours", layout=MERCHANT_HOURS)
+    rng = random.Random(7)
+    hours = []
+    first = (END_MS - 365 * DAY_MS) // HOUR_MS * HOUR_MS
+    for day in range(365):
+        batch = []
+        for hour in range(24):
+            hour_ms = first + (day * 24 + hour) * HOUR_MS
+            figures = HourFigures()
+            for _ in range(rng.randint(1, 6)):
+                figures.add(
+                    rng.randint(1, 4), rng.randint(100, 9_999), f"c{rng.randrange(400)}", {}
+                )
+            hours.append((hour_ms, figures))
+            record = figures.to_record()
+            record["customers"] = figures.customers.serialize_compact()
+            batch.append((day * 24 + hour, (YEARLONG, hour_ms, record)))
+        archive.append(900, batch)
+    return hours
+
+
+def get(worker: Worker, path: str) -> dict:
+    request = urllib.request.Request(worker.url + path, headers=bearer(ACCESS.operator_token))
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def archived_all(worker: Worker) -> int:
+    """Merchant-hours the worker's archive sink has written so far."""
+    return int(
+        sum(
+            value
+            for labels, value in scraped(worker, "tally_events_total")
+            if labels == {"topic": MERCHANT_FINAL_HOURS, "outcome": "archived"}
+        )
+    )
+
+
+def check_thirty_days(worker: Worker, events: list[dict]) -> None:
+    """The busiest merchant's 30 days per day against brute force (both tiers in it)."""
+    merchant = "m00000"
+    truth: Counter[int] = Counter()
+    for e in events:
+        if e["tenant"] == merchant and FIRST_HOUR <= e["event_time_ms"] <= END_MS:
+            truth[e["event_time_ms"] // DAY_MS * DAY_MS] += e["quantity"] * e["unit_price_cents"]
+    answer = get(worker, f"/api/merchants/{merchant}/{THIRTY_DAYS}")
+    found = {step["start_ms"]: step["revenue_cents"] for step in answer["steps"]}
+    if found != dict(truth):
+        raise SystemExit(f"{merchant}'s 30 days differ from brute force: {found} != {truth}")
+    if {tier["tier"] for tier in answer["tiers"]} != {"archive", "hot"}:
+        raise SystemExit(f"a 30-day query should read both tiers: {answer['tiers']}")
+
+
+def wrk_merchants(worker: Worker, connections: int, seconds: int = 8) -> QueryLoad:
+    threads = min(2, connections)
+    command = [
+        wrk_binary(), f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency",
+        "-H", f"Authorization: Bearer {ACCESS.operator_token}",
+        "-s", str(LUA), worker.url, "--", str(BUSIEST), THIRTY_DAYS,
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
+    if done.returncode != 0:
+        raise SystemExit(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
+    return parse_wrk(done.stdout, connections)
+
+
+def year_from_archive(worker: Worker, hours: list[tuple[int, HourFigures]]) -> list[float]:
+    """20 one-year daily queries of the year-long merchant, ms each; checked once."""
+    revenue = sum(figures.revenue_cents for _, figures in hours)
+    timings = []
+    for _ in range(20):
+        started = time.perf_counter()
+        answer = get(worker, f"/api/merchants/{YEARLONG}/{ONE_YEAR}")
+        timings.append((time.perf_counter() - started) * 1000)
+        found = sum(step["revenue_cents"] for step in answer["steps"])
+        if found != revenue or len(answer["steps"]) != 365:
+            raise SystemExit(
+                f"the year's revenue {found} != {revenue} ({len(answer['steps'])} days)"
+            )
+    return timings
+
+
+def one_run(args: argparse.Namespace, workdir: Path, run: int) -> tuple[Result, dict]:
+    events = merchant_purchases(args.count, args.merchants, seed=run)
+    messages = envelopes(events, args.envelope, workdir)
+    archive_dir = workdir / f"archive{run}"
+    year = write_year(archive_dir)
+    measured: dict = {}
+
+    def afterwards(worker: Worker, result: Result) -> None:
+        settled, last = time.monotonic(), -1
+        while time.monotonic() - settled < 5:  # the final hours written out
+            now = archived_all(worker)
+            if now != last:
+                settled, last = time.monotonic(), now
+            time.sleep(0.5)
+        check_thirty_days(worker, events)
+        measured["archived_hours"] = last
+        measured["queries"] = [wrk_merchants(worker, n) for n in QUERY_CONNECTIONS]
+        measured["year_ms"] = year_from_archive(worker, year)
+
+    with LocalBroker("127.0.0.1", free_port(), log_path=workdir / f"broker{run}.log") as broker:
+        result = run_tally(
+            broker,
+            workdir,
+            f"merchants, envelopes of ~{args.envelope}",
+            "purchases",
+            messages,
+            len(events),
+            check=lambda worker: None,
+            afterwards=afterwards,
+            settings={
+                "TALLY_PIPELINES": "merchants",
+                "TALLY_ARCHIVE_DIR": str(archive_dir),
+                "TALLY_ARCHIVE_FLUSH_SECONDS": "1",
+            },
+            counts=MERCHANT_PURCHASES,
+        )
+    return result, measured
+
+
+def summary(args: argparse.Namespace, results: list[tuple[Result, dict]]) -> str:
+    rates = [r.rate for r, _ in results]
+    rate = median(rates)
+    lines = [
+        f"### Merchants ({args.merchants:,} merchants held, {args.count:,} purchases over 30 "
+        f"days, envelopes of ~{args.envelope}; medians of {len(results)} runs)",
+        "",
+        "| figure | median | runs |",
+        "|---|---:|---|",
+        f"| purchases/s, one worker | {rate:,.0f} | {', '.join(f'{r:,.0f}' for r in rates)} |",
+        f"| workers for the source's 120,000 events/s | {120_000 / rate:.1f} | |",
+        f"| peak RSS MB | {median(r.peak_rss_mb for r, _ in results):,.0f} | "
+        f"{', '.join(f'{r.peak_rss_mb:,.0f}' for r, _ in results)} |",
+        f"| merchant-hours archived | {median(m['archived_hours'] for _, m in results):,.0f} | |",
+    ]
+    for index, connections in enumerate(QUERY_CONNECTIONS):
+        loads = [m["queries"][index] for _, m in results]
+        lines.append(
+            f"| 30-day daily query, {connections} client(s): req/s · p50 · p99 ms | "
+            f"{median(q.requests_per_s for q in loads):,.0f} · "
+            f"{median(q.p50_ms for q in loads):.1f} · {median(q.p99_ms for q in loads):.1f} | "
+            f"{', '.join(f'{q.requests_per_s:,.0f}/s p99 {q.p99_ms:.1f}' for q in loads)} |"
+        )
+    years = [statistics.quantiles(m["year_ms"], n=100, method="inclusive") for _, m in results]
+    year_p50 = median(median(m["year_ms"]) for _, m in results)
+    lines.append(
+        f"| one-year daily range from the archive, ms p50 · p99 | {year_p50:.0f} · "
+        f"{median(cut[98] for cut in years):.0f} | |"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def main(args: argparse.Namespace, workdir: Path) -> None:
+    results = []
+    for run in range(args.runs):
+        result, measured = one_run(args, workdir, run)
+        print(
+            f"run {run + 1}: {result.rate:,.0f} purchases/s, RSS {result.peak_rss_mb:,.0f} MB, "
+            f"30-day query p99 {measured['queries'][-1].p99_ms:.1f} ms at 100 clients, "
+            f"one year {median(measured['year_ms']):.0f} ms",
+            flush=True,
+        )
+        results.append((result, measured))
+    table = summary(args, results)
+    print(table)
+    now = datetime.datetime.now(datetime.UTC)
+    out = Path(args.out or f"bench/results/{now:%Y-%m-%d}-merchants.md")
+    out.write_text(f"# `python -m bench.merchants` — {now:%Y-%m-%d %H:%M} UTC\n\n{table}")
+    print(f"written to {out}")
+
+
+parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+parser.add_argument("--count", type=int, default=300_000)
+parser.add_argument("--merchants", type=int, default=100_000)
+parser.add_argument("--envelope", type=int, default=200)
+parser.add_argument("--runs", type=int, default=3)
+parser.add_argument("--out", default="")
+
+if __name__ == "__main__":
+    run_in_scratch(parser, "tally-bench-merchants-", main)
