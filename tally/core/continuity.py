@@ -25,6 +25,11 @@ class ChangelogContinuity:
         self._last: dict[Hashable, int] = {}
         self._open: dict[Hashable, int] = {}
 
+    def whole(self, key: Hashable) -> bool:
+        """Whether the partition holds what it applied without an open hole (a copy fit to
+        answer from)."""
+        return key not in self._open
+
     def wrote(self, key: Hashable, offset: int) -> int:
         """The partition's own write at `offset` was acknowledged: returns the offset that may
         be recorded (before an open hole, which its writes do not mend)."""

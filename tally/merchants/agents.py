@@ -25,10 +25,9 @@ from faust.types import EventT, StreamT
 
 from tally.app import app, settings
 from tally.codecs.avro import Record
-from tally.codecs.catalog import purchase_codec, purchases_topic_codec
+from tally.codecs.catalog import purchases_topic_codec
 from tally.core.applied import Stamped, holds, reach, stamp, value_of
 from tally.core.clock import now_ms
-from tally.core.errors import TallyError
 from tally.core.merchants import HOUR_MS, DayFigures, HourFigures, day_start
 from tally.core.partitioning import partition_for
 from tally.core.rollups import bucket_start
@@ -54,21 +53,15 @@ from tally.merchants.tables import (
     time_prefix,
 )
 from tally.runtime.cells import read_cell, write_cell
-from tally.runtime.intake import caught_up, decode, each_partition, reject, timer
-from tally.runtime.purchases import PURCHASE_BATCH, checked_purchases, hand_on
+from tally.runtime.intake import caught_up, decode, each_partition, timer
+from tally.runtime.purchases import PURCHASE_BATCH, checked_purchases, hand_on, set_aside_late
 from tally.runtime.routing import announce, announcement, hear_all, source_of
 from tally.runtime.state import PartitionStates
 from tally.runtime.store import delete_below, partition_key, scan, stored_value
-from tally.runtime.topics import late_events, purchases
+from tally.runtime.topics import purchases
 from tally.telemetry import EVENTS
 
 logger = logging.getLogger(__name__)
-
-
-class LateForMerchants(TallyError):
-    """A purchase whose hour had left the merchants' window when it arrived."""
-
-    rule = "late"
 
 
 # --- stage 1: purchases → merchant-purchases ------------------------------------------------
@@ -189,7 +182,7 @@ async def count_partition(events: Sequence[EventT]) -> None:
     topic = merchant_purchases.get_topic_name()
     EVENTS.labels(topic, "counted").inc(counted)
     EVENTS.labels(topic, "redelivered").inc(len(decoded) - counted - len(late))
-    await set_aside_late(window, wall, [fresh[index] for index in outcome.late])
+    await set_aside_late(window, wall, [fresh[index] for index in outcome.late], "merchants")
     await slide(partition, window, wall)
 
 
@@ -220,18 +213,6 @@ def fold_hours(partition: int, carried: Sequence[Carried], through: dict[int | N
     return added
 
 
-async def set_aside_late(window: SlidingTotals, wall_ms: int, late: list[Carried]) -> None:
-    horizon = MERCHANT_SPEC.start_ms(window.horizon(wall_ms) or 0)
-    for event, purchase in late:
-        why = LateForMerchants(
-            f"merchants: event time {purchase['event_time_ms']} is before the merchants' "
-            f"window horizon {horizon}: its hour is final"
-        )
-        value, key = purchase_codec().dumps(purchase), purchase["item_id"].encode()
-        whose = merchant_of_purchase(purchase)
-        await reject(event, why, stage="late", value=value, key=key, to=late_events, tenant=whose)
-
-
 async def slide(partition: int, window: SlidingTotals, wall_ms: int) -> None:
     """Slide the window to the watermark; the hours it left are final: each is sent on once
     and merged into its day (where the partition got to is kept in its clock record); then
@@ -244,7 +225,7 @@ async def slide(partition: int, window: SlidingTotals, wall_ms: int) -> None:
     clock = saved_clock(partition)
     sent = clock.get("final_before")
     if sent is not None and sent >= final:
-        return
+        return  # (the window moved within its hours: nothing became final)
     start = b"" if sent is None else time_prefix(sent)
     closed = list(scan(merchant_hours, partition, start, time_prefix(final)))
     days: dict[bytes, DayFigures] = {}
@@ -261,7 +242,7 @@ async def slide(partition: int, window: SlidingTotals, wall_ms: int) -> None:
         )
     for day_key, day in days.items():
         write_cell(merchant_days, day_key, day.to_record(), partition)
-    clock = {**clock, "final_before": final}
+    clock = {**clock, "final_before": final, "last_pane": last_pane}
     write_cell(merchant_clocks, partition_key(partition), clock, partition)
     delete_below(merchant_hours, partition, time_prefix(hot_from(last_pane)))
     delete_below(merchant_days, partition, time_prefix(days_from(last_pane)))

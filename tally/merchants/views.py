@@ -10,10 +10,11 @@ hour on figures can still change (`open_from`: hours still in the window).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from faust.types import CollectionT
+from faust.types import TP, CollectionT
 from faust.web import Request, Response
 from faust.web.exceptions import WebError
 
@@ -35,22 +36,26 @@ from tally.core.merchants import (
 from tally.core.partitioning import partition_for
 from tally.core.sliding import SlidingTotals
 from tally.core.tenancy import scoped, unscoped
-from tally.core.topk import RankedTotals
+from tally.core.topk import RankedTotals, late_by_group
+from tally.core.windowing import EventClock
 from tally.http.access import caller
 from tally.merchants.state import days_from, final_before, hot_from, merchant_windows
 from tally.merchants.tables import (
     MERCHANT_SPEC,
     cell_key,
     merchant_archive,
+    merchant_clocks,
     merchant_days,
     merchant_hours,
     merchant_panes,
 )
 from tally.runtime.cells import read_cell
+from tally.runtime.faust_compat import continuity
 from tally.runtime.panes import pane_key, pane_prefix
 from tally.runtime.queries import (
     BadRequest,
     OwnedView,
+    check_retained,
     id_param,
     int_param,
     read_archive,
@@ -63,7 +68,6 @@ from tally.runtime.store import scan, stored_value
 DEFAULT_RANGE_MS = 30 * 24 * HOUR_MS
 #: Hours one query may span (two years and a day: a leap year's).
 MAX_RANGE_MS = (2 * 366 + 1) * 24 * HOUR_MS
-GONE = 410
 
 
 class NoSuchMerchant(WebError):
@@ -81,14 +85,73 @@ def merchant_param(request: Request, merchant_id: str) -> str:
     return merchant
 
 
-def window_of(merchant: str) -> SlidingTotals | None:
-    """The window of the merchant's partition, on its owner (None: it never heard of any
-    purchase)."""
+NO_WINDOW = {"window_start": None, "window_end": None}
+#: `?consistency=`: `any` lets a worker holding a standby copy of the merchant's partition
+#: answer from it (saying how stale it is); `owner` asks the partition's owner.
+CONSISTENCY = ("any", "owner")
+
+
+@dataclass(frozen=True)
+class Copy:
+    """The copy of a merchant's partition a query reads: the owner's (its window in memory,
+    current), or a standby's (what the changelogs brought: as of the clock record the owner
+    last wrote, once a batch, every second at least while purchases partitions announce)."""
+
+    served_by: str
+    last_pane: int | None
+    watermark: int | None
+    as_of_ms: int
+    late_events: int
+    window: SlidingTotals | None = None
+
+    def freshness(self) -> dict[str, Any]:
+        return {
+            "served_by": self.served_by,
+            "as_of": iso(self.as_of_ms),
+            "stale_by_ms": max(0, now_ms() - self.as_of_ms),
+            "watermark": None if self.watermark is None else iso(self.watermark),
+        }
+
+
+def copy_of(
+    served_by: str, partition: int, merchant: str, window: SlidingTotals | None = None
+) -> Copy:
+    """A copy as of the clock record the partition's owner last wrote when its window slid:
+    the pane it slid to, so hours final by then are in the days, and none later. `window`:
+    the owner's, in memory (its current top items)."""
+    saved = merchant_windows.saved_clock(partition)
+    clock = EventClock.from_record(saved, merchant_windows.awaited(partition))
+    now = now_ms()
+    as_of = now if served_by == "owner" else clock.wall_ms
+    watermark = (
+        window.watermark(now) if window else clock.watermark(clock.wall_ms, MERCHANT_SPEC.grace_ms)
+    )
+    late = late_by_group(saved.get("late_events") or {}).get(merchant, 0)
+    return Copy(served_by, saved.get("last_pane"), watermark, as_of, late, window)
+
+
+def owner_copy(merchant: str) -> Copy:
+    """The owner's copy, with its window (the clock record is read through the cell cache:
+    what the window wrote is there)."""
     partition = partition_for(merchant, settings.partitions)
     window = merchant_windows.windows.get(partition)
     if window is None and merchant_windows.saved_clock(partition):
         window = merchant_windows.window_for(partition, now_ms(), idle=False)
-    return window
+    return copy_of("owner", partition, merchant, window)
+
+
+def standby_copy(partition: int, merchant: str) -> Copy:
+    return copy_of("standby", partition, merchant)
+
+
+def holds_standby(partition: int) -> bool:
+    """Whether this worker keeps a standby copy of the partition of every merchants table."""
+    standbys = app.assignor.assigned_standbys()
+    for table in (merchant_hours, merchant_days, merchant_panes, merchant_clocks):
+        tp = TP(table.changelog_topic.get_topic_name(), partition)
+        if tp not in standbys or not continuity.whole((table.name, tp)):
+            return False  # not held, or missing records it has not read again yet
+    return True
 
 
 #: A part of a range and the tier answering for it: "archive" (hours, Parquet), "days"
@@ -103,7 +166,7 @@ class Range:
     archive; with steps of a day or more, whole final days the hot tier still keeps come
     from the days table instead, a read per day."""
 
-    def __init__(self, request: Request, window: SlidingTotals | None, step: str = "1h") -> None:
+    def __init__(self, request: Request, copy: Copy, step: str = "1h") -> None:
         to_ms = time_param(request, "to", now_ms())
         from_ms = time_param(request, "from", to_ms - DEFAULT_RANGE_MS)
         if from_ms >= to_ms:
@@ -112,8 +175,8 @@ class Range:
             raise BadRequest(f"from..to spans more than {MAX_RANGE_MS // DAY_MS} days")
         self.first = step_start(from_ms, "1h")
         self.end = step_start(to_ms - 1, "1h") + HOUR_MS
-        last_pane = None if window is None else window.last_pane
-        self.watermark = None if window is None else window.watermark(now_ms())
+        self.copy = copy
+        last_pane = copy.last_pane
         self.open_from = final_before(last_pane)
         hours = [(self.first, self.end)]
         self.segments: list[Segment] = []
@@ -135,8 +198,7 @@ class Range:
         return {
             "from": iso(self.first),
             "to": iso(self.end),
-            "as_of": iso(now_ms()),
-            "watermark": None if self.watermark is None else iso(self.watermark),
+            **self.copy.freshness(),
             "open_from": None if self.open_from is None else iso(self.open_from),
             "tiers": [
                 {"tier": tier, "from": iso(start), "to": iso(end)}
@@ -188,39 +250,53 @@ def steps_answer(figures: Iterable[tuple[int, HourFigures]], step: str) -> list[
 
 
 class MerchantView(OwnedView):
+    """A merchant's query: answered from this worker's standby copy of the merchant's
+    partition if it holds one (unless `?consistency=owner`), else by the partition's owner
+    (forwarded there). Every answer says which copy answered and how stale it is."""
+
     pipeline = "merchants"
+
+    async def owned(self, request: Request, merchant_id: str) -> Response:
+        merchant = merchant_param(request, merchant_id)
+        consistency = request.query.get("consistency", "any")
+        if consistency not in CONSISTENCY:
+            raise BadRequest(f"consistency={consistency!r} is not one of {', '.join(CONSISTENCY)}")
+        partition = partition_for(merchant, settings.partitions)
+        if consistency == "any" and holds_standby(partition):
+            copy = standby_copy(partition, merchant)
+            if copy.last_pane is not None:  # else the copy has nothing yet: ask the owner
+                return await self.answer(request, merchant, copy)
+        return await self.at_owner(request, merchant_id)
+
+    @routed_to_owner(merchant_hours, match_info="merchant_id")
+    async def at_owner(self, request: Request, merchant_id: str) -> Response:
+        merchant = merchant_param(request, merchant_id)
+        return await self.answer(request, merchant, owner_copy(merchant))
+
+    async def answer(self, request: Request, merchant: str, copy: Copy) -> Response:
+        raise NotImplementedError
 
 
 @app.page("/api/merchants/{merchant_id}/sales")
 class MerchantSales(MerchantView):
     """A merchant's orders, units, revenue, average order and distinct customers per step."""
 
-    @routed_to_owner(merchant_hours, match_info="merchant_id")
-    async def owned(self, request: Request, merchant_id: str) -> Response:
-        merchant = merchant_param(request, merchant_id)
+    async def answer(self, request: Request, merchant: str, copy: Copy) -> Response:
         step = request.query.get("step", "1h")
         if step not in STEPS:
             raise BadRequest(f"step={step!r} is not one of {', '.join(STEPS)}")
-        span = Range(request, window_of(merchant), step)
+        span = Range(request, copy, step)
         hours = await hours_in(merchant, span)
-        return self.json(
-            {
-                "merchant": merchant,
-                "step": step,
-                **span.freshness(),
-                "steps": steps_answer(hours, step),
-            }
-        )
+        steps = steps_answer(hours, step)
+        return self.json({"merchant": merchant, "step": step, **span.freshness(), "steps": steps})
 
 
 @app.page("/api/merchants/{merchant_id}/summary")
 class MerchantSummary(MerchantView):
     """A merchant's figures over the whole range, merged (distinct customers: of the range)."""
 
-    @routed_to_owner(merchant_hours, match_info="merchant_id")
-    async def owned(self, request: Request, merchant_id: str) -> Response:
-        merchant = merchant_param(request, merchant_id)
-        span = Range(request, window_of(merchant), "1d")
+    async def answer(self, request: Request, merchant: str, copy: Copy) -> Response:
+        span = Range(request, copy, "1d")
         total = merged(figures for _, figures in await hours_in(merchant, span))
         return self.json({"merchant": merchant, **span.freshness(), **total.answer()})
 
@@ -230,32 +306,26 @@ class MerchantTopItems(MerchantView):
     """The merchant's top items over the sales window: the current one, or the one ending at
     `?at=` (its panes are kept TALLY_SALES_RETAINED_PANES after they leave the window)."""
 
-    @routed_to_owner(merchant_hours, match_info="merchant_id")
-    async def owned(self, request: Request, merchant_id: str) -> Response:
-        merchant = merchant_param(request, merchant_id)
+    async def answer(self, request: Request, merchant: str, copy: Copy) -> Response:
         k = int_param(request, "k", settings.top_k, 1, settings.top_k)
-        window = window_of(merchant)
-        if window is None or window.last_pane is None:
-            return self.json(
-                {"merchant": merchant, "window_start": None, "window_end": None, "items": []}
-            )
-        watermark = window.watermark(now_ms()) or 0
-        at = request.query.get("at")
-        last_pane = window.last_pane
-        if at:
+        # The owner's window in memory is the current one; a standby's, the clock record's.
+        current = copy.last_pane if copy.window is None else copy.window.last_pane
+        if current is None:
+            return self.json({"merchant": merchant, **NO_WINDOW, "items": []})
+        last_pane = current
+        if request.query.get("at"):
             last_pane = min(MERCHANT_SPEC.pane_of(time_param(request, "at", 0)), last_pane)
-        if last_pane == window.last_pane:
-            top = window.totals.group_top(merchant, k)
+        if copy.window is not None and last_pane == current:
+            top = copy.window.totals.group_top(merchant, k)
         else:
-            top = past_top(merchant, last_pane, k, watermark)
+            top = top_from_panes(merchant, last_pane, k, copy.watermark or 0)
         return self.json(
             {
                 "merchant": merchant,
                 "window_start": iso(MERCHANT_SPEC.start_ms(MERCHANT_SPEC.first_pane(last_pane))),
                 "window_end": iso(MERCHANT_SPEC.start_ms(last_pane + 1)),
-                "watermark": iso(watermark),
-                "as_of": iso(now_ms()),
-                "late_events": window.late_events.get(merchant, 0),
+                **copy.freshness(),
+                "late_events": copy.late_events,
                 "items": [
                     {"rank": rank, "item_id": unscoped(key)[1], "quantity": quantity}
                     for rank, (key, quantity) in enumerate(top, 1)
@@ -264,15 +334,12 @@ class MerchantTopItems(MerchantView):
         )
 
 
-def past_top(merchant: str, last_pane: int, k: int, watermark_ms: int) -> list[tuple[str, int]]:
-    """The merchant's top items of a past window, summed from its kept panes."""
-    oldest = MERCHANT_SPEC.retained_from(watermark_ms)
-    if MERCHANT_SPEC.first_pane(last_pane) < oldest:
-        raise BadRequest(
-            f"the window ending at {iso(MERCHANT_SPEC.start_ms(last_pane + 1))} is no longer "
-            f"kept; the oldest pane kept starts at {iso(MERCHANT_SPEC.start_ms(oldest))}",
-            code=GONE,
-        )
+def top_from_panes(
+    merchant: str, last_pane: int, k: int, watermark_ms: int
+) -> list[tuple[str, int]]:
+    """The merchant's top items of the window ending with `last_pane`, summed from its panes
+    (a past window's, or the current one on a standby copy)."""
+    check_retained(MERCHANT_SPEC, last_pane, watermark_ms)
     partition = partition_for(merchant, settings.partitions)
     totals = RankedTotals()
     for pane in range(MERCHANT_SPEC.first_pane(last_pane), last_pane + 1):

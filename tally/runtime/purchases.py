@@ -13,10 +13,12 @@ from faust.types import EventT, TopicT
 from tally.app import settings
 from tally.codecs.avro import Record, check_event_time, validate_purchase
 from tally.codecs.catalog import purchase_batch_codec, purchase_codec, purchases_topic_codec
-from tally.core.errors import ValidationError
+from tally.core.errors import TallyError, ValidationError
+from tally.core.sliding import SlidingTotals
 from tally.core.tenancy import letter_tenant
 from tally.runtime.intake import decode, reject
 from tally.runtime.routing import forward
+from tally.runtime.topics import late_events
 
 PURCHASE_BATCH = "tally.sales.PurchaseBatch"
 MAX_FUTURE_MS = int(settings.max_future_seconds * 1000)
@@ -79,3 +81,27 @@ async def hand_on(
     whole = not purchases.envelope or len(theirs) == purchases.carried
     value = None if whole else purchase_batch_codec().dumps({"purchases": list(theirs)})
     await forward(event, owner, value, to)
+
+
+class LateEvent(TallyError):
+    """A purchase whose pane had left the window when it arrived."""
+
+    rule = "late"
+
+
+async def set_aside_late(
+    window: SlidingTotals, wall_ms: int, late: Sequence[tuple[EventT, Record]], pipeline: str
+) -> None:
+    """Purchases whose pane had left `pipeline`'s window when they came: to `late-events`,
+    each alone, the reason naming the pipeline (a purchase late for two pipelines is one
+    letter from each)."""
+    watermark = window.watermark(wall_ms)
+    horizon = window.spec.start_ms(window.horizon(wall_ms) or 0)
+    for event, purchase in late:
+        why = LateEvent(
+            f"{pipeline}: event time {purchase['event_time_ms']} is before the window horizon "
+            f"{horizon} (watermark {watermark})"
+        )
+        value, key = purchase_codec().dumps(purchase), purchase["item_id"].encode()
+        whose = letter_tenant(purchase, settings.default_tenant)
+        await reject(event, why, stage="late", value=value, key=key, to=late_events, tenant=whose)

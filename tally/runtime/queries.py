@@ -16,9 +16,10 @@ from faust.web import Request, Response, View
 from faust.web.exceptions import WebError
 
 from tally.app import app, gate, settings
-from tally.core.clock import epoch_ms
+from tally.core.clock import epoch_ms, iso
 from tally.core.generations import Serving
 from tally.core.limits import id_problem
+from tally.core.windowing import PaneSpec
 from tally.http.access import Refusal, tenant_asked
 from tally.http.caching import cache_control, matches, named_tag, strong_etag
 from tally.runtime.serving import serving
@@ -205,6 +206,20 @@ async def read_archive(read: Callable[[], T], what: str) -> T:
             f"the archive ({settings.archive_location}) could not be read for {what}: "
             f"{type(exc).__name__}; retry, or ask for the hot tier's range only"
         ) from exc
+
+
+GONE = 410
+
+
+def check_retained(spec: PaneSpec, last_pane: int, watermark_ms: int) -> None:
+    """410 for a window whose oldest pane is no longer kept (`?at=` too far back)."""
+    oldest = spec.retained_from(watermark_ms)
+    if spec.first_pane(last_pane) < oldest:
+        raise BadRequest(
+            f"the window ending at {iso(spec.start_ms(last_pane + 1))} is no longer "
+            f"retained; the oldest pane kept starts at {iso(spec.start_ms(oldest))}",
+            code=GONE,
+        )
 
 
 def routed_to_owner(table: CollectionT, **where: str) -> Callable[[OwnedQuery], OwnedQuery]:

@@ -26,17 +26,16 @@ from faust.types import EventT, StreamT
 
 from tally.app import app, settings
 from tally.codecs.avro import Record
-from tally.codecs.catalog import purchase_codec
 from tally.core.applied import reach
 from tally.core.clock import now_ms
-from tally.core.errors import TallyError, ValidationError
+from tally.core.errors import ValidationError
 from tally.core.partitioning import partition_for
 from tally.core.sliding import Closing, SlidingTotals
-from tally.core.tenancy import letter_tenant, scoped, tenant_of
+from tally.core.tenancy import scoped, tenant_of
 from tally.core.topk import Candidates
 from tally.runtime.cells import has_cell
-from tally.runtime.intake import caught_up, each_partition, reject, timer, writing_for
-from tally.runtime.purchases import checked_purchases, hand_on
+from tally.runtime.intake import caught_up, each_partition, timer, writing_for
+from tally.runtime.purchases import checked_purchases, hand_on, set_aside_late
 from tally.runtime.routing import (
     announce,
     announcement,
@@ -45,7 +44,7 @@ from tally.runtime.routing import (
     source_of,
 )
 from tally.runtime.store import partition_key
-from tally.runtime.topics import late_events, purchases, routed_purchases, with_routed
+from tally.runtime.topics import purchases, routed_purchases, with_routed
 from tally.sales.state import (
     current_body,
     latest_candidates,
@@ -62,12 +61,6 @@ from tally.sales.tables import (
 from tally.telemetry import EVENTS
 
 logger = logging.getLogger(__name__)
-
-
-class LateEvent(TallyError):
-    """An event whose pane had left the window when it arrived."""
-
-    rule = "late"
 
 
 # --- stage 1: purchases → panes → per-partition top-K ------------------------------------
@@ -142,27 +135,13 @@ async def count_partition(events: Sequence[EventT]) -> None:
         await announce(purchases, partition, own_watermark, idle=False)
     closing = sales_windows.slide(partition, window, wall, settings.top_k)
     EVENTS.labels(purchases.get_topic_name(), "counted").inc(len(fresh) - len(outcome.late))
-    await set_aside_late(window, wall, [fresh[index] for index in outcome.late])
+    await set_aside_late(window, wall, [fresh[index] for index in outcome.late], "sales")
     await publish(partition, window, wall, closing)
 
 
 def item_of(purchase: Record) -> str:
     """The purchase's item as the panes and the window key it: `scoped` by its tenant."""
     return scoped(tenant_of(purchase, settings.default_tenant), purchase["item_id"])
-
-
-async def set_aside_late(window: SlidingTotals, wall_ms: int, late: list[Carried]) -> None:
-    """Purchases whose pane had left the window when they came: to `late-events`, each alone."""
-    watermark = window.watermark(wall_ms)
-    horizon = SALES_SPEC.start_ms(window.horizon(wall_ms) or 0)
-    for event, purchase in late:
-        why = LateEvent(
-            f"event time {purchase['event_time_ms']} is before the window horizon {horizon} "
-            f"(watermark {watermark})"
-        )
-        value, key = purchase_codec().dumps(purchase), purchase["item_id"].encode()
-        whose = letter_tenant(purchase, settings.default_tenant)
-        await reject(event, why, stage="late", value=value, key=key, to=late_events, tenant=whose)
 
 
 @app.agent(with_routed(purchases, routed_purchases))

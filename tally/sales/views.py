@@ -22,8 +22,8 @@ from tally.core.windowing import EventClock
 from tally.runtime.cells import read_cell
 from tally.runtime.panes import pane_key
 from tally.runtime.queries import (
-    BadRequest,
     OwnedView,
+    check_retained,
     id_param,
     int_param,
     one_tenant_read,
@@ -35,8 +35,6 @@ from tally.runtime.store import partition_key
 from tally.sales.state import answer_at, current_answer, current_body, windows
 from tally.sales.tables import SALES_SPEC, sales_clocks, sales_panes, sales_topk
 
-GONE = 410
-
 
 def window_fields(last_pane: int) -> dict[str, str]:
     return {
@@ -46,17 +44,6 @@ def window_fields(last_pane: int) -> dict[str, str]:
 
 
 NO_WINDOW = {"window_start": None, "window_end": None}
-
-
-def check_retained(last_pane: int, watermark_ms: int) -> None:
-    """410 for a window whose oldest pane is no longer kept."""
-    oldest = SALES_SPEC.retained_from(watermark_ms)
-    if SALES_SPEC.first_pane(last_pane) < oldest:
-        raise BadRequest(
-            f"the window ending at {iso(SALES_SPEC.start_ms(last_pane + 1))} is no longer "
-            f"retained; the oldest pane kept starts at {iso(SALES_SPEC.start_ms(oldest))}",
-            code=GONE,
-        )
 
 
 def stale_reasons(answer: GlobalTopK, wall_ms: int, historical: bool) -> list[str]:
@@ -138,7 +125,7 @@ class TopSales(OwnedView):
             return self.serialized(body)
         asked = SALES_SPEC.pane_of(time_param(request, "at", wall))
         if current is not None:
-            check_retained(asked, current.watermark_ms)
+            check_retained(SALES_SPEC, asked, current.watermark_ms)
         answer = answer_at(asked, tenant)
         reasons = (
             ["no purchases in this window"]
@@ -168,7 +155,7 @@ class ItemSales(OwnedView):
         watermark = clock.watermark(clock.wall_ms, SALES_SPEC.grace_ms)
         last = SALES_SPEC.pane_of(time_param(request, "at", now if now is not None else wall))
         if watermark is not None:
-            check_retained(last, watermark)
+            check_retained(SALES_SPEC, last, watermark)
         panes = [
             {
                 "pane_start": iso(SALES_SPEC.start_ms(pane)),

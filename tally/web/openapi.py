@@ -352,6 +352,13 @@ MERCHANT_RANGE = (
     query("from", TIME, "start of the range (default: `to` minus 30 days)"),
     query("to", TIME, "end of the range, exclusive (default: now)"),
 )
+CONSISTENCY = query(
+    "consistency",
+    {"type": "string", "enum": ["any", "owner"], "default": "any"},
+    "any: a worker holding a standby copy of the merchant's partition answers from it, "
+    "saying how stale it is (`served_by`, `as_of`, `stale_by_ms`); owner: the partition's "
+    "owner answers",
+)
 MERCHANT_STEP = {"type": "string", "enum": ["1h", "1d", "1w", "1mo"], "default": "1h"}
 MERCHANT_QUERY = {
     **WINDOW_QUERY,
@@ -596,7 +603,7 @@ OPERATIONS: tuple[Operation, ...] = (
             "get",
             f"/api/merchants/{{merchant_id}}/{name}",
             summary,
-            (path("merchant_id", "the merchant: a tenant name"), *params),
+            (path("merchant_id", "the merchant: a tenant name"), *params, CONSISTENCY),
             statuses=MERCHANT_QUERY,
             pipeline="merchants",
         )
