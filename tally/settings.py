@@ -543,8 +543,10 @@ class Settings:
     def merchants_hot_ms(self) -> int:
         """How long merchant-hours stay in the hot table, by event time: never less than the
         sales window, its retained panes and one pane more (an hour leaves the window final
-        and goes to the archive; it leaves the hot table at least a pane later, once the
-        archive holds it)."""
+        and goes to the archive sink; it leaves the hot table at least a pane of event time
+        later. The sink writes within TALLY_ARCHIVE_FLUSH_SECONDS of wall time: a backlog
+        read faster than a pane per flush can delete an hour before the archive holds it,
+        and queries miss it until it does)."""
         pane_ms = self.sales_pane_seconds * 1000
         panes = self.sales_window_panes + self.sales_retained_panes + 1
         grace_ms = int(self.grace_seconds * 1000)

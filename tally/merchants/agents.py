@@ -12,16 +12,18 @@ merchant's top items over the sales window.
    touched merchant-hour (core.merchants.HourFigures), each cell written once per batch.
    A purchase whose pane had left the window is late for its hour too: to `late-events`.
 3. When the window slides, the hours it left are final: each merchant's figures of them go
-   to merchant-hours-1h once (the archive's input), and hours past the hot tier are deleted
-   locally. `slide_idle_windows` lets event time pass on idle partitions.
+   to merchant-hours-1h once (the archive's input) and into its day cell, and hours and days
+   past the hot tier are deleted locally. `announce_idle_purchases` (a 1 s timer) announces
+   idle purchases partitions' watermarks, so windows slide and hours close with no traffic.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 
-from faust.types import EventT, StreamT
+from faust.types import EventT, RecordMetadata, StreamT
 
 from tally.app import app, settings
 from tally.codecs.avro import Record
@@ -32,7 +34,6 @@ from tally.core.merchants import HOUR_MS, DayFigures, HourFigures, day_start
 from tally.core.partitioning import partition_for
 from tally.core.rollups import bucket_start
 from tally.core.sliding import SlidingTotals
-from tally.core.tenancy import scoped, tenant_of
 from tally.core.windowing import EventClock
 from tally.merchants.state import (
     days_from,
@@ -49,12 +50,20 @@ from tally.merchants.tables import (
     merchant_days,
     merchant_hours,
     merchant_purchases,
+    rekeying_clocks,
     split_cell_key,
     time_prefix,
 )
 from tally.runtime.cells import read_cell, write_cell
 from tally.runtime.intake import caught_up, decode, each_partition, timer
-from tally.runtime.purchases import PURCHASE_BATCH, checked_purchases, hand_on, set_aside_late
+from tally.runtime.purchases import (
+    PURCHASE_BATCH,
+    checked_purchases,
+    hand_on,
+    item_of,
+    set_aside_late,
+    tenant_of_purchase,
+)
 from tally.runtime.routing import announce, announcement, hear_all, source_of
 from tally.runtime.state import PartitionStates
 from tally.runtime.store import delete_below, partition_key, scan, stored_value
@@ -67,19 +76,15 @@ logger = logging.getLogger(__name__)
 # --- stage 1: purchases → merchant-purchases ------------------------------------------------
 
 
-def merchant_of_purchase(purchase: Record) -> str:
-    return tenant_of(purchase, settings.default_tenant)
-
-
-#: purchases partition → its event clock (in memory: a restarted worker announces again once
-#: it has read a purchase, or is caught up).
+#: purchases partition → its event clock (kept in `rekeying_clocks` after each batch).
 rekey_clocks: PartitionStates[EventClock] = PartitionStates(purchases.get_topic_name())
 
 
 def rekey_clock(partition: int) -> EventClock:
     clock = rekey_clocks.get(partition)
     if clock is None:
-        clock = rekey_clocks[partition] = EventClock()
+        saved = read_cell(rekeying_clocks, partition_key(partition), partition)
+        clock = rekey_clocks[partition] = EventClock.from_record(saved)
     return clock
 
 
@@ -98,10 +103,11 @@ async def rekey_partition(events: Sequence[EventT]) -> None:
         by_owner: dict[int, list[Record]] = {}
         for purchase in carried.valid:
             clock.observe(purchase["event_time_ms"], wall)
-            owner = partition_for(merchant_of_purchase(purchase), settings.partitions)
+            owner = partition_for(tenant_of_purchase(purchase), settings.partitions)
             by_owner.setdefault(owner, []).append(purchase)
         for owner, theirs in by_owner.items():
             await hand_on(event, carried, owner, theirs, to=merchant_purchases)
+    write_cell(rekeying_clocks, partition_key(partition), clock.record(), partition)
     watermark = clock.own_watermark(wall, MERCHANT_SPEC.grace_ms)
     await announce(purchases, partition, watermark, idle=False, to=merchant_purchases)
 
@@ -122,7 +128,7 @@ async def announce_idle_purchases() -> None:
     marks = []
     for tp in app.assignor.assigned_actives():  # no await in here: ownership cannot change
         if tp.topic == purchases.get_topic_name():
-            idle = caught_up(purchases, tp.partition, None)
+            idle = caught_up(purchases, tp.partition, None, rekey_partition)
             if idle is not None:
                 clock = rekey_clock(tp.partition)
                 clock.settle(wall, idle)
@@ -148,11 +154,6 @@ async def unpacked(event: EventT) -> list[Record]:
     return list(record["purchases"]) if name == PURCHASE_BATCH else [record]
 
 
-def item_of(purchase: Record) -> str:
-    """The purchase's item as the window keys it: grouped by its merchant."""
-    return scoped(merchant_of_purchase(purchase), purchase["item_id"])
-
-
 def hour_of(purchase: Record) -> int:
     return bucket_start(purchase["event_time_ms"], HOUR_MS)
 
@@ -176,8 +177,11 @@ async def count_partition(events: Sequence[EventT]) -> None:
     through = reach(source_of(message) for message in messages)
     counted = fold_hours(partition, [c for c in decoded if id(c[1]) not in late], through)
     hear_all(window.clock, events)  # after the batch: an announcement follows what it covers
+    offset = events[-1].message.offset
+    # The pane the window last slid to goes with the clock: a standby copy answers as of it.
+    last_pane = window.last_pane
     merchant_windows.persist(
-        partition, window, through, outcome.pane_deltas, pane_cells, events[-1].message.offset
+        partition, window, through, outcome.pane_deltas, pane_cells, offset, last_pane=last_pane
     )
     topic = merchant_purchases.get_topic_name()
     EVENTS.labels(topic, "counted").inc(counted)
@@ -192,7 +196,7 @@ def fold_hours(partition: int, carried: Sequence[Carried], through: dict[int | N
     cells: dict[bytes, tuple[Stamped | None, HourFigures]] = {}
     added = 0
     for event, purchase in carried:
-        key = cell_key(hour_of(purchase), merchant_of_purchase(purchase))
+        key = cell_key(hour_of(purchase), tenant_of_purchase(purchase))
         if key not in cells:
             before = read_cell(merchant_hours, key, partition)
             figures = HourFigures() if before is None else HourFigures.from_record(value_of(before))
@@ -223,10 +227,11 @@ async def slide(partition: int, window: SlidingTotals, wall_ms: int) -> None:
     if last_pane is None or final is None:
         return
     clock = saved_clock(partition)
-    sent = clock.get("final_before")
-    if sent is not None and sent >= final:
+    before = clock.get("final_before")
+    if before is not None and before >= final:
         return  # (the window moved within its hours: nothing became final)
-    start = b"" if sent is None else time_prefix(sent)
+    start = b"" if before is None else time_prefix(before)
+    sent: list[Awaitable[RecordMetadata]] = []
     closed = list(scan(merchant_hours, partition, start, time_prefix(final)))
     days: dict[bytes, DayFigures] = {}
     for key, value in closed:
@@ -236,10 +241,15 @@ async def slide(partition: int, window: SlidingTotals, wall_ms: int) -> None:
         if day_key not in days:
             days[day_key] = DayFigures.from_record(read_cell(merchant_days, day_key, partition))
         days[day_key].add_hour(hour_ms, HourFigures.from_record(record))
-        await final_hours.send(
-            key=f"{merchant}|{hour_ms}".encode(),
-            value={"merchant": merchant, "hour_ms": hour_ms, **record},
+        sent.append(
+            await final_hours.send(
+                key=f"{merchant}|{hour_ms}".encode(),
+                value={"merchant": merchant, "hour_ms": hour_ms, **record},
+            )
         )
+    # The partition's progress is written once the broker holds every hour it covers: a crash
+    # before then sends them again (the archive keeps each merchant-hour once).
+    await asyncio.gather(*sent)
     for day_key, day in days.items():
         write_cell(merchant_days, day_key, day.to_record(), partition)
     clock = {**clock, "final_before": final, "last_pane": last_pane}

@@ -4,12 +4,13 @@ core.merchants and core.sliding).
 purchases ─► merchant-purchases (by merchant: murmur2 of the tenant name)
           ─► merchant_hours   "<hour ms:013d>|<merchant>" → stamped HourFigures record
           ├► merchant_panes   "<pane:012d>|<merchant>|<item>" → stamped units (the top items)
-          └► merchant_clocks  "<partition>" → event clock + late counts per merchant
+          └► merchant_clocks  "<partition>" → event clock, late counts, progress
 hours that left the window ─► merchant-hours-1h (final, once) ─► the archive
+                           └► merchant_days   "<day ms:013d>|<merchant>" → the day so far
 
-Both tables lead with the hour (a pane is an hour by default): an hour that leaves the window
-or the hot tier is one range of keys, read or deleted in one go; a merchant's range is a point
-read per hour.
+The hours, panes and days lead with their time (a pane is an hour by default): an hour that
+leaves the window or the hot tier is one range of keys, read or deleted in one go; a
+merchant's range is a point read per hour (or day).
 """
 
 from __future__ import annotations
@@ -46,15 +47,21 @@ rekeyed_from(purchases, merchant_purchases)
 
 merchant_hours = app.Table("merchant_hours", key_type=bytes, extra_topic_configs=_CHANGELOG)
 merchant_panes = app.Table("merchant_panes", key_type=bytes, extra_topic_configs=_CHANGELOG)
-#: "<day ms>|<merchant>" → {"hours": bitmask of the final hours merged in, "figures": ...}:
+#: "<day ms>|<merchant>" → {"hours": bitmask of the final hours merged in, **HourFigures}:
 #: each final hour merged into its UTC day once.
 merchant_days = app.Table(
     "merchant_days",
     key_type=bytes,
     extra_topic_configs={"cleanup.policy": "compact,delete", "retention.ms": HOT_DAYS_MS + DAY_MS},
 )
-#: partition → {"event_ms", "wall_ms", "late_events": {merchant: n}, "offset"}.
+#: partition → the event clock ({"event_ms", "wall_ms", "upstream", "resting"}), its
+#: "late_events" {merchant: n}, the "offset" of merchant-purchases processed, "final_before"
+#: (hours before it are sent on and in their days) and "last_pane" (the window's).
 merchant_clocks = app.Table("merchant_clocks", key_type=bytes)
+#: purchases partition → its event clock as the re-keying stage keeps it: what it announces
+#: to the merchant partitions survives a restart (an idle partition goes on announcing its
+#: clock, not "no messages", which would leave the merchants' windows without a watermark).
+rekeying_clocks = app.Table("merchant_rekeying_clocks", key_type=bytes)
 
 #: Every merchant-hour that left the window, with its final figures: key
 #: "<merchant>|<hour ms>", JSON value {"merchant", "hour_ms", **HourFigures.to_record()}.

@@ -12,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
+from faust.tables.manager import TableManager
 from faust.types import TP, CollectionT
 from faust.web import Request, Response
 from faust.web.exceptions import WebError
@@ -53,6 +54,7 @@ from tally.runtime.cells import read_cell
 from tally.runtime.faust_compat import continuity
 from tally.runtime.panes import pane_key, pane_prefix
 from tally.runtime.queries import (
+    NO_WINDOW,
     BadRequest,
     OwnedView,
     check_retained,
@@ -71,7 +73,8 @@ MAX_RANGE_MS = (2 * 366 + 1) * 24 * HOUR_MS
 
 
 class NoSuchMerchant(WebError):
-    """The caller may not read this merchant (or it has no data): nothing says which."""
+    """The caller's token is another merchant's: whether this one exists is not said (an
+    operator asking for a merchant never seen gets an answer with no figures)."""
 
     code = 404
 
@@ -85,7 +88,6 @@ def merchant_param(request: Request, merchant_id: str) -> str:
     return merchant
 
 
-NO_WINDOW = {"window_start": None, "window_end": None}
 #: `?consistency=`: `any` lets a worker holding a standby copy of the merchant's partition
 #: answer from it (saying how stale it is); `owner` asks the partition's owner.
 CONSISTENCY = ("any", "owner")
@@ -147,10 +149,16 @@ def standby_copy(partition: int, merchant: str) -> Copy:
 def holds_standby(partition: int) -> bool:
     """Whether this worker keeps a standby copy of the partition of every merchants table."""
     standbys = app.assignor.assigned_standbys()
+    recovery = cast(TableManager, app.tables).recovery
     for table in (merchant_hours, merchant_days, merchant_panes, merchant_clocks):
         tp = TP(table.changelog_topic.get_topic_name(), partition)
         if tp not in standbys or not continuity.whole((table.name, tp)):
             return False  # not held, or missing records it has not read again yet
+        # Still catching up with what the changelog held when it was assigned: the four
+        # tables' copies would not agree with one another yet.
+        highwater = recovery.standby_highwaters.get(tp)
+        if highwater is None or recovery.standby_offsets.get(tp, -1) < highwater:
+            return False
     return True
 
 

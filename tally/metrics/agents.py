@@ -192,7 +192,7 @@ async def roll_up(state: PartitionState, events: Sequence[EventT]) -> None:
 def own_source_idle(partition: int, state: PartitionState) -> bool | None:
     """Whether the partition's metric samples are all processed (None: unknown yet). Idle when
     its own partition is: what others forward is covered by their announcements."""
-    return caught_up(metric_samples, partition, state.offset)
+    return caught_up(metric_samples, partition, state.offset, roll_up_partition)
 
 
 async def fold_message(
@@ -438,7 +438,7 @@ async def tick_owned_partitions() -> None:
         ):
             await metric_ticks.send(key=b"tick", value={}, partition=tp.partition)
         else:  # no sample yet: it holds no other partition back while none waits
-            idle = caught_up(metric_samples, tp.partition, None)
+            idle = caught_up(metric_samples, tp.partition, None, roll_up_partition)
             await announce(metric_samples, tp.partition, None, idle)
 
 

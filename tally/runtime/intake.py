@@ -17,7 +17,7 @@ import logging
 import os
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol, TypeVar, cast
 
@@ -62,16 +62,19 @@ class Decoder(Protocol[T_co]):
     def loads(self, data: bytes) -> T_co: ...
 
 
-async def decode(event: EventT, codec: Decoder[R]) -> R | None:
-    """The event's decoded value, or None after sending it to dead-letters with the reason."""
+async def decode(event: EventT, codec: Decoder[R], letters: bool = True) -> R | None:
+    """The event's decoded value, or None after sending it to dead-letters with the reason
+    (not `letters`: another pipeline reading the same message letters it)."""
     try:
         return codec.loads(event.value)
     except ValidationError as exc:
         record = exc.record
         whose = "" if record is None else letter_tenant(record, settings.default_tenant)
-        await reject(event, exc, stage="validate", tenant=whose)
+        if letters:
+            await reject(event, exc, stage="validate", tenant=whose)
     except (DecodeError, SchemaError) as exc:
-        await reject(event, exc, stage="decode")
+        if letters:
+            await reject(event, exc, stage="decode")
     return None
 
 
@@ -151,33 +154,63 @@ def writing_for(event: EventT) -> AbstractContextManager[None]:
     return current_event(event)
 
 
-#: topic → the highest offset of each assigned partition a pipeline processed (or
-#: dead-lettered) here.
-_processed: dict[str, PartitionStates[int]] = {}
+#: (topic, reader) → the highest offset of each assigned partition the reader (an agent's
+#: work, `reader_of`) processed (or dead-lettered) here. Agents of two pipelines may read one
+#: topic (sales and merchants read purchases): each keeps its own progress, holes and
+#: in-flight records.
+_processed: dict[tuple[str, str], PartitionStates[int]] = {}
 
 
-def processed_offsets(topic: str) -> PartitionStates[int]:
-    """The highest offset of each assigned partition of `topic` processed here."""
-    states = _processed.get(topic)
+def reader_of(work: PartitionWork) -> str:
+    """The name an agent's work is known by in the bookkeeping of what it processed."""
+    return f"{work.__module__}.{work.__qualname__}"
+
+
+def processed_offsets(topic: str, reader: str) -> PartitionStates[int]:
+    """The highest offset of each assigned partition of `topic` processed here by `reader`."""
+    states = _processed.get((topic, reader))
     if states is None:
-        states = _processed[topic] = PartitionStates(topic)
+        states = _processed[(topic, reader)] = PartitionStates(topic)
     return states
 
 
-def caught_up(topic: TopicT, partition: int, stored_offset: int | None) -> bool | None:
+def slowest_processed(topic: str, partition: int) -> int | None:
+    """The highest offset of the partition processed by every reader of `topic` here (None:
+    none has processed any)."""
+    done = [
+        offset
+        for (name, _), states in _processed.items()
+        if name == topic and (offset := states.get(partition)) is not None
+    ]
+    return min(done) if done else None
+
+
+def unread_keys(tp: TP) -> list[Hashable]:
+    """The keys of `tp`'s hole bookkeeping (`unread`), one per reader of its topic here."""
+    return [(tp.topic, tp.partition, reader) for topic, reader in _processed if topic == tp.topic]
+
+
+def track(tp: TP, work: PartitionWork) -> str:
+    """The name a reader's in-flight records of a topic go by."""
+    return f"{tp.topic}~{reader_of(work)}"
+
+
+def caught_up(
+    topic: TopicT, partition: int, stored_offset: int | None, reader: PartitionWork
+) -> bool | None:
     """Whether `partition` of `topic` holds nothing after the last processed message: the
     partition is idle, and its event clock may follow the wall clock. The last processed
     message is the one this worker processed last, else `stored_offset` (kept with the
     pipeline's state). None while unknown, and while the partition is paused (a rebalance):
     its client high watermark is as old as its last fetch, and an event clock running ahead
     meanwhile would make what waits unfetched late. False while its stream's buffer is full
-    (Faust stops fetching it then: messages wait)."""
+    (Faust stops fetching it then: messages wait). Processed: by `reader` (an agent's work)."""
     tp = TP(topic.get_topic_name(), partition)
     if stream_buffer_full(app.consumer, tp):
         return False
     if not fetching(app.consumer, tp):
         return None
-    offset = processed_offsets(tp.topic).get(partition)
+    offset = processed_offsets(tp.topic, reader_of(reader)).get(partition)
     offset = stored_offset if offset is None else offset
     try:
         highwater = app.consumer.highwater(tp)
@@ -241,7 +274,7 @@ async def each_partition(
                     tp.partition,
                     len(delivered) - len(unique),
                 )
-            events = await without_holes(tp, unique)
+            events = await without_holes(tp, unique, reader_of(work))
             if len(events) < len(unique):  # held back from the hole on: every copy (a twin,
                 # a message forwarded twice) stays unacked, or Faust's commit could pass
                 # the hole (it folds its gaps below the highest ack into the acks)
@@ -255,7 +288,7 @@ async def each_partition(
             await process_share(tp, events, work, states)
             await batch_done()
             if tp in app.assignor.assigned_actives():  # not revoked while `work` ran
-                done = processed_offsets(tp.topic)
+                done = processed_offsets(tp.topic, reader_of(work))
                 done[tp.partition] = max(last.offset, done.get(tp.partition) or -1)
 
 
@@ -285,19 +318,19 @@ def note_passed_gaps(tp: TP, expected: int | None, applied: list[int]) -> None:
         )
 
 
-async def without_holes(tp: TP, events: list[EventT]) -> list[EventT]:
+async def without_holes(tp: TP, events: list[EventT], reader: str) -> list[EventT]:
     """The events of a batch of `tp` (in offset order) up to the first offset not delivered
-    (core.applied.Unread): the rest are not applied (nor acked, by the caller), and the
-    partition is read again from the hole."""
-    key = (tp.topic, tp.partition)
-    done = processed_offsets(tp.topic).get(tp.partition)
+    to `reader` (core.applied.Unread): the rest are not applied (nor acked, by the caller),
+    and the partition is read again from the hole."""
+    key = (tp.topic, tp.partition, reader)
+    done = processed_offsets(tp.topic, reader).get(tp.partition)
     settled = committed_offset(app.consumer, tp)
     after_done = None if done is None else done + 1
     known = [offset for offset in (after_done, settled) if offset is not None]
     expected = max(known) if known else None
     offsets = [event.message.offset for event in events]
     applicable, hole = unread.applicable(
-        key, expected, offsets, time.monotonic(), log_gaps.lacks(key)
+        key, expected, offsets, time.monotonic(), log_gaps.lacks((tp.topic, tp.partition))
     )
     note_passed_gaps(tp, expected, offsets[:applicable])
     if hole is not None and hole.given_up:
@@ -341,7 +374,7 @@ async def process_share(
 ) -> None:
     """One partition's share of a batch; events that a dead process had in flight go one at a
     time (the one it died on alone is quarantined)."""
-    left = in_flight.left_behind(tp.topic, tp.partition, events[0].message.offset)
+    left = in_flight.left_behind(track(tp, work), tp.partition, events[0].message.offset)
     suspects = [] if left is None else [e for e in events if left.holds(e.message.offset)]
     if left is None or not suspects:
         await in_batch(tp, events, work, states)
@@ -364,7 +397,7 @@ async def process_share(
 
 async def in_batch(tp: TP, events: Sequence[EventT], work: PartitionWork, states: States) -> None:
     first, last = events[0].message.offset, events[-1].message.offset
-    in_flight.record(tp.topic, tp.partition, InFlight(first, last))
+    in_flight.record(track(tp, work), tp.partition, InFlight(first, last))
     crash_if_injected(events)
     try:
         await work(events)
@@ -404,7 +437,7 @@ async def one_at_a_time(
     for event in events:
         offset = event.message.offset
         if left is not None and left.quarantines(offset):
-            in_flight.set_aside(tp.topic, tp.partition)
+            in_flight.set_aside(track(tp, work), tp.partition)
             logger.error("%s[%s]@%s: quarantined to dead letters", tp.topic, tp.partition, offset)
             await reject(
                 event,
@@ -422,7 +455,7 @@ async def one_at_a_time(
             else left.alone(offset, first, last)
         )
         async with alone_in_flight:
-            in_flight.record(tp.topic, tp.partition, running)
+            in_flight.record(track(tp, work), tp.partition, running)
             crash_if_injected([event])
             try:
                 await work([event])
@@ -432,7 +465,7 @@ async def one_at_a_time(
                 forget(states, tp.partition)
                 logger.warning("%s[%s]@%s failed alone: %r", tp.topic, tp.partition, offset, exc)
                 await reject(event, failure(exc), stage="process")
-            in_flight.record(tp.topic, tp.partition, running.done())
+            in_flight.record(track(tp, work), tp.partition, running.done())
 
 
 def failure(exc: Exception) -> TallyError:
@@ -468,7 +501,9 @@ async def forget_revoked(sender: object, revoked: set[TP], **kwargs: object) -> 
     a partition that comes back starts from its tables and committed offset."""
     PartitionStates.revoked(revoked)
     for tp in revoked:
-        unread.forget((tp.topic, tp.partition))
+        for topic, reader in _processed:
+            if topic == tp.topic:
+                unread.forget((tp.topic, tp.partition, reader))
         log_gaps.forget((tp.topic, tp.partition))
 
 

@@ -14,7 +14,7 @@ from faust.types import TP
 from tally.app import app, settings
 from tally.core.stalls import Stalls
 from tally.runtime.faust_compat import committed_offset, delivery_state, read_again
-from tally.runtime.intake import batch_windows, processed_offsets, timer, unread
+from tally.runtime.intake import batch_windows, slowest_processed, timer, unread, unread_keys
 from tally.runtime.restore import RestoringTableManager
 
 logger = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ def ownership() -> dict[str, list[str]]:
 def next_to_process(tp: TP) -> int | None:
     """The offset after the last one processed: this worker's record, else the committed
     (as the monitor saw it commit, else where Faust's consumer started reading it)."""
-    done = processed_offsets(tp.topic).get(tp.partition)
+    done = slowest_processed(tp.topic, tp.partition)
     if done is not None:
         return done + 1
     committed = app.monitor.tp_committed_offsets.get(tp)
@@ -123,10 +123,11 @@ async def watch_for_stalls() -> None:
             known[tp],
             ends[tp],
             delivery_state(app.consumer, tp),
-            unread.describe((tp.topic, tp.partition)),
+            "; ".join(unread.describe(key) for key in unread_keys(tp)) or "no hole",
         )
-        hole = unread.hole((tp.topic, tp.partition))
-        if hole is not None:
+        holes = [hole for key in unread_keys(tp) if (hole := unread.hole(key)) is not None]
+        if holes:
+            hole = min(holes)
             # Its reread was dropped too (records fetched before the seek moved Faust's read
             # offset past it again), and no new message comes to try it again: read it now.
             logger.warning("%s[%s]: reading again from %s", tp.topic, tp.partition, hole)

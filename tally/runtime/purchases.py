@@ -15,12 +15,24 @@ from tally.codecs.avro import Record, check_event_time, validate_purchase
 from tally.codecs.catalog import purchase_batch_codec, purchase_codec, purchases_topic_codec
 from tally.core.errors import TallyError, ValidationError
 from tally.core.sliding import SlidingTotals
-from tally.core.tenancy import letter_tenant
+from tally.core.tenancy import letter_tenant, scoped, tenant_of
 from tally.runtime.intake import decode, reject
 from tally.runtime.routing import forward
 from tally.runtime.topics import late_events
 
 PURCHASE_BATCH = "tally.sales.PurchaseBatch"
+
+
+def tenant_of_purchase(purchase: Record) -> str:
+    """Whose a (valid) purchase is: its tenant, or the default tenant's (a merchant)."""
+    return tenant_of(purchase, settings.default_tenant)
+
+
+def item_of(purchase: Record) -> str:
+    """The purchase's item as windows and panes key it: `scoped` by its tenant."""
+    return scoped(tenant_of_purchase(purchase), purchase["item_id"])
+
+
 MAX_FUTURE_MS = int(settings.max_future_seconds * 1000)
 
 
@@ -44,7 +56,7 @@ async def checked_purchases(
     (raising ValidationError); an invalid one is dead-lettered alone (a single message as it
     came; a member of an envelope re-encoded alone, keyed by its item) unless `letters` is
     False: another pipeline reading the same message letters it."""
-    decoded = await decode(event, purchases_topic_codec())
+    decoded = await decode(event, purchases_topic_codec(), letters)
     if decoded is None:
         return None
     name, record = decoded

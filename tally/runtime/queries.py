@@ -209,6 +209,8 @@ async def read_archive(read: Callable[[], T], what: str) -> T:
 
 
 GONE = 410
+#: The window fields of an answer while there is no window yet.
+NO_WINDOW = {"window_start": None, "window_end": None}
 
 
 def check_retained(spec: PaneSpec, last_pane: int, watermark_ms: int) -> None:

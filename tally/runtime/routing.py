@@ -137,7 +137,8 @@ async def forward(
     event: EventT, owner: int, value: bytes | None = None, to: TopicT | None = None
 ) -> None:
     """Send the message (or `value`: the part of it `owner` needs) to `owner`'s partition of
-    `to` (default: the source's routed topic), with its key and origin."""
+    `to` (default: the source's routed topic), with its key and origin; counted as
+    `forwarded`, or `rekeyed` when `to` is another pipeline's topic."""
     message = event.message
     await (to or ROUTES[message.topic]).send(
         key=message.key,
@@ -145,7 +146,7 @@ async def forward(
         partition=owner,
         headers={ORIGIN_HEADER: partition_tag(message.partition, message.offset)},
     )
-    EVENTS.labels(message.topic, "forwarded").inc()
+    EVENTS.labels(message.topic, "forwarded" if to is None else "rekeyed").inc()
 
 
 def rekeyed_from(source: TopicT, rekeyed: TopicT) -> None:

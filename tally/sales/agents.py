@@ -31,11 +31,10 @@ from tally.core.clock import now_ms
 from tally.core.errors import ValidationError
 from tally.core.partitioning import partition_for
 from tally.core.sliding import Closing, SlidingTotals
-from tally.core.tenancy import scoped, tenant_of
 from tally.core.topk import Candidates
 from tally.runtime.cells import has_cell
 from tally.runtime.intake import caught_up, each_partition, timer, writing_for
-from tally.runtime.purchases import checked_purchases, hand_on, set_aside_late
+from tally.runtime.purchases import checked_purchases, hand_on, item_of, set_aside_late
 from tally.runtime.routing import (
     announce,
     announcement,
@@ -97,10 +96,6 @@ async def decoded_purchases(
     return by_owner.get(partition, [])
 
 
-#: A purchase with the message that carried it.
-Carried = tuple[EventT, Record]
-
-
 async def count_partition(events: Sequence[EventT]) -> None:
     """One partition's share of a batch (of purchases, or of those forwarded to it), step by
     step: decode (reject, forward), skip what the cells already hold, fold into the window,
@@ -137,11 +132,6 @@ async def count_partition(events: Sequence[EventT]) -> None:
     EVENTS.labels(purchases.get_topic_name(), "counted").inc(len(fresh) - len(outcome.late))
     await set_aside_late(window, wall, [fresh[index] for index in outcome.late], "sales")
     await publish(partition, window, wall, closing)
-
-
-def item_of(purchase: Record) -> str:
-    """The purchase's item as the panes and the window key it: `scoped` by its tenant."""
-    return scoped(tenant_of(purchase, settings.default_tenant), purchase["item_id"])
 
 
 @app.agent(with_routed(purchases, routed_purchases))
@@ -184,7 +174,8 @@ async def publish(
 def own_source_idle(partition: int) -> bool | None:
     """Whether the partition's purchases are all processed (None: unknown yet). Idle when its
     own partition is: what others forward is covered by their announcements."""
-    return caught_up(purchases, partition, sales_windows.saved_clock(partition).get("offset"))
+    offset = sales_windows.saved_clock(partition).get("offset")
+    return caught_up(purchases, partition, offset, count_partition)
 
 
 @timer(interval=1.0)

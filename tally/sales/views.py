@@ -22,6 +22,7 @@ from tally.core.windowing import EventClock
 from tally.runtime.cells import read_cell
 from tally.runtime.panes import pane_key
 from tally.runtime.queries import (
+    NO_WINDOW,
     OwnedView,
     check_retained,
     id_param,
@@ -41,9 +42,6 @@ def window_fields(last_pane: int) -> dict[str, str]:
         "window_start": iso(SALES_SPEC.start_ms(SALES_SPEC.first_pane(last_pane))),
         "window_end": iso(SALES_SPEC.start_ms(last_pane + 1)),
     }
-
-
-NO_WINDOW = {"window_start": None, "window_end": None}
 
 
 def stale_reasons(answer: GlobalTopK, wall_ms: int, historical: bool) -> list[str]:
