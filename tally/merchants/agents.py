@@ -40,7 +40,6 @@ from tally.merchants.state import (
     final_before,
     hot_from,
     merchant_windows,
-    saved_clock,
 )
 from tally.merchants.tables import (
     MERCHANT_SPEC,
@@ -226,7 +225,7 @@ async def slide(partition: int, window: SlidingTotals, wall_ms: int) -> None:
     final = final_before(last_pane)
     if last_pane is None or final is None:
         return
-    clock = saved_clock(partition)
+    clock = merchant_windows.saved_clock(partition)
     before = clock.get("final_before")
     if before is not None and before >= final:
         return  # (the window moved within its hours: nothing became final)

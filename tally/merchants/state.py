@@ -3,8 +3,6 @@ items grouped apart: core.topk.GroupedTotals) and what the views read of a parti
 
 from __future__ import annotations
 
-from typing import Any
-
 from tally.app import settings
 from tally.core.merchants import DAY_MS, HOUR_MS
 from tally.core.rollups import bucket_start
@@ -38,10 +36,6 @@ def final_before(last_pane: int | None) -> int | None:
     if last_pane is None:
         return None
     return bucket_start(MERCHANT_SPEC.start_ms(MERCHANT_SPEC.first_pane(last_pane)), HOUR_MS)
-
-
-def saved_clock(partition: int) -> dict[str, Any]:
-    return merchant_windows.saved_clock(partition)
 
 
 def hot_from(last_pane: int) -> int:

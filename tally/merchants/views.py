@@ -9,13 +9,12 @@ hour on figures can still change (`open_from`: hours still in the window).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, cast
 
-from faust.tables.manager import TableManager
-from faust.types import TP, CollectionT
+from faust.types import CollectionT
 from faust.web import Request, Response
 from faust.web.exceptions import WebError
 
@@ -51,7 +50,6 @@ from tally.merchants.tables import (
     merchant_panes,
 )
 from tally.runtime.cells import read_cell
-from tally.runtime.faust_compat import continuity
 from tally.runtime.panes import pane_key, pane_prefix
 from tally.runtime.queries import (
     NO_WINDOW,
@@ -64,6 +62,7 @@ from tally.runtime.queries import (
     routed_to_owner,
     time_param,
 )
+from tally.runtime.restore import RestoringTableManager
 from tally.runtime.store import scan, stored_value
 
 #: A query without `from` covers this much before `to`.
@@ -147,19 +146,11 @@ def standby_copy(partition: int, merchant: str) -> Copy:
 
 
 def holds_standby(partition: int) -> bool:
-    """Whether this worker keeps a standby copy of the partition of every merchants table."""
-    standbys = app.assignor.assigned_standbys()
-    recovery = cast(TableManager, app.tables).recovery
-    for table in (merchant_hours, merchant_days, merchant_panes, merchant_clocks):
-        tp = TP(table.changelog_topic.get_topic_name(), partition)
-        if tp not in standbys or not continuity.whole((table.name, tp)):
-            return False  # not held, or missing records it has not read again yet
-        # Still catching up with what the changelog held when it was assigned: the four
-        # tables' copies would not agree with one another yet.
-        highwater = recovery.standby_highwaters.get(tp)
-        if highwater is None or recovery.standby_offsets.get(tp, -1) < highwater:
-            return False
-    return True
+    """Whether this worker keeps a current standby copy of the partition of every merchants
+    table (runtime.restore)."""
+    recovery = cast(RestoringTableManager, app.tables).recovery
+    tables = (merchant_hours, merchant_days, merchant_panes, merchant_clocks)
+    return recovery.holds_current_copies(tables, partition)
 
 
 #: A part of a range and the tier answering for it: "archive" (hours, Parquet), "days"
@@ -215,21 +206,28 @@ class Range:
         }
 
 
+def hour_cell(stored: Any) -> HourFigures:
+    return HourFigures.from_record(value_of(stored))
+
+
+def day_cell(stored: Any) -> HourFigures:
+    return DayFigures.from_record(stored).figures
+
+
 def hot_cells(
-    table: CollectionT, merchant: str, start: int, end: int, every: int
+    table: CollectionT,
+    figures_of: Callable[[Any], HourFigures],
+    merchant: str,
+    span: tuple[int, int],
+    every: int,
 ) -> list[tuple[int, HourFigures]]:
     """The merchant's hours (or days) in [start, end) from a hot table: a read each."""
     partition = partition_for(merchant, settings.partitions)
     found = []
-    for at_ms in range(start, end, every):
+    for at_ms in range(*span, every):
         stored = read_cell(table, cell_key(at_ms, merchant), partition)
         if stored is not None:
-            figures = (
-                HourFigures.from_record(value_of(stored))
-                if every == HOUR_MS
-                else DayFigures.from_record(stored).figures
-            )
-            found.append((at_ms, figures))
+            found.append((at_ms, figures_of(stored)))
     return found
 
 
@@ -238,9 +236,10 @@ async def hours_in(merchant: str, span: Range) -> list[tuple[int, HourFigures]]:
     archive's (read second: the hot tier may prune meanwhile, never the other way round)."""
     found = []
     for tier, start, end in span.segments:
-        if tier != "archive":
-            table, every = (merchant_days, DAY_MS) if tier == "days" else (merchant_hours, HOUR_MS)
-            found += hot_cells(table, merchant, start, end, every)
+        if tier == "days":
+            found += hot_cells(merchant_days, day_cell, merchant, (start, end), DAY_MS)
+        elif tier == "hot":
+            found += hot_cells(merchant_hours, hour_cell, merchant, (start, end), HOUR_MS)
     for tier, start, end in span.segments:
         if tier == "archive":
             found += await read_archive(

@@ -31,7 +31,7 @@ from faust.types import TP, CollectionT, ConsumerT
 from mode import Service
 from rocksdict import WriteBatch
 
-from tally.runtime.faust_compat import partition_db, record_read_through
+from tally.runtime.faust_compat import continuity, partition_db, record_read_through
 from tally.settings import current_settings
 
 logger = logging.getLogger(__name__)
@@ -170,6 +170,21 @@ class BulkRecovery(Recovery):
         fresh as the owner's changelog (and a promotion has less to read)."""
         if not self.in_recovery and any(self.buffers.values()):
             self.flush_buffers()
+
+    def holds_current_copies(self, tables: Sequence[CollectionT], partition: int) -> bool:
+        """Whether this worker keeps a standby copy of `partition` of every one of `tables`,
+        fit to answer from: with no open changelog hole (core.continuity), and caught up with
+        what each changelog held when the copy was assigned (before that, copies of tables
+        written together would not agree with one another)."""
+        standbys = self.app.assignor.assigned_standbys()
+        for table in tables:
+            tp = TP(table.changelog_topic.get_topic_name(), partition)
+            if tp not in standbys or not continuity.whole((table.name, tp)):
+                return False
+            highwater = self.standby_highwaters.get(tp)
+            if highwater is None or self.standby_offsets.get(tp, -1) < highwater:
+                return False
+        return True
 
     async def _build_offsets(
         self, consumer: ConsumerT, tps: set[TP], destination: Any, title: str
