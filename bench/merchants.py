@@ -20,6 +20,7 @@ brute force over the purchases before a figure counts.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime
 import json
 import random
@@ -35,6 +36,9 @@ from bench.common import (
     PARTITIONS,
     Message,
     Result,
+    counted,
+    peak_rss_mb,
+    produce,
     purchase_batch_codec,
     run_in_scratch,
     run_tally,
@@ -70,11 +74,12 @@ YEAR_START_MS = YEAR_END_MS - 365 * DAY_MS
 ONE_YEAR = f"sales?from={YEAR_START_MS}&to={YEAR_END_MS}&step=1d"
 
 
-def merchant_purchases(count: int, merchants: int, seed: int) -> list[dict]:
-    """`count` purchases over 30 days, in time order (jittered): merchant n's first purchase
-    is purchase n (every merchant is held), the rest Zipf over merchants."""
+def merchant_purchases(count: int, merchants: int, seed: int, span_ms: int = SPAN_MS) -> list[dict]:
+    """`count` purchases over `span_ms` (30 days) to END_MS, in time order (jittered):
+    merchant n's first purchase is purchase n (every merchant is held), the rest Zipf over
+    merchants."""
     rng = random.Random(seed)
-    events = historical_purchases(rng, count=count, items=20_000, end_ms=END_MS, span_ms=SPAN_MS)
+    events = historical_purchases(rng, count=count, items=20_000, end_ms=END_MS, span_ms=span_ms)
     names = merchant_names(merchants)
     busy = rng.choices(names, cum_weights=zipf_weights(merchants), k=count)
     for n, event in enumerate(events):
@@ -136,8 +141,9 @@ def archived_all(worker: Worker) -> int:
     )
 
 
-def check_thirty_days(worker: Worker, events: list[dict]) -> None:
-    """The busiest merchant's 30 days per day against brute force (day cells and hours)."""
+def check_thirty_days(worker: Worker, events: list[dict], served_by: str = "owner") -> None:
+    """The busiest merchant's 30 days per day against brute force (day cells and hours),
+    from the copy `served_by` names."""
     merchant = "m00000"
     truth: Counter[int] = Counter()
     for e in events:
@@ -147,21 +153,118 @@ def check_thirty_days(worker: Worker, events: list[dict]) -> None:
     found = {step["start_ms"]: step["revenue_cents"] for step in answer["steps"]}
     if found != dict(truth):
         raise SystemExit(f"{merchant}'s 30 days differ from brute force: {found} != {truth}")
+    if answer["served_by"] != served_by:
+        raise SystemExit(f"the 30-day query was answered by {answer['served_by']}, not {served_by}")
     if {tier["tier"] for tier in answer["tiers"]} != {"days", "hot"}:
         raise SystemExit(f"a 30-day query should read day cells and hours: {answer['tiers']}")
 
 
-def wrk_merchants(worker: Worker, connections: int, seconds: int = 8) -> QueryLoad:
-    threads = min(2, connections)
-    command = [
+def wrk_command(worker: Worker, connections: int, seconds: int, threads: int) -> list[str]:
+    return [
         wrk_binary(), f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency",
         "-H", f"Authorization: Bearer {ACCESS.operator_token}",
         "-s", str(LUA), worker.url, "--", str(BUSIEST), THIRTY_DAYS,
     ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
-    if done.returncode != 0:
-        raise SystemExit(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
-    return parse_wrk(done.stdout, connections)
+
+
+def wrk_merchants(workers: list[Worker], connections: int, seconds: int = 8) -> QueryLoad:
+    """The 30-day query at full speed from `connections` clients spread over `workers` (a wrk
+    each, started together): requests/s summed; p50 the median of theirs, p99 the worst."""
+    share = connections // len(workers)
+    threads = min(2, share) if len(workers) == 1 else 1
+    running = [
+        subprocess.Popen(
+            wrk_command(worker, share, seconds, threads), stdout=subprocess.PIPE, text=True
+        )
+        for worker in workers
+    ]
+    loads = []
+    for process in running:
+        output, _ = process.communicate(timeout=seconds + 60)
+        if process.returncode != 0:
+            raise SystemExit(f"wrk failed ({process.returncode}): {output}")
+        loads.append(parse_wrk(output, share))
+    return QueryLoad(
+        connections,
+        sum(load.requests_per_s for load in loads),
+        median(load.p50_ms for load in loads),
+        max(load.p99_ms for load in loads),
+    )
+
+
+#: Readers started one after another, the query load spread over them each time.
+READERS = (1, 2, 3)
+#: Purchases of each ingest timing of the readers' phase (the last 20 hours: in the window).
+INGEST_CHECK = 30_000
+
+
+def reader_of(worker: Worker, workdir: Path, n: int) -> Worker:
+    """A reader (TALLY_ROLE=read) of the worker's deployment, with data of its own."""
+    env = {
+        **worker.env,
+        "TALLY_ROLE": "read",
+        "TALLY_PROCESSING_URLS": worker.url,
+        "TALLY_DATA_DIR": f"{worker.env['TALLY_DATA_DIR']}-reader{n}",
+    }
+    return Worker(env=env, log_path=workdir / f"reader{n}.log")
+
+
+def ingest_rate(broker: LocalBroker, worker: Worker, messages: list[Message], total: int) -> float:
+    """Purchases/s from the first sent to the last counted (metrics polled every 100 ms)."""
+    before = counted(worker, MERCHANT_PURCHASES)
+    started = time.monotonic()
+    asyncio.run(produce(broker.bootstrap, "purchases", messages))
+    while counted(worker, MERCHANT_PURCHASES) < before + total:
+        if time.monotonic() - started > 300:
+            raise SystemExit(f"{total:,} purchases not counted within 300 s")
+        time.sleep(0.1)
+    return total / (time.monotonic() - started)
+
+
+def readers_phase(
+    broker: LocalBroker, worker: Worker, workdir: Path, run: int, events: list[dict]
+) -> dict:
+    """Read throughput with 1, 2 and 3 readers (each checked against brute force first),
+    their peak RSS; then the worker's ingest rate alone, with the query load on the readers,
+    and with it on the worker itself."""
+    readers: list[Worker] = []
+    measured: dict = {"reads": [], "ingest": {}}
+    try:
+        for n in READERS:
+            reader = reader_of(worker, workdir, n)
+            readers.append(reader.start(ready_timeout=600))
+            check_thirty_days(reader, events, served_by="reader")
+            measured["reads"].append(wrk_merchants(readers, 100))
+        measured["reader_rss_mb"] = max(peak_rss_mb(r.process.pid) for r in readers)  # type: ignore[union-attr]
+        batches = [
+            envelopes(
+                merchant_purchases(INGEST_CHECK, 1_000, 1_000 * run + n, 20 * HOUR_MS),
+                200,
+                workdir,
+            )
+            for n in range(3)
+        ]
+        for (name, targets), batch in zip(
+            (("alone", []), ("reads on readers", readers), ("reads on the worker", [worker])),
+            batches,
+            strict=True,
+        ):
+            load = [
+                subprocess.Popen(
+                    wrk_command(t, 100 // len(targets), 300, 1), stdout=subprocess.DEVNULL
+                )
+                for t in targets
+            ]
+            try:
+                measured["ingest"][name] = ingest_rate(broker, worker, batch, INGEST_CHECK)
+            finally:
+                for process in load:
+                    process.terminate()
+                    process.wait()
+    finally:
+        for reader in readers:
+            reader.stop()
+    return measured
 
 
 def year_from_archive(worker: Worker, hours: list[tuple[int, HourFigures]]) -> list[float]:
@@ -196,8 +299,9 @@ def one_run(args: argparse.Namespace, workdir: Path, run: int) -> tuple[Result, 
             time.sleep(0.5)
         check_thirty_days(worker, events)
         measured["archived_hours"] = last
-        measured["queries"] = [wrk_merchants(worker, n) for n in QUERY_CONNECTIONS]
+        measured["queries"] = [wrk_merchants([worker], n) for n in QUERY_CONNECTIONS]
         measured["year_ms"] = year_from_archive(worker, year)
+        measured.update(readers_phase(broker, worker, workdir, run, events))
 
     with LocalBroker("127.0.0.1", free_port(), log_path=workdir / f"broker{run}.log") as broker:
         result = run_tally(
@@ -241,6 +345,26 @@ def summary(args: argparse.Namespace, results: list[tuple[Result, dict]]) -> str
             f"{median(q.requests_per_s for q in loads):,.0f} · "
             f"{median(q.p50_ms for q in loads):.1f} · {median(q.p99_ms for q in loads):.1f} | "
             f"{', '.join(f'{q.requests_per_s:,.0f}/s p99 {q.p99_ms:.1f}' for q in loads)} |"
+        )
+    for index, n in enumerate(READERS):
+        loads = [m["reads"][index] for _, m in results]
+        lines.append(
+            f"| 30-day daily query, 100 clients over {n} reader(s): req/s · p50 · p99 ms | "
+            f"{median(q.requests_per_s for q in loads):,.0f} · "
+            f"{median(q.p50_ms for q in loads):.1f} · {median(q.p99_ms for q in loads):.1f} | "
+            f"{', '.join(f'{q.requests_per_s:,.0f}/s p99 {q.p99_ms:.1f}' for q in loads)} |"
+        )
+    reader_rss = [m["reader_rss_mb"] for _, m in results]
+    lines.append(
+        f"| peak RSS MB of a reader | {median(reader_rss):,.0f} | "
+        f"{', '.join(f'{rss:,.0f}' for rss in reader_rss)} |"
+    )
+    for name in results[0][1]["ingest"]:
+        rates = [m["ingest"][name] for _, m in results]
+        alone = median(m["ingest"]["alone"] for _, m in results)
+        lines.append(
+            f"| ingest purchases/s, {INGEST_CHECK:,} purchases, {name} | {median(rates):,.0f} "
+            f"({median(rates) / alone:.2f}x alone) | {', '.join(f'{r:,.0f}' for r in rates)} |"
         )
     years = [statistics.quantiles(m["year_ms"], n=100, method="inclusive") for _, m in results]
     year_p50 = median(median(m["year_ms"]) for _, m in results)

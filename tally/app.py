@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import faust
+from faust.app.base import BootStrategy
 from faust.tables.manager import TableManager
 from faust.types import TopicT
 
@@ -73,10 +74,27 @@ COMMON_MODULES = [
 ]
 
 
-def worker_modules(pipelines: frozenset[str]) -> list[str]:
+#: What a reader (TALLY_ROLE=read) runs: a pipeline's views and its copies of the tables.
+READER_MODULES = {"merchants": ["tally.merchants.reader", "tally.merchants.views"]}
+#: What every reader runs: no ingest, dead letters or live streams (those need processing).
+READER_COMMON_MODULES = [
+    "tally.runtime.serving",
+    "tally.web.health",
+    "tally.web.index",
+    "tally.web.prometheus",
+]
+
+
+def worker_modules(settings: Settings) -> list[str]:
     """Modules Faust imports when the worker starts (explicit: no package-wide scan)."""
-    chosen = [m for name, modules in PIPELINE_MODULES.items() if name in pipelines for m in modules]
-    return chosen + COMMON_MODULES
+    by_pipeline, common = (
+        (READER_MODULES, READER_COMMON_MODULES)
+        if settings.reads_only
+        else (PIPELINE_MODULES, COMMON_MODULES)
+    )
+    pipelines = settings.pipelines
+    chosen = [m for name, modules in by_pipeline.items() if name in pipelines for m in modules]
+    return chosen + common
 
 
 def local_broker_settings(settings: Settings) -> dict[str, Any]:
@@ -116,8 +134,16 @@ def exit_after(seconds: float) -> None:
     timer.start()
 
 
+class ReaderBoot(BootStrategy):
+    """A reader's services: no consumer, so no group membership, assignments or recovery."""
+
+    enable_kafka_consumer = False
+
+
 class TallyApp(faust.App):
     """Faust's App, checking before any table opens that its local state fits this broker."""
+
+    BootStrategy = ReaderBoot if settings.reads_only else BootStrategy
 
     #: True once tables are recovered and key routing works; views answer 503 before.
     routing_ready = False
@@ -139,10 +165,12 @@ class TallyApp(faust.App):
     def not_ready_because(self) -> str | None:
         if not self.broker_watch.reachable:
             return self.broker_watch.reason
-        if self.rebalancing:
-            return "rebalancing"
-        if not (self.routing_ready and cast(TableManager, self.tables).recovery.completed.is_set()):
-            return "recovering tables"
+        if not settings.reads_only:  # a reader has no group: it follows its copies instead
+            if self.rebalancing:
+                return "rebalancing"
+            recovered = cast(TableManager, self.tables).recovery.completed.is_set()
+            if not (self.routing_ready and recovered):
+                return "recovering tables"
         return next((reason for reason, waiting in self.waiting_for if waiting()), None)
 
     async def on_first_start(self) -> None:
@@ -224,7 +252,7 @@ app = TallyApp(
     processing_guarantee=settings.processing_guarantee,
     key_serializer="raw",
     value_serializer="raw",
-    autodiscover=worker_modules(settings.pipelines),
+    autodiscover=worker_modules(settings),
     # Faust's /router and /table debug views answer 500 on unknown names and print raw table
     # values; Tally's own views (routed to the owner) serve the tables.
     web_router_enabled=False,

@@ -158,6 +158,18 @@ def _one_of(choices: tuple[str, ...]) -> Callable[[str], str]:
     return parse
 
 
+#: What a worker does: processes its pipelines in the consumer group, or serves reads only.
+ROLES = ("process", "read")
+
+
+def _url_list(text: str) -> tuple[str, ...]:
+    urls = tuple(part.strip().rstrip("/") for part in text.split(",") if part.strip())
+    for url in urls:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"{url!r} is not an http:// or https:// URL")
+    return urls
+
+
 #: The pipelines a worker can run: `archive` is the metrics pipeline's cold-tier sink.
 PIPELINES = ("sales", "metrics", "archive", "merchants")
 #: What a worker runs unless told: the merchants pipeline reads every purchase a second
@@ -209,6 +221,23 @@ class Settings:
         "cold-tier sink of metrics), merchants (each merchant's own figures; off unless "
         "named). Its web server answers the queries of those it runs.",
         pipeline_set,
+    )
+    role: str = _env_field(
+        "TALLY_ROLE",
+        "process",
+        "process: the worker joins the consumer group and runs its pipelines. read: it only "
+        "answers queries of the merchants pipeline (TALLY_PIPELINES=merchants), from copies "
+        "of its tables that it follows in their changelogs outside the group: add readers to "
+        "serve more queries without touching ingest.",
+        _one_of(ROLES),
+    )
+    processing_urls: tuple[str, ...] = _env_field(
+        "TALLY_PROCESSING_URLS",
+        (),
+        "A reader's processing workers (comma-separated base URLs, e.g. http://w1:6066): "
+        "where it forwards a query that asks for ?consistency=owner. Empty: such a query is "
+        "a 409 that says to ask a processing worker.",
+        _url_list,
     )
     data_dir: Path = _env_field(  # noqa: RUF009 (a field(), not a shared default)
         "TALLY_DATA_DIR", Path("data"), "Where the worker keeps RocksDB tables.", Path
@@ -501,7 +530,18 @@ class Settings:
                 "there (state is idempotent: a redelivered message is counted once), or a "
                 "kafka:// broker"
             )
+        if settings.role == "read" and settings.pipelines != {"merchants"}:
+            raise ConfigurationError(
+                "TALLY_ROLE=read serves the merchants pipeline's queries only: set "
+                "TALLY_PIPELINES=merchants (the other pipelines answer from their owners' "
+                "windows in memory, which a reader does not have)"
+            )
         return settings
+
+    @property
+    def reads_only(self) -> bool:
+        """A reader: no consumer group, no processing; tables followed in their changelogs."""
+        return self.role == "read"
 
     @property
     def faust_app_id(self) -> str:
@@ -590,6 +630,8 @@ def shown(default: Any) -> str:
     """A default as the README's table shows it (pipelines in their usual order)."""
     if isinstance(default, frozenset):
         return ",".join(name for name in PIPELINES if name in default)
+    if isinstance(default, tuple):
+        return ",".join(default)
     return str(default)
 
 

@@ -35,12 +35,7 @@ from tally.core.partitioning import partition_for
 from tally.core.rollups import bucket_start
 from tally.core.sliding import SlidingTotals
 from tally.core.windowing import EventClock
-from tally.merchants.state import (
-    days_from,
-    final_before,
-    hot_from,
-    merchant_windows,
-)
+from tally.merchants.state import drop_past, final_before, merchant_windows
 from tally.merchants.tables import (
     MERCHANT_SPEC,
     cell_key,
@@ -65,7 +60,7 @@ from tally.runtime.purchases import (
 )
 from tally.runtime.routing import announce, announcement, hear_all, source_of
 from tally.runtime.state import PartitionStates
-from tally.runtime.store import delete_below, partition_key, scan, stored_value
+from tally.runtime.store import partition_key, scan, stored_value
 from tally.runtime.topics import purchases
 from tally.telemetry import EVENTS
 
@@ -253,8 +248,7 @@ async def slide(partition: int, window: SlidingTotals, wall_ms: int) -> None:
         write_cell(merchant_days, day_key, day.to_record(), partition)
     clock = {**clock, "final_before": final, "last_pane": last_pane}
     write_cell(merchant_clocks, partition_key(partition), clock, partition)
-    delete_below(merchant_hours, partition, time_prefix(hot_from(last_pane)))
-    delete_below(merchant_days, partition, time_prefix(days_from(last_pane)))
+    drop_past(partition, last_pane)
 
 
 @app.agent(merchant_purchases)

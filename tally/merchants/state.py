@@ -6,15 +6,20 @@ from __future__ import annotations
 from tally.app import settings
 from tally.core.merchants import DAY_MS, HOUR_MS
 from tally.core.rollups import bucket_start
+from tally.core.windowing import EventClock
 from tally.merchants.tables import (
     HOT_DAYS_MS,
     HOT_MS,
     MERCHANT_SPEC,
     merchant_clocks,
+    merchant_days,
+    merchant_hours,
     merchant_panes,
     merchant_purchases,
+    time_prefix,
 )
 from tally.runtime.panes import PaneWindows
+from tally.runtime.store import delete_below
 
 #: merchant-purchases partition → its window. Everything on that topic is re-keyed from
 #: purchases, so its watermark is the slowest purchases partition's (each announces its own
@@ -47,3 +52,15 @@ def hot_from(last_pane: int) -> int:
 def days_from(last_pane: int) -> int:
     """The oldest day the hot table keeps (older ones: the archive's hours)."""
     return bucket_start(MERCHANT_SPEC.start_ms(last_pane + 1) - HOT_DAYS_MS, DAY_MS)
+
+
+def saved_clock(partition: int) -> EventClock:
+    """The partition's event clock as its owner last wrote it (what a copy knows of it)."""
+    saved = merchant_windows.saved_clock(partition)
+    return EventClock.from_record(saved, merchant_windows.awaited(partition))
+
+
+def drop_past(partition: int, last_pane: int) -> None:
+    """Delete the hours and days past the hot tier locally (their changelogs expire them)."""
+    delete_below(merchant_hours, partition, time_prefix(hot_from(last_pane)))
+    delete_below(merchant_days, partition, time_prefix(days_from(last_pane)))

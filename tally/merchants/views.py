@@ -37,9 +37,14 @@ from tally.core.partitioning import partition_for
 from tally.core.sliding import SlidingTotals
 from tally.core.tenancy import scoped, unscoped
 from tally.core.topk import RankedTotals, late_by_group
-from tally.core.windowing import EventClock
 from tally.http.access import caller
-from tally.merchants.state import days_from, final_before, hot_from, merchant_windows
+from tally.merchants.state import (
+    days_from,
+    final_before,
+    hot_from,
+    merchant_windows,
+    saved_clock,
+)
 from tally.merchants.tables import (
     MERCHANT_SPEC,
     cell_key,
@@ -87,16 +92,24 @@ def merchant_param(request: Request, merchant_id: str) -> str:
     return merchant
 
 
+class OwnerElsewhere(WebError):
+    """A reader was asked for the owner's answer and knows no processing worker to ask."""
+
+    code = 409
+
+
 #: `?consistency=`: `any` lets a worker holding a standby copy of the merchant's partition
-#: answer from it (saying how stale it is); `owner` asks the partition's owner.
+#: (or a reader: all of them) answer from it, saying how stale it is; `owner` asks the
+#: partition's owner.
 CONSISTENCY = ("any", "owner")
 
 
 @dataclass(frozen=True)
 class Copy:
     """The copy of a merchant's partition a query reads: the owner's (its window in memory,
-    current), or a standby's (what the changelogs brought: as of the clock record the owner
-    last wrote, once a batch, every second at least while purchases partitions announce)."""
+    current), or a standby's or a reader's (what the changelogs brought: as of the clock
+    record the owner last wrote, once a batch, every second at least while purchases
+    partitions announce)."""
 
     served_by: str
     last_pane: int | None
@@ -121,7 +134,7 @@ def copy_of(
     the pane it slid to, so hours final by then are in the days, and none later. `window`:
     the owner's, in memory (its current top items)."""
     saved = merchant_windows.saved_clock(partition)
-    clock = EventClock.from_record(saved, merchant_windows.awaited(partition))
+    clock = saved_clock(partition)
     now = now_ms()
     as_of = now if served_by == "owner" else clock.wall_ms
     watermark = (
@@ -139,10 +152,6 @@ def owner_copy(merchant: str) -> Copy:
     if window is None and merchant_windows.saved_clock(partition):
         window = merchant_windows.window_for(partition, now_ms(), idle=False)
     return copy_of("owner", partition, merchant, window)
-
-
-def standby_copy(partition: int, merchant: str) -> Copy:
-    return copy_of("standby", partition, merchant)
 
 
 def holds_standby(partition: int) -> bool:
@@ -269,11 +278,31 @@ class MerchantView(OwnedView):
         if consistency not in CONSISTENCY:
             raise BadRequest(f"consistency={consistency!r} is not one of {', '.join(CONSISTENCY)}")
         partition = partition_for(merchant, settings.partitions)
+        if settings.reads_only:
+            if consistency == "owner":
+                return await self.at_processing(request)
+            return await self.answer(request, merchant, copy_of("reader", partition, merchant))
         if consistency == "any" and holds_standby(partition):
-            copy = standby_copy(partition, merchant)
+            copy = copy_of("standby", partition, merchant)
             if copy.last_pane is not None:  # else the copy has nothing yet: ask the owner
                 return await self.answer(request, merchant, copy)
         return await self.at_owner(request, merchant_id)
+
+    async def at_processing(self, request: Request) -> Response:
+        """A reader's `consistency=owner` query: relayed to a processing worker (which
+        forwards it to the owner)."""
+        if not settings.processing_urls:
+            raise OwnerElsewhere(
+                "this worker only serves reads (TALLY_ROLE=read) and has no processing "
+                "workers to relay consistency=owner to (TALLY_PROCESSING_URLS): ask a "
+                "processing worker, or drop consistency=owner for this reader's copy"
+            )
+        return await self.relay(
+            request,
+            settings.processing_urls,
+            {},
+            "none of the processing workers (TALLY_PROCESSING_URLS)",
+        )
 
     @routed_to_owner(merchant_hours, match_info="merchant_id")
     async def at_owner(self, request: Request, merchant_id: str) -> Response:

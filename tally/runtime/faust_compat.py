@@ -349,6 +349,11 @@ def changelog_sent(table: CollectionT, tp: TP, offset: int) -> None:
     cast(Any, table).data.set_persisted_offset(tp, offset)
 
 
+def recorded_offset(table: CollectionT, tp: TP) -> int | None:
+    """The last changelog offset `table`'s partition holds, as Faust recorded it (None: none)."""
+    return cast(int | None, cast(Any, table).data.persisted_offset(tp))
+
+
 def record_offset(table: CollectionT, tp: TP, offset: int) -> None:
     """Where the next restore of `tp` into `table`'s partition starts, as Faust records it."""
     partition_db(table, tp.partition).put(RocksDBStore.offset_key, str(offset).encode())

@@ -92,8 +92,11 @@ class PaneWindows:
         """Delete panes older than retention from local storage (the changelog expires them)."""
         watermark = window.watermark(wall_ms)
         if watermark is not None:
-            stop = pane_prefix(self.spec.retained_from(watermark))
-            delete_below(self.panes, partition, stop)
+            self.prune_below(partition, watermark)
+
+    def prune_below(self, partition: int, watermark_ms: int) -> None:
+        """Delete the panes a window at `watermark_ms` no longer retains, locally."""
+        delete_below(self.panes, partition, pane_prefix(self.spec.retained_from(watermark_ms)))
 
     def slide(
         self, partition: int, window: SlidingTotals, wall_ms: int, keep_top: int

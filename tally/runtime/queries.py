@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from datetime import UTC, datetime
 from typing import ClassVar, TypeVar, cast
 
@@ -155,19 +155,38 @@ class OwnedView(View):
 
     async def forward(self, request: Request, newer: Serving) -> Response:
         """The same request to a worker of the serving generation (the first that answers)."""
+        return await self.relay(
+            request,
+            newer.urls,
+            {FORWARDED_HEADER: str(settings.generation)},
+            f"generation {newer.generation} serves the {self.pipeline} pipeline, and none of "
+            "its workers",
+            newer.generation,
+        )
+
+    async def relay(
+        self,
+        request: Request,
+        urls: Sequence[str],
+        headers: Mapping[str, str],
+        whose: str,
+        generation: int = settings.generation,
+    ) -> Response:
+        """The same request to the first of `urls` that answers, its answer relayed (`whose`
+        workers they are, for the 503 when none does)."""
         failures = []
-        for url in newer.urls:
+        sent = dict(headers)
+        if hdrs.AUTHORIZATION in request.headers:  # the caller's own, verified there
+            sent[hdrs.AUTHORIZATION] = request.headers[hdrs.AUTHORIZATION]
+        path = cast(web.Request, request).path_qs
+        for url in urls:
             try:
-                headers = {FORWARDED_HEADER: str(settings.generation)}
-                if hdrs.AUTHORIZATION in request.headers:  # the caller's own, verified there
-                    headers[hdrs.AUTHORIZATION] = request.headers[hdrs.AUTHORIZATION]
-                path = cast(web.Request, request).path_qs
-                async with app.http_client.get(url + path, headers=headers) as answer:
+                async with app.http_client.get(url + path, headers=sent) as answer:
                     body = await answer.read()
                     relayed = {
                         name: answer.headers[name] for name in RELAYED if name in answer.headers
                     }
-                    relayed.setdefault(GENERATION_HEADER, str(newer.generation))
+                    relayed.setdefault(GENERATION_HEADER, str(generation))
                     return self.bytes(
                         body,
                         content_type=answer.content_type,
@@ -177,8 +196,7 @@ class OwnedView(View):
             except aiohttp.ClientError as exc:
                 failures.append(f"{url}: {type(exc).__name__}: {exc}")
         raise OwnerUnavailable(
-            f"generation {newer.generation} serves the {self.pipeline} pipeline, and none of "
-            f"its workers answered ({'; '.join(failures)}); start one, or retry shortly"
+            f"{whose} answered ({'; '.join(failures)}); start one, or retry shortly"
         )
 
     #: The answer from this worker's tables, decorated with `routed_to_owner` by subclasses

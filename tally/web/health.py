@@ -2,21 +2,44 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from faust.web import Request, Response, View
 
 from tally.app import app, settings
+from tally.runtime.following import followers
 from tally.runtime.progress import lag_by_topic, ownership, recovery, stalled
 from tally.runtime.serving import serving
 
 
 @app.page("/api/health")
 class Health(View):
-    """200 when ready (tables recovered, no rebalance under way), else 503 saying why; both
-    with the partitions held, recovery progress and consumer lag."""
+    """200 when ready (tables recovered, no rebalance under way; a reader: its copies
+    loaded), else 503 saying why; both with the partitions held, recovery progress and
+    consumer lag (a reader: its copies and how far behind they are)."""
 
     async def get(self, request: Request) -> Response:
-        details = {
+        details = self.reader() if settings.reads_only else self.processor()
+        if app.ready:
+            return self.json({"status": "ready", **details})
+        reason = app.not_ready_because()
+        return self.json({"status": "starting", "reason": reason, **details}, status=503)
+
+    def reader(self) -> dict[str, Any]:
+        """A reader's copies: whether loaded, how many changelog records behind."""
+        return {
             "worker": settings.web_url,
+            "role": settings.role,
+            "copies": [follower.describe() for follower in followers],
+            "generation": settings.generation,
+            "pipelines": sorted(settings.pipelines),
+            **serving.generations.describe(),
+        }
+
+    def processor(self) -> dict[str, Any]:
+        return {
+            "worker": settings.web_url,
+            "role": settings.role,
             **ownership(),
             "recovery": recovery(),
             "lag": lag_by_topic(),
@@ -29,10 +52,6 @@ class Health(View):
             "pipelines": sorted(settings.pipelines),
             **serving.generations.describe(),
         }
-        if app.ready:
-            return self.json({"status": "ready", **details})
-        reason = app.not_ready_because()
-        return self.json({"status": "starting", "reason": reason, **details}, status=503)
 
 
 @app.page("/api/health/live")

@@ -173,9 +173,15 @@ def test_every_merchant_sees_its_own_figures_equal_to_brute_force_through_a_sigk
         90,
         what="the first purchases counted",
     )
+    # A reader: copies of every partition followed outside the consumer group (the group does
+    # not rebalance for it), loaded from the changelogs so far, then kept current.
+    generation = first.get("/api/health")["group_generation"]
+    copies = make_worker("r1", **env, TALLY_ROLE="read", TALLY_PROCESSING_URLS=first.url).start()
+    assert copies.get("/api/health")["role"] == "read"
     produce_to_partitions(
         broker.bootstrap, messages(events[half:], purchase_codec, purchase_batch_codec)
     )
+    assert first.get("/api/health")["group_generation"] == generation
     second.stop(signal.SIGKILL)
     second = make_worker("w2", **env).start()
 
@@ -213,6 +219,20 @@ def test_every_merchant_sees_its_own_figures_equal_to_brute_force_through_a_sigk
             time.sleep(1)
         assert not problems, problems
         assert served_by["owner"] and served_by["standby"], served_by
+    # The reader: every merchant equal to brute force, from its own copies.
+    served_by = Counter()
+    wait_until(
+        lambda: not all_agree(copies, events, merchants, served_by),
+        60,
+        what="the reader's copies to equal brute force",
+    )
+    assert set(served_by) == {"reader"}, served_by
+    read = [copies.get(f"/api/merchants/{m}/summary?{SPAN}") for m in merchants[:40]]
+    assert all(a["served_by"] == "reader" and a["stale_by_ms"] < 10_000 for a in read), read
+    relayed = copies.get(f"/api/merchants/{merchants[0]}/summary?{SPAN}&consistency=owner")
+    assert relayed["served_by"] == "owner" and relayed["orders"] == read[0]["orders"]
+    assert copies.get("/api/health")["copies"][0]["loaded"]
+
     stale = [first.get(f"/api/merchants/{merchant}/summary?{SPAN}") for merchant in merchants[:40]]
     assert {answer["served_by"] for answer in stale} == {"owner", "standby"}
     assert all(a["stale_by_ms"] < 10_000 for a in stale if a["served_by"] == "standby"), stale
@@ -240,6 +260,7 @@ def test_every_merchant_sees_its_own_figures_equal_to_brute_force_through_a_sigk
         assert answer["window_end"] == last_pane
         pane = T_END // HOUR_MS
         assert answer["items"] == top_items(events, merchant, pane), merchant
+        assert copies.get(f"/api/merchants/{merchant}/top-items")["items"] == answer["items"]
 
     # A merchant's token reads its own merchant only: another's is a 404, as one never seen.
     own, other = merchants[0], merchants[1]

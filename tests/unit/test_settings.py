@@ -50,6 +50,8 @@ def test_environment_overrides() -> None:
         ("TALLY_PIPELINES", "sales,billing", "billing is not a pipeline"),
         ("TALLY_PIPELINES", " , ", "nothing is not a pipeline"),
         ("TALLY_GENERATION", "0", "at least 1"),
+        ("TALLY_ROLE", "write", "one of process, read"),
+        ("TALLY_PROCESSING_URLS", "w1:6066", "not an http"),
     ],
 )
 def test_bad_values_name_the_variable_and_the_rule(variable: str, value: str, message: str) -> None:
@@ -96,3 +98,18 @@ def test_broker_lists_and_advertised_host() -> None:
 def test_exactly_once_on_the_local_broker_is_refused_with_the_reason() -> None:
     with pytest.raises(ConfigurationError, match="no InitProducerId"):
         Settings.from_env({"TALLY_PROCESSING_GUARANTEE": "exactly_once"})
+
+
+def test_a_reader_serves_the_merchants_queries_only() -> None:
+    with pytest.raises(ConfigurationError, match="TALLY_PIPELINES=merchants"):
+        Settings.from_env({"TALLY_ROLE": "read"})
+    reader = Settings.from_env(
+        {
+            "TALLY_ROLE": "read",
+            "TALLY_PIPELINES": "merchants",
+            "TALLY_PROCESSING_URLS": "http://w1:6066/, http://w2:6066",
+        }
+    )
+    assert reader.reads_only
+    assert reader.processing_urls == ("http://w1:6066", "http://w2:6066")
+    assert not Settings.from_env({}).reads_only

@@ -1,0 +1,187 @@
+"""A reader's copies of tables (TALLY_ROLE=read): every partition of their changelogs, followed
+outside the consumer group and written into local RocksDB, so that queries are answered by
+processes that never take part in processing.
+
+A standby copy comes with a group member, which the group gives partitions to process when
+another member leaves; a reader holds every partition and is never given work. It reads the
+changelogs as the bulk restore does (large fetches, one write batch per fetch, the offset
+reached recorded as Faust records it), from where its copy got to, so a restarted reader reads
+only what it missed. The owner deletes old cells locally without tombstones; `applied` lets the
+pipeline do the same to a copy after each fetch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+from faust.types import TP, CollectionT
+from mode import Service
+
+from tally.broker.admin import end_offsets, topic_partitions
+from tally.runtime.faust_compat import recorded_offset
+from tally.runtime.restore import FETCH_RECORDS, REPORT_EVERY_S, RestoreProgress, write_records
+from tally.settings import current_settings
+
+logger = logging.getLogger(__name__)
+
+#: How long a fetch waits for records when the copies are current (the added staleness).
+POLL_MS = 100
+
+
+class ChangelogFollower(Service):
+    """Copies of every partition of `tables`, kept current from their changelogs. Within a
+    fetch, tables are written in the order given: list last a table whose record says how far
+    the others are (a clock record), so it never runs ahead of them."""
+
+    def __init__(
+        self,
+        name: str,
+        tables: Sequence[CollectionT],
+        applied: Callable[[int], None],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.name, self.tables, self.applied = name, tables, applied
+        #: Set once the copies hold what the changelogs held when following began.
+        self.loaded = False
+        self.progress: RestoreProgress | None = None
+        #: changelog partition → the next offset to read; → the broker's end, as last fetched.
+        self.positions: dict[TP, int] = {}
+        self.highwaters: dict[TP, int] = {}
+        followers.append(self)
+
+    def behind(self, partition: int | None = None) -> int:
+        """Changelog records not yet in the copies (of one partition, or all), as of the
+        last fetch."""
+        return sum(
+            max(0, self.highwaters.get(tp, position) - position)
+            for tp, position in self.positions.items()
+            if partition is None or tp.partition == partition
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "pipeline": self.name,
+            "loaded": self.loaded,
+            "partitions": len({tp.partition for tp in self.positions}),
+            "records_behind": self.behind(),
+            "load": self.progress.describe() if self.progress else None,
+        }
+
+    @Service.task
+    async def _follow(self) -> None:
+        failures = 0
+        while not self.should_stop:
+            try:
+                await self._follow_once()
+            except KafkaError as exc:
+                failures += 1
+                log = logger.warning if failures == 1 else logger.debug
+                log("following %s changelogs failed (%r); retrying each second", self.name, exc)
+                await asyncio.sleep(1.0)
+
+    async def _follow_once(self) -> None:
+        settings = current_settings()
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.bootstrap_servers,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level=(
+                "read_committed"
+                if settings.processing_guarantee == "exactly_once"
+                else "read_uncommitted"
+            ),
+            max_partition_fetch_bytes=16 << 20,
+            fetch_max_bytes=64 << 20,
+        )
+        await consumer.start()
+        try:
+            tables = await self._changelog_partitions(consumer)
+            consumer.assign(list(tables))
+            for ktp, (table, tp) in tables.items():
+                stored = recorded_offset(table, tp)
+                if stored is None:
+                    await consumer.seek_to_beginning(ktp)
+                else:
+                    consumer.seek(ktp, stored + 1)
+                self.positions[tp] = await consumer.position(ktp)
+            ends = await end_offsets(consumer, tables)
+            if not self.loaded:
+                self.progress = RestoreProgress(
+                    sum(max(0, ends[ktp] - self.positions[tp]) for ktp, (_, tp) in tables.items())
+                )
+            await self._read(consumer, tables, ends)
+        finally:
+            await consumer.stop()
+
+    async def _changelog_partitions(
+        self, consumer: AIOKafkaConsumer
+    ) -> dict[TopicPartition, tuple[CollectionT, TP]]:
+        """Every partition of every table's changelog, once the changelogs exist (the
+        processing workers create them: a reader waits rather than create them unconfigured)."""
+        found: dict[TopicPartition, tuple[CollectionT, TP]] = {}
+        waited = False
+        for table in self.tables:
+            topic = table.changelog_topic.get_topic_name()
+            while not (partitions := await topic_partitions(consumer, topic)):
+                if not waited:
+                    logger.info("waiting for changelog %s (a processing worker makes it)", topic)
+                    waited = True
+                await asyncio.sleep(1.0)
+            for ktp in partitions:
+                found[ktp] = (table, TP(ktp.topic, ktp.partition))
+        return found
+
+    async def _read(
+        self,
+        consumer: AIOKafkaConsumer,
+        tables: dict[TopicPartition, tuple[CollectionT, TP]],
+        ends: dict[TopicPartition, int],
+    ) -> None:
+        order = {table.name: index for index, table in enumerate(self.tables)}
+        reported = time.monotonic()
+        while not self.should_stop:
+            fetched = await consumer.getmany(timeout_ms=POLL_MS, max_records=FETCH_RECORDS)
+            touched = set()
+            for ktp, records in sorted(fetched.items(), key=lambda f: order[tables[f[0]][0].name]):
+                table, tp = tables[ktp]
+                if records:
+                    write_records(table, tp, records)
+                    self.positions[tp] = records[-1].offset + 1
+                    touched.add(tp.partition)
+                    if self.progress is not None and not self.loaded:
+                        self.progress.done += len(records)
+            for ktp, (_, tp) in tables.items():
+                highwater = consumer.highwater(ktp)
+                if highwater is not None:
+                    self.highwaters[tp] = highwater
+            for partition in sorted(touched):
+                self.applied(partition)
+            if not self.loaded:
+                now = time.monotonic()
+                if all(self.positions[tp] >= ends[ktp] for ktp, (_, tp) in tables.items()):
+                    self._loaded()
+                elif now - reported >= REPORT_EVERY_S and self.progress is not None:
+                    reported = now
+                    logger.info("%s copies: %s", self.name, self.progress.line())
+
+    def _loaded(self) -> None:
+        self.loaded = True
+        if self.progress is not None:
+            self.progress.finished = time.monotonic()
+            logger.info(
+                "%s copies loaded: %s changelog records in %.1f s; following",
+                self.name,
+                f"{self.progress.done:,}",
+                self.progress.finished - self.progress.started,
+            )
+
+
+#: Every follower of this process (`/api/health` describes them).
+followers: list[ChangelogFollower] = []
