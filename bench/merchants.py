@@ -1,20 +1,27 @@
-"""Merchants benchmark: one worker of the merchants pipeline, per run: purchases/s in
-envelopes (re-keyed by merchant, folded into merchant-hours and each merchant's window) with
-100,000 merchants held, its peak RSS; then, on the loaded worker, a 30-day daily query of the
-busiest 1,000 merchants in turn (wrk, 1 and 100 clients: p50/p99 and requests/s) and a
-one-year range read from the archive (20 requests, one after the other).
+"""Merchants benchmark: one worker of the merchants pipeline, per run, with 100,000 merchants
+held: purchases/s in envelopes (re-keyed by merchant, folded into merchant-hours and each
+merchant's window), live and as a 30-day backlog, and its peak RSS; on the loaded worker, a
+30-day daily query of the busiest 1,000 merchants in turn (wrk, 1 and 100 clients: p50/p99
+and requests/s) and a one-year range read from the archive (20 requests, one after the
+other); then readers (TALLY_ROLE=read) started one by one, the 100 clients spread over 1, 2
+and 3 of them, and the worker's live rate alone, with that load on the readers, and with it
+on the worker itself.
 
-    .venv/bin/python -m bench.merchants [--count 300000] [--merchants 100000] [--envelope 200]
-                                        [--runs 3] [--out bench/results/<date>-merchants.md]
+    .venv/bin/python -m bench.merchants [--count 300000] [--live 300000] [--merchants 100000]
+                                        [--envelope 200] [--runs 3]
+                                        [--out bench/results/<date>-merchants.md]
 
-The purchases span 30 days of event time (every merchant buys at least once, then Zipf over
-merchants and items): the window slides through them, so the older hours are final and
-archived (and merged into day cells), and a 30-day daily query reads a cell per final day
-and the last day's hours from the hot table. The
-one-year range (ending 40 days back, before the hot day cells) is of a merchant whose year of
-hours was written to the archive before the run (8,760 merchant-hours, through the archive's
-own append). Every answer is checked against
-brute force over the purchases before a figure counts.
+First `--count` purchases over 30 days of event time (every merchant buys at least once, then
+Zipf over merchants and items), timed as a backlog: the window slides through them, so the
+older hours are final, archived and merged into day cells, and with about 0.004 purchases per
+merchant-hour, nearly every purchase has an hour of its own to close. Then `--live` purchases
+with event times in the last 10 minutes, timed as what a worker sustains as traffic arrives
+(the source's 120,000 events/s are stated as workers at that rate). A 30-day daily query reads
+a cell per final day and the last day's hours from the hot table. The one-year range (ending 40
+days back, before the hot day cells) is of a merchant whose year of hours was written to the
+archive before the run (8,760 merchant-hours, through the archive's own append). Every answer
+is checked against brute force over the purchases before a figure counts; each reader too, once
+started.
 """
 
 from __future__ import annotations
@@ -194,8 +201,11 @@ def wrk_merchants(workers: list[Worker], connections: int, seconds: int = 8) -> 
 
 #: Readers started one after another, the query load spread over them each time.
 READERS = (1, 2, 3)
-#: Purchases of each ingest timing of the readers' phase (the last 20 hours: in the window).
-INGEST_CHECK = 30_000
+#: Live purchases: event times in the last 10 minutes (in the window, its newest hour), as
+#: traffic arriving now has them; every merchant-hour is a few of a merchant's purchases.
+LIVE_SPAN_MS = 10 * 60_000
+#: Live purchases of each ingest timing of the readers' phase.
+INGEST_CHECK = 100_000
 
 
 def reader_of(worker: Worker, workdir: Path, n: int) -> Worker:
@@ -221,8 +231,21 @@ def ingest_rate(broker: LocalBroker, worker: Worker, messages: list[Message], to
     return total / (time.monotonic() - started)
 
 
+def live_purchases(
+    args: argparse.Namespace, count: int, seed: int, workdir: Path
+) -> tuple[list[dict], list[Message]]:
+    """`count` live purchases of the run's merchants, and their envelopes."""
+    events = merchant_purchases(count, args.merchants, seed, LIVE_SPAN_MS)
+    return events, envelopes(events, args.envelope, workdir)
+
+
 def readers_phase(
-    broker: LocalBroker, worker: Worker, workdir: Path, run: int, events: list[dict]
+    args: argparse.Namespace,
+    broker: LocalBroker,
+    worker: Worker,
+    workdir: Path,
+    run: int,
+    events: list[dict],
 ) -> dict:
     """Read throughput with 1, 2 and 3 readers (each checked against brute force first),
     their peak RSS; then the worker's ingest rate alone, with the query load on the readers,
@@ -236,14 +259,7 @@ def readers_phase(
             check_thirty_days(reader, events, served_by="reader")
             measured["reads"].append(wrk_merchants(readers, 100))
         measured["reader_rss_mb"] = max(peak_rss_mb(r.process.pid) for r in readers)  # type: ignore[union-attr]
-        batches = [
-            envelopes(
-                merchant_purchases(INGEST_CHECK, 1_000, 1_000 * run + n, 20 * HOUR_MS),
-                200,
-                workdir,
-            )
-            for n in range(3)
-        ]
+        batches = [live_purchases(args, INGEST_CHECK, 1_000 * run + n, workdir) for n in range(3)]
         for (name, targets), batch in zip(
             (("alone", []), ("reads on readers", readers), ("reads on the worker", [worker])),
             batches,
@@ -256,7 +272,8 @@ def readers_phase(
                 for t in targets
             ]
             try:
-                measured["ingest"][name] = ingest_rate(broker, worker, batch, INGEST_CHECK)
+                measured["ingest"][name] = ingest_rate(broker, worker, batch[1], INGEST_CHECK)
+                events.extend(batch[0])
             finally:
                 for process in load:
                     process.terminate()
@@ -297,17 +314,21 @@ def one_run(args: argparse.Namespace, workdir: Path, run: int) -> tuple[Result, 
             if now != last:
                 settled, last = time.monotonic(), now
             time.sleep(0.5)
-        check_thirty_days(worker, events)
         measured["archived_hours"] = last
+        live, batch = live_purchases(args, args.live, 10_000 + run, workdir)
+        measured["live_rate"] = ingest_rate(broker, worker, batch, len(live))
+        events.extend(live)
+        check_thirty_days(worker, events)
         measured["queries"] = [wrk_merchants([worker], n) for n in QUERY_CONNECTIONS]
         measured["year_ms"] = year_from_archive(worker, year)
-        measured.update(readers_phase(broker, worker, workdir, run, events))
+        measured.update(readers_phase(args, broker, worker, workdir, run, events))
+        measured["peak_rss_mb"] = peak_rss_mb(worker.process.pid)  # type: ignore[union-attr]
 
     with LocalBroker("127.0.0.1", free_port(), log_path=workdir / f"broker{run}.log") as broker:
         result = run_tally(
             broker,
             workdir,
-            f"merchants, envelopes of ~{args.envelope}",
+            f"merchants, 30-day backlog, envelopes of ~{args.envelope}",
             "purchases",
             messages,
             len(events),
@@ -323,49 +344,51 @@ def one_run(args: argparse.Namespace, workdir: Path, run: int) -> tuple[Result, 
     return result, measured
 
 
+def figures_row(label: str, values: list[float], unit: str = "") -> str:
+    shown = ", ".join(f"{v:,.0f}" for v in values)
+    return f"| {label} | {median(values):,.0f}{unit} | {shown} |"
+
+
+def load_row(label: str, loads: list[QueryLoad]) -> str:
+    """A query load's requests/s, p50 and p99 (medians of the runs), and each run's."""
+    return (
+        f"| {label}: req/s · p50 · p99 ms | {median(q.requests_per_s for q in loads):,.0f} · "
+        f"{median(q.p50_ms for q in loads):.1f} · {median(q.p99_ms for q in loads):.1f} | "
+        f"{', '.join(f'{q.requests_per_s:,.0f}/s p99 {q.p99_ms:.1f}' for q in loads)} |"
+    )
+
+
 def summary(args: argparse.Namespace, results: list[tuple[Result, dict]]) -> str:
-    rates = [r.rate for r, _ in results]
-    rate = median(rates)
+    live = [m["live_rate"] for _, m in results]
     lines = [
-        f"### Merchants ({args.merchants:,} merchants held, {args.count:,} purchases over 30 "
-        f"days, envelopes of ~{args.envelope}; medians of {len(results)} runs)",
+        f"### Merchants ({args.merchants:,} merchants held: {args.count:,} purchases over 30 "
+        f"days, then {args.live:,} live ones; envelopes of ~{args.envelope}; medians of "
+        f"{len(results)} runs)",
         "",
         "| figure | median | runs |",
         "|---|---:|---|",
-        f"| purchases/s, one worker | {rate:,.0f} | {', '.join(f'{r:,.0f}' for r in rates)} |",
-        f"| workers for the source's 120,000 events/s | {120_000 / rate:.1f} | |",
-        f"| peak RSS MB | {median(r.peak_rss_mb for r, _ in results):,.0f} | "
-        f"{', '.join(f'{r.peak_rss_mb:,.0f}' for r, _ in results)} |",
-        f"| merchant-hours archived | {median(m['archived_hours'] for _, m in results):,.0f} | |",
+        figures_row("purchases/s, one worker, live (event times in the last 10 minutes)", live),
+        f"| workers for the source's 120,000 events/s | {120_000 / median(live):.1f} | |",
+        figures_row(
+            "purchases/s, one worker, a 30-day backlog (each merchant-hour a purchase or two: "
+            "closed, archived and merged into its day)",
+            [r.rate for r, _ in results],
+        ),
+        figures_row("peak RSS MB of the worker", [m["peak_rss_mb"] for _, m in results]),
+        figures_row("merchant-hours archived", [m["archived_hours"] for _, m in results]),
     ]
     for index, connections in enumerate(QUERY_CONNECTIONS):
         loads = [m["queries"][index] for _, m in results]
-        lines.append(
-            f"| 30-day daily query, {connections} client(s): req/s · p50 · p99 ms | "
-            f"{median(q.requests_per_s for q in loads):,.0f} · "
-            f"{median(q.p50_ms for q in loads):.1f} · {median(q.p99_ms for q in loads):.1f} | "
-            f"{', '.join(f'{q.requests_per_s:,.0f}/s p99 {q.p99_ms:.1f}' for q in loads)} |"
-        )
+        lines.append(load_row(f"30-day daily query, {connections} client(s)", loads))
     for index, n in enumerate(READERS):
         loads = [m["reads"][index] for _, m in results]
-        lines.append(
-            f"| 30-day daily query, 100 clients over {n} reader(s): req/s · p50 · p99 ms | "
-            f"{median(q.requests_per_s for q in loads):,.0f} · "
-            f"{median(q.p50_ms for q in loads):.1f} · {median(q.p99_ms for q in loads):.1f} | "
-            f"{', '.join(f'{q.requests_per_s:,.0f}/s p99 {q.p99_ms:.1f}' for q in loads)} |"
-        )
-    reader_rss = [m["reader_rss_mb"] for _, m in results]
-    lines.append(
-        f"| peak RSS MB of a reader | {median(reader_rss):,.0f} | "
-        f"{', '.join(f'{rss:,.0f}' for rss in reader_rss)} |"
-    )
+        lines.append(load_row(f"30-day daily query, 100 clients over {n} reader(s)", loads))
+    lines.append(figures_row("peak RSS MB of a reader", [m["reader_rss_mb"] for _, m in results]))
+    alone = median(m["ingest"]["alone"] for _, m in results)
     for name in results[0][1]["ingest"]:
         rates = [m["ingest"][name] for _, m in results]
-        alone = median(m["ingest"]["alone"] for _, m in results)
-        lines.append(
-            f"| ingest purchases/s, {INGEST_CHECK:,} purchases, {name} | {median(rates):,.0f} "
-            f"({median(rates) / alone:.2f}x alone) | {', '.join(f'{r:,.0f}' for r in rates)} |"
-        )
+        label = f"live purchases/s, {INGEST_CHECK:,} of them, {name}"
+        lines.append(figures_row(label, rates, f" ({median(rates) / alone:.2f}x alone)"))
     years = [statistics.quantiles(m["year_ms"], n=100, method="inclusive") for _, m in results]
     year_p50 = median(median(m["year_ms"]) for _, m in results)
     lines.append(
@@ -380,7 +403,8 @@ def main(args: argparse.Namespace, workdir: Path) -> None:
     for run in range(args.runs):
         result, measured = one_run(args, workdir, run)
         print(
-            f"run {run + 1}: {result.rate:,.0f} purchases/s, RSS {result.peak_rss_mb:,.0f} MB, "
+            f"run {run + 1}: {measured['live_rate']:,.0f} live purchases/s, a 30-day backlog "
+            f"{result.rate:,.0f}/s, RSS {measured['peak_rss_mb']:,.0f} MB, "
             f"30-day query p99 {measured['queries'][-1].p99_ms:.1f} ms at 100 clients, "
             f"one year {median(measured['year_ms']):.0f} ms",
             flush=True,
@@ -397,6 +421,7 @@ def main(args: argparse.Namespace, workdir: Path) -> None:
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 parser.add_argument("--count", type=int, default=300_000)
 parser.add_argument("--merchants", type=int, default=100_000)
+parser.add_argument("--live", type=int, default=300_000, help="live purchases, timed")
 parser.add_argument("--envelope", type=int, default=200)
 parser.add_argument("--runs", type=int, default=3)
 parser.add_argument("--out", default="")

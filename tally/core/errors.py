@@ -35,7 +35,8 @@ class UnknownSchemaError(SchemaError):
 
 
 class DecodeError(TallyError):
-    """A message's bytes are not a valid Confluent-framed Avro record of the expected schema."""
+    """A message's bytes do not decode as expected: a Confluent-framed Avro record of the
+    expected schema (what producers send), or a JSON list of records (codecs.handover)."""
 
     rule = "undecodable"
 

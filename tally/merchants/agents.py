@@ -3,7 +3,7 @@ merchant's top items over the sales window.
 
 1. `rekey_purchases` (purchases): each message's valid purchases, grouped by their merchant's
    partition (murmur2 of the tenant name), go to merchant-purchases as one message per
-   partition (as it came, or an envelope of them), with the message's origin. Invalid ones
+   partition (a JSON list of them: codecs.handover), with the message's origin. Invalid ones
    are the sales pipeline's to dead-letter when this worker runs it (one letter per purchase,
    not one per pipeline), else dead-lettered here.
 2. `count_merchants` (merchant-purchases): per partition, the purchases its cells do not hold
@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 
 from faust.types import EventT, RecordMetadata, StreamT
 
 from tally.app import app, settings
-from tally.codecs.avro import Record
-from tally.codecs.catalog import purchases_topic_codec
-from tally.core.applied import Stamped, holds, reach, stamp, value_of
+from tally.codecs.avro import Record, load_schema
+from tally.codecs.handover import HandedRecords
+from tally.core.applied import Source, Stamped, holds, reach, stamp, value_of
 from tally.core.clock import now_ms
 from tally.core.merchants import HOUR_MS, DayFigures, HourFigures, day_start
 from tally.core.partitioning import partition_for
@@ -51,14 +51,12 @@ from tally.merchants.tables import (
 from tally.runtime.cells import read_cell, write_cell
 from tally.runtime.intake import caught_up, decode, each_partition, timer
 from tally.runtime.purchases import (
-    PURCHASE_BATCH,
     checked_purchases,
-    hand_on,
     item_of,
     set_aside_late,
     tenant_of_purchase,
 )
-from tally.runtime.routing import announce, announcement, hear_all, source_of
+from tally.runtime.routing import announce, announcement, forward, hear_all, source_of
 from tally.runtime.state import PartitionStates
 from tally.runtime.store import partition_key, scan, stored_value
 from tally.runtime.topics import purchases
@@ -100,7 +98,7 @@ async def rekey_partition(events: Sequence[EventT]) -> None:
             owner = partition_for(tenant_of_purchase(purchase), settings.partitions)
             by_owner.setdefault(owner, []).append(purchase)
         for owner, theirs in by_owner.items():
-            await hand_on(event, carried, owner, theirs, to=merchant_purchases)
+            await forward(event, owner, HANDED_PURCHASES.dumps(theirs), to=merchant_purchases)
     write_cell(rekeying_clocks, partition_key(partition), clock.record(), partition)
     watermark = clock.own_watermark(wall, MERCHANT_SPEC.grace_ms)
     await announce(purchases, partition, watermark, idle=False, to=merchant_purchases)
@@ -135,17 +133,18 @@ async def announce_idle_purchases() -> None:
 
 # --- stage 2: merchant-purchases → hours and windows ----------------------------------------
 
+#: What the re-keying stage hands on: each message's valid purchases of one partition.
+HANDED_PURCHASES = HandedRecords(
+    "purchases", [field["name"] for field in load_schema("purchase")["fields"]]
+)
+
 #: A purchase with the message that carried it.
 Carried = tuple[EventT, Record]
 
 
 async def unpacked(event: EventT) -> list[Record]:
     """The purchases of a re-keyed message (checked when they were re-keyed)."""
-    decoded = await decode(event, purchases_topic_codec())
-    if decoded is None:
-        return []
-    name, record = decoded
-    return list(record["purchases"]) if name == PURCHASE_BATCH else [record]
+    return await decode(event, HANDED_PURCHASES) or []
 
 
 def hour_of(purchase: Record) -> int:
@@ -159,8 +158,9 @@ async def count_partition(events: Sequence[EventT]) -> None:
     partition = events[0].message.partition
     wall = now_ms()
     messages = [event for event in events if announcement(event) is None]
+    sources = {id(event): source_of(event) for event in messages}
     decoded = [(event, p) for event in messages for p in await unpacked(event)]
-    arrivals = [(source_of(e), item_of(p), p["event_time_ms"]) for e, p in decoded]
+    arrivals = [(sources[id(e)], item_of(p), p["event_time_ms"]) for e, p in decoded]
     pane_cells, unheld = merchant_windows.unapplied(partition, arrivals)
     window = merchant_windows.window_for(partition, wall, idle=False)
     fresh = [decoded[index] for index in unheld]
@@ -168,8 +168,8 @@ async def count_partition(events: Sequence[EventT]) -> None:
         [(item_of(p), p["quantity"], p["event_time_ms"]) for _, p in fresh], wall, own=False
     )
     late = {id(fresh[index][1]) for index in outcome.late}
-    through = reach(source_of(message) for message in messages)
-    counted = fold_hours(partition, [c for c in decoded if id(c[1]) not in late], through)
+    through = reach(sources.values())
+    counted = fold_hours(partition, [c for c in decoded if id(c[1]) not in late], through, sources)
     hear_all(window.clock, events)  # after the batch: an announcement follows what it covers
     offset = events[-1].message.offset
     # The pane the window last slid to goes with the clock: a standby copy answers as of it.
@@ -184,9 +184,15 @@ async def count_partition(events: Sequence[EventT]) -> None:
     await slide(partition, window, wall)
 
 
-def fold_hours(partition: int, carried: Sequence[Carried], through: dict[int | None, int]) -> int:
-    """Add each purchase to its merchant-hour unless the cell holds it already; each touched
-    cell written once. Returns how many purchases were added."""
+def fold_hours(
+    partition: int,
+    carried: Sequence[Carried],
+    through: dict[int | None, int],
+    sources: Mapping[int, tuple[Source, int]],
+) -> int:
+    """Add each purchase to its merchant-hour unless the cell holds it already (`sources`:
+    each message's origin, by its id); each touched cell written once. Returns how many
+    purchases were added."""
     cells: dict[bytes, tuple[Stamped | None, HourFigures]] = {}
     added = 0
     for event, purchase in carried:
@@ -196,7 +202,7 @@ def fold_hours(partition: int, carried: Sequence[Carried], through: dict[int | N
             figures = HourFigures() if before is None else HourFigures.from_record(value_of(before))
             cells[key] = (before, figures)
         before, figures = cells[key]
-        source, offset = source_of(event)
+        source, offset = sources[id(event)]
         if holds(before, offset, source):
             continue
         figures.add(

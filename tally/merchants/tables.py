@@ -41,7 +41,7 @@ _CHANGELOG = {"cleanup.policy": "compact,delete", "retention.ms": HOT_MS + DAY_M
 #: The merchants' archive, inside TALLY_ARCHIVE_DIR (the metrics archive's days beside it).
 ARCHIVE_DIRECTORY = "merchant-hours"
 
-#: Purchases of the merchants one partition holds: Avro `PurchaseBatch` envelopes.
+#: Purchases of the merchants one partition holds: JSON lists (codecs.handover), checked.
 merchant_purchases = internal_topic(MERCHANT_PURCHASES, value_type=bytes)
 rekeyed_from(purchases, merchant_purchases)
 

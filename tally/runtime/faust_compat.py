@@ -21,12 +21,14 @@ from aiokafka.errors import IllegalStateError
 from faust import streams as faust_streams
 from faust.app.router import Router
 from faust.exceptions import SameNode
+from faust.models.base import Model
 from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 from faust.stores.rocksdb import Store as RocksDBStore
 from faust.transport.consumer import Consumer as FaustConsumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.producer import ProducerBuffer
 from faust.types import TP, CollectionT, EventT, Message, ProducerT
+from faust.utils import json as faust_json
 
 from tally.core.continuity import ChangelogContinuity
 from tally.core.errors import ConfigurationError
@@ -376,7 +378,14 @@ def encode_value(table: CollectionT, value: Any) -> bytes:
 
 
 def decode_value(table: CollectionT, raw: bytes) -> Any:
-    """A value read raw from `table`'s store, decoded as the store does."""
+    """A value read raw from `table`'s store, decoded as the store does. A table of plain
+    JSON (no value type: Tally's) is read with Faust's JSON codec (orjson) directly: the
+    store's own path then looks each value up for a model's namespace, raising and catching
+    a TypeError for every list value, which took a third of a cell read."""
+    if table.value_type is None and cast(Any, table).value_serializer == "json":
+        value = faust_json.loads(raw)  # type: ignore[arg-type]  # its JSON (orjson) reads bytes
+        if not (isinstance(value, dict) and Model._blessed_key in value):
+            return value
     return table.data._decode_value(raw)  # type: ignore[attr-defined]
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from faust.types import EventT, TopicT
+from faust.types import EventT
 
 from tally.app import settings
 from tally.codecs.avro import Record, check_event_time, validate_purchase
@@ -81,18 +81,14 @@ async def checked_purchases(
 
 
 async def hand_on(
-    event: EventT,
-    purchases: Purchases,
-    owner: int,
-    theirs: Sequence[Record],
-    to: TopicT | None = None,
+    event: EventT, purchases: Purchases, owner: int, theirs: Sequence[Record]
 ) -> None:
     """Send `owner` the purchases of the message that are its (runtime.routing.forward, to
-    `to` or the source's routed topic): the message as it came when they are all of it, else
-    an envelope of them."""
+    the source's routed topic, read as the source is): the message as it came when they are
+    all of it, else an envelope of them."""
     whole = not purchases.envelope or len(theirs) == purchases.carried
     value = None if whole else purchase_batch_codec().dumps({"purchases": list(theirs)})
-    await forward(event, owner, value, to)
+    await forward(event, owner, value)
 
 
 class LateEvent(TallyError):

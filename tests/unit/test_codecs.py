@@ -19,6 +19,7 @@ from tally.codecs.avro import (
     validate_purchase,
 )
 from tally.codecs.catalog import open_registry
+from tally.codecs.handover import HandedRecords
 from tally.codecs.registry import FileSchemaRegistry, HttpSchemaRegistry
 from tally.core.errors import (
     ConfigurationError,
@@ -157,3 +158,35 @@ def test_ids_must_be_usable_in_keys(server: str) -> None:
 def test_a_record_that_does_not_fit_is_a_validation_error(codec: AvroCodec) -> None:
     with pytest.raises(ValidationError, match="does not fit"):
         codec.dumps({**PURCHASE, "quantity": "two"})
+
+
+HANDED = HandedRecords("purchases", [field["name"] for field in load_schema("purchase")["fields"]])
+
+
+def test_handed_records_come_back_as_the_avro_records_they_were(codec: AvroCodec) -> None:
+    records = [codec.loads(codec.dumps({**PURCHASE, "purchase_id": f"p{n}"})) for n in range(3)]
+    assert HANDED.loads(HANDED.dumps(records)) == records
+    assert HANDED.loads(HANDED.dumps([])) == []
+
+
+@given(st.binary(max_size=64))
+def test_any_handed_body_either_decodes_or_raises_decode_error(body: bytes) -> None:
+    try:
+        records = HANDED.loads(body)
+    except DecodeError:
+        return
+    assert all(set(record) == set(PURCHASE) for record in records)
+
+
+@pytest.mark.parametrize(
+    ("body", "text"),
+    [
+        (None, "no value"),
+        (b"{", "not a JSON list"),
+        (b'{"purchases": []}', "each of 8 values"),
+        (b"[[1, 2]]", "each of 8 values"),
+    ],
+)
+def test_a_handed_body_of_another_shape_is_a_decode_error(body: bytes | None, text: str) -> None:
+    with pytest.raises(DecodeError, match=text):
+        HANDED.loads(body)
