@@ -69,6 +69,7 @@ FIRST_HOUR = (END_MS - SPAN_MS) // HOUR_MS * HOUR_MS
 #: The merchant whose year of hours is in the archive.
 YEARLONG = "year-merchant"
 LUA = Path(__file__).with_name("merchants.lua")
+PACED_LUA = Path(__file__).with_name("merchants_paced.lua")
 BUSIEST = 1_000
 #: The archive sink's flush interval: shorter than the default minute, so that the run's
 #: final hours are all written soon after its last purchase.
@@ -166,12 +167,34 @@ def check_thirty_days(worker: Worker, events: list[dict], served_by: str = "owne
         raise SystemExit(f"a 30-day query should read day cells and hours: {answer['tiers']}")
 
 
-def wrk_command(worker: Worker, connections: int, seconds: int, threads: int) -> list[str]:
+def wrk_command(
+    worker: Worker, connections: int, seconds: int, threads: int, rate: float | None = None
+) -> list[str]:
+    """wrk asking the busiest merchants' 30 days in turn: as fast as answers come, or `rate`
+    requests/s offered (bench/merchants_paced.lua)."""
+    script, paced = (LUA, []) if rate is None else (PACED_LUA, [str(threads * 1000 / rate)])
     return [
         wrk_binary(), f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency",
         "-H", f"Authorization: Bearer {ACCESS.operator_token}",
-        "-s", str(LUA), worker.url, "--", str(BUSIEST), THIRTY_DAYS,
+        "-s", str(script), worker.url, "--", str(BUSIEST), THIRTY_DAYS, *paced,
     ]  # fmt: skip
+
+
+#: Offered loads of the 30-day query, as shares of what 100 clients got answered (in the same
+#: run): the latency at each, and so the highest load at which the p99 stays under a bound.
+OFFERED_SHARES = (0.25, 0.5, 0.75, 0.9)
+
+
+def offered_loads(worker: Worker, saturated: float, seconds: int = 8) -> list[QueryLoad]:
+    """The 30-day query at each share of `saturated` requests/s, from 100 clients."""
+    loads = []
+    for share in OFFERED_SHARES:
+        command = wrk_command(worker, 100, seconds, 2, rate=share * saturated)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
+        if done.returncode != 0:
+            raise SystemExit(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
+        loads.append(parse_wrk(done.stdout, 100))
+    return loads
 
 
 def wrk_merchants(workers: list[Worker], connections: int, seconds: int = 8) -> QueryLoad:
@@ -320,6 +343,7 @@ def one_run(args: argparse.Namespace, workdir: Path, run: int) -> tuple[Result, 
         events.extend(live)
         check_thirty_days(worker, events)
         measured["queries"] = [wrk_merchants([worker], n) for n in QUERY_CONNECTIONS]
+        measured["offered"] = offered_loads(worker, measured["queries"][-1].requests_per_s)
         measured["year_ms"] = year_from_archive(worker, year)
         measured.update(readers_phase(args, broker, worker, workdir, run, events))
         measured["peak_rss_mb"] = peak_rss_mb(worker.process.pid)  # type: ignore[union-attr]
@@ -380,6 +404,11 @@ def summary(args: argparse.Namespace, results: list[tuple[Result, dict]]) -> str
     for index, connections in enumerate(QUERY_CONNECTIONS):
         loads = [m["queries"][index] for _, m in results]
         lines.append(load_row(f"30-day daily query, {connections} client(s)", loads))
+    for index, share in enumerate(OFFERED_SHARES):
+        loads = [m["offered"][index] for _, m in results]
+        offered = median(m["queries"][-1].requests_per_s * share for _, m in results)
+        label = f"30-day daily query, {share:.0%} of that offered (~{offered:,.0f}/s)"
+        lines.append(load_row(label, loads))
     for index, n in enumerate(READERS):
         loads = [m["reads"][index] for _, m in results]
         lines.append(load_row(f"30-day daily query, 100 clients over {n} reader(s)", loads))

@@ -81,7 +81,7 @@ class HourFigures:
         self.orders += 1
         self.units += quantity
         self.revenue_cents += revenue
-        self._count(channel_of(metadata, self.channels), [1, quantity, revenue])
+        self._count(channel_of(metadata, self.channels), 1, quantity, revenue)
         if customer:
             self.customers.update(customer)
 
@@ -91,16 +91,20 @@ class HourFigures:
         self.units += other.units
         self.revenue_cents += other.revenue_cents
         for channel, counts in other.channels.items():
-            self._count(channel_of({CHANNEL_KEY: channel}, self.channels), counts)
+            self._count(channel_of({CHANNEL_KEY: channel}, self.channels), *counts)
         union = hll_union(HLL_LG_K)
         union.update(self.customers)
         union.update(other.customers)
         self.customers = union.get_result()
 
-    def _count(self, channel: str, counts: Counts) -> None:
-        kept = self.channels.setdefault(channel, [0, 0, 0])
-        for index, value in enumerate(counts):
-            kept[index] += value
+    def _count(self, channel: str, orders: int, units: int, revenue_cents: int) -> None:
+        kept = self.channels.get(channel)
+        if kept is None:
+            self.channels[channel] = [orders, units, revenue_cents]
+        else:
+            kept[0] += orders
+            kept[1] += units
+            kept[2] += revenue_cents
 
     def to_record(self) -> dict[str, Any]:
         """The JSON form a table keeps (the sketch as base64 of its compact bytes)."""

@@ -29,6 +29,7 @@ from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.producer import ProducerBuffer
 from faust.types import TP, CollectionT, EventT, Message, ProducerT
 from faust.utils import json as faust_json
+from mode.utils.compat import want_bytes
 
 from tally.core.continuity import ChangelogContinuity
 from tally.core.errors import ConfigurationError
@@ -372,17 +373,25 @@ def current_event(event: EventT) -> Iterator[None]:
         faust_streams._current_event.reset(token)
 
 
+def plain_json(table: CollectionT) -> bool:
+    """Whether `table` keeps plain JSON values (no value type: Tally's tables). Those are
+    encoded and decoded with Faust's JSON codec (orjson) directly, to the same bytes: the
+    store's own path goes through the serializer registry, which looks each value up for a
+    model's namespace, raising and catching a TypeError for every list value (a third of a
+    cell read)."""
+    return table.value_type is None and cast(Any, table).value_serializer == "json"
+
+
 def encode_value(table: CollectionT, value: Any) -> bytes:
     """`value` as `table`'s store writes it (its value serializer)."""
+    if plain_json(table) and not isinstance(value, Model):
+        return want_bytes(faust_json.dumps(value))
     return cast(bytes, table.data._encode_value(value))  # type: ignore[attr-defined]
 
 
 def decode_value(table: CollectionT, raw: bytes) -> Any:
-    """A value read raw from `table`'s store, decoded as the store does. A table of plain
-    JSON (no value type: Tally's) is read with Faust's JSON codec (orjson) directly: the
-    store's own path then looks each value up for a model's namespace, raising and catching
-    a TypeError for every list value, which took a third of a cell read."""
-    if table.value_type is None and cast(Any, table).value_serializer == "json":
+    """A value read raw from `table`'s store, decoded as the store does."""
+    if plain_json(table):
         value = faust_json.loads(raw)  # type: ignore[arg-type]  # its JSON (orjson) reads bytes
         if not (isinstance(value, dict) and Model._blessed_key in value):
             return value
