@@ -216,7 +216,7 @@ def wrk_merchants(workers: list[Worker], connections: int, seconds: int = 8) -> 
             raise SystemExit(f"wrk failed ({process.returncode}): {output}")
         loads.append(parse_wrk(output, share))
     return QueryLoad(
-        connections,
+        share * len(workers),
         sum(load.requests_per_s for load in loads),
         median(load.p50_ms for load in loads),
         max(load.p99_ms for load in loads),

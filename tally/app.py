@@ -135,9 +135,11 @@ def exit_after(seconds: float) -> None:
 
 
 class ReaderBoot(BootStrategy):
-    """A reader's services: no consumer, so no group membership, assignments or recovery."""
+    """A reader's services: no consumer, so no group membership, assignments or recovery;
+    no producer (it writes nothing)."""
 
     enable_kafka_consumer = False
+    enable_kafka_producer = False
 
 
 class TallyApp(faust.App):
@@ -163,9 +165,11 @@ class TallyApp(faust.App):
         return self.not_ready_because() is None
 
     def not_ready_because(self) -> str | None:
-        if not self.broker_watch.reachable:
-            return self.broker_watch.reason
-        if not settings.reads_only:  # a reader has no group: it follows its copies instead
+        # A reader has no group and answers from its copies, stale or not (they say by how
+        # much): neither a rebalance nor a broker outage stops it once they are loaded.
+        if not settings.reads_only:
+            if not self.broker_watch.reachable:
+                return self.broker_watch.reason
             if self.rebalancing:
                 return "rebalancing"
             recovered = cast(TableManager, self.tables).recovery.completed.is_set()
@@ -223,11 +227,13 @@ class TallyApp(faust.App):
         await super().on_stop()
 
     async def on_started(self) -> None:
-        # Faust's table_route hashes keys with the producer's metadata of the changelogs.
-        await track_topics(
-            aiokafka_producer(self.producer),
-            [table.changelog_topic.get_topic_name() for table in self.tables.values()],
-        )
+        # Faust's table_route hashes keys with the producer's metadata of the changelogs. (A
+        # reader routes no keys and has no producer; it waits for the changelogs to exist.)
+        if not settings.reads_only:
+            await track_topics(
+                aiokafka_producer(self.producer),
+                [table.changelog_topic.get_topic_name() for table in self.tables.values()],
+            )
         self.routing_ready = True
         await super().on_started()
 

@@ -65,3 +65,9 @@ BROKER_UP = Gauge(
     "tally_broker_reachable",
     "1 while a broker of TALLY_BROKER takes connections (checked twice a second), else 0.",
 )
+COPY_RECORDS_BEHIND = Gauge(
+    "tally_copy_records_behind",
+    "A reader's copies of a pipeline's tables: changelog records the broker has that they do "
+    "not, as of the last fetch.",
+    ["pipeline"],
+)

@@ -77,12 +77,12 @@ class SlidingTotals:
         deltas: dict[tuple[int, str], int] = defaultdict(int)
         spec, clock = self.spec, self.clock
         # Only an arrival that moves the clock forward moves the horizon.
-        horizon, now = self.horizon(wall_ms, own), clock.event_ms
+        horizon, judged_at = self.horizon(wall_ms, own), clock.event_ms
         for index, (key, amount, event_ms) in enumerate(batch):
             if own:
                 clock.observe(event_ms, wall_ms)
-                if clock.event_ms != now:
-                    horizon, now = self.horizon(wall_ms, own), clock.event_ms
+                if clock.event_ms != judged_at:
+                    horizon, judged_at = self.horizon(wall_ms, own), clock.event_ms
             pane = spec.pane_of(event_ms)
             if horizon is not None and pane < horizon:
                 outcome.late.append(index)

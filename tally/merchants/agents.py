@@ -26,7 +26,8 @@ from collections.abc import Awaitable, Mapping, Sequence
 from faust.types import EventT, RecordMetadata, StreamT
 
 from tally.app import app, settings
-from tally.codecs.avro import Record, load_schema
+from tally.codecs.avro import MAGIC_BYTE, Record, load_schema
+from tally.codecs.catalog import purchases_topic_codec
 from tally.codecs.handover import HandedRecords
 from tally.core.applied import Source, Stamped, holds, reach, stamp, value_of
 from tally.core.clock import now_ms
@@ -51,6 +52,7 @@ from tally.merchants.tables import (
 from tally.runtime.cells import read_cell, write_cell
 from tally.runtime.intake import caught_up, decode, each_partition, timer
 from tally.runtime.purchases import (
+    PURCHASE_BATCH,
     checked_purchases,
     item_of,
     set_aside_late,
@@ -133,6 +135,8 @@ async def announce_idle_purchases() -> None:
 
 # --- stage 2: merchant-purchases → hours and windows ----------------------------------------
 
+#: The first byte of a Confluent-framed Avro value (never of JSON).
+AVRO_MAGIC = bytes([MAGIC_BYTE])
 #: What the re-keying stage hands on: each message's valid purchases of one partition.
 HANDED_PURCHASES = HandedRecords(
     "purchases", [field["name"] for field in load_schema("purchase")["fields"]]
@@ -143,7 +147,15 @@ Carried = tuple[EventT, Record]
 
 
 async def unpacked(event: EventT) -> list[Record]:
-    """The purchases of a re-keyed message (checked when they were re-keyed)."""
+    """The purchases of a re-keyed message (checked when they were re-keyed). One starting
+    with Avro's magic byte was re-keyed by a version before the JSON handover: an upgrade
+    finds such messages waiting, and reads them as they were written."""
+    if isinstance(event.value, bytes) and event.value[:1] == AVRO_MAGIC:
+        decoded = await decode(event, purchases_topic_codec())
+        if decoded is None:
+            return []
+        name, record = decoded
+        return list(record["purchases"]) if name == PURCHASE_BATCH else [record]
     return await decode(event, HANDED_PURCHASES) or []
 
 

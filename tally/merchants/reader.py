@@ -21,15 +21,16 @@ _pruned_for: dict[int, int] = {}
 
 def prune_copy(partition: int) -> None:
     """Drop what the owner dropped once its window slid (it deletes locally, no tombstones)."""
-    last_pane = merchant_windows.saved_clock(partition).get("last_pane")
+    saved = merchant_windows.saved_clock(partition)
+    last_pane = saved.get("last_pane")
     if last_pane is None or _pruned_for.get(partition) == last_pane:
         return
-    _pruned_for[partition] = last_pane
     drop_past(partition, last_pane)
-    clock = saved_clock(partition)
+    clock = saved_clock(partition, saved)
     watermark = clock.watermark(clock.wall_ms, MERCHANT_SPEC.grace_ms)
     if watermark is not None:
         merchant_windows.prune_below(partition, watermark)
+    _pruned_for[partition] = last_pane
 
 
 #: The clocks last: a fetch's clock record never runs ahead of the cells it covers.

@@ -3,6 +3,8 @@ items grouped apart: core.topk.GroupedTotals) and what the views read of a parti
 
 from __future__ import annotations
 
+from typing import Any
+
 from tally.app import settings
 from tally.core.merchants import DAY_MS, HOUR_MS
 from tally.core.rollups import bucket_start
@@ -54,9 +56,11 @@ def days_from(last_pane: int) -> int:
     return bucket_start(MERCHANT_SPEC.start_ms(last_pane + 1) - HOT_DAYS_MS, DAY_MS)
 
 
-def saved_clock(partition: int) -> EventClock:
-    """The partition's event clock as its owner last wrote it (what a copy knows of it)."""
-    saved = merchant_windows.saved_clock(partition)
+def saved_clock(partition: int, saved: dict[str, Any] | None = None) -> EventClock:
+    """The partition's event clock as its owner last wrote it (what a copy knows of it), from
+    its clock record (`saved`, when read already)."""
+    if saved is None:
+        saved = merchant_windows.saved_clock(partition)
     return EventClock.from_record(saved, merchant_windows.awaited(partition))
 
 

@@ -92,6 +92,10 @@ def merchant_param(request: Request, merchant_id: str) -> str:
     return merchant
 
 
+#: The request header of a query a reader relayed (its URL): never relayed by a reader again.
+RELAYED_BY_READER = "Tally-Relayed-By-Reader"
+
+
 class OwnerElsewhere(WebError):
     """A reader was asked for the owner's answer and knows no processing worker to ask."""
 
@@ -134,7 +138,7 @@ def copy_of(
     the pane it slid to, so hours final by then are in the days, and none later. `window`:
     the owner's, in memory (its current top items)."""
     saved = merchant_windows.saved_clock(partition)
-    clock = saved_clock(partition)
+    clock = saved_clock(partition, saved)
     now = now_ms()
     as_of = now if served_by == "owner" else clock.wall_ms
     watermark = (
@@ -268,7 +272,8 @@ def steps_answer(figures: Iterable[tuple[int, HourFigures]], step: str) -> list[
 class MerchantView(OwnedView):
     """A merchant's query: answered from this worker's standby copy of the merchant's
     partition if it holds one (unless `?consistency=owner`), else by the partition's owner
-    (forwarded there). Every answer says which copy answered and how stale it is."""
+    (forwarded there); on a reader, from its copy (`?consistency=owner`: relayed to a
+    processing worker). Every answer says which copy answered and how stale it is."""
 
     pipeline = "merchants"
 
@@ -290,7 +295,13 @@ class MerchantView(OwnedView):
 
     async def at_processing(self, request: Request) -> Response:
         """A reader's `consistency=owner` query: relayed to a processing worker (which
-        forwards it to the owner)."""
+        forwards it to the owner), marked, so that a reader it reaches refuses it instead of
+        relaying it on."""
+        if RELAYED_BY_READER in request.headers:
+            raise OwnerElsewhere(
+                "a reader relayed this consistency=owner query to another reader: the "
+                "relaying reader's TALLY_PROCESSING_URLS must name processing workers"
+            )
         if not settings.processing_urls:
             raise OwnerElsewhere(
                 "this worker only serves reads (TALLY_ROLE=read) and has no processing "
@@ -300,7 +311,7 @@ class MerchantView(OwnedView):
         return await self.relay(
             request,
             settings.processing_urls,
-            {},
+            {RELAYED_BY_READER: settings.web_url},
             "none of the processing workers (TALLY_PROCESSING_URLS)",
         )
 

@@ -27,6 +27,7 @@ from tally.broker.admin import end_offsets, topic_partitions
 from tally.runtime.faust_compat import recorded_offset
 from tally.runtime.restore import FETCH_RECORDS, REPORT_EVERY_S, RestoreProgress, write_records
 from tally.settings import current_settings
+from tally.telemetry import COPY_RECORDS_BEHIND
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,8 @@ class ChangelogFollower(Service):
         #: changelog partition → the next offset to read; → the broker's end, as last fetched.
         self.positions: dict[TP, int] = {}
         self.highwaters: dict[TP, int] = {}
+        #: Failed attempts since the last fetch that worked.
+        self.failures = 0
         followers.append(self)
 
     def behind(self, partition: int | None = None) -> int:
@@ -76,15 +79,21 @@ class ChangelogFollower(Service):
 
     @Service.task
     async def _follow(self) -> None:
-        failures = 0
+        """Follow until stopped; after any failure (the broker gone, a disk error), start
+        again a second later from what the copies recorded: the copies stop moving meanwhile
+        (`stale_by_ms` says so), they are never left half-written."""
         while not self.should_stop:
             try:
                 await self._follow_once()
-            except KafkaError as exc:
-                failures += 1
-                log = logger.warning if failures == 1 else logger.debug
+            except asyncio.CancelledError:
+                raise
+            except KafkaError as exc:  # an outage: said once, not every second
+                log = logger.warning if self.failures == 0 else logger.debug
                 log("following %s changelogs failed (%r); retrying each second", self.name, exc)
-                await asyncio.sleep(1.0)
+            except Exception:
+                logger.exception("following %s changelogs failed; retrying each second", self.name)
+            self.failures += 1
+            await asyncio.sleep(1.0)
 
     async def _follow_once(self) -> None:
         settings = current_settings()
@@ -102,21 +111,22 @@ class ChangelogFollower(Service):
         )
         await consumer.start()
         try:
-            tables = await self._changelog_partitions(consumer)
-            consumer.assign(list(tables))
-            for ktp, (table, tp) in tables.items():
+            partitions = await self._changelog_partitions(consumer)
+            consumer.assign(list(partitions))
+            for ktp, (table, tp) in partitions.items():
                 stored = recorded_offset(table, tp)
                 if stored is None:
                     await consumer.seek_to_beginning(ktp)
                 else:
                     consumer.seek(ktp, stored + 1)
                 self.positions[tp] = await consumer.position(ktp)
-            ends = await end_offsets(consumer, tables)
+            ends = await end_offsets(consumer, partitions)
             if not self.loaded:
+                to_read = (ends[ktp] - self.positions[tp] for ktp, (_, tp) in partitions.items())
                 self.progress = RestoreProgress(
-                    sum(max(0, ends[ktp] - self.positions[tp]) for ktp, (_, tp) in tables.items())
+                    sum(max(0, n) for n in to_read), title=f"loading {self.name} copies"
                 )
-            await self._read(consumer, tables, ends)
+            await self._read(consumer, partitions, ends)
         finally:
             await consumer.stop()
 
@@ -141,7 +151,7 @@ class ChangelogFollower(Service):
     async def _read(
         self,
         consumer: AIOKafkaConsumer,
-        tables: dict[TopicPartition, tuple[CollectionT, TP]],
+        partitions: dict[TopicPartition, tuple[CollectionT, TP]],
         ends: dict[TopicPartition, int],
     ) -> None:
         order = {table.name: index for index, table in enumerate(self.tables)}
@@ -149,27 +159,32 @@ class ChangelogFollower(Service):
         while not self.should_stop:
             fetched = await consumer.getmany(timeout_ms=POLL_MS, max_records=FETCH_RECORDS)
             touched = set()
-            for ktp, records in sorted(fetched.items(), key=lambda f: order[tables[f[0]][0].name]):
-                table, tp = tables[ktp]
+            for ktp, records in sorted(
+                fetched.items(), key=lambda item: order[partitions[item[0]][0].name]
+            ):
+                table, tp = partitions[ktp]
                 if records:
                     write_records(table, tp, records)
-                    self.positions[tp] = records[-1].offset + 1
                     touched.add(tp.partition)
                     if self.progress is not None and not self.loaded:
                         self.progress.done += len(records)
-            for ktp, (_, tp) in tables.items():
+            for ktp, (_, tp) in partitions.items():
+                # The position, not the last record's offset + 1: past a transaction marker.
+                self.positions[tp] = await consumer.position(ktp)
                 highwater = consumer.highwater(ktp)
                 if highwater is not None:
                     self.highwaters[tp] = highwater
+            self.failures = 0
+            COPY_RECORDS_BEHIND.labels(self.name).set(self.behind())
             for partition in sorted(touched):
                 self.applied(partition)
             if not self.loaded:
                 now = time.monotonic()
-                if all(self.positions[tp] >= ends[ktp] for ktp, (_, tp) in tables.items()):
+                if all(self.positions[tp] >= ends[ktp] for ktp, (_, tp) in partitions.items()):
                     self._loaded()
                 elif now - reported >= REPORT_EVERY_S and self.progress is not None:
                     reported = now
-                    logger.info("%s copies: %s", self.name, self.progress.line())
+                    logger.info(self.progress.line())
 
     def _loaded(self) -> None:
         self.loaded = True

@@ -169,11 +169,12 @@ class OwnedView(View):
         request: Request,
         urls: Sequence[str],
         headers: Mapping[str, str],
-        whose: str,
-        generation: int = settings.generation,
+        none_answered: str,
+        generation: int | None = None,
     ) -> Response:
-        """The same request to the first of `urls` that answers, its answer relayed (`whose`
-        workers they are, for the 503 when none does)."""
+        """The same request to the first of `urls` that answers, with `headers`, its answer
+        relayed; a 503 starting with `none_answered` (who did not answer) when none does.
+        An answer without a generation header is `generation`'s (default: this worker's)."""
         failures = []
         sent = dict(headers)
         if hdrs.AUTHORIZATION in request.headers:  # the caller's own, verified there
@@ -186,7 +187,7 @@ class OwnedView(View):
                     relayed = {
                         name: answer.headers[name] for name in RELAYED if name in answer.headers
                     }
-                    relayed.setdefault(GENERATION_HEADER, str(generation))
+                    relayed.setdefault(GENERATION_HEADER, str(generation or settings.generation))
                     return self.bytes(
                         body,
                         content_type=answer.content_type,
@@ -196,7 +197,7 @@ class OwnedView(View):
             except aiohttp.ClientError as exc:
                 failures.append(f"{url}: {type(exc).__name__}: {exc}")
         raise OwnerUnavailable(
-            f"{whose} answered ({'; '.join(failures)}); start one, or retry shortly"
+            f"{none_answered} answered ({'; '.join(failures)}); start one, or retry shortly"
         )
 
     #: The answer from this worker's tables, decorated with `routed_to_owner` by subclasses

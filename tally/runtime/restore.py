@@ -59,6 +59,8 @@ class RestoreProgress:
     done: int = 0
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
+    #: What is under way, for the log line.
+    title: str = "restoring tables from changelogs"
 
     def rate(self) -> float:
         elapsed = (self.finished or time.monotonic()) - self.started
@@ -81,10 +83,7 @@ class RestoreProgress:
     def line(self) -> str:
         left = self.seconds_left()
         eta = "" if left is None else f", about {left:.0f} s left"
-        return (
-            f"restoring tables from changelogs: {self.done:,} of {self.total:,} records "
-            f"({self.rate():,.0f}/s{eta})"
-        )
+        return f"{self.title}: {self.done:,} of {self.total:,} records ({self.rate():,.0f}/s{eta})"
 
 
 async def read_spans(

@@ -54,6 +54,9 @@ late_events = app.topic(LATE_EVENTS, key_type=bytes, value_type=bytes)
 
 @app.task
 async def register_schemas() -> None:
-    """Register every schema this worker reads at start, before any message arrives."""
+    """Register every schema this worker reads at start, before any message arrives (a
+    reader reads no messages: it needs no registry)."""
+    if settings.reads_only:
+        return
     purchases_topic_codec()
     metric_batch_codec()

@@ -13,8 +13,8 @@ from tally.app import app, settings
 from tally.web.openapi import STATIC_CONTENT_TYPES, document, endpoint_index, served_by
 
 #: Built once: the endpoints do not change while the worker runs.
-OPENAPI = document(served_by(settings.pipelines))
-INDEX = endpoint_index(served_by(settings.pipelines))
+OPENAPI = document(served_by(settings.pipelines, settings.reads_only))
+INDEX = endpoint_index(served_by(settings.pipelines, settings.reads_only))
 
 #: The dashboard's files, read once from the package (no build step, nothing from a CDN).
 STATIC = {

@@ -82,6 +82,8 @@ class Operation:
     route: str = ""
     #: Served only by workers running this pipeline (settings.PIPELINES); "": by every worker.
     pipeline: str = ""
+    #: Readers (TALLY_ROLE=read) serve the operations marked so (of their pipelines).
+    on_readers: bool = False
 
     def document(self) -> dict[str, Any]:
         responses: dict[str, Any] = {}
@@ -355,14 +357,16 @@ MERCHANT_RANGE = (
 CONSISTENCY = query(
     "consistency",
     {"type": "string", "enum": ["any", "owner"], "default": "any"},
-    "any: a worker holding a standby copy of the merchant's partition answers from it, "
-    "saying how stale it is (`served_by`, `as_of`, `stale_by_ms`); owner: the partition's "
-    "owner answers",
+    "any: a worker holding a standby copy of the merchant's partition (or a reader: "
+    "TALLY_ROLE=read) answers from it, saying how stale it is (`served_by`: owner, standby "
+    "or reader; `as_of`, `stale_by_ms`); owner: the partition's owner answers (a reader "
+    "relays the query to a processing worker)",
 )
 MERCHANT_STEP = {"type": "string", "enum": ["1h", "1d", "1w", "1mo"], "default": "1h"}
 MERCHANT_QUERY = {
     **WINDOW_QUERY,
     404: "not this token's merchant (a merchant's token reads its own; an operator's any)",
+    409: "consistency=owner asked of a reader that knows no processing worker",
     410: "top-items: the window at `at` is no longer kept",
 }
 
@@ -468,6 +472,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "gets the live dashboard)",
         content_types=("application/json", "text/html"),
         on_ingest_tier=True,
+        on_readers=True,
     ),
     Operation(
         "get",
@@ -477,6 +482,7 @@ OPERATIONS: tuple[Operation, ...] = (
         statuses={200: "the file", 404: "no such file"},
         result={"type": "string"},
         content_types=tuple(STATIC_CONTENT_TYPES.values()),
+        on_readers=True,
     ),
     Operation(
         "get",
@@ -489,6 +495,7 @@ OPERATIONS: tuple[Operation, ...] = (
             "says)",
         },
         on_ingest_tier=True,
+        on_readers=True,
     ),
     Operation(
         "get",
@@ -496,14 +503,16 @@ OPERATIONS: tuple[Operation, ...] = (
         "liveness: 200 while the process serves HTTP, whatever the broker's state (restart "
         "the process only when this fails; /api/health says whether it can answer)",
         on_ingest_tier=True,
+        on_readers=True,
     ),
-    Operation("get", "/api/openapi.json", "this document", on_ingest_tier=True),
+    Operation("get", "/api/openapi.json", "this document", on_ingest_tier=True, on_readers=True),
     Operation(
         "get",
         "/metrics",
         "Prometheus: events by outcome, rejects by rule, ingest, consumer lag, table sizes",
         result={"type": "string"},
         content_types=("text/plain",),
+        on_readers=True,
         on_ingest_tier=True,
     ),
     ingest_operation("purchases", "send purchases", load_schema("purchase")),
@@ -606,6 +615,7 @@ OPERATIONS: tuple[Operation, ...] = (
             (path("merchant_id", "the merchant: a tenant name"), *params, CONSISTENCY),
             statuses=MERCHANT_QUERY,
             pipeline="merchants",
+            on_readers=True,
         )
         for name, summary, params in (
             (
@@ -635,11 +645,15 @@ OPERATIONS: tuple[Operation, ...] = (
 
 
 def served_by(
-    pipelines: Iterable[str], operations: Iterable[Operation] = OPERATIONS
+    pipelines: Iterable[str], reads_only: bool = False, operations: Iterable[Operation] = OPERATIONS
 ) -> list[Operation]:
-    """The operations a worker running `pipelines` serves."""
+    """The operations a worker running `pipelines` serves (a reader: those marked so)."""
     running = set(pipelines)
-    return [op for op in operations if not op.pipeline or op.pipeline in running]
+    return [
+        op
+        for op in operations
+        if (not op.pipeline or op.pipeline in running) and (op.on_readers or not reads_only)
+    ]
 
 
 def document(operations: Iterable[Operation] = OPERATIONS) -> dict[str, Any]:

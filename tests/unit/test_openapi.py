@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 from tally.access.policy import access_of
 from tally.broker.watch import BrokerWatch
 from tally.dlq import DeadLetterWatch
@@ -72,3 +78,34 @@ def test_every_route_has_an_access_rule_and_the_document_declares_it() -> None:
         assert declared["security"] == ([] if rule.open else [{"bearer": []}, {"basic": []}])
         if not rule.open:
             assert {"401", "403", "429"} <= set(declared["responses"])
+
+
+READER_ROUTES = """
+import json
+from tally.app import app
+app.discover()
+app.web.init_server()
+print(json.dumps(sorted(
+    (route.method.lower(), route.resource.canonical)
+    for route in app.web.web_app.router.routes()
+    if route.method not in ("HEAD", "OPTIONS")
+)))
+"""
+
+
+def test_every_reader_route_is_documented_and_only_those(tmp_path: Path) -> None:
+    """A reader (TALLY_ROLE=read) serves its pipeline's queries, health, the index and
+    /metrics: the document it shows lists those, no more."""
+    env = {
+        **os.environ,
+        "TALLY_ROLE": "read",
+        "TALLY_PIPELINES": "merchants",
+        "TALLY_DATA_DIR": str(tmp_path),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", READER_ROUTES], env=env, capture_output=True, text=True, check=True
+    )
+    served = {tuple(route) for route in json.loads(done.stdout.splitlines()[-1])}
+    assert served == documented(served_by(["merchants"], reads_only=True))
+    assert ("get", "/api/merchants/{merchant_id}/sales") in served
+    assert not any(path.startswith("/api/ingest") for _, path in served)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from types import SimpleNamespace
 from typing import NamedTuple
 
@@ -203,3 +204,17 @@ def test_a_reread_clears_the_streams_read_offset_with_the_seek() -> None:
     asyncio.run(read_again(consumer, tp, 593))
     assert seeks == [{tp: 593}]
     assert consumer._read_offset[tp] is None  # any offset passes; no jump is taken for a gap
+
+
+def test_table_cells_encode_and_decode_as_faust_s_own_store_does() -> None:
+    """Tally's tables keep plain JSON: read and written with orjson directly, to the same
+    bytes and values as through Faust's serializer registry."""
+    from tally.app import app
+    from tally.runtime.faust_compat import decode_value, encode_value
+
+    table = app.Table(f"plain-{uuid.uuid4().hex}", key_type=bytes)
+    store = table.data
+    for value in ({"a": [1, 2], "b": "x", "c": None}, [3, {"1": 4.5}], 5, "s", [], {}):
+        encoded = encode_value(table, value)
+        assert encoded == store._encode_value(value)
+        assert decode_value(table, encoded) == store._decode_value(encoded) == value
