@@ -13,6 +13,7 @@ from Faust's machinery around them; the raw samples are kept for a flame graph.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import shutil
 import subprocess
@@ -51,7 +52,7 @@ def py_spy() -> str:
     return found
 
 
-def shares(raw: Path) -> tuple[int, dict[str, float]]:
+def shares(raw: Path, stages: dict[str, str] = STAGES) -> tuple[int, dict[str, float]]:
     """All samples, and each stage's inclusive share of them."""
     total, hits = 0, Counter[str]()
     for line in raw.read_text().splitlines():
@@ -59,10 +60,46 @@ def shares(raw: Path) -> tuple[int, dict[str, float]]:
         if not stack:
             continue
         total += int(count)
-        for stage, marker in STAGES.items():
+        for stage, marker in stages.items():
             if marker in stack:
                 hits[stage] += int(count)
-    return total, {stage: hits[stage] / total for stage in STAGES} if total else {}
+    return total, {stage: hits[stage] / total for stage in stages} if total else {}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU the process has used so far (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextmanager
+def sampled(worker: Worker, seconds: int, raw: Path, cpu: dict[str, float]) -> Iterator[None]:
+    """py-spy samples the worker for `seconds` (none when 0) while the input is processed;
+    `cpu` gets the worker's CPU seconds used meanwhile ("used")."""
+    assert worker.process is not None
+    pid = worker.process.pid
+    started = cpu_seconds(pid)
+    sampler = None
+    if seconds:
+        command = [py_spy(), "record", "-p", str(pid), "-d", str(seconds), "-r", "100"]
+        command += ["-f", "raw", "-o", str(raw), "--nonblocking"]
+        sampler = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        yield
+    finally:
+        cpu["used"] = cpu_seconds(pid) - started
+        if sampler is not None:
+            sampler.wait(seconds + 30)
+
+
+def print_shares(raw: Path, stages: dict[str, str]) -> None:
+    total, by_stage = shares(raw, stages)
+    print(f"{total:,} samples ({raw})\n")
+    print("| stage | share of all samples |\n|---|---:|")
+    for stage, share in by_stage.items():
+        print(f"| {stage} | {share:.1%} |")
+    rest = 1 - sum(share for stage, share in by_stage.items() if not stage.startswith(" "))
+    print(f"| everything else (the event loop, Faust's services and timers) | {rest:.1%} |")
 
 
 def main() -> None:
@@ -73,7 +110,7 @@ def main() -> None:
         "--envelope", type=int, default=0, help="purchases per envelope (0: one per message)"
     )
     args = parser.parse_args()
-    spy = py_spy()
+    py_spy()  # installed, before anything starts
     workdir = Path(tempfile.mkdtemp(prefix="tally-profile-"))
     raw = workdir / "samples.raw"
     codec = purchase_codec(workdir)
@@ -86,17 +123,6 @@ def main() -> None:
         else [(None, e["item_id"].encode(), codec.dumps(e), e["event_time_ms"]) for e in events]
     )
 
-    @contextmanager
-    def sampled(worker: Worker) -> Iterator[None]:
-        assert worker.process is not None
-        command = [spy, "record", "-p", str(worker.process.pid), "-d", str(args.seconds)]
-        command += ["-r", "100", "-f", "raw", "-o", str(raw), "--nonblocking"]
-        sampler = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        try:
-            yield
-        finally:
-            sampler.wait(args.seconds + 30)
-
     with LocalBroker("127.0.0.1", free_port(), log_path=workdir / "broker.log") as broker:
         result = run_tally(
             broker,
@@ -106,15 +132,10 @@ def main() -> None:
             messages,
             len(events),
             lambda worker: check_top(worker, events, "tally"),
-            beside=sampled,
+            beside=lambda worker: sampled(worker, args.seconds, raw, {}),
         )
-    total, by_stage = shares(raw)
-    print(f"\n{result.rate:,.0f} purchases/s while sampled; {total:,} samples ({raw})\n")
-    print("| stage | share of all samples |\n|---|---:|")
-    for stage, share in by_stage.items():
-        print(f"| {stage} | {share:.1%} |")
-    rest = 1 - sum(share for stage, share in by_stage.items() if not stage.startswith(" "))
-    print(f"| everything else (the event loop, Faust's services and timers) | {rest:.1%} |")
+    print(f"\n{result.rate:,.0f} purchases/s while sampled")
+    print_shares(raw, STAGES)
 
 
 if __name__ == "__main__":
