@@ -25,7 +25,13 @@ from mode import Service
 
 from tally.broker.admin import end_offsets, topic_partitions
 from tally.runtime.faust_compat import recorded_offset
-from tally.runtime.restore import FETCH_RECORDS, REPORT_EVERY_S, RestoreProgress, write_records
+from tally.runtime.restore import (
+    FETCH_RECORDS,
+    REPORT_EVERY_S,
+    RestoreProgress,
+    changelog_reader,
+    write_records,
+)
 from tally.settings import current_settings
 from tally.telemetry import COPY_RECORDS_BEHIND
 
@@ -96,19 +102,7 @@ class ChangelogFollower(Service):
             await asyncio.sleep(1.0)
 
     async def _follow_once(self) -> None:
-        settings = current_settings()
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.bootstrap_servers,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            isolation_level=(
-                "read_committed"
-                if settings.processing_guarantee == "exactly_once"
-                else "read_uncommitted"
-            ),
-            max_partition_fetch_bytes=16 << 20,
-            fetch_max_bytes=64 << 20,
-        )
+        consumer = changelog_reader(current_settings())
         await consumer.start()
         try:
             partitions = await self._changelog_partitions(consumer)

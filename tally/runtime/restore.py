@@ -32,7 +32,7 @@ from mode import Service
 from rocksdict import WriteBatch
 
 from tally.runtime.faust_compat import continuity, partition_db, record_read_through
-from tally.settings import current_settings
+from tally.settings import Settings, current_settings
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +139,23 @@ def write_records(table: CollectionT, tp: TP, records: Sequence[ConsumerRecord])
     record_read_through(table, tp, records[-1].offset)
 
 
+def changelog_reader(settings: Settings) -> AIOKafkaConsumer:
+    """A consumer outside any group for reading changelogs in large fetches (committed
+    records only, under exactly_once)."""
+    return AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level=(
+            "read_committed"
+            if settings.processing_guarantee == "exactly_once"
+            else "read_uncommitted"
+        ),
+        max_partition_fetch_bytes=16 << 20,
+        fetch_max_bytes=64 << 20,
+    )
+
+
 async def stop_quietly(consumer: AIOKafkaConsumer) -> None:
     """Stop `consumer`; a failure to stop must not end Faust's recovery task. (aiokafka's stop
     after a failed `assign` raises CancelledError from a task of its own: only a cancel of
@@ -207,18 +224,7 @@ class BulkRecovery(Recovery):
         deadline = time.monotonic() + SHARE_OF_STEP_TIMEOUT * step_timeout
         self.progress = progress = RestoreProgress(total)
         logger.info(progress.line())
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.bootstrap_servers,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            isolation_level=(
-                "read_committed"
-                if settings.processing_guarantee == "exactly_once"
-                else "read_uncommitted"
-            ),
-            max_partition_fetch_bytes=16 << 20,
-            fetch_max_bytes=64 << 20,
-        )
+        consumer = changelog_reader(settings)
 
         def apply(tp: TP, records: Sequence[ConsumerRecord]) -> None:
             write_records(self.tp_to_table[tp], tp, records)
