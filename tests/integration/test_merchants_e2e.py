@@ -231,7 +231,18 @@ def test_every_merchant_sees_its_own_figures_equal_to_brute_force_through_a_sigk
     assert all(a["served_by"] == "reader" and a["stale_by_ms"] < 10_000 for a in read), read
     relayed = copies.get(f"/api/merchants/{merchants[0]}/summary?{SPAN}&consistency=owner")
     assert relayed["served_by"] == "owner" and relayed["orders"] == read[0]["orders"]
-    assert copies.get("/api/health")["copies"][0]["loaded"]
+    first_load = copies.get("/api/health")["copies"][0]["load"]["records_to_restore"]
+
+    # Restarted (here without processing workers to relay to): it reads only what it missed,
+    # answers as before, and says why it cannot relay consistency=owner.
+    copies.stop()
+    copies = make_worker("r1", **env, TALLY_ROLE="read").start()
+    assert copies.get("/api/health")["copies"][0]["load"]["records_to_restore"] < first_load
+    assert [copies.get(f"/api/merchants/{m}/summary?{SPAN}")["orders"] for m in merchants[:40]] == [
+        a["orders"] for a in read
+    ]
+    status, body = copies.get_status(f"/api/merchants/{merchants[0]}/summary?consistency=owner")
+    assert status == 409 and "TALLY_PROCESSING_URLS" in body["error"], body
 
     stale = [first.get(f"/api/merchants/{merchant}/summary?{SPAN}") for merchant in merchants[:40]]
     assert {answer["served_by"] for answer in stale} == {"owner", "standby"}
