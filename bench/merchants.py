@@ -186,26 +186,23 @@ def wrk_command(
 OFFERED_SHARES = (0.25, 0.5, 0.75, 0.9)
 
 
-def offered_loads(worker: Worker, saturated: float, seconds: int = 8) -> list[QueryLoad]:
+def offered_loads(worker: Worker, saturated: float) -> list[QueryLoad]:
     """The 30-day query at each share of `saturated` requests/s, from 100 clients."""
-    loads = []
-    for share in OFFERED_SHARES:
-        command = wrk_command(worker, 100, seconds, 2, rate=share * saturated)
-        done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
-        if done.returncode != 0:
-            raise SystemExit(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
-        loads.append(parse_wrk(done.stdout, 100))
-    return loads
+    return [wrk_merchants([worker], 100, rate=share * saturated) for share in OFFERED_SHARES]
 
 
-def wrk_merchants(workers: list[Worker], connections: int, seconds: int = 8) -> QueryLoad:
-    """The 30-day query at full speed from `connections` clients spread over `workers` (a wrk
-    each, started together): requests/s summed; p50 the median of theirs, p99 the worst."""
+def wrk_merchants(
+    workers: list[Worker], connections: int, seconds: int = 8, rate: float | None = None
+) -> QueryLoad:
+    """The 30-day query from `connections` clients spread over `workers` (a wrk each, started
+    together), as fast as answers come or `rate` requests/s offered in all: requests/s
+    summed; p50 the median of theirs, p99 the worst."""
     share = connections // len(workers)
     threads = min(2, share) if len(workers) == 1 else 1
+    each = None if rate is None else rate / len(workers)
     running = [
         subprocess.Popen(
-            wrk_command(worker, share, seconds, threads), stdout=subprocess.PIPE, text=True
+            wrk_command(worker, share, seconds, threads, each), stdout=subprocess.PIPE, text=True
         )
         for worker in workers
     ]

@@ -52,9 +52,9 @@ from tally.merchants.tables import (
 from tally.runtime.cells import read_cell, write_cell
 from tally.runtime.intake import caught_up, decode, each_partition, timer
 from tally.runtime.purchases import (
-    PURCHASE_BATCH,
     checked_purchases,
     item_of,
+    members_of,
     set_aside_late,
     tenant_of_purchase,
 )
@@ -152,10 +152,7 @@ async def unpacked(event: EventT) -> list[Record]:
     finds such messages waiting, and reads them as they were written."""
     if isinstance(event.value, bytes) and event.value[:1] == AVRO_MAGIC:
         decoded = await decode(event, purchases_topic_codec())
-        if decoded is None:
-            return []
-        name, record = decoded
-        return list(record["purchases"]) if name == PURCHASE_BATCH else [record]
+        return [] if decoded is None else members_of(*decoded)
     return await decode(event, HANDED_PURCHASES) or []
 
 
@@ -177,7 +174,9 @@ async def count_partition(events: Sequence[EventT]) -> None:
     window = merchant_windows.window_for(partition, wall, idle=False)
     fresh = [decoded[index] for index in unheld]
     outcome = window.ingest(
-        [(item_of(p), p["quantity"], p["event_time_ms"]) for _, p in fresh], wall, own=False
+        [(arrivals[i][1], decoded[i][1]["quantity"], arrivals[i][2]) for i in unheld],
+        wall,
+        own=False,
     )
     late = {id(fresh[index][1]) for index in outcome.late}
     through = reach(sources.values())

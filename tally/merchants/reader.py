@@ -5,7 +5,7 @@ The views answer from them, naming the copy `reader`."""
 from __future__ import annotations
 
 from tally.app import app
-from tally.merchants.state import drop_past, merchant_windows, saved_clock
+from tally.merchants.state import drop_past, merchant_windows, written_clock
 from tally.merchants.tables import (
     MERCHANT_SPEC,
     merchant_clocks,
@@ -26,14 +26,14 @@ def prune_copy(partition: int) -> None:
     if last_pane is None or _pruned_for.get(partition) == last_pane:
         return
     drop_past(partition, last_pane)
-    clock = saved_clock(partition, saved)
+    clock = written_clock(partition, saved)
     watermark = clock.watermark(clock.wall_ms, MERCHANT_SPEC.grace_ms)
     if watermark is not None:
         merchant_windows.prune_below(partition, watermark)
     _pruned_for[partition] = last_pane
 
 
-#: The clocks last: a fetch's clock record never runs ahead of the cells it covers.
+#: The clocks last: within a fetch, a clock record is written after the cells it covers.
 copies = ChangelogFollower(
     "merchants", (merchant_hours, merchant_days, merchant_panes, merchant_clocks), prune_copy
 )

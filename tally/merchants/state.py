@@ -56,7 +56,7 @@ def days_from(last_pane: int) -> int:
     return bucket_start(MERCHANT_SPEC.start_ms(last_pane + 1) - HOT_DAYS_MS, DAY_MS)
 
 
-def saved_clock(partition: int, saved: dict[str, Any] | None = None) -> EventClock:
+def written_clock(partition: int, saved: dict[str, Any] | None = None) -> EventClock:
     """The partition's event clock as its owner last wrote it (what a copy knows of it), from
     its clock record (`saved`, when read already)."""
     if saved is None:

@@ -43,7 +43,7 @@ from tally.merchants.state import (
     final_before,
     hot_from,
     merchant_windows,
-    saved_clock,
+    written_clock,
 )
 from tally.merchants.tables import (
     MERCHANT_SPEC,
@@ -138,7 +138,7 @@ def copy_of(
     the pane it slid to, so hours final by then are in the days, and none later. `window`:
     the owner's, in memory (its current top items)."""
     saved = merchant_windows.saved_clock(partition)
-    clock = saved_clock(partition, saved)
+    clock = written_clock(partition, saved)
     now = now_ms()
     as_of = now if served_by == "owner" else clock.wall_ms
     watermark = (

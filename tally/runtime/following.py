@@ -44,7 +44,8 @@ POLL_MS = 100
 class ChangelogFollower(Service):
     """Copies of every partition of `tables`, kept current from their changelogs. Within a
     fetch, tables are written in the order given: list last a table whose record says how far
-    the others are (a clock record), so it never runs ahead of them."""
+    the others are (a clock record). Across fetches nothing orders them: the changelogs are
+    separate topics."""
 
     def __init__(
         self,
@@ -65,13 +66,11 @@ class ChangelogFollower(Service):
         self.failures = 0
         followers.append(self)
 
-    def behind(self, partition: int | None = None) -> int:
-        """Changelog records not yet in the copies (of one partition, or all), as of the
-        last fetch."""
+    def behind(self) -> int:
+        """Changelog records not yet in the copies, as of the last fetch."""
         return sum(
             max(0, self.highwaters.get(tp, position) - position)
             for tp, position in self.positions.items()
-            if partition is None or tp.partition == partition
         )
 
     def describe(self) -> dict[str, Any]:

@@ -501,9 +501,8 @@ async def forget_revoked(sender: object, revoked: set[TP], **kwargs: object) -> 
     a partition that comes back starts from its tables and committed offset."""
     PartitionStates.revoked(revoked)
     for tp in revoked:
-        for topic, reader in _processed:
-            if topic == tp.topic:
-                unread.forget((tp.topic, tp.partition, reader))
+        for key in unread_keys(tp):
+            unread.forget(key)
         log_gaps.forget((tp.topic, tp.partition))
 
 

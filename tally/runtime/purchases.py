@@ -36,6 +36,11 @@ def item_of(purchase: Record) -> str:
 MAX_FUTURE_MS = int(settings.max_future_seconds * 1000)
 
 
+def members_of(name: str, record: Record) -> list[Record]:
+    """The purchases a decoded `purchases` message carries: an envelope's, or itself."""
+    return list(record["purchases"]) if name == PURCHASE_BATCH else [record]
+
+
 @dataclass(frozen=True)
 class Purchases:
     """One message's purchases: how many it carried, and the valid ones."""
@@ -61,7 +66,7 @@ async def checked_purchases(
         return None
     name, record = decoded
     envelope = name == PURCHASE_BATCH
-    members = record["purchases"] if envelope else [record]
+    members = members_of(name, record)
     valid: list[Record] = []
     for purchase in members:
         try:

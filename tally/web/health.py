@@ -19,7 +19,14 @@ class Health(View):
     consumer lag (a reader: its copies and how far behind they are)."""
 
     async def get(self, request: Request) -> Response:
-        details = self.reader() if settings.reads_only else self.processor()
+        details = {
+            "worker": settings.web_url,
+            "role": settings.role,
+            **(self.reader() if settings.reads_only else self.processor()),
+            "generation": settings.generation,
+            "pipelines": sorted(settings.pipelines),
+            **serving.generations.describe(),
+        }
         if app.ready:
             return self.json({"status": "ready", **details})
         reason = app.not_ready_because()
@@ -27,30 +34,19 @@ class Health(View):
 
     def reader(self) -> dict[str, Any]:
         """A reader's copies: whether loaded, how many changelog records behind."""
-        return {
-            "worker": settings.web_url,
-            "role": settings.role,
-            "copies": [follower.describe() for follower in followers],
-            "generation": settings.generation,
-            "pipelines": sorted(settings.pipelines),
-            **serving.generations.describe(),
-        }
+        return {"copies": [follower.describe() for follower in followers]}
 
     def processor(self) -> dict[str, Any]:
+        """A processing worker's partitions, recovery, lag and stalls."""
         return {
-            "worker": settings.web_url,
-            "role": settings.role,
             **ownership(),
             "recovery": recovery(),
             "lag": lag_by_topic(),
             # Source partitions whose messages wait, none processed for 30 s or more.
             "stalled": stalled(),
             "standby_replicas": settings.standby_replicas,
-            "generation": settings.generation,
             # The consumer group's: it steps at every rebalance (a worker joined, left or died).
             "group_generation": app.consumer_generation_id,
-            "pipelines": sorted(settings.pipelines),
-            **serving.generations.describe(),
         }
 
 
