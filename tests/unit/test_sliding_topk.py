@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any
 
 import pytest
@@ -193,6 +193,28 @@ def test_ranked_totals_order_and_removal() -> None:
     ranked.add("c", -5)
     assert ranked.total("c") == 0 and len(ranked) == 3
     assert ranked.top(10) == [("a", 3), ("b", 3), ("d", 1)]
+
+
+class SmallIndex(RankedTotals):
+    INDEXED_FROM = 4
+
+
+@given(st.lists(st.tuples(st.sampled_from("abcdefghij"), st.integers(-3, 5)), max_size=80))
+def test_ranked_totals_rank_as_brute_force_with_and_without_the_index(
+    changes: list[tuple[str, int]],
+) -> None:
+    """Keys come and go across the index's thresholds (kept from 4 keys, dropped below 2);
+    after every change the ranking is the sorted totals."""
+    ranked, truth = SmallIndex(), Counter[str]()
+    for key, delta in changes:
+        if truth[key] + delta < 0:
+            delta = -truth[key]
+        ranked.add(key, delta)
+        truth[key] += delta
+        held = {k: v for k, v in truth.items() if v}
+        assert len(ranked) == len(held) and dict(ranked.items()) == held
+        assert ranked.top(3) == sorted(held.items(), key=rank_key)[:3]
+        assert ranked.top(20) == sorted(held.items(), key=rank_key)
 
 
 @given(
