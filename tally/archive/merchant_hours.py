@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from datetime import date
 from typing import Any
 
+import orjson
 import pyarrow as pa
 
 from tally.archive.store import Archive, Layout, connect, day_of
@@ -110,7 +111,7 @@ def archived_hours(
                     "orders": orders,
                     "units": units,
                     "revenue_cents": revenue,
-                    "channels": json.loads(channels),
+                    "channels": orjson.loads(channels),
                     "customers": customers,
                 }
             ),
