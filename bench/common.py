@@ -249,6 +249,16 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
+def full_collections(worker: Worker) -> tuple[int, float]:
+    """The worker's full garbage collections so far, and the seconds they paused it."""
+    count, paused = 0.0, 0.0
+    for labels, value in scraped(worker, "tally_gc_pause_seconds_count"):
+        count += value if labels.get("generation") == "2" else 0
+    for labels, value in scraped(worker, "tally_gc_pause_seconds_sum"):
+        paused += value if labels.get("generation") == "2" else 0
+    return int(count), paused
+
+
 def scraped(worker: Worker, sample: str) -> list[tuple[dict[str, str], float]]:
     """(labels, value) of every sample named `sample` the worker's /metrics shows now."""
     text = worker.text("/metrics")

@@ -45,6 +45,7 @@ from bench.common import (
     Message,
     Result,
     counted,
+    full_collections,
     peak_rss_mb,
     produce,
     purchase_batch_codec,
@@ -370,6 +371,7 @@ def one_run(args: argparse.Namespace, workdir: Path, run: int) -> tuple[Result, 
     measured: dict = {}
 
     def afterwards(worker: Worker, result: Result) -> None:
+        measured["gc_backlog"] = full_collections(worker)
         settled, last = time.monotonic(), -1
         while time.monotonic() - settled < 2 * ARCHIVE_FLUSH_S:  # final hours written out
             now = archived_all(worker)
@@ -378,8 +380,11 @@ def one_run(args: argparse.Namespace, workdir: Path, run: int) -> tuple[Result, 
             time.sleep(0.5)
         measured["archived_hours"] = last
         live, batch = live_purchases(args, args.live, 10_000 + run, workdir)
+        before = full_collections(worker)
         measured["live_rate"], target = ingest_rate(broker, worker, batch, len(live))
         wait_counted(worker, target)  # (all of them: no limit)
+        after = full_collections(worker)
+        measured["gc_live"] = (after[0] - before[0], after[1] - before[1])
         events.extend(live)
         check_thirty_days(worker, events)
         measured["queries"] = [wrk_merchants([worker], n) for n in QUERY_CONNECTIONS]
@@ -438,6 +443,16 @@ def summary(args: argparse.Namespace, results: list[tuple[Result, dict]]) -> str
             "closed, archived and merged into its day)",
             [r.rate for r, _ in results],
         ),
+        figures_row(
+            "full garbage collections of the worker during the backlog",
+            [m["gc_backlog"][0] for _, m in results],
+        ),
+        figures_row("... ms they paused it", [m["gc_backlog"][1] * 1000 for _, m in results]),
+        figures_row(
+            "full garbage collections of the worker during the live purchases",
+            [m["gc_live"][0] for _, m in results],
+        ),
+        figures_row("... ms they paused it", [m["gc_live"][1] * 1000 for _, m in results]),
         figures_row("peak RSS MB of the worker", [m["peak_rss_mb"] for _, m in results]),
         figures_row("merchant-hours archived", [m["archived_hours"] for _, m in results]),
     ]
@@ -468,6 +483,7 @@ def summary(args: argparse.Namespace, results: list[tuple[Result, dict]]) -> str
 
 
 def main(args: argparse.Namespace, workdir: Path) -> None:
+    wrk_binary()  # before the backlog, not minutes into the run
     results = []
     for run in range(args.runs):
         result, measured = one_run(args, workdir, run)

@@ -25,6 +25,7 @@ from tally.broker.identity import describe_cluster, reconcile_local_state
 from tally.broker.watch import BrokerWatch
 from tally.http.access import configured_gate
 from tally.http.hygiene import REGISTRY_MAX_BYTES, BodyLimits, application_options
+from tally.runtime.collector import tune_collector
 from tally.runtime.faust_compat import (
     aiokafka_producer,
     check_pinned_versions,
@@ -180,6 +181,7 @@ class TallyApp(faust.App):
     async def on_first_start(self) -> None:
         Path(self.conf.datadir).mkdir(parents=True, exist_ok=True)  # Faust makes only the leaf
         quiet_repeats()  # Faust has set up logging by now
+        tune_collector(settings.gc_young_objects)  # (everything it runs is imported)
         await super().on_first_start()
         await self.add_runtime_dependency(self.broker_watch)
         # Create the topics agents read before subscribing: the broker would otherwise

@@ -107,6 +107,10 @@ def test_bad_messages_become_dead_letters_and_the_agent_keeps_going(
     assert 'tally_events_total{outcome="rejected",topic="purchases"} 4.0' in metrics
     assert 'tally_events_total{outcome="counted",topic="purchases"} 2.0' in metrics
     assert 'tally_dead_letters_total{destination="dead-letters",rule="schema"} 1.0' in metrics
+    # The collector is tuned (TALLY_GC_YOUNG_OBJECTS) and its pauses timed: at least the one
+    # full collection made before freezing what the worker had loaded.
+    assert 'tally_gc_pause_seconds_count{generation="2"}' in metrics
+    assert 'tally_gc_pause_seconds_count{generation="2"} 0.0' not in metrics
 
 
 def test_restart_recovers_identical_state_through_the_shim(
