@@ -20,7 +20,8 @@ with event times in the last 10 minutes, timed as what a worker sustains as traf
 (the source's 120,000 events/s are stated as workers at that rate). A 30-day daily query reads
 a cell per final day and the last day's hours from the hot table. The one-year range (ending 40
 days back, before the hot day cells) is of a merchant whose year of hours was written to the
-archive before the run (8,760 merchant-hours, through the archive's own append). Every answer
+archive before the run (8,760 merchant-hours, through the archive's own append, each day's
+file shared with 20,000 hours of other merchants). Every answer
 is checked against brute force over the purchases before a figure counts; each reader too, once
 started.
 """
@@ -32,6 +33,7 @@ import asyncio
 import datetime
 import json
 import random
+import shutil
 import statistics
 import subprocess
 import time
@@ -78,6 +80,10 @@ BUSIEST = 1_000
 ARCHIVE_FLUSH_S = 10
 QUERY_CONNECTIONS = (1, 100)
 THIRTY_DAYS = f"sales?from={END_MS - SPAN_MS}&to={END_MS}&step=1d"
+#: Other merchants' hours in each day's file of the year-long merchant's partition (the
+#: 30-day backlog's days hold about 1,700 each; a partition of 25,000 merchants active an hour
+#: a day would write 25,000): the merchant's rows are found among them.
+YEAR_NEIGHBOURS = 20_000
 #: The year before the hot day cells (35 days): every hour of it from the archive.
 YEAR_END_MS = END_MS - END_MS % DAY_MS - 40 * DAY_MS
 YEAR_START_MS = YEAR_END_MS - 365 * DAY_MS
@@ -110,28 +116,59 @@ def envelopes(events: list[dict], size: int, workdir: Path) -> list[Message]:
     return out
 
 
-def write_year(archive_dir: Path) -> list[tuple[int, HourFigures]]:
-    """A year of one merchant's hours in the archive, as its sink would have written them
-    (a flush per day, on a partition of its own); returns them."""
-    archive = Archive(archive_dir / "merchant-hours", layout=MERCHANT_HOURS)
+def year_hours() -> list[tuple[int, HourFigures]]:
+    """The year-long merchant's hours (the same every time)."""
     rng = random.Random(7)
     hours = []
-    first = YEAR_START_MS
-    for day in range(365):
-        batch = []
-        for hour in range(24):
-            hour_ms = first + (day * 24 + hour) * HOUR_MS
-            figures = HourFigures()
-            for _ in range(rng.randint(1, 6)):
-                figures.add(
-                    rng.randint(1, 4), rng.randint(100, 9_999), f"c{rng.randrange(400)}", {}
-                )
-            hours.append((hour_ms, figures))
-            record = figures.to_record()
-            record["customers"] = figures.customers.serialize_compact()
-            batch.append((day * 24 + hour, (YEARLONG, hour_ms, record)))
-        archive.append(900, batch)
+    for hour in range(365 * 24):
+        figures = HourFigures()
+        for _ in range(rng.randint(1, 6)):
+            figures.add(rng.randint(1, 4), rng.randint(100, 9_999), f"c{rng.randrange(400)}", {})
+        hours.append((YEAR_START_MS + hour * HOUR_MS, figures))
     return hours
+
+
+def write_year(archive_dir: Path) -> None:
+    """The year-long merchant's hours in the archive as its sink would have written them (a
+    flush per day), each day's file shared with YEAR_NEIGHBOURS hours of other merchants of
+    its partition."""
+    archive = Archive(archive_dir / "merchant-hours", layout=MERCHANT_HOURS)
+    neighbours = merchant_names(YEAR_NEIGHBOURS)
+    filler = HourFigures()
+    for n in range(3):
+        filler.add(1, 1_000, f"c{n}", {})
+    filler_record = archived(filler)
+    hours = year_hours()
+    for day in range(365):
+        first = YEAR_START_MS + day * DAY_MS
+        offset = day * (YEAR_NEIGHBOURS + 24)
+        batch = [
+            (offset + n, (merchant, first + n % 24 * HOUR_MS, filler_record))
+            for n, merchant in enumerate(neighbours)
+        ]
+        offset += YEAR_NEIGHBOURS
+        batch += [
+            (offset + n, (YEARLONG, hour_ms, archived(figures)))
+            for n, (hour_ms, figures) in enumerate(hours[day * 24 : (day + 1) * 24])
+        ]
+        archive.append(900, batch)
+
+
+def archived(figures: HourFigures) -> dict:
+    """Figures as the archive sink hands them to the archive (the sketch as bytes)."""
+    record = figures.to_record()
+    record["customers"] = figures.customers.serialize_compact()
+    return record
+
+
+def year_in(archive_dir: Path, written: Path) -> list[tuple[int, HourFigures]]:
+    """The year (write_year) in `archive_dir`: written once, into `written`, and copied for
+    each run (writing it takes about a minute)."""
+    if not written.exists():
+        print(f"writing a year of {YEAR_NEIGHBOURS + 1:,} merchants' hours a day ...", flush=True)
+        write_year(written)
+    shutil.copytree(written, archive_dir)
+    return year_hours()
 
 
 def get(worker: Worker, path: str) -> dict:
@@ -367,7 +404,7 @@ def one_run(args: argparse.Namespace, workdir: Path, run: int) -> tuple[Result, 
     events = merchant_purchases(args.count, args.merchants, seed=run)
     messages = envelopes(events, args.envelope, workdir)
     archive_dir = workdir / f"archive{run}"
-    year = write_year(archive_dir)
+    year = year_in(archive_dir, workdir / "year")
     measured: dict = {}
 
     def afterwards(worker: Worker, result: Result) -> None:

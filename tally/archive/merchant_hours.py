@@ -33,6 +33,11 @@ MERCHANT_ROWS = pa.schema(
     ]
 )
 
+#: A merchant's day is at most 24 rows of a file sorted by merchant: in row groups this small
+#: a one-merchant query reads one or two of a day's, found by their statistics
+#: (python -m bench.merchants: its one-year range).
+MERCHANT_ROW_GROUP_ROWS = 4_096
+
 #: A final merchant-hour: (merchant, hour ms, its figures as HourFigures.to_record wrote them).
 FinalHour = tuple[str, int, dict[str, Any]]
 
@@ -84,6 +89,7 @@ MERCHANT_HOURS = Layout(
     ("merchant", "hour_ms"),
     "hour_ms",
     hours_by_day,
+    row_group_rows=MERCHANT_ROW_GROUP_ROWS,
 )
 
 

@@ -256,8 +256,9 @@ def rows_by_day(minutes: Iterable[FinalMinute]) -> dict[date, pa.Table]:
 class Layout:
     """What an archive's rows are: their schema and order, the columns one row is unique by
     (a row written twice, before its day is compacted, counts once), the column of its time,
-    how a flush's items become a sorted table per day, and the tenant column if files written
-    before it existed may lack it (their rows are the default tenant's)."""
+    how a flush's items become a sorted table per day, the tenant column if files written
+    before it existed may lack it (their rows are the default tenant's), and the rows of a row
+    group (a query of one key skips the groups whose statistics rule it out)."""
 
     schema: pa.Schema
     sort_keys: list[tuple[str, str]]
@@ -265,6 +266,7 @@ class Layout:
     time_column: str
     tables_by_day: Callable[[Iterable[Any]], dict[date, pa.Table]]
     older_files_lack: str | None = None
+    row_group_rows: int = ROW_GROUP_ROWS
 
     def distinct_rows(self) -> str:
         """The rows, each identity once, in order (the order makes the choice stable)."""
@@ -434,11 +436,11 @@ class Archive:
             temporary, self.layout.schema, filesystem=self.fs, compression=COMPRESSION
         ) as writer:
             if isinstance(table, pa.Table):
-                writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+                writer.write_table(table, row_group_size=self.layout.row_group_rows)
             else:
                 for batch in table:
                     writer.write_batch(
-                        batch.cast(self.layout.schema), row_group_size=ROW_GROUP_ROWS
+                        batch.cast(self.layout.schema), row_group_size=self.layout.row_group_rows
                     )
         self.fs.move(temporary, path)
 
@@ -496,7 +498,7 @@ class Archive:
         with connect() as con:
             self.register(con, files)
             deduplicated = con.sql(self.layout.distinct_rows())
-            self._write(merged, iter(deduplicated.to_arrow_reader(ROW_GROUP_ROWS)))
+            self._write(merged, iter(deduplicated.to_arrow_reader(self.layout.row_group_rows)))
         for file in files:
             self._delete(self.path(file))
         return merged

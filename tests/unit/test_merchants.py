@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -153,6 +154,46 @@ def test_archived_hours_read_back_as_written_each_hour_once(
         assert [hour for hour, _ in read] == [hour for hour, _ in wanted]
         for (_, figures), (_, chunk_of_hour) in zip(read, wanted, strict=True):
             assert figures.to_record() == figures_of(chunk_of_hour).to_record()
+
+
+def test_a_merchant_is_read_among_many_from_small_row_groups(tmp_path: Path) -> None:
+    """A day's file of many merchants (two flushes, compacted) is in row groups of
+    MERCHANT_ROW_GROUP_ROWS, sorted by merchant, with statistics to skip them by; one
+    merchant's hours read back exactly from among the others."""
+    import pyarrow.parquet as pq
+
+    from tally.archive.merchant_hours import (
+        MERCHANT_HOURS,
+        MERCHANT_ROW_GROUP_ROWS,
+        FinalHour,
+        archived_hours,
+        final_hour,
+    )
+    from tally.archive.store import Archive, day_of
+
+    def final(merchant: str, hour: int, figures: HourFigures) -> FinalHour:
+        return final_hour(
+            {"merchant": merchant, "hour_ms": T0 + hour * HOUR_MS, **figures.to_record()}
+        )
+
+    archive = Archive(tmp_path, layout=MERCHANT_HOURS)
+    other = figures_of([(0, 1, 100, "c1", "web")])
+    own = [figures_of([(0, n + 1, 250, f"c{n}", "app")]) for n in range(24)]
+    rows = [final(f"n{n:06d}", n % 24, other) for n in range(3 * MERCHANT_ROW_GROUP_ROWS)]
+    rows += [final("n001000x", hour, figures) for hour, figures in enumerate(own)]
+    half = len(rows) // 2
+    archive.append(0, list(enumerate(rows[:half])))
+    archive.append(0, [(half + n, row) for n, row in enumerate(rows[half:])])
+    compacted = archive.compact(day_of(T0), 0)
+    assert compacted is not None
+    metadata = pq.ParquetFile(archive.path(compacted)).metadata
+    assert metadata.num_row_groups == 4
+    for group in range(metadata.num_row_groups):
+        assert metadata.row_group(group).num_rows <= MERCHANT_ROW_GROUP_ROWS
+        assert metadata.row_group(group).column(0).statistics.has_min_max
+    read = archived_hours(archive, "n001000x", T0, T0 + 24 * HOUR_MS)
+    assert [hour for hour, _ in read] == [T0 + hour * HOUR_MS for hour in range(24)]
+    assert [f.to_record() for _, f in read] == [f.to_record() for f in own]
 
 
 def test_a_final_hour_that_is_not_one_is_refused_with_the_reason() -> None:
