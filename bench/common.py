@@ -249,14 +249,39 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
-def full_collections(worker: Worker) -> tuple[int, float]:
-    """The worker's full garbage collections so far, and the seconds they paused it."""
-    count, paused = 0.0, 0.0
+@dataclass(frozen=True)
+class Pauses:
+    """The worker's garbage collector pauses so far: full collections, and every generation's."""
+
+    full: int
+    full_s: float
+    all_s: float
+    over_100ms: int
+
+    def since(self, before: Pauses) -> Pauses:
+        return Pauses(
+            self.full - before.full,
+            self.full_s - before.full_s,
+            self.all_s - before.all_s,
+            self.over_100ms - before.over_100ms,
+        )
+
+
+def collector_pauses(worker: Worker) -> Pauses:
+    """The worker's tally_gc_pause_seconds, summed up."""
+    full = full_s = all_s = 0.0
     for labels, value in scraped(worker, "tally_gc_pause_seconds_count"):
-        count += value if labels.get("generation") == "2" else 0
+        full += value if labels["generation"] == "2" else 0
     for labels, value in scraped(worker, "tally_gc_pause_seconds_sum"):
-        paused += value if labels.get("generation") == "2" else 0
-    return int(count), paused
+        all_s += value
+        full_s += value if labels["generation"] == "2" else 0
+    short = total = 0.0
+    for labels, value in scraped(worker, "tally_gc_pause_seconds_bucket"):
+        if labels["le"] == "0.1":
+            short += value
+        elif labels["le"] == "+Inf":
+            total += value
+    return Pauses(int(full), full_s, all_s, int(total - short))
 
 
 def scraped(worker: Worker, sample: str) -> list[tuple[dict[str, str], float]]:

@@ -45,9 +45,10 @@ from statistics import median
 from bench.common import (
     PARTITIONS,
     Message,
+    Pauses,
     Result,
+    collector_pauses,
     counted,
-    full_collections,
     peak_rss_mb,
     produce,
     purchase_batch_codec,
@@ -408,7 +409,7 @@ def one_run(args: argparse.Namespace, workdir: Path, run: int) -> tuple[Result, 
     measured: dict = {}
 
     def afterwards(worker: Worker, result: Result) -> None:
-        measured["gc_backlog"] = full_collections(worker)
+        measured["gc_backlog"] = collector_pauses(worker)
         settled, last = time.monotonic(), -1
         while time.monotonic() - settled < 2 * ARCHIVE_FLUSH_S:  # final hours written out
             now = archived_all(worker)
@@ -417,11 +418,10 @@ def one_run(args: argparse.Namespace, workdir: Path, run: int) -> tuple[Result, 
             time.sleep(0.5)
         measured["archived_hours"] = last
         live, batch = live_purchases(args, args.live, 10_000 + run, workdir)
-        before = full_collections(worker)
+        before = collector_pauses(worker)
         measured["live_rate"], target = ingest_rate(broker, worker, batch, len(live))
         wait_counted(worker, target)  # (all of them: no limit)
-        after = full_collections(worker)
-        measured["gc_live"] = (after[0] - before[0], after[1] - before[1])
+        measured["gc_live"] = collector_pauses(worker).since(before)
         events.extend(live)
         check_thirty_days(worker, events)
         measured["queries"] = [wrk_merchants([worker], n) for n in QUERY_CONNECTIONS]
@@ -464,6 +464,18 @@ def load_row(label: str, loads: list[QueryLoad]) -> str:
     )
 
 
+def pauses_rows(phase: str, pauses: list[Pauses]) -> list[str]:
+    """The garbage collector's pauses of the worker during a phase."""
+    return [
+        figures_row(
+            f"garbage collector: full collections during {phase}", [p.full for p in pauses]
+        ),
+        figures_row("... ms they paused the worker", [p.full_s * 1000 for p in pauses]),
+        figures_row("... ms paused by all generations", [p.all_s * 1000 for p in pauses]),
+        figures_row("... pauses over 100 ms", [p.over_100ms for p in pauses]),
+    ]
+
+
 def summary(args: argparse.Namespace, results: list[tuple[Result, dict]]) -> str:
     live = [m["live_rate"] for _, m in results]
     lines = [
@@ -480,16 +492,8 @@ def summary(args: argparse.Namespace, results: list[tuple[Result, dict]]) -> str
             "closed, archived and merged into its day)",
             [r.rate for r, _ in results],
         ),
-        figures_row(
-            "full garbage collections of the worker during the backlog",
-            [m["gc_backlog"][0] for _, m in results],
-        ),
-        figures_row("... ms they paused it", [m["gc_backlog"][1] * 1000 for _, m in results]),
-        figures_row(
-            "full garbage collections of the worker during the live purchases",
-            [m["gc_live"][0] for _, m in results],
-        ),
-        figures_row("... ms they paused it", [m["gc_live"][1] * 1000 for _, m in results]),
+        *pauses_rows("the 30-day backlog", [m["gc_backlog"] for _, m in results]),
+        *pauses_rows("the live purchases", [m["gc_live"] for _, m in results]),
         figures_row("peak RSS MB of the worker", [m["peak_rss_mb"] for _, m in results]),
         figures_row("merchant-hours archived", [m["archived_hours"] for _, m in results]),
     ]
