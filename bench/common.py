@@ -268,19 +268,22 @@ class Pauses:
 
 
 def collector_pauses(worker: Worker) -> Pauses:
-    """The worker's tally_gc_pause_seconds, summed up."""
-    full = full_s = all_s = 0.0
-    for labels, value in scraped(worker, "tally_gc_pause_seconds_count"):
-        full += value if labels["generation"] == "2" else 0
-    for labels, value in scraped(worker, "tally_gc_pause_seconds_sum"):
-        all_s += value
-        full_s += value if labels["generation"] == "2" else 0
-    short = total = 0.0
-    for labels, value in scraped(worker, "tally_gc_pause_seconds_bucket"):
-        if labels["le"] == "0.1":
-            short += value
-        elif labels["le"] == "+Inf":
-            total += value
+    """The worker's tally_gc_pause_seconds, summed up (from one scrape)."""
+    full = full_s = all_s = short = total = 0.0
+    for family in text_string_to_metric_families(worker.text("/metrics")):
+        if family.name != "tally_gc_pause_seconds":
+            continue
+        for sample in family.samples:
+            full_collection = sample.labels.get("generation") == "2"
+            if sample.name.endswith("_count") and full_collection:
+                full += sample.value
+            elif sample.name.endswith("_sum"):
+                all_s += sample.value
+                full_s += sample.value if full_collection else 0
+            elif sample.name.endswith("_bucket") and float(sample.labels["le"]) == 0.1:
+                short += sample.value
+            elif sample.name.endswith("_bucket") and sample.labels["le"] == "+Inf":
+                total += sample.value
     return Pauses(int(full), full_s, all_s, int(total - short))
 
 

@@ -41,6 +41,7 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 from statistics import median
+from typing import Any
 
 from bench.common import (
     PARTITIONS,
@@ -129,8 +130,8 @@ def year_hours() -> list[tuple[int, HourFigures]]:
     return hours
 
 
-def write_year(archive_dir: Path) -> None:
-    """The year-long merchant's hours in the archive as its sink would have written them (a
+def write_year(archive_dir: Path, hours: list[tuple[int, HourFigures]]) -> None:
+    """The year-long merchant's `hours` in the archive as its sink would have written them (a
     flush per day), each day's file shared with YEAR_NEIGHBOURS hours of other merchants of
     its partition."""
     archive = Archive(archive_dir / "merchant-hours", layout=MERCHANT_HOURS)
@@ -139,7 +140,6 @@ def write_year(archive_dir: Path) -> None:
     for n in range(3):
         filler.add(1, 1_000, f"c{n}", {})
     filler_record = archived(filler)
-    hours = year_hours()
     for day in range(365):
         first = YEAR_START_MS + day * DAY_MS
         offset = day * (YEAR_NEIGHBOURS + 24)
@@ -155,7 +155,7 @@ def write_year(archive_dir: Path) -> None:
         archive.append(900, batch)
 
 
-def archived(figures: HourFigures) -> dict:
+def archived(figures: HourFigures) -> dict[str, Any]:
     """Figures as the archive sink hands them to the archive (the sketch as bytes)."""
     record = figures.to_record()
     record["customers"] = figures.customers.serialize_compact()
@@ -164,12 +164,16 @@ def archived(figures: HourFigures) -> dict:
 
 def year_in(archive_dir: Path, written: Path) -> list[tuple[int, HourFigures]]:
     """The year (write_year) in `archive_dir`: written once, into `written`, and copied for
-    each run (writing it takes about a minute)."""
+    each run (writing it takes about a minute). Returns the year-long merchant's hours."""
+    hours = year_hours()
     if not written.exists():
-        print(f"writing a year of {YEAR_NEIGHBOURS + 1:,} merchants' hours a day ...", flush=True)
-        write_year(written)
+        print(
+            f"writing a year of {YEAR_NEIGHBOURS + 24:,} merchant-hours a day to the archive ...",
+            flush=True,
+        )
+        write_year(written, hours)
     shutil.copytree(written, archive_dir)
-    return year_hours()
+    return hours
 
 
 def get(worker: Worker, path: str) -> dict:
@@ -492,7 +496,7 @@ def summary(args: argparse.Namespace, results: list[tuple[Result, dict]]) -> str
             "closed, archived and merged into its day)",
             [r.rate for r, _ in results],
         ),
-        *pauses_rows("the 30-day backlog", [m["gc_backlog"] for _, m in results]),
+        *pauses_rows("start-up and the 30-day backlog", [m["gc_backlog"] for _, m in results]),
         *pauses_rows("the live purchases", [m["gc_live"] for _, m in results]),
         figures_row("peak RSS MB of the worker", [m["peak_rss_mb"] for _, m in results]),
         figures_row("merchant-hours archived", [m["archived_hours"] for _, m in results]),

@@ -344,10 +344,10 @@ class Settings:
     gc_young_objects: int = _env_field(
         "TALLY_GC_YOUNG_OBJECTS",
         50_000,
-        "New container objects between collections of CPython's young generation (CPython's "
-        "own default: 700). Fewer collections let a batch's objects die before they reach the "
-        "old generation, whose growth sets off full collections that pause the worker "
-        "(tally_gc_pause_seconds). 0: CPython's defaults.",
+        "New container objects (allocated less freed) between collections of CPython's young "
+        "generation (CPython's own default: 700). Fewer collections let a batch's objects die "
+        "before they reach the old generation, whose growth sets off full collections that "
+        "pause the worker (tally_gc_pause_seconds). 0: CPython's defaults.",
         _non_negative_int,
     )
     cache_max_age_seconds: int = _env_field(

@@ -257,7 +257,7 @@ class Layout:
     """What an archive's rows are: their schema and order, the columns one row is unique by
     (a row written twice, before its day is compacted, counts once), the column of its time,
     how a flush's items become a sorted table per day, the tenant column if files written
-    before it existed may lack it (their rows are the default tenant's), and the rows of a row
+    before it was added lack it (their rows are the default tenant's), and the rows of a row
     group (a query of one key skips the groups whose statistics rule it out)."""
 
     schema: pa.Schema
@@ -265,7 +265,7 @@ class Layout:
     identity: tuple[str, ...]
     time_column: str
     tables_by_day: Callable[[Iterable[Any]], dict[date, pa.Table]]
-    older_files_lack: str | None = None
+    tenant_added_later: str | None = None
     row_group_rows: int = ROW_GROUP_ROWS
 
     def distinct_rows(self) -> str:
@@ -281,7 +281,7 @@ METRIC_MINUTES = Layout(
     ("tenant", "server", "metric", "minute_ms"),
     "minute_ms",
     rows_by_day,
-    older_files_lack="tenant",
+    tenant_added_later="tenant",
 )
 
 
@@ -382,7 +382,7 @@ class Archive:
         through pyarrow's filesystem, so the archive needs one set of credentials, and no
         DuckDB extension is downloaded at run time."""
         paths = [self.path(f) for f in files]
-        lacking = self.layout.older_files_lack
+        lacking = self.layout.tenant_added_later
         if isinstance(self.fs, pafs.LocalFileSystem) and not _GLOB_CHARACTERS & set(self.root):
             listed = ", ".join("'" + path.replace("'", "''") + "'" for path in paths)
             # By name where older files may lack a column: that reads every file's footer

@@ -94,14 +94,16 @@ class HourFigures:
         daily answer merges 8,760 hours)."""
         union = hll_union(HLL_LG_K)
         union.update(self.customers)
+        others = list(others)
+        for other in others:
+            union.update(other.customers)
+        self.customers = union.get_result()
         for other in others:
             self.orders += other.orders
             self.units += other.units
             self.revenue_cents += other.revenue_cents
             for channel, counts in other.channels.items():
                 self._count(channel_of({CHANNEL_KEY: channel}, self.channels), *counts)
-            union.update(other.customers)
-        self.customers = union.get_result()
 
     def _count(self, channel: str, orders: int, units: int, revenue_cents: int) -> None:
         kept = self.channels.get(channel)

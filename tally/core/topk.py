@@ -34,7 +34,7 @@ def rank_key(entry: Ranked) -> tuple[int, str]:
 
 
 class RankedTotals:
-    """Totals per key, top-K on demand. A few keys are ranked when asked (a sort of at most
+    """Totals per key, top-K on demand. A few keys are ranked when asked (a sort of fewer than
     INDEXED_FROM); more keep a rank index (O(log n) per update, top-K in O(K)). Most tenants'
     windows hold a few items: without an index each is one object the garbage collector
     traverses instead of six, and a full collection pauses the worker for all of them

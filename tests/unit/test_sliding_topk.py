@@ -203,18 +203,19 @@ class SmallIndex(RankedTotals):
 def test_ranked_totals_rank_as_brute_force_with_and_without_the_index(
     changes: list[tuple[str, int]],
 ) -> None:
-    """Keys come and go across the index's thresholds (kept from 4 keys, dropped below 2);
-    after every change the ranking is the sorted totals."""
+    """Keys come and go across the index's thresholds (kept from 4 keys, dropped below 2),
+    totals negative too; after every change the ranking is the sorted totals."""
     ranked, truth = SmallIndex(), Counter[str]()
+    indexed = False
     for key, delta in changes:
-        if truth[key] + delta < 0:
-            delta = -truth[key]
         ranked.add(key, delta)
         truth[key] += delta
         held = {k: v for k, v in truth.items() if v}
         assert len(ranked) == len(held) and dict(ranked.items()) == held
         assert ranked.top(3) == sorted(held.items(), key=rank_key)[:3]
         assert ranked.top(20) == sorted(held.items(), key=rank_key)
+        indexed = len(held) >= 4 or (indexed and len(held) >= 2)
+        assert (ranked._order is not None) == indexed
 
 
 @given(
