@@ -38,7 +38,7 @@ MAX_FUTURE_MS = int(settings.max_future_seconds * 1000)
 
 def members_of(name: str, record: Record) -> list[Record]:
     """The purchases a decoded `purchases` message carries: an envelope's, or itself."""
-    return list(record["purchases"]) if name == PURCHASE_BATCH else [record]
+    return record["purchases"] if name == PURCHASE_BATCH else [record]
 
 
 @dataclass(frozen=True)
