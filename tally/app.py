@@ -61,6 +61,7 @@ PIPELINE_MODULES = {
         "tally.merchants.archive_sink",
         "tally.merchants.views",
     ],
+    "social": ["tally.social.agents", "tally.social.views"],
 }
 #: Modules every worker runs, whatever its pipelines.
 COMMON_MODULES = [

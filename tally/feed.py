@@ -7,14 +7,18 @@ make the same bytes; `send_feed` paces them into Kafka with a plain aiokafka pro
 from __future__ import annotations
 
 import asyncio
+import html
 import itertools
 import random
 import sys
 import time
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
+import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
@@ -100,6 +104,153 @@ def historical_purchases(
             }
         )
     return out
+
+
+#: Sample post texts: {brand} and {product} are filled in; VADER scores them as they read.
+POST_TEXTS = {
+    "positive": (
+        "Love my new {product} from @{brand}, fits perfectly! #happy",
+        "Great service from {brand} today, the staff were so helpful :)",
+        "The {product} arrived early and it looks amazing. Thanks @{brand}!",
+        "Honestly the best {product} I have owned. #{brand} #win",
+    ),
+    "neutral": (
+        "Picked up a {product} at {brand} this morning.",
+        "Does anyone know when {brand} restocks the {product}?",
+        "{brand} opens a new store downtown next week https://example.com/news",
+        "Comparing the {product} from {brand} with the older model.",
+    ),
+    "negative": (
+        "My {product} from @{brand} broke after two days. Terrible quality #fail",
+        "Worst customer service ever, {brand} ignored me for a week. Never again!",
+        "Still waiting for my refund from {brand}. This is awful and frustrating",
+        "The {product} is a total disaster, {brand} should be ashamed #boycott",
+    ),
+}
+PRODUCTS = ("jacket", "sneakers", "backpack", "headphones", "coffee maker", "desk lamp")
+#: The networks the feed writes posts of (their JSON formats: tally.social.channels).
+SOCIAL_CHANNELS = ("x", "mastodon")
+
+
+@dataclass(frozen=True)
+class RawPost:
+    """A raw social message as a network gives it: its brand (the key), channel (the
+    `tally.channel` header), JSON value, and the standard posts it holds (for checks)."""
+
+    brand: str
+    channel: str
+    value: bytes
+    posts: tuple[Record, ...]
+
+
+def social_posts(
+    rng: random.Random,
+    *,
+    clock_ms: Callable[[], int],
+    brands: Sequence[str] = DEFAULT_TENANTS,
+    channels: Sequence[str] = SOCIAL_CHANNELS,
+    authors: int = 2000,
+) -> Iterator[RawPost]:
+    """Endless raw posts about the `brands` (in turn) on the `channels` (in turn): a third
+    negative, likes and shares heavy-tailed (a few posts go far), an X message now and then a
+    page of two or three posts."""
+    busy = zipf_weights(authors)
+    for number in itertools.count():
+        brand = brands[number % len(brands)] or "default"
+        channel = channels[(number // len(brands)) % len(channels)]
+        size = rng.choice((1, 1, 1, 2, 3)) if channel == "x" else 1
+        posts = []
+        for index in range(size):
+            mood = rng.choice(("positive", "neutral", "negative"))
+            text = rng.choice(POST_TEXTS[mood]).format(brand=brand, product=rng.choice(PRODUCTS))
+            author = rng.choices(range(authors), cum_weights=busy)[0]
+            posts.append(
+                {
+                    "post_id": f"{number}{index}{rng.getrandbits(24):06x}",
+                    "channel": channel,
+                    "author": f"user{author}",
+                    "text": text,
+                    "likes": int(rng.paretovariate(1.2)) - 1,
+                    "shares": int(rng.paretovariate(1.5)) - 1,
+                    "created_at_ms": clock_ms(),
+                }
+            )
+        yield RawPost(brand, channel, NETWORK_FORMATS[channel](posts), tuple(posts))
+
+
+def iso_z(ms: int) -> str:
+    """A time as networks write it: ISO 8601, milliseconds, `Z`."""
+    moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def x_document(posts: Sequence[Record]) -> bytes:
+    """Posts as an X API v2 answer: `data` (one post, or a page), authors in `includes`."""
+    data = [
+        {
+            "id": post["post_id"],
+            "text": post["text"],
+            "author_id": str(zlib.crc32(post["author"].encode())),
+            "created_at": iso_z(post["created_at_ms"]),
+            "public_metrics": {
+                "like_count": post["likes"],
+                "retweet_count": post["shares"],
+                "quote_count": 0,
+                "reply_count": 0,
+            },
+        }
+        for post in posts
+    ]
+    users = [
+        {"id": item["author_id"], "username": post["author"]}
+        for item, post in zip(data, posts, strict=True)
+    ]
+    return orjson.dumps({"data": data[0] if len(data) == 1 else data, "includes": {"users": users}})
+
+
+#: How Mastodon renders a hashtag and a mention in a status's HTML.
+HASHTAG_HTML = (
+    '<a href="https://mastodon.example/tags/{0}" class="mention hashtag" rel="tag">'
+    "#<span>{0}</span></a>"
+)
+MENTION_HTML = (
+    '<span class="h-card"><a href="https://mastodon.example/@{0}" class="u-url mention">'
+    "@<span>{0}</span></a></span>"
+)
+
+
+def mastodon_html(text: str) -> str:
+    """A status's HTML as Mastodon renders it: hashtags and mentions as links, in a <p>."""
+    words = []
+    for word in html.escape(text, quote=False).split(" "):
+        if word.startswith("#") and len(word) > 1:
+            word = HASHTAG_HTML.format(word[1:])
+        elif word.startswith("@") and len(word) > 1:
+            word = MENTION_HTML.format(word[1:])
+        words.append(word)
+    return "<p>" + " ".join(words) + "</p>"
+
+
+def mastodon_document(posts: Sequence[Record]) -> bytes:
+    """One post as a Mastodon status."""
+    (post,) = posts
+    return orjson.dumps(
+        {
+            "id": post["post_id"],
+            "created_at": iso_z(post["created_at_ms"]),
+            "content": mastodon_html(post["text"]),
+            "account": {"id": "1", "username": post["author"], "acct": post["author"]},
+            "favourites_count": post["likes"],
+            "reblogs_count": post["shares"],
+            "visibility": "public",
+        }
+    )
+
+
+NETWORK_FORMATS: dict[str, Callable[[Sequence[Record]], bytes]] = {
+    "x": x_document,
+    "mastodon": mastodon_document,
+}
 
 
 def metric_batches(

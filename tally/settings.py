@@ -171,10 +171,18 @@ def _url_list(text: str) -> tuple[str, ...]:
 
 
 #: The pipelines a worker can run: `archive` is the metrics pipeline's cold-tier sink.
-PIPELINES = ("sales", "metrics", "archive", "merchants")
+PIPELINES = ("sales", "metrics", "archive", "merchants", "social")
 #: What a worker runs unless told: the merchants pipeline reads every purchase a second
 #: time, so a deployment turns it on (TALLY_PIPELINES) where merchants query their own figures.
 DEFAULT_PIPELINES = frozenset(("sales", "metrics", "archive"))
+
+
+def _module_list(text: str) -> tuple[str, ...]:
+    modules = tuple(part.strip() for part in text.split(",") if part.strip())
+    for module in modules:
+        if not all(part.isidentifier() for part in module.split(".")):
+            raise ValueError(f"{module!r} is not a Python module path (e.g. mycompany.forum)")
+    return modules
 
 
 def pipeline_set(text: str) -> frozenset[str]:
@@ -219,7 +227,8 @@ class Settings:
         DEFAULT_PIPELINES,
         "The pipelines this worker runs, comma-separated: sales, metrics, archive (the "
         "cold-tier sink of metrics), merchants (each merchant's own figures; off unless "
-        "named). Its web server answers the queries of those it runs.",
+        "named), social (social posts' sentiment, alerts and summaries; off unless named). "
+        "Its web server answers the queries of those it runs.",
         pipeline_set,
     )
     role: str = _env_field(
@@ -385,6 +394,30 @@ class Settings:
         "tables: a daily, weekly or monthly answer within them reads a cell per day; older "
         "days are answered from the archive's hours.",
         _positive_int,
+    )
+    social_alert_threshold: float = _env_field(
+        "TALLY_SOCIAL_ALERT_THRESHOLD",
+        -1.0,
+        "A negative post becomes an alert when its VADER compound score times "
+        "1 + log10(1 + reach) is at or below this (reach: likes + 5 x shares). -1.0: a post "
+        "nobody shared must score -1; one that reached 1,000 people, -0.25.",
+        _number,
+    )
+    social_hot_hours: int = _env_field(
+        "TALLY_SOCIAL_HOT_HOURS",
+        48,
+        "Minutes of social summaries (and the post ids seen in them, which make a post "
+        "counted once) kept, by event time: a post older than this behind the newest of its "
+        "partition is late (to late-events).",
+        _positive_int,
+    )
+    social_channels: tuple[str, ...] = _env_field(
+        "TALLY_SOCIAL_CHANNELS",
+        (),
+        "Channel adapters beyond the shipped ones (x, mastodon): comma-separated Python "
+        "modules, each with CHANNEL (its name, as raw posts' tally.channel header gives it) "
+        "and adapt(document) -> list of posts (see docs/social.md).",
+        _module_list,
     )
     metrics_hot_hours: float = _env_field(
         "TALLY_METRICS_HOT_HOURS",

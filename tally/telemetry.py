@@ -71,3 +71,13 @@ COPY_RECORDS_BEHIND = Gauge(
     "not, as of the last fetch.",
     ["pipeline"],
 )
+SOCIAL_POSTS = Counter(
+    "tally_social_posts",
+    "Social posts scored, by channel and VADER sentiment class (positive, neutral, negative).",
+    ["channel", "sentiment"],
+)
+SOCIAL_ALERTS = Counter(
+    "tally_social_alerts",
+    "Social alert transitions: opened (by the pipeline), acked and resolved (by people).",
+    ["transition"],
+)

@@ -4,6 +4,8 @@
               │            └► merchants (re-keyed) ─► MERCHANT_PURCHASES ─► merchant hours
               └► METRIC_SAMPLES ─► metrics ─► METRIC_PARTIALS ─► the by-metric index
                                           └► (METRIC_TICKS) ─► METRIC_FINAL_MINUTES ─► archive
+              └► SOCIAL_RAW ─► social (normalised, scored, by brand) ─► SOCIAL_SCORED ─► minute
+                                  summaries, alert queue ─► SOCIAL_ALERTS
     on another partition than its key's ─► ROUTED[topic] ─► the same pipeline, at the owner
     anything rejected ─► DEAD_LETTERS; anything late ─► LATE_EVENTS
 
@@ -17,8 +19,11 @@ from __future__ import annotations
 PURCHASES = "purchases"
 #: Metric batches (Avro `tally.metrics.MetricBatch`: one server, many samples), by server id.
 METRIC_SAMPLES = "metric-samples"
+#: Social posts as their networks give them (JSON; the `tally.channel` header names the
+#: network) or standard ones (Avro `tally.social.SocialPost`); keyed by brand (the tenant).
+SOCIAL_RAW = "social-raw"
 #: The topics producers write to (created up front); a replay reads them again.
-SOURCE_TOPICS = (PURCHASES, METRIC_SAMPLES)
+SOURCE_TOPICS = (PURCHASES, METRIC_SAMPLES, SOCIAL_RAW)
 #: Source messages that came on another partition than their key's murmur2 one (a producer
 #: with another partitioner: librdkafka's CRC32, random), forwarded to the owner partition of
 #: this topic with their origin in a header (`tally.core.partitioning.ORIGIN_HEADER`).
@@ -40,3 +45,8 @@ METRIC_FINAL_MINUTES = "metric-rollups-1m"
 MERCHANT_PURCHASES = "merchant-purchases"
 #: Every merchant-hour that left the window (final), once: the merchants' cold tier's input.
 MERCHANT_FINAL_HOURS = "merchant-hours-1h"
+#: Scored standard posts re-keyed by brand: one message per raw message and brand partition.
+SOCIAL_SCORED = "social-scored-posts"
+#: Alerts for customer care: every state of every alert (opened, acknowledged, resolved),
+#: JSON, keyed by alert id ("<channel>:<post id>").
+SOCIAL_ALERTS = "social-alerts"

@@ -52,6 +52,8 @@ SCHEMA_READ = access("read", "ingest", "admin", reach="shared")
 #: changes nothing; the registry's view refuses it anything new.
 SCHEMA_REGISTER = access("admin", "ingest", reach="shared")
 ADMIN = access("admin", reach="site")
+#: Acting on a queue (an alert acknowledged or resolved): people at work, not readers.
+REVIEW = access("review")
 
 #: (method, route pattern) → its access. HEAD is GET's.
 ROUTES: dict[tuple[str, str], Access] = {
@@ -74,6 +76,10 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("get", "/api/merchants/{merchant_id}/sales"): READ,
     ("get", "/api/merchants/{merchant_id}/summary"): READ,
     ("get", "/api/merchants/{merchant_id}/top-items"): READ,
+    ("get", "/api/social/alerts"): READ,
+    ("post", "/api/social/alerts/{alert_id}/{action}"): REVIEW,
+    ("get", "/api/social/summary"): READ,
+    ("get", "/api/stream/social/summary"): READ,
     ("post", "/registry/subjects/{subject}/versions"): SCHEMA_REGISTER,
     # Lookups and compatibility checks are POSTs that write nothing.
     ("post", "/registry/subjects/{subject}"): SCHEMA_READ,

@@ -35,7 +35,7 @@ from tally.core.tenancy import not_a_tenant
 logger = logging.getLogger(__name__)
 
 #: What a token may allow: send rows, read answers, administer (registry writes), scrape.
-SCOPES = ("ingest", "read", "admin", "metrics")
+SCOPES = ("ingest", "read", "admin", "metrics", "review")
 #: The tenant claim of an operator: every tenant's data and the site-wide views.
 OPERATOR = "*"
 #: Signature algorithms taken: Ed25519 (Tally's own; EdDSA is its older name) and what

@@ -83,7 +83,7 @@ def own_token(scopes: frozenset[str]) -> str:
         default="read",
         show_default=True,
         callback=parsed_by(parse_scopes),
-        help="issue: what it may do, comma-separated: ingest, read, admin, metrics.",
+        help="issue: what it may do, comma-separated: ingest, read, admin, metrics, review.",
     ),
     option(
         "--expires",

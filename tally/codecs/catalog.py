@@ -72,3 +72,9 @@ def purchases_topic_codec() -> RecordTypeCodec:
 @cache
 def metric_batch_codec() -> AvroCodec:
     return checked_codec("metric-samples-value", "metric_batch", validate_metric_batch)
+
+
+@cache
+def social_post_codec() -> AvroCodec:
+    """Standard posts sent as Avro to `social-raw` (checked by the social pipeline)."""
+    return AvroCodec(registry(), "social-raw-value", load_schema("social_post"))

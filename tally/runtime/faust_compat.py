@@ -180,7 +180,8 @@ RELAYED_FROM_OWNER = ("WWW-Authenticate", "Retry-After")
 
 def relay_refusal_headers() -> None:
     """Faust's router relays a key owner's answer with its status and body only: an owner's
-    401 would lose its `WWW-Authenticate`, a 429 its `Retry-After`. Relay those too."""
+    401 would lose its `WWW-Authenticate`, a 429 its `Retry-After`. Relay those too; and it
+    sends the owner no request body: send a POST's."""
     if getattr(Router._route_req, "relays_refusals", False):
         return
 
@@ -189,8 +190,9 @@ def relay_refusal_headers() -> None:
         if dest_ident == self._urlident(self.app.conf.canonical_url):
             raise SameNode()
         routed_url = request.url.with_host(host).with_port(int(port))
+        body = await request.read() if request.can_read_body else None
         async with self.app.http_client.request(
-            method=request.method, headers=request.headers, url=routed_url
+            method=request.method, headers=request.headers, url=routed_url, data=body
         ) as response:
             relayed = {name: response.headers[name] for name in RELAYED_FROM_OWNER
                        if name in response.headers}  # fmt: skip

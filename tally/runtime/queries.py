@@ -3,25 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from datetime import UTC, datetime
-from typing import ClassVar, TypeVar, cast
+from typing import Any, ClassVar, TypeVar, cast
 
 import aiohttp
 import duckdb
 from aiohttp import hdrs, web
+from faust.exceptions import SameNode
 from faust.types import CollectionT
 from faust.web import Request, Response, View
 from faust.web.exceptions import WebError
 
 from tally.app import app, gate, settings
 from tally.core.clock import epoch_ms, iso
+from tally.core.errors import BodyTimeout, UnreadableBody, UnsupportedBody
 from tally.core.generations import Serving
 from tally.core.limits import id_problem
 from tally.core.windowing import PaneSpec
 from tally.http.access import Refusal, tenant_asked
 from tally.http.caching import cache_control, matches, named_tag, strong_etag
+from tally.http.hygiene import DEFAULT_MAX_BYTES, read_body, too_large
 from tally.runtime.serving import serving
 from tally.telemetry import QUERY_ANSWERS
 
@@ -248,6 +252,44 @@ def routed_to_owner(table: CollectionT, **where: str) -> Callable[[OwnedQuery], 
     which: `exact_key`, `match_info` or `query_param`); Faust's annotation of it admits no
     route parameters, the decorated methods take them."""
     return cast(Callable[[OwnedQuery], OwnedQuery], app.table_route(table=table, **where))
+
+
+async def routed_by_key(
+    table: CollectionT,
+    key: str,
+    view: View,
+    request: Request,
+    answer: Callable[[], Awaitable[Response]],
+) -> Response:
+    """`routed_to_owner` for a key the route does not hold (a tenant, named by the token or
+    `?tenant=`): the request (its body too) goes to the worker owning `key` in `table`,
+    else `answer` runs here."""
+    try:
+        return await app.router.route_req(table.name, key, view.web, request)
+    except SameNode:
+        return await answer()
+
+
+async def json_object(request: Request, limit: int = DEFAULT_MAX_BYTES) -> dict[str, Any]:
+    """A request's body as a JSON object; an empty body is an empty object. A 400 (413, 408)
+    that says what was wrong otherwise."""
+    try:
+        body = await read_body(request, limit, 0)  # type: ignore[arg-type]
+    except BodyTimeout as exc:
+        raise BadRequest(str(exc), code=408) from None
+    except (UnreadableBody, UnsupportedBody) as exc:
+        raise BadRequest(str(exc)) from None
+    if not body.complete:
+        raise BadRequest(str(too_large(body, limit)), code=413)
+    if not body.data.strip():
+        return {}
+    try:
+        document = json.loads(body.data)
+    except (ValueError, RecursionError) as exc:
+        raise BadRequest(f"the body is not JSON: {str(exc)[:300]}") from None
+    if not isinstance(document, dict):
+        raise BadRequest("the body must be a JSON object")
+    return document
 
 
 def time_param(request: Request, name: str, default_ms: int) -> int:

@@ -343,6 +343,18 @@ REGISTRY_OPERATIONS = (
 )  # fmt: skip
 
 
+#: An optional JSON body with a note a person writes about a transition.
+NOTE_BODY = {
+    "required": False,
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "properties": {"note": {"type": "string", "maxLength": 1000}},
+            }
+        }
+    },
+}
 READY = {200: "the answer", 503: "this worker is starting or rebalancing: retry shortly"}
 WINDOW_QUERY = {**READY, 400: "a parameter is unusable (the message says which)"}
 RANGE = (
@@ -639,6 +651,65 @@ OPERATIONS: tuple[Operation, ...] = (
                 ),
             ),
         )
+    ),
+    Operation(
+        "get",
+        "/api/social/alerts",
+        "a brand's alerts in one status, most urgent first (the most negative for their "
+        "reach), with the count in each status",
+        (
+            query(
+                "status",
+                {"type": "string", "enum": ["open", "acked", "resolved", "all"], "default": "open"},
+            ),
+            query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}),
+            ONE_TENANT,
+        ),
+        statuses=WINDOW_QUERY,
+        pipeline="social",
+    ),
+    Operation(
+        "post",
+        "/api/social/alerts/{alert_id}/{action}",
+        "acknowledge (`ack`) or `resolve` an alert: the transition, who took it and when join "
+        "its history and go to social-alerts; the answer is the alert as it is now",
+        (
+            path("alert_id", "the alert: <channel>:<post id>"),
+            Param("action", "path", {"type": "string", "enum": ["ack", "resolve"]}),
+            ONE_TENANT,
+        ),
+        statuses={
+            **WINDOW_QUERY,
+            200: "the alert after the transition",
+            404: "the brand has no such alert",
+            409: "the alert's status does not allow it (resolving a resolved alert)",
+        },
+        body=NOTE_BODY,
+        pipeline="social",
+    ),
+    Operation(
+        "get",
+        "/api/social/summary",
+        "a brand's posts per channel and minute: counts by sentiment, mean VADER score, the "
+        "most-shared negative posts; totals per channel and overall",
+        (
+            query("from", TIME, "start of the range (default: `to` minus an hour)"),
+            query("to", TIME, "end of the range, exclusive (default: now; at most a day)"),
+            query("channel", {"type": "string"}, "one channel only (x, mastodon, ...)"),
+            query("step", {"type": "string", "enum": ["1m"], "default": "1m"}),
+            ONE_TENANT,
+        ),
+        statuses=WINDOW_QUERY,
+        pipeline="social",
+    ),
+    Operation(
+        "get",
+        "/api/stream/social/summary",
+        "a brand's minutes per channel, live (server-sent events): `snapshot`, then `meta` "
+        "(the totals) and `point`",
+        (MINUTES, query("channel", {"type": "string"}, "one channel only"), ONE_TENANT),
+        statuses=STREAM_STATUSES,
+        **STREAM,
     ),
     *REGISTRY_OPERATIONS,
 )

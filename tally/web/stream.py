@@ -200,3 +200,18 @@ class MetricStream(View):
     async def get(self, request: Request, metric_id: str) -> Response:
         path = f"/api/metrics/{quote(metric_id, safe='')}"
         return await live.serve(request, series_stream(request, path, "series"))  # type: ignore[return-value]
+
+
+@app.page("/api/stream/social/summary")
+class SocialSummaryStream(View):
+    """A brand's minutes per channel over the last `?minutes=` (60): `snapshot`, then `meta`
+    (the totals) and `point`s."""
+
+    async def get(self, request: Request) -> Response:
+        stream = SeriesStream(
+            path="/api/social/summary",
+            field_name="series",
+            minutes=int_param(request, "minutes", 60, 1, MAX_MINUTES),
+            query=passed_on(request, ("channel", "tenant")),
+        )
+        return await live.serve(request, stream)  # type: ignore[return-value]

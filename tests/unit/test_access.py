@@ -319,7 +319,7 @@ def test_registry_lookups_are_reads_and_other_registry_writes_are_admin() -> Non
     assert access_of("delete", "/registry/subjects/{subject}").scopes == {"admin"}
     assert access_of("get", "/registry/schemas/ids/{schema_id}").reach == "shared"
     assert access_of("head", "/api/sales/top") == access_of("get", "/api/sales/top")
-    assert set(SCOPES) == {"ingest", "read", "admin", "metrics"}
+    assert set(SCOPES) == {"ingest", "read", "admin", "metrics", "review"}
 
 
 def test_reading_the_revocations_again_drops_what_the_topic_no_longer_holds() -> None:
