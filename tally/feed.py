@@ -1,4 +1,5 @@
-"""Sample data: purchases and metric batches, deterministic for a seed, sent at a steady rate.
+"""Sample data: purchases, metric batches and social posts, deterministic for a seed, sent at a
+steady rate.
 
 Generators are pure (a `random.Random`, a clock value in, records out) so tests and benchmarks
 make the same bytes; `send_feed` paces them into Kafka with a plain aiokafka producer.
@@ -156,13 +157,15 @@ def social_posts(
     page of two or three posts."""
     busy = zipf_weights(authors)
     for number in itertools.count():
-        brand = brands[number % len(brands)] or "default"
+        brand = brands[number % len(brands)]
         channel = channels[(number // len(brands)) % len(channels)]
         size = rng.choice((1, 1, 1, 2, 3)) if channel == "x" else 1
         posts = []
         for index in range(size):
             mood = rng.choice(("positive", "neutral", "negative"))
-            text = rng.choice(POST_TEXTS[mood]).format(brand=brand, product=rng.choice(PRODUCTS))
+            text = rng.choice(POST_TEXTS[mood]).format(
+                brand=brand or "shop", product=rng.choice(PRODUCTS)
+            )
             author = rng.choices(range(authors), cum_weights=busy)[0]
             posts.append(
                 {
@@ -330,20 +333,34 @@ class Acks:
             self.progress.acked += 1
 
 
+#: A message a feed sends: key, value, headers.
+Message = tuple[bytes | None, bytes, list[tuple[str, bytes]]]
+
+
+def encoded(records: Iterator[Record], key_field: str, codec: AvroCodec) -> Iterator[Message]:
+    """Records as messages: Avro values, keyed by one of their fields."""
+    for record in records:
+        yield str(record[key_field]).encode(), codec.dumps(record), []
+
+
+def raw_messages(posts: Iterator[RawPost]) -> Iterator[Message]:
+    """Raw posts as messages: keyed by brand, the channel in the `tally.channel` header."""
+    for post in posts:
+        yield post.brand.encode(), post.value, [("tally.channel", post.channel.encode())]
+
+
 async def send_feed(
     producer: AIOKafkaProducer,
     *,
     topic: str,
-    records: Iterator[Record],
-    key_field: str,
-    codec: AvroCodec,
+    messages: Iterator[Message],
     rate: float,
     count: int = 0,
     progress: FeedProgress,
     report_every_s: float = 5.0,
     quiet: bool = False,
 ) -> int:
-    """Send `count` records (0 = until cancelled) at `rate` per second; returns how many the
+    """Send `count` messages (0 = until cancelled) at `rate` per second; returns how many the
     broker acknowledged. `BrokerError` when the broker stops acknowledging (the producer
     must have a request timeout of about ACK_TIMEOUT_S)."""
     progress.started = time.monotonic()
@@ -351,13 +368,11 @@ async def send_feed(
     interval = 1.0 / rate if rate > 0 else 0.0
     due = time.monotonic()
     acks = Acks(progress)
-    for record in records:
+    for key, value, headers in messages:
         if count and progress.sent >= count:
             break
         try:
-            ack = await producer.send(
-                topic, codec.dumps(record), key=str(record[key_field]).encode()
-            )
+            ack = await producer.send(topic, value, key=key, headers=headers or None)
         except KafkaError as exc:  # no room to queue: nothing was acknowledged for long
             raise BrokerError(
                 f"the broker takes no messages ({type(exc).__name__}); {progress.line()}"

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import suppress
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -34,12 +34,16 @@ from tally.feed import (
     ACK_TIMEOUT_S,
     DEFAULT_TENANTS,
     FeedProgress,
+    Message,
+    encoded,
     metric_batches,
     purchases,
+    raw_messages,
     send_feed,
+    social_posts,
 )
 from tally.settings import PIPELINES
-from tally.topics import METRIC_SAMPLES, PURCHASES, SOURCE_TOPICS
+from tally.topics import METRIC_SAMPLES, PURCHASES, SOCIAL_RAW, SOURCE_TOPICS
 
 #: How long the tokens `tally dev` prints stay valid.
 DEV_TOKEN_S = 30 * 86_400.0
@@ -95,10 +99,24 @@ async def broker(self: AppCommand) -> None:
         print("local broker stopped", flush=True)
 
 
-FEEDS = {
-    "sales": (PURCHASES, "item_id", purchase_codec),
-    "metrics": (METRIC_SAMPLES, "server_id", metric_batch_codec),
-}
+#: What each feed sends, and to which topic.
+FEEDS = {"sales": PURCHASES, "metrics": METRIC_SAMPLES, "social": SOCIAL_RAW}
+
+
+def feed_messages(
+    pipeline: str, seed: int, tenants: Sequence[str], merchants: int
+) -> Iterator[Message]:
+    """The messages of a feed, event time = now: Avro purchases or metric batches, or raw
+    posts of the networks Tally reads (each tenant a brand)."""
+    rng = random.Random(seed)
+    if pipeline == "sales":
+        records = purchases(rng, clock_ms=now_ms, tenants=tenants, merchants=merchants)
+        return encoded(records, "item_id", purchase_codec())
+    if pipeline == "metrics":
+        return encoded(
+            metric_batches(rng, clock_ms=now_ms, tenants=tenants), "server_id", metric_batch_codec()
+        )
+    return raw_messages(social_posts(rng, clock_ms=now_ms, brands=tenants))
 
 
 async def run_feed(
@@ -111,13 +129,7 @@ async def run_feed(
     merchants: int = 0,
     quiet: bool = False,
 ) -> int:
-    topic, key_field, codec = FEEDS[pipeline]
-    rng = random.Random(seed)
-    records = (
-        purchases(rng, clock_ms=now_ms, tenants=tenants, merchants=merchants)
-        if pipeline == "sales"
-        else metric_batches(rng, clock_ms=now_ms, tenants=tenants)
-    )
+    messages = feed_messages(pipeline, seed, tenants, merchants)
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.bootstrap_servers,
         linger_ms=5,
@@ -137,10 +149,8 @@ async def run_feed(
     try:
         return await send_feed(
             producer,
-            topic=topic,
-            records=records,
-            key_field=key_field,
-            codec=codec(),
+            topic=FEEDS[pipeline],
+            messages=messages,
             rate=rate,
             count=count,
             progress=FeedProgress(pipeline),
@@ -198,7 +208,8 @@ async def feed(
     tenants: tuple[str, ...],
     merchants: int,
 ) -> None:
-    """Send sample data: `sales` (purchases) or `metrics` (metric batches), event time = now."""
+    """Send sample data, event time = now: `sales` (purchases), `metrics` (metric batches) or
+    `social` (posts in the X and Mastodon formats, each tenant a brand)."""
     for tenant in tenants:
         if not TENANT_PATTERN.fullmatch(tenant):
             fail(not_a_tenant(f"--tenant {tenant[:70]!r}"))
@@ -215,7 +226,7 @@ async def feed(
         )
     except BrokerError as exc:
         fail(f"{pipeline}: {exc}")
-    print(f"{pipeline}: sent {sent} messages to {FEEDS[pipeline][0]}, all acknowledged", flush=True)
+    print(f"{pipeline}: sent {sent} messages to {FEEDS[pipeline]}, all acknowledged", flush=True)
 
 
 def wait_for_http(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
@@ -289,8 +300,15 @@ def dashboards() -> str:
         show_default=True,
         help="Metric batches per second in the sample feed.",
     ),
+    option(
+        "--social-rate",
+        type=float,
+        default=5.0,
+        show_default=True,
+        help="Raw social messages per second in the sample feed.",
+    ),
 )
-async def dev(self: AppCommand, sales_rate: float, metrics_rate: float) -> None:
+async def dev(self: AppCommand, sales_rate: float, metrics_rate: float, social_rate: float) -> None:
     """Local broker + one worker + sample feed, URLs printed; Ctrl-C stops everything."""
     host, port = local_broker_address()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -323,7 +341,11 @@ async def dev(self: AppCommand, sales_rate: float, metrics_rate: float) -> None:
             asyncio.create_task(
                 run_feed(pipeline, rate=rate, count=0, seed=seed, tenants=DEMO_TENANTS, quiet=True)
             )
-            for pipeline, rate, seed in (("sales", sales_rate, 1), ("metrics", metrics_rate, 2))
+            for pipeline, rate, seed in (
+                ("sales", sales_rate, 1),
+                ("metrics", metrics_rate, 2),
+                ("social", social_rate, 3),
+            )
         ]
         print(
             "\nTally is running.\n"
@@ -334,9 +356,12 @@ async def dev(self: AppCommand, sales_rate: float, metrics_rate: float) -> None:
             f"{settings.web_url}/api/stream/servers/server-0000?tenant={DEMO_TENANTS[0]}\n"
             f"  merchants        {settings.web_url}/api/merchants/{DEMO_TENANTS[0]}/sales?step=1h, "
             f".../summary, .../top-items (each demo tenant is a merchant)\n"
+            f"  social           {settings.web_url}/api/social/summary?tenant={DEMO_TENANTS[0]}, "
+            f"/api/social/alerts?tenant={DEMO_TENANTS[0]} (each demo tenant is a brand)\n"
             f"  schema registry  {settings.web_url}/registry/subjects\n"
             f"  broker           {local.url}\n"
             f"  feed             {sales_rate:g} purchases/s, {metrics_rate:g} metric batches/s, "
+            f"{social_rate:g} social messages/s, "
             f"tenants {' and '.join(DEMO_TENANTS)} in turn, with the same ids\n"
             f"  logs             {worker_log}, {local.log_path}\n"
             "Ctrl-C stops everything.\n",

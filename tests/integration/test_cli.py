@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
 from tally.broker.local import LocalBroker, free_port, port_accepts
 from tally.codecs.avro import AvroCodec
-from tests.harness import EventStream, Worker, consume, wait_until
+from tests.harness import EventStream, Worker, consume, headers_of, wait_until
 
 
 def test_dev_runs_broker_worker_and_feed_then_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
@@ -66,6 +68,14 @@ def test_dev_runs_broker_worker_and_feed_then_stops_everything_on_ctrl_c(tmp_pat
             assert top["tenant"] == tenant, top
             assert {item["tenant"] for item in top["items"]} == {tenant}
             assert reader.get("/api/servers/server-0000/summary")["tenant"] == tenant
+            posts = wait_until(
+                lambda r=reader: (
+                    (a := r.get("/api/social/summary"))["totals"]["all"]["posts"] and a
+                ),
+                60,
+                what=f"{tenant}'s social posts summed up",
+            )
+            assert posts["brand"] == tenant
         # ... and shown live: the dashboard's stream has it.
         stream = EventStream(probe.url, "/api/stream/sales/top")
         shown, _ = stream.until(lambda e: len(e.data["items"]) > 0, 30, "items in the top-K")
@@ -109,6 +119,22 @@ def test_feed_creates_its_topic_with_the_configured_partitions_and_sends_count(
     assert {r.partition for r in records} == set(range(6))
     by_tenant = {t: sum(d["tenant"] == t for d in decoded) for t in ("acme", "globex")}
     assert by_tenant == {"acme": 250, "globex": 250}
+
+
+def test_feed_sends_social_posts_in_each_networks_format(tmp_path: Path) -> None:
+    with LocalBroker("127.0.0.1", free_port(), log_path=tmp_path / "broker.log") as broker:
+        env = {**os.environ, "TALLY_BROKER": broker.url, "TALLY_DATA_DIR": str(tmp_path / "f")}
+        command = [sys.executable, "-m", "tally", "feed", "social", "--rate", "0", "--count", "40"]
+        result = subprocess.run(
+            [*command, "--tenant", "acme"], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 0, result.stderr
+        assert "sent 40 messages to social-raw" in result.stdout
+        records = consume(broker.bootstrap, "social-raw", expect=40)
+    assert {r.key for r in records} == {b"acme"}
+    channels = Counter(headers_of(r)["tally.channel"] for r in records)
+    assert channels == {b"x": 20, b"mastodon": 20}
+    assert all(json.loads(r.value) for r in records)
 
 
 def test_bad_setting_is_a_clear_error(tmp_path: Path) -> None:
