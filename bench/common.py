@@ -39,8 +39,9 @@ from tests.harness import ACCESS, Worker, bearer
 
 PARTITIONS = 4
 
-#: (partition or None, key, value, timestamp ms)
-Message = tuple[int | None, bytes, bytes, int]
+#: (partition or None, key, value, timestamp ms), and headers when it has some
+Headers = list[tuple[str, bytes]]
+Message = tuple[int | None, bytes, bytes, int] | tuple[int | None, bytes, bytes, int, Headers]
 
 
 #: A load generator sends every request with one token: no per-token limit on benchmark
@@ -131,8 +132,15 @@ async def produce(
     )
     await producer.start()
     try:
-        for partition, key, value, ts in messages:
-            await producer.send(topic, value, key=key, partition=partition, timestamp_ms=ts)
+        for partition, key, value, ts, *headers in messages:
+            await producer.send(
+                topic,
+                value,
+                key=key,
+                partition=partition,
+                timestamp_ms=ts,
+                headers=headers[0] if headers else None,
+            )
         await producer.flush()
     finally:
         await producer.stop()
@@ -409,7 +417,7 @@ async def _latencies(
     await producer.start()
     found = []
     try:
-        for n, (partition, key, value, ts) in enumerate(markers):
+        for n, (partition, key, value, ts, *_) in enumerate(markers):
             started = time.perf_counter()
             await producer.send_and_wait(
                 topic, value, key=key, partition=partition, timestamp_ms=ts
@@ -463,7 +471,7 @@ def consumed_latency_ms(
             tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
             consumer.assign(tps)
             await consumer.seek_to_end(*tps)
-            wanted = {value for _, _, value, _ in markers}
+            wanted = {marker[2] for marker in markers}
             arrived: set[bytes] = set()
 
             async def visible(n: int) -> bool:
