@@ -25,7 +25,7 @@ from tally.broker.admin import read_topic, topic_partitions
 from tally.codecs.avro import HEADER, schema_id_of
 from tally.codecs.registry import SchemaRegistry
 from tally.core.clock import now_ms
-from tally.core.deadletters import DeadLetter
+from tally.core.deadletters import DeadLetter, producer_headers
 from tally.core.errors import DecodeError
 from tally.topics import DEAD_LETTERS
 
@@ -47,6 +47,8 @@ class Letter:
     key: bytes | None
     value: bytes
     meta: DeadLetter | None
+    #: The headers the message came with from its producer: a replay sends them back.
+    headers: tuple[tuple[str, bytes], ...] = ()
 
     @property
     def id(self) -> str:
@@ -114,7 +116,13 @@ def letter_of(record: Any) -> Letter:
     except (KeyError, TypeError, ValueError, UnicodeDecodeError):
         meta = None
     return Letter(
-        record.partition, record.offset, record.timestamp, record.key, record.value or b"", meta
+        record.partition,
+        record.offset,
+        record.timestamp,
+        record.key,
+        record.value or b"",
+        meta,
+        tuple(producer_headers(record.headers)),
     )
 
 

@@ -107,7 +107,10 @@ async def replay(letters: list[Letter], replacement: bytes | None, dry_run: bool
                             letter.key,
                             value,
                             partition,
-                            [(REPLAYED_FROM, f"dead-letters:{letter.id}".encode())],
+                            [
+                                *letter.headers,
+                                (REPLAYED_FROM, f"dead-letters:{letter.id}".encode()),
+                            ],
                         )
                     ]
                 )

@@ -1,8 +1,8 @@
 """Dead letters: rejected messages keep their raw bytes; why and where from ride in headers.
 
-The value and key of a dead letter are the original bytes, untouched, so a fixed message can be
-re-sent as it was. Reason and origin travel as Kafka headers (the way Kafka Connect's DLQ does),
-readable by any Kafka tool.
+The value and key of a dead letter are the original bytes, untouched, with the producer's own
+headers, so a fixed message can be re-sent as it was. Reason and origin travel as Kafka
+headers (the way Kafka Connect's DLQ does), readable by any Kafka tool.
 """
 
 from __future__ import annotations
@@ -12,8 +12,26 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from tally.core.clock import now_ms as wall_now_ms
+from tally.core.partitioning import ORIGIN_HEADER, RESTING_HEADER, WATERMARK_HEADER
 
 HEADER_PREFIX = "tally.dlq."
+#: Headers Tally itself puts on messages between its stages: never a producer's own.
+ROUTING_HEADERS = frozenset({ORIGIN_HEADER, WATERMARK_HEADER, RESTING_HEADER})
+
+
+def producer_headers(
+    headers: Iterable[tuple[str, bytes]] | Mapping[str, bytes] | None,
+) -> list[tuple[str, bytes]]:
+    """The headers a message came with from its producer (a social post's `tally.channel`):
+    what a dead letter keeps beside its own, and a replay sends back."""
+    pairs = headers.items() if isinstance(headers, Mapping) else headers or ()
+    return [
+        (name, value)
+        for name, value in pairs
+        if not name.startswith(HEADER_PREFIX) and name not in ROUTING_HEADERS
+    ]
+
+
 #: The longest reason a letter carries (a reason quoting a whole payload would make the letter
 #: too large to send).
 MAX_REASON_CHARS = 4000

@@ -29,7 +29,7 @@ from mode.utils.times import Seconds
 
 from tally.app import app, settings
 from tally.core.applied import Unread, one_per_origin
-from tally.core.deadletters import DeadLetter
+from tally.core.deadletters import DeadLetter, producer_headers
 from tally.core.errors import DecodeError, SchemaError, TallyError, ValidationError
 from tally.core.limits import MAX_RECORD_BYTES
 from tally.core.quarantine import DEATHS_ALONE, IN_FLIGHT_DIR, InFlight, InFlightRecords
@@ -118,10 +118,11 @@ async def reject(
     EVENTS.labels(topic, "late" if stage == "late" else "rejected").inc()
     if stage != "late":
         rejections.note(topic, letter.rule, f"{letter.origin}: {letter.reason[:200]}")
+    kept = producer_headers(message.headers)
     delay = 0.5
     while True:
         try:
-            await to.send(key=key, value=value, headers=letter.headers())
+            await to.send(key=key, value=value, headers=kept + letter.headers())
             return
         except ProducerSendError as error:
             if isinstance(error.__cause__, MessageSizeTooLargeError) and value:

@@ -218,6 +218,9 @@ def test_social_posts_are_scored_summed_and_alerted_once_through_two_workers(
     assert all(
         DeadLetter.from_headers(headers_of(r).items()).topic == "social-raw" for r in letters
     )
+    # Each keeps the headers its producer sent (a replay sends them back).
+    channels = Counter(headers_of(r).get("tally.channel") for r in letters)
+    assert channels == Counter(dict(h).get("tally.channel") for _, _, h, _ in invalid)
 
     act_on_alerts(first, second, alerting)
     late_posts_are_set_aside(broker, first, rng, started)

@@ -4,7 +4,7 @@ import dataclasses
 from pathlib import Path
 
 from tally.broker.identity import reconcile_local_state, stale_state_reason
-from tally.core.deadletters import DeadLetter
+from tally.core.deadletters import DeadLetter, producer_headers
 from tally.core.errors import DecodeError
 from tally.core.quarantine import IN_FLIGHT_DIR, InFlight, InFlightRecords
 from tally.dlq import DeadLetterWatch, Letter, LetterFilter
@@ -22,6 +22,15 @@ def test_dead_letter_headers_round_trip() -> None:
     assert DeadLetter.from_headers(letter.headers()) == letter
     assert letter.error == "DecodeError" and letter.reason == "bad bytes"
     assert dict(letter.headers())["tally.dlq.offset"] == b"41"
+
+
+def test_a_letter_keeps_its_producers_headers_and_no_routing_ones() -> None:
+    letter = DeadLetter.of(DecodeError("bad"), stage="decode", topic="t", partition=1, offset=2)
+    came = [("tally.channel", b"x"), ("trace-id", b"abc"), ("tally.origin", b"0:5")]
+    kept = producer_headers([*came, *letter.headers()])
+    assert kept == [("tally.channel", b"x"), ("trace-id", b"abc")]
+    assert producer_headers({"tally.watermark": b"1:2", "a": b"b"}) == [("a", b"b")]
+    assert producer_headers(None) == []
 
 
 def test_dead_letters_are_counted_per_tenant_and_unknown_ones_for_operators_only() -> None:
