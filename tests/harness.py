@@ -224,13 +224,18 @@ Produced = tuple[bytes | None, bytes | None] | tuple[bytes | None, bytes | None,
 
 
 async def _produce(
-    bootstrap: str, topic: str, messages: Iterable[Produced]
+    bootstrap: str,
+    topic: str,
+    messages: Iterable[Produced],
+    headers: list[tuple[str, bytes]] | None = None,
 ) -> list[RecordMetadata]:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
     await producer.start()
     try:
         futures = [
-            await producer.send(topic, m[1], key=m[0], partition=m[2] if len(m) > 2 else None)
+            await producer.send(
+                topic, m[1], key=m[0], partition=m[2] if len(m) > 2 else None, headers=headers
+            )
             for m in messages
         ]
         return list(await asyncio.gather(*futures))
@@ -238,11 +243,16 @@ async def _produce(
         await producer.stop()
 
 
-def produce(bootstrap: str, topic: str, messages: Iterable[Produced]) -> list[RecordMetadata]:
+def produce(
+    bootstrap: str,
+    topic: str,
+    messages: Iterable[Produced],
+    headers: list[tuple[str, bytes]] | None = None,
+) -> list[RecordMetadata]:
     """Send and wait for the acks; returns where each message landed (partition, offset).
     Keyed messages go where Kafka's default partitioner (murmur2) puts them, unless the
-    message names its partition."""
-    return asyncio.run(_produce(bootstrap, topic, list(messages)))
+    message names its partition; every message carries `headers`."""
+    return asyncio.run(_produce(bootstrap, topic, list(messages), headers))
 
 
 async def _consume(bootstrap: str, topic: str, expect: int, timeout: float) -> list[ConsumerRecord]:

@@ -95,9 +95,11 @@ async def reject(
     key: bytes | None = None,
     to: TopicT = dead_letters,
     tenant: str = "",
+    origin: tuple[str, int, int] | None = None,
 ) -> None:
     """Send the message (or `value`/`key`: one record cut out of an envelope) to `to` with why,
-    where from and whose (`tenant`, when the record says); counted by topic and error class.
+    where from (`origin`: a record's own, when the message carried several sources' records)
+    and whose (`tenant`, when the record says); counted by topic and error class.
 
     A value too large for a record keeps its head (the reason says so). A letter the producer
     refuses (the broker is gone) is tried again until it is taken: the partition waits rather
@@ -106,7 +108,7 @@ async def reject(
     message = event.message
     key = message.key if key is None else key
     value = message.value if value is None else value
-    topic, partition, offset = origin_of(event)
+    topic, partition, offset = origin or origin_of(event)
     letter = DeadLetter.of(
         exc, stage=stage, topic=topic, partition=partition, offset=offset, tenant=tenant
     )

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from functools import cache
 from typing import Any
@@ -27,7 +28,7 @@ from tally.app import app, settings
 from tally.codecs.avro import Record, check_event_time
 from tally.codecs.catalog import social_post_codec
 from tally.codecs.handover import HandedRecords
-from tally.core.applied import Stamped, holds, reach, stamp, value_of
+from tally.core.applied import Source, Stamped, holds, reach, stamp, value_of
 from tally.core.clock import now_ms
 from tally.core.errors import DecodeError, SchemaError, TallyError, ValidationError
 from tally.core.partitioning import partition_for
@@ -61,8 +62,9 @@ from tally.telemetry import EVENTS, SOCIAL_ALERTS, SOCIAL_POSTS
 
 logger = logging.getLogger(__name__)
 
-#: What the first stage hands on: scored standard posts.
-HANDED_POSTS = HandedRecords("scored posts", SCORED_FIELDS)
+#: What the first stage hands on: scored standard posts, each with the offset of the raw
+#: message that carried it and its index there (a handover holds a batch's posts).
+HANDED_POSTS = HandedRecords("scored posts", (*SCORED_FIELDS, "origin_offset", "origin_index"))
 
 
 @cache
@@ -86,8 +88,13 @@ def channel_of(event: EventT) -> str | None:
 
 
 async def score_partition(events: Sequence[EventT]) -> None:
-    """Each message's posts, checked and scored, to their brands' partitions."""
+    """Each message's posts, checked and scored, each stamped with where it came from (its
+    message's offset, its index in it); then one message per brand partition for the whole
+    batch (a raw message holds a post or two: one handover each would cost a Kafka message
+    and a Faust event per post downstream)."""
     wall = now_ms()
+    by_owner: dict[int, list[Record]] = {}
+    classes: Counter[tuple[str, str]] = Counter()
     for event in events:
         message = event.message
         try:
@@ -106,14 +113,16 @@ async def score_partition(events: Sequence[EventT]) -> None:
         except (DecodeError, SchemaError) as exc:
             await reject(event, exc, stage="decode")
             continue
-        by_owner: dict[int, list[Record]] = {}
-        for post in posts:
+        for index, post in enumerate(posts):
             owner = partition_for(brand_of(post), settings.partitions)
-            done = scored(post)
-            SOCIAL_POSTS.labels(done["channel"], done["sentiment"]).inc()
+            done = {**scored(post), "origin_offset": message.offset, "origin_index": index}
+            classes[done["channel"], done["sentiment"]] += 1
             by_owner.setdefault(owner, []).append(done)
-        for owner, theirs in by_owner.items():
-            await forward(event, owner, HANDED_POSTS.dumps(theirs), to=social_scored)
+    for (channel, sentiment), count in classes.items():
+        SOCIAL_POSTS.labels(channel, sentiment).inc(count)
+    last = events[-1]  # the handover's origin: the batch's last message
+    for owner, theirs in by_owner.items():
+        await forward(last, owner, HANDED_POSTS.dumps(theirs), to=social_scored)
 
 
 def letter_brand(key: bytes | None) -> str:
@@ -145,11 +154,12 @@ async def summarise_partition(events: Sequence[EventT]) -> None:
     late posts set aside; then minutes past the hot tier deleted locally."""
     partition = events[0].message.partition
     wall = now_ms()
-    sources = {id(event): source_of(event) for event in events}
+    # Each post's origin: the raw partition (the handover's), its message's offset there and
+    # its index in that message (core.applied keeps offsets per origin partition).
     carried = [
-        (event, index, post)
+        (event, (source_of(event)[0], post["origin_offset"], post["origin_index"]), post)
         for event in events
-        for index, post in enumerate(await decode_handed(event))
+        for post in await decode_handed(event)
     ]
     clock = clock_of(partition)
     newest = max([clock.get("newest_ms", 0), *(post["created_at_ms"] for _, _, post in carried)])
@@ -157,22 +167,20 @@ async def summarise_partition(events: Sequence[EventT]) -> None:
     minutes: dict[bytes, tuple[Stamped | None, MinuteFigures]] = {}
     late_by_brand: dict[str, int] = dict(clock.get("late_events") or {})
     counted = duplicates = 0
-    for event, index, post in carried:
+    for event, (source, offset, index), post in carried:
         brand, channel = brand_of(post), post["channel"]
         minute = minute_of(post["created_at_ms"])
         if minute < horizon:
             late_by_brand[brand] = late_by_brand.get(brand, 0) + 1
-            await set_aside_late(event, post, horizon)
+            await set_aside_late(event, (source, offset), post, horizon)
             continue
-        source, offset = sources[id(event)]
-        origin = [source, offset, index]
         seen = seen_key(minute, brand, channel, post["post_id"])
         first = read_cell(social_seen, seen, partition)
-        if first is not None and first != origin:
+        if first is not None and first != [source, offset, index]:
             duplicates += 1  # the same post in another message: counted once
             continue
         if first is None:
-            write_cell(social_seen, seen, origin, partition)
+            write_cell(social_seen, seen, [source, offset, index], partition)
         key = minute_key(minute, brand, channel)
         if key not in minutes:
             before = read_cell(social_minutes, key, partition)
@@ -182,7 +190,7 @@ async def summarise_partition(events: Sequence[EventT]) -> None:
             figures.add(post)
             counted += 1
         await maybe_alert(partition, brand, post, wall)
-    through = reach(sources.values())
+    through = reach((source, offset) for _, (source, offset, _), _ in carried)
     for key, (before, figures) in minutes.items():
         write_cell(social_minutes, key, stamp(figures.to_record(), through, before), partition)
     write_cell(
@@ -221,7 +229,9 @@ async def maybe_alert(partition: int, brand: str, post: Record, wall_ms: int) ->
     SOCIAL_ALERTS.labels("opened").inc()
 
 
-async def set_aside_late(event: EventT, post: Record, horizon_ms: int) -> None:
+async def set_aside_late(
+    event: EventT, origin: tuple[Source, int], post: Record, horizon_ms: int
+) -> None:
     why = LatePost(
         f"social: post {post['channel']}:{post['post_id']} of {post['created_at_ms']} is "
         f"before the hot tier's first minute {horizon_ms} (TALLY_SOCIAL_HOT_HOURS behind the "
@@ -229,8 +239,16 @@ async def set_aside_late(event: EventT, post: Record, horizon_ms: int) -> None:
     )
     value = orjson.dumps({name: post[name] for name in SCORED_FIELDS})
     key = brand_of(post).encode()
+    partition, offset = origin
     await reject(
-        event, why, stage="late", value=value, key=key, to=late_events, tenant=brand_of(post)
+        event,
+        why,
+        stage="late",
+        value=value,
+        key=key,
+        to=late_events,
+        tenant=brand_of(post),
+        origin=(social_raw.get_topic_name(), -1 if partition is None else partition, offset),
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import time
 from collections import Counter, defaultdict
@@ -13,10 +14,19 @@ from typing import Any
 
 import pytest
 
+from tally.broker.local import LocalBroker
 from tally.core.clock import epoch_ms, now_ms
 from tally.core.topk import rank_key
+from tally.feed import social_posts
 from tests.conftest import WorkerFactory
-from tests.harness import EventStream, ServerSentEvent, Worker, purchase_row, wait_until
+from tests.harness import (
+    EventStream,
+    ServerSentEvent,
+    Worker,
+    produce,
+    purchase_row,
+    wait_until,
+)
 
 ARTIFACTS = Path(os.environ.get("TALLY_TEST_ARTIFACTS", "test-artifacts"))
 CHROMIUM = os.environ.get("TALLY_CHROMIUM", "/usr/bin/chromium")
@@ -257,14 +267,25 @@ def test_stalled_clients_do_not_hold_back_the_others(make_worker: WorkerFactory)
     wait_until(lambda: live_clients(worker) == 0, 40, what="clients gone")
 
 
-def test_dashboard_in_headless_chromium_shows_the_live_top_10(make_worker: WorkerFactory) -> None:
+def test_dashboard_in_headless_chromium_shows_the_live_top_10(
+    broker: LocalBroker, make_worker: WorkerFactory
+) -> None:
     from playwright.sync_api import sync_playwright
 
     assert Path(CHROMIUM).exists(), (
         f"{CHROMIUM} is missing: `make test` installs Debian's chromium (or set TALLY_CHROMIUM)"
     )
-    worker = make_worker().start()
+    worker = make_worker(TALLY_PIPELINES="sales,metrics,archive,social").start()
     sent = [purchase_row(n, f"item-{n % 14:02d}", 1 + n % 14, now_ms()) for n in range(140)]
+    # The default tenant's posts, a third negative: the social panel shows them.
+    feed = social_posts(random.Random(5), clock_ms=lambda: now_ms() - 5000, channels=("x",))
+    posts = [next(feed) for _ in range(30)]
+    produce(
+        broker.bootstrap,
+        "social-raw",
+        [(None, p.value) for p in posts],
+        headers=[("tally.channel", b"x")],
+    )
     post(worker, "purchases", sent)
     post(worker, "metrics", [sample("server-0000", "cpu.util", now_ms() - 1000, 42.0)])
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -291,7 +312,7 @@ def test_dashboard_in_headless_chromium_shows_the_live_top_10(make_worker: Worke
             page = browser.new_page(viewport={"width": 1400, "height": 800})
             page.on("console", lambda m: m.type in ("error", "warning") and problems.append(m.text))
             page.on("pageerror", lambda exc: problems.append(str(exc)))
-            page.goto(f"{worker.url}/#token={worker.token}")
+            page.goto(f"{worker.url}/#token={worker.token}&brand=default")
             assert "token=" not in page.url  # taken out of the address bar
             assert page.locator("#token-form").is_hidden()
             expected = wait_until(lambda: worker.get("/api/sales/top")["items"], 10, what="top")
@@ -316,6 +337,24 @@ def test_dashboard_in_headless_chromium_shows_the_live_top_10(make_worker: Worke
             assert time.monotonic() - posted < 3.0
             wait_until(lambda: page.locator("#chart polyline.avg").count() == 1, 10, what="chart")
             assert page.locator("#chart circle.open").count() >= 1  # an open (provisional) minute
+            # The brand's posts, live, and its open alerts, which a click acknowledges.
+            total = sum(len(p.posts) for p in posts)
+            wait_until(
+                lambda: page.locator("#social-posts").inner_text() == str(total),
+                30,
+                what="the brand's posts on the page",
+            )
+            assert page.locator("#social-chart rect").count() > 0
+            queue = worker.get("/api/social/alerts")
+            alerts = page.locator("#alerts li")
+            assert queue["counts"]["open"] > 0  # (this seed's posts open some)
+            wait_until(lambda: alerts.count() == min(10, queue["counts"]["open"]), 10, "alerts")
+            alerts.first.locator("button", has_text="ack").click()
+            wait_until(
+                lambda: worker.get("/api/social/alerts")["counts"]["acked"] == 1,
+                10,
+                what="the alert acknowledged from the page",
+            )
             page.wait_for_timeout(700)  # let the rank animation finish for the picture
             page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
         finally:

@@ -2,6 +2,7 @@
 // /api/stream/sales/top        → snapshot, then `top` (open window, provisional), `final`
 // /api/stream/servers/{id}     → snapshot, then `meta` and `point` (per minute, provisional|final)
 // /api/stream/metrics/{id}     → the same for one metric across all servers
+// /api/stream/social/summary   → a brand's posts per minute: snapshot, `meta`, `point`
 // Every request carries the caller's bearer token (given in the link's #token=, or pasted).
 "use strict";
 
@@ -432,6 +433,117 @@ getJSON("/api/openapi.json").then((api) => {
   $("merchant-id").value = wanted.get("merchant") || (own && own !== "*" ? own : wanted.get("tenant") || "");
   $("merchant").hidden = false;
   followMerchant();
+}).catch(() => {});
+
+// --- social: a brand's posts per minute (live) and its open alerts (workers running social) --
+// /api/stream/social/summary → snapshot, then `meta` (totals) and `point` (a minute changed);
+// /api/social/alerts, polled; ack and resolve are POSTs (a token with the `review` scope).
+const ALERT_POLL_MS = 5000;
+let socialSource = null;
+let socialMinutes = new Map(); // "<channel>|<t>" → point
+let socialMeta = null;
+let alertTimer = null;
+
+function brandQuery() {
+  return `tenant=${encodeURIComponent($("brand-id").value.trim())}`;
+}
+
+function showSocialMeta(meta) {
+  socialMeta = meta;
+  const all = meta.totals.all;
+  $("social-posts").textContent = all.posts.toLocaleString();
+  $("social-split").textContent = `${all.positive} · ${all.neutral} · ${all.negative}`;
+  $("social-mean").textContent = all.mean_score === null ? "–" : all.mean_score.toFixed(3);
+  $("social-newest").textContent = stamp(meta.newest_post);
+  $("social-late").textContent = meta.late_posts.toLocaleString();
+}
+
+function drawSocial() {
+  const chart = $("social-chart");
+  chart.replaceChildren();
+  if (!socialMeta) return;
+  const W = 900, H = 160, B = 20, x0 = Date.parse(socialMeta.from), x1 = Date.parse(socialMeta.to);
+  const minutes = new Map(); // t → [positive, neutral, negative] over every channel
+  for (const point of socialMinutes.values()) {
+    const sum = minutes.get(point.t) || [0, 0, 0];
+    minutes.set(point.t, [sum[0] + point.positive, sum[1] + point.neutral, sum[2] + point.negative]);
+  }
+  const most = Math.max(1, ...[...minutes.values()].map((m) => m[0] + m[1] + m[2]));
+  const width = ((W - 8) * 60e3) / (x1 - x0);
+  for (const [t, counts] of minutes) {
+    const x = 4 + ((Date.parse(t) - x0) / (x1 - x0)) * (W - 8);
+    let y = H - B;
+    counts.forEach((count, i) => {
+      const h = ((H - B - 6) * count) / most;
+      y -= h;
+      chart.append(el("rect", { x, y, width: Math.max(1, width - 1), height: h, class: ["pos", "neu", "neg"][i] }));
+    });
+  }
+  for (let i = 0; i <= 4; i++) {
+    const t = new Date(x0 + ((x1 - x0) * i) / 4).toISOString();
+    const anchor = i === 0 ? "start" : i === 4 ? "end" : "middle";
+    chart.append(el("text", { x: 4 + ((W - 8) * i) / 4, y: H - 4, "text-anchor": anchor, class: "axis" }, clock(t).slice(0, 5)));
+  }
+}
+
+async function act(alert, action) {
+  const headers = { "Content-Type": "application/json", ...(token() ? { Authorization: `Bearer ${token()}` } : {}) };
+  const path = `/api/social/alerts/${encodeURIComponent(alert.id)}/${action}?${brandQuery()}`;
+  const response = await fetch(path, { method: "POST", headers, body: "{}" });
+  const body = await response.json().catch(() => ({}));
+  showStatus($("social-status"), response.ok ? { ok: true } : { ok: false, reason: body.error || `HTTP ${response.status}` });
+  pollAlerts();
+}
+
+async function pollAlerts() {
+  try {
+    const queue = await getJSON(`/api/social/alerts?status=open&limit=10&${brandQuery()}`);
+    $("alert-count").textContent = queue.counts.open.toLocaleString();
+    $("alerts").replaceChildren(...queue.alerts.map((alert) => {
+      const entry = el("li", {});
+      entry.append(el("span", {}, alert.text));
+      entry.append(el("span", { class: "who" }, ` — ${alert.author} on ${alert.channel}, score ${alert.compound}, reach ${alert.reach}`));
+      for (const action of ["ack", "resolve"]) {
+        const button = el("button", { type: "button" }, action);
+        button.addEventListener("click", () => act(alert, action));
+        entry.append(button);
+      }
+      return entry;
+    }));
+  } catch (error) {
+    showStatus($("social-status"), { ok: false, reason: error.message });
+  }
+}
+
+function followBrand() {
+  stopListening(socialSource);
+  socialMinutes = new Map();
+  socialMeta = null;
+  const keep = (point) => socialMinutes.set(`${point.series}|${point.t}`, point);
+  socialSource = listen(`/api/stream/social/summary?minutes=60&${brandQuery()}`, {
+    snapshot: (data) => {
+      socialMinutes = new Map();
+      for (const points of Object.values(data.series)) points.forEach(keep);
+      showSocialMeta(data);
+      drawSocial();
+    },
+    meta: (data) => { showSocialMeta(data); drawSocial(); },
+    point: (data) => { keep(data); drawSocial(); },
+    status: (status) => showStatus($("social-status"), status),
+  }, $("social-status"));
+  clearInterval(alertTimer);
+  pollAlerts();
+  alertTimer = setInterval(pollAlerts, ALERT_POLL_MS);
+}
+
+$("brand-chooser").addEventListener("submit", (e) => { e.preventDefault(); followBrand(); });
+// Shown where the worker runs the social pipeline (its API document lists its queries).
+getJSON("/api/openapi.json").then((api) => {
+  if (!("/api/social/summary" in api.paths)) return;
+  const own = tokenTenant();
+  $("brand-id").value = wanted.get("brand") || (own && own !== "*" ? own : wanted.get("tenant") || "");
+  $("social").hidden = false;
+  if ($("brand-id").value) followBrand();
 }).catch(() => {});
 
 // Ages tick every second without waiting for the next event.
