@@ -281,12 +281,13 @@ function scheduleDraw() {
 }
 
 const svgNS = "http://www.w3.org/2000/svg";
-function el(name, attrs, text) {
-  const node = document.createElementNS(svgNS, name);
+function el(name, attrs, text, namespace = svgNS) {
+  const node = document.createElementNS(namespace, name);
   for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
   if (text !== undefined) node.textContent = text;
   return node;
 }
+const html = (name, attrs, text) => el(name, attrs, text, "http://www.w3.org/1999/xhtml");
 
 function draw() {
   const chart = $("chart");
@@ -500,11 +501,11 @@ async function pollAlerts() {
     const queue = await getJSON(`/api/social/alerts?status=open&limit=10&${brandQuery()}`);
     $("alert-count").textContent = queue.counts.open.toLocaleString();
     $("alerts").replaceChildren(...queue.alerts.map((alert) => {
-      const entry = el("li", {});
-      entry.append(el("span", {}, alert.text));
-      entry.append(el("span", { class: "who" }, ` — ${alert.author} on ${alert.channel}, score ${alert.compound}, reach ${alert.reach}`));
+      const entry = html("li", {});
+      entry.append(html("span", {}, alert.text));
+      entry.append(html("span", { class: "who" }, ` — ${alert.author} on ${alert.channel}, score ${alert.compound}, reach ${alert.reach}`));
       for (const action of ["ack", "resolve"]) {
-        const button = el("button", { type: "button" }, action);
+        const button = html("button", { type: "button" }, action);
         button.addEventListener("click", () => act(alert, action));
         entry.append(button);
       }
