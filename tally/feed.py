@@ -333,6 +333,126 @@ class Acks:
             self.progress.acked += 1
 
 
+STREETS = ("Oak St", "Main St", "Elm Ave", "Park Rd", "Lake Dr", "Hill Ln", "Pine Ct")
+
+
+@dataclass
+class Shopper:
+    """A customer of the order feed: its own cards, devices and home address."""
+
+    customer_id: str
+    cards: list[str]
+    devices: list[str]
+    address: str
+    typical_cents: int
+
+
+def orders(
+    rng: random.Random,
+    *,
+    clock_ms: Callable[[], int],
+    tenants: Sequence[str] = DEFAULT_TENANTS,
+    customers: int = 10_000,
+    fraud_share: float = 0.01,
+) -> Iterator[tuple[Record, bool]]:
+    """Endless orders, each with whether it is fraud (for training and checks; only the
+    order is sent). Shoppers order with their own cards, devices and address, amounts
+    around their usual; fraud comes as card testing (a stolen card, small amounts, many
+    new accounts and devices in a burst), account takeover (a known customer, a new device
+    and address, several times the usual amount) and device rings (one device, many new
+    accounts)."""
+    shoppers: dict[str, Shopper] = {}
+
+    def shopper(number: int) -> Shopper:
+        key = f"c{number:07d}"
+        if key not in shoppers:
+            shoppers[key] = Shopper(
+                key,
+                [f"card-{number}-{n}" for n in range(rng.choice((1, 1, 2)))],
+                [f"dev-{number}-{n}" for n in range(rng.choice((1, 2)))],
+                f"{rng.randrange(1, 999)} {rng.choice(STREETS)}, zone {number % 97}",
+                rng.choice((1500, 3000, 6000, 12000)),
+            )
+        return shoppers[key]
+
+    busy = zipf_weights(customers, 0.7)
+    burst: list[tuple[str, str]] = []  # card testing or a ring: (card, device) to use next
+    for number in itertools.count():
+        tenant = tenants[number % len(tenants)]
+        at = clock_ms()
+        fraud = bool(burst) or rng.random() < fraud_share
+        if not fraud:
+            # Honest customers too send a gift elsewhere (a larger one, at times) or order
+            # from a new phone: the model must weigh, not just match.
+            who = shopper(rng.choices(range(customers), cum_weights=busy)[0])
+            gift = rng.random() < 0.05
+            order = (
+                who.customer_id,
+                rng.choice(who.cards),
+                f"dev-new-{number}" if rng.random() < 0.05 else rng.choice(who.devices),
+                f"{rng.randrange(9999)} Gift Ln" if gift else who.address,
+                int(
+                    who.typical_cents
+                    * rng.lognormvariate(0, 0.4)
+                    * (rng.choice((2, 3, 4)) if gift and rng.random() < 0.3 else 1)
+                ),
+            )
+        elif burst:
+            card, device = burst.pop()
+            order = (
+                f"x{number}",
+                card,
+                device,
+                f"{rng.randrange(9999)} Drop Rd",
+                rng.choice((100, 199, 250, 500)),
+            )
+        else:
+            kind = rng.choice(("testing", "takeover", "ring"))
+            if kind == "takeover":
+                who = shopper(rng.randrange(customers))
+                order = (
+                    who.customer_id,
+                    rng.choice(who.cards),
+                    f"dev-x{number}",
+                    f"{rng.randrange(9999)} Drop Rd",
+                    who.typical_cents * rng.randint(5, 12),
+                )
+            else:
+                card = f"card-stolen-{number}"
+                device = f"dev-ring-{number}"
+                size = rng.randint(4, 9)
+                burst = [
+                    (
+                        card if kind == "testing" else f"card-x{number}-{n}",
+                        f"dev-x{number}-{n}" if kind == "testing" else device,
+                    )
+                    for n in range(size)
+                ]
+                card, device = burst.pop()
+                order = (
+                    f"x{number}",
+                    card,
+                    device,
+                    f"{rng.randrange(9999)} Drop Rd",
+                    rng.choice((100, 199, 250, 500)),
+                )
+        customer, card, device, address, amount = order
+        yield (
+            {
+                "order_id": f"o{number}-{rng.getrandbits(24):06x}",
+                "customer_id": customer,
+                "card_id": card,
+                "device_id": device,
+                "amount_cents": max(amount, 50),
+                "currency": "USD",
+                "shipping_address": address,
+                "created_at_ms": at,
+                "tenant": tenant,
+            },
+            fraud,
+        )
+
+
 #: A message a feed sends: key, value, headers.
 Message = tuple[bytes | None, bytes, list[tuple[str, bytes]]]
 

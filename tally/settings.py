@@ -171,7 +171,7 @@ def _url_list(text: str) -> tuple[str, ...]:
 
 
 #: The pipelines a worker can run: `archive` is the metrics pipeline's cold-tier sink.
-PIPELINES = ("sales", "metrics", "archive", "merchants", "social")
+PIPELINES = ("sales", "metrics", "archive", "merchants", "social", "fraud")
 #: What a worker runs unless told: the merchants pipeline reads every purchase a second
 #: time, so a deployment turns it on (TALLY_PIPELINES) where merchants query their own figures.
 DEFAULT_PIPELINES = frozenset(("sales", "metrics", "archive"))
@@ -227,7 +227,8 @@ class Settings:
         DEFAULT_PIPELINES,
         "The pipelines this worker runs, comma-separated: sales, metrics, archive (the "
         "cold-tier sink of metrics), merchants (each merchant's own figures; off unless "
-        "named), social (social posts' sentiment, alerts and summaries; off unless named). "
+        "named), social (social posts' sentiment, alerts and summaries; off unless named), fraud "
+        "(orders decided by a model published while workers run; off unless named). "
         "Its web server answers the queries of those it runs.",
         pipeline_set,
     )

@@ -81,3 +81,9 @@ SOCIAL_ALERTS = Counter(
     "Social alert transitions: opened (by the pipeline), acked and resolved (by people).",
     ["transition"],
 )
+FRAUD_DECISIONS = Counter(
+    "tally_fraud_decisions",
+    "Orders decided, by decision (approve, review, reject) and by whom: the model, or a "
+    "person deciding a reviewed order.",
+    ["decision", "by"],
+)

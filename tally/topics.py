@@ -2,8 +2,11 @@
 
     producers ─► PURCHASES ─► sales ─► SALES_CANDIDATES ─► the merged top-K
               │            └► merchants (re-keyed) ─► MERCHANT_PURCHASES ─► merchant hours
-              └► METRIC_SAMPLES ─► metrics ─► METRIC_PARTIALS ─► the by-metric index
-                                          └► (METRIC_TICKS) ─► METRIC_FINAL_MINUTES ─► archive
+              ├► METRIC_SAMPLES ─► metrics ─► METRIC_PARTIALS ─► the by-metric index
+              │                           └► (METRIC_TICKS) ─► METRIC_FINAL_MINUTES ─► archive
+              ├► ORDERS ─► fraud (by customer, card, device) ─► FRAUD_ENTITY_ORDERS ─►
+              │            FRAUD_FEATURES ─► decided by the model in FRAUD_MODELS ─►
+              │            FRAUD_DECISIONS, FRAUD_AUDIT, the review queue
               └► SOCIAL_RAW ─► social (normalised, scored, by brand) ─► SOCIAL_SCORED ─► minute
                                   summaries, alert queue ─► SOCIAL_ALERTS
     on another partition than its key's ─► ROUTED[topic] ─► the same pipeline, at the owner
@@ -22,8 +25,10 @@ METRIC_SAMPLES = "metric-samples"
 #: Social posts as their networks give them (JSON; the `tally.channel` header names the
 #: network) or standard ones (Avro `tally.social.SocialPost`); keyed by brand (the tenant).
 SOCIAL_RAW = "social-raw"
+#: Orders to decide (Avro `tally.fraud.Order`), keyed by customer id.
+ORDERS = "orders"
 #: The topics producers write to (created up front); a replay reads them again.
-SOURCE_TOPICS = (PURCHASES, METRIC_SAMPLES, SOCIAL_RAW)
+SOURCE_TOPICS = (PURCHASES, METRIC_SAMPLES, SOCIAL_RAW, ORDERS)
 #: Source messages that came on another partition than their key's murmur2 one (a producer
 #: with another partitioner: librdkafka's CRC32, random), forwarded to the owner partition of
 #: this topic with their origin in a header (`tally.core.partitioning.ORIGIN_HEADER`).
@@ -50,3 +55,16 @@ SOCIAL_SCORED = "social-scored-posts"
 #: Alerts for customer care: every state of every alert (opened, acknowledged, resolved),
 #: JSON, keyed by alert id ("<channel>:<post id>").
 SOCIAL_ALERTS = "social-alerts"
+#: Each order as its customer's, its card's and its device's: one message per batch and
+#: entity partition (the entity's id hashed), each order with its role.
+FRAUD_ENTITY_ORDERS = "fraud-entity-orders"
+#: Each entity's features of an order, to the merchant's partition, where the three meet.
+FRAUD_FEATURES = "fraud-features"
+#: Every decision, once (JSON, keyed by order id): the model's, stamped with its version and
+#: the features it used.
+FRAUD_DECISIONS = "fraud-decisions"
+#: Every decision, automatic or human, appended (JSON): the audit log.
+FRAUD_AUDIT = "fraud-audit"
+#: Published models (JSON, keyed by version; compacted, one partition), read whole by every
+#: worker: a new version takes effect without a restart.
+FRAUD_MODELS = "fraud-models"

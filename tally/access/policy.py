@@ -52,7 +52,8 @@ SCHEMA_READ = access("read", "ingest", "admin", reach="shared")
 #: changes nothing; the registry's view refuses it anything new.
 SCHEMA_REGISTER = access("admin", "ingest", reach="shared")
 ADMIN = access("admin", reach="site")
-#: Acting on a queue (an alert acknowledged or resolved): people at work, not readers.
+#: Acting on a queue (an alert acknowledged or resolved, a reviewed order decided): people
+#: at work, not readers.
 REVIEW = access("review")
 
 #: (method, route pattern) → its access. HEAD is GET's.
@@ -80,6 +81,10 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("post", "/api/social/alerts/{alert_id}/{action}"): REVIEW,
     ("get", "/api/social/summary"): READ,
     ("get", "/api/stream/social/summary"): READ,
+    ("get", "/api/fraud/reviews"): READ,
+    ("post", "/api/fraud/reviews/{order_id}/decision"): REVIEW,
+    ("get", "/api/fraud/orders/{order_id}"): READ,
+    ("get", "/api/fraud/models"): READ,
     ("post", "/registry/subjects/{subject}/versions"): SCHEMA_REGISTER,
     # Lookups and compatibility checks are POSTs that write nothing.
     ("post", "/registry/subjects/{subject}"): SCHEMA_READ,

@@ -25,7 +25,7 @@ from tally.app import app, gate, settings
 from tally.broker.admin import ensure_topics
 from tally.broker.local import LocalBroker, die_with_parent, port_accepts, stop_process
 from tally.cli.errors import fail
-from tally.codecs.catalog import metric_batch_codec, purchase_codec
+from tally.codecs.catalog import metric_batch_codec, order_codec, purchase_codec
 from tally.core.clock import now_ms
 from tally.core.errors import BrokerError, ConfigurationError
 from tally.core.limits import TENANT_PATTERN
@@ -37,13 +37,14 @@ from tally.feed import (
     Message,
     encoded,
     metric_batches,
+    orders,
     purchases,
     raw_messages,
     send_feed,
     social_posts,
 )
 from tally.settings import PIPELINES
-from tally.topics import METRIC_SAMPLES, PURCHASES, SOCIAL_RAW, SOURCE_TOPICS
+from tally.topics import METRIC_SAMPLES, ORDERS, PURCHASES, SOCIAL_RAW, SOURCE_TOPICS
 
 #: How long the tokens `tally dev` prints stay valid.
 DEV_TOKEN_S = 30 * 86_400.0
@@ -100,7 +101,7 @@ async def broker(self: AppCommand) -> None:
 
 
 #: What each feed sends, and to which topic.
-FEEDS = {"sales": PURCHASES, "metrics": METRIC_SAMPLES, "social": SOCIAL_RAW}
+FEEDS = {"sales": PURCHASES, "metrics": METRIC_SAMPLES, "social": SOCIAL_RAW, "fraud": ORDERS}
 
 
 def feed_messages(
@@ -116,6 +117,9 @@ def feed_messages(
         return encoded(
             metric_batches(rng, clock_ms=now_ms, tenants=tenants), "server_id", metric_batch_codec()
         )
+    if pipeline == "fraud":
+        placed = (order for order, _ in orders(rng, clock_ms=now_ms, tenants=tenants))
+        return encoded(placed, "customer_id", order_codec())
     return raw_messages(social_posts(rng, clock_ms=now_ms, brands=tenants))
 
 
@@ -208,8 +212,9 @@ async def feed(
     tenants: tuple[str, ...],
     merchants: int,
 ) -> None:
-    """Send sample data, event time = now: `sales` (purchases), `metrics` (metric batches) or
-    `social` (posts in the X and Mastodon formats, each tenant a brand)."""
+    """Send sample data, event time = now: `sales` (purchases), `metrics` (metric batches),
+    `social` (posts in the X and Mastodon formats, each tenant a brand) or `fraud` (orders,
+    some fraudulent, each tenant a merchant)."""
     for tenant in tenants:
         if not TENANT_PATTERN.fullmatch(tenant):
             fail(not_a_tenant(f"--tenant {tenant[:70]!r}"))
@@ -307,8 +312,21 @@ def dashboards() -> str:
         show_default=True,
         help="Raw social messages per second in the sample feed.",
     ),
+    option(
+        "--fraud-rate",
+        type=float,
+        default=5.0,
+        show_default=True,
+        help="Orders per second in the sample feed (the fraud pipeline decides them).",
+    ),
 )
-async def dev(self: AppCommand, sales_rate: float, metrics_rate: float, social_rate: float) -> None:
+async def dev(
+    self: AppCommand,
+    sales_rate: float,
+    metrics_rate: float,
+    social_rate: float,
+    fraud_rate: float,
+) -> None:
     """Local broker + one worker + sample feed, URLs printed; Ctrl-C stops everything."""
     host, port = local_broker_address()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -345,6 +363,7 @@ async def dev(self: AppCommand, sales_rate: float, metrics_rate: float, social_r
                 ("sales", sales_rate, 1),
                 ("metrics", metrics_rate, 2),
                 ("social", social_rate, 3),
+                ("fraud", fraud_rate, 4),
             )
         ]
         print(
@@ -358,10 +377,12 @@ async def dev(self: AppCommand, sales_rate: float, metrics_rate: float, social_r
             f".../summary, .../top-items (each demo tenant is a merchant)\n"
             f"  social           {settings.web_url}/api/social/summary?tenant={DEMO_TENANTS[0]}, "
             f"/api/social/alerts?tenant={DEMO_TENANTS[0]} (each demo tenant is a brand)\n"
+            f"  fraud            {settings.web_url}/api/fraud/reviews?tenant={DEMO_TENANTS[0]}, "
+            f"/api/fraud/models (each demo tenant is a merchant)\n"
             f"  schema registry  {settings.web_url}/registry/subjects\n"
             f"  broker           {local.url}\n"
             f"  feed             {sales_rate:g} purchases/s, {metrics_rate:g} metric batches/s, "
-            f"{social_rate:g} social messages/s, "
+            f"{social_rate:g} social messages/s, {fraud_rate:g} orders/s, "
             f"tenants {' and '.join(DEMO_TENANTS)} in turn, with the same ids\n"
             f"  logs             {worker_log}, {local.log_path}\n"
             "Ctrl-C stops everything.\n",

@@ -20,6 +20,7 @@ from faust.serializers.codecs import Codec
 
 from tally.codecs.registry import Schema, SchemaRegistry
 from tally.core.errors import DecodeError, SchemaError, ValidationError
+from tally.core.fraud import check_order
 from tally.core.limits import check_id, check_metadata
 from tally.core.tenancy import check_tenant_name
 
@@ -193,6 +194,15 @@ def validate_purchase(record: Record) -> None:
     if record["customer_id"]:
         check_id("customer_id", record["customer_id"])
     check_metadata(record["metadata"])
+    check_tenant_name(record["tenant"])
+
+
+def validate_order(record: Record) -> None:
+    """Rules of an order the Avro types cannot say: ids usable in keys, a positive amount,
+    an address, the tenant's name."""
+    for name in ("order_id", "customer_id", "card_id", "device_id"):
+        check_id(name, record[name])
+    check_order(record)
     check_tenant_name(record["tenant"])
 
 

@@ -15,6 +15,7 @@ from tally.codecs.avro import (
     RecordTypeCodec,
     load_schema,
     validate_metric_batch,
+    validate_order,
     validate_purchase,
 )
 from tally.codecs.log_registry import LogSchemaRegistry
@@ -78,3 +79,8 @@ def metric_batch_codec() -> AvroCodec:
 def social_post_codec() -> AvroCodec:
     """Standard posts sent as Avro to `social-raw` (checked by the social pipeline)."""
     return AvroCodec(registry(), "social-raw-value", load_schema("social_post"))
+
+
+@cache
+def order_codec() -> AvroCodec:
+    return checked_codec("orders-value", "order", validate_order)

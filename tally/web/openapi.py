@@ -355,6 +355,22 @@ NOTE_BODY = {
         }
     },
 }
+#: A person's decision on a reviewed order.
+REVIEW_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "decision": {"type": "string", "enum": ["approve", "reject"]},
+                    "note": {"type": "string", "maxLength": 1000},
+                },
+                "required": ["decision"],
+            }
+        }
+    },
+}
 READY = {200: "the answer", 503: "this worker is starting or rebalancing: retry shortly"}
 WINDOW_QUERY = {**READY, 400: "a parameter is unusable (the message says which)"}
 RANGE = (
@@ -710,6 +726,54 @@ OPERATIONS: tuple[Operation, ...] = (
         (MINUTES, query("channel", {"type": "string"}, "one channel only"), ONE_TENANT),
         statuses=STREAM_STATUSES,
         **STREAM,
+    ),
+    Operation(
+        "get",
+        "/api/fraud/reviews",
+        "a merchant's orders the model sent to review, oldest first: waiting for a person, "
+        "decided by one, or all; with the count of each",
+        (
+            query(
+                "status",
+                {"type": "string", "enum": ["waiting", "decided", "all"], "default": "waiting"},
+            ),
+            query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}),
+            ONE_TENANT,
+        ),
+        statuses=WINDOW_QUERY,
+        pipeline="fraud",
+    ),
+    Operation(
+        "post",
+        "/api/fraud/reviews/{order_id}/decision",
+        "a person's decision on an order waiting for review: it joins the order's record "
+        "and goes to fraud-audit; the answer is the order's record",
+        (path("order_id"), ONE_TENANT),
+        statuses={
+            **WINDOW_QUERY,
+            200: "the order's record, with the review",
+            404: "the merchant has no such order in review",
+            409: "the order is not waiting for review (decided already)",
+        },
+        body=REVIEW_BODY,
+        pipeline="fraud",
+    ),
+    Operation(
+        "get",
+        "/api/fraud/orders/{order_id}",
+        "an order's decision: the model's (version, score, features) and a person's when "
+        "reviewed; null while it waits",
+        (path("order_id"), ONE_TENANT),
+        statuses={**WINDOW_QUERY, 404: "the merchant has no such order"},
+        pipeline="fraud",
+    ),
+    Operation(
+        "get",
+        "/api/fraud/models",
+        "the published fraud models as this worker has read them, and up to when it knows them",
+        (),
+        statuses=READY,
+        pipeline="fraud",
     ),
     *REGISTRY_OPERATIONS,
 )
