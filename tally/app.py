@@ -62,7 +62,7 @@ PIPELINE_MODULES = {
         "tally.merchants.views",
     ],
     "social": ["tally.social.agents", "tally.social.views"],
-    "fraud": ["tally.fraud.agents", "tally.fraud.views"],
+    "fraud": ["tally.fraud.agents", "tally.fraud.archive_sink", "tally.fraud.views"],
 }
 #: Modules every worker runs, whatever its pipelines.
 COMMON_MODULES = [

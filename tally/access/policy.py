@@ -85,6 +85,7 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("post", "/api/fraud/reviews/{order_id}/decision"): REVIEW,
     ("get", "/api/fraud/orders/{order_id}"): READ,
     ("get", "/api/fraud/models"): READ,
+    ("get", "/api/fraud/audit"): READ,
     ("post", "/registry/subjects/{subject}/versions"): SCHEMA_REGISTER,
     # Lookups and compatibility checks are POSTs that write nothing.
     ("post", "/registry/subjects/{subject}"): SCHEMA_READ,

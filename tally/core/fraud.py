@@ -28,8 +28,12 @@ DAY_MS = 24 * HOUR_MS
 WINDOWS_MS = {"10m": 10 * MINUTE_MS, "1h": HOUR_MS, "24h": DAY_MS}
 #: Roles an order plays: it is its customer's, its card's and its device's.
 ROLES = ("customer", "card", "device")
-#: Orders an entity keeps besides those of the last 24 hours: a customer's history for the
-#: amount ratio even when it orders rarely.
+#: How far behind its newest order an entity keeps orders: twice the longest window, so an
+#: order taken in again up to a day after newer ones (a redelivery, a replay of the last
+#: day) is given the features it had.
+KEPT_MS = 2 * DAY_MS
+#: Orders an entity keeps besides those: a customer's history for the amount ratio even
+#: when it orders rarely.
 KEEP_LAST = 20
 #: Orders an entity keeps at most (a card used by a bot): counts past it are capped.
 MAX_KEPT = 1000
@@ -79,7 +83,7 @@ class History:
         self.entries.append([at, order_id, order["amount_cents"], order["customer_id"]])
         self.entries.sort(key=lambda entry: order_key(entry[0], entry[1]))
         newest = self.entries[-1][0]
-        recent = [entry for entry in self.entries if entry[0] > newest - DAY_MS]
+        recent = [entry for entry in self.entries if entry[0] > newest - KEPT_MS]
         kept = self.entries[-KEEP_LAST:] if len(recent) < KEEP_LAST else recent
         self.entries = kept[-MAX_KEPT:]
 

@@ -5,17 +5,20 @@ names one with `?tenant=`)."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from faust.web import Request, Response, View
 from faust.web.exceptions import WebError
 
 from tally.app import app, settings
+from tally.archive.fraud_audit import decisions_of
 from tally.core.clock import iso, now_ms
 from tally.core.errors import ValidationError
 from tally.core.fraud import HUMAN_DECISIONS, ReviewConflict, reviewed
 from tally.core.partitioning import partition_for
 from tally.fraud.agents import models
+from tally.fraud.archive_sink import audit_archive
 from tally.fraud.tables import audit_topic, fraud_orders, fraud_reviews, order_key
 from tally.http.access import caller
 from tally.runtime.cells import flush, place, read_cell, write_cell
@@ -26,8 +29,10 @@ from tally.runtime.queries import (
     int_param,
     json_object,
     one_tenant_read,
+    read_archive,
     require_ready,
     routed_by_key,
+    time_param,
 )
 from tally.runtime.store import scan, stored_value
 from tally.telemetry import FRAUD_DECISIONS
@@ -183,4 +188,32 @@ class FraudModels(View):
                     key=lambda m: m["effective_from"],
                 ),
             }
+        )
+
+
+#: An audit query without `from` covers this much before `to`.
+AUDIT_DEFAULT_MS = 86_400_000
+#: The longest range of one audit query.
+AUDIT_MAX_MS = 31 * 86_400_000
+
+
+@app.page("/api/fraud/audit")
+class FraudAudit(View):
+    """The merchant's decisions, the model's and people's, as the archive holds them (written
+    within TALLY_ARCHIVE_FLUSH_SECONDS of each): `from`..`to` (default: the last day; at
+    most 31 days), by the time each was taken."""
+
+    async def get(self, request: Request) -> Response:
+        require_ready()
+        merchant = one_tenant_read(request)
+        to_ms = time_param(request, "to", now_ms())
+        from_ms = time_param(request, "from", to_ms - AUDIT_DEFAULT_MS)
+        if not 0 < to_ms - from_ms <= AUDIT_MAX_MS:
+            raise BadRequest("from must be before to, and at most 31 days before it")
+        found = await read_archive(
+            partial(decisions_of, audit_archive(), merchant, from_ms, to_ms),
+            f"merchant {merchant!r}'s decisions",
+        )
+        return self.json(
+            {"merchant": merchant, "from": iso(from_ms), "to": iso(to_ms), "decisions": found}
         )

@@ -769,6 +769,19 @@ OPERATIONS: tuple[Operation, ...] = (
     ),
     Operation(
         "get",
+        "/api/fraud/audit",
+        "a merchant's decisions, the model's and people's, from the archive (each written "
+        "within TALLY_ARCHIVE_FLUSH_SECONDS): every record of fraud-audit in the range",
+        (
+            query("from", TIME, "start of the range (default: `to` minus a day)"),
+            query("to", TIME, "end of the range, exclusive (default: now; at most 31 days)"),
+            ONE_TENANT,
+        ),
+        statuses={**WINDOW_QUERY, 503: "the archive could not be read"},
+        pipeline="fraud",
+    ),
+    Operation(
+        "get",
         "/api/fraud/models",
         "the published fraud models as this worker has read them, and up to when it knows them",
         (),

@@ -58,6 +58,7 @@ PATH_VALUES = {
     "{merchant_id}": "default",  # the default tenant, as a merchant: holds the stored row
     "{alert_id}": "x:no-such-post",
     "{action}": "ack",
+    "{order_id}": "no-such-order",
 }
 REFUSED = {401, 403}
 
@@ -121,7 +122,7 @@ def test_every_operation_answers_each_kind_of_caller_as_its_rule_says(
 ) -> None:
     # A low rate, so the limit is seen too; the matrix itself spends one request per token.
     # Every pipeline, so that every route is in the document and the matrix.
-    everything = "sales,metrics,archive,merchants,social"
+    everything = "sales,metrics,archive,merchants,social,fraud"
     worker = make_worker(TALLY_AUTH_RATE="5", TALLY_PIPELINES=everything).start()
     # The default tenant's data under the very ids the matrix asks for: another tenant's
     # token asking for them must get none of it.

@@ -35,7 +35,12 @@ from tests.conftest import WorkerFactory, codec_in
 from tests.harness import ACCESS, Worker, consume, headers_of, start_all, wait_until
 
 MERCHANTS = ("shop-a", "shop-b")
-FRAUD = {"TALLY_PIPELINES": "fraud", "TALLY_AUTH_RATE": "0", "TALLY_STANDBY_REPLICAS": "1"}
+FRAUD = {
+    "TALLY_PIPELINES": "fraud",
+    "TALLY_AUTH_RATE": "0",
+    "TALLY_STANDBY_REPLICAS": "1",
+    "TALLY_ARCHIVE_FLUSH_SECONDS": "1",
+}
 RATE = 150  # orders per second
 CUSTOMER_FEATURES = (
     "customer_orders_10m",
@@ -102,8 +107,9 @@ def test_orders_are_decided_once_by_the_model_of_their_time_through_a_swap_and_a
 ) -> None:
     asyncio.run(ensure_topics([broker.bootstrap], ["orders"], partitions=4, replication=1))
     codec = codec_in(registry_dir, "orders-value", "order")
-    first = make_worker("w1", **FRAUD)
-    second = make_worker("w2", **FRAUD)
+    shared = {**FRAUD, "TALLY_ARCHIVE_DIR": str(tmp_path / "archive")}
+    first = make_worker("w1", **shared)
+    second = make_worker("w2", **shared)
     start_all(first, second)
     wait_until(lambda: first.get("/api/fraud/models")["models"], 30, what="the default model")
     rng = random.Random(11)
@@ -183,6 +189,33 @@ def test_orders_are_decided_once_by_the_model_of_their_time_through_a_swap_and_a
         expected = {o for o, d in reviews.items() if d["merchant"] == merchant}
         assert {r["order_id"] for r in queue["reviews"]} == expected
     people_decide(broker, first, second, reviews)
+
+    # The archive holds every decision, the model's and the people's, each once.
+    span = f"from={sent[0]['created_at_ms'] - 60_000}&to={now_ms() + 60_000}"
+    for merchant in MERCHANTS:
+        theirs = {o["order_id"] for o in sent if o["tenant"] == merchant}
+        people = {o for o in sorted(reviews)[:4] if reviews[o]["merchant"] == merchant}
+        wait_until(
+            lambda m=merchant, t=theirs, p=people: archived_once(first, m, span, t, p),
+            60,
+            what=f"{merchant}'s decisions in the archive",
+        )
+
+
+def archived_once(
+    worker: Worker, merchant: str, span: str, placed: set[str], reviewed: set[str]
+) -> bool:
+    """Whether the merchant's archived decisions are every order's and the people's on the
+    reviewed ones; each decision is there once."""
+    found = worker.get(f"/api/fraud/audit?tenant={merchant}&{span}")["decisions"]
+    by_kind = {
+        kind: {r["order_id"] for r in found if r["kind"] == kind} for kind in ("model", "review")
+    }
+    if by_kind != {"model": placed, "review": reviewed}:
+        return False
+    keys = [(r["order_id"], r["kind"]) for r in found]
+    assert len(keys) == len(set(keys))
+    return True
 
 
 async def send_raw(bootstrap: str, values: list[bytes]) -> None:
