@@ -234,6 +234,7 @@ async def decide_ready(partition: int, pending: dict[bytes, int]) -> None:
         decided[decision["decision"]] += 1
     for outcome, count in decided.items():
         FRAUD_DECISIONS.labels(outcome, "model").inc(count)
+    EVENTS.labels(order_features.get_topic_name(), "counted").inc(sum(decided.values()))
 
 
 async def decide(cell: dict[str, Any]) -> dict[str, Any] | None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tally.broker.local import LocalBroker, free_port, port_accepts
 from tally.codecs.avro import AvroCodec
+from tests.conftest import codec_in
 from tests.harness import EventStream, Worker, consume, headers_of, wait_until
 
 
@@ -76,6 +77,12 @@ def test_dev_runs_broker_worker_and_feed_then_stops_everything_on_ctrl_c(tmp_pat
                 what=f"{tenant}'s social posts summed up",
             )
             assert posts["brand"] == tenant
+        # The orders of the feed are decided (by the default model, published at start).
+        wait_until(
+            lambda: 'tally_fraud_decisions_total{by="model"' in probe.text("/metrics"),
+            60,
+            what="the feed's orders decided",
+        )
         # ... and shown live: the dashboard's stream has it.
         stream = EventStream(probe.url, "/api/stream/sales/top")
         shown, _ = stream.until(lambda e: len(e.data["items"]) > 0, 30, "items in the top-K")
@@ -135,6 +142,32 @@ def test_feed_sends_social_posts_in_each_networks_format(tmp_path: Path) -> None
     channels = Counter(headers_of(r)["tally.channel"] for r in records)
     assert channels == {b"x": 20, b"mastodon": 20}
     assert all(json.loads(r.value) for r in records)
+
+
+def test_feed_sends_orders_and_a_bad_model_file_is_refused_with_why(
+    tmp_path: Path, registry_dir: Path
+) -> None:
+    with LocalBroker("127.0.0.1", free_port(), log_path=tmp_path / "broker.log") as broker:
+        env = {
+            **os.environ,
+            "TALLY_BROKER": broker.url,
+            "TALLY_DATA_DIR": str(tmp_path / "f"),
+            "TALLY_SCHEMA_REGISTRY": registry_dir.resolve().as_uri(),
+        }
+        command = [sys.executable, "-m", "tally", "feed", "fraud", "--rate", "0", "--count", "30"]
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert "sent 30 messages to orders" in result.stdout
+        records = consume(broker.bootstrap, "orders", expect=30)
+        codec = codec_in(registry_dir, "orders-value", "order")
+        placed = [codec.loads(r.value) for r in records]
+        assert all(r.key == o["customer_id"].encode() for r, o in zip(records, placed, strict=True))
+        model = tmp_path / "model.json"
+        model.write_text(json.dumps({"format": "tally-fraud-model/1", "version": "v9"}))
+        publish = [sys.executable, "-m", "tally", "fraud", "publish-model", str(model)]
+        refused = subprocess.run(publish, env=env, capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0
+    assert "model without a usable 'features'" in refused.stderr, refused.stderr
 
 
 def test_bad_setting_is_a_clear_error(tmp_path: Path) -> None:
