@@ -397,17 +397,8 @@ def orders(
                     * (rng.choice((2, 3, 4)) if gift and rng.random() < 0.3 else 1)
                 ),
             )
-        elif burst:
-            card, device = burst.pop()
-            order = (
-                f"x{number}",
-                card,
-                device,
-                f"{rng.randrange(9999)} Drop Rd",
-                rng.choice((100, 199, 250, 500)),
-            )
         else:
-            kind = rng.choice(("testing", "takeover", "ring"))
+            kind = "burst" if burst else rng.choice(("testing", "takeover", "ring"))
             if kind == "takeover":
                 who = shopper(rng.randrange(customers))
                 order = (
@@ -418,16 +409,14 @@ def orders(
                     who.typical_cents * rng.randint(5, 12),
                 )
             else:
-                card = f"card-stolen-{number}"
-                device = f"dev-ring-{number}"
-                size = rng.randint(4, 9)
-                burst = [
-                    (
-                        card if kind == "testing" else f"card-x{number}-{n}",
-                        f"dev-x{number}-{n}" if kind == "testing" else device,
-                    )
-                    for n in range(size)
-                ]
+                if kind != "burst":  # one stolen card on new devices, or one device's ring
+                    burst = [
+                        (
+                            f"card-stolen-{number}" if kind == "testing" else f"card-x{number}-{n}",
+                            f"dev-x{number}-{n}" if kind == "testing" else f"dev-ring-{number}",
+                        )
+                        for n in range(rng.randint(4, 9))
+                    ]
                 card, device = burst.pop()
                 order = (
                     f"x{number}",

@@ -6,14 +6,11 @@ from __future__ import annotations
 
 from functools import cache
 
-from faust.types import StreamT
-
-from tally.app import app, settings
+from tally.app import settings
 from tally.archive.fraud_audit import FRAUD_AUDIT_LAYOUT, at_of, audit_row
 from tally.archive.store import Archive, within
 from tally.fraud.tables import audit_topic
-from tally.runtime.archive_sink import ArchiveSink
-from tally.runtime.intake import each_partition, timer
+from tally.runtime.archive_sink import ArchiveSink, run_archive_sink
 
 #: The fraud audit's archive, inside TALLY_ARCHIVE_DIR.
 ARCHIVE_DIRECTORY = "fraud-audit"
@@ -35,17 +32,4 @@ audit_sink = ArchiveSink(
 )
 
 
-@app.agent(audit_topic)
-async def archive_audit(stream: StreamT) -> None:
-    await each_partition(
-        stream,
-        audit_sink.write_partition,
-        audit_sink.states,
-        within=settings.archive_flush_seconds,
-        size=ARCHIVE_FLUSH_ROWS,
-    )
-
-
-@timer(interval=3600.0, on_leader=True)
-async def prune_audit_archive() -> None:
-    await audit_sink.prune()
+run_archive_sink(audit_sink, "fraud_audit", ARCHIVE_FLUSH_ROWS)

@@ -25,6 +25,7 @@ from tally.runtime.cells import flush, place, read_cell, write_cell
 from tally.runtime.queries import (
     BadRequest,
     OwnedView,
+    choice_param,
     id_param,
     int_param,
     json_object,
@@ -62,9 +63,7 @@ class FraudReviews(OwnedView):
 
     async def owned(self, request: Request) -> Response:
         merchant = one_tenant_read(request)
-        status = request.query.get("status", "waiting")
-        if status not in REVIEW_STATUSES:
-            raise BadRequest(f"status={status[:40]!r} is not one of {', '.join(REVIEW_STATUSES)}")
+        status = choice_param(request, "status", REVIEW_STATUSES)
         limit = int_param(request, "limit", 100, 1, 1000)
 
         async def answer() -> Response:

@@ -61,6 +61,7 @@ from tally.runtime.queries import (
     BadRequest,
     OwnedView,
     check_retained,
+    choice_param,
     id_param,
     int_param,
     read_archive,
@@ -279,9 +280,7 @@ class MerchantView(OwnedView):
 
     async def owned(self, request: Request, merchant_id: str) -> Response:
         merchant = merchant_param(request, merchant_id)
-        consistency = request.query.get("consistency", "any")
-        if consistency not in CONSISTENCY:
-            raise BadRequest(f"consistency={consistency!r} is not one of {', '.join(CONSISTENCY)}")
+        consistency = choice_param(request, "consistency", CONSISTENCY)
         partition = partition_for(merchant, settings.partitions)
         if settings.reads_only:
             if consistency == "owner":

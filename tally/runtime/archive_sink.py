@@ -21,13 +21,13 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
-from faust.types import EventT, TopicT
+from faust.types import EventT, StreamT, TopicT
 
-from tally.app import settings
+from tally.app import app, settings
 from tally.archive.store import DAY_MS, Archive, DataFile, day_of, day_start_ms, prune_cutoff
 from tally.core.clock import now_ms
 from tally.core.errors import ValidationError
-from tally.runtime.intake import reject
+from tally.runtime.intake import each_partition, reject, timer
 from tally.runtime.state import PartitionStates
 from tally.telemetry import EVENTS
 
@@ -147,3 +147,26 @@ class ArchiveSink:
         dropped = await asyncio.to_thread(self.archive().prune, cutoff)
         if dropped:
             logger.info("%s archive: dropped %d days before %s", self.name, len(dropped), cutoff)
+
+
+def run_archive_sink(sink: ArchiveSink, name: str, size: int) -> None:
+    """Register the agent writing `sink`'s topic to its archive, `size` items a flush at most
+    (or what came in TALLY_ARCHIVE_FLUSH_SECONDS), and the leader's hourly prune; `name`
+    names both (Faust knows an agent by its name)."""
+
+    async def archive_items(stream: StreamT) -> None:
+        await each_partition(
+            stream,
+            sink.write_partition,
+            sink.states,
+            within=settings.archive_flush_seconds,
+            size=size,
+        )
+
+    async def prune_archive() -> None:
+        await sink.prune()
+
+    archive_items.__name__ = archive_items.__qualname__ = f"archive_{name}"
+    prune_archive.__name__ = prune_archive.__qualname__ = f"prune_{name}_archive"
+    app.agent(sink.topic, name=f"tally.archive.{name}")(archive_items)
+    timer(interval=3600.0, on_leader=True)(prune_archive)

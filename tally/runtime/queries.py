@@ -306,6 +306,14 @@ def time_param(request: Request, name: str, default_ms: int) -> int:
     return value
 
 
+def choice_param(request: Request, name: str, choices: Sequence[str]) -> str:
+    """One of `choices` (the first when the request names none); a 400 listing them."""
+    value = request.query.get(name) or choices[0]
+    if value not in choices:
+        raise BadRequest(f"{name}={value[:40]!r} is not one of {', '.join(choices)}")
+    return value
+
+
 def int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
     raw = request.query.get(name)
     if raw is None or raw == "":

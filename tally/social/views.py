@@ -28,6 +28,7 @@ from tally.runtime.cells import flush, place, read_cell, write_cell
 from tally.runtime.queries import (
     BadRequest,
     OwnedView,
+    choice_param,
     int_param,
     json_object,
     one_tenant_read,
@@ -85,9 +86,7 @@ class SocialAlerts(OwnedView):
 
     async def owned(self, request: Request) -> Response:
         brand = one_tenant_read(request)
-        status = request.query.get("status", "open")
-        if status not in STATUS_CHOICES:
-            raise BadRequest(f"status={status[:40]!r} is not one of {', '.join(STATUS_CHOICES)}")
+        status = choice_param(request, "status", STATUS_CHOICES)
         limit = int_param(request, "limit", 100, 1, 1000)
 
         async def answer() -> Response:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import random
 import struct
 from importlib import resources
+from pathlib import Path
 
 from tally.broker.local import LocalBroker
-from tally.codecs.avro import AvroCodec, Record, load_schema, schema_id_of
+from tally.codecs.avro import AvroCodec, Record, load_schema, schema_id_of, validate_order
 from tally.codecs.registry import HttpSchemaRegistry
 from tally.core.deadletters import DeadLetter
-from tally.feed import metric_batches, purchases
-from tests.conftest import WorkerFactory
+from tally.feed import metric_batches, orders, purchases, social_posts
+from tests.conftest import WorkerFactory, codec_in
 from tests.harness import ACCESS, consume, headers_of, produce, wait_until
 
 HOUR_MS = 3_600_000
@@ -38,16 +39,30 @@ def test_every_schema_round_trips_through_the_broker(
     purchase_codec: AvroCodec,
     metric_batch_codec: AvroCodec,
     purchase_batch_codec: AvroCodec,
+    registry_dir: Path,
 ) -> None:
     rng = random.Random(7)
     singles = purchases(rng, clock_ms=lambda: T0)
     envelopes = (
         {"purchases": [next(singles) for _ in range(rng.randrange(1, 20))]} for _ in iter(int, 1)
     )
+    standard_posts = (
+        {**post, "tenant": raw.brand}
+        for raw in social_posts(rng, clock_ms=lambda: T0, brands=("acme",))
+        for post in raw.posts
+    )
     samples = {
         "purchase.avsc": (purchase_codec, purchases(rng, clock_ms=lambda: T0)),
         "purchase_batch.avsc": (purchase_batch_codec, envelopes),
         "metric_batch.avsc": (metric_batch_codec, metric_batches(rng, clock_ms=lambda: T0)),
+        "social_post.avsc": (
+            codec_in(registry_dir, "social-raw-value", "social_post"),
+            standard_posts,
+        ),
+        "order.avsc": (
+            codec_in(registry_dir, "orders-value", "order", validate_order),
+            (order for order, _ in orders(rng, clock_ms=lambda: T0)),
+        ),
     }
     shipped = {
         p.name for p in resources.files("tally.schemas").iterdir() if p.name.endswith(".avsc")
