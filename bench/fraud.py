@@ -59,9 +59,10 @@ def backlog(codec: AvroCodec, customers: int) -> list[Message]:
 
 
 async def paced_latencies(
-    bootstrap: str, codec: AvroCodec, rate: float, seconds: float
+    bootstrap: str, codec: AvroCodec, rate: float, seconds: float, seed: int
 ) -> list[float]:
-    """Orders at `rate` a second for `seconds`; each one's ms from produced to decided."""
+    """Orders at `rate` a second for `seconds` (their own, by `seed`: an order id decided
+    already is not decided again); each one's ms from produced to decided."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, fetch_max_wait_ms=50)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
     await consumer.start()
@@ -83,7 +84,8 @@ async def paced_latencies(
                             found.append((arrived - at) * 1000)
 
         reader = asyncio.create_task(read())
-        placed = orders(random.Random(9), clock_ms=now_ms, tenants=[f"shop{n}" for n in range(20)])
+        merchants = [f"shop{n}" for n in range(20)]
+        placed = orders(random.Random(seed), clock_ms=now_ms, tenants=merchants)
         started = time.perf_counter()
         count = 0
         while time.perf_counter() - started < seconds:
@@ -120,7 +122,11 @@ def one_run(args: argparse.Namespace, workdir: Path, run: int) -> dict[str, Any]
             rate = result.rate * share
             latencies = asyncio.run(
                 paced_latencies(
-                    worker.env["TALLY_BROKER"].split("//")[1], codec, rate, args.seconds
+                    worker.env["TALLY_BROKER"].split("//")[1],
+                    codec,
+                    rate,
+                    args.seconds,
+                    seed=int(share * 100),
                 )
             )
             measured[share] = (rate, percentile(latencies, 0.5), percentile(latencies, 0.99))

@@ -70,13 +70,19 @@ class FollowedModels(ModelBook):
             tp = TopicPartition(topic, 0)
             consumer.assign([tp])
             await consumer.seek_to_beginning(tp)
+            # Fetched only while behind: the consumer's own long-polling Fetch would hold the
+            # connection, and the broker answers the end-offsets request after it (a second).
+            consumer.pause(tp)
             while True:
                 asked_at = now_ms()
                 end = (await end_offsets(consumer, [tp]))[tp]
-                while await consumer.position(tp) < end:
-                    batch = await consumer.getmany(tp, timeout_ms=500)
-                    for record in batch.get(tp, []):
-                        self.absorb(record.key, record.value)
+                if await consumer.position(tp) < end:
+                    consumer.resume(tp)
+                    while await consumer.position(tp) < end:
+                        batch = await consumer.getmany(tp, timeout_ms=500)
+                        for record in batch.get(tp, []):
+                            self.absorb(record.key, record.value)
+                    consumer.pause(tp)
                 self.known_until_ms = asked_at
                 await asyncio.sleep(POLL_S)
         finally:

@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from faust.types import EventT, TopicT
 
 from tally.app import settings
+from tally.codecs.avro import Record
+from tally.codecs.handover import HandedRecords
 from tally.core.applied import Source
 from tally.core.partitioning import (
     ORIGIN_HEADER,
@@ -134,19 +136,40 @@ def source_of(event: EventT) -> tuple[Source, int]:
 
 
 async def forward(
-    event: EventT, owner: int, value: bytes | None = None, to: TopicT | None = None
+    event: EventT,
+    owner: int,
+    value: bytes | None = None,
+    to: TopicT | None = None,
+    origin_offset: int | None = None,
 ) -> None:
     """Send the message (or `value`: the part of it `owner` needs) to `owner`'s partition of
-    `to` (default: the source's routed topic), with its key and origin; counted as
-    `forwarded`, or `rekeyed` when `to` is another pipeline's topic."""
+    `to` (default: the source's routed topic), with its key and origin (`origin_offset`:
+    another message of its partition, when `value` holds several messages' records);
+    counted as `forwarded`, or `rekeyed` when `to` is another pipeline's topic."""
     message = event.message
+    offset = message.offset if origin_offset is None else origin_offset
     await (to or ROUTES[message.topic]).send(
         key=message.key,
         value=message.value if value is None else value,
         partition=owner,
-        headers={ORIGIN_HEADER: partition_tag(message.partition, message.offset)},
+        headers={ORIGIN_HEADER: partition_tag(message.partition, offset)},
     )
     EVENTS.labels(message.topic, "forwarded" if to is None else "rekeyed").inc()
+
+
+async def hand_over(
+    last: EventT,
+    owner: int,
+    carried: Sequence[tuple[int, Record]],
+    handed: HandedRecords,
+    to: TopicT,
+) -> None:
+    """A partition's records for `owner`, each with the offset of the message of `last`'s
+    partition that brought it (in offset order), to `owner`'s partition of `to`, in as few
+    messages as they fit (`HandedRecords.messages`), each with the origin of the last
+    message whose records it holds."""
+    for origin_offset, value in handed.messages(carried):
+        await forward(last, owner, value, to=to, origin_offset=origin_offset)
 
 
 def rekeyed_from(source: TopicT, rekeyed: TopicT) -> None:

@@ -38,7 +38,7 @@ from tally.core.tenancy import letter_tenant, tenant_of
 from tally.runtime.cells import has_cell, read_cell, write_cell
 from tally.runtime.intake import each_partition, reject
 from tally.runtime.purchases import MAX_FUTURE_MS
-from tally.runtime.routing import forward, source_of
+from tally.runtime.routing import hand_over, source_of
 from tally.runtime.store import delete_below, partition_key
 from tally.runtime.topics import late_events
 from tally.social.channels import BUILT_IN, Adapter, load_channels
@@ -89,11 +89,11 @@ def channel_of(event: EventT) -> str | None:
 
 async def score_partition(events: Sequence[EventT]) -> None:
     """Each message's posts, checked and scored, each stamped with where it came from (its
-    message's offset, its index in it); then one message per brand partition for the whole
-    batch (a raw message holds a post or two: one handover each would cost a Kafka message
-    and a Faust event per post downstream)."""
+    message's offset, its index in it); then the whole batch's to each brand partition in as
+    few messages as they fit (a raw message holds a post or two: one handover each would
+    cost a Kafka message and a Faust event per post downstream)."""
     wall = now_ms()
-    by_owner: dict[int, list[Record]] = {}
+    by_owner: dict[int, list[tuple[int, Record]]] = {}
     classes: Counter[tuple[str, str]] = Counter()
     for event in events:
         message = event.message
@@ -117,12 +117,11 @@ async def score_partition(events: Sequence[EventT]) -> None:
             owner = partition_for(brand_of(post), settings.partitions)
             done = {**scored(post), "origin_offset": message.offset, "origin_index": index}
             classes[done["channel"], done["sentiment"]] += 1
-            by_owner.setdefault(owner, []).append(done)
+            by_owner.setdefault(owner, []).append((message.offset, done))
     for (channel, sentiment), count in classes.items():
         SOCIAL_POSTS.labels(channel, sentiment).inc(count)
-    last = events[-1]  # the handover's origin: the batch's last message
     for owner, theirs in by_owner.items():
-        await forward(last, owner, HANDED_POSTS.dumps(theirs), to=social_scored)
+        await hand_over(events[-1], owner, theirs, HANDED_POSTS, social_scored)
 
 
 def letter_brand(key: bytes | None) -> str:

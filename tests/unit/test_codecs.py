@@ -199,3 +199,29 @@ def test_handed_records_of_another_version_read_by_name(codec: AvroCodec) -> Non
 def test_a_handed_body_of_another_shape_is_a_decode_error(body: bytes | None, text: str) -> None:
     with pytest.raises(DecodeError, match=text):
         HANDED.loads(body)
+
+
+@given(st.lists(st.tuples(st.integers(0, 5), st.text(max_size=300)), max_size=60))
+def test_a_handover_is_cut_between_messages_and_each_part_names_its_last(
+    drawn: list[tuple[int, str]],
+) -> None:
+    """Records of several messages (offset order) cut into messages of a byte limit: nothing
+    lost or reordered, a message's records never split, no two parts with one origin, each
+    under the limit unless one message's records alone are larger."""
+    handed = HandedRecords("notes", ["n", "text"])
+    offsets = sorted(offset for offset, _ in drawn)
+    carried = [
+        (offset, {"n": n, "text": text})
+        for n, (offset, (_, text)) in enumerate(zip(offsets, drawn, strict=True))
+    ]
+    limit = 700
+    parts = handed.messages(carried, limit)
+    assert [r for _, message in parts for r in handed.loads(message)] == [r for _, r in carried]
+    origins = [origin for origin, _ in parts]
+    assert origins == sorted(set(origins))
+    for origin, message in parts:
+        records = handed.loads(message)
+        held = {offset for offset, r in carried if r in records}
+        assert max(held) == origin
+        alone = sum(1 for offset, _ in carried if offset == origin) == len(records)
+        assert len(message) <= limit or alone
