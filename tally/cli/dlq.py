@@ -15,6 +15,7 @@ from tally.app import app, settings
 from tally.broker.watch import BrokerWatch
 from tally.cli.errors import fail, parsed_by
 from tally.codecs.catalog import registry
+from tally.core.deadletters import REPLAYED_FROM
 from tally.core.errors import UnreadableBody
 from tally.dlq import (
     Letter,
@@ -27,8 +28,6 @@ from tally.dlq import (
 )
 from tally.ingest.gateway import BrokerUnavailable, Message
 from tally.ingest.http import make_gateway
-
-REPLAYED_FROM = "tally.replayed-from"
 
 
 def when(ms: int) -> str:

@@ -13,7 +13,7 @@ from faust.cli import AppCommand, argument, option
 
 from tally.app import app, settings
 from tally.cli.errors import fail
-from tally.core.clock import epoch_ms, iso
+from tally.core.clock import epoch_ms, iso, now_ms
 from tally.core.errors import BrokerError
 from tally.core.fraud import ModelError
 from tally.fraud.models import ACTIVATION_DELAY_MS, publish, read_model_file
@@ -86,10 +86,17 @@ async def fraud(
         effective = None if at is None else epoch_ms(at)
     except (ModelError, ValueError) as exc:
         fail(str(exc))
+    if effective is not None and effective < now_ms():
+        fail(
+            f"--at {at} is past: orders placed since were decided by the model before; "
+            "give a time to come"
+        )
     try:
         published = await publish(
             settings.bootstrap_servers, FRAUD_MODELS, settings.replication, model, effective
         )
+    except ModelError as exc:
+        fail(str(exc))
     except (KafkaError, BrokerError, OSError) as exc:
         fail(f"could not publish to the broker at {settings.broker} ({type(exc).__name__}: {exc})")
     print(

@@ -15,8 +15,11 @@ from tally.core.clock import now_ms as wall_now_ms
 from tally.core.partitioning import ORIGIN_HEADER, RESTING_HEADER, WATERMARK_HEADER
 
 HEADER_PREFIX = "tally.dlq."
-#: Headers Tally itself puts on messages between its stages: never a producer's own.
-ROUTING_HEADERS = frozenset({ORIGIN_HEADER, WATERMARK_HEADER, RESTING_HEADER})
+#: The header `tally dlq replay` marks a re-sent letter with (`dead-letters:<id>`).
+REPLAYED_FROM = "tally.replayed-from"
+#: Headers Tally itself puts on messages: never a producer's own (a letter replayed twice
+#: carries the second replay's mark only).
+ROUTING_HEADERS = frozenset({ORIGIN_HEADER, WATERMARK_HEADER, RESTING_HEADER, REPLAYED_FROM})
 
 
 def producer_headers(

@@ -283,12 +283,6 @@ FEATURES = (
 )  # fmt: skip
 
 
-class NoModel(TallyError):
-    """No published model decides orders of this time yet."""
-
-    rule = "no_model"
-
-
 class ModelBook:
     """Every published model, by the time it takes effect: the one deciding an order is the
     latest whose `effective_from_ms` is at or before the order's time. `known_until_ms`: the
@@ -314,7 +308,9 @@ class ModelBook:
         return max(effective, key=lambda m: (m.effective_from_ms, m.version))
 
     def can_decide(self, at_ms: int) -> bool:
-        return at_ms <= self.known_until_ms
+        """Whether every model published for orders of `at_ms` is known, and one decides
+        them."""
+        return at_ms <= self.known_until_ms and self.version_at(at_ms) is not None
 
 
 # --- reviews ---------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from faust.types import EventT, StreamT
+from faust.types import TP, EventT, StreamT
 
 from tally.app import app, settings
 from tally.codecs.avro import Record, check_event_time
@@ -33,7 +33,7 @@ from tally.core.errors import ValidationError
 from tally.core.fraud import (
     ROLES,
     History,
-    NoModel,
+    ModelError,
     entity_of,
     merged_features,
     take_in,
@@ -108,7 +108,12 @@ async def follow_models() -> None:
         await app.sleep(0.1)
     if not models.models:
         default = read_model_file(DEFAULT_MODEL)
-        await publish(settings.bootstrap_servers, FRAUD_MODELS, settings.replication, default, 0)
+        try:
+            await publish(
+                settings.bootstrap_servers, FRAUD_MODELS, settings.replication, default, 0
+            )
+        except ModelError:  # another worker published it first
+            return
         logger.info("fraud: no model was published; published the default %s", default.version)
 
 
@@ -196,9 +201,14 @@ def waiting_in(partition: int) -> dict[bytes, int]:
 
 
 async def decide_partition(events: Sequence[EventT]) -> None:
+    """The parts into their orders' cells; complete orders decided when they can be. A part
+    of an order decided already (it came again) sends the decision again: if the decision's
+    messages were lost with a crash that kept its cell, they are not lost for good (a
+    consumer reads the topic by order id; the repeat is the same decision)."""
     partition = events[0].message.partition
     pending = waiting_in(partition)
     cells: dict[bytes, dict[str, Any]] = {}
+    decided_before: set[bytes] = set()
     for event in events:
         for part in await decode(event, HANDED_FEATURES) or []:
             key = order_key(merchant_of(part), part["order_id"])
@@ -207,6 +217,7 @@ async def decide_partition(events: Sequence[EventT]) -> None:
                 cell = cells[key] = read_cell(fraud_orders, key, partition) or {"parts": {}}
             if cell.get("decision") is not None:
                 EVENTS.labels(order_features.get_topic_name(), "redelivered").inc()
+                decided_before.add(key)
                 continue
             order = {name: part[name] for name in (*ORDER_FIELDS, *ORIGIN_FIELDS)}
             cell["order"] = order
@@ -214,43 +225,60 @@ async def decide_partition(events: Sequence[EventT]) -> None:
             if len(cell["parts"]) == len(ROLES):
                 pending[key] = order["created_at_ms"]
     for key, cell in cells.items():
-        write_cell(fraud_orders, key, cell, partition)
+        if key not in decided_before:
+            write_cell(fraud_orders, key, cell, partition)
+    for key in decided_before:
+        decision = cells[key]["decision"]
+        await send_decision(decision if decision["by"] == "model" else model_decision(decision))
     await decide_ready(partition, pending)
 
 
+def owns(partition: int) -> bool:
+    """Whether this worker still owns the partition of fraud-features (after an await)."""
+    return TP(order_features.get_topic_name(), partition) in app.assignor.assigned_actives()
+
+
 async def decide_ready(partition: int, pending: dict[bytes, int]) -> None:
-    """Decide the partition's complete orders whose time the models are known up to."""
+    """Decide the partition's complete orders whose time the models are known up to. Each
+    decision is in its cell before anything is awaited: an order never decided twice, by
+    this path and the timer's at once. If a send fails, what was not decided is found again
+    in the cells (the partition's waiting orders are rebuilt)."""
     ready = sorted((at, key) for key, at in pending.items() if models.can_decide(at))
-    for _, key in ready:  # taken before any await: the timer and the agent never share one
+    for _, key in ready:
         del pending[key]
     decided: Counter[str] = Counter()
-    for _, key in ready:
-        cell = read_cell(fraud_orders, key, partition)
-        if cell is None or cell.get("decision") is not None:
-            continue
-        decision = await decide(cell)
-        if decision is None:
-            continue
-        cell = {"order": cell["order"], "decision": decision}
-        write_cell(fraud_orders, key, cell, partition)
-        if decision["decision"] == "review":
-            write_cell(fraud_reviews, key, decision, partition)
-        decided[decision["decision"]] += 1
-    for outcome, count in decided.items():
-        FRAUD_DECISIONS.labels(outcome, "model").inc(count)
-    EVENTS.labels(order_features.get_topic_name(), "counted").inc(sum(decided.values()))
+    try:
+        for _, key in ready:
+            if not owns(partition):  # revoked meanwhile: its next owner decides the rest
+                waiting.forget(partition)
+                break
+            cell = read_cell(fraud_orders, key, partition)
+            if cell is None or cell.get("decision") is not None:
+                continue
+            decision = decision_of(cell)
+            write_cell(fraud_orders, key, {"order": cell["order"], "decision": decision}, partition)
+            if decision["decision"] == "review":
+                write_cell(fraud_reviews, key, decision, partition)
+            decided[decision["decision"]] += 1
+            await send_decision(decision)
+    except Exception:
+        waiting.forget(partition)
+        raise
+    finally:
+        for outcome, count in decided.items():
+            FRAUD_DECISIONS.labels(outcome, "model").inc(count)
+        EVENTS.labels(order_features.get_topic_name(), "counted").inc(sum(decided.values()))
 
 
-async def decide(cell: dict[str, Any]) -> dict[str, Any] | None:
-    """The model's decision of a complete order, sent to fraud-decisions and the audit."""
+def decision_of(cell: dict[str, Any]) -> dict[str, Any]:
+    """The decision of a complete order by the model in effect at its time (one exists:
+    `ModelBook.can_decide`)."""
     order = cell["order"]
     features = merged_features(cell["parts"][role] for role in ROLES)
     model = models.version_at(order["created_at_ms"])
-    if model is None:
-        logger.error("fraud: %s", NoModel(f"no model decides orders of {order['created_at_ms']}"))
-        return None
+    assert model is not None  # can_decide said so, and no await since
     outcome, score = model.decide(features)
-    decision = {
+    return {
         "order_id": order["order_id"],
         "merchant": merchant_of(order),
         "customer_id": order["customer_id"],
@@ -265,10 +293,18 @@ async def decide(cell: dict[str, Any]) -> dict[str, Any] | None:
         "origin": origin_of_order(order),
         "review": None,
     }
-    key = order["order_id"].encode()
+
+
+def model_decision(record: dict[str, Any]) -> dict[str, Any]:
+    """The model's decision as it was sent, of a record a person has reviewed since."""
+    return {**record, "review": None}
+
+
+async def send_decision(decision: dict[str, Any]) -> None:
+    """The model's decision to fraud-decisions and the audit."""
+    key = decision["order_id"].encode()
     await decisions_topic.send(key=key, value=decision)
     await audit_topic.send(key=key, value={"kind": "model", **decision})
-    return decision
 
 
 def origin_of_order(order: Record) -> str:
@@ -284,12 +320,13 @@ async def decide_orders(stream: StreamT) -> None:
 @timer(interval=0.05)
 async def decide_waiting_orders() -> None:
     """Orders that came before the models were known up to their time: decided as soon as
-    they are (no await while choosing partitions: ownership cannot change meanwhile)."""
+    they are, on the partitions this worker still owns."""
     if not app.ready:
         return
     topic = order_features.get_topic_name()
     owned = [tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic]
     for partition in owned:
-        pending = waiting_in(partition)
-        if pending:
-            await decide_ready(partition, pending)
+        if owns(partition):
+            pending = waiting_in(partition)
+            if pending:
+                await decide_ready(partition, pending)

@@ -20,7 +20,13 @@ import orjson
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
-from tally.broker.admin import end_offsets, ensure_compacted_topic, reader, send_record
+from tally.broker.admin import (
+    end_offsets,
+    ensure_compacted_topic,
+    read_topic,
+    reader,
+    send_record,
+)
 from tally.core.clock import now_ms
 from tally.core.errors import BrokerError
 from tally.core.fraud import Model, ModelBook, ModelError
@@ -97,6 +103,15 @@ def read_model_file(path: Path) -> Model:
         raise ModelError(f"{path}: {exc}") from None
 
 
+async def published_versions(bootstrap_servers: list[str], topic: str) -> set[str]:
+    """The versions the models topic holds (retired ones' tombstones aside)."""
+    held: dict[str, bool] = {}
+    async for record in read_topic(bootstrap_servers, topic):
+        if record.key is not None:
+            held[record.key.decode(errors="replace")] = record.value is not None
+    return {version for version, live in held.items() if live}
+
+
 async def publish(
     bootstrap_servers: list[str],
     topic: str,
@@ -105,10 +120,24 @@ async def publish(
     effective_from_ms: int | None = None,
 ) -> Model:
     """Publish `model`, deciding orders from `effective_from_ms` on (default: now plus
-    ACTIVATION_DELAY_MS); returns it as published, once the broker has it."""
+    ACTIVATION_DELAY_MS); returns it as published, once the broker has it. `ModelError` for
+    a version published already (orders it decided would change hands) or a time already
+    past when the broker took it (orders placed since may have been decided by the model
+    before: publish again with a later `--at`)."""
+    await ensure_compacted_topic(bootstrap_servers, topic, replication)
+    if model.version in await published_versions(bootstrap_servers, topic):
+        raise ModelError(
+            f"version {model.version!r} is published already: give the new model a version "
+            "of its own (a model's orders keep the version that decided them)"
+        )
     at = now_ms() + ACTIVATION_DELAY_MS if effective_from_ms is None else effective_from_ms
     published = Model.from_record({**model.to_record(), "effective_from_ms": at})
-    await ensure_compacted_topic(bootstrap_servers, topic, replication)
     value = orjson.dumps(published.to_record())
     await send_record(bootstrap_servers, topic, published.version.encode(), value)
+    if effective_from_ms is None and now_ms() > at:
+        raise ModelError(
+            f"the broker took model {model.version} only after the time it was to decide "
+            f"from ({at}): orders placed since may have been decided by the model before; "
+            "retire it and publish it again with a later --at"
+        )
     return published

@@ -184,7 +184,7 @@ class FraudModels(View):
                         }
                         for m in models.models.values()
                     ),
-                    key=lambda m: m["effective_from"],
+                    key=lambda m: m["effective_from_ms"],
                 ),
             }
         )

@@ -35,7 +35,7 @@ from tally.core.partitioning import partition_for
 from tally.core.rollups import minute_of
 from tally.core.social import MinuteFigures, alert_id, open_alert
 from tally.core.tenancy import letter_tenant, tenant_of
-from tally.runtime.cells import has_cell, read_cell, write_cell
+from tally.runtime.cells import read_cell, write_cell
 from tally.runtime.intake import each_partition, reject
 from tally.runtime.purchases import MAX_FUTURE_MS
 from tally.runtime.routing import hand_over, source_of
@@ -166,6 +166,10 @@ async def summarise_partition(events: Sequence[EventT]) -> None:
     minutes: dict[bytes, tuple[Stamped | None, MinuteFigures]] = {}
     late_by_brand: dict[str, int] = dict(clock.get("late_events") or {})
     counted = duplicates = 0
+    # A batch may hold a post twice under two handovers' origins (stage 1 ran a batch again
+    # with other bounds after a crash): the cells' stamps are as before the batch, so the
+    # batch itself remembers what it applied.
+    applied: set[tuple[Source, int, int]] = set()
     for event, (source, offset, index), post in carried:
         brand, channel = brand_of(post), post["channel"]
         minute = minute_of(post["created_at_ms"])
@@ -173,6 +177,9 @@ async def summarise_partition(events: Sequence[EventT]) -> None:
             late_by_brand[brand] = late_by_brand.get(brand, 0) + 1
             await set_aside_late(event, (source, offset), post, horizon)
             continue
+        if (source, offset, index) in applied:
+            continue
+        applied.add((source, offset, index))
         seen = seen_key(minute, brand, channel, post["post_id"])
         first = read_cell(social_seen, seen, partition)
         if first is not None and first != [source, offset, index]:
@@ -188,7 +195,7 @@ async def summarise_partition(events: Sequence[EventT]) -> None:
         if not holds(before, offset, source):
             figures.add(post)
             counted += 1
-        await maybe_alert(partition, brand, post, wall)
+        await maybe_alert(partition, brand, post, wall, again=first is not None)
     through = reach((source, offset) for _, (source, offset, _), _ in carried)
     for key, (before, figures) in minutes.items():
         write_cell(social_minutes, key, stamp(figures.to_record(), through, before), partition)
@@ -214,12 +221,19 @@ async def decode_handed(event: EventT) -> list[Record]:
         return []
 
 
-async def maybe_alert(partition: int, brand: str, post: Record, wall_ms: int) -> None:
-    """Open an alert of the post if it is negative enough for its reach and has none yet."""
+async def maybe_alert(partition: int, brand: str, post: Record, wall_ms: int, again: bool) -> None:
+    """Open an alert of the post if it is negative enough for its reach and has none yet.
+    A post read again (`again`: its message came again) whose alert exists sends the
+    alert's state again: if the crash that brought the message back lost the alert's
+    message but kept its cell, it is not lost for good (a consumer reads the topic by alert
+    id; a repeat says the same)."""
     if not ALERT_POLICY.alerts(post["compound"], post["reach"]):
         return
     key = alert_key(brand, alert_id(post["channel"], post["post_id"]))
-    if has_cell(social_alerts, key, partition):
+    existing = read_cell(social_alerts, key, partition)
+    if existing is not None:
+        if again:
+            await alerts_topic.send(key=existing["id"].encode(), value=existing)
         return
     weighted = ALERT_POLICY.weighted(post["compound"], post["reach"])
     alert = open_alert(post, weighted, brand, wall_ms)

@@ -29,6 +29,7 @@ from tally.runtime.queries import (
     BadRequest,
     OwnedView,
     choice_param,
+    id_param,
     int_param,
     json_object,
     one_tenant_read,
@@ -119,6 +120,7 @@ class SocialAlertAction(View):
         if action not in ACTIONS:
             raise BadRequest(f"{action[:40]!r} is not an action; use one of {', '.join(ACTIONS)}")
         brand = one_tenant_read(request)
+        alert_id = id_param("alert_id", alert_id)
 
         async def act() -> Response:
             body = await json_object(request)

@@ -145,7 +145,9 @@ def test_the_model_of_an_orders_time_decides_it_once_known() -> None:
     assert not book.can_decide(T0)  # the topic has not been read up to then yet
     book.known_until_ms = T0
     assert book.can_decide(T0) and not book.can_decide(T0 + 1)
-    assert ModelBook().version_at(T0) is None
+    empty = ModelBook()
+    empty.known_until_ms = T0
+    assert empty.version_at(T0) is None and not empty.can_decide(T0)  # no model: it waits
 
 
 def test_a_review_is_decided_once_by_a_person() -> None:
