@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from tally.app import app
 from tally.runtime.routing import rekeyed_from
+from tally.runtime.store import memory_bounded
 from tally.runtime.topics import internal_topic
 from tally.topics import (
     FRAUD_AUDIT,
@@ -39,11 +40,14 @@ rekeyed_from(entity_orders, order_features)
 decisions_topic = internal_topic(FRAUD_DECISIONS, value_serializer="json")
 audit_topic = internal_topic(FRAUD_AUDIT, value_serializer="json")
 
-fraud_entities = app.Table("fraud_entities", key_type=bytes)
+#: Both grow with customers and orders: their databases' memory is bounded (on disk, not
+#: in memory: python -m bench.fraud holds 1,000,000 customers).
+fraud_entities = app.Table("fraud_entities", key_type=bytes, options=memory_bounded())
 fraud_orders = app.Table(
     "fraud_orders",
     key_type=bytes,
     extra_topic_configs={"cleanup.policy": "compact,delete", "retention.ms": ORDERS_KEPT_MS},
+    options=memory_bounded(),
 )
 fraud_reviews = app.Table("fraud_reviews", key_type=bytes)
 
