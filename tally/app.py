@@ -30,6 +30,7 @@ from tally.runtime.faust_compat import (
     aiokafka_producer,
     check_pinned_versions,
     flush_producer_buffer_fully,
+    honour_topic_maxsize,
     keep_skipped_messages_uncommitted,
     record_fetched_offsets,
     record_offsets_only_without_holes,
@@ -48,6 +49,7 @@ keep_skipped_messages_uncommitted()
 flush_producer_buffer_fully()
 record_fetched_offsets()
 relay_refusal_headers()
+honour_topic_maxsize()
 if settings.processing_guarantee == "at_least_once":
     record_offsets_only_without_holes()
 

@@ -24,6 +24,7 @@ from faust.exceptions import SameNode
 from faust.models.base import Model
 from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 from faust.stores.rocksdb import Store as RocksDBStore
+from faust.topics import Topic
 from faust.transport.consumer import Consumer as FaustConsumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.producer import ProducerBuffer
@@ -171,6 +172,22 @@ def record_fetched_offsets() -> None:
 
     _fetch_records.records_offsets = True  # type: ignore[attr-defined]
     AIOKafkaConsumerThread._fetch_records = _fetch_records  # type: ignore[method-assign]
+
+
+def honour_topic_maxsize() -> None:
+    """Faust's Topic takes `maxsize` (how many messages a stream buffers ahead of its agent)
+    and drops it (App.topic does too): its streams buffer stream_buffer_maxsize messages
+    whatever the topic says. Keep it on the topic's clones (an agent iterates a clone)."""
+    if getattr(Topic.__init__, "keeps_maxsize", False):
+        return
+    faust_init = Topic.__init__
+
+    def __init__(self: Topic, *args: Any, maxsize: int | None = None, **kwargs: Any) -> None:
+        faust_init(self, *args, maxsize=maxsize, **kwargs)
+        self.maxsize = maxsize
+
+    __init__.keeps_maxsize = True  # type: ignore[attr-defined]
+    Topic.__init__ = __init__  # type: ignore[method-assign]
 
 
 #: Headers of a key owner's answer that the client of a routed request needs: what a refusal

@@ -21,16 +21,28 @@ purchases = app.topic(PURCHASES, key_type=bytes, value_type=bytes)
 metric_samples = app.topic(METRIC_SAMPLES, key_type=bytes, value_type=bytes)
 
 
-def internal_topic(name: str, partitions: int | None = None, **options: Any) -> TopicT:
+#: Handover messages (a batch's records for one partition, up to HANDOVER_MAX_BYTES each) a
+#: stage buffers ahead of its agent: Faust's default (stream_buffer_maxsize, 4,096 messages)
+#: would let a backlog fill gigabytes before it stops fetching.
+HANDOVER_BUFFER = 64
+
+
+def internal_topic(
+    name: str, partitions: int | None = None, maxsize: int | None = None, **options: Any
+) -> TopicT:
     """A topic one generation writes and reads for itself (`Settings.generation_topic`),
     bytes-keyed, with the source topics' partition count unless told (so partition n of it
-    and of the sources is owned by one worker)."""
-    return app.topic(
+    and of the sources is owned by one worker); `maxsize`: the messages its agent's stream
+    buffers (Faust's App.topic drops the argument: set on the topic, which its clones keep,
+    faust_compat.honour_topic_maxsize)."""
+    topic = app.topic(
         settings.generation_topic(name),
         partitions=partitions or settings.partitions,
         key_type=bytes,
         **options,
     )
+    topic.maxsize = maxsize
+    return topic
 
 
 #: Where messages that came on another partition than their key's go (runtime.routing).
