@@ -343,6 +343,7 @@ def run_tally(
     afterwards: Callable[[Worker, Result], None] = lambda _worker, _result: None,
     settings: Mapping[str, str] | None = None,
     counts: str | None = None,
+    timeout_s: float = 600.0,
 ) -> Result:
     """One ready worker, then the input: the rate counts what is counted after the first
     observation (polled every 100 ms: scraping /metrics more often costs the worker), over the
@@ -351,7 +352,7 @@ def run_tally(
     and left after the count (e.g. clients); `afterwards` measures more on the loaded worker
     (latency, queries) once its peak RSS is read; `settings`: more of the worker's environment;
     `counts`: the topic whose counted events are timed, when not `topic` (a pipeline that
-    re-keys its input first).
+    re-keys its input first); `timeout_s`: how long everything may take to be counted.
     Changelog records are counted once the worker has stopped (its cell cache written out)."""
     app_id = f"bench{uuid.uuid4().hex[:8]}"
     worker = Worker(
@@ -374,7 +375,7 @@ def run_tally(
         with beside(worker):
             asyncio.run(produce(broker.bootstrap, topic, messages))
             first: tuple[float, int] | None = None
-            deadline = time.monotonic() + 600
+            deadline = time.monotonic() + timeout_s
             while time.monotonic() < deadline:
                 done = counted(worker, timed)
                 now = time.monotonic()

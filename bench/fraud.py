@@ -148,6 +148,7 @@ def one_run(args: argparse.Namespace, workdir: Path, run: int) -> dict[str, Any]
             afterwards=afterwards,
             counts="fraud-features",
             settings={"TALLY_PIPELINES": "fraud"},
+            timeout_s=3600.0,
         )
     return {"rate": result.rate, "rss": result.peak_rss_mb, "loads": measured}
 
