@@ -17,8 +17,10 @@ def adapt(document: Any) -> list[Post]:
     answer = as_object(document, WHAT)
     handles = {
         user["id"]: user["username"]
-        for user in (answer.get("includes") or {}).get("users") or []
-        if isinstance(user, Mapping) and isinstance(user.get("username"), str)
+        for user in users_of(answer)
+        if isinstance(user, Mapping)
+        and isinstance(user.get("id"), str)
+        and isinstance(user.get("username"), str)
     }
     posts = []
     for item in one_or_many(field(answer, "data", (dict, list), WHAT), WHAT):
@@ -37,3 +39,11 @@ def adapt(document: Any) -> list[Post]:
             }
         )
     return posts
+
+
+def users_of(answer: Mapping[str, Any]) -> list[Any]:
+    """The `includes.users` of an answer, if it has a list of them (handles are optional:
+    without one, a post's author is its author id)."""
+    includes = answer.get("includes")
+    users = includes.get("users") if isinstance(includes, Mapping) else None
+    return users if isinstance(users, list) else []
