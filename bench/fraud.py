@@ -107,6 +107,14 @@ async def paced_latencies(
     return found
 
 
+def caught_up(worker: Worker, timeout_s: float = 1800.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while any(worker.get("/api/health")["lag"].values()):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the worker did not catch up within {timeout_s:.0f} s")
+        time.sleep(1.0)
+
+
 def percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
@@ -118,6 +126,9 @@ def one_run(args: argparse.Namespace, workdir: Path, run: int) -> dict[str, Any]
     measured: dict[str, Any] = {}
 
     def afterwards(worker: Worker, result: Any) -> None:
+        # The backlog's last stages (the audit's archive) may still be at work: the paced
+        # loads start once nothing waits on any of the worker's topics.
+        caught_up(worker)
         for share in LOADS:
             rate = result.rate * share
             latencies = asyncio.run(
