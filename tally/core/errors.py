@@ -75,3 +75,10 @@ class BodyTimeout(TallyError):
     """An HTTP body did not arrive in time (408)."""
 
     rule = "body_timeout"
+
+
+class StateConflict(TallyError):
+    """A change a person asked for does not apply to the thing in its present state
+    (resolving a resolved alert, deciding a decided order): HTTP 409."""
+
+    rule = "conflict"

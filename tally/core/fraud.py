@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tally.core.errors import TallyError, ValidationError
+from tally.core.errors import StateConflict, TallyError, ValidationError
 
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
@@ -319,7 +319,7 @@ class ModelBook:
 HUMAN_DECISIONS = ("approve", "reject")
 
 
-class ReviewConflict(TallyError):
+class ReviewConflict(StateConflict):
     """The order is not waiting for review (decided already, or never sent to review)."""
 
     rule = "review_conflict"

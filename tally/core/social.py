@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tally.core.errors import TallyError, ValidationError
+from tally.core.errors import StateConflict, ValidationError
 from tally.core.limits import id_problem
 
 #: VADER's own cut-offs of its compound score (its README): positive from 0.05, negative
@@ -219,7 +219,7 @@ ACTIONS = {"ack": ((OPEN,), ACKED), "resolve": ((OPEN, ACKED), RESOLVED)}
 MAX_NOTE_CHARS = 1000
 
 
-class AlertConflict(TallyError):
+class AlertConflict(StateConflict):
     """The action does not apply to the alert in its state (resolving a resolved one)."""
 
     rule = "alert_conflict"

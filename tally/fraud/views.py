@@ -9,13 +9,11 @@ from functools import partial
 from typing import Any
 
 from faust.web import Request, Response, View
-from faust.web.exceptions import WebError
 
 from tally.app import app, settings
 from tally.archive.fraud_audit import decisions_of
 from tally.core.clock import iso, now_ms
-from tally.core.errors import ValidationError
-from tally.core.fraud import HUMAN_DECISIONS, ReviewConflict, reviewed
+from tally.core.fraud import HUMAN_DECISIONS, reviewed
 from tally.core.partitioning import partition_for
 from tally.fraud.agents import models
 from tally.fraud.archive_sink import audit_archive
@@ -24,7 +22,9 @@ from tally.http.access import caller
 from tally.runtime.cells import flush, place, read_cell, write_cell
 from tally.runtime.queries import (
     BadRequest,
+    NotFound,
     OwnedView,
+    changed_cell,
     choice_param,
     id_param,
     int_param,
@@ -40,14 +40,6 @@ from tally.telemetry import FRAUD_DECISIONS
 
 #: A review queue is read by: waiting for a person, decided by one, or both.
 REVIEW_STATUSES = ("waiting", "decided", "all")
-
-
-class NoSuchOrder(WebError):
-    code = 404
-
-
-class ReviewConflicts(WebError):
-    code = 409
 
 
 def review_status(decision: dict[str, Any]) -> str:
@@ -114,16 +106,13 @@ class FraudReviewDecision(View):
                 )
             partition = partition_for(merchant, settings.partitions)
             key = order_key(merchant, order)
-            waiting = read_cell(fraud_reviews, key, partition)
-            if waiting is None:
-                raise NoSuchOrder(f"merchant {merchant!r} has no order {order[:80]!r} in review")
-            try:
-                done = reviewed(waiting, outcome, caller(request).subject, now_ms(), note)
-            except ReviewConflict as exc:
-                raise ReviewConflicts(str(exc)) from None
-            except ValidationError as exc:
-                raise BadRequest(str(exc)) from None
-            write_cell(fraud_reviews, key, done, partition)
+            done = changed_cell(
+                fraud_reviews,
+                key,
+                partition,
+                lambda waiting: reviewed(waiting, outcome, caller(request).subject, now_ms(), note),
+                f"merchant {merchant!r} has no order {order[:80]!r} in review",
+            )
             cell = read_cell(fraud_orders, key, partition)
             if cell is not None:
                 write_cell(fraud_orders, key, {**cell, "decision": done}, partition)
@@ -154,7 +143,7 @@ class FraudOrder(OwnedView):
             partition = partition_for(merchant, settings.partitions)
             cell = read_cell(fraud_orders, order_key(merchant, order), partition)
             if cell is None:
-                raise NoSuchOrder(f"merchant {merchant!r} has no order {order[:80]!r}")
+                raise NotFound(f"merchant {merchant!r} has no order {order[:80]!r}")
             return self.json(
                 {"merchant": merchant, "order_id": order, "decision": cell.get("decision")}
             )

@@ -19,13 +19,20 @@ from faust.web.exceptions import WebError
 
 from tally.app import app, gate, settings
 from tally.core.clock import epoch_ms, iso
-from tally.core.errors import BodyTimeout, UnreadableBody, UnsupportedBody
+from tally.core.errors import (
+    BodyTimeout,
+    StateConflict,
+    UnreadableBody,
+    UnsupportedBody,
+    ValidationError,
+)
 from tally.core.generations import Serving
 from tally.core.limits import id_problem
 from tally.core.windowing import PaneSpec
 from tally.http.access import Refusal, tenant_asked
 from tally.http.caching import cache_control, matches, named_tag, strong_etag
 from tally.http.hygiene import DEFAULT_MAX_BYTES, read_body, too_large
+from tally.runtime.cells import read_cell, write_cell
 from tally.runtime.serving import serving
 from tally.telemetry import QUERY_ANSWERS
 
@@ -304,6 +311,41 @@ def time_param(request: Request, name: str, default_ms: int) -> int:
     if not 0 <= value <= LATEST_MS:
         raise BadRequest(f"{name}={raw!r} is out of range (1970 to 9000)")
     return value
+
+
+class NotFound(WebError):
+    """The thing a request names does not exist (for the caller's tenant)."""
+
+    code = 404
+
+
+class Conflict(WebError):
+    """The change asked for does not apply to the thing in its state."""
+
+    code = 409
+
+
+def changed_cell(
+    table: CollectionT,
+    key: bytes,
+    partition: int,
+    change: Callable[[Any], Any],
+    missing: str,
+) -> Any:
+    """A cell a person changes through a view (an alert acknowledged, an order reviewed):
+    written, and returned. 404 (`missing` says what) for a cell that does not exist, 409 for
+    a change its state refuses (`StateConflict`), 400 for a change that is unusable."""
+    current = read_cell(table, key, partition)
+    if current is None:
+        raise NotFound(missing)
+    try:
+        after = change(current)
+    except StateConflict as exc:
+        raise Conflict(str(exc)) from None
+    except ValidationError as exc:
+        raise BadRequest(str(exc)) from None
+    write_cell(table, key, after, partition)
+    return after
 
 
 def choice_param(request: Request, name: str, choices: Sequence[str]) -> str:

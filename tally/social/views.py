@@ -8,7 +8,6 @@ from collections import Counter
 from typing import Any
 
 from faust.web import Request, Response, View
-from faust.web.exceptions import WebError
 
 from tally.app import app, settings
 from tally.core.applied import value_of
@@ -19,15 +18,15 @@ from tally.core.social import (
     ACTIONS,
     ALERT_STATES,
     RESOLVED,
-    AlertConflict,
     MinuteFigures,
     transition,
 )
 from tally.http.access import caller
-from tally.runtime.cells import flush, place, read_cell, write_cell
+from tally.runtime.cells import flush, place, read_cell
 from tally.runtime.queries import (
     BadRequest,
     OwnedView,
+    changed_cell,
     choice_param,
     id_param,
     int_param,
@@ -55,14 +54,6 @@ DEFAULT_MINUTES = 60
 MAX_MINUTES = 24 * 60
 #: Alert statuses a queue is read by.
 STATUS_CHOICES = (*ALERT_STATES, "all")
-
-
-class NoSuchAlert(WebError):
-    code = 404
-
-
-class AlertConflicts(WebError):
-    code = 409
 
 
 def brand_scan(table: Any, brand: str) -> list[Any]:
@@ -128,17 +119,13 @@ class SocialAlertAction(View):
             if not isinstance(note, str):
                 raise BadRequest("note must be a string")
             partition = partition_for(brand, settings.partitions)
-            key = alert_key(brand, alert_id)
-            alert = read_cell(social_alerts, key, partition)
-            if alert is None:
-                raise NoSuchAlert(f"brand {brand!r} has no alert {alert_id[:80]!r}")
-            try:
-                after = transition(alert, action, caller(request).subject, now_ms(), note)
-            except AlertConflict as exc:
-                raise AlertConflicts(str(exc)) from None
-            except ValueError as exc:  # ValidationError: a note too long
-                raise BadRequest(str(exc)) from None
-            write_cell(social_alerts, key, after, partition)
+            after = changed_cell(
+                social_alerts,
+                alert_key(brand, alert_id),
+                partition,
+                lambda alert: transition(alert, action, caller(request).subject, now_ms(), note),
+                f"brand {brand!r} has no alert {alert_id[:80]!r}",
+            )
             # Written before the answer: a GET after it (on any copy) finds the change.
             await flush([place(social_alerts, partition)], acknowledged=True)
             await (await alerts_topic.send(key=alert_id.encode(), value=after))
