@@ -32,4 +32,4 @@ audit_sink = ArchiveSink(
 )
 
 
-run_archive_sink(audit_sink, "fraud_audit", ARCHIVE_FLUSH_ROWS)
+run_archive_sink(audit_sink, __name__, ARCHIVE_FLUSH_ROWS)

@@ -14,4 +14,4 @@ ARCHIVE_FLUSH_HOURS = 20_000
 hours_sink = ArchiveSink("merchants", final_hours, merchant_archive, final_hour, lambda h: h[1])
 
 
-run_archive_sink(hours_sink, "merchants", ARCHIVE_FLUSH_HOURS)
+run_archive_sink(hours_sink, __name__, ARCHIVE_FLUSH_HOURS)

@@ -16,4 +16,4 @@ minutes_sink = ArchiveSink(
 )
 
 
-run_archive_sink(minutes_sink, "metrics", ARCHIVE_FLUSH_EVENTS)
+run_archive_sink(minutes_sink, __name__, ARCHIVE_FLUSH_EVENTS)

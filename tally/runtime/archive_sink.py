@@ -149,10 +149,10 @@ class ArchiveSink:
             logger.info("%s archive: dropped %d days before %s", self.name, len(dropped), cutoff)
 
 
-def run_archive_sink(sink: ArchiveSink, name: str, size: int) -> None:
-    """Register the agent writing `sink`'s topic to its archive, `size` items a flush at most
-    (or what came in TALLY_ARCHIVE_FLUSH_SECONDS), and the leader's hourly prune; `name`
-    names both (Faust knows an agent by its name)."""
+def run_archive_sink(sink: ArchiveSink, module: str, size: int) -> None:
+    """Register, as `module`'s (the pipeline module calling this: Faust knows an agent by its
+    name), the agent writing `sink`'s topic to its archive, `size` items a flush at most (or
+    what came in TALLY_ARCHIVE_FLUSH_SECONDS), and the leader's hourly prune."""
 
     async def archive_items(stream: StreamT) -> None:
         await each_partition(
@@ -166,7 +166,8 @@ def run_archive_sink(sink: ArchiveSink, name: str, size: int) -> None:
     async def prune_archive() -> None:
         await sink.prune()
 
-    archive_items.__name__ = archive_items.__qualname__ = f"archive_{name}"
-    prune_archive.__name__ = prune_archive.__qualname__ = f"prune_{name}_archive"
-    app.agent(sink.topic, name=f"tally.archive.{name}")(archive_items)
+    prune_archive.__name__ = f"prune_{sink.name.replace(' ', '_')}_archive"
+    for fun in (archive_items, prune_archive):
+        fun.__module__ = module
+    app.agent(sink.topic, name=f"{module}.archive_items")(archive_items)
     timer(interval=3600.0, on_leader=True)(prune_archive)
