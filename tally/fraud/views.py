@@ -35,7 +35,7 @@ from tally.runtime.queries import (
     routed_by_key,
     time_param,
 )
-from tally.runtime.store import scan, stored_value
+from tally.runtime.store import tenant_values
 from tally.telemetry import FRAUD_DECISIONS
 
 #: A review queue is read by: waiting for a person, decided by one, or both.
@@ -60,11 +60,7 @@ class FraudReviews(OwnedView):
 
         async def answer() -> Response:
             partition = partition_for(merchant, settings.partitions)
-            prefix = f"{merchant}|".encode()
-            found = [
-                stored_value(value)
-                for _, value in scan(fraud_reviews, partition, prefix, prefix[:-1] + b"}")
-            ]
+            found = tenant_values(fraud_reviews, partition, merchant)
             counts = {state: 0 for state in REVIEW_STATUSES[:2]}
             for review in found:
                 counts[review_status(review)] += 1

@@ -63,6 +63,12 @@ def stored_range(
             yield key, value
 
 
+def tenant_values(table: CollectionT, partition: int, tenant: str) -> list[Any]:
+    """Every value of a tenant's keys ("<tenant>|...") in its partition of `table`, decoded."""
+    prefix = f"{tenant}|".encode()
+    return [stored_value(value) for _, value in scan(table, partition, prefix, prefix[:-1] + b"}")]
+
+
 def delete_below(table: CollectionT, partition: int, stop: bytes, start: bytes = b"") -> None:
     """Delete start <= key < stop locally only: no changelog tombstones (the changelog drops
     old records by retention, and restore skips them); cells not written out yet included."""

@@ -36,7 +36,7 @@ from tally.runtime.queries import (
     routed_by_key,
     time_param,
 )
-from tally.runtime.store import partition_key, scan, stored_value
+from tally.runtime.store import partition_key, scan, stored_value, tenant_values
 from tally.social.tables import (
     alert_key,
     alerts_topic,
@@ -54,14 +54,6 @@ DEFAULT_MINUTES = 60
 MAX_MINUTES = 24 * 60
 #: Alert statuses a queue is read by.
 STATUS_CHOICES = (*ALERT_STATES, "all")
-
-
-def brand_scan(table: Any, brand: str) -> list[Any]:
-    """Every value of the brand's keys ("<brand>|...") in `table`."""
-    partition = partition_for(brand, settings.partitions)
-    prefix = f"{brand}|".encode()
-    stop = prefix[:-1] + b"}"  # the byte after '|'
-    return [stored_value(value) for _, value in scan(table, partition, prefix, stop)]
 
 
 def urgency(alert: dict[str, Any]) -> tuple[float, int, str]:
@@ -82,7 +74,7 @@ class SocialAlerts(OwnedView):
         limit = int_param(request, "limit", 100, 1, 1000)
 
         async def answer() -> Response:
-            alerts = brand_scan(social_alerts, brand)
+            alerts = tenant_values(social_alerts, partition_for(brand, settings.partitions), brand)
             counts = Counter(alert["status"] for alert in alerts)
             chosen = sorted(
                 (alert for alert in alerts if status in ("all", alert["status"])), key=urgency

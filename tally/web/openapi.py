@@ -343,6 +343,8 @@ REGISTRY_OPERATIONS = (
 )  # fmt: skip
 
 
+#: `?limit=` of a queue (alerts, reviews): at most this many of it.
+LIMIT = query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100})
 #: An optional JSON body with a note a person writes about a transition.
 NOTE_BODY = {
     "required": False,
@@ -678,7 +680,7 @@ OPERATIONS: tuple[Operation, ...] = (
                 "status",
                 {"type": "string", "enum": ["open", "acked", "resolved", "all"], "default": "open"},
             ),
-            query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}),
+            LIMIT,
             ONE_TENANT,
         ),
         statuses=WINDOW_QUERY,
@@ -737,7 +739,7 @@ OPERATIONS: tuple[Operation, ...] = (
                 "status",
                 {"type": "string", "enum": ["waiting", "decided", "all"], "default": "waiting"},
             ),
-            query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}),
+            LIMIT,
             ONE_TENANT,
         ),
         statuses=WINDOW_QUERY,
