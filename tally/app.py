@@ -68,6 +68,7 @@ PIPELINE_MODULES = {
 }
 #: Modules every worker runs, whatever its pipelines.
 COMMON_MODULES = [
+    "tally.runtime.heap",
     "tally.runtime.serving",
     "tally.web.dead_letters",
     "tally.web.health",
@@ -83,6 +84,7 @@ COMMON_MODULES = [
 READER_MODULES = {"merchants": ["tally.merchants.reader", "tally.merchants.views"]}
 #: What every reader runs: no ingest, dead letters or live streams (those need processing).
 READER_COMMON_MODULES = [
+    "tally.runtime.heap",
     "tally.runtime.serving",
     "tally.web.health",
     "tally.web.index",

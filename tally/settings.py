@@ -360,6 +360,14 @@ class Settings:
         "pause the worker (tally_gc_pause_seconds). 0: CPython's defaults.",
         _non_negative_int,
     )
+    malloc_trim_seconds: float = _env_field(
+        "TALLY_MALLOC_TRIM_SECONDS",
+        10.0,
+        "How often the worker hands the memory it freed back to the system (glibc's "
+        "malloc_trim; elsewhere nothing happens): glibc keeps it in the heap, counted in the "
+        "worker's RSS (tally_malloc_trim_seconds times each). 0: never.",
+        _non_negative_float,
+    )
     cache_max_age_seconds: int = _env_field(
         "TALLY_CACHE_MAX_AGE_SECONDS",
         1,
