@@ -15,7 +15,7 @@ from tally.runtime.archive_sink import ArchiveSink, run_archive_sink
 #: The fraud audit's archive, inside TALLY_ARCHIVE_DIR.
 ARCHIVE_DIRECTORY = "fraud-audit"
 #: The most decisions one flush holds.
-ARCHIVE_FLUSH_ROWS = 20_000
+ARCHIVE_FLUSH_ROWS = 5_000
 
 
 @cache

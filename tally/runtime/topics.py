@@ -25,6 +25,10 @@ metric_samples = app.topic(METRIC_SAMPLES, key_type=bytes, value_type=bytes)
 #: stage buffers ahead of its agent: Faust's default (stream_buffer_maxsize, 4,096 messages)
 #: would let a backlog fill gigabytes before it stops fetching.
 HANDOVER_BUFFER = 64
+#: Handover messages an agent takes in one batch. Each carries up to a whole batch of the
+#: stage before (a thousand records and more), so a batch of BATCH_SIZE (2,000) of them would
+#: hold millions of records decoded at once; sixteen keep a batch in the tens of thousands.
+HANDOVER_BATCH = 16
 
 
 def internal_topic(
