@@ -330,6 +330,10 @@ WRITE_THROUGH = "cells written every batch"
 WRITE_THROUGH_SETTINGS = {"TALLY_CELL_CACHE_CELLS": "0"}
 
 
+#: How often a long run says how far it is.
+PROGRESS_EVERY_S = 30.0
+
+
 def run_tally(
     broker: LocalBroker,
     workdir: Path,
@@ -376,11 +380,15 @@ def run_tally(
             asyncio.run(produce(broker.bootstrap, topic, messages))
             first: tuple[float, int] | None = None
             deadline = time.monotonic() + timeout_s
+            reported = time.monotonic()
             while time.monotonic() < deadline:
                 done = counted(worker, timed)
                 now = time.monotonic()
                 if done and first is None:
                     first = (now, done)
+                if now - reported >= PROGRESS_EVERY_S:  # a long backlog shows it is moving
+                    print(f"  {label}: {done:,} of {total:,} counted", flush=True)
+                    reported = now
                 if done >= total and all(counted(worker, t) >= total for t in then):
                     break
                 time.sleep(0.1)

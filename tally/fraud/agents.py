@@ -179,9 +179,7 @@ async def take_in_partition(events: Sequence[EventT]) -> None:
 
 @app.agent(entity_orders)
 async def take_in_orders(stream: StreamT) -> None:
-    await each_partition(
-        stream, take_in_partition, within=BATCH_WITHIN_S, size=HANDOVER_BATCH
-    )
+    await each_partition(stream, take_in_partition, within=BATCH_WITHIN_S, size=HANDOVER_BATCH)
 
 
 # --- stage 3: the parts meet; the model decides ---------------------------------------------

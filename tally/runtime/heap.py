@@ -5,8 +5,9 @@ RocksDB's memtables) inside its heap, where it still counts in the worker's RSS,
 top of the heap is free: after the backlog of `python -m bench.fraud` (a million customers)
 438 MB of the main heap's 735 MB were free and not returned, a third of the worker's RSS.
 `malloc_trim` hands the free pages back from anywhere in the heap; the worker calls it every
-TALLY_MALLOC_TRIM_SECONDS, in a thread (ctypes lets go of the GIL, so the event loop goes on
-until it needs malloc itself). Where the C library is not glibc there is nothing to call.
+TALLY_MALLOC_TRIM_SECONDS, in a thread (ctypes lets go of the GIL; the event loop still waits
+whenever it needs the heap's lock meanwhile, so each call's time is on /metrics). Where the C
+library is not glibc there is nothing to call.
 """
 
 from __future__ import annotations
@@ -31,23 +32,29 @@ TRIMS = Histogram(
 )
 
 
-def malloc_trim() -> Callable[[int], int] | None:
+def find_malloc_trim() -> Callable[[int], int] | None:
     """glibc's `malloc_trim(pad)`, or None where the process's C library has none."""
     try:
-        return ctypes.CDLL(None).malloc_trim
+        trim = ctypes.CDLL(None).malloc_trim
     except AttributeError:
         return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
 
 
-_trim = malloc_trim()
+_trim = find_malloc_trim()
+
+
+def timed(trim: Callable[[int], int]) -> None:
+    started = time.perf_counter()
+    trim(0)
+    TRIMS.observe(time.perf_counter() - started)
 
 
 async def return_free_memory() -> None:
-    if _trim is None:
-        return
-    started = time.perf_counter()
-    await asyncio.to_thread(_trim, 0)
-    TRIMS.observe(time.perf_counter() - started)
+    """Hand the heap's free pages back (timed in the thread: not its wait for one)."""
+    if _trim is not None:
+        await asyncio.to_thread(timed, _trim)
 
 
 if settings.malloc_trim_seconds and _trim is not None:
