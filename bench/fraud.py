@@ -334,6 +334,15 @@ def one_run(args: argparse.Namespace, workdir: Path, run: int) -> dict[str, Any]
     }
 
 
+#: A run's figures, as the table names them.
+FIGURES = {
+    "rate": "orders/s decided through the backlog",
+    "rss": "peak RSS taking in the backlog, MB",
+    "restore_rss": "peak RSS restoring the tables (restarted), MB",
+    "loads_rss": "peak RSS through the loads, MB",
+}
+
+
 def main(args: argparse.Namespace, workdir: Path) -> None:
     runs = []
     for run in range(args.runs):
@@ -349,19 +358,12 @@ def main(args: argparse.Namespace, workdir: Path) -> None:
         "",
         "| figure | median | runs |",
         "|---|---:|---|",
-        f"| orders/s decided through the backlog | {median(r['rate'] for r in runs):,.0f} | "
-        + " · ".join(f"{r['rate']:,.0f}" for r in runs)
-        + " |",
-        f"| peak RSS taking in the backlog, MB | {median(r['rss'] for r in runs):,.0f} | "
-        + " · ".join(f"{r['rss']:,.0f}" for r in runs)
-        + " |",
-        f"| peak RSS restoring the tables (restarted), MB | "
-        f"{median(r['restore_rss'] for r in runs):,.0f} | "
-        + " · ".join(f"{r['restore_rss']:,.0f}" for r in runs)
-        + " |",
-        f"| peak RSS through the loads, MB | {median(r['loads_rss'] for r in runs):,.0f} | "
-        + " · ".join(f"{r['loads_rss']:,.0f}" for r in runs)
-        + " |",
+        *(
+            f"| {title} | {median(r[name] for r in runs):,.0f} | "
+            + " · ".join(f"{r[name]:,.0f}" for r in runs)
+            + " |"
+            for name, title in FIGURES.items()
+        ),
     ]
     for title, meets in (
         ("highest sustained load", lambda load: load.sustained),
