@@ -84,8 +84,7 @@ def recommend(
     an item's score is how many sessions viewed it with `item`, plus with each item the
     session has seen (`rows`: item → its window counts), ties by item; neither `item` nor
     anything seen is recommended."""
-    shown = set(seen)
-    asked = shown | ({item} if item is not None else set())
+    asked = set(seen) | ({item} if item is not None else set())
     scores: Counter[str] = Counter()
     for source in asked:
         scores.update(rows.get(source, {}))

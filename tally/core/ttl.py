@@ -7,11 +7,11 @@ expires state exactly as live traffic did, and a standby or a restored worker, w
 same changelog, expire the same keys at the same event.
 
 Due keys are found through an index ordered by expiry time (`expiry_key`; a table of its own,
-beside the state's, on the same partitions): a sweep reads only
-what is due, and stops after `budget` entries so it never holds a worker's loop for long. Each
-live key has exactly one index entry: a touch that moves its expiry replaces the entry
-(`Retouch`). An entry that does not match its key's expiry (left by a crash between the two
-writes) is dropped without touching the key.
+beside the state's, on the same partitions): a sweep reads only what is due, and stops after
+`budget` entries so it never holds a worker's loop for long. Each live key has exactly one
+index entry: a touch that moves its expiry replaces the entry (`Retouch`). An entry that does
+not match its key's expiry (left by a crash between the two writes) is dropped without
+touching the key.
 """
 
 from __future__ import annotations

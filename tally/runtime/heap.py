@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import logging
 import time
 from collections.abc import Callable
 
@@ -22,8 +21,6 @@ from prometheus_client import Histogram
 
 from tally.app import settings
 from tally.runtime.intake import timer
-
-logger = logging.getLogger(__name__)
 
 TRIMS = Histogram(
     "tally_malloc_trim_seconds",
