@@ -59,7 +59,6 @@ from tally.runtime.purchases import MAX_FUTURE_MS
 from tally.runtime.routing import hand_over
 from tally.runtime.state import PartitionStates
 from tally.runtime.store import scan, stored_value
-from tally.runtime.topics import HANDOVER_BATCH
 from tally.telemetry import EVENTS, FRAUD_DECISIONS
 from tally.topics import FRAUD_MODELS
 
@@ -179,7 +178,7 @@ async def take_in_partition(events: Sequence[EventT]) -> None:
 
 @app.agent(entity_orders)
 async def take_in_orders(stream: StreamT) -> None:
-    await each_partition(stream, take_in_partition, within=BATCH_WITHIN_S, size=HANDOVER_BATCH)
+    await each_partition(stream, take_in_partition, within=BATCH_WITHIN_S)
 
 
 # --- stage 3: the parts meet; the model decides ---------------------------------------------
@@ -315,9 +314,7 @@ def origin_of_order(order: Record) -> str:
 
 @app.agent(order_features)
 async def decide_orders(stream: StreamT) -> None:
-    await each_partition(
-        stream, decide_partition, waiting, within=BATCH_WITHIN_S, size=HANDOVER_BATCH
-    )
+    await each_partition(stream, decide_partition, waiting, within=BATCH_WITHIN_S)
 
 
 @timer(interval=0.05)

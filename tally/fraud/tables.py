@@ -15,7 +15,7 @@ from __future__ import annotations
 from tally.app import app
 from tally.runtime.routing import rekeyed_from
 from tally.runtime.store import memory_bounded
-from tally.runtime.topics import HANDOVER_BUFFER, internal_topic
+from tally.runtime.topics import handover_topic, internal_topic
 from tally.topics import (
     FRAUD_AUDIT,
     FRAUD_DECISIONS,
@@ -31,10 +31,10 @@ ORDERS_KEPT_MS = 7 * 86_400_000
 #: Orders to decide, Avro `tally.fraud.Order`, keyed by customer id.
 orders = app.topic(ORDERS, key_type=bytes, value_type=bytes)
 #: Orders by entity: JSON lists (codecs.handover) of orders, each with its role.
-entity_orders = internal_topic(FRAUD_ENTITY_ORDERS, value_type=bytes, maxsize=HANDOVER_BUFFER)
+entity_orders = handover_topic(FRAUD_ENTITY_ORDERS)
 rekeyed_from(orders, entity_orders)
 #: Each entity's features of orders, to the merchants' partitions: JSON lists.
-order_features = internal_topic(FRAUD_FEATURES, value_type=bytes, maxsize=HANDOVER_BUFFER)
+order_features = handover_topic(FRAUD_FEATURES)
 rekeyed_from(entity_orders, order_features)
 #: The model's decisions (JSON, keyed by order id), and every decision for the audit.
 decisions_topic = internal_topic(FRAUD_DECISIONS, value_serializer="json")

@@ -258,7 +258,10 @@ async def each_partition(
     size: int = BATCH_SIZE,
 ) -> None:
     """The body of every pipeline agent: batches from `stream` (up to `size` events, or what
-    came `within` seconds), each partition's share given to `work` on its own, one event per
+    came `within` seconds; at most a quarter of what the topic buffers ahead when it bounds
+    that, as a handover topic does: each of its messages carries a whole batch of the stage
+    before, so 2,000 of them would be millions of records decoded at once), each partition's
+    share given to `work` on its own, one event per
     origin in offset order (`one_per_origin`), up to any offset not delivered
     (`without_holes`). If `work` raises, the partition's `states` are
     dropped (rebuilt from storage on next use) and the share is processed again one event at
@@ -266,6 +269,8 @@ async def each_partition(
     if isinstance(stream.channel, TopicT):
         for name in stream.channel.topics:
             batch_windows[name] = within
+        if stream.channel.maxsize:
+            size = min(size, max(1, stream.channel.maxsize // 4))
     async for batch in cast(Stream, stream).take_events(size, within=within):
         for tp, delivered in by_partition(batch).items():
             unique = one_per_origin(delivered, source_of)

@@ -23,12 +23,9 @@ metric_samples = app.topic(METRIC_SAMPLES, key_type=bytes, value_type=bytes)
 
 #: Handover messages (a batch's records for one partition, up to HANDOVER_MAX_BYTES each) a
 #: stage buffers ahead of its agent: Faust's default (stream_buffer_maxsize, 4,096 messages)
-#: would let a backlog fill gigabytes before it stops fetching.
+#: would let a backlog fill gigabytes before it stops fetching. Its agent's batches take a
+#: quarter of that (intake.each_partition).
 HANDOVER_BUFFER = 64
-#: Handover messages an agent takes in one batch. Each carries up to a whole batch of the
-#: stage before (a thousand records and more), so a batch of BATCH_SIZE (2,000) of them would
-#: hold millions of records decoded at once; sixteen keep a batch in the tens of thousands.
-HANDOVER_BATCH = 16
 
 
 def internal_topic(
@@ -47,6 +44,12 @@ def internal_topic(
     )
     topic.maxsize = maxsize
     return topic
+
+
+def handover_topic(name: str) -> TopicT:
+    """A topic one stage hands another stage's partitions their records on (JSON lists,
+    codecs.handover; runtime.routing.hand_over), buffered HANDOVER_BUFFER messages ahead."""
+    return internal_topic(name, value_type=bytes, maxsize=HANDOVER_BUFFER)
 
 
 #: Where messages that came on another partition than their key's go (runtime.routing).

@@ -40,7 +40,7 @@ from tally.runtime.intake import each_partition, reject
 from tally.runtime.purchases import MAX_FUTURE_MS
 from tally.runtime.routing import hand_over, source_of
 from tally.runtime.store import delete_below, partition_key
-from tally.runtime.topics import HANDOVER_BATCH, late_events
+from tally.runtime.topics import late_events
 from tally.social.channels import BUILT_IN, Adapter, load_channels
 from tally.social.posts import CHANNEL_HEADER, SCORED_FIELDS, scored, standard_posts
 from tally.social.tables import (
@@ -267,4 +267,4 @@ async def set_aside_late(
 
 @app.agent(social_scored)
 async def summarise_posts(stream: StreamT) -> None:
-    await each_partition(stream, summarise_partition, size=HANDOVER_BATCH)
+    await each_partition(stream, summarise_partition)

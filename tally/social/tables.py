@@ -18,7 +18,7 @@ from tally.app import app, settings
 from tally.core.rollups import MINUTE_MS
 from tally.core.social import AlertPolicy
 from tally.runtime.routing import rekeyed_from
-from tally.runtime.topics import HANDOVER_BUFFER, internal_topic
+from tally.runtime.topics import handover_topic, internal_topic
 from tally.topics import SOCIAL_ALERTS, SOCIAL_RAW, SOCIAL_SCORED
 
 #: How long minutes (and the posts seen in them) are kept, by event time.
@@ -30,7 +30,7 @@ ALERT_POLICY = AlertPolicy(settings.social_alert_threshold)
 #: Raw posts: a network's JSON (header tally.channel) or an Avro SocialPost; key = brand.
 social_raw = app.topic(SOCIAL_RAW, key_type=bytes, value_type=bytes)
 #: Scored posts of the brands one partition holds: JSON lists (codecs.handover).
-social_scored = internal_topic(SOCIAL_SCORED, value_type=bytes, maxsize=HANDOVER_BUFFER)
+social_scored = handover_topic(SOCIAL_SCORED)
 rekeyed_from(social_raw, social_scored)
 #: Every state of every alert, JSON, keyed by alert id (a replay's generation writes its own).
 alerts_topic = internal_topic(SOCIAL_ALERTS, value_serializer="json")

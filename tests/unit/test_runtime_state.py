@@ -223,8 +223,9 @@ def test_table_cells_encode_and_decode_as_faust_s_own_store_does() -> None:
 def test_a_handover_topic_buffers_its_own_few_messages_ahead_of_its_agent() -> None:
     """Faust drops a topic's maxsize; kept, a stream over the topic (a clone, as an agent
     iterates) buffers that many messages, and a source topic Faust's default."""
-    from tally.runtime.topics import HANDOVER_BUFFER, internal_topic, purchases
+    from tally.runtime.topics import HANDOVER_BUFFER, handover_topic, purchases
 
-    handover = internal_topic(f"test-handover-{uuid.uuid4().hex[:6]}", maxsize=HANDOVER_BUFFER)
+    handover = handover_topic(f"test-handover-{uuid.uuid4().hex[:6]}")
     assert handover.clone(is_iterator=True).queue.maxsize == HANDOVER_BUFFER
+    assert handover.clone(is_iterator=True).maxsize == HANDOVER_BUFFER  # its batches' bound
     assert purchases.clone(is_iterator=True).queue.maxsize == 4096
