@@ -5,15 +5,31 @@ that touches it; each write is a RocksDB put and a changelog record. Kept here i
 is written once per flush however often it changed (Kafka Streams' record cache does the same
 in front of its stores). The glue (runtime.cells) flushes before every commit of source
 offsets, so what is committed is always in the tables; reads and scans look here first.
+
+A deletion is a cell too (value None): it hides the table's value until the flush deletes it
+and writes its tombstone, which standbys and restores apply (state expired by its time to live
+is gone everywhere, runtime.expiry).
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from enum import Enum
 
 #: (table name, partition): one partition of one table.
 Place = tuple[str, int]
+#: A cell's encoded value; None: deleted.
+Cell = bytes | None
+
+
+class NotHeld(Enum):
+    """What `DirtyCells.get` answers for a cell it does not hold: the table's value stands."""
+
+    NOT_HELD = 0
+
+
+NOT_HELD = NotHeld.NOT_HELD
 
 
 class DirtyCells:
@@ -22,7 +38,7 @@ class DirtyCells:
     decodes its own copy, which the reader may change)."""
 
     def __init__(self) -> None:
-        self._places: dict[Place, dict[bytes, bytes]] = {}
+        self._places: dict[Place, dict[bytes, Cell]] = {}
         self._count = 0
         self._changes: Counter[Place] = Counter()
 
@@ -34,7 +50,8 @@ class DirtyCells:
         answer built from them is current for."""
         return self._changes[place]
 
-    def put(self, place: Place, key: bytes, value: bytes) -> None:
+    def put(self, place: Place, key: bytes, value: Cell) -> None:
+        """Set a cell (None: delete it)."""
         self._changes[place] += 1
         cells = self._places.get(place)
         if cells is None:
@@ -43,7 +60,7 @@ class DirtyCells:
             self._count += 1
         cells[key] = value
 
-    def put_back(self, place: Place, key: bytes, value: bytes) -> None:
+    def put_back(self, place: Place, key: bytes, value: Cell) -> None:
         """A cell a flush took and could not write out, unless it was written again since
         (the newer value wins; the table's content is unchanged either way)."""
         cells = self._places.setdefault(place, {})
@@ -51,18 +68,21 @@ class DirtyCells:
             cells[key] = value
             self._count += 1
 
-    def get(self, place: Place, key: bytes) -> bytes | None:
+    def get(self, place: Place, key: bytes) -> Cell | NotHeld:
+        """The cell's value (None: deleted), or NOT_HELD: what the table holds stands."""
         cells = self._places.get(place)
-        return None if cells is None else cells.get(key)
+        return NOT_HELD if cells is None else cells.get(key, NOT_HELD)
 
-    def in_range(self, place: Place, start: bytes, stop: bytes) -> list[tuple[bytes, bytes]]:
-        """The cells with start <= key < stop, in key order (a scan of the place's cells: they
-        are few next to the table, being only what changed since the last flush)."""
+    def in_range(self, place: Place, start: bytes, stop: bytes) -> list[tuple[bytes, Cell]]:
+        """The cells with start <= key < stop, in key order, deletions included (a scan of the
+        place's cells: they are few next to the table, being only what changed since the last
+        flush)."""
         cells = self._places.get(place, {})
         return sorted((key, value) for key, value in cells.items() if start <= key < stop)
 
     def keys(self, place: Place) -> list[bytes]:
-        return list(self._places.get(place, ()))
+        """The keys of the place's cells that hold a value (deletions left out)."""
+        return [key for key, value in self._places.get(place, {}).items() if value is not None]
 
     def places(self) -> list[Place]:
         return list(self._places)
@@ -75,7 +95,7 @@ class DirtyCells:
             del cells[key]
             self._count -= 1
 
-    def take(self, places: Iterable[Place] | None = None) -> list[tuple[Place, dict[bytes, bytes]]]:
+    def take(self, places: Iterable[Place] | None = None) -> list[tuple[Place, dict[bytes, Cell]]]:
         """Remove and return the cells of `places` (all when None)."""
         taken = []
         for place in list(self._places) if places is None else places:
@@ -87,10 +107,18 @@ class DirtyCells:
 
 
 def overlay(
-    stored: Iterable[tuple[bytes, bytes]], written: Iterable[tuple[bytes, bytes]]
+    stored: Iterable[tuple[bytes, bytes]], written: Iterable[tuple[bytes, Cell]]
 ) -> Iterator[tuple[bytes, bytes]]:
     """Two key-ordered streams of (key, value) merged in key order, `written` replacing
-    `stored` where both have a key: a table's range read with the cells not flushed yet."""
+    `stored` where both have a key and hiding it where `written` deleted it: a table's range
+    read with the cells not flushed yet."""
+    merged = _merge(stored, written)
+    return ((key, value) for key, value in merged if value is not None)
+
+
+def _merge(
+    stored: Iterable[tuple[bytes, bytes]], written: Iterable[tuple[bytes, Cell]]
+) -> Iterator[tuple[bytes, Cell]]:
     pending = iter(written)
     mine = next(pending, None)
     for key, value in stored:

@@ -44,7 +44,7 @@ class BoundedTable(faust.Table):
         check_record_size(f"table {self.name} record {str(key)[:80]}", key_bytes, value_bytes)
         return self.send_encoded(partition, key_bytes, value_bytes)
 
-    def send_encoded(self, partition: int | None, key: bytes, value: bytes) -> FutureMessage:
+    def send_encoded(self, partition: int | None, key: bytes, value: bytes | None) -> FutureMessage:
         """A changelog record already serialized and size-checked (runtime.cells checks a
-        cell when it is written, and sends it at the next flush)."""
+        cell when it is written, and sends it at the next flush); None: a tombstone."""
         return super().send_changelog(partition, key, value, "raw", "raw")

@@ -26,7 +26,7 @@ from faust.types import TP, CollectionT
 from rocksdict import WriteBatch
 
 from tally.app import app, settings
-from tally.core.cells import DirtyCells, Place
+from tally.core.cells import NOT_HELD, Cell, DirtyCells, Place
 from tally.core.limits import check_record_size
 from tally.runtime.bounded import BoundedTable, before_stop
 from tally.runtime.faust_compat import (
@@ -50,17 +50,18 @@ def place(table: CollectionT, partition: int) -> Place:
 
 def read_cell(table: CollectionT, key: bytes, partition: int) -> Any:
     """The cell's newest value: written and not flushed yet, else the table's (None: none)."""
-    raw = dirty.get(place(table, partition), key)
-    if raw is None:
-        raw = partition_db(table, partition).get(key)
+    raw = raw_cell(table, key, partition)
     return None if raw is None else decode_value(table, raw)
 
 
 def has_cell(table: CollectionT, key: bytes, partition: int) -> bool:
     """Whether the cell exists (written and not flushed yet, or in the table): no decoding."""
-    return dirty.get(place(table, partition), key) is not None or (
-        partition_db(table, partition).get(key) is not None
-    )
+    return raw_cell(table, key, partition) is not None
+
+
+def raw_cell(table: CollectionT, key: bytes, partition: int) -> Cell:
+    raw = dirty.get(place(table, partition), key)
+    return partition_db(table, partition).get(key) if raw is NOT_HELD else raw
 
 
 #: Rebalances so far: on each, tables may change outside the cache (restores, a standby's
@@ -94,6 +95,14 @@ def write_cells(table: CollectionT, values: dict[bytes, Any], partition: int) ->
         dirty.put(where, key, raw)
 
 
+def delete_cells(table: CollectionT, keys: list[bytes], partition: int) -> None:
+    """Delete the cells: gone for reads now, from the table with a changelog tombstone at the
+    next flush (so from standbys and restores too)."""
+    where = place(table, partition)
+    for key in keys:
+        dirty.put(where, key, None)
+
+
 #: Faust's transactional commit does not flush its producer first: there the cells are
 #: written after every batch, as Faust's own table writes are.
 WRITE_BEHIND = settings.processing_guarantee == "at_least_once"
@@ -119,14 +128,17 @@ async def flush(places: list[Place] | None = None, acknowledged: bool = False) -
         await asyncio.gather(*delivered)
 
 
-async def write_out(taken: list[tuple[Place, dict[bytes, bytes]]]) -> list[Delivery]:
+async def write_out(taken: list[tuple[Place, dict[bytes, Cell]]]) -> list[Delivery]:
     """The cells to RocksDB and their changelog; the deliveries of the record batches."""
     sends: list[asyncio.Task[list[Delivery]]] = []
     try:
         for (name, partition), cells in taken:
             batch = WriteBatch(raw_mode=True)
             for key, value in cells.items():
-                batch.put(key, value)
+                if value is None:
+                    batch.delete(key)
+                else:
+                    batch.put(key, value)
             partition_db(app.tables[name], partition).write(batch)
         if WRITE_BEHIND:
             async with asyncio.TaskGroup() as group:  # one failing cancels the others
@@ -155,11 +167,12 @@ Delivery = asyncio.Future[RecordMetadata]
 
 
 async def send_batched(
-    table: CollectionT, partition: int, cells: dict[bytes, bytes]
+    table: CollectionT, partition: int, cells: dict[bytes, Cell]
 ) -> list[Delivery]:
     """One partition's cells to its changelog in record batches straight to the Kafka client
-    (Faust's producer hands records over one at a time, with a future and a callback each);
-    the offset each acknowledged batch reaches is recorded as Faust records its own."""
+    (Faust's producer hands records over one at a time, with a future and a callback each;
+    a deleted cell is a tombstone); the offset each acknowledged batch reaches is recorded as
+    Faust records its own."""
     producer = aiokafka_producer(app.producer)
     topic = table.changelog_topic.get_topic_name()
     tp = TP(topic, partition)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tally.core.cells import DirtyCells, overlay
+from tally.core.cells import NOT_HELD, Cell, DirtyCells, overlay
 
 
 def cell(value: int) -> bytes:
@@ -20,7 +20,22 @@ def test_a_cell_written_again_keeps_its_newest_value_and_counts_once() -> None:
     dirty.put(("panes", 1), b"a", cell(9))
     assert len(dirty) == 2
     assert dirty.get(("panes", 0), b"a") == cell(4)
-    assert dirty.get(("panes", 2), b"a") is None
+    assert dirty.get(("panes", 2), b"a") is NOT_HELD
+
+
+def test_a_deleted_cell_hides_the_tables_value_until_it_is_written_out() -> None:
+    """A deletion is held as a cell: reads see no value (not the table's), key listings
+    leave it out, and the flush takes it (to delete it and write its tombstone)."""
+    dirty = DirtyCells()
+    dirty.put(("t", 0), b"a", cell(1))
+    dirty.put(("t", 0), b"a", None)
+    dirty.put(("t", 0), b"b", None)
+    assert dirty.get(("t", 0), b"a") is None and dirty.get(("t", 0), b"c") is NOT_HELD
+    assert dirty.keys(("t", 0)) == [] and len(dirty) == 2
+    assert dirty.in_range(("t", 0), b"a", b"z") == [(b"a", None), (b"b", None)]
+    stored = [(b"a", cell(7)), (b"b", cell(8)), (b"c", cell(9))]
+    assert list(overlay(stored, dirty.in_range(("t", 0), b"a", b"z"))) == [(b"c", cell(9))]
+    assert dirty.take() == [(("t", 0), {b"a": None, b"b": None})]
 
 
 def test_a_place_changes_with_every_write_and_drop_but_not_when_taken() -> None:
@@ -72,10 +87,11 @@ keys = st.binary(min_size=1, max_size=3)
 
 @given(
     st.dictionaries(keys, st.binary(max_size=2)),
-    st.dictionaries(keys, st.binary(max_size=2)),
+    st.dictionaries(keys, st.none() | st.binary(max_size=2)),
 )
 def test_overlay_equals_the_table_updated_with_the_cells(
-    stored: dict[bytes, bytes], written: dict[bytes, bytes]
+    stored: dict[bytes, bytes], written: dict[bytes, Cell]
 ) -> None:
     merged = list(overlay(sorted(stored.items()), sorted(written.items())))
-    assert merged == sorted({**stored, **written}.items())
+    updated = {**stored, **written}
+    assert merged == sorted((key, value) for key, value in updated.items() if value is not None)
