@@ -65,6 +65,7 @@ PIPELINE_MODULES = {
     ],
     "social": ["tally.social.agents", "tally.social.views"],
     "fraud": ["tally.fraud.agents", "tally.fraud.archive_sink", "tally.fraud.views"],
+    "recommendations": ["tally.recommendations.agents", "tally.recommendations.views"],
 }
 #: Modules every worker runs, whatever its pipelines.
 COMMON_MODULES = [

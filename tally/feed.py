@@ -442,6 +442,56 @@ def orders(
         )
 
 
+@dataclass
+class Browsing:
+    """A session of the page-view feed: whose, the category it mostly looks at, views left."""
+
+    session_id: str
+    tenant: str
+    category: int
+    views_left: int
+
+
+def page_views(
+    rng: random.Random,
+    *,
+    clock_ms: Callable[[], int],
+    tenants: Sequence[str] = DEFAULT_TENANTS,
+    items: int = 2000,
+    categories: int = 40,
+    live_sessions: int = 200,
+) -> Iterator[Record]:
+    """Endless page views of `live_sessions` sessions at a time, each browsing 2 to 12
+    items, mostly of one category (so items of a category are viewed together), one in ten
+    a click; popular items (Zipf) are viewed most. A session that is done is replaced by a
+    new one (ids s000000, s000001, ...); the `tenants` take turns by session."""
+    per_category = items // categories
+    cumulative = zipf_weights(per_category)
+
+    def browsing(number: int) -> Browsing:
+        tenant = tenants[number % len(tenants)]
+        return Browsing(f"s{number:06d}", tenant, rng.randrange(categories), rng.randint(2, 12))
+
+    sessions = [browsing(number) for number in range(live_sessions)]
+    started = live_sessions
+    while True:
+        slot = rng.randrange(live_sessions)
+        session = sessions[slot]
+        category = session.category if rng.random() < 0.8 else rng.randrange(categories)
+        rank = rng.choices(range(per_category), cum_weights=cumulative)[0]
+        yield {
+            "session_id": session.session_id,
+            "item_id": f"item-{category * per_category + rank:05d}",
+            "viewed_at_ms": clock_ms(),
+            "kind": "click" if rng.random() < 0.1 else "view",
+            "tenant": session.tenant,
+        }
+        session.views_left -= 1
+        if session.views_left == 0:
+            sessions[slot] = browsing(started)
+            started += 1
+
+
 #: A message a feed sends: key, value, headers.
 Message = tuple[bytes | None, bytes, list[tuple[str, bytes]]]
 

@@ -171,7 +171,7 @@ def _url_list(text: str) -> tuple[str, ...]:
 
 
 #: The pipelines a worker can run: `archive` is the metrics pipeline's cold-tier sink.
-PIPELINES = ("sales", "metrics", "archive", "merchants", "social", "fraud")
+PIPELINES = ("sales", "metrics", "archive", "merchants", "social", "fraud", "recommendations")
 #: What a worker runs unless told: the merchants pipeline reads every purchase a second
 #: time, so a deployment turns it on (TALLY_PIPELINES) where merchants query their own figures.
 DEFAULT_PIPELINES = frozenset(("sales", "metrics", "archive"))
@@ -228,7 +228,9 @@ class Settings:
         "The pipelines this worker runs, comma-separated: sales, metrics, archive (the "
         "cold-tier sink of metrics), merchants (each merchant's own figures; off unless "
         "named), social (social posts' sentiment, alerts and summaries; off unless named), fraud "
-        "(orders decided by a model published while workers run; off unless named). "
+        "(orders decided by a model published while workers run; off unless named), "
+        "recommendations (items viewed together, sessions' items with a time to live; off "
+        "unless named). "
         "Its web server answers the queries of those it runs.",
         pipeline_set,
     )
@@ -418,6 +420,14 @@ class Settings:
         "Minutes of social summaries (and the post ids seen in them, which make a post "
         "counted once) kept, by event time: a post older than this behind the newest of its "
         "partition is late (to late-events).",
+        _positive_int,
+    )
+    session_ttl_seconds: int = _env_field(
+        "TALLY_SESSION_TTL_SECONDS",
+        1800,
+        "How long a browsing session lives after its last page view, by event time: then its "
+        "items are gone (reads at once, storage at the next sweep); a view older than this "
+        "behind its partition's clock is stale (to late-events, not processed).",
         _positive_int,
     )
     social_channels: tuple[str, ...] = _env_field(

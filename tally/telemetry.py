@@ -6,7 +6,8 @@ from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS = Counter(
     "tally_events",
-    "Events by source topic and outcome: counted, late, rejected (dead-lettered), "
+    "Events by source topic and outcome: counted, late, stale (older than their pipeline's "
+    "time to live on arrival: not processed, on late-events), rejected (dead-lettered), "
     "redelivered (already in the state: skipped), duplicate (messages handed over more "
     "than once in one batch: processed once), or forwarded (came on another partition than "
     "their key's: sent on to its owner).",
@@ -86,4 +87,10 @@ FRAUD_DECISIONS = Counter(
     "Orders decided, by decision (approve, review, reject) and by whom: the model, or a "
     "person deciding a reviewed order.",
     ["decision", "by"],
+)
+EXPIRED = Counter(
+    "tally_expired",
+    "Keys whose time to live passed (sessions without a view for TALLY_SESSION_TTL_SECONDS), "
+    "removed by the expiry sweep on the partition's active worker, by table.",
+    ["table"],
 )

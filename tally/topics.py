@@ -7,8 +7,10 @@
               ├► ORDERS ─► fraud (by customer, card, device) ─► FRAUD_ENTITY_ORDERS ─►
               │            FRAUD_FEATURES ─► decided by the model in FRAUD_MODELS ─►
               │            FRAUD_DECISIONS, FRAUD_AUDIT, the review queue
-              └► SOCIAL_RAW ─► social (normalised, scored, by brand) ─► SOCIAL_SCORED ─► minute
-                                  summaries, alert queue ─► SOCIAL_ALERTS
+              ├► SOCIAL_RAW ─► social (normalised, scored, by brand) ─► SOCIAL_SCORED ─► minute
+              │                   summaries, alert queue ─► SOCIAL_ALERTS
+              └► PAGE_VIEWS ─► recommendations (by session) ─► SESSION_VIEWS ─► the session's
+                               items (time to live) ─► CO_VIEW_CHANGES ─► co-views by item
     on another partition than its key's ─► ROUTED[topic] ─► the same pipeline, at the owner
     anything rejected ─► DEAD_LETTERS; anything late ─► LATE_EVENTS
 
@@ -27,8 +29,10 @@ METRIC_SAMPLES = "metric-samples"
 SOCIAL_RAW = "social-raw"
 #: Orders to decide (Avro `tally.fraud.Order`), keyed by customer id.
 ORDERS = "orders"
+#: Shoppers' page views and clicks (Avro `tally.recommendations.PageView`), keyed by session.
+PAGE_VIEWS = "page-views"
 #: The topics producers write to (created up front); a replay reads them again.
-SOURCE_TOPICS = (PURCHASES, METRIC_SAMPLES, SOCIAL_RAW, ORDERS)
+SOURCE_TOPICS = (PURCHASES, METRIC_SAMPLES, SOCIAL_RAW, ORDERS, PAGE_VIEWS)
 #: Source messages that came on another partition than their key's murmur2 one (a producer
 #: with another partitioner: librdkafka's CRC32, random), forwarded to the owner partition of
 #: this topic with their origin in a header (`tally.core.partitioning.ORIGIN_HEADER`).
@@ -65,6 +69,12 @@ FRAUD_FEATURES = "fraud-features"
 FRAUD_DECISIONS = "fraud-decisions"
 #: Every decision, automatic or human, appended (JSON): the audit log.
 FRAUD_AUDIT = "fraud-audit"
+#: Page views re-keyed by session (murmur2 of "<tenant>|<session>"), whatever the producer's
+#: partitioner: one message per page-views message and session partition.
+SESSION_VIEWS = "page-views-by-session"
+#: Changes to item rows' co-view counts (a pair completed or moved by a view), to the row
+#: item's partition.
+CO_VIEW_CHANGES = "co-view-changes"
 #: Published models (JSON, keyed by version; compacted, one partition), read whole by every
 #: worker: a new version takes effect without a restart.
 FRAUD_MODELS = "fraud-models"

@@ -86,6 +86,8 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("get", "/api/fraud/orders/{order_id}"): READ,
     ("get", "/api/fraud/models"): READ,
     ("get", "/api/fraud/audit"): READ,
+    ("get", "/api/recommendations"): READ,
+    ("get", "/api/recommendations/rows"): READ,
     ("post", "/registry/subjects/{subject}/versions"): SCHEMA_REGISTER,
     # Lookups and compatibility checks are POSTs that write nothing.
     ("post", "/registry/subjects/{subject}"): SCHEMA_READ,

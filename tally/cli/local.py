@@ -25,7 +25,12 @@ from tally.app import app, gate, settings
 from tally.broker.admin import ensure_topics
 from tally.broker.local import LocalBroker, die_with_parent, port_accepts, stop_process
 from tally.cli.errors import fail
-from tally.codecs.catalog import metric_batch_codec, order_codec, purchase_codec
+from tally.codecs.catalog import (
+    metric_batch_codec,
+    order_codec,
+    page_view_codec,
+    purchase_codec,
+)
 from tally.core.clock import now_ms
 from tally.core.errors import BrokerError, ConfigurationError
 from tally.core.limits import TENANT_PATTERN
@@ -38,13 +43,21 @@ from tally.feed import (
     encoded,
     metric_batches,
     orders,
+    page_views,
     purchases,
     raw_messages,
     send_feed,
     social_posts,
 )
 from tally.settings import PIPELINES
-from tally.topics import METRIC_SAMPLES, ORDERS, PURCHASES, SOCIAL_RAW, SOURCE_TOPICS
+from tally.topics import (
+    METRIC_SAMPLES,
+    ORDERS,
+    PAGE_VIEWS,
+    PURCHASES,
+    SOCIAL_RAW,
+    SOURCE_TOPICS,
+)
 
 #: How long the tokens `tally dev` prints stay valid.
 DEV_TOKEN_S = 30 * 86_400.0
@@ -101,7 +114,13 @@ async def broker(self: AppCommand) -> None:
 
 
 #: What each feed sends, and to which topic.
-FEEDS = {"sales": PURCHASES, "metrics": METRIC_SAMPLES, "social": SOCIAL_RAW, "fraud": ORDERS}
+FEEDS = {
+    "sales": PURCHASES,
+    "metrics": METRIC_SAMPLES,
+    "social": SOCIAL_RAW,
+    "fraud": ORDERS,
+    "recommendations": PAGE_VIEWS,
+}
 
 
 def feed_messages(
@@ -120,6 +139,9 @@ def feed_messages(
     if pipeline == "fraud":
         placed = (order for order, _ in orders(rng, clock_ms=now_ms, tenants=tenants))
         return encoded(placed, "customer_id", order_codec())
+    if pipeline == "recommendations":
+        viewed = page_views(rng, clock_ms=now_ms, tenants=tenants)
+        return encoded(viewed, "session_id", page_view_codec())
     return raw_messages(social_posts(rng, clock_ms=now_ms, brands=tenants))
 
 
@@ -213,8 +235,9 @@ async def feed(
     merchants: int,
 ) -> None:
     """Send sample data, event time = now: `sales` (purchases), `metrics` (metric batches),
-    `social` (posts in the X and Mastodon formats, each tenant a brand) or `fraud` (orders,
-    some fraudulent, each tenant a merchant)."""
+    `social` (posts in the X and Mastodon formats, each tenant a brand), `fraud` (orders,
+    some fraudulent, each tenant a merchant) or `recommendations` (page views of browsing
+    sessions, each tenant a shop)."""
     for tenant in tenants:
         if not TENANT_PATTERN.fullmatch(tenant):
             fail(not_a_tenant(f"--tenant {tenant[:70]!r}"))
@@ -319,6 +342,13 @@ def dashboards() -> str:
         show_default=True,
         help="Orders per second in the sample feed (the fraud pipeline decides them).",
     ),
+    option(
+        "--views-rate",
+        type=float,
+        default=20.0,
+        show_default=True,
+        help="Page views per second in the sample feed (recommendations).",
+    ),
 )
 async def dev(
     self: AppCommand,
@@ -326,6 +356,7 @@ async def dev(
     metrics_rate: float,
     social_rate: float,
     fraud_rate: float,
+    views_rate: float,
 ) -> None:
     """Local broker + one worker + sample feed, URLs printed; Ctrl-C stops everything."""
     host, port = local_broker_address()
@@ -364,6 +395,7 @@ async def dev(
                 ("metrics", metrics_rate, 2),
                 ("social", social_rate, 3),
                 ("fraud", fraud_rate, 4),
+                ("recommendations", views_rate, 5),
             )
         ]
         print(
@@ -379,10 +411,14 @@ async def dev(
             f"/api/social/alerts?tenant={DEMO_TENANTS[0]} (each demo tenant is a brand)\n"
             f"  fraud            {settings.web_url}/api/fraud/reviews?tenant={DEMO_TENANTS[0]}, "
             f"/api/fraud/models (each demo tenant is a merchant)\n"
+            f"  recommendations  {settings.web_url}/api/recommendations?session=s000001&"
+            f"tenant={DEMO_TENANTS[1 % len(DEMO_TENANTS)]} (sessions s000000, s000001, ... "
+            "of the demo tenants in turn)\n"
             f"  schema registry  {settings.web_url}/registry/subjects\n"
             f"  broker           {local.url}\n"
             f"  feed             {sales_rate:g} purchases/s, {metrics_rate:g} metric batches/s, "
             f"{social_rate:g} social messages/s, {fraud_rate:g} orders/s, "
+            f"{views_rate:g} page views/s, "
             f"tenants {' and '.join(DEMO_TENANTS)} in turn, with the same ids\n"
             f"  logs             {worker_log}, {local.log_path}\n"
             "Ctrl-C stops everything.\n",

@@ -206,6 +206,13 @@ def validate_order(record: Record) -> None:
     check_tenant_name(record["tenant"])
 
 
+def validate_page_view(record: Record) -> None:
+    """Ids usable in keys, and the tenant's name."""
+    check_id("session_id", record["session_id"])
+    check_id("item_id", record["item_id"])
+    check_tenant_name(record["tenant"])
+
+
 def validate_metric_batch(record: Record) -> None:
     """Rules of a metric batch the Avro types cannot say (the batch as a whole)."""
     check_id("server_id", record["server_id"])

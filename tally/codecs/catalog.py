@@ -16,6 +16,7 @@ from tally.codecs.avro import (
     load_schema,
     validate_metric_batch,
     validate_order,
+    validate_page_view,
     validate_purchase,
 )
 from tally.codecs.log_registry import LogSchemaRegistry
@@ -79,6 +80,11 @@ def metric_batch_codec() -> AvroCodec:
 def social_post_codec() -> AvroCodec:
     """Standard posts sent as Avro to `social-raw` (checked by the social pipeline)."""
     return AvroCodec(registry(), "social-raw-value", load_schema("social_post"))
+
+
+@cache
+def page_view_codec() -> AvroCodec:
+    return checked_codec("page-views-value", "page_view", validate_page_view)
 
 
 @cache

@@ -24,6 +24,9 @@ from tally.core.windowing import PaneSpec
 CO_VIEWS = PaneSpec(pane_ms=3_600_000, window_panes=168)
 #: Items a session remembers: a bot viewing thousands of items pairs no more than these.
 SESSION_ITEMS = 200
+#: The session's items whose co-views rank what it is shown (its latest first views): the
+#: dynamic part follows where the session is now, and a query reads a bounded number of rows.
+RECENT_ITEMS = 10
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,17 @@ def view(
     return deltas
 
 
+def add_counts(row: dict[str, int], changes: Mapping[str, int], sign: int = 1) -> None:
+    """`changes` (times `sign`) added to a row in place, counts that reach zero dropped (a row
+    keeps only items some session in the window viewed with it)."""
+    for other, change in changes.items():
+        count = row.get(other, 0) + sign * change
+        if count:
+            row[other] = count
+        else:
+            row.pop(other, None)
+
+
 def window_counts(
     panes: Mapping[int, Mapping[str, int]], last_pane: int, spec: PaneSpec = CO_VIEWS
 ) -> Counter[str]:
@@ -74,6 +88,11 @@ def window_counts(
     return +found  # (counts moved out of a pane leave zeros)
 
 
+def recent(first_views: Mapping[str, int], n: int = RECENT_ITEMS) -> list[str]:
+    """The session's `n` items viewed first most recently (ties by item)."""
+    return sorted(first_views, key=lambda item: (-first_views[item], item))[:n]
+
+
 def recommend(
     rows: Mapping[str, Mapping[str, int]],
     item: str | None,
@@ -81,13 +100,13 @@ def recommend(
     k: int,
 ) -> list[tuple[str, int]]:
     """The top `k` (item, score) for a session that has `seen` items and views `item` now:
-    an item's score is how many sessions viewed it with `item`, plus with each item the
-    session has seen (`rows`: item → its window counts), ties by item; neither `item` nor
-    anything seen is recommended."""
+    an item's score is how many sessions viewed it with each item of `rows` (item → its
+    window counts: `item`'s and the session's `recent` ones), ties by item; neither `item`
+    nor anything seen is recommended."""
     asked = set(seen) | ({item} if item is not None else set())
     scores: Counter[str] = Counter()
-    for source in asked:
-        scores.update(rows.get(source, {}))
+    for counts in rows.values():
+        scores.update(counts)
     ranked = sorted(
         ((other, score) for other, score in scores.items() if other not in asked and score > 0),
         key=lambda entry: (-entry[1], entry[0]),

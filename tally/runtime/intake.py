@@ -117,8 +117,9 @@ async def reject(
         letter = letter.noted(f"the first {room:,} of {len(value):,} bytes are kept here")
         value = value[:room]
     DEAD_LETTERS_SENT.labels(to.get_topic_name(), letter.rule).inc()
-    EVENTS.labels(topic, "late" if stage == "late" else "rejected").inc()
-    if stage != "late":
+    set_aside = stage in ("late", "stale")  # counted as what they are, not as wrong input
+    EVENTS.labels(topic, stage if set_aside else "rejected").inc()
+    if not set_aside:
         rejections.note(topic, letter.rule, f"{letter.origin}: {letter.reason[:200]}")
     kept = producer_headers(message.headers)
     delay = 0.5

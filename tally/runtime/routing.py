@@ -17,8 +17,9 @@ late only if it would have been late where the producer put it.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 
+from aiokafka.structs import RecordMetadata
 from faust.types import EventT, TopicT
 
 from tally.app import settings
@@ -141,20 +142,22 @@ async def forward(
     value: bytes | None = None,
     to: TopicT | None = None,
     origin_offset: int | None = None,
-) -> None:
+) -> Awaitable[RecordMetadata]:
     """Send the message (or `value`: the part of it `owner` needs) to `owner`'s partition of
     `to` (default: the source's routed topic), with its key and origin (`origin_offset`:
     another message of its partition, when `value` holds several messages' records);
-    counted as `forwarded`, or `rekeyed` when `to` is another pipeline's topic."""
+    counted as `forwarded`, or `rekeyed` when `to` is another pipeline's topic. Returns
+    its delivery (awaited: acknowledged by the broker)."""
     message = event.message
     offset = message.offset if origin_offset is None else origin_offset
-    await (to or ROUTES[message.topic]).send(
+    delivery = await (to or ROUTES[message.topic]).send(
         key=message.key,
         value=message.value if value is None else value,
         partition=owner,
         headers={ORIGIN_HEADER: partition_tag(message.partition, offset)},
     )
     EVENTS.labels(message.topic, "forwarded" if to is None else "rekeyed").inc()
+    return delivery
 
 
 async def hand_over(
@@ -163,13 +166,15 @@ async def hand_over(
     carried: Sequence[tuple[int, Record]],
     handed: HandedRecords,
     to: TopicT,
-) -> None:
+) -> list[Awaitable[RecordMetadata]]:
     """A partition's records for `owner`, each with the offset of the message of `last`'s
     partition that brought it (in offset order), to `owner`'s partition of `to`, in as few
     messages as they fit (`HandedRecords.messages`), each with the origin of the last
-    message whose records it holds."""
-    for origin_offset, value in handed.messages(carried):
+    message whose records it holds. Returns their deliveries."""
+    return [
         await forward(last, owner, value, to=to, origin_offset=origin_offset)
+        for origin_offset, value in handed.messages(carried)
+    ]
 
 
 def rekeyed_from(source: TopicT, rekeyed: TopicT) -> None:

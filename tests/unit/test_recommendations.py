@@ -8,7 +8,7 @@ from itertools import combinations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tally.core.recommendations import CO_VIEWS, recommend, view, window_counts
+from tally.core.recommendations import CO_VIEWS, recent, recommend, view, window_counts
 
 HOUR = 3_600_000
 
@@ -61,13 +61,18 @@ def test_recommendations_equal_brute_force_over_the_window(
     for (row, other, pane), count in panes.items():
         rows[row][pane][other] += count
     last = CO_VIEWS.pane_of(now)
-    totals = {row: window_counts(by_pane, last) for row, by_pane in rows.items()}
-    session_items = sorted({i for s, i, _ in seen if s == 0})
+    session_first = {}
+    for s, i, at in sorted(seen, key=lambda one: one[2]):
+        if s == 0:
+            session_first.setdefault(i, at)
+    session_items = sorted(session_first)
+    sources = {item, *recent(session_first, 3)}
+    totals = {row: window_counts(rows[row], last) for row in sources if row in rows}
     # Brute force: sessions that viewed both, completed within the window.
     first_pane = CO_VIEWS.first_pane(last)
     pairs = brute_force_panes(seen)
     score: Counter[str] = Counter()
-    for source in {item, *session_items}:
+    for source in sources:
         for (a, b, pane), count in pairs.items():
             if a == source and first_pane <= pane <= last:
                 score[b] += count
@@ -101,3 +106,7 @@ def test_the_window_holds_its_168_panes_and_no_other() -> None:
     first = last - 167
     panes = {first - 1: {"x": 1}, first: {"x": 2}, last: {"x": 4}, last + 1: {"x": 8}}
     assert window_counts(panes, last) == Counter({"x": 6})
+
+
+def test_recent_items_are_the_latest_first_views() -> None:
+    assert recent({"a": 5, "b": 9, "c": 9, "d": 1}, 3) == ["b", "c", "a"]

@@ -1,0 +1,203 @@
+"""Keyed state with a time to live by event time (the arithmetic is core.ttl's), on two tables
+of the same partitions as the pipeline's source topic:
+
+    state  "<key>"                   → {"last_ms": newest event time, "value": the pipeline's}
+    index  "<expires at:013d>|<key>" → 1, one entry per live key
+           CLOCK_KEY                 → the partition's event clock (core.windowing.EventClock)
+
+The clock is the partition's watermark (core.windowing.EventClock): its own events' time, or,
+where its events are forwarded from other partitions (a session's views, re-keyed), the
+slowest of those partitions' announced watermarks, so a backlog read faster on one partition
+than on another expires nothing early and finds nothing stale that was not.
+
+Reads treat a key past its expiry as gone at once; a bounded sweep on the partition's active
+worker deletes it later through the cell cache, whose tombstones remove it from the changelog,
+so a standby and a worker restored from the changelog lose it too. The clock is stored with
+the index, so a restarted or failed-over worker goes on expiring from where the other stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from faust.types import CollectionT, EventT, TopicT
+
+from tally.app import app
+from tally.core.clock import now_ms
+from tally.core.errors import TallyError
+from tally.core.ttl import Sweep, TimeToLive, due_range, retouch, sweep
+from tally.core.windowing import EventClock
+from tally.runtime.cells import delete_cells, has_cell, read_cell, write_cell
+from tally.runtime.intake import PartitionWork, caught_up, reject
+from tally.runtime.routing import hear_all
+from tally.runtime.state import PartitionStates
+from tally.runtime.store import scan
+from tally.runtime.topics import late_events
+from tally.telemetry import EXPIRED
+
+logger = logging.getLogger(__name__)
+
+#: Where the index table keeps its partition's clock: after every entry (they start with digits).
+CLOCK_KEY = b"~clock"
+#: Index entries one sweep step reads at most, before the loop serves others again.
+SWEEP_BUDGET = 500
+
+
+class StaleEvent(TallyError):
+    """A message older than its pipeline's time to live when it arrived: not processed."""
+
+    rule = "stale"
+
+
+class ExpiringState:
+    """The `state` and `index` tables of one pipeline's keys living `ttl` past their newest
+    event, partitioned as `topic`, whose messages `reader` (an agent's work) processes;
+    `awaited(partition)`: the partitions whose announced watermarks its clock waits for
+    (none: its own events move it)."""
+
+    def __init__(
+        self,
+        topic: TopicT,
+        state: CollectionT,
+        index: CollectionT,
+        ttl: TimeToLive,
+        reader: PartitionWork,
+        awaited: Callable[[int], frozenset[int]] = lambda partition: frozenset(),
+    ) -> None:
+        self.topic, self.state, self.index, self.ttl, self.reader = topic, state, index, ttl, reader
+        self.awaited = awaited
+        self.clocks: PartitionStates[EventClock] = PartitionStates(topic.get_topic_name())
+
+    def clock(self, partition: int) -> EventClock:
+        """The partition's event clock (loaded from the index table on first use)."""
+        clock = self.clocks.get(partition)
+        if clock is None:
+            saved = read_cell(self.index, CLOCK_KEY, partition)
+            clock = self.clocks[partition] = EventClock.from_record(saved, self.awaited(partition))
+        return clock
+
+    def now(self, partition: int, wall_ms: int) -> int | None:
+        """The partition's watermark: what expires keys (None: none yet, nothing expires)."""
+        return self.clock(partition).watermark(wall_ms, 0)
+
+    def get(self, key: bytes, partition: int, wall_ms: int) -> Any:
+        """The key's value, None when it has none or its time to live has passed (swept or
+        not: an expired key reads as gone the moment its partition's clock passes it)."""
+        stored = read_cell(self.state, key, partition)
+        if stored is None:
+            return None
+        now = self.now(partition, wall_ms)
+        return (
+            None
+            if now is not None and self.ttl.expired(stored["last_ms"], now)
+            else stored["value"]
+        )
+
+    def stale(self, event_ms: int, partition: int, wall_ms: int) -> bool:
+        """Whether an event at `event_ms` would be expired on arrival by the partition's
+        clock (its state would be gone before it is written)."""
+        now = self.now(partition, wall_ms)
+        return now is not None and self.ttl.expired(event_ms, now)
+
+    def observe(self, event_ms: int, partition: int, wall_ms: int) -> None:
+        """An event of the partition's own (not forwarded) moves its clock."""
+        self.clock(partition).observe(event_ms, wall_ms)
+
+    def hear(self, partition: int, events: Sequence[EventT]) -> None:
+        """The watermarks announced among `events` (after the batch they follow)."""
+        hear_all(self.clock(partition), events)
+
+    def put(self, key: bytes, value: Any, event_ms: int, partition: int) -> None:
+        """Set the key's value, touched by an event at `event_ms`: it lives `ttl` past its
+        newest event (an older event does not shorten its life)."""
+        stored = read_cell(self.state, key, partition)
+        touch = retouch(self.ttl, key, None if stored is None else stored["last_ms"], event_ms)
+        write_cell(self.state, key, {"last_ms": touch.last_ms, "value": value}, partition)
+        if touch.drop is not None:
+            delete_cells(self.index, [touch.drop], partition)
+        if touch.write is not None:
+            write_cell(self.index, touch.write, 1, partition)
+
+    def save_clock(self, partition: int, offset: int | None) -> None:
+        """Store the clock, and the offset of the source topic processed through (None: keep
+        the stored one): what tells the sweep whether the partition is caught up."""
+        saved = read_cell(self.index, CLOCK_KEY, partition) or {}
+        record = {**self.clock(partition).record(), "offset": saved.get("offset")}
+        if offset is not None:
+            record["offset"] = offset
+        write_cell(self.index, CLOCK_KEY, record, partition)
+
+    def sweep(self, partition: int, wall_ms: int, idle: bool, budget: int = SWEEP_BUDGET) -> Sweep:
+        """Delete up to `budget` due index entries and the expired keys they name. The clock
+        runs on with the wall clock only while the partition is `idle` (caught up): with a
+        backlog, the events waiting will move it instead."""
+        self.clock(partition).settle(wall_ms, idle)
+        now = self.now(partition, wall_ms)
+        if now is None:
+            return Sweep()
+
+        def expiry_of(key: bytes) -> int | None:
+            stored = read_cell(self.state, key, partition)
+            return None if stored is None else self.ttl.expires_at(stored["last_ms"])
+
+        found = sweep(self.due(partition, now), expiry_of, now, budget)
+        delete_cells(self.state, found.expired, partition)
+        delete_cells(self.index, found.dropped, partition)
+        if found.dropped:
+            self.save_clock(partition, None)
+        EXPIRED.labels(self.state.name).inc(len(found.expired))
+        return found
+
+    def due(self, partition: int, now: int) -> Iterator[bytes]:
+        start, stop = due_range(now)
+        return (entry for entry, _ in scan(self.index, partition, start, stop))
+
+    def owned(self) -> list[int]:
+        """The partitions this worker holds as active that have had an event."""
+        name = self.topic.get_topic_name()
+        return sorted(
+            tp.partition
+            for tp in app.assignor.assigned_actives()
+            if tp.topic == name
+            and (tp.partition in self.clocks or has_cell(self.index, CLOCK_KEY, tp.partition))
+        )
+
+    async def sweep_owned(self) -> None:
+        """Sweep every owned partition to its clock, a budget at a time, yielding the loop
+        between budgets (a partition revoked meanwhile is left to its new owner)."""
+        if not app.ready:
+            return
+        for partition in self.owned():
+            while partition in self.owned():
+                saved = read_cell(self.index, CLOCK_KEY, partition) or {}
+                idle = caught_up(self.topic, partition, saved.get("offset"), self.reader)
+                if not self.sweep(partition, now_ms(), idle is True).more:
+                    break
+                await asyncio.sleep(0)
+
+
+async def set_aside_stale(
+    event: EventT,
+    why: str,
+    *,
+    value: bytes | None = None,
+    key: bytes | None = None,
+    tenant: str = "",
+    origin: tuple[str, int, int] | None = None,
+) -> None:
+    """A message (or `value`: one record of it, first written at `origin`) too old to act
+    on: to `late-events` with the reason and its origin, counted as stale
+    (tally_events_total{outcome="stale"}), never processed."""
+    await reject(
+        event,
+        StaleEvent(why),
+        stage="stale",
+        value=value,
+        key=key,
+        to=late_events,
+        tenant=tenant,
+        origin=origin,
+    )
