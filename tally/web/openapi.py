@@ -790,6 +790,34 @@ OPERATIONS: tuple[Operation, ...] = (
         statuses=READY,
         pipeline="fraud",
     ),
+    Operation(
+        "get",
+        "/api/recommendations",
+        "the items to show a session now, best first: how many sessions of the last 7 days "
+        "viewed each with the item viewed now and with the session's 10 latest items, without "
+        "anything the session has seen; with the session's freshness (its watermark, last "
+        "view, expiry) and the co-view window's. A session past its time to live has no items",
+        (
+            query("session", {"type": "string"}, "the browsing session (required)"),
+            query("item", {"type": "string"}, "the item the session views now"),
+            query("k", {"type": "integer", "minimum": 1, "maximum": 100, "default": 10}),
+            ONE_TENANT,
+        ),
+        statuses=WINDOW_QUERY,
+        pipeline="recommendations",
+    ),
+    Operation(
+        "get",
+        "/api/recommendations/rows",
+        "the items' co-view rows over the window (other item: sessions), for the items whose "
+        "partitions this worker owns: what a session's owner asks the others for",
+        (
+            query("item", {"type": "string"}, "an item (repeat for several, up to 11)"),
+            ONE_TENANT,
+        ),
+        statuses=WINDOW_QUERY,
+        pipeline="recommendations",
+    ),
     *REGISTRY_OPERATIONS,
 )
 

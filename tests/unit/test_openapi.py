@@ -109,3 +109,18 @@ def test_every_reader_route_is_documented_and_only_those(tmp_path: Path) -> None
     assert served == documented(served_by(["merchants"], reads_only=True))
     assert ("get", "/api/merchants/{merchant_id}/sales") in served
     assert not any(path.startswith("/api/ingest") for _, path in served)
+
+
+def test_every_route_of_every_pipeline_is_documented(tmp_path: Path) -> None:
+    """A worker running every pipeline serves what the document lists for them, no more."""
+    from tally.app import settings
+    from tally.settings import PIPELINES
+
+    env = {**os.environ, "TALLY_PIPELINES": ",".join(PIPELINES), "TALLY_DATA_DIR": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", READER_ROUTES], env=env, capture_output=True, text=True, check=True
+    )
+    served = {tuple(route) for route in json.loads(done.stdout.splitlines()[-1])}
+    assert each_ingest_endpoint(served) == documented(served_by(PIPELINES))
+    assert ("get", "/api/recommendations") in served
+    assert settings.pipelines != frozenset(PIPELINES)  # the test above covers the default set
