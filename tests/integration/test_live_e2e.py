@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 
 from tally.broker.local import LocalBroker
+from tally.codecs.avro import validate_page_view
 from tally.core.clock import epoch_ms, now_ms
 from tally.core.topk import rank_key
 from tally.feed import social_posts
-from tests.conftest import WorkerFactory
+from tests.conftest import WorkerFactory, codec_in
 from tests.harness import (
     EventStream,
     ServerSentEvent,
@@ -268,14 +269,14 @@ def test_stalled_clients_do_not_hold_back_the_others(make_worker: WorkerFactory)
 
 
 def test_dashboard_in_headless_chromium_shows_the_live_top_10(
-    broker: LocalBroker, make_worker: WorkerFactory
+    broker: LocalBroker, make_worker: WorkerFactory, registry_dir: Path
 ) -> None:
     from playwright.sync_api import sync_playwright
 
     assert Path(CHROMIUM).exists(), (
         f"{CHROMIUM} is missing: `make test` installs Debian's chromium (or set TALLY_CHROMIUM)"
     )
-    worker = make_worker(TALLY_PIPELINES="sales,metrics,archive,social").start()
+    worker = make_worker(TALLY_PIPELINES="sales,metrics,archive,social,recommendations").start()
     sent = [purchase_row(n, f"item-{n % 14:02d}", 1 + n % 14, now_ms()) for n in range(140)]
     # The default tenant's posts, a third negative: the social panel shows them.
     feed = social_posts(random.Random(5), clock_ms=lambda: now_ms() - 5000, channels=("x",))
@@ -285,6 +286,17 @@ def test_dashboard_in_headless_chromium_shows_the_live_top_10(
         "social-raw",
         [(None, p.value) for p in posts],
         headers=[("tally.channel", b"x")],
+    )
+    # Two sessions viewed shoe-1 and shoe-2; session "c" views shoe-1: shoe-2 is for it.
+    views = codec_in(registry_dir, "page-views-value", "page_view", validate_page_view)
+    viewed = [("a", "shoe-1"), ("a", "shoe-2"), ("b", "shoe-1"), ("b", "shoe-2"), ("c", "shoe-1")]
+    produce(
+        broker.bootstrap,
+        "page-views",
+        [
+            (s.encode(), views.dumps({"session_id": s, "item_id": i, "viewed_at_ms": now_ms()}))
+            for s, i in viewed
+        ],
     )
     post(worker, "purchases", sent)
     post(worker, "metrics", [sample("server-0000", "cpu.util", now_ms() - 1000, 42.0)])
@@ -312,7 +324,7 @@ def test_dashboard_in_headless_chromium_shows_the_live_top_10(
             page = browser.new_page(viewport={"width": 1400, "height": 800})
             page.on("console", lambda m: m.type in ("error", "warning") and problems.append(m.text))
             page.on("pageerror", lambda exc: problems.append(str(exc)))
-            page.goto(f"{worker.url}/#token={worker.token}&brand=default")
+            page.goto(f"{worker.url}/#token={worker.token}&brand=default&session=c")
             assert "token=" not in page.url  # taken out of the address bar
             assert page.locator("#token-form").is_hidden()
             expected = wait_until(lambda: worker.get("/api/sales/top")["items"], 10, what="top")
@@ -355,6 +367,16 @@ def test_dashboard_in_headless_chromium_shows_the_live_top_10(
                 10,
                 what="the alert acknowledged from the page",
             )
+            # Session c's recommendations: shoe-2, viewed with shoe-1 by two sessions.
+            wait_until(
+                lambda: (
+                    page.locator("#session-recommendations li").all_inner_texts()
+                    == ["shoe-2 · 2 sessions"]
+                ),
+                30,
+                what="session c's recommendations on the page",
+            )
+            assert page.locator("#session-recent").inner_text() == "shoe-1"
             page.wait_for_timeout(700)  # let the rank animation finish for the picture
             page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
         finally:

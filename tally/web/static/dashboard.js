@@ -547,6 +547,52 @@ getJSON("/api/openapi.json").then((api) => {
   if ($("brand-id").value) followBrand();
 }).catch(() => {});
 
+const SESSION_POLL_MS = 2000;
+let sessionTimer = null;
+
+async function pollSession() {
+  const session = $("session-id").value.trim();
+  if (!session) return;
+  const params = new URLSearchParams({ session, k: "10" });
+  if ($("session-item").value.trim()) params.set("item", $("session-item").value.trim());
+  if ($("session-shop").value.trim()) params.set("tenant", $("session-shop").value.trim());
+  try {
+    const answer = await getJSON(`/api/recommendations?${params}`);
+    const state = answer.session_state;
+    showStatus($("session-status"), { ok: true });
+    $("session-seen").textContent = state.items_seen.toLocaleString();
+    $("session-recent").textContent = state.recent_items.join(", ") || "–";
+    $("session-expires").textContent = state.expires_at_ms === null
+      ? "gone (no view within its time to live)"
+      : `in ${Math.max(0, Math.round((state.expires_at_ms - state.clock_ms) / 1000))} s of event time`;
+    $("session-window").textContent = answer.co_views.window_end || "–";
+    $("session-recommendations").replaceChildren(...answer.recommendations.map((entry) => {
+      const item = document.createElement("li");
+      item.textContent = `${entry.item} · ${entry.score.toLocaleString()} sessions`;
+      return item;
+    }));
+  } catch (error) {
+    showStatus($("session-status"), { ok: false, reason: error.message });
+  }
+}
+
+function followSession() {
+  clearInterval(sessionTimer);
+  pollSession();
+  sessionTimer = setInterval(pollSession, SESSION_POLL_MS);
+}
+
+$("session-chooser").addEventListener("submit", (e) => { e.preventDefault(); followSession(); });
+// Shown where the worker runs the recommendations pipeline.
+getJSON("/api/openapi.json").then((api) => {
+  if (!("/api/recommendations" in api.paths)) return;
+  const own = tokenTenant();
+  $("session-shop").value = wanted.get("shop") || (own && own !== "*" ? own : wanted.get("tenant") || "");
+  $("session-id").value = wanted.get("session") || "";
+  $("recommendations").hidden = false;
+  if ($("session-id").value) followSession();
+}).catch(() => {});
+
 // Ages tick every second without waiting for the next event.
 setInterval(() => {
   $("top-age").textContent = latestTop ? ago(latestTop.as_of) : "–";
