@@ -66,6 +66,7 @@ PIPELINE_MODULES = {
     "social": ["tally.social.agents", "tally.social.views"],
     "fraud": ["tally.fraud.agents", "tally.fraud.archive_sink", "tally.fraud.views"],
     "recommendations": ["tally.recommendations.agents", "tally.recommendations.views"],
+    "coupons": ["tally.coupons.agents", "tally.coupons.views"],
 }
 #: Modules every worker runs, whatever its pipelines.
 COMMON_MODULES = [

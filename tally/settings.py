@@ -171,7 +171,16 @@ def _url_list(text: str) -> tuple[str, ...]:
 
 
 #: The pipelines a worker can run: `archive` is the metrics pipeline's cold-tier sink.
-PIPELINES = ("sales", "metrics", "archive", "merchants", "social", "fraud", "recommendations")
+PIPELINES = (
+    "sales",
+    "metrics",
+    "archive",
+    "merchants",
+    "social",
+    "fraud",
+    "recommendations",
+    "coupons",
+)
 #: What a worker runs unless told: the merchants pipeline reads every purchase a second
 #: time, so a deployment turns it on (TALLY_PIPELINES) where merchants query their own figures.
 DEFAULT_PIPELINES = frozenset(("sales", "metrics", "archive"))
@@ -230,7 +239,8 @@ class Settings:
         "named), social (social posts' sentiment, alerts and summaries; off unless named), fraud "
         "(orders decided by a model published while workers run; off unless named), "
         "recommendations (items viewed together, sessions' items with a time to live; off "
-        "unless named). "
+        "unless named), coupons (location coupons of campaigns by zone, pushed once per user "
+        "and campaign; off unless named). "
         "Its web server answers the queries of those it runs.",
         pipeline_set,
     )
@@ -428,6 +438,14 @@ class Settings:
         "How long a browsing session lives after its last page view, by event time: then its "
         "items are gone (reads at once, storage at the next sweep); a view older than this "
         "behind its partition's clock is stale (to late-events, not processed).",
+        _positive_int,
+    )
+    location_ttl_seconds: int = _env_field(
+        "TALLY_LOCATION_TTL_SECONDS",
+        60,
+        "How old a phone's location may be when the coupons pipeline reads it (now minus its "
+        "time): an older one is stale (to late-events, counted, never a push): a coupon for "
+        "where a phone was minutes ago has no value.",
         _positive_int,
     )
     social_channels: tuple[str, ...] = _env_field(

@@ -9,8 +9,13 @@
               │            FRAUD_DECISIONS, FRAUD_AUDIT, the review queue
               ├► SOCIAL_RAW ─► social (normalised, scored, by brand) ─► SOCIAL_SCORED ─► minute
               │                   summaries, alert queue ─► SOCIAL_ALERTS
-              └► PAGE_VIEWS ─► recommendations (by session) ─► SESSION_VIEWS ─► the session's
-                               items (time to live) ─► CO_VIEW_CHANGES ─► co-views by item
+              ├► PAGE_VIEWS ─► recommendations (by session) ─► SESSION_VIEWS ─► the session's
+              │                items (time to live) ─► CO_VIEW_CHANGES ─► co-views by item
+              ├► LOCATIONS ─► coupons (by user; stale ones dropped) ─► LOCATIONS_BY_USER ─►
+              │               zones, campaigns (COUPON_CAMPAIGNS), the user's purchases
+              │               (PURCHASES ─► PURCHASES_BY_CUSTOMER) ─► COUPON_CANDIDATES ─►
+              │               once per user and campaign, budgets ─► COUPON_PUSHES
+              └► COUPON_REDEMPTIONS ─► REDEMPTIONS_BY_TENANT ─► redemption rates
     on another partition than its key's ─► ROUTED[topic] ─► the same pipeline, at the owner
     anything rejected ─► DEAD_LETTERS; anything late ─► LATE_EVENTS
 
@@ -31,8 +36,20 @@ SOCIAL_RAW = "social-raw"
 ORDERS = "orders"
 #: Shoppers' page views and clicks (Avro `tally.recommendations.PageView`), keyed by session.
 PAGE_VIEWS = "page-views"
+#: Phones' locations from the mobile gateway (Avro `tally.coupons.LocationEvent`), by user.
+LOCATIONS = "locations"
+#: Coupons used (Avro `tally.coupons.CouponRedemption`), keyed by coupon id.
+COUPON_REDEMPTIONS = "coupon-redemptions"
 #: The topics producers write to (created up front); a replay reads them again.
-SOURCE_TOPICS = (PURCHASES, METRIC_SAMPLES, SOCIAL_RAW, ORDERS, PAGE_VIEWS)
+SOURCE_TOPICS = (
+    PURCHASES,
+    METRIC_SAMPLES,
+    SOCIAL_RAW,
+    ORDERS,
+    PAGE_VIEWS,
+    LOCATIONS,
+    COUPON_REDEMPTIONS,
+)
 #: Source messages that came on another partition than their key's murmur2 one (a producer
 #: with another partitioner: librdkafka's CRC32, random), forwarded to the owner partition of
 #: this topic with their origin in a header (`tally.core.partitioning.ORIGIN_HEADER`).
@@ -75,6 +92,19 @@ SESSION_VIEWS = "page-views-by-session"
 #: Changes to item rows' co-view counts (a pair completed or moved by a view), to the row
 #: item's partition.
 CO_VIEW_CHANGES = "co-view-changes"
+#: Fresh locations re-keyed by user (murmur2 of "<tenant>|<user>"), with their zone cell.
+LOCATIONS_BY_USER = "locations-by-user"
+#: Purchases with a customer, re-keyed by customer: the user's history beside their locations.
+PURCHASES_BY_CUSTOMER = "purchases-by-customer"
+#: Coupons a location earned, to the tenant's partition, where each is pushed once.
+COUPON_CANDIDATES = "coupon-candidates"
+#: Redemptions re-keyed by tenant, beside the coupons pushed.
+REDEMPTIONS_BY_TENANT = "coupon-redemptions-by-tenant"
+#: Coupons pushed to the mobile gateway (JSON, keyed by user id), each with its expiry.
+COUPON_PUSHES = "coupon-pushes"
+#: Published campaigns (JSON, keyed by campaign id; compacted, one partition; a tombstone
+#: ends one), read whole by every worker.
+COUPON_CAMPAIGNS = "coupon-campaigns"
 #: Published models (JSON, keyed by version; compacted, one partition), read whole by every
 #: worker: a new version takes effect without a restart.
 FRAUD_MODELS = "fraud-models"

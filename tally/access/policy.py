@@ -88,6 +88,7 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("get", "/api/fraud/audit"): READ,
     ("get", "/api/recommendations"): READ,
     ("get", "/api/recommendations/rows"): READ,
+    ("get", "/api/coupons/campaigns"): READ,
     ("post", "/registry/subjects/{subject}/versions"): SCHEMA_REGISTER,
     # Lookups and compatibility checks are POSTs that write nothing.
     ("post", "/registry/subjects/{subject}"): SCHEMA_READ,

@@ -124,8 +124,10 @@ async def read_topic(bootstrap_servers: list[str], topic: str) -> AsyncIterator[
         await consumer.stop()
 
 
-async def send_record(bootstrap_servers: list[str], topic: str, key: bytes, value: bytes) -> None:
-    """One record, acknowledged by the broker before this returns."""
+async def send_record(
+    bootstrap_servers: list[str], topic: str, key: bytes, value: bytes | None
+) -> None:
+    """One record (None: a tombstone), acknowledged by the broker before this returns."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers)
     await producer.start()
     try:

@@ -4,6 +4,6 @@ Each runs under Faust's command runner: Ctrl-C or SIGTERM cancels it and its `fi
 up. Importing this package registers them all.
 """
 
-from tally.cli import archive, dlq, fraud, ingest, local, replay, tokens
+from tally.cli import archive, coupons, dlq, fraud, ingest, local, replay, tokens
 
-__all__ = ["archive", "dlq", "fraud", "ingest", "local", "replay", "tokens"]
+__all__ = ["archive", "coupons", "dlq", "fraud", "ingest", "local", "replay", "tokens"]

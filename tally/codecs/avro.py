@@ -213,6 +213,17 @@ def validate_page_view(record: Record) -> None:
     check_tenant_name(record["tenant"])
 
 
+def validate_location(record: Record) -> None:
+    """An id usable in keys, and the tenant's name (the coordinates: core.coupons.cell_of)."""
+    check_id("user_id", record["user_id"])
+    check_tenant_name(record["tenant"])
+
+
+def validate_redemption(record: Record) -> None:
+    check_id("coupon_id", record["coupon_id"])
+    check_tenant_name(record["tenant"])
+
+
 def validate_metric_batch(record: Record) -> None:
     """Rules of a metric batch the Avro types cannot say (the batch as a whole)."""
     check_id("server_id", record["server_id"])

@@ -14,10 +14,12 @@ from tally.codecs.avro import (
     AvroCodec,
     RecordTypeCodec,
     load_schema,
+    validate_location,
     validate_metric_batch,
     validate_order,
     validate_page_view,
     validate_purchase,
+    validate_redemption,
 )
 from tally.codecs.log_registry import LogSchemaRegistry
 from tally.codecs.registry import FileSchemaRegistry, HttpSchemaRegistry, SchemaRegistry
@@ -85,6 +87,16 @@ def social_post_codec() -> AvroCodec:
 @cache
 def page_view_codec() -> AvroCodec:
     return checked_codec("page-views-value", "page_view", validate_page_view)
+
+
+@cache
+def location_codec() -> AvroCodec:
+    return checked_codec("locations-value", "location_event", validate_location)
+
+
+@cache
+def redemption_codec() -> AvroCodec:
+    return checked_codec("coupon-redemptions-value", "coupon_redemption", validate_redemption)
 
 
 @cache

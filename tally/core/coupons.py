@@ -163,6 +163,11 @@ class CampaignIndex:
             if not held:
                 del self._by_cell[cell]
 
+    def of_tenant(self, tenant: str) -> list[Campaign]:
+        """The tenant's campaigns, by id."""
+        found = (c for c in self._by_id.values() if c.tenant == tenant)
+        return sorted(found, key=lambda c: c.campaign_id)
+
     def matching(self, tenant: str, cell: str, at_ms: int) -> list[Campaign]:
         """The tenant's campaigns whose zone holds `cell` and that run at `at_ms`, by id."""
         found = self._by_cell.get(cell, {}).values()

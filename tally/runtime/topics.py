@@ -59,9 +59,13 @@ routed_metric_samples = internal_topic(ROUTED[METRIC_SAMPLES], value_type=bytes)
 
 def with_routed(source: TopicT, forwarded: TopicT) -> TopicT:
     """What a pipeline reads: its source topic and the messages forwarded to its partitions."""
-    return app.topic(
-        source.get_topic_name(), forwarded.get_topic_name(), key_type=bytes, value_type=bytes
-    )
+    return read_together(source, forwarded)
+
+
+def read_together(*topics: TopicT) -> TopicT:
+    """Topics of the same partitioning one agent reads as one stream (bytes)."""
+    names = [topic.get_topic_name() for topic in topics]
+    return app.topic(*names, key_type=bytes, value_type=bytes)
 
 
 #: Rejected messages: original key and bytes, reason and origin in `tally.dlq.*` headers.

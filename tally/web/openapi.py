@@ -818,6 +818,16 @@ OPERATIONS: tuple[Operation, ...] = (
         statuses=WINDOW_QUERY,
         pipeline="recommendations",
     ),
+    Operation(
+        "get",
+        "/api/coupons/campaigns",
+        "the tenant's coupon campaigns in effect, each with its figures so far: coupons "
+        "pushed, redeemed, the redemption rate, budget left, coupons that expired before they "
+        "could be pushed, found the budget spent or their campaign ended",
+        (ONE_TENANT,),
+        statuses=WINDOW_QUERY,
+        pipeline="coupons",
+    ),
     *REGISTRY_OPERATIONS,
 )
 

@@ -1,0 +1,350 @@
+"""Coupons pipeline glue: locations → zones and campaigns → one coupon per user and campaign.
+
+1. `locate_phones` (locations): a location older than TALLY_LOCATION_TTL_SECONDS when it is
+   read is stale: to late-events (reason, origin), counted, never a push. A fresh one gets
+   its zone cell (core.coupons) and goes to its user's partition of locations-by-user. What
+   does not decode or validate (a place not on Earth) is dead-lettered.
+2. `remember_purchases` (purchases): each purchase with a customer goes to the customer's
+   partition of purchases-by-customer (the same partitions as locations-by-user: a user's
+   locations and purchases meet).
+3. `offer_coupons` (locations-by-user, purchases-by-customer): purchases are counted per user
+   and item, once each (offsets kept with the counts, core.applied); a location earns, for
+   each of its tenant's campaigns whose zone holds its cell and that runs at its time, a
+   coupon carrying the offer the user's purchases choose, handed to the tenant's partition.
+4. `push_coupons` (coupon-candidates, coupon-redemptions-by-tenant): a coupon is pushed once
+   per user and campaign, while the campaign's budget lasts and before the coupon expires
+   (one that expired waiting is counted and set aside on late-events). Pushes are
+   acknowledged by the broker before the cells that record them are written: a crash in
+   between sends the same coupon (same id, same content) again, never a second coupon and
+   never none. A redemption of a pushed coupon counts once; one of a coupon never pushed is
+   dead-lettered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+from faust.types import EventT, StreamT
+
+from tally.app import app, settings
+from tally.codecs.avro import Record
+from tally.codecs.catalog import location_codec, redemption_codec
+from tally.codecs.handover import HandedRecords
+from tally.core.applied import Stamped, holds, reach, stamp, value_of
+from tally.core.clock import now_ms
+from tally.core.coupons import cell_of, coupon, expired
+from tally.core.errors import DecodeError, TallyError, ValidationError
+from tally.core.partitioning import partition_for
+from tally.core.tenancy import scoped, tenant_of
+from tally.coupons.campaigns import FollowedCampaigns
+from tally.coupons.tables import (
+    LOCATION_TTL,
+    campaign_key,
+    coupon_candidates,
+    coupon_pushes,
+    coupons,
+    locations,
+    locations_by_user,
+    purchases_by_customer,
+    pushed_key,
+    redeemed_key,
+    redemptions,
+    redemptions_by_tenant,
+    user_purchases,
+)
+from tally.runtime.cells import read_cell, write_cell
+from tally.runtime.expiry import set_aside_stale
+from tally.runtime.intake import decode, each_partition, reject
+from tally.runtime.purchases import checked_purchases
+from tally.runtime.routing import hand_over, source_of
+from tally.runtime.topics import purchases, read_together
+from tally.telemetry import EVENTS
+from tally.topics import COUPON_CAMPAIGNS
+
+logger = logging.getLogger(__name__)
+
+#: Campaigns in effect, as this worker has read them from coupon-campaigns.
+campaigns = FollowedCampaigns()
+
+
+@app.task
+async def follow_campaigns() -> None:
+    app.add_future(
+        campaigns.follow(settings.bootstrap_servers, COUPON_CAMPAIGNS, settings.replication)
+    )
+
+
+app.waiting_for.append(("reading the coupon campaigns", lambda: not campaigns.loaded))
+
+HANDED_LOCATIONS = HandedRecords(
+    "locations", ("tenant", "user_id", "lat", "lon", "located_at_ms", "cell", "origin_offset")
+)
+HANDED_PURCHASES = HandedRecords(
+    "purchases", ("tenant", "customer_id", "item_id", "quantity", "origin_offset")
+)
+HANDED_COUPONS = HandedRecords(
+    "coupons",
+    (
+        "coupon_id",
+        "campaign_id",
+        "tenant",
+        "user_id",
+        "offer_id",
+        "text",
+        "zone_cell",
+        "located_at_ms",
+        "expires_at_ms",
+        "origin_offset",
+    ),
+)
+HANDED_REDEMPTIONS = HandedRecords(
+    "redemptions", ("tenant", "coupon_id", "redeemed_at_ms", "origin_offset")
+)
+
+
+def user_partition(tenant: str, user: str) -> int:
+    return partition_for(scoped(tenant, user), settings.partitions)
+
+
+# --- stage 1: locations, purchases, redemptions → their owners -------------------------------
+
+
+async def locate_partition(events: Sequence[EventT]) -> None:
+    wall = now_ms()
+    by_owner: dict[int, list[tuple[int, Record]]] = {}
+    for event in events:
+        located = await decode(event, location_codec())
+        if located is None:
+            continue
+        tenant, at = tenant_of(located, settings.default_tenant), located["located_at_ms"]
+        if LOCATION_TTL.stale(at, wall):
+            why = f"coupons: location of user {located['user_id'][:80]!r} "
+            await set_aside_stale(event, why + LOCATION_TTL.stale_reason(at, wall), tenant=tenant)
+            continue
+        try:
+            cell = cell_of(located["lat"], located["lon"])
+        except ValidationError as exc:
+            await reject(event, exc, stage="validate", tenant=tenant)
+            continue
+        offset = event.message.offset
+        record = {**located, "tenant": tenant, "cell": cell, "origin_offset": offset}
+        by_owner.setdefault(user_partition(tenant, located["user_id"]), []).append((offset, record))
+    for owner, theirs in by_owner.items():
+        await hand_over(events[-1], owner, theirs, HANDED_LOCATIONS, locations_by_user)
+
+
+@app.agent(locations)
+async def locate_phones(stream: StreamT) -> None:
+    await each_partition(stream, locate_partition)
+
+
+async def customers_partition(events: Sequence[EventT]) -> None:
+    wall = now_ms()
+    letters = not {"sales", "merchants"} & settings.pipelines  # else they letter them
+    by_owner: dict[int, list[tuple[int, Record]]] = {}
+    for event in events:
+        carried = await checked_purchases(event, wall, letters=letters)
+        for purchase in [] if carried is None else carried.valid:
+            if not purchase["customer_id"]:
+                continue
+            tenant = tenant_of(purchase, settings.default_tenant)
+            offset = event.message.offset
+            record = {**purchase, "tenant": tenant, "origin_offset": offset}
+            owner = user_partition(tenant, purchase["customer_id"])
+            by_owner.setdefault(owner, []).append((offset, record))
+    for owner, theirs in by_owner.items():
+        await hand_over(events[-1], owner, theirs, HANDED_PURCHASES, purchases_by_customer)
+
+
+@app.agent(purchases)
+async def remember_purchases(stream: StreamT) -> None:
+    await each_partition(stream, customers_partition)
+
+
+async def redemptions_partition(events: Sequence[EventT]) -> None:
+    by_owner: dict[int, list[tuple[int, Record]]] = {}
+    for event in events:
+        redeemed = await decode(event, redemption_codec())
+        if redeemed is None:
+            continue
+        tenant, offset = tenant_of(redeemed, settings.default_tenant), event.message.offset
+        record = {**redeemed, "tenant": tenant, "origin_offset": offset}
+        by_owner.setdefault(tenant_partition(tenant), []).append((offset, record))
+    for owner, theirs in by_owner.items():
+        await hand_over(events[-1], owner, theirs, HANDED_REDEMPTIONS, redemptions_by_tenant)
+
+
+@app.agent(redemptions)
+async def route_redemptions(stream: StreamT) -> None:
+    await each_partition(stream, redemptions_partition)
+
+
+def tenant_partition(tenant: str) -> int:
+    return partition_for(tenant, settings.partitions)
+
+
+# --- stage 2: a user's purchases and locations → coupons ------------------------------------
+
+
+async def offer_partition(events: Sequence[EventT]) -> None:
+    """Purchases counted first (a location in the same batch sees them), then each fresh
+    location's coupons to the tenants' partitions."""
+    partition = events[0].message.partition
+    counts: dict[bytes, tuple[Stamped | None, dict[str, int]]] = {}
+    purchase_events = [
+        e for e in events if e.message.topic == purchases_by_customer.get_topic_name()
+    ]
+    carried = [
+        (source_of(event)[0], purchase)
+        for event in purchase_events
+        for purchase in await decode_handed(event, HANDED_PURCHASES)
+    ]
+    for source, purchase in carried:
+        key = scoped(purchase["tenant"], purchase["customer_id"]).encode()
+        if key not in counts:
+            before = read_cell(user_purchases, key, partition)
+            counts[key] = (before, dict(value_of(before, {})))
+        before, bought = counts[key]
+        if not holds(before, purchase["origin_offset"], source):
+            bought[purchase["item_id"]] = bought.get(purchase["item_id"], 0) + purchase["quantity"]
+    through = reach((source, purchase["origin_offset"]) for source, purchase in carried)
+    for key, (before, bought) in counts.items():
+        write_cell(user_purchases, key, stamp(bought, through, before), partition)
+    by_owner: dict[int, list[tuple[int, Record]]] = {}
+    for event in events:
+        if event.message.topic != locations_by_user.get_topic_name():
+            continue
+        for located in await decode_handed(event, HANDED_LOCATIONS):
+            tenant, user = located["tenant"], located["user_id"]
+            found = campaigns.matching(tenant, located["cell"], located["located_at_ms"])
+            if not found:
+                continue
+            bought = value_of(
+                read_cell(user_purchases, scoped(tenant, user).encode(), partition), {}
+            )
+            for campaign in found:
+                earned = coupon(campaign, user, located["cell"], located["located_at_ms"], bought)
+                record = {**earned, "origin_offset": event.message.offset}
+                by_owner.setdefault(tenant_partition(tenant), []).append(
+                    (event.message.offset, record)
+                )
+    for owner, theirs in by_owner.items():
+        await hand_over(events[-1], owner, theirs, HANDED_COUPONS, coupon_candidates)
+
+
+async def decode_handed(event: EventT, handed: HandedRecords) -> list[Record]:
+    try:
+        return handed.loads(event.value)
+    except DecodeError as exc:
+        await reject(event, exc, stage="decode")
+        return []
+
+
+@app.agent(read_together(locations_by_user, purchases_by_customer))
+async def offer_coupons(stream: StreamT) -> None:
+    await each_partition(stream, offer_partition)
+
+
+# --- stage 3: coupons pushed once, redemptions counted -------------------------------------
+
+
+class UnknownCoupon(TallyError):
+    """A redemption of a coupon this deployment never pushed."""
+
+    rule = "unknown_coupon"
+
+
+def figures(partition: int, campaign_id: str, held: dict[str, dict[str, int]]) -> dict[str, int]:
+    """A campaign's figures, read once per batch."""
+    if campaign_id not in held:
+        stored = read_cell(coupons, campaign_key(campaign_id), partition) or {}
+        held[campaign_id] = {
+            "pushed": 0,
+            "redeemed": 0,
+            "expired": 0,
+            "over_budget": 0,
+            "ended": 0,
+            **stored,
+        }
+    return held[campaign_id]
+
+
+async def push_partition(events: Sequence[EventT]) -> None:
+    """The batch's coupons: each pushed once, within its campaign's budget, before it
+    expires; their pushes acknowledged before their cells are written. Then redemptions."""
+    partition = events[0].message.partition
+    wall = now_ms()
+    held: dict[str, dict[str, int]] = {}
+    pushed: dict[bytes, Record] = {}
+    sends = []
+    for event in events:
+        if event.message.topic != coupon_candidates.get_topic_name():
+            continue
+        for candidate in await decode_handed(event, HANDED_COUPONS):
+            key = pushed_key(candidate["campaign_id"], candidate["user_id"])
+            if key in pushed or read_cell(coupons, key, partition) is not None:
+                continue  # once per user and campaign
+            campaign = campaigns.get(candidate["campaign_id"])
+            counted = figures(partition, candidate["campaign_id"], held)
+            if campaign is None:  # ended since the location earned it
+                counted["ended"] += 1
+                continue
+            if counted["pushed"] >= campaign.budget:
+                counted["over_budget"] += 1
+                continue
+            push = {k: v for k, v in candidate.items() if k != "origin_offset"}
+            if expired(push, wall):
+                counted["expired"] += 1
+                await set_aside_expired(event, push, wall)
+                continue
+            counted["pushed"] += 1
+            pushed[key] = push
+            sends.append(await coupon_pushes.send(key=push["user_id"].encode(), value=push))
+    await asyncio.gather(*sends)
+    for key, push in pushed.items():
+        write_cell(coupons, key, push, partition)
+    await count_redemptions(partition, events, held)
+    for campaign_id, counted in held.items():
+        write_cell(coupons, campaign_key(campaign_id), counted, partition)
+    EVENTS.labels(coupon_candidates.get_topic_name(), "counted").inc(len(pushed))
+
+
+async def set_aside_expired(event: EventT, push: Record, wall: int) -> None:
+    why = (
+        f"coupons: coupon {push['coupon_id'][:120]!r} expired at {push['expires_at_ms']} before "
+        f"it could be pushed ({wall - push['expires_at_ms']} ms late)"
+    )
+    await set_aside_stale(
+        event,
+        why,
+        value=HANDED_COUPONS.dumps([{**push, "origin_offset": event.message.offset}]),
+        key=push["user_id"].encode(),
+        tenant=push["tenant"],
+    )
+
+
+async def count_redemptions(
+    partition: int, events: Sequence[EventT], held: dict[str, dict[str, int]]
+) -> None:
+    for event in events:
+        if event.message.topic != redemptions_by_tenant.get_topic_name():
+            continue
+        for redeemed in await decode_handed(event, HANDED_REDEMPTIONS):
+            campaign_id, _, user = redeemed["coupon_id"].partition(":")
+            if read_cell(coupons, pushed_key(campaign_id, user), partition) is None:
+                why = UnknownCoupon(f"coupon {redeemed['coupon_id'][:120]!r} was never pushed")
+                value = HANDED_REDEMPTIONS.dumps([redeemed])
+                await reject(event, why, stage="validate", value=value, tenant=redeemed["tenant"])
+                continue
+            key = redeemed_key(redeemed["coupon_id"])
+            if read_cell(coupons, key, partition) is not None:
+                continue  # counted once
+            write_cell(coupons, key, redeemed["redeemed_at_ms"], partition)
+            figures(partition, campaign_id, held)["redeemed"] += 1
+
+
+@app.agent(read_together(coupon_candidates, redemptions_by_tenant))
+async def push_coupons(stream: StreamT) -> None:
+    await each_partition(stream, push_partition)

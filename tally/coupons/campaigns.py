@@ -1,0 +1,94 @@
+"""Published campaigns: the compacted topic `coupon-campaigns` (keyed by campaign id, one
+partition), read whole by every worker and followed, so a campaign published, changed or
+ended (a tombstone) takes effect without a restart. Not a Faust GlobalTable, for the reasons
+the fraud models give (tally.fraud.models)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+
+import orjson
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
+
+from tally.broker.admin import end_offsets, ensure_compacted_topic, reader, send_record
+from tally.core.coupons import Campaign, CampaignIndex
+from tally.core.errors import BrokerError, ValidationError
+
+logger = logging.getLogger(__name__)
+
+
+class FollowedCampaigns(CampaignIndex):
+    """The campaigns as this worker has read them; `loaded` once the topic was read to the
+    end it had when the worker started following it."""
+
+    loaded = False
+
+    def absorb(self, key: bytes | None, value: bytes | None) -> None:
+        if key is None:
+            return
+        if value is None:  # a tombstone: the campaign ended
+            self.remove(key.decode(errors="replace"))
+            return
+        try:
+            self.put(Campaign.from_record(orjson.loads(value)))
+        except (ValidationError, orjson.JSONDecodeError) as exc:
+            logger.error("coupon-campaigns: campaign %r is not usable, skipped: %s", key, exc)
+
+    async def follow(self, bootstrap_servers: list[str], topic: str, replication: int) -> None:
+        """Until cancelled: read the topic from its start, then what comes. A broker that
+        fails is retried every second (the campaigns read so far stay in effect)."""
+        while True:
+            try:
+                await ensure_compacted_topic(bootstrap_servers, topic, replication)
+                await self._follow(bootstrap_servers, topic)
+            except (KafkaError, OSError, BrokerError) as exc:
+                logger.warning("following %s failed (%s); retrying in 1 s", topic, exc)
+                await asyncio.sleep(1.0)
+
+    async def _follow(self, bootstrap_servers: list[str], topic: str) -> None:
+        consumer = reader(bootstrap_servers)
+        await consumer.start()
+        try:
+            tp = TopicPartition(topic, 0)
+            consumer.assign([tp])
+            await consumer.seek_to_beginning(tp)
+            end = (await end_offsets(consumer, [tp]))[tp]
+            while True:
+                batch = await consumer.getmany(tp, timeout_ms=500)
+                for record in batch.get(tp, []):
+                    self.absorb(record.key, record.value)
+                if not self.loaded and await consumer.position(tp) >= end:
+                    self.loaded = True
+                    logger.info("coupon-campaigns read: %d campaigns in effect", len(self))
+        finally:
+            await consumer.stop()
+
+
+def read_campaign_file(path: Path) -> tuple[Campaign, bytes]:
+    """A campaign file, checked, and the JSON to publish; `ValidationError` saying what is
+    wrong."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValidationError(f"{path}: {exc}", "bad_campaign") from None
+    if not isinstance(record, dict):
+        raise ValidationError(f"{path}: a campaign is a JSON object", "bad_campaign")
+    return Campaign.from_record(record), orjson.dumps(record)
+
+
+async def publish(
+    bootstrap_servers: list[str], topic: str, replication: int, campaign: Campaign, value: bytes
+) -> None:
+    """Publish (or change) a campaign: every worker applies it within about a second."""
+    await ensure_compacted_topic(bootstrap_servers, topic, replication)
+    await send_record(bootstrap_servers, topic, campaign.campaign_id.encode(), value)
+
+
+async def end(bootstrap_servers: list[str], topic: str, replication: int, campaign_id: str) -> None:
+    """End a campaign (a tombstone): no coupon of it is pushed from then on."""
+    await ensure_compacted_topic(bootstrap_servers, topic, replication)
+    await send_record(bootstrap_servers, topic, campaign_id.encode(), None)
