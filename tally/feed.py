@@ -492,6 +492,61 @@ def page_views(
             started += 1
 
 
+#: Where the location feed's phones are, and the demo campaigns' zones (tally dev).
+CITY_CENTRE = (52.52, 13.405)
+
+
+def locations(
+    rng: random.Random,
+    *,
+    clock_ms: Callable[[], int],
+    tenants: Sequence[str] = DEFAULT_TENANTS,
+    users: int = 5000,
+    spread_m: float = 2000,
+) -> Iterator[Record]:
+    """Endless phone locations: `users` shoppers (the sales feed's customers, cust-000000,
+    ...: their purchases choose their offers) walking around the city centre, each within
+    `spread_m` of it, a few metres per report; the tenants take turns by user."""
+    places: dict[int, tuple[float, float]] = {}
+    while True:
+        user = rng.randrange(users)
+        lat, lon = places.get(user) or (
+            CITY_CENTRE[0] + rng.uniform(-spread_m, spread_m) / 111_320,
+            CITY_CENTRE[1] + rng.uniform(-spread_m, spread_m) / 67_800,
+        )
+        lat, lon = lat + rng.uniform(-30, 30) / 111_320, lon + rng.uniform(-30, 30) / 67_800
+        places[user] = (lat, lon)
+        yield {
+            "user_id": f"cust-{user:06d}",
+            "lat": lat,
+            "lon": lon,
+            "located_at_ms": clock_ms(),
+            "tenant": tenants[user % len(tenants)],
+        }
+
+
+def demo_campaign(tenant: str, now_ms: int) -> dict[str, object]:
+    """A year-long campaign of `tenant` around the city centre (`tally dev` publishes one per
+    demo tenant): its best sellers' buyers get their own offer."""
+    return {
+        "campaign_id": f"{tenant or 'default'}-city-centre",
+        "tenant": tenant,
+        "zone": {"lat": CITY_CENTRE[0], "lon": CITY_CENTRE[1], "radius_m": 800},
+        "valid_from_ms": now_ms - 3_600_000,
+        "valid_to_ms": now_ms + 365 * 86_400_000,
+        "budget": 100_000,
+        "coupon_ttl_seconds": 900,
+        "offers": [
+            {"offer_id": "welcome", "text": "5 % off your next visit"},
+            {
+                "offer_id": "best-sellers",
+                "text": "15 % off our best sellers",
+                "items": [f"item-{n:05d}" for n in range(10)],
+            },
+        ],
+    }
+
+
 #: A message a feed sends: key, value, headers.
 Message = tuple[bytes | None, bytes, list[tuple[str, bytes]]]
 

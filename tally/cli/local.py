@@ -26,6 +26,7 @@ from tally.broker.admin import ensure_topics
 from tally.broker.local import LocalBroker, die_with_parent, port_accepts, stop_process
 from tally.cli.errors import fail
 from tally.codecs.catalog import (
+    location_codec,
     metric_batch_codec,
     order_codec,
     page_view_codec,
@@ -35,12 +36,16 @@ from tally.core.clock import now_ms
 from tally.core.errors import BrokerError, ConfigurationError
 from tally.core.limits import TENANT_PATTERN
 from tally.core.tenancy import not_a_tenant
+from tally.coupons.campaigns import campaign_of
+from tally.coupons.campaigns import publish as publish_campaign
 from tally.feed import (
     ACK_TIMEOUT_S,
     DEFAULT_TENANTS,
     FeedProgress,
     Message,
+    demo_campaign,
     encoded,
+    locations,
     metric_batches,
     orders,
     page_views,
@@ -51,6 +56,8 @@ from tally.feed import (
 )
 from tally.settings import PIPELINES
 from tally.topics import (
+    COUPON_CAMPAIGNS,
+    LOCATIONS,
     METRIC_SAMPLES,
     ORDERS,
     PAGE_VIEWS,
@@ -120,6 +127,7 @@ FEEDS = {
     "social": SOCIAL_RAW,
     "fraud": ORDERS,
     "recommendations": PAGE_VIEWS,
+    "coupons": LOCATIONS,
 }
 
 
@@ -142,6 +150,9 @@ def feed_messages(
     if pipeline == "recommendations":
         viewed = page_views(rng, clock_ms=now_ms, tenants=tenants)
         return encoded(viewed, "session_id", page_view_codec())
+    if pipeline == "coupons":
+        located = locations(rng, clock_ms=now_ms, tenants=tenants)
+        return encoded(located, "user_id", location_codec())
     return raw_messages(social_posts(rng, clock_ms=now_ms, brands=tenants))
 
 
@@ -236,8 +247,9 @@ async def feed(
 ) -> None:
     """Send sample data, event time = now: `sales` (purchases), `metrics` (metric batches),
     `social` (posts in the X and Mastodon formats, each tenant a brand), `fraud` (orders,
-    some fraudulent, each tenant a merchant) or `recommendations` (page views of browsing
-    sessions, each tenant a shop)."""
+    some fraudulent, each tenant a merchant), `recommendations` (page views of browsing
+    sessions, each tenant a shop) or `coupons` (phones' locations around the city centre,
+    the sales feed's customers, each tenant a shop)."""
     for tenant in tenants:
         if not TENANT_PATTERN.fullmatch(tenant):
             fail(not_a_tenant(f"--tenant {tenant[:70]!r}"))
@@ -255,6 +267,13 @@ async def feed(
     except BrokerError as exc:
         fail(f"{pipeline}: {exc}")
     print(f"{pipeline}: sent {sent} messages to {FEEDS[pipeline]}, all acknowledged", flush=True)
+
+
+async def publish_demo_campaigns(bootstrap: str) -> None:
+    """A campaign per demo tenant around the feed's city centre (tally.feed.demo_campaign)."""
+    for tenant in DEMO_TENANTS:
+        campaign, value = campaign_of(demo_campaign(tenant, now_ms()))
+        await publish_campaign([bootstrap], COUPON_CAMPAIGNS, 1, campaign, value)
 
 
 def wait_for_http(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
@@ -349,6 +368,13 @@ def dashboards() -> str:
         show_default=True,
         help="Page views per second in the sample feed (recommendations).",
     ),
+    option(
+        "--locations-rate",
+        type=float,
+        default=10.0,
+        show_default=True,
+        help="Phone locations per second in the sample feed (coupons).",
+    ),
 )
 async def dev(
     self: AppCommand,
@@ -357,6 +383,7 @@ async def dev(
     social_rate: float,
     fraud_rate: float,
     views_rate: float,
+    locations_rate: float,
 ) -> None:
     """Local broker + one worker + sample feed, URLs printed; Ctrl-C stops everything."""
     host, port = local_broker_address()
@@ -386,6 +413,7 @@ async def dev(
         await asyncio.to_thread(
             wait_for_http, settings.web_url + "/api/health", worker, worker_log, 120
         )
+        await publish_demo_campaigns(local.bootstrap)
         feeds = [
             asyncio.create_task(
                 run_feed(pipeline, rate=rate, count=0, seed=seed, tenants=DEMO_TENANTS, quiet=True)
@@ -396,6 +424,7 @@ async def dev(
                 ("social", social_rate, 3),
                 ("fraud", fraud_rate, 4),
                 ("recommendations", views_rate, 5),
+                ("coupons", locations_rate, 6),
             )
         ]
         print(
@@ -414,11 +443,13 @@ async def dev(
             f"  recommendations  {settings.web_url}/api/recommendations?session=s000001&"
             f"tenant={DEMO_TENANTS[1 % len(DEMO_TENANTS)]} (sessions s000000, s000001, ... "
             "of the demo tenants in turn)\n"
+            f"  coupons          {settings.web_url}/api/coupons/campaigns?tenant={DEMO_TENANTS[0]} "
+            "(a campaign per demo tenant around the city centre; pushes on coupon-pushes)\n"
             f"  schema registry  {settings.web_url}/registry/subjects\n"
             f"  broker           {local.url}\n"
             f"  feed             {sales_rate:g} purchases/s, {metrics_rate:g} metric batches/s, "
             f"{social_rate:g} social messages/s, {fraud_rate:g} orders/s, "
-            f"{views_rate:g} page views/s, "
+            f"{views_rate:g} page views/s, {locations_rate:g} locations/s, "
             f"tenants {' and '.join(DEMO_TENANTS)} in turn, with the same ids\n"
             f"  logs             {worker_log}, {local.log_path}\n"
             "Ctrl-C stops everything.\n",

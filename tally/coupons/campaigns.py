@@ -77,6 +77,11 @@ def read_campaign_file(path: Path) -> tuple[Campaign, bytes]:
         raise ValidationError(f"{path}: {exc}", "bad_campaign") from None
     if not isinstance(record, dict):
         raise ValidationError(f"{path}: a campaign is a JSON object", "bad_campaign")
+    return campaign_of(record)
+
+
+def campaign_of(record: dict[str, object]) -> tuple[Campaign, bytes]:
+    """A campaign record, checked, and the JSON to publish."""
     return Campaign.from_record(record), orjson.dumps(record)
 
 
