@@ -94,7 +94,11 @@ class Campaign:
             return value
 
         campaign_id, tenant = field("campaign_id", str), record.get("tenant", "")
-        problem = id_problem(campaign_id)
+        problem = id_problem(campaign_id) or (
+            "must not contain ':' (it separates the campaign from the user in a coupon id)"
+            if ":" in campaign_id
+            else None
+        )
         if problem is not None:
             raise ValidationError(f"campaign_id {problem}", "bad_campaign")
         check_tenant_name(tenant)

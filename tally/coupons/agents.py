@@ -15,9 +15,10 @@
    per user and campaign, while the campaign's budget lasts and before the coupon expires
    (one that expired waiting is counted and set aside on late-events). Pushes are
    acknowledged by the broker before the cells that record them are written: a crash in
-   between sends the same coupon (same id, same content) again, never a second coupon and
-   never none. A redemption of a pushed coupon counts once; one of a coupon never pushed is
-   dead-lettered.
+   between sends the same coupon (same id, same content) again, never a second coupon
+   (docs/coupons.md#known-limits for the one window where it is then counted expired). A
+   redemption of a pushed coupon counts once; one of a coupon never pushed is dead-lettered.
+Stages 3 and 4 start once the campaigns topic is read to its end.
 """
 
 from __future__ import annotations
@@ -29,13 +30,13 @@ from collections.abc import Sequence
 from faust.types import EventT, StreamT
 
 from tally.app import app, settings
-from tally.codecs.avro import Record
+from tally.codecs.avro import Record, check_event_time
 from tally.codecs.catalog import location_codec, redemption_codec
 from tally.codecs.handover import HandedRecords
 from tally.core.applied import Stamped, holds, reach, stamp, value_of
 from tally.core.clock import now_ms
 from tally.core.coupons import cell_of, coupon, expired
-from tally.core.errors import DecodeError, TallyError, ValidationError
+from tally.core.errors import TallyError, ValidationError
 from tally.core.partitioning import partition_for
 from tally.core.tenancy import scoped, tenant_of
 from tally.coupons.campaigns import FollowedCampaigns
@@ -56,9 +57,9 @@ from tally.coupons.tables import (
 )
 from tally.runtime.cells import read_cell, write_cell
 from tally.runtime.expiry import set_aside_stale
-from tally.runtime.intake import decode, each_partition, reject
-from tally.runtime.purchases import checked_purchases
-from tally.runtime.routing import hand_over, source_of
+from tally.runtime.intake import decode, each_partition, let_others_run, reject
+from tally.runtime.purchases import MAX_FUTURE_MS, checked_purchases
+from tally.runtime.routing import hand_over_all, source_of
 from tally.runtime.topics import purchases, read_together
 from tally.telemetry import EVENTS
 from tally.topics import COUPON_CAMPAIGNS
@@ -66,7 +67,7 @@ from tally.topics import COUPON_CAMPAIGNS
 logger = logging.getLogger(__name__)
 
 #: Campaigns in effect, as this worker has read them from coupon-campaigns.
-campaigns = FollowedCampaigns()
+campaigns = FollowedCampaigns(settings.default_tenant)
 
 
 @app.task
@@ -79,7 +80,7 @@ async def follow_campaigns() -> None:
 app.waiting_for.append(("reading the coupon campaigns", lambda: not campaigns.loaded))
 
 HANDED_LOCATIONS = HandedRecords(
-    "locations", ("tenant", "user_id", "lat", "lon", "located_at_ms", "cell", "origin_offset")
+    "locations", ("tenant", "user_id", "located_at_ms", "cell", "origin_offset")
 )
 HANDED_PURCHASES = HandedRecords(
     "purchases", ("tenant", "customer_id", "item_id", "quantity", "origin_offset")
@@ -114,7 +115,8 @@ def user_partition(tenant: str, user: str) -> int:
 async def locate_partition(events: Sequence[EventT]) -> None:
     wall = now_ms()
     by_owner: dict[int, list[tuple[int, Record]]] = {}
-    for event in events:
+    for index, event in enumerate(events, 1):
+        await let_others_run(index)
         located = await decode(event, location_codec())
         if located is None:
             continue
@@ -124,6 +126,7 @@ async def locate_partition(events: Sequence[EventT]) -> None:
             await set_aside_stale(event, why + LOCATION_TTL.stale_reason(at, wall), tenant=tenant)
             continue
         try:
+            check_event_time("located_at_ms", at, wall, MAX_FUTURE_MS)
             cell = cell_of(located["lat"], located["lon"])
         except ValidationError as exc:
             await reject(event, exc, stage="validate", tenant=tenant)
@@ -131,8 +134,8 @@ async def locate_partition(events: Sequence[EventT]) -> None:
         offset = event.message.offset
         record = {**located, "tenant": tenant, "cell": cell, "origin_offset": offset}
         by_owner.setdefault(user_partition(tenant, located["user_id"]), []).append((offset, record))
-    for owner, theirs in by_owner.items():
-        await hand_over(events[-1], owner, theirs, HANDED_LOCATIONS, locations_by_user)
+    await hand_over_all(events[-1], by_owner, HANDED_LOCATIONS, locations_by_user)
+    EVENTS.labels(locations.get_topic_name(), "counted").inc(sum(map(len, by_owner.values())))
 
 
 @app.agent(locations)
@@ -154,8 +157,7 @@ async def customers_partition(events: Sequence[EventT]) -> None:
             record = {**purchase, "tenant": tenant, "origin_offset": offset}
             owner = user_partition(tenant, purchase["customer_id"])
             by_owner.setdefault(owner, []).append((offset, record))
-    for owner, theirs in by_owner.items():
-        await hand_over(events[-1], owner, theirs, HANDED_PURCHASES, purchases_by_customer)
+    await hand_over_all(events[-1], by_owner, HANDED_PURCHASES, purchases_by_customer)
 
 
 @app.agent(purchases)
@@ -172,8 +174,7 @@ async def redemptions_partition(events: Sequence[EventT]) -> None:
         tenant, offset = tenant_of(redeemed, settings.default_tenant), event.message.offset
         record = {**redeemed, "tenant": tenant, "origin_offset": offset}
         by_owner.setdefault(tenant_partition(tenant), []).append((offset, record))
-    for owner, theirs in by_owner.items():
-        await hand_over(events[-1], owner, theirs, HANDED_REDEMPTIONS, redemptions_by_tenant)
+    await hand_over_all(events[-1], by_owner, HANDED_REDEMPTIONS, redemptions_by_tenant)
 
 
 @app.agent(redemptions)
@@ -189,17 +190,25 @@ def tenant_partition(tenant: str) -> int:
 
 
 async def offer_partition(events: Sequence[EventT]) -> None:
-    """Purchases counted first (a location in the same batch sees them), then each fresh
-    location's coupons to the tenants' partitions."""
+    """One partition's share of a batch of one topic: purchases counted, or locations'
+    coupons handed to their tenants' partitions (once the campaigns are read: a location read
+    before would earn nothing)."""
+    await campaigns.wait_loaded()
+    if events[0].message.topic == purchases_by_customer.get_topic_name():
+        await count_purchases(events)
+    else:
+        await offer(events)
+
+
+async def count_purchases(events: Sequence[EventT]) -> None:
+    """Each purchase once into its user's counts per item (offsets kept with them)."""
     partition = events[0].message.partition
     counts: dict[bytes, tuple[Stamped | None, dict[str, int]]] = {}
-    purchase_events = [
-        e for e in events if e.message.topic == purchases_by_customer.get_topic_name()
-    ]
+    applied = 0
     carried = [
         (source_of(event)[0], purchase)
-        for event in purchase_events
-        for purchase in await decode_handed(event, HANDED_PURCHASES)
+        for event in events
+        for purchase in await decode(event, HANDED_PURCHASES) or []
     ]
     for source, purchase in carried:
         key = scoped(purchase["tenant"], purchase["customer_id"]).encode()
@@ -209,37 +218,39 @@ async def offer_partition(events: Sequence[EventT]) -> None:
         before, bought = counts[key]
         if not holds(before, purchase["origin_offset"], source):
             bought[purchase["item_id"]] = bought.get(purchase["item_id"], 0) + purchase["quantity"]
+            applied += 1
     through = reach((source, purchase["origin_offset"]) for source, purchase in carried)
     for key, (before, bought) in counts.items():
         write_cell(user_purchases, key, stamp(bought, through, before), partition)
+    EVENTS.labels(purchases_by_customer.get_topic_name(), "counted").inc(applied)
+
+
+async def offer(events: Sequence[EventT]) -> None:
+    """Each location's coupons: one per campaign of its tenant whose zone holds its cell and
+    that runs at its time, with the offer the user's purchases so far choose."""
+    partition = events[0].message.partition
     by_owner: dict[int, list[tuple[int, Record]]] = {}
+    handled = 0
     for event in events:
-        if event.message.topic != locations_by_user.get_topic_name():
-            continue
-        for located in await decode_handed(event, HANDED_LOCATIONS):
-            tenant, user = located["tenant"], located["user_id"]
-            found = campaigns.matching(tenant, located["cell"], located["located_at_ms"])
+        for located in await decode(event, HANDED_LOCATIONS) or []:
+            handled += 1
+            await let_others_run(handled)
+            tenant, user, at = located["tenant"], located["user_id"], located["located_at_ms"]
+            found = campaigns.matching(tenant, located["cell"], at)
             if not found:
                 continue
-            bought = value_of(
-                read_cell(user_purchases, scoped(tenant, user).encode(), partition), {}
-            )
+            key = scoped(tenant, user).encode()
+            bought = value_of(read_cell(user_purchases, key, partition), {})
             for campaign in found:
-                earned = coupon(campaign, user, located["cell"], located["located_at_ms"], bought)
-                record = {**earned, "origin_offset": event.message.offset}
+                earned = {
+                    **coupon(campaign, user, located["cell"], at, bought),
+                    "origin_offset": event.message.offset,
+                }
                 by_owner.setdefault(tenant_partition(tenant), []).append(
-                    (event.message.offset, record)
+                    (event.message.offset, earned)
                 )
-    for owner, theirs in by_owner.items():
-        await hand_over(events[-1], owner, theirs, HANDED_COUPONS, coupon_candidates)
-
-
-async def decode_handed(event: EventT, handed: HandedRecords) -> list[Record]:
-    try:
-        return handed.loads(event.value)
-    except DecodeError as exc:
-        await reject(event, exc, stage="decode")
-        return []
+    await hand_over_all(events[-1], by_owner, HANDED_COUPONS, coupon_candidates)
+    EVENTS.labels(locations_by_user.get_topic_name(), "counted").inc(handled)
 
 
 @app.agent(read_together(locations_by_user, purchases_by_customer))
@@ -272,42 +283,49 @@ def figures(partition: int, campaign_id: str, held: dict[str, dict[str, int]]) -
 
 
 async def push_partition(events: Sequence[EventT]) -> None:
-    """The batch's coupons: each pushed once, within its campaign's budget, before it
-    expires; their pushes acknowledged before their cells are written. Then redemptions."""
+    """One partition's share of a batch of one topic: coupons pushed, or redemptions
+    counted; then the campaigns' figures they changed."""
+    await campaigns.wait_loaded()
     partition = events[0].message.partition
-    wall = now_ms()
     held: dict[str, dict[str, int]] = {}
+    if events[0].message.topic == coupon_candidates.get_topic_name():
+        await push(partition, events, held)
+    else:
+        await count_redemptions(partition, events, held)
+    for campaign_id, counted in held.items():
+        write_cell(coupons, campaign_key(campaign_id), counted, partition)
+
+
+async def push(partition: int, events: Sequence[EventT], held: dict[str, dict[str, int]]) -> None:
+    """Each coupon pushed once, within its campaign's budget, before it expires; the pushes
+    acknowledged before their cells are written (module docstring)."""
+    wall = now_ms()
     pushed: dict[bytes, Record] = {}
     sends = []
     for event in events:
-        if event.message.topic != coupon_candidates.get_topic_name():
-            continue
-        for candidate in await decode_handed(event, HANDED_COUPONS):
+        for candidate in await decode(event, HANDED_COUPONS) or []:
             key = pushed_key(candidate["campaign_id"], candidate["user_id"])
             if key in pushed or read_cell(coupons, key, partition) is not None:
                 continue  # once per user and campaign
             campaign = campaigns.get(candidate["campaign_id"])
-            counted = figures(partition, candidate["campaign_id"], held)
+            so_far = figures(partition, candidate["campaign_id"], held)
             if campaign is None:  # ended since the location earned it
-                counted["ended"] += 1
+                so_far["ended"] += 1
                 continue
-            if counted["pushed"] >= campaign.budget:
-                counted["over_budget"] += 1
+            if so_far["pushed"] >= campaign.budget:
+                so_far["over_budget"] += 1
                 continue
             push = {k: v for k, v in candidate.items() if k != "origin_offset"}
             if expired(push, wall):
-                counted["expired"] += 1
+                so_far["expired"] += 1
                 await set_aside_expired(event, push, wall)
                 continue
-            counted["pushed"] += 1
+            so_far["pushed"] += 1
             pushed[key] = push
             sends.append(await coupon_pushes.send(key=push["user_id"].encode(), value=push))
     await asyncio.gather(*sends)
     for key, push in pushed.items():
         write_cell(coupons, key, push, partition)
-    await count_redemptions(partition, events, held)
-    for campaign_id, counted in held.items():
-        write_cell(coupons, campaign_key(campaign_id), counted, partition)
     EVENTS.labels(coupon_candidates.get_topic_name(), "counted").inc(len(pushed))
 
 
@@ -329,9 +347,7 @@ async def count_redemptions(
     partition: int, events: Sequence[EventT], held: dict[str, dict[str, int]]
 ) -> None:
     for event in events:
-        if event.message.topic != redemptions_by_tenant.get_topic_name():
-            continue
-        for redeemed in await decode_handed(event, HANDED_REDEMPTIONS):
+        for redeemed in await decode(event, HANDED_REDEMPTIONS) or []:
             campaign_id, _, user = redeemed["coupon_id"].partition(":")
             if read_cell(coupons, pushed_key(campaign_id, user), partition) is None:
                 why = UnknownCoupon(f"coupon {redeemed['coupon_id'][:120]!r} was never pushed")

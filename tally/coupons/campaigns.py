@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import orjson
@@ -22,10 +23,15 @@ logger = logging.getLogger(__name__)
 
 
 class FollowedCampaigns(CampaignIndex):
-    """The campaigns as this worker has read them; `loaded` once the topic was read to the
+    """The campaigns as this worker has read them (one naming no tenant is
+    `default_tenant`'s, as a record naming none is); `loaded` once the topic was read to the
     end it had when the worker started following it."""
 
     loaded = False
+
+    def __init__(self, default_tenant: str) -> None:
+        super().__init__()
+        self.default_tenant = default_tenant
 
     def absorb(self, key: bytes | None, value: bytes | None) -> None:
         if key is None:
@@ -34,9 +40,16 @@ class FollowedCampaigns(CampaignIndex):
             self.remove(key.decode(errors="replace"))
             return
         try:
-            self.put(Campaign.from_record(orjson.loads(value)))
+            campaign = Campaign.from_record(orjson.loads(value))
+            self.put(replace(campaign, tenant=campaign.tenant or self.default_tenant))
         except (ValidationError, orjson.JSONDecodeError) as exc:
             logger.error("coupon-campaigns: campaign %r is not usable, skipped: %s", key, exc)
+
+    async def wait_loaded(self) -> None:
+        """Until the topic was read to its end (after a restart, before that, a location
+        would earn nothing and a coupon's campaign would look ended)."""
+        while not self.loaded:
+            await asyncio.sleep(0.1)
 
     async def follow(self, bootstrap_servers: list[str], topic: str, replication: int) -> None:
         """Until cancelled: read the topic from its start, then what comes. A broker that

@@ -7,7 +7,8 @@ purchases ─► (with a customer, by customer) ─► purchases-by-customer ─
 coupon-redemptions ─► (by tenant) ─► coupon-redemptions-by-tenant ───────────────────────┤
                  coupons "pushed|<campaign>|<user>"  → the coupon pushed
                          "redeemed|<coupon id>"      → when it was used
-                         "campaign|<campaign>"       → {pushed, redeemed, expired, over_budget}
+                         "campaign|<campaign>"       → {pushed, redeemed, expired,
+                                                         over_budget, ended}
                  ─► coupon-pushes (once per user and campaign, before it expires)
 
 A tenant's coupons and its campaigns' figures are on the tenant's partition: a campaign's

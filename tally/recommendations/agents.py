@@ -36,7 +36,7 @@ from tally.codecs.catalog import page_view_codec
 from tally.codecs.handover import HandedRecords
 from tally.core.applied import Stamped, holds, reach, stamp, value_of
 from tally.core.clock import now_ms
-from tally.core.errors import DecodeError, ValidationError
+from tally.core.errors import ValidationError
 from tally.core.partitioning import partition_for
 from tally.core.recommendations import CO_VIEWS, add_counts, view
 from tally.core.tenancy import letter_tenant, scoped, tenant_of
@@ -56,11 +56,18 @@ from tally.recommendations.tables import (
     session_views,
     total_key,
 )
-from tally.runtime.cells import delete_cells, read_cell, write_cell
+from tally.runtime.cells import read_cell, write_cell, write_cells
 from tally.runtime.expiry import ExpiringState, set_aside_stale
-from tally.runtime.intake import caught_up, decode, each_partition, reject, timer
+from tally.runtime.intake import (
+    caught_up,
+    decode,
+    each_partition,
+    let_others_run,
+    reject,
+    timer,
+)
 from tally.runtime.purchases import MAX_FUTURE_MS
-from tally.runtime.routing import announce, announcement, hand_over, hear_all, source_of
+from tally.runtime.routing import announce, announcement, hand_over_all, hear_all, source_of
 from tally.runtime.state import PartitionStates
 from tally.runtime.store import partition_key, scan, stored_value
 from tally.telemetry import EVENTS
@@ -94,13 +101,15 @@ def route_clock(partition: int) -> EventClock:
 
 async def route_partition(events: Sequence[EventT]) -> None:
     """Each view to its session's partition; then this partition's watermark to every
-    session partition (after the views it sent them)."""
+    session partition. The clock moves only once the views are handed over: the idle timer
+    may announce it at any await in between, and must not cover views not sent yet."""
     partition = events[0].message.partition
     wall = now_ms()
     clock = route_clock(partition)
     clock.settle(wall, idle=False)
     by_owner: dict[int, list[tuple[int, Record]]] = {}
-    for event in events:
+    for index, event in enumerate(events, 1):
+        await let_others_run(index)
         page_view = await decode(event, page_view_codec())
         if page_view is None:
             continue
@@ -110,13 +119,14 @@ async def route_partition(events: Sequence[EventT]) -> None:
         except ValidationError as exc:
             await reject(event, exc, stage="validate", tenant=tenant)
             continue
-        clock.observe(page_view["viewed_at_ms"], wall)
         offset = event.message.offset
         owner = partition_for(scoped(tenant, page_view["session_id"]), settings.partitions)
         routed = {**page_view, "tenant": tenant, "origin_offset": offset}
         by_owner.setdefault(owner, []).append((offset, routed))
-    for owner, theirs in by_owner.items():
-        await hand_over(events[-1], owner, theirs, HANDED_VIEWS, session_views)
+    await hand_over_all(events[-1], by_owner, HANDED_VIEWS, session_views)
+    for theirs in by_owner.values():
+        for _, routed in theirs:
+            clock.observe(routed["viewed_at_ms"], wall)
     write_cell(page_view_clocks, partition_key(partition), clock.record(), partition)
     await announce(page_views, partition, clock.own_watermark(wall, 0), False, to=session_views)
 
@@ -161,7 +171,7 @@ async def track_partition(events: Sequence[EventT]) -> None:
         if announcement(event) is not None:
             continue
         offset = event.message.offset
-        for page_view in await decode_handed(event, HANDED_VIEWS):
+        for page_view in await decode(event, HANDED_VIEWS) or []:
             at, tenant = page_view["viewed_at_ms"], page_view["tenant"]
             if sessions_state.stale(at, partition, wall):
                 await set_aside_stale_view(event, page_view, partition, wall)
@@ -184,12 +194,8 @@ async def track_partition(events: Sequence[EventT]) -> None:
                 changes.setdefault(owner, []).append((offset, record))
             sessions[key] = (first_views, max(newest, at))
             counted += 1
-    deliveries = [
-        delivery
-        for owner, theirs in changes.items()
-        for delivery in await hand_over(events[-1], owner, theirs, HANDED_CHANGES, co_view_changes)
-    ]
-    await asyncio.gather(*deliveries)
+            await let_others_run(counted)
+    await asyncio.gather(*await hand_over_all(events[-1], changes, HANDED_CHANGES, co_view_changes))
     for key, (first_views, newest) in sessions.items():
         sessions_state.put(key, first_views, newest, partition)
     sessions_state.hear(partition, events)  # after the batch: an announcement follows it
@@ -213,14 +219,6 @@ async def set_aside_stale_view(event: EventT, page_view: Record, partition: int,
         tenant=letter_tenant(page_view, settings.default_tenant),
         origin=(PAGE_VIEWS, source or 0, page_view["origin_offset"]),
     )
-
-
-async def decode_handed(event: EventT, handed: HandedRecords) -> list[Record]:
-    try:
-        return handed.loads(event.value)
-    except DecodeError as exc:
-        await reject(event, exc, stage="decode")
-        return []
 
 
 @app.agent(session_views)
@@ -288,7 +286,7 @@ async def count_partition(events: Sequence[EventT]) -> None:
         (source_of(event)[0], change)
         for event in events
         if announcement(event) is None
-        for change in await decode_handed(event, HANDED_CHANGES)
+        for change in await decode(event, HANDED_CHANGES) or []
     ]
     saved = co_views_clock(partition)
     last = saved.get("last_pane")
@@ -296,7 +294,8 @@ async def count_partition(events: Sequence[EventT]) -> None:
     totals: dict[bytes, dict[str, int]] = {}
     panes: dict[bytes, tuple[Stamped | None, dict[str, int]]] = {}
     late = counted = 0
-    for source, change in carried:
+    for index, (source, change) in enumerate(carried, 1):
+        await let_others_run(index)
         if first is not None and change["pane"] < first:
             late += 1
             continue
@@ -312,21 +311,24 @@ async def count_partition(events: Sequence[EventT]) -> None:
         add_counts(total_row(totals, change["tenant"], change["row"], partition), delta)
         counted += 1
     through = reach((source, change["origin_offset"]) for source, change in carried)
-    for key, (before, counts) in panes.items():
-        write_cell(co_views, key, stamp(counts, through, before), partition)
+    # Every cell the batch changes, written in one go (all or none: a row too large for a
+    # record leaves the tables as they were, and the event that made it is dead-lettered).
+    updates: dict[bytes, Any] = {
+        key: stamp(counts, through, before) for key, (before, counts) in panes.items()
+    }
     clock = count_clock(partition)
     hear_all(clock, events)  # after the batch: an announcement follows what it covers
     watermark = clock.watermark(wall, 0)
     if watermark is not None and (last is None or CO_VIEWS.pane_of(watermark) > last):
-        slide(partition, last, CO_VIEWS.pane_of(watermark), totals)
+        updates.update(slide(partition, last, CO_VIEWS.pane_of(watermark), totals, panes))
         last = CO_VIEWS.pane_of(watermark)
-    write_totals(totals, partition)
-    record = {
+    updates.update((key, row or None) for key, row in totals.items())  # empty: deleted
+    updates[CO_VIEWS_CLOCK] = {
         "clock": clock.record(),
         "last_pane": last,
         "late_changes": saved.get("late_changes", 0) + late,
     }
-    write_cell(co_views, CO_VIEWS_CLOCK, record, partition)
+    write_cells(co_views, updates, partition)
     topic = co_view_changes.get_topic_name()
     EVENTS.labels(topic, "counted").inc(counted)
     EVENTS.labels(topic, "late").inc(late)
@@ -343,27 +345,26 @@ def total_row(
     return row
 
 
-def write_totals(totals: dict[bytes, dict[str, int]], partition: int) -> None:
-    """Rows written; a row that no session in the window has left is deleted."""
-    for key, row in totals.items():
-        if row:
-            write_cell(co_views, key, row, partition)
-        else:
-            delete_cells(co_views, [key], partition)
-
-
 def slide(
-    partition: int, last: int | None, newest: int, totals: dict[bytes, dict[str, int]]
-) -> None:
+    partition: int,
+    last: int | None,
+    newest: int,
+    totals: dict[bytes, dict[str, int]],
+    panes: dict[bytes, tuple[Stamped | None, dict[str, int]]],
+) -> dict[bytes, None]:
     """Panes that leave the window as its last pane moves from `last` (None: the window had
-    no end yet) to `newest`: their counts out of the totals, their cells deleted."""
+    no end yet) to `newest`, stored or changed in this batch (`panes`): their counts out of
+    the totals; returns their deletions."""
     start = b"p|" if last is None else pane_prefix(CO_VIEWS.first_pane(last))
     stop = pane_prefix(CO_VIEWS.first_pane(newest))
-    leaving = list(scan(co_views, partition, start, stop))
-    for key, raw in leaving:
+    leaving = {
+        key: value_of(stored_value(raw)) for key, raw in scan(co_views, partition, start, stop)
+    }
+    leaving.update((key, counts) for key, (_, counts) in panes.items() if start <= key < stop)
+    for key, counts in leaving.items():
         tenant, item = row_of_pane_key(key)
-        add_counts(total_row(totals, tenant, item, partition), value_of(stored_value(raw)), -1)
-    delete_cells(co_views, [key for key, _ in leaving], partition)
+        add_counts(total_row(totals, tenant, item, partition), counts, -1)
+    return dict.fromkeys(leaving)
 
 
 @app.agent(co_view_changes)

@@ -85,22 +85,24 @@ def write_cell(table: CollectionT, key: bytes, value: Any, partition: int) -> No
 
 
 def write_cells(table: CollectionT, values: dict[bytes, Any], partition: int) -> None:
-    """Set the cells, all or none: their sizes are checked now (`RecordTooLarge` reaches the
-    agent, which dead-letters the event), the writes happen at the next flush."""
-    encoded = {key: encode_value(table, value) for key, value in values.items()}
+    """Set the cells (None: delete one), all or none: their sizes are checked now
+    (`RecordTooLarge` reaches the agent, which dead-letters the event), the writes happen at
+    the next flush. A deleted cell is gone for reads now, and from the table with a changelog
+    tombstone at the flush (so from standbys and restores too)."""
+    encoded = {
+        key: None if value is None else encode_value(table, value) for key, value in values.items()
+    }
     for key, raw in encoded.items():
-        check_record_size(f"table {table.name} record {key[:80]!r}", key, raw)
+        if raw is not None:
+            check_record_size(f"table {table.name} record {key[:80]!r}", key, raw)
     where = place(table, partition)
     for key, raw in encoded.items():
         dirty.put(where, key, raw)
 
 
 def delete_cells(table: CollectionT, keys: list[bytes], partition: int) -> None:
-    """Delete the cells: gone for reads now, from the table with a changelog tombstone at the
-    next flush (so from standbys and restores too)."""
-    where = place(table, partition)
-    for key in keys:
-        dirty.put(where, key, None)
+    """Delete the cells (`write_cells` with None for each)."""
+    write_cells(table, dict.fromkeys(keys), partition)
 
 
 #: Faust's transactional commit does not flush its producer first: there the cells are

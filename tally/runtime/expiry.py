@@ -18,7 +18,6 @@ the index, so a restarted or failed-over worker goes on expiring from where the 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -30,7 +29,7 @@ from tally.core.clock import now_ms
 from tally.core.errors import TallyError
 from tally.core.ttl import Sweep, TimeToLive, due_range, retouch, sweep
 from tally.core.windowing import EventClock
-from tally.runtime.cells import delete_cells, has_cell, read_cell, write_cell
+from tally.runtime.cells import batch_done, delete_cells, has_cell, read_cell, write_cell
 from tally.runtime.intake import PartitionWork, caught_up, reject
 from tally.runtime.routing import hear_all
 from tally.runtime.state import PartitionStates
@@ -55,8 +54,7 @@ class StaleEvent(TallyError):
 class ExpiringState:
     """The `state` and `index` tables of one pipeline's keys living `ttl` past their newest
     event, partitioned as `topic`, whose messages `reader` (an agent's work) processes;
-    `awaited(partition)`: the partitions whose announced watermarks its clock waits for
-    (none: its own events move it)."""
+    `awaited(partition)`: the partitions whose announced watermarks its clock waits for."""
 
     def __init__(
         self,
@@ -65,7 +63,7 @@ class ExpiringState:
         index: CollectionT,
         ttl: TimeToLive,
         reader: PartitionWork,
-        awaited: Callable[[int], frozenset[int]] = lambda partition: frozenset(),
+        awaited: Callable[[int], frozenset[int]],
     ) -> None:
         self.topic, self.state, self.index, self.ttl, self.reader = topic, state, index, ttl, reader
         self.awaited = awaited
@@ -102,10 +100,6 @@ class ExpiringState:
         now = self.now(partition, wall_ms)
         return now is not None and self.ttl.expired(event_ms, now)
 
-    def observe(self, event_ms: int, partition: int, wall_ms: int) -> None:
-        """An event of the partition's own (not forwarded) moves its clock."""
-        self.clock(partition).observe(event_ms, wall_ms)
-
     def hear(self, partition: int, events: Sequence[EventT]) -> None:
         """The watermarks announced among `events` (after the batch they follow)."""
         hear_all(self.clock(partition), events)
@@ -130,10 +124,17 @@ class ExpiringState:
             record["offset"] = offset
         write_cell(self.index, CLOCK_KEY, record, partition)
 
-    def sweep(self, partition: int, wall_ms: int, idle: bool, budget: int = SWEEP_BUDGET) -> Sweep:
-        """Delete up to `budget` due index entries and the expired keys they name. The clock
-        runs on with the wall clock only while the partition is `idle` (caught up): with a
-        backlog, the events waiting will move it instead."""
+    def sweep(
+        self,
+        partition: int,
+        wall_ms: int,
+        idle: bool,
+        budget: int = SWEEP_BUDGET,
+        after: bytes = b"",
+    ) -> Sweep:
+        """Delete up to `budget` due index entries from `after` on, and the expired keys they
+        name. The clock runs on with the wall clock only while the partition is `idle`
+        (caught up): with a backlog, the events waiting will move it instead."""
         self.clock(partition).settle(wall_ms, idle)
         now = self.now(partition, wall_ms)
         if now is None:
@@ -143,7 +144,7 @@ class ExpiringState:
             stored = read_cell(self.state, key, partition)
             return None if stored is None else self.ttl.expires_at(stored["last_ms"])
 
-        found = sweep(self.due(partition, now), expiry_of, now, budget)
+        found = sweep(self.due(partition, now, after), expiry_of, now, budget)
         delete_cells(self.state, found.expired, partition)
         delete_cells(self.index, found.dropped, partition)
         if found.dropped:
@@ -151,9 +152,9 @@ class ExpiringState:
         EXPIRED.labels(self.state.name).inc(len(found.expired))
         return found
 
-    def due(self, partition: int, now: int) -> Iterator[bytes]:
+    def due(self, partition: int, now: int, after: bytes) -> Iterator[bytes]:
         start, stop = due_range(now)
-        return (entry for entry, _ in scan(self.index, partition, start, stop))
+        return (entry for entry, _ in scan(self.index, partition, max(start, after), stop))
 
     def owned(self) -> list[int]:
         """The partitions this worker holds as active that have had an event."""
@@ -167,16 +168,21 @@ class ExpiringState:
 
     async def sweep_owned(self) -> None:
         """Sweep every owned partition to its clock, a budget at a time, yielding the loop
-        between budgets (a partition revoked meanwhile is left to its new owner)."""
+        between budgets (a partition revoked meanwhile is left to its new owner). Each step
+        starts after the last entry the one before swept (its deletions wait in the cell
+        cache, written out when it is full, as an agent's batch's are)."""
         if not app.ready:
             return
         for partition in self.owned():
+            after = b""
             while partition in self.owned():
                 saved = read_cell(self.index, CLOCK_KEY, partition) or {}
                 idle = caught_up(self.topic, partition, saved.get("offset"), self.reader)
-                if not self.sweep(partition, now_ms(), idle is True).more:
+                found = self.sweep(partition, now_ms(), idle is True, after=after)
+                if not found.more:
                     break
-                await asyncio.sleep(0)
+                after = found.dropped[-1] + b"\x00"
+                await batch_done()
 
 
 async def set_aside_stale(

@@ -519,6 +519,17 @@ async def forget_revoked(sender: object, revoked: set[TP], **kwargs: object) -> 
 app.on_partitions_revoked.connect(forget_revoked)  # type: ignore[arg-type]
 
 
+#: Records a partition's work takes between two yields to the event loop: a batch of
+#: handed-over messages may hold thousands of records, and queries wait while it runs.
+RECORDS_PER_STEP = 64
+
+
+async def let_others_run(done: int) -> None:
+    """Yield to the event loop after every RECORDS_PER_STEP records (`done`: so far)."""
+    if done % RECORDS_PER_STEP == 0:
+        await asyncio.sleep(0)
+
+
 Timer = Callable[[], Awaitable[None]]
 
 

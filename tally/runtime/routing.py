@@ -17,7 +17,7 @@ late only if it would have been late where the producer put it.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 
 from aiokafka.structs import RecordMetadata
 from faust.types import EventT, TopicT
@@ -174,6 +174,20 @@ async def hand_over(
     return [
         await forward(last, owner, value, to=to, origin_offset=origin_offset)
         for origin_offset, value in handed.messages(carried)
+    ]
+
+
+async def hand_over_all(
+    last: EventT,
+    by_owner: Mapping[int, Sequence[tuple[int, Record]]],
+    handed: HandedRecords,
+    to: TopicT,
+) -> list[Awaitable[RecordMetadata]]:
+    """`hand_over` each owner's records; returns every delivery."""
+    return [
+        delivery
+        for owner, theirs in by_owner.items()
+        for delivery in await hand_over(last, owner, theirs, handed, to)
     ]
 
 

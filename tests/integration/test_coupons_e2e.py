@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Producer
+from prometheus_client.parser import text_string_to_metric_families
 
 from tally.broker.admin import ensure_topics
 from tally.broker.local import LocalBroker
@@ -104,6 +105,17 @@ def location(
     return user.encode(), codec.dumps(record)
 
 
+def purchases_counted(worker: Worker) -> float:
+    """Purchases the users' partitions have counted (Prometheus)."""
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(worker.text("/metrics"))
+        for sample in family.samples
+        if sample.name == "tally_events_total"
+        and sample.labels == {"topic": "purchases-by-customer", "outcome": "counted"}
+    )
+
+
 def pushes(broker: LocalBroker, expect: int) -> list[dict[str, Any]]:
     return [
         json.loads(r.value) for r in consume(broker.bootstrap, "coupon-pushes", expect, timeout=10)
@@ -167,9 +179,7 @@ def test_each_user_in_a_zone_gets_one_coupon_per_campaign_and_stale_locations_no
             for pid, tenant, user, item in bought
         ],
     )
-    wait_until(
-        lambda: not any(worker.get("/api/health")["lag"].values()), 60, what="purchases read"
-    )
+    wait_until(lambda: purchases_counted(worker) == len(bought), 60, what="purchases counted")
 
     # Wave 1: users u0..u29 of acme in Berlin and of globex in Paris, twice each, in no order;
     # u30..u39 outside every zone; two places not on Earth.
@@ -237,6 +247,8 @@ def test_each_user_in_a_zone_gets_one_coupon_per_campaign_and_stale_locations_no
     worker.stop(signal.SIGKILL)
     worker.start()
     wait_until(lambda: len(pushes(broker, 125)) >= 125, 90, what="wave 2's coupons pushed")
+    time.sleep(2)  # a repeat of a push the crash cut short would come now
+    before = len(pushes(broker, 10**6))
     worker.stop()
     rewind(broker.bootstrap, worker.env["TALLY_APP_ID"], ["coupon-candidates"])
     worker.start()
@@ -244,7 +256,9 @@ def test_each_user_in_a_zone_gets_one_coupon_per_campaign_and_stale_locations_no
         lambda: not any(worker.get("/api/health")["lag"].values()), 60, what="candidates read again"
     )
     time.sleep(2)
-    check(pushes(broker, 125))
+    after = pushes(broker, 10**6)
+    assert len(after) == before, "coupon candidates read again pushed coupons again"
+    check(after)
 
     # A backlog while the worker is paused past the time to live: all stale, nothing pushed.
     assert worker.process is not None

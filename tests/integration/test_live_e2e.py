@@ -3,6 +3,7 @@ against brute force, reconnects, stalled clients, and the page in headless Chrom
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
@@ -18,7 +19,9 @@ from tally.broker.local import LocalBroker
 from tally.codecs.avro import validate_page_view
 from tally.core.clock import epoch_ms, now_ms
 from tally.core.topk import rank_key
-from tally.feed import social_posts
+from tally.coupons.campaigns import campaign_of
+from tally.coupons.campaigns import publish as publish_campaign
+from tally.feed import demo_campaign, social_posts
 from tests.conftest import WorkerFactory, codec_in
 from tests.harness import (
     EventStream,
@@ -276,7 +279,12 @@ def test_dashboard_in_headless_chromium_shows_the_live_top_10(
     assert Path(CHROMIUM).exists(), (
         f"{CHROMIUM} is missing: `make test` installs Debian's chromium (or set TALLY_CHROMIUM)"
     )
-    worker = make_worker(TALLY_PIPELINES="sales,metrics,archive,social,recommendations").start()
+    worker = make_worker(
+        TALLY_PIPELINES="sales,metrics,archive,social,recommendations,coupons"
+    ).start()
+    # A campaign of the default tenant: its row on the page, nothing pushed yet.
+    spring = demo_campaign("", now_ms())
+    asyncio.run(publish_campaign([broker.bootstrap], "coupon-campaigns", 1, *campaign_of(spring)))
     sent = [purchase_row(n, f"item-{n % 14:02d}", 1 + n % 14, now_ms()) for n in range(140)]
     # The default tenant's posts, a third negative: the social panel shows them.
     feed = social_posts(random.Random(5), clock_ms=lambda: now_ms() - 5000, channels=("x",))
@@ -377,6 +385,13 @@ def test_dashboard_in_headless_chromium_shows_the_live_top_10(
                 what="session c's recommendations on the page",
             )
             assert page.locator("#session-recent").inner_text() == "shoe-1"
+            wait_until(
+                lambda: (
+                    page.locator("#coupon-campaigns td").first.inner_text() == spring["campaign_id"]
+                ),
+                30,
+                what="the campaign on the page",
+            )
             page.wait_for_timeout(700)  # let the rank animation finish for the picture
             page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
         finally:

@@ -593,6 +593,44 @@ getJSON("/api/openapi.json").then((api) => {
   if ($("session-id").value) followSession();
 }).catch(() => {});
 
+const COUPON_POLL_MS = 2000;
+let couponTimer = null;
+
+async function pollCoupons() {
+  const shop = $("coupon-shop").value.trim();
+  const query = shop ? `?tenant=${encodeURIComponent(shop)}` : "";
+  try {
+    const answer = await getJSON(`/api/coupons/campaigns${query}`);
+    showStatus($("coupon-status"), { ok: true });
+    const rate = (r) => (r === null ? "–" : `${(r * 100).toFixed(1)} %`);
+    $("coupon-campaigns").replaceChildren(...answer.campaigns.map((c) => {
+      const row = html("tr", {});
+      for (const cell of [c.campaign_id, c.pushed, c.redeemed, rate(c.redemption_rate), c.budget_left, c.expired, c.over_budget]) {
+        row.append(html("td", {}, typeof cell === "number" ? cell.toLocaleString() : cell));
+      }
+      return row;
+    }));
+  } catch (error) {
+    showStatus($("coupon-status"), { ok: false, reason: error.message });
+  }
+}
+
+function followCoupons() {
+  clearInterval(couponTimer);
+  pollCoupons();
+  couponTimer = setInterval(pollCoupons, COUPON_POLL_MS);
+}
+
+$("coupon-chooser").addEventListener("submit", (e) => { e.preventDefault(); followCoupons(); });
+// Shown where the worker runs the coupons pipeline.
+getJSON("/api/openapi.json").then((api) => {
+  if (!("/api/coupons/campaigns" in api.paths)) return;
+  const own = tokenTenant();
+  $("coupon-shop").value = wanted.get("shop") || (own && own !== "*" ? own : wanted.get("tenant") || "");
+  $("coupons").hidden = false;
+  followCoupons();
+}).catch(() => {});
+
 // Ages tick every second without waiting for the next event.
 setInterval(() => {
   $("top-age").textContent = latestTop ? ago(latestTop.as_of) : "–";
