@@ -12,12 +12,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import orjson
-from aiokafka import TopicPartition
-from aiokafka.errors import KafkaError
 
-from tally.broker.admin import end_offsets, ensure_compacted_topic, reader, send_record
+from tally.broker.admin import ensure_compacted_topic, follow_topic, send_record
 from tally.core.coupons import Campaign, CampaignIndex
-from tally.core.errors import BrokerError, ValidationError
+from tally.core.errors import ValidationError
 
 logger = logging.getLogger(__name__)
 
@@ -51,34 +49,16 @@ class FollowedCampaigns(CampaignIndex):
         while not self.loaded:
             await asyncio.sleep(0.1)
 
-    async def follow(self, bootstrap_servers: list[str], topic: str, replication: int) -> None:
-        """Until cancelled: read the topic from its start, then what comes. A broker that
-        fails is retried every second (the campaigns read so far stay in effect)."""
-        while True:
-            try:
-                await ensure_compacted_topic(bootstrap_servers, topic, replication)
-                await self._follow(bootstrap_servers, topic)
-            except (KafkaError, OSError, BrokerError) as exc:
-                logger.warning("following %s failed (%s); retrying in 1 s", topic, exc)
-                await asyncio.sleep(1.0)
+    def mark_loaded(self) -> None:
+        self.loaded = True
+        logger.info("coupon-campaigns read: %d campaigns in effect", len(self))
 
-    async def _follow(self, bootstrap_servers: list[str], topic: str) -> None:
-        consumer = reader(bootstrap_servers)
-        await consumer.start()
-        try:
-            tp = TopicPartition(topic, 0)
-            consumer.assign([tp])
-            await consumer.seek_to_beginning(tp)
-            end = (await end_offsets(consumer, [tp]))[tp]
-            while True:
-                batch = await consumer.getmany(tp, timeout_ms=500)
-                for record in batch.get(tp, []):
-                    self.absorb(record.key, record.value)
-                if not self.loaded and await consumer.position(tp) >= end:
-                    self.loaded = True
-                    logger.info("coupon-campaigns read: %d campaigns in effect", len(self))
-        finally:
-            await consumer.stop()
+    async def follow(self, bootstrap_servers: list[str], topic: str, replication: int) -> None:
+        """Until cancelled: read the topic from its start, then what comes (a broker that
+        fails is retried; the campaigns read so far stay in effect)."""
+        await follow_topic(
+            bootstrap_servers, topic, self.absorb, self.mark_loaded, replication=replication
+        )
 
 
 def read_campaign_file(path: Path) -> tuple[Campaign, bytes]:

@@ -35,7 +35,6 @@ from tally.core.merchants import HOUR_MS, DayFigures, HourFigures, day_start
 from tally.core.partitioning import partition_for
 from tally.core.rollups import bucket_start
 from tally.core.sliding import SlidingTotals
-from tally.core.windowing import EventClock
 from tally.merchants.state import drop_past, final_before, merchant_windows
 from tally.merchants.tables import (
     MERCHANT_SPEC,
@@ -50,7 +49,7 @@ from tally.merchants.tables import (
     time_prefix,
 )
 from tally.runtime.cells import read_cell, write_cell
-from tally.runtime.intake import caught_up, decode, each_partition, timer
+from tally.runtime.intake import decode, each_partition, timer
 from tally.runtime.purchases import (
     checked_purchases,
     item_of,
@@ -58,8 +57,8 @@ from tally.runtime.purchases import (
     set_aside_late,
     tenant_of_purchase,
 )
-from tally.runtime.routing import announce, announcement, forward, hear_all, source_of
-from tally.runtime.state import PartitionStates
+from tally.runtime.rekeying import RekeyingClocks
+from tally.runtime.routing import announcement, forward, hear_all, source_of
 from tally.runtime.store import partition_key, scan, stored_value
 from tally.runtime.topics import purchases
 from tally.telemetry import EVENTS
@@ -70,67 +69,43 @@ logger = logging.getLogger(__name__)
 # --- stage 1: purchases → merchant-purchases ------------------------------------------------
 
 
-#: purchases partition → its event clock (kept in `rekeying_clocks` after each batch).
-rekey_clocks: PartitionStates[EventClock] = PartitionStates(purchases.get_topic_name())
-
-
-def rekey_clock(partition: int) -> EventClock:
-    clock = rekey_clocks.get(partition)
-    if clock is None:
-        saved = read_cell(rekeying_clocks, partition_key(partition), partition)
-        clock = rekey_clocks[partition] = EventClock.from_record(saved)
-    return clock
-
-
 async def rekey_partition(events: Sequence[EventT]) -> None:
     """Each message's valid purchases to their merchants' partitions, then this partition's
     watermark to every merchant partition (after what it sent them)."""
     partition = events[0].message.partition
     wall = now_ms()
-    clock = rekey_clock(partition)
-    clock.settle(wall, idle=False)
     letters = "sales" not in settings.pipelines
+    times: list[int] = []
     for event in events:
         carried = await checked_purchases(event, wall, letters=letters)
         if carried is None:
             continue
         by_owner: dict[int, list[Record]] = {}
         for purchase in carried.valid:
-            clock.observe(purchase["event_time_ms"], wall)
+            times.append(purchase["event_time_ms"])
             owner = partition_for(tenant_of_purchase(purchase), settings.partitions)
             by_owner.setdefault(owner, []).append(purchase)
         for owner, theirs in by_owner.items():
             await forward(event, owner, HANDED_PURCHASES.dumps(theirs), to=merchant_purchases)
-    write_cell(rekeying_clocks, partition_key(partition), clock.record(), partition)
-    watermark = clock.own_watermark(wall, MERCHANT_SPEC.grace_ms)
-    await announce(purchases, partition, watermark, idle=False, to=merchant_purchases)
+    await purchase_clocks.handed_over(partition, wall, times)
+
+
+#: Each purchases partition's clock, announced to every merchant partition.
+purchase_clocks = RekeyingClocks(
+    purchases, rekeying_clocks, merchant_purchases, rekey_partition, MERCHANT_SPEC.grace_ms
+)
 
 
 @app.agent(purchases)
 async def rekey_purchases(stream: StreamT) -> None:
-    await each_partition(stream, rekey_partition, rekey_clocks)
+    await each_partition(stream, rekey_partition, purchase_clocks.states)
 
 
 @timer(interval=1.0)
 async def announce_idle_purchases() -> None:
-    """Every purchases partition's watermark reaches every merchant partition, busy or idle
-    (a caught-up one follows the wall clock and holds no one back): merchant windows slide,
-    and hours become final, with no traffic."""
-    if not app.ready:
-        return
-    wall = now_ms()
-    marks = []
-    for tp in app.assignor.assigned_actives():  # no await in here: ownership cannot change
-        if tp.topic == purchases.get_topic_name():
-            idle = caught_up(purchases, tp.partition, None, rekey_partition)
-            if idle is not None:
-                clock = rekey_clock(tp.partition)
-                clock.settle(wall, idle)
-                marks.append(
-                    (tp.partition, clock.own_watermark(wall, MERCHANT_SPEC.grace_ms), idle)
-                )
-    for partition, watermark, idle in marks:
-        await announce(purchases, partition, watermark, idle, to=merchant_purchases)
+    """Merchant windows slide, and hours become final, with no traffic: idle purchases
+    partitions' watermarks follow the wall clock."""
+    await purchase_clocks.announce_idle()
 
 
 # --- stage 2: merchant-purchases → hours and windows ----------------------------------------

@@ -56,10 +56,9 @@ from tally.recommendations.tables import (
     session_views,
     total_key,
 )
-from tally.runtime.cells import read_cell, write_cell, write_cells
+from tally.runtime.cells import read_cell, write_cells
 from tally.runtime.expiry import ExpiringState, set_aside_stale
 from tally.runtime.intake import (
-    caught_up,
     decode,
     each_partition,
     let_others_run,
@@ -67,9 +66,10 @@ from tally.runtime.intake import (
     timer,
 )
 from tally.runtime.purchases import MAX_FUTURE_MS
+from tally.runtime.rekeying import RekeyingClocks
 from tally.runtime.routing import announce, announcement, hand_over_all, hear_all, source_of
 from tally.runtime.state import PartitionStates
-from tally.runtime.store import partition_key, scan, stored_value
+from tally.runtime.store import scan, stored_value
 from tally.telemetry import EVENTS
 from tally.topics import PAGE_VIEWS
 
@@ -87,26 +87,11 @@ HANDED_CHANGES = HandedRecords(
 # --- stage 1: page-views → page-views-by-session ----------------------------------------------
 
 
-#: page-views partition → its event clock (kept in `page_view_clocks` after each batch).
-route_clocks: PartitionStates[EventClock] = PartitionStates(page_views.get_topic_name())
-
-
-def route_clock(partition: int) -> EventClock:
-    clock = route_clocks.get(partition)
-    if clock is None:
-        saved = read_cell(page_view_clocks, partition_key(partition), partition)
-        clock = route_clocks[partition] = EventClock.from_record(saved)
-    return clock
-
-
 async def route_partition(events: Sequence[EventT]) -> None:
     """Each view to its session's partition; then this partition's watermark to every
-    session partition. The clock moves only once the views are handed over: the idle timer
-    may announce it at any await in between, and must not cover views not sent yet."""
+    session partition."""
     partition = events[0].message.partition
     wall = now_ms()
-    clock = route_clock(partition)
-    clock.settle(wall, idle=False)
     by_owner: dict[int, list[tuple[int, Record]]] = {}
     for index, event in enumerate(events, 1):
         await let_others_run(index)
@@ -124,36 +109,24 @@ async def route_partition(events: Sequence[EventT]) -> None:
         routed = {**page_view, "tenant": tenant, "origin_offset": offset}
         by_owner.setdefault(owner, []).append((offset, routed))
     await hand_over_all(events[-1], by_owner, HANDED_VIEWS, session_views)
-    for theirs in by_owner.values():
-        for _, routed in theirs:
-            clock.observe(routed["viewed_at_ms"], wall)
-    write_cell(page_view_clocks, partition_key(partition), clock.record(), partition)
-    await announce(page_views, partition, clock.own_watermark(wall, 0), False, to=session_views)
+    times = (routed["viewed_at_ms"] for theirs in by_owner.values() for _, routed in theirs)
+    await view_clocks.handed_over(partition, wall, times)
+
+
+#: Each page-views partition's clock, announced to every session partition.
+view_clocks = RekeyingClocks(page_views, page_view_clocks, session_views, route_partition)
 
 
 @app.agent(page_views)
 async def route_views(stream: StreamT) -> None:
-    await each_partition(stream, route_partition, route_clocks)
+    await each_partition(stream, route_partition, view_clocks.states)
 
 
 @timer(interval=1.0)
 async def announce_idle_views() -> None:
-    """Every page-views partition's watermark reaches every session partition, busy or idle
-    (a caught-up one follows the wall clock and holds no one back): sessions expire with no
-    traffic."""
-    if not app.ready:
-        return
-    wall = now_ms()
-    marks = []
-    for tp in app.assignor.assigned_actives():  # no await in here: ownership cannot change
-        if tp.topic == page_views.get_topic_name():
-            idle = caught_up(page_views, tp.partition, None, route_partition)
-            if idle is not None:
-                clock = route_clock(tp.partition)
-                clock.settle(wall, idle)
-                marks.append((tp.partition, clock.own_watermark(wall, 0), idle))
-    for partition, watermark, idle in marks:
-        await announce(page_views, partition, watermark, idle, to=session_views)
+    """Sessions expire with no traffic: idle page-views partitions' watermarks follow the
+    wall clock."""
+    await view_clocks.announce_idle()
 
 
 # --- stage 2: page-views-by-session → sessions, co-view-changes -------------------------------

@@ -1,0 +1,74 @@
+"""The event clock of each partition a stateless stage re-keys from (purchases by merchant,
+page views by session), and its announcements to every partition of the topic it re-keys
+into, so their watermarks follow the slowest source partition (runtime.routing.announce).
+
+A batch's times move its clock only once its records are handed over: the idle timer may
+announce at any await in between, and an announcement must not cover records not sent yet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from faust.types import CollectionT, TopicT
+
+from tally.app import app
+from tally.core.clock import now_ms
+from tally.core.windowing import EventClock
+from tally.runtime.cells import read_cell, write_cell
+from tally.runtime.intake import PartitionWork, caught_up
+from tally.runtime.routing import announce
+from tally.runtime.state import PartitionStates
+from tally.runtime.store import partition_key
+
+
+class RekeyingClocks:
+    """Clocks of `source`'s partitions, kept in `table` ("<partition>"), announced to every
+    partition of `to` with `grace_ms`; `reader` is the stage's work (what caught up means)."""
+
+    def __init__(
+        self,
+        source: TopicT,
+        table: CollectionT,
+        to: TopicT,
+        reader: PartitionWork,
+        grace_ms: int = 0,
+    ) -> None:
+        self.source, self.table, self.to, self.reader = source, table, to, reader
+        self.grace_ms = grace_ms
+        self.states: PartitionStates[EventClock] = PartitionStates(source.get_topic_name())
+
+    def clock(self, partition: int) -> EventClock:
+        clock = self.states.get(partition)
+        if clock is None:
+            saved = read_cell(self.table, partition_key(partition), partition)
+            clock = self.states[partition] = EventClock.from_record(saved)
+        return clock
+
+    async def handed_over(self, partition: int, wall_ms: int, times: Iterable[int]) -> None:
+        """A batch's records (event `times`) are handed over: the clock takes them, is kept,
+        and announced."""
+        clock = self.clock(partition)
+        clock.settle(wall_ms, idle=False)
+        for event_ms in times:
+            clock.observe(event_ms, wall_ms)
+        write_cell(self.table, partition_key(partition), clock.record(), partition)
+        watermark = clock.own_watermark(wall_ms, self.grace_ms)
+        await announce(self.source, partition, watermark, False, to=self.to)
+
+    async def announce_idle(self) -> None:
+        """Every owned partition's watermark, busy or idle (a caught-up one follows the wall
+        clock and holds no one back): what the stage re-keys into moves on with no traffic."""
+        if not app.ready:
+            return
+        wall = now_ms()
+        marks = []
+        for tp in app.assignor.assigned_actives():  # no await in here: ownership cannot change
+            if tp.topic == self.source.get_topic_name():
+                idle = caught_up(self.source, tp.partition, None, self.reader)
+                if idle is not None:
+                    clock = self.clock(tp.partition)
+                    clock.settle(wall, idle)
+                    marks.append((tp.partition, clock.own_watermark(wall, self.grace_ms), idle))
+        for partition, watermark, idle in marks:
+            await announce(self.source, partition, watermark, idle, to=self.to)
