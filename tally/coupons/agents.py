@@ -27,6 +27,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
+import orjson
 from faust.types import EventT, StreamT
 
 from tally.app import app, settings
@@ -62,7 +63,7 @@ from tally.runtime.purchases import MAX_FUTURE_MS, checked_purchases
 from tally.runtime.routing import hand_over_all, source_of
 from tally.runtime.topics import purchases, read_together
 from tally.telemetry import EVENTS
-from tally.topics import COUPON_CAMPAIGNS
+from tally.topics import COUPON_CAMPAIGNS, COUPON_REDEMPTIONS, LOCATIONS
 
 logger = logging.getLogger(__name__)
 
@@ -85,23 +86,25 @@ HANDED_LOCATIONS = HandedRecords(
 HANDED_PURCHASES = HandedRecords(
     "purchases", ("tenant", "customer_id", "item_id", "quantity", "origin_offset")
 )
-HANDED_COUPONS = HandedRecords(
-    "coupons",
-    (
-        "coupon_id",
-        "campaign_id",
-        "tenant",
-        "user_id",
-        "offer_id",
-        "text",
-        "zone_cell",
-        "located_at_ms",
-        "expires_at_ms",
-        "origin_offset",
-    ),
+#: A redemption as its producer sent it (Avro CouponRedemption).
+REDEMPTION_FIELDS = ("tenant", "coupon_id", "redeemed_at_ms")
+HANDED_REDEMPTIONS = HandedRecords("redemptions", (*REDEMPTION_FIELDS, "origin_offset"))
+#: What a push carries (core.coupons.coupon).
+PUSHED_FIELDS = (
+    "coupon_id",
+    "campaign_id",
+    "tenant",
+    "user_id",
+    "offer_id",
+    "text",
+    "zone_cell",
+    "located_at_ms",
+    "expires_at_ms",
 )
-HANDED_REDEMPTIONS = HandedRecords(
-    "redemptions", ("tenant", "coupon_id", "redeemed_at_ms", "origin_offset")
+#: Coupons handed to their tenant's partition, each with the locations-by-user offset that
+#: earned it and where its location was first written.
+HANDED_COUPONS = HandedRecords(
+    "coupons", (*PUSHED_FIELDS, "origin_offset", "location_partition", "location_offset")
 )
 
 
@@ -245,6 +248,9 @@ async def offer(events: Sequence[EventT]) -> None:
                 earned = {
                     **coupon(campaign, user, located["cell"], at, bought),
                     "origin_offset": event.message.offset,
+                    # Where the location was first written: a letter about the coupon names it.
+                    "location_partition": source_of(event)[0],
+                    "location_offset": located["origin_offset"],
                 }
                 by_owner.setdefault(tenant_partition(tenant), []).append(
                     (event.message.offset, earned)
@@ -315,31 +321,36 @@ async def push(partition: int, events: Sequence[EventT], held: dict[str, dict[st
             if so_far["pushed"] >= campaign.budget:
                 so_far["over_budget"] += 1
                 continue
-            push = {k: v for k, v in candidate.items() if k != "origin_offset"}
-            if expired(push, wall):
+            if expired(candidate, wall):
                 so_far["expired"] += 1
-                await set_aside_expired(event, push, wall)
+                await set_aside_expired(event, candidate, wall)
                 continue
             so_far["pushed"] += 1
-            pushed[key] = push
-            sends.append(await coupon_pushes.send(key=push["user_id"].encode(), value=push))
+            pushing = {name: candidate[name] for name in PUSHED_FIELDS}
+            pushed[key] = pushing
+            sends.append(await coupon_pushes.send(key=pushing["user_id"].encode(), value=pushing))
     await asyncio.gather(*sends)
-    for key, push in pushed.items():
-        write_cell(coupons, key, push, partition)
+    for key, pushing in pushed.items():
+        write_cell(coupons, key, pushing, partition)
     EVENTS.labels(coupon_candidates.get_topic_name(), "counted").inc(len(pushed))
 
 
-async def set_aside_expired(event: EventT, push: Record, wall: int) -> None:
+async def set_aside_expired(event: EventT, candidate: Record, wall: int) -> None:
+    """The coupon (JSON, as it would have been pushed), named by the location that earned
+    it."""
     why = (
-        f"coupons: coupon {push['coupon_id'][:120]!r} expired at {push['expires_at_ms']} before "
-        f"it could be pushed ({wall - push['expires_at_ms']} ms late)"
+        f"coupons: coupon {candidate['coupon_id'][:120]!r} expired at "
+        f"{candidate['expires_at_ms']} before it could be pushed "
+        f"({wall - candidate['expires_at_ms']} ms late)"
     )
+    origin = (LOCATIONS, candidate["location_partition"], candidate["location_offset"])
     await set_aside_stale(
         event,
         why,
-        value=HANDED_COUPONS.dumps([{**push, "origin_offset": event.message.offset}]),
-        key=push["user_id"].encode(),
-        tenant=push["tenant"],
+        value=orjson.dumps({name: candidate[name] for name in PUSHED_FIELDS}),
+        key=candidate["user_id"].encode(),
+        tenant=candidate["tenant"],
+        origin=origin,
     )
 
 
@@ -351,8 +362,20 @@ async def count_redemptions(
             campaign_id, _, user = redeemed["coupon_id"].partition(":")
             if read_cell(coupons, pushed_key(campaign_id, user), partition) is None:
                 why = UnknownCoupon(f"coupon {redeemed['coupon_id'][:120]!r} was never pushed")
-                value = HANDED_REDEMPTIONS.dumps([redeemed])
-                await reject(event, why, stage="validate", value=value, tenant=redeemed["tenant"])
+                original = {name: redeemed[name] for name in REDEMPTION_FIELDS}
+                await reject(
+                    event,
+                    why,
+                    stage="validate",
+                    value=redemption_codec().dumps(original),
+                    key=redeemed["coupon_id"].encode(),
+                    tenant=redeemed["tenant"],
+                    origin=(
+                        COUPON_REDEMPTIONS,
+                        source_of(event)[0] or 0,
+                        redeemed["origin_offset"],
+                    ),
+                )
                 continue
             key = redeemed_key(redeemed["coupon_id"])
             if read_cell(coupons, key, partition) is not None:

@@ -5,19 +5,23 @@ of the same partitions as the pipeline's source topic:
     index  "<expires at:013d>|<key>" → 1, one entry per live key
            CLOCK_KEY                 → the partition's event clock (core.windowing.EventClock)
 
-The clock is the partition's watermark (core.windowing.EventClock): its own events' time, or,
-where its events are forwarded from other partitions (a session's views, re-keyed), the
-slowest of those partitions' announced watermarks, so a backlog read faster on one partition
-than on another expires nothing early and finds nothing stale that was not.
+The clock is the partition's watermark (core.windowing.EventClock): the slowest announced
+watermark of the partitions its events are re-keyed from (a session's views), so a backlog
+read faster on one partition than on another expires nothing early and finds nothing stale
+that was not.
 
 Reads treat a key past its expiry as gone at once; a bounded sweep on the partition's active
 worker deletes it later through the cell cache, whose tombstones remove it from the changelog,
 so a standby and a worker restored from the changelog lose it too. The clock is stored with
 the index, so a restarted or failed-over worker goes on expiring from where the other stopped.
+
+Messages have a time to live too: one too old to act on is set aside (`set_aside_stale`),
+counted and kept on late-events, never processed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -183,6 +187,7 @@ class ExpiringState:
                     break
                 after = found.dropped[-1] + b"\x00"
                 await batch_done()
+                await asyncio.sleep(0)  # batch_done returns at once unless the cache is full
 
 
 async def set_aside_stale(
