@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import struct
 from importlib import resources
 from pathlib import Path
 
 from tally.broker.local import LocalBroker
-from tally.codecs.avro import AvroCodec, Record, load_schema, schema_id_of, validate_order
+from tally.codecs.avro import (
+    AvroCodec,
+    Record,
+    load_schema,
+    schema_id_of,
+    validate_location,
+    validate_order,
+    validate_page_view,
+    validate_redemption,
+)
 from tally.codecs.registry import HttpSchemaRegistry
 from tally.core.deadletters import DeadLetter
-from tally.feed import metric_batches, orders, purchases, social_posts
+from tally.feed import locations, metric_batches, orders, page_views, purchases, social_posts
 from tests.conftest import WorkerFactory, codec_in
 from tests.harness import ACCESS, consume, headers_of, produce, wait_until
 
@@ -62,6 +72,23 @@ def test_every_schema_round_trips_through_the_broker(
         "order.avsc": (
             codec_in(registry_dir, "orders-value", "order", validate_order),
             (order for order, _ in orders(rng, clock_ms=lambda: T0)),
+        ),
+        "page_view.avsc": (
+            codec_in(registry_dir, "page-views-value", "page_view", validate_page_view),
+            page_views(rng, clock_ms=lambda: T0, tenants=("acme",)),
+        ),
+        "location_event.avsc": (
+            codec_in(registry_dir, "locations-value", "location_event", validate_location),
+            locations(rng, clock_ms=lambda: T0),
+        ),
+        "coupon_redemption.avsc": (
+            codec_in(
+                registry_dir, "coupon-redemptions-value", "coupon_redemption", validate_redemption
+            ),
+            (
+                {"coupon_id": f"spring:u{n}", "redeemed_at_ms": T0 + n, "tenant": "acme"}
+                for n in itertools.count()
+            ),
         ),
     }
     shipped = {
