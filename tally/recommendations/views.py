@@ -139,12 +139,12 @@ class Recommendations(OwnedView):
         async def answer() -> Response:
             partition = partition_for(key, settings.partitions)
             wall = now_ms()
-            stored = read_cell(session_items, key.encode(), partition)
-            first_views: dict[str, int] = sessions_state.get(key.encode(), partition, wall) or {}
+            stored = sessions_state.live(key.encode(), partition, wall)
+            first_views: dict[str, int] = {} if stored is None else stored["value"]
             sources = list(dict.fromkeys([*([item] if item else []), *recent(first_views)]))
             found = await rows_of(request, tenant, sources)
             ranked = recommend(found["rows"], item, first_views, k)
-            last = stored["last_ms"] if first_views and stored else None
+            last = None if stored is None else stored["last_ms"]
             return self.json(
                 {
                     "tenant": tenant,

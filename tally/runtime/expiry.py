@@ -86,17 +86,19 @@ class ExpiringState:
         return self.clock(partition).watermark(wall_ms, 0)
 
     def get(self, key: bytes, partition: int, wall_ms: int) -> Any:
-        """The key's value, None when it has none or its time to live has passed (swept or
-        not: an expired key reads as gone the moment its partition's clock passes it)."""
-        stored = read_cell(self.state, key, partition)
+        """The key's value, None when it has none or its time to live has passed."""
+        stored = self.live(key, partition, wall_ms)
+        return None if stored is None else stored["value"]
+
+    def live(self, key: bytes, partition: int, wall_ms: int) -> dict[str, Any] | None:
+        """The key's stored record ({"last_ms", "value"}), None when it has none or its time
+        to live has passed (swept or not: an expired key reads as gone the moment its
+        partition's clock passes it)."""
+        stored: dict[str, Any] | None = read_cell(self.state, key, partition)
         if stored is None:
             return None
         now = self.now(partition, wall_ms)
-        return (
-            None
-            if now is not None and self.ttl.expired(stored["last_ms"], now)
-            else stored["value"]
-        )
+        return None if now is not None and self.ttl.expired(stored["last_ms"], now) else stored
 
     def stale(self, event_ms: int, partition: int, wall_ms: int) -> bool:
         """Whether an event at `event_ms` would be expired on arrival by the partition's

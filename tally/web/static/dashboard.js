@@ -348,9 +348,21 @@ follow();
 // --- merchant: one merchant's own figures (workers running the merchants pipeline) --------
 // /api/merchants/{id}/summary, /sales?step=1h, /top-items, polled: a merchant's token reads
 // its own merchant (the token's tenant), an operator's any (#merchant=…, or typed here).
+// The API document, asked once: each panel is shown where the worker serves its queries.
+const apiDocument = getJSON("/api/openapi.json");
+
+// A panel polled every `ms`: calling the result (again) polls now and from then on.
+function poller(poll, ms) {
+  let timer = null;
+  return () => {
+    clearInterval(timer);
+    poll();
+    timer = setInterval(poll, ms);
+  };
+}
+
 const MERCHANT_POLL_MS = 5000;
 let merchantAnswer = null;
-let merchantTimer = null;
 
 function tokenTenant() {
   try { // the token's claims, read only to prefill the merchant: the server checks them
@@ -420,15 +432,11 @@ function drawHours(answer) {
   }
 }
 
-function followMerchant() {
-  clearInterval(merchantTimer);
-  pollMerchant();
-  merchantTimer = setInterval(pollMerchant, MERCHANT_POLL_MS);
-}
+const followMerchant = poller(pollMerchant, MERCHANT_POLL_MS);
 
 $("merchant-chooser").addEventListener("submit", (e) => { e.preventDefault(); followMerchant(); });
 // Shown where the worker serves merchants' figures (its API document lists them).
-getJSON("/api/openapi.json").then((api) => {
+apiDocument.then((api) => {
   if (!("/api/merchants/{merchant_id}/summary" in api.paths)) return;
   const own = tokenTenant();
   $("merchant-id").value = wanted.get("merchant") || (own && own !== "*" ? own : wanted.get("tenant") || "");
@@ -539,7 +547,7 @@ function followBrand() {
 
 $("brand-chooser").addEventListener("submit", (e) => { e.preventDefault(); followBrand(); });
 // Shown where the worker runs the social pipeline (its API document lists its queries).
-getJSON("/api/openapi.json").then((api) => {
+apiDocument.then((api) => {
   if (!("/api/social/summary" in api.paths)) return;
   const own = tokenTenant();
   $("brand-id").value = wanted.get("brand") || (own && own !== "*" ? own : wanted.get("tenant") || "");
@@ -548,7 +556,6 @@ getJSON("/api/openapi.json").then((api) => {
 }).catch(() => {});
 
 const SESSION_POLL_MS = 2000;
-let sessionTimer = null;
 
 async function pollSession() {
   const session = $("session-id").value.trim();
@@ -576,15 +583,11 @@ async function pollSession() {
   }
 }
 
-function followSession() {
-  clearInterval(sessionTimer);
-  pollSession();
-  sessionTimer = setInterval(pollSession, SESSION_POLL_MS);
-}
+const followSession = poller(pollSession, SESSION_POLL_MS);
 
 $("session-chooser").addEventListener("submit", (e) => { e.preventDefault(); followSession(); });
 // Shown where the worker runs the recommendations pipeline.
-getJSON("/api/openapi.json").then((api) => {
+apiDocument.then((api) => {
   if (!("/api/recommendations" in api.paths)) return;
   const own = tokenTenant();
   $("session-shop").value = wanted.get("shop") || (own && own !== "*" ? own : wanted.get("tenant") || "");
@@ -594,7 +597,6 @@ getJSON("/api/openapi.json").then((api) => {
 }).catch(() => {});
 
 const COUPON_POLL_MS = 2000;
-let couponTimer = null;
 
 async function pollCoupons() {
   const shop = $("coupon-shop").value.trim();
@@ -615,15 +617,11 @@ async function pollCoupons() {
   }
 }
 
-function followCoupons() {
-  clearInterval(couponTimer);
-  pollCoupons();
-  couponTimer = setInterval(pollCoupons, COUPON_POLL_MS);
-}
+const followCoupons = poller(pollCoupons, COUPON_POLL_MS);
 
 $("coupon-chooser").addEventListener("submit", (e) => { e.preventDefault(); followCoupons(); });
 // Shown where the worker runs the coupons pipeline.
-getJSON("/api/openapi.json").then((api) => {
+apiDocument.then((api) => {
   if (!("/api/coupons/campaigns" in api.paths)) return;
   const own = tokenTenant();
   $("coupon-shop").value = wanted.get("shop") || (own && own !== "*" ? own : wanted.get("tenant") || "");
