@@ -15,7 +15,7 @@ import sys
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -545,6 +545,24 @@ def demo_campaign(tenant: str, now_ms: int) -> dict[str, object]:
             },
         ],
     }
+
+
+#: The share of pushed coupons the coupons feed's shoppers redeem.
+REDEEMED_SHARE = 0.2
+
+
+def redemptions(
+    rng: random.Random, pushes: Iterable[Record], *, clock_ms: Callable[[], int]
+) -> Iterator[Record]:
+    """Redemptions of REDEEMED_SHARE of `pushes` (coupons as pushed): the shoppers who go in
+    (so `make run` shows live redemption rates)."""
+    for push in pushes:
+        if rng.random() < REDEEMED_SHARE:
+            yield {
+                "coupon_id": push["coupon_id"],
+                "redeemed_at_ms": clock_ms(),
+                "tenant": push["tenant"],
+            }
 
 
 #: A message a feed sends: key, value, headers.

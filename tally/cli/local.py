@@ -16,7 +16,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import click
-from aiokafka import AIOKafkaProducer
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from faust.cli import AppCommand, argument, option
 
@@ -31,6 +32,7 @@ from tally.codecs.catalog import (
     order_codec,
     page_view_codec,
     purchase_codec,
+    redemption_codec,
 )
 from tally.core.clock import now_ms
 from tally.core.errors import BrokerError, ConfigurationError
@@ -51,12 +53,15 @@ from tally.feed import (
     page_views,
     purchases,
     raw_messages,
+    redemptions,
     send_feed,
     social_posts,
 )
 from tally.settings import PIPELINES
 from tally.topics import (
     COUPON_CAMPAIGNS,
+    COUPON_PUSHES,
+    COUPON_REDEMPTIONS,
     LOCATIONS,
     METRIC_SAMPLES,
     ORDERS,
@@ -183,6 +188,11 @@ async def run_feed(
     except (KafkaError, OSError) as exc:
         await producer.stop()
         raise BrokerError(f"cannot reach the broker at {settings.broker}: {exc}") from exc
+    redeeming = (
+        asyncio.create_task(redeem_pushed_coupons(producer, seed))
+        if pipeline == "coupons"
+        else None
+    )
     try:
         return await send_feed(
             producer,
@@ -194,7 +204,34 @@ async def run_feed(
             quiet=quiet,
         )
     finally:
+        if redeeming is not None:
+            redeeming.cancel()
+            await asyncio.gather(redeeming, return_exceptions=True)
         await producer.stop()
+
+
+async def redeem_pushed_coupons(producer: AIOKafkaProducer, seed: int) -> None:
+    """The coupons feed's shoppers redeem some of the coupons pushed from now on (feed's
+    `redemptions`), until cancelled."""
+    consumer = AIOKafkaConsumer(
+        settings.generation_topic(COUPON_PUSHES),
+        bootstrap_servers=settings.bootstrap_servers,
+        auto_offset_reset="latest",
+        enable_auto_commit=False,
+        metadata_max_age_ms=5_000,  # the worker may create the topic after this starts
+    )
+    rng, codec = random.Random(seed), redemption_codec()
+    await consumer.start()
+    try:
+        while True:
+            fetched = await consumer.getmany(timeout_ms=1_000)
+            pushes = [orjson.loads(r.value) for records in fetched.values() for r in records]
+            for redeemed in redemptions(rng, pushes, clock_ms=now_ms):
+                await producer.send(
+                    COUPON_REDEMPTIONS, codec.dumps(redeemed), key=redeemed["coupon_id"].encode()
+                )
+    finally:
+        await consumer.stop()
 
 
 @app.command(

@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import orjson
-from faust.types import EventT, StreamT
+from faust.types import TP, EventT, StreamT
 
 from tally.app import app, settings
 from tally.codecs.avro import Record, check_event_time
@@ -60,6 +60,7 @@ from tally.runtime.cells import read_cell, write_cell
 from tally.runtime.expiry import set_aside_stale
 from tally.runtime.intake import decode, each_partition, let_others_run, reject
 from tally.runtime.purchases import MAX_FUTURE_MS, checked_purchases
+from tally.runtime.record_batches import Delivery, send_records
 from tally.runtime.routing import hand_over_all, source_of
 from tally.runtime.topics import purchases, read_together
 from tally.telemetry import EVENTS
@@ -307,7 +308,6 @@ async def push(partition: int, events: Sequence[EventT], held: dict[str, dict[st
     acknowledged before their cells are written (module docstring)."""
     wall = now_ms()
     pushed: dict[bytes, Record] = {}
-    sends = []
     for event in events:
         for candidate in await decode(event, HANDED_COUPONS) or []:
             key = pushed_key(candidate["campaign_id"], candidate["user_id"])
@@ -326,13 +326,29 @@ async def push(partition: int, events: Sequence[EventT], held: dict[str, dict[st
                 await set_aside_expired(event, candidate, wall)
                 continue
             so_far["pushed"] += 1
-            pushing = {name: candidate[name] for name in PUSHED_FIELDS}
-            pushed[key] = pushing
-            sends.append(await coupon_pushes.send(key=pushing["user_id"].encode(), value=pushing))
-    await asyncio.gather(*sends)
+            pushed[key] = {name: candidate[name] for name in PUSHED_FIELDS}
+    await asyncio.gather(*await send_pushes(pushed.values()))
     for key, pushing in pushed.items():
         write_cell(coupons, key, pushing, partition)
     EVENTS.labels(coupon_candidates.get_topic_name(), "counted").inc(len(pushed))
+
+
+async def send_pushes(pushing: Iterable[Record]) -> list[Delivery]:
+    """Coupons to `coupon-pushes` as JSON, keyed by user (partitioned as Kafka's default
+    partitioner does: a gateway reading a user's partition gets all their coupons), in record
+    batches: one Faust send each held a busy location stream to a fraction of its rate."""
+    by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
+    for push in pushing:
+        user = push["user_id"]
+        by_partition.setdefault(partition_for(user, coupon_pushes.partitions), []).append(
+            (user.encode(), orjson.dumps(push))
+        )
+    topic = coupon_pushes.get_topic_name()
+    return [
+        delivery
+        for partition, records in by_partition.items()
+        for delivery in await send_records(TP(topic, partition), records)
+    ]
 
 
 async def set_aside_expired(event: EventT, candidate: Record, wall: int) -> None:

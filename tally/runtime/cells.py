@@ -18,10 +18,6 @@ import asyncio
 import logging
 from typing import Any, cast
 
-from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaTimeoutError
-from aiokafka.producer.message_accumulator import BatchBuilder
-from aiokafka.structs import RecordMetadata
 from faust.types import TP, CollectionT
 from rocksdict import WriteBatch
 
@@ -30,13 +26,13 @@ from tally.core.cells import NOT_HELD, Cell, DirtyCells, Place
 from tally.core.limits import check_record_size
 from tally.runtime.bounded import BoundedTable, before_stop
 from tally.runtime.faust_compat import (
-    aiokafka_producer,
     before_producer_flush,
     changelog_sent,
     decode_value,
     encode_value,
     partition_db,
 )
+from tally.runtime.record_batches import Delivery, send_records
 from tally.telemetry import CELL_WRITES
 
 logger = logging.getLogger(__name__)
@@ -164,35 +160,15 @@ async def write_out(taken: list[tuple[Place, dict[bytes, Cell]]]) -> list[Delive
     return [delivery for send in sends for delivery in send.result()]
 
 
-#: A changelog record batch's acknowledgement by the broker.
-Delivery = asyncio.Future[RecordMetadata]
-
-
 async def send_batched(
     table: CollectionT, partition: int, cells: dict[bytes, Cell]
 ) -> list[Delivery]:
-    """One partition's cells to its changelog in record batches straight to the Kafka client
-    (Faust's producer hands records over one at a time, with a future and a callback each;
-    a deleted cell is a tombstone); the offset each acknowledged batch reaches is recorded as
-    Faust records its own."""
-    producer = aiokafka_producer(app.producer)
-    topic = table.changelog_topic.get_topic_name()
-    tp = TP(topic, partition)
-    batch, count, deliveries = producer.create_batch(), 0, []
-    for key, value in cells.items():
-        if batch.append(key=key, value=value, timestamp=None) is None:  # full
-            deliveries.append(await send_batch(producer, batch, table, tp, count))
-            batch, count = producer.create_batch(), 0
-            batch.append(key=key, value=value, timestamp=None)  # a batch takes its first
-        count += 1
-    deliveries.append(await send_batch(producer, batch, table, tp, count))
-    return deliveries
+    """One partition's cells to its changelog in record batches (a deleted cell is a
+    tombstone); the offset each acknowledged batch reaches is recorded as Faust records its
+    own."""
+    tp = TP(table.changelog_topic.get_topic_name(), partition)
 
-
-async def send_batch(
-    producer: AIOKafkaProducer, batch: BatchBuilder, table: CollectionT, tp: TP, count: int
-) -> Delivery:
-    def acknowledged(delivered: Delivery) -> None:
+    def acknowledged(delivered: Delivery, count: int) -> None:
         if delivered.cancelled() or delivered.exception() is not None:
             logger.error(
                 "table %s: %d changelog records of %s[%s] were not written (%r): a restore of "
@@ -206,21 +182,7 @@ async def send_batch(
             return
         changelog_sent(table, tp, delivered.result().offset + count - 1)
 
-    batch.close()  # sent now, not after the client's linger
-    while True:
-        try:
-            delivered = await producer.send_batch(batch, tp.topic, partition=tp.partition)
-            break
-        except KafkaTimeoutError:  # no room for it in the client yet (the broker is away)
-            logger.warning(
-                "table %s: changelog records of %s[%s] wait for room in the Kafka client; "
-                "commits wait for them",
-                table.name,
-                tp.topic,
-                tp.partition,
-            )
-    delivered.add_done_callback(acknowledged)
-    return delivered
+    return await send_records(tp, cells.items(), acknowledged)
 
 
 async def flush_table(table: CollectionT) -> None:

@@ -77,6 +77,14 @@ def test_dev_runs_broker_worker_and_feed_then_stops_everything_on_ctrl_c(tmp_pat
                 what=f"{tenant}'s social posts summed up",
             )
             assert posts["brand"] == tenant
+            # The demo campaign pushes coupons to the feed's shoppers, who redeem some.
+            wait_until(
+                lambda r=reader: any(
+                    c["redeemed"] for c in r.get("/api/coupons/campaigns")["campaigns"]
+                ),
+                90,
+                what=f"{tenant}'s demo campaign's coupons redeemed",
+            )
         # The orders of the feed are decided (by the default model, published at start).
         wait_until(
             lambda: 'tally_fraud_decisions_total{by="model"' in probe.text("/metrics"),

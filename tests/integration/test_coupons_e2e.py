@@ -4,8 +4,10 @@ out of order, some twice, some invalid, some outside every zone). Each user in a
 coupon per campaign, with the offer their purchases choose and their zone's cell, within the
 campaign's budget; a SIGKILL in the middle of a wave, and every coupon candidate read again,
 change none of that. A backlog of locations sent while the worker is paused longer than the
-time to live is counted stale, and pushes nothing. Redemptions, some twice, one of a coupon
-never pushed, give each campaign's redemption rate as brute force does."""
+time to live (shortened at a restart, so the pause stays short) is counted stale, and pushes
+nothing; coupons whose own time to live passed before their push are counted expired and set
+aside, never pushed. Redemptions, some twice, one of a coupon never pushed, give each
+campaign's redemption rate as brute force does."""
 
 from __future__ import annotations
 
@@ -35,7 +37,10 @@ from tests.harness import Worker, consume, headers_of, rewind, wait_until
 
 BERLIN = (52.52, 13.405)
 PARIS = (48.8566, 2.3522)
+ROME = (41.9028, 12.4964)
 TTL_S = 30
+#: The locations' time to live once the worker is restarted for the paused backlog.
+PAUSED_TTL_S = 6
 COUPONS = {
     "TALLY_PIPELINES": "coupons",
     "TALLY_LOCATION_TTL_SECONDS": str(TTL_S),
@@ -93,13 +98,13 @@ def send(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]]) -> Non
 
 
 def location(
-    codec: AvroCodec, user: str, where: tuple[float, float], tenant: str
+    codec: AvroCodec, user: str, where: tuple[float, float], tenant: str, age_ms: int = 0
 ) -> tuple[bytes, bytes]:
     record = {
         "user_id": user,
         "lat": where[0],
         "lon": where[1],
-        "located_at_ms": now_ms(),
+        "located_at_ms": now_ms() - age_ms,
         "tenant": tenant,
     }
     return user.encode(), codec.dumps(record)
@@ -270,6 +275,7 @@ def test_each_user_in_a_zone_gets_one_coupon_per_campaign_and_stale_locations_no
     before = pushed_so_far(broker)
     worker.stop()
     rewind(broker.bootstrap, worker.env["TALLY_APP_ID"], ["coupon-candidates"])
+    worker.env["TALLY_LOCATION_TTL_SECONDS"] = str(PAUSED_TTL_S)
     worker.start()
     wait_until(
         lambda: not any(worker.get("/api/health")["lag"].values()), 60, what="candidates read again"
@@ -285,14 +291,33 @@ def test_each_user_in_a_zone_gets_one_coupon_per_campaign_and_stale_locations_no
     try:
         stale = [location(locations, f"late{n}", near(rng, BERLIN, 100), "acme") for n in range(20)]
         send(broker.bootstrap, "locations", stale)
-        time.sleep(TTL_S + 5)
+        time.sleep(PAUSED_TTL_S + 3)
     finally:
         worker.process.send_signal(signal.SIGCONT)
-    late = consume(broker.bootstrap, "late-events", len(stale), timeout=60)
+
+    # Fresh locations whose coupons (a time to live of 1 s) expired before they could be
+    # pushed: counted expired, set aside, never pushed.
+    flash = {**campaign("rome-flash", "initech", ROME, budget=1000), "coupon_ttl_seconds": 1}
+    publish(worker, tmp_path, flash)
+    wait_until(
+        lambda: worker.get("/api/coupons/campaigns?tenant=initech")["campaigns"],
+        30,
+        what="the flash campaign in effect",
+    )
+    expired_waiting = [
+        location(locations, f"flash{n}", near(rng, ROME, 100), "initech", age_ms=1_100)
+        for n in range(10)
+    ]
+    send(broker.bootstrap, "locations", expired_waiting)
+
+    late = consume(broker.bootstrap, "late-events", len(stale) + len(expired_waiting), timeout=60)
     notes = [DeadLetter.from_headers(headers_of(r).items()) for r in late]
-    assert [n.rule for n in notes] == ["stale"] * len(stale)
+    assert [n.rule for n in notes] == ["stale"] * len(notes)
     assert {n.topic for n in notes} == {"locations"}
-    assert not [p for p in everything_pushed(broker) if p["user_id"].startswith("late")]
+    assert sum("expired at" in n.reason for n in notes) == len(expired_waiting)
+    assert not [p for p in everything_pushed(broker) if p["user_id"].startswith(("late", "flash"))]
+    rome = worker.get("/api/coupons/campaigns?tenant=initech")["campaigns"][0]
+    assert (rome["pushed"], rome["expired"]) == (0, len(expired_waiting))
 
     # Redemptions: each campaign's rate as brute force has it.
     pushed = {(p["campaign_id"], p["user_id"]): p for p in everything_pushed(broker)}
