@@ -98,7 +98,7 @@ purchase_clocks = RekeyingClocks(
 
 @app.agent(purchases)
 async def rekey_purchases(stream: StreamT) -> None:
-    await each_partition(stream, rekey_partition, purchase_clocks.states)
+    await each_partition(stream, rekey_partition, purchase_clocks.clocks)
 
 
 @timer(interval=1.0)

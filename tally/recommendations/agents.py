@@ -40,7 +40,6 @@ from tally.core.errors import ValidationError
 from tally.core.partitioning import partition_for
 from tally.core.recommendations import CO_VIEWS, add_counts, view
 from tally.core.tenancy import letter_tenant, scoped, tenant_of
-from tally.core.windowing import EventClock
 from tally.recommendations.tables import (
     CO_VIEWS_CLOCK,
     SESSION_TTL,
@@ -68,7 +67,7 @@ from tally.runtime.intake import (
 from tally.runtime.purchases import MAX_FUTURE_MS
 from tally.runtime.rekeying import RekeyingClocks
 from tally.runtime.routing import announce, announcement, hand_over_all, hear_all, source_of
-from tally.runtime.state import PartitionStates
+from tally.runtime.state import StoredClocks
 from tally.runtime.store import scan, stored_value
 from tally.telemetry import EVENTS
 from tally.topics import PAGE_VIEWS
@@ -119,7 +118,7 @@ view_clocks = RekeyingClocks(page_views, page_view_clocks, session_views, route_
 
 @app.agent(page_views)
 async def route_views(stream: StreamT) -> None:
-    await each_partition(stream, route_partition, view_clocks.states)
+    await each_partition(stream, route_partition, view_clocks.clocks)
 
 
 @timer(interval=1.0)
@@ -237,16 +236,11 @@ def co_views_clock(partition: int) -> dict[str, Any]:
 
 
 #: co-view-changes partition → its event clock: the slowest session partition's watermark.
-count_clocks: PartitionStates[EventClock] = PartitionStates(co_view_changes.get_topic_name())
-
-
-def count_clock(partition: int) -> EventClock:
-    clock = count_clocks.get(partition)
-    if clock is None:
-        saved = co_views_clock(partition).get("clock")
-        every = frozenset(range(settings.partitions))
-        clock = count_clocks[partition] = EventClock.from_record(saved, every)
-    return clock
+count_clocks = StoredClocks(
+    co_view_changes.get_topic_name(),
+    lambda p: co_views_clock(p).get("clock"),
+    lambda _: frozenset(range(settings.partitions)),
+)
 
 
 async def count_partition(events: Sequence[EventT]) -> None:
@@ -289,7 +283,7 @@ async def count_partition(events: Sequence[EventT]) -> None:
     updates: dict[bytes, Any] = {
         key: stamp(counts, through, before) for key, (before, counts) in panes.items()
     }
-    clock = count_clock(partition)
+    clock = count_clocks.clock(partition)
     hear_all(clock, events)  # after the batch: an announcement follows what it covers
     watermark = clock.watermark(wall, 0)
     if watermark is not None and (last is None or CO_VIEWS.pane_of(watermark) > last):

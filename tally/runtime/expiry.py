@@ -36,7 +36,7 @@ from tally.core.windowing import EventClock
 from tally.runtime.cells import batch_done, delete_cells, has_cell, read_cell, write_cell
 from tally.runtime.intake import PartitionWork, caught_up, reject
 from tally.runtime.routing import hear_all
-from tally.runtime.state import PartitionStates
+from tally.runtime.state import StoredClocks
 from tally.runtime.store import scan
 from tally.runtime.topics import late_events
 from tally.telemetry import EXPIRED
@@ -71,15 +71,13 @@ class ExpiringState:
     ) -> None:
         self.topic, self.state, self.index, self.ttl, self.reader = topic, state, index, ttl, reader
         self.awaited = awaited
-        self.clocks: PartitionStates[EventClock] = PartitionStates(topic.get_topic_name())
+        self.clocks = StoredClocks(
+            topic.get_topic_name(), lambda p: read_cell(index, CLOCK_KEY, p), awaited
+        )
 
     def clock(self, partition: int) -> EventClock:
         """The partition's event clock (loaded from the index table on first use)."""
-        clock = self.clocks.get(partition)
-        if clock is None:
-            saved = read_cell(self.index, CLOCK_KEY, partition)
-            clock = self.clocks[partition] = EventClock.from_record(saved, self.awaited(partition))
-        return clock
+        return self.clocks.clock(partition)
 
     def now(self, partition: int, wall_ms: int) -> int | None:
         """The partition's watermark: what expires keys (None: none yet, nothing expires)."""

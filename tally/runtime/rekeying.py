@@ -18,7 +18,7 @@ from tally.core.windowing import EventClock
 from tally.runtime.cells import read_cell, write_cell
 from tally.runtime.intake import PartitionWork, caught_up
 from tally.runtime.routing import announce
-from tally.runtime.state import PartitionStates
+from tally.runtime.state import StoredClocks
 from tally.runtime.store import partition_key
 
 
@@ -36,14 +36,12 @@ class RekeyingClocks:
     ) -> None:
         self.source, self.table, self.to, self.reader = source, table, to, reader
         self.grace_ms = grace_ms
-        self.states: PartitionStates[EventClock] = PartitionStates(source.get_topic_name())
+        self.clocks = StoredClocks(
+            source.get_topic_name(), lambda p: read_cell(table, partition_key(p), p)
+        )
 
     def clock(self, partition: int) -> EventClock:
-        clock = self.states.get(partition)
-        if clock is None:
-            saved = read_cell(self.table, partition_key(partition), partition)
-            clock = self.states[partition] = EventClock.from_record(saved)
-        return clock
+        return self.clocks.clock(partition)
 
     async def handed_over(self, partition: int, wall_ms: int, times: Iterable[int]) -> None:
         """A batch's records (event `times`) are handed over: the clock takes them, is kept,

@@ -9,8 +9,10 @@ the tables, which the worker that held it meanwhile kept up to date.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from typing import ClassVar, Generic, Protocol, TypeVar
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
+
+from tally.core.windowing import EventClock
 
 T = TypeVar("T")
 
@@ -60,3 +62,24 @@ class PartitionStates(Generic[T]):
     def forget(self, partition: int) -> None:
         """Drop one partition's state (it is rebuilt from storage on next use)."""
         self._by_partition.pop(partition, None)
+
+
+class StoredClocks(PartitionStates[EventClock]):
+    """Each partition's event clock, rebuilt on first use from the record `stored(partition)`
+    reads (None: a new clock), waiting for the announcements of `awaited(partition)`."""
+
+    def __init__(
+        self,
+        topic: str,
+        stored: Callable[[int], Mapping[str, Any] | None],
+        awaited: Callable[[int], frozenset[int]] = lambda _: frozenset(),
+    ) -> None:
+        super().__init__(topic)
+        self.stored, self.awaited = stored, awaited
+
+    def clock(self, partition: int) -> EventClock:
+        clock = self.get(partition)
+        if clock is None:
+            saved = self.stored(partition)
+            clock = self[partition] = EventClock.from_record(saved, self.awaited(partition))
+        return clock

@@ -16,6 +16,7 @@ from faust.types import TP as FaustTP
 from faust.types import Message
 
 from tally.core.errors import ConfigurationError
+from tally.core.windowing import EventClock
 from tally.runtime.faust_compat import (
     PINNED,
     accept_missing,
@@ -25,7 +26,7 @@ from tally.runtime.faust_compat import (
     leave_unacked,
     read_again,
 )
-from tally.runtime.state import PartitionStates
+from tally.runtime.state import PartitionStates, StoredClocks
 
 
 class TP(NamedTuple):
@@ -48,6 +49,25 @@ def test_a_revoked_partition_is_dropped_from_every_state_of_its_topic_only() -> 
     assert sorted(windows) == [0, 2]
     windows.forget(0)
     assert 0 not in windows and windows[2] == "window 2"
+
+
+def test_a_stored_clock_is_read_once_then_kept_until_its_partition_is_revoked() -> None:
+    stored = {0: {"event_ms": 5_000, "wall_ms": 100, "upstream": {"1": 4_000}}}
+    reads: list[int] = []
+
+    def read(partition: int) -> dict[str, object] | None:
+        reads.append(partition)
+        return stored.get(partition)
+
+    clocks = StoredClocks("t-views", read, lambda partition: frozenset({1 - partition}))
+    clock = clocks.clock(0)
+    assert clock.record() == EventClock.from_record(stored[0]).record()
+    assert clock.watermark(100, 0) == 4_000, "it waits for partition 1's announcements"
+    clock.observe(9_000, 200)
+    assert clocks.clock(0) is clock and reads == [0], "kept in memory, read once"
+    assert clocks.clock(1).record()["event_ms"] is None, "no record: a new clock"
+    PartitionStates.revoked([TP("t-views", 0)])
+    assert clocks.clock(0).record()["event_ms"] == 5_000 and reads == [0, 1, 0]
 
 
 def test_the_pinned_versions_pass_and_any_other_is_refused_by_name() -> None:
