@@ -121,43 +121,50 @@ async def flush(places: list[Place] | None = None, acknowledged: bool = False) -
     their changelog records to the Kafka client (whose flush Faust awaits before a commit);
     `acknowledged`: return only once the broker has acknowledged them (at_least_once)."""
     async with flushing:  # a commit's flush waits until an earlier one handed its cells over
-        delivered = await write_out(dirty.take(places))
+        delivered = await write_out(dirty.places() if places is None else places)
     if acknowledged:
         await asyncio.gather(*delivered)
 
 
-async def write_out(taken: list[tuple[Place, dict[bytes, Cell]]]) -> list[Delivery]:
-    """The cells to RocksDB and their changelog; the deliveries of the record batches."""
-    sends: list[asyncio.Task[list[Delivery]]] = []
+async def write_out(places: list[Place]) -> list[Delivery]:
+    """Each place's cells to RocksDB and its changelog; the deliveries of the record batches.
+    A place's cells leave the cache in the same step as they reach RocksDB (a read finds
+    them in one or the other), and the loop serves others between places: thousands of
+    cells written in one step would hold every query waiting behind it."""
+    deliveries: list[Delivery] = []
+    for name, partition in places:
+        table = app.tables[name]
+        for _, cells in dirty.take([(name, partition)]):
+            deliveries += await write_place(table, partition, cells)
+        await asyncio.sleep(0)
+    return deliveries
+
+
+async def write_place(
+    table: CollectionT, partition: int, cells: dict[bytes, Cell]
+) -> list[Delivery]:
+    deliveries: list[Delivery] = []
     try:
-        for (name, partition), cells in taken:
-            batch = WriteBatch(raw_mode=True)
-            for key, value in cells.items():
-                if value is None:
-                    batch.delete(key)
-                else:
-                    batch.put(key, value)
-            partition_db(app.tables[name], partition).write(batch)
+        batch = WriteBatch(raw_mode=True)
+        for key, value in cells.items():
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+        partition_db(table, partition).write(batch)
         if WRITE_BEHIND:
-            async with asyncio.TaskGroup() as group:  # one failing cancels the others
-                sends = [
-                    group.create_task(send_batched(app.tables[n], p, c)) for (n, p), c in taken
-                ]
+            deliveries = await send_batched(table, partition, cells)
         else:  # through Faust's producer, whose transactions hold them
-            for (name, partition), cells in taken:
-                table = cast(BoundedTable, app.tables[name])
-                for key, value in cells.items():  # their sizes were checked when written
-                    table.send_encoded(partition, key, value)
+            for key, value in cells.items():  # their sizes were checked when written
+                cast(BoundedTable, table).send_encoded(partition, key, value)
     except BaseException:
         # Not all written or sent: back into the cache, so no commit passes them (a record
         # sent twice is harmless: each is the cell's whole value), unless written again since.
-        for place_left, left in taken:
-            for key, value in left.items():
-                dirty.put_back(place_left, key, value)
+        for key, value in cells.items():
+            dirty.put_back(place(table, partition), key, value)
         raise
-    for (name, _), cells in taken:
-        CELL_WRITES.labels(name).inc(len(cells))
-    return [delivery for send in sends for delivery in send.result()]
+    CELL_WRITES.labels(table.name).inc(len(cells))
+    return deliveries
 
 
 async def send_batched(
