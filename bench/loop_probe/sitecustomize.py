@@ -7,6 +7,7 @@ Each worker process (`... -m tally worker`) appends to `<prefix>.<pid>` one line
 over 8 ms: wall time, milliseconds, thread, the callback and, for a task, where it was
 suspended when the step ended; and one per collection over 3 ms (every full one). The timing
 itself costs a few percent of throughput: figures from a probed run are marked as such.
+(Being a `sitecustomize`, it hides any other on the path while it is there.)
 """
 
 from __future__ import annotations

@@ -188,11 +188,10 @@ async def run_feed(
     except (KafkaError, OSError) as exc:
         await producer.stop()
         raise BrokerError(f"cannot reach the broker at {settings.broker}: {exc}") from exc
-    redeeming = (
-        asyncio.create_task(redeem_pushed_coupons(producer, seed))
-        if pipeline == "coupons"
-        else None
-    )
+    redeeming = None
+    if pipeline == "coupons":
+        redeeming = asyncio.create_task(redeem_pushed_coupons(producer, seed))
+        redeeming.add_done_callback(report_failure)
     try:
         return await send_feed(
             producer,
@@ -208,6 +207,11 @@ async def run_feed(
             redeeming.cancel()
             await asyncio.gather(redeeming, return_exceptions=True)
         await producer.stop()
+
+
+def report_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        print(f"coupons feed: redeeming stopped: {task.exception()!r}", file=sys.stderr)
 
 
 async def redeem_pushed_coupons(producer: AIOKafkaProducer, seed: int) -> None:

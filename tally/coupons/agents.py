@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 
 import orjson
+from aiokafka.structs import RecordMetadata
 from faust.types import TP, EventT, StreamT
 
 from tally.app import app, settings
@@ -60,7 +61,7 @@ from tally.runtime.cells import read_cell, write_cell
 from tally.runtime.expiry import set_aside_stale
 from tally.runtime.intake import decode, each_partition, let_others_run, reject
 from tally.runtime.purchases import MAX_FUTURE_MS, checked_purchases
-from tally.runtime.record_batches import Delivery, send_records
+from tally.runtime.record_batches import partition_count, send_records
 from tally.runtime.routing import hand_over_all, source_of
 from tally.runtime.topics import purchases, read_together
 from tally.telemetry import EVENTS
@@ -333,17 +334,21 @@ async def push(partition: int, events: Sequence[EventT], held: dict[str, dict[st
     EVENTS.labels(coupon_candidates.get_topic_name(), "counted").inc(len(pushed))
 
 
-async def send_pushes(pushing: Iterable[Record]) -> list[Delivery]:
-    """Coupons to `coupon-pushes` as JSON, keyed by user (partitioned as Kafka's default
-    partitioner does: a gateway reading a user's partition gets all their coupons), in record
-    batches: one Faust send each held a busy location stream to a fraction of its rate."""
+async def send_pushes(pushing: Iterable[Record]) -> list[Awaitable[RecordMetadata]]:
+    """Coupons to `coupon-pushes` as JSON, keyed by user and partitioned as Kafka's default
+    partitioner does (a gateway reading a user's partition gets all their coupons), in record
+    batches; in transactions, through Faust's producer, one by one."""
+    pushes = list(pushing)
+    if app.in_transaction:
+        return [await coupon_pushes.send(key=p["user_id"].encode(), value=p) for p in pushes]
+    topic = coupon_pushes.get_topic_name()
+    partitions = await partition_count(topic) if pushes else 1
     by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
-    for push in pushing:
+    for push in pushes:
         user = push["user_id"]
-        by_partition.setdefault(partition_for(user, coupon_pushes.partitions), []).append(
+        by_partition.setdefault(partition_for(user, partitions), []).append(
             (user.encode(), orjson.dumps(push))
         )
-    topic = coupon_pushes.get_topic_name()
     return [
         delivery
         for partition, records in by_partition.items()

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, cast
 
 from faust.types import TP, CollectionT
@@ -130,41 +132,67 @@ async def write_out(places: list[Place]) -> list[Delivery]:
     """Each place's cells to RocksDB and its changelog; the deliveries of the record batches.
     A place's cells leave the cache in the same step as they reach RocksDB (a read finds
     them in one or the other), and the loop serves others between places: thousands of
-    cells written in one step would hold every query waiting behind it."""
-    deliveries: list[Delivery] = []
-    for name, partition in places:
-        table = app.tables[name]
-        for _, cells in dirty.take([(name, partition)]):
-            deliveries += await write_place(table, partition, cells)
-        await asyncio.sleep(0)
-    return deliveries
-
-
-async def write_place(
-    table: CollectionT, partition: int, cells: dict[bytes, Cell]
-) -> list[Delivery]:
-    deliveries: list[Delivery] = []
+    cells written in one step would hold every query waiting behind it. The places'
+    changelog records go out together (a place whose records were not all handed over goes
+    back into the cache)."""
+    sends: list[asyncio.Task[list[Delivery]]] = []
     try:
-        batch = WriteBatch(raw_mode=True)
-        for key, value in cells.items():
-            if value is None:
-                batch.delete(key)
-            else:
-                batch.put(key, value)
-        partition_db(table, partition).write(batch)
-        if WRITE_BEHIND:
-            deliveries = await send_batched(table, partition, cells)
-        else:  # through Faust's producer, whose transactions hold them
-            for key, value in cells.items():  # their sizes were checked when written
-                cast(BoundedTable, table).send_encoded(partition, key, value)
+        for name, partition in places:
+            table = app.tables[name]
+            for _, cells in dirty.take([(name, partition)]):
+                with put_back_unless_done(table, partition, cells):
+                    write_table(table, partition, cells)
+                if WRITE_BEHIND:
+                    sends.append(asyncio.create_task(send_changelog(table, partition, cells)))
+            await asyncio.sleep(0)
     except BaseException:
-        # Not all written or sent: back into the cache, so no commit passes them (a record
-        # sent twice is harmless: each is the cell's whole value), unless written again since.
+        for send in sends:
+            send.cancel()
+        await asyncio.gather(*sends, return_exceptions=True)
+        raise
+    sent = await asyncio.gather(*sends, return_exceptions=True)
+    for failed in sent:
+        if isinstance(failed, BaseException):
+            raise failed
+    return [delivery for deliveries in sent for delivery in cast(list[Delivery], deliveries)]
+
+
+@contextmanager
+def put_back_unless_done(
+    table: CollectionT, partition: int, cells: dict[bytes, Cell]
+) -> Iterator[None]:
+    """Cells not all written or sent go back into the cache, so no commit passes them (a
+    record sent twice is harmless: each is the cell's whole value), unless written again
+    since."""
+    try:
+        yield
+    except BaseException:
         for key, value in cells.items():
             dirty.put_back(place(table, partition), key, value)
         raise
+
+
+def write_table(table: CollectionT, partition: int, cells: dict[bytes, Cell]) -> None:
+    """One place's cells in one RocksDB write batch (and, in transactions, through Faust's
+    producer, whose transactions hold them)."""
+    batch = WriteBatch(raw_mode=True)
+    for key, value in cells.items():
+        if value is None:
+            batch.delete(key)
+        else:
+            batch.put(key, value)
+    partition_db(table, partition).write(batch)
+    if not WRITE_BEHIND:
+        for key, value in cells.items():  # their sizes were checked when written
+            cast(BoundedTable, table).send_encoded(partition, key, value)
     CELL_WRITES.labels(table.name).inc(len(cells))
-    return deliveries
+
+
+async def send_changelog(
+    table: CollectionT, partition: int, cells: dict[bytes, Cell]
+) -> list[Delivery]:
+    with put_back_unless_done(table, partition, cells):
+        return await send_batched(table, partition, cells)
 
 
 async def send_batched(

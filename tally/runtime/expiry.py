@@ -70,7 +70,6 @@ class ExpiringState:
         awaited: Callable[[int], frozenset[int]],
     ) -> None:
         self.topic, self.state, self.index, self.ttl, self.reader = topic, state, index, ttl, reader
-        self.awaited = awaited
         self.clocks = StoredClocks(
             topic.get_topic_name(), lambda p: read_cell(index, CLOCK_KEY, p), awaited
         )

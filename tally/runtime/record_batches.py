@@ -3,7 +3,8 @@
 Faust's producer hands records over one at a time, each with a future and a callback: for the
 thousands of records a flush of the cell cache or a batch of coupons sends, that per-record
 cost dominates. Here records fill aiokafka batches, each closed (sent now, not after the
-client's linger) and awaited for room in the client only.
+client's linger) and awaited for room in the client only. Not for a transactional app:
+these go around Faust's transactions.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable
 
+from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaTimeoutError
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.structs import RecordMetadata
@@ -39,19 +41,28 @@ async def send_records(
     batch, count, deliveries = producer.create_batch(), 0, []
     for key, value in records:
         if batch.append(key=key, value=value, timestamp=None) is None:  # full
-            deliveries.append(await send_batch(batch, tp, count, acknowledged))
+            deliveries.append(await send_batch(producer, batch, tp, count, acknowledged))
             batch, count = producer.create_batch(), 0
             batch.append(key=key, value=value, timestamp=None)  # a batch takes its first
         count += 1
     if count:
-        deliveries.append(await send_batch(batch, tp, count, acknowledged))
+        deliveries.append(await send_batch(producer, batch, tp, count, acknowledged))
     return deliveries
 
 
+async def partition_count(topic: str) -> int:
+    """The topic's partitions as the broker has them (it is made on first use if the broker
+    makes topics so): what a key is partitioned over, as Kafka's default partitioner does."""
+    return len(await aiokafka_producer(app.producer).partitions_for(topic))
+
+
 async def send_batch(
-    batch: BatchBuilder, tp: TP, count: int, acknowledged: OnAcknowledged | None
+    producer: AIOKafkaProducer,
+    batch: BatchBuilder,
+    tp: TP,
+    count: int,
+    acknowledged: OnAcknowledged | None,
 ) -> Delivery:
-    producer = aiokafka_producer(app.producer)
     batch.close()  # sent now, not after the client's linger
     while True:
         try:
@@ -59,7 +70,7 @@ async def send_batch(
             break
         except KafkaTimeoutError:  # no room for it in the client yet (the broker is away)
             logger.warning(
-                "%d records for %s[%s] wait for room in the Kafka client; commits wait for them",
+                "%d records for %s[%s] wait for room in the Kafka client (their sender waits)",
                 count,
                 tp.topic,
                 tp.partition,

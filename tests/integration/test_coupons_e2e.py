@@ -285,16 +285,6 @@ def test_each_user_in_a_zone_gets_one_coupon_per_campaign_and_stale_locations_no
     assert len(after) == before, "coupon candidates read again pushed coupons again"
     check(after)
 
-    # A backlog while the worker is paused past the time to live: all stale, nothing pushed.
-    assert worker.process is not None
-    worker.process.send_signal(signal.SIGSTOP)
-    try:
-        stale = [location(locations, f"late{n}", near(rng, BERLIN, 100), "acme") for n in range(20)]
-        send(broker.bootstrap, "locations", stale)
-        time.sleep(PAUSED_TTL_S + 3)
-    finally:
-        worker.process.send_signal(signal.SIGCONT)
-
     # Fresh locations whose coupons (a time to live of 1 s) expired before they could be
     # pushed: counted expired, set aside, never pushed.
     flash = {**campaign("rome-flash", "initech", ROME, budget=1000), "coupon_ttl_seconds": 1}
@@ -309,11 +299,29 @@ def test_each_user_in_a_zone_gets_one_coupon_per_campaign_and_stale_locations_no
         for n in range(10)
     ]
     send(broker.bootstrap, "locations", expired_waiting)
+    wait_until(
+        lambda: (
+            worker.get("/api/coupons/campaigns?tenant=initech")["campaigns"][0]["expired"]
+            == len(expired_waiting)
+        ),
+        60,
+        what="the flash campaign's coupons counted expired",
+    )
+
+    # A backlog while the worker is paused past the time to live: all stale, nothing pushed.
+    assert worker.process is not None
+    worker.process.send_signal(signal.SIGSTOP)
+    try:
+        stale = [location(locations, f"late{n}", near(rng, BERLIN, 100), "acme") for n in range(20)]
+        send(broker.bootstrap, "locations", stale)
+        time.sleep(PAUSED_TTL_S + 3)
+    finally:
+        worker.process.send_signal(signal.SIGCONT)
 
     late = consume(broker.bootstrap, "late-events", len(stale) + len(expired_waiting), timeout=60)
     notes = [DeadLetter.from_headers(headers_of(r).items()) for r in late]
-    assert [n.rule for n in notes] == ["stale"] * len(notes)
-    assert {n.topic for n in notes} == {"locations"}
+    assert len(notes) == len(stale) + len(expired_waiting)
+    assert {n.rule for n in notes} == {"stale"} and {n.topic for n in notes} == {"locations"}
     assert sum("expired at" in n.reason for n in notes) == len(expired_waiting)
     assert not [p for p in everything_pushed(broker) if p["user_id"].startswith(("late", "flash"))]
     rome = worker.get("/api/coupons/campaigns?tenant=initech")["campaigns"][0]

@@ -181,20 +181,30 @@ def message(tp: FaustTP, offset: int, tracked: bool) -> Message:
     return one
 
 
-def test_cells_a_flush_could_not_write_stay_in_the_cache() -> None:
-    """A flush that fails (here: a table this app does not have) puts its cells back, so no
-    commit passes changes the tables lack; the next flush writes them."""
+def test_cells_a_flush_could_not_write_stay_in_the_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flush that fails once it took a place's cells (here: RocksDB refuses the write)
+    puts them back, so no commit passes changes the tables lack; the next flush writes them.
+    A table this app does not have fails before anything is taken."""
     from tally.runtime import cells
+    from tally.sales.tables import sales_clocks
 
-    place = ("no-such-table", 0)
-    cells.dirty.put(place, b"k1", b"1")
-    cells.dirty.put(place, b"k2", b"2")
+    def refused(table: object, partition: int) -> object:
+        raise OSError("no space left on device")
+
+    monkeypatch.setattr(cells, "partition_db", refused)
+    places = [(sales_clocks.name, 0), ("no-such-table", 0)]
+    for place in places:
+        cells.dirty.put(place, b"k1", b"1")
+        cells.dirty.put(place, b"k2", b"2")
     try:
+        with pytest.raises(OSError, match="no space"):
+            asyncio.run(cells.flush(places[:1]))
         with pytest.raises(KeyError):
-            asyncio.run(cells.flush([place]))
-        assert sorted(cells.dirty.keys(place)) == [b"k1", b"k2"]
+            asyncio.run(cells.flush(places[1:]))
+        for place in places:
+            assert sorted(cells.dirty.keys(place)) == [b"k1", b"k2"]
     finally:
-        cells.dirty.take([place])
+        cells.dirty.take(places)
 
 
 def test_a_rebalance_moves_every_table_version_on() -> None:
