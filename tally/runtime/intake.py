@@ -522,7 +522,7 @@ app.on_partitions_revoked.connect(forget_revoked)  # type: ignore[arg-type]
 #: Records a partition's work takes between two yields to the event loop: a batch of
 #: handed-over messages may hold thousands of records, and queries wait while it runs. At 64
 #: a step of the co-view stage took ~10 ms and a recommendation query's p99 under load was
-#: 18-23 ms; at 16 (and flushes yielding between partitions) 8 ms, views/s the same
+#: 18-23 ms; at 16 (and flushes yielding between partitions) 8-11 ms, views/s the same
 #: (docs/performance.md#recommendations).
 RECORDS_PER_STEP = 16
 
