@@ -8,7 +8,6 @@ Data flow (topics in `tally.topics`):
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import threading
@@ -36,7 +35,6 @@ from tally.runtime.faust_compat import (
     record_fetched_offsets,
     record_offsets_only_without_holes,
     relay_refusal_headers,
-    stop_waiting_for_acks,
 )
 from tally.runtime.logs import quiet_repeats
 from tally.settings import Settings, current_settings
@@ -145,10 +143,6 @@ def exit_after(seconds: float) -> None:
     timer.start()
 
 
-#: How long a stopping worker waits for the messages its agents took (`_consumer_wait_empty`).
-STOP_DRAIN_S = 5.0
-
-
 class ReaderBoot(BootStrategy):
     """A reader's services: no consumer, so no group membership, assignments or recovery;
     no producer (it writes nothing)."""
@@ -241,21 +235,6 @@ class TallyApp(faust.App):
     async def on_stop(self) -> None:
         exit_after(settings.stop_timeout_seconds)
         await super().on_stop()
-
-    async def _consumer_wait_empty(self, consumer: Any, logger: Any) -> None:
-        """Stopping, Faust waits until every message its agents took is processed; an agent
-        that batches by time (the archive sink: TALLY_ARCHIVE_FLUSH_SECONDS) holds its
-        messages that long, so a stop would always run into TALLY_STOP_TIMEOUT_SECONDS. A
-        stopping worker waits STOP_DRAIN_S, then commits what is processed: the rest is read
-        again after the restart (records keep their offsets: nothing counts twice). A
-        rebalance waits as long as Faust does."""
-        waiting = asyncio.ensure_future(super()._consumer_wait_empty(consumer, logger))
-        if self.should_stop:
-            await asyncio.wait({waiting}, timeout=STOP_DRAIN_S)
-            if not waiting.done():  # (Faust's wait swallows a cancel: it is ended this way)
-                left = stop_waiting_for_acks(consumer)
-                logger.info("stopping: %d messages the agents took are left for the restart", left)
-        await waiting
 
     async def on_started(self) -> None:
         # Faust's table_route hashes keys with the producer's metadata of the changelogs. (A

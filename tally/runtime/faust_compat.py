@@ -116,15 +116,6 @@ def leave_unacked(message: Message) -> None:
     message.acked = True
 
 
-def stop_waiting_for_acks(consumer: Any) -> int:
-    """End Faust's wait for the messages its agents took (`Consumer.wait_empty`, which ends
-    once none is left unacknowledged) without acknowledging them: their offsets are not
-    committed, and they are read again after the restart. Returns how many there were."""
-    left = len(consumer._unacked_messages)
-    consumer._unacked_messages.clear()
-    return left
-
-
 def accept_missing(consumer: Any, tp: TP, start: int, end: int) -> None:
     """Offsets `start` to `end` (excluded) of `tp` are taken as absent from the log: Faust
     commits past them as past the gaps it saw itself."""

@@ -12,7 +12,6 @@ from pathlib import Path
 
 from rocksdict import AccessType, Options, Rdict
 
-from tally.app import STOP_TIMEOUT_EXIT
 from tally.broker.local import LocalBroker
 from tally.codecs.avro import AvroCodec
 from tally.core.deadletters import DeadLetter
@@ -258,12 +257,6 @@ def test_views_equal_brute_force_and_late_samples_are_set_aside(
         path = "/api/metrics/cpu" if "by=" in query else "/api/servers/web-1/metrics"
         status, answer = first.get_status(f"{path}?{query}")
         assert status == 400 and answer, query
-
-    # A stop does not wait out the archive sink's batch of final minutes (held up to
-    # TALLY_ARCHIVE_FLUSH_SECONDS, 60 s): the worker exits by itself, not by
-    # TALLY_STOP_TIMEOUT_SECONDS's forced exit.
-    for worker in (second, first):
-        assert worker.stop() != STOP_TIMEOUT_EXIT, worker.tail(20)
 
 
 def test_minutes_older_than_two_days_leave_both_indexes_also_after_a_restart(
