@@ -99,11 +99,16 @@ class DirtyCells:
         """Remove and return the cells of `places` (all when None)."""
         taken = []
         for place in list(self._places) if places is None else places:
-            cells = self._places.pop(place, None)
+            cells = self.take_place(place)
             if cells:
-                self._count -= len(cells)
                 taken.append((place, cells))
         return taken
+
+    def take_place(self, place: Place) -> dict[bytes, Cell]:
+        """Remove and return one place's cells (none: empty)."""
+        cells = self._places.pop(place, None) or {}
+        self._count -= len(cells)
+        return cells
 
 
 def overlay(

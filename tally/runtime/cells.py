@@ -139,7 +139,8 @@ async def write_out(places: list[Place]) -> list[Delivery]:
     try:
         for name, partition in places:
             table = app.tables[name]
-            for _, cells in dirty.take([(name, partition)]):
+            cells = dirty.take_place((name, partition))
+            if cells:
                 with put_back_unless_done(table, partition, cells):
                     write_table(table, partition, cells)
                 if WRITE_BEHIND:
@@ -191,16 +192,9 @@ def write_table(table: CollectionT, partition: int, cells: dict[bytes, Cell]) ->
 async def send_changelog(
     table: CollectionT, partition: int, cells: dict[bytes, Cell]
 ) -> list[Delivery]:
-    with put_back_unless_done(table, partition, cells):
-        return await send_batched(table, partition, cells)
-
-
-async def send_batched(
-    table: CollectionT, partition: int, cells: dict[bytes, Cell]
-) -> list[Delivery]:
     """One partition's cells to its changelog in record batches (a deleted cell is a
-    tombstone); the offset each acknowledged batch reaches is recorded as Faust records its
-    own."""
+    tombstone), back into the cache unless all are handed over; the offset each
+    acknowledged batch reaches is recorded as Faust records its own."""
     tp = TP(table.changelog_topic.get_topic_name(), partition)
 
     def acknowledged(delivered: Delivery, count: int) -> None:
@@ -217,7 +211,8 @@ async def send_batched(
             return
         changelog_sent(table, tp, delivered.result().offset + count - 1)
 
-    return await send_records(tp, cells.items(), acknowledged)
+    with put_back_unless_done(table, partition, cells):
+        return await send_records(tp, cells.items(), acknowledged)
 
 
 async def flush_table(table: CollectionT) -> None:
