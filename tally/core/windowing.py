@@ -128,8 +128,14 @@ class EventClock:
     def judging(self, wall_ms: int, grace_ms: int, own: bool) -> int | None:
         """The watermark an arrival is judged late by: `watermark`; for the partition's own
         messages, its own until every awaited partition has announced (an old event must not
-        be taken into a pane that no window will read, and go nowhere). A forwarded message
-        waits for the announcements: its source's come after it (known limitation)."""
+        be taken into a pane that no window will read, and go nowhere), and none before its
+        first: how far other partitions have read says nothing of this one's events (a
+        partition starting after the others would find its first messages late by their
+        marks, and, late arrivals moving no clock, every message up to those marks). A
+        forwarded message waits for the announcements: its source's come after it (known
+        limitation)."""
+        if own and self.event_ms is None:
+            return None
         gated = self.watermark(wall_ms, grace_ms)
         return gated if gated is not None or not own else self.own_watermark(wall_ms, grace_ms)
 

@@ -131,15 +131,21 @@ def test_views_equal_brute_force_and_late_samples_are_set_aside(
             {"metric_id": "bad|id", "ts_ms": T0 + 29 * MINUTE, "value": 1.0},
         ],
     }
-    produce(
-        broker.bootstrap, "metric-samples", [*messages, (b"web-1", metric_batch_codec.dumps(bad))]
-    )
-
     window = f"from={iso(T0)}&to={iso(T0 + 30 * MINUTE)}"
+    # web-1 (alone on its partition) starts reading after the other servers' partition has
+    # read all of its 30 minutes: its samples are judged by its own clock, not by how far
+    # the others' have come, so none of them is late.
+    produce(broker.bootstrap, "metric-samples", [m for m in messages if m[0] != b"web-1"])
+    temp = f"/api/servers/db-1/metrics?{window}&metric=temp"
     wait_until(
-        lambda: first.get(f"/api/servers/db-1/metrics?{window}&metric=temp")["metrics"],
+        lambda: len(first.get(temp)["metrics"].get("temp", [])) == 30,
         60,
-        what="the first rollups",
+        what="db-1's 30 minutes before web-1 sends anything",
+    )
+    produce(
+        broker.bootstrap,
+        "metric-samples",
+        [*(m for m in messages if m[0] == b"web-1"), (b"web-1", metric_batch_codec.dumps(bad))],
     )
     # Minutes the watermark has not closed are listed as open, up to the event clock (the
     # watermark + grace: no later minute has data yet). Samples may still be arriving.

@@ -381,6 +381,24 @@ def test_before_every_partition_announced_arrivals_are_judged_by_the_own_clock()
     assert outcome.late == [1] and outcome.pane_deltas == {(10, "a"): 1, (9, "c"): 1}
 
 
+def test_a_partition_with_no_clock_yet_judges_its_own_first_arrivals_by_nothing_else() -> None:
+    """The others have read far ahead (busy or caught up): this partition's first own
+    arrivals are not late by their marks; forwarded ones are, and after the first own
+    arrival, its own clock is held back by theirs as always."""
+    for resting in (False, True):
+        clock = EventClock(awaited=frozenset({1, 2}))
+        clock.hear(1, 5_000, resting)
+        clock.hear(2, UNBOUNDED)
+        wall = 100_000
+        assert clock.watermark(wall, 10) == 5_000
+        assert clock.judging(wall, 10, own=True) is None
+        assert clock.judging(wall, 10, own=False) == 5_000
+        clock.observe(1_000, wall)
+        assert clock.judging(wall, 10, own=True) == 990
+        clock.observe(9_000, wall)
+        assert clock.judging(wall, 10, own=True) == (8_990 if resting else 5_000)
+
+
 def test_a_watermark_that_steps_back_reopens_no_closed_pane() -> None:
     """When a caught-up partition it follows gets a backlog, a watermark can step back; a
     pane that has left the window stays closed (an arrival for it is late), so nothing is
