@@ -28,8 +28,10 @@ from tally.http.hygiene import REGISTRY_MAX_BYTES, BodyLimits, application_optio
 from tally.runtime.collector import tune_collector
 from tally.runtime.faust_compat import (
     aiokafka_producer,
+    begin_stopping,
     check_pinned_versions,
     flush_producer_buffer_fully,
+    hand_over_takes_when_stopping,
     honour_topic_maxsize,
     keep_skipped_messages_uncommitted,
     record_fetched_offsets,
@@ -47,6 +49,7 @@ gate = configured_gate(settings)
 check_pinned_versions()
 keep_skipped_messages_uncommitted()
 flush_producer_buffer_fully()
+hand_over_takes_when_stopping()
 record_fetched_offsets()
 relay_refusal_headers()
 honour_topic_maxsize()
@@ -234,6 +237,7 @@ class TallyApp(faust.App):
 
     async def on_stop(self) -> None:
         exit_after(settings.stop_timeout_seconds)
+        begin_stopping()  # before Faust waits for what the agents took
         await super().on_stop()
 
     async def on_started(self) -> None:

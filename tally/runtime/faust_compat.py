@@ -31,6 +31,7 @@ from faust.transport.producer import ProducerBuffer
 from faust.types import TP, CollectionT, EventT, Message, ProducerT
 from faust.utils import json as faust_json
 from mode.utils.compat import want_bytes
+from mode.utils.times import want_seconds
 
 from tally.core.continuity import ChangelogContinuity
 from tally.core.errors import ConfigurationError
@@ -294,6 +295,52 @@ def flush_producer_buffer_fully() -> None:
     ProducerBuffer.put = put  # type: ignore[method-assign]
     ProducerBuffer._send_pending = _send_pending  # type: ignore[method-assign]
     ProducerBuffer.flush = flush  # type: ignore[method-assign]
+
+
+#: How long a take gathers once the worker is stopping.
+STOPPING_TAKE_WITHIN_S = 0.1
+#: The waits of takes under way (`hand_over_takes_when_stopping`), ended by `begin_stopping`.
+_gathering: set[asyncio.Future[None]] = set()
+_stopping = False
+
+
+def begin_stopping() -> None:
+    """The worker is stopping: every take hands over what it gathered now, and from then on
+    within STOPPING_TAKE_WITHIN_S."""
+    global _stopping
+    _stopping = True
+    for gathering in _gathering:
+        if not gathering.done():
+            gathering.set_result(None)
+
+
+def hand_over_takes_when_stopping() -> None:
+    """Faust's stop waits until every message its agents took is acknowledged, and a take
+    (`Stream.take_events`) acknowledges what it gathered only once its window ends: the
+    archive sinks' window (TALLY_ARCHIVE_FLUSH_SECONDS, a minute by default) held every stop
+    of a worker until the forced exit (TALLY_STOP_TIMEOUT_SECONDS). Here the wait of a take,
+    Faust's only wait on one event with a timeout, also ends at `begin_stopping`."""
+    if getattr(faust_streams.Stream.wait_for_stopped, "ends_when_stopping", False):
+        return
+    faust_wait = faust_streams.Stream.wait_for_stopped
+
+    async def wait_for_stopped(
+        self: faust_streams.Stream, *coros: Any, timeout: Any = None
+    ) -> bool:
+        if len(coros) != 1 or timeout is None:
+            return await faust_wait(self, *coros, timeout=timeout)
+        if _stopping:
+            within = min(want_seconds(timeout), STOPPING_TAKE_WITHIN_S)
+            return await faust_wait(self, *coros, timeout=within)
+        gathering: asyncio.Future[None] = self.loop.create_future()
+        _gathering.add(gathering)
+        try:
+            return (await self.wait_first(coros[0], gathering, timeout=timeout)).stopped
+        finally:
+            _gathering.discard(gathering)
+
+    wait_for_stopped.ends_when_stopping = True  # type: ignore[attr-defined]
+    faust_streams.Stream.wait_for_stopped = wait_for_stopped  # type: ignore[method-assign,assignment]
 
 
 #: Every RocksDB table partition's changelog continuity in this worker (core.continuity).
