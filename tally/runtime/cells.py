@@ -5,11 +5,12 @@ Agents read and write cells here (`read_cell`, `write_cell`); queries scan throu
 changelog (record batches handed straight to the Kafka client) at every `flush`: before Faust
 commits source offsets (its producer flush, faust_compat, which then awaits the client's own
 flush), after a batch once the cache holds TALLY_CELL_CACHE_CELLS (0: after every batch,
-i.e. write-through), when partitions are revoked (Faust flushes its producer then) and before
-a table stops. So a committed offset never passes a change the tables lack; after a
-SIGKILL the cells not flushed are lost with their offsets uncommitted, and the redelivered
-events write them again (the offsets stamped in each cell make a repeat harmless,
-core.applied).
+i.e. write-through), when partitions are revoked (Faust flushes its producer then), before
+a table stops, and every commit interval while it holds cells (runtime.intake: Faust commits
+only new offsets, so cells timers write with no traffic would otherwise wait). So a
+committed offset never passes a change the tables lack; after a SIGKILL the cells not
+flushed are lost with their offsets uncommitted, and the redelivered events write them
+again (the offsets stamped in each cell make a repeat harmless, core.applied).
 """
 
 from __future__ import annotations

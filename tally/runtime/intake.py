@@ -34,7 +34,7 @@ from tally.core.errors import DecodeError, SchemaError, TallyError, ValidationEr
 from tally.core.limits import MAX_RECORD_BYTES
 from tally.core.quarantine import DEATHS_ALONE, IN_FLIGHT_DIR, InFlight, InFlightRecords
 from tally.core.tenancy import letter_tenant
-from tally.runtime.cells import batch_done
+from tally.runtime.cells import WRITE_BEHIND, batch_done, dirty, flush
 from tally.runtime.faust_compat import (
     accept_missing,
     committed_offset,
@@ -553,6 +553,15 @@ def timer(interval: Seconds, **options: Any) -> Callable[[Timer], Timer]:
         return survives
 
     return decorate
+
+
+@timer(interval=app.conf.broker_commit_interval)
+async def flush_quiet_cells() -> None:
+    """Cells written while no message arrives (timers sliding windows, announcing clocks)
+    wait for no commit: Faust commits, and so flushes the cell cache, only when there are new
+    offsets. Written out within a commit interval anyway, standbys and readers get them."""
+    if WRITE_BEHIND and len(dirty) and app.ready:
+        await flush()
 
 
 @timer(interval=1.0)
