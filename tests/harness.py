@@ -207,6 +207,20 @@ def start_all(*workers: Worker, timeout: float = 90.0) -> tuple[Worker, ...]:
     return workers
 
 
+class Verdict:
+    """Truthy when a view equals brute force; otherwise its repr names the first difference, so
+    a timed-out `wait_until` says what was wrong, not just `False`."""
+
+    def __init__(self, difference: str | None = None) -> None:
+        self.difference = difference
+
+    def __bool__(self) -> bool:
+        return self.difference is None
+
+    def __repr__(self) -> str:
+        return self.difference or "equal"
+
+
 def wait_until(predicate: Any, timeout: float, interval: float = 0.3, what: str = "") -> Any:
     """Poll `predicate` until it returns something truthy; fail with `what` on timeout."""
     deadline = time.monotonic() + timeout

@@ -76,6 +76,7 @@ async def rekey_partition(events: Sequence[EventT]) -> None:
     wall = now_ms()
     letters = "sales" not in settings.pipelines
     times: list[int] = []
+    deliveries: list[Awaitable[RecordMetadata]] = []
     for event in events:
         carried = await checked_purchases(event, wall, letters=letters)
         if carried is None:
@@ -86,8 +87,10 @@ async def rekey_partition(events: Sequence[EventT]) -> None:
             owner = partition_for(tenant_of_purchase(purchase), settings.partitions)
             by_owner.setdefault(owner, []).append(purchase)
         for owner, theirs in by_owner.items():
-            await forward(event, owner, HANDED_PURCHASES.dumps(theirs), to=merchant_purchases)
-    await purchase_clocks.handed_over(partition, wall, times)
+            deliveries.append(
+                await forward(event, owner, HANDED_PURCHASES.dumps(theirs), to=merchant_purchases)
+            )
+    await purchase_clocks.handed_over(partition, wall, times, deliveries)
 
 
 #: Each purchases partition's clock, announced to every merchant partition.

@@ -2,14 +2,20 @@
 page views by session), and its announcements to every partition of the topic it re-keys
 into, so their watermarks follow the slowest source partition (runtime.routing.announce).
 
-A batch's times move its clock only once its records are handed over: the idle timer may
-announce at any await in between, and an announcement must not cover records not sent yet.
+A batch's times move its clock only once the broker has acknowledged its records: the idle
+timer may announce at any await in between, and an announcement must not cover records not
+sent yet; and the clock's cell reaches RocksDB at the next flush of the cell cache, which may
+come before the records leave the producer: after a SIGKILL the restored clock would be ahead
+of records the broker never got, and the stages it announces to would close windows without
+them (the merchants e2e lost hours that way, set aside as late when they came again).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+from collections.abc import Awaitable, Iterable
 
+from aiokafka.structs import RecordMetadata
 from faust.types import CollectionT, TopicT
 
 from tally.app import app
@@ -43,9 +49,16 @@ class RekeyingClocks:
     def clock(self, partition: int) -> EventClock:
         return self.clocks.clock(partition)
 
-    async def handed_over(self, partition: int, wall_ms: int, times: Iterable[int]) -> None:
-        """A batch's records (event `times`) are handed over: the clock takes them, is kept,
-        and announced."""
+    async def handed_over(
+        self,
+        partition: int,
+        wall_ms: int,
+        times: Iterable[int],
+        deliveries: Iterable[Awaitable[RecordMetadata]],
+    ) -> None:
+        """A batch's records (event `times`) are handed over (their `deliveries`): once the
+        broker has them all, the clock takes them, is kept, and announced."""
+        await asyncio.gather(*deliveries)
         clock = self.clock(partition)
         clock.settle(wall_ms, idle=False)
         for event_ms in times:

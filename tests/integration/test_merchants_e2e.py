@@ -21,7 +21,7 @@ from tally.core.deadletters import DeadLetter
 from tally.core.topk import rank_key
 from tally.feed import historical_purchases, zipf_weights
 from tests.conftest import WorkerFactory
-from tests.harness import ACCESS, Worker, consume, headers_of, start_all, wait_until
+from tests.harness import ACCESS, Verdict, Worker, consume, headers_of, start_all, wait_until
 from tests.integration.test_sales_e2e import HOUR_MS, messages, produce_to_partitions
 
 MERCHANTS = 2_000
@@ -150,6 +150,14 @@ def all_agree(
     return wrong
 
 
+def agreeing(
+    reader: Worker, events: list[Record], merchants: list[str], served_by: Counter[str]
+) -> Verdict:
+    """`all_agree` for `wait_until`: on a timeout it says what differed."""
+    wrong = all_agree(reader, events, merchants, served_by)
+    return Verdict("; ".join(wrong) if wrong else None)
+
+
 def test_every_merchant_sees_its_own_figures_equal_to_brute_force_through_a_sigkill(
     broker: LocalBroker,
     make_worker: WorkerFactory,
@@ -191,7 +199,7 @@ def test_every_merchant_sees_its_own_figures_equal_to_brute_force_through_a_sigk
         for n, e in enumerate(events[:LATE])
     ]
     wait_until(
-        lambda: not all_agree(first, events, merchants[:50], Counter()),
+        lambda: agreeing(first, events, merchants[:50], Counter()),
         180,
         what="the first merchants' figures to equal brute force",
     )
@@ -222,7 +230,7 @@ def test_every_merchant_sees_its_own_figures_equal_to_brute_force_through_a_sigk
     # The reader: every merchant equal to brute force, from its own copies.
     served_by = Counter()
     wait_until(
-        lambda: not all_agree(copies, events, merchants, served_by),
+        lambda: agreeing(copies, events, merchants, served_by),
         60,
         what="the reader's copies to equal brute force",
     )

@@ -18,7 +18,7 @@ from tally.codecs.avro import AvroCodec
 from tally.core.deadletters import DeadLetter
 from tally.settings import Settings
 from tests.conftest import WorkerFactory
-from tests.harness import consume, headers_of, produce, start_all, wait_until
+from tests.harness import Verdict, consume, headers_of, produce, start_all, wait_until
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00Z
 MINUTE = 60_000
@@ -77,20 +77,6 @@ def truth(data: list[tuple[str, str, int, float]], step: int, keep) -> dict[str,
         ]
         for name, points in buckets.items()
     }
-
-
-class Verdict:
-    """Truthy when a view equals brute force; otherwise its repr names the first difference, so
-    a timed-out `wait_until` says what was wrong, not just `False`."""
-
-    def __init__(self, difference: str | None = None) -> None:
-        self.difference = difference
-
-    def __bool__(self) -> bool:
-        return self.difference is None
-
-    def __repr__(self) -> str:
-        return self.difference or "equal"
 
 
 def same(got: dict, want: dict) -> Verdict:
