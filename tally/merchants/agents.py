@@ -58,7 +58,7 @@ from tally.runtime.purchases import (
     tenant_of_purchase,
 )
 from tally.runtime.rekeying import RekeyingClocks
-from tally.runtime.routing import announcement, forward, hear_all, source_of
+from tally.runtime.routing import Forwarded, announcement, forward, hear_all, source_of
 from tally.runtime.store import partition_key, scan, stored_value
 from tally.runtime.topics import purchases
 from tally.telemetry import EVENTS
@@ -75,22 +75,21 @@ async def rekey_partition(events: Sequence[EventT]) -> None:
     partition = events[0].message.partition
     wall = now_ms()
     letters = "sales" not in settings.pipelines
-    times: list[int] = []
-    deliveries: list[Awaitable[RecordMetadata]] = []
+    handed = Forwarded()
     for event in events:
         carried = await checked_purchases(event, wall, letters=letters)
         if carried is None:
             continue
         by_owner: dict[int, list[Record]] = {}
         for purchase in carried.valid:
-            times.append(purchase["event_time_ms"])
             owner = partition_for(tenant_of_purchase(purchase), settings.partitions)
             by_owner.setdefault(owner, []).append(purchase)
         for owner, theirs in by_owner.items():
-            deliveries.append(
-                await forward(event, owner, HANDED_PURCHASES.dumps(theirs), to=merchant_purchases)
+            delivery = await forward(
+                event, owner, HANDED_PURCHASES.dumps(theirs), to=merchant_purchases
             )
-    await purchase_clocks.handed_over(partition, wall, times, deliveries)
+            handed.add(delivery, (purchase["event_time_ms"] for purchase in theirs))
+    await purchase_clocks.handed_over(partition, wall, handed)
 
 
 #: Each purchases partition's clock, announced to every merchant partition.

@@ -85,6 +85,7 @@ from tally.runtime.intake import (
     timer,
 )
 from tally.runtime.routing import (
+    Forwarded,
     announce,
     announcement,
     forward,
@@ -175,10 +176,17 @@ async def roll_up(state: PartitionState, events: Sequence[EventT]) -> None:
     own = not is_forwarded(events[0])
     state.clock.settle(wall, not own and own_source_idle(partition, state) is True)
     messages = [event for event in events if announcement(event) is None]
-    decoded = [(event, batch) for event in messages if (batch := await owned(event, state, wall))]
+    forwarded = Forwarded()
+    decoded = [
+        (event, batch)
+        for event in messages
+        if (batch := await owned(event, state, wall, forwarded))
+    ]
+    await forwarded.acknowledged()
     folding = Folding()
     for event, batch in decoded:
         await fold_message(state, folding, event, batch, wall)
+    forwarded.move(state.clock, wall)  # its own messages, counted elsewhere: its clock
     hear_all(state.clock, events)  # after the batch: an announcement follows what it covers
     records = persist(messages, events[-1], state, folding)
     EVENTS.labels(metric_samples.get_topic_name(), "counted").inc(folding.counted)
@@ -310,10 +318,12 @@ def touched(
     ]
 
 
-async def owned(event: EventT, state: PartitionState, wall: int) -> Record | None:
+async def owned(
+    event: EventT, state: PartitionState, wall: int, forwarded: Forwarded
+) -> Record | None:
     """The event's metric batch, if it decodes and its server belongs to this partition; else
-    None after forwarding it to its server's partition (it moves this partition's clock: it
-    is one of its own messages) or dead-lettering it."""
+    None after forwarding it to its server's partition (noted in `forwarded`: it moves this
+    partition's clock, being one of its own messages) or dead-lettering it."""
     batch = await decode(event, metric_batch_codec())
     if batch is None:
         return None
@@ -322,10 +332,9 @@ async def owned(event: EventT, state: PartitionState, wall: int) -> Record | Non
     if owner == partition:
         return batch
     if not is_forwarded(event):
-        await forward(event, owner)
-        times = [s["ts_ms"] for s in batch["samples"] if isinstance(s.get("ts_ms"), int)]
-        if times:
-            state.clock.observe(max(times), wall)
+        delivery = await forward(event, owner)
+        samples = batch["samples"]
+        forwarded.add(delivery, (s["ts_ms"] for s in samples if isinstance(s.get("ts_ms"), int)))
         return None
     misrouted = ValidationError(
         f"server {batch['server_id']!r} belongs to partition {owner} (murmur2 of the server "
@@ -491,6 +500,7 @@ async def close_partition_minutes(event: EventT) -> None:
             for server, minute, cells in closing
         ]
         await asyncio.gather(*sent)
+        state.emitted_through = end
         write_cell(metric_clocks, partition_key(partition), state.record(), partition)
         await flush([place(server_rollups, partition)], acknowledged=True)
         await flush([place(metric_clocks, partition)])

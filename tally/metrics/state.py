@@ -29,8 +29,13 @@ class PartitionState:
 
     clock: EventClock
     late_events: int = 0
-    #: Every minute before this was emitted to metric-rollups-1m (None: nothing yet).
+    #: Every minute before this is closed: being emitted to metric-rollups-1m, or emitted
+    #: (None: nothing yet).
     final_through: int | None = None
+    #: Every minute before this was emitted, the broker has it: what `record` keeps. A batch
+    #: may write the record while minutes are being sent, and the record must not say they
+    #: were (a crash before they are acknowledged would lose them).
+    emitted_through: int | None = None
     #: The oldest minute accepted before anything was emitted: where emission starts.
     first_minute: int | None = None
     #: The last metric-samples offset folded into the tables (None: none yet).
@@ -46,7 +51,7 @@ class PartitionState:
         return {
             **self.clock.record(),
             "late_events": self.late_events,
-            "final_through": self.final_through,
+            "final_through": self.emitted_through,
             "first_minute": self.first_minute,
             "offset": self.offset,
         }
@@ -75,6 +80,7 @@ def state_for(partition: int) -> PartitionState:
             clock=EventClock.from_record(saved, others(partition)),
             late_events=int(saved.get("late_events", 0)),
             final_through=saved.get("final_through"),
+            emitted_through=saved.get("final_through"),
             first_minute=saved.get("first_minute"),
             offset=saved.get("offset"),
             servers=set(first_parts(server_rollups, partition, SERIES_PARTS)),

@@ -66,7 +66,14 @@ from tally.runtime.intake import (
 )
 from tally.runtime.purchases import MAX_FUTURE_MS
 from tally.runtime.rekeying import RekeyingClocks
-from tally.runtime.routing import announce, announcement, hand_over_all, hear_all, source_of
+from tally.runtime.routing import (
+    Forwarded,
+    announce,
+    announcement,
+    hand_over_all,
+    hear_all,
+    source_of,
+)
 from tally.runtime.state import StoredClocks
 from tally.runtime.store import scan, stored_value
 from tally.telemetry import EVENTS
@@ -107,9 +114,11 @@ async def route_partition(events: Sequence[EventT]) -> None:
         owner = partition_for(scoped(tenant, page_view["session_id"]), settings.partitions)
         routed = {**page_view, "tenant": tenant, "origin_offset": offset}
         by_owner.setdefault(owner, []).append((offset, routed))
-    deliveries = await hand_over_all(events[-1], by_owner, HANDED_VIEWS, session_views)
-    times = (routed["viewed_at_ms"] for theirs in by_owner.values() for _, routed in theirs)
-    await view_clocks.handed_over(partition, wall, times, deliveries)
+    handed = Forwarded(
+        await hand_over_all(events[-1], by_owner, HANDED_VIEWS, session_views),
+        [routed["viewed_at_ms"] for theirs in by_owner.values() for _, routed in theirs],
+    )
+    await view_clocks.handed_over(partition, wall, handed)
 
 
 #: Each page-views partition's clock, announced to every session partition.

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, cast
@@ -117,13 +118,21 @@ async def batch_done() -> None:
 
 #: Held while a flush hands cells to the Kafka client.
 flushing = asyncio.Lock()
+#: When the last flush began (time.monotonic).
+_flushed_at = 0.0
+
+
+def seconds_since_flush() -> float:
+    return time.monotonic() - _flushed_at
 
 
 async def flush(places: list[Place] | None = None, acknowledged: bool = False) -> None:
     """Write the cells of `places` (all when None): a RocksDB write batch per partition, then
     their changelog records to the Kafka client (whose flush Faust awaits before a commit);
     `acknowledged`: return only once the broker has acknowledged them (at_least_once)."""
+    global _flushed_at
     async with flushing:  # a commit's flush waits until an earlier one handed its cells over
+        _flushed_at = time.monotonic()
         delivered = await write_out(dirty.places() if places is None else places)
     if acknowledged:
         await asyncio.gather(*delivered)

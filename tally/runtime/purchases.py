@@ -5,9 +5,10 @@ by partition. The sales and merchants pipelines share it: one rule for what a va
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+from aiokafka.structs import RecordMetadata
 from faust.types import EventT
 
 from tally.app import settings
@@ -87,13 +88,13 @@ async def checked_purchases(
 
 async def hand_on(
     event: EventT, purchases: Purchases, owner: int, theirs: Sequence[Record]
-) -> None:
+) -> Awaitable[RecordMetadata]:
     """Send `owner` the purchases of the message that are its (runtime.routing.forward, to
     the source's routed topic, read as the source is): the message as it came when they are
-    all of it, else an envelope of them."""
+    all of it, else an envelope of them. Returns the delivery."""
     whole = not purchases.envelope or len(theirs) == purchases.carried
     value = None if whole else purchase_batch_codec().dumps({"purchases": list(theirs)})
-    await forward(event, owner, value)
+    return await forward(event, owner, value)
 
 
 class LateEvent(TallyError):

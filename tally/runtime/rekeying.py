@@ -2,20 +2,14 @@
 page views by session), and its announcements to every partition of the topic it re-keys
 into, so their watermarks follow the slowest source partition (runtime.routing.announce).
 
-A batch's times move its clock only once the broker has acknowledged its records: the idle
-timer may announce at any await in between, and an announcement must not cover records not
-sent yet; and the clock's cell reaches RocksDB at the next flush of the cell cache, which may
-come before the records leave the producer: after a SIGKILL the restored clock would be ahead
-of records the broker never got, and the stages it announces to would close windows without
-them (the merchants e2e lost hours that way, set aside as late when they came again).
+A batch's times move its clock only once the broker has acknowledged its records
+(routing.Forwarded): the idle timer may announce at any await in between, and neither an
+announcement nor the stored clock may cover records not sent yet (the merchants e2e once lost
+hours after a SIGKILL that way).
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Iterable
-
-from aiokafka.structs import RecordMetadata
 from faust.types import CollectionT, TopicT
 
 from tally.app import app
@@ -23,7 +17,7 @@ from tally.core.clock import now_ms
 from tally.core.windowing import EventClock
 from tally.runtime.cells import read_cell, write_cell
 from tally.runtime.intake import PartitionWork, caught_up
-from tally.runtime.routing import announce
+from tally.runtime.routing import Forwarded, announce
 from tally.runtime.state import StoredClocks
 from tally.runtime.store import partition_key
 
@@ -49,20 +43,13 @@ class RekeyingClocks:
     def clock(self, partition: int) -> EventClock:
         return self.clocks.clock(partition)
 
-    async def handed_over(
-        self,
-        partition: int,
-        wall_ms: int,
-        times: Iterable[int],
-        deliveries: Iterable[Awaitable[RecordMetadata]],
-    ) -> None:
-        """A batch's records (event `times`) are handed over (their `deliveries`): once the
-        broker has them all, the clock takes them, is kept, and announced."""
-        await asyncio.gather(*deliveries)
+    async def handed_over(self, partition: int, wall_ms: int, handed: Forwarded) -> None:
+        """A batch's records are handed over: once the broker has them all, the clock takes
+        their times, is kept, and announced."""
+        await handed.acknowledged()
         clock = self.clock(partition)
         clock.settle(wall_ms, idle=False)
-        for event_ms in times:
-            clock.observe(event_ms, wall_ms)
+        handed.move(clock, wall_ms)
         write_cell(self.table, partition_key(partition), clock.record(), partition)
         watermark = clock.own_watermark(wall_ms, self.grace_ms)
         await announce(self.source, partition, watermark, False, to=self.to)

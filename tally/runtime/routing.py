@@ -16,8 +16,10 @@ late only if it would have been late where the producer put it.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from aiokafka.structs import RecordMetadata
 from faust.types import EventT, TopicT
@@ -63,6 +65,32 @@ def announcement(event: EventT) -> tuple[int, int, bool] | None:
         return None
     partition, watermark_ms = parse_partition_tag(raw)
     return partition, watermark_ms, event.headers.get(RESTING_HEADER) == b"1"
+
+
+@dataclass
+class Forwarded:
+    """What a batch sent on from its partition (forwarded or re-keyed): the deliveries and the
+    event times, which move the partition's clock only once the broker has them all. The
+    clock is a table cell, on disk at the next flush of the cell cache, which may come before
+    the records leave the producer: after a SIGKILL a clock restored ahead of records the
+    broker never got would let their owners' watermarks pass them, and they would be late
+    when sent again."""
+
+    deliveries: list[Awaitable[RecordMetadata]] = field(default_factory=list)
+    times: list[int] = field(default_factory=list)
+
+    def add(self, delivery: Awaitable[RecordMetadata], times: Iterable[int]) -> None:
+        self.deliveries.append(delivery)
+        self.times.extend(times)
+
+    async def acknowledged(self) -> None:
+        """Wait until the broker has every record sent (a failed delivery raises)."""
+        await asyncio.gather(*self.deliveries)
+
+    def move(self, clock: EventClock, wall_ms: int) -> None:
+        """`clock` takes the times (after `acknowledged`)."""
+        if self.times:
+            clock.observe(max(self.times), wall_ms)
 
 
 def hear_all(clock: EventClock, events: Sequence[EventT]) -> None:

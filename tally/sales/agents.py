@@ -36,6 +36,7 @@ from tally.runtime.cells import has_cell
 from tally.runtime.intake import caught_up, each_partition, timer, writing_for
 from tally.runtime.purchases import checked_purchases, hand_on, item_of, set_aside_late
 from tally.runtime.routing import (
+    Forwarded,
     announce,
     announcement,
     hear_all,
@@ -66,11 +67,11 @@ logger = logging.getLogger(__name__)
 
 
 async def decoded_purchases(
-    event: EventT, partition: int, wall_ms: int, forwarded_times: list[int]
+    event: EventT, partition: int, wall_ms: int, forwarded: Forwarded
 ) -> list[Record]:
     """The valid purchases of one message that this partition owns; the others go to their
-    owner (one message per owner: as it came, or an envelope of their members; their event
-    times noted in `forwarded_times`), and every invalid one is dead-lettered on its own."""
+    owner (one message per owner: as it came, or an envelope of their members; noted in
+    `forwarded`), and every invalid one is dead-lettered on its own."""
 
     def owned_here(purchase: Record) -> None:
         owner = partition_for(purchase["item_id"], settings.partitions)
@@ -91,8 +92,8 @@ async def decoded_purchases(
         by_owner.setdefault(owner, []).append(purchase)
     for owner, theirs in by_owner.items():
         if owner != partition:
-            await hand_on(event, purchases, owner, theirs)
-            forwarded_times.extend(p["event_time_ms"] for p in theirs)
+            delivery = await hand_on(event, purchases, owner, theirs)
+            forwarded.add(delivery, (p["event_time_ms"] for p in theirs))
     return by_owner.get(partition, [])
 
 
@@ -104,10 +105,13 @@ async def count_partition(events: Sequence[EventT]) -> None:
     wall = now_ms()
     own = not is_forwarded(events[0])
     messages = [event for event in events if announcement(event) is None]
-    forwarded: list[int] = []
+    forwarded = Forwarded()
     decoded = [
         (e, p) for e in messages for p in await decoded_purchases(e, partition, wall, forwarded)
     ]
+    # Awaited before the cells are read: no await may come between them and the persist
+    # (the window timer could slide in between).
+    await forwarded.acknowledged()
     arrivals = [(source_of(e), item_of(p), p["event_time_ms"]) for e, p in decoded]
     cells, unheld = sales_windows.unapplied(partition, arrivals)
     fresh = [decoded[index] for index in unheld]
@@ -119,8 +123,7 @@ async def count_partition(events: Sequence[EventT]) -> None:
     outcome = window.ingest(
         [(item_of(p), p["quantity"], p["event_time_ms"]) for _, p in fresh], wall, own
     )
-    if forwarded:  # this partition's own messages, counted elsewhere: they move its clock
-        window.clock.observe(max(forwarded), wall)
+    forwarded.move(window.clock, wall)  # its own messages, counted elsewhere: its clock
     hear_all(window.clock, events)  # after the batch: an announcement follows what it covers
     through = reach(source_of(message) for message in messages)
     offset = None if not own else events[-1].message.offset
