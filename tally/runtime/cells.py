@@ -118,11 +118,12 @@ async def batch_done() -> None:
 
 #: Held while a flush hands cells to the Kafka client.
 flushing = asyncio.Lock()
-#: When the last flush began (time.monotonic).
+#: When the last flush of every place began (time.monotonic).
 _flushed_at = 0.0
 
 
 def seconds_since_flush() -> float:
+    """Since the last flush of every place began."""
     return time.monotonic() - _flushed_at
 
 
@@ -132,7 +133,8 @@ async def flush(places: list[Place] | None = None, acknowledged: bool = False) -
     `acknowledged`: return only once the broker has acknowledged them (at_least_once)."""
     global _flushed_at
     async with flushing:  # a commit's flush waits until an earlier one handed its cells over
-        _flushed_at = time.monotonic()
+        if places is None:
+            _flushed_at = time.monotonic()
         delivered = await write_out(dirty.places() if places is None else places)
     if acknowledged:
         await asyncio.gather(*delivered)

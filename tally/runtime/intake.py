@@ -559,7 +559,7 @@ def timer(interval: Seconds, **options: Any) -> Callable[[Timer], Timer]:
 async def flush_quiet_cells() -> None:
     """Cells written while no message arrives (timers sliding windows, announcing clocks)
     wait for no commit: Faust commits, and so flushes the cell cache, only when there are new
-    offsets. Written out within a commit interval anyway, standbys and readers get them;
+    offsets. Written out within two commit intervals anyway, standbys and readers get them;
     under traffic the commits' flushes come first, and this one is skipped."""
     interval = float(want_seconds(app.conf.broker_commit_interval))
     if WRITE_BEHIND and len(dirty) and app.ready and seconds_since_flush() >= interval:
