@@ -121,7 +121,7 @@ def test_views_equal_brute_force_and_late_samples_are_set_aside(
     window = f"from={iso(T0)}&to={iso(T0 + 30 * MINUTE)}"
     # web-1 (alone on its partition) starts reading after the other servers' partition has
     # read all of its 30 minutes: its samples are judged by its own clock, not by how far
-    # the others' have come, so none of them is late.
+    # the others have come, so none of them is late.
     produce(broker.bootstrap, "metric-samples", [m for m in messages if m[0] != b"web-1"])
     temp = f"/api/servers/db-1/metrics?{window}&metric=temp"
     wait_until(
