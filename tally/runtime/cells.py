@@ -6,8 +6,9 @@ changelog (record batches handed straight to the Kafka client) at every `flush`:
 commits source offsets (its producer flush, faust_compat, which then awaits the client's own
 flush), after a batch once the cache holds TALLY_CELL_CACHE_CELLS (0: after every batch,
 i.e. write-through), when partitions are revoked (Faust flushes its producer then), before
-a table stops, and every commit interval while it holds cells (runtime.intake: Faust commits
-only new offsets, so cells timers write with no traffic would otherwise wait). So a
+a table stops, and when it holds cells nothing wrote out for a commit interval
+(`flush_if_quiet`: Faust commits only new offsets, so cells timers write with no traffic
+would otherwise wait). So a
 committed offset never passes a change the tables lack; after a SIGKILL the cells not
 flushed are lost with their offsets uncommitted, and the redelivered events write them
 again (the offsets stamped in each cell make a repeat harmless, core.applied).
@@ -23,6 +24,7 @@ from contextlib import contextmanager
 from typing import Any, cast
 
 from faust.types import TP, CollectionT
+from mode.utils.times import want_seconds
 from rocksdict import WriteBatch
 
 from tally.app import app, settings
@@ -120,11 +122,17 @@ async def batch_done() -> None:
 flushing = asyncio.Lock()
 #: When the last flush of every place began (time.monotonic).
 _flushed_at = 0.0
+#: Faust's commit interval: how long cells may wait with no commit to write them out.
+QUIET_FLUSH_S = float(want_seconds(app.conf.broker_commit_interval))
 
 
-def seconds_since_flush() -> float:
-    """Since the last flush of every place began."""
-    return time.monotonic() - _flushed_at
+async def flush_if_quiet() -> None:
+    """Write out every place if cells wait and no flush of every place began for a commit
+    interval: cells written while no message arrives (timers sliding windows, announcing
+    clocks) would wait for no commit (Faust commits, and so flushes, only new offsets), and
+    standbys and readers would not see them. Under traffic the commits' flushes come first."""
+    if WRITE_BEHIND and len(dirty) and time.monotonic() - _flushed_at >= QUIET_FLUSH_S:
+        await flush()
 
 
 async def flush(places: list[Place] | None = None, acknowledged: bool = False) -> None:

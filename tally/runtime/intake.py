@@ -25,7 +25,7 @@ from aiokafka.errors import MessageSizeTooLargeError
 from faust import Stream
 from faust.exceptions import ProducerSendError
 from faust.types import TP, EventT, StreamT, TopicT
-from mode.utils.times import Seconds, want_seconds
+from mode.utils.times import Seconds
 
 from tally.app import app, settings
 from tally.core.applied import Unread, one_per_origin
@@ -34,7 +34,7 @@ from tally.core.errors import DecodeError, SchemaError, TallyError, ValidationEr
 from tally.core.limits import MAX_RECORD_BYTES
 from tally.core.quarantine import DEATHS_ALONE, IN_FLIGHT_DIR, InFlight, InFlightRecords
 from tally.core.tenancy import letter_tenant
-from tally.runtime.cells import WRITE_BEHIND, batch_done, dirty, flush, seconds_since_flush
+from tally.runtime.cells import batch_done, flush_if_quiet
 from tally.runtime.faust_compat import (
     accept_missing,
     committed_offset,
@@ -557,13 +557,9 @@ def timer(interval: Seconds, **options: Any) -> Callable[[Timer], Timer]:
 
 @timer(interval=app.conf.broker_commit_interval)
 async def flush_quiet_cells() -> None:
-    """Cells written while no message arrives (timers sliding windows, announcing clocks)
-    wait for no commit: Faust commits, and so flushes the cell cache, only when there are new
-    offsets. Written out within two commit intervals anyway, standbys and readers get them;
-    under traffic the commits' flushes come first, and this one is skipped."""
-    interval = float(want_seconds(app.conf.broker_commit_interval))
-    if WRITE_BEHIND and len(dirty) and app.ready and seconds_since_flush() >= interval:
-        await flush()
+    """Cells no commit wrote out within two commit intervals (runtime.cells.flush_if_quiet)."""
+    if app.ready:
+        await flush_if_quiet()
 
 
 @timer(interval=1.0)
