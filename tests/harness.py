@@ -340,6 +340,14 @@ def headers_of(record: ConsumerRecord) -> Mapping[str, bytes]:
     return dict(record.headers or ())
 
 
+def events_total(worker: Worker, topic: str, outcome: str) -> float:
+    """The worker's tally_events_total of `topic`'s events with `outcome` (0: none yet)."""
+    for line in worker.text("/metrics").splitlines():
+        if line.startswith(f'tally_events_total{{outcome="{outcome}",topic="{topic}"}}'):
+            return float(line.split()[1])
+    return 0.0
+
+
 @dataclass
 class ServerSentEvent:
     id: str

@@ -9,11 +9,13 @@
    times (core.recommendations.view), giving the co-view changes of the pairs it completes
    or moves. Sessions expire by the partition's watermark, the slowest page-views
    partition's (runtime.expiry): a view older than the time to live behind it is stale
-   (late-events, not processed). The changes go to each row item's partition of
-   co-view-changes and are acknowledged by the broker before the sessions are written: a
-   crash in between leaves the sessions as they were, the same views come again and make the
-   same changes, which the rows recognise by their origin (core.applied). A view that is in
-   its session already makes none, so a session written means its changes are delivered.
+   (late-events, not processed), unless the partition took it when it first came (a
+   redelivery, skipped: its clock has moved on since). The changes go to each row item's
+   partition of co-view-changes and are acknowledged by the broker before the sessions are
+   written: a crash in between leaves the sessions as they were, the same views come again
+   and make the same changes, which the rows recognise by their origin (core.applied). A
+   view that is in its session already makes none, so a session written means its changes
+   are delivered.
 3. `count_co_views` (co-view-changes): each change once into its row's pane and the row's
    window total; the window ends with the pane of the slowest session partition's announced
    watermark (each announces after its batches, and every second), panes leaving it are
@@ -34,7 +36,7 @@ from tally.app import app, settings
 from tally.codecs.avro import Record, check_event_time
 from tally.codecs.catalog import page_view_codec
 from tally.codecs.handover import HandedRecords
-from tally.core.applied import Stamped, holds, reach, stamp, value_of
+from tally.core.applied import Source, Stamped, holds, reach, stamp, value_of
 from tally.core.clock import now_ms
 from tally.core.errors import ValidationError
 from tally.core.partitioning import partition_for
@@ -147,16 +149,25 @@ async def track_partition(events: Sequence[EventT]) -> None:
     wall = now_ms()
     sessions: dict[bytes, tuple[dict[str, int], int]] = {}  # key → (first views, newest view)
     changes: dict[int, list[tuple[int, Record]]] = {}
-    counted = 0
+    applied = sessions_state.applied(partition)
+    origins: set[tuple[Source, int]] = set()
+    counted = redelivered = 0
     for event in events:
         if announcement(event) is not None:
             continue
         offset = event.message.offset
+        source, _ = source_of(event)
         for page_view in await decode(event, HANDED_VIEWS) or []:
             at, tenant = page_view["viewed_at_ms"], page_view["tenant"]
+            origin = (source, page_view["origin_offset"])
             if sessions_state.stale(at, partition, wall):
-                await set_aside_stale_view(event, page_view, partition, wall)
+                if sessions_state.holds(applied, *origin) or origin in origins:
+                    redelivered += 1  # taken (or set aside) when it first came
+                else:
+                    await set_aside_stale_view(event, page_view, partition, wall)
+                origins.add(origin)
                 continue
+            origins.add(origin)
             key = scoped(tenant, page_view["session_id"]).encode()
             if key in sessions:
                 first_views, newest = sessions[key]
@@ -180,9 +191,10 @@ async def track_partition(events: Sequence[EventT]) -> None:
     for key, (first_views, newest) in sessions.items():
         sessions_state.put(key, first_views, newest, partition)
     sessions_state.hear(partition, events)  # after the batch: an announcement follows it
-    sessions_state.save_clock(partition, events[-1].message.offset)
+    sessions_state.save_clock(partition, events[-1].message.offset, reach(origins))
     await announce_sessions_watermark(partition, wall)
     EVENTS.labels(session_views.get_topic_name(), "counted").inc(counted)
+    EVENTS.labels(session_views.get_topic_name(), "redelivered").inc(redelivered)
 
 
 async def set_aside_stale_view(event: EventT, page_view: Record, partition: int, wall: int) -> None:

@@ -10,6 +10,14 @@ watermark of the partitions its events are re-keyed from (a session's views), so
 read faster on one partition than on another expires nothing early and finds nothing stale
 that was not.
 
+The clock record also keeps how far the partition has processed each source partition
+(core.applied's stamp: the highest origin offset per source). A message delivered again (by a
+rebalance, or by a forwarder that died before committing) is judged again by a clock that
+may have moved on since: stale now, though its first delivery was taken. `holds` tells it
+from a message that came stale: it is skipped, not set aside. Only the letter depends on it:
+a stale message is never processed either way (its key would be expired by the same clock),
+and a fresh one is processed again, which the pipelines make harmless.
+
 Reads treat a key past its expiry as gone at once; a bounded sweep on the partition's active
 worker deletes it later through the cell cache, whose tombstones remove it from the changelog,
 so a standby and a worker restored from the changelog lose it too. The clock is stored with
@@ -29,6 +37,7 @@ from typing import Any
 from faust.types import CollectionT, EventT, TopicT
 
 from tally.app import app
+from tally.core.applied import Source, Stamped, Through, holds, stamp
 from tally.core.clock import now_ms
 from tally.core.errors import TallyError
 from tally.core.ttl import Sweep, TimeToLive, due_range, retouch, sweep
@@ -118,13 +127,31 @@ class ExpiringState:
         if touch.write is not None:
             write_cell(self.index, touch.write, 1, partition)
 
-    def save_clock(self, partition: int, offset: int | None) -> None:
-        """Store the clock, and the offset of the source topic processed through (None: keep
-        the stored one): what tells the sweep whether the partition is caught up."""
+    def applied(self, partition: int) -> Stamped | None:
+        """How far the partition has processed each source (read once per batch: `holds`)."""
         saved = read_cell(self.index, CLOCK_KEY, partition) or {}
-        record = {**self.clock(partition).record(), "offset": saved.get("offset")}
-        if offset is not None:
-            record["offset"] = offset
+        applied: Stamped | None = saved.get("applied")
+        return applied
+
+    @staticmethod
+    def holds(applied: Stamped | None, source: Source, origin_offset: int) -> bool:
+        """Whether a message first written at `origin_offset` of `source` was processed."""
+        return holds(applied, origin_offset, source)
+
+    def save_clock(
+        self, partition: int, offset: int | None, through: Through | None = None
+    ) -> None:
+        """Store the clock, the offset of the source topic processed through (None: keep
+        the stored one), what tells the sweep whether the partition is caught up, and the
+        origins `through` which a batch processed each source (`holds`)."""
+        saved = read_cell(self.index, CLOCK_KEY, partition) or {}
+        record = {
+            **self.clock(partition).record(),
+            "offset": saved.get("offset") if offset is None else offset,
+            "applied": saved.get("applied"),
+        }
+        if through:
+            record["applied"] = stamp(None, through, saved.get("applied"))
         write_cell(self.index, CLOCK_KEY, record, partition)
 
     def sweep(

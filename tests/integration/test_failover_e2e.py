@@ -15,7 +15,15 @@ from typing import Any
 from tally.broker.local import LocalBroker
 from tally.codecs.avro import AvroCodec
 from tests.conftest import WorkerFactory
-from tests.harness import Worker, produce, purchase_row, rewind, start_all, wait_until
+from tests.harness import (
+    Worker,
+    events_total,
+    produce,
+    purchase_row,
+    rewind,
+    start_all,
+    wait_until,
+)
 from tests.load import ITEMS, MINUTE_MS, SERVERS, Load, agree, disagreements, kill_after
 
 
@@ -113,20 +121,13 @@ def test_every_message_delivered_again_changes_no_answer(
     worker.start()
     wait_until(
         lambda: (
-            redelivered_count(worker, "purchases") >= len(load.purchases)
-            and redelivered_count(worker, "metric-samples") >= len(load.samples)
+            events_total(worker, "purchases", "redelivered") >= len(load.purchases)
+            and events_total(worker, "metric-samples", "redelivered") >= len(load.samples)
         ),
         60,
         what="the history redelivered",
     )
     agree(worker, load, started_ms, timeout=10)
-
-
-def redelivered_count(worker: Worker, topic: str) -> float:
-    for line in worker.text("/metrics").splitlines():
-        if line.startswith(f'tally_events_total{{outcome="redelivered",topic="{topic}"}}'):
-            return float(line.split()[1])
-    return 0.0
 
 
 def test_a_worker_that_loses_and_regains_partitions_answers_from_fresh_state(

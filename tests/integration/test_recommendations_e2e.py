@@ -1,7 +1,9 @@
 """Page views through the real broker, on two workers with standbys, event time set by the
 test (nine days of sessions, ending an hour or two ago): librdkafka on its defaults sends them
 (its partitioner is not murmur2: the pipeline moves each view to its session's partition),
-in order within a few minutes, some twice, some invalid, some stale. Recommendations equal
+in order within a few minutes, some twice, some invalid, some stale; the views re-keyed to
+their sessions' partitions are all sent again, as a forwarder that died before committing
+does. Recommendations equal
 brute force over the same views (co-views of the last 7 days, seen items excluded); sessions
 expire at their time to live: gone for reads, tombstoned in the changelog, still gone after
 the active worker is killed and its standby takes over, and after a worker restores
@@ -10,6 +12,7 @@ everything from the changelogs into an empty data dir."""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import signal
 import urllib.error
@@ -25,9 +28,10 @@ from tally.broker.local import LocalBroker
 from tally.codecs.avro import AvroCodec, validate_page_view
 from tally.core.clock import now_ms
 from tally.core.deadletters import DeadLetter
-from tally.core.partitioning import partition_for
+from tally.core.partitioning import ORIGIN_HEADER, partition_for
+from tally.topics import SESSION_VIEWS
 from tests.conftest import WorkerFactory, codec_in
-from tests.harness import Worker, consume, headers_of, start_all, wait_until
+from tests.harness import Worker, consume, events_total, headers_of, start_all, wait_until
 
 HOUR = 3_600_000
 MINUTE = 60_000
@@ -118,6 +122,24 @@ def send_views(bootstrap: str, codec: AvroCodec, views: list[View], extra: Itera
     for value in extra:
         producer.produce("page-views", value=value, key=b"bad")
     assert producer.flush(30) == 0
+
+
+def send_again(bootstrap: str, topic: str) -> list[int]:
+    """Every forwarded message of `topic` again, as it was (partition, key, headers); returns
+    the event times of the views they carry (codecs.handover's JSON rows)."""
+    producer = Producer({"bootstrap.servers": bootstrap})
+    times = []
+    for record in consume(bootstrap, topic, 10**9, timeout=5):
+        headers = list(record.headers or ())
+        if ORIGIN_HEADER not in dict(headers):
+            continue  # a watermark announcement
+        producer.produce(topic, record.value, record.key, record.partition, headers=headers)
+        producer.poll(0)
+        handed = json.loads(record.value)
+        at = handed["fields"].index("viewed_at_ms")
+        times += [row[at] for row in handed["rows"]]
+    assert producer.flush(30) == 0
+    return times
 
 
 def session_partition(tenant: str, session: str) -> int:
@@ -263,6 +285,20 @@ def test_recommendations_equal_brute_force_and_sessions_expire_everywhere(
         assert recommendations(first, tenant, session, "c0-i0")["session_state"]["items_seen"] == 0
     dead = consume(broker.bootstrap, "dead-letters", len(invalid), timeout=30)
     assert len(dead) == len(invalid)
+
+    # A forwarder that died before committing sends its views again, origins and all: the
+    # session partitions took them long ago and their clocks have moved far past them, yet
+    # they are redeliveries, skipped, not stale views (no letters), and the answers hold.
+    def redelivered() -> float:
+        return sum(events_total(w, SESSION_VIEWS, "redelivered") for w in (first, second))
+
+    skipped = redelivered()
+    resent = send_again(broker.bootstrap, SESSION_VIEWS)
+    expired = sum(at + TTL < end for at in resent)
+    assert expired > 1000
+    wait_until(lambda: redelivered() >= skipped + expired, 60, what="the views sent again")
+    assert len(consume(broker.bootstrap, "late-events", len(stale) + 1, timeout=3)) == len(stale)
+    wait_until(lambda: all_equal(first) and all_equal(second), 30, what="brute force again")
 
     # The active worker dies: its standby's copies answer the same, expired sessions gone.
     first.stop(signal.SIGKILL)
