@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
+from aiokafka.structs import RecordMetadata
 from faust.types import EventT, StreamT
 
 from tally.app import app, settings
@@ -150,7 +151,8 @@ async def track_partition(events: Sequence[EventT]) -> None:
     sessions: dict[bytes, tuple[dict[str, int], int]] = {}  # key → (first views, newest view)
     changes: dict[int, list[tuple[int, Record]]] = {}
     applied = sessions_state.applied(partition)
-    origins: set[tuple[Source, int]] = set()
+    origins: set[tuple[Source, int]] = set()  # the batch's views, taken or set aside
+    letters: list[Awaitable[RecordMetadata]] = []
     counted = redelivered = 0
     for event in events:
         if announcement(event) is not None:
@@ -161,10 +163,10 @@ async def track_partition(events: Sequence[EventT]) -> None:
             at, tenant = page_view["viewed_at_ms"], page_view["tenant"]
             origin = (source, page_view["origin_offset"])
             if sessions_state.stale(at, partition, wall):
-                if sessions_state.holds(applied, *origin) or origin in origins:
+                if holds(applied, origin[1], source) or origin in origins:
                     redelivered += 1  # taken (or set aside) when it first came
                 else:
-                    await set_aside_stale_view(event, page_view, partition, wall)
+                    letters.append(await set_aside_stale_view(event, page_view, partition, wall))
                 origins.add(origin)
                 continue
             origins.add(origin)
@@ -187,7 +189,8 @@ async def track_partition(events: Sequence[EventT]) -> None:
             sessions[key] = (first_views, max(newest, at))
             counted += 1
             await let_others_run(counted)
-    await asyncio.gather(*await hand_over_all(events[-1], changes, HANDED_CHANGES, co_view_changes))
+    handed = await hand_over_all(events[-1], changes, HANDED_CHANGES, co_view_changes)
+    await asyncio.gather(*handed, *letters)  # before the record that says they are done
     for key, (first_views, newest) in sessions.items():
         sessions_state.put(key, first_views, newest, partition)
     sessions_state.hear(partition, events)  # after the batch: an announcement follows it
@@ -197,12 +200,15 @@ async def track_partition(events: Sequence[EventT]) -> None:
     EVENTS.labels(session_views.get_topic_name(), "redelivered").inc(redelivered)
 
 
-async def set_aside_stale_view(event: EventT, page_view: Record, partition: int, wall: int) -> None:
-    """The view as its producer sent it (Avro), where it was first written, and why."""
+async def set_aside_stale_view(
+    event: EventT, page_view: Record, partition: int, wall: int
+) -> Awaitable[RecordMetadata]:
+    """The view as its producer sent it (Avro), where it was first written, and why; returns
+    the letter's delivery."""
     now = sessions_state.now(partition, wall) or 0
     source, _ = source_of(event)
     original = {name: page_view[name] for name in VIEW_FIELDS}
-    await set_aside_stale(
+    return await set_aside_stale(
         event,
         f"recommendations: view of session {page_view['session_id'][:80]!r} "
         + SESSION_TTL.stale_reason(page_view["viewed_at_ms"], now)

@@ -3,7 +3,8 @@ of the same partitions as the pipeline's source topic:
 
     state  "<key>"                   → {"last_ms": newest event time, "value": the pipeline's}
     index  "<expires at:013d>|<key>" → 1, one entry per live key
-           CLOCK_KEY                 → the partition's event clock (core.windowing.EventClock)
+           CLOCK_KEY                 → the partition's event clock (core.windowing.EventClock),
+                                       "offset" processed through, "applied" (below)
 
 The clock is the partition's watermark (core.windowing.EventClock): the slowest announced
 watermark of the partitions its events are re-keyed from (a session's views), so a backlog
@@ -11,12 +12,15 @@ read faster on one partition than on another expires nothing early and finds not
 that was not.
 
 The clock record also keeps how far the partition has processed each source partition
-(core.applied's stamp: the highest origin offset per source). A message delivered again (by a
-rebalance, or by a forwarder that died before committing) is judged again by a clock that
-may have moved on since: stale now, though its first delivery was taken. `holds` tells it
-from a message that came stale: it is skipped, not set aside. Only the letter depends on it:
-a stale message is never processed either way (its key would be expired by the same clock),
-and a fresh one is processed again, which the pipelines make harmless.
+(`applied`: core.applied's stamp, the highest origin offset per source, taken or set aside).
+A message delivered again (by a rebalance, or by a forwarder that died before committing) is
+judged again by a clock that may have moved on since: stale now, though its first delivery
+was taken. Its origin tells a repeat from a first delivery (`core.applied.holds`, which
+assumes a source partition's messages arrive in its order, as forwards do): a repeat is
+skipped, not set aside again. Only the letter depends on it: a stale message is never
+processed either way (its key would be expired by the same clock), and a fresh one is
+processed again, which the pipelines make harmless. A batch's letters are acknowledged
+before its record is written, so none is lost to a crash in between.
 
 Reads treat a key past its expiry as gone at once; a bounded sweep on the partition's active
 worker deletes it later through the cell cache, whose tombstones remove it from the changelog,
@@ -31,13 +35,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
+from aiokafka.structs import RecordMetadata
 from faust.types import CollectionT, EventT, TopicT
 
 from tally.app import app
-from tally.core.applied import Source, Stamped, Through, holds, stamp
+from tally.core.applied import Stamped, Through, stamp
 from tally.core.clock import now_ms
 from tally.core.errors import TallyError
 from tally.core.ttl import Sweep, TimeToLive, due_range, retouch, sweep
@@ -128,15 +133,11 @@ class ExpiringState:
             write_cell(self.index, touch.write, 1, partition)
 
     def applied(self, partition: int) -> Stamped | None:
-        """How far the partition has processed each source (read once per batch: `holds`)."""
+        """How far the partition has processed each source (read once per batch, checked
+        with `core.applied.holds`)."""
         saved = read_cell(self.index, CLOCK_KEY, partition) or {}
         applied: Stamped | None = saved.get("applied")
         return applied
-
-    @staticmethod
-    def holds(applied: Stamped | None, source: Source, origin_offset: int) -> bool:
-        """Whether a message first written at `origin_offset` of `source` was processed."""
-        return holds(applied, origin_offset, source)
 
     def save_clock(
         self, partition: int, offset: int | None, through: Through | None = None
@@ -145,13 +146,12 @@ class ExpiringState:
         the stored one), what tells the sweep whether the partition is caught up, and the
         origins `through` which a batch processed each source (`holds`)."""
         saved = read_cell(self.index, CLOCK_KEY, partition) or {}
+        applied = saved.get("applied")
         record = {
             **self.clock(partition).record(),
             "offset": saved.get("offset") if offset is None else offset,
-            "applied": saved.get("applied"),
+            "applied": stamp(None, through, applied) if through else applied,
         }
-        if through:
-            record["applied"] = stamp(None, through, saved.get("applied"))
         write_cell(self.index, CLOCK_KEY, record, partition)
 
     def sweep(
@@ -224,11 +224,11 @@ async def set_aside_stale(
     key: bytes | None = None,
     tenant: str = "",
     origin: tuple[str, int, int] | None = None,
-) -> None:
+) -> Awaitable[RecordMetadata]:
     """A message (or `value`: one record of it, first written at `origin`) too old to act
     on: to `late-events` with the reason and its origin, counted as stale
-    (tally_events_total{outcome="stale"}), never processed."""
-    await reject(
+    (tally_events_total{outcome="stale"}), never processed. Returns the letter's delivery."""
+    return await reject(
         event,
         StaleEvent(why),
         stage="stale",

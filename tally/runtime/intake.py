@@ -22,6 +22,7 @@ from contextlib import AbstractContextManager
 from typing import Any, Protocol, TypeVar, cast
 
 from aiokafka.errors import MessageSizeTooLargeError
+from aiokafka.structs import RecordMetadata
 from faust import Stream
 from faust.exceptions import ProducerSendError
 from faust.types import TP, EventT, StreamT, TopicT
@@ -96,10 +97,11 @@ async def reject(
     to: TopicT = dead_letters,
     tenant: str = "",
     origin: tuple[str, int, int] | None = None,
-) -> None:
+) -> Awaitable[RecordMetadata]:
     """Send the message (or `value`/`key`: one record cut out of an envelope) to `to` with why,
     where from (`origin`: a record's own, when the message carried several sources' records)
-    and whose (`tenant`, when the record says); counted by topic and error class.
+    and whose (`tenant`, when the record says); counted by topic and error class. Returns the
+    letter's delivery (awaited: acknowledged by the broker).
 
     A value too large for a record keeps its head (the reason says so). A letter the producer
     refuses (the broker is gone) is tried again until it is taken: the partition waits rather
@@ -125,8 +127,7 @@ async def reject(
     delay = 0.5
     while True:
         try:
-            await to.send(key=key, value=value, headers=kept + letter.headers())
-            return
+            return await to.send(key=key, value=value, headers=kept + letter.headers())
         except ProducerSendError as error:
             if isinstance(error.__cause__, MessageSizeTooLargeError) and value:
                 letter = letter.noted(
