@@ -320,6 +320,29 @@ def rewind(bootstrap: str, group: str, topics: list[str]) -> None:
     asyncio.run(_rewind(bootstrap, group, topics))
 
 
+async def _uncommitted(bootstrap: str, group: str, topics: list[str]) -> int:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        tps = [
+            TopicPartition(topic, p)
+            for topic in topics
+            for p in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        ends = await consumer.end_offsets(tps)
+        return sum(ends[tp] - (await consumer.committed(tp) or 0) for tp in tps)
+    finally:
+        await consumer.stop()
+
+
+def uncommitted(bootstrap: str, group: str, topics: list[str]) -> int:
+    """Messages of `topics` the group has not committed: what a rebalance would deliver again
+    (0: a worker paused or stopped now reads nothing twice)."""
+    return asyncio.run(_uncommitted(bootstrap, group, topics))
+
+
 def purchase_row(n: int, item: str, quantity: int, at_ms: int) -> dict[str, Any]:
     """An ingest row (the Purchase schema's fields) with id `p<n>`."""
     return {

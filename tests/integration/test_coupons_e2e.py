@@ -33,7 +33,7 @@ from tally.core.clock import now_ms
 from tally.core.coupons import cell_of, zone_cells
 from tally.core.deadletters import DeadLetter
 from tests.conftest import WorkerFactory, codec_in
-from tests.harness import Worker, consume, headers_of, rewind, wait_until
+from tests.harness import Worker, consume, headers_of, rewind, uncommitted, wait_until
 
 BERLIN = (52.52, 13.405)
 PARIS = (48.8566, 2.3522)
@@ -41,6 +41,8 @@ ROME = (41.9028, 12.4964)
 TTL_S = 30
 #: The locations' time to live once the worker is restarted for the paused backlog.
 PAUSED_TTL_S = 6
+#: The topics a location passes through on its way to a push.
+LOCATIONS_PATH = ["locations", "locations-by-user", "coupon-candidates"]
 COUPONS = {
     "TALLY_PIPELINES": "coupons",
     "TALLY_LOCATION_TTL_SECONDS": str(TTL_S),
@@ -309,6 +311,13 @@ def test_each_user_in_a_zone_gets_one_coupon_per_campaign_and_stale_locations_no
     )
 
     # A backlog while the worker is paused past the time to live: all stale, nothing pushed.
+    # The pause outlasts the group session (a rebalance follows it): what came before is
+    # committed first, or its figures and letters would come twice (at least once).
+    wait_until(
+        lambda: uncommitted(broker.bootstrap, worker.env["TALLY_APP_ID"], LOCATIONS_PATH) == 0,
+        30,
+        what="everything so far committed",
+    )
     assert worker.process is not None
     worker.process.send_signal(signal.SIGSTOP)
     try:
