@@ -335,7 +335,7 @@ async def _uncommitted(bootstrap: str, group: str, topics: list[str]) -> int:
         ends = await end_offsets(consumer, tps)  # the local broker's ListOffsets is off
         behind = 0
         for tp in tps:
-            behind += ends[tp] - (await consumer.committed(tp) or 0)
+            behind += max(0, ends[tp] - (await consumer.committed(tp) or 0))
         return behind
     finally:
         await consumer.stop()

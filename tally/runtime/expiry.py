@@ -142,9 +142,10 @@ class ExpiringState:
     def save_clock(
         self, partition: int, offset: int | None, through: Through | None = None
     ) -> None:
-        """Store the clock, the offset of the source topic processed through (None: keep
-        the stored one), what tells the sweep whether the partition is caught up, and the
-        origins `through` which a batch processed each source (`holds`)."""
+        """Store the clock; the offset of the source topic processed through (None: keep
+        the stored one), what tells the sweep whether the partition is caught up; and
+        `through`, how far a batch reached in each source (core.applied.reach), merged into
+        `applied`."""
         saved = read_cell(self.index, CLOCK_KEY, partition) or {}
         applied = saved.get("applied")
         record = {
