@@ -15,8 +15,8 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -299,21 +299,32 @@ def consume(bootstrap: str, topic: str, expect: int, timeout: float = 30.0) -> l
     return asyncio.run(_consume(bootstrap, topic, expect, timeout))
 
 
-async def _rewind(bootstrap: str, group: str, topics: list[str]) -> None:
+@asynccontextmanager
+async def group_partitions(
+    bootstrap: str, group: str, topics: list[str]
+) -> AsyncIterator[tuple[AIOKafkaConsumer, list[TopicPartition]]]:
+    """A consumer of `group` that joins nothing, and every partition of `topics`."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
     )
     await consumer.start()
     try:
-        tps = [
-            TopicPartition(topic, p)
-            for topic in topics
-            for p in sorted(consumer.partitions_for_topic(topic) or ())
-        ]
-        consumer.assign(tps)
-        await consumer.commit({tp: 0 for tp in tps})
+        yield (
+            consumer,
+            [
+                TopicPartition(topic, p)
+                for topic in topics
+                for p in sorted(consumer.partitions_for_topic(topic) or ())
+            ],
+        )
     finally:
         await consumer.stop()
+
+
+async def _rewind(bootstrap: str, group: str, topics: list[str]) -> None:
+    async with group_partitions(bootstrap, group, topics) as (consumer, tps):
+        consumer.assign(tps)
+        await consumer.commit({tp: 0 for tp in tps})
 
 
 def rewind(bootstrap: str, group: str, topics: list[str]) -> None:
@@ -322,23 +333,12 @@ def rewind(bootstrap: str, group: str, topics: list[str]) -> None:
 
 
 async def _uncommitted(bootstrap: str, group: str, topics: list[str]) -> int:
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        tps = [
-            TopicPartition(topic, p)
-            for topic in topics
-            for p in sorted(consumer.partitions_for_topic(topic) or ())
-        ]
+    async with group_partitions(bootstrap, group, topics) as (consumer, tps):
         ends = await end_offsets(consumer, tps)  # the local broker's ListOffsets is off
         behind = 0
         for tp in tps:
             behind += max(0, ends[tp] - (await consumer.committed(tp) or 0))
         return behind
-    finally:
-        await consumer.stop()
 
 
 def uncommitted(bootstrap: str, group: str, topics: list[str]) -> int:
