@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-from functools import partial
 from pathlib import Path
 from statistics import median
 
 from bench.common import run_tally
 from bench.merchants import LIVE_SPAN_MS, envelopes, merchant_purchases
-from bench.profile_sales import print_shares, py_spy, sampled
-from tally.broker.local import LocalBroker, free_port
+from bench.profile_sales import print_medians, profiled_runs, py_spy
 from tally.topics import MERCHANT_PURCHASES
 
 #: Stages, by the function (as py-spy names it) whose inclusive samples they are.
@@ -50,30 +48,24 @@ def main() -> None:
     events = merchant_purchases(args.count, 100_000, 1, LIVE_SPAN_MS)
     messages = envelopes(events, 200, workdir)
     rates, cpu_us = [], []
-    for run in range(args.runs):
-        cpu: dict[str, float] = {}
-        with LocalBroker("127.0.0.1", free_port(), log_path=workdir / f"broker{run}.log") as broker:
-            result = run_tally(
-                broker,
-                workdir,
-                "merchants, live",
-                "purchases",
-                messages,
-                len(events),
-                check=lambda worker: None,
-                beside=partial(sampled, seconds=args.seconds, raw=raw, cpu=cpu),
-                settings={"TALLY_PIPELINES": "merchants", "TALLY_ARCHIVE_DIR": str(workdir / "a")},
-                counts=MERCHANT_PURCHASES,
-            )
+    for run in profiled_runs(args.runs, workdir, raw, args.seconds):
+        result = run_tally(
+            run.broker,
+            workdir,
+            "merchants, live",
+            "purchases",
+            messages,
+            len(events),
+            check=lambda worker: None,
+            beside=run.beside,
+            settings={"TALLY_PIPELINES": "merchants", "TALLY_ARCHIVE_DIR": str(workdir / "a")},
+            counts=MERCHANT_PURCHASES,
+        )
         rates.append(result.rate)
-        cpu_us.append(cpu["used"] / len(events) * 1e6)
-        print(f"run {run + 1}: {result.rate:,.0f} purchases/s, {cpu_us[-1]:.1f} CPU µs each")
-    print(
-        f"\nmedians of {args.runs}: {median(rates):,.0f} purchases/s, "
-        f"{median(cpu_us):.1f} worker CPU µs per purchase"
-    )
-    if args.seconds:
-        print_shares(raw, STAGES)
+        cpu_us.append(run.cpu["used"] / len(events) * 1e6)
+        print(f"run {run.number}: {result.rate:,.0f} purchases/s, {cpu_us[-1]:.1f} CPU µs each")
+    summary = f"{median(rates):,.0f} purchases/s, {median(cpu_us):.1f} worker CPU µs each"
+    print_medians(summary, raw, args.seconds, STAGES)
 
 
 if __name__ == "__main__":

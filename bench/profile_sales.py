@@ -19,8 +19,10 @@ import shutil
 import subprocess
 import tempfile
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from bench.common import Message, purchase_batch_codec, purchase_codec, run_tally
@@ -100,6 +102,34 @@ def print_shares(raw: Path, stages: dict[str, str]) -> None:
         print(f"| {stage} | {share:.1%} |")
     rest = 1 - sum(share for stage, share in by_stage.items() if not stage.startswith(" "))
     print(f"| everything else (the event loop, Faust's services and timers) | {rest:.1%} |")
+
+
+@dataclass
+class ProfiledRun:
+    """One run's broker, and what to pass `run_tally` as `beside` (py-spy, CPU into `cpu`)."""
+
+    number: int
+    broker: LocalBroker
+    beside: Callable[[Worker], AbstractContextManager[None]]
+    cpu: dict[str, float] = field(default_factory=dict)
+
+
+def profiled_runs(runs: int, workdir: Path, raw: Path, seconds: int) -> Iterator[ProfiledRun]:
+    """`runs` runs, each on a fresh broker, sampled for `seconds` (0: CPU only)."""
+    for number in range(1, runs + 1):
+        cpu: dict[str, float] = {}
+        log = workdir / f"broker{number}.log"
+        with LocalBroker("127.0.0.1", free_port(), log_path=log) as broker:
+            yield ProfiledRun(
+                number, broker, partial(sampled, seconds=seconds, raw=raw, cpu=cpu), cpu
+            )
+
+
+def print_medians(summary: str, raw: Path, seconds: int, stages: dict[str, str]) -> None:
+    """The runs' medians (`summary`), then the stages' shares when py-spy sampled."""
+    print(f"\nmedians: {summary}")
+    if seconds:
+        print_shares(raw, stages)
 
 
 def main() -> None:
