@@ -88,7 +88,7 @@ async def rekey_partition(events: Sequence[EventT]) -> None:
             delivery = await forward(
                 event, owner, HANDED_PURCHASES.dumps(theirs), to=merchant_purchases
             )
-            handed.add(delivery, (purchase["event_time_ms"] for purchase in theirs))
+            handed.add([delivery], (purchase["event_time_ms"] for purchase in theirs))
     await purchase_clocks.handed_over(partition, wall, handed)
 
 

@@ -334,7 +334,7 @@ async def owned(
     if not is_forwarded(event):
         delivery = await forward(event, owner)
         samples = batch["samples"]
-        forwarded.add(delivery, (s["ts_ms"] for s in samples if isinstance(s.get("ts_ms"), int)))
+        forwarded.add([delivery], (s["ts_ms"] for s in samples if isinstance(s.get("ts_ms"), int)))
         return None
     misrouted = ValidationError(
         f"server {batch['server_id']!r} belongs to partition {owner} (murmur2 of the server "

@@ -117,9 +117,10 @@ async def route_partition(events: Sequence[EventT]) -> None:
         owner = partition_for(scoped(tenant, page_view["session_id"]), settings.partitions)
         routed = {**page_view, "tenant": tenant, "origin_offset": offset}
         by_owner.setdefault(owner, []).append((offset, routed))
-    handed = Forwarded(
+    handed = Forwarded()
+    handed.add(
         await hand_over_all(events[-1], by_owner, HANDED_VIEWS, session_views),
-        [routed["viewed_at_ms"] for theirs in by_owner.values() for _, routed in theirs],
+        (routed["viewed_at_ms"] for theirs in by_owner.values() for _, routed in theirs),
     )
     await view_clocks.handed_over(partition, wall, handed)
 

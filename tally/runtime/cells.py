@@ -8,10 +8,10 @@ flush), after a batch once the cache holds TALLY_CELL_CACHE_CELLS (0: after ever
 i.e. write-through), when partitions are revoked (Faust flushes its producer then), before
 a table stops, and when it holds cells nothing wrote out for a commit interval
 (`flush_if_quiet`: Faust commits only new offsets, so cells timers write with no traffic
-would otherwise wait). So a
-committed offset never passes a change the tables lack; after a SIGKILL the cells not
-flushed are lost with their offsets uncommitted, and the redelivered events write them
-again (the offsets stamped in each cell make a repeat harmless, core.applied).
+would otherwise wait). So a committed offset never passes a change the tables lack; after a
+SIGKILL the cells not flushed are lost with their offsets uncommitted, and the redelivered
+events write them again (the offsets stamped in each cell make a repeat harmless,
+core.applied).
 """
 
 from __future__ import annotations

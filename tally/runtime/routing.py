@@ -77,11 +77,14 @@ class Forwarded:
     when sent again."""
 
     deliveries: list[Awaitable[RecordMetadata]] = field(default_factory=list)
-    times: list[int] = field(default_factory=list)
+    #: The newest event time sent (None: none): all the clock takes.
+    newest: int | None = None
 
-    def add(self, delivery: Awaitable[RecordMetadata], times: Iterable[int]) -> None:
-        self.deliveries.append(delivery)
-        self.times.extend(times)
+    def add(self, deliveries: Iterable[Awaitable[RecordMetadata]], times: Iterable[int]) -> None:
+        self.deliveries.extend(deliveries)
+        latest = max(times, default=None)
+        if latest is not None and (self.newest is None or latest > self.newest):
+            self.newest = latest
 
     async def acknowledged(self) -> None:
         """Wait until the broker has every record sent (a failed delivery raises)."""
@@ -89,8 +92,8 @@ class Forwarded:
 
     def move(self, clock: EventClock, wall_ms: int) -> None:
         """`clock` takes the times (after `acknowledged`)."""
-        if self.times:
-            clock.observe(max(self.times), wall_ms)
+        if self.newest is not None:
+            clock.observe(self.newest, wall_ms)
 
 
 def hear_all(clock: EventClock, events: Sequence[EventT]) -> None:

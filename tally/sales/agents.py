@@ -93,7 +93,7 @@ async def decoded_purchases(
     for owner, theirs in by_owner.items():
         if owner != partition:
             delivery = await hand_on(event, purchases, owner, theirs)
-            forwarded.add(delivery, (p["event_time_ms"] for p in theirs))
+            forwarded.add([delivery], (p["event_time_ms"] for p in theirs))
     return by_owner.get(partition, [])
 
 
