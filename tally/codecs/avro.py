@@ -165,12 +165,19 @@ class RecordTypeCodec:
     def __init__(self, *codecs: AvroCodec) -> None:
         self.by_name = {full_name(codec.schema): codec for codec in codecs}
         self.registry = codecs[0].registry
+        #: Writer schema id → its record's name. An id always names one schema, so this is
+        #: asked of the registry (and its JSON parsed) once per id, not once per message.
+        self._names: dict[int, str] = {}
 
     def loads(self, data: bytes) -> tuple[str, Record]:
         if not isinstance(data, bytes | bytearray):
             raise DecodeError("message has no value")
-        schema = self.registry.schema(schema_id_of(data))
-        name = full_name(schema) if isinstance(schema, dict) and "name" in schema else "?"
+        schema_id = schema_id_of(data)
+        name = self._names.get(schema_id)
+        if name is None:
+            schema = self.registry.schema(schema_id)
+            name = full_name(schema) if isinstance(schema, dict) and "name" in schema else "?"
+            self._names[schema_id] = name
         codec = self.by_name.get(name)
         if codec is None:
             raise DecodeError(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 
 from tally.codecs.avro import (
     AvroCodec,
+    RecordTypeCodec,
     load_schema,
     schema_id_of,
     validate_metric_batch,
@@ -105,6 +107,32 @@ def test_unframed_and_unknown_messages(
 ) -> None:
     with pytest.raises(error, match=text):
         codec.loads(data)
+
+
+def test_a_topic_of_several_record_types_decodes_each_by_its_writer_s_name(
+    tmp_path: Path,
+) -> None:
+    class CountingRegistry(FileSchemaRegistry):
+        asked = 0
+
+        def schema(self, schema_id: int) -> Any:
+            CountingRegistry.asked += 1
+            return super().schema(schema_id)
+
+    registry = CountingRegistry(tmp_path)
+    batches = AvroCodec(registry, "tally.sales.PurchaseBatch", load_schema("purchase_batch"))
+    single = AvroCodec(registry, "purchases-value", load_schema("purchase"), validate_purchase)
+    topic = RecordTypeCodec(single, batches)
+    envelope = {"purchases": [PURCHASE, PURCHASE]}
+    for _ in range(3):
+        assert topic.loads(single.dumps(PURCHASE)) == ("tally.sales.Purchase", PURCHASE)
+        assert topic.loads(batches.dumps(envelope))[1]["purchases"] == [PURCHASE, PURCHASE]
+    assert CountingRegistry.asked == 2  # once per writer schema id, not once per message
+    metrics = AvroCodec(registry, "metric-samples-value", load_schema("metric_batch"))
+    sample = {"metric_id": "cpu", "ts_ms": 1, "value": 0.5}
+    other = metrics.dumps({"server_id": "s", "sent_at_ms": 1, "tenant": "", "samples": [sample]})
+    with pytest.raises(DecodeError, match="is not accepted here"):
+        topic.loads(other)
 
 
 def test_trailing_bytes_are_corruption(codec: AvroCodec) -> None:
