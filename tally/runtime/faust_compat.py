@@ -22,7 +22,6 @@ from faust import streams as faust_streams
 from faust.app.router import Router
 from faust.exceptions import SameNode
 from faust.models.base import Model
-from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 from faust.stores.rocksdb import Store as RocksDBStore
 from faust.topics import Topic
 from faust.transport.consumer import Consumer as FaustConsumer
@@ -514,8 +513,3 @@ def delivery_state(consumer: Any, tp: TP) -> str:
         f"{len(consumer._acked.get(tp, ()))} acks and gaps "
         f"{[(gap.begin, gap.end) for gap in sorted(consumer._gap.get(tp, ()))]} not committed"
     )
-
-
-def monitor_metrics(monitor: PrometheusMonitor) -> FaustMetrics:
-    """The Prometheus metrics a Faust monitor feeds (to feed them from another monitor)."""
-    return cast(FaustMetrics, cast(Any, monitor)._metrics)

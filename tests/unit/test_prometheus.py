@@ -1,0 +1,69 @@
+"""The Prometheus monitor that counts per message in plain numbers and publishes when scraped:
+the page must show what Faust's own monitor would have counted."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from faust.sensors.prometheus import FaustMetrics
+from faust.types import TP
+from prometheus_client import CollectorRegistry
+
+from tally.web.prometheus import PrometheusMonitorFedWhenScraped
+
+
+class FakeStream:
+    """What the monitor reads of a stream: its label and the task that owns it."""
+
+    shortlabel = "Stream: Topic: purchases"
+
+    def __init__(self) -> None:
+        self.task_owner = self  # any object a weak reference can point at
+
+
+class FakeMessage:
+    time_in: float | None = None
+    time_out: float | None = None
+    time_total: float | None = None
+
+
+def consumed(monitor: PrometheusMonitorFedWhenScraped, stream: FakeStream, tp: TP, n: int) -> None:
+    """`n` messages of `tp` through the hooks Faust calls, each one event of `stream`."""
+    for offset in range(n):
+        message: Any = FakeMessage()
+        monitor.on_message_in(tp, offset, message)
+        state = monitor.on_stream_event_in(tp, offset, stream, message)  # type: ignore[arg-type]
+        monitor.on_stream_event_out(tp, offset, stream, message, state)  # type: ignore[arg-type]
+        monitor.on_message_out(tp, offset, message)
+
+
+def test_counts_reach_the_page_when_published_and_grow_by_what_came_since() -> None:
+    registry = CollectorRegistry()
+    monitor = PrometheusMonitorFedWhenScraped(FaustMetrics.create(registry, "t"))
+    stream, purchases, ticks = FakeStream(), TP("purchases", 1), TP("ticks", 0)
+    consumed(monitor, stream, purchases, 3)
+    assert registry.get_sample_value("t_messages_received_total") == 0  # not yet published
+
+    def value(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, labels)
+
+    monitor.publish()
+    assert value("t_messages_received_total") == 3
+    assert value("t_messages_received_per_topic_total", topic="purchases") == 3
+    assert value("t_messages_received_per_topics_partition", topic="purchases", partition="1") == 2
+    assert value("t_total_events_total") == 3
+    assert value("t_active_messages") == value("t_total_active_events") == 0
+    per_stream = "t_total_events_per_stream_total"
+    assert value(per_stream, stream="stream.topic_purchases.events") == 3
+
+    consumed(monitor, stream, purchases, 2)
+    consumed(monitor, stream, ticks, 4)
+    monitor.on_message_in(ticks, 4, FakeMessage())  # type: ignore[arg-type]  # still in flight
+    monitor.publish()
+    monitor.publish()  # a second scrape adds nothing
+    assert value("t_messages_received_total") == 10
+    assert value("t_messages_received_per_topic_total", topic="purchases") == 5
+    assert value("t_messages_received_per_topic_total", topic="ticks") == 5
+    assert value("t_active_messages") == 1
+    assert value("t_total_events_total") == 9
+    assert value(per_stream, stream="stream.topic_purchases.events") == 9
