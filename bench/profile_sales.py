@@ -43,7 +43,7 @@ STAGES = {
     "the cell cache written out (RocksDB batches, changelog records)": "flush (tally/runtime/cells",
     "Faust's fetch loop, stream and dispatch": "Consumer._drain_messages (faust/",
     "other threads (Faust's consumer thread: aiokafka fetches)": "Thread._bootstrap (threading",
-    "the Prometheus scrape (the bench polls /metrics)": "metrics_page (tally/web/prometheus",
+    "the Prometheus scrape (the bench polls /metrics)": "Metrics.get (tally/web/prometheus",
 }
 
 

@@ -29,8 +29,8 @@ from tally.runtime.progress import consumer_lag
 class PrometheusMonitorFedWhenScraped(PrometheusMonitor):
     """Faust's Prometheus sensors, with what they count per message and per event kept as
     plain numbers (Faust's base `Monitor`) and moved into the Prometheus metrics when the page
-    is scraped (`publish`): the labelled increments on every message and event were ~15 % of a
-    single-purchase worker (py-spy, `bench.profile_sales`). The page shows the same counters
+    is scraped (`publish`): the labelled updates on every message, record and event were ~15 %
+    of a single-purchase worker (py-spy, `bench.profile_sales`). The page shows the same counters
     and gauges. Not kept: counts of table reads and writes (~5 % more; table sizes are
     exported at scrape time instead, `tally_table_*`) and the per-event runtime histogram
     (Tally's agents take events in batches: an event's time in the stream is not its
@@ -40,6 +40,7 @@ class PrometheusMonitorFedWhenScraped(PrometheusMonitor):
     on_stream_event_in = Monitor.on_stream_event_in
     on_stream_event_out = Monitor.on_stream_event_out
     on_message_out = Monitor.on_message_out
+    track_tp_end_offset = Monitor.track_tp_end_offset  # called for every record fetched
 
     def __init__(self, metrics: FaustMetrics) -> None:
         super().__init__(metrics=metrics)
@@ -75,6 +76,10 @@ class PrometheusMonitorFedWhenScraped(PrometheusMonitor):
             metrics.messages_received_per_topics_partition.labels(
                 topic=tp.topic, partition=tp.partition
             ).set(offset)
+        for tp, offset in list(self.tp_end_offsets.items()):
+            metrics.topic_partition_end_offset.labels(topic=tp.topic, partition=tp.partition).set(
+                offset
+            )
         metrics.total_events.inc(self.growth("events", self.events_total))
         metrics.total_active_events.set(self.events_active)
         for stream, name in list(self.stream_lookup.items()):

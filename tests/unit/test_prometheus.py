@@ -42,6 +42,7 @@ def test_counts_reach_the_page_when_published_and_grow_by_what_came_since() -> N
     monitor = PrometheusMonitorFedWhenScraped(FaustMetrics.create(registry, "t"))
     stream, purchases, ticks = FakeStream(), TP("purchases", 1), TP("ticks", 0)
     consumed(monitor, stream, purchases, 3)
+    monitor.track_tp_end_offset(purchases, 7)
     assert registry.get_sample_value("t_messages_received_total") == 0  # not yet published
 
     def value(name: str, **labels: str) -> float | None:
@@ -52,6 +53,7 @@ def test_counts_reach_the_page_when_published_and_grow_by_what_came_since() -> N
     assert value("t_messages_received_per_topic_total", topic="purchases") == 3
     assert value("t_messages_received_per_topics_partition", topic="purchases", partition="1") == 2
     assert value("t_total_events_total") == 3
+    assert value("t_topic_partition_end_offset", topic="purchases", partition="1") == 7
     assert value("t_active_messages") == value("t_total_active_events") == 0
     per_stream = "t_total_events_per_stream_total"
     assert value(per_stream, stream="stream.topic_purchases.events") == 3
