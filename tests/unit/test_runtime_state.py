@@ -175,6 +175,26 @@ def test_a_flush_returns_once_every_buffered_message_is_handed_to_the_client() -
     assert handed == [0, 1, 2], f"the flush returned after {took:.2f} s with {handed} handed"
 
 
+def test_the_buffer_ebbs_by_its_counts_and_waits_as_faust_does_when_over_its_limit() -> None:
+    """The fetch loop asks for every message whether the producer's buffer is over its limit;
+    the buffer's counts answer, and over the limit Faust's own wait runs (here it says the
+    buffer cannot flush: it was never started, so nothing was sent)."""
+    from tally.app import app
+
+    async def ebb(puts: int) -> None:
+        buffer = ProducerBuffer(loop=asyncio.get_running_loop())
+        buffer.app = app
+        buffer.max_messages = 2
+        for number in range(puts):
+            buffer.put(SimpleNamespace(message=SimpleNamespace(number=number)))
+        assert buffer.size == puts
+        await buffer.wait_until_ebb()
+
+    asyncio.run(ebb(2))  # at the limit: goes on at once
+    with pytest.raises(RuntimeError, match="Cannot flush"):
+        asyncio.run(ebb(3))
+
+
 def message(tp: FaustTP, offset: int, tracked: bool) -> Message:
     one = Message(tp.topic, tp.partition, offset, 0.0, 0, None, b"k", b"v", None, None, tp=tp)
     one.tracked = tracked
