@@ -308,7 +308,6 @@ def flush_producer_buffer_fully() -> None:
     ProducerBuffer.wait_until_ebb = wait_until_ebb  # type: ignore[method-assign]
 
 
-#: How long a take gathers once the worker is stopping.
 #: The code of `asyncio.Event.wait`: how `deliver_messages_inline` knows the fetch loop's race.
 EVENT_WAIT_CODE = asyncio.Event.wait.__code__
 
@@ -317,11 +316,13 @@ def deliver_messages_inline() -> None:
     """Faust's fetch loop hands every message to its streams' buffers through
     `wait_first(callback(message), suspend_flow.wait())`: four tasks made (the callback, the
     wait, and the consumer's stopped and crashed waits), raced, and three cancelled, per
-    message: ~15 % of a single-purchase worker (py-spy). The callback almost never waits
-    (it waits only while a stream's buffer is full, the flow is suspended or the producer's
-    buffer is over its limit). Here it runs inline when nothing is set that it would race;
-    if it does wait, the rest of it is raced against the suspension exactly as Faust races
-    the whole (`Resumed`)."""
+    message: ~15 % of a single-purchase worker (py-spy). The callback waits only while a
+    stream's buffer is full, the flow is suspended or the producer's buffer is over its
+    limit; in a backlog the first happens each time an agent falls a buffer behind (~4 % of
+    the same profile). Here it runs inline when nothing is set that it would race; if it
+    does wait, the rest of it is raced against the suspension exactly as Faust races the
+    whole (`Resumed`). The fetch loop then yields to the event loop every 100 messages (its
+    own `yield_every`) rather than at every message: a full buffer still stops it at once."""
     if getattr(FaustConsumer.wait_first, "delivers_inline", False):
         return
     service_wait_first = FaustConsumer.wait_first
@@ -355,7 +356,10 @@ class Resumed:
     """The rest of a coroutine already stepped by hand until it waited on `waiting_on`, as an
     awaitable: what it yields is handed to the awaiting task unchanged and what the task sends
     or throws goes back to it (`yield from`'s delegation, from a point already reached), so a
-    task driving it waits, wakes and is cancelled as one driving the coroutine would."""
+    task driving it waits, wakes and is cancelled as one driving the coroutine would. Its
+    first step ran in the caller's task and context, the rest runs in the new task's (a
+    copy): nothing on the delivery path sets a context variable or a timeout across its
+    first wait, which would not survive the move."""
 
     def __init__(self, coroutine: Coroutine[Any, Any, Any], waiting_on: Any) -> None:
         self.coroutine = coroutine
@@ -381,6 +385,7 @@ class Resumed:
                     return finished.value
 
 
+#: How long a take gathers once the worker is stopping.
 STOPPING_TAKE_WITHIN_S = 0.1
 #: The waits of takes under way (`hand_over_takes_when_stopping`), ended by `begin_stopping`.
 _gathering: set[asyncio.Future[None]] = set()

@@ -112,3 +112,47 @@ def test_a_delivery_that_raises_inline_raises_to_the_fetch_loop() -> None:
             await hand_over(FetchLoop(), deliver())
 
     asyncio.run(scenario())
+
+
+def test_a_delivery_that_only_yields_once_finishes_in_its_task() -> None:
+    async def scenario() -> None:
+        async def deliver() -> str:
+            await asyncio.sleep(0)  # a bare yield: asks to be run again, waits on nothing
+            return "slept"
+
+        results = await asyncio.wait_for(hand_over(FetchLoop(), deliver()), 1)
+        assert results.results == ["slept"] and not results.stopped
+
+    asyncio.run(scenario())
+
+
+def test_a_delivery_whose_wait_ends_before_its_task_starts_still_sees_the_result() -> None:
+    async def scenario() -> None:
+        room: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+        async def deliver() -> str:
+            return await room
+
+        handing = hand_over(FetchLoop(), deliver())
+        stepping = asyncio.ensure_future(handing)
+        asyncio.get_running_loop().call_soon(room.set_result, "early")
+        results = await asyncio.wait_for(stepping, 1)
+        assert results.results == ["early"]
+
+    asyncio.run(scenario())
+
+
+def test_a_waiting_delivery_of_a_consumer_that_stops_ends_as_stopped() -> None:
+    async def scenario() -> None:
+        loop = FetchLoop()
+
+        async def deliver() -> None:
+            await asyncio.Event().wait()
+
+        handing = asyncio.ensure_future(hand_over(loop, deliver()))
+        await asyncio.sleep(0.01)
+        loop._stopped.set()
+        results = await asyncio.wait_for(handing, 1)
+        assert results.stopped and results.done == []
+
+    asyncio.run(scenario())

@@ -3,6 +3,7 @@ the page must show what Faust's own monitor would have counted."""
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 from faust.sensors.prometheus import FaustMetrics
@@ -17,8 +18,12 @@ class FakeStream:
 
     shortlabel = "Stream: Topic: purchases"
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "stream") -> None:
+        self.name = name
         self.task_owner = self  # any object a weak reference can point at
+
+    def __str__(self) -> str:
+        return self.name
 
 
 class FakeMessage:
@@ -69,3 +74,14 @@ def test_counts_reach_the_page_when_published_and_grow_by_what_came_since() -> N
     assert value("t_active_messages") == 1
     assert value("t_total_events_total") == 9
     assert value(per_stream, stream="stream.topic_purchases.events") == 9
+
+    # A stream that goes (Faust's lookup holds streams weakly) after a scrape saw it still
+    # has the events it took since then counted.
+    going = FakeStream("going")
+    consumed(monitor, going, purchases, 2)
+    monitor.publish()
+    consumed(monitor, going, purchases, 3)
+    del going
+    gc.collect()
+    monitor.publish()
+    assert value(per_stream, stream="stream.topic_purchases.events") == 14

@@ -8,7 +8,7 @@ import asyncio
 import time
 import uuid
 from types import SimpleNamespace
-from typing import NamedTuple
+from typing import Any, NamedTuple, cast
 
 import pytest
 from faust.transport.producer import ProducerBuffer
@@ -181,6 +181,14 @@ def test_the_buffer_ebbs_by_its_counts_and_waits_as_faust_does_when_over_its_lim
     buffer cannot flush: it was never started, so nothing was sent)."""
     from tally.app import app
 
+    class SettingsRead(Exception):
+        pass
+
+    class Settings:
+        @property
+        def producer_threaded(self) -> bool:
+            raise SettingsRead  # what Faust's own check reads for every message
+
     async def ebb(puts: int) -> None:
         buffer = ProducerBuffer(loop=asyncio.get_running_loop())
         buffer.app = app
@@ -188,6 +196,8 @@ def test_the_buffer_ebbs_by_its_counts_and_waits_as_faust_does_when_over_its_lim
         for number in range(puts):
             buffer.put(SimpleNamespace(message=SimpleNamespace(number=number)))
         assert buffer.size == puts
+        if puts <= buffer.max_messages:  # the counts answer: no setting is read
+            buffer.app = cast(Any, SimpleNamespace(conf=Settings()))
         await buffer.wait_until_ebb()
 
     asyncio.run(ebb(2))  # at the limit: goes on at once
