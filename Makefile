@@ -63,7 +63,7 @@ bench: $(BENCH_STAMP) $(WRK) $(NGINX)
 	$(BIN)/python -m bench
 
 ## bench-more: the archive, ingest, access-control, hostile-input, live-stream, forwarding,
-## failover, cell-cache-size, merchants and bare-Faust benchmarks.
+## failover, cell-cache-size and merchants benchmarks.
 bench-more: $(STAMP) $(WRK)
 	$(BIN)/python -m bench.archive
 	$(BIN)/python -m bench.ingest
@@ -74,7 +74,6 @@ bench-more: $(STAMP) $(WRK)
 	$(BIN)/python -m bench.failover
 	$(BIN)/python -m bench.cell_cache
 	$(BIN)/python -m bench.merchants
-	$(BIN)/python -m bench.bare_faust
 
 ## soak: the chaos soak, 5 minutes: a random worker of three SIGKILLed every 10-20 s and
 ## restarted under load; nothing may be lost or counted twice (bench/soak.py).
