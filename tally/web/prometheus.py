@@ -44,7 +44,6 @@ class PrometheusMonitorFedWhenScraped(PrometheusMonitor):
 
     def __init__(self, metrics: FaustMetrics) -> None:
         super().__init__(metrics=metrics)
-        self.metrics = metrics  # Faust keeps them as `_metrics`
         #: What each counter held at the last scrape (the counters only grow).
         self.published: Counter[Hashable] = Counter()
         #: Each stream's label, kept once seen (Faust's lookup of streams holds them weakly).
@@ -67,7 +66,7 @@ class PrometheusMonitorFedWhenScraped(PrometheusMonitor):
 
     def publish(self) -> None:
         """The counts since the last scrape, into the Prometheus metrics."""
-        metrics = self.metrics
+        metrics = self._metrics
         metrics.messages_received.inc(self.take_growth("messages", self.messages_received_total))
         metrics.active_messages.set(self.messages_active)
         for topic, received in list(self.messages_received_by_topic.items()):
