@@ -167,8 +167,11 @@ def main() -> None:
         "each of 60 markers sent alone, its query polled until it shows (the raw ceiling: "
         "until a plain consumer receives it; the peers have no query); queries: wrk, 8 s "
         "per load, once the worker has processed its input (no ingest meanwhile), sharing the 2 "
-        "cores with it. A Tally run ends when its group has committed every input offset (the "
-        "cell cache is written out before each commit). State writes = "
+        "cores with it. A Tally run is timed from its first counted event to its last, plus "
+        "the flushes before the commit after it (the table writes its cell cache put off); the "
+        "peers' clocks stop at their last event (Quix's checkpoint after it untimed); each "
+        "section also gives Tally's rate timed to its group's commit of every input offset, the "
+        "wait for the commit timer included. State writes = "
         "changelog records for Tally and Faust (one per table write); Quix's are counted at "
         "its window store and batched into fewer changelog records per checkpoint.\n\n"
     )

@@ -4,10 +4,11 @@
 
 The sales envelope workload of `make bench` (500,000 purchases over 1,000,000 items, Zipf, in
 envelopes of ~200) through one worker per TALLY_CELL_CACHE_CELLS size (0: cells written after
-every batch, the baseline), sizes interleaved run by run on a fresh broker each. A run ends
-when the group has committed every input offset (the cache is written out before each commit),
-and the top-10 is checked against brute force. Prints medians of the rate, the changelog
-records per purchase and the worker's peak RSS, and each size's rate ratio to the baseline.
+every batch, the baseline), sizes interleaved run by run on a fresh broker each. A run is timed
+to its last counted purchase plus the flushes before the commit after it (the writes the cache
+put off: bench.common.run_tally), and the top-10 is checked against brute force. Prints medians
+of the rate, the changelog records per purchase and the worker's peak RSS, and each size's rate
+ratio to the baseline.
 """
 
 from __future__ import annotations

@@ -55,6 +55,13 @@ CELL_WRITES = Counter(
     "and a changelog record), by table: compare with tally_events_total to see the coalescing.",
     ["table"],
 )
+COMMIT_FLUSH_SECONDS = Histogram(
+    "tally_commit_flush_seconds",
+    "Time each flush before a commit (and at a rebalance or stop) took: the cell cache "
+    "written out (RocksDB write batches, changelog records) and every record the worker "
+    "produced handed to the Kafka client. The table writes the cache puts off are paid here, "
+    "once per commit interval.",
+)
 QUERY_ANSWERS = Counter(
     "tally_query_answers",
     "Answers of the query views (/api/sales/*, /api/servers/*, /api/metrics/*) this worker "

@@ -35,6 +35,7 @@ from mode.utils.times import want_seconds
 from tally.core.continuity import ChangelogContinuity
 from tally.core.errors import ConfigurationError
 from tally.core.loggaps import LogGaps
+from tally.telemetry import COMMIT_FLUSH_SECONDS
 
 logger = logging.getLogger(__name__)
 
@@ -246,7 +247,7 @@ def flush_producer_buffer_fully() -> None:
     consumed, whether the buffer is over its limit (`wait_until_ebb`): Faust's answer read a
     setting through its settings registry each time (~2 % of a single-purchase worker); puts
     minus sends is never less than what Faust counts, so Faust's own wait runs whenever it
-    could have waited."""
+    could have waited. Each flush is timed (`tally_commit_flush_seconds`)."""
     if getattr(ProducerBuffer.flush, "drains_fully", False):
         return
     faust_post_init = ProducerBuffer.__post_init__
@@ -270,6 +271,10 @@ def flush_producer_buffer_fully() -> None:
             self.sends += 1  # type: ignore[attr-defined]
 
     async def flush(self: ProducerBuffer) -> None:
+        with COMMIT_FLUSH_SECONDS.time():
+            await flush_fully(self)
+
+    async def flush_fully(self: ProducerBuffer) -> None:
         for hook in before_producer_flush:
             await hook()
         if cast(Any, self.app).conf.producer_threaded:

@@ -198,6 +198,17 @@ def test_accepted_rows_land_once_and_each_bad_row_is_a_dead_letter_with_its_reas
         for sample in family.samples
     }
     assert received.get("purchases", 0) > 0, received
+
+    def commit_flushes() -> float:
+        """Flushes before commits, each timed (the benches time the cell cache by them)."""
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(worker.text("/metrics"))
+            for sample in family.samples
+            if sample.name == "tally_commit_flush_seconds_count"
+        )
+
+    wait_until(lambda: commit_flushes() > 0, 15, what="a timed flush before a commit")
     assert worker.process is not None and worker.process.poll() is None
 
 

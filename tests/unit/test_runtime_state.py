@@ -147,8 +147,14 @@ def test_a_flush_returns_once_every_buffered_message_is_handed_to_the_client() -
     """Faust commits right after flushing its producer: a flush that returned with table
     changes still in the buffer would let a crash lose them behind a commit. Faust's own
     flush gives up after 0.1 s without a send; a client that takes 0.25 s a message must
-    still get all three before the flush returns."""
+    still get all three before the flush returns, and the flush's time is counted in
+    `tally_commit_flush_seconds` (the benches time the cell cache's put-off writes by it)."""
     from tally.app import app  # the worker's app: its settings, and the compat patch
+    from tally.telemetry import COMMIT_FLUSH_SECONDS
+
+    def flushed_seconds() -> float:
+        [family] = COMMIT_FLUSH_SECONDS.collect()
+        return next(s.value for s in family.samples if s.name.endswith("_sum"))
 
     handed: list[int] = []
 
@@ -171,8 +177,10 @@ def test_a_flush_returns_once_every_buffered_message_is_handed_to_the_client() -
         finally:
             await buffer.stop()
 
+    before = flushed_seconds()
     took = asyncio.run(flush_three())
     assert handed == [0, 1, 2], f"the flush returned after {took:.2f} s with {handed} handed"
+    assert flushed_seconds() - before >= 0.75
 
 
 def test_the_buffer_ebbs_by_its_counts_and_waits_as_faust_does_when_over_its_limit() -> None:
