@@ -41,6 +41,9 @@ class DirtyCells:
         self._places: dict[Place, dict[bytes, Cell]] = {}
         self._count = 0
         self._changes: Counter[Place] = Counter()
+        #: Places whose cells a flush took and has not settled → the key ranges dropped since
+        #: (deleted from the table meanwhile): a cell put back in one would revive its key.
+        self._dropped_while_out: dict[Place, list[tuple[bytes, bytes]]] = {}
 
     def __len__(self) -> int:
         return self._count
@@ -62,7 +65,11 @@ class DirtyCells:
 
     def put_back(self, place: Place, key: bytes, value: Cell) -> None:
         """A cell a flush took and could not write out, unless it was written again since
-        (the newer value wins; the table's content is unchanged either way)."""
+        (the newer value wins; the table's content is unchanged either way) or its key was
+        in a range dropped since (deleted from the table: putting it back would revive it)."""
+        dropped = self._dropped_while_out.get(place, ())
+        if any(start <= key < stop for start, stop in dropped):
+            return
         cells = self._places.setdefault(place, {})
         if key not in cells:
             cells[key] = value
@@ -90,22 +97,35 @@ class DirtyCells:
     def drop_range(self, place: Place, start: bytes, stop: bytes) -> None:
         """Forget the cells with start <= key < stop (deleted from the table meanwhile)."""
         self._changes[place] += 1
+        if place in self._dropped_while_out:
+            self._dropped_while_out[place].append((start, stop))
         cells = self._places.get(place, {})
         for key in [key for key in cells if start <= key < stop]:
             del cells[key]
             self._count -= 1
 
     def take(self, places: Iterable[Place] | None = None) -> list[tuple[Place, dict[bytes, Cell]]]:
-        """Remove and return the cells of `places` (all when None)."""
+        """Remove and return the cells of `places` (all when None), to be dropped."""
         taken = []
         for place in list(self._places) if places is None else places:
-            cells = self.take_place(place)
+            cells = self._remove(place)
             if cells:
                 taken.append((place, cells))
         return taken
 
     def take_place(self, place: Place) -> dict[bytes, Cell]:
-        """Remove and return one place's cells (none: empty)."""
+        """Remove and return one place's cells (none: empty) to be written out: until
+        `settle`, the ranges dropped from the place are kept for `put_back`."""
+        cells = self._remove(place)
+        if cells:
+            self._dropped_while_out[place] = []
+        return cells
+
+    def settle(self, place: Place) -> None:
+        """The cells taken from `place` are written out or put back."""
+        self._dropped_while_out.pop(place, None)
+
+    def _remove(self, place: Place) -> dict[bytes, Cell]:
         cells = self._places.pop(place, None) or {}
         self._count -= len(cells)
         return cells

@@ -161,7 +161,7 @@ async def write_out(places: list[Place]) -> list[Delivery]:
             table = app.tables[name]
             cells = dirty.take_place((name, partition))
             if cells:
-                with put_back_unless_done(table, partition, cells):
+                with put_back_unless_done(table, partition, cells, last=not WRITE_BEHIND):
                     write_table(table, partition, cells)
                 if WRITE_BEHIND:
                     sends.append(asyncio.create_task(send_changelog(table, partition, cells)))
@@ -180,17 +180,21 @@ async def write_out(places: list[Place]) -> list[Delivery]:
 
 @contextmanager
 def put_back_unless_done(
-    table: CollectionT, partition: int, cells: dict[bytes, Cell]
+    table: CollectionT, partition: int, cells: dict[bytes, Cell], last: bool = True
 ) -> Iterator[None]:
     """Cells not all written or sent go back into the cache, so no commit passes them (a
     record sent twice is harmless: each is the cell's whole value), unless written again
-    since."""
+    or dropped since. Either way, or done with the `last` step, they are settled."""
+    where = place(table, partition)
     try:
         yield
     except BaseException:
         for key, value in cells.items():
-            dirty.put_back(place(table, partition), key, value)
+            dirty.put_back(where, key, value)
+        dirty.settle(where)
         raise
+    if last:
+        dirty.settle(where)
 
 
 def write_table(table: CollectionT, partition: int, cells: dict[bytes, Cell]) -> None:

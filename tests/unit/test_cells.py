@@ -66,6 +66,25 @@ def test_a_cell_put_back_after_a_failed_flush_never_replaces_a_newer_write() -> 
     assert len(dirty) == 2
 
 
+def test_a_cell_put_back_never_revives_a_key_dropped_while_its_flush_ran() -> None:
+    """Retention deletes a range (runtime.store.delete_below) while a flush that took one of
+    its cells is sending it; the send fails: putting the cell back would write the deleted
+    key again at the next flush. A range dropped before the next take does not count."""
+    dirty = DirtyCells()
+    dirty.put(("t", 0), b"a", cell(1))
+    dirty.put(("t", 0), b"m", cell(1))
+    taken = dirty.take_place(("t", 0))
+    dirty.drop_range(("t", 0), b"a", b"c")
+    for key, value in taken.items():
+        dirty.put_back(("t", 0), key, value)
+    dirty.settle(("t", 0))
+    assert dirty.get(("t", 0), b"a") is NOT_HELD and dirty.get(("t", 0), b"m") == cell(1)
+    dirty.put(("t", 0), b"b", cell(2))
+    again = dirty.take_place(("t", 0))
+    dirty.put_back(("t", 0), b"b", again[b"b"])
+    assert dirty.get(("t", 0), b"b") == cell(2)
+
+
 def test_range_reads_drops_and_takes() -> None:
     dirty = DirtyCells()
     for key in (b"b", b"d", b"a", b"c"):
