@@ -4,9 +4,11 @@ queries waiting: put this folder on PYTHONPATH and name a file prefix in LOOP_PR
     LOOP_PROBE=/tmp/steps PYTHONPATH=bench/loop_probe .venv/bin/python -m bench.recommendations
 
 Each worker process (`... -m tally worker`) appends to `<prefix>.<pid>` one line per step
-over 8 ms: wall time, milliseconds, thread, the callback and, for a task, where it was
-suspended when the step ended; and one per collection over 3 ms (every full one). The timing
-itself costs a few percent of throughput: figures from a probed run are marked as such.
+over 8 ms (LOOP_PROBE_STEP_MS): wall time, milliseconds, thread, the callback and, for a task,
+where it was suspended when the step ended; and one per collection over 3 ms
+(LOOP_PROBE_GC_MS; every full one). `python -m bench.loop_steps` sums the steps of a stretch of
+wall time by task. The timing itself costs a few percent of throughput: figures from a probed
+run are marked as such.
 (Being a `sitecustomize`, it hides any other on the path while it is there.)
 """
 
@@ -20,8 +22,8 @@ import threading
 import time
 from typing import Any
 
-SLOW_STEP_S = 0.008
-SLOW_COLLECTION_S = 0.003
+SLOW_STEP_S = float(os.environ.get("LOOP_PROBE_STEP_MS", "8")) / 1000
+SLOW_COLLECTION_S = float(os.environ.get("LOOP_PROBE_GC_MS", "3")) / 1000
 
 
 def suspended_at(task: Any) -> str:
