@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import median
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -303,8 +304,9 @@ def collector_pauses(worker: Worker) -> Pauses:
 
 
 def scraped(worker: Worker, sample: str) -> list[tuple[dict[str, str], float]]:
-    """(labels, value) of every sample named `sample` the worker's /metrics shows now."""
-    text = worker.text("/metrics")
+    """(labels, value) of every sample named `sample` the worker's /metrics shows now (the
+    page restricted to it: the benches poll it ten times a second)."""
+    text = worker.text(f"/metrics?{urlencode({'name[]': sample})}")
     return [
         (found.labels, found.value)
         for family in text_string_to_metric_families(text)

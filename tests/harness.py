@@ -369,7 +369,7 @@ def headers_of(record: ConsumerRecord) -> Mapping[str, bytes]:
 
 def events_total(worker: Worker, topic: str, outcome: str) -> float:
     """The worker's tally_events_total of `topic`'s events with `outcome` (0: none yet)."""
-    for line in worker.text("/metrics").splitlines():
+    for line in worker.text("/metrics?name[]=tally_events_total").splitlines():
         if line.startswith(f'tally_events_total{{outcome="{outcome}",topic="{topic}"}}'):
             return float(line.split()[1])
     return 0.0

@@ -198,6 +198,13 @@ def test_accepted_rows_land_once_and_each_bad_row_is_a_dead_letter_with_its_reas
         for sample in family.samples
     }
     assert received.get("purchases", 0) > 0, received
+    # a client polling one counter asks for it alone
+    only = worker.text("/metrics?name[]=tally_ingest_rows_total&name[]=tally_events_total")
+    assert 'tally_ingest_rows_total{endpoint="purchases",outcome="accepted"} 300.0' in only
+    assert {f.name for f in text_string_to_metric_families(only)} == {
+        "tally_ingest_rows",
+        "tally_events",
+    }
 
     def commit_flushes() -> float:
         """Flushes before commits, each timed (the benches time the cell cache by them)."""
