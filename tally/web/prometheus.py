@@ -109,7 +109,7 @@ class Metrics(View):
 
     async def get(self, request: Request) -> Response:
         monitor.publish()
-        names = request.query.getall("name[]", [])
+        names = [value for key, value in request.query.items() if key == "name[]"]
         registry = REGISTRY.restricted_registry(names) if names else REGISTRY
         # the type names a charset, which aiohttp takes only as a header
         return self.bytes(generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
