@@ -326,9 +326,10 @@ def counted(worker: Worker, topic: str) -> int:
     )
 
 
-def commit_flush_seconds(worker: Worker) -> float:
-    """Seconds the worker's flushes before commits have taken so far."""
-    return sum(value for _labels, value in scraped(worker, "tally_commit_flush_seconds_sum"))
+def write_out_seconds(worker: Worker) -> float:
+    """Seconds the worker's write-outs (flushes before commits, the cell cache's own) have
+    taken so far."""
+    return sum(value for _labels, value in scraped(worker, "tally_write_out_seconds_sum"))
 
 
 def query_answers(worker: Worker) -> Counter[str]:
@@ -366,13 +367,14 @@ def run_tally(
     """One ready worker, then the input: the rate counts what is counted after the first
     observation (polled every 100 ms: scraping /metrics more often costs the worker), over the
     time from then until every event is counted from `topic` and from each downstream topic in
-    `then` (later stages count the same events), plus the time the flushes before the next
-    commit took (`tally_commit_flush_seconds`): the table writes the cell cache put off are
+    `then` (later stages count the same events), plus the time the write-outs after that took
+    until the group's commit of every input offset (`tally_write_out_seconds`: the flush
+    before the commit, the cell cache's own): the table writes the cell cache put off are
     timed, the wait for the commit timer is not, as the peers' clocks stop at their last event
-    with their own put-off writes (Quix's checkpoint) after it. The time to the group's commit
-    of every input offset is kept beside (`committed_seconds`). `beside` is entered once the
-    worker is ready
-    and left after the count (e.g. clients); `afterwards` measures more on the loaded worker
+    with their own put-off writes (Quix's checkpoint) after it. A write-out under way when the
+    last count is seen counts whole (a little against Tally). The time to the commit is kept
+    beside (`committed_seconds`). `beside` is entered once the worker is ready and left after
+    the count (e.g. clients); `afterwards` measures more on the loaded worker
     (latency, queries) once its peak RSS is read; `settings`: more of the worker's environment;
     `counts`: the topic whose counted events are timed, when not `topic` (a pipeline that
     re-keys its input first); `timeout_s`: how long everything may take to be counted.
@@ -415,12 +417,12 @@ def run_tally(
                 progress = ", ".join(f"{t}: {counted(worker, t)}" for t in (timed, *then))
                 raise SystemExit(f"{label}: not all of {total} counted ({progress})")
             assert first is not None
-            counted_at, flushed_before = time.monotonic(), commit_flush_seconds(worker)
+            counted_at, flushed_before = time.monotonic(), write_out_seconds(worker)
             # Tally flushes its cell cache before each commit: once the group committed every
             # input offset, the flushes since the last count hold the writes it put off.
             asyncio.run(committed_to_end(broker.bootstrap, app_id, (topic, *then), deadline))
             committed = time.monotonic() - first[0]
-            flushed = commit_flush_seconds(worker) - flushed_before
+            flushed = write_out_seconds(worker) - flushed_before
             measured, elapsed = total - first[1], counted_at - first[0] + flushed
             print(
                 f"  {label}: {measured:,} counted in {counted_at - first[0]:.2f} s, then "
@@ -529,6 +531,14 @@ def ratio(results: dict[str, list[Result]], label: str, baseline: str) -> float:
     return median(r.rate / b.rate for r, b in pairs)
 
 
+def committed_ratio(results: dict[str, list[Result]], label: str, baseline: str) -> float | None:
+    """`ratio` with `label` timed to its group's commit instead (results before 2026-12-06
+    were timed so); None for a result without that timing."""
+    pairs = zip(results[label], results[baseline], strict=True)
+    ratios = [rate / b.rate for r, b in pairs if (rate := r.committed_rate) is not None]
+    return median(ratios) if ratios and len(ratios) == len(results[label]) else None
+
+
 def _ms(value: float) -> str:
     return f"{value:,.1f}" if value < 100 else f"{value:,.0f}"
 
@@ -572,9 +582,15 @@ def report(workload: str, results: dict[str, list[Result]], unit: str, baselines
             lines.append(f"- {label} / {baseline}: **{times:,.2f}x** (run by run, median)")
         to_commit = [rate for r in results[label] if (rate := r.committed_rate) is not None]
         if to_commit:
+            against = ", ".join(
+                f"{times:,.2f}x {baseline}"
+                for baseline in baselines
+                if (times := committed_ratio(results, label, baseline)) is not None
+            )
             lines.append(
                 f"- {label}, timed to the group's commit of every input offset instead (the "
-                f"wait for the commit timer included): {median(to_commit):,.0f}/s"
+                f"wait for the commit timer included, as before 2026-12-06): "
+                f"{median(to_commit):,.0f} {unit}/s ({against})"
             )
     loads = [(label, q) for label, runs in results.items() for r in runs for q in r.queries]
     if loads:

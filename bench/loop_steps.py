@@ -5,8 +5,8 @@ the step ended), largest share of the wall time first.
     .venv/bin/python -m bench.loop_steps <probe file> <from> <to> [--top 14]
 
 `from` and `to` are wall times (epoch seconds), e.g. a load's as `bench.recommendations`
-prints them. Only steps over the probe's threshold were written (LOOP_PROBE_STEP_MS), so the
-shares are of what was slow, not of all the work.
+prints them; a step's time is when it ended. Only steps over the probe's threshold were
+written (LOOP_PROBE_STEP_MS), so the shares are of what was slow, not of all the work.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def kind(thread: str, rest: str) -> str:
     task = TASK.search(rest)
     name = f"{thread} {task.group(1) if task else rest[:50].strip()}"
     if "Service._execute" in name and (ended := ENDED_AT.search(rest)):
-        name += f" @ {ended.group(1)[:70]}"
+        name += f" @ {ended.group(1)[-90:]}"  # the innermost frames: where it waited
     return name
 
 
@@ -38,9 +38,10 @@ def summarise(path: Path, began: float, ended: float) -> dict[str, list[float]]:
     by_kind: dict[str, list[float]] = defaultdict(list)
     for line in path.read_text().splitlines():
         parts = line.split(" ", 3)
-        if len(parts) < 4:
+        try:
+            at, took_ms, thread, rest = float(parts[0]), float(parts[1]), parts[2], parts[3]
+        except (ValueError, IndexError):  # a line cut short (the worker was killed)
             continue
-        at, took_ms, thread, rest = float(parts[0]), float(parts[1]), parts[2], parts[3]
         if began <= at <= ended:
             by_kind[kind(thread, rest)].append(took_ms)
     return by_kind
@@ -49,8 +50,8 @@ def summarise(path: Path, began: float, ended: float) -> dict[str, list[float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("probe", type=Path, help="a loop probe's file (<prefix>.<pid>)")
-    parser.add_argument("began", type=float, help="from (epoch seconds)")
-    parser.add_argument("ended", type=float, help="to (epoch seconds)")
+    parser.add_argument("began", metavar="from", type=float, help="epoch seconds")
+    parser.add_argument("ended", metavar="to", type=float, help="epoch seconds")
     parser.add_argument("--top", type=int, default=14)
     args = parser.parse_args()
     if args.ended <= args.began:

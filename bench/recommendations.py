@@ -217,13 +217,13 @@ def at_levels(
         rows: list[Level] = []
         for share in LEVELS:
             before = counted(worker, SESSIONS_TOPIC)
-            began = time.time()  # wall time: lines up with a loop probe's (bench.loop_steps)
+            wall_began = time.time()  # wall time: lines up with a loop probe's (bench.loop_steps)
             queries = wrk(worker, args.sessions, args.seconds, args.query_rate)
             sent, offered = asyncio.run(
                 paced_views(bootstrap, codec, share * backlog_result.rate, args.seconds, first)
             )
             load = waited(queries, args.seconds)
-            stopped = time.time()
+            wall_stopped = time.time()
             first += sent
             ended, drained = time.monotonic(), None
             while time.monotonic() - ended < 30:
@@ -236,7 +236,7 @@ def at_levels(
                 f"  {share:.0%}: {offered:,.0f} views/s offered, "
                 f"{'taken in' if drained is not None else 'NOT taken in within 30 s'}; "
                 f"queries {load.requests_per_s:,.0f}/s p50 {load.p50_ms:.1f} ms "
-                f"p99 {load.p99_ms:.1f} ms (wall time {began:.3f} to {stopped:.3f})",
+                f"p99 {load.p99_ms:.1f} ms (wall time {wall_began:.3f} to {wall_stopped:.3f})",
                 flush=True,
             )
         found["levels"] = rows

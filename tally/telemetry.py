@@ -55,12 +55,14 @@ CELL_WRITES = Counter(
     "and a changelog record), by table: compare with tally_events_total to see the coalescing.",
     ["table"],
 )
-COMMIT_FLUSH_SECONDS = Histogram(
-    "tally_commit_flush_seconds",
-    "Time each flush before a commit (and at a rebalance or stop) took: the cell cache "
-    "written out (RocksDB write batches, changelog records) and every record the worker "
-    "produced handed to the Kafka client. The table writes the cache puts off are paid here, "
-    "once per commit interval.",
+WRITE_OUT_SECONDS = Histogram(
+    "tally_write_out_seconds",
+    "Time each write-out took, by kind: commit (the flush before a commit, a rebalance or a "
+    "stop: the cell cache written out and every record the worker produced handed to the "
+    "Kafka client; at_least_once only) or cells (the cell cache written out on its own: full, "
+    "quiet, after every batch with the cache off or in transactions). The table writes the "
+    "cache puts off are paid here; the cells a commit writes out count in its time only.",
+    ["kind"],
 )
 QUERY_ANSWERS = Counter(
     "tally_query_answers",

@@ -95,7 +95,8 @@ class DirtyCells:
         return list(self._places)
 
     def drop_range(self, place: Place, start: bytes, stop: bytes) -> None:
-        """Forget the cells with start <= key < stop (deleted from the table meanwhile)."""
+        """Forget the cells with start <= key < stop (deleted from the table meanwhile); while
+        a flush has the place's cells out, the range is kept so none of them is put back."""
         self._changes[place] += 1
         if place in self._dropped_while_out:
             self._dropped_while_out[place].append((start, stop))
@@ -105,7 +106,8 @@ class DirtyCells:
             self._count -= 1
 
     def take(self, places: Iterable[Place] | None = None) -> list[tuple[Place, dict[bytes, Cell]]]:
-        """Remove and return the cells of `places` (all when None), to be dropped."""
+        """Remove and return the cells of `places` (all when None), to be dropped (a
+        flush takes its places one by one: `take_place`)."""
         taken = []
         for place in list(self._places) if places is None else places:
             cells = self._remove(place)

@@ -36,10 +36,11 @@ from tally.runtime.faust_compat import (
     changelog_sent,
     decode_value,
     encode_value,
+    in_commit_flush,
     partition_db,
 )
 from tally.runtime.record_batches import Delivery, send_records
-from tally.telemetry import CELL_WRITES
+from tally.telemetry import CELL_WRITES, WRITE_OUT_SECONDS
 
 logger = logging.getLogger(__name__)
 
@@ -141,11 +142,14 @@ async def flush(places: list[Place] | None = None, acknowledged: bool = False) -
     `acknowledged`: return only once the broker has acknowledged them (at_least_once)."""
     global _flushed_at
     async with flushing:  # a commit's flush waits until an earlier one handed its cells over
+        began = time.monotonic()
         if places is None:
-            _flushed_at = time.monotonic()
+            _flushed_at = began
         delivered = await write_out(dirty.places() if places is None else places)
     if acknowledged:
         await asyncio.gather(*delivered)
+    if not in_commit_flush.get():  # else timed as part of the commit's flush
+        WRITE_OUT_SECONDS.labels("cells").observe(time.monotonic() - began)
 
 
 async def write_out(places: list[Place]) -> list[Delivery]:
@@ -161,10 +165,12 @@ async def write_out(places: list[Place]) -> list[Delivery]:
             table = app.tables[name]
             cells = dirty.take_place((name, partition))
             if cells:
-                with put_back_unless_done(table, partition, cells, last=not WRITE_BEHIND):
+                with put_back_unless_done(table, partition, cells, settles=not WRITE_BEHIND):
                     write_table(table, partition, cells)
                 if WRITE_BEHIND:
                     sends.append(asyncio.create_task(send_changelog(table, partition, cells)))
+            # also starts the send: cancelled before its first step, it could not put its
+            # cells back
             await asyncio.sleep(0)
     except BaseException:
         for send in sends:
@@ -180,11 +186,13 @@ async def write_out(places: list[Place]) -> list[Delivery]:
 
 @contextmanager
 def put_back_unless_done(
-    table: CollectionT, partition: int, cells: dict[bytes, Cell], last: bool = True
+    table: CollectionT, partition: int, cells: dict[bytes, Cell], settles: bool = True
 ) -> Iterator[None]:
     """Cells not all written or sent go back into the cache, so no commit passes them (a
     record sent twice is harmless: each is the cell's whole value), unless written again
-    or dropped since. Either way, or done with the `last` step, they are settled."""
+    or dropped since. A failed step settles them (DirtyCells.settle) once put back; a step
+    that succeeds settles them if it `settles` (is their last: not a write to RocksDB that a
+    changelog send follows)."""
     where = place(table, partition)
     try:
         yield
@@ -193,7 +201,7 @@ def put_back_unless_done(
             dirty.put_back(where, key, value)
         dirty.settle(where)
         raise
-    if last:
+    if settles:
         dirty.settle(where)
 
 

@@ -13,6 +13,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
 from importlib.metadata import version
 from typing import Any, cast
 
@@ -35,7 +36,7 @@ from mode.utils.times import want_seconds
 from tally.core.continuity import ChangelogContinuity
 from tally.core.errors import ConfigurationError
 from tally.core.loggaps import LogGaps
-from tally.telemetry import COMMIT_FLUSH_SECONDS
+from tally.telemetry import WRITE_OUT_SECONDS
 
 logger = logging.getLogger(__name__)
 
@@ -234,6 +235,11 @@ FLUSH_WARN_EVERY_S = 10.0
 before_producer_flush: list[Callable[[], Awaitable[None]]] = []
 
 
+#: Set in the task of a flush before a commit while it runs: what its hooks write out is
+#: timed as part of it (`tally_write_out_seconds`), not once more on its own.
+in_commit_flush: ContextVar[bool] = ContextVar("in_commit_flush", default=False)
+
+
 def flush_producer_buffer_fully() -> None:
     """Faust commits the source offsets after flushing its producer (at_least_once), but its
     buffer's flush gives up as soon as no message left the buffer for 0.1 s (a send waiting
@@ -247,7 +253,8 @@ def flush_producer_buffer_fully() -> None:
     consumed, whether the buffer is over its limit (`wait_until_ebb`): Faust's answer read a
     setting through its settings registry each time (~2 % of a single-purchase worker); puts
     minus sends is never less than what Faust counts, so Faust's own wait runs whenever it
-    could have waited. Each flush is timed (`tally_commit_flush_seconds`)."""
+    could have waited. Each flush is timed (`tally_write_out_seconds{kind="commit"}`), the
+    cells its hooks write out included (`in_commit_flush`)."""
     if getattr(ProducerBuffer.flush, "drains_fully", False):
         return
     faust_post_init = ProducerBuffer.__post_init__
@@ -271,8 +278,12 @@ def flush_producer_buffer_fully() -> None:
             self.sends += 1  # type: ignore[attr-defined]
 
     async def flush(self: ProducerBuffer) -> None:
-        with COMMIT_FLUSH_SECONDS.time():
-            await flush_fully(self)
+        within = in_commit_flush.set(True)
+        try:
+            with WRITE_OUT_SECONDS.labels("commit").time():
+                await flush_fully(self)
+        finally:
+            in_commit_flush.reset(within)
 
     async def flush_fully(self: ProducerBuffer) -> None:
         for hook in before_producer_flush:

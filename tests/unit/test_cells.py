@@ -56,11 +56,11 @@ def test_a_cell_put_back_after_a_failed_flush_never_replaces_a_newer_write() -> 
     dirty = DirtyCells()
     dirty.put(("t", 0), b"a", cell(1))
     dirty.put(("t", 0), b"b", cell(1))
-    taken = dirty.take()
+    taken = dirty.take_place(("t", 0))
     dirty.put(("t", 0), b"a", cell(2))  # written again while the flush ran
-    for place, cells in taken:
-        for key, value in cells.items():
-            dirty.put_back(place, key, value)
+    for key, value in taken.items():
+        dirty.put_back(("t", 0), key, value)
+    dirty.settle(("t", 0))
     assert dirty.get(("t", 0), b"a") == cell(2)
     assert dirty.get(("t", 0), b"b") == cell(1)
     assert len(dirty) == 2

@@ -16,6 +16,7 @@ PROBE_LINES = [
     "101.4 12.0 GC gen2 collected=30",
     "99.0 50.0 MainThread <Task pending name='Task-7' coro=<Agent._execute_actor() "
     "running at x.py:1> @ _execute_actor:698",
+    "101.6 4",  # cut short: the worker was killed while writing it
 ]
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections import Counter
 from types import SimpleNamespace
 from typing import Any, NamedTuple, cast
 
@@ -148,13 +149,11 @@ def test_a_flush_returns_once_every_buffered_message_is_handed_to_the_client() -
     changes still in the buffer would let a crash lose them behind a commit. Faust's own
     flush gives up after 0.1 s without a send; a client that takes 0.25 s a message must
     still get all three before the flush returns, and the flush's time is counted in
-    `tally_commit_flush_seconds` (the benches time the cell cache's put-off writes by it)."""
+    `tally_write_out_seconds{kind="commit"}` (the benches time the put-off writes by it)."""
     from tally.app import app  # the worker's app: its settings, and the compat patch
-    from tally.telemetry import COMMIT_FLUSH_SECONDS
 
     def flushed_seconds() -> float:
-        [family] = COMMIT_FLUSH_SECONDS.collect()
-        return next(s.value for s in family.samples if s.name.endswith("_sum"))
+        return written_out_seconds()["commit"]
 
     handed: list[int] = []
 
@@ -217,6 +216,47 @@ def message(tp: FaustTP, offset: int, tracked: bool) -> Message:
     one = Message(tp.topic, tp.partition, offset, 0.0, 0, None, b"k", b"v", None, None, tp=tp)
     one.tracked = tracked
     return one
+
+
+def written_out_seconds() -> Counter[str]:
+    """tally_write_out_seconds's sums so far, by kind."""
+    from tally.telemetry import WRITE_OUT_SECONDS
+
+    [family] = WRITE_OUT_SECONDS.collect()
+    return Counter({s.labels["kind"]: s.value for s in family.samples if s.name.endswith("_sum")})
+
+
+def test_a_cell_write_out_is_timed_once_on_its_own_or_within_its_commit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Cells written out by a commit's flush (its hook) count in the commit's time only; cells
+    written out on their own (full, quiet, after every batch) count as `cells`: the benches
+    add the write-outs after a run's last event to its time."""
+    from tally.app import app
+    from tally.runtime import cells
+
+    async def slow_write_out(places: list[object]) -> list[object]:
+        await asyncio.sleep(0.2)
+        return []
+
+    monkeypatch.setattr(cells, "write_out", slow_write_out)
+
+    async def flushes() -> Counter[str]:
+        before = written_out_seconds()
+        await cells.flush()  # on its own
+        buffer = ProducerBuffer(loop=asyncio.get_running_loop())
+        buffer.app = app
+        await buffer.start()
+        try:
+            await buffer.flush()  # a commit's: its hook writes the cells out
+            grown = written_out_seconds()
+        finally:
+            await buffer.stop()  # flushes once more
+        grown.subtract(before)
+        return grown
+
+    grown = asyncio.run(flushes())
+    assert 0.2 <= grown["cells"] < 0.4 and 0.2 <= grown["commit"] < 0.4, grown
 
 
 def test_cells_a_flush_could_not_write_stay_in_the_cache(monkeypatch: pytest.MonkeyPatch) -> None:
