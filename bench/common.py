@@ -327,8 +327,8 @@ def counted(worker: Worker, topic: str) -> int:
 
 
 def write_out_seconds(worker: Worker) -> float:
-    """Seconds the worker's write-outs (flushes before commits, the cell cache's own) have
-    taken so far."""
+    """Seconds the worker's write-outs of its cell cache (before commits or on their own)
+    have taken so far."""
     return sum(value for _labels, value in scraped(worker, "tally_write_out_seconds_sum"))
 
 
@@ -368,8 +368,8 @@ def run_tally(
     observation (polled every 100 ms: scraping /metrics more often costs the worker), over the
     time from then until every event is counted from `topic` and from each downstream topic in
     `then` (later stages count the same events), plus the time the write-outs after that took
-    until the group's commit of every input offset (`tally_write_out_seconds`: the flush
-    before the commit, the cell cache's own): the table writes the cell cache put off are
+    until the group's commit of every input offset (`tally_write_out_seconds`: the cell
+    cache written out before the commit or on its own): the table writes the cell cache put off are
     timed, the wait for the commit timer is not, as the peers' clocks stop at their last event
     with their own put-off writes (Quix's checkpoint) after it. A write-out under way when the
     last count is seen counts whole (a little against Tally). The time to the commit is kept

@@ -57,11 +57,12 @@ CELL_WRITES = Counter(
 )
 WRITE_OUT_SECONDS = Histogram(
     "tally_write_out_seconds",
-    "Time each write-out took, by kind: commit (the flush before a commit, a rebalance or a "
-    "stop: the cell cache written out and every record the worker produced handed to the "
-    "Kafka client; at_least_once only) or cells (the cell cache written out on its own: full, "
-    "quiet, after every batch with the cache off or in transactions). The table writes the "
-    "cache puts off are paid here; the cells a commit writes out count in its time only.",
+    "Time each write-out of the cell cache took (RocksDB write batches, changelog records "
+    "handed to the Kafka client; not the wait for their acknowledgements), by what "
+    "asked for it: commit (the flush before a commit, a rebalance or a stop) or cells (the "
+    "cache full or quiet, or written after every batch when off or in transactions). The "
+    "table writes the cache puts off are paid here; write-outs run one at a time, so their "
+    "times add up.",
     ["kind"],
 )
 QUERY_ANSWERS = Counter(

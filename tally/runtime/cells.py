@@ -141,15 +141,15 @@ async def flush(places: list[Place] | None = None, acknowledged: bool = False) -
     their changelog records to the Kafka client (whose flush Faust awaits before a commit);
     `acknowledged`: return only once the broker has acknowledged them (at_least_once)."""
     global _flushed_at
+    kind = "commit" if in_commit_flush.get() else "cells"
     async with flushing:  # a commit's flush waits until an earlier one handed its cells over
-        began = time.monotonic()
+        began = time.monotonic()  # the wait for the lock is an earlier write-out's time
         if places is None:
             _flushed_at = began
         delivered = await write_out(dirty.places() if places is None else places)
+        WRITE_OUT_SECONDS.labels(kind).observe(time.monotonic() - began)
     if acknowledged:
         await asyncio.gather(*delivered)
-    if not in_commit_flush.get():  # else timed as part of the commit's flush
-        WRITE_OUT_SECONDS.labels("cells").observe(time.monotonic() - began)
 
 
 async def write_out(places: list[Place]) -> list[Delivery]:

@@ -36,7 +36,6 @@ from mode.utils.times import want_seconds
 from tally.core.continuity import ChangelogContinuity
 from tally.core.errors import ConfigurationError
 from tally.core.loggaps import LogGaps
-from tally.telemetry import WRITE_OUT_SECONDS
 
 logger = logging.getLogger(__name__)
 
@@ -235,8 +234,8 @@ FLUSH_WARN_EVERY_S = 10.0
 before_producer_flush: list[Callable[[], Awaitable[None]]] = []
 
 
-#: Set in the task of a flush before a commit while it runs: what its hooks write out is
-#: timed as part of it (`tally_write_out_seconds`), not once more on its own.
+#: Set in the task of a flush before a commit while it runs: the cells its hooks write out
+#: are timed as the commit's (`tally_write_out_seconds{kind="commit"}`).
 in_commit_flush: ContextVar[bool] = ContextVar("in_commit_flush", default=False)
 
 
@@ -253,8 +252,7 @@ def flush_producer_buffer_fully() -> None:
     consumed, whether the buffer is over its limit (`wait_until_ebb`): Faust's answer read a
     setting through its settings registry each time (~2 % of a single-purchase worker); puts
     minus sends is never less than what Faust counts, so Faust's own wait runs whenever it
-    could have waited. Each flush is timed (`tally_write_out_seconds{kind="commit"}`), the
-    cells its hooks write out included (`in_commit_flush`)."""
+    could have waited. While it runs, `in_commit_flush` says so to the cells it writes out."""
     if getattr(ProducerBuffer.flush, "drains_fully", False):
         return
     faust_post_init = ProducerBuffer.__post_init__
@@ -280,8 +278,7 @@ def flush_producer_buffer_fully() -> None:
     async def flush(self: ProducerBuffer) -> None:
         within = in_commit_flush.set(True)
         try:
-            with WRITE_OUT_SECONDS.labels("commit").time():
-                await flush_fully(self)
+            await flush_fully(self)
         finally:
             in_commit_flush.reset(within)
 

@@ -148,12 +148,8 @@ def test_a_flush_returns_once_every_buffered_message_is_handed_to_the_client() -
     """Faust commits right after flushing its producer: a flush that returned with table
     changes still in the buffer would let a crash lose them behind a commit. Faust's own
     flush gives up after 0.1 s without a send; a client that takes 0.25 s a message must
-    still get all three before the flush returns, and the flush's time is counted in
-    `tally_write_out_seconds{kind="commit"}` (the benches time the put-off writes by it)."""
+    still get all three before the flush returns."""
     from tally.app import app  # the worker's app: its settings, and the compat patch
-
-    def flushed_seconds() -> float:
-        return written_out_seconds()["commit"]
 
     handed: list[int] = []
 
@@ -176,10 +172,8 @@ def test_a_flush_returns_once_every_buffered_message_is_handed_to_the_client() -
         finally:
             await buffer.stop()
 
-    before = flushed_seconds()
     took = asyncio.run(flush_three())
     assert handed == [0, 1, 2], f"the flush returned after {took:.2f} s with {handed} handed"
-    assert flushed_seconds() - before >= 0.75
 
 
 def test_the_buffer_ebbs_by_its_counts_and_waits_as_faust_does_when_over_its_limit() -> None:
@@ -229,9 +223,9 @@ def written_out_seconds() -> Counter[str]:
 def test_a_cell_write_out_is_timed_once_on_its_own_or_within_its_commit(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Cells written out by a commit's flush (its hook) count in the commit's time only; cells
-    written out on their own (full, quiet, after every batch) count as `cells`: the benches
-    add the write-outs after a run's last event to its time."""
+    """Cells written out by a commit's flush (its hook) are timed as `commit`, cells written
+    out on their own (full, quiet, after every batch) as `cells`, each once: the benches add
+    the write-outs after a run's last event to its time."""
     from tally.app import app
     from tally.runtime import cells
 
@@ -283,6 +277,52 @@ def test_cells_a_flush_could_not_write_stay_in_the_cache(monkeypatch: pytest.Mon
             assert sorted(cells.dirty.keys(place)) == [b"k1", b"k2"]
     finally:
         cells.dirty.take(places)
+
+
+def test_a_failed_send_puts_back_no_cell_retention_deleted_meanwhile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Retention deletes a range (store.delete_below) while a flush sends the place's cells
+    to the changelog; the send fails: the cell in the range is not put back (it would be
+    written again at the next flush), the other is, and the place is settled."""
+    from tally.runtime import cells, store
+    from tally.sales.tables import sales_clocks
+
+    class Partition:
+        def write(self, batch: object) -> None:
+            pass
+
+        def delete_range(self, start: bytes, stop: bytes) -> None:
+            pass
+
+    monkeypatch.setattr(cells, "partition_db", lambda table, partition: Partition())
+    monkeypatch.setattr(store, "partition_db", lambda table, partition: Partition())
+    monkeypatch.setattr(cells, "WRITE_BEHIND", True)
+    sending = asyncio.Event()
+
+    async def send_fails(*args: object) -> list[object]:
+        sending.set()
+        await asyncio.sleep(0.05)
+        raise ConnectionError("the broker went away")
+
+    monkeypatch.setattr(cells, "send_records", send_fails)
+    place = (sales_clocks.name, 0)
+    cells.dirty.put(place, b"2026-01-01|old", b"1")
+    cells.dirty.put(place, b"2026-01-09|new", b"2")
+
+    async def flush_while_retention_deletes() -> None:
+        flushing = asyncio.create_task(cells.flush([place]))
+        await sending.wait()
+        store.delete_below(sales_clocks, 0, b"2026-01-05")
+        with pytest.raises(ConnectionError):
+            await flushing
+
+    try:
+        asyncio.run(flush_while_retention_deletes())
+        assert cells.dirty.keys(place) == [b"2026-01-09|new"]
+        assert place not in cells.dirty._dropped_while_out
+    finally:
+        cells.dirty.take([place])
 
 
 def test_a_rebalance_moves_every_table_version_on() -> None:
