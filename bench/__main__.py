@@ -170,7 +170,7 @@ def main() -> None:
         "until a plain consumer receives it; the peers have no query); queries: wrk, 8 s "
         "per load, once the worker has processed its input (no ingest meanwhile), sharing the 2 "
         "cores with it. A Tally run is timed from its first counted event to its last, plus "
-        "the flushes before the commit after it (the table writes its cell cache put off); the "
+        "its cell cache's write-outs until the commit after it (the table writes it put off); the "
         "peers' clocks stop at their last event (Quix's checkpoint after it untimed); each "
         "section also gives Tally's rate timed to its group's commit of every input offset, the "
         "wait for the commit timer included. State writes = "
