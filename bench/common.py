@@ -368,8 +368,8 @@ def run_tally(
     observation (polled every 100 ms: scraping /metrics more often costs the worker), over the
     time from then until every event is counted from `topic` and from each downstream topic in
     `then` (later stages count the same events), plus the time the write-outs after that took
-    until the group's commit of every input offset (`tally_write_out_seconds`: the cell
-    cache written out before the commit or on its own): the table writes the cell cache put off are
+    until the group's commit of every input offset (`tally_write_out_seconds`: the cell cache
+    written out before the commit or on its own): the table writes the cache put off are
     timed, the wait for the commit timer is not, as the peers' clocks stop at their last event
     with their own put-off writes (Quix's checkpoint) after it. A write-out under way when the
     last count is seen counts whole (a little against Tally). The time to the commit is kept
@@ -418,15 +418,15 @@ def run_tally(
                 raise SystemExit(f"{label}: not all of {total} counted ({progress})")
             assert first is not None
             counted_at, flushed_before = time.monotonic(), write_out_seconds(worker)
-            # Tally flushes its cell cache before each commit: once the group committed every
-            # input offset, the flushes since the last count hold the writes it put off.
+            # Tally writes its cell cache out before each commit: once the group committed
+            # every input offset, the write-outs since the last count hold what it put off.
             asyncio.run(committed_to_end(broker.bootstrap, app_id, (topic, *then), deadline))
             committed = time.monotonic() - first[0]
             flushed = write_out_seconds(worker) - flushed_before
             measured, elapsed = total - first[1], counted_at - first[0] + flushed
             print(
                 f"  {label}: {measured:,} counted in {counted_at - first[0]:.2f} s, then "
-                f"flushes of {flushed:.2f} s; all committed {committed:.2f} s after the first",
+                f"write-outs of {flushed:.2f} s; all committed {committed:.2f} s after the first",
                 flush=True,
             )
             if measured < total // 2:
