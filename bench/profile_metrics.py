@@ -33,6 +33,7 @@ STAGES = {
     "closing minutes": "close_partition_minutes (tally/metrics/",
     "the cell cache written out": "flush (tally/runtime/cells",
     "Faust's consumer thread (aiokafka fetches)": "Thread._bootstrap (threading",
+    "the offload process: decoding and folding envelopes": "prefold (tally/metrics/prefold",
 }
 
 

@@ -71,9 +71,25 @@ def shares(raw: Path, stages: dict[str, str] = STAGES) -> tuple[int, dict[str, f
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU the process has used so far (/proc/<pid>/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU the process and its live descendants (a worker's offload process,
+    runtime.offload) have used so far (/proc/<pid>/stat)."""
+    parents: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # it ended meanwhile
+            continue
+        parents[int(entry.name)] = int(fields[1])
+        ticks[int(entry.name)] = int(fields[11]) + int(fields[12])
+    family, used = [pid], 0
+    while family:
+        member = family.pop()
+        used += ticks.get(member, 0)
+        family.extend(child for child, parent in parents.items() if parent == member)
+    return used / os.sysconf("SC_CLK_TCK")
 
 
 @contextmanager
@@ -86,6 +102,7 @@ def sampled(worker: Worker, seconds: int, raw: Path, cpu: dict[str, float]) -> I
     sampler = None
     if seconds:
         command = [py_spy(), "record", "-p", str(pid), "-d", str(seconds), "-r", "100"]
+        command.append("--subprocesses")  # a worker's offload process (runtime.offload)
         command += ["-f", "raw", "-o", str(raw)]
         sampler = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:

@@ -65,6 +65,14 @@ WRITE_OUT_SECONDS = Histogram(
     "times add up.",
     ["kind"],
 )
+OFFLOADED = Counter(
+    "tally_offloaded_messages",
+    "Messages the worker's second process (TALLY_OFFLOAD_PROCESSES) decoded ahead of their "
+    "batch, by topic and outcome: folded (taken as the second process folded them), or "
+    "taken back (decoded and folded again on the event loop: an invalid, late, crowded or "
+    "redelivered sample, a message another partition owns, or the process unavailable).",
+    ["topic", "outcome"],
+)
 QUERY_ANSWERS = Counter(
     "tally_query_answers",
     "Answers of the query views (/api/sales/*, /api/servers/*, /api/metrics/*) this worker "

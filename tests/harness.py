@@ -369,9 +369,16 @@ def headers_of(record: ConsumerRecord) -> Mapping[str, bytes]:
 
 def events_total(worker: Worker, topic: str, outcome: str) -> float:
     """The worker's tally_events_total of `topic`'s events with `outcome` (0: none yet)."""
-    for line in worker.text("/metrics?name[]=tally_events_total").splitlines():
-        if line.startswith(f'tally_events_total{{outcome="{outcome}",topic="{topic}"}}'):
-            return float(line.split()[1])
+    return sample_value(worker, "tally_events_total", outcome=outcome, topic=topic)
+
+
+def sample_value(worker: Worker, sample: str, **labels: str) -> float:
+    """A sample of the worker's /metrics with these labels, in prometheus_client's order
+    (sorted by name; 0: none yet)."""
+    named = ",".join(f'{name}="{value}"' for name, value in sorted(labels.items()))
+    for line in worker.text(f"/metrics?name[]={sample}").splitlines():
+        if line.startswith(f"{sample}{{{named}}} "):
+            return float(line.split()[-1])
     return 0.0
 
 

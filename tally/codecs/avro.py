@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import cache
 from importlib import resources
 from io import BytesIO
@@ -19,7 +19,7 @@ from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from faust.serializers.codecs import Codec
 
 from tally.codecs.registry import Schema, SchemaRegistry
-from tally.core.errors import DecodeError, SchemaError, ValidationError
+from tally.core.errors import DecodeError, SchemaError, TallyError, ValidationError
 from tally.core.fraud import check_order
 from tally.core.limits import check_id, check_metadata
 from tally.core.tenancy import check_tenant_name
@@ -78,6 +78,28 @@ def schema_id_of(data: bytes) -> int:
     return int(schema_id)
 
 
+def read_record(data: bytes, schema_id: int, writer: Any, reader: Any) -> Record:
+    """The Avro body of a framed message, written with the parsed `writer` schema (of id
+    `schema_id`) and resolved to `reader` (None: read as written); `DecodeError` says why not.
+    Faust-free, so a second process reads messages the same way (runtime.offload)."""
+    buffer = BytesIO(data)
+    buffer.seek(HEADER.size)
+    try:
+        record = schemaless_reader(buffer, writer, reader)
+    except Exception as exc:  # fastavro raises many types on corrupt bytes
+        raise DecodeError(
+            f"Avro body does not decode with schema id {schema_id}: {type(exc).__name__}: {exc}"
+        ) from exc
+    if buffer.tell() != len(data):
+        raise DecodeError(
+            f"{len(data) - buffer.tell()} trailing bytes after the Avro record "
+            f"(schema id {schema_id})"
+        )
+    if not isinstance(record, dict):
+        raise DecodeError(f"schema id {schema_id} is not a record schema")
+    return record
+
+
 class AvroCodec(Codec):
     """Encodes records with one reader/writer schema; decodes any registered writer schema.
 
@@ -119,23 +141,7 @@ class AvroCodec(Codec):
         if not isinstance(s, bytes | bytearray):
             raise DecodeError("message has no value")
         schema_id = schema_id_of(s)
-        writer = self._writer(schema_id)
-        buffer = BytesIO(s)
-        buffer.seek(HEADER.size)
-        reader = None if schema_id == self.schema_id else self.parsed
-        try:
-            record = schemaless_reader(buffer, writer, reader)
-        except Exception as exc:  # fastavro raises many types on corrupt bytes
-            raise DecodeError(
-                f"Avro body does not decode with schema id {schema_id}: {type(exc).__name__}: {exc}"
-            ) from exc
-        if buffer.tell() != len(s):
-            raise DecodeError(
-                f"{len(s) - buffer.tell()} trailing bytes after the Avro record "
-                f"(schema id {schema_id})"
-            )
-        if not isinstance(record, dict):
-            raise DecodeError(f"schema id {schema_id} is not a record schema")
+        record = read_record(s, schema_id, self._writer(schema_id), self.reader_for(schema_id))
         if self.validate is not None:
             try:
                 self.validate(record)
@@ -143,6 +149,22 @@ class AvroCodec(Codec):
                 exc.record = record
                 raise
         return record
+
+    def reader_for(self, schema_id: int) -> Any:
+        """The schema a message written with `schema_id` is resolved to (None: its own)."""
+        return None if schema_id == self.schema_id else self.parsed
+
+    def writers_of(self, messages: Iterable[object]) -> dict[int, Any]:
+        """The parsed writer schemas of `messages` (what `read_record` needs elsewhere, as in
+        another process), by id; messages not framed, or of an unknown id, are left out."""
+        writers = {}
+        for message in messages:
+            try:
+                if isinstance(message, bytes) and (found := schema_id_of(message)) not in writers:
+                    writers[found] = self._writer(found)
+            except TallyError:  # it fails where it is decoded, with its reason
+                continue
+        return writers
 
     def _writer(self, schema_id: int) -> Any:
         writer = self._writers.get(schema_id)

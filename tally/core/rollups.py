@@ -161,6 +161,16 @@ def room_for_metrics(held: Callable[[int], Mapping[str, Any]], cap: int) -> Admi
     return admits
 
 
+def room_for_all(known: Mapping[str, Any], cells: Cells, more: Cells, cap: int) -> bool:
+    """Whether a minute's record may take every metric of `more` (`room_for_metrics`'s rule
+    for a whole envelope): it holds `known` and the batch's `cells` so far."""
+    if len(known) + len(cells) + len(more) <= cap:
+        return True
+    present = known.keys() | cells.keys()
+    new = more.keys() - present
+    return not new or len(present) + len(new) <= cap
+
+
 def fold_samples(
     samples: Iterable[Mapping[str, Any]],
     into: dict[int, Cells],

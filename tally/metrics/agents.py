@@ -45,15 +45,18 @@ from tally.core.rollups import (
     Acc,
     Cells,
     IndexUpdate,
+    Judged,
     Rollup,
     final_before,
     fold_samples,
     hot_horizon,
     merge_cells,
     minute_of,
+    room_for_all,
     room_for_metrics,
 )
 from tally.core.tenancy import letter_tenant, scoped, tenant_of, unscoped
+from tally.metrics.prefold import Prefolded, prefold
 from tally.metrics.state import (
     PartitionState,
     index_pruned_through,
@@ -78,12 +81,14 @@ from tally.metrics.tables import (
 )
 from tally.runtime.cells import flush, has_cell, place, read_cell, write_cell, write_cells
 from tally.runtime.intake import (
+    by_partition,
     caught_up,
     decode,
     each_partition,
     reject,
     timer,
 )
+from tally.runtime.offload import Ahead, offload
 from tally.runtime.routing import (
     Forwarded,
     announce,
@@ -101,7 +106,7 @@ from tally.runtime.topics import (
     routed_metric_samples,
     with_routed,
 )
-from tally.telemetry import EVENTS
+from tally.telemetry import EVENTS, OFFLOADED
 
 #: Longer batches than the sales pipeline's: each batch writes every (server, minute) and
 #: (metric, minute) it touched, so fewer batches mean fewer writes; half a second more delay
@@ -163,6 +168,9 @@ class Folding:
     redelivered: dict[tuple[str, int], set[str]] = field(default_factory=lambda: defaultdict(set))
     counted: int = 0
     repeated: int = 0
+    #: Messages taken as the offload process folded them, and those it folded in vain.
+    prefolded: int = 0
+    taken_back: int = 0
 
 
 async def roll_up(state: PartitionState, events: Sequence[EventT]) -> None:
@@ -177,20 +185,28 @@ async def roll_up(state: PartitionState, events: Sequence[EventT]) -> None:
     state.clock.settle(wall, not own and own_source_idle(partition, state) is True)
     messages = [event for event in events if announcement(event) is None]
     forwarded = Forwarded()
+    folding = Folding()
     decoded = [
         (event, batch)
         for event in messages
-        if (batch := await owned(event, state, wall, forwarded))
+        if (batch := await owned(event, state, wall, forwarded, folding))
     ]
     await forwarded.acknowledged()
-    folding = Folding()
     for event, batch in decoded:
+        if isinstance(batch, Prefolded):
+            if fold_prefolded(state, folding, event, batch, wall):
+                continue
+            folding.taken_back += 1
+            if (batch := await decode(event, metric_batch_codec())) is None:
+                continue
         await fold_message(state, folding, event, batch, wall)
     forwarded.move(state.clock, wall)  # its own messages, counted elsewhere: its clock
     hear_all(state.clock, events)  # after the batch: an announcement follows what it covers
     records = persist(messages, events[-1], state, folding)
     EVENTS.labels(metric_samples.get_topic_name(), "counted").inc(folding.counted)
     EVENTS.labels(metric_samples.get_topic_name(), "redelivered").inc(folding.repeated)
+    OFFLOADED.labels(metric_samples.get_topic_name(), "folded").inc(folding.prefolded)
+    OFFLOADED.labels(metric_samples.get_topic_name(), "taken back").inc(folding.taken_back)
     watermark = state.clock.watermark(wall, GRACE_MS)
     await send_to_metric_index(touched(folding, records), partition, watermark)
     if own:
@@ -245,6 +261,48 @@ async def fold_message(
             tenant=unscoped(server)[0],
         )
     state.late_events += len(judged.late)
+    folded(state, folding, event, judged, wall)
+
+
+def fold_prefolded(
+    state: PartitionState, folding: Folding, event: EventT, batch: Prefolded, wall: int
+) -> bool:
+    """A message the offload process folded (metrics.prefold) into the batch's fold, when
+    `fold_message` would take every sample of it as it is: none ahead of the clock, of a
+    final minute, of a record already holding the message, or of a metric with no room."""
+    if batch.newest_ts > wall + MAX_FUTURE_MS:
+        return False
+    server = scoped(tenant_of(batch._asdict(), settings.default_tenant), batch.server_id)
+    minutes = batch.minutes
+    if held_minutes(event.message.partition, server, minutes, source_of(event), folding.stored):
+        return False
+    closed = state.closed_before(state.clock.judging(wall, GRACE_MS, own=not is_forwarded(event)))
+    if closed is not None and batch.oldest_minute < closed:
+        return False
+    into = folding.folded[server]
+    held = stored_cells(folding.stored, server)
+    for minute, cells in minutes.items():
+        if not room_for_all(
+            held(minute), into.get(minute, {}), cells, MAX_METRICS_PER_SERVER_MINUTE
+        ):
+            return False
+    for minute, cells in minutes.items():
+        merge_cells(into.setdefault(minute, {}), cells)
+    folding.prefolded += 1
+    folded(
+        state,
+        folding,
+        event,
+        Judged(counted=batch.samples, newest_ts=batch.newest_ts, oldest_minute=batch.oldest_minute),
+        wall,
+    )
+    return True
+
+
+def folded(
+    state: PartitionState, folding: Folding, event: EventT, judged: Judged, wall: int
+) -> None:
+    """A message's folded samples move the partition's clock and first minute."""
     if judged.newest_ts is not None and judged.oldest_minute is not None:
         if not is_forwarded(event):  # forwarded samples do not move the clock (EventClock)
             state.clock.observe(judged.newest_ts, wall)
@@ -319,15 +377,21 @@ def touched(
 
 
 async def owned(
-    event: EventT, state: PartitionState, wall: int, forwarded: Forwarded
-) -> Record | None:
-    """The event's metric batch, if it decodes and its server belongs to this partition; else
-    None after forwarding it to its server's partition (noted in `forwarded`: it moves this
-    partition's clock, being one of its own messages) or dead-lettering it."""
+    event: EventT, state: PartitionState, wall: int, forwarded: Forwarded, folding: Folding
+) -> Record | Prefolded | None:
+    """The event's metric batch (as the offload process folded it, when it did), if it
+    decodes and its server belongs to this partition; else None after forwarding it to its
+    server's partition (noted in `forwarded`: it moves this partition's clock, being one of
+    its own messages) or dead-lettering it."""
+    partition = event.message.partition
+    prefolded = await prefolds.take(event)
+    if prefolded is not None:
+        if partition_for(prefolded.server_id, settings.partitions) == partition:
+            return prefolded
+        folding.taken_back += 1
     batch = await decode(event, metric_batch_codec())
     if batch is None:
         return None
-    partition = event.message.partition
     owner = partition_for(batch["server_id"], settings.partitions)
     if owner == partition:
         return batch
@@ -371,14 +435,9 @@ def unapplied(
     """The samples of a message from `origin` (core.applied) that their (server, minute)
     record does not hold yet; the others are noted in `redelivered`. Reads each record once
     per batch (into `stored`); a message delivered once (the usual case) passes whole."""
-    minutes = {minute_of(sample["ts_ms"]) for sample in samples}
-    held = set()
-    for minute in minutes:
-        key = (server, minute)
-        if key not in stored:
-            stored[key] = read_cell(server_rollups, minute_key(server, minute), partition)
-        if holds(stored[key], origin[1], origin[0]):
-            held.add(minute)
+    held = held_minutes(
+        partition, server, {minute_of(sample["ts_ms"]) for sample in samples}, origin, stored
+    )
     if not held:
         return samples
     fresh = []
@@ -389,6 +448,25 @@ def unapplied(
         else:
             fresh.append(sample)
     return fresh
+
+
+def held_minutes(
+    partition: int,
+    server: str,
+    minutes: Iterable[int],
+    origin: tuple[Source, int],
+    stored: dict[tuple[str, int], Stamped | None],
+) -> set[int]:
+    """Which of a message's `minutes` their (server, minute) record already holds it in
+    (core.applied); each record read once per batch, into `stored`."""
+    held = set()
+    for minute in minutes:
+        key = (server, minute)
+        if key not in stored:
+            stored[key] = read_cell(server_rollups, minute_key(server, minute), partition)
+        if holds(stored[key], origin[1], origin[0]):
+            held.add(minute)
+    return held
 
 
 async def send_to_metric_index(
@@ -427,9 +505,33 @@ def cell_size(cell: tuple[str, int, str, Acc]) -> int:
     return len(cell[0].encode()) + len(cell[2].encode()) + 120
 
 
+#: What the offload process made of the current batch's messages.
+prefolds: Ahead[Prefolded] = Ahead(offload)
+#: Envelopes per call of the offload process (~500 samples each: ~1 ms there): the worker
+#: starts on a partition's share once its first call is back.
+PREFOLD_CHUNK = 25
+
+
+def prefold_ahead(events: Sequence[EventT]) -> None:
+    """A batch's metric batches handed to the offload process, partition by partition in the
+    order the worker processes them, a chunk per call."""
+    codec = metric_batch_codec()
+    calls = []
+    for share in by_partition(events).values():
+        messages = [event for event in share if announcement(event) is None]
+        for start in range(0, len(messages), PREFOLD_CHUNK):
+            chunk = messages[start : start + PREFOLD_CHUNK]
+            payloads = [event.value for event in chunk]
+            writers = codec.writers_of(payloads)
+            calls.append((chunk, (payloads, writers, codec.parsed, codec.schema_id)))
+    prefolds.start(prefold, calls)
+
+
 @app.agent(with_routed(metric_samples, routed_metric_samples))
 async def roll_up_samples(stream: StreamT) -> None:
-    await each_partition(stream, roll_up_partition, states, within=METRICS_BATCH_WITHIN_S)
+    await each_partition(
+        stream, roll_up_partition, states, within=METRICS_BATCH_WITHIN_S, ahead=prefold_ahead
+    )
 
 
 @timer(interval=1.0)

@@ -258,6 +258,7 @@ async def each_partition(
     *states: PartitionStates[Any],
     within: float = BATCH_WITHIN_S,
     size: int = BATCH_SIZE,
+    ahead: Callable[[Sequence[EventT]], None] | None = None,
 ) -> None:
     """The body of every pipeline agent: batches from `stream` (up to `size` events, or what
     came `within` seconds; at most a quarter of what the topic buffers ahead when it bounds
@@ -265,7 +266,8 @@ async def each_partition(
     before, so 2,000 of them would be millions of records decoded at once), each partition's
     share given to `work` on its own, one event per
     origin in offset order (`one_per_origin`), up to any offset not delivered
-    (`without_holes`). If `work` raises, the partition's `states` are
+    (`without_holes`); `ahead` is given each whole batch first (runtime.offload). If `work`
+    raises, the partition's `states` are
     dropped (rebuilt from storage on next use) and the share is processed again one event at
     a time: only events that fail alone are dead-lettered, and the agent goes on."""
     if isinstance(stream.channel, TopicT):
@@ -274,6 +276,8 @@ async def each_partition(
         if stream.channel.maxsize:
             size = min(size, max(1, stream.channel.maxsize // 4))
     async for batch in cast(Stream, stream).take_events(size, within=within):
+        if ahead is not None:
+            ahead(batch)
         for tp, delivered in by_partition(batch).items():
             unique = one_per_origin(delivered, source_of)
             if len(unique) < len(delivered):
