@@ -5,6 +5,7 @@ process ends with its worker, even a SIGKILLed one."""
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -26,15 +27,49 @@ def events(count: int) -> list[EventT]:
     ]
 
 
+def made_by(count: int, sleep_s: float = 0.0) -> list[int]:
+    """A result per event: the process that made the call."""
+    time.sleep(sleep_s)
+    return [os.getpid()] * count
+
+
+def exit_if_offloaded(count: int) -> list[None]:
+    """Ends the process making the call, if it is not the test's own."""
+    if multiprocessing.parent_process() is not None:
+        os._exit(1)
+    return [None] * count
+
+
 def test_a_call_runs_in_another_process_and_none_runs_without_one() -> None:
+    offload = Offload(1)
+    try:
+        future = offload.submit(os.getpid)
+        assert future is not None and future.result(30) != os.getpid()
+    finally:
+        offload.close()
+    assert Offload(0).submit(os.getpid) is None
+
+
+def test_the_loop_makes_the_calls_the_process_has_not_started_instead_of_waiting() -> None:
     async def main() -> None:
         offload = Offload(1)
+        ahead: Ahead[int] = Ahead(offload)
+        sent = events(12)
         try:
-            future = offload.call(os.getpid)
-            assert future is not None and await future not in (None, os.getpid())
+            # The process sleeps on the first call; the second waits queued for it; the loop,
+            # waiting for the first, makes the others, from the last.
+            ahead.start(
+                made_by,
+                [(sent[:2], (2, 2.0)), *((sent[n : n + 2], (2,)) for n in range(2, 12, 2))],
+            )
+            time.sleep(0.5)  # the pool's thread queues the first two calls meanwhile
+            made = [await ahead.take(event) for event in sent]
         finally:
             offload.close()
-        assert Offload(0).call(os.getpid) is None
+        here = os.getpid()
+        assert made[0] == made[1] != here  # the process
+        assert made[4:] == [here] * 8, made  # the loop, while it waited
+        assert made[2] == made[3] and made[2] in (here, made[0])  # queued: either
 
     asyncio.run(main())
 
@@ -65,7 +100,7 @@ def test_a_dead_process_costs_its_calls_and_the_next_batch_gets_another() -> Non
         ahead: Ahead[Any] = Ahead(offload)
         sent = events(3)
         try:
-            ahead.start(os._exit, [(sent[:2], (1,))])  # the process exits mid-call
+            ahead.start(exit_if_offloaded, [(sent[:2], (2,))])  # the process exits mid-call
             assert await ahead.take(sent[0]) is None and await ahead.take(sent[1]) is None
             ahead.start(sorted, [(sent[2:], ([5],))])
             assert await ahead.take(sent[2]) == 5
@@ -81,7 +116,7 @@ from tally.runtime.offload import Offload
 
 async def main():
     offload = Offload(1)
-    print(await offload.call(os.getpid), flush=True)
+    print(await asyncio.wrap_future(offload.submit(os.getpid)), flush=True)
     await asyncio.sleep(120)
 
 asyncio.run(main())
