@@ -144,7 +144,7 @@ def main() -> None:
     freshness = latency_at_load.measure(
         ["sales", "metrics"],
         5 if args.quick else 15,
-        {"sales": 10_000 if args.quick else 40_000, "metrics": 400 if args.quick else 2_000},
+        {"sales": 10_000 if args.quick else 40_000, "metrics": 400 if args.quick else 6_000},
     )
     sections = [
         report("sales", sales_results, "purchases", [sales.FAUST, sales.QUIX, sales.RAW]),

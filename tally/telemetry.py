@@ -67,11 +67,20 @@ WRITE_OUT_SECONDS = Histogram(
 )
 OFFLOADED = Counter(
     "tally_offloaded_messages",
-    "Messages the worker's second process (TALLY_OFFLOAD_PROCESSES) decoded ahead of their "
-    "batch, by topic and outcome: folded (taken as the second process folded them), or "
-    "taken back (decoded and folded again on the event loop: an invalid, late, crowded or "
-    "redelivered sample, a message another partition owns, or the process unavailable).",
-    ["topic", "outcome"],
+    "Messages handed to the worker's offload processes (TALLY_OFFLOAD_PROCESSES) ahead of "
+    "their batch, by topic and by who made their call: process, loop (the loop made it "
+    "rather than wait, the process not having started it), or none (the call failed, its "
+    "process died or was stuck: the loop did the work as without the process).",
+    ["topic", "made"],
+)
+PREFOLDED = Counter(
+    "tally_prefolded_messages",
+    "Metric batches folded by minute ahead of their batch (tally_offloaded_messages_total), "
+    "by outcome: folded (merged as they were) or taken back (decoded and folded again, "
+    "sample by sample: a late, crowded or redelivered sample, a time ahead of the clock, "
+    "or a server another partition owns). Batches with an invalid sample are never folded "
+    "ahead.",
+    ["outcome"],
 )
 QUERY_ANSWERS = Counter(
     "tally_query_answers",

@@ -154,17 +154,18 @@ class AvroCodec(Codec):
         """The schema a message written with `schema_id` is resolved to (None: its own)."""
         return None if schema_id == self.schema_id else self.parsed
 
-    def writers_of(self, messages: Iterable[object]) -> dict[int, Any]:
-        """The parsed writer schemas of `messages` (what `read_record` needs elsewhere, as in
-        another process), by id; messages not framed, or of an unknown id, are left out."""
-        writers = {}
+    def readings_of(self, messages: Iterable[object]) -> dict[int, tuple[Any, Any]]:
+        """How `read_record` reads `messages` elsewhere (as in another process): the parsed
+        (writer, reader) schemas by writer schema id; messages not framed, or of an unknown
+        id, are left out (they fail where they are decoded, with their reason)."""
+        readings = {}
         for message in messages:
             try:
-                if isinstance(message, bytes) and (found := schema_id_of(message)) not in writers:
-                    writers[found] = self._writer(found)
-            except TallyError:  # it fails where it is decoded, with its reason
+                if isinstance(message, bytes) and (found := schema_id_of(message)) not in readings:
+                    readings[found] = (self._writer(found), self.reader_for(found))
+            except TallyError:
                 continue
-        return writers
+        return readings
 
     def _writer(self, schema_id: int) -> Any:
         writer = self._writers.get(schema_id)

@@ -106,7 +106,7 @@ from tally.runtime.topics import (
     routed_metric_samples,
     with_routed,
 )
-from tally.telemetry import EVENTS, OFFLOADED
+from tally.telemetry import EVENTS, PREFOLDED
 
 #: Longer batches than the sales pipeline's: each batch writes every (server, minute) and
 #: (metric, minute) it touched, so fewer batches mean fewer writes; half a second more delay
@@ -168,7 +168,7 @@ class Folding:
     redelivered: dict[tuple[str, int], set[str]] = field(default_factory=lambda: defaultdict(set))
     counted: int = 0
     repeated: int = 0
-    #: Messages taken as the offload process folded them, and those it folded in vain.
+    #: Messages taken as they were folded ahead (metrics.prefold), and those taken back.
     prefolded: int = 0
     taken_back: int = 0
 
@@ -205,8 +205,8 @@ async def roll_up(state: PartitionState, events: Sequence[EventT]) -> None:
     records = persist(messages, events[-1], state, folding)
     EVENTS.labels(metric_samples.get_topic_name(), "counted").inc(folding.counted)
     EVENTS.labels(metric_samples.get_topic_name(), "redelivered").inc(folding.repeated)
-    OFFLOADED.labels(metric_samples.get_topic_name(), "folded").inc(folding.prefolded)
-    OFFLOADED.labels(metric_samples.get_topic_name(), "taken back").inc(folding.taken_back)
+    PREFOLDED.labels("folded").inc(folding.prefolded)
+    PREFOLDED.labels("taken back").inc(folding.taken_back)
     watermark = state.clock.watermark(wall, GRACE_MS)
     await send_to_metric_index(touched(folding, records), partition, watermark)
     if own:
@@ -272,7 +272,7 @@ def fold_prefolded(
     final minute, of a record already holding the message, or of a metric with no room."""
     if batch.newest_ts > wall + MAX_FUTURE_MS:
         return False
-    server = scoped(tenant_of(batch._asdict(), settings.default_tenant), batch.server_id)
+    server = scoped(tenant_of({"tenant": batch.tenant}, settings.default_tenant), batch.server_id)
     minutes = batch.minutes
     if held_minutes(event.message.partition, server, minutes, source_of(event), folding.stored):
         return False
@@ -515,15 +515,16 @@ PREFOLD_CHUNK = 25
 def prefold_ahead(events: Sequence[EventT]) -> None:
     """A batch's metric batches handed to the offload process, partition by partition in the
     order the worker processes them, a chunk per call."""
+    if not offload.processes:
+        return
     codec = metric_batch_codec()
     calls = []
     for share in by_partition(events).values():
-        messages = [event for event in share if announcement(event) is None]
+        messages = [e for e in share if isinstance(e.value, bytes) and announcement(e) is None]
         for start in range(0, len(messages), PREFOLD_CHUNK):
             chunk = messages[start : start + PREFOLD_CHUNK]
             payloads = [event.value for event in chunk]
-            writers = codec.writers_of(payloads)
-            calls.append((chunk, (payloads, writers, codec.parsed, codec.schema_id)))
+            calls.append((chunk, (payloads, codec.readings_of(payloads), codec.validate)))
     prefolds.start(prefold, calls)
 
 

@@ -10,9 +10,10 @@ the same either way.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from tally.codecs.avro import read_record, schema_id_of, validate_metric_batch
+from tally.codecs.avro import Record, read_record, schema_id_of
 from tally.core.errors import TallyError
 from tally.core.rollups import Cells, fold_samples
 
@@ -33,24 +34,32 @@ class Prefolded(NamedTuple):
 
 
 def prefold(
-    payloads: list[bytes], writers: dict[int, Any], reader: Any, reader_id: int
+    payloads: list[bytes],
+    readings: dict[int, tuple[Any, Any]],
+    validate: Callable[[Record], None] | None,
 ) -> list[Prefolded | None]:
     """Each payload (a framed `MetricBatch`) folded by minute; None for one the worker must
-    look at itself: it does not decode with `writers`, fails the batch's validation, or holds
-    an invalid sample. `reader` is the worker's schema, which `reader_id` names."""
-    return [prefold_one(payload, writers, reader, reader_id) for payload in payloads]
+    look at itself: it does not decode as `readings` say (AvroCodec.readings_of), fails
+    `validate` (the codec's), or holds an invalid sample."""
+    return [prefold_one(payload, readings, validate) for payload in payloads]
 
 
 def prefold_one(
-    payload: bytes, writers: dict[int, Any], reader: Any, reader_id: int
+    payload: object,
+    readings: dict[int, tuple[Any, Any]],
+    validate: Callable[[Record], None] | None,
 ) -> Prefolded | None:
+    """One payload's `prefold`."""
+    if not isinstance(payload, bytes):
+        return None
     try:
         schema_id = schema_id_of(payload)
-        writer = writers.get(schema_id)
-        if writer is None:
+        reading = readings.get(schema_id)
+        if reading is None:
             return None
-        batch = read_record(payload, schema_id, writer, None if schema_id == reader_id else reader)
-        validate_metric_batch(batch)
+        batch = read_record(payload, schema_id, *reading)
+        if validate is not None:
+            validate(batch)
     except TallyError:
         return None
     minutes: dict[int, Cells] = {}

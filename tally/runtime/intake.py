@@ -277,7 +277,10 @@ async def each_partition(
             size = min(size, max(1, stream.channel.maxsize // 4))
     async for batch in cast(Stream, stream).take_events(size, within=within):
         if ahead is not None:
-            ahead(batch)
+            try:
+                ahead(batch)
+            except Exception:  # it only saves the work time: `work` does it all without
+                logger.exception("preparing a batch of %s ahead failed", stream.channel)
         for tp, delivered in by_partition(batch).items():
             unique = one_per_origin(delivered, source_of)
             if len(unique) < len(delivered):

@@ -15,8 +15,10 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
+import pytest
 from faust.types import EventT
 
+import tally.runtime.offload as offload_module
 from tally.runtime.offload import Ahead, Offload
 
 
@@ -33,6 +35,13 @@ def made_by(count: int, sleep_s: float = 0.0) -> list[int]:
     return [os.getpid()] * count
 
 
+def stuck_if_offloaded(count: int) -> list[int]:
+    """Never returns in an offload process; made on the loop, gives the test's pid."""
+    if multiprocessing.parent_process() is not None:
+        time.sleep(3600)
+    return [os.getpid()] * count
+
+
 def exit_if_offloaded(count: int) -> list[None]:
     """Ends the process making the call, if it is not the test's own."""
     if multiprocessing.parent_process() is not None:
@@ -40,13 +49,16 @@ def exit_if_offloaded(count: int) -> list[None]:
     return [None] * count
 
 
-def test_a_call_runs_in_another_process_and_none_runs_without_one() -> None:
+def test_a_call_runs_in_another_process_that_builds_no_worker() -> None:
     offload = Offload(1)
     try:
         future = offload.submit(os.getpid)
         assert future is not None and future.result(30) != os.getpid()
+        app_loaded = offload.submit(eval, "'tally.app' in __import__('sys').modules")
+        assert app_loaded is not None and app_loaded.result(30) is False
     finally:
         offload.close()
+    assert offload.submit(os.getpid) is None  # closed: the worker stops
     assert Offload(0).submit(os.getpid) is None
 
 
@@ -94,16 +106,52 @@ def test_each_event_gets_its_result_and_none_where_the_call_failed() -> None:
     asyncio.run(main())
 
 
-def test_a_dead_process_costs_its_calls_and_the_next_batch_gets_another() -> None:
+def test_a_dead_process_costs_its_calls_and_a_later_batch_gets_another(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(offload_module, "RESTART_PAUSE_S", 1.0)
+
     async def main() -> None:
         offload = Offload(1)
         ahead: Ahead[Any] = Ahead(offload)
-        sent = events(3)
+        sent = events(4)
         try:
             ahead.start(exit_if_offloaded, [(sent[:2], (2,))])  # the process exits mid-call
             assert await ahead.take(sent[0]) is None and await ahead.take(sent[1]) is None
-            ahead.start(sorted, [(sent[2:], ([5],))])
-            assert await ahead.take(sent[2]) == 5
+            ahead.start(made_by, [(sent[2:3], (1,))])  # paused: the loop does the work
+            assert await ahead.take(sent[2]) is None
+            await asyncio.sleep(1.0)
+            ahead.start(made_by, [(sent[3:], (1,))])
+            time.sleep(0.5)  # queued in the new pool: not made on the loop
+            assert await ahead.take(sent[3]) not in (None, os.getpid())
+        finally:
+            offload.close()
+
+    asyncio.run(main())
+
+
+def test_a_stuck_call_is_made_on_the_loop_and_its_process_killed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(offload_module, "CALL_TIMEOUT_S", 1.0)
+
+    async def main() -> None:
+        offload = Offload(1)
+        ahead: Ahead[int] = Ahead(offload)
+        sent = events(1)
+        try:
+            first = offload.submit(os.getpid)
+            assert first is not None
+            stuck = first.result(30)
+            ahead.start(stuck_if_offloaded, [(sent, (1,))])
+            time.sleep(0.5)  # queued: not made on the loop
+            started = time.monotonic()
+            assert await ahead.take(sent[0]) == os.getpid()
+            assert time.monotonic() - started < 10
+            deadline = time.monotonic() + 10
+            while alive(stuck) and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert not alive(stuck)
         finally:
             offload.close()
 

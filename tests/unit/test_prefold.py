@@ -47,8 +47,8 @@ def batch(samples: list[dict[str, Any]], server: str = "web-1") -> dict[str, Any
     return {"server_id": server, "sent_at_ms": T0, "tenant": "", "samples": samples}
 
 
-def prefolded(codec: AvroCodec, payloads: list[bytes]) -> list[Any]:
-    return prefold(payloads, codec.writers_of(payloads), codec.parsed, codec.schema_id)
+def prefolded(codec: AvroCodec, payloads: list[Any]) -> list[Any]:
+    return prefold(payloads, codec.readings_of(payloads), codec.validate)
 
 
 @given(envelopes)
@@ -101,6 +101,7 @@ def test_an_empty_envelope_is_left_to_the_worker(codec: AvroCodec) -> None:
 def test_messages_that_do_not_decode_or_validate_are_left_to_the_worker(codec: AvroCodec) -> None:
     good = codec.dumps(batch([{"metric_id": "cpu", "ts_ms": T0, "value": 1.0}]))
     payloads = [
+        None,  # a tombstone
         b"not framed",
         b"\x00\x00\x00\x99\x99" + good[5:],  # an id the registry does not have
         good + b"\x00",  # trailing bytes
@@ -109,8 +110,8 @@ def test_messages_that_do_not_decode_or_validate_are_left_to_the_worker(codec: A
         good,
     ]
     results = prefolded(codec, payloads)
-    assert results[:5] == [None] * 5
-    assert results[5] is not None and results[5].minutes == {T0: {"cpu": [1.0, 1.0, 1.0, 1]}}
+    assert results[:6] == [None] * 6
+    assert results[6] is not None and results[6].minutes == {T0: {"cpu": [1.0, 1.0, 1.0, 1]}}
 
 
 def test_an_older_writer_schema_is_resolved_to_the_workers(codec: AvroCodec) -> None:
