@@ -33,7 +33,9 @@ STAGES = {
     "closing minutes": "close_partition_minutes (tally/metrics/",
     "the cell cache written out": "flush (tally/runtime/cells",
     "Faust's consumer thread (aiokafka fetches)": "Thread._bootstrap (threading",
-    "the offload process: decoding and folding envelopes": "prefold (tally/metrics/prefold",
+    "folding envelopes ahead (the offload process, or the loop in its place)": (
+        "prefold (tally/metrics/prefold"
+    ),
 }
 
 

@@ -71,8 +71,9 @@ def shares(raw: Path, stages: dict[str, str] = STAGES) -> tuple[int, dict[str, f
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU the process and its live descendants (a worker's offload process,
-    runtime.offload) have used so far (/proc/<pid>/stat)."""
+    """User + system CPU the process and its descendants (a worker's offload process,
+    runtime.offload) have used so far, those that ended and were waited for included
+    (/proc/<pid>/stat)."""
     parents: dict[int, int] = {}
     ticks: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
@@ -83,7 +84,7 @@ def cpu_seconds(pid: int) -> float:
         except OSError:  # it ended meanwhile
             continue
         parents[int(entry.name)] = int(fields[1])
-        ticks[int(entry.name)] = int(fields[11]) + int(fields[12])
+        ticks[int(entry.name)] = sum(int(tick) for tick in fields[11:15])
     family, used = [pid], 0
     while family:
         member = family.pop()
