@@ -69,8 +69,8 @@ OFFLOADED = Counter(
     "tally_offloaded_messages",
     "Messages handed to the worker's offload processes (TALLY_OFFLOAD_PROCESSES) ahead of "
     "their batch, by topic and by who made their call: process, loop (the loop made it "
-    "rather than wait, the process not having started it), or none (the call failed, its "
-    "process died or was stuck: the loop did the work as without the process).",
+    "rather than wait: the process had not started it, or was stuck on it), or none (the "
+    "call failed or its process died: the loop did the work as without the process).",
     ["topic", "made"],
 )
 PREFOLDED = Counter(
