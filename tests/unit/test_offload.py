@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -62,22 +63,27 @@ def test_a_call_runs_in_another_process_that_builds_no_worker() -> None:
     assert Offload(0).submit(os.getpid) is None
 
 
-def test_the_loop_makes_the_calls_the_process_has_not_started_instead_of_waiting() -> None:
+@pytest.fixture
+def ahead() -> Iterator[Ahead[Any]]:
+    """Results ahead from one offload process, closed after the test."""
+    offload = Offload(1)
+    yield Ahead(offload)
+    offload.close()
+
+
+def test_the_loop_makes_the_calls_the_process_has_not_started_instead_of_waiting(
+    ahead: Ahead[Any],
+) -> None:
     async def main() -> None:
-        offload = Offload(1)
-        ahead: Ahead[int] = Ahead(offload)
         sent = events(12)
-        try:
-            # The process sleeps on the first call; the second waits queued for it; the loop,
-            # waiting for the first, makes the others, from the last.
-            ahead.start(
-                made_by,
-                [(sent[:2], (2, 2.0)), *((sent[n : n + 2], (2,)) for n in range(2, 12, 2))],
-            )
-            time.sleep(0.5)  # the pool's thread queues the first two calls meanwhile
-            made = [await ahead.take(event) for event in sent]
-        finally:
-            offload.close()
+        # The process sleeps on the first call; the second waits queued for it; the loop,
+        # waiting for the first, makes the others, from the last.
+        ahead.start(
+            made_by,
+            [(sent[:2], (2, 2.0)), *((sent[n : n + 2], (2,)) for n in range(2, 12, 2))],
+        )
+        time.sleep(0.5)  # the pool's thread queues the first two calls meanwhile
+        made = [await ahead.take(event) for event in sent]
         here = os.getpid()
         assert made[0] == made[1] != here  # the process
         assert made[4:] == [here] * 8, made  # the loop, while it waited
@@ -86,74 +92,59 @@ def test_the_loop_makes_the_calls_the_process_has_not_started_instead_of_waiting
     asyncio.run(main())
 
 
-def test_each_event_gets_its_result_and_none_where_the_call_failed() -> None:
+def test_each_event_gets_its_result_and_none_where_the_call_failed(ahead: Ahead[Any]) -> None:
     async def main() -> None:
-        offload = Offload(1)
-        ahead: Ahead[Any] = Ahead(offload)
         sent = events(6)
-        try:
-            # sorted() gives one result per event; ["b", 1] does not sort (TypeError).
-            ahead.start(sorted, [(sent[:3], ([3, 1, 2],)), (sent[3:5], (["b", 1],))])
-            assert [await ahead.take(event) for event in sent[:3]] == [1, 2, 3]
-            assert await ahead.take(sent[3]) is None and await ahead.take(sent[4]) is None
-            assert await ahead.take(sent[5]) is None  # not handed over
-            assert await ahead.take(sent[0]) is None  # taken already
-            ahead.start(sorted, [(sent[5:], ([7],))])  # the next batch: the process lives on
-            assert await ahead.take(sent[5]) == 7
-        finally:
-            offload.close()
+        # sorted() gives one result per event; ["b", 1] does not sort (TypeError).
+        ahead.start(sorted, [(sent[:3], ([3, 1, 2],)), (sent[3:5], (["b", 1],))])
+        assert [await ahead.take(event) for event in sent[:3]] == [1, 2, 3]
+        assert await ahead.take(sent[3]) is None and await ahead.take(sent[4]) is None
+        assert await ahead.take(sent[5]) is None  # not handed over
+        assert await ahead.take(sent[0]) is None  # taken already
+        ahead.start(sorted, [(sent[5:], ([7],))])  # the next batch: the process lives on
+        assert await ahead.take(sent[5]) == 7
 
     asyncio.run(main())
 
 
 def test_a_dead_process_costs_its_calls_and_a_later_batch_gets_another(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, ahead: Ahead[Any]
 ) -> None:
     monkeypatch.setattr(offload_module, "RESTART_PAUSE_S", 1.0)
 
     async def main() -> None:
-        offload = Offload(1)
-        ahead: Ahead[Any] = Ahead(offload)
         sent = events(4)
-        try:
-            ahead.start(exit_if_offloaded, [(sent[:2], (2,))])  # the process exits mid-call
-            assert await ahead.take(sent[0]) is None and await ahead.take(sent[1]) is None
-            ahead.start(made_by, [(sent[2:3], (1,))])  # paused: the loop does the work
-            assert await ahead.take(sent[2]) is None
-            await asyncio.sleep(1.0)
-            ahead.start(made_by, [(sent[3:], (1,))])
-            time.sleep(0.5)  # queued in the new pool: not made on the loop
-            assert await ahead.take(sent[3]) not in (None, os.getpid())
-        finally:
-            offload.close()
+        ahead.start(exit_if_offloaded, [(sent[:2], (2,))])  # the process exits mid-call
+        assert await ahead.take(sent[0]) is None and await ahead.take(sent[1]) is None
+        ahead.start(made_by, [(sent[2:3], (1,))])  # paused: the loop does the work
+        assert await ahead.take(sent[2]) is None
+        await asyncio.sleep(1.0)
+        ahead.start(made_by, [(sent[3:], (1,))])
+        time.sleep(0.5)  # queued in the new pool: not made on the loop
+        assert await ahead.take(sent[3]) not in (None, os.getpid())
 
     asyncio.run(main())
 
 
 def test_a_stuck_call_is_made_on_the_loop_and_its_process_killed(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, ahead: Ahead[Any]
 ) -> None:
     monkeypatch.setattr(offload_module, "CALL_TIMEOUT_S", 1.0)
 
     async def main() -> None:
-        offload = Offload(1)
-        ahead: Ahead[int] = Ahead(offload)
         sent = events(1)
-        try:
-            first = offload.submit(os.getpid)
-            assert first is not None
-            stuck = first.result(30)
-            ahead.start(stuck_if_offloaded, [(sent, (1,))])
-            time.sleep(0.5)  # queued: not made on the loop
-            started = time.monotonic()
-            assert await ahead.take(sent[0]) == os.getpid()
-            assert time.monotonic() - started < 10
-            deadline = time.monotonic() + 10
-            while alive(stuck) and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-            assert not alive(stuck)
-        finally:
-            offload.close()
+        first = ahead.offload.submit(os.getpid)
+        assert first is not None
+        stuck = first.result(30)
+        ahead.start(stuck_if_offloaded, [(sent, (1,))])
+        time.sleep(0.5)  # queued: not made on the loop
+        started = time.monotonic()
+        assert await ahead.take(sent[0]) == os.getpid()
+        assert time.monotonic() - started < 10
+        deadline = time.monotonic() + 10
+        while alive(stuck) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert not alive(stuck)
 
     asyncio.run(main())
 
