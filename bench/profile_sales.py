@@ -185,7 +185,8 @@ def main() -> None:
             beside=lambda worker: sampled(worker, args.seconds, raw, {}),
         )
     print(f"\n{result.rate:,.0f} purchases/s while sampled")
-    print_shares(raw, STAGES)
+    if args.seconds:
+        print_shares(raw, STAGES)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from tally.runtime.faust_compat import (
     record_fetched_offsets,
     record_offsets_only_without_holes,
     relay_refusal_headers,
+    remember_key_owners,
 )
 from tally.runtime.logs import quiet_repeats
 from tally.settings import Settings, current_settings
@@ -52,6 +53,7 @@ flush_producer_buffer_fully()
 hand_over_takes_when_stopping()
 record_fetched_offsets()
 relay_refusal_headers()
+remember_key_owners()
 honour_topic_maxsize()
 if settings.processing_guarantee == "at_least_once":
     record_offsets_only_without_holes()

@@ -1,0 +1,73 @@
+"""The router's remembered key owners (faust_compat.remember_key_owners): Faust's own lookup
+runs once per key and assignment, and an assignment's new map of partition URLs is used at
+once."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+from faust.app.router import Router
+
+import tally.app  # noqa: F401  (installs the patch)
+from tally.runtime import faust_compat
+
+
+class Assignor:
+    """Faust's assignor as the router uses it: the URL of a serialized key's partition."""
+
+    def __init__(self) -> None:
+        self._tps_url: dict[str, str] = {}
+        self.lookups: list[bytes] = []
+
+    def key_store(self, topic: str, key: bytes) -> str:
+        self.lookups.append(key)
+        return self._tps_url[key.decode()]
+
+
+def router(assignor: Assignor) -> Router:
+    topic = SimpleNamespace(
+        get_topic_name=lambda: "sales-topk-changelog",
+        prepare_key=lambda key, _serializer: (key.encode(), None),
+    )
+    app: Any = SimpleNamespace(
+        assignor=assignor, tables={"sales_topk": SimpleNamespace(changelog_topic=topic)}
+    )
+    return Router(app)
+
+
+def test_an_owner_is_looked_up_once_per_assignment() -> None:
+    assignor = Assignor()
+    assignor._tps_url = {"top": "http://a:6066", "other": "http://b:6066"}
+    routes = router(assignor)
+    assert routes.key_store("sales_topk", "top") == "http://a:6066"
+    assert routes.key_store("sales_topk", "top") == "http://a:6066"
+    assert routes.key_store("sales_topk", "other") == "http://b:6066"
+    assert assignor.lookups == [b"top", b"other"]
+
+    assignor._tps_url = {"top": "http://b:6066", "other": "http://b:6066"}  # a new assignment
+    assert routes.key_store("sales_topk", "top") == "http://b:6066"
+    assert assignor.lookups == [b"top", b"other", b"top"]
+
+
+def test_a_key_without_owner_is_not_remembered() -> None:
+    assignor = Assignor()
+    routes = router(assignor)
+    for _ in range(2):
+        try:
+            routes.key_store("sales_topk", "top")
+        except KeyError:
+            pass
+        else:
+            raise AssertionError("no partition owns the key yet: KeyError (Faust's 503)")
+    assert assignor.lookups == [b"top", b"top"]
+
+
+def test_the_memory_is_bounded(monkeypatch: Any) -> None:
+    monkeypatch.setattr(faust_compat, "KNOWN_OWNERS_MAX", 2)
+    assignor = Assignor()
+    assignor._tps_url = {key: "http://a:6066" for key in "xyz"}
+    routes = router(assignor)
+    for key in "xyzx":
+        routes.key_store("sales_topk", key)
+    assert assignor.lookups == [b"x", b"y", b"z", b"x"]  # cleared when full, at z
