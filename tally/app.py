@@ -30,6 +30,7 @@ from tally.runtime.faust_compat import (
     aiokafka_producer,
     begin_stopping,
     check_pinned_versions,
+    deliver_messages_inline,
     flush_producer_buffer_fully,
     hand_over_takes_when_stopping,
     honour_topic_maxsize,
@@ -49,6 +50,7 @@ settings = current_settings()
 gate = configured_gate(settings)
 check_pinned_versions()
 keep_skipped_messages_uncommitted()
+deliver_messages_inline()
 flush_producer_buffer_fully()
 hand_over_takes_when_stopping()
 record_fetched_offsets()
