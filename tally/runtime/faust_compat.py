@@ -239,14 +239,15 @@ def remember_key_owners() -> None:
     if getattr(Router.key_store, "remembers_owners", False):
         return
     find_owner = Router.key_store
-    known: dict[tuple[str, Any], Any] = {}
-    known_for: list[object] = [None]  # the assignor's map the owners were found in
+    known: dict[tuple[str, Any], Any] = {}  # Tally's keys are strings (routes, tenants)
+    known_for: object = None  # the assignor's map the owners were found in
 
     def key_store(self: Router, table_name: str, key: Any) -> Any:
+        nonlocal known_for
         urls = self.app.assignor._tps_url  # type: ignore[attr-defined]
-        if urls is not known_for[0] or len(known) >= KNOWN_OWNERS_MAX:
+        if urls is not known_for or len(known) >= KNOWN_OWNERS_MAX:
             known.clear()
-            known_for[0] = urls
+            known_for = urls
         owner = known.get((table_name, key))
         if owner is None:
             owner = known[(table_name, key)] = find_owner(self, table_name, key)

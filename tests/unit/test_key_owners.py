@@ -8,6 +8,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from faust.app.router import Router
+from faust.assignor.partition_assignor import PartitionAssignor
 
 import tally.app  # noqa: F401  (installs the patch)
 from tally.runtime import faust_compat
@@ -71,3 +72,14 @@ def test_the_memory_is_bounded(monkeypatch: Any) -> None:
     for key in "xyzx":
         routes.key_store("sales_topk", key)
     assert assignor.lookups == [b"x", b"y", b"z", b"x"]  # cleared when full, at z
+
+
+def test_faust_replaces_the_map_of_partition_urls_at_each_assignment() -> None:
+    """What the memory relies on: an assignment gives the assignor a new map (never changes
+    the old one in place), so owners found in the old one are forgotten."""
+    assignor: Any = PartitionAssignor.__new__(PartitionAssignor)
+    assignor.changelog_distribution = {"http://a:6066": {"sales-topk-changelog": [0]}}
+    before = assignor._tps_url
+    kept = dict(before)
+    assignor.changelog_distribution = {"http://b:6066": {"sales-topk-changelog": [0]}}
+    assert assignor._tps_url is not before and before == kept
