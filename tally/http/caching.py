@@ -15,6 +15,9 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
 
 
 def strong_etag(body: bytes, generation: str) -> str:
@@ -45,15 +48,15 @@ def cache_control(max_age_s: int, authenticated: bool) -> str:
     return f"max-age={max_age_s}" if authenticated else f"public, max-age={max_age_s}"
 
 
-class KeptAnswers:
-    """Serialized answers of hot queries, each kept with the version of the state it was built
-    from (anything comparable that changes when that state does): a repeat at the same version
-    costs no reads and no JSON encoding. Up to `limit` answers; the least recently used goes
-    first."""
+class KeptAnswers(Generic[T]):
+    """Answers of hot queries (serialized, or what they are built from), each kept with the
+    version of the state it was built from (anything comparable that changes when that state
+    does): a repeat at the same version costs no reads, no merge and no JSON encoding. Up to
+    `limit` answers; the least recently used goes first."""
 
     def __init__(self, limit: int) -> None:
         self._limit = limit
-        self._kept: OrderedDict[Hashable, tuple[Hashable, bytes]] = OrderedDict()
+        self._kept: OrderedDict[Hashable, tuple[Hashable, T]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._kept)
@@ -61,8 +64,8 @@ class KeptAnswers:
     def invalidate(self) -> None:
         self._kept.clear()
 
-    def get(self, key: Hashable, version: Hashable, build: Callable[[], bytes]) -> bytes:
-        """The body of the answer for `key` at `version` (built now if not kept)."""
+    def get(self, key: Hashable, version: Hashable, build: Callable[[], T]) -> T:
+        """The answer for `key` at `version` (built now if not kept)."""
         kept = self._kept.get(key)
         if kept is not None and kept[0] == version:
             self._kept.move_to_end(key)

@@ -219,7 +219,7 @@ def server_minutes(tenant: str, server_id: str, query: Query) -> Series:
 #: Answers the hot tables alone give for a range the request fixes (`to` given: nothing moves
 #: with the wall clock), kept per tenant while the key's partition and watermark stay as they
 #: were.
-kept = KeptAnswers(limit=1_000)
+kept: KeptAnswers[bytes] = KeptAnswers(limit=1_000)
 
 
 class MetricsView(OwnedView):

@@ -46,7 +46,7 @@ from tally.runtime.routing import (
 from tally.runtime.store import partition_key
 from tally.runtime.topics import purchases, routed_purchases, with_routed
 from tally.sales.state import (
-    current_body,
+    candidates_changed,
     latest_candidates,
     load_latest,
     published,
@@ -230,7 +230,7 @@ async def merge_partition(events: Sequence[EventT]) -> None:
             if stale_key in sales_topk:
                 del sales_topk[stale_key]
         load_latest()[candidates.partition] = candidates
-        current_body.invalidate()
+        candidates_changed()
 
 
 @app.agent(topk_candidates)

@@ -33,16 +33,23 @@ latest_candidates: PartitionStates[dict[int, Candidates]] = PartitionStates(
 )
 
 
-#: The current top-K answers (one per tenant, `k` and stale reasons), serialized: dropped
-#: whenever the latest candidates change.
-current_body = KeptAnswers(limit=1024)
+#: The current top-K answers (one per tenant, `k` and stale reasons), serialized, and the
+#: merges they are made from (one per tenant): both dropped whenever the latest candidates
+#: change (`candidates_changed`), so that a read between two changes merges nothing.
+current_body: KeptAnswers[bytes] = KeptAnswers(limit=1024)
+current_merges: KeptAnswers[GlobalTopK | None] = KeptAnswers(limit=1024)
+
+
+def candidates_changed() -> None:
+    current_body.invalidate()
+    current_merges.invalidate()
 
 
 def load_latest() -> dict[int, Candidates]:
     """The latest candidates, from memory, or from the table after a restart or a failover."""
     latest = latest_candidates.get(0)
     if latest is None:
-        current_body.invalidate()
+        candidates_changed()
         latest = latest_candidates[0] = {}
         for _, value in scan(sales_topk, 0, b"latest|", b"latest}"):
             candidates = Candidates.from_json(stored_value(value))
@@ -52,7 +59,10 @@ def load_latest() -> dict[int, Candidates]:
 
 def current_answer(tenant: str | None) -> GlobalTopK | None:
     """The current top-K of a tenant's items (None: of every tenant's)."""
-    return merge_candidates(load_latest().values(), settings.top_k, tenant)
+    latest = load_latest()
+    return current_merges.get(
+        tenant, None, lambda: merge_candidates(latest.values(), settings.top_k, tenant)
+    )
 
 
 def answer_at(last_pane: int, tenant: str | None) -> GlobalTopK | None:
