@@ -85,3 +85,32 @@ def test_counts_reach_the_page_when_published_and_grow_by_what_came_since() -> N
     gc.collect()
     monitor.publish()
     assert value(per_stream, stream="stream.topic_purchases.events") == 14
+
+
+class FakeResponse:
+    def __init__(self, status: int) -> None:
+        self.status = status
+
+
+def test_web_answers_reach_the_page_by_status_when_published() -> None:
+    registry = CollectorRegistry()
+    monitor = PrometheusMonitorFedWhenScraped(FaustMetrics.create(registry, "t"))
+
+    def answered(*statuses: int | None) -> None:
+        """Requests through the hooks Faust's views call (None: the view raised)."""
+        for status in statuses:
+            state = monitor.on_web_request_start(None, None)  # type: ignore[arg-type]
+            response: Any = None if status is None else FakeResponse(status)
+            monitor.on_web_request_end(None, None, response, state)  # type: ignore[arg-type]
+
+    def count(status: str) -> float | None:
+        return registry.get_sample_value("t_http_status_codes_total", {"status_code": status})
+
+    answered(200, 200, 304, None)
+    assert count("200") is None  # not yet published
+    monitor.publish()
+    monitor.publish()  # a second scrape adds nothing
+    assert (count("200"), count("304"), count("500")) == (2, 1, 1)
+    answered(200, 503)
+    monitor.publish()
+    assert (count("200"), count("503")) == (3, 1)
