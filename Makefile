@@ -7,7 +7,8 @@ STAMP := $(VENV)/.install-stamp
 CHROMIUM := /usr/bin/chromium
 # `make bench` loads the query endpoints with wrk (Debian's package) and compares with Quix Streams.
 WRK := /usr/bin/wrk
-# ... and reads through the shipped answer cache (docker/nginx.conf) with Debian's nginx.
+# ... and reads through the shipped answer cache (docker/nginx.conf) with Debian's nginx, which
+# `make test` runs too (tests/integration/test_answer_cache_e2e.py).
 NGINX := /usr/sbin/nginx
 BENCH_STAMP := $(VENV)/.bench-stamp
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -44,7 +45,7 @@ run: $(STAMP)
 	$(BIN)/tally dev
 
 ## test: the whole suite (unit, property and end-to-end through the real local broker).
-test: $(STAMP) $(CHROMIUM)
+test: $(STAMP) $(CHROMIUM) $(NGINX)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest

@@ -17,16 +17,8 @@ Before the numbers count, one answer through the cache is checked against the wo
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import pwd
-import re
-import shutil
-import signal
 import statistics
-import subprocess
 import tempfile
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,60 +26,11 @@ from pathlib import Path
 from bench.common import bench_worker, metric_batch_codec, purchase_codec, query_answers
 from bench.query import QueryLoad, query_load
 from tally.broker.local import LocalBroker, free_port
-from tests.harness import ACCESS, bearer, start_all, wait_until
+from tests.answer_cache import nginx_binary, start_cache
+from tests.harness import start_all, wait_until
 from tests.load import Load
 
-NGINX_CONF = Path(__file__).resolve().parents[1] / "docker" / "nginx.conf"
 PATHS = {"top-10": "/api/sales/top", "an item": "/api/sales/items/item-000"}
-
-
-def nginx_binary() -> str:
-    found = shutil.which("nginx") or next(
-        (p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None
-    )
-    if found is None:
-        raise SystemExit("nginx is not installed: `make bench` installs it (Debian nginx-light)")
-    return found
-
-
-def cache_config(workdir: Path, upstream_port: int, listen_port: int) -> str:
-    """docker/nginx.conf with this run's worker, port and paths."""
-    conf = NGINX_CONF.read_text()
-    conf = re.sub(
-        r"(upstream tally_workers \{\n)(?:\s*server [^\n]*\n)+",
-        rf"\g<1>        server 127.0.0.1:{upstream_port};\n",
-        conf,
-    )
-    conf = conf.replace("listen 8080;", f"listen 127.0.0.1:{listen_port};")
-    conf = conf.replace("/var/cache/tally-answers", str(workdir / "nginx-cache"))
-    conf = conf.replace("/tmp/tally-answers-nginx.pid", str(workdir / "nginx.pid"))
-    if os.geteuid() == 0:  # nginx's workers would run as nobody, outside the run's directory
-        conf = f"user {pwd.getpwuid(0).pw_name};\n" + conf
-    return conf
-
-
-def start_cache(workdir: Path, upstream_port: int) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    conf = workdir / "nginx.conf"
-    conf.write_text(cache_config(workdir, upstream_port, port))
-    log = (workdir / "nginx.log").open("wb")
-    process = subprocess.Popen(
-        [nginx_binary(), "-p", str(workdir), "-c", str(conf), "-g", "daemon off;"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: answers(url + PATHS["top-10"]) is not None, 20, what="nginx to answer")
-    return process, url
-
-
-def answers(url: str) -> dict[str, object] | None:
-    try:
-        request = urllib.request.Request(url, headers=bearer(ACCESS.operator_token))
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return dict(json.loads(response.read()))
-    except OSError:
-        return None
 
 
 @dataclass
@@ -115,9 +58,10 @@ def measure(runs: int, seconds: int, connections: int, paced_rate: int = 20_000)
         cache = None
         try:
             wait_until(lambda: worker.get(PATHS["top-10"])["items"], 60, what="a top-10 with items")
-            cache, cache_url = start_cache(workdir, int(worker.url.rsplit(":", 1)[1]))
-            via_cache = answers(cache_url + PATHS["an item"])
-            assert via_cache is not None and via_cache["item_id"] == "item-000", via_cache
+            cache = start_cache(workdir, worker, PATHS["top-10"])
+            cache_url = cache.url
+            via_cache = cache.client.get(PATHS["an item"])
+            assert via_cache["item_id"] == "item-000", via_cache
             for run in range(runs):
                 for what, path in PATHS.items():
                     for where, base in (("worker", worker.url), ("cache", cache_url)):
@@ -146,8 +90,7 @@ def measure(runs: int, seconds: int, connections: int, paced_rate: int = 20_000)
         finally:
             load.stop()
             if cache is not None:
-                cache.send_signal(signal.SIGQUIT)
-                cache.wait(10)
+                cache.stop()
             worker.stop()
     lines = [
         "### cached reads",

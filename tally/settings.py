@@ -397,6 +397,15 @@ class Settings:
         "0: revalidate each time (the ETag still spares the body).",
         _non_negative_int,
     )
+    cache_stale_seconds: int = _env_field(
+        "TALLY_CACHE_STALE_SECONDS",
+        1,
+        "How long past its max-age a cache may still answer with a copy while it fetches the "
+        "next one (Cache-Control stale-while-revalidate), in seconds: one request reaches the "
+        "worker when a hot answer expires, not every reader arriving meanwhile. A cached "
+        "answer is at most max-age plus this old. 0: never past its max-age.",
+        _non_negative_int,
+    )
     heartbeat_seconds: float = _env_field(
         "TALLY_HEARTBEAT_SECONDS",
         5.0,

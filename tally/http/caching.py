@@ -39,13 +39,18 @@ def matches(if_none_match: str | None, etag: str) -> bool:
     return named_tag(if_none_match) == etag
 
 
-def cache_control(max_age_s: int, authenticated: bool) -> str:
-    """Caches may keep the answer `max_age_s` seconds (0: revalidate every time). An answer to
-    a token is not `public`: a shared cache then never hands it to another request (RFC 9111
-    section 3.5) unless configured to keep one copy per token, as docker/nginx.conf is."""
+def cache_control(max_age_s: int, stale_s: int, authenticated: bool) -> str:
+    """Caches may keep the answer `max_age_s` seconds (0: revalidate every time), and answer
+    with it `stale_s` seconds more while they fetch the next one (RFC 5861: a hot answer's
+    expiry sends one request to the worker, not every reader's). An answer to a token is not
+    `public`: a shared cache then never hands it to another request (RFC 9111 section 3.5)
+    unless configured to keep one copy per token, as docker/nginx.conf is."""
     if max_age_s <= 0:
         return "no-cache"
-    return f"max-age={max_age_s}" if authenticated else f"public, max-age={max_age_s}"
+    policy = f"max-age={max_age_s}"
+    if stale_s > 0:
+        policy += f", stale-while-revalidate={stale_s}"
+    return policy if authenticated else f"public, {policy}"
 
 
 class KeptAnswers(Generic[T]):

@@ -91,7 +91,9 @@ NOT_MODIFIED = 304
 def mark_fresh(headers: MutableMapping[str, str]) -> None:
     """How long caches may keep an answer; with access control on, an answer is its token's
     (`Vary: Authorization`)."""
-    headers["Cache-Control"] = cache_control(settings.cache_max_age_seconds, gate.enabled)
+    headers["Cache-Control"] = cache_control(
+        settings.cache_max_age_seconds, settings.cache_stale_seconds, gate.enabled
+    )
     if gate.enabled:
         headers["Vary"] = "Authorization"
 

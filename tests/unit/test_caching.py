@@ -22,10 +22,12 @@ def test_if_none_match_is_honoured_for_one_tag_compared_weakly() -> None:
         assert other == '"other"' or named_tag(other) is None
 
 
-def test_cache_control_says_how_long_or_to_revalidate() -> None:
-    assert cache_control(1, authenticated=False) == "public, max-age=1"
-    assert cache_control(1, authenticated=True) == "max-age=1"  # never handed to another token
-    assert cache_control(0, authenticated=True) == "no-cache"
+def test_cache_control_says_how_long_how_much_longer_while_revalidating_or_to_revalidate() -> None:
+    assert cache_control(1, 0, authenticated=False) == "public, max-age=1"
+    assert cache_control(1, 0, authenticated=True) == "max-age=1"  # never handed to another token
+    assert cache_control(2, 1, authenticated=True) == "max-age=2, stale-while-revalidate=1"
+    assert cache_control(1, 1, authenticated=False) == "public, max-age=1, stale-while-revalidate=1"
+    assert cache_control(0, 1, authenticated=True) == "no-cache"
 
 
 def test_a_kept_answer_is_built_again_only_for_another_version_or_after_invalidation() -> None:
