@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,10 +28,22 @@ from bench.common import bench_worker, metric_batch_codec, purchase_codec, query
 from bench.query import QueryLoad, query_load
 from tally.broker.local import LocalBroker, free_port
 from tests.answer_cache import nginx_binary, start_cache
-from tests.harness import start_all, wait_until
+from tests.harness import Worker, start_all, wait_until
 from tests.load import Load
 
 PATHS = {"top-10": "/api/sales/top", "an item": "/api/sales/items/item-000"}
+
+
+def settled_answers(worker: Worker) -> Counter[str]:
+    """The worker's answers so far, once it has answered the last requests of the load before
+    (up to one per client, which would count in the next run's)."""
+    answered = query_answers(worker)
+    while True:
+        time.sleep(0.3)
+        now = query_answers(worker)
+        if now == answered:
+            return now
+        answered = now
 
 
 @dataclass
@@ -65,9 +78,9 @@ def measure(runs: int, seconds: int, connections: int, paced_rate: int = 20_000)
             for run in range(runs):
                 for what, path in PATHS.items():
                     for where, base in (("worker", worker.url), ("cache", cache_url)):
-                        before = query_answers(worker)
+                        before = settled_answers(worker)
                         measured = query_load(base + path, connections, seconds)
-                        sent = query_answers(worker) - before
+                        sent = settled_answers(worker) - before
                         loads.setdefault((what, where), []).append(measured)
                         answered.setdefault((what, where), []).append(sent)
                         print(
