@@ -3,14 +3,15 @@ straight from a worker and through the shipped micro-cache (docker/nginx.conf, D
 while a steady load of purchases keeps the answers changing.
 
     .venv/bin/python -m bench.cached_reads [--runs 3] [--seconds 8] [--connections 100]
-                                           [--paced-rate 20000]
+                                           [--paced-rate 20000] [--paced-only]
 
 One broker and one worker (all pipelines) for the whole run; the load (tests.load: ~200
 purchases/s, 80 metric batches/s) runs throughout. Each configuration is measured `--runs`
 times, alternating, and the medians are printed with the cache's ratio to the direct reads
 and the answers the worker sent meanwhile (200s, and 304s: the cache revalidating); then the
 top-10 through the cache at a steady `--paced-rate` (the latency at that load, not at
-saturation).
+saturation). `--paced-only` runs only that steady run, e.g. to compare settings the worker
+reads from the environment (`TALLY_CACHE_STALE_SECONDS=0`, `TALLY_CACHE_MAX_AGE_SECONDS=60`).
 Before the numbers count, one answer through the cache is checked against the worker's.
 """
 
@@ -55,8 +56,11 @@ class CachedReads:
     paced_p99_ms: float
 
 
-def measure(runs: int, seconds: int, connections: int, paced_rate: int = 20_000) -> CachedReads:
-    """Run the reads."""
+def measure(
+    runs: int, seconds: int, connections: int, paced_rate: int = 20_000, paced_only: bool = False
+) -> CachedReads:
+    """Run the reads (`paced_only`: only the steady run through the cache)."""
+    saturating = {} if paced_only else PATHS
     nginx_binary()
     workdir = Path(tempfile.mkdtemp(prefix="tally-cached-reads-"))
     print(f"cached reads: one worker under ~200 purchases/s; logs in {workdir}", flush=True)
@@ -76,7 +80,7 @@ def measure(runs: int, seconds: int, connections: int, paced_rate: int = 20_000)
             via_cache = cache.client.get(PATHS["an item"])
             assert via_cache["item_id"] == "item-000", via_cache
             for run in range(runs):
-                for what, path in PATHS.items():
+                for what, path in saturating.items():
                     for where, base in (("worker", worker.url), ("cache", cache_url)):
                         before = settled_answers(worker)
                         measured = query_load(base + path, connections, seconds)
@@ -112,12 +116,15 @@ def measure(runs: int, seconds: int, connections: int, paced_rate: int = 20_000)
         f"batches/s, {connections} clients (wrk), {seconds} s each, medians of {runs} runs, "
         "straight from the worker and through docker/nginx.conf (Debian's nginx), all on the "
         "same cores.",
-        "",
-        "| answer | from | req/s | p50 ms | p99 ms | ratio to the worker | the worker's "
-        "200s / 304s |",
-        "|---|---|---:|---:|---:|---:|---:|",
     ]
-    for what in PATHS:
+    if saturating:
+        lines += [
+            "",
+            "| answer | from | req/s | p50 ms | p99 ms | ratio to the worker | the worker's "
+            "200s / 304s |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
+    for what in saturating:
         direct = statistics.median(r.requests_per_s for r in loads[(what, "worker")])
         for where in ("worker", "cache"):
             runs_of = loads[(what, where)]
@@ -150,8 +157,12 @@ def main() -> None:
     parser.add_argument(
         "--paced-rate", type=int, default=20_000, help="requests/s offered in the steady run"
     )
+    parser.add_argument(
+        "--paced-only", action="store_true", help="only the steady run through the cache"
+    )
     args = parser.parse_args()
-    print(measure(args.runs, args.seconds, args.connections, args.paced_rate).table)
+    measured = measure(args.runs, args.seconds, args.connections, args.paced_rate, args.paced_only)
+    print(measured.table)
 
 
 if __name__ == "__main__":
