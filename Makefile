@@ -37,7 +37,7 @@ $(WRK):
 	$(APT_INSTALL) wrk || ($(SUDO) apt-get update && $(APT_INSTALL) wrk)
 
 $(NGINX):
-	@echo "installing Debian's nginx for the answer-cache benchmark ..."
+	@echo "installing Debian's nginx for the answer cache's test and benchmark ..."
 	$(APT_INSTALL) nginx-light || ($(SUDO) apt-get update && $(APT_INSTALL) nginx-light)
 
 ## run: local broker + one worker + sample feed; prints the URLs. Ctrl-C stops everything.

@@ -35,16 +35,18 @@ from tests.load import Load
 PATHS = {"top-10": "/api/sales/top", "an item": "/api/sales/items/item-000"}
 
 
-def settled_answers(worker: Worker) -> Counter[str]:
+def settled_answers(worker: Worker, timeout_s: float = 30.0) -> Counter[str]:
     """The worker's answers so far, once it has answered the last requests of the load before
     (up to one per client, which would count in the next run's)."""
     answered = query_answers(worker)
-    while True:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
         time.sleep(0.3)
         now = query_answers(worker)
         if now == answered:
             return now
         answered = now
+    raise SystemExit(f"the worker kept answering for {timeout_s:.0f} s after a load ended")
 
 
 @dataclass
@@ -76,12 +78,11 @@ def measure(
         try:
             wait_until(lambda: worker.get(PATHS["top-10"])["items"], 60, what="a top-10 with items")
             cache = start_cache(workdir, worker, PATHS["top-10"])
-            cache_url = cache.url
             via_cache = cache.client.get(PATHS["an item"])
             assert via_cache["item_id"] == "item-000", via_cache
             for run in range(runs):
                 for what, path in saturating.items():
-                    for where, base in (("worker", worker.url), ("cache", cache_url)):
+                    for where, base in (("worker", worker.url), ("cache", cache.url)):
                         before = settled_answers(worker)
                         measured = query_load(base + path, connections, seconds)
                         sent = settled_answers(worker) - before
@@ -95,7 +96,7 @@ def measure(
                             flush=True,
                         )
                 measured = query_load(
-                    cache_url + PATHS["top-10"], connections, seconds, rate=paced_rate
+                    cache.url + PATHS["top-10"], connections, seconds, rate=paced_rate
                 )
                 paced.append(measured)
                 print(

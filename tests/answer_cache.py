@@ -1,6 +1,6 @@
 """The shipped answer cache (docker/nginx.conf) run by Debian's nginx in front of one worker,
-for the tests and `bench.cached_reads`: the file as shipped, with the run's worker, port and
-paths in place of the deployment's."""
+for tests/integration/test_answer_cache_e2e.py and `bench.cached_reads`: the file as shipped,
+with the run's worker, port and paths in place of the deployment's."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from tally.broker.local import free_port
+from tally.broker.local import die_with_parent, free_port
 from tests.harness import Worker, wait_until
 
 NGINX_CONF = Path(__file__).resolve().parents[1] / "docker" / "nginx.conf"
@@ -58,7 +58,11 @@ class AnswerCache:
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGQUIT)  # nginx's graceful stop
-        self.process.wait(10)
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
 
 
 def start_cache(workdir: Path, worker: Worker, ready_path: str) -> AnswerCache:
@@ -67,12 +71,13 @@ def start_cache(workdir: Path, worker: Worker, ready_path: str) -> AnswerCache:
     port = free_port()
     conf = workdir / "nginx.conf"
     conf.write_text(cache_config(workdir, worker.port, port))
-    log = (workdir / "nginx.log").open("wb")
-    process = subprocess.Popen(
-        [nginx_binary(), "-p", str(workdir), "-c", str(conf), "-g", "daemon off;"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    with (workdir / "nginx.log").open("wb") as log:
+        process = subprocess.Popen(
+            [nginx_binary(), "-p", str(workdir), "-c", str(conf), "-g", "daemon off;"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
+        )
     client = Worker(env={}, log_path=workdir / "nginx.log", port=port, token=worker.token)
     cache = AnswerCache(process, client)
 

@@ -75,9 +75,9 @@ class KeptAnswers(Generic[T]):
         if kept is not None and kept[0] == version:
             self._kept.move_to_end(key)
             return kept[1]
-        body = build()
-        self._kept[key] = (version, body)
+        answer = build()
+        self._kept[key] = (version, answer)
         self._kept.move_to_end(key)
         while len(self._kept) > self._limit:
             self._kept.popitem(last=False)
-        return body
+        return answer

@@ -104,8 +104,9 @@ class OwnedView(View):
     tally.core.generations); else `owned`, which subclasses decorate with `app.table_route` to
     forward or answer. An owner that does not answer (it died; the group has not moved its
     partitions yet) is a 503 that says so, not a 500. Every answer names its generation; a
-    200 carries an ETag and a `Cache-Control` max-age (TALLY_CACHE_MAX_AGE_SECONDS), and a
-    repeat with a matching `If-None-Match` is a bodiless 304 (tally.http.caching)."""
+    200 carries an ETag and a `Cache-Control` max-age and stale-while-revalidate
+    (TALLY_CACHE_MAX_AGE_SECONDS, TALLY_CACHE_STALE_SECONDS), and a repeat with a matching
+    `If-None-Match` is a bodiless 304 (tally.http.caching)."""
 
     #: The pipeline whose tables answer (settings.PIPELINES).
     pipeline: ClassVar[str]

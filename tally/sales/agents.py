@@ -46,9 +46,8 @@ from tally.runtime.routing import (
 from tally.runtime.store import partition_key
 from tally.runtime.topics import purchases, routed_purchases, with_routed
 from tally.sales.state import (
-    candidates_changed,
+    candidates_arrived,
     latest_candidates,
-    load_latest,
     published,
     sales_windows,
 )
@@ -229,8 +228,7 @@ async def merge_partition(events: Sequence[EventT]) -> None:
             stale_key = f"{oldest_kept - 1:012d}|{candidates.partition}".encode()
             if stale_key in sales_topk:
                 del sales_topk[stale_key]
-        load_latest()[candidates.partition] = candidates
-        candidates_changed()
+        candidates_arrived(candidates)
 
 
 @app.agent(topk_candidates)

@@ -41,8 +41,15 @@ current_merges: KeptAnswers[GlobalTopK | None] = KeptAnswers(limit=1024)
 
 
 def candidates_changed() -> None:
+    """Every kept answer and merge is dropped: the candidates they were made of changed."""
     current_body.invalidate()
     current_merges.invalidate()
+
+
+def candidates_arrived(candidates: Candidates) -> None:
+    """A partition's newest candidates replace its last: the answers made of those go."""
+    load_latest()[candidates.partition] = candidates
+    candidates_changed()
 
 
 def load_latest() -> dict[int, Candidates]:

@@ -2,9 +2,10 @@
 at scrape time: consumer lag per source partition and table sizes per table.
 
 Faust's `PrometheusMonitor` metrics count messages, events, sends, commits, rebalances and web
-requests (`faust_*`; not table reads and writes, and the message and event counts are moved
-into them when scraped, see below); `tally.telemetry` counts outcomes, rejects by rule and
-ingest (`tally_*`); the gauges below are computed when scraped, so nothing runs per event.
+requests by status (`faust_*`; not table reads and writes, nor the latency of web requests;
+the message, event and request counts are moved into them when scraped, see below);
+`tally.telemetry` counts outcomes, rejects by rule and ingest (`tally_*`); the gauges below are
+computed when scraped, so nothing runs per event.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The shipped answer cache (docker/nginx.conf, run by Debian's nginx) in front of a real
 worker: repeats are the cache's; a changed answer reaches the cache's readers, and a revoked
 token is refused by it, within the answer's max-age plus stale-while-revalidate (plus one
-second: nginx counts whole seconds); and a crowd of readers sends the worker about one request
-per expiry, not one per reader arriving while the copy is refreshed."""
+second: nginx counts whole seconds); and a crowd of readers sends the worker one request per
+expiry, not one per reader arriving while the copy is refreshed."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tally.access.tokens import OPERATOR, SCOPES
 from tally.broker.local import LocalBroker
 from tally.core.clock import now_ms
+from tally.http.caching import cache_control
 from tally.settings import Settings
 from tests.answer_cache import start_cache
 from tests.conftest import WorkerFactory
@@ -28,8 +29,10 @@ from tests.harness import ACCESS, Worker, bearer, purchase_row, wait_until
 
 TOP = "/api/sales/top"
 DEFAULTS = Settings()
-#: How long after the worker a reader of the cache may still get the worker's previous answer.
-BOUND_S = DEFAULTS.cache_max_age_seconds + DEFAULTS.cache_stale_seconds + 1 + 0.5  # polling
+#: How long after the worker a reader of the cache may still get the worker's previous answer:
+#: max-age + stale-while-revalidate, +1 s (nginx counts whole seconds), +1 s for the polling
+#: and a busy machine.
+BOUND_S = DEFAULTS.cache_max_age_seconds + DEFAULTS.cache_stale_seconds + 1 + 1
 #: Concurrent readers of the cache, and for how long, in the crowd.
 READERS, CROWD_S = 64, 3.0
 
@@ -99,23 +102,30 @@ def test_the_cache_answers_repeats_passes_changes_and_revocations_on_in_time_and
     cache = start_cache(tmp_path, worker, TOP)
     try:
         # Repeats: the cache's own copy (one Vary variant per token).
-        statuses = [cache.client.fetch(TOP)[1]["X-Cache-Status"] for _ in range(20)]
-        assert statuses.count("HIT") >= 15, statuses
-        cache_control = cache.client.fetch(TOP)[1]["Cache-Control"]
-        assert cache_control == "max-age=1, stale-while-revalidate=1", cache_control
+        repeats = [cache.client.fetch(TOP)[1]["X-Cache-Status"] for _ in range(20)]
+        assert repeats.count("HIT") >= 15, repeats
+        policy = cache.client.fetch(TOP)[1]["Cache-Control"]
+        assert policy == cache_control(
+            DEFAULTS.cache_max_age_seconds, DEFAULTS.cache_stale_seconds, authenticated=True
+        )
+        assert DEFAULTS.cache_stale_seconds > 0, "the crowd below needs stale-while-revalidate"
 
         # A change: the cache's readers have it at most BOUND_S after the worker's.
         bought(worker, 2, "item-b", 50)
         at = first_seen({"worker": worker, "cache": cache.client}, (200, "item-b"), 60)
         assert at["cache"] - at["worker"] <= BOUND_S, at
 
-        # A crowd: no reader waits for the worker (each copy is refreshed in the background,
-        # the readers meanwhile get the expired one); one request per expiry reaches it.
+        # A crowd: the readers get the cache's copies, the expired one while it is refreshed
+        # in the background (the reader whose request started the refresh waits for it on its
+        # next request, nginx's way); one request per expiry reaches the worker. Without
+        # stale-while-revalidate, every reader arriving during a refresh went to the worker:
+        # 8 to 44 answers came from it in such a crowd.
         before = sales_answers(worker)
         statuses = asyncio.run(crowd(cache.url + TOP, worker.token))
         sent = sales_answers(worker) - before
-        assert set(statuses) <= {"HIT", "STALE", "UPDATING"}, statuses
-        assert 1 <= sent <= statuses["STALE"], (sent, statuses)
+        from_worker = sum(n for s, n in statuses.items() if s not in ("HIT", "STALE", "UPDATING"))
+        assert from_worker <= 1, statuses  # one refresh slower than S on a starved machine
+        assert 1 <= sent <= statuses["STALE"] + from_worker, (sent, statuses)
 
         # A revoked token: refused by the cache at most BOUND_S after the worker refuses it,
         # and never answered again.
