@@ -8,15 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import aiohttp
-from prometheus_client.parser import text_string_to_metric_families
 
 from tally.access.tokens import OPERATOR, SCOPES
 from tally.broker.local import LocalBroker
@@ -25,7 +21,8 @@ from tally.http.caching import cache_control
 from tally.settings import Settings
 from tests.answer_cache import start_cache
 from tests.conftest import WorkerFactory
-from tests.harness import ACCESS, Worker, bearer, purchase_row, wait_until
+from tests.harness import ACCESS, Worker, bearer, purchase_row, sample_value, wait_until
+from tests.integration.test_access_e2e import revoke
 
 TOP = "/api/sales/top"
 DEFAULTS = Settings()
@@ -80,16 +77,11 @@ async def crowd(url: str, token: str) -> Counter[str]:
     return statuses
 
 
-def sales_answers(worker: Worker) -> int:
+def sales_answers(worker: Worker) -> float:
     """Query answers of the sales pipeline the worker has sent so far (304s too)."""
-    text = worker.text("/metrics?name[]=tally_query_answers_total")
-    return int(
-        sum(
-            sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-            if sample.name == "tally_query_answers_total" and sample.labels["pipeline"] == "sales"
-        )
+    return sum(
+        sample_value(worker, "tally_query_answers_total", pipeline="sales", status=status)
+        for status in ("200", "304")
     )
 
 
@@ -135,11 +127,7 @@ def test_the_cache_answers_repeats_passes_changes_and_revocations_on_in_time_and
             for client in (worker, cache.client)
         )
         assert leader(cached) == (200, "item-b")
-        revoked = subprocess.run(
-            [sys.executable, "-m", "tally", "tokens", "revoke", token],
-            capture_output=True, text=True, timeout=120, env={**os.environ, **worker.env},
-        )  # fmt: skip
-        assert revoked.returncode == 0, revoked.stderr
+        revoke(worker, token)
         at = first_seen({"worker": direct, "cache": cached}, (401, None), 30)
         assert at["cache"] - at["worker"] <= BOUND_S, at
         assert {leader(cached)[0] for _ in range(20)} == {401}
