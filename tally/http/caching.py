@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
+from functools import cache, lru_cache
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -23,6 +24,10 @@ T = TypeVar("T")
 def strong_etag(body: bytes, generation: str) -> str:
     digest = hashlib.blake2b(body, digest_size=12, person=generation.encode()[:16])
     return '"' + digest.hexdigest() + '"'
+
+
+#: The ETag of a kept answer (KeptAnswers' bodies): its digest is taken once, not per read.
+kept_etag = lru_cache(maxsize=256)(strong_etag)
 
 
 def named_tag(if_none_match: str | None) -> str | None:
@@ -39,6 +44,7 @@ def matches(if_none_match: str | None, etag: str) -> bool:
     return named_tag(if_none_match) == etag
 
 
+@cache  # (a worker asks for the same few, on every answer)
 def cache_control(max_age_s: int, stale_s: int, authenticated: bool) -> str:
     """Caches may keep the answer `max_age_s` seconds (0: revalidate every time), and answer
     with it `stale_s` seconds more while they fetch the next one (RFC 5861: a hot answer's

@@ -29,6 +29,7 @@ from faust.transport.consumer import Consumer as FaustConsumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.producer import ProducerBuffer
 from faust.types import TP, CollectionT, EventT, Message, ProducerT
+from faust.types.router import RouterT
 from faust.utils import json as faust_json
 from mode.services import WaitResults
 from mode.utils.compat import want_bytes
@@ -231,30 +232,66 @@ def relay_refusal_headers() -> None:
 KNOWN_OWNERS_MAX = 10_000
 
 
-def remember_key_owners() -> None:
+class KeyOwners:
     """Faust's router finds the worker owning a query's key on every request: it serializes
     the key, hashes it (murmur2), looks the partition up and builds a URL, ~8 % of a worker
     answering the top-10 (py-spy). Each (table, key)'s owner is remembered instead, until the
-    assignor replaces its partitions' URLs (every assignment does)."""
+    assignor replaces its partitions' URLs (every assignment does); and so is whether that
+    owner is this worker, which Faust's router answers by raising SameNode after reading
+    `canonical_url` through its settings registry."""
+
+    def __init__(self, find_owner: Callable[[Router, str, Any], Any]) -> None:
+        self.find_owner = find_owner
+        self.known: dict[tuple[str, Any], Any] = {}  # Tally's keys are strings
+        self.here: dict[tuple[str, Any], bool] = {}
+        self.known_for: object = None  # the assignor's map the owners were found in
+
+    def owner(self, router: Router, table_name: str, key: Any) -> Any:
+        """The URL of the worker owning `key` (KeyError: no worker does yet)."""
+        urls = router.app.assignor._tps_url  # type: ignore[attr-defined]
+        if urls is not self.known_for or len(self.known) >= KNOWN_OWNERS_MAX:
+            self.known.clear()
+            self.here.clear()
+            self.known_for = urls
+        owner = self.known.get((table_name, key))
+        if owner is None:
+            owner = self.known[(table_name, key)] = self.find_owner(router, table_name, key)
+        return owner
+
+    def is_here(self, router: Router, table_name: str, key: Any) -> bool:
+        """Whether this worker owns `key` (False while no worker does: routing says so)."""
+        try:
+            owner = self.owner(router, table_name, key)
+        except KeyError:
+            return False
+        here = self.here.get((table_name, key))
+        if here is None:
+            own_url = router.app.conf.canonical_url
+            here = router._urlident(owner) == router._urlident(own_url)
+            self.here[(table_name, key)] = here
+        return here
+
+
+#: The router's memory of key owners (Faust's lookup, taken before remember_key_owners).
+key_owners = KeyOwners(Router.key_store)
+
+
+def remember_key_owners() -> None:
+    """Router.key_store answers from `key_owners` (see KeyOwners)."""
     if getattr(Router.key_store, "remembers_owners", False):
         return
-    find_owner = Router.key_store
-    known: dict[tuple[str, Any], Any] = {}  # Tally's keys are strings (routes, tenants)
-    known_for: object = None  # the assignor's map the owners were found in
 
     def key_store(self: Router, table_name: str, key: Any) -> Any:
-        nonlocal known_for
-        urls = self.app.assignor._tps_url  # type: ignore[attr-defined]
-        if urls is not known_for or len(known) >= KNOWN_OWNERS_MAX:
-            known.clear()
-            known_for = urls
-        owner = known.get((table_name, key))
-        if owner is None:
-            owner = known[(table_name, key)] = find_owner(self, table_name, key)
-        return owner
+        return key_owners.owner(self, table_name, key)
 
     key_store.remembers_owners = True  # type: ignore[attr-defined]
     Router.key_store = key_store  # type: ignore[method-assign]
+
+
+def owned_here(router: RouterT, table_name: str, key: Any) -> bool:
+    """Whether this worker owns `key` of `table_name`: its query is answered at once, without
+    Faust's route_req."""
+    return key_owners.is_here(cast(Router, router), table_name, key)
 
 
 #: A flush still waiting for the producer buffer says so this often.

@@ -1,6 +1,6 @@
 """The router's remembered key owners (faust_compat.remember_key_owners): Faust's own lookup
 runs once per key and assignment, and an assignment's new map of partition URLs is used at
-once."""
+once; so does the answer to whether the owner is this worker (faust_compat.KeyOwners)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from faust.app.router import Router
 from faust.assignor.partition_assignor import PartitionAssignor
+from yarl import URL
 
 import tally.app  # noqa: F401  (installs the patch)
 from tally.runtime import faust_compat
@@ -22,9 +23,9 @@ class Assignor:
         self._tps_url: dict[str, str] = {}
         self.lookups: list[bytes] = []
 
-    def key_store(self, topic: str, key: bytes) -> str:
+    def key_store(self, topic: str, key: bytes) -> URL:
         self.lookups.append(key)
-        return self._tps_url[key.decode()]
+        return URL(self._tps_url[key.decode()])
 
 
 def router(assignor: Assignor) -> Router:
@@ -42,13 +43,13 @@ def test_an_owner_is_looked_up_once_per_assignment() -> None:
     assignor = Assignor()
     assignor._tps_url = {"top": "http://a:6066", "other": "http://b:6066"}
     routes = router(assignor)
-    assert routes.key_store("sales_topk", "top") == "http://a:6066"
-    assert routes.key_store("sales_topk", "top") == "http://a:6066"
-    assert routes.key_store("sales_topk", "other") == "http://b:6066"
+    assert routes.key_store("sales_topk", "top") == URL("http://a:6066")
+    assert routes.key_store("sales_topk", "top") == URL("http://a:6066")
+    assert routes.key_store("sales_topk", "other") == URL("http://b:6066")
     assert assignor.lookups == [b"top", b"other"]
 
     assignor._tps_url = {"top": "http://b:6066", "other": "http://b:6066"}  # a new assignment
-    assert routes.key_store("sales_topk", "top") == "http://b:6066"
+    assert routes.key_store("sales_topk", "top") == URL("http://b:6066")
     assert assignor.lookups == [b"top", b"other", b"top"]
 
 
@@ -80,3 +81,21 @@ def test_faust_replaces_the_map_of_partition_urls_at_each_assignment() -> None:
     kept = dict(before)
     assignor.changelog_distribution = {"http://b:6066": {"sales-topk-changelog": [0]}}
     assert assignor._tps_url is not before and before == kept
+
+
+def test_whether_a_key_is_here_is_found_once_per_assignment() -> None:
+    """What a query for a key this worker owns is answered by at once (routed_by_key)."""
+    assignor = Assignor()
+    assignor._tps_url = {"top": "http://a:6066", "other": "http://b:6066"}
+    routes = router(assignor)
+    routes.app.conf = SimpleNamespace(canonical_url=URL("http://a:6066"))
+    owners = faust_compat.KeyOwners(Router.key_store)
+    assert owners.is_here(routes, "sales_topk", "top")
+    assert not owners.is_here(routes, "sales_topk", "other")
+    assert not owners.is_here(routes, "sales_topk", "nobody's")  # no owner yet: routing's 503
+    assert owners.is_here(routes, "sales_topk", "top")
+    assert assignor.lookups == [b"top", b"other", b"nobody's"]
+
+    assignor._tps_url = {"top": "http://b:6066", "other": "http://a:6066"}  # a new assignment
+    assert not owners.is_here(routes, "sales_topk", "top")
+    assert owners.is_here(routes, "sales_topk", "other")

@@ -8,8 +8,9 @@ from typing import Any
 
 from faust.sensors.prometheus import FaustMetrics
 from faust.types import TP
-from prometheus_client import CollectorRegistry
+from prometheus_client import REGISTRY, CollectorRegistry
 
+from tally.telemetry import query_answers
 from tally.web.prometheus import PrometheusMonitorFedWhenScraped
 
 
@@ -114,3 +115,23 @@ def test_web_answers_reach_the_page_by_status_when_published() -> None:
     answered(200, 503)
     monitor.publish()
     assert (count("200"), count("503")) == (3, 1)
+
+
+def test_query_answers_reach_the_page_when_published() -> None:
+    monitor = PrometheusMonitorFedWhenScraped(FaustMetrics.create(CollectorRegistry(), "t"))
+
+    def count(pipeline: str, status: str) -> float:
+        sample = "tally_query_answers_total"
+        labels = {"pipeline": pipeline, "status": status}
+        return REGISTRY.get_sample_value(sample, labels) or 0.0
+
+    before = count("sales", "200"), count("sales", "304"), count("metrics", "200")
+    query_answers[("sales", 200)] += 3
+    query_answers[("sales", 304)] += 1
+    assert count("sales", "200") == before[0]  # not yet published
+    monitor.publish()
+    monitor.publish()  # a second scrape adds nothing
+    query_answers[("metrics", 200)] += 2
+    monitor.publish()
+    after = count("sales", "200"), count("sales", "304"), count("metrics", "200")
+    assert [a - b for a, b in zip(after, before, strict=True)] == [3, 1, 2]
