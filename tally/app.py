@@ -191,7 +191,10 @@ class TallyApp(faust.App):
             recovered = cast(TableManager, self.tables).recovery.completed.is_set()
             if not (self.routing_ready and recovered):
                 return "recovering tables"
-        return next((reason for reason, waiting in self.waiting_for if waiting()), None)
+        for reason, waiting in self.waiting_for:  # (asked before every query's answer)
+            if waiting():
+                return reason
+        return None
 
     async def on_first_start(self) -> None:
         Path(self.conf.datadir).mkdir(parents=True, exist_ok=True)  # Faust makes only the leaf
@@ -245,7 +248,7 @@ class TallyApp(faust.App):
         await super().on_stop()
 
     async def on_started(self) -> None:
-        # Faust's table_route hashes keys with the producer's metadata of the changelogs. (A
+        # Faust's router finds a key's owner with the producer's metadata of the changelogs. (A
         # reader routes no keys and has no producer; it waits for the changelogs to exist.)
         if not settings.reads_only:
             await track_topics(

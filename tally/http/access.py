@@ -173,7 +173,7 @@ class Gate:
             )
         if identity.token_id in self.revocations:
             raise unauthenticated("the token was revoked; ask for a new one")
-        if not access.scopes & identity.scopes:
+        if access.scopes.isdisjoint(identity.scopes):
             raise Refusal(
                 403,
                 f"the token does not grant {' or '.join(sorted(access.scopes))} (it grants "

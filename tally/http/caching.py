@@ -41,7 +41,7 @@ def named_tag(if_none_match: str | None) -> str | None:
 
 def matches(if_none_match: str | None, etag: str) -> bool:
     """Whether an `If-None-Match` header names `etag` (and only it)."""
-    return named_tag(if_none_match) == etag
+    return bool(if_none_match) and named_tag(if_none_match) == etag
 
 
 @cache  # (a worker asks for the same few, on every answer)
