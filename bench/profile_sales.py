@@ -56,12 +56,15 @@ def py_spy() -> str:
     return found
 
 
-def shares(raw: Path, stages: dict[str, str] = STAGES) -> tuple[int, dict[str, float]]:
-    """All samples, and each stage's inclusive share of them."""
+def shares(
+    raw: Path, stages: dict[str, str] = STAGES, within: str = ""
+) -> tuple[int, dict[str, float]]:
+    """All samples (those whose stack names `within`: one thread's), and each stage's
+    inclusive share of them."""
     total, hits = 0, Counter[str]()
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
-        if not stack:
+        if not stack or within not in stack:
             continue
         total += int(count)
         for stage, marker in stages.items():
@@ -114,14 +117,21 @@ def sampled(worker: Worker, seconds: int, raw: Path, cpu: dict[str, float]) -> I
             sampler.wait(seconds + 30)
 
 
-def print_shares(raw: Path, stages: dict[str, str]) -> None:
-    total, by_stage = shares(raw, stages)
+def print_shares(
+    raw: Path,
+    stages: dict[str, str],
+    within: str = "",
+    rest: str = "everything else (the event loop, Faust's services and timers)",
+    of: str = "all samples",
+) -> None:
+    """The stages' shares of the samples (`of`: those naming `within`), and the `rest`'s."""
+    total, by_stage = shares(raw, stages, within)
     print(f"{total:,} samples ({raw})\n")
-    print("| stage | share of all samples |\n|---|---:|")
+    print(f"| stage | share of {of} |\n|---|---:|")
     for stage, share in by_stage.items():
         print(f"| {stage} | {share:.1%} |")
-    rest = 1 - sum(share for stage, share in by_stage.items() if not stage.startswith(" "))
-    print(f"| everything else (the event loop, Faust's services and timers) | {rest:.1%} |")
+    unstaged = 1 - sum(share for stage, share in by_stage.items() if not stage.startswith(" "))
+    print(f"| {rest} | {unstaged:.1%} |")
 
 
 @dataclass
