@@ -26,7 +26,9 @@ def strong_etag(body: bytes, generation: str) -> str:
     return '"' + digest.hexdigest() + '"'
 
 
-#: The ETag of a kept answer (KeptAnswers' bodies): its digest is taken once, not per read.
+#: The ETag of a kept answer (KeptAnswers' bodies): its digest is taken once, not per read
+#: (for the 256 read most recently; others are digested at each read, and the bodies held
+#: here are at most 256 more than the answer stores keep).
 kept_etag = lru_cache(maxsize=256)(strong_etag)
 
 

@@ -29,6 +29,7 @@ from tally.recommendations.tables import (
 )
 from tally.runtime.cells import read_cell
 from tally.runtime.queries import (
+    QUERY_TIMEOUT_S,
     BadRequest,
     OwnedView,
     OwnerUnavailable,
@@ -92,7 +93,10 @@ async def remote_rows(request: Request, url: str, items: list[str]) -> dict[str,
         headers[hdrs.AUTHORIZATION] = request.headers[hdrs.AUTHORIZATION]
     try:
         async with app.http_client.get(
-            url.rstrip("/") + "/api/recommendations/rows", params=query, headers=headers
+            url.rstrip("/") + "/api/recommendations/rows",
+            params=query,
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=QUERY_TIMEOUT_S),
         ) as answer:
             if answer.status != 200:
                 raise OwnerUnavailable(
@@ -100,7 +104,7 @@ async def remote_rows(request: Request, url: str, items: list[str]) -> dict[str,
                     f"{answer.status}: {(await answer.text())[:200]}; retry shortly"
                 )
             return cast(dict[str, Any], await answer.json())
-    except aiohttp.ClientError as exc:
+    except (aiohttp.ClientError, TimeoutError) as exc:
         raise OwnerUnavailable(
             f"the worker owning some of the co-view rows ({url}) did not answer "
             f"({type(exc).__name__}); retry shortly"

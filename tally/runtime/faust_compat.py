@@ -288,7 +288,7 @@ def remember_key_owners() -> None:
     Router.key_store = key_store  # type: ignore[method-assign]
 
 
-def owned_here(router: RouterT, table_name: str, key: Any) -> bool:
+def owns_key(router: RouterT, table_name: str, key: Any) -> bool:
     """Whether this worker owns `key` of `table_name`: its query is answered at once, without
     Faust's route_req."""
     return key_owners.is_here(cast(Router, router), table_name, key)

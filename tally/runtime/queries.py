@@ -35,7 +35,7 @@ from tally.http.access import Refusal, tenant_asked
 from tally.http.caching import cache_control, kept_etag, matches, named_tag, strong_etag
 from tally.http.hygiene import DEFAULT_MAX_BYTES, read_body, too_large
 from tally.runtime.cells import read_cell, write_cell
-from tally.runtime.faust_compat import owned_here
+from tally.runtime.faust_compat import owns_key
 from tally.runtime.serving import serving
 from tally.telemetry import query_answers
 
@@ -85,7 +85,8 @@ FORWARDED_HEADER = "Tally-Forwarded-By-Generation"
 #: Headers of a forwarded answer that the client needs too: what a refusal asks of it.
 RELAYED = (GENERATION_HEADER, hdrs.WWW_AUTHENTICATE, hdrs.RETRY_AFTER)
 
-#: A query (forwarded or local) that takes longer than this is answered 503.
+#: A request to another worker (a query forwarded to its owner or a newer generation, a
+#: reader's relay, a part of an answer) that takes longer than this is answered 503.
 QUERY_TIMEOUT_S = 60.0
 
 NOT_MODIFIED = 304
@@ -104,7 +105,7 @@ def mark_fresh(headers: MutableMapping[str, str]) -> None:
 class OwnedView(View):
     """A GET of one pipeline's tables, answered by the worker owning the key: 503 until this
     worker is ready; forwarded whole to a newer generation once one serves the pipeline (see
-    tally.core.generations); else `owned`, which subclasses decorate with `app.table_route` to
+    tally.core.generations); else `owned`, which subclasses decorate with `routed_to_owner` to
     forward or answer. An owner that does not answer (it died; the group has not moved its
     partitions yet) is a 503 that says so, not a 500. Every answer names its generation; a
     200 carries an ETag and a `Cache-Control` max-age and stale-while-revalidate
@@ -126,8 +127,7 @@ class OwnedView(View):
                 f"{newer.generation} worker there"
             )
         if newer is not None:
-            async with another_worker():
-                response = await self.forward(request, newer)
+            response = await self.forward(request, newer)
         else:
             response = await self.owned(request, **match)
         response.headers.setdefault(GENERATION_HEADER, str(settings.generation))
@@ -137,8 +137,8 @@ class OwnedView(View):
 
     def cacheable(self, request: Request, response: Response) -> Response:
         """A 200 with its validator and freshness; a 304 when the client has it already. (A
-        HEAD answer relayed from the key's owner has no body to take a digest of: no
-        validator.)"""
+        HEAD answer relayed from the key's owner has no body to take a digest of: no HEAD
+        answer has a validator, a kept answer's is taken off.)"""
         headers = response.headers
         if response.status == NOT_MODIFIED:  # the key's owner found the client's copy current
             tag = named_tag(request.headers.get("If-None-Match"))  # the only one it matches
@@ -147,7 +147,10 @@ class OwnedView(View):
             mark_fresh(headers)
             return response
         body = cast(web.Response, response).body
-        if response.status != 200 or not isinstance(body, bytes) or request.method == "HEAD":
+        if request.method == "HEAD":
+            headers.pop("ETag", None)  # (a kept answer's)
+            return response
+        if response.status != 200 or not isinstance(body, bytes):
             return response
         etag = headers.get("ETag") or strong_etag(body, headers[GENERATION_HEADER])
         headers["ETag"] = etag
@@ -195,22 +198,19 @@ class OwnedView(View):
         if hdrs.AUTHORIZATION in request.headers:  # the caller's own, verified there
             sent[hdrs.AUTHORIZATION] = request.headers[hdrs.AUTHORIZATION]
         path = cast(web.Request, request).path_qs
-        for url in urls:
-            try:
-                async with app.http_client.get(url + path, headers=sent) as answer:
-                    body = await answer.read()
-                    relayed = {
-                        name: answer.headers[name] for name in RELAYED if name in answer.headers
-                    }
-                    relayed.setdefault(GENERATION_HEADER, str(generation or settings.generation))
-                    return self.bytes(
-                        body,
-                        content_type=answer.content_type,
-                        status=answer.status,
-                        headers=relayed,
-                    )
-            except aiohttp.ClientError as exc:
-                failures.append(f"{url}: {type(exc).__name__}: {exc}")
+        async with another_worker(request.method):
+            for url in urls:
+                try:
+                    async with app.http_client.get(url + path, headers=sent) as answer:
+                        body = await answer.read()
+                except aiohttp.ClientError as exc:
+                    failures.append(f"{url}: {type(exc).__name__}: {exc}")
+                    continue
+                relayed = {name: answer.headers[name] for name in RELAYED if name in answer.headers}
+                relayed.setdefault(GENERATION_HEADER, str(generation or settings.generation))
+                return self.bytes(
+                    body, content_type=answer.content_type, status=answer.status, headers=relayed
+                )
         raise OwnerUnavailable(
             f"{none_answered} answered ({'; '.join(failures)}); start one, or retry shortly"
         )
@@ -259,18 +259,26 @@ def check_retained(spec: PaneSpec, last_pane: int, watermark_ms: int) -> None:
 
 
 @asynccontextmanager
-async def another_worker() -> AsyncIterator[None]:
-    """Around a request to another worker: one that does not answer within QUERY_TIMEOUT_S,
-    or cannot be reached, is a 503 that says so, not a 500."""
+async def another_worker(method: str) -> AsyncIterator[None]:
+    """Around a request (`method`) to another worker: one that does not answer within
+    QUERY_TIMEOUT_S, or cannot be reached, is a 503 that says so, not a 500 (a write's
+    says it may have been applied)."""
     try:
         async with asyncio.timeout(QUERY_TIMEOUT_S):
             yield
     except (aiohttp.ClientError, TimeoutError) as exc:
-        raise OwnerUnavailable(
-            f"the query did not complete ({type(exc).__name__}: {exc}); if the worker "
-            "that owns this key stopped, the group gives its partitions to another worker "
-            "within seconds: retry shortly"
-        ) from None
+        failed = f"did not complete ({type(exc).__name__}: {exc})"
+        if method in ("GET", "HEAD"):
+            message = (
+                f"the query {failed}; if the worker that owns this key stopped, the group "
+                "gives its partitions to another worker within seconds: retry shortly"
+            )
+        else:
+            message = (
+                f"the request {failed}; the worker owning this key may have applied it: "
+                "read the current state before retrying"
+            )
+        raise OwnerUnavailable(message) from None
 
 
 def routed_to_owner(
@@ -306,10 +314,10 @@ async def routed_by_key(
     `?tenant=`): `answer` runs here if this worker owns `key` in `table` (checked without
     Faust's router, which answers a local key with an exception: ~7 % of a worker answering
     the top-10), else the request (its body too) goes to the owner."""
-    if owned_here(app.router, table.name, key):
+    if owns_key(app.router, table.name, key):
         return await answer()
     try:
-        async with another_worker():
+        async with another_worker(request.method):
             return await app.router.route_req(table.name, key, view.web, request)
     except SameNode:  # this worker, named by another address
         return await answer()

@@ -27,7 +27,9 @@ class Web(faust_aiohttp.Web):
     def cors(self) -> CorsConfig:
         """Faust sets up aiohttp-cors when the server starts, whether a route takes CORS
         options or not, and its hook then runs before every answer (~3 % of a worker
-        answering the top-10): without such a route, the hook is taken off again."""
+        answering the top-10): without such a route, the hook is taken off again. (Faust
+        asks for this when the server starts: a route with CORS options added later, none
+        in Tally, where `app.page` registers views at import, would not get it back.)"""
         hooks = list(self.web_app.on_response_prepare)
         config = cast(CorsConfig, faust_aiohttp.Web.cors.fget(self))  # type: ignore[attr-defined]
         if not self.cors_in_use:

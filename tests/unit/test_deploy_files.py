@@ -587,3 +587,7 @@ def test_the_answer_cache_fronts_every_worker_with_the_shipped_configuration():
     answers = services()["answers"]
     assert "./nginx.conf:/etc/nginx/nginx.conf:ro" in answers["volumes"]
     assert set(answers["depends_on"]) == set(tally_workers())
+    # nginx's workers ahead of the others: a nice value it may set, a container weight above
+    # the default 1024 (nice ranks processes within one container only)
+    assert re.findall(r"^worker_priority -\d+;", conf, re.M)
+    assert "SYS_NICE" in answers["cap_add"] and answers["cpu_shares"] > 1024

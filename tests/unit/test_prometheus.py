@@ -4,13 +4,15 @@ the page must show what Faust's own monitor would have counted."""
 from __future__ import annotations
 
 import gc
+from collections import Counter
 from typing import Any
 
+import pytest
 from faust.sensors.prometheus import FaustMetrics
 from faust.types import TP
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from tally.telemetry import query_answers
+from tally.web import prometheus
 from tally.web.prometheus import PrometheusMonitorFedWhenScraped
 
 
@@ -117,7 +119,9 @@ def test_web_answers_reach_the_page_by_status_when_published() -> None:
     assert (count("200"), count("503")) == (3, 1)
 
 
-def test_query_answers_reach_the_page_when_published() -> None:
+def test_query_answers_reach_the_page_when_published(monkeypatch: pytest.MonkeyPatch) -> None:
+    query_answers: Counter[tuple[str, int]] = Counter()  # none counted by earlier tests
+    monkeypatch.setattr(prometheus, "query_answers", query_answers)
     monitor = PrometheusMonitorFedWhenScraped(FaustMetrics.create(CollectorRegistry(), "t"))
 
     def count(pipeline: str, status: str) -> float:
