@@ -9,7 +9,6 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any, cast
 
-import aiohttp
 from aiohttp import hdrs, web
 from faust.web import Request, Response
 
@@ -29,10 +28,10 @@ from tally.recommendations.tables import (
 )
 from tally.runtime.cells import read_cell
 from tally.runtime.queries import (
-    QUERY_TIMEOUT_S,
     BadRequest,
     OwnedView,
     OwnerUnavailable,
+    another_worker,
     id_param,
     int_param,
     one_tenant_read,
@@ -91,24 +90,18 @@ async def remote_rows(request: Request, url: str, items: list[str]) -> dict[str,
     headers = {}
     if hdrs.AUTHORIZATION in request.headers:
         headers[hdrs.AUTHORIZATION] = request.headers[hdrs.AUTHORIZATION]
-    try:
-        async with app.http_client.get(
-            url.rstrip("/") + "/api/recommendations/rows",
-            params=query,
-            headers=headers,
-            timeout=aiohttp.ClientTimeout(total=QUERY_TIMEOUT_S),
-        ) as answer:
-            if answer.status != 200:
-                raise OwnerUnavailable(
-                    f"the worker owning some of the co-view rows ({url}) answered "
-                    f"{answer.status}: {(await answer.text())[:200]}; retry shortly"
-                )
-            return cast(dict[str, Any], await answer.json())
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        raise OwnerUnavailable(
-            f"the worker owning some of the co-view rows ({url}) did not answer "
-            f"({type(exc).__name__}); retry shortly"
-        ) from None
+    async with (
+        another_worker(request.method),
+        app.http_client.get(
+            url.rstrip("/") + "/api/recommendations/rows", params=query, headers=headers
+        ) as answer,
+    ):
+        if answer.status != 200:
+            raise OwnerUnavailable(
+                f"the worker owning some of the co-view rows ({url}) answered "
+                f"{answer.status}: {(await answer.text())[:200]}; retry shortly"
+            )
+        return cast(dict[str, Any], await answer.json())
 
 
 def window_fields(last_panes: dict[str, int | None]) -> dict[str, Any]:
