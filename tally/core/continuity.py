@@ -18,22 +18,29 @@ from collections.abc import Hashable, Sequence
 
 
 class ChangelogContinuity:
-    """Per table partition (`key`): the last offset applied and the first offset of an open
-    hole."""
+    """Per table partition (`key`): the last offset applied, the first offset of an open
+    hole, and how far it had read before it went back to read a stretch again."""
 
     def __init__(self) -> None:
         self._last: dict[Hashable, int] = {}
         self._open: dict[Hashable, int] = {}
+        self._reread_to: dict[Hashable, int] = {}
 
     def whole(self, key: Hashable) -> bool:
-        """Whether the partition holds what it applied without an open hole (a copy fit to
-        answer from)."""
-        return key not in self._open
+        """Whether the partition holds what it applied without an open hole, and has read
+        again as far as it had read before (a copy fit to answer from: while it reads a
+        stretch again, keys written later in it hold older values than before)."""
+        return key not in self._open and key not in self._reread_to
+
+    def hole(self, key: Hashable) -> int | None:
+        """The first offset of the partition's open hole (None: none)."""
+        return self._open.get(key)
 
     def wrote(self, key: Hashable, offset: int) -> int:
         """The partition's own write at `offset` was acknowledged: returns the offset that may
         be recorded (before an open hole, which its writes do not mend)."""
         self._last[key] = offset
+        self._reread_to.pop(key, None)
         hole = self._open.get(key)
         return offset if hole is None else hole - 1
 
@@ -41,6 +48,7 @@ class ChangelogContinuity:
         """A read that cannot drop records covered the log from the recorded offset through
         `offset`: any hole before is mended. Returns `offset`, to record."""
         self._open.pop(key, None)
+        self._read_to(key, self._last.get(key, offset), offset)
         self._last[key] = offset
         return offset
 
@@ -53,6 +61,7 @@ class ChangelogContinuity:
         previous = self._last.get(key, recorded)
         for offset in offsets:
             if offset <= previous:  # reading went back: it restarted from the recorded offset
+                self._read_to(key, previous, offset)
                 previous = min(recorded, offset - 1)
             hole = self._open.get(key)
             if offset > previous + 1:
@@ -61,5 +70,38 @@ class ChangelogContinuity:
                 del self._open[key]
             previous = offset
         self._last[key] = previous
+        self._read_to(key, previous, previous)
         hole = self._open.get(key)
         return previous if hole is None else hole - 1
+
+    def _read_to(self, key: Hashable, last: int, offset: int) -> None:
+        """Reading reached `offset`, having read up to `last` before: a step back is a
+        reread, unfinished until it reaches `last` again."""
+        if offset < last:
+            self._reread_to[key] = max(self._reread_to.get(key, last), last)
+        elif offset >= self._reread_to.get(key, offset):
+            self._reread_to.pop(key, None)
+
+
+class HoleRereads:
+    """How many times each partition's open hole has been read again: a reread that keeps
+    jumping the same hole finds it is not in the log (a compacted stretch), and rereading
+    stops after `tries`."""
+
+    def __init__(self, tries: int) -> None:
+        self.tries = tries
+        self._counts: dict[Hashable, tuple[int, int]] = {}  # key → (hole, rereads)
+
+    def count(self, key: Hashable, hole: int | None) -> int:
+        """The partition's hole now (None: none, forgotten): the number of this reread of
+        it, 1 for a new hole; past `tries`, no reread is due."""
+        if hole is None:
+            self._counts.pop(key, None)
+            return 0
+        last, rereads = self._counts.get(key, (hole, 0))
+        rereads = rereads + 1 if last == hole else 1
+        self._counts[key] = (hole, rereads)
+        return rereads
+
+    def due(self, rereads: int) -> bool:
+        return 0 < rereads <= self.tries

@@ -47,13 +47,14 @@ class Stalls:
         for key in [k for k in self._watches if k not in kept]:
             del self._watches[key]
 
-    def stalled(self, now: float) -> dict[Hashable, float]:
-        """Partition → seconds stuck, for those stuck `after_s` (plus their allowance) or
-        longer."""
+    def stalled(self, now: float, after_s: float | None = None) -> dict[Hashable, float]:
+        """Partition → seconds stuck, for those stuck `after_s` (default: the limit; plus
+        their allowance) or longer."""
+        limit = self.after_s if after_s is None else after_s
         return {
             key: seconds
             for key, watch in self._watches.items()
-            if (seconds := watch.stuck_for(now, self.after_s)) is not None
+            if (seconds := watch.stuck_for(now, limit)) is not None
         }
 
     def due(self, now: float) -> dict[Hashable, float]:

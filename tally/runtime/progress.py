@@ -88,12 +88,16 @@ TRAILING_MARKER = 1 if settings.processing_guarantee == "exactly_once" else 0
 
 #: Source partitions with messages waiting and none processed (core.stalls).
 stalls = Stalls()
+#: A stuck partition whose reread of a hole was dropped is read again after this long, long
+#: before its stall is worth a warning (`stalls.after_s`).
+REREAD_AFTER_S = 5.0
 
 
 @timer(interval=5.0)
 async def watch_for_stalls() -> None:
     """Warn, every `stalls.after_s` while it lasts, of a source partition whose messages wait
-    and none is processed: what the agent and Faust's consumer know of it says where it hangs.
+    and none is processed: what the agent and Faust's consumer know of it says where it hangs;
+    one stuck on a hole is read again from it every REREAD_AFTER_S.
     What waits is counted from the broker's end offsets, not the client's last fetch: a
     partition the client stopped fetching would otherwise look caught up."""
     now = time.monotonic()
@@ -125,6 +129,7 @@ async def watch_for_stalls() -> None:
             delivery_state(app.consumer, tp),
             "; ".join(unread.describe(key) for key in unread_keys(tp)) or "no hole",
         )
+    for tp in cast(dict[TP, float], stalls.stalled(now, REREAD_AFTER_S)):
         holes = [hole for key in unread_keys(tp) if (hole := unread.hole(key)) is not None]
         if holes:
             hole = min(holes)

@@ -10,8 +10,8 @@ Faust does; Faust's recovery then finds nothing (or only a tail) left to read.
 Every active partition with records to read takes this path: Faust's own can skip records
 when it starts reading (core.continuity), and an active must not start from a hole. Standby
 partitions keep Faust's path: they catch up in the background once the worker is ready, so a
-failover never waits for a standby it was just given; what it skips there is read again when
-the standby is promoted.
+failover never waits for a standby it was just given; what it skips there is read again at
+once (`_read_standby_holes_again`), and by the bulk reader if the standby is promoted.
 """
 
 from __future__ import annotations
@@ -31,13 +31,23 @@ from faust.types import TP, CollectionT, ConsumerT
 from mode import Service
 from rocksdict import WriteBatch
 
-from tally.runtime.faust_compat import continuity, partition_db, record_read_through
+from tally.core.continuity import HoleRereads
+from tally.runtime.faust_compat import (
+    continuity,
+    partition_db,
+    read_again,
+    record_read_through,
+)
 from tally.settings import Settings, current_settings
 
 logger = logging.getLogger(__name__)
 
 #: Standbys' buffered changelog records are applied at least this often (seconds).
 STANDBY_APPLY_S = 1.0
+#: A standby copy's changelog hole is read again this often (seconds), at most
+#: STANDBY_REREADS times: a hole every reread jumps again is not in the log (compaction).
+STANDBY_REREAD_S = 5.0
+STANDBY_REREADS = 3
 #: Faust gives each recovery step broker_request_timeout and stops recovering for good when a
 #: step overruns it: the bulk restore hands what is left to Faust well before that.
 SHARE_OF_STEP_TIMEOUT = 0.6
@@ -173,10 +183,15 @@ async def stop_quietly(consumer: AIOKafkaConsumer) -> None:
 
 class BulkRecovery(Recovery):
     """Faust's recovery, with the active partitions' changelogs bulk-read first, and the
-    standbys' changelog records applied at least every STANDBY_APPLY_S."""
+    standbys' changelog records applied at least every STANDBY_APPLY_S, their holes read
+    again."""
 
     #: The last bulk restore's progress (None before the first).
     progress: RestoreProgress | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.hole_rereads = HoleRereads(STANDBY_REREADS)
 
     @Service.timer(STANDBY_APPLY_S)
     async def _apply_standby_records(self) -> None:
@@ -186,6 +201,33 @@ class BulkRecovery(Recovery):
         fresh as the owner's changelog (and a promotion has less to read)."""
         if not self.in_recovery and any(self.buffers.values()):
             self.flush_buffers()
+
+    @Service.timer(STANDBY_REREAD_S)
+    async def _read_standby_holes_again(self) -> None:
+        """A standby copy with a hole (Faust's recovery drops records fetched between its
+        seek and the resume of its flow) is unfit to answer from, and Faust would read the
+        hole only at the copy's next restore, after the next rebalance. Here its changelog is
+        read again from the hole; a reread dropped the same way is tried again."""
+        if self.in_recovery:
+            return
+        for tp in sorted(self.standby_tps):
+            table = self.tp_to_table.get(tp)
+            hole = None if table is None else continuity.hole((table.name, tp))
+            rereads = self.hole_rereads.count(tp, hole)
+            if hole is None or not self.hole_rereads.due(rereads):
+                if rereads == STANDBY_REREADS + 1:
+                    logger.warning(
+                        "%s[%s]: standby copy still lacks offsets from %s after %s rereads "
+                        "(not in the log?): it answers no query until its next restore",
+                        tp.topic,
+                        tp.partition,
+                        hole,
+                        STANDBY_REREADS,
+                    )
+                continue
+            logger.info("%s[%s]: standby copy reads again from %s", tp.topic, tp.partition, hole)
+            self.standby_offsets[tp] = hole - 1  # Faust passes over offsets it has seen
+            await read_again(self.app.consumer, tp, hole)
 
     def holds_current_copies(self, tables: Sequence[CollectionT], partition: int) -> bool:
         """Whether this worker keeps a standby copy of `partition` of every one of `tables`,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tally.core.continuity import ChangelogContinuity
+from tally.core.continuity import ChangelogContinuity, HoleRereads
 
 
 @settings(max_examples=400, deadline=None)
@@ -43,6 +43,8 @@ def test_the_recorded_offset_never_passes_a_skipped_record_and_reaches_the_end(
             else:
                 recorded = continuity.applied("p", taken, recorded)
             assert all(o in applied or o in absent for o in range(recorded + 1))
+            if continuity.whole("p"):  # fit to answer from: nothing skipped up to the newest
+                assert all(o in applied or o in absent for o in range(max(applied) + 1))
             if not bulk and events.draw(st.integers(0, 9)) == 0:
                 break  # a rebalance: the next restore starts from the recorded offset
         if bulk and log:
@@ -60,6 +62,21 @@ def test_a_fresh_standby_that_missed_the_start_records_nothing_until_a_reread() 
     assert continuity.applied("p", [3], 2) == 3
 
 
+def test_a_standby_read_again_from_its_hole_mends_it() -> None:
+    """runtime.restore seeks a standby with a hole back to it; records fetched before the seek
+    may still come first."""
+    continuity = ChangelogContinuity()
+    assert continuity.applied("p", [10, 11], 9) == 11
+    assert continuity.applied("p", [15, 16], 11) == 11
+    assert continuity.hole("p") == 12
+    assert continuity.applied("p", [17], 11) == 11, "fetched before the seek"
+    assert continuity.applied("p", [12, 13, 14], 11) == 14
+    assert continuity.hole("p") is None
+    assert not continuity.whole("p"), "17 was applied before: 15-17 are older until read again"
+    assert continuity.applied("p", [15, 16, 17, 18], 14) == 18
+    assert continuity.whole("p")
+
+
 def test_the_bulk_reader_passes_what_the_log_lacks() -> None:
     continuity = ChangelogContinuity()
     assert continuity.applied("p", [10, 13, 14], 9) == 10
@@ -75,3 +92,11 @@ def test_own_writes_move_the_last_applied_offset() -> None:
     assert continuity.applied("p", [41, 42], 40) == 42
     assert continuity.applied("p", [45], 42) == 42
     assert continuity.wrote("p", 46) == 42, "its writes do not mend a hole before them"
+
+
+def test_a_hole_is_read_again_a_few_times_then_left_and_a_new_one_starts_over() -> None:
+    rereads = HoleRereads(tries=2)
+    assert [rereads.due(rereads.count("p", 12)) for _ in range(4)] == [True, True, False, False]
+    assert rereads.count("p", 30) == 1, "another hole: counted from one again"
+    assert rereads.count("p", None) == 0 and not rereads.due(0)
+    assert rereads.count("p", 30) == 1, "mended, then the same offset again: a new hole"

@@ -10,6 +10,7 @@ def test_a_partition_is_stalled_once_its_next_offset_has_not_moved_for_the_limit
     stalls.observe("p", next_offset=5, waiting=3, now=0)
     stalls.observe("p", next_offset=5, waiting=7, now=20)  # more came; none processed
     assert stalls.stalled(now=29) == {}
+    assert stalls.stalled(now=29, after_s=5) == {"p": 29}, "a shorter limit of its own"
     assert stalls.stalled(now=31) == {"p": 31}
     stalls.observe("p", next_offset=6, waiting=6, now=32)  # one processed: moving again
     assert stalls.stalled(now=40) == {}
