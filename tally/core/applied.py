@@ -179,8 +179,10 @@ class Unread:
     order, and may take long to drain on a busy worker).
     A hole that `tries` rereads came back without is taken as a gap in the log (a transaction
     marker, say) and passed, up to the first offset after it delivered since it opened; so is
-    one whose rereads did not come back within `patience_s` each, `tries` times. A passed
-    hole stays passed for the batches after (until the partition leaves).
+    one whose rereads did not come back within `patience_s` each, `tries` times; never one
+    the fetches show is a message in the log (`in_log`): a reread slow to come back on a busy
+    worker would otherwise lose it. A passed hole stays passed for the batches after (until
+    the partition leaves).
     """
 
     def __init__(self, tries: int = 3, patience_s: float = 10.0) -> None:
@@ -216,11 +218,13 @@ class Unread:
         offsets: Sequence[int],
         now: float,
         known_gap: Callable[[int], bool] = lambda offset: False,
+        in_log: Callable[[int], bool] = lambda offset: False,
     ) -> tuple[int, Hole | None]:
         """How many of a batch's `offsets` (ascending, each once) may be applied, and the
         hole after them. `expected`: the next offset to apply (the one after the last
         applied, else the committed one; None: unknown); `known_gap`: offsets the log itself
-        lacks (transaction markers, compaction), which are not holes."""
+        lacks (transaction markers, compaction), which are not holes; `in_log`: offsets known
+        to be messages in the log, never passed."""
         following = offsets[0] if expected is None else expected
         passed = self._passed.get(key, range(0))
         applicable = 0
@@ -247,10 +251,10 @@ class Unread:
         if not came_back and now - reread.at < self.patience_s:  # earlier fetches drain
             return applicable, Hole(following, reread=False, given_up=False)
         reread.tries += 1
-        if reread.tries >= self.tries:  # passed: the batch applies up to its next hole
-            del self._rereads[key]
+        if reread.tries >= self.tries and not in_log(following):  # passed: the batch applies
+            del self._rereads[key]  # up to its next hole
             self._passed[key] = gap = range(following, reread.after)  # not past what came
-            more, _ = self.applicable(key, expected, offsets, now, known_gap)
+            more, _ = self.applicable(key, expected, offsets, now, known_gap, in_log)
             self._rereads.pop(key, None)  # a hole after it is new to the next batch
             return more, Hole(following, reread=False, given_up=True, until=gap.stop)
         reread.at = now

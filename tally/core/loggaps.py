@@ -28,6 +28,10 @@ class LogGaps:
     def __init__(self, kept: int = KEPT_GAPS) -> None:
         self._last: dict[Hashable, int] = {}
         self._gaps: dict[Hashable, deque[tuple[int, int]]] = {}
+        #: The stretch fetched: (first, highest) offsets.
+        self._span: dict[Hashable, tuple[int, int]] = {}
+        #: Where the gaps kept begin (the end of the last one dropped for room).
+        self._floor: dict[Hashable, int] = {}
         self._kept = kept
         self._lock = threading.Lock()
 
@@ -37,19 +41,42 @@ class LogGaps:
         after which fetching goes on from there."""
         with self._lock:
             last = self._last.get(key)
+            first, highest = self._span.get(key, (None, None))
             for offset in offsets:
                 if last is not None and offset > last + 1:
                     gaps = self._gaps.setdefault(key, deque(maxlen=self._kept))
+                    if len(gaps) == self._kept:  # the oldest goes: known from its end on
+                        self._floor[key] = gaps[0][1]
                     gaps.append((last + 1, offset))
                 last = offset
+                first = offset if first is None else min(first, offset)
+                highest = offset if highest is None else max(highest, offset)
             if last is not None:
                 self._last[key] = last
+            if first is not None and highest is not None:
+                self._span[key] = (first, highest)
 
     def forget(self, key: Hashable) -> None:
         """The partition left this worker: what is fetched when it comes back starts over."""
         with self._lock:
             self._last.pop(key, None)
             self._gaps.pop(key, None)
+            self._span.pop(key, None)
+            self._floor.pop(key, None)
+
+    def holds(self, key: Hashable) -> Callable[[int], bool]:
+        """Whether an offset of the partition is known to be a message in the log: fetched
+        (between the first and the highest offsets fetched, in no gap). False where the
+        fetches do not tell (before the first, after the highest)."""
+        lacked = self.lacks(key)
+
+        def held(offset: int) -> bool:
+            with self._lock:
+                first, highest = self._span.get(key, (0, -1))
+                first = max(first, self._floor.get(key, first))
+            return first <= offset <= highest and not lacked(offset)
+
+        return held
 
     def lacks(self, key: Hashable) -> Callable[[int], bool]:
         """Whether an offset of the partition is one the log has no message at (as far as

@@ -346,8 +346,9 @@ async def without_holes(tp: TP, events: list[EventT], reader: str) -> list[Event
     known = [offset for offset in (after_done, settled) if offset is not None]
     expected = max(known) if known else None
     offsets = [event.message.offset for event in events]
+    fetched = (tp.topic, tp.partition)
     applicable, hole = unread.applicable(
-        key, expected, offsets, time.monotonic(), log_gaps.lacks((tp.topic, tp.partition))
+        key, expected, offsets, time.monotonic(), log_gaps.lacks(fetched), log_gaps.holds(fetched)
     )
     note_passed_gaps(tp, expected, offsets[:applicable])
     if hole is not None and hole.given_up:

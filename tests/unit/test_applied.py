@@ -385,7 +385,12 @@ def test_a_message_dropped_from_a_delivery_is_read_again_not_skipped_for_good(
         # With nothing applied since the (re)start: the committed offset, or the log's start.
         expected = faust.committed if done is None else max(done + 1, faust.committed)
         applicable, hole = unread.applicable(
-            "p", expected, delivered, float(steps), faust.fetched.lacks("p")
+            "p",
+            expected,
+            delivered,
+            float(steps),
+            faust.fetched.lacks("p"),
+            faust.fetched.holds("p"),
         )
         # From the first held back on, every copy is left unacked (runtime.intake).
         held_from = delivered[applicable] if applicable < len(delivered) else len(log)
@@ -429,6 +434,18 @@ def test_a_reread_that_never_comes_back_is_given_up_after_its_patience() -> None
         0,  # 5 to 8 came in earlier batches, held back: 5 is the next hole, not passed
         Hole(4, reread=False, given_up=True, until=5),
     )
+
+
+def test_a_message_the_fetches_saw_is_read_again_for_as_long_as_it_takes() -> None:
+    """Offset 4 was fetched (then dropped), and the rereads are slow to come back: it is
+    read again and again, never passed."""
+    unread = Unread(tries=2, patience_s=10.0)
+    fetched = {3, 4, 5, 6}.__contains__
+    for at in (0.0, 11.0, 22.0, 33.0):
+        assert unread.applicable("p", 4, [5, 6], at, in_log=fetched)[1] == Hole(
+            4, reread=True, given_up=False
+        )
+    assert unread.applicable("p", 4, [4, 5, 6], 40.0, in_log=fetched) == (3, None)
 
 
 def test_a_gap_in_the_log_is_passed_after_its_rereads_come_back_without_it() -> None:

@@ -27,6 +27,13 @@ def test_a_message_fetched_and_then_dropped_is_not_a_gap() -> None:
     assert not any(gaps.lacks("p")(o) for o in (12, 13))
 
 
+def test_only_offsets_between_gaps_still_kept_are_known_to_be_held() -> None:
+    gaps = LogGaps(kept=2)
+    gaps.fetched("p", [1, 3, 5, 7])  # gaps 2, 4, 6: the first no longer kept, 1 unknown
+    held = gaps.holds("p")
+    assert [o for o in range(0, 9) if held(o)] == [3, 5, 7]
+
+
 def test_a_partition_that_comes_back_starts_over() -> None:
     gaps = LogGaps()
     gaps.fetched("p", [1, 3])
@@ -61,6 +68,8 @@ def test_what_is_lacking_is_exactly_what_the_log_lacks_between_fetched_offsets(
             break
     if not fetched_any:
         return
-    lacks = gaps.lacks("p")
+    lacks, holds = gaps.lacks("p"), gaps.holds("p")
     for offset in range(min(fetched_any), max(fetched_any) + 1):
         assert lacks(offset) == (not present[offset]), offset
+        assert holds(offset) == present[offset], offset
+    assert not holds(min(fetched_any) - 1) and not holds(max(fetched_any) + 1), "unknown"
