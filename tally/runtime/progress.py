@@ -88,9 +88,9 @@ TRAILING_MARKER = 1 if settings.processing_guarantee == "exactly_once" else 0
 
 #: Source partitions with messages waiting and none processed (core.stalls).
 stalls = Stalls()
-#: A stuck partition whose reread of a hole was dropped is read again after this long, long
-#: before its stall is worth a warning (`stalls.after_s`).
-REREAD_AFTER_S = 5.0
+#: A stuck partition whose reread of a hole was dropped is read again after this long (a
+#: reread's patience, `Unread.patience_s`), long before its stall is worth a warning.
+REREAD_AFTER_S = unread.patience_s
 
 
 @timer(interval=5.0)
