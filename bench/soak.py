@@ -15,7 +15,9 @@ checks, against every event the broker acknowledged:
 - the final-minutes topic (metric-rollups-1m): each (server, minute) present, equal to brute
   force; a minute sent again after a kill is counted (at-least-once re-emits what a crash cut
   short; the value must be the same);
-- the Parquet archive: each (server, metric, minute) exactly once, equal to brute force.
+- the Parquet archive: each (server, metric, minute) exactly once, equal to brute force;
+- every standby copy whole: no changelog hole left open (Faust's recovery skips records when
+  a standby starts reading; each worker mends them within seconds).
 """
 
 from __future__ import annotations
@@ -87,6 +89,10 @@ class SoakReport:
     archive_missing: int = 0
     archive_wrong: int = 0
     archive_duplicates: int = 0
+    #: Standby copies' holes mended by the workers last up, and holes left open after the
+    #: load (each worker's /api/health, given 30 s).
+    standby_holes_mended: int = 0
+    standby_holes_open: int = 0
 
     def problems(self) -> list[str]:
         """What broke a promise (empty: the soak passed)."""
@@ -103,6 +109,7 @@ class SoakReport:
             "archive rows written twice": self.archive_duplicates,
             "events judged late": self.late,
             "events dead-lettered": self.dead_letters,
+            "standby copies left with a hole": self.standby_holes_open,
         }
         return [f"{what}: {n}" for what, n in counts.items() if n]
 
@@ -126,6 +133,8 @@ class SoakReport:
                 "another value)",
                 f"archive: {self.archived:,} rows, {self.archive_missing} missing, "
                 f"{self.archive_wrong} unlike brute force, {self.archive_duplicates} twice",
+                f"standby copies: {self.standby_holes_mended} holes mended (by the workers "
+                f"last up), {self.standby_holes_open} left open",
                 "PASS" if not self.problems() else "FAIL: " + "; ".join(self.problems()),
             ]
         )
@@ -270,6 +279,15 @@ def archive_rows(
     return rows
 
 
+def standby_holes(workers: list[Worker]) -> tuple[int, int]:
+    """(holes mended, holes open) in the workers' standby copies, from their health."""
+    recoveries = [worker.get("/api/health")["recovery"] for worker in workers]
+    return (
+        sum(r["standby_holes_mended"] for r in recoveries),
+        sum(len(r["standby_holes"]) for r in recoveries),
+    )
+
+
 def check(
     report: SoakReport, workers: list[Worker], load: Load, since_ms: int, archive_dir: Path
 ) -> None:
@@ -286,6 +304,11 @@ def check(
         report.quantity_doubled += doubled_q
         report.samples_lost += lost_s
         report.samples_doubled += doubled_s
+    try:
+        wait_until(lambda: not standby_holes(workers)[1], 30, 2.0, "every standby hole mended")
+    except AssertionError as exc:
+        print(f"  {exc}", flush=True)
+    report.standby_holes_mended, report.standby_holes_open = standby_holes(workers)
     report.late = asyncio.run(records_in(load.bootstrap, LATE_EVENTS))
     report.dead_letters = asyncio.run(records_in(load.bootstrap, DEAD_LETTERS))
     want = brute_cells(load)

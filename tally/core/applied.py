@@ -180,9 +180,9 @@ class Unread:
     A hole that `tries` rereads came back without is taken as a gap in the log (a transaction
     marker, say) and passed, up to the first offset after it delivered since it opened; so is
     one whose rereads did not come back within `patience_s` each, `tries` times; never one
-    the fetches show is a message in the log (`in_log`): a reread slow to come back on a busy
-    worker would otherwise lose it. A passed hole stays passed for the batches after (until
-    the partition leaves).
+    that holds an offset the fetches show is a message in the log (`in_log`): a reread slow
+    to come back on a busy worker would otherwise lose it. A passed hole stays passed for the
+    batches after (until the partition leaves).
     """
 
     def __init__(self, tries: int = 3, patience_s: float = 10.0) -> None:
@@ -199,6 +199,16 @@ class Unread:
         """The partition's open hole: the first offset not delivered (None: none)."""
         reread = self._rereads.get(key)
         return None if reread is None else reread.missing
+
+    def overdue(self, key: Hashable, now: float) -> int | None:
+        """The partition's open hole if its last reread began `patience_s` ago or more and
+        none came back since (with no batch coming, the stall watch asks): that reread is taken
+        as dropped, and the caller reads again from the hole, its patience counted from now."""
+        reread = self._rereads.get(key)
+        if reread is None or now - reread.at < self.patience_s:
+            return None
+        reread.at = now
+        return reread.missing
 
     def describe(self, key: Hashable) -> str:
         """The partition's hole and rereads, for a stalled partition's warning."""
@@ -251,9 +261,10 @@ class Unread:
         if not came_back and now - reread.at < self.patience_s:  # earlier fetches drain
             return applicable, Hole(following, reread=False, given_up=False)
         reread.tries += 1
-        if reread.tries >= self.tries and not in_log(following):  # passed: the batch applies
-            del self._rereads[key]  # up to its next hole
-            self._passed[key] = gap = range(following, reread.after)  # not past what came
+        gap = range(following, reread.after)  # not past what came
+        if reread.tries >= self.tries and not any(map(in_log, gap)):  # passed: the batch
+            del self._rereads[key]  # applies up to its next hole
+            self._passed[key] = gap
             more, _ = self.applicable(key, expected, offsets, now, known_gap, in_log)
             self._rereads.pop(key, None)  # a hole after it is new to the next batch
             return more, Hole(following, reread=False, given_up=True, until=gap.stop)

@@ -32,6 +32,10 @@ class ChangelogContinuity:
         stretch again, keys written later in it hold older values than before)."""
         return key not in self._open and key not in self._reread_to
 
+    def last(self, key: Hashable) -> int | None:
+        """The last offset the partition applied or wrote (None: none yet)."""
+        return self._last.get(key)
+
     def hole(self, key: Hashable) -> int | None:
         """The first offset of the partition's open hole (None: none)."""
         return self._open.get(key)
@@ -81,27 +85,3 @@ class ChangelogContinuity:
             self._reread_to[key] = max(self._reread_to.get(key, last), last)
         elif offset >= self._reread_to.get(key, offset):
             self._reread_to.pop(key, None)
-
-
-class HoleRereads:
-    """How many times each partition's open hole has been read again: a reread that keeps
-    jumping the same hole finds it is not in the log (a compacted stretch), and rereading
-    stops after `tries`."""
-
-    def __init__(self, tries: int) -> None:
-        self.tries = tries
-        self._counts: dict[Hashable, tuple[int, int]] = {}  # key → (hole, rereads)
-
-    def count(self, key: Hashable, hole: int | None) -> int:
-        """The partition's hole now (None: none, forgotten): the number of this reread of
-        it, 1 for a new hole; past `tries`, no reread is due."""
-        if hole is None:
-            self._counts.pop(key, None)
-            return 0
-        last, rereads = self._counts.get(key, (hole, 0))
-        rereads = rereads + 1 if last == hole else 1
-        self._counts[key] = (hole, rereads)
-        return rereads
-
-    def due(self, rereads: int) -> bool:
-        return 0 < rereads <= self.tries

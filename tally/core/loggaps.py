@@ -37,13 +37,14 @@ class LogGaps:
 
     def fetched(self, key: Hashable, offsets: Iterable[int]) -> None:
         """One fetch's offsets of a partition, in the order fetched. A jump forward from the
-        previous one (of this fetch or the last) is a gap; a step back is a seek (a reread),
-        after which fetching goes on from there."""
+        previous one (of this fetch or the last) to an offset never fetched is a gap; a step
+        back is a seek (a reread), after which fetching goes on from there (the gaps it
+        crosses again are known already)."""
         with self._lock:
             last = self._last.get(key)
             first, highest = self._span.get(key, (None, None))
             for offset in offsets:
-                if last is not None and offset > last + 1:
+                if last is not None and offset > last + 1 and (highest is None or offset > highest):
                     gaps = self._gaps.setdefault(key, deque(maxlen=self._kept))
                     if len(gaps) == self._kept:  # the oldest goes: known from its end on
                         self._floor[key] = gaps[0][1]
@@ -67,14 +68,14 @@ class LogGaps:
     def holds(self, key: Hashable) -> Callable[[int], bool]:
         """Whether an offset of the partition is known to be a message in the log: fetched
         (between the first and the highest offsets fetched, in no gap). False where the
-        fetches do not tell (before the first, after the highest)."""
-        lacked = self.lacks(key)
+        fetches do not tell (before the first, after the highest, before a gap no longer
+        kept)."""
 
         def held(offset: int) -> bool:
             with self._lock:
                 first, highest = self._span.get(key, (0, -1))
                 first = max(first, self._floor.get(key, first))
-            return first <= offset <= highest and not lacked(offset)
+                return first <= offset <= highest and not self._lacked(key, offset)
 
         return held
 
@@ -85,7 +86,10 @@ class LogGaps:
 
         def lacked(offset: int) -> bool:
             with self._lock:
-                gaps = self._gaps.get(key, ())
-                return any(start <= offset < end for start, end in reversed(gaps))
+                return self._lacked(key, offset)
 
         return lacked
+
+    def _lacked(self, key: Hashable, offset: int) -> bool:
+        gaps = self._gaps.get(key, ())
+        return any(start <= offset < end for start, end in reversed(gaps))

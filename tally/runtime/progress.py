@@ -62,12 +62,18 @@ def consumer_lag() -> dict[TP, int]:
 
 def recovery() -> dict[str, Any]:
     """Changelog records still to read: actives (blocking answers) and standbys (catching up
-    in the background); and the last bulk restore's progress (None before the first)."""
+    in the background); standby copies with a hole (unfit to answer from until mended) and
+    the holes mended so far; and the last bulk restore's progress (None before the first)."""
     tables = cast(RestoringTableManager, app.tables).recovery
     return {
         "completed": tables.completed.is_set(),
         "active_records_remaining": tables.active_remaining_total(),
         "standby_records_remaining": tables.standby_remaining_total(),
+        "standby_holes": {
+            f"{tp.topic}[{tp.partition}]": hole
+            for tp, hole in sorted(tables.standby_holes().items())
+        },
+        "standby_holes_mended": tables.holes_mended,
         "bulk_restore": tables.progress.describe() if tables.progress else None,
     }
 
@@ -88,16 +94,14 @@ TRAILING_MARKER = 1 if settings.processing_guarantee == "exactly_once" else 0
 
 #: Source partitions with messages waiting and none processed (core.stalls).
 stalls = Stalls()
-#: A stuck partition whose reread of a hole was dropped is read again after this long (a
-#: reread's patience, `Unread.patience_s`), long before its stall is worth a warning.
-REREAD_AFTER_S = unread.patience_s
 
 
 @timer(interval=5.0)
 async def watch_for_stalls() -> None:
     """Warn, every `stalls.after_s` while it lasts, of a source partition whose messages wait
     and none is processed: what the agent and Faust's consumer know of it says where it hangs;
-    one stuck on a hole is read again from it every REREAD_AFTER_S.
+    one stuck on a hole is read again from it once its last reread had its patience
+    (`Unread.patience_s`), long before the stall is worth a warning.
     What waits is counted from the broker's end offsets, not the client's last fetch: a
     partition the client stopped fetching would otherwise look caught up."""
     now = time.monotonic()
@@ -129,8 +133,8 @@ async def watch_for_stalls() -> None:
             delivery_state(app.consumer, tp),
             "; ".join(unread.describe(key) for key in unread_keys(tp)) or "no hole",
         )
-    for tp in cast(dict[TP, float], stalls.stalled(now, REREAD_AFTER_S)):
-        holes = [hole for key in unread_keys(tp) if (hole := unread.hole(key)) is not None]
+    for tp in cast(dict[TP, float], stalls.stalled(now, unread.patience_s)):
+        holes = [hole for key in unread_keys(tp) if (hole := unread.overdue(key, now)) is not None]
         if holes:
             hole = min(holes)
             # Its reread was dropped too (records fetched before the seek moved Faust's read

@@ -10,8 +10,9 @@ Faust does; Faust's recovery then finds nothing (or only a tail) left to read.
 Every active partition with records to read takes this path: Faust's own can skip records
 when it starts reading (core.continuity), and an active must not start from a hole. Standby
 partitions keep Faust's path: they catch up in the background once the worker is ready, so a
-failover never waits for a standby it was just given; what it skips there is read again at
-once (`_read_standby_holes_again`), and by the bulk reader if the standby is promoted.
+failover never waits for a standby it was just given; what it skips there is read again by
+this reader within seconds (`BulkRecovery._mend_standby_holes`), or when the standby is
+promoted.
 """
 
 from __future__ import annotations
@@ -31,23 +32,20 @@ from faust.types import TP, CollectionT, ConsumerT
 from mode import Service
 from rocksdict import WriteBatch
 
-from tally.core.continuity import HoleRereads
-from tally.runtime.faust_compat import (
-    continuity,
-    partition_db,
-    read_again,
-    record_read_through,
-)
+from tally.runtime.faust_compat import continuity, partition_db, record_read_through
 from tally.settings import Settings, current_settings
 
 logger = logging.getLogger(__name__)
 
 #: Standbys' buffered changelog records are applied at least this often (seconds).
 STANDBY_APPLY_S = 1.0
-#: A standby copy's changelog hole is read again this often (seconds), at most
-#: STANDBY_REREADS times: a hole every reread jumps again is not in the log (compaction).
-STANDBY_REREAD_S = 5.0
-STANDBY_REREADS = 3
+#: Standby copies' changelog holes are mended this often (seconds), each stretch from a hole
+#: read again up to this many records (held in memory until written at once; a longer one
+#: waits for the copy's next restore).
+STANDBY_MEND_S = 5.0
+STANDBY_MEND_MAX_RECORDS = 50_000
+#: Seconds a mend may read for (the rest is read at the next tick).
+STANDBY_MEND_READ_S = 30.0
 #: Faust gives each recovery step broker_request_timeout and stops recovering for good when a
 #: step overruns it: the bulk restore hands what is left to Faust well before that.
 SHARE_OF_STEP_TIMEOUT = 0.6
@@ -102,9 +100,9 @@ async def read_spans(
     apply: Callable[[TP, Sequence[ConsumerRecord]], None],
     progress: RestoreProgress,
     deadline: float,
-) -> None:
+) -> set[TP]:
     """Read each partition's span in order, handing every fetch to `apply`; stop at the
-    deadline or when nothing comes for `STALL_S`."""
+    deadline or when nothing comes for `STALL_S`. Returns the partitions not read through."""
     # aiokafka wants its own TopicPartition type: a Faust TP with the same fields is refused.
     kafka_tps = {TopicPartition(tp.topic, tp.partition): tp for tp in spans}
     pending = {ktp for ktp, tp in kafka_tps.items() if spans[tp][0] <= spans[tp][1]}
@@ -133,6 +131,7 @@ async def read_spans(
         if now - reported >= REPORT_EVERY_S:
             reported = now
             logger.info(progress.line())
+    return {kafka_tps[ktp] for ktp in pending}
 
 
 def write_records(table: CollectionT, tp: TP, records: Sequence[ConsumerRecord]) -> None:
@@ -183,15 +182,17 @@ async def stop_quietly(consumer: AIOKafkaConsumer) -> None:
 
 class BulkRecovery(Recovery):
     """Faust's recovery, with the active partitions' changelogs bulk-read first, and the
-    standbys' changelog records applied at least every STANDBY_APPLY_S, their holes read
-    again."""
+    standbys' changelog records applied at least every STANDBY_APPLY_S, their holes mended."""
 
     #: The last bulk restore's progress (None before the first).
     progress: RestoreProgress | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.hole_rereads = HoleRereads(STANDBY_REREADS)
+        #: Holes (changelog partition, first offset) too far back to mend, said once.
+        self.left_for_restore: set[tuple[TP, int]] = set()
+        #: Standby holes mended since the worker started.
+        self.holes_mended = 0
 
     @Service.timer(STANDBY_APPLY_S)
     async def _apply_standby_records(self) -> None:
@@ -202,32 +203,93 @@ class BulkRecovery(Recovery):
         if not self.in_recovery and any(self.buffers.values()):
             self.flush_buffers()
 
-    @Service.timer(STANDBY_REREAD_S)
-    async def _read_standby_holes_again(self) -> None:
+    @Service.timer(STANDBY_MEND_S)
+    async def _mend_standby_holes(self) -> None:
         """A standby copy with a hole (Faust's recovery drops records fetched between its
-        seek and the resume of its flow) is unfit to answer from, and Faust would read the
-        hole only at the copy's next restore, after the next rebalance. Here its changelog is
-        read again from the hole; a reread dropped the same way is tried again."""
+        seek and the resume of its flow) is unfit to answer from, and Faust reads the hole
+        again only at the copy's next restore, after the next rebalance; seeking its
+        consumer back races the records already fetched, which Faust applies and then drops
+        the reread as seen. Here the stretch from the hole to the last record applied is read
+        by a reader that drops nothing (what it skips is not in the log: compaction) and
+        written between two of Faust's batches."""
         if self.in_recovery:
             return
-        for tp in sorted(self.standby_tps):
-            table = self.tp_to_table.get(tp)
-            hole = None if table is None else continuity.hole((table.name, tp))
-            rereads = self.hole_rereads.count(tp, hole)
-            if hole is None or not self.hole_rereads.due(rereads):
-                if rereads == STANDBY_REREADS + 1:
-                    logger.warning(
-                        "%s[%s]: standby copy still lacks offsets from %s after %s rereads "
-                        "(not in the log?): it answers no query until its next restore",
-                        tp.topic,
-                        tp.partition,
-                        hole,
-                        STANDBY_REREADS,
-                    )
-                continue
-            logger.info("%s[%s]: standby copy reads again from %s", tp.topic, tp.partition, hole)
-            self.standby_offsets[tp] = hole - 1  # Faust passes over offsets it has seen
-            await read_again(self.app.consumer, tp, hole)
+        holes = {
+            tp: hole
+            for tp, hole in self.standby_holes().items()
+            if (tp, hole) not in self.left_for_restore
+        }
+        if not holes:
+            return
+        consumer = changelog_reader(current_settings())
+        try:
+            await consumer.start()
+            for tp in sorted(holes):
+                await self._mend(consumer, tp, holes[tp])
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the broker is away, say: tried again at the next tick
+            logger.warning("mending standby copies stopped: %r", exc)
+        finally:
+            await stop_quietly(consumer)
+
+    def standby_holes(self) -> dict[TP, int]:
+        """Standby changelog partitions with an open hole, and where it begins."""
+        return {
+            tp: hole
+            for tp in self.standby_tps
+            if (table := self.tp_to_table.get(tp)) is not None
+            and (hole := continuity.hole((table.name, tp))) is not None
+        }
+
+    async def _mend(self, consumer: AIOKafkaConsumer, tp: TP, hole: int) -> None:
+        """Read `tp` from `hole` through the last record Faust applied, again until no batch
+        was applied meanwhile, then write it all at once: written as it comes, a record
+        could land over a newer value Faust applied in between."""
+        table = self.tp_to_table[tp]
+        key = (table.name, tp)
+        records: list[ConsumerRecord] = []
+        start = hole
+        deadline = time.monotonic() + STANDBY_MEND_READ_S
+        while (last := continuity.last(key)) is not None and start <= last:
+            if last - hole >= STANDBY_MEND_MAX_RECORDS:
+                self.left_for_restore.add((tp, hole))
+                logger.warning(
+                    "%s[%s]: standby copy lacks offsets from %s, more than %s records back: "
+                    "it answers no query until its next restore",
+                    tp.topic,
+                    tp.partition,
+                    hole,
+                    f"{STANDBY_MEND_MAX_RECORDS:,}",
+                )
+                return
+            progress = RestoreProgress(
+                last - start + 1, title=f"mending {tp.topic}[{tp.partition}]"
+            )
+            unread = await read_spans(
+                consumer,
+                {tp: (start, last)},
+                lambda _, got: records.extend(got),
+                progress,
+                deadline,
+            )
+            if unread:
+                return  # tried again at the next tick
+            start = last + 1
+        # Nothing awaited from here on: Faust applies no batch until it is written.
+        if last is None or tp not in self.standby_tps or continuity.hole(key) != hole:
+            return
+        if records:
+            write_records(table, tp, records)
+        record_read_through(table, tp, last)
+        self.holes_mended += 1
+        logger.info(
+            "%s[%s]: standby copy's hole from %s mended (%s records read again)",
+            tp.topic,
+            tp.partition,
+            hole,
+            f"{len(records):,}",
+        )
 
     def holds_current_copies(self, tables: Sequence[CollectionT], partition: int) -> bool:
         """Whether this worker keeps a standby copy of `partition` of every one of `tables`,

@@ -448,6 +448,30 @@ def test_a_message_the_fetches_saw_is_read_again_for_as_long_as_it_takes() -> No
     assert unread.applicable("p", 4, [4, 5, 6], 40.0, in_log=fetched) == (3, None)
 
 
+def test_a_gap_before_a_fetched_message_is_not_passed_with_it() -> None:
+    """4 is a marker the fetches never crossed (the committed offset), 5 a message fetched and
+    dropped: the stretch from 4 holds 5, so nothing is passed."""
+    unread = Unread(tries=1, patience_s=10.0)
+    fetched = {5, 6, 7}.__contains__
+    assert unread.applicable("p", 4, [6, 7], 0.0, in_log=fetched)[1] == Hole(
+        4, reread=True, given_up=False
+    )
+    assert unread.applicable("p", 4, [6, 7], 11.0, in_log=fetched)[1] == Hole(
+        4, reread=True, given_up=False
+    )
+
+
+def test_a_reread_with_no_batch_since_is_due_again_after_its_patience() -> None:
+    """The stall watch asks: each reread gets its patience, counted from when it began."""
+    unread = Unread(tries=3, patience_s=10.0)
+    assert unread.overdue("p", 100.0) is None, "no hole"
+    unread.applicable("p", 4, [5, 6], 0.0)
+    assert unread.overdue("p", 9.0) is None
+    assert unread.overdue("p", 10.0) == 4
+    assert unread.overdue("p", 15.0) is None, "the reread just begun has its patience"
+    assert unread.overdue("p", 20.0) == 4
+
+
 def test_a_gap_in_the_log_is_passed_after_its_rereads_come_back_without_it() -> None:
     """A transaction marker at the committed offset 4: every reread brings 5 again, never 4."""
     unread = Unread(tries=3, patience_s=1000.0)

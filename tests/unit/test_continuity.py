@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tally.core.continuity import ChangelogContinuity, HoleRereads
+from tally.core.continuity import ChangelogContinuity
 
 
 @settings(max_examples=400, deadline=None)
@@ -92,11 +92,3 @@ def test_own_writes_move_the_last_applied_offset() -> None:
     assert continuity.applied("p", [41, 42], 40) == 42
     assert continuity.applied("p", [45], 42) == 42
     assert continuity.wrote("p", 46) == 42, "its writes do not mend a hole before them"
-
-
-def test_a_hole_is_read_again_a_few_times_then_left_and_a_new_one_starts_over() -> None:
-    rereads = HoleRereads(tries=2)
-    assert [rereads.due(rereads.count("p", 12)) for _ in range(4)] == [True, True, False, False]
-    assert rereads.count("p", 30) == 1, "another hole: counted from one again"
-    assert rereads.count("p", None) == 0 and not rereads.due(0)
-    assert rereads.count("p", 30) == 1, "mended, then the same offset again: a new hole"

@@ -34,6 +34,18 @@ def test_only_offsets_between_gaps_still_kept_are_known_to_be_held() -> None:
     assert [o for o in range(0, 9) if held(o)] == [3, 5, 7]
 
 
+def test_rereads_take_no_room_and_what_is_known_never_shrinks_to_an_absent_offset() -> None:
+    """Markers at 10, 20, 30, 40; read through, then twice again from 5: the gaps crossed
+    again are not kept twice, so none of the four is taken for a message."""
+    log = [o for o in range(46) if o % 10 or o == 0]
+    gaps = LogGaps(kept=4)
+    gaps.fetched("p", log)
+    gaps.fetched("p", [o for o in log if 5 <= o <= 25])
+    gaps.fetched("p", [o for o in log if o >= 5])
+    held = gaps.holds("p")
+    assert [o for o in range(50) if held(o)] == log
+
+
 def test_a_partition_that_comes_back_starts_over() -> None:
     gaps = LogGaps()
     gaps.fetched("p", [1, 3])
@@ -47,19 +59,21 @@ def test_a_partition_that_comes_back_starts_over() -> None:
     present=st.lists(st.booleans(), min_size=1, max_size=60),
     cuts=st.lists(st.integers(1, 8), min_size=1, max_size=30),
     seeks=st.lists(st.integers(0, 59), max_size=4),
+    kept=st.integers(1, 6),
 )
 def test_what_is_lacking_is_exactly_what_the_log_lacks_between_fetched_offsets(
-    present: list[bool], cuts: list[int], seeks: list[int]
+    present: list[bool], cuts: list[int], seeks: list[int], kept: int
 ) -> None:
     """A log with markers (absent offsets) read forward in fetches of any size, with seeks
     back now and then: every offset between the first and last fetched is lacking exactly
     when the log has no message there."""
     records = [offset for offset, here in enumerate(present) if here]
-    gaps = LogGaps()
+    gaps, few = LogGaps(), LogGaps(kept=kept)
     position, fetched_any = 0, []
     for size in cuts * 3:
         fetch = [o for o in records if position <= o < position + size]
         gaps.fetched("p", fetch)
+        few.fetched("p", fetch)
         fetched_any += fetch
         position += size
         if seeks and position > seeks[0]:
@@ -73,3 +87,5 @@ def test_what_is_lacking_is_exactly_what_the_log_lacks_between_fetched_offsets(
         assert lacks(offset) == (not present[offset]), offset
         assert holds(offset) == present[offset], offset
     assert not holds(min(fetched_any) - 1) and not holds(max(fetched_any) + 1), "unknown"
+    some_held = few.holds("p")  # some gaps dropped for room: less is known, nothing wrong
+    assert all(present[o] for o in range(len(present)) if some_held(o))
