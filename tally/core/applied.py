@@ -228,13 +228,14 @@ class Unread:
         offsets: Sequence[int],
         now: float,
         known_gap: Callable[[int], bool] = lambda offset: False,
-        in_log: Callable[[int], bool] = lambda offset: False,
+        in_log: Callable[[int, int], bool] = lambda start, stop: False,
     ) -> tuple[int, Hole | None]:
         """How many of a batch's `offsets` (ascending, each once) may be applied, and the
         hole after them. `expected`: the next offset to apply (the one after the last
         applied, else the committed one; None: unknown); `known_gap`: offsets the log itself
-        lacks (transaction markers, compaction), which are not holes; `in_log`: offsets known
-        to be messages in the log, never passed."""
+        lacks (transaction markers, compaction), which are not holes; `in_log`: whether the
+        log is known to have a message from one offset up to another (excluded): never
+        passed."""
         following = offsets[0] if expected is None else expected
         passed = self._passed.get(key, range(0))
         applicable = 0
@@ -262,7 +263,7 @@ class Unread:
             return applicable, Hole(following, reread=False, given_up=False)
         reread.tries += 1
         gap = range(following, reread.after)  # not past what came
-        if reread.tries >= self.tries and not any(map(in_log, gap)):  # passed: the batch
+        if reread.tries >= self.tries and not in_log(gap.start, gap.stop):  # passed: the batch
             del self._rereads[key]  # applies up to its next hole
             self._passed[key] = gap
             more, _ = self.applicable(key, expected, offsets, now, known_gap, in_log)

@@ -32,30 +32,47 @@ class LogGaps:
         self._span: dict[Hashable, tuple[int, int]] = {}
         #: Where the gaps kept begin (the end of the last one dropped for room).
         self._floor: dict[Hashable, int] = {}
+        #: Where reading began after a seek back before the stretch: part of it once joined.
+        self._below: dict[Hashable, int] = {}
         self._kept = kept
         self._lock = threading.Lock()
 
     def fetched(self, key: Hashable, offsets: Iterable[int]) -> None:
         """One fetch's offsets of a partition, in the order fetched. A jump forward from the
-        previous one (of this fetch or the last) to an offset never fetched is a gap; a step
-        back is a seek (a reread), after which fetching goes on from there (the gaps it
-        crosses again are known already)."""
+        previous one (of this fetch or the last) is a gap where it crosses offsets never
+        fetched; a step back is a seek (a reread), after which fetching goes on from there
+        (the gaps it crosses again are known already)."""
         with self._lock:
             last = self._last.get(key)
             first, highest = self._span.get(key, (None, None))
+            below = self._below.get(key)
             for offset in offsets:
-                if last is not None and offset > last + 1 and (highest is None or offset > highest):
-                    gaps = self._gaps.setdefault(key, deque(maxlen=self._kept))
-                    if len(gaps) == self._kept:  # the oldest goes: known from its end on
-                        self._floor[key] = gaps[0][1]
-                    gaps.append((last + 1, offset))
+                if first is None or highest is None:
+                    first = highest = offset
+                else:
+                    if last is not None and offset > last + 1:
+                        for start, end in unfetched(last + 1, offset, first, highest):
+                            self._keep_gap(key, start, end)
+                    if last is not None and offset <= last:  # a seek back
+                        below = offset if offset < first else None
+                    if below is not None and offset >= first:  # read up to the known stretch
+                        first, below = below, None
+                    highest = max(highest, offset)
                 last = offset
-                first = offset if first is None else min(first, offset)
-                highest = offset if highest is None else max(highest, offset)
             if last is not None:
                 self._last[key] = last
             if first is not None and highest is not None:
                 self._span[key] = (first, highest)
+            if below is None:
+                self._below.pop(key, None)
+            else:
+                self._below[key] = below
+
+    def _keep_gap(self, key: Hashable, start: int, end: int) -> None:
+        gaps = self._gaps.setdefault(key, deque(maxlen=self._kept))
+        if len(gaps) == self._kept:  # the oldest goes: what it covered is unknown again
+            self._floor[key] = max(self._floor.get(key, gaps[0][1]), gaps[0][1])
+        gaps.append((start, end))
 
     def forget(self, key: Hashable) -> None:
         """The partition left this worker: what is fetched when it comes back starts over."""
@@ -64,18 +81,25 @@ class LogGaps:
             self._gaps.pop(key, None)
             self._span.pop(key, None)
             self._floor.pop(key, None)
+            self._below.pop(key, None)
 
-    def holds(self, key: Hashable) -> Callable[[int], bool]:
-        """Whether an offset of the partition is known to be a message in the log: fetched
-        (between the first and the highest offsets fetched, in no gap). False where the
-        fetches do not tell (before the first, after the highest, before a gap no longer
-        kept)."""
+    def holds(self, key: Hashable) -> Callable[[int, int], bool]:
+        """Whether any offset from `start` up to `stop` (excluded) is known to be a message in
+        the partition's log: fetched (between the first and the highest offsets fetched, in no
+        gap). False where the fetches do not tell (before the first, after the highest,
+        before a gap no longer kept)."""
 
-        def held(offset: int) -> bool:
+        def held(start: int, stop: int) -> bool:
             with self._lock:
                 first, highest = self._span.get(key, (0, -1))
-                first = max(first, self._floor.get(key, first))
-                return first <= offset <= highest and not self._lacked(key, offset)
+                low = max(start, first, self._floor.get(key, first))
+                high = min(stop, highest + 1)
+                crossing = [g for g in self._gaps.get(key, ()) if g[0] < high and g[1] > low]
+            for gap_start, gap_end in sorted(crossing):
+                if gap_start > low:
+                    break  # `low` is fetched, in no gap
+                low = max(low, gap_end)
+            return low < high
 
         return held
 
@@ -93,3 +117,16 @@ class LogGaps:
     def _lacked(self, key: Hashable, offset: int) -> bool:
         gaps = self._gaps.get(key, ())
         return any(start <= offset < end for start, end in reversed(gaps))
+
+
+def unfetched(
+    start: int, end: int, first: int | None, highest: int | None
+) -> list[tuple[int, int]]:
+    """The parts of offsets `start` up to `end` (excluded) outside the stretch fetched so far,
+    `first` to `highest` (None: nothing fetched)."""
+    if first is None or highest is None:
+        return [(start, end)]
+    parts = [(start, min(end, first))] if start < first else []
+    if end > highest + 1:
+        parts.append((max(start, highest + 1), end))
+    return parts

@@ -40,10 +40,10 @@ logger = logging.getLogger(__name__)
 #: Standbys' buffered changelog records are applied at least this often (seconds).
 STANDBY_APPLY_S = 1.0
 #: Standby copies' changelog holes are mended this often (seconds), each stretch from a hole
-#: read again up to this many records (held in memory until written at once; a longer one
-#: waits for the copy's next restore).
+#: read again holding each key's newest record in memory until written at once, up to this
+#: many bytes (a bigger one waits for the copy's next restore).
 STANDBY_MEND_S = 5.0
-STANDBY_MEND_MAX_RECORDS = 50_000
+STANDBY_MEND_MAX_BYTES = 64 << 20
 #: Seconds a mend may read for (the rest is read at the next tick).
 STANDBY_MEND_READ_S = 30.0
 #: Faust gives each recovery step broker_request_timeout and stops recovering for good when a
@@ -134,6 +134,10 @@ async def read_spans(
     return {kafka_tps[ktp] for ktp in pending}
 
 
+def size_of(record: ConsumerRecord) -> int:
+    return len(record.key or b"") + len(record.value or b"")
+
+
 def write_records(table: CollectionT, tp: TP, records: Sequence[ConsumerRecord]) -> None:
     """One fetch of a changelog partition into the table's RocksDB partition, then the offset
     reached, as Faust records it (a crash between the two re-reads the fetch: records are
@@ -189,8 +193,10 @@ class BulkRecovery(Recovery):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        #: Holes (changelog partition, first offset) too far back to mend, said once.
+        #: Holes (changelog partition, first offset) too big to mend, said once; and the
+        #: rebalance they wait for a restore in (Faust's count).
         self.left_for_restore: set[tuple[TP, int]] = set()
+        self.left_in_rebalance = 0
         #: Standby holes mended since the worker started.
         self.holes_mended = 0
 
@@ -212,8 +218,11 @@ class BulkRecovery(Recovery):
         the reread as seen. Here the stretch from the hole to the last record applied is read
         by a reader that drops nothing (what it skips is not in the log: compaction) and
         written between two of Faust's batches."""
-        if self.in_recovery:
+        if self.in_recovery or self.app.rebalancing:
             return
+        if self.left_in_rebalance != self.app.rebalancing_count:  # restored since
+            self.left_for_restore.clear()
+            self.left_in_rebalance = self.app.rebalancing_count
         holes = {
             tp: hole
             for tp, hole in self.standby_holes().items()
@@ -244,51 +253,63 @@ class BulkRecovery(Recovery):
 
     async def _mend(self, consumer: AIOKafkaConsumer, tp: TP, hole: int) -> None:
         """Read `tp` from `hole` through the last record Faust applied, again until no batch
-        was applied meanwhile, then write it all at once: written as it comes, a record
-        could land over a newer value Faust applied in between."""
+        was applied meanwhile, then write each key's newest record at once: written as they
+        come, a record could land over a newer value Faust applied in between."""
+        if self.standby_offsets.get(tp, -1) < self.standby_highwaters.get(tp, -1):
+            return  # still catching up since it was assigned: mended once it has
         table = self.tp_to_table[tp]
         key = (table.name, tp)
-        records: list[ConsumerRecord] = []
-        start = hole
+        rebalance = self.app.rebalancing_count
+        newest: dict[bytes, ConsumerRecord] = {}
+        held = 0  # bytes of `newest`
+
+        def keep(_: TP, records: Sequence[ConsumerRecord]) -> None:
+            nonlocal held
+            for record in records:
+                before = newest.get(record.key)
+                held += size_of(record) - (0 if before is None else size_of(before))
+                newest[record.key] = record
+
+        read_to = hole - 1
         deadline = time.monotonic() + STANDBY_MEND_READ_S
-        while (last := continuity.last(key)) is not None and start <= last:
-            if last - hole >= STANDBY_MEND_MAX_RECORDS:
+        while (last := continuity.last(key)) is not None and last > read_to:
+            title = f"mending {tp.topic}[{tp.partition}]"
+            progress = RestoreProgress(last - read_to, title=title)
+            if await read_spans(consumer, {tp: (read_to + 1, last)}, keep, progress, deadline):
+                return  # not read through: tried again at the next tick
+            if held > STANDBY_MEND_MAX_BYTES:
                 self.left_for_restore.add((tp, hole))
                 logger.warning(
-                    "%s[%s]: standby copy lacks offsets from %s, more than %s records back: "
-                    "it answers no query until its next restore",
+                    "%s[%s]: standby copy lacks offsets from %s, more than %s MiB to read "
+                    "again: it answers no query until its next restore",
                     tp.topic,
                     tp.partition,
                     hole,
-                    f"{STANDBY_MEND_MAX_RECORDS:,}",
+                    STANDBY_MEND_MAX_BYTES >> 20,
                 )
                 return
-            progress = RestoreProgress(
-                last - start + 1, title=f"mending {tp.topic}[{tp.partition}]"
-            )
-            unread = await read_spans(
-                consumer,
-                {tp: (start, last)},
-                lambda _, got: records.extend(got),
-                progress,
-                deadline,
-            )
-            if unread:
-                return  # tried again at the next tick
-            start = last + 1
-        # Nothing awaited from here on: Faust applies no batch until it is written.
-        if last is None or tp not in self.standby_tps or continuity.hole(key) != hole:
-            return
-        if records:
-            write_records(table, tp, records)
-        record_read_through(table, tp, last)
+            read_to = last
+        # Nothing awaited from here on: Faust applies no batch until the stretch is written.
+        if (
+            last != read_to
+            or read_to < hole
+            or self.in_recovery
+            or self.app.rebalancing
+            or self.app.rebalancing_count != rebalance
+            or tp not in self.standby_tps
+            or continuity.hole(key) != hole
+        ):
+            return  # went back (a restore) or moved: seen again at the next tick
+        if newest:
+            write_records(table, tp, sorted(newest.values(), key=lambda r: r.offset))
+        record_read_through(table, tp, read_to)
         self.holes_mended += 1
         logger.info(
             "%s[%s]: standby copy's hole from %s mended (%s records read again)",
             tp.topic,
             tp.partition,
             hole,
-            f"{len(records):,}",
+            f"{read_to - hole + 1:,}",
         )
 
     def holds_current_copies(self, tables: Sequence[CollectionT], partition: int) -> bool:

@@ -31,7 +31,7 @@ def test_only_offsets_between_gaps_still_kept_are_known_to_be_held() -> None:
     gaps = LogGaps(kept=2)
     gaps.fetched("p", [1, 3, 5, 7])  # gaps 2, 4, 6: the first no longer kept, 1 unknown
     held = gaps.holds("p")
-    assert [o for o in range(0, 9) if held(o)] == [3, 5, 7]
+    assert [o for o in range(0, 9) if held(o, o + 1)] == [3, 5, 7]
 
 
 def test_rereads_take_no_room_and_what_is_known_never_shrinks_to_an_absent_offset() -> None:
@@ -43,7 +43,16 @@ def test_rereads_take_no_room_and_what_is_known_never_shrinks_to_an_absent_offse
     gaps.fetched("p", [o for o in log if 5 <= o <= 25])
     gaps.fetched("p", [o for o in log if o >= 5])
     held = gaps.holds("p")
-    assert [o for o in range(50) if held(o)] == log
+    assert [o for o in range(50) if held(o, o + 1)] == log
+
+
+def test_a_seek_back_before_the_first_offset_fetched_finds_the_gaps_there() -> None:
+    gaps = LogGaps()
+    gaps.fetched("p", [10, 11, 12])
+    gaps.fetched("p", [3, 4, 7, 8, 9, 10, 13])  # 5-6 and nothing else is missing
+    held = gaps.holds("p")
+    assert [o for o in range(0, 15) if held(o, o + 1)] == [3, 4, 7, 8, 9, 10, 11, 12, 13]
+    assert [o for o in range(0, 15) if gaps.lacks("p")(o)] == [5, 6]
 
 
 def test_a_partition_that_comes_back_starts_over() -> None:
@@ -85,7 +94,40 @@ def test_what_is_lacking_is_exactly_what_the_log_lacks_between_fetched_offsets(
     lacks, holds = gaps.lacks("p"), gaps.holds("p")
     for offset in range(min(fetched_any), max(fetched_any) + 1):
         assert lacks(offset) == (not present[offset]), offset
-        assert holds(offset) == present[offset], offset
-    assert not holds(min(fetched_any) - 1) and not holds(max(fetched_any) + 1), "unknown"
+        assert holds(offset, offset + 1) == present[offset], offset
+    low, high = min(fetched_any), max(fetched_any)
+    assert not holds(low - 1, low) and not holds(high + 1, high + 2), "unknown"
+    for start in range(low, high + 1):  # a stretch holds a message if any offset in it is one
+        for stop in range(start + 1, min(start + 6, high + 2)):
+            assert holds(start, stop) == any(present[start:stop]), (start, stop)
     some_held = few.holds("p")  # some gaps dropped for room: less is known, nothing wrong
-    assert all(present[o] for o in range(len(present)) if some_held(o))
+    assert all(present[o] for o in range(len(present)) if some_held(o, o + 1))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    present=st.lists(st.booleans(), min_size=1, max_size=60),
+    start=st.integers(0, 59),
+    cuts=st.lists(st.integers(1, 8), min_size=1, max_size=30),
+    seeks=st.lists(st.integers(0, 59), max_size=6),
+    kept=st.integers(1, 8),
+)
+def test_whatever_the_seeks_nothing_is_taken_for_a_message_or_a_gap_wrongly(
+    present: list[bool], start: int, cuts: list[int], seeks: list[int], kept: int
+) -> None:
+    """Reading from anywhere, seeking back now and then (before the first offset fetched too):
+    an offset said to be lacking is absent from the log, and a stretch said to hold a
+    message holds one."""
+    records = [offset for offset, here in enumerate(present) if here]
+    gaps = LogGaps(kept=kept)
+    position = start
+    for size in cuts:
+        gaps.fetched("p", [o for o in records if position <= o < position + size])
+        position += size
+        if seeks:  # a seek back (a reread), never forward: a jump forward is a gap
+            position = min(seeks.pop(0), position)
+    lacks, holds = gaps.lacks("p"), gaps.holds("p")
+    for offset in range(len(present) + 2):
+        assert not (lacks(offset) and offset < len(present) and present[offset]), offset
+        for stop in range(offset + 1, offset + 5):
+            assert not holds(offset, stop) or any(present[offset:stop]), (offset, stop)
