@@ -49,6 +49,28 @@ def settled_answers(worker: Worker, timeout_s: float = 30.0) -> Counter[str]:
     raise SystemExit(f"the worker kept answering for {timeout_s:.0f} s after a load ended")
 
 
+#: Messages waiting on the worker's inputs that count as caught up (the load sends ~280 a
+#: second), and how long to wait for it before measuring anyway.
+CAUGHT_UP_MESSAGES = 200
+CATCH_UP_S = 30.0
+
+
+def caught_up(worker: Worker) -> None:
+    """Wait until the worker has processed what the load sent meanwhile: a saturating run
+    starves its intake, and catching up afterwards would compete with the next
+    measurement for the cores."""
+
+    def waiting() -> int:
+        return sum(worker.get("/api/health")["lag"].values())
+
+    deadline = time.monotonic() + CATCH_UP_S
+    while (left := waiting()) > CAUGHT_UP_MESSAGES:
+        if time.monotonic() > deadline:
+            print(f"  (still {left:,} messages behind after {CATCH_UP_S:.0f} s)", flush=True)
+            return
+        time.sleep(0.5)
+
+
 @dataclass
 class CachedReads:
     #: The reads' table (markdown), with how it was made.
@@ -84,6 +106,7 @@ def measure(
                 for what, path in saturating.items():
                     for where, base in (("worker", worker.url), ("cache", cache.url)):
                         before = settled_answers(worker)
+                        caught_up(worker)
                         measured = query_load(base + path, connections, seconds)
                         sent = settled_answers(worker) - before
                         loads.setdefault((what, where), []).append(measured)
@@ -95,6 +118,7 @@ def measure(
                             f"{sent['200']:,} (200) and {sent['304']:,} (304)",
                             flush=True,
                         )
+                caught_up(worker)
                 measured = query_load(
                     cache.url + PATHS["top-10"], connections, seconds, rate=paced_rate
                 )
@@ -116,7 +140,8 @@ def measure(
         f"`python -m bench.cached_reads`: one worker under ~200 purchases/s and 80 metric "
         f"batches/s, {connections} clients (wrk), {seconds} s each, medians of {runs} runs, "
         "straight from the worker and through docker/nginx.conf (Debian's nginx), all on the "
-        "same cores.",
+        "same cores; each load starts once the worker has caught up with the purchases "
+        "and metrics sent during the one before.",
     ]
     if saturating:
         lines += [
