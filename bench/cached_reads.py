@@ -25,7 +25,13 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.common import bench_worker, metric_batch_codec, purchase_codec, query_answers
+from bench.common import (
+    bench_worker,
+    caught_up,
+    metric_batch_codec,
+    purchase_codec,
+    query_answers,
+)
 from bench.query import QueryLoad, query_load
 from tally.broker.local import LocalBroker, free_port
 from tests.answer_cache import nginx_binary, start_cache
@@ -55,20 +61,13 @@ CAUGHT_UP_MESSAGES = 200
 CATCH_UP_S = 30.0
 
 
-def caught_up(worker: Worker) -> None:
+def settled_intake(worker: Worker) -> None:
     """Wait until the worker has processed what the load sent meanwhile: a saturating run
     starves its intake, and catching up afterwards would compete with the next
     measurement for the cores."""
-
-    def waiting() -> int:
-        return sum(worker.get("/api/health")["lag"].values())
-
-    deadline = time.monotonic() + CATCH_UP_S
-    while (left := waiting()) > CAUGHT_UP_MESSAGES:
-        if time.monotonic() > deadline:
-            print(f"  (still {left:,} messages behind after {CATCH_UP_S:.0f} s)", flush=True)
-            return
-        time.sleep(0.5)
+    left = caught_up(worker, CATCH_UP_S, CAUGHT_UP_MESSAGES)
+    if left > CAUGHT_UP_MESSAGES:
+        print(f"  (still {left:,} messages behind after {CATCH_UP_S:.0f} s)", flush=True)
 
 
 @dataclass
@@ -106,7 +105,7 @@ def measure(
                 for what, path in saturating.items():
                     for where, base in (("worker", worker.url), ("cache", cache.url)):
                         before = settled_answers(worker)
-                        caught_up(worker)
+                        settled_intake(worker)
                         measured = query_load(base + path, connections, seconds)
                         sent = settled_answers(worker) - before
                         loads.setdefault((what, where), []).append(measured)
@@ -118,7 +117,7 @@ def measure(
                             f"{sent['200']:,} (200) and {sent['304']:,} (304)",
                             flush=True,
                         )
-                caught_up(worker)
+                settled_intake(worker)
                 measured = query_load(
                     cache.url + PATHS["top-10"], connections, seconds, rate=paced_rate
                 )

@@ -258,6 +258,17 @@ async def changelog_batches(bootstrap: str, app_id: str) -> tuple[int, int]:
     return records, batches
 
 
+def caught_up(worker: Worker, timeout_s: float, behind: int = 0) -> int:
+    """Wait until at most `behind` messages wait on the worker's inputs (its /api/health
+    lag), for up to `timeout_s`: the messages still waiting (at most `behind`: caught up)."""
+    deadline = time.monotonic() + timeout_s
+    while (waiting := sum(worker.get("/api/health")["lag"].values())) > behind:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    return waiting
+
+
 def peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):

@@ -40,6 +40,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from bench.common import (
     PARTITIONS,
     Message,
+    caught_up,
     codec_in,
     peak_rss_mb,
     run_in_scratch,
@@ -179,12 +180,9 @@ async def paced_latencies(
     return Paced(found, len(sent))
 
 
-def caught_up(worker: Worker, timeout_s: float = 1800.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while any(worker.get("/api/health")["lag"].values()):
-        if time.monotonic() > deadline:
-            raise SystemExit(f"the worker did not catch up within {timeout_s:.0f} s")
-        time.sleep(1.0)
+def drained(worker: Worker, timeout_s: float = 1800.0) -> None:
+    if caught_up(worker, timeout_s):
+        raise SystemExit(f"the worker did not catch up within {timeout_s:.0f} s")
 
 
 def table_keys(worker: Worker, table: str) -> float:
@@ -202,7 +200,7 @@ def paced_loads(
     while share <= LAST_LOAD:
         # Each load starts with nothing waiting on any of the worker's topics (a sustained
         # load may still leave a tail to drain).
-        caught_up(worker)
+        drained(worker)
         rate = backlog_rate * share
         bootstrap = worker.env["TALLY_BROKER"].split("//")[1]
         paced = asyncio.run(paced_latencies(bootstrap, codec, rate, seconds, step))
@@ -275,7 +273,7 @@ def one_run(args: argparse.Namespace, workdir: Path, run: int) -> dict[str, Any]
     loaded: dict[str, str] = {}
 
     def afterwards(worker: Worker, _result: Any) -> None:
-        caught_up(worker)  # the backlog's last stages (the audit's archive) done too
+        drained(worker)  # the backlog's last stages (the audit's archive) done too
         loaded.update(worker.env)
 
     # The local broker's answers slow down with the record batches a partition holds (see

@@ -255,8 +255,8 @@ class BulkRecovery(Recovery):
         """Read `tp` from `hole` through the last record Faust applied, again until no batch
         was applied meanwhile, then write each key's newest record at once: written as they
         come, a record could land over a newer value Faust applied in between."""
-        if self.standby_offsets.get(tp, -1) < self.standby_highwaters.get(tp, -1):
-            return  # still catching up since it was assigned: mended once it has
+        if not self.caught_up_since_assigned(tp):
+            return  # mended once it has
         table = self.tp_to_table[tp]
         key = (table.name, tp)
         rebalance = self.app.rebalancing_count
@@ -272,8 +272,8 @@ class BulkRecovery(Recovery):
 
         read_to = hole - 1
         deadline = time.monotonic() + STANDBY_MEND_READ_S
+        title = f"mending {tp.topic}[{tp.partition}]"
         while (last := continuity.last(key)) is not None and last > read_to:
-            title = f"mending {tp.topic}[{tp.partition}]"
             progress = RestoreProgress(last - read_to, title=title)
             if await read_spans(consumer, {tp: (read_to + 1, last)}, keep, progress, deadline):
                 return  # not read through: tried again at the next tick
@@ -322,10 +322,14 @@ class BulkRecovery(Recovery):
             tp = TP(table.changelog_topic.get_topic_name(), partition)
             if tp not in standbys or not continuity.whole((table.name, tp)):
                 return False
-            highwater = self.standby_highwaters.get(tp)
-            if highwater is None or self.standby_offsets.get(tp, -1) < highwater:
+            if not self.caught_up_since_assigned(tp):
                 return False
         return True
+
+    def caught_up_since_assigned(self, tp: TP) -> bool:
+        """Whether a standby partition has read what its changelog held when assigned."""
+        highwater = self.standby_highwaters.get(tp)
+        return highwater is not None and self.standby_offsets.get(tp, -1) >= highwater
 
     async def _build_offsets(
         self, consumer: ConsumerT, tps: set[TP], destination: Any, title: str
