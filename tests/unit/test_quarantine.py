@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tally.core.quarantine import InFlight, InFlightRecords
+from tally.core.quarantine import RECORD_BYTES, InFlight, InFlightRecords
 
 
 def test_a_record_left_by_a_dead_process_holds_until_the_partition_moves_past_it(
@@ -23,6 +23,14 @@ def test_a_record_left_by_a_dead_process_holds_until_the_partition_moves_past_it
     assert after.left_behind("purchases", 0, 21) is None
     assert after.left_behind("purchases", 1, 0) == InFlight(5, 9, deaths=1, single=7)
     assert after.left_behind("metric-samples", 0, 0) is None
+
+
+def test_a_shorter_record_written_over_a_longer_one_reads_back_alone(tmp_path: Path) -> None:
+    records = InFlightRecords(tmp_path)
+    records.record("purchases", 0, InFlight(10**15, 10**15 + 9, deaths=3, single=10**15 + 4))
+    records.record("purchases", 0, InFlight(1, 2))
+    assert (tmp_path / "purchases.0.json").stat().st_size == RECORD_BYTES, "written in place"
+    assert InFlightRecords(tmp_path).left_behind("purchases", 0, 1) == InFlight(1, 2)
 
 
 def test_a_quarantined_event_is_not_set_aside_twice(tmp_path: Path) -> None:
