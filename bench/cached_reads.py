@@ -9,13 +9,13 @@ One broker and one worker (all pipelines) for the whole run; the load (tests.loa
 purchases/s, 80 metric batches/s) runs throughout. First the top-10 through the cache at a
 steady `--paced-rate`, `--runs` times (the latency at that load, not at saturation): before the
 saturating runs, which leave the worker behind its input, and early, while the local broker
-holds little (Tansu 0.6.0 lists every batch a partition holds on each fetch that returns
-data, so its CPU grows with the length of the run: ~8 % of a core in the first minute of
-this load, 16-23 % two to three minutes in; Kafka finds an offset through its index). Then
+holds little (its CPU grows with the length of the run: ~8 % of a core in the first minute
+of this load, 16-23 % two to three minutes in, on the cores the p99 is measured on). Then
 each saturating configuration `--runs` times, alternating, with the medians, the cache's
-ratio to the direct reads and the answers the worker sent meanwhile (200s, and 304s: the cache revalidating).
-`--paced-only` runs only the steady runs, e.g. to compare settings the worker reads from the
-environment (`TALLY_CACHE_STALE_SECONDS=0`, `TALLY_CACHE_MAX_AGE_SECONDS=60`).
+ratio to the direct reads and the answers the worker sent meanwhile (200s, and 304s: the
+cache revalidating). `--paced-only` runs only the steady runs, e.g. to compare settings the
+worker reads from the environment (`TALLY_CACHE_STALE_SECONDS=0`,
+`TALLY_CACHE_MAX_AGE_SECONDS=60`).
 Before the numbers count, one answer through the cache is checked against the worker's.
 """
 
