@@ -32,6 +32,7 @@ from pathlib import Path
 from bench.common import (
     bench_worker,
     caught_up,
+    cpu_shares,
     metric_batch_codec,
     purchase_codec,
     query_answers,
@@ -74,6 +75,10 @@ def settled_intake(worker: Worker) -> None:
         print(f"  (still {left:,} messages behind after {CATCH_UP_S:.0f} s)", flush=True)
 
 
+def cores(shares: dict[str, float]) -> str:
+    return ", ".join(f"{name} used {share:.0%} of a core" for name, share in shares.items())
+
+
 @dataclass
 class CachedReads:
     #: The reads' table (markdown), with how it was made.
@@ -94,6 +99,8 @@ def measure(
     loads: dict[tuple[str, str], list[QueryLoad]] = {}
     answered: dict[tuple[str, str], list[Counter[str]]] = {}
     paced: list[QueryLoad] = []
+    #: The share of a core each process used during each steady run.
+    busy: dict[str, list[float]] = {}
     with LocalBroker("127.0.0.1", free_port(), log_path=workdir / "broker.log") as broker:
         worker = bench_worker(broker, workdir, "cachedreads", "w1")
         start_all(worker, timeout=120)
@@ -105,16 +112,27 @@ def measure(
             cache = start_cache(workdir, worker, PATHS["top-10"])
             via_cache = cache.client.get(PATHS["an item"])
             assert via_cache["item_id"] == "item-000", via_cache
+            assert worker.process is not None
+            processes = {
+                "the worker": worker.process.pid,
+                "the broker": broker.pid,
+                "nginx": cache.process.pid,
+            }
             for run in range(runs):
                 settled_intake(worker)
-                measured = query_load(
-                    cache.url + PATHS["top-10"], connections, seconds, rate=paced_rate
+                measured, shares = cpu_shares(
+                    processes,
+                    lambda: query_load(
+                        cache.url + PATHS["top-10"], connections, seconds, rate=paced_rate
+                    ),
                 )
                 paced.append(measured)
+                for name, share in shares.items():
+                    busy.setdefault(name, []).append(share)
                 print(
                     f"  run {run + 1}: top-10 from the cache at {paced_rate:,} req/s offered: "
                     f"{measured.requests_per_s:,.0f} req/s, p50 {measured.p50_ms:.1f} ms, "
-                    f"p99 {measured.p99_ms:.1f} ms",
+                    f"p99 {measured.p99_ms:.1f} ms; {cores(shares)}",
                     flush=True,
                 )
             for run in range(runs):
@@ -174,7 +192,8 @@ def measure(
         f"The top-10 through the cache at a steady {paced_rate:,} requests/s offered by the "
         f"same {connections} clients (bench/paced.lua): {reached:,.0f} req/s reached, p50 "
         f"{statistics.median(r.p50_ms for r in paced):.1f} ms, p99 {p99:.1f} ms (medians of "
-        f"{runs} runs, made before the saturating runs).",
+        f"{runs} runs, made before the saturating runs); meanwhile "
+        f"{cores({name: statistics.median(shares) for name, shares in busy.items()})}.",
     ]
     return CachedReads("\n".join(lines) + "\n", reached, p99)
 

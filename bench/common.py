@@ -20,7 +20,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import median
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 import aiohttp
@@ -39,6 +39,8 @@ from tally.codecs.registry import FileSchemaRegistry
 from tests.harness import ACCESS, Worker, bearer
 
 PARTITIONS = 4
+
+T = TypeVar("T")
 
 #: (partition or None, key, value, timestamp ms), and headers when it has some
 Headers = list[tuple[str, bytes]]
@@ -267,6 +269,41 @@ def caught_up(worker: Worker, timeout_s: float, behind: int = 0) -> int:
             break
         time.sleep(0.5)
     return waiting
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU the process and its descendants (a worker's offload process,
+    runtime.offload) have used so far, those that ended and were waited for included
+    (/proc/<pid>/stat)."""
+    parents: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # it ended meanwhile
+            continue
+        parents[int(entry.name)] = int(fields[1])
+        ticks[int(entry.name)] = sum(int(tick) for tick in fields[11:15])
+    family, used = [pid], 0
+    while family:
+        member = family.pop()
+        used += ticks.get(member, 0)
+        family.extend(child for child, parent in parents.items() if parent == member)
+    return used / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_shares(pids: Mapping[str, int | None], run: Callable[[], T]) -> tuple[T, dict[str, float]]:
+    """What `run()` returns, and the share of a core each process (with its descendants) used
+    while it ran."""
+    known = {name: pid for name, pid in pids.items() if pid is not None}
+    before, began = {name: cpu_seconds(pid) for name, pid in known.items()}, time.monotonic()
+    result = run()
+    elapsed = time.monotonic() - began
+    return result, {
+        name: (cpu_seconds(pid) - before[name]) / elapsed for name, pid in known.items()
+    }
 
 
 def peak_rss_mb(pid: int) -> float:

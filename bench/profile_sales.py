@@ -15,7 +15,6 @@ from Faust's machinery around them; the raw samples are kept for a flame graph.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import shutil
 import subprocess
@@ -27,7 +26,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from bench.common import Message, purchase_batch_codec, purchase_codec, run_tally
+from bench.common import Message, cpu_seconds, purchase_batch_codec, purchase_codec, run_tally
 from bench.sales import END_MS, HOUR_MS, check_top, envelopes_of
 from tally.broker.local import LocalBroker, free_port
 from tally.feed import historical_purchases
@@ -71,29 +70,6 @@ def shares(
             if marker in stack:
                 hits[stage] += int(count)
     return total, {stage: hits[stage] / total for stage in stages} if total else {}
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU the process and its descendants (a worker's offload process,
-    runtime.offload) have used so far, those that ended and were waited for included
-    (/proc/<pid>/stat)."""
-    parents: dict[int, int] = {}
-    ticks: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:  # it ended meanwhile
-            continue
-        parents[int(entry.name)] = int(fields[1])
-        ticks[int(entry.name)] = sum(int(tick) for tick in fields[11:15])
-    family, used = [pid], 0
-    while family:
-        member = family.pop()
-        used += ticks.get(member, 0)
-        family.extend(child for child, parent in parents.items() if parent == member)
-    return used / os.sysconf("SC_CLK_TCK")
 
 
 @contextmanager
