@@ -2,9 +2,9 @@
 Fetches of the newest record (median ms) on one partition holding more and more record
 batches, and the same on a topic of its own beside it; and whether each Fetch of the newest
 record returned it. Kafka finds an offset through its index; the local broker's memory
-engine lists every batch the partition holds for a ListOffsets and for a Fetch that finds
-records, until the Fetch's wait has passed (so one that may not wait gets nothing), which is
-why `python -m bench.fraud` runs its latency loads against a fresh broker.
+engine takes longer for a ListOffsets and for a Fetch that has records to return the more
+batches the partition holds (its source lists them all), which is why `python -m
+bench.fraud` runs its latency loads against a fresh broker.
 
     .venv/bin/python -m bench.broker_history [--batches 10000 50000 200000]
 """
@@ -32,11 +32,23 @@ VALUE = b"x" * 200
 PROBES = 20
 
 
-async def fetch_ms(
+#: The Fetches of each probe: its column, whether it asks for the record just produced (else
+#: from the end: nothing to answer, what a consumer that has caught up asks again and again)
+#: and how long it may wait (0 as Kafka allows; or as long as a worker's consumer).
+FETCHES = (
+    ("Fetch of the newest, no wait, ms", True, 0),
+    (f"the same, waiting up to {FETCH_MAX_WAIT_MS} ms, ms", True, FETCH_MAX_WAIT_MS),
+    ("Fetch from the end ms", False, FETCH_MAX_WAIT_MS),
+)
+COLUMNS = ("Produce ms", "ListOffsets ms", *(column for column, _, _ in FETCHES))
+MISSED = "Fetches of the newest that came back without it"
+
+
+async def timed_fetch(
     client: AIOKafkaClient, leader: int, topic: str, offset: int, max_wait_ms: int
 ) -> tuple[float, bool]:
-    """One Fetch from `offset` (its own request, nothing prefetched): ms, and whether the
-    answer held the record at `offset`."""
+    """One Fetch from `offset` (its own request, nothing prefetched): how many ms it took, and
+    whether the answer held the record at `offset`."""
     request = FetchRequest(
         max_wait_time=max_wait_ms,
         min_bytes=1,
@@ -47,26 +59,27 @@ async def fetch_ms(
     started = time.perf_counter()
     response = await client.send(leader, request)
     elapsed = (time.perf_counter() - started) * 1000
-    raws = [partition[-1] for _, partitions in response.topics for partition in partitions]
-    fetched = MemoryRecords(raws[0]) if raws and raws[0] else None
+    answered = [partition for _, partitions in response.topics for partition in partitions]
+    if answered and answered[0][1] != 0:
+        raise SystemExit(f"the broker answered a Fetch of {topic} with error {answered[0][1]}")
+    raw = answered[0][-1] if answered else None
+    fetched = MemoryRecords(raw) if raw else None
     while fetched is not None and (batch := fetched.next_batch()) is not None:
         if batch.base_offset <= offset < batch.next_offset:
             return elapsed, True
     return elapsed, False
 
 
-async def answers(bootstrap: str, topic: str) -> tuple[list[float], int]:
-    """Median ms of: a one-record Produce (acknowledged), a ListOffsets of the partition's
-    end, a Fetch of the record just produced that may not wait (Kafka's max wait 0) and one
-    that may wait up to a worker's FETCH_MAX_WAIT_MS, and one from the end (nothing to
-    answer: a consumer that has caught up asks that, again and again, with its wait); and how
-    many of the Fetches of the newest record came back without it."""
+async def answers(bootstrap: str, topic: str) -> tuple[dict[str, float], int]:
+    """Each column's median ms (a one-record Produce, acknowledged; a ListOffsets of the
+    partition's end; the FETCHES), and how many Fetches of the newest record came back
+    without it."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
     await producer.start()
     await consumer.start()
     tp = TopicPartition(topic, 0)
-    times: list[list[float]] = [[] for _ in range(5)]
+    times: dict[str, list[float]] = {column: [] for column in COLUMNS}
     missed = 0
     try:
         client = aiokafka_client(consumer)
@@ -74,22 +87,20 @@ async def answers(bootstrap: str, topic: str) -> tuple[list[float], int]:
         for _ in range(PROBES):
             started = time.perf_counter()
             written = await (await producer.send(topic, VALUE, partition=0))
-            times[0].append((time.perf_counter() - started) * 1000)
+            times["Produce ms"].append((time.perf_counter() - started) * 1000)
             started = time.perf_counter()
             await consumer.end_offsets([tp])
-            times[1].append((time.perf_counter() - started) * 1000)
-            for column, offset, wait_ms in (
-                (2, written.offset, 0),
-                (3, written.offset, FETCH_MAX_WAIT_MS),
-                (4, written.offset + 1, FETCH_MAX_WAIT_MS),
-            ):
-                elapsed, held = await fetch_ms(client, leader, topic, offset, wait_ms)
+            times["ListOffsets ms"].append((time.perf_counter() - started) * 1000)
+            for column, newest, wait_ms in FETCHES:
+                offset = written.offset if newest else written.offset + 1
+                elapsed, held = await timed_fetch(client, leader, topic, offset, wait_ms)
                 times[column].append(elapsed)
-                missed += column < 4 and not held
+                if newest and not held:
+                    missed += 1
     finally:
         await producer.stop()
         await consumer.stop()
-    return [median(column) for column in times], missed
+    return {column: median(taken) for column, taken in times.items()}, missed
 
 
 async def add_batches(bootstrap: str, topic: str, batches: int) -> None:
@@ -114,10 +125,9 @@ async def add_batches(bootstrap: str, topic: str, batches: int) -> None:
 async def measure(bootstrap: str, steps: list[int]) -> list[str]:
     await ensure_topics([bootstrap], ["long", "short"], partitions=1, replication=1)
     lines = [
-        "| batches the partition holds (then 1 more per probe) | Produce ms | ListOffsets ms "
-        f"| Fetch of the newest, no wait, ms | the same, up to {FETCH_MAX_WAIT_MS} ms, ms "
-        "| Fetch from the end ms | Fetches of the newest without it |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        f"| batches the partition holds (then 1 more per probe) | {' | '.join(COLUMNS)} "
+        f"| {MISSED} |",
+        "|---:|" + "---:|" * (len(COLUMNS) + 1),
     ]
     held = 0
     for target in [0, *steps]:
@@ -129,8 +139,10 @@ async def measure(bootstrap: str, steps: list[int]) -> list[str]:
     return lines
 
 
-def row(label: str, timed: list[float], missed: int) -> str:
-    return f"| {label} | {' | '.join(f'{ms:,.1f}' for ms in timed)} | {missed} of {2 * PROBES} |"
+def row(label: str, timed: dict[str, float], missed: int) -> str:
+    asked = PROBES * sum(newest for _, newest, _ in FETCHES)
+    cells = " | ".join(f"{timed[column]:,.1f}" for column in COLUMNS)
+    return f"| {label} | {cells} | {missed} of {asked} |"
 
 
 def main(args: argparse.Namespace, workdir: Path) -> None:

@@ -75,7 +75,8 @@ def settled_intake(worker: Worker) -> None:
         print(f"  (still {left:,} messages behind after {CATCH_UP_S:.0f} s)", flush=True)
 
 
-def cores(shares: dict[str, float]) -> str:
+def core_shares(shares: dict[str, float]) -> str:
+    """The share of a core each process used, as a sentence's clause."""
     return ", ".join(f"{name} used {share:.0%} of a core" for name, share in shares.items())
 
 
@@ -132,7 +133,7 @@ def measure(
                 print(
                     f"  run {run + 1}: top-10 from the cache at {paced_rate:,} req/s offered: "
                     f"{measured.requests_per_s:,.0f} req/s, p50 {measured.p50_ms:.1f} ms, "
-                    f"p99 {measured.p99_ms:.1f} ms; {cores(shares)}",
+                    f"p99 {measured.p99_ms:.1f} ms; {core_shares(shares)}",
                     flush=True,
                 )
             for run in range(runs):
@@ -192,8 +193,8 @@ def measure(
         f"The top-10 through the cache at a steady {paced_rate:,} requests/s offered by the "
         f"same {connections} clients (bench/paced.lua): {reached:,.0f} req/s reached, p50 "
         f"{statistics.median(r.p50_ms for r in paced):.1f} ms, p99 {p99:.1f} ms (medians of "
-        f"{runs} runs, made before the saturating runs); meanwhile "
-        f"{cores({name: statistics.median(shares) for name, shares in busy.items()})}.",
+        f"{runs} runs{', made before the saturating runs' if saturating else ''}); meanwhile "
+        f"{core_shares({name: statistics.median(shares) for name, shares in busy.items()})}.",
     ]
     return CachedReads("\n".join(lines) + "\n", reached, p99)
 

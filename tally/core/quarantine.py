@@ -32,9 +32,10 @@ from pathlib import Path
 IN_FLIGHT_DIR = "in-flight"
 #: An event alone in flight at this many deaths is quarantined.
 DEATHS_ALONE = 2
-#: A record is written over the one before in a single write of this many bytes (its JSON
-#: padded with spaces) at the start of its file: inside one page, which a killed process
-#: leaves either old or new.
+#: A record is written over the one before in a single write of this many bytes (its JSON,
+#: 163 at most with five 64-bit ints, padded with spaces) at the start of its file: inside
+#: one page, which Linux copies whole or not at all when the process is killed meanwhile (no
+#: fsync: a power loss may lose it, as it may lose any record).
 RECORD_BYTES = 256
 
 
@@ -73,7 +74,9 @@ class InFlightRecords:
     """One small JSON file per partition in `directory`, kept open and written over in place
     (a batch costs one write, not a new file and a rename). Records left by an earlier process
     are read once, at the first question about a partition; a record written by this process
-    is never taken for a death."""
+    is never taken for a death. The folder is only ever removed before the first record
+    (broker.identity, when a worker starts): a file removed while open would take the
+    records written after it nowhere."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -120,6 +123,8 @@ class InFlightRecords:
         file = self._files.get(name)
         if file is None:
             self.directory.mkdir(parents=True, exist_ok=True)
-            file = os.open(self._path(topic, partition), os.O_WRONLY | os.O_CREAT, 0o644)
+            file = os.open(self._path(topic, partition), os.O_WRONLY | os.O_CREAT, 0o600)
             self._files[name] = file
-        os.pwrite(file, json.dumps(asdict(in_flight)).encode().ljust(RECORD_BYTES), 0)
+        record = json.dumps(asdict(in_flight)).encode()
+        assert len(record) <= RECORD_BYTES, record
+        os.pwrite(file, record.ljust(RECORD_BYTES), 0)
