@@ -223,6 +223,10 @@ async def committed_to_end(
         await consumer.stop()
 
 
+#: How long a Fetch that counts a changelog's batches may wait for the broker's answer.
+CHANGELOG_READ_WAIT_MS = 10_000
+
+
 async def changelog_batches(bootstrap: str, app_id: str) -> tuple[int, int]:
     """(records, record batches) in the app's changelog topics: a restore reads them a batch
     at a time, and the local broker's cost is per batch (see docs/performance.md)."""
@@ -239,7 +243,10 @@ async def changelog_batches(bootstrap: str, app_id: str) -> tuple[int, int]:
                 offset, end = 0, 1
                 while offset < end:
                     request = FetchRequest(
-                        max_wait_time=10,
+                        # The local broker gives up on a Fetch once its wait has passed, and
+                        # finding an offset takes it longer the more batches a partition
+                        # holds (docs/operations.md): 10 ms read nothing past ~7,500.
+                        max_wait_time=CHANGELOG_READ_WAIT_MS,
                         min_bytes=0,
                         max_bytes=8 << 20,
                         isolation_level=0,
@@ -253,8 +260,11 @@ async def changelog_batches(bootstrap: str, app_id: str) -> tuple[int, int]:
                         batches += 1
                         records += batch.last_offset_delta + 1
                         offset = batch.next_offset
-                    if offset == before:
-                        break
+                    if offset == before and offset < end:
+                        raise SystemExit(
+                            f"{topic}[{partition}]: the broker returned nothing from offset "
+                            f"{offset} (its end is {end}): the batches cannot be counted"
+                        )
     finally:
         await consumer.stop()
     return records, batches
