@@ -245,7 +245,7 @@ async def changelog_batches(bootstrap: str, app_id: str) -> tuple[int, int]:
                     request = FetchRequest(
                         # The local broker gives up on a Fetch once its wait has passed, and
                         # finding an offset takes it longer the more batches a partition
-                        # holds (docs/operations.md): 10 ms read nothing past ~7,500.
+                        # holds (docs/operations.md): with 10 ms it read nothing of 20,000.
                         max_wait_time=CHANGELOG_READ_WAIT_MS,
                         min_bytes=0,
                         max_bytes=8 << 20,
