@@ -20,9 +20,8 @@ from statistics import median
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.client import AIOKafkaClient
 from aiokafka.protocol.fetch import FetchRequest
-from aiokafka.record.memory_records import MemoryRecords
 
-from bench.common import run_in_scratch
+from bench.common import record_batches, run_in_scratch
 from tally.broker.admin import ensure_topics
 from tally.broker.local import LocalBroker, free_port
 from tally.broker.shim import FETCH_MAX_WAIT_MS, aiokafka_client
@@ -63,11 +62,8 @@ async def timed_fetch(
     if answered and answered[0][1] != 0:
         raise SystemExit(f"the broker answered a Fetch of {topic} with error {answered[0][1]}")
     raw = answered[0][-1] if answered else None
-    fetched = MemoryRecords(raw) if raw else None
-    while fetched is not None and (batch := fetched.next_batch()) is not None:
-        if batch.base_offset <= offset < batch.next_offset:
-            return elapsed, True
-    return elapsed, False
+    held = any(b.base_offset <= offset < b.next_offset for b in record_batches(raw))
+    return elapsed, held
 
 
 async def answers(bootstrap: str, topic: str) -> tuple[dict[str, float], int]:

@@ -15,7 +15,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -223,6 +223,13 @@ async def committed_to_end(
         await consumer.stop()
 
 
+def record_batches(raw: bytes | None) -> Iterator[Any]:
+    """The record batches of one partition's Fetch answer (none for an empty one)."""
+    fetched = MemoryRecords(raw) if raw else None
+    while fetched is not None and (batch := fetched.next_batch()) is not None:
+        yield batch
+
+
 #: How long a Fetch that counts a changelog's batches may wait for the broker's answer.
 CHANGELOG_READ_WAIT_MS = 10_000
 
@@ -254,9 +261,8 @@ async def changelog_batches(bootstrap: str, app_id: str) -> tuple[int, int]:
                     )
                     response = await client.send(leader, request)
                     [(_, [(_, _, end, *_, raw)])] = response.topics
-                    fetched = MemoryRecords(raw) if raw else None
                     before = offset
-                    while fetched is not None and (batch := fetched.next_batch()) is not None:
+                    for batch in record_batches(raw):
                         batches += 1
                         records += batch.last_offset_delta + 1
                         offset = batch.next_offset

@@ -83,8 +83,10 @@ class InFlightRecords:
         self._left_behind: dict[str, InFlight] | None = None
         self._files: dict[str, int] = {}
 
-    def _path(self, topic: str, partition: int) -> Path:
-        return self.directory / f"{topic}.{partition}.json"
+    @staticmethod
+    def _name(topic: str, partition: int) -> str:
+        """A partition's record: its file's stem, and its key among those left behind."""
+        return f"{topic}.{partition}"
 
     def _load(self) -> dict[str, InFlight]:
         found: dict[str, InFlight] = {}
@@ -102,7 +104,7 @@ class InFlightRecords:
         batches); dropped once the partition has moved past it."""
         if self._left_behind is None:
             self._left_behind = self._load()
-        name = f"{topic}.{partition}"
+        name = self._name(topic, partition)
         left = self._left_behind.get(name)
         if left is not None and first_offset > left.last:
             del self._left_behind[name]
@@ -111,7 +113,7 @@ class InFlightRecords:
 
     def set_aside(self, topic: str, partition: int) -> None:
         """The single event of the left record was quarantined: it names none any more."""
-        name = f"{topic}.{partition}"
+        name = self._name(topic, partition)
         if self._left_behind is not None and name in self._left_behind:
             self._left_behind[name] = self._left_behind[name].done()
 
@@ -119,11 +121,11 @@ class InFlightRecords:
         """Write the record over the partition's last one."""
         if self._left_behind is None:
             self._left_behind = self._load()
-        name = f"{topic}.{partition}"
+        name = self._name(topic, partition)
         file = self._files.get(name)
         if file is None:
             self.directory.mkdir(parents=True, exist_ok=True)
-            file = os.open(self._path(topic, partition), os.O_WRONLY | os.O_CREAT, 0o600)
+            file = os.open(self.directory / f"{name}.json", os.O_WRONLY | os.O_CREAT, 0o600)
             self._files[name] = file
         record = json.dumps(asdict(in_flight)).encode()
         assert len(record) <= RECORD_BYTES, record
