@@ -52,9 +52,17 @@ Message = tuple[int | None, bytes, bytes, int] | tuple[int | None, bytes, bytes,
 UNLIMITED = {"TALLY_AUTH_RATE": "0"}
 
 
-def bench_worker(broker: LocalBroker, workdir: Path, app_id: str, name: str, **env: str) -> Worker:
+def bench_worker(
+    broker: LocalBroker,
+    workdir: Path,
+    app_id: str,
+    name: str,
+    checkout: Path | None = None,
+    **env: str,
+) -> Worker:
     """A worker (not started) of `app_id` on `broker`, its data and log under `workdir`, the
-    registry shared by the run; `env` adds or overrides settings (no standbys by default)."""
+    registry shared by the run; `env` adds or overrides settings (no standbys by default);
+    `checkout`: another commit's tree, whose `tally` it runs."""
     return Worker(
         env={
             "TALLY_BROKER": broker.url,
@@ -67,6 +75,7 @@ def bench_worker(broker: LocalBroker, workdir: Path, app_id: str, name: str, **e
             **env,
         },
         log_path=workdir / f"{app_id}-{name}.log",
+        cwd=checkout,
     )
 
 

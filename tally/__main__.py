@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -41,8 +42,18 @@ def wait_for_broker(bootstrap_servers: list[str], timeout: float) -> None:
     )
 
 
+def choose_event_loop() -> None:
+    """Faust sets its event loop up when it is first imported, from `-L` or FAUST_LOOP:
+    TALLY_EVENT_LOOP decides unless one of those did."""
+    from tally.settings import Settings
+
+    chosen = Settings.from_env().event_loop
+    os.environ.setdefault("FAUST_LOOP", "aio" if chosen == "asyncio" else chosen)
+
+
 def main() -> None:
     try:
+        choose_event_loop()
         import tally.cli  # noqa: F401  (registers broker, dev, feed)
         from tally.app import app, gate, settings
         from tally.http.access import load_keys

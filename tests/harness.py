@@ -63,6 +63,8 @@ class Worker:
     command: tuple[str, ...] = ("worker", "--loglevel", "info")
     #: The token its requests carry (unless a request names its own Authorization).
     token: str = ACCESS.operator_token
+    #: The checkout whose `tally` runs (default: this one; bench.reads_against runs another).
+    cwd: Path | None = None
 
     @property
     def url(self) -> str:
@@ -84,6 +86,7 @@ class Worker:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 preexec_fn=die_with_parent,
+                cwd=self.cwd,
             )
         self.wait_ready(ready_timeout)
         return self
