@@ -94,14 +94,14 @@ def targets(
             reads(sales_results[sales.SINGLE]),
             TOP10_DIRECT_BEFORE,
             2,
-            "top-10",
+            reads_against.TOP10,
         ),
         (
             "a server's metrics from the worker, 100 clients",
             reads(metrics_results[metrics.TALLY]),
             SERVER_QUERY_BEFORE,
             3,
-            "a server's metrics",
+            reads_against.SERVER_METRICS,
         ),
     ):
         wanted = before * times
@@ -148,17 +148,17 @@ def main() -> None:
         metrics_args.servers, metrics_args.faust_count, metrics_args.quix_count = 100, 500, 5_000
     today = datetime.datetime.now(datetime.UTC).date().isoformat()
     out = args.out or Path(__file__).parent / "results" / f"{today}.md"
+    reads_against.require_commit(reads_against.ISSUE_COMMIT)  # now, not after the others
     began = time.monotonic()
     sales_results = sales.run(sales_args)
     metrics_results = metrics.run(metrics_args)
     envelope = f"tally, envelopes of ~{sales_args.envelope}"
     against = reads_against.measure(
         reads_against.ISSUE_COMMIT,
-        sales_args.runs,
-        3 if args.quick else 8,
-        100,
-        sales_args.count,
-        100 if args.quick else metrics_args.servers,
+        sales_args,
+        metrics_args,
+        runs=sales_args.runs,
+        seconds=3 if args.quick else 8,
     )
     cached = cached_reads.measure(sales_args.runs, 3 if args.quick else 8, 100, PACED_RATE)
     freshness = latency_at_load.measure(

@@ -15,7 +15,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +36,7 @@ from tally.broker.local import LocalBroker, die_with_parent, stop_process
 from tally.broker.shim import FETCH_MAX_WAIT_MS, fetched_high_watermarks
 from tally.codecs.avro import AvroCodec, load_schema, validate_metric_batch, validate_purchase
 from tally.codecs.registry import FileSchemaRegistry
+from tally.settings import EVENT_LOOPS, current_settings
 from tests.harness import ACCESS, Worker, bearer
 
 PARTITIONS = 4
@@ -57,12 +58,12 @@ def bench_worker(
     workdir: Path,
     app_id: str,
     name: str,
-    checkout: Path | None = None,
+    tree: Path | None = None,
     **env: str,
 ) -> Worker:
     """A worker (not started) of `app_id` on `broker`, its data and log under `workdir`, the
     registry shared by the run; `env` adds or overrides settings (no standbys by default);
-    `checkout`: another commit's tree, whose `tally` it runs."""
+    `tree`: another commit's tree, whose `tally` it runs."""
     return Worker(
         env={
             "TALLY_BROKER": broker.url,
@@ -75,7 +76,7 @@ def bench_worker(
             **env,
         },
         log_path=workdir / f"{app_id}-{name}.log",
-        cwd=checkout,
+        cwd=tree,
     )
 
 
@@ -163,6 +164,21 @@ async def produce(
         await producer.flush()
     finally:
         await producer.stop()
+
+
+def workers_loop() -> str:
+    """mode's name of the event loop Tally's workers run on (TALLY_EVENT_LOOP)."""
+    return EVENT_LOOPS[current_settings().event_loop]
+
+
+def on_workers_loop(work: Coroutine[Any, Any, T]) -> T:
+    """`work` run on the event loop Tally's workers run on: the raw ceiling is measured on
+    the loop Tally is (as the Faust peers are, `run_baseline`)."""
+    if workers_loop() == "uvloop":
+        import uvloop
+
+        return uvloop.run(work)
+    return asyncio.run(work)
 
 
 async def raw_ceiling(
@@ -711,6 +727,7 @@ def run_baseline(
         "BENCH_BROKER": broker.url,
         "BENCH_DATA_DIR": str(workdir / app_id),
         "BENCH_EXPECT": str(expect),
+        "FAUST_LOOP": workers_loop(),  # a Faust peer runs on the loop Tally's workers do
         **env,
     }
     log = workdir / f"{app_id}.log"

@@ -36,6 +36,7 @@ from bench.common import (
     consumed_latency_ms,
     latency_ms,
     metric_batch_codec,
+    on_workers_loop,
     peer_arguments,
     produce,
     raw_ceiling,
@@ -189,20 +190,28 @@ def markers(codec: AvroCodec) -> list[Message]:
     return out
 
 
+def series_path(server: str) -> str:
+    """A server's series over the 2 hours from T0, as the query load reads it."""
+    return f"/api/servers/{server}/metrics?from={iso(T0)}&to={iso(T0 + 2 * 3_600_000)}"
+
+
+def envelope_messages(codec: AvroCodec, batches: list[Record]) -> list[Message]:
+    return [(None, b["server_id"].encode(), codec.dumps(b), b["sent_at_ms"]) for b in batches]
+
+
 def measure_loaded(broker: LocalBroker, codec: AvroCodec) -> Callable[[Worker, Result], None]:
     """Produced → visible latency of samples of new servers (read back by their series),
     then reads of a 2-hour by-server series."""
 
     def afterwards(worker: Worker, result: Result) -> None:
-        window = f"from={iso(T0)}&to={iso(T0 + 2 * 3_600_000)}"
         result.latency_ms = latency_ms(
             broker.bootstrap,
             "metric-samples",
             markers(codec),
-            lambda n: f"{worker.url}/api/servers/marker-{n:04d}/metrics?{window}",
+            lambda n: worker.url + series_path(f"marker-{n:04d}"),
             lambda _n, body: bool(body["metrics"].get("m000")),
         )
-        series = f"{worker.url}/api/servers/server-0000/metrics?{window}"
+        series = worker.url + series_path("server-0000")
         result.queries = [query_load(series, c) for c in QUERY_CONNECTIONS]
 
     return afterwards
@@ -213,9 +222,7 @@ def run(args: argparse.Namespace) -> dict[str, list[Result]]:
     codec = metric_batch_codec(workdir)
     batches = envelopes(random.Random(7), args)
     total = sum(len(b["samples"]) for b in batches)
-    messages: list[Message] = [
-        (None, b["server_id"].encode(), codec.dumps(b), b["sent_at_ms"]) for b in batches
-    ]
+    messages = envelope_messages(codec, batches)
     print(
         f"metrics: {total:,} samples in {len(batches):,} envelopes of "
         f"{args.metrics * args.per_metric} ({args.servers} servers x {args.metrics} metrics, "
@@ -248,7 +255,7 @@ def run(args: argparse.Namespace) -> dict[str, list[Result]]:
             raw = raw_ceiling(
                 broker.bootstrap, "metric-samples", total, RAW, codec, lambda b: len(b["samples"])
             )
-            measured.append(asyncio.run(raw))
+            measured.append(on_workers_loop(raw))
             measured[-1].latency_ms = consumed_latency_ms(
                 broker.bootstrap, "metric-samples", markers(codec)
             )

@@ -12,13 +12,12 @@ between the two (CPU per sample varies far less than rates on this shared machin
 from __future__ import annotations
 
 import argparse
-import asyncio
 import random
 import tempfile
 from pathlib import Path
 from statistics import median
 
-from bench.common import Message, metric_batch_codec, raw_ceiling, run_tally
+from bench.common import Message, metric_batch_codec, on_workers_loop, raw_ceiling, run_tally
 from bench.metrics import arguments, envelopes
 from bench.profile_sales import print_medians, profiled_runs, py_spy
 
@@ -66,7 +65,7 @@ def main() -> None:
             then=("metric-rollups-by-metric",),
             beside=run.beside,
         )
-        ceiling = asyncio.run(
+        ceiling = on_workers_loop(
             raw_ceiling(
                 run.broker.bootstrap,
                 "metric-samples",

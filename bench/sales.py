@@ -35,6 +35,7 @@ from bench.common import (
     Result,
     consumed_latency_ms,
     latency_ms,
+    on_workers_loop,
     peer_arguments,
     produce,
     purchase_batch_codec,
@@ -149,19 +150,23 @@ def envelopes_of(codec: AvroCodec, purchases: list[Record], size: int) -> list[M
     return messages
 
 
+def purchases_of(args: argparse.Namespace, count: int) -> list[Record]:
+    """`count` purchases over `args.items` (Zipf), each run's the same: over the same 30 h,
+    so the window's shape does not depend on the count."""
+    return historical_purchases(
+        random.Random(42), count=count, items=args.items, end_ms=END_MS, span_ms=30 * HOUR_MS
+    )
+
+
+def one_per_message(codec: AvroCodec, purchases: list[Record]) -> list[Message]:
+    return [(None, e["item_id"].encode(), codec.dumps(e), e["event_time_ms"]) for e in purchases]
+
+
 def run(args: argparse.Namespace) -> dict[str, list[Result]]:
     workdir = Path(tempfile.mkdtemp(prefix="tally-bench-"))
     single, envelope = purchase_codec(workdir), purchase_batch_codec(workdir)
-    # Each over the same 30 h: the same window shape, whatever the counts.
-    events, enveloped = (
-        historical_purchases(
-            random.Random(42), count=count, items=args.items, end_ms=END_MS, span_ms=30 * HOUR_MS
-        )
-        for count in (args.count, args.envelope_count)
-    )
-    singles: list[Message] = [
-        (None, e["item_id"].encode(), single.dumps(e), e["event_time_ms"]) for e in events
-    ]
+    events, enveloped = (purchases_of(args, n) for n in (args.count, args.envelope_count))
+    singles = one_per_message(single, events)
     envelopes = envelopes_of(envelope, enveloped, args.envelope)
     print(
         f"sales: {args.count:,} purchases one per message, {args.envelope_count:,} in "
@@ -200,7 +205,7 @@ def run(args: argparse.Namespace) -> dict[str, list[Result]]:
                 ]
                 if label == SINGLE:
                     raw = raw_ceiling(broker.bootstrap, "purchases", len(events), RAW, single)
-                    measured.append(asyncio.run(raw))
+                    measured.append(on_workers_loop(raw))
                     measured[-1].latency_ms = consumed_latency_ms(
                         broker.bootstrap, "purchases", markers(single)
                     )

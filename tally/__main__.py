@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import time
@@ -43,12 +44,18 @@ def wait_for_broker(bootstrap_servers: list[str], timeout: float) -> None:
 
 
 def choose_event_loop() -> None:
-    """Faust sets its event loop up when it is first imported, from `-L` or FAUST_LOOP:
-    TALLY_EVENT_LOOP decides unless one of those did."""
-    from tally.settings import Settings
+    """Faust sets its event loop up when it is first imported, from FAUST_LOOP (or F_LOOP,
+    which FAUST_LOOP outranks): TALLY_EVENT_LOOP decides unless FAUST_LOOP is set. Child
+    processes inherit the choice through FAUST_LOOP."""
+    from tally.settings import EVENT_LOOPS, current_settings
 
-    chosen = Settings.from_env().event_loop
-    os.environ.setdefault("FAUST_LOOP", "aio" if chosen == "asyncio" else chosen)
+    chosen = current_settings().event_loop
+    if chosen == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        raise ConfigurationError(
+            "TALLY_EVENT_LOOP=uvloop, but uvloop is not installed (`pip install -e .` installs "
+            "it); install it or set TALLY_EVENT_LOOP=asyncio"
+        )
+    os.environ.setdefault("FAUST_LOOP", EVENT_LOOPS[chosen])
 
 
 def main() -> None:

@@ -24,8 +24,8 @@ from tally.core.limits import DEFAULT_TENANT, TENANT_PATTERN
 BROKER_SCHEMES = ("tansu", "kafka")
 PROCESSING_GUARANTEES = ("at_least_once", "exactly_once")
 LOG_LEVELS = ("crit", "error", "warn", "info", "debug")
-#: The event loops a Tally process can run on (mode's names: uvloop, aio).
-EVENT_LOOPS = ("uvloop", "asyncio")
+#: The event loops a Tally process can run on → mode's name for each (FAUST_LOOP).
+EVENT_LOOPS = {"uvloop": "uvloop", "asyncio": "aio"}
 RESTORE_MODES = ("bulk", "faust")
 AUTH_MODES = ("on", "off")
 
@@ -611,9 +611,9 @@ class Settings:
     event_loop: str = _env_field(
         "TALLY_EVENT_LOOP",
         "uvloop",
-        "The event loop of every Tally process: uvloop (the one Faust recommends; a worker "
-        "answers ~10 % more queries per second on it) or asyncio (the standard library's).",
-        _one_of(EVENT_LOOPS),
+        "The event loop of every Tally process: uvloop (the one Faust recommends; faster "
+        "answers, see docs/performance.md#uvloop) or asyncio (the standard library's).",
+        _one_of(tuple(EVENT_LOOPS)),
     )
 
     @classmethod

@@ -63,7 +63,8 @@ class Worker:
     command: tuple[str, ...] = ("worker", "--loglevel", "info")
     #: The token its requests carry (unless a request names its own Authorization).
     token: str = ACCESS.operator_token
-    #: The checkout whose `tally` runs (default: this one; bench.reads_against runs another).
+    #: The tree whose `tally` runs (default: this checkout's; bench.reads_against runs
+    #: another commit's): `python -m` finds the working directory's first.
     cwd: Path | None = None
 
     @property

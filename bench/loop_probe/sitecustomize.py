@@ -8,7 +8,8 @@ over 8 ms (LOOP_PROBE_STEP_MS): wall time, milliseconds, thread, the callback an
 where it was suspended when the step ended; and one per collection over 3 ms
 (LOOP_PROBE_GC_MS; every full one). `python -m bench.loop_steps` sums the steps of a stretch of
 wall time by task. The timing itself costs a few percent of throughput: figures from a probed
-run are marked as such.
+run are marked as such. A probed worker runs on asyncio's event loop (FAUST_LOOP=aio): the
+steps are timed at asyncio's Handle._run, which uvloop, Tally's default, never calls.
 (Being a `sitecustomize`, it hides any other on the path while it is there.)
 """
 
@@ -70,4 +71,5 @@ def install(prefix: str) -> None:
 
 
 if os.environ.get("LOOP_PROBE") and "worker" in sys.argv:
+    os.environ["FAUST_LOOP"] = "aio"
     install(os.environ["LOOP_PROBE"])

@@ -201,3 +201,42 @@ def test_no_broker_is_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "no broker answers" in result.stderr and "tally broker" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def event_loop_module(**env: str) -> str:
+    """The module of the event loop a `tally` process gets with `env`: chosen as its main()
+    chooses, then set up by importing Faust."""
+    probe = (
+        "import asyncio, tally.__main__ as cli; cli.choose_event_loop(); import faust; "
+        "print(type(asyncio.new_event_loop()).__module__)"
+    )
+    inherited = {k: v for k, v in os.environ.items() if k not in ("FAUST_LOOP", "F_LOOP")}
+    inherited.pop("TALLY_EVENT_LOOP", None)
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        env={**inherited, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return result.stdout.strip()
+
+
+def test_processes_run_on_uvloop_unless_the_setting_or_faust_loop_says_otherwise() -> None:
+    assert event_loop_module() == "uvloop"
+    assert event_loop_module(TALLY_EVENT_LOOP="asyncio").startswith("asyncio.")
+    assert event_loop_module(TALLY_EVENT_LOOP="uvloop", FAUST_LOOP="aio").startswith("asyncio.")
+
+
+def test_an_unknown_event_loop_is_a_clear_error() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "tally", "feed", "sales"],
+        env={**os.environ, "TALLY_EVENT_LOOP": "tokio"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("tally: TALLY_EVENT_LOOP='tokio'"), result.stderr
+    assert "uvloop" in result.stderr and "Traceback" not in result.stderr
