@@ -36,7 +36,7 @@ from tally.broker.local import LocalBroker, die_with_parent, stop_process
 from tally.broker.shim import FETCH_MAX_WAIT_MS, fetched_high_watermarks
 from tally.codecs.avro import AvroCodec, load_schema, validate_metric_batch, validate_purchase
 from tally.codecs.registry import FileSchemaRegistry
-from tally.settings import EVENT_LOOPS, current_settings
+from tally.settings import current_settings
 from tests.harness import ACCESS, Worker, bearer
 
 PARTITIONS = 4
@@ -166,15 +166,10 @@ async def produce(
         await producer.stop()
 
 
-def workers_loop() -> str:
-    """mode's name of the event loop Tally's workers run on (TALLY_EVENT_LOOP)."""
-    return EVENT_LOOPS[current_settings().event_loop]
-
-
 def on_workers_loop(work: Coroutine[Any, Any, T]) -> T:
     """`work` run on the event loop Tally's workers run on: the raw ceiling is measured on
     the loop Tally is (as the Faust peers are, `run_baseline`)."""
-    if workers_loop() == "uvloop":
+    if current_settings().event_loop == "uvloop":
         import uvloop
 
         return uvloop.run(work)
@@ -727,7 +722,7 @@ def run_baseline(
         "BENCH_BROKER": broker.url,
         "BENCH_DATA_DIR": str(workdir / app_id),
         "BENCH_EXPECT": str(expect),
-        "FAUST_LOOP": workers_loop(),  # a Faust peer runs on the loop Tally's workers do
+        "FAUST_LOOP": current_settings().faust_loop,  # the loop Tally's workers run on
         **env,
     }
     log = workdir / f"{app_id}.log"

@@ -47,15 +47,15 @@ def choose_event_loop() -> None:
     """Faust sets its event loop up when it is first imported, from FAUST_LOOP (or F_LOOP,
     which FAUST_LOOP outranks): TALLY_EVENT_LOOP decides unless FAUST_LOOP is set. Child
     processes inherit the choice through FAUST_LOOP."""
-    from tally.settings import EVENT_LOOPS, current_settings
+    from tally.settings import current_settings
 
-    chosen = current_settings().event_loop
-    if chosen == "uvloop" and importlib.util.find_spec("uvloop") is None:
+    settings = current_settings()
+    if settings.event_loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
         raise ConfigurationError(
             "TALLY_EVENT_LOOP=uvloop, but uvloop is not installed (`pip install -e .` installs "
             "it); install it or set TALLY_EVENT_LOOP=asyncio"
         )
-    os.environ.setdefault("FAUST_LOOP", EVENT_LOOPS[chosen])
+    os.environ.setdefault("FAUST_LOOP", settings.faust_loop)
 
 
 def main() -> None:

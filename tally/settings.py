@@ -723,6 +723,11 @@ class Settings:
         return f"{self.app_id}-revoked-tokens"
 
     @property
+    def faust_loop(self) -> str:
+        """mode's name of `event_loop` (what FAUST_LOOP takes)."""
+        return EVENT_LOOPS[self.event_loop]
+
+    @property
     def web_url(self) -> str:
         return f"http://{self.advertised_host}:{self.web_port}"
 

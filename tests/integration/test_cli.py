@@ -220,8 +220,8 @@ def event_loop_module(**env: str) -> str:
         "import asyncio, tally.__main__ as cli; cli.choose_event_loop(); import faust; "
         "print(type(asyncio.new_event_loop()).__module__)"
     )
-    inherited = {k: v for k, v in os.environ.items() if k not in ("FAUST_LOOP", "F_LOOP")}
-    inherited.pop("TALLY_EVENT_LOOP", None)
+    chosen_elsewhere = ("FAUST_LOOP", "F_LOOP", "TALLY_EVENT_LOOP")
+    inherited = {k: v for k, v in os.environ.items() if k not in chosen_elsewhere}
     result = subprocess.run(
         [sys.executable, "-c", probe],
         env={**inherited, **env},
