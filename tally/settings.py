@@ -602,6 +602,13 @@ class Settings:
         "Fault injection for tests and drills: a worker processing a source message whose "
         "bytes contain this text exits at once (code 70), as a crash would. Empty: off.",
     )
+    fault_drop_fetched: str = _env_field(
+        "TALLY_FAULT_DROP_FETCHED",
+        "",
+        "Fault injection for tests and drills: a fetched source message whose bytes contain "
+        "this text is dropped the first time, before Faust sees it, as Faust drops messages "
+        "fetched around a rebalance; the worker must notice and read it again. Empty: off.",
+    )
     log_level: str = _env_field(
         "TALLY_LOG_LEVEL",
         "info",

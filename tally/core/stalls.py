@@ -2,12 +2,18 @@
 
 A stuck agent is otherwise silent: nothing fails, its lag only grows, and every answer it
 owns goes stale. `Stalls` says which partitions have had messages waiting with the next
-offset to process unchanged for `after_s`, so the worker can say so (log, `/api/health`)."""
+offset to process unchanged for `after_s`, so the worker can say so (log, `/api/health`).
+
+A stall is also how a dropped tail shows: Faust drops records it fetched around a rebalance,
+and a hole is seen when a later offset arrives (core.applied.Unread); when nothing follows,
+none does. `Readers` says when none of a partition's agents can be holding its messages, so
+that what the broker has after the last processed offset was dropped and is read again."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -16,6 +22,7 @@ class _Watch:
     since: float  # when `next_offset` was first seen with messages waiting
     allowance_s: float  # how long its agent may hold messages on purpose (a batch window)
     warned: float | None = None
+    reread: float | None = None  # when it was last read again from `next_offset`
 
     def stuck_for(self, now: float, after_s: float) -> float | None:
         seconds = now - self.since
@@ -66,3 +73,58 @@ class Stalls:
                 watch.warned = now
                 due[key] = seconds
         return due
+
+    def reread_due(self, key: Hashable, now: float, every_s: float) -> bool:
+        """Whether to read the stalled partition again from its next offset now: not if it
+        was within `every_s` (a reread takes that long to come back on a busy worker); marked
+        when due."""
+        watch = self._watches.get(key)
+        if watch is None or (watch.reread is not None and now - watch.reread < every_s):
+            return False
+        watch.reread = now
+        return True
+
+
+@dataclass
+class _Reader:
+    topics: frozenset[str]
+    window_s: float  # how long it gathers a batch
+    working: bool = False
+    handed: dict[tuple[str, int], float] = field(default_factory=dict)
+
+
+class Readers:
+    """What each agent reading a topic does: works on a batch, or waits for one; and when it
+    was last handed messages of each partition."""
+
+    def __init__(self, margin_s: float = 1.0) -> None:
+        self.margin_s = margin_s
+        self._readers: dict[str, _Reader] = {}
+
+    def reads(self, reader: str, topics: Iterable[str], window_s: float) -> None:
+        """`reader` (an agent) reads `topics`, gathering batches for `window_s`."""
+        self._readers[reader] = _Reader(frozenset(topics), window_s)
+
+    def took(self, reader: str, partitions: Iterable[tuple[str, int]], now: float) -> None:
+        """`reader` was handed a batch of messages of `partitions` (topic, partition) and
+        works on it."""
+        state = self._readers[reader]
+        state.working = True
+        for partition in partitions:
+            state.handed[partition] = now
+
+    def waits(self, reader: str) -> None:
+        """`reader` is done with its batch and waits for the next."""
+        self._readers[reader].working = False
+
+    def hold_none_of(self, topic: str, partition: int, now: float) -> bool:
+        """Whether no agent can hold a message of the partition: every reader of `topic`
+        waits for a batch and was handed none of the partition's messages within its batch
+        window (and `margin_s`), so none waits in its buffer. False when none reads it."""
+        readers = [r for r in self._readers.values() if topic in r.topics]
+        return bool(readers) and all(
+            not reader.working
+            and now - reader.handed.get((topic, partition), -math.inf)
+            >= reader.window_s + self.margin_s
+            for reader in readers
+        )

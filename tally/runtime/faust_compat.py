@@ -156,13 +156,29 @@ async def read_again(consumer: Any, tp: TP, offset: int) -> None:
 log_gaps = LogGaps()
 
 
-def record_fetched_offsets() -> None:
+def record_fetched_offsets(drop_once: bytes = b"") -> None:
     """Every fetch's offsets of the agents' source topics go to `log_gaps`, in the consumer's
     thread, straight from the Kafka client: the only place that sees what was in the log
-    before Faust's own drops."""
+    before Faust's own drops. `drop_once` (fault injection, TALLY_FAULT_DROP_FETCHED): a
+    fetched message of those topics whose value holds it is dropped there the first time,
+    as Faust drops records fetched around a rebalance (the client's position passes it)."""
     if getattr(AIOKafkaConsumerThread._fetch_records, "records_offsets", False):
         return
     faust_fetch = AIOKafkaConsumerThread._fetch_records
+    dropped: set[tuple[TP, int]] = set()
+
+    def first_drop(tp: TP, record: Any) -> bool:
+        if drop_once not in (record.value or b"") or (tp, record.offset) in dropped:
+            return False
+        dropped.add((tp, record.offset))
+        logger.warning(
+            "TALLY_FAULT_DROP_FETCHED matched %s[%s]@%s: dropped once, as Faust drops a "
+            "message fetched around a rebalance",
+            tp.topic,
+            tp.partition,
+            record.offset,
+        )
+        return True
 
     async def _fetch_records(
         self: AIOKafkaConsumerThread, *args: Any, **kwargs: Any
@@ -172,7 +188,13 @@ def record_fetched_offsets() -> None:
         for tp, fetched in records.items():
             if acked_topics(tp.topic):
                 log_gaps.fetched((tp.topic, tp.partition), (record.offset for record in fetched))
-        return records
+        if not drop_once:
+            return records
+        kept = {
+            tp: [r for r in fetched if not (acked_topics(tp.topic) and first_drop(tp, r))]
+            for tp, fetched in records.items()
+        }
+        return {tp: fetched for tp, fetched in kept.items() if fetched}
 
     _fetch_records.records_offsets = True  # type: ignore[attr-defined]
     AIOKafkaConsumerThread._fetch_records = _fetch_records  # type: ignore[method-assign]

@@ -34,6 +34,7 @@ from tally.core.deadletters import DeadLetter, producer_headers
 from tally.core.errors import DecodeError, SchemaError, TallyError, ValidationError
 from tally.core.limits import MAX_RECORD_BYTES
 from tally.core.quarantine import DEATHS_ALONE, IN_FLIGHT_DIR, InFlight, InFlightRecords
+from tally.core.stalls import Readers
 from tally.core.tenancy import letter_tenant
 from tally.runtime.cells import batch_done, flush_if_quiet
 from tally.runtime.faust_compat import (
@@ -235,6 +236,7 @@ BATCH_SIZE = 2000
 BATCH_WITHIN_S = 0.1
 
 PartitionWork = Callable[[Sequence[EventT]], Awaitable[None]]
+States = Sequence[PartitionStates[Any]]
 
 #: Offsets in flight per source partition, on disk (tally.core.quarantine).
 in_flight = InFlightRecords(settings.data_dir / IN_FLIGHT_DIR)
@@ -270,47 +272,64 @@ async def each_partition(
     raises, the partition's `states` are
     dropped (rebuilt from storage on next use) and the share is processed again one event at
     a time: only events that fail alone are dead-lettered, and the agent goes on."""
-    if isinstance(stream.channel, TopicT):
-        for name in stream.channel.topics:
-            batch_windows[name] = within
-        if stream.channel.maxsize:
-            size = min(size, max(1, stream.channel.maxsize // 4))
+    reader = reader_of(work)
+    topics = stream.channel.topics if isinstance(stream.channel, TopicT) else ()
+    for name in topics:
+        batch_windows[name] = within
+    readers.reads(reader, topics, within)
+    maxsize = getattr(stream.channel, "maxsize", None)
+    if topics and maxsize:
+        size = min(size, max(1, maxsize // 4))
     async for batch in cast(Stream, stream).take_events(size, within=within):
-        if ahead is not None:
-            try:
-                ahead(batch)
-            except Exception:  # it only saves the work time: `work` does it all without
-                logger.exception("preparing a batch of %s ahead failed", stream.channel)
-        for tp, delivered in by_partition(batch).items():
-            unique = one_per_origin(delivered, source_of)
-            if len(unique) < len(delivered):
-                EVENTS.labels(tp.topic, "duplicate").inc(len(delivered) - len(unique))
-                logger.info(
-                    "%s[%s]: %d extra copies of messages in one batch, each processed once",
-                    tp.topic,
-                    tp.partition,
-                    len(delivered) - len(unique),
-                )
-            events = await without_holes(tp, unique, reader_of(work))
-            if len(events) < len(unique):  # held back from the hole on: every copy (a twin,
-                # a message forwarded twice) stays unacked, or Faust's commit could pass
-                # the hole (it folds its gaps below the highest ack into the acks)
-                hole = unique[len(events)].message.offset
-                for event in delivered:
-                    if event.message.offset >= hole:
-                        leave_unacked(event.message)
-            if not events:
-                continue
-            last = events[-1].message
-            await process_share(tp, events, work, states)
-            await batch_done()
-            if tp in app.assignor.assigned_actives():  # not revoked while `work` ran
-                done = processed_offsets(tp.topic, reader_of(work))
-                done[tp.partition] = max(last.offset, done.get(tp.partition) or -1)
+        shares = by_partition(batch)
+        readers.took(reader, shares, time.monotonic())
+        try:
+            if ahead is not None:
+                try:
+                    ahead(batch)
+                except Exception:  # it only saves the work time: `work` does it all without
+                    logger.exception("preparing a batch of %s ahead failed", stream.channel)
+            for tp, delivered in shares.items():
+                await take_share(tp, delivered, work, states)
+        finally:
+            readers.waits(reader)
+
+
+async def take_share(tp: TP, delivered: list[EventT], work: PartitionWork, states: States) -> None:
+    """One partition's share of a batch (`each_partition`)."""
+    reader = reader_of(work)
+    unique = one_per_origin(delivered, source_of)
+    if len(unique) < len(delivered):
+        EVENTS.labels(tp.topic, "duplicate").inc(len(delivered) - len(unique))
+        logger.info(
+            "%s[%s]: %d extra copies of messages in one batch, each processed once",
+            tp.topic,
+            tp.partition,
+            len(delivered) - len(unique),
+        )
+    events = await without_holes(tp, unique, reader)
+    if len(events) < len(unique):  # held back from the hole on: every copy (a twin, a
+        # message forwarded twice) stays unacked, or Faust's commit could pass the hole (it
+        # folds its gaps below the highest ack into the acks)
+        hole = unique[len(events)].message.offset
+        for event in delivered:
+            if event.message.offset >= hole:
+                leave_unacked(event.message)
+    if not events:
+        return
+    last = events[-1].message
+    await process_share(tp, events, work, states)
+    await batch_done()
+    if tp in app.assignor.assigned_actives():  # not revoked while `work` ran
+        done = processed_offsets(tp.topic, reader)
+        done[tp.partition] = max(last.offset, done.get(tp.partition) or -1)
 
 
 #: Topic → how long its agent gathers a batch (it holds messages that long on purpose).
 batch_windows: dict[str, float] = {}
+
+#: What each agent is doing, for the stall watch to tell a dropped tail (core.stalls.Readers).
+readers = Readers()
 
 #: Holes in what a partition delivered (core.applied.Unread).
 unread = Unread()
@@ -377,9 +396,6 @@ async def without_holes(tp: TP, events: list[EventT], reader: str) -> list[Event
         )
         await read_again(app.consumer, tp, hole.start)
     return events[:applicable]
-
-
-States = Sequence[PartitionStates[Any]]
 
 
 def forget(states: States, partition: int) -> None:

@@ -13,8 +13,15 @@ from faust.types import TP
 
 from tally.app import app, settings
 from tally.core.stalls import Stalls
-from tally.runtime.faust_compat import committed_offset, delivery_state, read_again
-from tally.runtime.intake import batch_windows, slowest_processed, timer, unread, unread_keys
+from tally.runtime.faust_compat import committed_offset, delivery_state, fetching, read_again
+from tally.runtime.intake import (
+    batch_windows,
+    readers,
+    slowest_processed,
+    timer,
+    unread,
+    unread_keys,
+)
 from tally.runtime.restore import RestoringTableManager
 
 logger = logging.getLogger(__name__)
@@ -101,7 +108,8 @@ async def watch_for_stalls() -> None:
     """Warn, every `stalls.after_s` while it lasts, of a source partition whose messages wait
     and none is processed: what the agent and Faust's consumer know of it says where it hangs;
     one stuck on a hole is read again from it once its last reread had its patience
-    (`Unread.patience_s`), long before the stall is worth a warning.
+    (`Unread.patience_s`), long before the stall is worth a warning; so is one no agent holds
+    a message of (`Readers.hold_none_of`): its tail was dropped.
     What waits is counted from the broker's end offsets, not the client's last fetch: a
     partition the client stopped fetching would otherwise look caught up."""
     now = time.monotonic()
@@ -134,13 +142,31 @@ async def watch_for_stalls() -> None:
             "; ".join(unread.describe(key) for key in unread_keys(tp)) or "no hole",
         )
     for tp in cast(dict[TP, float], stalls.stalled(now, unread.patience_s)):
-        holes = [hole for key in unread_keys(tp) if (hole := unread.overdue(key, now)) is not None]
-        if holes:
-            hole = min(holes)
-            # Its reread was dropped too (records fetched before the seek moved Faust's read
-            # offset past it again), and no new message comes to try it again: read it now.
-            logger.warning("%s[%s]: reading again from %s", tp.topic, tp.partition, hole)
-            await read_again(app.consumer, tp, hole)
+        keys = unread_keys(tp)
+        if any(unread.hole(key) is not None for key in keys):
+            holes = [hole for key in keys if (hole := unread.overdue(key, now)) is not None]
+            if holes:
+                hole = min(holes)
+                # Its reread was dropped too (records fetched before the seek moved Faust's
+                # read offset past it again), and no new message comes to try it again.
+                logger.warning("%s[%s]: reading again from %s", tp.topic, tp.partition, hole)
+                await read_again(app.consumer, tp, hole)
+        elif (
+            fetching(app.consumer, tp)
+            and readers.hold_none_of(tp.topic, tp.partition, now)
+            and stalls.reread_due(tp, now, unread.patience_s)
+        ):
+            # The partition's last messages were fetched and dropped (around a rebalance),
+            # and none came after them to show the hole: no agent holds them.
+            logger.warning(
+                "%s[%s]: %d messages after the last processed never reached an agent "
+                "(dropped around a rebalance, none after them); reading again from %s",
+                tp.topic,
+                tp.partition,
+                waiting[tp],
+                known[tp],
+            )
+            await read_again(app.consumer, tp, known[tp])
 
 
 def stalled() -> dict[str, float]:

@@ -27,7 +27,7 @@ from tally.codecs.avro import AvroCodec, Record
 from tally.core.clock import now_ms
 from tally.core.deadletters import DeadLetter
 from tally.core.limits import MAX_METRICS_PER_SERVER_MINUTE, usable_id
-from tally.core.partitioning import group_by_partition
+from tally.core.partitioning import group_by_partition, partition_for
 from tally.core.topk import rank_key
 from tally.ingest.rows import CUT_MARGIN, WINDOW
 from tests.conftest import WorkerFactory
@@ -256,6 +256,46 @@ def test_an_event_that_kills_the_worker_is_quarantined_after_three_deaths(
     assert shown_top(worker) == truth
     item = worker.get("/api/sales/items/item-3")["quantity"]
     assert item == sum(p["quantity"] for p in good if p["item_id"] == "item-3")
+
+
+def test_messages_dropped_between_the_client_and_faust_are_read_again_even_at_the_end(
+    broker: LocalBroker, make_worker: WorkerFactory, purchase_codec: AvroCodec
+) -> None:
+    """Faust drops messages it fetched around a rebalance. One dropped with messages after
+    it is a hole the next batch shows; one dropped at a partition's end shows only as a
+    stall, and must be read again all the same."""
+    worker = make_worker(TALLY_FAULT_DROP_FETCHED="DROPPED-ONCE").start()
+    wall = now_ms()
+    items = [f"item-{n}" for n in range(40)]
+    tail_item = items[0]
+    mid_partition = next(p for p in range(PARTITIONS) if p != partition_for(tail_item, PARTITIONS))
+    mid_items = [i for i in items if partition_for(i, PARTITIONS) == mid_partition]
+    good = [purchase(n, items[n % 40], 1 + n % 5, wall - 5000 - n) for n in range(200)]
+    in_the_middle = purchase(5001, mid_items[0], 70, wall - 3000)
+    at_the_end = purchase(5002, tail_item, 90, wall - 2000)
+    in_the_middle["purchase_id"] = "DROPPED-ONCE-1"
+    at_the_end["purchase_id"] = "DROPPED-ONCE-2"
+    after = [purchase(6000 + n, mid_items[n % len(mid_items)], 1, wall - 2500) for n in range(5)]
+    sent = [*good, in_the_middle, *after, at_the_end]  # nothing after it on its partition
+    landed = produce(
+        broker.bootstrap,
+        "purchases",
+        [(p["item_id"].encode(), purchase_codec.dumps(p)) for p in sent],
+    )
+    assert landed[-1].partition == partition_for(tail_item, PARTITIONS)
+    truth = top_10(sent)
+    wait_until(lambda: shown_top(worker) == truth, 90, what="the top 10 with both dropped")
+    log = worker.log()
+    assert f"purchases[{mid_partition}]: offset {landed[200].offset} was not delivered" in log
+    end = landed[-1]
+    assert re.search(
+        rf"purchases\[{end.partition}\]: 1 messages after the last processed never reached an "
+        rf"agent .*; reading again from {end.offset}",
+        log,
+    ), worker.tail()
+    for record in (in_the_middle, at_the_end):
+        quantity = worker.get(f"/api/sales/items/{record['item_id']}")["quantity"]
+        assert quantity == sum(p["quantity"] for p in sent if p["item_id"] == record["item_id"])
 
 
 @contextmanager
