@@ -605,9 +605,10 @@ class Settings:
     fault_drop_fetched: str = _env_field(
         "TALLY_FAULT_DROP_FETCHED",
         "",
-        "Fault injection for tests and drills: a fetched source message whose bytes contain "
-        "this text is dropped the first time, before Faust sees it, as Faust drops messages "
-        "fetched around a rebalance; the worker must notice and read it again. Empty: off.",
+        "Fault injection for tests and drills: a fetched message of an agent's topic (a "
+        "source, or a copy forwarded between stages) whose bytes contain this text is dropped "
+        "the first time, before Faust sees it, as Faust drops messages fetched around a "
+        "rebalance; the worker must notice and read it again. Empty: off.",
     )
     log_level: str = _env_field(
         "TALLY_LOG_LEVEL",

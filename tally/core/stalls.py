@@ -6,14 +6,13 @@ offset to process unchanged for `after_s`, so the worker can say so (log, `/api/
 
 A stall is also how a dropped tail shows: Faust drops records it fetched around a rebalance,
 and a hole is seen when a later offset arrives (core.applied.Unread); when nothing follows,
-none does. `Readers` says when none of a partition's agents can be holding its messages, so
-that what the broker has after the last processed offset was dropped and is read again."""
+none does. `Readers` says when no agent reading a topic can hold its messages, so that what
+the broker has after a partition's last processed offset was dropped and is read again."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Hashable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass
@@ -30,7 +29,8 @@ class _Watch:
 
 
 class Stalls:
-    """Per partition: how long it has been stuck, and when to say so again."""
+    """Per partition: how long it has been stuck, when to say so again, and when to read it
+    again."""
 
     def __init__(self, after_s: float = 30.0) -> None:
         self.after_s = after_s
@@ -75,56 +75,55 @@ class Stalls:
         return due
 
     def reread_due(self, key: Hashable, now: float, every_s: float) -> bool:
-        """Whether to read the stalled partition again from its next offset now: not if it
-        was within `every_s` (a reread takes that long to come back on a busy worker); marked
-        when due."""
+        """Whether to read the stalled partition again from its next offset now: not within
+        `every_s` plus its allowance of the last time (a reread's messages may wait that long
+        in its agent's batch); marked when due."""
         watch = self._watches.get(key)
-        if watch is None or (watch.reread is not None and now - watch.reread < every_s):
+        if watch is None:
+            return False
+        if watch.reread is not None and now - watch.reread < every_s + watch.allowance_s:
             return False
         watch.reread = now
         return True
 
 
 @dataclass
-class _Reader:
+class Reading:
+    """One agent reading `topics`, gathering batches for `window_s`."""
+
     topics: frozenset[str]
-    window_s: float  # how long it gathers a batch
-    working: bool = False
-    handed: dict[tuple[str, int], float] = field(default_factory=dict)
+    window_s: float
+    #: When it began waiting for its next batch (None: it works on one).
+    idle_since: float | None
+
+    def took(self) -> None:
+        """It was handed a batch and works on it."""
+        self.idle_since = None
+
+    def waits(self, now: float) -> None:
+        """It is done with its batch and waits for the next."""
+        self.idle_since = now
 
 
 class Readers:
-    """What each agent reading a topic does: works on a batch, or waits for one; and when it
-    was last handed messages of each partition."""
+    """Whether the agents reading a topic could hold any of its messages."""
 
     def __init__(self, margin_s: float = 1.0) -> None:
         self.margin_s = margin_s
-        self._readers: dict[str, _Reader] = {}
+        self._readings: list[Reading] = []
 
-    def reads(self, reader: str, topics: Iterable[str], window_s: float) -> None:
-        """`reader` (an agent) reads `topics`, gathering batches for `window_s`."""
-        self._readers[reader] = _Reader(frozenset(topics), window_s)
+    def reads(self, topics: Iterable[str], window_s: float, now: float) -> Reading:
+        """An agent reads `topics` from `now` on, gathering batches for `window_s`."""
+        reading = Reading(frozenset(topics), window_s, now)
+        self._readings.append(reading)
+        return reading
 
-    def took(self, reader: str, partitions: Iterable[tuple[str, int]], now: float) -> None:
-        """`reader` was handed a batch of messages of `partitions` (topic, partition) and
-        works on it."""
-        state = self._readers[reader]
-        state.working = True
-        for partition in partitions:
-            state.handed[partition] = now
-
-    def waits(self, reader: str) -> None:
-        """`reader` is done with its batch and waits for the next."""
-        self._readers[reader].working = False
-
-    def hold_none_of(self, topic: str, partition: int, now: float) -> bool:
-        """Whether no agent can hold a message of the partition: every reader of `topic`
-        waits for a batch and was handed none of the partition's messages within its batch
-        window (and `margin_s`), so none waits in its buffer. False when none reads it."""
-        readers = [r for r in self._readers.values() if topic in r.topics]
-        return bool(readers) and all(
-            not reader.working
-            and now - reader.handed.get((topic, partition), -math.inf)
-            >= reader.window_s + self.margin_s
-            for reader in readers
+    def all_idle(self, topic: str, now: float) -> bool:
+        """Whether every agent reading `topic` has waited for a batch for its batch window
+        (and `margin_s`) or longer: what was queued for it before has been handed over and
+        processed, so none holds a message of the topic. False when none reads it."""
+        readings = [r for r in self._readings if topic in r.topics]
+        return bool(readings) and all(
+            r.idle_since is not None and now - r.idle_since >= r.window_s + self.margin_s
+            for r in readings
         )

@@ -266,38 +266,38 @@ async def each_partition(
     came `within` seconds; at most a quarter of what the topic buffers ahead when it bounds
     that, as a handover topic does: each of its messages carries a whole batch of the stage
     before, so 2,000 of them would be millions of records decoded at once), each partition's
-    share given to `work` on its own, one event per
-    origin in offset order (`one_per_origin`), up to any offset not delivered
-    (`without_holes`); `ahead` is given each whole batch first (runtime.offload). If `work`
-    raises, the partition's `states` are
-    dropped (rebuilt from storage on next use) and the share is processed again one event at
-    a time: only events that fail alone are dead-lettered, and the agent goes on."""
+    share given to `work` on its own (`apply_in_order`); `ahead` is given each whole batch
+    first (runtime.offload). If `work` raises, the partition's `states` are dropped (rebuilt
+    from storage on next use) and the share is processed again one event at a time: only
+    events that fail alone are dead-lettered, and the agent goes on. Whether the agent works
+    or waits goes to `readers` (the stall watch tells a dropped tail by it)."""
     reader = reader_of(work)
     topics = stream.channel.topics if isinstance(stream.channel, TopicT) else ()
     for name in topics:
         batch_windows[name] = within
-    readers.reads(reader, topics, within)
-    maxsize = getattr(stream.channel, "maxsize", None)
-    if topics and maxsize:
-        size = min(size, max(1, maxsize // 4))
+    if isinstance(stream.channel, TopicT) and stream.channel.maxsize:
+        size = min(size, max(1, stream.channel.maxsize // 4))
+    reading = readers.reads(topics, within, time.monotonic())
     async for batch in cast(Stream, stream).take_events(size, within=within):
-        shares = by_partition(batch)
-        readers.took(reader, shares, time.monotonic())
+        reading.took()
         try:
             if ahead is not None:
                 try:
                     ahead(batch)
                 except Exception:  # it only saves the work time: `work` does it all without
                     logger.exception("preparing a batch of %s ahead failed", stream.channel)
-            for tp, delivered in shares.items():
-                await take_share(tp, delivered, work, states)
+            for tp, delivered in by_partition(batch).items():
+                await apply_in_order(tp, delivered, work, states, reader)
         finally:
-            readers.waits(reader)
+            reading.waits(time.monotonic())
 
 
-async def take_share(tp: TP, delivered: list[EventT], work: PartitionWork, states: States) -> None:
-    """One partition's share of a batch (`each_partition`)."""
-    reader = reader_of(work)
+async def apply_in_order(
+    tp: TP, delivered: list[EventT], work: PartitionWork, states: States, reader: str
+) -> None:
+    """One partition's share of a batch: each origin once (`one_per_origin`), in offset order,
+    up to any offset not delivered (`without_holes`; the rest held back unacked), then
+    `reader`'s progress recorded."""
     unique = one_per_origin(delivered, source_of)
     if len(unique) < len(delivered):
         EVENTS.labels(tp.topic, "duplicate").inc(len(delivered) - len(unique))

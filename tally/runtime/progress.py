@@ -13,7 +13,13 @@ from faust.types import TP
 
 from tally.app import app, settings
 from tally.core.stalls import Stalls
-from tally.runtime.faust_compat import committed_offset, delivery_state, fetching, read_again
+from tally.runtime.faust_compat import (
+    committed_offset,
+    delivery_state,
+    fetching,
+    log_gaps,
+    read_again,
+)
 from tally.runtime.intake import (
     batch_windows,
     readers,
@@ -108,8 +114,8 @@ async def watch_for_stalls() -> None:
     """Warn, every `stalls.after_s` while it lasts, of a source partition whose messages wait
     and none is processed: what the agent and Faust's consumer know of it says where it hangs;
     one stuck on a hole is read again from it once its last reread had its patience
-    (`Unread.patience_s`), long before the stall is worth a warning; so is one no agent holds
-    a message of (`Readers.hold_none_of`): its tail was dropped.
+    (`Unread.patience_s`), long before the stall is worth a warning; so is one whose last
+    messages were dropped with none after them (`dropped_tail`).
     What waits is counted from the broker's end offsets, not the client's last fetch: a
     partition the client stopped fetching would otherwise look caught up."""
     now = time.monotonic()
@@ -151,22 +157,33 @@ async def watch_for_stalls() -> None:
                 # read offset past it again), and no new message comes to try it again.
                 logger.warning("%s[%s]: reading again from %s", tp.topic, tp.partition, hole)
                 await read_again(app.consumer, tp, hole)
-        elif (
-            fetching(app.consumer, tp)
-            and readers.hold_none_of(tp.topic, tp.partition, now)
-            and stalls.reread_due(tp, now, unread.patience_s)
+        elif dropped_tail(tp, known[tp], ends[tp], now) and stalls.reread_due(
+            tp, now, unread.patience_s
         ):
-            # The partition's last messages were fetched and dropped (around a rebalance),
-            # and none came after them to show the hole: no agent holds them.
             logger.warning(
-                "%s[%s]: %d messages after the last processed never reached an agent "
-                "(dropped around a rebalance, none after them); reading again from %s",
+                "%s[%s]: %d waiting message(s) from %s were fetched and no agent holds them "
+                "(Faust drops what it fetched around a rebalance); reading again from there",
                 tp.topic,
                 tp.partition,
                 waiting[tp],
                 known[tp],
             )
             await read_again(app.consumer, tp, known[tp])
+
+
+def dropped_tail(tp: TP, next_offset: int, end: int, now: float) -> bool:
+    """Whether a stalled partition's messages from `next_offset` to `end` were fetched and
+    dropped on their way to the agents, with none after them to show the hole: the client
+    fetched one (not markers, which a reread would not bring either), it fetches the partition
+    still, no agent reading the topic holds a message, and nothing moved it meanwhile (the
+    watch's awaits let a rebalance through)."""
+    return (
+        log_gaps.holds((tp.topic, tp.partition))(next_offset, end)
+        and fetching(app.consumer, tp)
+        and readers.all_idle(tp.topic, now)
+        and app.ready
+        and next_to_process(tp) == next_offset
+    )
 
 
 def stalled() -> dict[str, float]:

@@ -47,30 +47,31 @@ def test_a_partition_whose_agent_gathers_long_batches_is_given_that_long_more() 
 def test_a_stalled_partition_is_read_again_at_most_once_per_period_until_it_moves() -> None:
     stalls = Stalls(after_s=30)
     assert not stalls.reread_due("p", now=0, every_s=10), "not stalled: nothing to read"
-    stalls.observe("p", next_offset=5, waiting=3, now=0)
-    assert stalls.reread_due("p", now=11, every_s=10)
-    assert not stalls.reread_due("p", now=15, every_s=10), "its reread is on its way"
-    assert stalls.reread_due("p", now=21, every_s=10)
-    stalls.observe("p", next_offset=5, waiting=2, now=22)  # the same watch: still stuck
-    assert not stalls.reread_due("p", now=25, every_s=10)
-    stalls.observe("p", next_offset=6, waiting=2, now=26)  # it moved: a new watch
-    assert stalls.reread_due("p", now=27, every_s=10)
+    stalls.observe("p", next_offset=5, waiting=3, now=0, allowance_s=2)
+    assert stalls.reread_due("p", now=12, every_s=10)
+    assert not stalls.reread_due("p", now=23, every_s=10), "its reread may wait in a batch"
+    assert stalls.reread_due("p", now=24, every_s=10)
+    stalls.observe("p", next_offset=5, waiting=2, now=25)  # the same watch: still stuck
+    assert not stalls.reread_due("p", now=30, every_s=10)
+    stalls.observe("p", next_offset=6, waiting=2, now=31)  # it moved: a new watch
+    assert stalls.reread_due("p", now=32, every_s=10)
 
 
-def test_no_agent_holds_a_partition_only_when_every_reader_waits_and_had_none_lately() -> None:
+def test_no_agent_holds_a_topic_s_messages_once_each_reader_waited_a_window_for_them() -> None:
     readers = Readers(margin_s=1.0)
-    assert not readers.hold_none_of("rollups", 0, now=100), "no reader known: unsure"
-    readers.reads("sink", ["rollups"], window_s=2.0)
-    readers.reads("index", ["rollups", "ticks"], window_s=0.1)
-    assert readers.hold_none_of("rollups", 0, now=100)
-    readers.took("sink", [("rollups", 0), ("rollups", 1)], now=100)
-    assert not readers.hold_none_of("rollups", 0, now=200), "the sink works on a batch"
-    readers.waits("sink")
-    assert not readers.hold_none_of("rollups", 0, now=102.5), "a batch window + margin"
-    assert readers.hold_none_of("rollups", 0, now=103)
-    readers.took("index", [("rollups", 1)], now=103)
-    readers.waits("index")
-    assert readers.hold_none_of("rollups", 0, now=103), "another partition's batch"
-    assert not readers.hold_none_of("rollups", 1, now=103.5)
-    assert readers.hold_none_of("rollups", 1, now=104.2)
-    assert not readers.hold_none_of("purchases", 0, now=500), "nobody reads it here"
+    assert not readers.all_idle("rollups", now=100), "no reader known: unsure"
+    sink = readers.reads(["rollups"], window_s=2.0, now=100)
+    index = readers.reads(["rollups", "ticks"], window_s=0.1, now=100)
+    assert not readers.all_idle("rollups", now=102.5), "the sink's window + margin"
+    assert readers.all_idle("rollups", now=103)
+    sink.took()
+    assert not readers.all_idle("rollups", now=200), "the sink works on a batch"
+    sink.waits(now=200)
+    # what was queued meanwhile is handed over within a window of its waiting
+    assert not readers.all_idle("rollups", now=202)
+    index.took()
+    index.waits(now=202.5)
+    assert readers.all_idle("ticks", now=203.7)
+    assert not readers.all_idle("rollups", now=203.5)
+    assert readers.all_idle("rollups", now=203.7)
+    assert not readers.all_idle("purchases", now=500), "nobody reads it here"
