@@ -56,6 +56,15 @@ def machine() -> str:
 TOP10_DIRECT_BEFORE, SERVER_QUERY_BEFORE = 2_529, 884
 
 
+#: How a ratio's shortfall is written.
+RATIO = "{:.2f}x"
+
+
+def verdict(got: float, wanted: float, shortfall: str) -> str:
+    """ "met", or by how much not (`shortfall`: the format of the difference)."""
+    return "met" if got >= wanted else f"missed by {shortfall.format(wanted - got)}"
+
+
 def targets(
     sales_results: dict[str, list[Result]],
     metrics_results: dict[str, list[Result]],
@@ -86,8 +95,10 @@ def targets(
         got = ratio(results, label, baseline)
         committed = committed_ratio(results, label, baseline)
         old_timing = "—" if committed is None else f"{committed:,.2f}x"
-        verdict = "met" if got >= wanted else f"missed by {wanted - got:.2f}x"
-        lines.append(f"| {name} | {got:,.2f}x | {old_timing} | ≥ {wanted:g}x | {verdict} |")
+        lines.append(
+            f"| {name} | {got:,.2f}x | {old_timing} | ≥ {wanted:g}x "
+            f"| {verdict(got, wanted, RATIO)} |"
+        )
     for name, got, before, times, answer in (
         (
             "top-10 from the worker, 100 clients",
@@ -105,17 +116,15 @@ def targets(
         ),
     ):
         wanted = before * times
-        verdict = "met" if got >= wanted else f"missed by {wanted - got:,.0f} req/s"
         lines.append(
             f"| {name} | {got:,.0f} req/s ({got / before:.1f}x) | — | ≥ {wanted:,} req/s "
-            f"({times}x {before:,}) | {verdict} |"
+            f"({times}x {before:,}) | {verdict(got, wanted, '{:,.0f} req/s')} |"
         )
         # The same wish against the baseline's commit in this run: whatever the hour's speed.
         side_by_side = against.ratios[answer]
-        verdict = "met" if side_by_side >= times else f"missed by {times - side_by_side:.2f}x"
         lines.append(
             f"| {name}, ÷ a worker of {against.commit} in this run | {side_by_side:.2f}x | — "
-            f"| ≥ {times}x | {verdict} |"
+            f"| ≥ {times}x | {verdict(side_by_side, times, RATIO)} |"
         )
     # wrk's pacing reaches the offered rate within about 1 %.
     met = cached.paced_p99_ms <= 5.0 and cached.paced_rate >= 0.99 * paced_rate

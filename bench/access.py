@@ -20,7 +20,7 @@ from pathlib import Path
 
 from bench.common import bench_worker, run_in_scratch
 from bench.ingest import bodies, through_http
-from bench.query import query_load
+from bench.query import TOP10_PATH, query_load
 from tally.broker.local import LocalBroker, free_port
 from tests.harness import Worker, purchase_row, start_all, wait_until
 
@@ -45,7 +45,7 @@ def feed(worker: Worker, purchases: int) -> None:
             "/api/ingest/purchases", json.dumps(rows[start : start + 500]).encode()
         )
         assert status == 202 and answer["rejected"] == 0, answer
-    wait_until(lambda: len(worker.get("/api/sales/top")["items"]) == 10, 60, what="a top-10")
+    wait_until(lambda: len(worker.get(TOP10_PATH)["items"]) == 10, 60, what="a top-10")
 
 
 def measure(args: argparse.Namespace, root: Path) -> str:
@@ -73,7 +73,7 @@ def measure(args: argparse.Namespace, root: Path) -> str:
                 order = MODES if run % 2 == 0 else MODES[::-1]
                 for mode in order:
                     worker = workers[mode]
-                    load = query_load(worker.url + "/api/sales/top", args.connections, args.seconds)
+                    load = query_load(worker.url + TOP10_PATH, args.connections, args.seconds)
                     reads[mode].append(load.requests_per_s)
                     batches = bodies(args.requests, args.rows, int(time.time() * 1000), run)
                     payloads = [b"\n".join(json.dumps(r).encode() for r in b) for b in batches]

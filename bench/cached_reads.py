@@ -37,13 +37,13 @@ from bench.common import (
     purchase_codec,
     query_answers,
 )
-from bench.query import QueryLoad, query_load
+from bench.query import TOP10_PATH, QueryLoad, query_load
 from tally.broker.local import LocalBroker, free_port
 from tests.answer_cache import nginx_binary, start_cache
 from tests.harness import Worker, start_all, wait_until
 from tests.load import Load
 
-PATHS = {"top-10": "/api/sales/top", "an item": "/api/sales/items/item-000"}
+PATHS = {"top-10": TOP10_PATH, "an item": "/api/sales/items/item-000"}
 
 
 def settled_answers(worker: Worker, timeout_s: float = 30.0) -> Counter[str]:

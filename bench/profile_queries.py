@@ -23,7 +23,7 @@ from statistics import median
 
 from bench.common import bench_worker
 from bench.profile_sales import print_shares, py_spy, sampled
-from bench.query import query_load
+from bench.query import TOP10_PATH, query_load
 from tally.broker.local import LocalBroker, free_port
 from tally.core.clock import now_ms
 from tests.harness import purchase_row, start_all, wait_until
@@ -49,7 +49,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10, help="each wrk run, and py-spy's")
     parser.add_argument("--connections", type=int, default=100)
     parser.add_argument("--runs", type=int, default=3, help="unsampled wrk runs (median)")
-    parser.add_argument("--path", default="/api/sales/top")
+    parser.add_argument("--path", default=TOP10_PATH)
     parser.add_argument("--pipelines", help="TALLY_PIPELINES (default: the worker's)")
     args = parser.parse_args()
     py_spy()  # installed, before anything starts
@@ -64,7 +64,7 @@ def main() -> None:
             status, answer, _ = worker.post("/api/ingest/purchases", json.dumps(rows).encode())
             if status != 202:
                 raise SystemExit(f"the ingest refused the purchases: {status} {answer}")
-            wait_until(lambda: worker.get("/api/sales/top")["items"], 60, what="a top-10")
+            wait_until(lambda: worker.get(TOP10_PATH)["items"], 60, what="a top-10")
             url = worker.url + args.path
             query_load(url, args.connections, 3)  # warm-up, not counted
             rates = []

@@ -12,6 +12,9 @@ from pathlib import Path
 
 from tests.harness import ACCESS
 
+#: The answer the read benchmarks load: the precomputed top-10.
+TOP10_PATH = "/api/sales/top"
+
 _UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 

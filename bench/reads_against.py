@@ -37,7 +37,7 @@ from pathlib import Path
 
 from bench import metrics, sales
 from bench.common import Message, bench_worker, metric_batch_codec, produce, purchase_codec
-from bench.query import QueryLoad, query_load
+from bench.query import TOP10_PATH, QueryLoad, query_load
 from tally.broker.local import LocalBroker, free_port
 from tests.harness import Verdict, Worker, start_all, wait_until
 
@@ -46,7 +46,7 @@ ISSUE_COMMIT = "dfdf324a71a32d9d2fcacf2add1c86d831a91a9a"
 REPOSITORY = Path(__file__).resolve().parents[1]
 #: The answers read, and their paths (a server's: bench.metrics' query load).
 TOP10, SERVER_METRICS = "top-10", "a server's metrics"
-PATHS = {TOP10: "/api/sales/top", SERVER_METRICS: metrics.series_path("server-0000")}
+PATHS = {TOP10: TOP10_PATH, SERVER_METRICS: metrics.series_path("server-0000")}
 #: The side of this checkout.
 NOW = "now"
 #: How long a worker may take to process the input before its answers are checked.

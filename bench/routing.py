@@ -25,6 +25,7 @@ from pathlib import Path
 
 from bench import sales
 from bench.common import PARTITIONS, Message, Result, report, run_tally
+from bench.query import TOP10_PATH
 from tally.broker.local import LocalBroker, free_port
 from tally.codecs.avro import (
     AvroCodec,
@@ -93,7 +94,7 @@ def run_sales(args: argparse.Namespace, workdir: Path) -> dict[str, list[Result]
 
     def check(worker: Worker) -> None:
         sales.check_top(worker, events, "tally")
-        late = worker.get("/api/sales/top")["late_events"]
+        late = worker.get(TOP10_PATH)["late_events"]
         print(f"    {late:,} of {len(events):,} purchases judged late", flush=True)
 
     return measure(workdir, "purchases", messages, len(events), check, (), args.runs, "purchases")

@@ -45,7 +45,7 @@ from bench.common import (
     run_baseline,
     run_tally,
 )
-from bench.query import query_load
+from bench.query import TOP10_PATH, query_load
 from tally.broker.local import LocalBroker, free_port
 from tally.codecs.avro import AvroCodec, Record
 from tally.core.partitioning import group_by_partition
@@ -81,7 +81,7 @@ def check_top(worker: Worker, events: list[Record], label: str) -> None:
     expected = expected_top(events)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        got = [[i["item_id"], i["quantity"]] for i in worker.get("/api/sales/top")["items"]]
+        got = [[i["item_id"], i["quantity"]] for i in worker.get(TOP10_PATH)["items"]]
         if got == expected:
             return
         time.sleep(0.2)
@@ -130,9 +130,7 @@ def measure_loaded(
             lambda _n, body: body["quantity"] >= 1,
         )
         if queries:
-            result.queries = [
-                query_load(worker.url + "/api/sales/top", c) for c in QUERY_CONNECTIONS
-            ]
+            result.queries = [query_load(worker.url + TOP10_PATH, c) for c in QUERY_CONNECTIONS]
 
     return afterwards
 
