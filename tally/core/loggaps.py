@@ -83,6 +83,13 @@ class LogGaps:
             self._floor.pop(key, None)
             self._below.pop(key, None)
 
+    def first(self, key: Hashable) -> int | None:
+        """The lowest offset of the stretch fetched (None: nothing fetched since the partition
+        came, or a reread back before the stretch has not joined it yet)."""
+        with self._lock:
+            span = self._span.get(key)
+            return None if span is None or key in self._below else span[0]
+
     def holds(self, key: Hashable) -> Callable[[int, int], bool]:
         """Whether any offset from `start` up to `stop` (excluded) is known to be a message in
         the partition's log: fetched (between the first and the highest offsets fetched, in no

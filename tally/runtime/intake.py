@@ -363,9 +363,11 @@ async def without_holes(tp: TP, events: list[EventT], reader: str) -> list[Event
     settled = committed_offset(app.consumer, tp)
     after_done = None if done is None else done + 1
     known = [offset for offset in (after_done, settled) if offset is not None]
-    expected = max(known) if known else None
-    offsets = [event.message.offset for event in events]
     fetched = (tp.topic, tp.partition)
+    # Nothing processed or committed (Faust knows a commit at 0 as none): reading began at
+    # the first offset the client fetched, which Faust may have dropped too.
+    expected = max(known) if known else log_gaps.first(fetched)
+    offsets = [event.message.offset for event in events]
     applicable, hole = unread.applicable(
         key, expected, offsets, time.monotonic(), log_gaps.lacks(fetched), log_gaps.holds(fetched)
     )

@@ -63,6 +63,22 @@ def test_a_partition_that_comes_back_starts_over() -> None:
     assert [o for o in range(0, 12) if gaps.lacks("p")(o)] == []
 
 
+def test_reading_began_at_the_first_offset_fetched_since_the_partition_came() -> None:
+    gaps = LogGaps()
+    assert gaps.first("p") is None
+    gaps.fetched("p", [0, 1, 2])  # Faust then dropped 0: delivered from 1
+    gaps.fetched("p", [3])
+    assert gaps.first("p") == 0
+    gaps.fetched("p", [1, 2])  # a reread within the stretch
+    assert gaps.first("p") == 0
+    gaps.forget("p")
+    gaps.fetched("p", [7, 8])
+    gaps.fetched("p", [5])  # a seek back before it: unknown until it joins the stretch
+    assert gaps.first("p") is None
+    gaps.fetched("p", [6, 7])
+    assert gaps.first("p") == 5
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     present=st.lists(st.booleans(), min_size=1, max_size=60),
