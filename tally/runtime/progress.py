@@ -44,12 +44,15 @@ def ownership() -> dict[str, list[str]]:
 
 def next_to_process(tp: TP) -> int | None:
     """The offset after the last one processed: this worker's record, else the committed
-    (as the monitor saw it commit, else where Faust's consumer started reading it)."""
+    (as the monitor saw it commit, else where Faust's consumer started reading it), else
+    (nothing committed) the first offset the client fetched."""
     done = slowest_processed(tp.topic, tp.partition)
     if done is not None:
         return done + 1
     committed = app.monitor.tp_committed_offsets.get(tp)
-    return committed if committed is not None else committed_offset(app.consumer, tp)
+    if committed is None:
+        committed = committed_offset(app.consumer, tp)
+    return committed if committed is not None else log_gaps.first((tp.topic, tp.partition))
 
 
 def owned_sources() -> list[TP]:
