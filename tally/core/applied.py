@@ -232,10 +232,10 @@ class Unread:
     ) -> tuple[int, Hole | None]:
         """How many of a batch's `offsets` (ascending, each once) may be applied, and the
         hole after them. `expected`: the next offset to apply (the one after the last
-        applied, else the committed one; None: unknown); `known_gap`: offsets the log itself
-        lacks (transaction markers, compaction), which are not holes; `in_log`: whether the
-        log is known to have a message from one offset up to another (excluded): never
-        passed."""
+        applied, else the committed one, else the first one fetched; None: unknown);
+        `known_gap`: offsets the log itself lacks (transaction markers, compaction), which
+        are not holes; `in_log`: whether the log is known to have a message from one offset
+        up to another (excluded): never passed."""
         following = offsets[0] if expected is None else expected
         passed = self._passed.get(key, range(0))
         applicable = 0

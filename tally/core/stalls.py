@@ -118,10 +118,20 @@ class Readers:
         self._readings.append(reading)
         return reading
 
+    def gone(self, reading: Reading) -> None:
+        """The agent stopped reading (a crash its supervisor restarts, a stop)."""
+        self._readings.remove(reading)
+
+    def window(self, topic: str) -> float:
+        """The longest batch window of the agents reading `topic`: how long one of its
+        messages may be held on purpose (0: none reads it)."""
+        return max((r.window_s for r in self._readings if topic in r.topics), default=0.0)
+
     def all_idle(self, topic: str, now: float) -> bool:
         """Whether every agent reading `topic` has waited for a batch for its batch window
-        (and `margin_s`) or longer: what was queued for it before has been handed over and
-        processed, so none holds a message of the topic. False when none reads it."""
+        (and `margin_s`) or longer: what was queued for it more than a window ago has been
+        handed over and processed, so none holds such a message of the topic. False when
+        none reads it."""
         readings = [r for r in self._readings if topic in r.topics]
         return bool(readings) and all(
             r.idle_since is not None and now - r.idle_since >= r.window_s + self.margin_s

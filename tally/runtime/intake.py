@@ -272,24 +272,26 @@ async def each_partition(
     events that fail alone are dead-lettered, and the agent goes on. Whether the agent works
     or waits goes to `readers` (the stall watch tells a dropped tail by it)."""
     reader = reader_of(work)
-    topics = stream.channel.topics if isinstance(stream.channel, TopicT) else ()
-    for name in topics:
-        batch_windows[name] = within
-    if isinstance(stream.channel, TopicT) and stream.channel.maxsize:
-        size = min(size, max(1, stream.channel.maxsize // 4))
+    channel = stream.channel
+    topics = channel.topics if isinstance(channel, TopicT) else ()
+    if isinstance(channel, TopicT) and channel.maxsize:
+        size = min(size, max(1, channel.maxsize // 4))
     reading = readers.reads(topics, within, time.monotonic())
-    async for batch in cast(Stream, stream).take_events(size, within=within):
-        reading.took()
-        try:
-            if ahead is not None:
-                try:
-                    ahead(batch)
-                except Exception:  # it only saves the work time: `work` does it all without
-                    logger.exception("preparing a batch of %s ahead failed", stream.channel)
-            for tp, delivered in by_partition(batch).items():
-                await apply_in_order(tp, delivered, work, states, reader)
-        finally:
-            reading.waits(time.monotonic())
+    try:
+        async for batch in cast(Stream, stream).take_events(size, within=within):
+            reading.took()
+            try:
+                if ahead is not None:
+                    try:
+                        ahead(batch)
+                    except Exception:  # it only saves the work time: `work` does it all
+                        logger.exception("preparing a batch of %s ahead failed", channel)
+                for tp, delivered in by_partition(batch).items():
+                    await apply_in_order(tp, delivered, work, states, reader)
+            finally:
+                reading.waits(time.monotonic())
+    finally:
+        readers.gone(reading)
 
 
 async def apply_in_order(
@@ -325,10 +327,8 @@ async def apply_in_order(
         done[tp.partition] = max(last.offset, done.get(tp.partition) or -1)
 
 
-#: Topic → how long its agent gathers a batch (it holds messages that long on purpose).
-batch_windows: dict[str, float] = {}
-
-#: What each agent is doing, for the stall watch to tell a dropped tail (core.stalls.Readers).
+#: What each agent does and how long it gathers a batch (it holds messages that long on
+#: purpose), for the stall watch (core.stalls.Readers).
 readers = Readers()
 
 #: Holes in what a partition delivered (core.applied.Unread).

@@ -21,7 +21,6 @@ from tally.runtime.faust_compat import (
     read_again,
 )
 from tally.runtime.intake import (
-    batch_windows,
     readers,
     slowest_processed,
     timer,
@@ -135,7 +134,7 @@ async def watch_for_stalls() -> None:
         if ends.get(tp) is not None
     }
     for tp, count in waiting.items():
-        stalls.observe(tp, known[tp], count, now, batch_windows.get(tp.topic, 0.0))
+        stalls.observe(tp, known[tp], count, now, readers.window(tp.topic))
     stalls.keep_only(waiting)
     for tp, seconds in cast(dict[TP, float], stalls.due(now)).items():
         logger.warning(

@@ -75,3 +75,15 @@ def test_no_agent_holds_a_topic_s_messages_once_each_reader_waited_a_window_for_
     assert not readers.all_idle("rollups", now=203.5)
     assert readers.all_idle("rollups", now=203.7)
     assert not readers.all_idle("purchases", now=500), "nobody reads it here"
+
+
+def test_a_topic_s_window_is_its_readers_longest_and_a_reader_gone_holds_nothing() -> None:
+    readers = Readers(margin_s=1.0)
+    assert readers.window("rollups") == 0.0
+    sink = readers.reads(["rollups"], window_s=60.0, now=0)
+    readers.reads(["rollups"], window_s=0.1, now=0)
+    assert readers.window("rollups") == 60.0
+    assert not readers.all_idle("rollups", now=30), "the sink may hold a minute's batch"
+    readers.gone(sink)
+    assert readers.window("rollups") == 0.1
+    assert readers.all_idle("rollups", now=30)
