@@ -23,7 +23,7 @@ from functools import partial
 from pathlib import Path
 
 from bench.common import Result, report, run_tally
-from bench.sales import END_MS, HOUR_MS, check_top
+from bench.sales import END_MS, HOUR_MS, check_top, one_per_message
 from tally.broker.local import LocalBroker, free_port
 from tally.codecs.avro import AvroCodec, load_schema, validate_purchase
 from tally.codecs.registry import FileSchemaRegistry
@@ -96,7 +96,7 @@ def main() -> None:
     events = historical_purchases(
         random.Random(42), count=args.count, items=1_000, end_ms=END_MS, span_ms=30 * HOUR_MS
     )
-    messages = [(None, e["item_id"].encode(), codec.dumps(e), e["event_time_ms"]) for e in events]
+    messages = one_per_message(codec, events)
     loaded = f"tally with {args.stalled} stalled + {args.readers} reading SSE clients"
     print(
         f"live-stream benchmark: {args.count:,} single purchases per run, {args.runs} run(s); "

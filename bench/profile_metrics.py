@@ -17,8 +17,8 @@ import tempfile
 from pathlib import Path
 from statistics import median
 
-from bench.common import Message, metric_batch_codec, on_workers_loop, raw_ceiling, run_tally
-from bench.metrics import arguments, envelopes
+from bench.common import metric_batch_codec, on_workers_loop, raw_ceiling, run_tally
+from bench.metrics import arguments, envelope_messages, envelopes
 from bench.profile_sales import print_medians, profiled_runs, py_spy
 
 #: Stages, by the function (as py-spy names it) whose inclusive samples they are.
@@ -49,9 +49,7 @@ def main() -> None:
     codec = metric_batch_codec(workdir)
     batches = envelopes(random.Random(7), args)
     total = sum(len(b["samples"]) for b in batches)
-    messages: list[Message] = [
-        (None, b["server_id"].encode(), codec.dumps(b), b["sent_at_ms"]) for b in batches
-    ]
+    messages = envelope_messages(codec, batches)
     rates, ceilings, cpu_us = [], [], []
     for run in profiled_runs(args.runs, workdir, raw, args.seconds):
         result = run_tally(

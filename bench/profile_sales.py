@@ -27,7 +27,7 @@ from functools import partial
 from pathlib import Path
 
 from bench.common import Message, cpu_seconds, purchase_batch_codec, purchase_codec, run_tally
-from bench.sales import END_MS, HOUR_MS, check_top, envelopes_of
+from bench.sales import END_MS, HOUR_MS, check_top, envelopes_of, one_per_message
 from tally.broker.local import LocalBroker, free_port
 from tally.feed import historical_purchases
 from tests.harness import Worker
@@ -156,7 +156,7 @@ def main() -> None:
     messages: list[Message] = (
         envelopes_of(purchase_batch_codec(workdir), events, args.envelope)
         if args.envelope
-        else [(None, e["item_id"].encode(), codec.dumps(e), e["event_time_ms"]) for e in events]
+        else one_per_message(codec, events)
     )
 
     with LocalBroker("127.0.0.1", free_port(), log_path=workdir / "broker.log") as broker:

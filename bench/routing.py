@@ -82,9 +82,7 @@ def run_sales(args: argparse.Namespace, workdir: Path) -> dict[str, list[Result]
         end_ms=sales.END_MS,
         span_ms=args.hours * sales.HOUR_MS,
     )
-    messages: list[Message] = [
-        (None, e["item_id"].encode(), codec.dumps(e), e["event_time_ms"]) for e in events
-    ]
+    messages = sales.one_per_message(codec, events)
     moved = sum(PLACEMENTS[CRC32](k) != PLACEMENTS[MURMUR2](k) for _, k, _, _ in messages)
     print(
         f"sales: {args.count:,} single purchases over {args.items:,} items; CRC32 places "

@@ -77,11 +77,16 @@ def expected_top(events: list[Record]) -> list[list[object]]:
     return top_items(totals)
 
 
+def shown_top(worker: Worker) -> list[list[object]]:
+    """The worker's top-10 as [item, quantity] pairs, as `expected_top` gives them."""
+    return [[i["item_id"], i["quantity"]] for i in worker.get(TOP10_PATH)["items"]]
+
+
 def check_top(worker: Worker, events: list[Record], label: str) -> None:
     expected = expected_top(events)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        got = [[i["item_id"], i["quantity"]] for i in worker.get(TOP10_PATH)["items"]]
+        got = shown_top(worker)
         if got == expected:
             return
         time.sleep(0.2)
